@@ -1,0 +1,74 @@
+// Shared by every kernel: concatenated in front of each shader at load time (src/gpu/shaders.rs),
+// and validated that way in tests/shaders.rs.
+
+// Boundary modes: keep in sync with `BoundaryMode::code()` in src/params.rs.
+const MODE_REFLECT: u32 = 0u;
+const MODE_NEAREST: u32 = 1u;
+const MODE_MIRROR: u32 = 2u;
+const MODE_CONSTANT: u32 = 3u;
+const MODE_WRAP: u32 = 4u;
+
+// Workgroup size of every 1-D kernel; keep in sync with `WORKGROUP` in src/gpu/device.rs.
+const WG: u32 = 64u;
+
+// Linear invocation index of a dispatch split into (x, y) workgroups when it has more than 65535
+// workgroups (src/gpu/device.rs `split_groups`).
+fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
+    return (wid.x + wid.y * nwg.x) * WG + lid.x;
+}
+
+// Euclidean remainder for possibly negative i.
+fn pmod(i: i32, n: i32) -> i32 {
+    let r = i % n;
+    return select(r, r + n, r < 0);
+}
+
+// scipy.ndimage's boundary extension for filters (ni_support.c), index `i` on an axis of length `n`.
+// Returns -1 for `constant` outside the axis (use cval).
+//   reflect  (d c b a | a b c d | d c b a)
+//   mirror   (d c b | a b c d | c b a)
+//   nearest  (a a a | a b c d | d d d)
+//   wrap     (a b c d | a b c d | a b c d)
+fn extend_index(i: i32, n: i32, mode: u32) -> i32 {
+    if (i >= 0 && i < n) {
+        return i;
+    }
+    switch mode {
+        case 0u: { // reflect
+            let m = pmod(i, 2 * n);
+            return select(m, 2 * n - 1 - m, m >= n);
+        }
+        case 1u: { // nearest
+            return clamp(i, 0, n - 1);
+        }
+        case 2u: { // mirror
+            if (n == 1) {
+                return 0;
+            }
+            let m = pmod(i, 2 * n - 2);
+            return select(m, 2 * n - 2 - m, m >= n);
+        }
+        case 4u: { // wrap
+            return pmod(i, n);
+        }
+        default: { // constant
+            return -1;
+        }
+    }
+}
+
+// Complex multiply and conjugate-multiply on vec2 (re, im).
+fn cmul(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(a.x * b.x - a.y * b.y, a.x * b.y + a.y * b.x);
+}
+
+fn cconj(a: vec2<f32>) -> vec2<f32> {
+    return vec2<f32>(a.x, -a.y);
+}
+
+// Start of line `b` of a batched 1-D operation along an axis of length `n` with element stride `s`
+// inside a C-ordered volume: lines are enumerated so that `b % s` is the position inside the
+// faster axes and `b / s` the position in the slower ones.
+fn line_base(b: u32, n: u32, s: u32) -> u32 {
+    return (b / s) * s * n + (b % s);
+}

@@ -1,0 +1,97 @@
+// 3-D median filter: scipy.ndimage.median_filter(vol, size=(sz, sy, sx), mode=mode, cval=cval).
+// CPU twin: src/cpu/median3d.rs. Tolerance: none, the output is bit-identical to the CPU (the median
+// is a selection: the element of rank size/2 of the window). Values are ordered as Rust's
+// `f32::total_cmp` orders them (the CPU twin's order): -0.0 before +0.0, NaN above +Inf.
+//
+// One invocation per output voxel: the window (boundary-extended with `extend_index`) is gathered
+// into a private array as total-order keys (`order_key`), then Wirth's selection finds the element
+// of rank `rank`.
+// `MAX_WINDOW` is replaced at load time (src/gpu/median3d.rs) by the smallest size class that holds
+// the window; the text below must stay exactly `const MAX_WINDOW: u32 = 343u;`.
+const MAX_WINDOW: u32 = 343u;
+
+// Keep in sync with `MedianUniform` in src/gpu/median3d.rs.
+struct Params {
+    nz: u32,
+    ny: u32,
+    nx: u32,
+    mode: u32,
+    sz: u32,
+    sy: u32,
+    sx: u32,
+    cval: f32,
+    total: u32,
+    rank: u32,
+    _pad0: u32,
+    _pad1: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// Unsigned key with the order of `f32::total_cmp`: flip all bits of negatives, the sign bit of positives.
+fn order_key(v: f32) -> u32 {
+    let b = bitcast<u32>(v);
+    return select(b | 0x80000000u, ~b, (b & 0x80000000u) != 0u);
+}
+
+fn from_key(k: u32) -> f32 {
+    return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
+}
+@group(0) @binding(1) var<storage, read> src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> dst: array<f32>;
+
+@compute @workgroup_size(64)
+fn median3d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let idx = linear_index(wid, nwg, lid);
+    if (idx >= p.total) {
+        return;
+    }
+    let x = i32(idx % p.nx);
+    let y = i32((idx / p.nx) % p.ny);
+    let z = i32(idx / (p.nx * p.ny));
+    let hz = i32(p.sz / 2u);
+    let hy = i32(p.sy / 2u);
+    let hx = i32(p.sx / 2u);
+    var w: array<u32, MAX_WINDOW>;
+    var n = 0u;
+    for (var dz = -hz; dz <= hz; dz++) {
+        let iz = extend_index(z + dz, i32(p.nz), p.mode);
+        for (var dy = -hy; dy <= hy; dy++) {
+            let iy = extend_index(y + dy, i32(p.ny), p.mode);
+            for (var dx = -hx; dx <= hx; dx++) {
+                let ix = extend_index(x + dx, i32(p.nx), p.mode);
+                var v = p.cval;
+                if (iz >= 0 && iy >= 0 && ix >= 0) {
+                    v = src[(u32(iz) * p.ny + u32(iy)) * p.nx + u32(ix)];
+                }
+                w[n] = order_key(v);
+                n++;
+            }
+        }
+    }
+    // Wirth's selection of the element of rank k.
+    let k = i32(p.rank);
+    var l = 0;
+    var m = i32(n) - 1;
+    while (l < m) {
+        let pivot = w[k];
+        var i = l;
+        var j = m;
+        loop {
+            while (w[i] < pivot) { i++; }
+            while (pivot < w[j]) { j--; }
+            if (i <= j) {
+                let t = w[i];
+                w[i] = w[j];
+                w[j] = t;
+                i++;
+                j--;
+            }
+            if (i > j) { break; }
+        }
+        if (j < k) { l = i; }
+        if (k < i) { m = j; }
+    }
+    dst[idx] = from_key(w[k]);
+}

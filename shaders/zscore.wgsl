@@ -1,0 +1,84 @@
+// Streaming per-voxel z-score over time: scipy.stats.zscore(data, axis=0, ddof=ddof).
+// CPU twin: src/cpu/zscore.rs. Needs SHADER_F64 (Welford accumulators in f64, as the CPU); without it
+// the GPU backend runs this stage on the CPU and says so in `describe()`.
+// Tolerance: accumulate/finalize are the CPU's f64 arithmetic in the same order, so mean and std agree
+// to 1 ulp of f32 (only sqrt/division rounding of the device may differ); normalize is computed in f64
+// and rounded once: within 2 ulp of f32 of the CPU. Constant voxels (std <= |eps_f32 * mean|) get NaN,
+// or 0 when `constant_zero` is set.
+
+// Keep in sync with `ZscoreUniform` in src/gpu/zscore.rs.
+struct Params {
+    total: u32,
+    // Number of volumes including the one being added (accumulate), or accumulated (finalize).
+    count: u32,
+    ddof: u32,
+    constant_zero: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+// accumulate: bindings 1..3
+@group(0) @binding(1) var<storage, read> acc_src: array<f32>;
+@group(0) @binding(2) var<storage, read_write> acc_mean: array<f64>;
+@group(0) @binding(3) var<storage, read_write> acc_m2: array<f64>;
+
+@compute @workgroup_size(64)
+fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.total) {
+        return;
+    }
+    let n = f64(p.count);
+    let x = f64(acc_src[i]);
+    var mean = acc_mean[i];
+    let delta = x - mean;
+    mean += delta / n;
+    acc_mean[i] = mean;
+    acc_m2[i] += delta * (x - mean);
+}
+
+// finalize: mean (f64), m2 (f64) -> mean (f32), std (f32). Bindings 1..4.
+@group(0) @binding(1) var<storage, read> fin_mean: array<f64>;
+@group(0) @binding(2) var<storage, read> fin_m2: array<f64>;
+@group(0) @binding(3) var<storage, read_write> fin_mean_out: array<f32>;
+@group(0) @binding(4) var<storage, read_write> fin_std_out: array<f32>;
+
+@compute @workgroup_size(64)
+fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.total) {
+        return;
+    }
+    let dof = f64(p.count) - f64(p.ddof);
+    fin_mean_out[i] = f32(fin_mean[i]);
+    if (dof > 0.0) {
+        fin_std_out[i] = f32(sqrt(fin_m2[i] / dof));
+    } else {
+        fin_std_out[i] = bitcast<f32>(0x7fc00000u);
+    }
+}
+
+// normalize: (x - mean) / std with the constant-voxel rule. Bindings 1..4.
+@group(0) @binding(1) var<storage, read> nrm_src: array<f32>;
+@group(0) @binding(2) var<storage, read> nrm_mean: array<f32>;
+@group(0) @binding(3) var<storage, read> nrm_std: array<f32>;
+@group(0) @binding(4) var<storage, read_write> nrm_dst: array<f32>;
+
+@compute @workgroup_size(64)
+fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.total) {
+        return;
+    }
+    let mean = nrm_mean[i];
+    let sd = nrm_std[i];
+    // scipy: constant when std <= |eps_f32 * mean| (false for NaN std).
+    if (sd <= abs(1.1920929e-7 * mean)) {
+        nrm_dst[i] = select(bitcast<f32>(0x7fc00000u), 0.0, p.constant_zero != 0u);
+    } else {
+        nrm_dst[i] = f32((f64(nrm_src[i]) - f64(mean)) / f64(sd));
+    }
+}

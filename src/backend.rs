@@ -1,0 +1,110 @@
+//! The seam between the streaming pipeline and the compute engines (CPU today, GPU beside it).
+//!
+//! The pipeline drives one `Backend` per run. Kernel-level methods exist so each kernel can be
+//! tested on its own; `process_frame` chains them for one timepoint, and a backend that keeps data
+//! resident on a device (the GPU) overrides it so a volume is uploaded once and read back once.
+
+use crate::error::Result;
+use crate::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
+use ndarray::{Array3, ArrayView3};
+
+/// What to do with each timepoint in the first pass.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct FramePlan {
+    /// Median filter, or `None` to skip it.
+    pub median: Option<MedianParams>,
+    /// Register against the reference set by `set_reference`, or skip.
+    pub register: Option<RegisterParams>,
+    /// Register on the raw volume instead of the filtered one.
+    pub register_on_raw: bool,
+    /// Apply the registration shift with these parameters (ignored when not registering).
+    pub shift: ShiftParams,
+    /// Accumulate z-score statistics of the final volume.
+    pub accumulate: bool,
+    /// Return the filtered volume as well (for `--save filtered`).
+    pub keep_filtered: bool,
+}
+
+/// What the first pass produced for one timepoint.
+#[derive(Debug)]
+pub struct FrameOutput {
+    /// The volume after every enabled stage (filtered, then shifted).
+    pub volume: Array3<f32>,
+    /// The filtered volume, when asked for.
+    pub filtered: Option<Array3<f32>>,
+    /// Registration result, when registering.
+    pub registration: Option<Registration>,
+}
+
+/// Per-voxel mean and standard deviation over time, the result of the accumulation pass.
+#[derive(Clone, Debug)]
+pub struct Moments {
+    pub mean: Array3<f32>,
+    pub std: Array3<f32>,
+    /// Voxels whose time series is constant (scipy's test: `std <= |eps_f32 * mean|`).
+    pub constant_voxels: usize,
+}
+
+pub trait Backend {
+    /// Human-readable description: backend name and device.
+    fn describe(&self) -> String;
+
+    /// `scipy.ndimage.median_filter(vol, size, mode, cval)`.
+    fn median3d(&mut self, vol: ArrayView3<f32>, p: &MedianParams) -> Result<Array3<f32>>;
+
+    /// Store (and transform) the reference volume used by `register`.
+    fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()>;
+
+    /// `phase_cross_correlation(reference, vol)`: the shift that registers `vol` onto the reference.
+    fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration>;
+
+    /// `scipy.ndimage.shift(vol, shift, order, mode, cval)` with the spline prefilter.
+    fn shift(
+        &mut self,
+        vol: ArrayView3<f32>,
+        shift: [f64; 3],
+        p: &ShiftParams,
+    ) -> Result<Array3<f32>>;
+
+    /// Start a new z-score accumulation for volumes of `shape`.
+    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<()>;
+
+    /// Add one volume to the running per-voxel statistics (f64 accumulators).
+    fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()>;
+
+    /// Finish the accumulation: per-voxel mean and standard deviation with `ddof`.
+    fn moments(&mut self, p: &ZscoreParams) -> Result<Moments>;
+
+    /// `(vol - mean) / std`, with constant voxels set by `p.constant`.
+    fn normalize(
+        &mut self,
+        vol: ArrayView3<f32>,
+        moments: &Moments,
+        p: &ZscoreParams,
+    ) -> Result<Array3<f32>>;
+
+    /// The first pass for one timepoint: filter, register, shift, accumulate.
+    fn process_frame(&mut self, raw: ArrayView3<f32>, plan: &FramePlan) -> Result<FrameOutput> {
+        let filtered = match &plan.median {
+            Some(m) => Some(self.median3d(raw, m)?),
+            None => None,
+        };
+        let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
+        let registration = match plan.register {
+            Some(_) => Some(self.register(if plan.register_on_raw { raw } else { current })?),
+            None => None,
+        };
+        let volume = match registration {
+            Some(r) => self.shift(current, r.shift, &plan.shift)?,
+            None => current.to_owned(),
+        };
+        if plan.accumulate {
+            self.accumulate(volume.view())?;
+        }
+        Ok(FrameOutput {
+            volume,
+            filtered: if plan.keep_filtered { filtered } else { None },
+            registration,
+        })
+    }
+}

@@ -1,0 +1,348 @@
+//! Command-line flags, and their conversion into validated configurations before any work starts.
+
+use crate::params::{
+    BoundaryMode, ConstantVoxels, MedianParams, Normalization, RegisterParams, ShiftParams,
+    ZscoreParams,
+};
+use crate::pipeline::{NonFinite, ReferenceSpec, RunConfig};
+use crate::{Error, Result};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(
+    name = "gpuprep",
+    version,
+    about = "Preprocess 4-D (t, z, y, x) imaging data on the GPU or CPU: \
+median filter, phase-correlation registration, shift, voxel-wise z-score — with scipy's numbers."
+)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Preprocess a dataset: median filter → register → shift → z-score, into one HDF5 file.
+    Run(RunArgs),
+    /// Write a synthetic dataset in the notebook's layout (one HDF5 file per timepoint).
+    Synth(SynthArgs),
+    /// Describe input files and list the compute backends on this machine.
+    Info(InfoArgs),
+    /// Synthesise a small dataset with known shifts, preprocess it and report what happened.
+    Demo(DemoArgs),
+}
+
+#[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
+pub enum BackendChoice {
+    /// A GPU adapter when there is one, else the CPU.
+    Auto,
+    /// A GPU adapter; an error when there is none.
+    Gpu,
+    /// The CPU path.
+    Cpu,
+}
+
+#[derive(Args, Debug, Clone)]
+pub struct EngineArgs {
+    /// Compute backend.
+    #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
+    pub backend: BackendChoice,
+    /// Graphics API for the GPU backend: any, vulkan, metal, dx12 or gl.
+    #[arg(long, default_value = "any")]
+    pub gpu_api: String,
+    /// CPU threads (default: all cores).
+    #[arg(long)]
+    pub threads: Option<usize>,
+}
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// Inputs: a directory of .h5 files, glob patterns, files (one 3-D volume each), or one file with a
+    /// 4-D (t, z, y, x) dataset.
+    #[arg(required = true)]
+    pub inputs: Vec<String>,
+    /// Output HDF5 file.
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Dataset path inside each input file.
+    #[arg(long, default_value = "default")]
+    pub dataset: String,
+    /// Overwrite the output if it exists.
+    #[arg(long)]
+    pub force: bool,
+
+    /// Median window per axis "z,y,x" (odd), or one number for all axes.
+    #[arg(long, default_value = "3,3,3")]
+    pub median_size: String,
+    /// Median boundary mode: reflect, nearest, mirror, constant, wrap (scipy's names).
+    #[arg(long, default_value = "reflect")]
+    pub median_mode: String,
+    /// Value outside the volume for --median-mode constant.
+    #[arg(long, default_value_t = 0.0)]
+    pub median_cval: f32,
+    /// Skip the median filter.
+    #[arg(long)]
+    pub no_median: bool,
+
+    /// Skip registration and shifting.
+    #[arg(long)]
+    pub no_register: bool,
+    /// Sub-voxel precision 1/N of the registration (scikit-image's upsample_factor).
+    #[arg(long, default_value_t = 1)]
+    pub upsample_factor: i64,
+    /// Cross-power spectrum normalization: phase or none.
+    #[arg(long, default_value = "phase")]
+    pub normalization: String,
+    /// Reference timepoint.
+    #[arg(long, default_value_t = 0, conflicts_with = "reference_mean")]
+    pub reference: usize,
+    /// Use the mean of timepoints START:END (half-open) as the reference.
+    #[arg(long, value_name = "START:END")]
+    pub reference_mean: Option<String>,
+    /// Register the raw volumes instead of the filtered ones (the shift is still applied to the
+    /// filtered volume).
+    #[arg(long)]
+    pub register_raw: bool,
+
+    /// Spline order of the shift: 0, 1 or 3.
+    #[arg(long, default_value_t = 3)]
+    pub order: u32,
+    /// Shift boundary mode: constant, nearest, reflect, mirror, wrap (scipy's names).
+    #[arg(long, default_value = "constant")]
+    pub shift_mode: String,
+    /// Value outside the volume for --shift-mode constant.
+    #[arg(long, default_value_t = 0.0)]
+    pub shift_cval: f32,
+
+    /// Skip the z-score (write the registered volumes).
+    #[arg(long)]
+    pub no_zscore: bool,
+    /// Delta degrees of freedom of the standard deviation.
+    #[arg(long, default_value_t = 0)]
+    pub ddof: u32,
+    /// Z-score of voxels whose time series is constant: nan (scipy's) or zero.
+    #[arg(long, default_value = "nan")]
+    pub constant_voxels: String,
+    /// NaN/Inf in the input: error (stop and name the file) or zero (replace with 0).
+    #[arg(long, default_value = "error")]
+    pub nonfinite: String,
+
+    /// Extra datasets to keep: filtered, registered (comma-separated).
+    #[arg(long, value_delimiter = ',')]
+    pub save: Vec<String>,
+    /// No progress bar and no summary.
+    #[arg(short, long)]
+    pub quiet: bool,
+
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct SynthArgs {
+    /// Output directory.
+    pub dir: PathBuf,
+    /// Shape "t,z,y,x".
+    #[arg(long, default_value = "10,100,100,100")]
+    pub shape: String,
+    /// randn (the notebook's) or realistic (smooth structure + noise + known shifts).
+    #[arg(long, default_value = "randn")]
+    pub mode: String,
+    /// Write one 4-D file (DIR/data.h5) instead of one file per timepoint.
+    #[arg(long)]
+    pub four_d: bool,
+    /// Largest shift per axis (realistic mode).
+    #[arg(long, default_value_t = 3.0)]
+    pub max_shift: f64,
+    /// Sub-voxel shifts (realistic mode).
+    #[arg(long)]
+    pub subpixel: bool,
+    /// Noise standard deviation relative to the structure (realistic mode).
+    #[arg(long, default_value_t = 0.05)]
+    pub noise: f32,
+    #[arg(long, default_value_t = 0)]
+    pub seed: u64,
+    /// Stored dtype: uint8, uint16, int16, int32, float32, float64.
+    #[arg(long, default_value = "float64")]
+    pub dtype: String,
+    /// Overwrite existing files.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Args, Debug)]
+pub struct InfoArgs {
+    /// Input files, directories or globs (optional).
+    pub inputs: Vec<String>,
+    #[arg(long, default_value = "default")]
+    pub dataset: String,
+}
+
+#[derive(Args, Debug)]
+pub struct DemoArgs {
+    /// Shape "t,z,y,x" of the synthetic data.
+    #[arg(long, default_value = "20,32,64,64")]
+    pub shape: String,
+    #[arg(long, default_value_t = 10)]
+    pub upsample_factor: i64,
+    #[command(flatten)]
+    pub engine: EngineArgs,
+}
+
+fn parse_list(flag: &str, s: &str, expected: usize) -> Result<Vec<usize>> {
+    let parts: std::result::Result<Vec<usize>, _> =
+        s.split(',').map(|p| p.trim().parse::<usize>()).collect();
+    match parts {
+        Ok(v) if v.len() == expected => Ok(v),
+        Ok(v) if v.len() == 1 && expected == 3 => Ok(vec![v[0]; 3]),
+        _ => Err(Error::InvalidParameter {
+            flag: flag.into(),
+            message: format!(
+                "got {s:?}; expected {expected} comma-separated non-negative integers"
+            ),
+        }),
+    }
+}
+
+pub fn parse_shape4(flag: &str, s: &str) -> Result<[usize; 4]> {
+    let v = parse_list(flag, s, 4)?;
+    if v.contains(&0) {
+        return Err(Error::InvalidParameter {
+            flag: flag.into(),
+            message: format!("got {s:?}; sizes must be >= 1"),
+        });
+    }
+    Ok([v[0], v[1], v[2], v[3]])
+}
+
+fn parse_mode(flag: &str, s: &str) -> Result<BoundaryMode> {
+    s.parse::<BoundaryMode>().map_err(|e| match e {
+        Error::InvalidParameter { message, .. } => Error::InvalidParameter {
+            flag: flag.into(),
+            message,
+        },
+        e => e,
+    })
+}
+
+pub fn upsample(flag: &str, u: i64) -> Result<u32> {
+    if u < 1 || u > 1000 {
+        return Err(Error::InvalidParameter {
+            flag: flag.into(),
+            message: format!("got {u}; expected an integer from 1 to 1000"),
+        });
+    }
+    Ok(u as u32)
+}
+
+impl RunArgs {
+    /// Every flag checked and converted before a byte is read.
+    pub fn to_config(&self) -> Result<RunConfig> {
+        let size = parse_list("--median-size", &self.median_size, 3)?;
+        let median = if self.no_median {
+            None
+        } else {
+            Some(MedianParams::new(
+                [size[0], size[1], size[2]],
+                parse_mode("--median-mode", &self.median_mode)?,
+                self.median_cval,
+            )?)
+        };
+        let normalization: Normalization = self.normalization.parse()?;
+        let register = if self.no_register {
+            None
+        } else {
+            Some(RegisterParams::new(
+                upsample("--upsample-factor", self.upsample_factor)?,
+                normalization,
+            )?)
+        };
+        let reference = match &self.reference_mean {
+            None => ReferenceSpec::Index(self.reference),
+            Some(r) => {
+                let bad = || Error::InvalidParameter {
+                    flag: "--reference-mean".into(),
+                    message: format!("got {r:?}; expected START:END with START < END"),
+                };
+                let (a, b) = r.split_once(':').ok_or_else(bad)?;
+                let (start, end) = (
+                    a.trim().parse().map_err(|_| bad())?,
+                    b.trim().parse().map_err(|_| bad())?,
+                );
+                if start >= end {
+                    return Err(bad());
+                }
+                ReferenceSpec::Mean { start, end }
+            }
+        };
+        let shift = ShiftParams::new(
+            self.order,
+            parse_mode("--shift-mode", &self.shift_mode)?,
+            self.shift_cval,
+        )?;
+        let constant = match self.constant_voxels.as_str() {
+            "nan" => ConstantVoxels::Nan,
+            "zero" => ConstantVoxels::Zero,
+            other => {
+                return Err(Error::InvalidParameter {
+                    flag: "--constant-voxels".into(),
+                    message: format!("got {other:?}; expected nan or zero"),
+                })
+            }
+        };
+        let zscore = (!self.no_zscore).then_some(ZscoreParams {
+            ddof: self.ddof,
+            constant,
+        });
+        let nonfinite = match self.nonfinite.as_str() {
+            "error" => NonFinite::Error,
+            "zero" => NonFinite::Zero,
+            other => {
+                return Err(Error::InvalidParameter {
+                    flag: "--nonfinite".into(),
+                    message: format!("got {other:?}; expected error or zero"),
+                })
+            }
+        };
+        let mut save_filtered = false;
+        let mut save_registered = false;
+        for s in &self.save {
+            match s.trim() {
+                "filtered" => save_filtered = true,
+                "registered" => save_registered = true,
+                "" => {}
+                other => {
+                    return Err(Error::InvalidParameter {
+                        flag: "--save".into(),
+                        message: format!(
+                            "unknown stage {other:?}; expected filtered and/or registered"
+                        ),
+                    })
+                }
+            }
+        }
+        if save_filtered && median.is_none() {
+            return Err(Error::InvalidParameter {
+                flag: "--save".into(),
+                message: "filtered was asked for but --no-median is set".into(),
+            });
+        }
+        Ok(RunConfig {
+            inputs: self.inputs.clone(),
+            dataset: self.dataset.clone(),
+            output: self.output.clone(),
+            force: self.force,
+            median,
+            register,
+            register_on_raw: self.register_raw,
+            reference,
+            shift,
+            zscore,
+            save_filtered,
+            save_registered,
+            nonfinite,
+            progress: !self.quiet,
+        })
+    }
+}

@@ -1,0 +1,33 @@
+//! Cross-power spectrum and correlation-peak search on the CPU; CPU twin of `shaders/cross_power.wgsl`.
+
+use super::fft::C32;
+use crate::params::Normalization;
+use ndarray::{Array3, Zip};
+
+/// `R = F · conj(G)`, then with `phase` normalization `R /= max(|R|, 100·eps_f32)`, as
+/// scikit-image does in single precision for float32 input. Written into `g`.
+pub fn cross_power(f: &Array3<C32>, g: &mut Array3<C32>, normalization: Normalization) {
+    let floor = 100.0 * f32::EPSILON;
+    Zip::from(g).and(f).par_for_each(|g, f| {
+        let r = f * g.conj();
+        *g = match normalization {
+            Normalization::Phase => r / r.norm().max(floor),
+            Normalization::None => r,
+        };
+    });
+}
+
+/// Index (C order) of the largest `|c|`; the first one on ties, as `np.argmax`.
+pub fn argmax_abs(c: &Array3<C32>) -> [usize; 3] {
+    let (_, ny, nx) = c.dim();
+    let mut best = 0;
+    let mut best_v = f32::NEG_INFINITY;
+    for (i, v) in c.iter().enumerate() {
+        let a = v.norm();
+        if a > best_v {
+            best_v = a;
+            best = i;
+        }
+    }
+    [best / (ny * nx), (best / nx) % ny, best % nx]
+}

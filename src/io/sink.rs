@@ -1,0 +1,461 @@
+//! The output file: 4-D float32 volume datasets plus small arrays and root attributes, written to a temporary
+//! name beside the final path and renamed into place only by `finish`, so a failed or interrupted run never
+//! leaves a half-written file under the name the user asked for.
+
+use std::path::{Path, PathBuf};
+
+use hdf5::types::VarLenUnicode;
+use ndarray::{s, Array1, Array3, ArrayView3, ArrayViewD};
+
+use super::fmt_shape;
+use super::source::first_line;
+use crate::error::{Error, Result};
+
+/// Target bytes of one chunk of a 4-D dataset.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Most timepoints in one chunk.
+const MAX_CHUNK_T: usize = 8;
+/// Most bytes of chunk cache per 4-D dataset; bounds the chunk's time extent for large volumes.
+const CACHE_BUDGET: usize = 256 << 20;
+
+/// An output file being written.
+pub struct Sink {
+    path: PathBuf,
+    temp: PathBuf,
+    force: bool,
+    t: usize,
+    shape: [usize; 3],
+    // `None` once closed; the datasets are dropped before the file so HDF5 really closes it.
+    file: Option<hdf5::File>,
+    volumes: Vec<(String, hdf5::Dataset)>,
+    finished: bool,
+}
+
+impl Sink {
+    /// Checks the output path and creates the temporary file with `volume_datasets`, each a 4-D float32
+    /// (t, z, y, x) dataset.
+    pub fn create(
+        path: &Path,
+        force: bool,
+        inputs: &[PathBuf],
+        t: usize,
+        shape: [usize; 3],
+        volume_datasets: &[&str],
+    ) -> Result<Sink> {
+        let out_err = |message: String| Error::Output {
+            path: path.to_path_buf(),
+            message,
+        };
+        if t == 0 || shape.contains(&0) {
+            return Err(out_err(format!(
+                "cannot hold {t} volumes of shape {}; every size must be nonzero",
+                fmt_shape(&shape)
+            )));
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| out_err("is not a file name (it ends in '..' or '/')".into()))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        if !parent.is_dir() {
+            return Err(out_err(format!(
+                "parent directory {} does not exist",
+                parent.display()
+            )));
+        }
+        // Compare canonical paths so `./a.h5`, `dir/../a.h5` and symlinks to an input are all caught: writing
+        // over an input would destroy it before it is read.
+        let canonical_out = if path.exists() {
+            path.canonicalize().ok()
+        } else {
+            parent.canonicalize().ok().map(|p| p.join(name))
+        };
+        if let Some(out) = &canonical_out {
+            for input in inputs {
+                if input.canonicalize().ok().as_ref() == Some(out) {
+                    return Err(out_err(format!(
+                        "is also an input file ({}); choose another output path",
+                        input.display()
+                    )));
+                }
+            }
+        }
+        if path.is_dir() {
+            return Err(out_err(
+                "is a directory; expected an output file name".into(),
+            ));
+        }
+        if path.exists() && !force {
+            return Err(out_err("exists; pass --force to overwrite".into()));
+        }
+
+        let temp = parent.join(format!(
+            ".{}.partial-{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = hdf5::File::create(&temp).map_err(|e| Error::Output {
+            path: temp.clone(),
+            message: format!(
+                "cannot create the temporary output file ({})",
+                first_line(&e)
+            ),
+        })?;
+        // From here on, dropping `sink` on an error deletes the temporary file.
+        let mut sink = Sink {
+            path: path.to_path_buf(),
+            temp,
+            force,
+            t,
+            shape,
+            file: Some(file),
+            volumes: Vec::new(),
+            finished: false,
+        };
+        let (chunk, cache_bytes, cache_slots) = volume_chunking(t, shape);
+        for &ds_name in volume_datasets {
+            if sink.volumes.iter().any(|(n, _)| n == ds_name) {
+                return Err(Error::Output {
+                    path: sink.path.clone(),
+                    message: format!("dataset '{ds_name}' requested twice"),
+                });
+            }
+            let ds = sink
+                .file()?
+                .new_dataset::<f32>()
+                .shape([t, shape[0], shape[1], shape[2]])
+                .chunk(chunk)
+                .chunk_cache(cache_slots, cache_bytes, 1.0)
+                .create(ds_name)
+                .map_err(|source| sink.hdf5_err(format!("creating dataset '{ds_name}'"), source))?;
+            sink.volumes.push((ds_name.to_string(), ds));
+        }
+        Ok(sink)
+    }
+
+    /// Writes volume `t` of the 4-D dataset `name`.
+    pub fn write_volume(&mut self, name: &str, t: usize, vol: ArrayView3<f32>) -> Result<()> {
+        let ds = self.volume(name, t)?;
+        if vol.shape() != self.shape {
+            return Err(Error::Data(format!(
+                "volume {t} for dataset '{name}' has shape {}, expected {}",
+                fmt_shape(vol.shape()),
+                fmt_shape(&self.shape)
+            )));
+        }
+        let vol = vol.as_standard_layout();
+        ds.write_slice(&vol, s![t, .., .., ..])
+            .map_err(|source| self.hdf5_err(format!("writing dataset '{name}' at t={t}"), source))
+    }
+
+    /// Reads volume `t` of the 4-D dataset `name` back (the z-score's second pass rewrites "data").
+    pub fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {
+        let ds = self.volume(name, t)?;
+        ds.read_slice::<f32, _, ndarray::Ix3>(s![t, .., .., ..])
+            .map_err(|source| self.hdf5_err(format!("reading dataset '{name}' at t={t}"), source))
+    }
+
+    /// Writes a float64 array (e.g. "shifts" (t, 3), "error" (t,)), replacing one of that name.
+    pub fn write_array_f64(&mut self, name: &str, data: ArrayViewD<f64>) -> Result<()> {
+        let data = data.as_standard_layout();
+        self.write_array(name, data.view())
+    }
+
+    /// Writes a float32 array (e.g. "mean", "std" (z, y, x)), replacing one of that name.
+    pub fn write_array_f32(&mut self, name: &str, data: ArrayViewD<f32>) -> Result<()> {
+        let data = data.as_standard_layout();
+        self.write_array(name, data.view())
+    }
+
+    fn write_array<T: hdf5::H5Type>(&mut self, name: &str, data: ArrayViewD<T>) -> Result<()> {
+        if self.volumes.iter().any(|(n, _)| n == name) {
+            return Err(Error::Output {
+                path: self.path.clone(),
+                message: format!(
+                    "dataset '{name}' is one of the 4-D volume datasets; choose another name"
+                ),
+            });
+        }
+        let file = self.file()?;
+        if file.link_exists(name) {
+            file.unlink(name)
+                .map_err(|source| self.hdf5_err(format!("replacing dataset '{name}'"), source))?;
+        }
+        file.new_dataset_builder()
+            .with_data(data)
+            .create(name)
+            .map(drop)
+            .map_err(|source| self.hdf5_err(format!("writing dataset '{name}'"), source))
+    }
+
+    /// Sets a root attribute to a variable-length UTF-8 string (h5py reads it as `str`).
+    pub fn set_attr_str(&mut self, name: &str, value: &str) -> Result<()> {
+        let v = vlen(name, value)?;
+        self.replace_attr(name, |f| {
+            f.new_attr_builder()
+                .with_data(ndarray::arr0(v).view())
+                .create(name)
+                .map(drop)
+        })
+    }
+
+    pub fn set_attr_f64(&mut self, name: &str, value: f64) -> Result<()> {
+        self.replace_attr(name, |f| {
+            f.new_attr_builder()
+                .with_data(ndarray::arr0(value).view())
+                .create(name)
+                .map(drop)
+        })
+    }
+
+    pub fn set_attr_i64(&mut self, name: &str, value: i64) -> Result<()> {
+        self.replace_attr(name, |f| {
+            f.new_attr_builder()
+                .with_data(ndarray::arr0(value).view())
+                .create(name)
+                .map(drop)
+        })
+    }
+
+    /// Sets a root attribute to a 1-D array of variable-length UTF-8 strings (e.g. the input files).
+    pub fn set_attr_strs(&mut self, name: &str, values: &[String]) -> Result<()> {
+        let vs = values
+            .iter()
+            .map(|v| vlen(name, v))
+            .collect::<Result<Vec<_>>>()?;
+        let arr = Array1::from(vs);
+        self.replace_attr(name, |f| {
+            f.new_attr_builder()
+                .with_data(arr.view())
+                .create(name)
+                .map(drop)
+        })
+    }
+
+    fn replace_attr(
+        &mut self,
+        name: &str,
+        create: impl FnOnce(&hdf5::File) -> hdf5::Result<()>,
+    ) -> Result<()> {
+        let file = self.file()?;
+        let what = || format!("writing attribute '{name}'");
+        if file
+            .attr_names()
+            .map_err(|s| self.hdf5_err(what(), s))?
+            .iter()
+            .any(|n| n == name)
+        {
+            file.delete_attr(name)
+                .map_err(|s| self.hdf5_err(what(), s))?;
+        }
+        create(file).map_err(|s| self.hdf5_err(what(), s))
+    }
+
+    /// Where the file is being written until `finish`.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// The path the file will have after `finish`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes and closes the file and renames it to the final path (over an existing file only with force).
+    pub fn finish(mut self) -> Result<PathBuf> {
+        let file = self.file.take().ok_or_else(|| self.closed())?;
+        let flushed = file.flush();
+        self.volumes.clear();
+        let closed = file.close();
+        flushed
+            .and(closed)
+            .map_err(|source| self.hdf5_err("flushing and closing the output".into(), source))?;
+
+        if self.force {
+            std::fs::rename(&self.temp, &self.path).map_err(|source| Error::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        } else {
+            // Without --force the output must still not exist: a hard link fails atomically if it does, where
+            // a rename would silently replace a file that appeared while we were writing.
+            match std::fs::hard_link(&self.temp, &self.path) {
+                Ok(()) => {
+                    let _ = std::fs::remove_file(&self.temp);
+                }
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
+                    // Keep the finished work: the user can move it by hand.
+                    self.finished = true;
+                    return Err(Error::Output {
+                        path: self.path.clone(),
+                        message: format!(
+                            "appeared while gpuprep was writing; not overwritten, the result is in {} \
+                             (pass --force to overwrite)",
+                            self.temp.display()
+                        ),
+                    });
+                }
+                // Filesystems without hard links: check, then rename.
+                Err(_) if !self.path.exists() => {
+                    std::fs::rename(&self.temp, &self.path).map_err(|source| Error::Io {
+                        path: self.path.clone(),
+                        source,
+                    })?;
+                }
+                Err(source) => {
+                    return Err(Error::Io {
+                        path: self.path.clone(),
+                        source,
+                    })
+                }
+            }
+        }
+        self.finished = true;
+        Ok(self.path.clone())
+    }
+
+    fn file(&self) -> Result<&hdf5::File> {
+        self.file.as_ref().ok_or_else(|| self.closed())
+    }
+
+    fn closed(&self) -> Error {
+        Error::Output {
+            path: self.path.clone(),
+            message: "the output file is already closed".into(),
+        }
+    }
+
+    fn volume(&self, name: &str, t: usize) -> Result<&hdf5::Dataset> {
+        let ds = self
+            .volumes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d)
+            .ok_or_else(|| Error::Output {
+                path: self.path.clone(),
+                message: format!(
+                    "has no volume dataset '{name}' (created: {})",
+                    self.volumes
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })?;
+        if t >= self.t {
+            return Err(Error::Data(format!(
+                "timepoint {t} out of range for dataset '{name}' of {} timepoints",
+                self.t
+            )));
+        }
+        Ok(ds)
+    }
+
+    fn hdf5_err(&self, what: String, source: hdf5::Error) -> Error {
+        Error::Hdf5 {
+            path: self.temp.clone(),
+            what,
+            source,
+        }
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        if !self.finished {
+            self.volumes.clear();
+            drop(self.file.take());
+            let _ = std::fs::remove_file(&self.temp);
+        }
+    }
+}
+
+fn vlen(name: &str, value: &str) -> Result<VarLenUnicode> {
+    value.parse::<VarLenUnicode>().map_err(|e| {
+        Error::Data(format!(
+            "attribute '{name}': value {value:?} cannot be stored as an HDF5 string: {e}"
+        ))
+    })
+}
+
+/// Chunk shape, chunk-cache bytes and cache slots for a (t, z, y, x) float32 dataset.
+///
+/// Users read the output two ways: whole volumes (`f["data"][t]`) and voxel or small-region time series
+/// (`f["data"][:, z, y, x]`). A chunk of one volume makes a time series read touch `t` chunks; a chunk spanning
+/// all of t makes a volume read pull in the whole file. We take the middle: up to 8 timepoints per chunk and a
+/// compact spatial block, about 1 MiB in all, so a time series costs t/8 chunk reads and a volume read reads at
+/// most 8 volumes' worth of chunks. The spatial block halves the largest axis until it fits, which keeps it
+/// near-cubic (good for regional time series) and tiles each axis into near-equal parts.
+///
+/// The pipeline writes one volume at a time, which touches every chunk of the current t-slab once per volume;
+/// the cache holds that whole slab so each chunk is written to disk once, when full, rather than read back and
+/// rewritten per volume. The slab is `ct` volumes, so `ct` is lowered for large volumes to keep the cache within
+/// `CACHE_BUDGET` per dataset whatever the number of timepoints; at `ct = 1` every write covers whole chunks
+/// and the cache is not needed for that.
+pub(crate) fn volume_chunking(t: usize, shape: [usize; 3]) -> ([usize; 4], usize, usize) {
+    let vol_bytes = shape.iter().product::<usize>() * 4;
+    let ct = (CACHE_BUDGET / vol_bytes.max(1))
+        .clamp(1, MAX_CHUNK_T)
+        .min(t);
+    let budget = (CHUNK_BYTES / 4 / ct).max(1);
+    let mut c = shape;
+    while c.iter().product::<usize>() > budget {
+        let i = (0..3).max_by_key(|&i| (c[i], i)).unwrap();
+        if c[i] == 1 {
+            break;
+        }
+        c[i] = c[i].div_ceil(2);
+    }
+    let chunk = [ct, c[0], c[1], c[2]];
+    let chunks_per_slab: usize = (0..3).map(|i| shape[i].div_ceil(c[i])).product();
+    let chunk_bytes = chunk.iter().product::<usize>() * 4;
+    let cache_bytes =
+        (chunks_per_slab * chunk_bytes).clamp(CHUNK_BYTES, CACHE_BUDGET.max(chunk_bytes));
+    // HDF5 advises a prime number of hash slots, about 10-100 times the chunks that fit.
+    let slots = next_prime((chunks_per_slab * 10).max(521));
+    (chunk, cache_bytes, slots)
+}
+
+fn next_prime(mut n: usize) -> usize {
+    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    while !is_prime(n) {
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::volume_chunking;
+
+    #[test]
+    fn chunks_are_about_a_mebibyte_and_cache_holds_a_slab() {
+        for (t, shape) in [
+            (10, [100, 100, 100]),
+            (3, [4, 5, 6]),
+            (1000, [64, 512, 512]),
+            (50, [1, 2048, 2048]),
+        ] {
+            let (c, cache, slots) = volume_chunking(t, shape);
+            let bytes = c.iter().product::<usize>() * 4;
+            assert!(bytes <= 1 << 20, "{c:?}");
+            assert!(c[0] <= t.min(8) && c[0] >= 1);
+            for i in 0..3 {
+                assert!(c[i + 1] >= 1 && c[i + 1] <= shape[i]);
+            }
+            let slab: usize = (0..3)
+                .map(|i| shape[i].div_ceil(c[i + 1]))
+                .product::<usize>()
+                * bytes;
+            assert!(
+                cache >= slab.min(256 << 20),
+                "{c:?} cache {cache} slab {slab}"
+            );
+            assert!(cache <= 256 << 20);
+            assert!(slots >= 521);
+        }
+        assert_eq!(volume_chunking(10, [100, 100, 100]).0, [8, 25, 25, 50]);
+    }
+}

@@ -1,0 +1,255 @@
+//! Validated parameters for every stage, shared by the CPU and GPU backends and the CLI.
+
+use crate::error::{Error, Result};
+use std::fmt;
+use std::str::FromStr;
+
+/// How a kernel extends the volume beyond its edges, with scipy.ndimage's names and meanings.
+///
+/// For the median filter (scipy's `_extend_mode` for filters), with input `a b c d`:
+/// `reflect` (d c b a | a b c d | d c b a), `mirror` (d c b | a b c d | c b a), `nearest` (a a a | a b c d | d d d),
+/// `wrap` (a b c d | a b c d | a b c d), `constant` (k k k | a b c d | k k k).
+/// For spline interpolation (`shift`), the same names follow scipy.ndimage.shift exactly, including its
+/// quirks: `constant` gives `cval` outside the input and no interpolation across the edge, and `wrap`
+/// has period `n - 1` as in scipy's legacy `wrap` (not `grid-wrap`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum BoundaryMode {
+    Reflect,
+    Nearest,
+    Mirror,
+    Constant,
+    Wrap,
+}
+
+impl BoundaryMode {
+    pub const ALL: [BoundaryMode; 5] = [
+        BoundaryMode::Reflect,
+        BoundaryMode::Nearest,
+        BoundaryMode::Mirror,
+        BoundaryMode::Constant,
+        BoundaryMode::Wrap,
+    ];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            BoundaryMode::Reflect => "reflect",
+            BoundaryMode::Nearest => "nearest",
+            BoundaryMode::Mirror => "mirror",
+            BoundaryMode::Constant => "constant",
+            BoundaryMode::Wrap => "wrap",
+        }
+    }
+
+    /// The integer code used in GPU uniform structs (keep in sync with `shaders/common.wgsl`).
+    pub fn code(self) -> u32 {
+        match self {
+            BoundaryMode::Reflect => 0,
+            BoundaryMode::Nearest => 1,
+            BoundaryMode::Mirror => 2,
+            BoundaryMode::Constant => 3,
+            BoundaryMode::Wrap => 4,
+        }
+    }
+}
+
+impl fmt::Display for BoundaryMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for BoundaryMode {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        BoundaryMode::ALL
+            .into_iter()
+            .find(|m| m.name() == s)
+            .ok_or_else(|| Error::InvalidParameter {
+                flag: "mode".into(),
+                message: format!(
+                    "unknown boundary mode {s:?}; expected one of reflect, nearest, mirror, constant, wrap"
+                ),
+            })
+    }
+}
+
+/// Median filter parameters, as `scipy.ndimage.median_filter(vol, size=size, mode=mode, cval=cval)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct MedianParams {
+    /// Window size per axis (z, y, x); each odd and at least 1.
+    pub size: [usize; 3],
+    pub mode: BoundaryMode,
+    pub cval: f32,
+}
+
+impl Default for MedianParams {
+    fn default() -> Self {
+        MedianParams {
+            size: [3, 3, 3],
+            mode: BoundaryMode::Reflect,
+            cval: 0.0,
+        }
+    }
+}
+
+impl MedianParams {
+    pub fn new(size: [usize; 3], mode: BoundaryMode, cval: f32) -> Result<Self> {
+        for (axis, &s) in ["z", "y", "x"].iter().zip(size.iter()) {
+            if s == 0 || s % 2 == 0 {
+                return Err(Error::InvalidParameter {
+                    flag: "--median-size".into(),
+                    message: format!("size along {axis} is {s}; expected an odd number >= 1"),
+                });
+            }
+        }
+        Ok(MedianParams { size, mode, cval })
+    }
+
+    /// Errors when the volume is smaller than the window along some axis.
+    pub fn check_shape(&self, shape: [usize; 3]) -> Result<()> {
+        for i in 0..3 {
+            if shape[i] < self.size[i] {
+                return Err(Error::InvalidParameter {
+                    flag: "--median-size".into(),
+                    message: format!(
+                        "volume shape {shape:?} is smaller than the median window {:?} along axis {}",
+                        self.size,
+                        ["z", "y", "x"][i]
+                    ),
+                });
+            }
+        }
+        Ok(())
+    }
+}
+
+/// Normalization of the cross-power spectrum (`normalization=` of `phase_cross_correlation`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Normalization {
+    Phase,
+    None,
+}
+
+impl FromStr for Normalization {
+    type Err = Error;
+    fn from_str(s: &str) -> Result<Self> {
+        match s {
+            "phase" => Ok(Normalization::Phase),
+            "none" => Ok(Normalization::None),
+            _ => Err(Error::InvalidParameter {
+                flag: "--normalization".into(),
+                message: format!("unknown normalization {s:?}; expected phase or none"),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for Normalization {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Normalization::Phase => "phase",
+            Normalization::None => "none",
+        })
+    }
+}
+
+/// Registration parameters, as `skimage.registration.phase_cross_correlation(reference, moving,
+/// upsample_factor=..., normalization=...)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct RegisterParams {
+    pub upsample_factor: u32,
+    pub normalization: Normalization,
+}
+
+impl Default for RegisterParams {
+    fn default() -> Self {
+        RegisterParams {
+            upsample_factor: 1,
+            normalization: Normalization::Phase,
+        }
+    }
+}
+
+impl RegisterParams {
+    pub fn new(upsample_factor: u32, normalization: Normalization) -> Result<Self> {
+        if upsample_factor < 1 {
+            return Err(Error::InvalidParameter {
+                flag: "--upsample-factor".into(),
+                message: format!("got {upsample_factor}; expected an integer >= 1"),
+            });
+        }
+        Ok(RegisterParams {
+            upsample_factor,
+            normalization,
+        })
+    }
+}
+
+/// The result of registering one volume onto the reference.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Registration {
+    /// Shift (z, y, x) in voxels that registers the moving volume onto the reference:
+    /// `scipy.ndimage.shift(moving, shift)` lines it up with the reference.
+    pub shift: [f64; 3],
+    /// scikit-image's translation-invariant normalized RMS error.
+    pub error: f64,
+    /// Global phase difference between the two volumes (radians).
+    pub phasediff: f64,
+}
+
+/// Shift (interpolation) parameters, as `scipy.ndimage.shift(vol, s, order=order, mode=mode, cval=cval)`
+/// with `prefilter=True`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ShiftParams {
+    /// Spline order: 0, 1 or 3.
+    pub order: u32,
+    pub mode: BoundaryMode,
+    pub cval: f32,
+}
+
+impl Default for ShiftParams {
+    fn default() -> Self {
+        ShiftParams {
+            order: 3,
+            mode: BoundaryMode::Constant,
+            cval: 0.0,
+        }
+    }
+}
+
+impl ShiftParams {
+    pub fn new(order: u32, mode: BoundaryMode, cval: f32) -> Result<Self> {
+        if !matches!(order, 0 | 1 | 3) {
+            return Err(Error::InvalidParameter {
+                flag: "--order".into(),
+                message: format!("spline order {order} is not supported; expected 0, 1 or 3"),
+            });
+        }
+        Ok(ShiftParams { order, mode, cval })
+    }
+}
+
+/// What to write for voxels whose time series is constant (standard deviation zero).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ConstantVoxels {
+    /// NaN, as `scipy.stats.zscore` does.
+    Nan,
+    /// 0.
+    Zero,
+}
+
+/// Z-score parameters, as `scipy.stats.zscore(data, axis=0, ddof=ddof)`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct ZscoreParams {
+    pub ddof: u32,
+    pub constant: ConstantVoxels,
+}
+
+impl Default for ZscoreParams {
+    fn default() -> Self {
+        ZscoreParams {
+            ddof: 0,
+            constant: ConstantVoxels::Nan,
+        }
+    }
+}

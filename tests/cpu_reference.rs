@@ -1,0 +1,1 @@
+//! Integration tests: cpu_reference.

@@ -1,0 +1,9 @@
+//! One integration-test binary (ripgrep's layout): each module owns one area.
+
+mod cli;
+mod cpu_golden;
+mod cpu_reference;
+mod gpu;
+mod io;
+mod pipeline;
+mod shaders;
