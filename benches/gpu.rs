@@ -1,1 +1,228 @@
-fn main() {}
+//! Criterion benches per kernel: CPU path against GPU path, the GPU with transfers (the `Backend`
+//! call: upload, compute, read back) and without (`resident`: the kernel on buffers already on the
+//! device, submit and wait). Throughput is bytes of f32 volume processed per call.
+//!
+//! Sizes: 16x64x64 and 64x128x128 by default; GPUPREP_BENCH_LARGE=1 adds 64x256x256. On lavapipe
+//! (software Vulkan) these numbers measure the CPU running SPIR-V, not a GPU.
+//! Run: `XDG_RUNTIME_DIR=/tmp cargo bench --bench gpu [-- filter]`.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gpuprep::backend::{Backend, FramePlan};
+use gpuprep::cpu::{self, CpuBackend};
+use gpuprep::gpu::{self, Api, GpuBackend, GpuContext};
+use gpuprep::params::*;
+use ndarray::Array3;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::time::Duration;
+
+fn sizes() -> Vec<[usize; 3]> {
+    let mut s = vec![[16, 64, 64], [64, 128, 128]];
+    if std::env::var("GPUPREP_BENCH_LARGE").as_deref() == Ok("1") {
+        s.push([64, 256, 256]);
+    }
+    s
+}
+
+fn label(s: [usize; 3]) -> String {
+    format!("{}x{}x{}", s[0], s[1], s[2])
+}
+
+fn volume(shape: [usize; 3]) -> Array3<f32> {
+    let mut rng = StdRng::seed_from_u64(1);
+    Array3::from_shape_simple_fn(shape, || rng.random::<f32>())
+}
+
+fn wait(ctx: &GpuContext, idx: wgpu::SubmissionIndex) {
+    ctx.device
+        .poll(wgpu::PollType::Wait {
+            submission_index: Some(idx),
+            timeout: None,
+        })
+        .unwrap();
+}
+
+fn gpu_backend() -> Option<GpuBackend> {
+    match GpuBackend::new(Api::Any) {
+        Ok(g) => {
+            eprintln!("GPU bench device: {}", g.describe());
+            Some(g)
+        }
+        Err(e) => {
+            eprintln!("SKIPPED GPU benches: {e}");
+            None
+        }
+    }
+}
+
+fn bench_kernels(c: &mut Criterion) {
+    let mut gpu = gpu_backend();
+    let mut cpu = CpuBackend::new();
+    let median = MedianParams::new([3, 3, 3], BoundaryMode::Reflect, 0.0).unwrap();
+    let shift = ShiftParams::new(3, BoundaryMode::Constant, 0.0).unwrap();
+    let s = [0.4, -1.3, 2.7];
+    for shape in sizes() {
+        let v = volume(shape);
+        let bytes = (v.len() * 4) as u64;
+        let id = label(shape);
+
+        let mut g = c.benchmark_group("median3d_3x3x3");
+        g.throughput(Throughput::Bytes(bytes))
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(3));
+        g.bench_function(BenchmarkId::new("cpu", &id), |b| {
+            b.iter(|| cpu.median3d(v.view(), &median).unwrap())
+        });
+        if let Some(gb) = gpu.as_mut() {
+            g.bench_function(BenchmarkId::new("gpu_with_transfers", &id), |b| {
+                b.iter(|| gb.median3d(v.view(), &median).unwrap())
+            });
+            let ctx = gb.context();
+            let src = ctx
+                .storage_init("bench.src", v.as_slice().unwrap())
+                .unwrap();
+            let dst = ctx.storage("bench.dst", bytes).unwrap();
+            g.bench_function(BenchmarkId::new("gpu_resident", &id), |b| {
+                b.iter(|| {
+                    let mut rec = ctx.recorder();
+                    gpu::median3d::record(ctx, &mut rec, &src, &dst, shape, &median).unwrap();
+                    wait(ctx, rec.submit().unwrap());
+                })
+            });
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group("shift_order3");
+        g.throughput(Throughput::Bytes(bytes))
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(3));
+        g.bench_function(BenchmarkId::new("cpu", &id), |b| {
+            b.iter(|| cpu.shift(v.view(), s, &shift).unwrap())
+        });
+        if let Some(gb) = gpu.as_mut() {
+            g.bench_function(BenchmarkId::new("gpu_with_transfers", &id), |b| {
+                b.iter(|| gb.shift(v.view(), s, &shift).unwrap())
+            });
+            let ctx = gb.context();
+            let src = ctx
+                .storage_init("bench.src", v.as_slice().unwrap())
+                .unwrap();
+            let dst = ctx.storage("bench.dst", bytes).unwrap();
+            let bufs = gpu::shift::ShiftBuffers::new(ctx, shape).unwrap();
+            g.bench_function(BenchmarkId::new("gpu_resident", &id), |b| {
+                b.iter(|| {
+                    let mut rec = ctx.recorder();
+                    gpu::shift::record(ctx, &mut rec, &bufs, &src, &dst, s, &shift).unwrap();
+                    wait(ctx, rec.submit().unwrap());
+                })
+            });
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group("zscore_accumulate");
+        g.throughput(Throughput::Bytes(bytes))
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(3));
+        cpu.reset_moments(shape).unwrap();
+        g.bench_function(BenchmarkId::new("cpu", &id), |b| {
+            b.iter(|| cpu.accumulate(v.view()).unwrap())
+        });
+        if let Some(gb) = gpu.as_mut() {
+            gb.reset_moments(shape).unwrap();
+            g.bench_function(BenchmarkId::new("gpu_with_transfers", &id), |b| {
+                b.iter(|| gb.accumulate(v.view()).unwrap())
+            });
+            let ctx = gb.context();
+            if ctx.has_f64() {
+                let src = ctx
+                    .storage_init("bench.src", v.as_slice().unwrap())
+                    .unwrap();
+                let mut acc = gpu::zscore::GpuAccumulator::new(ctx, shape).unwrap();
+                g.bench_function(BenchmarkId::new("gpu_resident", &id), |b| {
+                    b.iter(|| {
+                        let mut rec = ctx.recorder();
+                        acc.record_add(ctx, &mut rec, &src).unwrap();
+                        wait(ctx, rec.submit().unwrap());
+                    })
+                });
+            }
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group("fft3_forward");
+        g.throughput(Throughput::Bytes(bytes))
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(3));
+        let cv = v.mapv(|x| cpu::fft::C32::new(x, 0.0));
+        let plan = cpu::fft::Fft3::new(shape);
+        g.bench_function(BenchmarkId::new("cpu", &id), |b| {
+            b.iter(|| {
+                let mut d = cv.clone();
+                plan.forward(&mut d);
+                d
+            })
+        });
+        if let Some(gb) = gpu.as_mut() {
+            g.bench_function(BenchmarkId::new("gpu_with_transfers", &id), |b| {
+                b.iter(|| gb.fft3(&cv, false).unwrap())
+            });
+            let ctx = gb.context();
+            let gplan = gpu::fft::Fft3Plan::new(ctx, shape).unwrap();
+            let flat: Vec<[f32; 2]> = cv.iter().map(|z| [z.re, z.im]).collect();
+            let x = ctx.storage_init("bench.x", &flat).unwrap();
+            let y = ctx.storage("bench.y", bytes * 2).unwrap();
+            g.bench_function(BenchmarkId::new("gpu_resident", &id), |b| {
+                b.iter(|| {
+                    let mut rec = ctx.recorder();
+                    gplan.record(ctx, &mut rec, &x, &y, false).unwrap();
+                    wait(ctx, rec.submit().unwrap());
+                })
+            });
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group("register_phase");
+        g.throughput(Throughput::Bytes(bytes))
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(3));
+        let rp = RegisterParams::default();
+        cpu.set_reference(v.view(), &rp).unwrap();
+        g.bench_function(BenchmarkId::new("cpu", &id), |b| {
+            b.iter(|| cpu.register(v.view()).unwrap())
+        });
+        if let Some(gb) = gpu.as_mut() {
+            gb.set_reference(v.view(), &rp).unwrap();
+            g.bench_function(BenchmarkId::new("gpu_with_transfers", &id), |b| {
+                b.iter(|| gb.register(v.view()).unwrap())
+            });
+        }
+        g.finish();
+
+        let mut g = c.benchmark_group("process_frame");
+        g.throughput(Throughput::Bytes(bytes))
+            .sample_size(10)
+            .measurement_time(Duration::from_secs(3));
+        let plan = FramePlan {
+            median: Some(median),
+            register: Some(rp),
+            register_on_raw: false,
+            shift,
+            accumulate: true,
+            keep_filtered: false,
+        };
+        cpu.reset_moments(shape).unwrap();
+        g.bench_function(BenchmarkId::new("cpu", &id), |b| {
+            b.iter(|| cpu.process_frame(v.view(), &plan).unwrap())
+        });
+        if let Some(gb) = gpu.as_mut() {
+            gb.reset_moments(shape).unwrap();
+            g.bench_function(BenchmarkId::new("gpu_with_transfers", &id), |b| {
+                b.iter(|| gb.process_frame(v.view(), &plan).unwrap())
+            });
+        }
+        g.finish();
+    }
+}
+
+criterion_group!(benches, bench_kernels);
+criterion_main!(benches);

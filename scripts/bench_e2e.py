@@ -106,6 +106,7 @@ class H5Target:
 
 
 def dask_only(data_dir, out_path, scheduler, persist):
+    import logging
     import warnings
     warnings.filterwarnings("ignore")
     t_start = time.perf_counter()
@@ -122,6 +123,8 @@ def dask_only(data_dir, out_path, scheduler, persist):
         from dask.distributed import Client, LocalCluster
         lc = LocalCluster(n_workers=1, processes=False, dashboard_address=None)
         client = Client(lc)
+        for name in ("distributed", "distributed.shuffle", "distributed.shuffle._scheduler_plugin"):
+            logging.getLogger(name).setLevel(logging.ERROR)  # p2p-rechunk chatter
         nthreads = sum(client.nthreads().values())
         sched_desc = f"distributed LocalCluster(n_workers=1, processes=False), {nthreads} threads"
     else:

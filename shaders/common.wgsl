@@ -17,10 +17,13 @@ fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid.x;
 }
 
-// Euclidean remainder for possibly negative i.
+// Euclidean remainder for possibly negative i (n > 0). `%` is only applied to non-negative operands:
+// on the GL backend a negative operand of `%` is undefined in GLSL (it broke `reflect` there).
 fn pmod(i: i32, n: i32) -> i32 {
-    let r = i % n;
-    return select(r, r + n, r < 0);
+    if (i >= 0) {
+        return i % n;
+    }
+    return n - 1 - ((-i - 1) % n);
 }
 
 // scipy.ndimage's boundary extension for filters (ni_support.c), index `i` on an axis of length `n`.

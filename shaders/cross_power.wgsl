@@ -1,1 +1,162 @@
-// placeholder
+// Phase correlation around the FFTs (src/gpu/register.rs; CPU twins: src/cpu/cross_power.rs and
+// src/cpu/register.rs, scikit-image 0.26's phase_cross_correlation).
+//   `to_complex`: real volume -> complex (imaginary 0).
+//   `cross_power`: R = F * conj(G); with phase normalization R /= max(|R|, 100 eps_f32). f32 as the CPU.
+//   `argmax_abs`: per-workgroup argmax of |c| (first index in C order on ties, as np.argmax) plus the
+//     value there; the host reduces the partials. `sum_sq`: per-workgroup sums of |c|^2 (host sums the
+//     partials in f64).
+//   `contract`: one axis of scikit-image's upsampled DFT (matrix-multiply DFT): out[.., i, ..] =
+//     sum_k K[i, k] in[.., k, ..]; the host passes the conjugated kernels so that three contractions
+//     of R give `_upsampled_dft(conj(R), ...).conj()` directly.
+// Tolerances: cross_power elementwise within 4 ulp of the CPU (|.| rounding); integer shifts identical
+// to the CPU (argmax of the same correlation up to f32 FFT rounding); sub-pixel shifts within 1/u of
+// the CPU (the upsampled DFT sums in f32 here, f64 there); error and phasediff within 1e-3.
+
+// Keep in sync with `CrossUniform` in src/gpu/register.rs.
+struct Params {
+    total: u32,
+    phase: u32,
+    // contract: input dims, contracted axis, output length along it, kernel offset.
+    d0: u32,
+    d1: u32,
+    d2: u32,
+    axis: u32,
+    r: u32,
+    _pad: u32,
+}
+
+struct Partial {
+    val: f32,
+    idx: u32,
+    re: f32,
+    im: f32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+
+@group(0) @binding(1) var<storage, read> real_in: array<f32>;
+@group(0) @binding(2) var<storage, read_write> cplx_out: array<vec2<f32>>;
+
+@compute @workgroup_size(64)
+fn to_complex(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.total) {
+        return;
+    }
+    cplx_out[i] = vec2<f32>(real_in[i], 0.0);
+}
+
+@group(0) @binding(1) var<storage, read> cp_f: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read_write> cp_g: array<vec2<f32>>;
+
+@compute @workgroup_size(64)
+fn cross_power(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.total) {
+        return;
+    }
+    var r = cmul(cp_f[i], cconj(cp_g[i]));
+    if (p.phase != 0u) {
+        r = r / max(length(r), 100.0 * 1.1920929e-7);
+    }
+    cp_g[i] = r;
+}
+
+@group(0) @binding(1) var<storage, read> red_in: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read_write> partials: array<Partial>;
+@group(0) @binding(3) var<storage, read_write> sums: array<f32>;
+
+var<workgroup> wg_val: array<f32, 64>;
+var<workgroup> wg_idx: array<u32, 64>;
+
+// Grid-stride over all elements; partial per workgroup. The order (val desc, idx asc) is total, so
+// the visiting order does not change the result.
+@compute @workgroup_size(64)
+fn argmax_abs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let groups = nwg.x * nwg.y;
+    let g = wid.x + wid.y * nwg.x;
+    var best = -1.0;
+    var best_i = 0xffffffffu;
+    for (var i = g * WG + lid.x; i < p.total; i += groups * WG) {
+        let v = length(red_in[i]);
+        if (v > best || (v == best && i < best_i)) {
+            best = v;
+            best_i = i;
+        }
+    }
+    wg_val[lid.x] = best;
+    wg_idx[lid.x] = best_i;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s /= 2u) {
+        if (lid.x < s) {
+            let v = wg_val[lid.x + s];
+            let j = wg_idx[lid.x + s];
+            if (v > wg_val[lid.x] || (v == wg_val[lid.x] && j < wg_idx[lid.x])) {
+                wg_val[lid.x] = v;
+                wg_idx[lid.x] = j;
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        let j = wg_idx[0];
+        var c = vec2<f32>(0.0, 0.0);
+        if (j < p.total) {
+            c = red_in[j];
+        }
+        partials[g] = Partial(wg_val[0], j, c.x, c.y);
+    }
+}
+
+@compute @workgroup_size(64)
+fn sum_sq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let groups = nwg.x * nwg.y;
+    let g = wid.x + wid.y * nwg.x;
+    var acc = 0.0;
+    for (var i = g * WG + lid.x; i < p.total; i += groups * WG) {
+        let c = red_in[i];
+        acc += dot(c, c);
+    }
+    wg_val[lid.x] = acc;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s /= 2u) {
+        if (lid.x < s) {
+            wg_val[lid.x] += wg_val[lid.x + s];
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        sums[g] = wg_val[0];
+    }
+}
+
+@group(0) @binding(1) var<storage, read> ct_in: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read> ct_kernel: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read_write> ct_out: array<vec2<f32>>;
+
+@compute @workgroup_size(64)
+fn contract(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = linear_index(wid, nwg, lid);
+    if (t >= p.total) {
+        return;
+    }
+    var d = array<u32, 3>(p.d0, p.d1, p.d2);
+    var o = d;
+    o[p.axis] = p.r;
+    var c = array<u32, 3>(t / (o[1] * o[2]), (t / o[2]) % o[1], t % o[2]);
+    let i = c[p.axis];
+    let n = d[p.axis];
+    let stride = select(select(1u, d[2], p.axis == 1u), d[1] * d[2], p.axis == 0u);
+    c[p.axis] = 0u;
+    let base = (c[0] * d[1] + c[1]) * d[2] + c[2];
+    var acc = vec2<f32>(0.0, 0.0);
+    for (var k = 0u; k < n; k++) {
+        acc += cmul(ct_kernel[i * n + k], ct_in[base + k * stride]);
+    }
+    ct_out[t] = acc;
+}

@@ -1,1 +1,108 @@
-// placeholder
+// Batched 1-D complex FFTs along one axis of a C-ordered volume of vec2<f32> (re, im); three of them
+// make the 3-D FFT (src/gpu/fft.rs). numpy's conventions: forward unnormalized, inverse scaled by 1/N
+// (`scale` on the last stage / the Bluestein post-chirp).
+// CPU twin: src/cpu/fft.rs (rustfft, f32). Tolerance: |gpu - cpu| <= 1e-5 * sqrt(N) * max|x|
+// elementwise (both are f32 with O(log N) error growth; twiddles are computed in f64 on the host).
+//
+// `stockham`: one radix-R stage (R in 2, 3, 4, 5, 7) of the self-sorting Stockham algorithm
+//   (Govindaraju et al. 2008, mixed radix: `ns` is the product of the earlier radices), one invocation
+//   per (line, butterfly), ping-pong between two buffers.
+// Bluestein (lengths with a prime factor > 7), per line of length n, with M >= 2n - 1 a power of two:
+//   `chirp_pre`: a[m] = x[m] * w[m] for m < n, 0 up to M, with w[m] = exp(-/+ i pi m^2 / n);
+//   Stockham FFT of length M; `pointwise`: A *= B, B = FFT_M(conj chirp) / M precomputed on the host;
+//   inverse Stockham FFT of length M; `chirp_post`: X[k] = w[k] * a[k] * scale.
+
+// Keep in sync with `FftUniform` in src/gpu/fft.rs.
+struct Params {
+    n: u32,            // transform length (M for the Stockham stages of Bluestein)
+    stride: u32,       // element stride of the axis
+    lines: u32,
+    radix: u32,
+    ns: u32,           // Stockham: product of the radices of earlier stages
+    tw_offset: u32,    // Stockham: twiddles exp(-/+ 2 pi i m / n), m < n, in `tables`
+    m: u32,            // Bluestein: padded length M
+    chirp_offset: u32, // Bluestein: chirp w[m], m < n, in `tables`
+    bhat_offset: u32,  // Bluestein: B[m], m < M, in `tables`
+    total: u32,        // invocations
+    scale: f32,
+    _pad: u32,
+}
+
+@group(0) @binding(0) var<uniform> p: Params;
+@group(0) @binding(1) var<storage, read> src: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read> tables: array<vec2<f32>>;
+@group(0) @binding(3) var<storage, read_write> dst: array<vec2<f32>>;
+
+// The radix of `stockham`, replaced at load time (src/gpu/fft.rs) by the stage's radix so that loops
+// have constant bounds and `v` stays in registers; the text must stay `const RADIX: u32 = 4u;`.
+const RADIX: u32 = 4u;
+
+@compute @workgroup_size(64)
+fn stockham(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = linear_index(wid, nwg, lid);
+    if (t >= p.total) {
+        return;
+    }
+    let r = RADIX;
+    let nr = p.n / r;
+    let b = t / nr;
+    let j = t % nr;
+    let base = line_base(b, p.n, p.stride);
+    let k = j % p.ns;
+    // Twiddle exp(-2 pi i k q / (ns R)) = tw[k q n / (ns R)].
+    let tw_step = p.n / (p.ns * r);
+    var v: array<vec2<f32>, RADIX>;
+    for (var q = 0u; q < r; q++) {
+        let x = src[base + (j + q * nr) * p.stride];
+        v[q] = cmul(x, tables[p.tw_offset + (k * q * tw_step) % p.n]);
+    }
+    let idx_d = (j / p.ns) * p.ns * r + k;
+    for (var q = 0u; q < r; q++) {
+        var acc = vec2<f32>(0.0, 0.0);
+        for (var s = 0u; s < r; s++) {
+            // exp(-2 pi i s q / R) = tw[(s q mod R) n / R]
+            acc += cmul(v[s], tables[p.tw_offset + ((s * q) % r) * nr]);
+        }
+        dst[base + (idx_d + q * p.ns) * p.stride] = acc * p.scale;
+    }
+}
+
+@compute @workgroup_size(64)
+fn chirp_pre(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = linear_index(wid, nwg, lid);
+    if (t >= p.total) {
+        return;
+    }
+    let b = t / p.m;
+    let i = t % p.m;
+    var a = vec2<f32>(0.0, 0.0);
+    if (i < p.n) {
+        a = cmul(src[line_base(b, p.n, p.stride) + i * p.stride], tables[p.chirp_offset + i]);
+    }
+    dst[t] = a;
+}
+
+// In place on `dst` (src unused but bound).
+@compute @workgroup_size(64)
+fn pointwise(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = linear_index(wid, nwg, lid);
+    if (t >= p.total) {
+        return;
+    }
+    dst[t] = cmul(dst[t], tables[p.bhat_offset + t % p.m]);
+}
+
+@compute @workgroup_size(64)
+fn chirp_post(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let t = linear_index(wid, nwg, lid);
+    if (t >= p.total) {
+        return;
+    }
+    let b = t / p.n;
+    let k = t % p.n;
+    dst[line_base(b, p.n, p.stride) + k * p.stride] = cmul(src[b * p.m + k], tables[p.chirp_offset + k]) * p.scale;
+}

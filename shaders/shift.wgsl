@@ -59,12 +59,12 @@ fn prefilter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     let base = line_base(b, p.n, p.stride);
     let o = b * p.len;
     let n = p.len;
+    let gain = select(1.0, GAIN, n > 1u);
     for (var i = 0u; i < n; i++) {
         let j = u32(clamp(i32(i) - i32(p.pad), 0, i32(p.n) - 1));
-        scratch[o + i] = pf_src[base + j * p.stride] * GAIN;
+        scratch[o + i] = pf_src[base + j * p.stride] * gain;
     }
     if (n <= 1u) {
-        scratch[o] = scratch[o] / GAIN;
         return;
     }
     let z = POLE;
@@ -75,7 +75,10 @@ fn prefilter(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
         var acc = c0 + z_n * scratch[o + n - 1u];
         var z_i = z;
         for (var i = 1u; i < n; i++) {
-            acc += z_i * (scratch[o + i] + z_n * scratch[o + n - 1u - i]);
+            // As ni_splines.c updates c[0] in place, the last term (i = n - 1) reads the running
+            // c[0], not the input's.
+            let other = select(scratch[o + n - 1u - i], acc, i == n - 1u);
+            acc += z_i * (scratch[o + i] + z_n * other);
             z_i *= z;
         }
         scratch[o] = acc * (z / (1.0 - z_n * z_n)) + c0;

@@ -77,7 +77,8 @@ pub const SHIFTS_CSV: &str = "true_shifts.csv";
 const BACKGROUND: f64 = 0.1;
 
 /// Writes a synthetic dataset into `dir` (created if missing). Refuses to replace an earlier dataset there
-/// unless `force`, in which case the old `ind_*.h5` files are removed first so none are left over.
+/// unless `force`, in which case the old `ind_*.h5`, `data.h5` and `true_shifts.csv` are removed first so none
+/// are left over.
 pub fn synth(dir: &Path, spec: &SynthSpec, force: bool) -> Result<SynthOutput> {
     validate(spec)?;
     if dir.exists() && !dir.is_dir() {
@@ -124,7 +125,13 @@ pub fn synth(dir: &Path, spec: &SynthSpec, force: bool) -> Result<SynthOutput> {
     let model = match spec.mode {
         SynthMode::Randn => None,
         SynthMode::Realistic => {
-            let blobs = random_blobs(&mut rng, vshape);
+            let mut blobs = random_blobs(&mut rng, vshape);
+            // Blobs pile up in small volumes; scale so the brightest point is about 1 above the background,
+            // which keeps `noise` relative to the structure and integer dtypes unsaturated.
+            let peak = render(&blobs, [0.0; 3], vshape).fold(0.0f64, |m, &v| m.max(v)) - BACKGROUND;
+            if peak > 1.0 {
+                blobs.iter_mut().for_each(|b| b.amp /= peak);
+            }
             let shifts = random_shifts(&mut rng, spec, vshape);
             Some((blobs, shifts))
         }
@@ -324,18 +331,18 @@ fn render(blobs: &[Blob], shift: [f64; 3], shape: [usize; 3]) -> Array3<f64> {
     v
 }
 
-/// (scale, offset) mapping float values into an integer type's range: Realistic values lie in about [0, 3],
-/// Randn values in about [-5, 5].
+/// (scale, offset) mapping float values into a good part of an integer type's range: Realistic values lie in
+/// about [0, 1.1] (background 0.1, peak about 1.1), Randn values in about [-5, 5].
 fn int_scale(dtype: Dtype, mode: SynthMode) -> (f64, f64) {
     match (dtype, mode) {
-        (Dtype::U8, SynthMode::Realistic) => (60.0, 10.0),
+        (Dtype::U8, SynthMode::Realistic) => (200.0, 20.0),
         (Dtype::U8, SynthMode::Randn) => (25.0, 128.0),
-        (Dtype::U16, SynthMode::Realistic) => (1000.0, 100.0),
+        (Dtype::U16, SynthMode::Realistic) => (10000.0, 1000.0),
         (Dtype::U16, SynthMode::Randn) => (1000.0, 32768.0),
-        (Dtype::I16, SynthMode::Realistic) => (1000.0, 100.0),
+        (Dtype::I16, SynthMode::Realistic) => (10000.0, 1000.0),
         (Dtype::I16, SynthMode::Randn) => (1000.0, 0.0),
-        (Dtype::I32, SynthMode::Realistic) => (1000.0, 100.0),
-        (Dtype::I32, SynthMode::Randn) => (1000.0, 0.0),
+        (Dtype::I32, SynthMode::Realistic) => (1_000_000.0, 100_000.0),
+        (Dtype::I32, SynthMode::Randn) => (1_000_000.0, 0.0),
         (Dtype::F32 | Dtype::F64, _) => (1.0, 0.0),
     }
 }

@@ -1,1 +1,628 @@
-//! Integration tests: gpu.
+//! Integration tests: gpu. Each kernel and the whole `process_frame` chain on the GPU against the CPU
+//! path, on fresh random inputs (the seed is printed in every failure message; set GPUPREP_SEED to
+//! replay one), odd and non-power-of-two shapes, every mode and order.
+//!
+//! The tests ask for the Vulkan backend and assert they got it (wgpu silently falls back to GL). With
+//! no Vulkan adapter they fail when GPUPREP_REQUIRE_GPU=1 (CI, with lavapipe) and otherwise print
+//! `SKIPPED: no Vulkan adapter` and pass.
+
+use gpuprep::backend::{Backend, FramePlan};
+use gpuprep::cpu::{self, CpuBackend};
+use gpuprep::gpu::{Api, GpuBackend};
+use gpuprep::params::*;
+use ndarray::{Array3, ArrayView3};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+fn seed() -> u64 {
+    std::env::var("GPUPREP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        })
+}
+
+/// The API under test: Vulkan, unless GPUPREP_TEST_API names another (e.g. `gl`, to run this
+/// suite on wgpu's OpenGL backend by hand).
+fn api() -> (Api, wgpu::Backend) {
+    match std::env::var("GPUPREP_TEST_API").as_deref() {
+        Ok("gl") => (Api::Gl, wgpu::Backend::Gl),
+        Ok("metal") => (Api::Metal, wgpu::Backend::Metal),
+        Ok("dx12") => (Api::Dx12, wgpu::Backend::Dx12),
+        _ => (Api::Vulkan, wgpu::Backend::Vulkan),
+    }
+}
+
+/// The GPU backend on Vulkan (see `api`), or `None` (test skipped) when there is none and CI does
+/// not require one.
+fn gpu() -> Option<GpuBackend> {
+    let (api, backend) = api();
+    match GpuBackend::new(api) {
+        Ok(g) => {
+            assert_eq!(
+                g.adapter_backend(),
+                backend,
+                "asked for {api}, got {}",
+                g.describe()
+            );
+            Some(g)
+        }
+        Err(e) => {
+            if std::env::var("GPUPREP_REQUIRE_GPU").as_deref() == Ok("1") {
+                panic!("GPUPREP_REQUIRE_GPU=1 but no Vulkan adapter: {e}");
+            }
+            eprintln!("SKIPPED: no Vulkan adapter ({e})");
+            None
+        }
+    }
+}
+
+fn random(rng: &mut StdRng, shape: [usize; 3]) -> Array3<f32> {
+    Array3::from_shape_simple_fn(shape, || rng.random::<f32>())
+}
+
+/// A smooth random volume (sum of a few blobs + noise) that registration can lock on to.
+fn blobs(rng: &mut StdRng, shape: [usize; 3]) -> Array3<f32> {
+    let centers: Vec<([f32; 3], f32)> = (0..6)
+        .map(|_| {
+            (
+                [0, 1, 2].map(|a| rng.random::<f32>() * shape[a] as f32),
+                1.0 + rng.random::<f32>() * 2.0,
+            )
+        })
+        .collect();
+    let mut v = Array3::from_shape_fn(shape, |(z, y, x)| {
+        centers
+            .iter()
+            .map(|(c, s)| {
+                let d2 = (z as f32 - c[0]).powi(2)
+                    + (y as f32 - c[1]).powi(2)
+                    + (x as f32 - c[2]).powi(2);
+                (-d2 / (2.0 * s * s)).exp()
+            })
+            .sum::<f32>()
+    });
+    v.mapv_inplace(|x| x + 0.05 * rng.random::<f32>());
+    v
+}
+
+/// `np.roll(v, s)`.
+fn roll(v: ArrayView3<f32>, s: [i64; 3]) -> Array3<f32> {
+    let (nz, ny, nx) = v.dim();
+    let n = [nz as i64, ny as i64, nx as i64];
+    Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| {
+        let src = [z as i64 - s[0], y as i64 - s[1], x as i64 - s[2]];
+        let i = [0, 1, 2].map(|a| src[a].rem_euclid(n[a]) as usize);
+        v[i]
+    })
+}
+
+/// Largest |a - b| (NaN where exactly one is NaN counts as infinite).
+fn max_diff(a: &Array3<f32>, b: &Array3<f32>) -> f32 {
+    assert_eq!(a.shape(), b.shape());
+    a.iter()
+        .zip(b.iter())
+        .map(|(&x, &y)| match (x.is_nan(), y.is_nan()) {
+            (true, true) => 0.0,
+            (false, false) => (x - y).abs(),
+            _ => f32::INFINITY,
+        })
+        .fold(0.0, f32::max)
+}
+
+const SHAPES: [[usize; 3]; 4] = [[7, 9, 11], [5, 13, 6], [1, 9, 10], [12, 10, 8]];
+
+#[test]
+fn median_matches_cpu_exactly() {
+    let Some(mut g) = gpu() else { return };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for shape in SHAPES {
+        for mode in BoundaryMode::ALL {
+            for size in [[3, 3, 3], [1, 3, 5], [5, 5, 5]] {
+                let size = [0, 1, 2].map(|a| if shape[a] < size[a] { 1 } else { size[a] });
+                let p = MedianParams::new(size, mode, rng.random::<f32>()).unwrap();
+                let mut v = random(&mut rng, shape);
+                // Ties, and both zeros, to exercise the total order.
+                v[[0, 0, 0]] = -0.0;
+                v[[0, 0, 1]] = 0.0;
+                v[[0, 1, 0]] = v[[0, 0, 2]];
+                let want = cpu::median3d::median3d(v.view(), &p);
+                let got = g.median3d(v.view(), &p).unwrap();
+                let same = want
+                    .iter()
+                    .zip(got.iter())
+                    .all(|(a, b)| a.to_bits() == b.to_bits());
+                assert!(
+                    same,
+                    "median differs: shape {shape:?} size {size:?} mode {mode}; seed {seed}"
+                );
+            }
+        }
+    }
+    // Largest window class (7x7x7 = 343 elements).
+    let v = random(&mut rng, [8, 9, 10]);
+    let p = MedianParams::new([7, 7, 7], BoundaryMode::Reflect, 0.0).unwrap();
+    assert_eq!(
+        g.median3d(v.view(), &p).unwrap(),
+        cpu::median3d::median3d(v.view(), &p),
+        "7x7x7; seed {seed}"
+    );
+    // Too large a window is a clear error, not a crash.
+    let p = MedianParams::new([13, 13, 13], BoundaryMode::Reflect, 0.0).unwrap();
+    let big = random(&mut rng, [13, 13, 13]);
+    let err = g.median3d(big.view(), &p).unwrap_err().to_string();
+    assert!(err.contains("at most"), "{err}");
+}
+
+#[test]
+fn fft_matches_cpu() {
+    let Some(mut g) = gpu() else { return };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    // Stockham radices 2, 3, 4, 5, 7; Bluestein for 11, 13, 101, 37, 53, 61.
+    let shapes = [
+        [7, 9, 11],
+        [5, 13, 6],
+        [1, 9, 10],
+        [12, 10, 8],
+        [1, 1, 101],
+        [4, 49, 25],
+        [37, 53, 61],
+    ];
+    for shape in shapes {
+        let data = Array3::from_shape_simple_fn(shape, || {
+            cpu::fft::C32::new(rng.random::<f32>() - 0.5, rng.random::<f32>() - 0.5)
+        });
+        let fft = cpu::fft::Fft3::new(shape);
+        for inverse in [false, true] {
+            let mut want = data.clone();
+            if inverse {
+                fft.inverse(&mut want);
+            } else {
+                fft.forward(&mut want);
+            }
+            let got = g.fft3(&data, inverse).unwrap();
+            let n = data.len() as f32;
+            // Tolerance of fft.wgsl: 1e-5 * sqrt(N) * max|x| (forward; the inverse is 1/N of that).
+            let tol = 1e-5 * n.sqrt() * 0.71 * if inverse { 1.0 / n } else { 1.0 };
+            let err = want
+                .iter()
+                .zip(got.iter())
+                .map(|(a, b)| (a - b).norm())
+                .fold(0.0, f32::max);
+            eprintln!("fft {shape:?} inverse {inverse}: max error {err:.3e} (tolerance {tol:.3e})");
+            assert!(
+                err <= tol,
+                "fft shape {shape:?} inverse {inverse}: max error {err} > {tol}; seed {seed}"
+            );
+        }
+    }
+}
+
+#[test]
+fn shift_matches_cpu() {
+    let Some(mut g) = gpu() else { return };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    for shape in SHAPES {
+        for mode in BoundaryMode::ALL {
+            for order in [0, 1, 3] {
+                let v = random(&mut rng, shape);
+                let s = [0, 1, 2].map(|_| (rng.random::<f64>() - 0.5) * 6.0);
+                let p = ShiftParams::new(order, mode, rng.random::<f32>()).unwrap();
+                let want = cpu::shift::shift3d(v.view(), s, &p);
+                let got = g.shift(v.view(), s, &p).unwrap();
+                // Tolerance of shift.wgsl: 1e-5 * (1 + max|x|) for order 3, 2e-6 for orders 0, 1.
+                let tol = if order == 3 { 1e-5 * 2.0 } else { 2e-6 };
+                let err = max_diff(&want, &got);
+                eprintln!("shift {shape:?} order {order} {mode}: max error {err:.3e}");
+                assert!(
+                    err <= tol,
+                    "shift {s:?} shape {shape:?} order {order} mode {mode}: max error {err} > {tol}; seed {seed}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn zscore_matches_cpu() {
+    let Some(mut g) = gpu() else { return };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = CpuBackend::new();
+    for shape in [[7, 9, 11], [1, 9, 10]] {
+        for (ddof, constant) in [(0, ConstantVoxels::Nan), (1, ConstantVoxels::Zero)] {
+            let p = ZscoreParams { ddof, constant };
+            let vols: Vec<Array3<f32>> = (0..6)
+                .map(|_| {
+                    let mut v = random(&mut rng, shape) * 10.0 + 100.0;
+                    v[[0, 0, 0]] = 5.0; // a constant voxel
+                    v
+                })
+                .collect();
+            g.reset_moments(shape).unwrap();
+            c.reset_moments(shape).unwrap();
+            for v in &vols {
+                g.accumulate(v.view()).unwrap();
+                c.accumulate(v.view()).unwrap();
+            }
+            let mg = g.moments(&p).unwrap();
+            let mc = c.moments(&p).unwrap();
+            // Tolerance of zscore.wgsl: mean and std within 1 ulp (relative 2.4e-7), z within 2 ulp.
+            let rel = |a: &Array3<f32>, b: &Array3<f32>| {
+                a.iter()
+                    .zip(b.iter())
+                    .map(|(x, y)| {
+                        if x.is_nan() && y.is_nan() {
+                            0.0
+                        } else {
+                            (x - y).abs() / y.abs().max(1e-30)
+                        }
+                    })
+                    .fold(0.0, f32::max)
+            };
+            assert!(rel(&mg.mean, &mc.mean) <= 2.4e-7, "mean; seed {seed}");
+            assert!(rel(&mg.std, &mc.std) <= 2.4e-7, "std; seed {seed}");
+            assert_eq!(
+                mg.constant_voxels, mc.constant_voxels,
+                "constant voxels; seed {seed}"
+            );
+            for v in &vols {
+                let zg = g.normalize(v.view(), &mc, &p).unwrap();
+                let zc = c.normalize(v.view(), &mc, &p).unwrap();
+                let err = max_diff(&zg, &zc);
+                assert!(
+                    err <= 5e-7 * 4.0,
+                    "zscore shape {shape:?} ddof {ddof}: error {err}; seed {seed}"
+                );
+                let nan_g = zg.iter().filter(|x| x.is_nan()).count();
+                let nan_c = zc.iter().filter(|x| x.is_nan()).count();
+                assert_eq!(nan_g, nan_c, "NaN count; seed {seed}");
+            }
+        }
+    }
+}
+
+#[test]
+fn registration_matches_cpu() {
+    let Some(mut g) = gpu() else { return };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = CpuBackend::new();
+    for shape in [
+        [7, 9, 11],
+        [5, 13, 6],
+        [1, 9, 10],
+        [12, 10, 8],
+        [11, 16, 17],
+    ] {
+        for normalization in [Normalization::Phase, Normalization::None] {
+            let reference = blobs(&mut rng, shape);
+            let s = [0, 1, 2].map(|a| {
+                if shape[a] == 1 {
+                    0
+                } else {
+                    rng.random_range(-2i64..=2)
+                }
+            });
+            let mut moving = roll(reference.view(), s);
+            moving.mapv_inplace(|x| x + 0.01 * rng.random::<f32>());
+            // Integer registration: identical shifts.
+            let p = RegisterParams::new(1, normalization).unwrap();
+            g.set_reference(reference.view(), &p).unwrap();
+            c.set_reference(reference.view(), &p).unwrap();
+            let rg = g.register(moving.view()).unwrap();
+            let rc = c.register(moving.view()).unwrap();
+            assert_eq!(
+                rg.shift, rc.shift,
+                "integer shift, shape {shape:?} {normalization}; seed {seed}"
+            );
+            assert!(
+                (rg.error - rc.error).abs() <= 1e-3,
+                "error {} vs {}; seed {seed}",
+                rg.error,
+                rc.error
+            );
+            let dphase = (rg.phasediff - rc.phasediff).abs();
+            assert!(
+                dphase <= 1e-3 || (dphase - 2.0 * std::f64::consts::PI).abs() <= 1e-3,
+                "phasediff; seed {seed}"
+            );
+            // Sub-pixel: within 1/u of the CPU.
+            let p = RegisterParams::new(10, normalization).unwrap();
+            let sub = cpu::shift::shift3d(
+                reference.view(),
+                [0, 1, 2].map(|a| {
+                    if shape[a] == 1 {
+                        0.0
+                    } else {
+                        rng.random::<f64>() * 3.0 - 1.5
+                    }
+                }),
+                &ShiftParams::new(3, BoundaryMode::Wrap, 0.0).unwrap(),
+            );
+            g.set_reference(reference.view(), &p).unwrap();
+            c.set_reference(reference.view(), &p).unwrap();
+            let rg = g.register(sub.view()).unwrap();
+            let rc = c.register(sub.view()).unwrap();
+            eprintln!(
+                "register {shape:?} {normalization} u=10: gpu {:?} cpu {:?}",
+                rg.shift, rc.shift
+            );
+            for a in 0..3 {
+                assert!(
+                    (rg.shift[a] - rc.shift[a]).abs() <= 1.0 / 10.0 + 1e-9,
+                    "sub-pixel shift {:?} vs {:?}, shape {shape:?} {normalization}; seed {seed}",
+                    rg.shift,
+                    rc.shift
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn process_frame_matches_cpu() {
+    let Some(mut g) = gpu() else { return };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = CpuBackend::new();
+    for shape in [[7, 9, 11], [12, 10, 8]] {
+        for (median, register_on_raw, order, mode) in [
+            (Some([3, 3, 3]), false, 3, BoundaryMode::Constant),
+            (Some([1, 3, 3]), true, 1, BoundaryMode::Nearest),
+            (None, false, 0, BoundaryMode::Wrap),
+        ] {
+            let plan = FramePlan {
+                median: median.map(|s| MedianParams::new(s, BoundaryMode::Reflect, 0.0).unwrap()),
+                register: Some(RegisterParams::default()),
+                register_on_raw,
+                shift: ShiftParams::new(order, mode, 0.0).unwrap(),
+                accumulate: true,
+                keep_filtered: true,
+            };
+            let reference = blobs(&mut rng, shape);
+            let rp = RegisterParams::default();
+            g.set_reference(reference.view(), &rp).unwrap();
+            c.set_reference(reference.view(), &rp).unwrap();
+            g.reset_moments(shape).unwrap();
+            c.reset_moments(shape).unwrap();
+            for t in 0..3 {
+                let s = [
+                    rng.random_range(-2i64..=2),
+                    rng.random_range(-2i64..=2),
+                    rng.random_range(-2i64..=2),
+                ];
+                let mut raw = roll(reference.view(), s);
+                raw.mapv_inplace(|x| x + 0.01 * rng.random::<f32>());
+                let og = g.process_frame(raw.view(), &plan).unwrap();
+                let oc = c.process_frame(raw.view(), &plan).unwrap();
+                let ctx = format!("shape {shape:?} t {t} plan {plan:?}; seed {seed}");
+                assert_eq!(
+                    og.registration.unwrap().shift,
+                    oc.registration.unwrap().shift,
+                    "{ctx}"
+                );
+                assert_eq!(og.filtered.is_some(), oc.filtered.is_some(), "{ctx}");
+                if let (Some(a), Some(b)) = (&og.filtered, &oc.filtered) {
+                    assert_eq!(a, b, "filtered volume: {ctx}");
+                }
+                let err = max_diff(&og.volume, &oc.volume);
+                assert!(err <= 2e-5 * 3.0, "volume error {err}: {ctx}");
+            }
+            let p = ZscoreParams::default();
+            let mg = g.moments(&p).unwrap();
+            let mc = c.moments(&p).unwrap();
+            assert!(max_diff(&mg.mean, &mc.mean) <= 1e-5, "mean; seed {seed}");
+            assert!(max_diff(&mg.std, &mc.std) <= 1e-5, "std; seed {seed}");
+        }
+    }
+}
+
+#[test]
+fn backend_describes_device_and_errors_cleanly() {
+    let Some(mut g) = gpu() else { return };
+    let d = g.describe();
+    // lavapipe / llvmpipe are software adapters.
+    assert_eq!(g.is_software(), d.contains("llvmpipe"), "{d}");
+    assert!(
+        d.starts_with("gpu: ") && d.contains(&format!("{:?}", api().1)),
+        "{d}"
+    );
+    // Registering before a reference is an error, not a panic.
+    let v = Array3::<f32>::zeros((3, 4, 5));
+    assert!(g.register(v.view()).is_err());
+    assert!(g.accumulate(v.view()).is_err());
+    // Adapters are listed for `gpuprep info`.
+    let list = gpuprep::gpu::list_adapters(api().0);
+    let want = format!("{:?}", api().1);
+    assert!(
+        !list.is_empty() && list.iter().all(|a| a.backend == want),
+        "{list:?}"
+    );
+    assert!("vulkan".parse::<Api>().unwrap() == Api::Vulkan && "bogus".parse::<Api>().is_err());
+}
+
+#[test]
+fn dispatches_over_65535_workgroups_are_split() {
+    let Some(mut g) = gpu() else { return };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    // 1 x 2049 x 2048 voxels = 65,568 workgroups of 64 along one dimension before splitting.
+    let shape = [1, 2049, 2048];
+    assert!(gpuprep::gpu::device::split_groups(65_568) == (32_784, 2));
+    let v = random(&mut rng, shape);
+    let p = ShiftParams::new(1, BoundaryMode::Nearest, 0.0).unwrap();
+    let s = [0.0, 0.25, -0.5];
+    let err = max_diff(
+        &g.shift(v.view(), s, &p).unwrap(),
+        &cpu::shift::shift3d(v.view(), s, &p),
+    );
+    assert!(err <= 2e-6, "split dispatch: error {err}; seed {seed}");
+}
+
+#[test]
+fn volumes_larger_than_a_binding_are_a_clear_error() {
+    let Some(mut g) = gpu() else { return };
+    let limit = g.context().limits.max_storage_buffer_binding_size;
+    // The complex spectrum (8 bytes a voxel) of a [k, 256, 256] volume just exceeds one binding.
+    let k = (limit / (8 * 65536) + 1) as usize;
+    if k > 512 {
+        eprintln!("SKIPPED: binding limit {limit} too large to exceed in a test");
+        return;
+    }
+    let v = Array3::<f32>::zeros((k, 256, 256));
+    let err = g
+        .set_reference(v.view(), &RegisterParams::default())
+        .unwrap_err()
+        .to_string();
+    assert!(
+        err.contains("MiB") && err.contains(&format!("{}", limit >> 20)),
+        "{err}"
+    );
+}
+
+#[test]
+fn shader_errors_are_errors_not_panics() {
+    let Some(g) = gpu() else { return };
+    let ctx = g.context();
+    use gpuprep::gpu::device::Bind;
+    let binds = [Bind::Uniform, Bind::Read, Bind::ReadWrite];
+    let bad = [(
+        "const MAX_WINDOW: u32 = 343u;",
+        "const MAX_WINDOW: u32 = oops;".to_string(),
+    )];
+    let err = ctx
+        .kernel("median3d", "median3d", &bad, &binds)
+        .err()
+        .expect("invalid WGSL must fail");
+    assert!(
+        err.to_string().contains("gpuprep.median3d.median3d"),
+        "{err}"
+    );
+    // A missing entry point too.
+    assert!(ctx
+        .kernel("median3d", "no_such_entry", &[], &binds)
+        .is_err());
+    // And the good kernel still builds afterwards.
+    assert!(ctx.kernel("median3d", "median3d", &[], &binds).is_ok());
+}
+
+#[test]
+fn process_frame_without_registration_matches_cpu() {
+    let Some(mut g) = gpu() else { return };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = CpuBackend::new();
+    let shape = [5, 13, 6];
+    let plan = FramePlan {
+        median: Some(MedianParams::new([3, 3, 1], BoundaryMode::Mirror, 0.0).unwrap()),
+        register: None,
+        register_on_raw: false,
+        shift: ShiftParams::default(),
+        accumulate: true,
+        keep_filtered: true,
+    };
+    g.reset_moments(shape).unwrap();
+    c.reset_moments(shape).unwrap();
+    for _ in 0..3 {
+        let raw = random(&mut rng, shape);
+        let og = g.process_frame(raw.view(), &plan).unwrap();
+        let oc = c.process_frame(raw.view(), &plan).unwrap();
+        assert_eq!(og.volume, oc.volume, "seed {seed}");
+        assert_eq!(og.filtered, oc.filtered, "seed {seed}");
+        assert!(og.registration.is_none());
+    }
+    let p = ZscoreParams::default();
+    let (mg, mc) = (g.moments(&p).unwrap(), c.moments(&p).unwrap());
+    assert!(
+        max_diff(&mg.mean, &mc.mean) <= 1e-6 && max_diff(&mg.std, &mc.std) <= 1e-6,
+        "seed {seed}"
+    );
+}
+
+/// The OpenGL backend (no f64: z-score accumulation falls back to the CPU twin and `describe` says
+/// so). Opt-in with GPUPREP_TEST_GL=1, since CI's lavapipe is Vulkan only.
+#[test]
+fn gl_backend_runs_the_chain_when_asked() {
+    if std::env::var("GPUPREP_TEST_GL").as_deref() != Ok("1") {
+        return;
+    }
+    let mut g = GpuBackend::new(Api::Gl).expect("GL adapter");
+    assert_eq!(g.adapter_backend(), wgpu::Backend::Gl);
+    eprintln!("{}", g.describe());
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = CpuBackend::new();
+    let shape = [7, 9, 11];
+    let reference = blobs(&mut rng, shape);
+    let plan = FramePlan {
+        median: Some(MedianParams::default()),
+        register: Some(RegisterParams::default()),
+        register_on_raw: false,
+        shift: ShiftParams::default(),
+        accumulate: true,
+        keep_filtered: false,
+    };
+    for b in [&mut g as &mut dyn Backend, &mut c as &mut dyn Backend] {
+        b.set_reference(reference.view(), &RegisterParams::default())
+            .unwrap();
+        b.reset_moments(shape).unwrap();
+    }
+    let raw = roll(reference.view(), [1, -2, 0]);
+    let og = g.process_frame(raw.view(), &plan).unwrap();
+    let oc = c.process_frame(raw.view(), &plan).unwrap();
+    assert_eq!(
+        og.registration.unwrap().shift,
+        oc.registration.unwrap().shift,
+        "seed {seed}"
+    );
+    assert!(max_diff(&og.volume, &oc.volume) <= 2e-5, "seed {seed}");
+}
+
+#[test]
+fn tiny_shapes_match_cpu() {
+    let Some(mut g) = gpu() else { return };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = CpuBackend::new();
+    for shape in [[1, 1, 1], [2, 1, 3], [1, 2, 2], [3, 2, 1]] {
+        let v = random(&mut rng, shape);
+        for mode in BoundaryMode::ALL {
+            for order in [0, 1, 3] {
+                let p = ShiftParams::new(order, mode, 0.5).unwrap();
+                let s = [0.3, -0.7, 1.2];
+                let err = max_diff(
+                    &g.shift(v.view(), s, &p).unwrap(),
+                    &c.shift(v.view(), s, &p).unwrap(),
+                );
+                assert!(
+                    err <= 2e-5,
+                    "shift {shape:?} order {order} {mode}: {err}; seed {seed}"
+                );
+            }
+            let m = MedianParams::new([1, 1, 1], mode, 0.0).unwrap();
+            assert_eq!(
+                g.median3d(v.view(), &m).unwrap(),
+                c.median3d(v.view(), &m).unwrap()
+            );
+        }
+        let p = RegisterParams::new(4, Normalization::Phase).unwrap();
+        g.set_reference(v.view(), &p).unwrap();
+        c.set_reference(v.view(), &p).unwrap();
+        let w = random(&mut rng, shape);
+        let (rg, rc) = (g.register(w.view()).unwrap(), c.register(w.view()).unwrap());
+        for a in 0..3 {
+            assert!(
+                (rg.shift[a] - rc.shift[a]).abs() <= 0.25 + 1e-9,
+                "{shape:?}: {rg:?} vs {rc:?}; seed {seed}"
+            );
+        }
+    }
+}

@@ -188,6 +188,29 @@ fn bad_inputs_name_the_culprit() {
 }
 
 #[test]
+fn a_file_broken_after_open_is_an_error_naming_file_dataset_and_t() {
+    let dir = tempfile::tempdir().unwrap();
+    for t in 0..2 {
+        std::fs::copy(fixture("f32.h5"), dir.path().join(format!("v{t}.h5"))).unwrap();
+    }
+    let src = Source::open(&[dir.path().to_string_lossy().into_owned()], "default").unwrap();
+    std::fs::write(dir.path().join("v1.h5"), b"gone").unwrap();
+    assert!(src.read(0).is_ok());
+    err_of(src.read(1), &["v1.h5", "'default'", "t=1"]);
+    std::fs::copy(fixture("f64.h5"), dir.path().join("v1.h5")).unwrap();
+    assert_eq!(
+        src.read(1).unwrap(),
+        arange([3, 4, 5], 0.0),
+        "float64 replacing float32 still converts"
+    );
+    std::fs::copy(fixture("gzip_chunked.h5"), dir.path().join("v1.h5")).unwrap();
+    err_of(
+        src.read(1),
+        &["v1.h5", "'default'", "(4, 6, 5)", "(3, 4, 5)"],
+    );
+}
+
+#[test]
 fn unsupported_and_empty_datasets_are_refused() {
     let dir = tempfile::tempdir().unwrap();
     let p = dir.path().join("i64.h5");
@@ -203,11 +226,11 @@ fn unsupported_and_empty_datasets_are_refused() {
     drop(f);
     let p = p.to_string_lossy().into_owned();
     err_of(
-        Source::open(&[p.clone()], "default"),
+        Source::open(std::slice::from_ref(&p), "default"),
         &["i64.h5", "unsupported type int64", "uint8"],
     );
     err_of(
-        Source::open(&[p.clone()], "empty"),
+        Source::open(std::slice::from_ref(&p), "empty"),
         &["i64.h5", "(0, 2, 2)", "nonzero"],
     );
     assert!(describe(&[p], "default").unwrap()[0].contains("int64 (unsupported)"));
@@ -337,7 +360,14 @@ fn sink_refuses_existing_output_inputs_and_missing_parent() {
     let alias = sub.join("../in.h5");
     for force in [false, true] {
         err_of(
-            Sink::create(&alias, force, &[input.clone()], 1, [1, 1, 1], &["data"]),
+            Sink::create(
+                &alias,
+                force,
+                std::slice::from_ref(&input),
+                1,
+                [1, 1, 1],
+                &["data"],
+            ),
             &["in.h5", "input"],
         );
     }
@@ -484,9 +514,9 @@ fn synth_realistic_shifts_and_4d_layout() {
     // are defined (up to integer rounding of the stored uint16 values).
     let v0 = src.read(0).unwrap();
     let mut compared = 0;
-    for t in 1..4 {
+    for (t, shift) in shifts.iter().enumerate().skip(1) {
         let vt = src.read(t).unwrap();
-        let [_, dy, dx] = shifts[t].map(|v| v as isize);
+        let [_, dy, dx] = shift.map(|v| v as isize);
         for y in 0..24isize {
             for x in 0..20isize {
                 let (sy, sx) = (y - dy, x - dx);

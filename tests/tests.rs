@@ -7,3 +7,4 @@ mod gpu;
 mod io;
 mod pipeline;
 mod shaders;
+mod support;

@@ -67,7 +67,9 @@ impl FromStr for Api {
             "gl" => Ok(Api::Gl),
             _ => Err(Error::InvalidParameter {
                 flag: "--gpu-api".into(),
-                message: format!("unknown graphics API {s:?}; expected any, vulkan, metal, dx12 or gl"),
+                message: format!(
+                    "unknown graphics API {s:?}; expected any, vulkan, metal, dx12 or gl"
+                ),
             }),
         }
     }
@@ -93,7 +95,7 @@ fn limits_line(l: &wgpu::Limits, f: wgpu::Features) -> String {
     format!(
         "max_storage_buffer_binding_size {} MiB, max_buffer_size {} MiB, max_workgroups_per_dimension {}, \
          max_compute_invocations_per_workgroup {}, shader_f64 {}",
-        l.max_storage_buffer_binding_size as u64 >> 20,
+        l.max_storage_buffer_binding_size >> 20,
         l.max_buffer_size >> 20,
         l.max_compute_workgroups_per_dimension,
         l.max_compute_invocations_per_workgroup,
@@ -143,6 +145,7 @@ pub struct GpuContext {
     pub features: wgpu::Features,
     kernels: RefCell<HashMap<String, Rc<Kernel>>>,
     uniform_pool: RefCell<Option<wgpu::Buffer>>,
+    staging_pool: RefCell<Option<wgpu::Buffer>>,
 }
 
 impl GpuContext {
@@ -152,6 +155,7 @@ impl GpuContext {
             power_preference: wgpu::PowerPreference::HighPerformance,
             force_fallback_adapter: false,
             compatible_surface: None,
+            apply_limit_buckets: false,
         }))
         .map_err(|e| Error::Gpu(format!("no GPU adapter found (backend {api}): {e}")))?;
         let info = adapter.get_info();
@@ -166,7 +170,12 @@ impl GpuContext {
             memory_hints: wgpu::MemoryHints::Performance,
             trace: wgpu::Trace::Off,
         }))
-        .map_err(|e| Error::Gpu(format!("cannot open device on adapter {} ({:?}): {e}", info.name, info.backend)))?;
+        .map_err(|e| {
+            Error::Gpu(format!(
+                "cannot open device on adapter {} ({:?}): {e}",
+                info.name, info.backend
+            ))
+        })?;
         Ok(GpuContext {
             device,
             queue,
@@ -175,6 +184,7 @@ impl GpuContext {
             features,
             kernels: RefCell::new(HashMap::new()),
             uniform_pool: RefCell::new(None),
+            staging_pool: RefCell::new(None),
         })
     }
 
@@ -183,12 +193,21 @@ impl GpuContext {
     }
 
     pub fn describe(&self) -> String {
-        format!("{} ({:?}, {:?})", self.info.name, self.info.backend, self.info.device_type)
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
     }
 
     /// The cached kernel `shader`/`entry` (with `variant` substitutions applied to the source: pairs of
     /// exact text and replacement), built on first use inside a validation error scope.
-    pub fn kernel(&self, shader: &str, entry: &str, variant: &[(&str, String)], binds: &[Bind]) -> Result<Rc<Kernel>> {
+    pub fn kernel(
+        &self,
+        shader: &str,
+        entry: &str,
+        variant: &[(&str, String)],
+        binds: &[Bind],
+    ) -> Result<Rc<Kernel>> {
         let mut key = format!("{shader}.{entry}");
         for (from, to) in variant {
             key.push_str(&format!("[{from}={to}]"));
@@ -200,16 +219,20 @@ impl GpuContext {
             .ok_or_else(|| Error::Gpu(format!("no shader named {shader:?}")))?;
         for (from, to) in variant {
             if !src.contains(from) {
-                return Err(Error::Gpu(format!("shader {shader}: variant text {from:?} not found")));
+                return Err(Error::Gpu(format!(
+                    "shader {shader}: variant text {from:?} not found"
+                )));
             }
             src = src.replace(from, to);
         }
         let label = format!("gpuprep.{key}");
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self.device.create_shader_module(wgpu::ShaderModuleDescriptor {
-            label: Some(&label),
-            source: wgpu::ShaderSource::Wgsl(src.into()),
-        });
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
         let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
             .iter()
             .enumerate()
@@ -228,34 +251,45 @@ impl GpuContext {
                 count: None,
             })
             .collect();
-        let layout = self.device.create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
-            label: Some(&label),
-            entries: &entries,
-        });
-        let playout = self.device.create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
-            label: Some(&label),
-            bind_group_layouts: &[Some(&layout)],
-            immediate_size: 0,
-        });
-        let pipeline = self.device.create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
-            label: Some(&label),
-            layout: Some(&playout),
-            module: &module,
-            entry_point: Some(entry),
-            compilation_options: Default::default(),
-            cache: None,
-        });
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &entries,
+            });
+        let playout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&playout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("building kernel {label}: {err}")));
         }
-        let k = Rc::new(Kernel { label, pipeline, layout, binds: binds.to_vec() });
+        let k = Rc::new(Kernel {
+            label,
+            pipeline,
+            layout,
+            binds: binds.to_vec(),
+        });
         self.kernels.borrow_mut().insert(key, k.clone());
         Ok(k)
     }
 
     /// Errors when `bytes` does not fit in one storage binding or one buffer of this device.
     pub fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
-        let max_bind = self.limits.max_storage_buffer_binding_size as u64;
+        let max_bind = self.limits.max_storage_buffer_binding_size;
         let max_buf = self.limits.max_buffer_size;
         let limit = max_bind.min(max_buf);
         if bytes > limit {
@@ -276,7 +310,9 @@ impl GpuContext {
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(&format!("gpuprep.{label}")),
             size: bytes.max(16).div_ceil(4) * 4,
-            usage: wgpu::BufferUsages::STORAGE | wgpu::BufferUsages::COPY_SRC | wgpu::BufferUsages::COPY_DST,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
             mapped_at_creation: false,
         }))
     }
@@ -297,30 +333,48 @@ impl GpuContext {
         if bytes == 0 {
             return Ok(Vec::new());
         }
-        let staging = self.device.create_buffer(&wgpu::BufferDescriptor {
-            label: Some("gpuprep.readback"),
-            size: bytes.div_ceil(4) * 4,
-            usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-            mapped_at_creation: false,
-        });
-        let mut enc = self.device.create_command_encoder(&wgpu::CommandEncoderDescriptor {
-            label: Some("gpuprep.readback"),
-        });
+        // One staging buffer, grown as needed and reused (the map below is waited for).
+        let staging = {
+            let mut pool = self.staging_pool.borrow_mut();
+            match pool.as_ref() {
+                Some(b) if b.size() >= bytes.div_ceil(4) * 4 => b.clone(),
+                _ => {
+                    let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("gpuprep.readback"),
+                        size: bytes.div_ceil(4) * 4,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
+                    *pool = Some(b.clone());
+                    b
+                }
+            }
+        };
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("gpuprep.readback"),
+            });
         enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes.div_ceil(4) * 4);
         let idx = self.queue.submit([enc.finish()]);
-        let slice = staging.slice(..);
+        let slice = staging.slice(..bytes.div_ceil(4) * 4);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
         });
         self.device
-            .poll(wgpu::PollType::Wait { submission_index: Some(idx), timeout: None })
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(idx),
+                timeout: None,
+            })
             .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
         rx.recv()
             .map_err(|_| Error::Gpu("readback callback dropped".into()))?
             .map_err(|e| Error::Gpu(format!("mapping readback buffer: {e}")))?;
         let out = {
-            let view = slice.get_mapped_range().map_err(|e| Error::Gpu(format!("readback: {e}")))?;
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("readback: {e}")))?;
             let b: &[u8] = &view;
             bytemuck::pod_collect_to_vec(&b[..bytes as usize])
         };
@@ -330,7 +384,11 @@ impl GpuContext {
 
     /// Start recording a batch of dispatches.
     pub fn recorder(&self) -> Recorder<'_> {
-        Recorder { ctx: self, uniforms: Vec::new(), ops: Vec::new() }
+        Recorder {
+            ctx: self,
+            uniforms: Vec::new(),
+            ops: Vec::new(),
+        }
     }
 
     fn uniform_buffer(&self, bytes: u64) -> wgpu::Buffer {
@@ -364,8 +422,17 @@ pub fn split_groups(groups: u32) -> (u32, u32) {
 }
 
 enum Op {
-    Dispatch { kernel: Rc<Kernel>, uniform: Option<(u64, u64)>, buffers: Vec<wgpu::Buffer>, groups: u32 },
-    Copy { src: wgpu::Buffer, dst: wgpu::Buffer, bytes: u64 },
+    Dispatch {
+        kernel: Rc<Kernel>,
+        uniform: Option<(u64, u64)>,
+        buffers: Vec<wgpu::Buffer>,
+        groups: u32,
+    },
+    Copy {
+        src: wgpu::Buffer,
+        dst: wgpu::Buffer,
+        bytes: u64,
+    },
 }
 
 /// Records dispatches; `submit` writes all uniforms at once, builds the bind groups and submits.
@@ -378,18 +445,35 @@ pub struct Recorder<'a> {
 impl Recorder<'_> {
     /// Dispatch `kernel` over `items` invocations (`WORKGROUP` per workgroup) with uniform `params`
     /// and the storage `buffers` in binding order after the uniform.
-    pub fn dispatch<P: bytemuck::Pod>(&mut self, kernel: &Rc<Kernel>, params: &P, buffers: &[&wgpu::Buffer], items: u64) {
+    pub fn dispatch<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Rc<Kernel>,
+        params: &P,
+        buffers: &[&wgpu::Buffer],
+        items: u64,
+    ) {
         self.dispatch_groups(kernel, params, buffers, items.div_ceil(WORKGROUP as u64));
     }
 
     /// As `dispatch`, with an explicit workgroup count.
-    pub fn dispatch_groups<P: bytemuck::Pod>(&mut self, kernel: &Rc<Kernel>, params: &P, buffers: &[&wgpu::Buffer], groups: u64) {
+    pub fn dispatch_groups<P: bytemuck::Pod>(
+        &mut self,
+        kernel: &Rc<Kernel>,
+        params: &P,
+        buffers: &[&wgpu::Buffer],
+        groups: u64,
+    ) {
         let align = self.ctx.limits.min_uniform_buffer_offset_alignment.max(16) as usize;
         let off = self.uniforms.len().div_ceil(align) * align;
         self.uniforms.resize(off, 0);
         let bytes = bytemuck::bytes_of(params);
         self.uniforms.extend_from_slice(bytes);
-        debug_assert_eq!(kernel.binds.len(), buffers.len() + 1, "{}: binding count", kernel.label);
+        debug_assert_eq!(
+            kernel.binds.len(),
+            buffers.len() + 1,
+            "{}: binding count",
+            kernel.label
+        );
         self.ops.push(Op::Dispatch {
             kernel: kernel.clone(),
             uniform: Some((off as u64, bytes.len() as u64)),
@@ -399,18 +483,30 @@ impl Recorder<'_> {
     }
 
     pub fn copy(&mut self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
-        self.ops.push(Op::Copy { src: src.clone(), dst: dst.clone(), bytes });
+        self.ops.push(Op::Copy {
+            src: src.clone(),
+            dst: dst.clone(),
+            bytes,
+        });
     }
 
     /// Submit everything recorded; returns the submission index.
     pub fn submit(self) -> Result<wgpu::SubmissionIndex> {
         let ctx = self.ctx;
-        let ubuf = if self.uniforms.is_empty() { None } else { Some(ctx.uniform_buffer(self.uniforms.len() as u64)) };
+        let ubuf = if self.uniforms.is_empty() {
+            None
+        } else {
+            Some(ctx.uniform_buffer(self.uniforms.len() as u64))
+        };
         if let Some(u) = &ubuf {
             ctx.queue.write_buffer(u, 0, &self.uniforms);
         }
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let mut enc = ctx.device.create_command_encoder(&wgpu::CommandEncoderDescriptor { label: Some("gpuprep.batch") });
+        let mut enc = ctx
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("gpuprep.batch"),
+            });
         let mut i = 0;
         while i < self.ops.len() {
             match &self.ops[i] {
@@ -424,7 +520,15 @@ impl Recorder<'_> {
                         timestamp_writes: None,
                     });
                     while i < self.ops.len() {
-                        let Op::Dispatch { kernel, uniform, buffers, groups } = &self.ops[i] else { break };
+                        let Op::Dispatch {
+                            kernel,
+                            uniform,
+                            buffers,
+                            groups,
+                        } = &self.ops[i]
+                        else {
+                            break;
+                        };
                         let mut entries = Vec::new();
                         if let (Some((off, size)), Some(u)) = (uniform, &ubuf) {
                             entries.push(wgpu::BindGroupEntry {
@@ -437,7 +541,10 @@ impl Recorder<'_> {
                             });
                         }
                         for (j, b) in buffers.iter().enumerate() {
-                            entries.push(wgpu::BindGroupEntry { binding: j as u32 + 1, resource: b.as_entire_binding() });
+                            entries.push(wgpu::BindGroupEntry {
+                                binding: j as u32 + 1,
+                                resource: b.as_entire_binding(),
+                            });
                         }
                         let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
                             label: Some(&kernel.label),

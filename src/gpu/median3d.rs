@@ -39,14 +39,18 @@ pub fn record(
     p: &MedianParams,
 ) -> Result<()> {
     let window: usize = p.size.iter().product();
-    let class = WINDOW_CLASSES.iter().copied().find(|&c| c >= window).ok_or_else(|| Error::InvalidParameter {
-        flag: "--median-size".into(),
-        message: format!(
+    let class = WINDOW_CLASSES
+        .iter()
+        .copied()
+        .find(|&c| c >= window)
+        .ok_or_else(|| Error::InvalidParameter {
+            flag: "--median-size".into(),
+            message: format!(
             "the GPU median filter holds at most {MAX_WINDOW} window elements (e.g. 11x11x11); \
              {:?} has {window}: use --backend cpu",
             p.size
         ),
-    })?;
+        })?;
     for (i, &s) in p.size.iter().enumerate() {
         if s % 2 == 0 {
             return Err(Error::InvalidParameter {
@@ -58,7 +62,10 @@ pub fn record(
     let k = ctx.kernel(
         "median3d",
         "median3d",
-        &[("const MAX_WINDOW: u32 = 343u;", format!("const MAX_WINDOW: u32 = {class}u;"))],
+        &[(
+            "const MAX_WINDOW: u32 = 343u;",
+            format!("const MAX_WINDOW: u32 = {class}u;"),
+        )],
         &[Bind::Uniform, Bind::Read, Bind::ReadWrite],
     )?;
     let total = shape.iter().product::<usize>();

@@ -9,7 +9,10 @@ pub const KERNELS: &[(&str, &str)] = &[
     ("zscore", include_str!("../../shaders/zscore.wgsl")),
     ("shift", include_str!("../../shaders/shift.wgsl")),
     ("fft", include_str!("../../shaders/fft.wgsl")),
-    ("cross_power", include_str!("../../shaders/cross_power.wgsl")),
+    (
+        "cross_power",
+        include_str!("../../shaders/cross_power.wgsl"),
+    ),
 ];
 
 /// The full source of kernel shader `name` (`common.wgsl` + the kernel), or `None`.

@@ -37,11 +37,26 @@ impl GpuAccumulator {
     }
 
     /// Record adding the volume in `src`.
-    pub fn record_add(&mut self, ctx: &GpuContext, rec: &mut Recorder<'_>, src: &wgpu::Buffer) -> Result<()> {
-        let k = ctx.kernel("zscore", "accumulate", &[], &[Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite])?;
+    pub fn record_add(
+        &mut self,
+        ctx: &GpuContext,
+        rec: &mut Recorder<'_>,
+        src: &wgpu::Buffer,
+    ) -> Result<()> {
+        let k = ctx.kernel(
+            "zscore",
+            "accumulate",
+            &[],
+            &[Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite],
+        )?;
         self.count += 1;
         let total = self.shape.iter().product::<usize>();
-        let u = ZscoreUniform { total: total as u32, count: self.count, ddof: 0, constant_zero: 0 };
+        let u = ZscoreUniform {
+            total: total as u32,
+            count: self.count,
+            ddof: 0,
+            constant_zero: 0,
+        };
         rec.dispatch(&k, &u, &[src, &self.mean, &self.m2], total as u64);
         Ok(())
     }
@@ -59,11 +74,27 @@ impl GpuAccumulator {
             "zscore",
             "finalize",
             &[],
-            &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite, Bind::ReadWrite],
+            &[
+                Bind::Uniform,
+                Bind::Read,
+                Bind::Read,
+                Bind::ReadWrite,
+                Bind::ReadWrite,
+            ],
         )?;
         let total = self.shape.iter().product::<usize>();
-        let u = ZscoreUniform { total: total as u32, count: self.count, ddof: p.ddof, constant_zero: 0 };
-        rec.dispatch(&k, &u, &[&self.mean, &self.m2, mean_out, std_out], total as u64);
+        let u = ZscoreUniform {
+            total: total as u32,
+            count: self.count,
+            ddof: p.ddof,
+            constant_zero: 0,
+        };
+        rec.dispatch(
+            &k,
+            &u,
+            &[&self.mean, &self.m2, mean_out, std_out],
+            total as u64,
+        );
         Ok(())
     }
 }
@@ -84,7 +115,13 @@ pub fn record_normalize(
         "zscore",
         "normalize",
         &[],
-        &[Bind::Uniform, Bind::Read, Bind::Read, Bind::Read, Bind::ReadWrite],
+        &[
+            Bind::Uniform,
+            Bind::Read,
+            Bind::Read,
+            Bind::Read,
+            Bind::ReadWrite,
+        ],
     )?;
     let u = ZscoreUniform {
         total: total as u32,

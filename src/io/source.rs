@@ -133,62 +133,21 @@ impl Source {
     /// exactly one file whose `dataset` is 4-D (t, z, y, x).
     pub fn open(inputs: &[String], dataset: &str) -> Result<Source> {
         let files = expand_inputs(inputs)?;
-        let first = probe(&files[0], dataset)?;
-        let is_4d = files.len() == 1 && first.shape.len() == 4;
-        let expected_rank = if is_4d { 4 } else { 3 };
-        let mut probes = vec![first];
-        for f in &files[1..] {
-            probes.push(probe(f, dataset)?);
+        let mut probes = Vec::with_capacity(files.len());
+        for f in &files {
+            // Check each file before opening the next, so a 4-D file among several is named as the problem
+            // rather than the next file for lacking its dataset.
+            let p = probe(f, dataset)?;
+            check_probe(f, &p, dataset, files.len())?;
+            probes.push(p);
         }
-
-        for (file, p) in files.iter().zip(&probes) {
-            if p.shape.len() != expected_rank {
-                let message = if p.shape.len() == 4 {
-                    format!(
-                        "dataset '{dataset}' is 4-D {}; a 4-D (t, z, y, x) dataset must be the only input, \
-                         not one of {} files",
-                        fmt_shape(&p.shape),
-                        files.len()
-                    )
-                } else {
-                    format!(
-                        "dataset '{dataset}' has shape {} ({}-D); expected a 3-D (z, y, x) volume per file \
-                         or one file with a 4-D (t, z, y, x) dataset",
-                        fmt_shape(&p.shape),
-                        p.shape.len()
-                    )
-                };
-                return Err(Error::Input {
-                    path: file.clone(),
-                    message,
-                });
-            }
-            if p.shape.contains(&0) {
-                return Err(Error::Input {
-                    path: file.clone(),
-                    message: format!(
-                        "dataset '{dataset}' has shape {}; every dimension must be nonzero",
-                        fmt_shape(&p.shape)
-                    ),
-                });
-            }
-            if Dtype::from_descriptor(&p.desc).is_none() {
-                return Err(Error::Input {
-                    path: file.clone(),
-                    message: format!(
-                        "dataset '{dataset}' has unsupported type {}; supported: {}",
-                        p.desc,
-                        Dtype::ALL.map(Dtype::name).join(", ")
-                    ),
-                });
-            }
-        }
+        let is_4d = probes[0].shape.len() == 4;
 
         let (shape0, desc0) = (&probes[0].shape, &probes[0].desc);
         for (file, p) in files.iter().zip(&probes).skip(1) {
             if &p.shape != shape0 {
                 return Err(Error::Input {
-                    path: file.clone(),
+                    path: file.to_path_buf(),
                     message: format!(
                         "dataset '{dataset}' has shape {} but {} has {}; every input must have the same shape",
                         fmt_shape(&p.shape),
@@ -199,7 +158,7 @@ impl Source {
             }
             if &p.desc != desc0 {
                 return Err(Error::Input {
-                    path: file.clone(),
+                    path: file.to_path_buf(),
                     message: format!(
                         "dataset '{dataset}' has type {} but {} has {}; every input must have the same type",
                         p.desc,
@@ -285,7 +244,11 @@ impl Source {
         };
         let file = hdf5::File::open(path).map_err(|e| Error::Input {
             path: path.clone(),
-            message: format!("cannot be opened for t={t} any more: {}", first_line(&e)),
+            message: format!(
+                "cannot be opened to read dataset '{}' at t={t} any more ({})",
+                self.dataset,
+                first_line(&e)
+            ),
         })?;
         let ds = file.dataset(&self.dataset).map_err(hdf5_err)?;
         // The files were checked at open; recheck the shape so a file replaced mid-run is an error, not a
@@ -322,6 +285,56 @@ impl Source {
             format!("the {} input files", self.files.len())
         }
     }
+}
+
+/// The checks one file must pass on its own: rank (3, or 4 when it is the only input), nonzero sizes, dtype.
+fn check_probe(file: &Path, p: &Probe, dataset: &str, nfiles: usize) -> Result<()> {
+    let expected_rank = if nfiles == 1 && p.shape.len() == 4 {
+        4
+    } else {
+        3
+    };
+    if p.shape.len() != expected_rank {
+        let message = if p.shape.len() == 4 {
+            format!(
+                "dataset '{dataset}' is 4-D {}; a 4-D (t, z, y, x) dataset must be the only input, \
+                 not one of {} files",
+                fmt_shape(&p.shape),
+                nfiles
+            )
+        } else {
+            format!(
+                "dataset '{dataset}' has shape {} ({}-D); expected a 3-D (z, y, x) volume per file \
+                 or one file with a 4-D (t, z, y, x) dataset",
+                fmt_shape(&p.shape),
+                p.shape.len()
+            )
+        };
+        return Err(Error::Input {
+            path: file.to_path_buf(),
+            message,
+        });
+    }
+    if p.shape.contains(&0) {
+        return Err(Error::Input {
+            path: file.to_path_buf(),
+            message: format!(
+                "dataset '{dataset}' has shape {}; every dimension must be nonzero",
+                fmt_shape(&p.shape)
+            ),
+        });
+    }
+    if Dtype::from_descriptor(&p.desc).is_none() {
+        return Err(Error::Input {
+            path: file.to_path_buf(),
+            message: format!(
+                "dataset '{dataset}' has unsupported type {}; supported: {}",
+                p.desc,
+                Dtype::ALL.map(Dtype::name).join(", ")
+            ),
+        });
+    }
+    Ok(())
 }
 
 /// One line per input file for `gpuprep info`: path, dataset, shape, dtype, chunking, compression.

@@ -1,0 +1,87 @@
+//! Shared test helpers: golden-fixture access, seeded random volumes, comparison with messages.
+
+#![allow(dead_code)]
+
+use hdf5::types::VarLenUnicode;
+use ndarray::{Array3, Array4, ArrayD, ArrayView3};
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+use std::path::{Path, PathBuf};
+
+pub fn fixture(rel: &str) -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+}
+
+pub struct Golden(hdf5::File);
+
+impl Golden {
+    pub fn open() -> Golden {
+        Golden(hdf5::File::open(fixture("golden.h5")).expect("tests/fixtures/golden.h5 (run scripts/make_fixtures.py)"))
+    }
+    /// (name, group) of every case under `kind`, in order.
+    pub fn cases(&self, kind: &str) -> Vec<(String, hdf5::Group)> {
+        let g = self.0.group(kind).unwrap();
+        let mut names = g.member_names().unwrap();
+        names.sort();
+        names.into_iter().map(|n| (format!("{kind}/{n}"), g.group(&n).unwrap())).collect()
+    }
+}
+
+pub fn attr_str(g: &hdf5::Group, name: &str) -> String {
+    g.attr(name).unwrap().read_scalar::<VarLenUnicode>().unwrap().as_str().to_string()
+}
+pub fn attr_f64(g: &hdf5::Group, name: &str) -> f64 {
+    g.attr(name).unwrap().read_scalar::<f64>().unwrap()
+}
+pub fn attr_i64(g: &hdf5::Group, name: &str) -> i64 {
+    g.attr(name).unwrap().read_scalar::<i64>().unwrap()
+}
+pub fn attr_vec_f64(g: &hdf5::Group, name: &str) -> Vec<f64> {
+    g.attr(name).unwrap().read_raw::<f64>().unwrap()
+}
+pub fn attr_vec_i64(g: &hdf5::Group, name: &str) -> Vec<i64> {
+    g.attr(name).unwrap().read_raw::<i64>().unwrap()
+}
+pub fn ds3(g: &hdf5::Group, name: &str) -> Array3<f32> {
+    g.dataset(name).unwrap().read::<f32, ndarray::Ix3>().unwrap()
+}
+pub fn ds4(g: &hdf5::Group, name: &str) -> Array4<f32> {
+    g.dataset(name).unwrap().read::<f32, ndarray::Ix4>().unwrap()
+}
+pub fn ds_f64(g: &hdf5::Group, name: &str) -> ArrayD<f64> {
+    g.dataset(name).unwrap().read_dyn::<f64>().unwrap()
+}
+
+/// A seed from the clock unless `GPUPREP_SEED` is set; printed so a failure can be replayed.
+pub fn fresh_seed() -> u64 {
+    let seed = std::env::var("GPUPREP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
+    });
+    eprintln!("seed {seed} (replay with GPUPREP_SEED={seed})");
+    seed
+}
+
+pub fn random_volume(rng: &mut StdRng, shape: [usize; 3]) -> Array3<f32> {
+    Array3::from_shape_fn(shape, |_| rng.random_range(-1.0f32..1.0))
+}
+
+pub fn rng(seed: u64) -> StdRng {
+    StdRng::seed_from_u64(seed)
+}
+
+/// Largest |a - b| over elements; NaN in exactly one of them counts as infinite, NaN in both as equal.
+pub fn max_abs_diff(a: ArrayView3<f32>, b: ArrayView3<f32>) -> (f32, [usize; 3]) {
+    assert_eq!(a.shape(), b.shape());
+    let mut worst = (0.0f32, [0, 0, 0]);
+    for ((i, &x), &y) in a.indexed_iter().zip(b.iter()) {
+        let d = match (x.is_nan(), y.is_nan()) {
+            (true, true) => 0.0,
+            (false, false) => (x - y).abs(),
+            _ => f32::INFINITY,
+        };
+        if d > worst.0 {
+            worst = (d, [i.0, i.1, i.2]);
+        }
+    }
+    worst
+}
