@@ -44,10 +44,13 @@ pub fn select_backend(engine: &EngineArgs) -> Result<Box<dyn Backend>> {
     match engine.backend {
         BackendChoice::Cpu => Ok(Box::new(CpuBackend::new())),
         BackendChoice::Gpu => gpu_backend(&engine.gpu_api),
-        BackendChoice::Auto => match gpu_backend(&engine.gpu_api) {
-            Ok(g) => Ok(g),
+        BackendChoice::Auto => match auto_gpu_backend(&engine.gpu_api) {
+            Ok(g) => {
+                eprintln!("gpuprep: using {}", g.describe());
+                Ok(g)
+            }
             Err(e) => {
-                eprintln!("gpuprep: no usable GPU adapter ({e}); using the CPU backend");
+                eprintln!("gpuprep: no hardware GPU adapter ({e}); using the CPU backend");
                 Ok(Box::new(CpuBackend::new()))
             }
         },
@@ -211,7 +214,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let mut cfg = RunConfig::new(vec![data.display().to_string()], output.clone());
     cfg.register = Some(crate::params::RegisterParams::new(
         u,
-        crate::params::Normalization::Phase,
+        crate::params::Normalization::None,
     )?);
     cfg.progress = std::io::stderr().is_terminal();
     let mut backend = select_backend(&a.engine)?;
@@ -231,17 +234,41 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         );
     }
     println!(
-        "  largest shift error {worst:.3} voxels (upsample factor {u}: resolution {:.3})",
+        "  largest shift error {worst:.3} voxels (upsample factor {u}: resolution {:.3}; normalization none: phase whitening amplifies noise)",
         1.0 / u as f64
     );
     println!("  output layout: /data (t,z,y,x) float32 z-scores, /shifts, /error, /mean, /std; kept in a temporary directory that is now removed");
     Ok(())
 }
 
-fn gpu_backend(_api: &str) -> Result<Box<dyn Backend>> {
-    Err(Error::Gpu("the GPU backend is not wired in yet".into()))
+/// `--backend gpu`: a GPU adapter of the asked-for API, or an error naming the API.
+fn gpu_backend(api: &str) -> Result<Box<dyn Backend>> {
+    let api: crate::gpu::Api = api.parse()?;
+    Ok(Box::new(crate::gpu::GpuBackend::new(api)?))
+}
+
+/// `--backend auto`: a hardware GPU adapter; software rasterizers (lavapipe, llvmpipe) are slower than
+/// the CPU path, so auto passes them over (ask for them with `--backend gpu`).
+fn auto_gpu_backend(api: &str) -> Result<Box<dyn Backend>> {
+    let api: crate::gpu::Api = api.parse()?;
+    let g = crate::gpu::GpuBackend::new(api)?;
+    if g.is_software() {
+        return Err(Error::Gpu(format!(
+            "only a software adapter ({}) is available",
+            g.describe()
+        )));
+    }
+    Ok(Box::new(g))
 }
 
 fn gpu_adapters() -> Vec<String> {
-    Vec::new()
+    crate::gpu::list_adapters(crate::gpu::Api::Any)
+        .into_iter()
+        .map(|a| {
+            format!(
+                "{} ({}, {}); {}",
+                a.name, a.backend, a.device_type, a.limits
+            )
+        })
+        .collect()
 }

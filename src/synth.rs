@@ -272,10 +272,15 @@ fn random_blobs(rng: &mut StdRng, shape: [usize; 3]) -> Vec<Blob> {
             amp: rng.random_range(0.5..1.0),
             // Size-1 axes keep every blob at 0, so the single plane sees each blob's full amplitude.
             centre: shape.map(|n| {
+                // Keep the structure inside the field of view (a sample under a microscope): blobs that
+                // cross the edge as they move make the translation ill-defined for any registration.
+                let margin = (n as f64 / 4.0).min(8.0);
                 if n == 1 {
                     0.0
-                } else {
+                } else if n < 8 {
                     rng.random_range(0.0..(n - 1) as f64)
+                } else {
+                    rng.random_range(margin..(n as f64 - 1.0 - margin))
                 }
             }),
             sigma: [(); 3].map(|_| rng.random_range(1.5..4.0)),

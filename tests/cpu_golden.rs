@@ -3,7 +3,9 @@
 
 use crate::support::*;
 use gpuprep::backend::{Backend, FramePlan};
-use gpuprep::cpu::{median3d::median3d, register::phase_cross_correlation, shift::shift3d, zscore, CpuBackend};
+use gpuprep::cpu::{
+    median3d::median3d, register::phase_cross_correlation, shift::shift3d, zscore, CpuBackend,
+};
 use gpuprep::params::*;
 use ndarray::{s, Axis};
 
@@ -23,7 +25,10 @@ fn median_matches_scipy_exactly() {
         let ours = median3d(ds3(&g, "input").view(), &p);
         let want = ds3(&g, "output");
         let (d, at) = max_abs_diff(ours.view(), want.view());
-        assert!(d == 0.0, "{name} ({p:?}): differs from scipy by {d} at {at:?}");
+        assert!(
+            d == 0.0,
+            "{name} ({p:?}): differs from scipy by {d} at {at:?}"
+        );
     }
 }
 
@@ -51,7 +56,10 @@ fn shift_matches_scipy_every_order_and_mode() {
         let ours = shift3d(input.view(), [s[0], s[1], s[2]], &p);
         let want = ds3(&g, "output");
         let (d, at) = max_abs_diff(ours.view(), want.view());
-        assert!(d <= SHIFT_TOL * scale, "{name} shift {s:?} {p:?}: differs from scipy by {d} at {at:?}");
+        assert!(
+            d <= SHIFT_TOL * scale,
+            "{name} shift {s:?} {p:?}: differs from scipy by {d} at {at:?}"
+        );
     }
     assert_eq!(seen.len(), 15, "every (order, mode) pair is covered");
 }
@@ -68,12 +76,24 @@ fn registration_matches_scikit_image() {
             let d = (r.shift[a] - want[a]).abs();
             // scikit-image computes in float32: its shifts carry f32 rounding (~1e-7).
             let tol = if u == 1 { 0.0 } else { 1e-5 };
-            assert!(d <= tol, "{name} (u={u}): shift {:?} vs scikit-image {want}", r.shift);
+            assert!(
+                d <= tol,
+                "{name} (u={u}): shift {:?} vs scikit-image {want}",
+                r.shift
+            );
         }
         let err = ds_f64(&g, "error").first().copied().unwrap();
         let ph = ds_f64(&g, "phasediff").first().copied().unwrap();
-        assert!((r.error - err).abs() < 1e-3, "{name}: error {} vs {err}", r.error);
-        assert!((r.phasediff - ph).abs() < 1e-3, "{name}: phasediff {} vs {ph}", r.phasediff);
+        assert!(
+            (r.error - err).abs() < 1e-3,
+            "{name}: error {} vs {err}",
+            r.error
+        );
+        assert!(
+            (r.phasediff - ph).abs() < 1e-3,
+            "{name}: phasediff {} vs {ph}",
+            r.phasediff
+        );
     }
 }
 
@@ -88,7 +108,10 @@ fn zscore_tol(z: f32, mean: f32, std: f32) -> f32 {
 fn zscore_matches_scipy() {
     let golden = Golden::open();
     for (name, g) in golden.cases("zscore") {
-        let p = ZscoreParams { ddof: attr_i64(&g, "ddof") as u32, constant: ConstantVoxels::Nan };
+        let p = ZscoreParams {
+            ddof: attr_i64(&g, "ddof") as u32,
+            constant: ConstantVoxels::Nan,
+        };
         let input = ds4(&g, "input");
         let shape = [input.shape()[1], input.shape()[2], input.shape()[3]];
         let mut acc = zscore::Accumulator::new(shape);
@@ -101,20 +124,35 @@ fn zscore_matches_scipy() {
         for (t, v) in input.axis_iter(Axis(0)).enumerate() {
             let ours = zscore::normalize(v, &m, &p);
             let want = exact.slice(s![t, .., .., ..]);
-            for (((i, &o), &w), (&mean, &std)) in ours.indexed_iter().zip(want.iter()).zip(m.mean.iter().zip(m.std.iter())) {
+            for (((i, &o), &w), (&mean, &std)) in ours
+                .indexed_iter()
+                .zip(want.iter())
+                .zip(m.mean.iter().zip(m.std.iter()))
+            {
                 if w.is_nan() {
                     continue;
                 }
                 let tol = zscore_tol(w, mean, std);
-                assert!((o - w).abs() <= tol, "{name} t={t} at {i:?}: {o} vs scipy (f64) {w}, tolerance {tol}");
+                assert!(
+                    (o - w).abs() <= tol,
+                    "{name} t={t} at {i:?}: {o} vs scipy (f64) {w}, tolerance {tol}"
+                );
             }
             // NaN exactly where scipy puts NaN for constant voxels. Compared with the f64 run: scipy's
             // float32 run misses a constant voxel of value 1000.3 (its f32 mean is inexact, so its std
             // is not zero) and returns noise there; ours, like scipy in f64, returns NaN.
             for (o, w) in ours.iter().zip(want.iter()) {
-                assert_eq!(o.is_nan(), w.is_nan(), "{name} t={t}: NaN pattern differs from scipy (f64)");
+                assert_eq!(
+                    o.is_nan(),
+                    w.is_nan(),
+                    "{name} t={t}: NaN pattern differs from scipy (f64)"
+                );
             }
-            let nan32 = scipy32.slice(s![t, .., .., ..]).iter().filter(|v| v.is_nan()).count();
+            let nan32 = scipy32
+                .slice(s![t, .., .., ..])
+                .iter()
+                .filter(|v| v.is_nan())
+                .count();
             assert!(ours.iter().filter(|v| v.is_nan()).count() >= nan32);
         }
     }
@@ -131,7 +169,9 @@ fn whole_pipeline_matches_the_scipy_pipeline() {
         let want_shifts = ds_f64(&g, "shifts");
         let mut cpu = CpuBackend::new();
         let reg = RegisterParams::new(u, Normalization::Phase).unwrap();
-        let reference = cpu.median3d(input.index_axis(Axis(0), 0), &MedianParams::default()).unwrap();
+        let reference = cpu
+            .median3d(input.index_axis(Axis(0), 0), &MedianParams::default())
+            .unwrap();
         cpu.set_reference(reference.view(), &reg).unwrap();
         let shape = [input.shape()[1], input.shape()[2], input.shape()[3]];
         cpu.reset_moments(shape).unwrap();
@@ -147,14 +187,26 @@ fn whole_pipeline_matches_the_scipy_pipeline() {
         for (t, raw) in input.axis_iter(Axis(0)).enumerate() {
             let out = cpu.process_frame(raw, &plan).unwrap();
             let f = out.filtered.as_ref().unwrap();
-            assert_eq!(max_abs_diff(f.view(), filtered.index_axis(Axis(0), t)).0, 0.0, "{name} t={t} filtered");
+            assert_eq!(
+                max_abs_diff(f.view(), filtered.index_axis(Axis(0), t)).0,
+                0.0,
+                "{name} t={t} filtered"
+            );
             let r = out.registration.unwrap();
             for a in 0..3 {
                 let d = (r.shift[a] - want_shifts[[t, a]]).abs();
-                assert!(d <= 1e-5, "{name} t={t}: shift {:?} vs scikit-image {:?}", r.shift, want_shifts);
+                assert!(
+                    d <= 1e-5,
+                    "{name} t={t}: shift {:?} vs scikit-image {:?}",
+                    r.shift,
+                    want_shifts
+                );
             }
             let (d, at) = max_abs_diff(out.volume.view(), registered.index_axis(Axis(0), t));
-            assert!(d <= 1e-4, "{name} t={t}: registered differs by {d} at {at:?}");
+            assert!(
+                d <= 1e-4,
+                "{name} t={t}: registered differs by {d} at {at:?}"
+            );
             outs.push(out.volume);
         }
         let zp = ZscoreParams::default();

@@ -25,10 +25,20 @@ fn reference_median_known_answers() {
     // 1-D along x: [1, 5, 2, 8, 3] with reflect → medians of (1,1,5) (1,5,2) (5,2,8) (2,8,3) (8,3,3).
     let line = Array3::from_shape_vec((1, 1, 5), vec![1.0f32, 5.0, 2.0, 8.0, 3.0]).unwrap();
     let p1 = MedianParams::new([1, 1, 3], BoundaryMode::Reflect, 0.0).unwrap();
-    assert_eq!(median3d_sorted(line.view(), &p1).into_raw_vec_and_offset().0, vec![1.0, 2.0, 5.0, 3.0, 3.0]);
+    assert_eq!(
+        median3d_sorted(line.view(), &p1)
+            .into_raw_vec_and_offset()
+            .0,
+        vec![1.0, 2.0, 5.0, 3.0, 3.0]
+    );
     // constant mode with cval 9: ends see (9,1,5) → 5 and (8,3,9) → 8.
     let p2 = MedianParams::new([1, 1, 3], BoundaryMode::Constant, 9.0).unwrap();
-    assert_eq!(median3d_sorted(line.view(), &p2).into_raw_vec_and_offset().0, vec![5.0, 2.0, 5.0, 3.0, 8.0]);
+    assert_eq!(
+        median3d_sorted(line.view(), &p2)
+            .into_raw_vec_and_offset()
+            .0,
+        vec![5.0, 2.0, 5.0, 3.0, 8.0]
+    );
 }
 
 proptest! {
@@ -65,7 +75,9 @@ fn naive_dft_known_answers() {
     assert!((f[[0, 0, 0]] - C32::new(120.0, 0.0)).norm() < 1e-4);
     assert!(f.iter().skip(1).all(|v| v.norm() < 1e-4));
     // A single frequency along x: exp(2πi·2x/5) puts everything at kx = 2.
-    let w = Array3::from_shape_fn((1, 1, 5), |(_, _, x)| C32::from_polar(1.0, 2.0 * std::f32::consts::PI * 2.0 * x as f32 / 5.0));
+    let w = Array3::from_shape_fn((1, 1, 5), |(_, _, x)| {
+        C32::from_polar(1.0, 2.0 * std::f32::consts::PI * 2.0 * x as f32 / 5.0)
+    });
     let f = dft3(&w, false);
     assert!((f[[0, 0, 2]] - C32::new(5.0, 0.0)).norm() < 1e-4);
 }
@@ -74,19 +86,34 @@ fn naive_dft_known_answers() {
 fn fft_matches_naive_dft_on_awkward_shapes() {
     let seed = fresh_seed();
     let mut r = rng(seed);
-    for shape in [[1, 1, 7], [3, 5, 7], [8, 12, 10], [2, 13, 11], [4, 1, 9], [6, 17, 4]] {
-        let x = Array3::from_shape_fn(shape, |_| C32::new(r.random_range(-1.0..1.0), r.random_range(-1.0..1.0)));
+    for shape in [
+        [1, 1, 7],
+        [3, 5, 7],
+        [8, 12, 10],
+        [2, 13, 11],
+        [4, 1, 9],
+        [6, 17, 4],
+    ] {
+        let x = Array3::from_shape_fn(shape, |_| {
+            C32::new(r.random_range(-1.0..1.0), r.random_range(-1.0..1.0))
+        });
         let fft = Fft3::new(shape);
         let mut f = x.clone();
         fft.forward(&mut f);
         let want = dft3(&x, false);
         let n = x.len() as f32;
         for (i, (a, b)) in f.iter().zip(want.iter()).enumerate() {
-            assert!((a - b).norm() <= 2e-5 * n.sqrt() * 4.0, "forward, shape {shape:?}, index {i}: {a} vs {b}");
+            assert!(
+                (a - b).norm() <= 2e-5 * n.sqrt() * 4.0,
+                "forward, shape {shape:?}, index {i}: {a} vs {b}"
+            );
         }
         fft.inverse(&mut f);
         for (a, b) in f.iter().zip(x.iter()) {
-            assert!((a - b).norm() < 1e-5, "round trip, shape {shape:?}: {a} vs {b}");
+            assert!(
+                (a - b).norm() < 1e-5,
+                "round trip, shape {shape:?}: {a} vs {b}"
+            );
         }
     }
 }
@@ -122,7 +149,11 @@ fn registration_recovers_a_known_circular_shift() {
     });
     for u in [1, 10] {
         for norm in [Normalization::Phase, Normalization::None] {
-            let reg = phase_cross_correlation(v.view(), moving.view(), &RegisterParams::new(u, norm).unwrap());
+            let reg = phase_cross_correlation(
+                v.view(),
+                moving.view(),
+                &RegisterParams::new(u, norm).unwrap(),
+            );
             assert_eq!(reg.shift, [-3.0, 4.0, -7.0], "upsample {u}, {norm}");
             // scikit-image's error is only meaningful without normalization (with it, it is ~1).
             if norm == Normalization::None && u == 1 {
@@ -136,9 +167,14 @@ fn registration_recovers_a_known_circular_shift() {
 fn streaming_zscore_equals_in_memory_zscore() {
     let seed = fresh_seed();
     let mut r = rng(seed);
-    let series: Vec<Array3<f32>> = (0..23).map(|_| random_volume(&mut r, [3, 4, 5]).mapv(|x| 50.0 + 3.0 * x)).collect();
+    let series: Vec<Array3<f32>> = (0..23)
+        .map(|_| random_volume(&mut r, [3, 4, 5]).mapv(|x| 50.0 + 3.0 * x))
+        .collect();
     for ddof in [0, 1] {
-        let p = ZscoreParams { ddof, constant: ConstantVoxels::Nan };
+        let p = ZscoreParams {
+            ddof,
+            constant: ConstantVoxels::Nan,
+        };
         let mut acc = Accumulator::new([3, 4, 5]);
         series.iter().for_each(|v| acc.add(v.view()));
         let m = acc.moments(&p);
@@ -151,10 +187,20 @@ fn streaming_zscore_equals_in_memory_zscore() {
     let flat: Vec<Array3<f32>> = (0..4).map(|_| Array3::from_elem((1, 2, 2), 3.5)).collect();
     let mut acc = Accumulator::new([1, 2, 2]);
     flat.iter().for_each(|v| acc.add(v.view()));
-    let nan = ZscoreParams { ddof: 0, constant: ConstantVoxels::Nan };
+    let nan = ZscoreParams {
+        ddof: 0,
+        constant: ConstantVoxels::Nan,
+    };
     let m = acc.moments(&nan);
     assert_eq!(m.constant_voxels, 4);
-    assert!(normalize(flat[0].view(), &m, &nan).iter().all(|v| v.is_nan()));
-    let zero = ZscoreParams { ddof: 0, constant: ConstantVoxels::Zero };
-    assert!(normalize(flat[0].view(), &m, &zero).iter().all(|&v| v == 0.0));
+    assert!(normalize(flat[0].view(), &m, &nan)
+        .iter()
+        .all(|v| v.is_nan()));
+    let zero = ZscoreParams {
+        ddof: 0,
+        constant: ConstantVoxels::Zero,
+    };
+    assert!(normalize(flat[0].view(), &m, &zero)
+        .iter()
+        .all(|&v| v == 0.0));
 }

@@ -9,26 +9,39 @@ use rand::{Rng, SeedableRng};
 use std::path::{Path, PathBuf};
 
 pub fn fixture(rel: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(rel)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("tests/fixtures")
+        .join(rel)
 }
 
 pub struct Golden(hdf5::File);
 
 impl Golden {
     pub fn open() -> Golden {
-        Golden(hdf5::File::open(fixture("golden.h5")).expect("tests/fixtures/golden.h5 (run scripts/make_fixtures.py)"))
+        Golden(
+            hdf5::File::open(fixture("golden.h5"))
+                .expect("tests/fixtures/golden.h5 (run scripts/make_fixtures.py)"),
+        )
     }
     /// (name, group) of every case under `kind`, in order.
     pub fn cases(&self, kind: &str) -> Vec<(String, hdf5::Group)> {
         let g = self.0.group(kind).unwrap();
         let mut names = g.member_names().unwrap();
         names.sort();
-        names.into_iter().map(|n| (format!("{kind}/{n}"), g.group(&n).unwrap())).collect()
+        names
+            .into_iter()
+            .map(|n| (format!("{kind}/{n}"), g.group(&n).unwrap()))
+            .collect()
     }
 }
 
 pub fn attr_str(g: &hdf5::Group, name: &str) -> String {
-    g.attr(name).unwrap().read_scalar::<VarLenUnicode>().unwrap().as_str().to_string()
+    g.attr(name)
+        .unwrap()
+        .read_scalar::<VarLenUnicode>()
+        .unwrap()
+        .as_str()
+        .to_string()
 }
 pub fn attr_f64(g: &hdf5::Group, name: &str) -> f64 {
     g.attr(name).unwrap().read_scalar::<f64>().unwrap()
@@ -43,10 +56,16 @@ pub fn attr_vec_i64(g: &hdf5::Group, name: &str) -> Vec<i64> {
     g.attr(name).unwrap().read_raw::<i64>().unwrap()
 }
 pub fn ds3(g: &hdf5::Group, name: &str) -> Array3<f32> {
-    g.dataset(name).unwrap().read::<f32, ndarray::Ix3>().unwrap()
+    g.dataset(name)
+        .unwrap()
+        .read::<f32, ndarray::Ix3>()
+        .unwrap()
 }
 pub fn ds4(g: &hdf5::Group, name: &str) -> Array4<f32> {
-    g.dataset(name).unwrap().read::<f32, ndarray::Ix4>().unwrap()
+    g.dataset(name)
+        .unwrap()
+        .read::<f32, ndarray::Ix4>()
+        .unwrap()
 }
 pub fn ds_f64(g: &hdf5::Group, name: &str) -> ArrayD<f64> {
     g.dataset(name).unwrap().read_dyn::<f64>().unwrap()
@@ -54,9 +73,15 @@ pub fn ds_f64(g: &hdf5::Group, name: &str) -> ArrayD<f64> {
 
 /// A seed from the clock unless `GPUPREP_SEED` is set; printed so a failure can be replayed.
 pub fn fresh_seed() -> u64 {
-    let seed = std::env::var("GPUPREP_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or_else(|| {
-        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos() as u64
-    });
+    let seed = std::env::var("GPUPREP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| {
+            std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .unwrap()
+                .as_nanos() as u64
+        });
     eprintln!("seed {seed} (replay with GPUPREP_SEED={seed})");
     seed
 }
