@@ -1,1 +1,45 @@
-fn main() {}
+//! CPU kernel benchmarks per size (criterion); throughput is volume bytes processed per second.
+
+use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
+use gpuprep::cpu::{median3d::median3d, register::Registrar, shift::shift3d, zscore::Accumulator};
+use gpuprep::params::*;
+use ndarray::Array3;
+use std::time::Duration;
+
+fn volume(shape: [usize; 3]) -> Array3<f32> {
+    // Deterministic pseudo-random values without an RNG dependency in the hot loop.
+    Array3::from_shape_fn(shape, |(z, y, x)| {
+        (((z * 7919 + y * 104729 + x * 1299709) % 1000) as f32) / 1000.0
+    })
+}
+
+fn kernels(c: &mut Criterion) {
+    let sizes: &[[usize; 3]] = &[[32, 64, 64], [64, 128, 128], [100, 100, 100]];
+    let mut g = c.benchmark_group("cpu");
+    g.sample_size(10)
+        .measurement_time(Duration::from_secs(3))
+        .warm_up_time(Duration::from_millis(500));
+    for &shape in sizes {
+        let v = volume(shape);
+        let name = format!("{}x{}x{}", shape[0], shape[1], shape[2]);
+        g.throughput(Throughput::Bytes((v.len() * 4) as u64));
+        g.bench_with_input(BenchmarkId::new("median3x3x3", &name), &v, |b, v| {
+            b.iter(|| median3d(v.view(), &MedianParams::default()))
+        });
+        let reg = Registrar::new(v.view(), &RegisterParams::default());
+        g.bench_with_input(BenchmarkId::new("register_u1", &name), &v, |b, v| {
+            b.iter(|| reg.register(v.view()))
+        });
+        g.bench_with_input(BenchmarkId::new("shift_order3", &name), &v, |b, v| {
+            b.iter(|| shift3d(v.view(), [0.4, -1.3, 2.7], &ShiftParams::default()))
+        });
+        let mut acc = Accumulator::new(shape);
+        g.bench_with_input(BenchmarkId::new("zscore_accumulate", &name), &v, |b, v| {
+            b.iter(|| acc.add(v.view()))
+        });
+    }
+    g.finish();
+}
+
+criterion_group!(benches, kernels);
+criterion_main!(benches);
