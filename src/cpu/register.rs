@@ -78,14 +78,7 @@ pub fn finish(
 ) -> Registration {
     let shape = [spectrum.dim().0, spectrum.dim().1, spectrum.dim().2];
     let n = spectrum.len() as f64;
-    let mut shift = [0.0f64; 3];
-    for a in 0..3 {
-        let midpoint = (shape[a] / 2) as f64;
-        shift[a] = peak[a] as f64;
-        if shift[a] > midpoint {
-            shift[a] -= shape[a] as f64;
-        }
-    }
+    let mut shift = coarse_shift(peak, shape);
     let (cc_max, src_amp, target_amp) = if params.upsample_factor == 1 {
         let c = correlation[peak];
         (
@@ -114,6 +107,29 @@ pub fn finish(
         }
         (up[best], reference_power, moving_power)
     };
+    score(shift, shape, cc_max, src_amp, target_amp)
+}
+
+/// The correlation peak as a signed integer shift (peaks past the midpoint wrap to negative).
+pub fn coarse_shift(peak: [usize; 3], shape: [usize; 3]) -> [f64; 3] {
+    std::array::from_fn(|a| {
+        let s = peak[a] as f64;
+        if s > (shape[a] / 2) as f64 {
+            s - shape[a] as f64
+        } else {
+            s
+        }
+    })
+}
+
+/// scikit-image's tail: zero shifts along singleton axes, the error and the phase difference.
+pub fn score(
+    mut shift: [f64; 3],
+    shape: [usize; 3],
+    cc_max: Complex64,
+    src_amp: f64,
+    target_amp: f64,
+) -> Registration {
     for a in 0..3 {
         if shape[a] == 1 {
             shift[a] = 0.0;

@@ -221,14 +221,7 @@ impl GpuRegistrar {
     ) -> Result<Registration> {
         let shape = self.shape;
         let n = self.total() as f64;
-        let mut shift = [0.0f64; 3];
-        for a in 0..3 {
-            let midpoint = (shape[a] / 2) as f64;
-            shift[a] = peak[a] as f64;
-            if shift[a] > midpoint {
-                shift[a] -= shape[a] as f64;
-            }
-        }
+        let mut shift = crate::cpu::register::coarse_shift(peak, shape);
         let (cc_max, src_amp, target_amp) = if self.params.upsample_factor == 1 {
             (cc_peak, self.reference_power / n, moving_power / n)
         } else {
@@ -254,19 +247,9 @@ impl GpuRegistrar {
             }
             (up[best], self.reference_power, moving_power)
         };
-        for a in 0..3 {
-            if shape[a] == 1 {
-                shift[a] = 0.0;
-            }
-        }
-        let error = (1.0 - cc_max.norm_sqr() / (src_amp * target_amp))
-            .abs()
-            .sqrt();
-        Ok(Registration {
-            shift,
-            error,
-            phasediff: cc_max.im.atan2(cc_max.re),
-        })
+        Ok(crate::cpu::register::score(
+            shift, shape, cc_max, src_amp, target_amp,
+        ))
     }
 
     /// `_upsampled_dft(conj(R), r, u, offsets).conj()` as three contractions of R with conjugated
