@@ -15,15 +15,7 @@ use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 
 fn seed() -> u64 {
-    std::env::var("GPUPREP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or_else(|| {
-            std::time::SystemTime::now()
-                .duration_since(std::time::UNIX_EPOCH)
-                .unwrap()
-                .as_nanos() as u64
-        })
+    crate::support::fresh_seed()
 }
 
 /// The API under test: Vulkan, unless GPUPREP_TEST_API names another (e.g. `gl`, to run this

@@ -78,6 +78,21 @@ impl GpuBackend {
         })
     }
 
+    /// A reference is set and has the volume's shape.
+    fn check_reference_shape(&self, shape: [usize; 3]) -> Result<()> {
+        let rshape = self
+            .registrar
+            .as_ref()
+            .ok_or_else(|| Error::Data("register called before set_reference".into()))?
+            .shape;
+        if rshape != shape {
+            return Err(Error::Data(format!(
+                "volume shape {shape:?} differs from the reference's {rshape:?}"
+            )));
+        }
+        Ok(())
+    }
+
     pub fn context(&self) -> &GpuContext {
         &self.ctx
     }
@@ -151,16 +166,7 @@ impl Backend for GpuBackend {
 
     fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration> {
         let shape = dims(&vol);
-        let rshape = self
-            .registrar
-            .as_ref()
-            .ok_or_else(|| Error::Data("register called before set_reference".into()))?
-            .shape;
-        if shape != rshape {
-            return Err(Error::Data(format!(
-                "volume shape {shape:?} differs from the reference's {rshape:?}"
-            )));
-        }
+        self.check_reference_shape(shape)?;
         self.upload(vol)?;
         let f = self.frame.as_ref().unwrap();
         self.registrar
@@ -302,16 +308,7 @@ impl Backend for GpuBackend {
             m.check_shape(shape)?;
         }
         if plan.register.is_some() {
-            let rshape = self
-                .registrar
-                .as_ref()
-                .ok_or_else(|| Error::Data("register called before set_reference".into()))?
-                .shape;
-            if rshape != shape {
-                return Err(Error::Data(format!(
-                    "volume shape {shape:?} differs from the reference's {rshape:?}"
-                )));
-            }
+            self.check_reference_shape(shape)?;
         }
         if plan.accumulate {
             match self.moments.as_ref() {
