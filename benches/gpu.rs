@@ -1,6 +1,8 @@
 //! Criterion benches per kernel: CPU path against GPU path, the GPU with transfers (the `Backend`
 //! call: upload, compute, read back) and without (`resident`: the kernel on buffers already on the
-//! device, submit and wait). Throughput is bytes of f32 volume processed per call.
+//! device). `resident` records `BATCH` dispatches per submission and waits once, so the figure is
+//! the kernel's own time with the submit-and-wait round trip (tens of microseconds) amortised.
+//! Throughput is bytes of f32 volume processed per call.
 //!
 //! Sizes: 16x64x64 and 64x128x128 by default; GPUPREP_BENCH_LARGE=1 adds 64x256x256. On lavapipe
 //! (software Vulkan) these numbers measure the CPU running SPIR-V, not a GPU.
@@ -14,7 +16,7 @@ use gpuprep::params::*;
 use ndarray::Array3;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 fn sizes() -> Vec<[usize; 3]> {
     let mut s = vec![[16, 64, 64], [64, 128, 128]];
@@ -40,6 +42,31 @@ fn wait(ctx: &GpuContext, idx: wgpu::SubmissionIndex) {
             timeout: None,
         })
         .unwrap();
+}
+
+/// Dispatches per submission in the `resident` benches.
+const BATCH: u64 = 16;
+
+/// Times `record` on resident buffers, `BATCH` recordings per submission.
+fn resident(
+    b: &mut criterion::Bencher,
+    ctx: &GpuContext,
+    mut record: impl FnMut(&mut gpu::device::Recorder<'_>),
+) {
+    b.iter_custom(|iters| {
+        let t0 = Instant::now();
+        let mut left = iters;
+        while left > 0 {
+            let k = left.min(BATCH);
+            let mut rec = ctx.recorder();
+            for _ in 0..k {
+                record(&mut rec);
+            }
+            wait(ctx, rec.submit().unwrap());
+            left -= k;
+        }
+        t0.elapsed()
+    })
 }
 
 fn gpu_backend() -> Option<GpuBackend> {
@@ -83,10 +110,8 @@ fn bench_kernels(c: &mut Criterion) {
                 .unwrap();
             let dst = ctx.storage("bench.dst", bytes).unwrap();
             g.bench_function(BenchmarkId::new("gpu_resident", &id), |b| {
-                b.iter(|| {
-                    let mut rec = ctx.recorder();
-                    gpu::median3d::record(ctx, &mut rec, &src, &dst, shape, &median).unwrap();
-                    wait(ctx, rec.submit().unwrap());
+                resident(b, ctx, |rec| {
+                    gpu::median3d::record(ctx, rec, &src, &dst, shape, &median).unwrap();
                 })
             });
         }
@@ -110,10 +135,8 @@ fn bench_kernels(c: &mut Criterion) {
             let dst = ctx.storage("bench.dst", bytes).unwrap();
             let bufs = gpu::shift::ShiftBuffers::new(ctx, shape).unwrap();
             g.bench_function(BenchmarkId::new("gpu_resident", &id), |b| {
-                b.iter(|| {
-                    let mut rec = ctx.recorder();
-                    gpu::shift::record(ctx, &mut rec, &bufs, &src, &dst, s, &shift).unwrap();
-                    wait(ctx, rec.submit().unwrap());
+                resident(b, ctx, |rec| {
+                    gpu::shift::record(ctx, rec, &bufs, &src, &dst, s, &shift).unwrap();
                 })
             });
         }
@@ -139,10 +162,8 @@ fn bench_kernels(c: &mut Criterion) {
                     .unwrap();
                 let mut acc = gpu::zscore::GpuAccumulator::new(ctx, shape).unwrap();
                 g.bench_function(BenchmarkId::new("gpu_resident", &id), |b| {
-                    b.iter(|| {
-                        let mut rec = ctx.recorder();
-                        acc.record_add(ctx, &mut rec, &src).unwrap();
-                        wait(ctx, rec.submit().unwrap());
+                    resident(b, ctx, |rec| {
+                        acc.record_add(ctx, rec, &src).unwrap();
                     })
                 });
             }
@@ -172,10 +193,8 @@ fn bench_kernels(c: &mut Criterion) {
             let x = ctx.storage_init("bench.x", &flat).unwrap();
             let y = ctx.storage("bench.y", bytes * 2).unwrap();
             g.bench_function(BenchmarkId::new("gpu_resident", &id), |b| {
-                b.iter(|| {
-                    let mut rec = ctx.recorder();
-                    gplan.record(ctx, &mut rec, &x, &y, false).unwrap();
-                    wait(ctx, rec.submit().unwrap());
+                resident(b, ctx, |rec| {
+                    gplan.record(ctx, rec, &x, &y, false).unwrap();
                 })
             });
         }

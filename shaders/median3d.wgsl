@@ -6,6 +6,9 @@
 // One invocation per output voxel: the window (boundary-extended with `extend_index`) is gathered
 // into a private array as total-order keys (`order_key`), then Wirth's selection finds the element
 // of rank `rank`.
+// The default 3x3x3 window has its own entry point, `median3d_27`: a branch-free forgetful selection
+// (min/max exchanges only, so neighbouring invocations never diverge and the keys can live in
+// registers) instead of Wirth's data-dependent partitioning.
 // `MAX_WINDOW` is replaced at load time (src/gpu/median3d.rs) by the smallest size class that holds
 // the window; the text below must stay exactly `const MAX_WINDOW: u32 = 343u;`.
 const MAX_WINDOW: u32 = 343u;
@@ -94,4 +97,64 @@ fn median3d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         if (k < i) { m = j; }
     }
     dst[idx] = from_key(w[k]);
+}
+
+// Median of a 3x3x3 window by forgetful selection: hold the first 15 keys (half the window plus
+// two); each step moves the minimum of the held keys to the front and the maximum to the back,
+// forgets both (neither can be the median: each has at least 14 keys on its other side), and
+// takes the next window key into the back slot. After the 27th key, the 3 held keys' middle one
+// is the median. Same result as `median3d` with size (3, 3, 3), and as the CPU twin.
+@compute @workgroup_size(64)
+fn median3d_27(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let idx = linear_index(wid, nwg, lid);
+    if (idx >= p.total) {
+        return;
+    }
+    let x = i32(idx % p.nx);
+    let y = i32((idx / p.nx) % p.ny);
+    let z = i32(idx / (p.nx * p.ny));
+    var iz: array<i32, 3>;
+    var iy: array<i32, 3>;
+    var ix: array<i32, 3>;
+    for (var d = 0; d < 3; d++) {
+        iz[d] = extend_index(z + d - 1, i32(p.nz), p.mode);
+        iy[d] = extend_index(y + d - 1, i32(p.ny), p.mode);
+        ix[d] = extend_index(x + d - 1, i32(p.nx), p.mode);
+    }
+    var win: array<u32, 27>;
+    for (var d = 0u; d < 27u; d++) {
+        let a = iz[d / 9u];
+        let b = iy[(d / 3u) % 3u];
+        let c = ix[d % 3u];
+        var v = p.cval;
+        if (a >= 0 && b >= 0 && c >= 0) {
+            v = src[(u32(a) * p.ny + u32(b)) * p.nx + u32(c)];
+        }
+        win[d] = order_key(v);
+    }
+    var h: array<u32, 15>;
+    for (var i = 0u; i < 15u; i++) {
+        h[i] = win[i];
+    }
+    // The exchanges are written out: naga 30's SPIR-V writer fails on pointers to array elements
+    // passed to a helper function.
+    for (var s = 0u; s < 13u; s++) {
+        var lo = min(h[s], h[14]);
+        var hi = max(h[s], h[14]);
+        for (var i = s + 1u; i < 14u; i++) {
+            let v = h[i];
+            let l = min(lo, v);
+            let m = max(lo, v);
+            h[i] = min(m, hi);
+            hi = max(m, hi);
+            lo = l;
+        }
+        h[s] = lo;
+        h[14] = hi;
+        if (s < 12u) {
+            h[14] = win[15u + s];
+        }
+    }
+    dst[idx] = from_key(h[13]);
 }

@@ -22,6 +22,7 @@ pub struct Cli {
 }
 
 #[derive(Subcommand, Debug)]
+#[allow(clippy::large_enum_variant)] // parsed once per process
 pub enum Command {
     /// Preprocess a dataset: median filter → register → shift → z-score, into one HDF5 file.
     Run(RunArgs),
@@ -227,7 +228,7 @@ fn parse_mode(flag: &str, s: &str) -> Result<BoundaryMode> {
 }
 
 pub fn upsample(flag: &str, u: i64) -> Result<u32> {
-    if u < 1 || u > 1000 {
+    if !(1..=1000).contains(&u) {
         return Err(Error::InvalidParameter {
             flag: flag.into(),
             message: format!("got {u}; expected an integer from 1 to 1000"),

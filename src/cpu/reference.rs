@@ -78,7 +78,7 @@ pub fn shift_integer_constant(input: ArrayView3<f32>, s: [i64; 3], cval: f32) ->
 pub fn zscore_in_memory(series: &[Array3<f32>], ddof: u32) -> Vec<Array3<f32>> {
     let n = series.len() as f64;
     let shape = series[0].raw_dim();
-    let mean = Array3::from_shape_fn(shape.clone(), |i| {
+    let mean = Array3::from_shape_fn(shape, |i| {
         series.iter().map(|v| v[i] as f64).sum::<f64>() / n
     });
     let std = Array3::from_shape_fn(shape, |i| {

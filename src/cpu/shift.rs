@@ -10,6 +10,7 @@
 use super::boundary::map_coordinate;
 use crate::params::{BoundaryMode, ShiftParams};
 use ndarray::{Array3, ArrayView3, Axis, Zip};
+use rayon::prelude::*;
 
 /// Cubic B-spline pole, `sqrt(3) - 2`.
 const POLE: f64 = -0.267_949_192_431_122_7;
@@ -102,7 +103,14 @@ impl AxisPlan {
 
 /// In-place cubic B-spline prefilter of one line (`apply_filter` in ni_splines.c, one pole).
 pub fn prefilter_line(c: &mut [f64], mode: BoundaryMode) {
-    let n = c.len();
+    prefilter_rows(c, 1, mode);
+}
+
+/// `prefilter_line` applied to `c.len() / w` lines at once, stored as rows of width `w`: row `i`
+/// holds sample `i` of every line. Lines along the slow axes are filtered this way, so each step of
+/// the recursion is a contiguous (vectorisable) row operation instead of a strided walk.
+pub fn prefilter_rows(c: &mut [f64], w: usize, mode: BoundaryMode) {
+    let n = c.len() / w;
     if n <= 1 {
         return;
     }
@@ -110,67 +118,154 @@ pub fn prefilter_line(c: &mut [f64], mode: BoundaryMode) {
     let gain = (1.0 - z) * (1.0 - 1.0 / z);
     c.iter_mut().for_each(|v| *v *= gain);
     let reflect_init = matches!(mode, BoundaryMode::Nearest | BoundaryMode::Reflect);
-    // Causal initialisation.
+    let (first, rest) = c.split_at_mut(w);
+    // Causal initialisation of row 0, accumulated in place as ni_splines.c does.
     if reflect_init {
         let z_n = z.powi(n as i32);
-        let c0 = c[0];
+        let c0 = first.to_vec();
+        let last = &rest[(n - 2) * w..];
+        first.iter_mut().zip(last).for_each(|(a, &l)| *a += z_n * l);
         let mut z_i = z;
-        c[0] += z_n * c[n - 1];
         for i in 1..n {
-            c[0] += z_i * (c[i] + z_n * c[n - 1 - i]);
+            let row = &rest[(i - 1) * w..i * w];
+            if i == n - 1 {
+                // c[n - 1 - i] is c[0] itself, already updated: the C code reads the running sum.
+                first.iter_mut().zip(row).for_each(|(a, &r)| *a += z_i * (r + z_n * *a));
+            } else {
+                let mirror = &rest[(n - 2 - i) * w..(n - 1 - i) * w];
+                first
+                    .iter_mut()
+                    .zip(row)
+                    .zip(mirror)
+                    .for_each(|((a, &r), &m)| *a += z_i * (r + z_n * m));
+            }
             z_i *= z;
         }
-        c[0] *= z / (1.0 - z_n * z_n);
-        c[0] += c0;
+        let f = z / (1.0 - z_n * z_n);
+        first.iter_mut().zip(&c0).for_each(|(a, &o)| {
+            *a *= f;
+            *a += o;
+        });
     } else {
         let z_n_1 = z.powi(n as i32 - 1);
+        let last = &rest[(n - 2) * w..];
+        first.iter_mut().zip(last).for_each(|(a, &l)| *a += z_n_1 * l);
         let mut z_i = z;
-        c[0] += z_n_1 * c[n - 1];
         for i in 1..n - 1 {
-            c[0] += z_i * (c[i] + z_n_1 * c[n - 1 - i]);
+            let row = &rest[(i - 1) * w..i * w];
+            let mirror = &rest[(n - 2 - i) * w..(n - 1 - i) * w];
+            first
+                .iter_mut()
+                .zip(row)
+                .zip(mirror)
+                .for_each(|((a, &r), &m)| *a += z_i * (r + z_n_1 * m));
             z_i *= z;
         }
-        c[0] /= 1.0 - z_n_1 * z_n_1;
+        let d = 1.0 - z_n_1 * z_n_1;
+        first.iter_mut().for_each(|a| *a /= d);
     }
     for i in 1..n {
-        c[i] += z * c[i - 1];
+        let (done, todo) = c.split_at_mut(i * w);
+        let prev = &done[(i - 1) * w..];
+        todo[..w].iter_mut().zip(prev).for_each(|(a, &p)| *a += z * p);
     }
     // Anticausal initialisation.
+    let (head, last) = c.split_at_mut((n - 1) * w);
     if reflect_init {
-        c[n - 1] *= z / (z - 1.0);
+        last.iter_mut().for_each(|a| *a *= z / (z - 1.0));
     } else {
-        c[n - 1] = (z * c[n - 2] + c[n - 1]) * z / (z * z - 1.0);
+        let before = &head[(n - 2) * w..];
+        last.iter_mut()
+            .zip(before)
+            .for_each(|(a, &b)| *a = (z * b + *a) * z / (z * z - 1.0));
     }
     for i in (0..n - 1).rev() {
-        c[i] = z * (c[i + 1] - c[i]);
+        let (todo, done) = c.split_at_mut((i + 1) * w);
+        let next = &done[..w];
+        todo[i * w..].iter_mut().zip(next).for_each(|(a, &nx)| *a = z * (nx - *a));
     }
 }
 
-/// One axis pass: prefilter (order 3) and resample every line along `axis`.
+/// Lines along a slow axis are processed this many at a time (one row of `prefilter_rows`).
+const ROW_BLOCK: usize = 256;
+
+/// One axis pass: prefilter (order 3) and resample every line along `axis`. Values are masked to
+/// cval after all passes where scipy writes it; the value computed for those samples is unused.
 fn shift_axis(data: &Array3<f64>, axis: usize, plan: &AxisPlan, mode: BoundaryMode) -> Array3<f64> {
-    let n = data.shape()[axis];
-    let mut out = Array3::<f64>::zeros(data.raw_dim());
+    let dims = data.shape().to_vec();
+    let n = dims[axis];
     let len = n + 2 * plan.pad;
-    Zip::from(data.lanes(Axis(axis)))
-        .and(out.lanes_mut(Axis(axis)))
-        .par_for_each(|src, mut dst| {
-            // Small per-line buffer: lines are at most a few thousand samples.
-            let mut line = Vec::with_capacity(len);
-            let first = src[0];
-            let last = src[n - 1];
-            line.extend(std::iter::repeat_n(first, plan.pad));
-            line.extend(src.iter().copied());
-            line.extend(std::iter::repeat_n(last, plan.pad));
-            if plan.order > 1 {
-                prefilter_line(&mut line, mode);
+    let outer: usize = dims[..axis].iter().product();
+    let inner: usize = dims[axis + 1..].iter().product();
+    let src = data.as_slice().expect("standard layout");
+    let mut out = Array3::<f64>::zeros(data.raw_dim());
+    // Rows of width w: row i is sample i (of the padded line) of w neighbouring lines.
+    let filter_and_sample = |buf: &mut Vec<f64>, w: usize, fill: &dyn Fn(usize, &mut [f64])| {
+        buf.resize(len * w, 0.0);
+        for i in 0..len {
+            let j = i.saturating_sub(plan.pad).min(n - 1);
+            fill(j, &mut buf[i * w..(i + 1) * w]);
+        }
+        if plan.order > 1 {
+            prefilter_rows(buf, w, mode);
+        }
+    };
+    let sample = |buf: &[f64], w: usize, k: usize, dst: &mut [f64]| {
+        dst.fill(0.0);
+        if let Some((idx, wt)) = &plan.taps[k] {
+            for h in 0..=plan.order {
+                let row = &buf[idx[h] * w..(idx[h] + 1) * w];
+                dst.iter_mut().zip(row).for_each(|(d, &r)| *d += r * wt[h]);
             }
-            for (d, tap) in dst.iter_mut().zip(&plan.taps) {
-                *d = match tap {
-                    Some((idx, w)) => (0..=plan.order).map(|h| line[idx[h]] * w[h]).sum(),
-                    // Masked to cval after all passes; the value here is never used.
-                    None => 0.0,
-                };
-            }
+        }
+    };
+    if inner == 1 {
+        // Contiguous lines: ROW_BLOCK lines at a time, transposed into rows on the way in and out.
+        out.as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(ROW_BLOCK * n)
+            .zip(src.par_chunks(ROW_BLOCK * n))
+            .for_each_init(
+                || (Vec::new(), Vec::new()),
+                |(buf, row), (dst, lines)| {
+                    let w = lines.len() / n;
+                    filter_and_sample(buf, w, &|j, r| {
+                        r.iter_mut().zip(lines[j..].iter().step_by(n)).for_each(|(a, &b)| *a = b)
+                    });
+                    row.resize(w, 0.0);
+                    for k in 0..n {
+                        sample(buf, w, k, row);
+                        dst[k..].iter_mut().step_by(n).zip(row.iter()).for_each(|(d, &v)| *d = v);
+                    }
+                },
+            );
+        return out;
+    }
+    let mut out3 = out
+        .view_mut()
+        .into_shape_with_order((outer, n, inner))
+        .expect("contiguous");
+    out3.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(o, mut plane)| {
+            let base = o * n * inner;
+            plane
+                .axis_chunks_iter_mut(Axis(1), ROW_BLOCK)
+                .into_par_iter()
+                .enumerate()
+                .for_each_init(Vec::new, |buf, (c, mut dst)| {
+                    let x0 = c * ROW_BLOCK;
+                    let w = dst.shape()[1];
+                    filter_and_sample(buf, w, &|j, row| {
+                        let s = base + j * inner + x0;
+                        row.copy_from_slice(&src[s..s + w]);
+                    });
+                    for k in 0..n {
+                        let mut drow = dst.row_mut(k);
+                        sample(buf, w, k, drow.as_slice_mut().expect("rows are contiguous"));
+                    }
+                });
         });
     out
 }
@@ -181,8 +276,8 @@ pub fn shift3d(input: ArrayView3<f32>, shift: [f64; 3], p: &ShiftParams) -> Arra
         .map(|a| AxisPlan::new(dims[a], shift[a], p))
         .collect();
     let mut data = input.mapv(|v| v as f64);
-    for axis in 0..3 {
-        data = shift_axis(&data, axis, &plans[axis], p.mode);
+    for (axis, plan) in plans.iter().enumerate() {
+        data = shift_axis(&data, axis, plan, p.mode);
     }
     let mut out = data.mapv(|v| v as f32);
     if p.mode == BoundaryMode::Constant {
