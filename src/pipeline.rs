@@ -1,21 +1,38 @@
 //! The streaming driver: read → filter → register → shift → accumulate, then normalize and write.
 //!
+//! Each pass is a three-stage pipeline: a reader thread, the backend on the calling thread (it never
+//! leaves it), and a writer thread, joined by bounded channels, so computing volume t overlaps reading
+//! the next ones and writing the previous ones. With the z-score on, pass 1 writes the pre-z-score
+//! volumes to a raw scratch file beside the output (`--save` datasets go to the output as they come) and
+//! pass 2 reads them back, normalizes them and writes `data` to the output once; with it off, pass 1
+//! writes `data` directly and there is no pass 2. The scratch is a plain file rather than an HDF5 dataset
+//! because the hdf5 crate serialises every library call behind one global lock: HDF5 reads and writes
+//! never overlap each other, but plain-file I/O overlaps both. It costs disk: during pass 2 the scratch
+//! and the output each hold a copy of `data`.
+//!
 //! Memory is bounded by a few volumes plus the z-score accumulators, whatever the number of timepoints:
-//! a reader thread keeps at most `READ_AHEAD` volumes in flight, the first pass writes each finished
-//! volume to the output file, and the second pass reads them back one at a time to normalize them.
+//! at most `READ_AHEAD` + 1 volumes on the read side (queued and being read), the one being computed with
+//! its result, and `WRITE_BEHIND` + 1 results on the write side (queued and being written; a result is
+//! two volumes with `--save filtered`), so about ten volumes with the defaults.
 
-use crate::backend::{Backend, FramePlan, Moments};
+use crate::backend::{Backend, FrameOutput, FramePlan, Moments};
 use crate::error::{Error, Result};
-use crate::io::{Sink, Source};
+use crate::io::{fmt_shape, Sink, Source};
 use crate::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
-use ndarray::{Array1, Array2, Array3, Zip};
-use std::path::PathBuf;
-use std::sync::mpsc;
+use ndarray::{Array1, Array2, Array3, ArrayView3, Zip};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
 /// Volumes read ahead of the compute: enough to hide HDF5 latency, few enough to bound memory.
 const READ_AHEAD: usize = 2;
+/// Results queued behind the compute for the writer: enough to ride out one slow write (a chunk-cache
+/// flush) without stalling the compute, few enough to bound memory.
+const WRITE_BEHIND: usize = 2;
 
 /// Which volume registration aligns to.
 #[derive(Clone, Debug, PartialEq)]
@@ -87,7 +104,10 @@ pub struct RunReport {
     pub registrations: Vec<Registration>,
     pub nonfinite_replaced: usize,
     pub constant_voxels: usize,
-    /// Wall time per stage of the driver (read, first pass, normalize, write).
+    /// Busy time per stage, summed over volumes: `reference`; `read` (the reader threads: inputs, then the
+    /// scratch file); `compute` and `normalize` (the backend, on the calling thread); `write` (the writer
+    /// threads: scratch file and output, plus closing the output). The stages run on different threads
+    /// at once, so they overlap and may add up to more than `total`.
     pub stage_times: Vec<(&'static str, Duration)>,
     pub total: Duration,
 }
@@ -234,63 +254,83 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
         keep_filtered: cfg.save_filtered,
     };
 
+    // With the z-score on, the first pass's results wait in the scratch file, not in the output.
+    let scratch = match cfg.zscore {
+        Some(_) => Some(Scratch::create(
+            sink.temp_path().parent().unwrap_or(Path::new(".")),
+            shape,
+        )?),
+        None => None,
+    };
+
     let mut registrations = Vec::with_capacity(if cfg.register.is_some() { n } else { 0 });
     let mut nonfinite_replaced = 0;
     let pb = progress_bar(cfg.progress, n, "pass 1");
     std::thread::scope(|scope| -> Result<()> {
-        let (tx, rx) = mpsc::sync_channel::<Result<(Array3<f32>, Duration)>>(READ_AHEAD);
         let source = &source;
-        scope.spawn(move || {
-            for t in 0..n {
-                let t0 = Instant::now();
-                let r = source.read(t).map(|v| (v, t0.elapsed()));
-                let failed = r.is_err();
-                if tx.send(r).is_err() || failed {
-                    break;
-                }
-            }
-        });
-        for t in 0..n {
-            let (mut raw, read_time) = rx
-                .recv()
-                .map_err(|_| Error::Data("the reader thread stopped".into()))??;
-            clock.add("read", read_time);
-            nonfinite_replaced += sanitize(&mut raw, cfg.nonfinite, source, t)?;
-            let out = clock.time("compute", || backend.process_frame(raw.view(), &plan))?;
-            clock.time("write", || -> Result<()> {
-                sink.write_volume("data", t, out.volume.view())?;
-                if let Some(f) = &out.filtered {
+        let rx = spawn_reader(scope, n, |t| source.read(t));
+        let (sink, scratch) = (&mut sink, scratch.as_ref());
+        let mut writer = WriteBehind::spawn(
+            scope,
+            move |(t, volume, filtered): (usize, Array3<f32>, Option<Array3<f32>>)| {
+                if let Some(f) = &filtered {
                     sink.write_volume("filtered", t, f.view())?;
                 }
                 if cfg.save_registered {
-                    sink.write_volume("registered", t, out.volume.view())?;
+                    sink.write_volume("registered", t, volume.view())?;
                 }
-                Ok(())
-            })?;
-            if let Some(r) = out.registration {
-                registrations.push(r);
-            }
+                match scratch {
+                    Some(s) => s.write(t, volume.view()),
+                    None => sink.write_volume("data", t, volume.view()),
+                }
+            },
+        );
+        for t in 0..n {
+            let mut raw = receive(&rx, &mut clock)?;
+            nonfinite_replaced += sanitize(&mut raw, cfg.nonfinite, source, t)?;
+            let FrameOutput {
+                volume,
+                filtered,
+                registration,
+            } = clock.time("compute", || backend.process_frame(raw.view(), &plan))?;
+            // Freed before `send` may block on a full queue, so a stalled writer holds no extra volume here.
+            drop(raw);
+            registrations.extend(registration);
+            writer.send((t, volume, filtered))?;
             pb.inc(1);
         }
+        clock.add("write", writer.finish()?);
         Ok(())
     })?;
     pb.finish_and_clear();
 
     let mut constant_voxels = 0;
-    if let Some(z) = &cfg.zscore {
+    if let (Some(z), Some(scratch)) = (&cfg.zscore, &scratch) {
         let moments: Moments = clock.time("normalize", || backend.moments(z))?;
         constant_voxels = moments.constant_voxels;
         let pb = progress_bar(cfg.progress, n, "z-score");
-        for t in 0..n {
-            let vol = clock.time("write", || sink.read_volume("data", t))?;
-            let zs = clock.time("normalize", || backend.normalize(vol.view(), &moments, z))?;
-            clock.time("write", || sink.write_volume("data", t, zs.view()))?;
-            pb.inc(1);
-        }
+        std::thread::scope(|scope| -> Result<()> {
+            let rx = spawn_reader(scope, n, |t| scratch.read(t));
+            let sink = &mut sink;
+            let mut writer = WriteBehind::spawn(scope, move |(t, zs): (usize, Array3<f32>)| {
+                sink.write_volume("data", t, zs.view())
+            });
+            for t in 0..n {
+                let vol = receive(&rx, &mut clock)?;
+                let zs = clock.time("normalize", || backend.normalize(vol.view(), &moments, z))?;
+                writer.send((t, zs))?;
+                pb.inc(1);
+            }
+            clock.add("write", writer.finish()?);
+            Ok(())
+        })?;
         pb.finish_and_clear();
         sink.write_array_f32("mean", moments.mean.view().into_dyn())?;
         sink.write_array_f32("std", moments.std.view().into_dyn())?;
     }
+    // Deleted now rather than at the end of the function so the scratch's disk space is free before the
+    // output is flushed.
+    drop(scratch);
 
     if !registrations.is_empty() {
         let shifts = Array2::from_shape_fn((n, 3), |(t, a)| registrations[t].shift[a]);
@@ -313,6 +353,173 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
         stage_times: clock.0,
         total: started.elapsed(),
     })
+}
+
+/// Reads items `0..n` on a scoped thread, at most `READ_AHEAD` ahead of the consumer; each arrives with
+/// the time its read took. The thread stops after sending the first error, or when the receiver is dropped
+/// (its blocked `send` then fails), so an early return on the consuming side never leaves it hanging.
+fn spawn_reader<'scope, T: Send + 'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    n: usize,
+    mut read: impl FnMut(usize) -> Result<T> + Send + 'scope,
+) -> Receiver<Result<(T, Duration)>> {
+    let (tx, rx) = mpsc::sync_channel(READ_AHEAD);
+    scope.spawn(move || {
+        for t in 0..n {
+            let t0 = Instant::now();
+            let r = read(t).map(|v| (v, t0.elapsed()));
+            let failed = r.is_err();
+            if tx.send(r).is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next item from a `spawn_reader` thread, its read time added to `clock`.
+fn receive<T>(rx: &Receiver<Result<(T, Duration)>>, clock: &mut Clock) -> Result<T> {
+    let (item, read_time) = rx
+        .recv()
+        .map_err(|_| Error::Data("the reader thread stopped".into()))??;
+    clock.add("read", read_time);
+    Ok(item)
+}
+
+/// The write side of a pass: a scoped thread applying `write` to each message in order, at most
+/// `WRITE_BEHIND` messages behind the sender.
+///
+/// Dropping it without `finish` (an early return on the sending side) closes the queue: the thread writes
+/// what is queued and ends, and the scope joins it.
+struct WriteBehind<'scope, M> {
+    tx: Option<SyncSender<M>>,
+    handle: Option<ScopedJoinHandle<'scope, Result<Duration>>>,
+}
+
+impl<'scope, M: Send + 'scope> WriteBehind<'scope, M> {
+    fn spawn(
+        scope: &'scope Scope<'scope, '_>,
+        mut write: impl FnMut(M) -> Result<()> + Send + 'scope,
+    ) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<M>(WRITE_BEHIND);
+        let handle = scope.spawn(move || {
+            let mut busy = Duration::ZERO;
+            // Returning on an error drops `rx`, which turns the sender's next (or blocked) `send` into a
+            // failure instead of a wait on a queue nobody drains.
+            for msg in rx {
+                let t0 = Instant::now();
+                write(msg)?;
+                busy += t0.elapsed();
+            }
+            Ok(busy)
+        });
+        WriteBehind {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Queues `msg`, waiting while the queue is full; if the writer has stopped, returns its error.
+    fn send(&mut self, msg: M) -> Result<()> {
+        if let Some(tx) = &self.tx {
+            if tx.send(msg).is_ok() {
+                return Ok(());
+            }
+        }
+        self.tx = None;
+        Err(self
+            .join()
+            .err()
+            .unwrap_or_else(|| Error::Data("the writer thread stopped early".into())))
+    }
+
+    /// Closes the queue and waits for everything in it to be written; returns the writer's busy time.
+    fn finish(mut self) -> Result<Duration> {
+        self.tx = None;
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Duration> {
+        match self.handle.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Err(Error::Data("the writer thread has already ended".into())),
+        }
+    }
+}
+
+/// The first pass's volumes while the z-score statistics are not yet known: raw little-endian f32, volume
+/// t at byte `t * volume_bytes`, in a temporary file beside the output. `NamedTempFile` deletes it when
+/// dropped, so it disappears whether the run succeeds, fails or panics.
+struct Scratch {
+    file: tempfile::NamedTempFile,
+    shape: [usize; 3],
+}
+
+impl Scratch {
+    fn create(dir: &Path, shape: [usize; 3]) -> Result<Scratch> {
+        let file = tempfile::Builder::new()
+            .prefix(".gpuprep-scratch")
+            .tempfile_in(dir)
+            .map_err(|e| Error::Output {
+                path: dir.to_path_buf(),
+                message: format!("cannot create the z-score scratch file there ({e})"),
+            })?;
+        Ok(Scratch { file, shape })
+    }
+
+    fn offset(&self, t: usize) -> u64 {
+        (t * self.shape.iter().product::<usize>() * size_of::<f32>()) as u64
+    }
+
+    fn err(&self, what: String, e: std::io::Error) -> Error {
+        Error::Output {
+            path: self.file.path().to_path_buf(),
+            message: format!("{what} of the z-score scratch file: {e}"),
+        }
+    }
+
+    /// Writes volume `t`. Only one thread at a time may use the scratch: reads and writes share the file
+    /// position.
+    fn write(&self, t: usize, vol: ArrayView3<f32>) -> Result<()> {
+        if vol.shape() != self.shape {
+            return Err(Error::Data(format!(
+                "volume {t} has shape {}, expected {}",
+                fmt_shape(vol.shape()),
+                fmt_shape(&self.shape)
+            )));
+        }
+        let vol = vol.as_standard_layout();
+        let values = vol.as_slice().expect("standard layout is contiguous");
+        let mut f: &File = self.file.as_file();
+        f.seek(SeekFrom::Start(self.offset(t)))
+            .and_then(|_| {
+                if cfg!(target_endian = "little") {
+                    f.write_all(bytemuck::cast_slice(values))
+                } else {
+                    let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    f.write_all(&le)
+                }
+            })
+            .map_err(|e| self.err(format!("writing volume {t}"), e))
+    }
+
+    /// Reads volume `t` back.
+    fn read(&self, t: usize) -> Result<Array3<f32>> {
+        let mut vol = Array3::<f32>::zeros(self.shape);
+        let values = vol.as_slice_mut().expect("a new array is contiguous");
+        let mut f: &File = self.file.as_file();
+        f.seek(SeekFrom::Start(self.offset(t)))
+            .and_then(|_| f.read_exact(bytemuck::cast_slice_mut(values)))
+            .map_err(|e| self.err(format!("reading volume {t}"), e))?;
+        if cfg!(target_endian = "big") {
+            values
+                .iter_mut()
+                .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+        }
+        Ok(vol)
+    }
 }
 
 fn write_attributes(
@@ -395,4 +602,79 @@ fn write_attributes(
         },
     )?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_writer_stops_the_sender_with_its_error() {
+        let written = std::thread::scope(|scope| {
+            let mut writer = WriteBehind::spawn(scope, |t: usize| {
+                if t == 3 {
+                    Err(Error::Data(format!("disk full at {t}")))
+                } else {
+                    Ok(())
+                }
+            });
+            // Far more than the queue holds: without the error turning `send` into a failure this blocks.
+            let sent = (0..100).map(|t| writer.send(t)).find_map(|r| r.err());
+            (sent, writer.finish())
+        });
+        let err = written
+            .0
+            .expect("the send after the failure fails")
+            .to_string();
+        assert!(err.contains("disk full at 3"), "{err}");
+        assert!(written.1.is_err());
+    }
+
+    #[test]
+    fn a_reader_abandoned_midway_ends() {
+        std::thread::scope(|scope| {
+            let rx = spawn_reader(scope, 1000, |t| Ok(vec![t; 10]));
+            let mut clock = Clock::default();
+            assert_eq!(receive(&rx, &mut clock).unwrap(), vec![0; 10]);
+            // Dropping `rx` here must let the scope join the reader.
+        });
+    }
+
+    #[test]
+    fn scratch_round_trips_volumes_and_disappears() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = [3, 4, 5];
+        let vols: Vec<Array3<f32>> = (0..4)
+            .map(|t| {
+                Array3::from_shape_fn(shape, |(z, y, x)| {
+                    (t * 100 + z * 20 + y * 5 + x) as f32 - 0.5
+                })
+            })
+            .collect();
+        let scratch = Scratch::create(dir.path(), shape).unwrap();
+        let path = scratch.file.path().to_path_buf();
+        assert!(path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with(".gpuprep-scratch"));
+        for t in [2, 0, 3, 1] {
+            scratch.write(t, vols[t].view()).unwrap();
+        }
+        // A view in another memory order is written in logical (C) order.
+        let transposed = vols[1].t().to_owned();
+        scratch.write(1, transposed.t()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * 60 * 4);
+        for (t, vol) in vols.iter().enumerate() {
+            assert_eq!(&scratch.read(t).unwrap(), vol);
+        }
+        let err = scratch.read(4).unwrap_err().to_string();
+        assert!(
+            err.contains(".gpuprep-scratch") && err.contains("volume 4"),
+            "{err}"
+        );
+        assert!(scratch.write(0, Array3::zeros([3, 4, 4]).view()).is_err());
+        drop(scratch);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
 }

@@ -181,3 +181,53 @@ fn gpu_and_cpu_backends_write_the_same_file() {
     // z-scores from the f32 GPU kernels vs the f64 CPU path (shift tolerance 1e-5 relative, divided by std).
     assert!(worst < 1e-3, "GPU and CPU outputs differ by {worst}");
 }
+
+#[test]
+fn a_nan_midway_stops_the_run_and_leaves_nothing_behind() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.display().to_string();
+    let (code, err) = gpuprep(&[
+        "synth",
+        &d,
+        "--shape",
+        "6,10,14,12",
+        "--mode",
+        "realistic",
+        "--dtype",
+        "float32",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    {
+        let f = hdf5::File::open_rw(data.join("ind_00003.h5")).unwrap();
+        let ds = f.dataset("default").unwrap();
+        let mut v = ds.read::<f32, ndarray::Ix3>().unwrap();
+        v[[4, 3, 2]] = f32::NAN;
+        ds.write(&v).unwrap();
+    }
+    // Timepoints 0-2 have been written (to the scratch file, and to the output with --save) by then.
+    expect_error(&[&d], "ind_00003.h5");
+    expect_error(&[&d, "--save", "filtered,registered"], "timepoint 3");
+    expect_error(&[&d, "--no-zscore"], "NaN");
+}
+
+#[test]
+fn a_run_prints_its_overlapping_stage_times() {
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.h5").display().to_string();
+    let o = Command::new(env!("CARGO_BIN_EXE_gpuprep"))
+        .args(["run", &fixture("series"), "-o", &out, "--backend", "cpu"])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&o.stdout);
+    assert!(o.status.success(), "{stdout}");
+    assert!(
+        stdout.contains("stages (overlapping): reference"),
+        "{stdout}"
+    );
+    for stage in ["read", "compute", "write", "normalize"] {
+        assert!(stdout.contains(&format!("{stage} ")), "{stage}: {stdout}");
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}

@@ -62,6 +62,64 @@ proptest! {
     }
 }
 
+/// The 3x3x3 fast path, and the other paths on a few other sizes, against the sorting median, bit for
+/// bit: every mode, shapes smaller than the window, a nonzero cval, many ties, and values where float
+/// order is not total order (-0.0 beside +0.0, NaN), which take the integer-key path.
+#[test]
+fn fast_median_equals_sorting_median_bit_for_bit() {
+    let seed = fresh_seed();
+    let mut r = rng(seed);
+    let shapes = [
+        [1, 1, 1],
+        [1, 5, 7],
+        [2, 3, 4],
+        [3, 1, 2],
+        [4, 4, 1],
+        [5, 17, 33],
+        [13, 9, 64],
+    ];
+    let kinds = ["uniform", "ties", "signed zero ties", "special values"];
+    for size in [[3, 3, 3], [1, 3, 3], [3, 1, 5], [5, 5, 5], [3, 7, 7]] {
+        for shape in shapes {
+            for mode in BoundaryMode::ALL {
+                for kind in kinds {
+                    let v = Array3::from_shape_fn(shape, |_| {
+                        let x: f32 = r.random_range(-1.0..1.0);
+                        match kind {
+                            "uniform" => x,
+                            "ties" => [0.0, 0.5, 1.0][r.random_range(0..3)],
+                            "signed zero ties" => [-1.0, -0.0, 0.0, 2.0][r.random_range(0..4)],
+                            _ => match r.random_range(0..12) {
+                                0 => f32::INFINITY,
+                                1 => f32::NEG_INFINITY,
+                                2 => -0.0,
+                                3 => 0.0,
+                                4 => f32::NAN,
+                                _ => x,
+                            },
+                        }
+                    });
+                    // In constant mode, a cval among the values (a tie), outside them, or -0.0.
+                    let cval = [0.5, -0.75, -0.0][r.random_range(0..3)];
+                    let p = MedianParams::new(size, mode, cval).unwrap();
+                    let ours = median3d(v.view(), &p);
+                    let want = median3d_sorted(v.view(), &p);
+                    let diff = ours
+                        .indexed_iter()
+                        .zip(want.iter())
+                        .find(|((_, a), b)| a.to_bits() != b.to_bits());
+                    if let Some(((at, a), b)) = diff {
+                        panic!(
+                            "size {size:?} shape {shape:?} {mode} cval {cval} {kind}: at {at:?} \
+                             {a:?}, sorting median {b:?}; seed {seed}"
+                        );
+                    }
+                }
+            }
+        }
+    }
+}
+
 #[test]
 fn naive_dft_known_answers() {
     // The DFT of a unit impulse at the origin is all ones; of a constant c it is c·N at 0 and 0 elsewhere.

@@ -1,10 +1,14 @@
 //! The whole pipeline on synthetic data with known shifts, through the library and the output file.
 
+use gpuprep::backend::Moments;
+use gpuprep::cpu::reference::zscore_in_memory;
+use gpuprep::cpu::zscore::normalize;
 use gpuprep::cpu::CpuBackend;
 use gpuprep::io::Dtype;
-use gpuprep::params::{Normalization, RegisterParams};
+use gpuprep::params::{Normalization, RegisterParams, ZscoreParams};
 use gpuprep::pipeline::{run, RunConfig};
 use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
+use ndarray::Array3;
 
 fn dataset(dir: &std::path::Path, subpixel: bool, shape: [usize; 4]) -> Vec<[f64; 3]> {
     let spec = SynthSpec {
@@ -84,4 +88,157 @@ fn subpixel_shifts_within_a_tenth_of_a_voxel_at_upsample_10() {
         );
     }
     assert_eq!(f.dataset("mean").unwrap().shape(), vec![24, 40, 36]);
+}
+
+/// Names in `dir`, sorted.
+fn listing(dir: &std::path::Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    names
+}
+
+fn read4(f: &hdf5::File, name: &str) -> ndarray::Array4<f32> {
+    f.dataset(name)
+        .unwrap()
+        .read::<f32, ndarray::Ix4>()
+        .unwrap()
+}
+
+#[test]
+fn zscored_run_leaves_only_the_output_and_matches_normalizing_the_registered_volumes() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(&tmp.path().join("in"), false, [7, 12, 21, 18]);
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("out.h5");
+    let mut cfg = RunConfig::new(
+        vec![tmp.path().join("in").display().to_string()],
+        out.clone(),
+    );
+    cfg.save_registered = true;
+    cfg.save_filtered = true;
+    let report = run(&cfg, &mut CpuBackend::new()).unwrap();
+    // The scratch file and the sink's temporary name are both gone.
+    assert_eq!(listing(&out_dir), vec!["out.h5".to_string()]);
+    for stage in ["reference", "read", "compute", "write", "normalize"] {
+        assert!(
+            report.stage_times.iter().any(|(n, _)| *n == stage),
+            "{stage} missing from {:?}",
+            report.stage_times
+        );
+    }
+
+    let f = hdf5::File::open(&out).unwrap();
+    let (data, registered) = (read4(&f, "data"), read4(&f, "registered"));
+    let moments = Moments {
+        mean: f
+            .dataset("mean")
+            .unwrap()
+            .read::<f32, ndarray::Ix3>()
+            .unwrap(),
+        std: f
+            .dataset("std")
+            .unwrap()
+            .read::<f32, ndarray::Ix3>()
+            .unwrap(),
+        constant_voxels: 0,
+    };
+    let series: Vec<Array3<f32>> = registered.outer_iter().map(|v| v.to_owned()).collect();
+    let in_memory = zscore_in_memory(&series, 0);
+    for (t, v) in series.iter().enumerate() {
+        let got = data.index_axis(ndarray::Axis(0), t);
+        // The single-pass-to-HDF5 design normalized exactly these f32 volumes with these moments, so the
+        // scratch round trip must reproduce it bit for bit.
+        let want = normalize(v.view(), &moments, &ZscoreParams::default());
+        assert!(
+            got.iter()
+                .zip(want.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan())),
+            "timepoint {t} differs from normalizing the registered volume"
+        );
+        // And the streamed statistics agree with the textbook in-memory z-score, up to the rounding of
+        // mean and std to f32 (relative eps_f32 of |mean| / std). NaN marks scipy's constant voxels.
+        for (((&a, &b), &m), &sd) in got
+            .iter()
+            .zip(in_memory[t].iter())
+            .zip(moments.mean.iter())
+            .zip(moments.std.iter())
+        {
+            if a.is_nan() {
+                continue;
+            }
+            let tol = 4.0 * f32::EPSILON * (m.abs() / sd + b.abs() + 1.0);
+            assert!(
+                (a - b).abs() <= tol,
+                "timepoint {t}: {a} vs {b} (tolerance {tol})"
+            );
+        }
+    }
+    let nans = data
+        .index_axis(ndarray::Axis(0), 0)
+        .iter()
+        .filter(|v| v.is_nan())
+        .count();
+    assert_eq!(nans, report.constant_voxels);
+}
+
+#[test]
+fn no_zscore_run_writes_the_registered_volumes_as_data() {
+    let tmp = tempfile::tempdir().unwrap();
+    dataset(&tmp.path().join("in"), false, [4, 12, 16, 20]);
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("out.h5");
+    let mut cfg = RunConfig::new(
+        vec![tmp.path().join("in").display().to_string()],
+        out.clone(),
+    );
+    cfg.zscore = None;
+    cfg.save_registered = true;
+    run(&cfg, &mut CpuBackend::new()).unwrap();
+    assert_eq!(listing(&out_dir), vec!["out.h5".to_string()]);
+    let f = hdf5::File::open(&out).unwrap();
+    assert_eq!(read4(&f, "data"), read4(&f, "registered"));
+    assert!(f.dataset("mean").is_err());
+}
+
+#[test]
+fn a_failure_midway_leaves_neither_output_nor_scratch() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let spec = SynthSpec {
+        shape: [6, 10, 14, 12],
+        mode: SynthMode::Realistic,
+        seed: 5,
+        dtype: Dtype::F32,
+        ..SynthSpec::default()
+    };
+    synth(&input, &spec, false).unwrap();
+    let bad = input.join("ind_00003.h5");
+    {
+        let f = hdf5::File::open_rw(&bad).unwrap();
+        let ds = f.dataset("default").unwrap();
+        let mut v = ds.read::<f32, ndarray::Ix3>().unwrap();
+        v[[5, 7, 6]] = f32::NAN;
+        ds.write(&v).unwrap();
+    }
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    for save in [false, true] {
+        let mut cfg = RunConfig::new(vec![input.display().to_string()], out_dir.join("out.h5"));
+        cfg.save_registered = save;
+        let err = run(&cfg, &mut CpuBackend::new()).unwrap_err().to_string();
+        assert!(
+            err.contains("ind_00003.h5") && err.contains("timepoint 3"),
+            "{err}"
+        );
+        assert_eq!(
+            listing(&out_dir),
+            Vec::<String>::new(),
+            "save {save}: {err}"
+        );
+    }
 }

@@ -130,7 +130,10 @@ pub fn prefilter_rows(c: &mut [f64], w: usize, mode: BoundaryMode) {
             let row = &rest[(i - 1) * w..i * w];
             if i == n - 1 {
                 // c[n - 1 - i] is c[0] itself, already updated: the C code reads the running sum.
-                first.iter_mut().zip(row).for_each(|(a, &r)| *a += z_i * (r + z_n * *a));
+                first
+                    .iter_mut()
+                    .zip(row)
+                    .for_each(|(a, &r)| *a += z_i * (r + z_n * *a));
             } else {
                 let mirror = &rest[(n - 2 - i) * w..(n - 1 - i) * w];
                 first
@@ -149,7 +152,10 @@ pub fn prefilter_rows(c: &mut [f64], w: usize, mode: BoundaryMode) {
     } else {
         let z_n_1 = z.powi(n as i32 - 1);
         let last = &rest[(n - 2) * w..];
-        first.iter_mut().zip(last).for_each(|(a, &l)| *a += z_n_1 * l);
+        first
+            .iter_mut()
+            .zip(last)
+            .for_each(|(a, &l)| *a += z_n_1 * l);
         let mut z_i = z;
         for i in 1..n - 1 {
             let row = &rest[(i - 1) * w..i * w];
@@ -167,7 +173,10 @@ pub fn prefilter_rows(c: &mut [f64], w: usize, mode: BoundaryMode) {
     for i in 1..n {
         let (done, todo) = c.split_at_mut(i * w);
         let prev = &done[(i - 1) * w..];
-        todo[..w].iter_mut().zip(prev).for_each(|(a, &p)| *a += z * p);
+        todo[..w]
+            .iter_mut()
+            .zip(prev)
+            .for_each(|(a, &p)| *a += z * p);
     }
     // Anticausal initialisation.
     let (head, last) = c.split_at_mut((n - 1) * w);
@@ -182,7 +191,10 @@ pub fn prefilter_rows(c: &mut [f64], w: usize, mode: BoundaryMode) {
     for i in (0..n - 1).rev() {
         let (todo, done) = c.split_at_mut((i + 1) * w);
         let next = &done[..w];
-        todo[i * w..].iter_mut().zip(next).for_each(|(a, &nx)| *a = z * (nx - *a));
+        todo[i * w..]
+            .iter_mut()
+            .zip(next)
+            .for_each(|(a, &nx)| *a = z * (nx - *a));
     }
 }
 
@@ -230,12 +242,18 @@ fn shift_axis(data: &Array3<f64>, axis: usize, plan: &AxisPlan, mode: BoundaryMo
                 |(buf, row), (dst, lines)| {
                     let w = lines.len() / n;
                     filter_and_sample(buf, w, &|j, r| {
-                        r.iter_mut().zip(lines[j..].iter().step_by(n)).for_each(|(a, &b)| *a = b)
+                        r.iter_mut()
+                            .zip(lines[j..].iter().step_by(n))
+                            .for_each(|(a, &b)| *a = b)
                     });
                     row.resize(w, 0.0);
                     for k in 0..n {
                         sample(buf, w, k, row);
-                        dst[k..].iter_mut().step_by(n).zip(row.iter()).for_each(|(d, &v)| *d = v);
+                        dst[k..]
+                            .iter_mut()
+                            .step_by(n)
+                            .zip(row.iter())
+                            .for_each(|(d, &v)| *d = v);
                     }
                 },
             );
