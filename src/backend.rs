@@ -43,6 +43,18 @@ pub struct Moments {
     pub std: Array3<f32>,
     /// Voxels whose time series is constant (scipy's test: `std <= |eps_f32 * mean|`).
     pub constant_voxels: usize,
+    /// Identifies the backend computation these came from (`Moments::next_id`), so a backend can
+    /// keep its own device copy for `normalize` instead of uploading them per volume. 0 means
+    /// "made elsewhere": always used as given.
+    pub id: u64,
+}
+
+impl Moments {
+    /// A fresh nonzero id for moments a backend computes.
+    pub fn next_id() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
 }
 
 pub trait Backend {

@@ -3,6 +3,12 @@
 use clap::Parser;
 
 fn main() {
+    // gpuprep only reads its inputs and writes its output under a temporary name, so HDF5's file
+    // locks protect nothing here, and on network and VM file systems they fail spuriously ("unable
+    // to lock file, errno = 11"). Set before any HDF5 call; a user's own setting wins.
+    if std::env::var_os("HDF5_USE_FILE_LOCKING").is_none() {
+        std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
+    }
     let cli = gpuprep::cli::Cli::parse();
     if let Err(e) = gpuprep::app::run_command(cli.command) {
         eprintln!("gpuprep: {e:#}");

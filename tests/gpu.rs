@@ -292,6 +292,15 @@ fn zscore_matches_cpu() {
                 let nan_g = zg.iter().filter(|x| x.is_nan()).count();
                 let nan_c = zc.iter().filter(|x| x.is_nan()).count();
                 assert_eq!(nan_g, nan_c, "NaN count; seed {seed}");
+                // The GPU's own moments stay on the device (`Moments::id`): same result as
+                // the CPU normalizing with those moments.
+                let zr = g.normalize(v.view(), &mg, &p).unwrap();
+                let zw = c.normalize(v.view(), &mg, &p).unwrap();
+                let err = max_diff(&zr, &zw);
+                assert!(
+                    err <= 5e-7 * 4.0,
+                    "resident moments: error {err}; seed {seed}"
+                );
             }
         }
     }

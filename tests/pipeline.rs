@@ -145,6 +145,7 @@ fn zscored_run_leaves_only_the_output_and_matches_normalizing_the_registered_vol
             .read::<f32, ndarray::Ix3>()
             .unwrap(),
         constant_voxels: 0,
+        id: 0,
     };
     let series: Vec<Array3<f32>> = registered.outer_iter().map(|v| v.to_owned()).collect();
     let in_memory = zscore_in_memory(&series, 0);

@@ -3,6 +3,7 @@
 use super::fft::C32;
 use crate::params::Normalization;
 use ndarray::{Array3, Zip};
+use rayon::prelude::*;
 
 /// `R = F · conj(G)`, then with `phase` normalization `R /= max(|R|, 100·eps_f32)`, as
 /// scikit-image does in single precision for float32 input. Written into `g`.
@@ -20,14 +21,33 @@ pub fn cross_power(f: &Array3<C32>, g: &mut Array3<C32>, normalization: Normaliz
 /// Index (C order) of the largest `|c|`; the first one on ties, as `np.argmax`.
 pub fn argmax_abs(c: &Array3<C32>) -> [usize; 3] {
     let (_, ny, nx) = c.dim();
-    let mut best = 0;
-    let mut best_v = f32::NEG_INFINITY;
-    for (i, v) in c.iter().enumerate() {
-        let a = v.norm();
-        if a > best_v {
-            best_v = a;
-            best = i;
-        }
-    }
+    const BLOCK: usize = 1 << 14;
+    // Each block's first maximum, then the first block holding the largest: np.argmax's answer.
+    let (_, best) = c
+        .as_slice()
+        .expect("standard layout")
+        .par_chunks(BLOCK)
+        .enumerate()
+        .map(|(b, chunk)| {
+            let mut best = (f32::NEG_INFINITY, b * BLOCK);
+            for (i, v) in chunk.iter().enumerate() {
+                let a = v.norm();
+                if a > best.0 {
+                    best = (a, b * BLOCK + i);
+                }
+            }
+            best
+        })
+        .reduce(
+            || (f32::NEG_INFINITY, usize::MAX),
+            |x, y| {
+                if y.0 > x.0 || (y.0 == x.0 && y.1 < x.1) {
+                    y
+                } else {
+                    x
+                }
+            },
+        );
+    let best = if best == usize::MAX { 0 } else { best };
     [best / (ny * nx), (best / nx) % ny, best % nx]
 }

@@ -97,5 +97,9 @@ impl Fft3 {
 
 /// Real volume to complex, the input of the forward transform.
 pub fn to_complex(v: ndarray::ArrayView3<f32>) -> Array3<C32> {
-    v.mapv(|x| C32::new(x, 0.0))
+    let mut out = Array3::<C32>::default(v.raw_dim());
+    ndarray::Zip::from(&mut out)
+        .and(&v)
+        .par_for_each(|o, &x| *o = C32::new(x, 0.0));
+    out
 }

@@ -21,7 +21,11 @@ pub struct Registrar {
 }
 
 fn power(freq: &Array3<C32>) -> f64 {
-    freq.iter().map(|c| c.norm_sqr() as f64).sum()
+    freq.as_slice()
+        .expect("standard layout")
+        .par_chunks(1 << 14)
+        .map(|c| c.iter().map(|c| c.norm_sqr() as f64).sum::<f64>())
+        .sum()
 }
 
 impl Registrar {
@@ -52,11 +56,12 @@ impl Registrar {
             &mut product,
             self.params.normalization,
         );
-        let spectrum = product.clone();
+        // The spectrum outlives the inverse transform only for the upsampled refinement.
+        let spectrum = (self.params.upsample_factor > 1).then(|| product.clone());
         self.fft.inverse(&mut product);
         let peak = argmax_abs(&product);
         finish(
-            &spectrum,
+            spectrum.as_ref(),
             &product,
             peak,
             self.reference_power,
@@ -66,18 +71,22 @@ impl Registrar {
     }
 }
 
-/// From the correlation peak to scikit-image's shift, error and phase difference. Shared with the GPU
-/// backend, which finds the peak on the device and hands over the spectrum for refinement.
+/// From the correlation peak to scikit-image's shift, error and phase difference; `spectrum` (the
+/// cross-power spectrum) is needed only when `params.upsample_factor > 1`.
 pub fn finish(
-    spectrum: &Array3<C32>,
+    spectrum: Option<&Array3<C32>>,
     correlation: &Array3<C32>,
     peak: [usize; 3],
     reference_power: f64,
     moving_power: f64,
     params: &RegisterParams,
 ) -> Registration {
-    let shape = [spectrum.dim().0, spectrum.dim().1, spectrum.dim().2];
-    let n = spectrum.len() as f64;
+    let shape = [
+        correlation.dim().0,
+        correlation.dim().1,
+        correlation.dim().2,
+    ];
+    let n = correlation.len() as f64;
     let mut shift = coarse_shift(peak, shape);
     let (cc_max, src_amp, target_amp) = if params.upsample_factor == 1 {
         let c = correlation[peak];
@@ -94,6 +103,7 @@ pub fn finish(
         let region = (u * 1.5).ceil();
         let dftshift = (region / 2.0).trunc();
         let offsets = shift.map(|s| dftshift - s * u);
+        let spectrum = spectrum.expect("the spectrum is kept when upsample_factor > 1");
         let up = upsampled_dft_conj(spectrum, region as usize, u, offsets);
         let (mut best, mut best_v) = ([0usize; 3], f64::NEG_INFINITY);
         for ((a, b, c), v) in up.indexed_iter() {

@@ -293,11 +293,17 @@ pub fn shift3d(input: ArrayView3<f32>, shift: [f64; 3], p: &ShiftParams) -> Arra
     let plans: Vec<AxisPlan> = (0..3)
         .map(|a| AxisPlan::new(dims[a], shift[a], p))
         .collect();
-    let mut data = input.mapv(|v| v as f64);
+    let mut data = Array3::<f64>::zeros(input.raw_dim());
+    Zip::from(&mut data)
+        .and(&input)
+        .par_for_each(|d, &v| *d = v as f64);
     for (axis, plan) in plans.iter().enumerate() {
         data = shift_axis(&data, axis, plan, p.mode);
     }
-    let mut out = data.mapv(|v| v as f32);
+    let mut out = Array3::<f32>::zeros(data.raw_dim());
+    Zip::from(&mut out)
+        .and(&data)
+        .par_for_each(|o, &v| *o = v as f32);
     if p.mode == BoundaryMode::Constant {
         let outside = |a: usize, i: usize| plans[a].taps[i].is_none();
         Zip::indexed(&mut out).par_for_each(|(z, y, x), v| {

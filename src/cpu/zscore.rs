@@ -62,6 +62,7 @@ impl Accumulator {
             mean,
             std,
             constant_voxels,
+            id: Moments::next_id(),
         }
     }
 }

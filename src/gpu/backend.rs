@@ -47,6 +47,9 @@ pub struct GpuBackend {
     frame: Option<Frame>,
     registrar: Option<GpuRegistrar>,
     moments: Option<MomentState>,
+    /// Device copies of the last moments this backend computed (`Moments::id`, mean, std), so
+    /// the normalize pass uploads only the volume.
+    resident_moments: Option<(u64, wgpu::Buffer, wgpu::Buffer)>,
 }
 
 fn dims(v: &ArrayView3<f32>) -> [usize; 3] {
@@ -75,6 +78,7 @@ impl GpuBackend {
             frame: None,
             registrar: None,
             moments: None,
+            resident_moments: None,
         })
     }
 
@@ -239,9 +243,16 @@ impl Backend for GpuBackend {
         };
         let mut rec = self.ctx.recorder();
         acc.record_finalize(&self.ctx, &mut rec, p, &f.filtered, &f.shifted)?;
+        let bytes = (shape.iter().product::<usize>() * 4) as u64;
+        let keep_mean = self.ctx.storage("gpuprep.moments.mean", bytes)?;
+        let keep_std = self.ctx.storage("gpuprep.moments.std", bytes)?;
+        rec.copy(&f.filtered, &keep_mean, bytes);
+        rec.copy(&f.shifted, &keep_std, bytes);
         rec.submit()?;
         let mean = self.download(&f.filtered, shape)?;
         let std = self.download(&f.shifted, shape)?;
+        let id = Moments::next_id();
+        self.resident_moments = Some((id, keep_mean, keep_std));
         let constant_voxels = mean
             .iter()
             .zip(std.iter())
@@ -251,6 +262,7 @@ impl Backend for GpuBackend {
             mean,
             std,
             constant_voxels,
+            id,
         })
     }
 
@@ -273,29 +285,29 @@ impl Backend for GpuBackend {
         }
         self.upload(vol)?;
         let f = self.frame.as_ref().unwrap();
-        let mean = m.mean.as_standard_layout();
-        let std = m.std.as_standard_layout();
-        self.ctx.queue.write_buffer(
-            &f.filtered,
-            0,
-            bytemuck::cast_slice(mean.as_slice().unwrap()),
-        );
-        self.ctx.queue.write_buffer(
-            &f.shift.tmp[0],
-            0,
-            bytemuck::cast_slice(std.as_slice().unwrap()),
-        );
+        let (mean_buf, std_buf) = match &self.resident_moments {
+            // Computed here and still on the device: upload only the volume.
+            Some((id, mean, std)) if m.id != 0 && *id == m.id => (mean, std),
+            _ => {
+                let mean = m.mean.as_standard_layout();
+                let std = m.std.as_standard_layout();
+                self.ctx.queue.write_buffer(
+                    &f.filtered,
+                    0,
+                    bytemuck::cast_slice(mean.as_slice().unwrap()),
+                );
+                self.ctx.queue.write_buffer(
+                    &f.shift.tmp[0],
+                    0,
+                    bytemuck::cast_slice(std.as_slice().unwrap()),
+                );
+                (&f.filtered, &f.shift.tmp[0])
+            }
+        };
         let mut rec = self.ctx.recorder();
         let total = shape.iter().product();
         zscore::record_normalize(
-            &self.ctx,
-            &mut rec,
-            total,
-            p,
-            &f.raw,
-            &f.filtered,
-            &f.shift.tmp[0],
-            &f.shifted,
+            &self.ctx, &mut rec, total, p, &f.raw, mean_buf, std_buf, &f.shifted,
         )?;
         rec.submit()?;
         self.download(&f.shifted, shape)
