@@ -40,6 +40,12 @@ fn order_key(v: f32) -> u32 {
 fn from_key(k: u32) -> f32 {
     return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
 }
+
+// (z, y, x) of voxel `idx` in C order.
+fn voxel(idx: u32) -> vec3<i32> {
+    return vec3<i32>(i32(idx / (p.nx * p.ny)), i32((idx / p.nx) % p.ny), i32(idx % p.nx));
+}
+
 @group(0) @binding(1) var<storage, read> src: array<f32>;
 @group(0) @binding(2) var<storage, read_write> dst: array<f32>;
 
@@ -50,9 +56,10 @@ fn median3d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     if (idx >= p.total) {
         return;
     }
-    let x = i32(idx % p.nx);
-    let y = i32((idx / p.nx) % p.ny);
-    let z = i32(idx / (p.nx * p.ny));
+    let c = voxel(idx);
+    let z = c.x;
+    let y = c.y;
+    let x = c.z;
     let hz = i32(p.sz / 2u);
     let hy = i32(p.sy / 2u);
     let hx = i32(p.sx / 2u);
@@ -111,16 +118,14 @@ fn median3d_27(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (idx >= p.total) {
         return;
     }
-    let x = i32(idx % p.nx);
-    let y = i32((idx / p.nx) % p.ny);
-    let z = i32(idx / (p.nx * p.ny));
+    let c = voxel(idx);
     var iz: array<i32, 3>;
     var iy: array<i32, 3>;
     var ix: array<i32, 3>;
     for (var d = 0; d < 3; d++) {
-        iz[d] = extend_index(z + d - 1, i32(p.nz), p.mode);
-        iy[d] = extend_index(y + d - 1, i32(p.ny), p.mode);
-        ix[d] = extend_index(x + d - 1, i32(p.nx), p.mode);
+        iz[d] = extend_index(c.x + d - 1, i32(p.nz), p.mode);
+        iy[d] = extend_index(c.y + d - 1, i32(p.ny), p.mode);
+        ix[d] = extend_index(c.z + d - 1, i32(p.nx), p.mode);
     }
     var win: array<u32, 27>;
     for (var d = 0u; d < 27u; d++) {

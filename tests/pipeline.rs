@@ -107,17 +107,24 @@ fn read4(f: &hdf5::File, name: &str) -> ndarray::Array4<f32> {
         .unwrap()
 }
 
-#[test]
-fn zscored_run_leaves_only_the_output_and_matches_normalizing_the_registered_volumes() {
+/// Synthetic input of `shape` in `TMP/in` and the default job writing `TMP/out/out.h5`, alone in
+/// its directory so that leftovers show.
+fn run_in_own_dir(shape: [usize; 4]) -> (tempfile::TempDir, std::path::PathBuf, RunConfig) {
     let tmp = tempfile::tempdir().unwrap();
-    dataset(&tmp.path().join("in"), false, [7, 12, 21, 18]);
+    dataset(&tmp.path().join("in"), false, shape);
     let out_dir = tmp.path().join("out");
     std::fs::create_dir(&out_dir).unwrap();
-    let out = out_dir.join("out.h5");
-    let mut cfg = RunConfig::new(
+    let cfg = RunConfig::new(
         vec![tmp.path().join("in").display().to_string()],
-        out.clone(),
+        out_dir.join("out.h5"),
     );
+    (tmp, out_dir, cfg)
+}
+
+#[test]
+fn zscored_run_leaves_only_the_output_and_matches_normalizing_the_registered_volumes() {
+    let (tmp, out_dir, mut cfg) = run_in_own_dir([7, 12, 21, 18]);
+    let out = cfg.output.clone();
     cfg.save_registered = true;
     cfg.save_filtered = true;
     let report = run(&cfg, &mut CpuBackend::new()).unwrap();
@@ -188,15 +195,8 @@ fn zscored_run_leaves_only_the_output_and_matches_normalizing_the_registered_vol
 
 #[test]
 fn no_zscore_run_writes_the_registered_volumes_as_data() {
-    let tmp = tempfile::tempdir().unwrap();
-    dataset(&tmp.path().join("in"), false, [4, 12, 16, 20]);
-    let out_dir = tmp.path().join("out");
-    std::fs::create_dir(&out_dir).unwrap();
-    let out = out_dir.join("out.h5");
-    let mut cfg = RunConfig::new(
-        vec![tmp.path().join("in").display().to_string()],
-        out.clone(),
-    );
+    let (tmp, out_dir, mut cfg) = run_in_own_dir([4, 12, 16, 20]);
+    let out = cfg.output.clone();
     cfg.zscore = None;
     cfg.save_registered = true;
     run(&cfg, &mut CpuBackend::new()).unwrap();
