@@ -45,7 +45,7 @@ pub struct Moments {
     pub constant_voxels: usize,
     /// Identifies the backend computation these came from (`Moments::next_id`), so a backend can
     /// keep its own device copy for `normalize` instead of uploading them per volume. 0 means
-    /// "made elsewhere": always used as given.
+    /// "made elsewhere": always used as given. Set it to 0 after changing `mean` or `std`.
     pub id: u64,
 }
 
