@@ -123,7 +123,7 @@ fn run_in_own_dir(shape: [usize; 4]) -> (tempfile::TempDir, std::path::PathBuf, 
 
 #[test]
 fn zscored_run_leaves_only_the_output_and_matches_normalizing_the_registered_volumes() {
-    let (tmp, out_dir, mut cfg) = run_in_own_dir([7, 12, 21, 18]);
+    let (_tmp, out_dir, mut cfg) = run_in_own_dir([7, 12, 21, 18]);
     let out = cfg.output.clone();
     cfg.save_registered = true;
     cfg.save_filtered = true;
@@ -195,7 +195,7 @@ fn zscored_run_leaves_only_the_output_and_matches_normalizing_the_registered_vol
 
 #[test]
 fn no_zscore_run_writes_the_registered_volumes_as_data() {
-    let (tmp, out_dir, mut cfg) = run_in_own_dir([4, 12, 16, 20]);
+    let (_tmp, out_dir, mut cfg) = run_in_own_dir([4, 12, 16, 20]);
     let out = cfg.output.clone();
     cfg.zscore = None;
     cfg.save_registered = true;

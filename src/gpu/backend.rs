@@ -97,6 +97,17 @@ impl GpuBackend {
         Ok(())
     }
 
+    fn check_accumulator_shape(&self, shape: [usize; 3]) -> Result<()> {
+        match self.moments.as_ref() {
+            None => Err(Error::Data("accumulate called before reset_moments".into())),
+            Some(MomentState::Gpu(a)) if a.shape != shape => Err(Error::Data(format!(
+                "volume shape {shape:?} differs from the accumulator's {:?}",
+                a.shape
+            ))),
+            _ => Ok(()),
+        }
+    }
+
     pub fn context(&self) -> &GpuContext {
         &self.ctx
     }
@@ -201,19 +212,7 @@ impl Backend for GpuBackend {
 
     fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()> {
         let shape = dims(&vol);
-        match self.moments.as_ref() {
-            None => return Err(Error::Data("accumulate called before reset_moments".into())),
-            Some(MomentState::Gpu(a)) if a.shape != shape => {
-                return Err(Error::Data(format!(
-                    "volume shape {shape:?} differs from the accumulator's {:?}",
-                    a.shape
-                )))
-            }
-            Some(MomentState::Cpu(a)) => {
-                let _ = a;
-            }
-            _ => {}
-        }
+        self.check_accumulator_shape(shape)?;
         if let Some(MomentState::Cpu(a)) = self.moments.as_mut() {
             a.add(vol);
             return Ok(());
@@ -323,16 +322,7 @@ impl Backend for GpuBackend {
             self.check_reference_shape(shape)?;
         }
         if plan.accumulate {
-            match self.moments.as_ref() {
-                None => return Err(Error::Data("accumulate called before reset_moments".into())),
-                Some(MomentState::Gpu(a)) if a.shape != shape => {
-                    return Err(Error::Data(format!(
-                        "volume shape {shape:?} differs from the accumulator's {:?}",
-                        a.shape
-                    )))
-                }
-                _ => {}
-            }
+            self.check_accumulator_shape(shape)?;
         }
         self.upload(raw)?;
         let ctx = &self.ctx;
