@@ -2,7 +2,7 @@
 //! against answers known in closed form.
 
 use crate::support::*;
-use gpuprep::cpu::fft::{Fft3, C32};
+use gpuprep::cpu::fft::{Fft3, RealFft3, C32};
 use gpuprep::cpu::median3d::median3d;
 use gpuprep::cpu::reference::{dft3, median3d_sorted, shift_integer_constant, zscore_in_memory};
 use gpuprep::cpu::register::phase_cross_correlation;
@@ -172,6 +172,34 @@ fn fft_matches_naive_dft_on_awkward_shapes() {
                 (a - b).norm() < 1e-5,
                 "round trip, shape {shape:?}: {a} vs {b}"
             );
+        }
+    }
+}
+
+#[test]
+fn real_fft_is_the_half_of_the_naive_dft_and_inverts() {
+    let seed = fresh_seed();
+    let mut r = rng(seed);
+    // Even and odd x extents (the Nyquist column exists only for even ones), singleton axes, primes.
+    for shape in [[1, 1, 8], [3, 5, 7], [8, 12, 10], [2, 13, 11], [4, 1, 9], [6, 17, 4], [5, 3, 1]] {
+        let x = Array3::from_shape_fn(shape, |_| r.random_range(-1.0f32..1.0));
+        let fft = RealFft3::new(shape);
+        let half = fft.forward(x.view());
+        let nh = shape[2] / 2 + 1;
+        assert_eq!(half.shape(), &[shape[0], shape[1], nh]);
+        let want = dft3(&x.mapv(|v| C32::new(v, 0.0)), false);
+        let n = x.len() as f32;
+        for ((z, y, k), a) in half.indexed_iter() {
+            let b = want[[z, y, k]];
+            assert!(
+                (a - b).norm() <= 2e-5 * n.sqrt() * 4.0,
+                "seed {seed}, forward, shape {shape:?}, bin {:?}: {a} vs {b}",
+                (z, y, k)
+            );
+        }
+        let back = fft.inverse(half);
+        for (a, b) in back.iter().zip(x.iter()) {
+            assert!((a - b).abs() < 1e-5, "seed {seed}, round trip, shape {shape:?}: {a} vs {b}");
         }
     }
 }

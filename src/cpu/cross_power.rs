@@ -20,6 +20,15 @@ pub fn cross_power(f: &Array3<C32>, g: &mut Array3<C32>, normalization: Normaliz
 
 /// Index (C order) of the largest `|c|`; the first one on ties, as `np.argmax`.
 pub fn argmax_abs(c: &Array3<C32>) -> [usize; 3] {
+    argmax_by(c, |v| v.norm())
+}
+
+/// Index (C order) of the largest `|c|` of a real correlation; the first one on ties.
+pub fn argmax_abs_real(c: &Array3<f32>) -> [usize; 3] {
+    argmax_by(c, |v| v.abs())
+}
+
+fn argmax_by<T: Sync>(c: &Array3<T>, key: impl Fn(&T) -> f32 + Sync) -> [usize; 3] {
     let (_, ny, nx) = c.dim();
     const BLOCK: usize = 1 << 14;
     // Each block's first maximum, then the first block holding the largest: np.argmax's answer.
@@ -31,7 +40,7 @@ pub fn argmax_abs(c: &Array3<C32>) -> [usize; 3] {
         .map(|(b, chunk)| {
             let mut best = (f32::NEG_INFINITY, b * BLOCK);
             for (i, v) in chunk.iter().enumerate() {
-                let a = v.norm();
+                let a = key(v);
                 if a > best.0 {
                     best = (a, b * BLOCK + i);
                 }

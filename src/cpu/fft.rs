@@ -1,14 +1,20 @@
-//! 3-D complex FFT on the CPU (rustfft along each axis); CPU twin of `shaders/fft.wgsl`.
+//! 3-D FFTs on the CPU (rustfft / realfft along each axis): `Fft3`, the complex transform that is the CPU
+//! twin of `shaders/fft.wgsl`, and `RealFft3`, the real-input transform the CPU registration uses.
 //!
 //! numpy's conventions: the forward transform is unnormalized, the inverse divides by N.
 
-use ndarray::{Array3, Axis};
+use ndarray::{Array3, ArrayView3, ArrayViewMut2, Axis};
 use rayon::prelude::*;
+use realfft::{ComplexToReal, FftError, RealFftPlanner, RealToComplex};
 use rustfft::num_complex::Complex;
 use rustfft::{Fft, FftDirection, FftPlanner};
 use std::sync::Arc;
 
 pub type C32 = Complex<f32>;
+
+/// Lines along a strided axis are gathered this many at a time: 16 complex f32 are two cache lines, so
+/// every line of memory touched by the gather is used whole.
+const LINE_BLOCK: usize = 16;
 
 /// Plans for one volume shape, made once and reused for every timepoint.
 pub struct Fft3 {
@@ -52,46 +58,159 @@ impl Fft3 {
             "Fft3 planned for another shape"
         );
         for axis in (0..3).rev() {
-            let n = self.shape[axis];
-            if n <= 1 {
-                continue;
-            }
-            let fft = &plans[axis];
-            if axis == 2 && data.is_standard_layout() {
-                // Rows are contiguous: transform a plane's worth of rows per call.
-                let slice = data.as_slice_mut().expect("standard layout");
-                let rows_per_task = (4096 / n).max(1) * n;
-                slice.par_chunks_mut(rows_per_task).for_each_init(
-                    || vec![C32::default(); fft.get_inplace_scratch_len()],
-                    |scratch, chunk| fft.process_with_scratch(chunk, scratch),
-                );
-                continue;
-            }
-            // Axis 0 or 1: each 2-D slice across the other outer axis holds whole lanes along
-            // `axis` as its first axis; transpose it into rows, transform, transpose back.
-            let outer = 1 - axis;
-            data.axis_iter_mut(Axis(outer))
+            fft_axis(data, axis, &plans[axis]);
+        }
+    }
+}
+
+/// Complex FFT of every line along `axis` of a standard-layout array, in place.
+fn fft_axis(data: &mut Array3<C32>, axis: usize, fft: &Arc<dyn Fft<f32>>) {
+    let (nz, ny, nx) = data.dim();
+    let n = data.shape()[axis];
+    if n <= 1 {
+        return;
+    }
+    let scratch = || vec![C32::default(); fft.get_inplace_scratch_len()];
+    match axis {
+        2 => {
+            // Rows are contiguous: transform a few thousand samples' worth of rows per call.
+            let slice = data.as_slice_mut().expect("standard layout");
+            let rows_per_task = (4096 / n).max(1) * n;
+            slice
+                .par_chunks_mut(rows_per_task)
+                .for_each_init(scratch, |s, chunk| fft.process_with_scratch(chunk, s));
+        }
+        1 => data
+            .axis_iter_mut(Axis(0))
+            .into_par_iter()
+            .for_each_init(
+                || (Vec::new(), scratch()),
+                |(buf, s), plane| fft_columns(plane, fft, buf, s),
+            ),
+        _ => {
+            let mut cols = data
+                .view_mut()
+                .into_shape_with_order((nz, ny * nx))
+                .expect("standard layout");
+            cols.axis_chunks_iter_mut(Axis(1), LINE_BLOCK)
                 .into_par_iter()
                 .for_each_init(
-                    || {
-                        (
-                            Vec::new(),
-                            vec![C32::default(); fft.get_inplace_scratch_len()],
-                        )
-                    },
-                    |(buf, scratch): &mut (Vec<C32>, Vec<C32>), mut slab| {
-                        let (len, width) = slab.dim();
-                        buf.resize(len * width, C32::default());
-                        for ((i, j), v) in slab.indexed_iter() {
-                            buf[j * len + i] = *v;
-                        }
-                        fft.process_with_scratch(buf, scratch);
-                        for ((i, j), v) in slab.indexed_iter_mut() {
-                            *v = buf[j * len + i];
-                        }
-                    },
+                    || (Vec::new(), scratch()),
+                    |(buf, s), block| fft_columns(block, fft, buf, s),
                 );
         }
+    }
+}
+
+/// FFT of every column of `m` (rows contiguous): columns are gathered `LINE_BLOCK` at a time into
+/// contiguous lines, transformed in one call and scattered back.
+fn fft_columns(mut m: ArrayViewMut2<C32>, fft: &Arc<dyn Fft<f32>>, buf: &mut Vec<C32>, s: &mut [C32]) {
+    let (n, width) = m.dim();
+    for x0 in (0..width).step_by(LINE_BLOCK) {
+        let w = LINE_BLOCK.min(width - x0);
+        buf.resize(w * n, C32::default());
+        for (i, row) in m.rows().into_iter().enumerate() {
+            let row = &row.to_slice().expect("rows are contiguous")[x0..x0 + w];
+            for (c, &v) in row.iter().enumerate() {
+                buf[c * n + i] = v;
+            }
+        }
+        fft.process_with_scratch(buf, s);
+        for (i, mut row) in m.rows_mut().into_iter().enumerate() {
+            let row = &mut row.as_slice_mut().expect("rows are contiguous")[x0..x0 + w];
+            for (c, v) in row.iter_mut().enumerate() {
+                *v = buf[c * n + i];
+            }
+        }
+    }
+}
+
+/// The 3-D FFT of a real volume as its non-redundant half, `(nz, ny, nx/2 + 1)` (numpy's `rfftn`): a
+/// real-to-complex transform along x, then complex transforms along y and z. Half the work and memory of
+/// `Fft3` on the same volume. The inverse (`irfftn`) returns the real part of the full inverse, which is all
+/// of it for a Hermitian spectrum, such as the cross-power spectrum of two real volumes.
+pub struct RealFft3 {
+    shape: [usize; 3],
+    r2c: Arc<dyn RealToComplex<f32>>,
+    c2r: Arc<dyn ComplexToReal<f32>>,
+    forward: [Arc<dyn Fft<f32>>; 2],
+    inverse: [Arc<dyn Fft<f32>>; 2],
+}
+
+impl RealFft3 {
+    pub fn new(shape: [usize; 3]) -> Self {
+        let mut planner = FftPlanner::new();
+        let forward = [0, 1].map(|a| planner.plan_fft(shape[a], FftDirection::Forward));
+        let inverse = [0, 1].map(|a| planner.plan_fft(shape[a], FftDirection::Inverse));
+        let mut real = RealFftPlanner::new();
+        RealFft3 {
+            shape,
+            r2c: real.plan_fft_forward(shape[2]),
+            c2r: real.plan_fft_inverse(shape[2]),
+            forward,
+            inverse,
+        }
+    }
+
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    /// Shape of the half spectrum.
+    pub fn spectrum_shape(&self) -> [usize; 3] {
+        [self.shape[0], self.shape[1], self.shape[2] / 2 + 1]
+    }
+
+    pub fn forward(&self, input: ArrayView3<f32>) -> Array3<C32> {
+        assert_eq!(input.shape(), &self.shape[..], "RealFft3 planned for another shape");
+        let input = input.as_standard_layout();
+        let [_, _, nx] = self.shape;
+        let nh = nx / 2 + 1;
+        let mut out = Array3::<C32>::default(self.spectrum_shape());
+        out.as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(nh)
+            .zip(input.as_slice().expect("standard layout").par_chunks(nx))
+            .for_each_init(
+                || (vec![0.0; nx], self.r2c.make_scratch_vec()),
+                |(line, s), (dst, src)| {
+                    line.copy_from_slice(src);
+                    self.r2c
+                        .process_with_scratch(line, dst, s)
+                        .expect("buffers sized by the plan");
+                },
+            );
+        fft_axis(&mut out, 1, &self.forward[1]);
+        fft_axis(&mut out, 0, &self.forward[0]);
+        out
+    }
+
+    /// `irfftn` of a half spectrum (consumed as scratch), scaled by 1/N as numpy does.
+    pub fn inverse(&self, mut spectrum: Array3<C32>) -> Array3<f32> {
+        assert_eq!(spectrum.shape(), &self.spectrum_shape()[..], "RealFft3 planned for another shape");
+        fft_axis(&mut spectrum, 0, &self.inverse[0]);
+        fft_axis(&mut spectrum, 1, &self.inverse[1]);
+        let [_, _, nx] = self.shape;
+        let nh = nx / 2 + 1;
+        let scale = 1.0 / self.shape.iter().product::<usize>() as f32;
+        let mut out = Array3::<f32>::zeros(self.shape);
+        out.as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(nx)
+            .zip(spectrum.as_slice_mut().expect("standard layout").par_chunks_mut(nh))
+            .for_each_init(
+                || self.c2r.make_scratch_vec(),
+                |s, (dst, src)| {
+                    match self.c2r.process_with_scratch(src, dst, s) {
+                        // The imaginary parts of the DC and Nyquist bins of a Hermitian spectrum are
+                        // rounding noise; realfft drops them, which is taking the real part.
+                        Ok(()) | Err(FftError::InputValues(..)) => {}
+                        Err(e) => panic!("buffers sized by the plan: {e}"),
+                    }
+                    dst.iter_mut().for_each(|v| *v *= scale);
+                },
+            );
+        out
     }
 }
 

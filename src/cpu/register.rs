@@ -4,9 +4,14 @@
 //! The returned shift registers `moving` onto `reference`: `scipy.ndimage.shift(moving, shift)`.
 //! FFTs and the cross-power spectrum are single precision, as scikit-image computes them for float32
 //! input; the upsampled-DFT refinement and the error terms use f64.
+//!
+//! Both volumes are real, so their spectra are Hermitian and only the non-redundant half (`rfftn`) is
+//! computed, and the cross-correlation comes back real (`irfftn`). scikit-image takes `abs` of a complex
+//! `ifftn` whose imaginary part is rounding noise (~1e-7 relative), so the peak and the shifts are the same;
+//! its phase difference is that noise's angle, 0 here (or π for a negative peak).
 
-use super::cross_power::{argmax_abs, cross_power};
-use super::fft::{to_complex, Fft3, C32};
+use super::cross_power::{argmax_abs_real, cross_power};
+use super::fft::{RealFft3, C32};
 use crate::params::{RegisterParams, Registration};
 use ndarray::{Array3, ArrayView3};
 use rayon::prelude::*;
@@ -14,27 +19,42 @@ use rustfft::num_complex::Complex64;
 
 /// The reference's spectrum, computed once and reused for every timepoint.
 pub struct Registrar {
-    fft: Fft3,
+    fft: RealFft3,
     reference_freq: Array3<C32>,
     reference_power: f64,
     params: RegisterParams,
 }
 
-fn power(freq: &Array3<C32>) -> f64 {
-    freq.as_slice()
+/// `sum(|F|²)` over the full spectrum, from its half: columns `1..nx - nh + 1` stand for their
+/// mirror images too (all but x = 0 and, for even nx, the Nyquist column).
+fn power(half: &Array3<C32>, nx: usize) -> f64 {
+    let nh = half.dim().2;
+    let mirrored = 1..nx - nh + 1;
+    half.as_slice()
         .expect("standard layout")
-        .par_chunks(1 << 14)
-        .map(|c| c.iter().map(|c| c.norm_sqr() as f64).sum::<f64>())
+        .par_chunks(nh)
+        .map(|row| {
+            row.iter()
+                .enumerate()
+                .map(|(x, c)| {
+                    let p = c.norm_sqr() as f64;
+                    if mirrored.contains(&x) {
+                        2.0 * p
+                    } else {
+                        p
+                    }
+                })
+                .sum::<f64>()
+        })
         .sum()
 }
 
 impl Registrar {
     pub fn new(reference: ArrayView3<f32>, params: &RegisterParams) -> Self {
         let (nz, ny, nx) = reference.dim();
-        let fft = Fft3::new([nz, ny, nx]);
-        let mut reference_freq = to_complex(reference);
-        fft.forward(&mut reference_freq);
-        let reference_power = power(&reference_freq);
+        let fft = RealFft3::new([nz, ny, nx]);
+        let reference_freq = fft.forward(reference);
+        let reference_power = power(&reference_freq, nx);
         Registrar {
             fft,
             reference_freq,
@@ -48,9 +68,8 @@ impl Registrar {
     }
 
     pub fn register(&self, moving: ArrayView3<f32>) -> Registration {
-        let mut product = to_complex(moving);
-        self.fft.forward(&mut product);
-        let moving_power = power(&product);
+        let mut product = self.fft.forward(moving);
+        let moving_power = power(&product, self.fft.shape()[2]);
         cross_power(
             &self.reference_freq,
             &mut product,
@@ -58,11 +77,11 @@ impl Registrar {
         );
         // The spectrum outlives the inverse transform only for the upsampled refinement.
         let spectrum = (self.params.upsample_factor > 1).then(|| product.clone());
-        self.fft.inverse(&mut product);
-        let peak = argmax_abs(&product);
+        let correlation = self.fft.inverse(product);
+        let peak = argmax_abs_real(&correlation);
         finish(
             spectrum.as_ref(),
-            &product,
+            &correlation,
             peak,
             self.reference_power,
             moving_power,
@@ -72,10 +91,10 @@ impl Registrar {
 }
 
 /// From the correlation peak to scikit-image's shift, error and phase difference; `spectrum` (the
-/// cross-power spectrum) is needed only when `params.upsample_factor > 1`.
+/// half cross-power spectrum) is needed only when `params.upsample_factor > 1`.
 pub fn finish(
     spectrum: Option<&Array3<C32>>,
-    correlation: &Array3<C32>,
+    correlation: &Array3<f32>,
     peak: [usize; 3],
     reference_power: f64,
     moving_power: f64,
@@ -89,9 +108,8 @@ pub fn finish(
     let n = correlation.len() as f64;
     let mut shift = coarse_shift(peak, shape);
     let (cc_max, src_amp, target_amp) = if params.upsample_factor == 1 {
-        let c = correlation[peak];
         (
-            Complex64::new(c.re as f64, c.im as f64),
+            Complex64::new(correlation[peak] as f64, 0.0),
             reference_power / n,
             moving_power / n,
         )
@@ -104,7 +122,7 @@ pub fn finish(
         let dftshift = (region / 2.0).trunc();
         let offsets = shift.map(|s| dftshift - s * u);
         let spectrum = spectrum.expect("the spectrum is kept when upsample_factor > 1");
-        let up = upsampled_dft_conj(spectrum, region as usize, u, offsets);
+        let up = upsampled_dft_conj(spectrum, shape[2], region as usize, u, offsets);
         let (mut best, mut best_v) = ([0usize; 3], f64::NEG_INFINITY);
         for ((a, b, c), v) in up.indexed_iter() {
             if v.norm() > best_v {
@@ -167,14 +185,26 @@ fn fftfreq(k: usize, n: usize, d: f64) -> f64 {
 
 /// `_upsampled_dft(conj(spectrum), region, u, offsets).conj()` from scikit-image: the cross-correlation
 /// sampled on a `region`³ grid with spacing `1/u` around the coarse peak, by matrix-multiply DFTs
-/// (cheaper than zero-padding the whole volume by `u`).
+/// (cheaper than zero-padding the whole volume by `u`). `half` is the non-redundant half of the
+/// spectrum of a volume `nx` wide; the other half is its Hermitian mirror.
 fn upsampled_dft_conj(
-    spectrum: &Array3<C32>,
+    half: &Array3<C32>,
+    nx: usize,
     region: usize,
     u: f64,
     offsets: [f64; 3],
 ) -> Array3<Complex64> {
-    let (nz, ny, nx) = spectrum.dim();
+    let (nz, ny, nh) = half.dim();
+    // conj(S[z, y, x]) over the full x range: S[-z, -y, nx - x] for the mirrored half.
+    let conj_full = |z: usize, y: usize, x: usize| -> Complex64 {
+        if x < nh {
+            let s = half[[z, y, x]];
+            Complex64::new(s.re as f64, -s.im as f64)
+        } else {
+            let s = half[[(nz - z) % nz, (ny - y) % ny, nx - x]];
+            Complex64::new(s.re as f64, s.im as f64)
+        }
+    };
     let kernel = |n: usize, off: f64| -> Vec<Complex64> {
         // kernel[r][k] = exp(-2πi (r - off) fftfreq(k)); applied to conj(spectrum).
         let mut k = Vec::with_capacity(region * n);
@@ -200,8 +230,7 @@ fn upsampled_dft_conj(
                 for c in 0..region {
                     let mut acc = Complex64::default();
                     for x in 0..nx {
-                        let s = spectrum[[z, y, x]];
-                        acc += kx[c * nx + x] * Complex64::new(s.re as f64, -s.im as f64);
+                        acc += kx[c * nx + x] * conj_full(z, y, x);
                     }
                     plane[y * region + c] = acc;
                 }

@@ -9,11 +9,15 @@
 
 use super::boundary::map_coordinate;
 use crate::params::{BoundaryMode, ShiftParams};
-use ndarray::{Array3, ArrayView3, Axis, Zip};
+use ndarray::{Array2, Array3, ArrayView3, Axis};
 use rayon::prelude::*;
 
 /// Cubic B-spline pole, `sqrt(3) - 2`.
 const POLE: f64 = -0.267_949_192_431_122_7;
+/// The causal initialisation sums `z^i c[i]` over the whole line as scipy does; terms past
+/// `|z|^i < INIT_CUTOFF` (i ≈ 31) move the sum by less than 1e-18 of the line's largest value, far
+/// below the f32 output's precision, so the sum stops there: long lines cost ~31 rows, not n.
+const INIT_CUTOFF: f64 = 1e-18;
 /// scipy pre-pads `nearest` (and `grid-constant`) by 12 samples before the spline prefilter.
 const NEAREST_PAD: usize = 12;
 
@@ -127,6 +131,9 @@ pub fn prefilter_rows(c: &mut [f64], w: usize, mode: BoundaryMode) {
         first.iter_mut().zip(last).for_each(|(a, &l)| *a += z_n * l);
         let mut z_i = z;
         for i in 1..n {
+            if z_i.abs() < INIT_CUTOFF {
+                break;
+            }
             let row = &rest[(i - 1) * w..i * w];
             if i == n - 1 {
                 // c[n - 1 - i] is c[0] itself, already updated: the C code reads the running sum.
@@ -158,6 +165,9 @@ pub fn prefilter_rows(c: &mut [f64], w: usize, mode: BoundaryMode) {
             .for_each(|(a, &l)| *a += z_n_1 * l);
         let mut z_i = z;
         for i in 1..n - 1 {
+            if z_i.abs() < INIT_CUTOFF {
+                break;
+            }
             let row = &rest[(i - 1) * w..i * w];
             let mirror = &rest[(n - 2 - i) * w..(n - 1 - i) * w];
             first
@@ -198,119 +208,172 @@ pub fn prefilter_rows(c: &mut [f64], w: usize, mode: BoundaryMode) {
     }
 }
 
-/// Lines along a slow axis are processed this many at a time (one row of `prefilter_rows`).
+/// Lines along z are processed this many at a time (one row of `prefilter_rows`).
 const ROW_BLOCK: usize = 256;
+/// Lines along y and x, within a plane, this many at a time: 32 lines of 256 f64 are 64 KiB.
+const PLANE_BLOCK: usize = 32;
 
-/// One axis pass: prefilter (order 3) and resample every line along `axis`. Values are masked to
-/// cval after all passes where scipy writes it; the value computed for those samples is unused.
-fn shift_axis(data: &Array3<f64>, axis: usize, plan: &AxisPlan, mode: BoundaryMode) -> Array3<f64> {
-    let dims = data.shape().to_vec();
-    let n = dims[axis];
+/// Padded copy of the lines an axis pass filters, prefiltered: row `i` of `buf` (width `w`) is sample
+/// `i` of the padded lines, `fill(j, row)` writes input sample `j` of the `w` lines into `row`.
+fn load_and_prefilter(
+    buf: &mut Vec<f64>,
+    plan: &AxisPlan,
+    n: usize,
+    w: usize,
+    mode: BoundaryMode,
+    fill: impl Fn(usize, &mut [f64]),
+) {
     let len = n + 2 * plan.pad;
-    let outer: usize = dims[..axis].iter().product();
-    let inner: usize = dims[axis + 1..].iter().product();
-    let src = data.as_slice().expect("standard layout");
-    let mut out = Array3::<f64>::zeros(data.raw_dim());
-    // Rows of width w: row i is sample i (of the padded line) of w neighbouring lines.
-    let filter_and_sample = |buf: &mut Vec<f64>, w: usize, fill: &dyn Fn(usize, &mut [f64])| {
-        buf.resize(len * w, 0.0);
-        for i in 0..len {
-            let j = i.saturating_sub(plan.pad).min(n - 1);
-            fill(j, &mut buf[i * w..(i + 1) * w]);
-        }
-        if plan.order > 1 {
-            prefilter_rows(buf, w, mode);
-        }
-    };
-    let sample = |buf: &[f64], w: usize, k: usize, dst: &mut [f64]| {
-        dst.fill(0.0);
-        if let Some((idx, wt)) = &plan.taps[k] {
-            for h in 0..=plan.order {
-                let row = &buf[idx[h] * w..(idx[h] + 1) * w];
-                dst.iter_mut().zip(row).for_each(|(d, &r)| *d += r * wt[h]);
+    buf.resize(len * w, 0.0);
+    for i in 0..len {
+        let j = i.saturating_sub(plan.pad).min(n - 1);
+        fill(j, &mut buf[i * w..(i + 1) * w]);
+    }
+    if plan.order > 1 {
+        prefilter_rows(buf, w, mode);
+    }
+}
+
+/// Output sample `k` of the `w` lines held in `buf`: the 1-4 taps of `plan`, as rows. Values are
+/// masked to cval after all passes where scipy writes it; the value computed for those samples is unused.
+fn sample_row(buf: &[f64], plan: &AxisPlan, w: usize, k: usize, dst: &mut [f64]) {
+    let row = |i: usize| &buf[i * w..(i + 1) * w];
+    match (&plan.taps[k], plan.order) {
+        (None, _) => dst.fill(0.0),
+        // One sweep per output row; the sums associate left to right as scipy's tap loop does.
+        (Some((idx, wt)), 3) => {
+            let (r0, r1, r2, r3) = (row(idx[0]), row(idx[1]), row(idx[2]), row(idx[3]));
+            for i in 0..w {
+                dst[i] = r0[i] * wt[0] + r1[i] * wt[1] + r2[i] * wt[2] + r3[i] * wt[3];
             }
         }
-    };
-    if inner == 1 {
-        // Contiguous lines: ROW_BLOCK lines at a time, transposed into rows on the way in and out.
-        out.as_slice_mut()
-            .expect("standard layout")
-            .par_chunks_mut(ROW_BLOCK * n)
-            .zip(src.par_chunks(ROW_BLOCK * n))
-            .for_each_init(
-                || (Vec::new(), Vec::new()),
-                |(buf, row), (dst, lines)| {
-                    let w = lines.len() / n;
-                    filter_and_sample(buf, w, &|j, r| {
-                        r.iter_mut()
-                            .zip(lines[j..].iter().step_by(n))
-                            .for_each(|(a, &b)| *a = b)
-                    });
-                    row.resize(w, 0.0);
-                    for k in 0..n {
-                        sample(buf, w, k, row);
-                        dst[k..]
-                            .iter_mut()
-                            .step_by(n)
-                            .zip(row.iter())
-                            .for_each(|(d, &v)| *d = v);
-                    }
-                },
-            );
-        return out;
+        (Some((idx, wt)), 1) => {
+            let (r0, r1) = (row(idx[0]), row(idx[1]));
+            for i in 0..w {
+                dst[i] = r0[i] * wt[0] + r1[i] * wt[1];
+            }
+        }
+        (Some((idx, wt)), _) => {
+            dst.iter_mut().zip(row(idx[0])).for_each(|(d, &r)| *d = r * wt[0]);
+        }
     }
-    let mut out3 = out
-        .view_mut()
-        .into_shape_with_order((outer, n, inner))
-        .expect("contiguous");
-    out3.axis_iter_mut(Axis(0))
+}
+
+/// The three separable passes, prefilter then resample along each axis, in f64 as scipy: z over
+/// the whole volume (lines along z, `ROW_BLOCK` at a time), then y and x one z-plane at a time, while
+/// the plane is in cache, rounding to f32 only on the way out.
+pub fn shift3d(input: ArrayView3<f32>, shift: [f64; 3], p: &ShiftParams) -> Array3<f32> {
+    let (nz, ny, nx) = input.dim();
+    let plans: [AxisPlan; 3] = std::array::from_fn(|a| AxisPlan::new([nz, ny, nx][a], shift[a], p));
+    let input = input.as_standard_layout();
+    let src = input.as_slice().expect("standard layout");
+    let plane_len = ny * nx;
+
+    // Pass 1, z: columns of the (nz, ny * nx) matrix, into a buffer kept for the next volume (the pages
+    // of a fresh 8-bytes-per-voxel allocation cost more to fault in than the pass itself).
+    let mut after_z = AFTER_Z.with(|b| b.take());
+    after_z.resize(nz * plane_len, 0.0);
+    let mut after_z = Array2::from_shape_vec((nz, plane_len), after_z).expect("sized above");
+    after_z
+        .axis_chunks_iter_mut(Axis(1), ROW_BLOCK)
         .into_par_iter()
         .enumerate()
-        .for_each(|(o, mut plane)| {
-            let base = o * n * inner;
-            plane
-                .axis_chunks_iter_mut(Axis(1), ROW_BLOCK)
-                .into_par_iter()
-                .enumerate()
-                .for_each_init(Vec::new, |buf, (c, mut dst)| {
-                    let x0 = c * ROW_BLOCK;
-                    let w = dst.shape()[1];
-                    filter_and_sample(buf, w, &|j, row| {
-                        let s = base + j * inner + x0;
-                        row.copy_from_slice(&src[s..s + w]);
-                    });
-                    for k in 0..n {
-                        let mut drow = dst.row_mut(k);
-                        sample(buf, w, k, drow.as_slice_mut().expect("rows are contiguous"));
-                    }
-                });
+        .for_each_init(Vec::new, |buf, (c, mut dst)| {
+            let c0 = c * ROW_BLOCK;
+            let w = dst.shape()[1];
+            load_and_prefilter(buf, &plans[0], nz, w, p.mode, |j, r| {
+                let s = j * plane_len + c0;
+                r.iter_mut()
+                    .zip(&src[s..s + w])
+                    .for_each(|(a, &b)| *a = b as f64)
+            });
+            for k in 0..nz {
+                let mut row = dst.row_mut(k);
+                sample_row(buf, &plans[0], w, k, row.as_slice_mut().expect("rows are contiguous"));
+            }
         });
+
+    // Passes 2 and 3, y then x, per plane, in blocks of lines small enough for L2.
+    let mut out = Array3::<f32>::zeros((nz, ny, nx));
+    out.axis_iter_mut(Axis(0))
+        .into_par_iter()
+        .zip(after_z.axis_iter(Axis(0)).into_par_iter())
+        .enumerate()
+        .for_each_init(
+            || {
+                let (buf, after_y, col) = (Vec::new(), vec![0.0; plane_len], vec![0.0; PLANE_BLOCK]);
+                (buf, after_y, col, Vec::new(), Vec::new())
+            },
+            |(buf, after_y, col, tile_in, tile_out), (z, (mut dst, plane))| {
+                let plane = plane.as_slice().expect("rows are contiguous");
+                let dst = dst.as_slice_mut().expect("standard layout");
+                // y: the plane's rows are the rows of its lines along y; PLANE_BLOCK columns at a time.
+                for x0 in (0..nx).step_by(PLANE_BLOCK) {
+                    let w = PLANE_BLOCK.min(nx - x0);
+                    load_and_prefilter(buf, &plans[1], ny, w, p.mode, |j, r| {
+                        r.copy_from_slice(&plane[j * nx + x0..j * nx + x0 + w])
+                    });
+                    for k in 0..ny {
+                        let s = k * nx + x0;
+                        sample_row(buf, &plans[1], w, k, &mut after_y[s..s + w]);
+                    }
+                }
+                // x: PLANE_BLOCK lines at a time, transposed into rows and back on the way out,
+                // through tiles whose padded row stride keeps power-of-two widths off one cache set.
+                let stride = nx + 8;
+                for y0 in (0..ny).step_by(PLANE_BLOCK) {
+                    let w = PLANE_BLOCK.min(ny - y0);
+                    tile_in.resize(w * stride, 0.0);
+                    tile_out.resize(w * stride, 0.0);
+                    for c in 0..w {
+                        let s = (y0 + c) * nx;
+                        tile_in[c * stride..c * stride + nx].copy_from_slice(&after_y[s..s + nx]);
+                    }
+                    load_and_prefilter(buf, &plans[2], nx, w, p.mode, |j, r| {
+                        for (c, v) in r.iter_mut().enumerate() {
+                            *v = tile_in[c * stride + j];
+                        }
+                    });
+                    for k in 0..nx {
+                        sample_row(buf, &plans[2], w, k, &mut col[..w]);
+                        for (c, &v) in col[..w].iter().enumerate() {
+                            tile_out[c * stride + k] = v as f32;
+                        }
+                    }
+                    for c in 0..w {
+                        let s = (y0 + c) * nx;
+                        dst[s..s + nx].copy_from_slice(&tile_out[c * stride..c * stride + nx]);
+                    }
+                }
+                if p.mode == BoundaryMode::Constant {
+                    mask_constant(dst, z, &plans, nx, p.cval);
+                }
+            },
+        );
+    AFTER_Z.with(|b| b.replace(after_z.into_raw_vec_and_offset().0));
     out
 }
 
-pub fn shift3d(input: ArrayView3<f32>, shift: [f64; 3], p: &ShiftParams) -> Array3<f32> {
-    let dims = [input.dim().0, input.dim().1, input.dim().2];
-    let plans: Vec<AxisPlan> = (0..3)
-        .map(|a| AxisPlan::new(dims[a], shift[a], p))
-        .collect();
-    let mut data = Array3::<f64>::zeros(input.raw_dim());
-    Zip::from(&mut data)
-        .and(&input)
-        .par_for_each(|d, &v| *d = v as f64);
-    for (axis, plan) in plans.iter().enumerate() {
-        data = shift_axis(&data, axis, plan, p.mode);
+thread_local! {
+    /// `shift3d`'s f64 intermediate, reused across calls on the same thread.
+    static AFTER_Z: std::cell::Cell<Vec<f64>> = const { std::cell::Cell::new(Vec::new()) };
+}
+
+/// Where scipy writes cval (constant mode, a sample outside the input along any axis), on one plane.
+fn mask_constant(dst: &mut [f32], z: usize, plans: &[AxisPlan; 3], nx: usize, cval: f32) {
+    if plans[0].taps[z].is_none() {
+        dst.fill(cval);
+        return;
     }
-    let mut out = Array3::<f32>::zeros(data.raw_dim());
-    Zip::from(&mut out)
-        .and(&data)
-        .par_for_each(|o, &v| *o = v as f32);
-    if p.mode == BoundaryMode::Constant {
-        let outside = |a: usize, i: usize| plans[a].taps[i].is_none();
-        Zip::indexed(&mut out).par_for_each(|(z, y, x), v| {
-            if outside(0, z) || outside(1, y) || outside(2, x) {
-                *v = p.cval;
+    for (y, row) in dst.chunks_mut(nx).enumerate() {
+        if plans[1].taps[y].is_none() {
+            row.fill(cval);
+            continue;
+        }
+        for (v, tap) in row.iter_mut().zip(&plans[2].taps) {
+            if tap.is_none() {
+                *v = cval;
             }
-        });
+        }
     }
-    out
 }
