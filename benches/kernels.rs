@@ -14,7 +14,12 @@ fn volume(shape: [usize; 3]) -> Array3<f32> {
 }
 
 fn kernels(c: &mut Criterion) {
-    let sizes: &[[usize; 3]] = &[[32, 64, 64], [64, 128, 128], [100, 100, 100], [64, 256, 256]];
+    let sizes: &[[usize; 3]] = &[
+        [32, 64, 64],
+        [64, 128, 128],
+        [100, 100, 100],
+        [64, 256, 256],
+    ];
     let mut g = c.benchmark_group("cpu");
     g.sample_size(10)
         .measurement_time(Duration::from_secs(3))

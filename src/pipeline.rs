@@ -11,9 +11,9 @@
 //! and the output each hold a copy of `data`.
 //!
 //! Memory is bounded by a few volumes plus the z-score accumulators, whatever the number of timepoints:
-//! at most `READ_AHEAD` + 1 volumes on the read side (queued and being read), the one being computed with
-//! its result, and `WRITE_BEHIND` + 1 results on the write side (queued and being written; a result is
-//! two volumes with `--save filtered`), so about ten volumes with the defaults.
+//! at most `depth` + 1 volumes on the read side (queued and being read), the one being computed with
+//! its result, and `depth` + 1 results on the write side (queued and being written; a result is two
+//! volumes with `--save filtered`), where `depth` (`queue_depth`) is 2 for volumes up to 8 MiB and 1 above.
 
 use crate::backend::{Backend, FrameOutput, FramePlan, Moments};
 use crate::error::{Error, Result};
@@ -28,11 +28,16 @@ use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
 use std::time::{Duration, Instant};
 
-/// Volumes read ahead of the compute: enough to hide HDF5 latency, few enough to bound memory.
-const READ_AHEAD: usize = 2;
-/// Results queued behind the compute for the writer: enough to ride out one slow write (a chunk-cache
-/// flush) without stalling the compute, few enough to bound memory.
-const WRITE_BEHIND: usize = 2;
+/// Bytes of volumes queued on each side of the compute (read ahead, or waiting for the writer).
+const QUEUE_BYTES: usize = 16 << 20;
+
+/// Volumes queued on each side of the compute: two small ones (enough to hide HDF5 latency and ride out
+/// one slow write, a chunk-cache flush), or one when two would pass `QUEUE_BYTES`. One in the queue plus
+/// one in the hands of the reader (or writer) still overlaps I/O with the compute.
+fn queue_depth(shape: [usize; 3]) -> usize {
+    let bytes = shape.iter().product::<usize>() * std::mem::size_of::<f32>();
+    (QUEUE_BYTES / bytes.max(1)).clamp(1, 2)
+}
 
 /// Which volume registration aligns to.
 #[derive(Clone, Debug, PartialEq)]
@@ -263,15 +268,17 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
         None => None,
     };
 
+    let depth = queue_depth(shape);
     let mut registrations = Vec::with_capacity(if cfg.register.is_some() { n } else { 0 });
     let mut nonfinite_replaced = 0;
     let pb = progress_bar(cfg.progress, n, "pass 1");
     std::thread::scope(|scope| -> Result<()> {
         let source = &source;
-        let rx = spawn_reader(scope, n, |t| source.read(t));
+        let rx = spawn_reader(scope, n, depth, |t| source.read(t));
         let (sink, scratch) = (&mut sink, scratch.as_ref());
         let mut writer = WriteBehind::spawn(
             scope,
+            depth,
             move |(t, volume, filtered): (usize, Array3<f32>, Option<Array3<f32>>)| {
                 if let Some(f) = &filtered {
                     sink.write_volume("filtered", t, f.view())?;
@@ -310,11 +317,12 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
         constant_voxels = moments.constant_voxels;
         let pb = progress_bar(cfg.progress, n, "z-score");
         std::thread::scope(|scope| -> Result<()> {
-            let rx = spawn_reader(scope, n, |t| scratch.read(t));
+            let rx = spawn_reader(scope, n, depth, |t| scratch.read(t));
             let sink = &mut sink;
-            let mut writer = WriteBehind::spawn(scope, move |(t, zs): (usize, Array3<f32>)| {
-                sink.write_volume("data", t, zs.view())
-            });
+            let mut writer =
+                WriteBehind::spawn(scope, depth, move |(t, zs): (usize, Array3<f32>)| {
+                    sink.write_volume("data", t, zs.view())
+                });
             for t in 0..n {
                 let vol = receive(&rx, &mut clock)?;
                 let zs = clock.time("normalize", || backend.normalize(vol.view(), &moments, z))?;
@@ -355,15 +363,16 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
     })
 }
 
-/// Reads items `0..n` on a scoped thread, at most `READ_AHEAD` ahead of the consumer; each arrives with
+/// Reads items `0..n` on a scoped thread, at most `depth` ahead of the consumer; each arrives with
 /// the time its read took. The thread stops after sending the first error, or when the receiver is dropped
 /// (its blocked `send` then fails), so an early return on the consuming side never leaves it hanging.
 fn spawn_reader<'scope, T: Send + 'scope>(
     scope: &'scope Scope<'scope, '_>,
     n: usize,
+    depth: usize,
     mut read: impl FnMut(usize) -> Result<T> + Send + 'scope,
 ) -> Receiver<Result<(T, Duration)>> {
-    let (tx, rx) = mpsc::sync_channel(READ_AHEAD);
+    let (tx, rx) = mpsc::sync_channel(depth);
     scope.spawn(move || {
         for t in 0..n {
             let t0 = Instant::now();
@@ -387,7 +396,7 @@ fn receive<T>(rx: &Receiver<Result<(T, Duration)>>, clock: &mut Clock) -> Result
 }
 
 /// The write side of a pass: a scoped thread applying `write` to each message in order, at most
-/// `WRITE_BEHIND` messages behind the sender.
+/// `depth` messages behind the sender.
 ///
 /// Dropping it without `finish` (an early return on the sending side) closes the queue: the thread writes
 /// what is queued and ends, and the scope joins it.
@@ -399,9 +408,10 @@ struct WriteBehind<'scope, M> {
 impl<'scope, M: Send + 'scope> WriteBehind<'scope, M> {
     fn spawn(
         scope: &'scope Scope<'scope, '_>,
+        depth: usize,
         mut write: impl FnMut(M) -> Result<()> + Send + 'scope,
     ) -> Self {
-        let (tx, rx) = mpsc::sync_channel::<M>(WRITE_BEHIND);
+        let (tx, rx) = mpsc::sync_channel::<M>(depth);
         let handle = scope.spawn(move || {
             let mut busy = Duration::ZERO;
             // Returning on an error drops `rx`, which turns the sender's next (or blocked) `send` into a
@@ -611,7 +621,7 @@ mod tests {
     #[test]
     fn a_failing_writer_stops_the_sender_with_its_error() {
         let written = std::thread::scope(|scope| {
-            let mut writer = WriteBehind::spawn(scope, |t: usize| {
+            let mut writer = WriteBehind::spawn(scope, 2, |t: usize| {
                 if t == 3 {
                     Err(Error::Data(format!("disk full at {t}")))
                 } else {
@@ -633,7 +643,7 @@ mod tests {
     #[test]
     fn a_reader_abandoned_midway_ends() {
         std::thread::scope(|scope| {
-            let rx = spawn_reader(scope, 1000, |t| Ok(vec![t; 10]));
+            let rx = spawn_reader(scope, 1000, 2, |t| Ok(vec![t; 10]));
             let mut clock = Clock::default();
             assert_eq!(receive(&rx, &mut clock).unwrap(), vec![0; 10]);
             // Dropping `rx` here must let the scope join the reader.

@@ -181,7 +181,15 @@ fn real_fft_is_the_half_of_the_naive_dft_and_inverts() {
     let seed = fresh_seed();
     let mut r = rng(seed);
     // Even and odd x extents (the Nyquist column exists only for even ones), singleton axes, primes.
-    for shape in [[1, 1, 8], [3, 5, 7], [8, 12, 10], [2, 13, 11], [4, 1, 9], [6, 17, 4], [5, 3, 1]] {
+    for shape in [
+        [1, 1, 8],
+        [3, 5, 7],
+        [8, 12, 10],
+        [2, 13, 11],
+        [4, 1, 9],
+        [6, 17, 4],
+        [5, 3, 1],
+    ] {
         let x = Array3::from_shape_fn(shape, |_| r.random_range(-1.0f32..1.0));
         let fft = RealFft3::new(shape);
         let half = fft.forward(x.view());
@@ -199,7 +207,10 @@ fn real_fft_is_the_half_of_the_naive_dft_and_inverts() {
         }
         let back = fft.inverse(half);
         for (a, b) in back.iter().zip(x.iter()) {
-            assert!((a - b).abs() < 1e-5, "seed {seed}, round trip, shape {shape:?}: {a} vs {b}");
+            assert!(
+                (a - b).abs() < 1e-5,
+                "seed {seed}, round trip, shape {shape:?}: {a} vs {b}"
+            );
         }
     }
 }

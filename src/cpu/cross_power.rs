@@ -12,7 +12,8 @@ pub fn cross_power(f: &Array3<C32>, g: &mut Array3<C32>, normalization: Normaliz
     Zip::from(g).and(f).par_for_each(|g, f| {
         let r = f * g.conj();
         *g = match normalization {
-            Normalization::Phase => r / r.norm().max(floor),
+            // sqrt(re² + im²) rather than hypot: within an ulp of numpy's abs, and several times faster.
+            Normalization::Phase => r / r.norm_sqr().sqrt().max(floor),
             Normalization::None => r,
         };
     });

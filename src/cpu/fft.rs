@@ -12,9 +12,12 @@ use std::sync::Arc;
 
 pub type C32 = Complex<f32>;
 
-/// Lines along a strided axis are gathered this many at a time: 16 complex f32 are two cache lines, so
-/// every line of memory touched by the gather is used whole.
+/// Lines along y (within a plane, in cache) are gathered this many at a time: 16 complex f32 are two
+/// cache lines, so every line of memory touched by the gather is used whole.
 const LINE_BLOCK: usize = 16;
+/// Lines along z are gathered this many at a time: rows a plane apart come from memory, and longer
+/// contiguous runs per row let the hardware prefetcher stream them.
+const Z_BLOCK: usize = 64;
 
 /// Plans for one volume shape, made once and reused for every timepoint.
 pub struct Fft3 {
@@ -80,46 +83,54 @@ fn fft_axis(data: &mut Array3<C32>, axis: usize, fft: &Arc<dyn Fft<f32>>) {
                 .par_chunks_mut(rows_per_task)
                 .for_each_init(scratch, |s, chunk| fft.process_with_scratch(chunk, s));
         }
-        1 => data
-            .axis_iter_mut(Axis(0))
-            .into_par_iter()
-            .for_each_init(
-                || (Vec::new(), scratch()),
-                |(buf, s), plane| fft_columns(plane, fft, buf, s),
-            ),
+        1 => data.axis_iter_mut(Axis(0)).into_par_iter().for_each_init(
+            || (Vec::new(), scratch()),
+            |(buf, s), plane| fft_columns(plane, LINE_BLOCK, fft, buf, s),
+        ),
         _ => {
             let mut cols = data
                 .view_mut()
                 .into_shape_with_order((nz, ny * nx))
                 .expect("standard layout");
-            cols.axis_chunks_iter_mut(Axis(1), LINE_BLOCK)
+            cols.axis_chunks_iter_mut(Axis(1), Z_BLOCK)
                 .into_par_iter()
                 .for_each_init(
                     || (Vec::new(), scratch()),
-                    |(buf, s), block| fft_columns(block, fft, buf, s),
+                    |(buf, s), block| fft_columns(block, Z_BLOCK, fft, buf, s),
                 );
         }
     }
 }
 
-/// FFT of every column of `m` (rows contiguous): columns are gathered `LINE_BLOCK` at a time into
-/// contiguous lines, transformed in one call and scattered back.
-fn fft_columns(mut m: ArrayViewMut2<C32>, fft: &Arc<dyn Fft<f32>>, buf: &mut Vec<C32>, s: &mut [C32]) {
+/// FFT of every column of `m` (rows contiguous): columns are gathered `block` at a time into
+/// lines of `buf`, transformed and scattered back. The lines sit `n + LINE_PAD` apart so that, for
+/// power-of-two `n`, the lines written by each row's gather do not all fall on one cache set.
+fn fft_columns(
+    mut m: ArrayViewMut2<C32>,
+    block: usize,
+    fft: &Arc<dyn Fft<f32>>,
+    buf: &mut Vec<C32>,
+    s: &mut [C32],
+) {
+    const LINE_PAD: usize = 8;
     let (n, width) = m.dim();
-    for x0 in (0..width).step_by(LINE_BLOCK) {
-        let w = LINE_BLOCK.min(width - x0);
-        buf.resize(w * n, C32::default());
+    let stride = n + LINE_PAD;
+    buf.resize(block * stride, C32::default());
+    for x0 in (0..width).step_by(block) {
+        let w = block.min(width - x0);
         for (i, row) in m.rows().into_iter().enumerate() {
             let row = &row.to_slice().expect("rows are contiguous")[x0..x0 + w];
             for (c, &v) in row.iter().enumerate() {
-                buf[c * n + i] = v;
+                buf[c * stride + i] = v;
             }
         }
-        fft.process_with_scratch(buf, s);
+        for c in 0..w {
+            fft.process_with_scratch(&mut buf[c * stride..c * stride + n], s);
+        }
         for (i, mut row) in m.rows_mut().into_iter().enumerate() {
             let row = &mut row.as_slice_mut().expect("rows are contiguous")[x0..x0 + w];
             for (c, v) in row.iter_mut().enumerate() {
-                *v = buf[c * n + i];
+                *v = buf[c * stride + i];
             }
         }
     }
@@ -162,7 +173,11 @@ impl RealFft3 {
     }
 
     pub fn forward(&self, input: ArrayView3<f32>) -> Array3<C32> {
-        assert_eq!(input.shape(), &self.shape[..], "RealFft3 planned for another shape");
+        assert_eq!(
+            input.shape(),
+            &self.shape[..],
+            "RealFft3 planned for another shape"
+        );
         let input = input.as_standard_layout();
         let [_, _, nx] = self.shape;
         let nh = nx / 2 + 1;
@@ -187,7 +202,11 @@ impl RealFft3 {
 
     /// `irfftn` of a half spectrum (consumed as scratch), scaled by 1/N as numpy does.
     pub fn inverse(&self, mut spectrum: Array3<C32>) -> Array3<f32> {
-        assert_eq!(spectrum.shape(), &self.spectrum_shape()[..], "RealFft3 planned for another shape");
+        assert_eq!(
+            spectrum.shape(),
+            &self.spectrum_shape()[..],
+            "RealFft3 planned for another shape"
+        );
         fft_axis(&mut spectrum, 0, &self.inverse[0]);
         fft_axis(&mut spectrum, 1, &self.inverse[1]);
         let [_, _, nx] = self.shape;
@@ -197,7 +216,12 @@ impl RealFft3 {
         out.as_slice_mut()
             .expect("standard layout")
             .par_chunks_mut(nx)
-            .zip(spectrum.as_slice_mut().expect("standard layout").par_chunks_mut(nh))
+            .zip(
+                spectrum
+                    .as_slice_mut()
+                    .expect("standard layout")
+                    .par_chunks_mut(nh),
+            )
             .for_each_init(
                 || self.c2r.make_scratch_vec(),
                 |s, (dst, src)| {

@@ -254,7 +254,9 @@ fn sample_row(buf: &[f64], plan: &AxisPlan, w: usize, k: usize, dst: &mut [f64])
             }
         }
         (Some((idx, wt)), _) => {
-            dst.iter_mut().zip(row(idx[0])).for_each(|(d, &r)| *d = r * wt[0]);
+            dst.iter_mut()
+                .zip(row(idx[0]))
+                .for_each(|(d, &r)| *d = r * wt[0]);
         }
     }
 }
@@ -289,7 +291,13 @@ pub fn shift3d(input: ArrayView3<f32>, shift: [f64; 3], p: &ShiftParams) -> Arra
             });
             for k in 0..nz {
                 let mut row = dst.row_mut(k);
-                sample_row(buf, &plans[0], w, k, row.as_slice_mut().expect("rows are contiguous"));
+                sample_row(
+                    buf,
+                    &plans[0],
+                    w,
+                    k,
+                    row.as_slice_mut().expect("rows are contiguous"),
+                );
             }
         });
 
@@ -301,7 +309,8 @@ pub fn shift3d(input: ArrayView3<f32>, shift: [f64; 3], p: &ShiftParams) -> Arra
         .enumerate()
         .for_each_init(
             || {
-                let (buf, after_y, col) = (Vec::new(), vec![0.0; plane_len], vec![0.0; PLANE_BLOCK]);
+                let (buf, after_y, col) =
+                    (Vec::new(), vec![0.0; plane_len], vec![0.0; PLANE_BLOCK]);
                 (buf, after_y, col, Vec::new(), Vec::new())
             },
             |(buf, after_y, col, tile_in, tile_out), (z, (mut dst, plane))| {
