@@ -263,6 +263,12 @@ impl GpuContext {
                 self.max_tile_bytes()
             )));
         }
+        self.pooled(role, bytes)
+    }
+
+    /// A storage buffer of at least `bytes` (under one binding), reused by `role`: small
+    /// buffers of the tiled routes (reduction partials) that the tile limit does not govern.
+    pub fn pooled(&self, role: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
         let mut pool = self.tile_pool.borrow_mut();
         if let Some(b) = pool.get(role) {
             if b.size() >= bytes {

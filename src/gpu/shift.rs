@@ -84,8 +84,8 @@ impl ShiftBuffers {
                 ctx.tile_buffer("shift.tile_tmp1", elems as u64 * 4)?,
             ],
             scratch: RefCell::new(None),
-            taps: ctx.storage("shift.tile_taps", ntaps as u64 * 32)?,
-            outside: ctx.storage("shift.tile_outside", ntaps as u64 * 4)?,
+            taps: ctx.pooled("shift.tile_taps", ntaps as u64 * 32)?,
+            outside: ctx.pooled("shift.tile_outside", ntaps as u64 * 4)?,
         })
     }
 
@@ -115,6 +115,22 @@ pub fn record(
     let shape = bufs.shape;
     let plans = axis_plans(shape, shift, p);
     record_passes(ctx, rec, bufs, src, dst, shape, [0; 3], &[0, 1, 2], &plans, p)
+}
+
+/// Largest buffer (bytes) the resident route needs for `shape`: the volume, or the order-3
+/// prefilter's padded lines.
+pub fn resident_bytes(shape: [usize; 3], p: &ShiftParams) -> u64 {
+    let total = shape.iter().product::<usize>();
+    let pad = AxisPlan::new(1, 0.0, p).pad;
+    let lines = if p.order > 1 {
+        (0..3)
+            .map(|a| total / shape[a] * (shape[a] + 2 * pad))
+            .max()
+            .unwrap_or(0)
+    } else {
+        0
+    };
+    total.max(lines) as u64 * 4
 }
 
 fn axis_plans(shape: [usize; 3], shift: [f64; 3], p: &ShiftParams) -> [AxisPlan; 3] {
