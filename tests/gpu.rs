@@ -816,6 +816,66 @@ mod tiled {
         }
     }
 
+    /// Thin axes through every tiled route (slabs of one plane or row). Tiles split z and y, so a
+    /// z-row (nz·nx) and a plane (ny·nx) must each fit the limit: no shape with ny = 1 or nz = 1 here.
+    #[test]
+    fn thin_shapes_match_cpu() {
+        let Some(mut g) = gpu() else { return };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut c = CpuBackend::new();
+        for (shape, limit, register_limit) in [
+            ([2, 9, 40], 2048, 4096),
+            ([6, 2, 50], 1500, 3000),
+            ([40, 2, 1], 200, 400),
+        ] {
+            g.set_max_tile_bytes(limit);
+            let before = g.tile_stats();
+            let v = blobs(&mut rng, shape);
+            for mode in [BoundaryMode::Reflect, BoundaryMode::Constant, BoundaryMode::Wrap] {
+                let m = MedianParams::new([1, 1, 1], mode, 0.5).unwrap();
+                let m = if shape[0] >= 3 {
+                    MedianParams::new([3, 1, 1], mode, 0.5).unwrap()
+                } else {
+                    m
+                };
+                assert_eq!(
+                    g.median3d(v.view(), &m).unwrap(),
+                    c.median3d(v.view(), &m).unwrap(),
+                    "median {shape:?} {mode}; seed {seed}"
+                );
+                for order in [1, 3] {
+                    let p = ShiftParams::new(order, mode, 0.5).unwrap();
+                    let s = [0.3, -0.7, 1.2];
+                    let err = max_diff(
+                        &g.shift(v.view(), s, &p).unwrap(),
+                        &c.shift(v.view(), s, &p).unwrap(),
+                    );
+                    assert!(err <= 2e-5, "shift {shape:?} {order} {mode}: {err}; seed {seed}");
+                }
+            }
+            let p = RegisterParams::new(4, Normalization::None).unwrap();
+            g.set_max_tile_bytes(register_limit);
+            g.set_reference(v.view(), &p).unwrap();
+            c.set_reference(v.view(), &p).unwrap();
+            let w = roll(v.view(), [1, 0, -1].map(|s: i64| if shape[0] > 1 { s } else { 0 }));
+            let (rg, rc) = (g.register(w.view()).unwrap(), c.register(w.view()).unwrap());
+            for a in 0..3 {
+                assert!(
+                    (rg.shift[a] - rc.shift[a]).abs() <= 0.25 + 1e-9,
+                    "{shape:?}: {rg:?} vs {rc:?}; seed {seed}"
+                );
+            }
+            let after = g.tile_stats();
+            assert!(
+                after.median > before.median
+                    && after.shift > before.shift
+                    && after.register > before.register,
+                "{shape:?}: {before:?} -> {after:?}"
+            );
+        }
+    }
+
     /// `pipeline::run` on the GPU backend with every stage tiled, against the CPU backend, with
     /// the tolerance of `cli::gpu_and_cpu_backends_write_the_same_file`.
     #[test]
