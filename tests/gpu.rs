@@ -790,7 +790,10 @@ mod tiled {
                 assert!(n > 4, "{shape:?}: {n} tiles");
                 let ctx = format!("shape {shape:?} {normalization}; seed {seed}");
                 assert_eq!(rg.shift, rc.shift, "integer shift, {ctx}");
-                assert!((rg.error - rc.error).abs() <= 1e-3, "error {rg:?} {rc:?}, {ctx}");
+                assert!(
+                    (rg.error - rc.error).abs() <= 1e-3,
+                    "error {rg:?} {rc:?}, {ctx}"
+                );
                 let dphase = (rg.phasediff - rc.phasediff).abs();
                 assert!(
                     dphase <= 1e-3 || (dphase - 2.0 * std::f64::consts::PI).abs() <= 1e-3,
@@ -805,7 +808,10 @@ mod tiled {
                 );
                 g.set_reference(reference.view(), &p).unwrap();
                 c.set_reference(reference.view(), &p).unwrap();
-                let (rg, rc) = (g.register(sub.view()).unwrap(), c.register(sub.view()).unwrap());
+                let (rg, rc) = (
+                    g.register(sub.view()).unwrap(),
+                    c.register(sub.view()).unwrap(),
+                );
                 for a in 0..3 {
                     assert!(
                         (rg.shift[a] - rc.shift[a]).abs() <= 0.1 + 1e-9,
@@ -832,7 +838,11 @@ mod tiled {
             g.set_max_tile_bytes(limit);
             let before = g.tile_stats();
             let v = blobs(&mut rng, shape);
-            for mode in [BoundaryMode::Reflect, BoundaryMode::Constant, BoundaryMode::Wrap] {
+            for mode in [
+                BoundaryMode::Reflect,
+                BoundaryMode::Constant,
+                BoundaryMode::Wrap,
+            ] {
                 let m = MedianParams::new([1, 1, 1], mode, 0.5).unwrap();
                 let m = if shape[0] >= 3 {
                     MedianParams::new([3, 1, 1], mode, 0.5).unwrap()
@@ -851,14 +861,20 @@ mod tiled {
                         &g.shift(v.view(), s, &p).unwrap(),
                         &c.shift(v.view(), s, &p).unwrap(),
                     );
-                    assert!(err <= 2e-5, "shift {shape:?} {order} {mode}: {err}; seed {seed}");
+                    assert!(
+                        err <= 2e-5,
+                        "shift {shape:?} {order} {mode}: {err}; seed {seed}"
+                    );
                 }
             }
             let p = RegisterParams::new(4, Normalization::None).unwrap();
             g.set_max_tile_bytes(register_limit);
             g.set_reference(v.view(), &p).unwrap();
             c.set_reference(v.view(), &p).unwrap();
-            let w = roll(v.view(), [1, 0, -1].map(|s: i64| if shape[0] > 1 { s } else { 0 }));
+            let w = roll(
+                v.view(),
+                [1, 0, -1].map(|s: i64| if shape[0] > 1 { s } else { 0 }),
+            );
             let (rg, rc) = (g.register(w.view()).unwrap(), c.register(w.view()).unwrap());
             for a in 0..3 {
                 assert!(

@@ -41,7 +41,7 @@ impl Frame {
 }
 
 enum RegisterState {
-    Gpu(GpuRegistrar),
+    Gpu(Box<GpuRegistrar>),
     Tiled(TiledRegistrar),
 }
 
@@ -245,9 +245,9 @@ impl Backend for GpuBackend {
         }
         self.upload(reference)?;
         let f = self.frame.as_ref().unwrap();
-        self.registrar = Some(RegisterState::Gpu(GpuRegistrar::new(
+        self.registrar = Some(RegisterState::Gpu(Box::new(GpuRegistrar::new(
             &self.ctx, &f.raw, shape, p,
-        )?));
+        )?)));
         Ok(())
     }
 

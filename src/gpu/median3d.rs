@@ -132,7 +132,10 @@ pub fn run_tiled(
         )));
     }
     let step = max_planes - 2 * h;
-    let src = ctx.tile_buffer("median.slab_in", (max_planes.min(nz + 2 * h) * plane * 4) as u64)?;
+    let src = ctx.tile_buffer(
+        "median.slab_in",
+        (max_planes.min(nz + 2 * h) * plane * 4) as u64,
+    )?;
     let dst = ctx.tile_buffer("median.slab_out", (step.min(nz) * plane * 4) as u64)?;
     let mut out = Array3::<f32>::zeros((nz, ny, nx));
     let mut slab = Vec::with_capacity(max_planes.min(nz + 2 * h) * plane);

@@ -243,9 +243,18 @@ impl GpuRegistrar {
         offsets: [f64; 3],
     ) -> Result<Vec<Complex64>> {
         let [nz, ny, nx] = self.shape;
-        let kx = ctx.storage_init("register.upsample_kx", &upsample_kernel(nx, r, u, offsets[2]))?;
-        let ky = ctx.storage_init("register.upsample_ky", &upsample_kernel(ny, r, u, offsets[1]))?;
-        let kz = ctx.storage_init("register.upsample_kz", &upsample_kernel(nz, r, u, offsets[0]))?;
+        let kx = ctx.storage_init(
+            "register.upsample_kx",
+            &upsample_kernel(nx, r, u, offsets[2]),
+        )?;
+        let ky = ctx.storage_init(
+            "register.upsample_ky",
+            &upsample_kernel(ny, r, u, offsets[1]),
+        )?;
+        let kz = ctx.storage_init(
+            "register.upsample_kz",
+            &upsample_kernel(nz, r, u, offsets[0]),
+        )?;
         let t1 = ctx.storage("register.upsample_t1", (nz * ny * r * 8) as u64)?;
         let t2 = ctx.storage("register.upsample_t2", (nz * r * r * 8) as u64)?;
         let t3 = ctx.storage("register.upsample_t3", (r * r * r * 8) as u64)?;
@@ -644,9 +653,18 @@ impl TiledRegistrar {
         offsets: [f64; 3],
     ) -> Result<Vec<Complex64>> {
         let [nz, ny, nx] = self.shape;
-        let kx = ctx.storage_init("register.upsample_kx", &upsample_kernel(nx, r, u, offsets[2]))?;
-        let ky = ctx.storage_init("register.upsample_ky", &upsample_kernel(ny, r, u, offsets[1]))?;
-        let kz = ctx.storage_init("register.upsample_kz", &upsample_kernel(nz, r, u, offsets[0]))?;
+        let kx = ctx.storage_init(
+            "register.upsample_kx",
+            &upsample_kernel(nx, r, u, offsets[2]),
+        )?;
+        let ky = ctx.storage_init(
+            "register.upsample_ky",
+            &upsample_kernel(ny, r, u, offsets[1]),
+        )?;
+        let kz = ctx.storage_init(
+            "register.upsample_kz",
+            &upsample_kernel(nz, r, u, offsets[0]),
+        )?;
         let k = ctx.kernel(
             "cross_power",
             "contract",

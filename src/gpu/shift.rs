@@ -114,7 +114,18 @@ pub fn record(
 ) -> Result<()> {
     let shape = bufs.shape;
     let plans = axis_plans(shape, shift, p);
-    record_passes(ctx, rec, bufs, src, dst, shape, [0; 3], &[0, 1, 2], &plans, p)
+    record_passes(
+        ctx,
+        rec,
+        bufs,
+        src,
+        dst,
+        shape,
+        [0; 3],
+        &[0, 1, 2],
+        &plans,
+        p,
+    )
 }
 
 /// Largest buffer (bytes) the resident route needs for `shape`: the volume, or the order-3
@@ -165,7 +176,11 @@ fn record_passes(
             outside.extend(plan.taps[block].iter().map(|t| t.is_none() as u32));
             continue;
         }
-        debug_assert_eq!(block, 0..plan.taps.len(), "axis {a} must be whole in the block");
+        debug_assert_eq!(
+            block,
+            0..plan.taps.len(),
+            "axis {a} must be whole in the block"
+        );
         // An axis of length 1 holds one value per line; its (padded, prefiltered) line is that value
         // again, so the pass reads the volume directly at index 0 (no scratch lines of 25 samples).
         let single = plan.taps.len() == 1;
@@ -314,7 +329,18 @@ pub fn run_tiled(
         let data: Vec<f32> = block.iter().copied().collect();
         ctx.upload(&src, &data);
         let mut rec = ctx.recorder();
-        record_passes(ctx, &mut rec, &bufs, &src, &dst, [a, b, c], origin, axes, &plans, p)?;
+        record_passes(
+            ctx,
+            &mut rec,
+            &bufs,
+            &src,
+            &dst,
+            [a, b, c],
+            origin,
+            axes,
+            &plans,
+            p,
+        )?;
         rec.submit()?;
         let v = ctx.read::<f32>(&dst, data.len())?;
         let v = ArrayView3::from_shape((a, b, c), &v)

@@ -263,7 +263,14 @@ pub fn normalize_tiled(
         ctx.upload(&bufs[2], &std[r.clone()]);
         let mut rec = ctx.recorder();
         record_normalize(
-            ctx, &mut rec, r.len(), p, &bufs[0], &bufs[1], &bufs[2], &bufs[3],
+            ctx,
+            &mut rec,
+            r.len(),
+            p,
+            &bufs[0],
+            &bufs[1],
+            &bufs[2],
+            &bufs[3],
         )?;
         rec.submit()?;
         out.extend(ctx.read::<f32>(&bufs[3], r.len())?);
