@@ -154,8 +154,9 @@ pub fn run_tiled(
         record_slab(ctx, &mut rec, &src, &dst, [z1 - z0, ny, nx], p, true)?;
         rec.submit()?;
         let v = ctx.read::<f32>(&dst, (z1 - z0) * plane)?;
-        out.slice_mut(s![z0..z1, .., ..])
-            .assign(&ArrayView3::from_shape((z1 - z0, ny, nx), &v).expect("slab shape"));
+        let v = ArrayView3::from_shape((z1 - z0, ny, nx), &v)
+            .map_err(|e| Error::Gpu(format!("median slab shape: {e}")))?;
+        out.slice_mut(s![z0..z1, .., ..]).assign(&v);
         tiles += 1;
     }
     ctx.count_tiles(tiles, |s| &mut s.median);
