@@ -3,8 +3,8 @@
 // is a selection: the element of rank size/2 of the window). Values are ordered as Rust's
 // `f32::total_cmp` orders them (the CPU twin's order): -0.0 before +0.0, NaN above +Inf.
 //
-// One invocation per output voxel: the window (boundary-extended with `extend_index`) is gathered
-// into a private array as total-order keys (`order_key`), then Wirth's selection finds the element
+// One invocation per output voxel (`nz` counts output planes): the window (boundary-extended with
+// `extend_index`) is gathered into a private array as total-order keys (`order_key`), then Wirth's selection finds the element
 // of rank `rank`.
 // The default 3x3x3 window has its own entry point, `median3d_27`: a branch-free forgetful selection
 // (min/max exchanges only, so neighbouring invocations never diverge and the keys can live in
@@ -25,7 +25,9 @@ struct Params {
     cval: f32,
     total: u32,
     rank: u32,
-    _pad0: u32,
+    // 1: `src` is a z-slab already extended by sz/2 planes on each side (tiled route, the host
+    // applied the boundary mode in global z): z is read at z + dz + sz/2, never extended here.
+    z_prepadded: u32,
     _pad1: u32,
 }
 
@@ -39,6 +41,14 @@ fn order_key(v: f32) -> u32 {
 
 fn from_key(k: u32) -> f32 {
     return bitcast<f32>(select(~k, k & 0x7fffffffu, (k & 0x80000000u) != 0u));
+}
+
+// Source plane of output plane `z` displaced by `dz` (see `z_prepadded`).
+fn source_z(z: i32, dz: i32) -> i32 {
+    if (p.z_prepadded != 0u) {
+        return z + dz + i32(p.sz / 2u);
+    }
+    return extend_index(z + dz, i32(p.nz), p.mode);
 }
 
 // (z, y, x) of voxel `idx` in C order.
@@ -66,7 +76,7 @@ fn median3d(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     var w: array<u32, MAX_WINDOW>;
     var n = 0u;
     for (var dz = -hz; dz <= hz; dz++) {
-        let iz = extend_index(z + dz, i32(p.nz), p.mode);
+        let iz = source_z(z, dz);
         for (var dy = -hy; dy <= hy; dy++) {
             let iy = extend_index(y + dy, i32(p.ny), p.mode);
             for (var dx = -hx; dx <= hx; dx++) {
@@ -123,7 +133,7 @@ fn median3d_27(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     var iy: array<i32, 3>;
     var ix: array<i32, 3>;
     for (var d = 0; d < 3; d++) {
-        iz[d] = extend_index(c.x + d - 1, i32(p.nz), p.mode);
+        iz[d] = source_z(c.x, d - 1);
         iy[d] = extend_index(c.y + d - 1, i32(p.ny), p.mode);
         ix[d] = extend_index(c.z + d - 1, i32(p.nx), p.mode);
     }

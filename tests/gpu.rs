@@ -485,24 +485,26 @@ fn dispatches_over_65535_workgroups_are_split() {
 }
 
 #[test]
-fn volumes_larger_than_a_binding_are_a_clear_error() {
+fn tile_limit_defaults_to_one_binding_and_unfittable_slabs_are_clear_errors() {
     let Some(mut g) = gpu() else { return };
-    let limit = g.context().limits.max_storage_buffer_binding_size;
-    // The complex spectrum (8 bytes a voxel) of a [k, 256, 256] volume just exceeds one binding.
-    let k = (limit / (8 * 65536) + 1) as usize;
-    if k > 512 {
-        eprintln!("SKIPPED: binding limit {limit} too large to exceed in a test");
-        return;
+    let l = &g.context().limits;
+    let binding = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
+    if std::env::var(gpuprep::gpu::device::TILE_BYTES_ENV).is_err() {
+        assert_eq!(g.context().max_tile_bytes(), binding);
     }
-    let v = Array3::<f32>::zeros((k, 256, 256));
-    let err = g
-        .set_reference(v.view(), &RegisterParams::default())
-        .unwrap_err()
-        .to_string();
-    assert!(
-        err.contains("MiB") && err.contains(&format!("{}", limit >> 20)),
-        "{err}"
-    );
+    // Tiles split z and y only: a limit below one plane (with its halo) cannot be met.
+    g.set_max_tile_bytes(256);
+    let v = Array3::<f32>::zeros((4, 20, 20));
+    for err in [
+        g.median3d(v.view(), &MedianParams::default()).unwrap_err(),
+        g.set_reference(v.view(), &RegisterParams::default())
+            .unwrap_err(),
+        g.shift(v.view(), [0.5; 3], &ShiftParams::default())
+            .unwrap_err(),
+    ] {
+        let err = err.to_string();
+        assert!(err.contains("tile limit of 256 bytes"), "{err}");
+    }
 }
 
 #[test]
@@ -641,5 +643,313 @@ fn tiny_shapes_match_cpu() {
                 "{shape:?}: {rg:?} vs {rc:?}; seed {seed}"
             );
         }
+    }
+}
+
+/// Tiny tile limits (issue 3): volumes over the limit run in slabs or chunks, and each test checks
+/// that the tiled route really ran (`tile_stats`) and matches the CPU as the resident route does.
+mod tiled {
+    use super::*;
+    use gpuprep::gpu::device::TileStats;
+
+    /// 13x17x19 (Bluestein along y and x) and 9x5x31, with limits of a few planes.
+    const CASES: [([usize; 3], u64); 2] = [([13, 17, 19], 8192), ([9, 5, 31], 4096)];
+
+    fn tiles(g: &GpuBackend, before: TileStats, f: fn(&TileStats) -> usize) -> usize {
+        f(&g.tile_stats()) - f(&before)
+    }
+
+    #[test]
+    fn median_is_bit_identical_to_cpu() {
+        let Some(mut g) = gpu() else { return };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for (shape, limit) in CASES {
+            g.set_max_tile_bytes(limit);
+            for mode in BoundaryMode::ALL {
+                for size in [[3, 3, 3], [5, 3, 1], [3, 5, 5]] {
+                    let p = MedianParams::new(size, mode, rng.random::<f32>()).unwrap();
+                    let mut v = random(&mut rng, shape);
+                    v[[0, 0, 0]] = -0.0;
+                    v[[0, 0, 1]] = 0.0;
+                    let before = g.tile_stats();
+                    let got = g.median3d(v.view(), &p).unwrap();
+                    let n = tiles(&g, before, |s| s.median);
+                    assert!(n > 1, "{shape:?} {size:?}: {n} tiles");
+                    let want = cpu::median3d::median3d(v.view(), &p);
+                    assert!(
+                        want.iter()
+                            .zip(got.iter())
+                            .all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "tiled median differs: shape {shape:?} size {size:?} mode {mode}; seed {seed}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn shift_matches_cpu() {
+        let Some(mut g) = gpu() else { return };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for (shape, limit) in CASES {
+            g.set_max_tile_bytes(limit);
+            for mode in BoundaryMode::ALL {
+                for order in [0, 1, 3] {
+                    let v = random(&mut rng, shape);
+                    let s = [0, 1, 2].map(|_| (rng.random::<f64>() - 0.5) * 6.0);
+                    let p = ShiftParams::new(order, mode, rng.random::<f32>()).unwrap();
+                    let before = g.tile_stats();
+                    let got = g.shift(v.view(), s, &p).unwrap();
+                    let n = tiles(&g, before, |s| s.shift);
+                    assert!(n > 2, "{shape:?} order {order} {mode}: {n} tiles");
+                    let want = cpu::shift::shift3d(v.view(), s, &p);
+                    // The resident route's tolerance (shift_matches_cpu).
+                    let tol = if order == 3 { 1e-5 * 2.0 } else { 2e-6 };
+                    let err = max_diff(&want, &got);
+                    assert!(
+                        err <= tol,
+                        "tiled shift {s:?} shape {shape:?} order {order} {mode}: {err} > {tol}; seed {seed}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn zscore_matches_cpu() {
+        let Some(mut g) = gpu() else { return };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut c = CpuBackend::new();
+        let (shape, limit) = CASES[1];
+        g.set_max_tile_bytes(limit);
+        let p = ZscoreParams {
+            ddof: 1,
+            constant: ConstantVoxels::Nan,
+        };
+        let vols: Vec<Array3<f32>> = (0..5)
+            .map(|_| {
+                let mut v = random(&mut rng, shape) * 10.0 + 100.0;
+                v[[0, 0, 0]] = 5.0;
+                v
+            })
+            .collect();
+        let before = g.tile_stats();
+        g.reset_moments(shape).unwrap();
+        c.reset_moments(shape).unwrap();
+        for v in &vols {
+            g.accumulate(v.view()).unwrap();
+            c.accumulate(v.view()).unwrap();
+        }
+        let (mg, mc) = (g.moments(&p).unwrap(), c.moments(&p).unwrap());
+        assert!(max_diff(&mg.mean, &mc.mean) <= 1e-4, "mean; seed {seed}");
+        let rel = mg
+            .std
+            .iter()
+            .zip(mc.std.iter())
+            .map(|(a, b)| (a - b).abs() / b.abs().max(1e-30))
+            .fold(0.0, f32::max);
+        assert!(rel <= 2.4e-7, "std {rel}; seed {seed}");
+        assert_eq!(mg.constant_voxels, mc.constant_voxels, "seed {seed}");
+        for v in &vols {
+            let err = max_diff(
+                &g.normalize(v.view(), &mc, &p).unwrap(),
+                &c.normalize(v.view(), &mc, &p).unwrap(),
+            );
+            assert!(err <= 5e-7 * 4.0, "z error {err}; seed {seed}");
+        }
+        // 1395 voxels in chunks of 512 (f64) or 1024 (f32): 3 per accumulate.
+        let n = tiles(&g, before, |s| s.zscore);
+        assert!(n >= 5 * 3, "{n} chunks");
+    }
+
+    #[test]
+    fn registration_matches_cpu() {
+        let Some(mut g) = gpu() else { return };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut c = CpuBackend::new();
+        for (shape, limit) in [([13, 17, 19], 32768), ([9, 5, 31], 8192)] {
+            g.set_max_tile_bytes(limit);
+            for normalization in [Normalization::Phase, Normalization::None] {
+                let reference = blobs(&mut rng, shape);
+                let s = [0, 1, 2].map(|_| rng.random_range(-2i64..=2));
+                let mut moving = roll(reference.view(), s);
+                moving.mapv_inplace(|x| x + 0.01 * rng.random::<f32>());
+                let p = RegisterParams::new(1, normalization).unwrap();
+                let before = g.tile_stats();
+                g.set_reference(reference.view(), &p).unwrap();
+                c.set_reference(reference.view(), &p).unwrap();
+                let (rg, rc) = (
+                    g.register(moving.view()).unwrap(),
+                    c.register(moving.view()).unwrap(),
+                );
+                let n = tiles(&g, before, |s| s.register);
+                assert!(n > 4, "{shape:?}: {n} tiles");
+                let ctx = format!("shape {shape:?} {normalization}; seed {seed}");
+                assert_eq!(rg.shift, rc.shift, "integer shift, {ctx}");
+                assert!(
+                    (rg.error - rc.error).abs() <= 1e-3,
+                    "error {rg:?} {rc:?}, {ctx}"
+                );
+                let dphase = (rg.phasediff - rc.phasediff).abs();
+                assert!(
+                    dphase <= 1e-3 || (dphase - 2.0 * std::f64::consts::PI).abs() <= 1e-3,
+                    "phasediff {rg:?} {rc:?}, {ctx}"
+                );
+                // Sub-pixel: within 1/u of the CPU.
+                let p = RegisterParams::new(10, normalization).unwrap();
+                let sub = cpu::shift::shift3d(
+                    reference.view(),
+                    [0, 1, 2].map(|_| rng.random::<f64>() * 3.0 - 1.5),
+                    &ShiftParams::new(3, BoundaryMode::Wrap, 0.0).unwrap(),
+                );
+                g.set_reference(reference.view(), &p).unwrap();
+                c.set_reference(reference.view(), &p).unwrap();
+                let (rg, rc) = (
+                    g.register(sub.view()).unwrap(),
+                    c.register(sub.view()).unwrap(),
+                );
+                for a in 0..3 {
+                    assert!(
+                        (rg.shift[a] - rc.shift[a]).abs() <= 0.1 + 1e-9,
+                        "sub-pixel {rg:?} vs {rc:?}, {ctx}"
+                    );
+                }
+            }
+        }
+    }
+
+    /// Thin axes through every tiled route (slabs of one plane or row). Tiles split z and y, so a
+    /// z-row (nz·nx) and a plane (ny·nx) must each fit the limit: no shape with ny = 1 or nz = 1 here.
+    #[test]
+    fn thin_shapes_match_cpu() {
+        let Some(mut g) = gpu() else { return };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut c = CpuBackend::new();
+        for (shape, limit, register_limit) in [
+            ([2, 9, 40], 2048, 4096),
+            ([6, 2, 50], 1500, 3000),
+            ([40, 2, 1], 200, 400),
+        ] {
+            g.set_max_tile_bytes(limit);
+            let before = g.tile_stats();
+            let v = blobs(&mut rng, shape);
+            for mode in [
+                BoundaryMode::Reflect,
+                BoundaryMode::Constant,
+                BoundaryMode::Wrap,
+            ] {
+                let m = MedianParams::new([1, 1, 1], mode, 0.5).unwrap();
+                let m = if shape[0] >= 3 {
+                    MedianParams::new([3, 1, 1], mode, 0.5).unwrap()
+                } else {
+                    m
+                };
+                assert_eq!(
+                    g.median3d(v.view(), &m).unwrap(),
+                    c.median3d(v.view(), &m).unwrap(),
+                    "median {shape:?} {mode}; seed {seed}"
+                );
+                for order in [1, 3] {
+                    let p = ShiftParams::new(order, mode, 0.5).unwrap();
+                    let s = [0.3, -0.7, 1.2];
+                    let err = max_diff(
+                        &g.shift(v.view(), s, &p).unwrap(),
+                        &c.shift(v.view(), s, &p).unwrap(),
+                    );
+                    assert!(
+                        err <= 2e-5,
+                        "shift {shape:?} {order} {mode}: {err}; seed {seed}"
+                    );
+                }
+            }
+            let p = RegisterParams::new(4, Normalization::None).unwrap();
+            g.set_max_tile_bytes(register_limit);
+            g.set_reference(v.view(), &p).unwrap();
+            c.set_reference(v.view(), &p).unwrap();
+            let w = roll(
+                v.view(),
+                [1, 0, -1].map(|s: i64| if shape[0] > 1 { s } else { 0 }),
+            );
+            let (rg, rc) = (g.register(w.view()).unwrap(), c.register(w.view()).unwrap());
+            for a in 0..3 {
+                assert!(
+                    (rg.shift[a] - rc.shift[a]).abs() <= 0.25 + 1e-9,
+                    "{shape:?}: {rg:?} vs {rc:?}; seed {seed}"
+                );
+            }
+            let after = g.tile_stats();
+            assert!(
+                after.median > before.median
+                    && after.shift > before.shift
+                    && after.register > before.register,
+                "{shape:?}: {before:?} -> {after:?}"
+            );
+        }
+    }
+
+    /// `pipeline::run` on the GPU backend with every stage tiled, against the CPU backend, with
+    /// the tolerance of `cli::gpu_and_cpu_backends_write_the_same_file`.
+    #[test]
+    fn whole_pipeline_matches_cpu() {
+        use gpuprep::io::Dtype;
+        use gpuprep::pipeline::{run, RunConfig};
+        use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
+        let Some(mut g) = gpu() else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = SynthSpec {
+            shape: [4, 9, 12, 31],
+            mode: SynthMode::Realistic,
+            layout: SynthLayout::Files,
+            max_shift: 2.0,
+            subpixel: false,
+            noise: 0.02,
+            seed: 5,
+            dtype: Dtype::U16,
+        };
+        synth(&tmp.path().join("in"), &spec, false).unwrap();
+        let input = vec![tmp.path().join("in").display().to_string()];
+        let cfg_gpu = RunConfig::new(input.clone(), tmp.path().join("gpu.h5"));
+        let cfg_cpu = RunConfig::new(input, tmp.path().join("cpu.h5"));
+        g.set_max_tile_bytes(8192);
+        let before = g.tile_stats();
+        run(&cfg_gpu, &mut g).unwrap();
+        run(&cfg_cpu, &mut CpuBackend::new()).unwrap();
+        let after = g.tile_stats();
+        assert!(
+            after.median > before.median
+                && after.register > before.register
+                && after.shift > before.shift
+                && after.zscore > before.zscore,
+            "every stage tiled: {before:?} -> {after:?}"
+        );
+        let (a, b) = (
+            hdf5::File::open(tmp.path().join("cpu.h5")).unwrap(),
+            hdf5::File::open(tmp.path().join("gpu.h5")).unwrap(),
+        );
+        assert_eq!(
+            a.dataset("shifts").unwrap().read_2d::<f64>().unwrap(),
+            b.dataset("shifts").unwrap().read_2d::<f64>().unwrap()
+        );
+        let (x, y) = (
+            a.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
+            b.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
+        );
+        let worst = x
+            .iter()
+            .zip(y.iter())
+            .map(|(p, q)| {
+                if p.is_nan() && q.is_nan() {
+                    0.0
+                } else {
+                    (p - q).abs()
+                }
+            })
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "tiled GPU and CPU outputs differ by {worst}");
     }
 }

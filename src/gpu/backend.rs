@@ -1,9 +1,16 @@
 //! `GpuBackend`: the `Backend` on a wgpu device.
+//!
+//! Each stage runs resident (the volume's buffers on the device, `process_frame` uploading once)
+//! when its largest buffer fits the tile limit (`GpuContext::max_tile_bytes`, one storage binding
+//! by default): the f32 volume (4 bytes a voxel) for the median, shift and normalization, the
+//! complex spectrum (8) for registration, the f64 accumulators (8 each) for the z-score. Larger
+//! volumes take each stage's tiled route (slabs or element ranges, see the kernels' `run_tiled`),
+//! stage by stage, with the volume on the host between stages.
 
-use super::device::{Api, GpuContext};
-use super::register::GpuRegistrar;
+use super::device::{Api, GpuContext, TileStats};
+use super::register::{GpuRegistrar, TiledRegistrar};
 use super::shift::ShiftBuffers;
-use super::zscore::GpuAccumulator;
+use super::zscore::{GpuAccumulator, TiledAccumulator};
 use super::{median3d, shift, zscore};
 use crate::backend::{Backend, FrameOutput, FramePlan, Moments};
 use crate::cpu;
@@ -33,8 +40,24 @@ impl Frame {
     }
 }
 
+enum RegisterState {
+    Gpu(Box<GpuRegistrar>),
+    Tiled(TiledRegistrar),
+}
+
+impl RegisterState {
+    fn shape(&self) -> [usize; 3] {
+        match self {
+            RegisterState::Gpu(r) => r.shape,
+            RegisterState::Tiled(r) => r.shape,
+        }
+    }
+}
+
 enum MomentState {
     Gpu(GpuAccumulator),
+    /// Accumulators over the tile limit: on the host, updated on the device chunk by chunk.
+    Tiled(TiledAccumulator),
     /// Fallback when the device has no SHADER_F64.
     Cpu(cpu::zscore::Accumulator),
 }
@@ -45,7 +68,7 @@ enum MomentState {
 pub struct GpuBackend {
     ctx: GpuContext,
     frame: Option<Frame>,
-    registrar: Option<GpuRegistrar>,
+    registrar: Option<RegisterState>,
     moments: Option<MomentState>,
     /// Device copies of the last moments this backend computed (`Moments::id`, mean, std), so
     /// the normalize pass uploads only the volume.
@@ -88,7 +111,7 @@ impl GpuBackend {
             .registrar
             .as_ref()
             .ok_or_else(|| Error::Data("register called before set_reference".into()))?
-            .shape;
+            .shape();
         if rshape != shape {
             return Err(Error::Data(format!(
                 "volume shape {shape:?} differs from the reference's {rshape:?}"
@@ -100,16 +123,51 @@ impl GpuBackend {
     fn check_accumulator_shape(&self, shape: [usize; 3]) -> Result<()> {
         match self.moments.as_ref() {
             None => Err(Error::Data("accumulate called before reset_moments".into())),
-            Some(MomentState::Gpu(a)) if a.shape != shape => Err(Error::Data(format!(
-                "volume shape {shape:?} differs from the accumulator's {:?}",
-                a.shape
-            ))),
+            Some(MomentState::Gpu(GpuAccumulator { shape: s, .. }))
+            | Some(MomentState::Tiled(TiledAccumulator { shape: s, .. }))
+                if *s != shape =>
+            {
+                Err(Error::Data(format!(
+                    "volume shape {shape:?} differs from the accumulator's {s:?}"
+                )))
+            }
             _ => Ok(()),
         }
     }
 
     pub fn context(&self) -> &GpuContext {
         &self.ctx
+    }
+
+    /// Lower the tile limit (bytes of the largest buffer a stage may use before it tiles); tests
+    /// force tiny tiles with it. Takes effect for references and accumulations set after it.
+    pub fn set_max_tile_bytes(&mut self, bytes: u64) {
+        self.ctx.set_max_tile_bytes(bytes);
+    }
+
+    /// Tiles run so far per kernel (zero while every volume fits).
+    pub fn tile_stats(&self) -> TileStats {
+        self.ctx.tile_stats()
+    }
+
+    /// Whether `shape`'s buffers of `bytes_per_voxel` fit the tile limit (resident route).
+    fn fits(&self, shape: [usize; 3], bytes_per_voxel: u64) -> bool {
+        self.ctx
+            .fits(shape.iter().product::<usize>() as u64 * bytes_per_voxel)
+    }
+
+    /// Whether the shift of `shape` runs resident.
+    fn shift_fits(&self, shape: [usize; 3], p: &ShiftParams) -> bool {
+        self.ctx.fits(shift::resident_bytes(shape, p))
+    }
+
+    /// Whether every stage of `plan` runs resident for `shape` (`process_frame`'s fused route).
+    fn frame_fits(&self, shape: [usize; 3], plan: &FramePlan) -> bool {
+        self.fits(shape, 4)
+            && (plan.register.is_none()
+                || (matches!(self.registrar, Some(RegisterState::Gpu(_)))
+                    && self.shift_fits(shape, &plan.shift)))
+            && (!plan.accumulate || !matches!(self.moments, Some(MomentState::Tiled(_))))
     }
 
     /// Whether the adapter is a software rasterizer on the CPU (lavapipe, llvmpipe, WARP): correct
@@ -163,6 +221,10 @@ impl Backend for GpuBackend {
     fn median3d(&mut self, vol: ArrayView3<f32>, p: &MedianParams) -> Result<Array3<f32>> {
         let shape = dims(&vol);
         p.check_shape(shape)?;
+        check_shape(shape)?;
+        if !self.fits(shape, 4) {
+            return Ok(median3d::run_tiled(&self.ctx, vol, p)?.0);
+        }
         self.upload(vol)?;
         let f = self.frame.as_ref().unwrap();
         let mut rec = self.ctx.recorder();
@@ -173,25 +235,43 @@ impl Backend for GpuBackend {
 
     fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()> {
         let shape = dims(&reference);
+        check_shape(shape)?;
+        self.registrar = None;
+        if !self.fits(shape, 8) {
+            let std = reference.as_standard_layout();
+            let r = TiledRegistrar::new(&self.ctx, std.as_slice().unwrap(), shape, p)?;
+            self.registrar = Some(RegisterState::Tiled(r));
+            return Ok(());
+        }
         self.upload(reference)?;
         let f = self.frame.as_ref().unwrap();
-        self.registrar = Some(GpuRegistrar::new(&self.ctx, &f.raw, shape, p)?);
+        self.registrar = Some(RegisterState::Gpu(Box::new(GpuRegistrar::new(
+            &self.ctx, &f.raw, shape, p,
+        )?)));
         Ok(())
     }
 
     fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration> {
         let shape = dims(&vol);
         self.check_reference_shape(shape)?;
+        if let Some(RegisterState::Tiled(r)) = self.registrar.as_mut() {
+            let std = vol.as_standard_layout();
+            return r.register(&self.ctx, std.as_slice().unwrap());
+        }
         self.upload(vol)?;
         let f = self.frame.as_ref().unwrap();
-        self.registrar
-            .as_mut()
-            .unwrap()
-            .register(&self.ctx, &f.raw, None)
+        let Some(RegisterState::Gpu(r)) = self.registrar.as_mut() else {
+            unreachable!("checked by check_reference_shape")
+        };
+        r.register(&self.ctx, &f.raw, None)
     }
 
     fn shift(&mut self, vol: ArrayView3<f32>, s: [f64; 3], p: &ShiftParams) -> Result<Array3<f32>> {
         let shape = dims(&vol);
+        check_shape(shape)?;
+        if !self.shift_fits(shape, p) {
+            return Ok(shift::run_tiled(&self.ctx, vol, s, p)?.0);
+        }
         self.upload(vol)?;
         let f = self.frame.as_ref().unwrap();
         let mut rec = self.ctx.recorder();
@@ -202,10 +282,13 @@ impl Backend for GpuBackend {
 
     fn reset_moments(&mut self, shape: [usize; 3]) -> Result<()> {
         check_shape(shape)?;
-        self.moments = Some(if self.ctx.has_f64() {
-            MomentState::Gpu(GpuAccumulator::new(&self.ctx, shape)?)
-        } else {
+        self.moments = None;
+        self.moments = Some(if !self.ctx.has_f64() {
             MomentState::Cpu(cpu::zscore::Accumulator::new(shape))
+        } else if !self.fits(shape, 8) {
+            MomentState::Tiled(TiledAccumulator::new(shape))
+        } else {
+            MomentState::Gpu(GpuAccumulator::new(&self.ctx, shape)?)
         });
         Ok(())
     }
@@ -213,9 +296,17 @@ impl Backend for GpuBackend {
     fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()> {
         let shape = dims(&vol);
         self.check_accumulator_shape(shape)?;
-        if let Some(MomentState::Cpu(a)) = self.moments.as_mut() {
-            a.add(vol);
-            return Ok(());
+        match self.moments.as_mut() {
+            Some(MomentState::Cpu(a)) => {
+                a.add(vol);
+                return Ok(());
+            }
+            Some(MomentState::Tiled(a)) => {
+                let std = vol.as_standard_layout();
+                a.add(&self.ctx, std.as_slice().unwrap())?;
+                return Ok(());
+            }
+            _ => {}
         }
         self.upload(vol)?;
         let f = self.frame.as_ref().unwrap();
@@ -232,6 +323,25 @@ impl Backend for GpuBackend {
         let acc = match self.moments.as_ref() {
             None => return Err(Error::Data("moments called before reset_moments".into())),
             Some(MomentState::Cpu(a)) => return Ok(a.moments(p)),
+            Some(MomentState::Tiled(a)) => {
+                let (mean, std) = a.finalize(&self.ctx, p)?;
+                let shape = a.shape;
+                let mean = Array3::from_shape_vec(shape, mean)
+                    .map_err(|e| Error::Gpu(format!("moments shape: {e}")))?;
+                let std = Array3::from_shape_vec(shape, std)
+                    .map_err(|e| Error::Gpu(format!("moments shape: {e}")))?;
+                let constant_voxels = mean
+                    .iter()
+                    .zip(std.iter())
+                    .filter(|(&m, &s)| cpu::zscore::is_constant(m, s))
+                    .count();
+                return Ok(Moments {
+                    mean,
+                    std,
+                    constant_voxels,
+                    id: Moments::next_id(),
+                });
+            }
             Some(MomentState::Gpu(a)) => a,
         };
         let shape = acc.shape;
@@ -282,6 +392,22 @@ impl Backend for GpuBackend {
             // zscore.wgsl needs f64 (see `describe`).
             return Ok(cpu::zscore::normalize(vol, m, p));
         }
+        if !self.fits(shape, 4) {
+            let (v, mean, std) = (
+                vol.as_standard_layout(),
+                m.mean.as_standard_layout(),
+                m.std.as_standard_layout(),
+            );
+            let z = zscore::normalize_tiled(
+                &self.ctx,
+                p,
+                v.as_slice().unwrap(),
+                mean.as_slice().unwrap(),
+                std.as_slice().unwrap(),
+            )?;
+            return Array3::from_shape_vec(shape, z)
+                .map_err(|e| Error::Gpu(format!("normalize shape: {e}")));
+        }
         self.upload(vol)?;
         let f = self.frame.as_ref().unwrap();
         let (mean_buf, std_buf) = match &self.resident_moments {
@@ -324,6 +450,10 @@ impl Backend for GpuBackend {
         if plan.accumulate {
             self.check_accumulator_shape(shape)?;
         }
+        check_shape(shape)?;
+        if !self.frame_fits(shape, plan) {
+            return self.process_frame_staged(raw, plan);
+        }
         self.upload(raw)?;
         let ctx = &self.ctx;
         let f = self.frame.as_ref().unwrap();
@@ -344,11 +474,10 @@ impl Backend for GpuBackend {
                 };
                 // The registrar appends its work to `rec` and submits it: one submission for the
                 // median and the registration, then the peak is read back.
-                let r = self
-                    .registrar
-                    .as_mut()
-                    .unwrap()
-                    .register(ctx, target, Some(rec))?;
+                let Some(RegisterState::Gpu(registrar)) = self.registrar.as_mut() else {
+                    unreachable!("checked by frame_fits")
+                };
+                let r = registrar.register(ctx, target, Some(rec))?;
                 rec = ctx.recorder();
                 Some(r)
             }
@@ -401,6 +530,36 @@ impl Backend for GpuBackend {
 }
 
 impl GpuBackend {
+    /// `process_frame` for volumes over the tile limit: each stage on its own (tiled where its
+    /// buffers do not fit), the volume on the host between stages.
+    fn process_frame_staged(
+        &mut self,
+        raw: ArrayView3<f32>,
+        plan: &FramePlan,
+    ) -> Result<FrameOutput> {
+        let filtered = match &plan.median {
+            Some(m) => Some(self.median3d(raw, m)?),
+            None => None,
+        };
+        let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
+        let registration = match plan.register {
+            Some(_) => Some(self.register(if plan.register_on_raw { raw } else { current })?),
+            None => None,
+        };
+        let volume = match registration {
+            Some(r) => self.shift(current, r.shift, &plan.shift)?,
+            None => current.to_owned(),
+        };
+        if plan.accumulate {
+            self.accumulate(volume.view())?;
+        }
+        Ok(FrameOutput {
+            volume,
+            filtered: if plan.keep_filtered { filtered } else { None },
+            registration,
+        })
+    }
+
     /// The 3-D FFT of `data` on the device (numpy conventions), for tests and benchmarks of the
     /// `fft.wgsl` kernel on its own.
     pub fn fft3(

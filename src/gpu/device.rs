@@ -3,7 +3,7 @@
 //! dispatches larger than 65,535 workgroups and checks buffer sizes against the device's limits.
 
 use crate::error::{Error, Result};
-use std::cell::RefCell;
+use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
 use std::fmt;
 use std::rc::Rc;
@@ -146,7 +146,25 @@ pub struct GpuContext {
     kernels: RefCell<HashMap<String, Rc<Kernel>>>,
     uniform_pool: RefCell<Option<wgpu::Buffer>>,
     staging_pool: RefCell<Option<wgpu::Buffer>>,
+    /// Largest buffer a stage may use before it tiles the volume (see `max_tile_bytes`).
+    max_tile_bytes: Cell<u64>,
+    /// Buffers of the tiled routes, by role, grown on demand and reused across calls.
+    tile_pool: RefCell<HashMap<&'static str, wgpu::Buffer>>,
+    tile_stats: Cell<TileStats>,
 }
+
+/// Tiles each kernel has run since the context was made: a volume processed resident counts
+/// nothing, a tiled one counts its slabs or chunks (tests assert the tiled route really ran).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TileStats {
+    pub median: usize,
+    pub shift: usize,
+    pub register: usize,
+    pub zscore: usize,
+}
+
+/// Environment variable lowering the tile limit (bytes), e.g. for a GPU with little memory.
+pub const TILE_BYTES_ENV: &str = "GPUPREP_GPU_TILE_BYTES";
 
 impl GpuContext {
     pub fn new(api: Api) -> Result<GpuContext> {
@@ -176,6 +194,18 @@ impl GpuContext {
                 info.name, info.backend
             ))
         })?;
+        // One binding is the hard limit; wgpu offers no portable query of the device's memory, so
+        // a smaller budget (a GPU shared with other work) is set by the environment variable.
+        let mut max_tile_bytes = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        if let Ok(v) = std::env::var(TILE_BYTES_ENV) {
+            let b: u64 = v.trim().parse().map_err(|_| Error::InvalidParameter {
+                flag: TILE_BYTES_ENV.into(),
+                message: format!("{v:?} is not a number of bytes"),
+            })?;
+            max_tile_bytes = max_tile_bytes.min(b);
+        }
         Ok(GpuContext {
             device,
             queue,
@@ -185,7 +215,76 @@ impl GpuContext {
             kernels: RefCell::new(HashMap::new()),
             uniform_pool: RefCell::new(None),
             staging_pool: RefCell::new(None),
+            max_tile_bytes: Cell::new(max_tile_bytes),
+            tile_pool: RefCell::new(HashMap::new()),
+            tile_stats: Cell::new(TileStats::default()),
         })
+    }
+
+    /// The largest buffer (bytes) a stage may use on the resident route; larger volumes are
+    /// processed in tiles each of whose buffers fits. Defaults to one storage binding of the device
+    /// (`max_storage_buffer_binding_size`, capped by `max_buffer_size`), or `GPUPREP_GPU_TILE_BYTES`
+    /// when that is smaller.
+    pub fn max_tile_bytes(&self) -> u64 {
+        self.max_tile_bytes.get()
+    }
+
+    /// Lower the tile limit (tests force tiny tiles with it); values above one binding are capped.
+    pub fn set_max_tile_bytes(&self, bytes: u64) {
+        let cap = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        self.max_tile_bytes.set(bytes.clamp(16, cap));
+    }
+
+    /// Whether a buffer of `bytes` fits the tile limit (the resident route may use it).
+    pub fn fits(&self, bytes: u64) -> bool {
+        bytes <= self.max_tile_bytes()
+    }
+
+    pub fn tile_stats(&self) -> TileStats {
+        self.tile_stats.get()
+    }
+
+    /// Count `n` tiles of a kernel (`f` picks the counter).
+    pub fn count_tiles(&self, n: usize, f: impl FnOnce(&mut TileStats) -> &mut usize) {
+        let mut s = self.tile_stats.get();
+        *f(&mut s) += n;
+        self.tile_stats.set(s);
+    }
+
+    /// A storage buffer of at least `bytes` for the tiled routes, reused by `role`; must fit the
+    /// tile limit.
+    pub fn tile_buffer(&self, role: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        if !self.fits(bytes) {
+            return Err(Error::Gpu(format!(
+                "{role}: a tile needs {bytes} bytes, over the tile limit of {} bytes",
+                self.max_tile_bytes()
+            )));
+        }
+        self.pooled(role, bytes)
+    }
+
+    /// A storage buffer of at least `bytes` (under one binding), reused by `role`: small
+    /// buffers of the tiled routes (reduction partials) that the tile limit does not govern.
+    pub fn pooled(&self, role: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        let mut pool = self.tile_pool.borrow_mut();
+        if let Some(b) = pool.get(role) {
+            if b.size() >= bytes {
+                return Ok(b.clone());
+            }
+        }
+        let b = self.storage(role, bytes)?;
+        pool.insert(role, b.clone());
+        Ok(b)
+    }
+
+    /// Write `data` at the start of `buf`.
+    pub fn upload<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, data: &[T]) {
+        if !data.is_empty() {
+            self.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
+        }
     }
 
     pub fn has_f64(&self) -> bool {
@@ -295,8 +394,7 @@ impl GpuContext {
         if bytes > limit {
             return Err(Error::Gpu(format!(
                 "{what} needs a {bytes}-byte ({} MiB) buffer but this device binds at most {limit} bytes ({} MiB) \
-                 per storage buffer; tiling of larger volumes is not implemented yet: use --backend cpu \
-                 or a smaller volume",
+                 per storage buffer",
                 bytes >> 20,
                 limit >> 20
             )));

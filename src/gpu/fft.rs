@@ -68,10 +68,22 @@ struct Axis {
     kind: AxisKind,
 }
 
+/// Elements a line of length `n` occupies while transformed: `n`, or Bluestein's padded length.
+pub fn line_work(n: usize) -> usize {
+    if n <= 1 || radices(n).is_some() {
+        n
+    } else {
+        (2 * n - 1).next_power_of_two()
+    }
+}
+
 /// A planned 3-D FFT for one shape: tables on the device and Bluestein scratch buffers.
 pub struct Fft3Plan {
     pub shape: [usize; 3],
     axes: Vec<Axis>,
+    /// Whether the inverse transform scales by 1/N (numpy); the tiled registration does not, as
+    /// each slab's plan sees only part of the volume.
+    scale_inverse: bool,
     tables: wgpu::Buffer,
     scratch: Option<[wgpu::Buffer; 2]>,
 }
@@ -105,6 +117,17 @@ fn chirp64(n: usize, inverse: bool) -> Vec<Complex64> {
 
 impl Fft3Plan {
     pub fn new(ctx: &GpuContext, shape: [usize; 3]) -> Result<Fft3Plan> {
+        Self::new_axes(ctx, shape, [true; 3], true)
+    }
+
+    /// A plan transforming only the axes marked in `axes` (the others are left as they are), for
+    /// slabs of a tiled volume; `scale_inverse` as the field.
+    pub fn new_axes(
+        ctx: &GpuContext,
+        shape: [usize; 3],
+        axes_on: [bool; 3],
+        scale_inverse: bool,
+    ) -> Result<Fft3Plan> {
         let mut tables: Vec<[f32; 2]> = Vec::new();
         let mut push = |t: Vec<[f32; 2]>| -> u32 {
             let off = tables.len() as u32;
@@ -118,7 +141,7 @@ impl Fft3Plan {
         for a in 0..3 {
             let n = shape[a];
             let lines = total / n;
-            let kind = if n <= 1 {
+            let kind = if n <= 1 || !axes_on[a] {
                 AxisKind::Skip
             } else if let Some(radices) = radices(n) {
                 AxisKind::Stockham {
@@ -170,6 +193,7 @@ impl Fft3Plan {
         Ok(Fft3Plan {
             shape,
             axes,
+            scale_inverse,
             tables: ctx.storage_init("fft.tables", &tables)?,
             scratch,
         })
@@ -219,7 +243,11 @@ impl Fft3Plan {
         let total: usize = self.shape.iter().product();
         // 1/N once, on the last transform (numpy's inverse), in f32 as the CPU twin.
         let last = (0..3).find(|&ax| !matches!(self.axes[ax].kind, AxisKind::Skip));
-        let final_scale = if inverse { 1.0 / total as f32 } else { 1.0 };
+        let final_scale = if inverse && self.scale_inverse {
+            1.0 / total as f32
+        } else {
+            1.0
+        };
         let mut cur_is_a = true;
         for ax in (0..3).rev() {
             let axis = &self.axes[ax];

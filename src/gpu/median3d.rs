@@ -1,9 +1,12 @@
-//! Host side of `shaders/median3d.wgsl` (CPU twin: `src/cpu/median3d.rs`).
+//! Host side of `shaders/median3d.wgsl` (CPU twin: `src/cpu/median3d.rs`), resident or tiled in
+//! z-slabs for volumes over the tile limit.
 
 use super::device::{Bind, GpuContext, Recorder};
+use crate::cpu::boundary::filter_index;
 use crate::error::{Error, Result};
 use crate::params::MedianParams;
 use bytemuck::{Pod, Zeroable};
+use ndarray::{s, Array3, ArrayView3};
 
 /// Uniforms of `median3d.wgsl`; keep in sync with `struct Params` in shaders/median3d.wgsl.
 #[repr(C)]
@@ -19,7 +22,7 @@ pub struct MedianUniform {
     pub cval: f32,
     pub total: u32,
     pub rank: u32,
-    pub _pad0: u32,
+    pub z_prepadded: u32,
     pub _pad1: u32,
 }
 const _: () = assert!(std::mem::size_of::<MedianUniform>() == 48);
@@ -37,6 +40,20 @@ pub fn record(
     dst: &wgpu::Buffer,
     shape: [usize; 3],
     p: &MedianParams,
+) -> Result<()> {
+    record_slab(ctx, rec, src, dst, shape, p, false)
+}
+
+/// As `record`; with `z_prepadded`, `src` holds `shape[0] + 2 (size_z / 2)` planes, the output's
+/// planes with their z halo already boundary-extended by the host.
+fn record_slab(
+    ctx: &GpuContext,
+    rec: &mut Recorder<'_>,
+    src: &wgpu::Buffer,
+    dst: &wgpu::Buffer,
+    shape: [usize; 3],
+    p: &MedianParams,
+    z_prepadded: bool,
 ) -> Result<()> {
     let window: usize = p.size.iter().product();
     let class = WINDOW_CLASSES
@@ -86,9 +103,62 @@ pub fn record(
         cval: p.cval,
         total: total as u32,
         rank: (window / 2) as u32,
-        _pad0: 0,
+        z_prepadded: z_prepadded as u32,
         _pad1: 0,
     };
     rec.dispatch(&k, &u, &[src, dst], total as u64);
     Ok(())
+}
+
+/// The median filter of a volume over the tile limit, in z-slabs: the host builds each slab with
+/// `size_z / 2` halo planes on both sides, taken through the boundary mode in global z (the CPU's
+/// `filter_index`, so wrap, mirror, reflect, nearest and constant behave as on the whole volume);
+/// the shader extends only x and y. Bit-identical to the resident route. Returns the slab count.
+pub fn run_tiled(
+    ctx: &GpuContext,
+    vol: ArrayView3<f32>,
+    p: &MedianParams,
+) -> Result<(Array3<f32>, usize)> {
+    let (nz, ny, nx) = vol.dim();
+    let h = p.size[0] / 2;
+    let plane = ny * nx;
+    let max_planes = (ctx.max_tile_bytes() / (plane as u64 * 4)) as usize;
+    if max_planes < 2 * h + 1 {
+        return Err(Error::Gpu(format!(
+            "median filter: one z-plane of {ny}x{nx} with its {h}-plane halos on each side needs {} \
+             bytes, over the GPU tile limit of {} bytes (tiles split z only): use --backend cpu",
+            (2 * h + 1) * plane * 4,
+            ctx.max_tile_bytes()
+        )));
+    }
+    let step = max_planes - 2 * h;
+    let src = ctx.tile_buffer(
+        "median.slab_in",
+        (max_planes.min(nz + 2 * h) * plane * 4) as u64,
+    )?;
+    let dst = ctx.tile_buffer("median.slab_out", (step.min(nz) * plane * 4) as u64)?;
+    let mut out = Array3::<f32>::zeros((nz, ny, nx));
+    let mut slab = Vec::with_capacity(max_planes.min(nz + 2 * h) * plane);
+    let mut tiles = 0;
+    for z0 in (0..nz).step_by(step) {
+        let z1 = (z0 + step).min(nz);
+        slab.clear();
+        for z in z0 as isize - h as isize..(z1 + h) as isize {
+            match filter_index(z, nz, p.mode) {
+                Some(iz) => slab.extend(vol.slice(s![iz, .., ..]).iter()),
+                None => slab.extend(std::iter::repeat_n(p.cval, plane)),
+            }
+        }
+        ctx.upload(&src, &slab);
+        let mut rec = ctx.recorder();
+        record_slab(ctx, &mut rec, &src, &dst, [z1 - z0, ny, nx], p, true)?;
+        rec.submit()?;
+        let v = ctx.read::<f32>(&dst, (z1 - z0) * plane)?;
+        let v = ArrayView3::from_shape((z1 - z0, ny, nx), &v)
+            .map_err(|e| Error::Gpu(format!("median slab shape: {e}")))?;
+        out.slice_mut(s![z0..z1, .., ..]).assign(&v);
+        tiles += 1;
+    }
+    ctx.count_tiles(tiles, |s| &mut s.median);
+    Ok((out, tiles))
 }

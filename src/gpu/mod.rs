@@ -13,11 +13,28 @@
 //! | `shift` | B-spline prefilter (IIR per line) + 4-tap gathers, per axis; taps from `cpu::shift::AxisPlan` | 1e-5·(1+max\|x\|) order 3, 2e-6 orders 0/1 |
 //! | `zscore` | f64 Welford accumulate, finalize, normalize | mean/std 1 ulp, z 2e-6 |
 //!
-//! Limits, all reported as `Error`s rather than panics: each buffer must fit one storage binding
-//! (`max_storage_buffer_binding_size`, 128 MiB on lavapipe: registration needs 8 bytes a voxel, so
-//! about 16.7 M voxels there); volumes beyond that are not tiled yet. Median windows hold at most
-//! 1331 elements (11×11×11). Without SHADER_F64 (e.g. the GL backend) the z-score runs on the CPU
-//! twin and `describe()` says so. Uploads do not overlap compute yet (`process_frame` is synchronous).
+//! Tiling (issue 3). The device is opened with the adapter's own limits. A stage whose largest
+//! buffer exceeds the tile limit (`GpuContext::max_tile_bytes`: one storage binding,
+//! `max_storage_buffer_binding_size` capped by `max_buffer_size`, 128 MiB on lavapipe; lower with
+//! `GPUPREP_GPU_TILE_BYTES`, since wgpu cannot tell how much memory a device has) runs tiled, the
+//! volume on the host between tiles, each tile's buffers under the limit:
+//!
+//! | stage | resident when | tiles |
+//! |---|---|---|
+//! | median | f32 volume fits | z-slabs with `size_z/2` halo planes a side, built by the host through the boundary mode in global z |
+//! | shift | f32 volume and the order-3 padded lines fit | z pass on y-slabs (whole z lines), y and x passes on z-slabs |
+//! | registration | complex spectrum (8 B/voxel) fits | x/y FFTs on z-slabs, z FFT + power + cross-power + inverse z on y-slabs, inverse x/y + argmax on z-slabs; upsampling contracts x/y per z-slab |
+//! | z-score | f64 accumulators (8 B/voxel each) fit | element ranges; the accumulators stay on the host (16 B/voxel) |
+//!
+//! Tiled results are the resident kernels' arithmetic (the median bit-identical; the tiled
+//! inverse FFT is unscaled and the host applies 1/N to the peak), so the tolerances above hold.
+//! `process_frame` takes the fused resident route only when every stage fits, else the stages
+//! one by one. Slabs split z and y only: a plane (ny·nx) and a z-row (nz·nx) of a stage's widest
+//! buffer must fit, else a clear `Error` (use the CPU backend). `tile_stats()` counts the tiles.
+//!
+//! Other limits, all reported as `Error`s rather than panics: median windows hold at most 1331
+//! elements (11×11×11). Without SHADER_F64 (e.g. the GL backend) the z-score runs on the CPU twin
+//! and `describe()` says so. Uploads do not overlap compute yet (`process_frame` is synchronous).
 
 pub mod backend;
 pub mod device;
@@ -29,4 +46,4 @@ pub mod shift;
 pub mod zscore;
 
 pub use backend::GpuBackend;
-pub use device::{list_adapters, AdapterSummary, Api, GpuContext};
+pub use device::{list_adapters, AdapterSummary, Api, GpuContext, TileStats};

@@ -3,11 +3,14 @@
 //! mirrors step by step, with the peak, the powers and the upsampled DFT computed on the GPU).
 
 use super::device::{Bind, GpuContext, Recorder, WORKGROUP};
-use super::fft::Fft3Plan;
+use super::fft::{line_work, Fft3Plan};
 use crate::error::{Error, Result};
 use crate::params::{Normalization, RegisterParams, Registration};
 use bytemuck::{Pod, Zeroable};
 use rustfft::num_complex::Complex64;
+use std::collections::HashMap;
+use std::ops::Range;
+use std::rc::Rc;
 
 /// Uniforms of `cross_power.wgsl`; keep in sync with `struct Params` in shaders/cross_power.wgsl.
 #[repr(C)]
@@ -219,37 +222,15 @@ impl GpuRegistrar {
         cc_peak: Complex64,
         moving_power: f64,
     ) -> Result<Registration> {
-        let shape = self.shape;
-        let n = self.total() as f64;
-        let mut shift = crate::cpu::register::coarse_shift(peak, shape);
-        let (cc_max, src_amp, target_amp) = if self.params.upsample_factor == 1 {
-            (cc_peak, self.reference_power / n, moving_power / n)
-        } else {
-            let u = self.params.upsample_factor as f64;
-            for s in &mut shift {
-                *s = (*s * u).round() / u;
-            }
-            let region = (u * 1.5).ceil();
-            let dftshift = (region / 2.0).trunc();
-            let offsets = shift.map(|s| dftshift - s * u);
-            let r = region as usize;
-            let up = self.upsampled_dft(ctx, r, u, offsets)?;
-            let (mut best, mut best_v) = (0usize, f64::NEG_INFINITY);
-            for (i, v) in up.iter().enumerate() {
-                if v.norm() > best_v {
-                    best_v = v.norm();
-                    best = i;
-                }
-            }
-            let b = [best / (r * r), (best / r) % r, best % r];
-            for a in 0..3 {
-                shift[a] += (b[a] as f64 - dftshift) / u;
-            }
-            (up[best], self.reference_power, moving_power)
-        };
-        Ok(crate::cpu::register::score(
-            shift, shape, cc_max, src_amp, target_amp,
-        ))
+        finish(
+            self.shape,
+            &self.params,
+            self.reference_power,
+            peak,
+            cc_peak,
+            moving_power,
+            |r, u, offsets| self.upsampled_dft(ctx, r, u, offsets),
+        )
     }
 
     /// `_upsampled_dft(conj(R), r, u, offsets).conj()` as three contractions of R with conjugated
@@ -262,25 +243,18 @@ impl GpuRegistrar {
         offsets: [f64; 3],
     ) -> Result<Vec<Complex64>> {
         let [nz, ny, nx] = self.shape;
-        let kernel = |n: usize, off: f64| -> Vec<[f32; 2]> {
-            let mut k = Vec::with_capacity(r * n);
-            for i in 0..r {
-                for j in 0..n {
-                    let f = if j < n.div_ceil(2) {
-                        j as f64
-                    } else {
-                        j as f64 - n as f64
-                    } / (n as f64 * u);
-                    // conj(exp(-2 pi i (i - off) f))
-                    let ph = 2.0 * std::f64::consts::PI * (i as f64 - off) * f;
-                    k.push([ph.cos() as f32, ph.sin() as f32]);
-                }
-            }
-            k
-        };
-        let kx = ctx.storage_init("register.upsample_kx", &kernel(nx, offsets[2]))?;
-        let ky = ctx.storage_init("register.upsample_ky", &kernel(ny, offsets[1]))?;
-        let kz = ctx.storage_init("register.upsample_kz", &kernel(nz, offsets[0]))?;
+        let kx = ctx.storage_init(
+            "register.upsample_kx",
+            &upsample_kernel(nx, r, u, offsets[2]),
+        )?;
+        let ky = ctx.storage_init(
+            "register.upsample_ky",
+            &upsample_kernel(ny, r, u, offsets[1]),
+        )?;
+        let kz = ctx.storage_init(
+            "register.upsample_kz",
+            &upsample_kernel(nz, r, u, offsets[0]),
+        )?;
         let t1 = ctx.storage("register.upsample_t1", (nz * ny * r * 8) as u64)?;
         let t2 = ctx.storage("register.upsample_t2", (nz * r * r * 8) as u64)?;
         let t3 = ctx.storage("register.upsample_t3", (r * r * r * 8) as u64)?;
@@ -297,17 +271,7 @@ impl GpuRegistrar {
             ([nz, r, r], 0, &t2, &kz, &t3, r * r * r),
         ];
         for (d, axis, src, kern, dst, total) in steps {
-            let u = CrossUniform {
-                total: total as u32,
-                phase: 0,
-                d0: d[0] as u32,
-                d1: d[1] as u32,
-                d2: d[2] as u32,
-                axis,
-                r: r as u32,
-                _pad: 0,
-            };
-            rec.dispatch(&k, &u, &[src, kern, dst], total as u64);
+            record_contract(&mut rec, &k, d, axis, r, [src, kern, dst], total);
         }
         rec.submit()?;
         Ok(ctx
@@ -316,4 +280,473 @@ impl GpuRegistrar {
             .map(|[a, b]| Complex64::new(a as f64, b as f64))
             .collect())
     }
+}
+
+/// `cpu::register::finish` with the upsampled DFT given as `up(region, u, offsets)` (r³ values in
+/// C order), shared by the resident and tiled registrars.
+fn finish(
+    shape: [usize; 3],
+    params: &RegisterParams,
+    reference_power: f64,
+    peak: [usize; 3],
+    cc_peak: Complex64,
+    moving_power: f64,
+    up: impl FnOnce(usize, f64, [f64; 3]) -> Result<Vec<Complex64>>,
+) -> Result<Registration> {
+    let n = shape.iter().product::<usize>() as f64;
+    let mut shift = crate::cpu::register::coarse_shift(peak, shape);
+    let (cc_max, src_amp, target_amp) = if params.upsample_factor == 1 {
+        (cc_peak, reference_power / n, moving_power / n)
+    } else {
+        let u = params.upsample_factor as f64;
+        for s in &mut shift {
+            *s = (*s * u).round() / u;
+        }
+        let region = (u * 1.5).ceil();
+        let dftshift = (region / 2.0).trunc();
+        let offsets = shift.map(|s| dftshift - s * u);
+        let r = region as usize;
+        let up = up(r, u, offsets)?;
+        let (mut best, mut best_v) = (0usize, f64::NEG_INFINITY);
+        for (i, v) in up.iter().enumerate() {
+            if v.norm() > best_v {
+                best_v = v.norm();
+                best = i;
+            }
+        }
+        let b = [best / (r * r), (best / r) % r, best % r];
+        for a in 0..3 {
+            shift[a] += (b[a] as f64 - dftshift) / u;
+        }
+        (up[best], reference_power, moving_power)
+    };
+    Ok(crate::cpu::register::score(
+        shift, shape, cc_max, src_amp, target_amp,
+    ))
+}
+
+/// The conjugated kernel of one axis of the upsampled DFT: `r` rows of `n` values.
+fn upsample_kernel(n: usize, r: usize, u: f64, off: f64) -> Vec<[f32; 2]> {
+    let mut k = Vec::with_capacity(r * n);
+    for i in 0..r {
+        for j in 0..n {
+            let f = if j < n.div_ceil(2) {
+                j as f64
+            } else {
+                j as f64 - n as f64
+            } / (n as f64 * u);
+            // conj(exp(-2 pi i (i - off) f))
+            let ph = 2.0 * std::f64::consts::PI * (i as f64 - off) * f;
+            k.push([ph.cos() as f32, ph.sin() as f32]);
+        }
+    }
+    k
+}
+
+/// Record one `contract` of the `d`-shaped input along `axis` to length `r` (`total` outputs).
+fn record_contract(
+    rec: &mut Recorder<'_>,
+    k: &std::rc::Rc<super::device::Kernel>,
+    d: [usize; 3],
+    axis: u32,
+    r: usize,
+    bufs: [&wgpu::Buffer; 3],
+    total: usize,
+) {
+    let u = CrossUniform {
+        total: total as u32,
+        phase: 0,
+        d0: d[0] as u32,
+        d1: d[1] as u32,
+        d2: d[2] as u32,
+        axis,
+        r: r as u32,
+        _pad: 0,
+    };
+    rec.dispatch(k, &u, &bufs, total as u64);
+}
+
+/// The registration of a volume whose complex spectrum (8 bytes a voxel) is over the tile limit:
+/// the resident route's kernels on slabs, with the complex volumes held on the host.
+///
+/// Spectrum: x and y transforms on z-slabs (`to_complex` + FFT of axes 2, 1), then the z transform
+/// on y-slabs (whole z lines), where the moving volume's slab also gets its power (`sum_sq`), the
+/// cross-power with the reference's slab and the inverse z transform; the inverse x and y
+/// transforms on z-slabs end in a per-slab `argmax_abs` whose partials the host reduces with global
+/// indices (same order as the resident route: value, then first index). The inverse transform is
+/// left unscaled and the host divides the peak by N. The upsampled refinement contracts x and y on
+/// z-slabs of the kept cross-power spectrum and z on the gathered nz·r² values. Host memory: three
+/// complex volumes (reference, moving, cross-power when upsampling), 8 bytes a voxel each.
+pub struct TiledRegistrar {
+    pub shape: [usize; 3],
+    pub params: RegisterParams,
+    reference: Vec<[f32; 2]>,
+    reference_power: f64,
+    /// Slab thickness along z (x/y transforms, upsampling) and y (z transform).
+    zs: usize,
+    ys: usize,
+    /// FFT plans by slab shape and kind (true: axes 2 and 1; false: axis 0).
+    plans: HashMap<([usize; 3], bool), Rc<Fft3Plan>>,
+}
+
+fn slabs(n: usize, step: usize) -> Vec<Range<usize>> {
+    (0..n).step_by(step).map(|a| a..(a + step).min(n)).collect()
+}
+
+impl TiledRegistrar {
+    /// Plan the slabs for the tile limit and transform the reference (C order).
+    pub fn new(
+        ctx: &GpuContext,
+        reference: &[f32],
+        shape: [usize; 3],
+        p: &RegisterParams,
+    ) -> Result<Self> {
+        let [nz, ny, nx] = shape;
+        let limit = ctx.max_tile_bytes() as usize;
+        // Largest complex buffer per plane of a z-slab / per row of a y-slab, Bluestein's padded
+        // lines and the upsampling's intermediate results included.
+        let r = (p.upsample_factor as f64 * 1.5).ceil() as usize;
+        let mut plane = ny * nx.max(line_work(nx)).max(1);
+        plane = plane.max(nx * line_work(ny));
+        if p.upsample_factor > 1 {
+            plane = plane.max(ny * r).max(r * r);
+        }
+        let row = nx * line_work(nz);
+        let (zs, ys) = (limit / (8 * plane), limit / (8 * row));
+        if zs == 0 || ys == 0 {
+            return Err(Error::Gpu(format!(
+                "registration: a slab one voxel thick of the {nz}x{ny}x{nx} volume needs {} bytes, \
+                 over the GPU tile limit of {limit} bytes (tiles are z- and y-slabs): use --backend cpu",
+                8 * plane.max(row)
+            )));
+        }
+        let mut t = TiledRegistrar {
+            shape,
+            params: *p,
+            reference: Vec::new(),
+            reference_power: 0.0,
+            zs: zs.min(nz),
+            ys: ys.min(ny),
+            plans: HashMap::new(),
+        };
+        let mut spec = t.forward_xy(ctx, reference)?;
+        let mut power = 0.0;
+        for ys in slabs(ny, t.ys) {
+            let plan = t.plan(ctx, [nz, ys.len(), nx], false)?;
+            let a = t.load_y_slab(ctx, &spec, &ys)?;
+            let b = ctx.tile_buffer("register.tile_b", plan_bytes(&plan))?;
+            let mut rec = ctx.recorder();
+            plan.record(ctx, &mut rec, &a, &b, false)?;
+            let groups = record_sum_sq(ctx, &mut rec, &a, plan_total(&plan))?;
+            rec.submit()?;
+            power += read_sums(ctx, groups)?;
+            t.store_y_slab(ctx, &mut spec, &ys, &a)?;
+        }
+        t.reference = spec;
+        t.reference_power = power;
+        Ok(t)
+    }
+
+    fn plan(&mut self, ctx: &GpuContext, shape: [usize; 3], xy: bool) -> Result<Rc<Fft3Plan>> {
+        if let Some(p) = self.plans.get(&(shape, xy)) {
+            return Ok(p.clone());
+        }
+        let axes = if xy {
+            [false, true, true]
+        } else {
+            [true, false, false]
+        };
+        let p = Rc::new(Fft3Plan::new_axes(ctx, shape, axes, false)?);
+        self.plans.insert((shape, xy), p.clone());
+        Ok(p)
+    }
+
+    /// x and y transforms of the real volume `vol` (C order), slab by slab, into a host spectrum.
+    fn forward_xy(&mut self, ctx: &GpuContext, vol: &[f32]) -> Result<Vec<[f32; 2]>> {
+        let [nz, ny, nx] = self.shape;
+        let mut out = Vec::with_capacity(vol.len());
+        for zs in slabs(nz, self.zs) {
+            let plan = self.plan(ctx, [zs.len(), ny, nx], true)?;
+            let total = plan_total(&plan);
+            let real = ctx.tile_buffer("register.tile_real", total as u64 * 4)?;
+            let a = ctx.tile_buffer("register.tile_a", plan_bytes(&plan))?;
+            let b = ctx.tile_buffer("register.tile_b", plan_bytes(&plan))?;
+            ctx.upload(&real, &vol[zs.start * ny * nx..zs.end * ny * nx]);
+            let mut rec = ctx.recorder();
+            let u = CrossUniform {
+                total: total as u32,
+                ..Default::default()
+            };
+            rec.dispatch(
+                &ctx.kernel("cross_power", "to_complex", &[], &R3)?,
+                &u,
+                &[&real, &a],
+                total as u64,
+            );
+            plan.record(ctx, &mut rec, &a, &b, false)?;
+            rec.submit()?;
+            out.extend(ctx.read::<[f32; 2]>(&a, total)?);
+            ctx.count_tiles(1, |s| &mut s.register);
+        }
+        Ok(out)
+    }
+
+    /// Upload the y-slab `ys` (all z, all x) of the host volume `spec` into the tile buffer
+    /// `register.tile_a` (or `role`).
+    fn load_y_slab(
+        &self,
+        ctx: &GpuContext,
+        spec: &[[f32; 2]],
+        ys: &Range<usize>,
+    ) -> Result<wgpu::Buffer> {
+        self.load_y_slab_into(ctx, "register.tile_a", spec, ys)
+    }
+
+    fn load_y_slab_into(
+        &self,
+        ctx: &GpuContext,
+        role: &'static str,
+        spec: &[[f32; 2]],
+        ys: &Range<usize>,
+    ) -> Result<wgpu::Buffer> {
+        let [nz, ny, nx] = self.shape;
+        let mut slab = Vec::with_capacity(nz * ys.len() * nx);
+        for z in 0..nz {
+            let base = z * ny * nx;
+            slab.extend_from_slice(&spec[base + ys.start * nx..base + ys.end * nx]);
+        }
+        let buf = ctx.tile_buffer(role, slab.len() as u64 * 8)?;
+        ctx.upload(&buf, &slab);
+        Ok(buf)
+    }
+
+    /// Read the y-slab `ys` back from `buf` into the host volume `spec`.
+    fn store_y_slab(
+        &self,
+        ctx: &GpuContext,
+        spec: &mut [[f32; 2]],
+        ys: &Range<usize>,
+        buf: &wgpu::Buffer,
+    ) -> Result<()> {
+        let [nz, ny, nx] = self.shape;
+        let w = ys.len() * nx;
+        let slab = ctx.read::<[f32; 2]>(buf, nz * w)?;
+        for z in 0..nz {
+            let base = z * ny * nx + ys.start * nx;
+            spec[base..base + w].copy_from_slice(&slab[z * w..(z + 1) * w]);
+        }
+        ctx.count_tiles(1, |s| &mut s.register);
+        Ok(())
+    }
+
+    /// Register the real volume `vol` (C order) onto the reference.
+    pub fn register(&mut self, ctx: &GpuContext, vol: &[f32]) -> Result<Registration> {
+        let [nz, ny, nx] = self.shape;
+        let phase = (self.params.normalization == Normalization::Phase) as u32;
+        let upsample = self.params.upsample_factor > 1;
+        let mut spec = self.forward_xy(ctx, vol)?;
+        let mut cross = if upsample {
+            vec![[0.0f32; 2]; spec.len()]
+        } else {
+            Vec::new()
+        };
+        let mut moving_power = 0.0;
+        for ys in slabs(ny, self.ys) {
+            let plan = self.plan(ctx, [nz, ys.len(), nx], false)?;
+            let total = plan_total(&plan);
+            let a = self.load_y_slab(ctx, &spec, &ys)?;
+            let f = self.load_y_slab_into(ctx, "register.tile_ref", &self.reference, &ys)?;
+            let b = ctx.tile_buffer("register.tile_b", plan_bytes(&plan))?;
+            let mut rec = ctx.recorder();
+            plan.record(ctx, &mut rec, &a, &b, false)?;
+            let groups = record_sum_sq(ctx, &mut rec, &a, total)?;
+            let u = CrossUniform {
+                total: total as u32,
+                phase,
+                ..Default::default()
+            };
+            rec.dispatch(
+                &ctx.kernel("cross_power", "cross_power", &[], &R3)?,
+                &u,
+                &[&f, &a],
+                total as u64,
+            );
+            if upsample {
+                rec.submit()?;
+                self.store_y_slab(ctx, &mut cross, &ys, &a)?;
+                rec = ctx.recorder();
+            }
+            plan.record(ctx, &mut rec, &a, &b, true)?;
+            rec.submit()?;
+            moving_power += read_sums(ctx, groups)?;
+            self.store_y_slab(ctx, &mut spec, &ys, &a)?;
+        }
+        // Inverse x and y transforms and the per-slab peak.
+        let mut best = Partial {
+            val: f32::NEG_INFINITY,
+            idx: u32::MAX,
+            re: 0.0,
+            im: 0.0,
+        };
+        for zs in slabs(nz, self.zs) {
+            let plan = self.plan(ctx, [zs.len(), ny, nx], true)?;
+            let total = plan_total(&plan);
+            let a = ctx.tile_buffer("register.tile_a", plan_bytes(&plan))?;
+            let b = ctx.tile_buffer("register.tile_b", plan_bytes(&plan))?;
+            ctx.upload(&a, &spec[zs.start * ny * nx..zs.end * ny * nx]);
+            let mut rec = ctx.recorder();
+            plan.record(ctx, &mut rec, &a, &b, true)?;
+            let groups = reduce_groups(total);
+            let (partials, sums) = reduce_buffers(ctx)?;
+            let u = CrossUniform {
+                total: total as u32,
+                ..Default::default()
+            };
+            rec.dispatch_groups(
+                &ctx.kernel("cross_power", "argmax_abs", &[], &R4)?,
+                &u,
+                &[&a, &partials, &sums],
+                groups as u64,
+            );
+            rec.submit()?;
+            let offset = (zs.start * ny * nx) as u32;
+            for mut q in ctx.read::<Partial>(&partials, groups)? {
+                if q.idx == u32::MAX {
+                    continue;
+                }
+                q.idx += offset;
+                if q.val > best.val || (q.val == best.val && q.idx < best.idx) {
+                    best = q;
+                }
+            }
+            ctx.count_tiles(1, |s| &mut s.register);
+        }
+        if best.idx == u32::MAX {
+            return Err(Error::Data(
+                "registration: the cross-correlation is NaN everywhere".into(),
+            ));
+        }
+        let i = best.idx as usize;
+        let peak = [i / (ny * nx), (i / nx) % ny, i % nx];
+        // The inverse transforms were unscaled: numpy's 1/N here, in f64.
+        let n = (nz * ny * nx) as f64;
+        let cc_peak = Complex64::new(best.re as f64 / n, best.im as f64 / n);
+        finish(
+            self.shape,
+            &self.params,
+            self.reference_power,
+            peak,
+            cc_peak,
+            moving_power,
+            |r, u, offsets| self.upsampled_dft(ctx, &cross, r, u, offsets),
+        )
+    }
+
+    /// `GpuRegistrar::upsampled_dft` on z-slabs of the host cross-power spectrum: x and y are
+    /// contracted per slab, z once on the gathered `nz·r²` values (a buffer under one binding).
+    fn upsampled_dft(
+        &self,
+        ctx: &GpuContext,
+        cross: &[[f32; 2]],
+        r: usize,
+        u: f64,
+        offsets: [f64; 3],
+    ) -> Result<Vec<Complex64>> {
+        let [nz, ny, nx] = self.shape;
+        let kx = ctx.storage_init(
+            "register.upsample_kx",
+            &upsample_kernel(nx, r, u, offsets[2]),
+        )?;
+        let ky = ctx.storage_init(
+            "register.upsample_ky",
+            &upsample_kernel(ny, r, u, offsets[1]),
+        )?;
+        let kz = ctx.storage_init(
+            "register.upsample_kz",
+            &upsample_kernel(nz, r, u, offsets[0]),
+        )?;
+        let k = ctx.kernel(
+            "cross_power",
+            "contract",
+            &[],
+            &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite],
+        )?;
+        let mut t2 = Vec::with_capacity(nz * r * r);
+        for zs in slabs(nz, self.zs) {
+            let d = zs.len();
+            let a = ctx.tile_buffer("register.tile_a", (d * ny * nx * 8) as u64)?;
+            let t1 = ctx.tile_buffer("register.tile_b", (d * ny * r * 8) as u64)?;
+            let t2s = ctx.tile_buffer("register.tile_t2", (d * r * r * 8) as u64)?;
+            ctx.upload(&a, &cross[zs.start * ny * nx..zs.end * ny * nx]);
+            let mut rec = ctx.recorder();
+            record_contract(&mut rec, &k, [d, ny, nx], 2, r, [&a, &kx, &t1], d * ny * r);
+            record_contract(&mut rec, &k, [d, ny, r], 1, r, [&t1, &ky, &t2s], d * r * r);
+            rec.submit()?;
+            t2.extend(ctx.read::<[f32; 2]>(&t2s, d * r * r)?);
+            ctx.count_tiles(1, |s| &mut s.register);
+        }
+        let t2 = ctx.storage_init("register.upsample_t2", &t2)?;
+        let t3 = ctx.storage("register.upsample_t3", (r * r * r * 8) as u64)?;
+        let mut rec = ctx.recorder();
+        record_contract(&mut rec, &k, [nz, r, r], 0, r, [&t2, &kz, &t3], r * r * r);
+        rec.submit()?;
+        Ok(ctx
+            .read::<[f32; 2]>(&t3, r * r * r)?
+            .into_iter()
+            .map(|[a, b]| Complex64::new(a as f64, b as f64))
+            .collect())
+    }
+}
+
+fn plan_total(plan: &Fft3Plan) -> usize {
+    plan.shape.iter().product()
+}
+
+fn plan_bytes(plan: &Fft3Plan) -> u64 {
+    plan_total(plan) as u64 * 8
+}
+
+fn reduce_groups(total: usize) -> usize {
+    total
+        .div_ceil(WORKGROUP as usize)
+        .clamp(1, MAX_REDUCE_GROUPS)
+}
+
+/// The (argmax partials, power sums) buffers of the tiled reductions.
+fn reduce_buffers(ctx: &GpuContext) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
+    Ok((
+        ctx.pooled("register.tile_partials", MAX_REDUCE_GROUPS as u64 * 16)?,
+        ctx.pooled("register.tile_sums", MAX_REDUCE_GROUPS as u64 * 4)?,
+    ))
+}
+
+/// Record `sum_sq` of the `total` complex values in `buf`; returns the number of partial sums.
+fn record_sum_sq(
+    ctx: &GpuContext,
+    rec: &mut Recorder<'_>,
+    buf: &wgpu::Buffer,
+    total: usize,
+) -> Result<usize> {
+    let groups = reduce_groups(total);
+    let (partials, sums) = reduce_buffers(ctx)?;
+    let u = CrossUniform {
+        total: total as u32,
+        ..Default::default()
+    };
+    rec.dispatch_groups(
+        &ctx.kernel("cross_power", "sum_sq", &[], &R4)?,
+        &u,
+        &[buf, &partials, &sums],
+        groups as u64,
+    );
+    Ok(groups)
+}
+
+fn read_sums(ctx: &GpuContext, groups: usize) -> Result<f64> {
+    let (_, sums) = reduce_buffers(ctx)?;
+    Ok(ctx
+        .read::<f32>(&sums, groups)?
+        .iter()
+        .map(|&v| v as f64)
+        .sum())
 }
