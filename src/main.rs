@@ -3,6 +3,7 @@
 use clap::Parser;
 
 fn main() {
+    restore_sigpipe();
     // gpuprep only reads its inputs and writes its output under a temporary name, so HDF5's file
     // locks protect nothing here, and on network and VM file systems they fail spuriously ("unable
     // to lock file, errno = 11"). Set before any HDF5 call; a user's own setting wins.
@@ -15,3 +16,17 @@ fn main() {
         std::process::exit(2);
     }
 }
+
+/// Rust starts with SIGPIPE ignored, so `gpuprep info FILE | head -1` would panic in `println!` once
+/// `head` exits; Unix tools end quietly instead. Outputs are complete (renamed into place) before
+/// anything is printed about them, so ending here loses nothing.
+#[cfg(unix)]
+fn restore_sigpipe() {
+    // SAFETY: called first thing in main, before any other thread exists.
+    unsafe {
+        libc::signal(libc::SIGPIPE, libc::SIG_DFL);
+    }
+}
+
+#[cfg(not(unix))]
+fn restore_sigpipe() {}

@@ -231,3 +231,32 @@ fn a_run_prints_its_overlapping_stage_times() {
     }
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 }
+
+#[test]
+#[cfg(unix)]
+fn a_closed_stdout_ends_the_run_quietly_after_the_output_is_complete() {
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("out.h5");
+    let mut child = Command::new(env!("CARGO_BIN_EXE_gpuprep"))
+        .args(["run", &fixture("series"), "-o", &out.display().to_string()])
+        .args(["--backend", "cpu"])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // As `gpuprep run ... | head -0`: the reader is gone before the summary is printed.
+    drop(child.stdout.take());
+    let o = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&o.stderr);
+    assert!(!stderr.contains("panicked"), "{stderr}");
+    assert!(
+        o.status.success() || o.status.signal() == Some(libc::SIGPIPE),
+        "{:?}: {stderr}",
+        o.status
+    );
+    assert!(out.is_file(), "the output was renamed into place first");
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
+}
