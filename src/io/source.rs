@@ -222,7 +222,9 @@ impl Source {
         self.chunks.clone()
     }
 
-    /// Volume `t`, converted to f32 by HDF5 while reading (integers exactly up to 2^24, float64 rounded).
+    /// Volume `t` as f32 (integers exactly up to 2^24, float64 rounded to nearest, beyond f32's range to
+    /// ±inf, as HDF5's own conversion). Contiguous little-endian datasets (h5py's default layout, and the
+    /// notebook's) are read with plain file I/O and converted here; others by HDF5.
     pub fn read(&self, t: usize) -> Result<Array3<f32>> {
         if t >= self.len {
             return Err(Error::Data(format!(
@@ -269,6 +271,26 @@ impl Source {
                 ),
             });
         }
+        let voxels: usize = self.shape.iter().product();
+        if let Some(offset) = raw_location(&ds, self.dtype) {
+            // Plain file I/O from here: HDF5 is done with this file (the handles close first).
+            drop(ds);
+            drop(file);
+            let offset =
+                offset + (if self.is_4d { t } else { 0 } * voxels * self.dtype.size()) as u64;
+            let mut vol = Array3::<f32>::zeros(self.shape);
+            read_raw(
+                path,
+                offset,
+                self.dtype,
+                vol.as_slice_mut().expect("standard layout"),
+            )
+            .map_err(|e| Error::Input {
+                path: path.clone(),
+                message: format!("{} ({e})", what()),
+            })?;
+            return Ok(vol);
+        }
         let vol = if self.is_4d {
             ds.read_slice::<f32, _, ndarray::Ix3>(s![t, .., .., ..])
                 .map_err(hdf5_err)?
@@ -285,6 +307,69 @@ impl Source {
             format!("the {} input files", self.files.len())
         }
     }
+}
+
+/// File offset of a dataset's elements when plain file I/O can read them: contiguous layout (so no
+/// filters), storage allocated, and little-endian elements of `dtype`'s size. Such reads stay out of the
+/// hdf5 crate's global lock, which serialises every HDF5 call in the process: the reader thread would
+/// otherwise wait for the writer's HDF5 writes (and they for it), and HDF5's element-wise conversion is
+/// slower than the one in `read_raw`.
+fn raw_location(ds: &hdf5::Dataset, dtype: Dtype) -> Option<u64> {
+    use hdf5::datatype::ByteOrder;
+    if ds.layout() != hdf5::dataset::Layout::Contiguous {
+        return None;
+    }
+    let dt = ds.dtype().ok()?;
+    let little = match dt.byte_order() {
+        ByteOrder::LittleEndian => true,
+        ByteOrder::None => dt.size() == 1,
+        _ => false,
+    };
+    (little && dt.size() == dtype.size())
+        .then(|| ds.offset())
+        .flatten()
+}
+
+/// Reads `out.len()` little-endian `dtype` elements at byte `offset` of `path` into `out`, in blocks
+/// of a few MiB (bounded memory whatever the volume size).
+fn read_raw(path: &Path, offset: u64, dtype: Dtype, out: &mut [f32]) -> std::io::Result<()> {
+    use std::io::{Read, Seek, SeekFrom};
+    const BLOCK_BYTES: usize = 4 << 20;
+    let size = dtype.size();
+    let mut file = std::fs::File::open(path)?;
+    let needed = offset + (out.len() * size) as u64;
+    let len = file.metadata()?.len();
+    if len < needed {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the file is {len} bytes but the dataset's data ends at byte {needed}: truncated?"
+            ),
+        ));
+    }
+    file.seek(SeekFrom::Start(offset))?;
+    let mut bytes = vec![0u8; BLOCK_BYTES.min(out.len() * size)];
+    for dst in out.chunks_mut(bytes.len() / size) {
+        let src = &mut bytes[..dst.len() * size];
+        file.read_exact(src)?;
+        let src = src.chunks_exact(size);
+        macro_rules! convert {
+            ($t:ty) => {
+                dst.iter_mut()
+                    .zip(src)
+                    .for_each(|(d, b)| *d = <$t>::from_le_bytes(b.try_into().unwrap()) as f32)
+            };
+        }
+        match dtype {
+            Dtype::U8 => convert!(u8),
+            Dtype::U16 => convert!(u16),
+            Dtype::I16 => convert!(i16),
+            Dtype::I32 => convert!(i32),
+            Dtype::F32 => convert!(f32),
+            Dtype::F64 => convert!(f64),
+        }
+    }
+    Ok(())
 }
 
 /// The checks one file must pass on its own: rank (3, or 4 when it is the only input), nonzero sizes, dtype.
@@ -511,4 +596,129 @@ pub(crate) fn first_line(e: &hdf5::Error) -> String {
         .unwrap_or("")
         .trim()
         .to_string()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{raw_location, Source};
+    use ndarray::{Array3, Array4};
+
+    /// Values at the edges of each type, so both conversions meet rounding, overflow and NaN.
+    fn values<T: hdf5::H5Type + Copy>(conv: impl Fn(f64) -> T) -> Vec<T> {
+        let edge = [
+            0.0,
+            1.0,
+            -1.0,
+            0.5,
+            127.0,
+            255.0,
+            32767.0,
+            -32768.0,
+            65535.0,
+            16777217.0,
+            2147483647.0,
+            -2147483648.0,
+            1e39,
+            -1e39,
+            1e-50,
+            f64::NAN,
+            f64::INFINITY,
+            3.141592653589793,
+        ];
+        (0..3 * 4 * 5)
+            .map(|i| conv(edge[i % edge.len()] * if i > 17 { 0.37 } else { 1.0 }))
+            .collect()
+    }
+
+    fn check<T: hdf5::H5Type + Copy>(name: &str, conv: impl Fn(f64) -> T) {
+        let dir = tempfile::tempdir().unwrap();
+        let v = values(conv);
+        let vol = Array3::from_shape_vec((3, 4, 5), v.clone()).unwrap();
+        let series = Array4::from_shape_fn((2, 3, 4, 5), |(t, z, y, x)| {
+            v[(t + z * 20 + y * 5 + x) % v.len()]
+        });
+        let (p3, p4, pc) = ["a.h5", "b.h5", "c.h5"].map(|f| dir.path().join(f)).into();
+        {
+            let f = hdf5::File::create(&p3).unwrap();
+            f.new_dataset_builder()
+                .with_data(&vol)
+                .create("default")
+                .unwrap();
+            assert!(
+                raw_location(
+                    &f.dataset("default").unwrap(),
+                    Source::open(&[p3.display().to_string()], "default")
+                        .unwrap()
+                        .dtype()
+                )
+                .is_some(),
+                "{name}: contiguous is read raw"
+            );
+            let f = hdf5::File::create(&p4).unwrap();
+            f.new_dataset_builder()
+                .with_data(&series)
+                .create("default")
+                .unwrap();
+            let f = hdf5::File::create(&pc).unwrap();
+            f.new_dataset_builder()
+                .with_data(&vol)
+                .chunk((1, 2, 5))
+                .create("default")
+                .unwrap();
+        }
+        let same = |a: &Array3<f32>, b: &Array3<f32>| {
+            a.iter()
+                .zip(b.iter())
+                .all(|(x, y)| x.to_bits() == y.to_bits() || (x.is_nan() && y.is_nan()))
+        };
+        for (p, is_4d) in [(&p3, false), (&p4, true), (&pc, false)] {
+            let src = Source::open(&[p.display().to_string()], "default").unwrap();
+            let ds = hdf5::File::open(p).unwrap().dataset("default").unwrap();
+            for t in 0..src.len() {
+                let by_hdf5: Array3<f32> = if is_4d {
+                    ds.read_slice(ndarray::s![t, .., .., ..]).unwrap()
+                } else {
+                    ds.read().unwrap()
+                };
+                let ours = src.read(t).unwrap();
+                assert!(
+                    same(&ours, &by_hdf5),
+                    "{name} {p:?} t={t}: {ours} vs {by_hdf5}"
+                );
+            }
+        }
+    }
+
+    #[test]
+    fn raw_reads_convert_exactly_as_hdf5_does() {
+        check("uint8", |v| v.clamp(0.0, 255.0) as u8);
+        check("uint16", |v| v.clamp(0.0, 65535.0) as u16);
+        check("int16", |v| v.clamp(-32768.0, 32767.0) as i16);
+        check("int32", |v| v as i32);
+        check("float32", |v| v as f32);
+        check("float64", |v| v);
+    }
+
+    #[test]
+    fn a_file_cut_short_is_an_error_naming_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("cut.h5");
+        {
+            let f = hdf5::File::create(&p).unwrap();
+            f.new_dataset_builder()
+                .with_data(&Array3::<f64>::zeros((8, 16, 16)))
+                .create("default")
+                .unwrap();
+        }
+        let src = Source::open(&[p.display().to_string()], "default").unwrap();
+        let len = std::fs::metadata(&p).unwrap().len();
+        std::fs::OpenOptions::new()
+            .write(true)
+            .open(&p)
+            .unwrap()
+            .set_len(len - 100)
+            .unwrap();
+        let err = src.read(0).unwrap_err().to_string();
+        assert!(err.contains("cut.h5") && err.contains("t=0"), "{err}");
+    }
 }
