@@ -623,7 +623,7 @@ mod tests {
             1e-50,
             f64::NAN,
             f64::INFINITY,
-            3.141592653589793,
+            std::f64::consts::PI,
         ];
         (0..3 * 4 * 5)
             .map(|i| conv(edge[i % edge.len()] * if i > 17 { 0.37 } else { 1.0 }))
