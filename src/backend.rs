@@ -3,6 +3,8 @@
 //! The pipeline drives one `Backend` per run. Kernel-level methods exist so each kernel can be
 //! tested on its own; `process_frame` chains them for one timepoint, and a backend that keeps data
 //! resident on a device (the GPU) overrides it so a volume is uploaded once and read back once.
+//! `process_frame_ahead` is the same step told which volume comes next, so a device backend can
+//! stage that upload while this one computes.
 
 use crate::error::Result;
 use crate::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
@@ -52,6 +54,28 @@ pub struct Moments {
 impl Moments {
     /// A fresh nonzero id for moments a backend computes.
     pub fn next_id() -> u64 {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
+/// A volume with its sequence number (`SeqVolume::next_seq`): the identity by which a backend
+/// recognises a volume it staged ahead of time (`Backend::process_frame_ahead`). Two volumes with the
+/// same number must hold the same values; numbers from `next_seq` are never reused in a process, so
+/// a volume staged in one run can never be mistaken for one of another run.
+#[derive(Clone, Copy, Debug)]
+pub struct SeqVolume<'a> {
+    pub seq: u64,
+    pub vol: ArrayView3<'a, f32>,
+}
+
+impl<'a> SeqVolume<'a> {
+    pub fn new(seq: u64, vol: ArrayView3<'a, f32>) -> Self {
+        SeqVolume { seq, vol }
+    }
+
+    /// A fresh nonzero sequence number.
+    pub fn next_seq() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
     }
@@ -118,5 +142,19 @@ pub trait Backend {
             filtered: if plan.keep_filtered { filtered } else { None },
             registration,
         })
+    }
+
+    /// `process_frame` for `raw`, told that `next` is the volume of the following call. A backend
+    /// may start moving `next` to its device while `raw` is computed (the GPU backend does) and
+    /// skip that upload when the following call brings the same `seq`; the result is the same as
+    /// `process_frame(raw.vol, plan)` whatever `next` is. The default ignores `next`.
+    fn process_frame_ahead(
+        &mut self,
+        raw: SeqVolume<'_>,
+        next: Option<SeqVolume<'_>>,
+        plan: &FramePlan,
+    ) -> Result<FrameOutput> {
+        let _ = next;
+        self.process_frame(raw.vol, plan)
     }
 }

@@ -11,11 +11,14 @@
 //! and the output each hold a copy of `data`.
 //!
 //! Memory is bounded by a few volumes plus the z-score accumulators, whatever the number of timepoints:
-//! at most `depth` + 1 volumes on the read side (queued and being read), the one being computed with
-//! its result, and `depth` + 1 results on the write side (queued and being written; a result is two
-//! volumes with `--save filtered`), where `depth` (`queue_depth`) is 2 for volumes up to 8 MiB and 1 above.
+//! at most `depth` + 1 volumes on the read side (queued and being read), in pass 1 the lookahead (the
+//! next volume, taken from the reader before the current one is computed so a GPU backend can upload
+//! it during that compute), the one being computed with its result, and `depth` + 1 results on the
+//! write side (queued and being written; a result is two volumes with `--save filtered`), where
+//! `depth` (`queue_depth`) is 2 for volumes up to 8 MiB and 1 above. Pass 1 thus holds up to
+//! 2·`depth` + 5 volumes (`depth` + 2 more with `--save filtered`), pass 2 up to 2·`depth` + 4.
 
-use crate::backend::{Backend, FrameOutput, FramePlan, Moments};
+use crate::backend::{Backend, FrameOutput, FramePlan, Moments, SeqVolume};
 use crate::error::{Error, Result};
 use crate::io::{fmt_shape, Sink, Source};
 use crate::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
@@ -292,14 +295,39 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
                 }
             },
         );
-        for t in 0..n {
-            let mut raw = receive(&rx, &mut clock)?;
+        // Volume t + 1 is taken from the reader (and sanitized) before t is computed, so the backend can
+        // stage its upload while t computes (`Backend::process_frame_ahead`). Each volume gets a fresh
+        // sequence number: the backend recognises a staged volume by it.
+        let mut take = |t: usize, clock: &mut Clock| -> Result<(u64, Array3<f32>)> {
+            let mut raw = receive(&rx, clock)?;
             nonfinite_replaced += sanitize(&mut raw, cfg.nonfinite, source, t)?;
+            Ok((SeqVolume::next_seq(), raw))
+        };
+        let mut next = if n > 0 {
+            Some(take(0, &mut clock)?)
+        } else {
+            None
+        };
+        for t in 0..n {
+            let Some((seq, raw)) = next.take() else {
+                break;
+            };
+            next = if t + 1 < n {
+                Some(take(t + 1, &mut clock)?)
+            } else {
+                None
+            };
             let FrameOutput {
                 volume,
                 filtered,
                 registration,
-            } = clock.time("compute", || backend.process_frame(raw.view(), &plan))?;
+            } = clock.time("compute", || {
+                backend.process_frame_ahead(
+                    SeqVolume::new(seq, raw.view()),
+                    next.as_ref().map(|(s, v)| SeqVolume::new(*s, v.view())),
+                    &plan,
+                )
+            })?;
             // Freed before `send` may block on a full queue, so a stalled writer holds no extra volume here.
             drop(raw);
             registrations.extend(registration);

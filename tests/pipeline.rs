@@ -1,14 +1,17 @@
 //! The whole pipeline on synthetic data with known shifts, through the library and the output file.
 
-use gpuprep::backend::Moments;
+use gpuprep::backend::{Backend, FrameOutput, FramePlan, Moments, SeqVolume};
 use gpuprep::cpu::reference::zscore_in_memory;
 use gpuprep::cpu::zscore::normalize;
 use gpuprep::cpu::CpuBackend;
+use gpuprep::error::Result;
 use gpuprep::io::Dtype;
-use gpuprep::params::{Normalization, RegisterParams, ZscoreParams};
+use gpuprep::params::{
+    MedianParams, Normalization, RegisterParams, Registration, ShiftParams, ZscoreParams,
+};
 use gpuprep::pipeline::{run, RunConfig};
 use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
-use ndarray::Array3;
+use ndarray::{Array3, ArrayView3};
 
 fn dataset(dir: &std::path::Path, subpixel: bool, shape: [usize; 4]) -> Vec<[f64; 3]> {
     let spec = SynthSpec {
@@ -242,4 +245,143 @@ fn a_failure_midway_leaves_neither_output_nor_scratch() {
             "save {save}: {err}"
         );
     }
+}
+
+/// The CPU backend, recording what the pipeline hands `process_frame_ahead`: each call's sequence
+/// number and volume, and its lookahead's.
+#[derive(Default)]
+struct Lookahead {
+    cpu: CpuBackend,
+    calls: Vec<(Numbered, Option<Numbered>)>,
+}
+
+/// A volume and its sequence number, as `process_frame_ahead` received it.
+type Numbered = (u64, Array3<f32>);
+
+impl Backend for Lookahead {
+    fn describe(&self) -> String {
+        self.cpu.describe()
+    }
+    fn median3d(&mut self, vol: ArrayView3<f32>, p: &MedianParams) -> Result<Array3<f32>> {
+        self.cpu.median3d(vol, p)
+    }
+    fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()> {
+        self.cpu.set_reference(reference, p)
+    }
+    fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration> {
+        self.cpu.register(vol)
+    }
+    fn shift(&mut self, vol: ArrayView3<f32>, s: [f64; 3], p: &ShiftParams) -> Result<Array3<f32>> {
+        self.cpu.shift(vol, s, p)
+    }
+    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<()> {
+        self.cpu.reset_moments(shape)
+    }
+    fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()> {
+        self.cpu.accumulate(vol)
+    }
+    fn moments(&mut self, p: &ZscoreParams) -> Result<Moments> {
+        self.cpu.moments(p)
+    }
+    fn normalize(
+        &mut self,
+        vol: ArrayView3<f32>,
+        m: &Moments,
+        p: &ZscoreParams,
+    ) -> Result<Array3<f32>> {
+        self.cpu.normalize(vol, m, p)
+    }
+    fn process_frame_ahead(
+        &mut self,
+        raw: SeqVolume<'_>,
+        next: Option<SeqVolume<'_>>,
+        plan: &FramePlan,
+    ) -> Result<FrameOutput> {
+        self.calls.push((
+            (raw.seq, raw.vol.to_owned()),
+            next.map(|n| (n.seq, n.vol.to_owned())),
+        ));
+        self.cpu.process_frame_ahead(raw, next, plan)
+    }
+}
+
+/// Issue 3: pass 1 takes volume t + 1 from the reader before computing t and hands it over as
+/// `next`, numbered as the following call's volume; the output is the CPU's bit for bit.
+#[test]
+fn pass_one_hands_each_frame_the_next_volume() {
+    let (_tmp, _out_dir, cfg) = run_in_own_dir([5, 8, 11, 13]);
+    let mut backend = Lookahead::default();
+    run(&cfg, &mut backend).unwrap();
+    let calls = &backend.calls;
+    assert_eq!(calls.len(), 5);
+    for t in 0..calls.len() {
+        match (&calls[t].1, calls.get(t + 1).map(|c| &c.0)) {
+            (Some((seq, vol)), Some((next_seq, next_vol))) => {
+                assert_eq!(seq, next_seq, "timepoint {t}");
+                assert_eq!(vol, next_vol, "timepoint {t}");
+            }
+            (None, None) => {}
+            (n, c) => panic!(
+                "timepoint {t}: next {:?}, following call {:?}",
+                n.as_ref().map(|n| n.0),
+                c.map(|c| c.0)
+            ),
+        }
+    }
+    let mut seqs: Vec<u64> = calls.iter().map(|c| c.0 .0).collect();
+    seqs.sort_unstable();
+    seqs.dedup();
+    assert_eq!(seqs.len(), 5, "distinct sequence numbers");
+
+    let cpu_out = cfg.output.with_file_name("cpu.h5");
+    run(
+        &RunConfig::new(cfg.inputs.clone(), cpu_out.clone()),
+        &mut CpuBackend::new(),
+    )
+    .unwrap();
+    let (a, b) = (
+        hdf5::File::open(&cfg.output).unwrap(),
+        hdf5::File::open(&cpu_out).unwrap(),
+    );
+    let (x, y) = (read4(&a, "data"), read4(&b, "data"));
+    assert!(x
+        .iter()
+        .zip(y.iter())
+        .all(|(p, q)| p.to_bits() == q.to_bits()));
+}
+
+/// The last volume is read as the lookahead of the one before; an error there still stops the run
+/// cleanly (no hung reader or writer, nothing left behind).
+#[test]
+fn a_bad_last_volume_stops_the_run_while_it_is_the_lookahead() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in");
+    let spec = SynthSpec {
+        shape: [4, 8, 11, 13],
+        mode: SynthMode::Realistic,
+        seed: 3,
+        dtype: Dtype::F32,
+        ..SynthSpec::default()
+    };
+    synth(&input, &spec, false).unwrap();
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let cfg = RunConfig::new(vec![input.display().to_string()], out_dir.join("out.h5"));
+    let bad = input.join("ind_00003.h5");
+    {
+        let f = hdf5::File::open_rw(&bad).unwrap();
+        let ds = f.dataset("default").unwrap();
+        let mut v = ds.read::<f32, ndarray::Ix3>().unwrap();
+        v[[1, 2, 3]] = f32::INFINITY;
+        ds.write(&v).unwrap();
+    }
+    let mut backend = Lookahead::default();
+    let err = run(&cfg, &mut backend).unwrap_err().to_string();
+    assert!(
+        err.contains("ind_00003.h5") && err.contains("timepoint 3"),
+        "{err}"
+    );
+    // Timepoints 0 and 1 were computed; 2 never was, since its lookahead failed first.
+    assert_eq!(backend.calls.len(), 2);
+    assert_eq!(listing(&out_dir), Vec::<String>::new());
 }
