@@ -953,3 +953,297 @@ mod tiled {
         assert!(worst < 1e-3, "tiled GPU and CPU outputs differ by {worst}");
     }
 }
+
+/// Issue 3: `process_frame_ahead` stages the next volume while the current one computes. Its
+/// results must be those of `process_frame` bit for bit, whatever arrives next.
+mod ahead {
+    use super::*;
+    use gpuprep::backend::{FrameOutput, SeqVolume};
+    use gpuprep::gpu::AheadStats;
+
+    /// Odd, non-power-of-two and not a multiple of the workgroup size.
+    const SHAPE: [usize; 3] = [9, 13, 17];
+
+    /// Every route through the fused frame: registration (staging between the registration's
+    /// submission and its peak readback), median only and nothing but the z-score (staging after
+    /// the single submission; the output read from the swapped-in input buffer itself).
+    fn plans() -> Vec<FramePlan> {
+        let median = MedianParams::new([3, 3, 3], BoundaryMode::Reflect, 0.0).unwrap();
+        let full = FramePlan {
+            median: Some(median),
+            register: Some(RegisterParams::default()),
+            register_on_raw: false,
+            shift: ShiftParams::new(3, BoundaryMode::Constant, 0.0).unwrap(),
+            accumulate: true,
+            keep_filtered: true,
+        };
+        vec![
+            full,
+            FramePlan {
+                register_on_raw: true,
+                keep_filtered: false,
+                ..full
+            },
+            FramePlan {
+                register: None,
+                ..full
+            },
+            FramePlan {
+                median: None,
+                register: None,
+                ..full
+            },
+        ]
+    }
+
+    /// Reference and `n` shifted, noisy copies of it.
+    fn frames(rng: &mut StdRng, n: usize) -> (Array3<f32>, Vec<Array3<f32>>) {
+        let reference = blobs(rng, SHAPE);
+        let vols = (0..n)
+            .map(|_| {
+                let s = [0, 1, 2].map(|_| rng.random_range(-2i64..=2));
+                let mut v = roll(reference.view(), s);
+                v.mapv_inplace(|x| x + 0.01 * rng.random::<f32>());
+                v
+            })
+            .collect();
+        (reference, vols)
+    }
+
+    fn start(g: &mut GpuBackend, reference: &Array3<f32>, plan: &FramePlan) {
+        if let Some(rp) = &plan.register {
+            g.set_reference(reference.view(), rp).unwrap();
+        }
+        g.reset_moments(SHAPE).unwrap();
+    }
+
+    fn same_bits(a: &Array3<f32>, b: &Array3<f32>) -> bool {
+        a.shape() == b.shape()
+            && a.iter()
+                .zip(b.iter())
+                .all(|(x, y)| x.to_bits() == y.to_bits())
+    }
+
+    fn assert_same(a: &FrameOutput, b: &FrameOutput, ctx: &str) {
+        assert_eq!(a.registration, b.registration, "registration: {ctx}");
+        assert!(same_bits(&a.volume, &b.volume), "volume: {ctx}");
+        assert_eq!(a.filtered.is_some(), b.filtered.is_some(), "{ctx}");
+        if let (Some(x), Some(y)) = (&a.filtered, &b.filtered) {
+            assert!(same_bits(x, y), "filtered: {ctx}");
+        }
+    }
+
+    fn assert_same_moments(a: &mut GpuBackend, b: &mut GpuBackend, ctx: &str) {
+        let p = ZscoreParams::default();
+        let (ma, mb) = (a.moments(&p).unwrap(), b.moments(&p).unwrap());
+        assert!(same_bits(&ma.mean, &mb.mean), "mean: {ctx}");
+        assert!(same_bits(&ma.std, &mb.std), "std: {ctx}");
+    }
+
+    fn delta(before: AheadStats, after: AheadStats) -> [usize; 3] {
+        [
+            after.staged - before.staged,
+            after.frames_prestaged - before.frames_prestaged,
+            after.frames_uploaded - before.frames_uploaded,
+        ]
+    }
+
+    #[test]
+    fn overlapped_frames_are_bit_identical_to_synchronous_ones() {
+        let (Some(mut sync), Some(mut ahead)) = (gpu(), gpu()) else {
+            return;
+        };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        for plan in plans() {
+            let (reference, vols) = frames(&mut rng, 7);
+            start(&mut sync, &reference, &plan);
+            start(&mut ahead, &reference, &plan);
+            let seqs: Vec<u64> = vols.iter().map(|_| SeqVolume::next_seq()).collect();
+            let before = ahead.ahead_stats();
+            for t in 0..vols.len() {
+                let want = sync.process_frame(vols[t].view(), &plan).unwrap();
+                // The last frame has no next volume.
+                let next = vols
+                    .get(t + 1)
+                    .map(|v| SeqVolume::new(seqs[t + 1], v.view()));
+                let got = ahead
+                    .process_frame_ahead(SeqVolume::new(seqs[t], vols[t].view()), next, &plan)
+                    .unwrap();
+                assert_same(&got, &want, &format!("t {t} plan {plan:?}; seed {seed}"));
+            }
+            assert_same_moments(&mut ahead, &mut sync, &format!("{plan:?}; seed {seed}"));
+            // Every volume but the first was staged, and every staged one was used.
+            assert_eq!(
+                delta(before, ahead.ahead_stats()),
+                [6, 6, 1],
+                "staged, prestaged, uploaded: {plan:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn a_volume_other_than_the_staged_one_is_uploaded() {
+        let (Some(mut sync), Some(mut g)) = (gpu(), gpu()) else {
+            return;
+        };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let plan = plans()[0];
+        let (reference, v) = frames(&mut rng, 8);
+        start(&mut sync, &reference, &plan);
+        start(&mut g, &reference, &plan);
+        let s: Vec<u64> = v.iter().map(|_| SeqVolume::next_seq()).collect();
+        let sv = |i: usize| SeqVolume::new(s[i], v[i].view());
+        let mut check = |out: FrameOutput, i: usize, what: &str| {
+            let want = sync.process_frame(v[i].view(), &plan).unwrap();
+            assert_same(&out, &want, &format!("{what}; seed {seed}"));
+        };
+        let st = |g: &GpuBackend| g.ahead_stats();
+
+        // Stage 1, then bring 2: a different volume with a different number is uploaded.
+        let b = st(&g);
+        let out = g.process_frame_ahead(sv(0), Some(sv(1)), &plan).unwrap();
+        check(out, 0, "frame 0");
+        let out = g.process_frame_ahead(sv(2), Some(sv(3)), &plan).unwrap();
+        check(out, 2, "another volume than the staged one");
+        assert_eq!(delta(b, st(&g)), [2, 0, 2]);
+
+        // Stage 3, then bring 3's values under another number: numbers decide, so it is uploaded.
+        let b = st(&g);
+        let renumbered = SeqVolume::new(SeqVolume::next_seq(), v[3].view());
+        let out = g
+            .process_frame_ahead(renumbered, Some(sv(4)), &plan)
+            .unwrap();
+        check(out, 3, "same values, other number");
+        assert_eq!(delta(b, st(&g)), [1, 0, 1]);
+
+        // 4 is staged; kernel calls in between write only the current input and leave it intact.
+        let b = st(&g);
+        let other = random(&mut rng, SHAPE);
+        g.median3d(other.view(), plan.median.as_ref().unwrap())
+            .unwrap();
+        g.shift(other.view(), [0.5, -1.0, 0.25], &plan.shift)
+            .unwrap();
+        let out = g.process_frame_ahead(sv(4), Some(sv(5)), &plan).unwrap();
+        check(out, 4, "staged volume after kernel calls");
+        assert_eq!(delta(b, st(&g)), [1, 1, 0]);
+
+        // 5 is staged; a plain `process_frame` of it uploads (it has no number) and drops the stage.
+        let b = st(&g);
+        let out = g.process_frame(v[5].view(), &plan).unwrap();
+        check(out, 5, "plain process_frame after staging");
+        let out = g.process_frame_ahead(sv(5), None, &plan).unwrap();
+        check(out, 5, "staged volume consumed by a plain call");
+        assert_eq!(delta(b, st(&g)), [0, 0, 2]);
+
+        // A next volume of another shape is not staged; the frame still computes.
+        let b = st(&g);
+        let small = random(&mut rng, [3, 5, 7]);
+        let out = g
+            .process_frame_ahead(
+                sv(6),
+                Some(SeqVolume::new(SeqVolume::next_seq(), small.view())),
+                &plan,
+            )
+            .unwrap();
+        check(out, 6, "next of another shape");
+        let out = g.process_frame_ahead(sv(7), None, &plan).unwrap();
+        check(out, 7, "last frame");
+        assert_eq!(delta(b, st(&g)), [0, 0, 2]);
+
+        assert_same_moments(&mut g, &mut sync, &format!("seed {seed}"));
+    }
+
+    #[test]
+    fn tiled_volumes_ignore_the_lookahead() {
+        let (Some(mut sync), Some(mut g)) = (gpu(), gpu()) else {
+            return;
+        };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let plan = plans()[0];
+        let (reference, v) = frames(&mut rng, 3);
+        // The f32 volume (7956 bytes) is over the limit, a one-voxel registration slab (6656) under.
+        sync.set_max_tile_bytes(7168);
+        g.set_max_tile_bytes(7168);
+        start(&mut sync, &reference, &plan);
+        start(&mut g, &reference, &plan);
+        let s: Vec<u64> = v.iter().map(|_| SeqVolume::next_seq()).collect();
+        let (b, tiles) = (g.ahead_stats(), g.tile_stats());
+        for t in 0..v.len() {
+            let want = sync.process_frame(v[t].view(), &plan).unwrap();
+            let next = v.get(t + 1).map(|n| SeqVolume::new(s[t + 1], n.view()));
+            let got = g
+                .process_frame_ahead(SeqVolume::new(s[t], v[t].view()), next, &plan)
+                .unwrap();
+            assert_same(&got, &want, &format!("tiled t {t}; seed {seed}"));
+        }
+        assert_eq!(
+            g.ahead_stats(),
+            b,
+            "nothing staged or counted on the tiled route"
+        );
+        assert!(g.tile_stats().median > tiles.median);
+        assert_same_moments(&mut g, &mut sync, &format!("tiled; seed {seed}"));
+    }
+
+    /// `pipeline::run` hands the GPU backend each next volume: all but the first are staged and
+    /// used, and the result still matches the CPU backend.
+    #[test]
+    fn the_pipeline_stages_every_volume_but_the_first() {
+        use gpuprep::io::Dtype;
+        use gpuprep::pipeline::{run, RunConfig};
+        use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
+        let Some(mut g) = gpu() else { return };
+        let tmp = tempfile::tempdir().unwrap();
+        let spec = SynthSpec {
+            shape: [5, 9, 13, 17],
+            mode: SynthMode::Realistic,
+            layout: SynthLayout::Files,
+            max_shift: 2.0,
+            subpixel: false,
+            noise: 0.02,
+            seed: 7,
+            dtype: Dtype::U16,
+        };
+        synth(&tmp.path().join("in"), &spec, false).unwrap();
+        let input = vec![tmp.path().join("in").display().to_string()];
+        let before = g.ahead_stats();
+        run(
+            &RunConfig::new(input.clone(), tmp.path().join("gpu.h5")),
+            &mut g,
+        )
+        .unwrap();
+        run(
+            &RunConfig::new(input, tmp.path().join("cpu.h5")),
+            &mut CpuBackend::new(),
+        )
+        .unwrap();
+        assert_eq!(delta(before, g.ahead_stats()), [4, 4, 1]);
+        let (a, b) = (
+            hdf5::File::open(tmp.path().join("cpu.h5")).unwrap(),
+            hdf5::File::open(tmp.path().join("gpu.h5")).unwrap(),
+        );
+        assert_eq!(
+            a.dataset("shifts").unwrap().read_2d::<f64>().unwrap(),
+            b.dataset("shifts").unwrap().read_2d::<f64>().unwrap()
+        );
+        let (x, y) = (
+            a.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
+            b.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
+        );
+        let worst = x
+            .iter()
+            .zip(y.iter())
+            .map(|(p, q)| {
+                if p.is_nan() && q.is_nan() {
+                    0.0
+                } else {
+                    (p - q).abs()
+                }
+            })
+            .fold(0.0f32, f32::max);
+        assert!(worst < 1e-3, "GPU and CPU outputs differ by {worst}");
+    }
+}

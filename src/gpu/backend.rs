@@ -6,13 +6,19 @@
 //! complex spectrum (8) for registration, the f64 accumulators (8 each) for the z-score. Larger
 //! volumes take each stage's tiled route (slabs or element ranges, see the kernels' `run_tiled`),
 //! stage by stage, with the volume on the host between stages.
+//!
+//! `process_frame_ahead` stages the next volume's upload into a second input buffer (see
+//! `ahead`) right after the frame's first submission, while the GPU computes; the next call that
+//! brings a volume with that sequence number swaps the two inputs instead of uploading. Only the
+//! fused resident route stages: the tiled route has no single device input, so it ignores `next`.
 
+use super::ahead::AheadUpload;
 use super::device::{Api, GpuContext, TileStats};
 use super::register::{GpuRegistrar, TiledRegistrar};
 use super::shift::ShiftBuffers;
 use super::zscore::{GpuAccumulator, TiledAccumulator};
 use super::{median3d, shift, zscore};
-use crate::backend::{Backend, FrameOutput, FramePlan, Moments};
+use crate::backend::{Backend, FrameOutput, FramePlan, Moments, SeqVolume};
 use crate::cpu;
 use crate::error::{Error, Result};
 use crate::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
@@ -21,10 +27,14 @@ use ndarray::{Array3, ArrayView3};
 /// Resident per-shape volume buffers, reused across timepoints.
 struct Frame {
     shape: [usize; 3],
+    /// The input volume. Swapped with `ahead.input` when a frame finds its volume staged there,
+    /// so the two alternate as frames go by.
     raw: wgpu::Buffer,
     filtered: wgpu::Buffer,
     shifted: wgpu::Buffer,
     shift: ShiftBuffers,
+    /// Made by the first `process_frame_ahead` with a `next`: one more volume on the device.
+    ahead: Option<AheadUpload>,
 }
 
 impl Frame {
@@ -32,12 +42,32 @@ impl Frame {
         let bytes = shape.iter().product::<usize>() as u64 * 4;
         Ok(Frame {
             shape,
-            raw: ctx.storage("frame.raw", bytes)?,
+            raw: ctx.storage("frame.input_a", bytes)?,
             filtered: ctx.storage("frame.filtered", bytes)?,
             shifted: ctx.storage("frame.shifted", bytes)?,
             shift: ShiftBuffers::new(ctx, shape)?,
+            ahead: None,
         })
     }
+}
+
+/// The volume staged in `Frame::ahead`, by sequence number (`SeqVolume`).
+#[derive(Clone, Copy, Debug)]
+struct Staged {
+    seq: u64,
+    shape: [usize; 3],
+}
+
+/// How `process_frame` and `process_frame_ahead` got their volumes onto the device (tests assert
+/// that staged uploads were really used).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AheadStats {
+    /// Volumes staged while an earlier frame computed.
+    pub staged: usize,
+    /// Frames (fused resident route) that found their volume staged and skipped its upload.
+    pub frames_prestaged: usize,
+    /// Frames (fused resident route) that uploaded their volume: nothing staged, or another volume.
+    pub frames_uploaded: usize,
 }
 
 enum RegisterState {
@@ -73,6 +103,11 @@ pub struct GpuBackend {
     /// Device copies of the last moments this backend computed (`Moments::id`, mean, std), so
     /// the normalize pass uploads only the volume.
     resident_moments: Option<(u64, wgpu::Buffer, wgpu::Buffer)>,
+    /// What `Frame::ahead.input` holds for the next frame call, if anything. Every frame call
+    /// consumes it (uses it or lets it go); kernel-level calls leave it alone, as they only write
+    /// `Frame::raw`.
+    staged: Option<Staged>,
+    ahead_stats: AheadStats,
 }
 
 fn dims(v: &ArrayView3<f32>) -> [usize; 3] {
@@ -102,7 +137,14 @@ impl GpuBackend {
             registrar: None,
             moments: None,
             resident_moments: None,
+            staged: None,
+            ahead_stats: AheadStats::default(),
         })
+    }
+
+    /// Counts of staged and uploaded frame volumes since the backend was made.
+    pub fn ahead_stats(&self) -> AheadStats {
+        self.ahead_stats
     }
 
     /// A reference is set and has the volume's shape.
@@ -185,6 +227,7 @@ impl GpuBackend {
         check_shape(shape)?;
         if self.frame.as_ref().map(|f| f.shape) != Some(shape) {
             self.frame = None;
+            self.staged = None;
             self.frame = Some(Frame::new(&self.ctx, shape)?);
         }
         Ok(self.frame.as_ref().unwrap())
@@ -440,6 +483,31 @@ impl Backend for GpuBackend {
 
     /// Upload once; median → register → shift → accumulate on the device; read back once.
     fn process_frame(&mut self, raw: ArrayView3<f32>, plan: &FramePlan) -> Result<FrameOutput> {
+        self.frame_with_lookahead(raw, None, None, plan)
+    }
+
+    /// `process_frame`, staging `next` while this frame computes (see the module doc). `next` is
+    /// ignored when its shape differs from `raw`'s or the volume takes the tiled route.
+    fn process_frame_ahead(
+        &mut self,
+        raw: SeqVolume<'_>,
+        next: Option<SeqVolume<'_>>,
+        plan: &FramePlan,
+    ) -> Result<FrameOutput> {
+        self.frame_with_lookahead(raw.vol, Some(raw.seq), next, plan)
+    }
+}
+
+impl GpuBackend {
+    /// The fused frame: `raw` (sequence number `seq`, if any) uploaded unless it was staged,
+    /// `next` staged after the first submission.
+    fn frame_with_lookahead(
+        &mut self,
+        raw: ArrayView3<f32>,
+        seq: Option<u64>,
+        next: Option<SeqVolume<'_>>,
+        plan: &FramePlan,
+    ) -> Result<FrameOutput> {
         let shape = dims(&raw);
         if let Some(m) = &plan.median {
             m.check_shape(shape)?;
@@ -451,12 +519,43 @@ impl Backend for GpuBackend {
             self.check_accumulator_shape(shape)?;
         }
         check_shape(shape)?;
+        let staged = self.staged.take();
         if !self.frame_fits(shape, plan) {
-            return self.process_frame_staged(raw, plan);
+            return self.process_frame_by_stage(raw, plan);
         }
-        self.upload(raw)?;
+        self.frame(shape)?;
+        let f = self.frame.as_mut().unwrap();
+        match (staged, &mut f.ahead) {
+            (Some(s), Some(ahead)) if seq == Some(s.seq) && s.shape == shape => {
+                // The staging copy was submitted before anything this frame submits, so the queue
+                // runs it first.
+                std::mem::swap(&mut f.raw, &mut ahead.input);
+                self.ahead_stats.frames_prestaged += 1;
+            }
+            _ => {
+                self.upload(raw)?;
+                self.ahead_stats.frames_uploaded += 1;
+            }
+        }
+        let next = next.filter(|n| dims(&n.vol) == shape);
+        let f = self.frame.as_mut().unwrap();
+        if next.is_some() && f.ahead.is_none() {
+            f.ahead = Some(AheadUpload::new(&self.ctx, shape.iter().product())?);
+        }
         let ctx = &self.ctx;
         let f = self.frame.as_ref().unwrap();
+        // Called right after the frame's first submission, so the host copy overlaps that GPU work;
+        // returns the sequence number it staged.
+        let stage_next = || -> Result<Option<u64>> {
+            match (next, &f.ahead) {
+                (Some(n), Some(ahead)) => {
+                    let std = n.vol.as_standard_layout();
+                    ahead.stage(ctx, std.as_slice().unwrap())?;
+                    Ok(Some(n.seq))
+                }
+                _ => Ok(None),
+            }
+        };
         let mut rec = ctx.recorder();
         let current = match &plan.median {
             Some(m) => {
@@ -465,7 +564,8 @@ impl Backend for GpuBackend {
             }
             None => &f.raw,
         };
-        let registration = match plan.register {
+        let mut staged_seq = None;
+        let (registration, mut rec, stage_later) = match plan.register {
             Some(_) => {
                 let target = if plan.register_on_raw {
                     &f.raw
@@ -473,15 +573,16 @@ impl Backend for GpuBackend {
                     current
                 };
                 // The registrar appends its work to `rec` and submits it: one submission for the
-                // median and the registration, then the peak is read back.
+                // median and the registration (most of the frame's GPU time), then the peak is
+                // read back; the next volume is staged in between.
                 let Some(RegisterState::Gpu(registrar)) = self.registrar.as_mut() else {
                     unreachable!("checked by frame_fits")
                 };
-                let r = registrar.register(ctx, target, Some(rec))?;
-                rec = ctx.recorder();
-                Some(r)
+                let (r, s) = registrar.register_then(ctx, target, Some(rec), stage_next)?;
+                staged_seq = s;
+                (Some(r), ctx.recorder(), None)
             }
-            None => None,
+            None => (None, rec, Some(stage_next)),
         };
         let volume_buf = match &registration {
             Some(r) => {
@@ -506,6 +607,9 @@ impl Backend for GpuBackend {
             }
         }
         rec.submit()?;
+        if let Some(stage) = stage_later {
+            staged_seq = stage()?;
+        }
         let volume = self.download(volume_buf, shape)?;
         if cpu_acc {
             if let Some(MomentState::Cpu(a)) = self.moments.as_mut() {
@@ -521,18 +625,20 @@ impl Backend for GpuBackend {
         } else {
             None
         };
+        if let Some(seq) = staged_seq {
+            self.staged = Some(Staged { seq, shape });
+            self.ahead_stats.staged += 1;
+        }
         Ok(FrameOutput {
             volume,
             filtered,
             registration,
         })
     }
-}
 
-impl GpuBackend {
     /// `process_frame` for volumes over the tile limit: each stage on its own (tiled where its
     /// buffers do not fit), the volume on the host between stages.
-    fn process_frame_staged(
+    fn process_frame_by_stage(
         &mut self,
         raw: ArrayView3<f32>,
         plan: &FramePlan,

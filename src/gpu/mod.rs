@@ -34,8 +34,18 @@
 //!
 //! Other limits, all reported as `Error`s rather than panics: median windows hold at most 1331
 //! elements (11×11×11). Without SHADER_F64 (e.g. the GL backend) the z-score runs on the CPU twin
-//! and `describe()` says so. Uploads do not overlap compute yet (`process_frame` is synchronous).
+//! and `describe()` says so.
+//!
+//! Upload overlap (issue 3). The pipeline hands each frame the next volume as well
+//! (`Backend::process_frame_ahead`); right after the frame's first submission the backend copies
+//! that volume into a reused host-visible staging buffer and submits its copy into a second input
+//! buffer (`ahead`), and the next frame, recognising the volume by its sequence number, swaps the
+//! inputs instead of uploading. With wgpu's single queue only the host side overlaps GPU compute
+//! (that copy, and the pipeline's HDF5 reads on its reader thread); the device-side copy is queued
+//! between the frames' compute, serialized with it. It costs one more volume of device memory and
+//! applies to the fused resident route only: tiled volumes ignore the lookahead.
 
+pub mod ahead;
 pub mod backend;
 pub mod device;
 pub mod fft;
@@ -45,5 +55,5 @@ pub mod shaders;
 pub mod shift;
 pub mod zscore;
 
-pub use backend::GpuBackend;
+pub use backend::{AheadStats, GpuBackend};
 pub use device::{list_adapters, AdapterSummary, Api, GpuContext, TileStats};

@@ -160,6 +160,19 @@ impl GpuRegistrar {
         src: &wgpu::Buffer,
         rec: Option<Recorder<'_>>,
     ) -> Result<Registration> {
+        Ok(self.register_then(ctx, src, rec, || Ok(()))?.0)
+    }
+
+    /// `register`, calling `after_submit` once the spectra and peak search are submitted and
+    /// before waiting for them: host work placed there overlaps the registration's GPU time
+    /// (`GpuBackend::process_frame_ahead` stages the next volume there).
+    pub fn register_then<T>(
+        &mut self,
+        ctx: &GpuContext,
+        src: &wgpu::Buffer,
+        rec: Option<Recorder<'_>>,
+        after_submit: impl FnOnce() -> Result<T>,
+    ) -> Result<(Registration, T)> {
         let total = self.total();
         let mut rec = rec.unwrap_or_else(|| ctx.recorder());
         self.record_spectrum(ctx, &mut rec, src, &self.g)?;
@@ -185,6 +198,7 @@ impl GpuRegistrar {
             self.groups as u64,
         );
         rec.submit()?;
+        let after = after_submit()?;
         let moving_power = self.read_power(ctx)?;
         let partials = ctx.read::<Partial>(&self.partials, self.groups)?;
         let mut best = Partial {
@@ -206,12 +220,13 @@ impl GpuRegistrar {
         let [_, ny, nx] = self.shape;
         let i = best.idx as usize;
         let peak = [i / (ny * nx), (i / nx) % ny, i % nx];
-        self.finish(
+        let r = self.finish(
             ctx,
             peak,
             Complex64::new(best.re as f64, best.im as f64),
             moving_power,
-        )
+        )?;
+        Ok((r, after))
     }
 
     /// `cpu::register::finish`, with the upsampled DFT on the device.
