@@ -35,6 +35,13 @@ fn kernels(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("register_u1", &name), &v, |b, v| {
             b.iter(|| reg.register(v.view()))
         });
+        let reg10 = Registrar::new(
+            v.view(),
+            &RegisterParams::new(10, Normalization::Phase).unwrap(),
+        );
+        g.bench_with_input(BenchmarkId::new("register_u10", &name), &v, |b, v| {
+            b.iter(|| reg10.register(v.view()))
+        });
         g.bench_with_input(BenchmarkId::new("shift_order3", &name), &v, |b, v| {
             b.iter(|| shift3d(v.view(), [0.4, -1.3, 2.7], &ShiftParams::default()))
         });
