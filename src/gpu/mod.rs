@@ -43,7 +43,8 @@
 //! inputs instead of uploading. With wgpu's single queue only the host side overlaps GPU compute
 //! (that copy, and the pipeline's HDF5 reads on its reader thread); the device-side copy is queued
 //! between the frames' compute, serialized with it. It costs one more volume of device memory and
-//! applies to the fused resident route only: tiled volumes ignore the lookahead.
+//! one of host-visible staging, and applies to the fused resident route only: tiled volumes ignore
+//! the lookahead.
 
 pub mod ahead;
 pub mod backend;
