@@ -144,6 +144,13 @@ pub trait Backend {
         })
     }
 
+    /// Whether `process_frame_ahead` uses `next` for frames of `shape` under `plan`: the pipeline
+    /// takes volume t + 1 from the reader before computing t (one more volume in memory) only then.
+    fn stages_ahead(&self, shape: [usize; 3], plan: &FramePlan) -> bool {
+        let _ = (shape, plan);
+        false
+    }
+
     /// `process_frame` for `raw`, told that `next` is the volume of the following call. A backend
     /// may start moving `next` to its device while `raw` is computed (the GPU backend does) and
     /// skip that upload when the following call brings the same `seq`; the result is the same as

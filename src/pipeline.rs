@@ -11,9 +11,9 @@
 //! and the output each hold a copy of `data`.
 //!
 //! Memory is bounded by a few volumes plus the z-score accumulators, whatever the number of timepoints:
-//! at most `depth` + 1 volumes on the read side (queued and being read), in pass 1 the lookahead (the
-//! next volume, taken from the reader before the current one is computed so a GPU backend can upload
-//! it during that compute), the one being computed with its result, and `depth` + 1 results on the
+//! at most `depth` + 1 volumes on the read side (queued and being read), in pass 1 the lookahead when
+//! the backend stages uploads (the next volume, taken from the reader before the current one is computed
+//! so the GPU backend can upload it during that compute), the one being computed with its result, and `depth` + 1 results on the
 //! write side (queued and being written; a result is two volumes with `--save filtered`), where
 //! `depth` (`queue_depth`) is 2 for volumes up to 8 MiB and 1 above. Pass 1 thus holds up to
 //! 2·`depth` + 5 volumes (`depth` + 2 more with `--save filtered`), pass 2 up to 2·`depth` + 4.
@@ -295,28 +295,25 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
                 }
             },
         );
-        // Volume t + 1 is taken from the reader (and sanitized) before t is computed, so the backend can
-        // stage its upload while t computes (`Backend::process_frame_ahead`). Each volume gets a fresh
-        // sequence number: the backend recognises a staged volume by it.
+        // For a backend that stages uploads (`Backend::stages_ahead`), volume t + 1 is taken from the
+        // reader (and sanitized) before t is computed, so the backend can stage it while t computes
+        // (`Backend::process_frame_ahead`). Each volume gets a fresh sequence number: the backend
+        // recognises a staged volume by it. Other backends gain nothing from it and skip the extra volume.
+        let ahead = backend.stages_ahead(shape, &plan);
         let mut take = |t: usize, clock: &mut Clock| -> Result<(u64, Array3<f32>)> {
             let mut raw = receive(&rx, clock)?;
             nonfinite_replaced += sanitize(&mut raw, cfg.nonfinite, source, t)?;
             Ok((SeqVolume::next_seq(), raw))
         };
-        let mut next = if n > 0 {
-            Some(take(0, &mut clock)?)
-        } else {
-            None
-        };
+        let mut next: Option<(u64, Array3<f32>)> = None;
         for t in 0..n {
-            let Some((seq, raw)) = next.take() else {
-                break;
+            let (seq, raw) = match next.take() {
+                Some(v) => v,
+                None => take(t, &mut clock)?,
             };
-            next = if t + 1 < n {
-                Some(take(t + 1, &mut clock)?)
-            } else {
-                None
-            };
+            if ahead && t + 1 < n {
+                next = Some(take(t + 1, &mut clock)?);
+            }
             let FrameOutput {
                 volume,
                 filtered,

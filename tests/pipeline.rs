@@ -253,6 +253,8 @@ fn a_failure_midway_leaves_neither_output_nor_scratch() {
 struct Lookahead {
     cpu: CpuBackend,
     calls: Vec<(Numbered, Option<Numbered>)>,
+    /// What `stages_ahead` answers: a backend that says no is handed no lookahead.
+    stages: bool,
 }
 
 /// A volume and its sequence number, as `process_frame_ahead` received it.
@@ -291,6 +293,9 @@ impl Backend for Lookahead {
     ) -> Result<Array3<f32>> {
         self.cpu.normalize(vol, m, p)
     }
+    fn stages_ahead(&self, _shape: [usize; 3], _plan: &FramePlan) -> bool {
+        self.stages
+    }
     fn process_frame_ahead(
         &mut self,
         raw: SeqVolume<'_>,
@@ -310,7 +315,20 @@ impl Backend for Lookahead {
 #[test]
 fn pass_one_hands_each_frame_the_next_volume() {
     let (_tmp, _out_dir, cfg) = run_in_own_dir([5, 8, 11, 13]);
-    let mut backend = Lookahead::default();
+    let mut quiet = Lookahead::default();
+    run(&cfg, &mut quiet).unwrap();
+    assert!(
+        quiet.calls.iter().all(|c| c.1.is_none()),
+        "a backend that does not stage gets no lookahead"
+    );
+    let mut backend = Lookahead {
+        stages: true,
+        ..Lookahead::default()
+    };
+    let cfg = RunConfig {
+        force: true,
+        ..cfg
+    };
     run(&cfg, &mut backend).unwrap();
     let calls = &backend.calls;
     assert_eq!(calls.len(), 5);
@@ -375,7 +393,10 @@ fn a_bad_last_volume_stops_the_run_while_it_is_the_lookahead() {
         v[[1, 2, 3]] = f32::INFINITY;
         ds.write(&v).unwrap();
     }
-    let mut backend = Lookahead::default();
+    let mut backend = Lookahead {
+        stages: true,
+        ..Lookahead::default()
+    };
     let err = run(&cfg, &mut backend).unwrap_err().to_string();
     assert!(
         err.contains("ind_00003.h5") && err.contains("timepoint 3"),

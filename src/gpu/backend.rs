@@ -488,6 +488,11 @@ impl Backend for GpuBackend {
 
     /// `process_frame`, staging `next` while this frame computes (see the module doc). `next` is
     /// ignored when its shape differs from `raw`'s or the volume takes the tiled route.
+    /// The fused resident route stages the next volume; the tiled route ignores it.
+    fn stages_ahead(&self, shape: [usize; 3], plan: &FramePlan) -> bool {
+        self.frame_fits(shape, plan)
+    }
+
     fn process_frame_ahead(
         &mut self,
         raw: SeqVolume<'_>,
