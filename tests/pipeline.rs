@@ -325,10 +325,7 @@ fn pass_one_hands_each_frame_the_next_volume() {
         stages: true,
         ..Lookahead::default()
     };
-    let cfg = RunConfig {
-        force: true,
-        ..cfg
-    };
+    let cfg = RunConfig { force: true, ..cfg };
     run(&cfg, &mut backend).unwrap();
     let calls = &backend.calls;
     assert_eq!(calls.len(), 5);
