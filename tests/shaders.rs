@@ -79,3 +79,49 @@ fn fft_radix_variants_validate() {
         validate(&format!("fft[radix {r}]"), &v);
     }
 }
+
+/// The straight-line forgetful selection of `median3d_27` (see its comment in shaders/median3d.wgsl):
+/// 15 keys held in scalars h0..h14; step s takes the min and max of h{s}..h14 out (the min is never
+/// read again, the max slot h14 takes the next window key), and h13 is the median after step 12.
+/// Window element d is (z, y, x) = (d / 9, d / 3 % 3, d % 3), as `median3d` walks the window.
+fn median27_network() -> String {
+    let key = |d: usize| format!("key3(z{}, y{}, x{})", d / 9, (d / 3) % 3, d % 3);
+    let mut s = String::new();
+    for i in 0..15 {
+        s += &format!("    var h{i} = {};\n", key(i));
+    }
+    s += "    var lo: u32;\n    var hi: u32;\n    var m: u32;\n";
+    for step in 0..13 {
+        s += &format!("    lo = min(h{step}, h14);\n    hi = max(h{step}, h14);\n");
+        for i in step + 1..14 {
+            s += &format!(
+                "    m = max(lo, h{i});\n    lo = min(lo, h{i});\n    h{i} = min(m, hi);\n    hi = max(m, hi);\n"
+            );
+        }
+        if step < 12 {
+            s += &format!("    h14 = {};\n", key(15 + step));
+        }
+    }
+    s
+}
+
+/// The generated network in shaders/median3d.wgsl is exactly what `median27_network` writes;
+/// `GPUPREP_REGEN=1 cargo test --test tests median27` rewrites it after a change to the generator.
+#[test]
+fn median27_entry_is_the_generated_network() {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/median3d.wgsl");
+    let text = std::fs::read_to_string(&path).unwrap();
+    let begin = text.find("    // BEGIN median27_network").expect("begin marker");
+    let body_start = begin + text[begin..].find('\n').unwrap() + 1;
+    let end = text.find("    // END median27_network").expect("end marker");
+    let want = median27_network();
+    if std::env::var_os("GPUPREP_REGEN").is_some() {
+        let new = format!("{}{}{}", &text[..body_start], want, &text[end..]);
+        std::fs::write(&path, new).unwrap();
+        return;
+    }
+    assert!(
+        text[body_start..end] == want,
+        "shaders/median3d.wgsl's median27_network differs from the generator; rerun with GPUPREP_REGEN=1"
+    );
+}
