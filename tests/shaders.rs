@@ -111,9 +111,13 @@ fn median27_network() -> String {
 fn median27_entry_is_the_generated_network() {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/median3d.wgsl");
     let text = std::fs::read_to_string(&path).unwrap();
-    let begin = text.find("    // BEGIN median27_network").expect("begin marker");
+    let begin = text
+        .find("    // BEGIN median27_network")
+        .expect("begin marker");
     let body_start = begin + text[begin..].find('\n').unwrap() + 1;
-    let end = text.find("    // END median27_network").expect("end marker");
+    let end = text
+        .find("    // END median27_network")
+        .expect("end marker");
     let want = median27_network();
     if std::env::var_os("GPUPREP_REGEN").is_some() {
         let new = format!("{}{}{}", &text[..body_start], want, &text[end..]);
