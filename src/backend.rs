@@ -121,27 +121,7 @@ pub trait Backend {
 
     /// The first pass for one timepoint: filter, register, shift, accumulate.
     fn process_frame(&mut self, raw: ArrayView3<f32>, plan: &FramePlan) -> Result<FrameOutput> {
-        let filtered = match &plan.median {
-            Some(m) => Some(self.median3d(raw, m)?),
-            None => None,
-        };
-        let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
-        let registration = match plan.register {
-            Some(_) => Some(self.register(if plan.register_on_raw { raw } else { current })?),
-            None => None,
-        };
-        let volume = match registration {
-            Some(r) => self.shift(current, r.shift, &plan.shift)?,
-            None => current.to_owned(),
-        };
-        if plan.accumulate {
-            self.accumulate(volume.view())?;
-        }
-        Ok(FrameOutput {
-            volume,
-            filtered: if plan.keep_filtered { filtered } else { None },
-            registration,
-        })
+        frame_by_stage(self, raw, plan)
     }
 
     /// Whether `process_frame_ahead` uses `next` for frames of `shape` under `plan`: the pipeline
@@ -164,4 +144,34 @@ pub trait Backend {
         let _ = next;
         self.process_frame(raw.vol, plan)
     }
+}
+
+/// `process_frame` as the sequence of the backend's stage calls (the default; the GPU backend's
+/// route for volumes over its tile limit).
+pub fn frame_by_stage<B: Backend + ?Sized>(
+    b: &mut B,
+    raw: ArrayView3<f32>,
+    plan: &FramePlan,
+) -> Result<FrameOutput> {
+    let filtered = match &plan.median {
+        Some(m) => Some(b.median3d(raw, m)?),
+        None => None,
+    };
+    let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
+    let registration = match plan.register {
+        Some(_) => Some(b.register(if plan.register_on_raw { raw } else { current })?),
+        None => None,
+    };
+    let volume = match registration {
+        Some(r) => b.shift(current, r.shift, &plan.shift)?,
+        None => current.to_owned(),
+    };
+    if plan.accumulate {
+        b.accumulate(volume.view())?;
+    }
+    Ok(FrameOutput {
+        volume,
+        filtered: if plan.keep_filtered { filtered } else { None },
+        registration,
+    })
 }

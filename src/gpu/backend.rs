@@ -526,7 +526,7 @@ impl GpuBackend {
         check_shape(shape)?;
         let staged = self.staged.take();
         if !self.frame_fits(shape, plan) {
-            return self.process_frame_by_stage(raw, plan);
+            return crate::backend::frame_by_stage(self, raw, plan);
         }
         self.frame(shape)?;
         let f = self.frame.as_mut().unwrap();
@@ -637,36 +637,6 @@ impl GpuBackend {
         Ok(FrameOutput {
             volume,
             filtered,
-            registration,
-        })
-    }
-
-    /// `process_frame` for volumes over the tile limit: each stage on its own (tiled where its
-    /// buffers do not fit), the volume on the host between stages.
-    fn process_frame_by_stage(
-        &mut self,
-        raw: ArrayView3<f32>,
-        plan: &FramePlan,
-    ) -> Result<FrameOutput> {
-        let filtered = match &plan.median {
-            Some(m) => Some(self.median3d(raw, m)?),
-            None => None,
-        };
-        let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
-        let registration = match plan.register {
-            Some(_) => Some(self.register(if plan.register_on_raw { raw } else { current })?),
-            None => None,
-        };
-        let volume = match registration {
-            Some(r) => self.shift(current, r.shift, &plan.shift)?,
-            None => current.to_owned(),
-        };
-        if plan.accumulate {
-            self.accumulate(volume.view())?;
-        }
-        Ok(FrameOutput {
-            volume,
-            filtered: if plan.keep_filtered { filtered } else { None },
             registration,
         })
     }
