@@ -258,18 +258,7 @@ impl GpuRegistrar {
         offsets: [f64; 3],
     ) -> Result<Vec<Complex64>> {
         let [nz, ny, nx] = self.shape;
-        let kx = ctx.storage_init(
-            "register.upsample_kx",
-            &upsample_kernel(nx, r, u, offsets[2]),
-        )?;
-        let ky = ctx.storage_init(
-            "register.upsample_ky",
-            &upsample_kernel(ny, r, u, offsets[1]),
-        )?;
-        let kz = ctx.storage_init(
-            "register.upsample_kz",
-            &upsample_kernel(nz, r, u, offsets[0]),
-        )?;
+        let [kz, ky, kx] = upsample_kernels(ctx, self.shape, r, u, offsets)?;
         let t1 = ctx.storage("register.upsample_t1", (nz * ny * r * 8) as u64)?;
         let t2 = ctx.storage("register.upsample_t2", (nz * r * r * 8) as u64)?;
         let t3 = ctx.storage("register.upsample_t3", (r * r * r * 8) as u64)?;
@@ -668,18 +657,7 @@ impl TiledRegistrar {
         offsets: [f64; 3],
     ) -> Result<Vec<Complex64>> {
         let [nz, ny, nx] = self.shape;
-        let kx = ctx.storage_init(
-            "register.upsample_kx",
-            &upsample_kernel(nx, r, u, offsets[2]),
-        )?;
-        let ky = ctx.storage_init(
-            "register.upsample_ky",
-            &upsample_kernel(ny, r, u, offsets[1]),
-        )?;
-        let kz = ctx.storage_init(
-            "register.upsample_kz",
-            &upsample_kernel(nz, r, u, offsets[0]),
-        )?;
+        let [kz, ky, kx] = upsample_kernels(ctx, self.shape, r, u, offsets)?;
         let k = ctx.kernel(
             "cross_power",
             "contract",
@@ -764,4 +742,25 @@ fn read_sums(ctx: &GpuContext, groups: usize) -> Result<f64> {
         .iter()
         .map(|&v| v as f64)
         .sum())
+}
+
+/// The three axes' `upsample_kernel` tables (z, y, x) on the device, for the contractions of the
+/// upsampled DFT (resident and tiled).
+fn upsample_kernels(
+    ctx: &GpuContext,
+    shape: [usize; 3],
+    r: usize,
+    u: f64,
+    offsets: [f64; 3],
+) -> Result<[wgpu::Buffer; 3]> {
+    let label = [
+        "register.upsample_kz",
+        "register.upsample_ky",
+        "register.upsample_kx",
+    ];
+    let mut out = Vec::with_capacity(3);
+    for a in 0..3 {
+        out.push(ctx.storage_init(label[a], &upsample_kernel(shape[a], r, u, offsets[a]))?);
+    }
+    Ok(out.try_into().expect("three axes"))
 }
