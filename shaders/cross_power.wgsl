@@ -34,6 +34,16 @@ struct Partial {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
+// |r| without the overflow of re² + im² past f32's range (|r| > 1.8e19, e.g. the DC bin of large
+// integer volumes), as the CPU twin's f64 magnitude and numpy's hypot.
+fn safe_length(r: vec2<f32>) -> f32 {
+    let s = max(abs(r.x), abs(r.y));
+    if (s > 1e18) {
+        return length(r / s) * s;
+    }
+    return length(r);
+}
+
 @group(0) @binding(1) var<storage, read> real_in: array<f32>;
 @group(0) @binding(2) var<storage, read_write> cplx_out: array<vec2<f32>>;
 
@@ -59,7 +69,7 @@ fn cross_power(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     var r = cmul(cp_f[i], cconj(cp_g[i]));
     if (p.phase != 0u) {
-        r = r / max(length(r), 100.0 * 1.1920929e-7);
+        r = r / max(safe_length(r), 100.0 * 1.1920929e-7);
     }
     cp_g[i] = r;
 }
@@ -81,7 +91,7 @@ fn argmax_abs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     var best = -1.0;
     var best_i = 0xffffffffu;
     for (var i = g * WG + lid.x; i < p.total; i += groups * WG) {
-        let v = length(red_in[i]);
+        let v = safe_length(red_in[i]);
         if (v > best || (v == best && i < best_i)) {
             best = v;
             best_i = i;

@@ -3,7 +3,6 @@
 use clap::Parser;
 
 fn main() {
-    restore_sigpipe();
     // gpuprep only reads its inputs and writes its output under a temporary name, so HDF5's file
     // locks protect nothing here, and on network and VM file systems they fail spuriously ("unable
     // to lock file, errno = 11"). Set before any HDF5 call; a user's own setting wins.
@@ -11,6 +10,10 @@ fn main() {
         std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
     }
     let cli = gpuprep::cli::Cli::parse();
+    // `demo` prints before it works in a temporary directory, which only unwinding removes.
+    if !matches!(cli.command, gpuprep::cli::Command::Demo(_)) {
+        restore_sigpipe();
+    }
     if let Err(e) = gpuprep::app::run_command(cli.command) {
         eprintln!("gpuprep: {e:#}");
         std::process::exit(2);
@@ -18,11 +21,11 @@ fn main() {
 }
 
 /// Rust starts with SIGPIPE ignored, so `gpuprep info FILE | head -1` would panic in `println!` once
-/// `head` exits; Unix tools end quietly instead. Outputs are complete (renamed into place) before
-/// anything is printed about them, so ending here loses nothing.
+/// `head` exits; Unix tools end quietly instead. `run` prints only after its output is renamed into
+/// place and `info`/`synth` hold nothing to clean up, so ending there loses nothing.
 #[cfg(unix)]
 fn restore_sigpipe() {
-    // SAFETY: called first thing in main, before any other thread exists.
+    // SAFETY: called in main before any other thread exists.
     unsafe {
         libc::signal(libc::SIGPIPE, libc::SIG_DFL);
     }

@@ -17,6 +17,8 @@
 //! write side (queued and being written; a result is two volumes with `--save filtered`), where
 //! `depth` (`queue_depth`) is 2 for volumes up to 8 MiB and 1 above. Pass 1 thus holds up to
 //! 2·`depth` + 5 volumes (`depth` + 2 more with `--save filtered`), pass 2 up to 2·`depth` + 4.
+//! The CPU backend's shift also keeps its f64 intermediate (two f32 volumes' worth) on the computing
+//! thread between volumes (`cpu::shift`), rather than faulting in fresh pages for every volume.
 
 use crate::backend::{Backend, FrameOutput, FramePlan, Moments, SeqVolume};
 use crate::error::{Error, Result};

@@ -486,8 +486,6 @@ impl Backend for GpuBackend {
         self.frame_with_lookahead(raw, None, None, plan)
     }
 
-    /// `process_frame`, staging `next` while this frame computes (see the module doc). `next` is
-    /// ignored when its shape differs from `raw`'s or the volume takes the tiled route.
     /// The fused resident route stages the next volume; the tiled route ignores it.
     fn stages_ahead(&self, shape: [usize; 3], plan: &FramePlan) -> bool {
         self.frame_fits(shape, plan)

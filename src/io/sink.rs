@@ -412,10 +412,35 @@ fn vlen(name: &str, value: &str) -> Result<VarLenUnicode> {
 /// then costs t/2 chunk reads); at `ct = 1` every write covers whole chunks and one chunk of cache is enough.
 pub(crate) fn volume_chunking(t: usize, shape: [usize; 3]) -> ([usize; 4], usize, usize) {
     let vol_bytes = shape.iter().product::<usize>() * 4;
-    let ct = (CACHE_BUDGET / vol_bytes.max(1))
+    let max_ct = (CACHE_BUDGET / vol_bytes.max(1))
         .clamp(1, MAX_CHUNK_T)
         .min(t);
-    let budget = (CHUNK_BYTES / 4 / ct).max(1);
+    // The largest ct whose slab, counting the chunks' overhang past the volume's edges, fits the cache.
+    let mut ct = max_ct;
+    loop {
+        let c = spatial_chunk(shape, (CHUNK_BYTES / 4 / ct).max(1));
+        let chunk = [ct, c[0], c[1], c[2]];
+        let chunks_per_slab: usize = (0..3).map(|i| shape[i].div_ceil(c[i])).product();
+        let chunk_bytes = chunk.iter().product::<usize>() * 4;
+        let slab_bytes = chunks_per_slab * chunk_bytes;
+        if ct > 1 && slab_bytes > CACHE_BUDGET {
+            ct -= 1;
+            continue;
+        }
+        let cache_bytes = if ct == 1 {
+            CHUNK_BYTES.max(chunk_bytes)
+        } else {
+            slab_bytes.max(CHUNK_BYTES)
+        };
+        // HDF5 advises a prime number of hash slots, about 10-100 times the chunks that fit.
+        let slots = next_prime((chunks_per_slab * 10).max(521));
+        return (chunk, cache_bytes, slots);
+    }
+}
+
+/// The spatial block of at most `budget` voxels: the largest axis halved until it fits (on ties the
+/// slowest, so x keeps the longest contiguous runs).
+fn spatial_chunk(shape: [usize; 3], budget: usize) -> [usize; 3] {
     let mut c = shape;
     while c.iter().product::<usize>() > budget {
         let i = (0..3)
@@ -426,17 +451,7 @@ pub(crate) fn volume_chunking(t: usize, shape: [usize; 3]) -> ([usize; 4], usize
         }
         c[i] = c[i].div_ceil(2);
     }
-    let chunk = [ct, c[0], c[1], c[2]];
-    let chunks_per_slab: usize = (0..3).map(|i| shape[i].div_ceil(c[i])).product();
-    let chunk_bytes = chunk.iter().product::<usize>() * 4;
-    let cache_bytes = if ct == 1 {
-        CHUNK_BYTES.max(chunk_bytes)
-    } else {
-        (chunks_per_slab * chunk_bytes).clamp(CHUNK_BYTES, CACHE_BUDGET.max(chunk_bytes))
-    };
-    // HDF5 advises a prime number of hash slots, about 10-100 times the chunks that fit.
-    let slots = next_prime((chunks_per_slab * 10).max(521));
-    (chunk, cache_bytes, slots)
+    c
 }
 
 fn next_prime(mut n: usize) -> usize {

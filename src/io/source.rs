@@ -325,9 +325,14 @@ fn raw_location(ds: &hdf5::Dataset, dtype: Dtype) -> Option<u64> {
         ByteOrder::None => dt.size() == 1,
         _ => false,
     };
-    (little && dt.size() == dtype.size())
-        .then(|| ds.offset())
-        .flatten()
+    // The whole type, not only its size: a file replaced mid-run by int32 for float32 must not be
+    // reinterpreted (HDF5 would convert it).
+    let same_type = dt
+        .to_descriptor()
+        .ok()
+        .and_then(|d| Dtype::from_descriptor(&d))
+        == Some(dtype);
+    (little && same_type).then(|| ds.offset()).flatten()
 }
 
 /// Reads `out.len()` little-endian `dtype` elements at byte `offset` of `path` into `out`, in blocks
