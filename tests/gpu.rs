@@ -659,6 +659,33 @@ mod tiled {
         f(&g.tile_stats()) - f(&before)
     }
 
+    /// The spectrum fits the limit but Bluestein's padded lines along a prime axis do not (127 pads
+    /// to 256): registration must take the tiled route rather than fail or pass the limit.
+    #[test]
+    fn registration_tiles_when_only_bluestein_lines_pass_the_limit() {
+        let Some(mut g) = gpu() else { return };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let shape = [4, 5, 127];
+        let spectrum = 8 * 4 * 5 * 127;
+        let padded = 8 * 4 * 5 * 256;
+        g.set_max_tile_bytes((spectrum + padded) / 2);
+        let reference = blobs(&mut rng, shape);
+        let moving = roll(reference.view(), [1, -2, 5]);
+        let p = RegisterParams::new(1, Normalization::Phase).unwrap();
+        let before = g.tile_stats();
+        g.set_reference(reference.view(), &p).unwrap();
+        let rg = g.register(moving.view()).unwrap();
+        assert!(tiles(&g, before, |s| s.register) > 0, "tiled route taken");
+        let mut c = CpuBackend::new();
+        c.set_reference(reference.view(), &p).unwrap();
+        assert_eq!(
+            rg.shift,
+            c.register(moving.view()).unwrap().shift,
+            "seed {seed}"
+        );
+    }
+
     #[test]
     fn median_is_bit_identical_to_cpu() {
         let Some(mut g) = gpu() else { return };

@@ -280,7 +280,7 @@ impl Backend for GpuBackend {
         let shape = dims(&reference);
         check_shape(shape)?;
         self.registrar = None;
-        if !self.fits(shape, 8) {
+        if !self.ctx.fits(super::register::resident_bytes(shape, p)) {
             let std = reference.as_standard_layout();
             let r = TiledRegistrar::new(&self.ctx, std.as_slice().unwrap(), shape, p)?;
             self.registrar = Some(RegisterState::Tiled(r));

@@ -397,6 +397,23 @@ fn slabs(n: usize, step: usize) -> Vec<Range<usize>> {
     (0..n).step_by(step).map(|a| a..(a + step).min(n)).collect()
 }
 
+/// Bytes of the resident registrar's largest buffer for `shape`: the complex spectrum, a Bluestein
+/// axis's padded lines, or (upsampling) the first contraction's result. The backend takes the tiled
+/// route when this passes the tile limit.
+pub fn resident_bytes(shape: [usize; 3], p: &RegisterParams) -> u64 {
+    let [nz, ny, nx] = shape;
+    let n = nz * ny * nx;
+    let mut elems = n;
+    for &len in &shape {
+        elems = elems.max(n / len.max(1) * line_work(len));
+    }
+    if p.upsample_factor > 1 {
+        let r = (p.upsample_factor as f64 * 1.5).ceil() as usize;
+        elems = elems.max(nz * ny * r).max(nz * r * r).max(r * r * r);
+    }
+    8 * elems as u64
+}
+
 impl TiledRegistrar {
     /// Plan the slabs for the tile limit and transform the reference (C order).
     pub fn new(
