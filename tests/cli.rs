@@ -3,6 +3,8 @@
 use std::path::Path;
 use std::process::Command;
 
+use crate::support::same_shifts_worst_data_diff;
+
 fn gpuprep(args: &[&str]) -> (i32, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_gpuprep"))
         .args(args)
@@ -155,29 +157,7 @@ fn gpu_and_cpu_backends_write_the_same_file() {
         return;
     }
     assert_eq!(code, 0, "{err}");
-    let (a, b) = (
-        hdf5::File::open(&cpu).unwrap(),
-        hdf5::File::open(&gpu).unwrap(),
-    );
-    assert_eq!(
-        a.dataset("shifts").unwrap().read_2d::<f64>().unwrap(),
-        b.dataset("shifts").unwrap().read_2d::<f64>().unwrap()
-    );
-    let (x, y) = (
-        a.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
-        b.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
-    );
-    let worst = x
-        .iter()
-        .zip(y.iter())
-        .map(|(p, q)| {
-            if p.is_nan() && q.is_nan() {
-                0.0
-            } else {
-                (p - q).abs()
-            }
-        })
-        .fold(0.0f32, f32::max);
+    let worst = same_shifts_worst_data_diff(Path::new(&cpu), Path::new(&gpu));
     // z-scores from the f32 GPU kernels vs the f64 CPU path (shift tolerance 1e-5 relative, divided by std).
     assert!(worst < 1e-3, "GPU and CPU outputs differ by {worst}");
 }

@@ -6,6 +6,7 @@
 //! no Vulkan adapter they fail when GPUPREP_REQUIRE_GPU=1 (CI, with lavapipe) and otherwise print
 //! `SKIPPED: no Vulkan adapter` and pass.
 
+use crate::support::same_shifts_worst_data_diff;
 use gpuprep::backend::{Backend, FramePlan};
 use gpuprep::cpu::{self, CpuBackend};
 use gpuprep::gpu::{Api, GpuBackend};
@@ -954,29 +955,8 @@ mod tiled {
                 && after.zscore > before.zscore,
             "every stage tiled: {before:?} -> {after:?}"
         );
-        let (a, b) = (
-            hdf5::File::open(tmp.path().join("cpu.h5")).unwrap(),
-            hdf5::File::open(tmp.path().join("gpu.h5")).unwrap(),
-        );
-        assert_eq!(
-            a.dataset("shifts").unwrap().read_2d::<f64>().unwrap(),
-            b.dataset("shifts").unwrap().read_2d::<f64>().unwrap()
-        );
-        let (x, y) = (
-            a.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
-            b.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
-        );
-        let worst = x
-            .iter()
-            .zip(y.iter())
-            .map(|(p, q)| {
-                if p.is_nan() && q.is_nan() {
-                    0.0
-                } else {
-                    (p - q).abs()
-                }
-            })
-            .fold(0.0f32, f32::max);
+        let worst =
+            same_shifts_worst_data_diff(&tmp.path().join("cpu.h5"), &tmp.path().join("gpu.h5"));
         assert!(worst < 1e-3, "tiled GPU and CPU outputs differ by {worst}");
     }
 }
@@ -1248,29 +1228,8 @@ mod ahead {
         )
         .unwrap();
         assert_eq!(delta(before, g.ahead_stats()), [4, 4, 1]);
-        let (a, b) = (
-            hdf5::File::open(tmp.path().join("cpu.h5")).unwrap(),
-            hdf5::File::open(tmp.path().join("gpu.h5")).unwrap(),
-        );
-        assert_eq!(
-            a.dataset("shifts").unwrap().read_2d::<f64>().unwrap(),
-            b.dataset("shifts").unwrap().read_2d::<f64>().unwrap()
-        );
-        let (x, y) = (
-            a.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
-            b.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
-        );
-        let worst = x
-            .iter()
-            .zip(y.iter())
-            .map(|(p, q)| {
-                if p.is_nan() && q.is_nan() {
-                    0.0
-                } else {
-                    (p - q).abs()
-                }
-            })
-            .fold(0.0f32, f32::max);
+        let worst =
+            same_shifts_worst_data_diff(&tmp.path().join("cpu.h5"), &tmp.path().join("gpu.h5"));
         assert!(worst < 1e-3, "GPU and CPU outputs differ by {worst}");
     }
 }

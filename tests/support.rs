@@ -110,3 +110,27 @@ pub fn max_abs_diff(a: ArrayView3<f32>, b: ArrayView3<f32>) -> (f32, [usize; 3])
     }
     worst
 }
+
+/// Two gpuprep output files (e.g. CPU and GPU backends): asserts `/shifts` are equal and returns the
+/// largest |difference| of `/data` (voxels NaN in both count as equal).
+pub fn same_shifts_worst_data_diff(a: &Path, b: &Path) -> f32 {
+    let (a, b) = (hdf5::File::open(a).unwrap(), hdf5::File::open(b).unwrap());
+    assert_eq!(
+        a.dataset("shifts").unwrap().read_2d::<f64>().unwrap(),
+        b.dataset("shifts").unwrap().read_2d::<f64>().unwrap()
+    );
+    let (x, y) = (
+        a.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
+        b.dataset("data").unwrap().read_dyn::<f32>().unwrap(),
+    );
+    x.iter()
+        .zip(y.iter())
+        .map(|(p, q)| {
+            if p.is_nan() && q.is_nan() {
+                0.0
+            } else {
+                (p - q).abs()
+            }
+        })
+        .fold(0.0f32, f32::max)
+}
