@@ -55,6 +55,9 @@ pub struct ShiftBuffers {
     pub tmp: [wgpu::Buffer; 2],
     /// Prefiltered lines (order 3), sized on first use for the mode's padding.
     scratch: RefCell<Option<wgpu::Buffer>>,
+    /// Buffers of the tiled route: the scratch comes from the context's tile pool (reused across
+    /// calls and timepoints) instead of this struct.
+    tiled: bool,
     pub taps: wgpu::Buffer,
     pub outside: wgpu::Buffer,
 }
@@ -70,6 +73,7 @@ impl ShiftBuffers {
                 ctx.storage("shift.tmp1", total * 4)?,
             ],
             scratch: RefCell::new(None),
+            tiled: false,
             taps: ctx.storage("shift.taps", ntaps * 32)?,
             outside: ctx.storage("shift.outside", ntaps * 4)?,
         })
@@ -84,12 +88,16 @@ impl ShiftBuffers {
                 ctx.tile_buffer("shift.tile_tmp1", elems as u64 * 4)?,
             ],
             scratch: RefCell::new(None),
+            tiled: true,
             taps: ctx.pooled("shift.tile_taps", ntaps as u64 * 32)?,
             outside: ctx.pooled("shift.tile_outside", ntaps as u64 * 4)?,
         })
     }
 
     fn scratch(&self, ctx: &GpuContext, elems: u64) -> Result<wgpu::Buffer> {
+        if self.tiled {
+            return ctx.tile_buffer("shift.tile_scratch", elems * 4);
+        }
         let mut s = self.scratch.borrow_mut();
         if let Some(b) = s.as_ref() {
             if b.size() >= elems * 4 {
