@@ -458,7 +458,7 @@ impl TiledRegistrar {
             let b = ctx.tile_buffer("register.tile_b", plan_bytes(&plan))?;
             let mut rec = ctx.recorder();
             plan.record(ctx, &mut rec, &a, &b, false)?;
-            let groups = record_sum_sq(ctx, &mut rec, &a, plan_total(&plan))?;
+            let groups = record_reduce(ctx, &mut rec, "sum_sq", &a, plan_total(&plan))?;
             rec.submit()?;
             power += read_sums(ctx, groups)?;
             t.store_y_slab(ctx, &mut spec, &ys, &a)?;
@@ -580,7 +580,7 @@ impl TiledRegistrar {
             let b = ctx.tile_buffer("register.tile_b", plan_bytes(&plan))?;
             let mut rec = ctx.recorder();
             plan.record(ctx, &mut rec, &a, &b, false)?;
-            let groups = record_sum_sq(ctx, &mut rec, &a, total)?;
+            let groups = record_reduce(ctx, &mut rec, "sum_sq", &a, total)?;
             let u = CrossUniform {
                 total: total as u32,
                 phase,
@@ -617,20 +617,10 @@ impl TiledRegistrar {
             ctx.upload(&a, &spec[zs.start * ny * nx..zs.end * ny * nx]);
             let mut rec = ctx.recorder();
             plan.record(ctx, &mut rec, &a, &b, true)?;
-            let groups = reduce_groups(total);
-            let (partials, sums) = reduce_buffers(ctx)?;
-            let u = CrossUniform {
-                total: total as u32,
-                ..Default::default()
-            };
-            rec.dispatch_groups(
-                &ctx.kernel("cross_power", "argmax_abs", &[], &R4)?,
-                &u,
-                &[&a, &partials, &sums],
-                groups as u64,
-            );
+            let groups = record_reduce(ctx, &mut rec, "argmax_abs", &a, total)?;
             rec.submit()?;
             let offset = (zs.start * ny * nx) as u32;
+            let (partials, _) = reduce_buffers(ctx)?;
             for mut q in ctx.read::<Partial>(&partials, groups)? {
                 if q.idx == u32::MAX {
                     continue;
@@ -730,10 +720,12 @@ fn reduce_buffers(ctx: &GpuContext) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
     ))
 }
 
-/// Record `sum_sq` of the `total` complex values in `buf`; returns the number of partial sums.
-fn record_sum_sq(
+/// Record the tiled reduction `entry` (`sum_sq` or `argmax_abs` of `cross_power.wgsl`) over the
+/// `total` complex values in `buf`, into the pooled partials; returns the number of partials.
+fn record_reduce(
     ctx: &GpuContext,
     rec: &mut Recorder<'_>,
+    entry: &str,
     buf: &wgpu::Buffer,
     total: usize,
 ) -> Result<usize> {
@@ -744,7 +736,7 @@ fn record_sum_sq(
         ..Default::default()
     };
     rec.dispatch_groups(
-        &ctx.kernel("cross_power", "sum_sq", &[], &R4)?,
+        &ctx.kernel("cross_power", entry, &[], &R4)?,
         &u,
         &[buf, &partials, &sums],
         groups as u64,
