@@ -95,6 +95,27 @@ fn roll(v: ArrayView3<f32>, s: [i64; 3]) -> Array3<f32> {
 }
 
 /// Largest |a - b| (NaN where exactly one is NaN counts as infinite).
+/// A realistic uint16 series with integer shifts in a fresh temporary directory, and the input
+/// argument naming it, for whole-pipeline runs.
+fn synth_u16_input(shape: [usize; 4], seed: u64) -> (tempfile::TempDir, Vec<String>) {
+    use gpuprep::io::Dtype;
+    use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
+    let tmp = tempfile::tempdir().unwrap();
+    let spec = SynthSpec {
+        shape,
+        mode: SynthMode::Realistic,
+        layout: SynthLayout::Files,
+        max_shift: 2.0,
+        subpixel: false,
+        noise: 0.02,
+        seed,
+        dtype: Dtype::U16,
+    };
+    synth(&tmp.path().join("in"), &spec, false).unwrap();
+    let input = vec![tmp.path().join("in").display().to_string()];
+    (tmp, input)
+}
+
 fn max_diff(a: &Array3<f32>, b: &Array3<f32>) -> f32 {
     assert_eq!(a.shape(), b.shape());
     a.iter()
@@ -924,23 +945,9 @@ mod tiled {
     /// the tolerance of `cli::gpu_and_cpu_backends_write_the_same_file`.
     #[test]
     fn whole_pipeline_matches_cpu() {
-        use gpuprep::io::Dtype;
         use gpuprep::pipeline::{run, RunConfig};
-        use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
         let Some(mut g) = gpu() else { return };
-        let tmp = tempfile::tempdir().unwrap();
-        let spec = SynthSpec {
-            shape: [4, 9, 12, 31],
-            mode: SynthMode::Realistic,
-            layout: SynthLayout::Files,
-            max_shift: 2.0,
-            subpixel: false,
-            noise: 0.02,
-            seed: 5,
-            dtype: Dtype::U16,
-        };
-        synth(&tmp.path().join("in"), &spec, false).unwrap();
-        let input = vec![tmp.path().join("in").display().to_string()];
+        let (tmp, input) = synth_u16_input([4, 9, 12, 31], 5);
         let cfg_gpu = RunConfig::new(input.clone(), tmp.path().join("gpu.h5"));
         let cfg_cpu = RunConfig::new(input, tmp.path().join("cpu.h5"));
         g.set_max_tile_bytes(8192);
@@ -1199,23 +1206,9 @@ mod ahead {
     /// used, and the result still matches the CPU backend.
     #[test]
     fn the_pipeline_stages_every_volume_but_the_first() {
-        use gpuprep::io::Dtype;
         use gpuprep::pipeline::{run, RunConfig};
-        use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
         let Some(mut g) = gpu() else { return };
-        let tmp = tempfile::tempdir().unwrap();
-        let spec = SynthSpec {
-            shape: [5, 9, 13, 17],
-            mode: SynthMode::Realistic,
-            layout: SynthLayout::Files,
-            max_shift: 2.0,
-            subpixel: false,
-            noise: 0.02,
-            seed: 7,
-            dtype: Dtype::U16,
-        };
-        synth(&tmp.path().join("in"), &spec, false).unwrap();
-        let input = vec![tmp.path().join("in").display().to_string()];
+        let (tmp, input) = synth_u16_input([5, 9, 13, 17], 7);
         let before = g.ahead_stats();
         run(
             &RunConfig::new(input.clone(), tmp.path().join("gpu.h5")),
