@@ -28,7 +28,12 @@ Layout of tests/fixtures/golden.h5
                     output = scipy.ndimage.median_filter(input, size=tuple(size),
                              mode=mode, cval=cval)            (float32)
                     attr ``kind`` (str) says how the input was drawn
-                    (uniform / ties / negative).
+                    (uniform / ties / negative).  Cases 029 on have windows
+                    longer than some axis (5 on 1, 2, 4 samples; 15 on 8;
+                    15 and 17 on 2; z = 1 with 3x3x3 in every mode); every output is
+                    also checked against a sort of windows gathered through
+                    ``filter_index`` (scipy's extension, repeated
+                    periodically).
 /shift/case_NNN     attrs: shift (float64[3]), order (int64: 0, 1, 3),
                     mode (str: constant, nearest, reflect, mirror, wrap),
                     cval (float64);
@@ -135,6 +140,43 @@ def check_stable(name, ref, mov, u, norm, shifts):
         print(f"WARNING: {name}: fragile registration peak {shifts} vs {s64}")
 
 
+def filter_index(i, n, mode):
+    """Source index of sample ``i`` (maybe outside ``0..n``) of a filter window on an axis of ``n``,
+    or None for cval: scipy.ndimage's filter extension repeated periodically (src/cpu/boundary.rs)."""
+    if 0 <= i < n:
+        return i
+    if mode == "constant":
+        return None
+    if mode == "nearest":
+        return min(max(i, 0), n - 1)
+    if mode == "wrap":
+        return i % n
+    if mode == "reflect":
+        j = i % (2 * n)
+        return 2 * n - 1 - j if j >= n else j
+    if n == 1:  # mirror on one sample
+        return 0
+    j = i % (2 * n - 2)
+    return 2 * n - 2 - j if j >= n else j
+
+
+def median_by_index_map(inp, size, mode, cval):
+    """The median by sorting each window gathered through ``filter_index``. scipy's rank filter
+    reads outside the line in ``reflect`` for a tap at -2n·k, k >= 2 (n >= 2, half-width >= 4n):
+    refuse such cases."""
+    r = [s // 2 for s in size]
+    for n, h in zip(inp.shape, r):
+        assert not (mode == "reflect" and n >= 2 and h >= 4 * n), "scipy reflect defect"
+    idx = [[[filter_index(c + d, n, mode) for d in range(-h, h + 1)] for c in range(n)]
+           for n, h in zip(inp.shape, r)]
+    out = np.empty_like(inp)
+    for z, y, x in np.ndindex(*inp.shape):
+        w = [cval if None in (a, b, c) else inp[a, b, c]
+             for a in idx[0][z] for b in idx[1][y] for c in idx[2][x]]
+        out[z, y, x] = np.sort(np.array(w, dtype=F32))[len(w) // 2]
+    return out
+
+
 def median_cases(g):
     rng = np.random.default_rng(1001)
     shapes = [(7, 9, 11), (8, 12, 10), (5, 13, 6), (1, 9, 10), (6, 7, 8)]
@@ -164,10 +206,36 @@ def median_cases(g):
     cases.append(((1, 9, 10), (3, 3, 3), "mirror", 0.0, "negative"))
     cases.append(((1, 9, 10), (3, 3, 3), "wrap", 0.0, "negative"))
 
-    for n, (shape, size, mode, cval, kind) in enumerate(cases):
-        inp = draw(kind, shape)
+    inputs = [draw(kind, shape) for shape, _, _, _, kind in cases]
+
+    # Windows longer than the axis (issue 8, item 14), drawn from their own generator so that the
+    # cases above keep their data: scipy repeats the boundary extension periodically.
+    rng = np.random.default_rng(1014)
+    short = []
+    for mode in modes:
+        short.append(((1, 2, 4), (5, 5, 5), mode, 2.5 if mode == "constant" else 0.0, "uniform"))
+        short.append(((3, 8, 6), (5, 15, 3), mode, -0.5 if mode == "constant" else 0.0, "ties"))
+        # a two-photon movie frame (z = 1) with the default window
+        short.append(((1, 12, 13), (3, 3, 3), mode, 0.5 if mode == "constant" else 0.0, "negative"))
+    for mode in ["mirror", "wrap"]:
+        short.append(((2, 1, 2), (9, 1, 17), mode, 0.0, "uniform"))
+    # reflect stays below scipy's defect (a half-width of 4n; see median_by_index_map)
+    short.append(((2, 1, 2), (7, 1, 15), "reflect", 0.0, "uniform"))
+    short.append(((2, 3, 1), (3, 5, 7), "constant", -0.5, "ties"))
+    short.append(((1, 1, 5), (3, 3, 3), "constant", 1.5, "negative"))
+    short.append(((1, 1, 6), (1, 1, 5), "mirror", 0.0, "uniform"))
+    for shape, size, mode, cval, kind in short:
+        cases.append((shape, size, mode, cval, kind))
+        inputs.append(draw(kind, shape))
+
+    for n, ((shape, size, mode, cval, kind), inp) in enumerate(zip(cases, inputs)):
         out = ndi.median_filter(inp, size=tuple(size), mode=mode, cval=cval)
         assert out.dtype == F32
+        assert np.array_equal(out, median_by_index_map(inp, size, mode, cval)), (shape, size, mode)
+        if shape[0] == 1 and size[0] == 3 and mode != "constant":
+            # on one plane, reflect/nearest/mirror/wrap repeat it: the (1, 3, 3) window
+            one = ndi.median_filter(inp, size=(1,) + tuple(size[1:]), mode=mode, cval=cval)
+            assert np.array_equal(out, one), (shape, size, mode)
         c = g.create_group(f"case_{n:03d}")
         c.attrs["size"] = np.array(size, dtype=np.int64)
         c.attrs["mode"] = mode

@@ -74,6 +74,8 @@ impl FromStr for BoundaryMode {
 }
 
 /// Median filter parameters, as `scipy.ndimage.median_filter(vol, size=size, mode=mode, cval=cval)`.
+/// Like scipy, any odd window runs on any shape: an axis shorter than the window is extended
+/// periodically (`crate::cpu::boundary::filter_index`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct MedianParams {
     /// Window size per axis (z, y, x); each odd and at least 1.
@@ -103,23 +105,6 @@ impl MedianParams {
             }
         }
         Ok(MedianParams { size, mode, cval })
-    }
-
-    /// Errors when the volume is smaller than the window along some axis.
-    pub fn check_shape(&self, shape: [usize; 3]) -> Result<()> {
-        for i in 0..3 {
-            if shape[i] < self.size[i] {
-                return Err(Error::InvalidParameter {
-                    flag: "--median-size".into(),
-                    message: format!(
-                        "volume shape {shape:?} is smaller than the median window {:?} along axis {}",
-                        self.size,
-                        ["z", "y", "x"][i]
-                    ),
-                });
-            }
-        }
-        Ok(())
     }
 }
 

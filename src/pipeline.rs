@@ -179,9 +179,6 @@ fn sanitize(vol: &mut Array3<f32>, policy: NonFinite, source: &Source, t: usize)
 
 fn check_config(cfg: &RunConfig, source: &Source) -> Result<()> {
     let n = source.len();
-    if let Some(m) = &cfg.median {
-        m.check_shape(source.shape())?;
-    }
     if cfg.register.is_some() {
         match cfg.reference {
             ReferenceSpec::Index(i) if i >= n => {

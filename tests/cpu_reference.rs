@@ -46,12 +46,12 @@ proptest! {
     #[test]
     fn fast_median_equals_sorting_median(
         nz in 1usize..7, ny in 1usize..8, nx in 1usize..9,
-        rz in 0usize..3, ry in 0usize..3, rx in 0usize..3,
+        rz in 0usize..8, ry in 0usize..8, rx in 0usize..8,
         mode in 0usize..5, seed in any::<u64>(), levels in prop_oneof![Just(0u32), Just(3u32)],
     ) {
+        // Windows up to 15 on axes down to 1 sample: scipy's extension repeats past the edges.
         let size = [2 * rz + 1, 2 * ry + 1, 2 * rx + 1];
         let p = MedianParams::new(size, BoundaryMode::ALL[mode], 0.25).unwrap();
-        prop_assume!(p.check_shape([nz, ny, nx]).is_ok());
         let mut r = rng(seed);
         // levels > 0 makes many ties.
         let v = Array3::from_shape_fn((nz, ny, nx), |_| {

@@ -189,6 +189,62 @@ fn median_matches_cpu_exactly() {
     assert!(err.contains("at most"), "{err}");
 }
 
+fn same_bits(a: &Array3<f32>, b: &Array3<f32>) -> bool {
+    a.shape() == b.shape()
+        && a.iter()
+            .zip(b.iter())
+            .all(|(x, y)| x.to_bits() == y.to_bits())
+}
+
+/// Issue 8, item 14: windows longer than the axis (scipy extends periodically), on short and prime
+/// shapes, every mode, bit for bit with the CPU; the 3x3x3 entry point included (z = 1).
+#[test]
+fn median_windows_longer_than_the_axis_match_cpu() {
+    let Some(mut g) = gpu() else { return };
+    let seed = seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let mut c = CpuBackend::new();
+    for shape in [[1, 7, 5], [2, 3, 11], [1, 1, 13], [3, 2, 1], [1, 12, 13]] {
+        for size in [[3, 3, 3], [5, 5, 5], [1, 5, 15], [15, 5, 15], [5, 15, 3]] {
+            for mode in BoundaryMode::ALL {
+                let p = MedianParams::new(size, mode, rng.random::<f32>() - 0.5).unwrap();
+                let mut v = random(&mut rng, shape);
+                v[[0, 0, 0]] = -0.0;
+                let want = c.median3d(v.view(), &p).unwrap();
+                let got = g.median3d(v.view(), &p).unwrap();
+                assert!(
+                    same_bits(&got, &want),
+                    "median differs: shape {shape:?} size {size:?} mode {mode}; seed {seed}"
+                );
+            }
+        }
+    }
+}
+
+/// The GPU against scipy's own outputs (tests/fixtures/golden.h5), windows longer than an axis
+/// included.
+#[test]
+fn median_matches_scipy_fixtures() {
+    use crate::support::*;
+    let Some(mut g) = gpu() else { return };
+    for (name, case) in Golden::open().cases("median") {
+        let size = attr_vec_i64(&case, "size")
+            .iter()
+            .map(|&s| s as usize)
+            .collect::<Vec<_>>();
+        let p = MedianParams::new(
+            [size[0], size[1], size[2]],
+            attr_str(&case, "mode").parse().unwrap(),
+            attr_f64(&case, "cval") as f32,
+        )
+        .unwrap();
+        let got = g
+            .median3d(ds3(&case, "input").view(), &p)
+            .unwrap_or_else(|e| panic!("{name} ({p:?}): {e}"));
+        assert!(same_bits(&got, &ds3(&case, "output")), "{name} ({p:?})");
+    }
+}
+
 #[test]
 fn fft_matches_cpu() {
     let Some(mut g) = gpu() else { return };
@@ -735,6 +791,39 @@ mod tiled {
                 }
             }
         }
+    }
+
+    /// Slabs of one output plane (a limit of three planes) whose y and x windows are longer than
+    /// the axes, and a z axis of 4 whose halos wrap, reflect and mirror across both ends; and a z
+    /// window longer than a volume over the limit, which z-slabs cannot hold: a clear error.
+    #[test]
+    fn median_short_axes_are_bit_identical_to_cpu() {
+        let Some(mut g) = gpu() else { return };
+        let seed = seed();
+        let mut rng = StdRng::seed_from_u64(seed);
+        let mut c = CpuBackend::new();
+        for shape in [[4, 3, 11], [5, 2, 7]] {
+            g.set_max_tile_bytes(3 * 4 * (shape[1] * shape[2]) as u64);
+            for size in [[3, 3, 3], [3, 5, 15], [3, 15, 1]] {
+                for mode in BoundaryMode::ALL {
+                    let p = MedianParams::new(size, mode, rng.random::<f32>()).unwrap();
+                    let v = random(&mut rng, shape);
+                    let before = g.tile_stats();
+                    let got = g.median3d(v.view(), &p).unwrap();
+                    let n = tiles(&g, before, |s| s.median);
+                    assert_eq!(n, shape[0], "{shape:?} {size:?}: one output plane per slab");
+                    assert!(
+                        same_bits(&got, &c.median3d(v.view(), &p).unwrap()),
+                        "tiled median differs: shape {shape:?} size {size:?} mode {mode}; seed {seed}"
+                    );
+                }
+            }
+        }
+        let v = random(&mut rng, [2, 8, 8]);
+        g.set_max_tile_bytes(4 * 64);
+        let p = MedianParams::new([5, 1, 1], BoundaryMode::Reflect, 0.0).unwrap();
+        let err = g.median3d(v.view(), &p).unwrap_err().to_string();
+        assert!(err.contains("--backend cpu"), "{err}");
     }
 
     #[test]

@@ -2,8 +2,17 @@
 
 use crate::params::BoundaryMode;
 
-/// Where sample `i` (possibly outside `0..n`) of a filter window reads from, following scipy's
-/// `NI_ExtendLine`; `None` means the constant `cval`. Mirrors `extend_index` in `shaders/common.wgsl`.
+/// Where sample `i` (possibly outside `0..n`) of a filter window reads from, as scipy.ndimage's rank
+/// filters do (`NI_InitFilterOffsets`); `None` means the constant `cval`. Mirrors `extend_index` in
+/// `shaders/common.wgsl`, and the median's naive reference, fast kernel and shader all go through it.
+///
+/// A window may be longer than the axis: the extension then repeats periodically (period `2n` for
+/// `reflect`, `2n - 2` for `mirror`, `n` for `wrap`), so any odd window runs on any shape, as in scipy.
+/// On one sample every mode but `constant` repeats it (`mirror` included, whose period would be 0).
+/// One scipy defect is not copied: in `reflect` on an axis of `n >= 2`, scipy 1.17 maps the taps
+/// `i = -2n·k`, `k >= 2`, to `-1` (its reduction lands on 0 and reflects once more) and reads the sample
+/// before the line, outside the volume for the first line; only windows with a half-width of at least
+/// `4n` reach such a tap. Here they read sample 0, the period's value.
 pub fn filter_index(i: isize, n: usize, mode: BoundaryMode) -> Option<usize> {
     let n = n as isize;
     if (0..n).contains(&i) {
@@ -139,5 +148,56 @@ mod tests {
             ext(BoundaryMode::Constant),
             [-1, -1, -1, 0, 1, 2, 3, -1, -1, -1]
         );
+    }
+
+    /// Windows longer than the axis: the source of every tap `-8..n + 8` (half-width 8 around each
+    /// sample) on axes of 1 to 4 samples, as scipy 1.17.1 reads them (printed by
+    /// `scipy.ndimage.generic_filter(a, f, size=(1, 1, 17), mode=mode, cval=-1)` on
+    /// `a = 1000 * arange(3)[:, None] + arange(n)`, middle row; -1 is cval). One entry is not scipy's:
+    /// `reflect`, n = 2, tap -8 (first entry) is 0 here, where scipy reads the sample before the line
+    /// (the defect in `filter_index`'s doc).
+    #[test]
+    fn windows_longer_than_the_axis_match_scipy() {
+        #[rustfmt::skip]
+        let known: [(BoundaryMode, &[(usize, &[i32])]); 5] = [
+            (BoundaryMode::Reflect, &[
+                (1, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                (2, &[0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1]),
+                (3, &[1, 0, 0, 1, 2, 2, 1, 0, 0, 1, 2, 2, 1, 0, 0, 1, 2, 2, 1]),
+                (4, &[0, 1, 2, 3, 3, 2, 1, 0, 0, 1, 2, 3, 3, 2, 1, 0, 0, 1, 2, 3]),
+            ]),
+            (BoundaryMode::Nearest, &[
+                (1, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                (2, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1, 1, 1]),
+                (3, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 2, 2, 2, 2, 2, 2, 2, 2]),
+                (4, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 1, 2, 3, 3, 3, 3, 3, 3, 3, 3, 3]),
+            ]),
+            (BoundaryMode::Mirror, &[
+                (1, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                (2, &[0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]),
+                (3, &[0, 1, 2, 1, 0, 1, 2, 1, 0, 1, 2, 1, 0, 1, 2, 1, 0, 1, 2]),
+                (4, &[2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1, 0, 1, 2, 3, 2, 1]),
+            ]),
+            (BoundaryMode::Constant, &[
+                (1, &[-1, -1, -1, -1, -1, -1, -1, -1, 0, -1, -1, -1, -1, -1, -1, -1, -1]),
+                (2, &[-1, -1, -1, -1, -1, -1, -1, -1, 0, 1, -1, -1, -1, -1, -1, -1, -1, -1]),
+                (3, &[-1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 2, -1, -1, -1, -1, -1, -1, -1, -1]),
+                (4, &[-1, -1, -1, -1, -1, -1, -1, -1, 0, 1, 2, 3, -1, -1, -1, -1, -1, -1, -1, -1]),
+            ]),
+            (BoundaryMode::Wrap, &[
+                (1, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
+                (2, &[0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1, 0, 1]),
+                (3, &[1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1, 2, 0, 1]),
+                (4, &[0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3, 0, 1, 2, 3]),
+            ]),
+        ];
+        for (mode, rows) in known {
+            for &(n, want) in rows {
+                let got: Vec<i32> = (-8..n as isize + 8)
+                    .map(|i| filter_index(i, n, mode).map_or(-1, |j| j as i32))
+                    .collect();
+                assert_eq!(got, want, "{mode}, n = {n}");
+            }
+        }
     }
 }

@@ -1,0 +1,148 @@
+//! Issue 8, item 14: the median filter on volumes with an axis shorter than the window, end to end
+//! through the `gpuprep` binary (a two-photon movie has one z-plane; the default window is 3x3x3).
+
+use crate::support::{fixture, same_shifts_worst_data_diff};
+use gpuprep::cpu::median3d::median3d;
+use gpuprep::cpu::reference::median3d_sorted;
+use gpuprep::params::{BoundaryMode, MedianParams};
+use ndarray::{Array4, Axis};
+use std::path::Path;
+use std::process::Command;
+
+fn gpuprep(args: &[&str]) -> (i32, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_gpuprep"))
+        .args(args)
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+fn run_ok(args: &[&str]) {
+    let (code, err) = gpuprep(args);
+    assert_eq!(code, 0, "{args:?}: exit {code}, stderr {err}");
+}
+
+fn read4(path: &Path, name: &str) -> Array4<f32> {
+    hdf5::File::open(path)
+        .unwrap()
+        .dataset(name)
+        .unwrap()
+        .read::<f32, ndarray::Ix4>()
+        .unwrap()
+}
+
+/// A synthetic (T, 1, y, x) movie with known in-plane shifts, as one 4-D file.
+fn movie(dir: &Path) -> String {
+    let d = dir.join("movie");
+    let d = d.display().to_string();
+    run_ok(&[
+        "synth",
+        &d,
+        "--shape",
+        "5,1,24,29",
+        "--mode",
+        "realistic",
+        "--four-d",
+        "--seed",
+        "3",
+    ]);
+    format!("{d}/data.h5")
+}
+
+/// Median, registration, shift and z-score with every default on a one-plane movie, on the CPU and
+/// (when there is one) the GPU: both run, z shifts are 0, and the two outputs agree.
+#[test]
+fn one_plane_movie_runs_end_to_end_with_the_defaults() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = movie(tmp.path());
+    let cpu = tmp.path().join("cpu.h5");
+    run_ok(&[
+        "run",
+        &input,
+        "-o",
+        &cpu.display().to_string(),
+        "-q",
+        "--backend",
+        "cpu",
+    ]);
+    let data = read4(&cpu, "data");
+    assert_eq!(data.shape(), [5, 1, 24, 29]);
+    let shifts = hdf5::File::open(&cpu)
+        .unwrap()
+        .dataset("shifts")
+        .unwrap()
+        .read_2d::<f64>()
+        .unwrap();
+    assert!(shifts.column(0).iter().all(|&s| s == 0.0), "{shifts}");
+    assert!(shifts.iter().any(|&s| s != 0.0), "in-plane shifts found");
+
+    let gpu = tmp.path().join("gpu.h5");
+    let g = gpu.display().to_string();
+    let (code, err) = gpuprep(&["run", &input, "-o", &g, "-q", "--backend", "gpu"]);
+    if code != 0 && std::env::var("GPUPREP_REQUIRE_GPU").as_deref() != Ok("1") {
+        eprintln!("SKIPPED the GPU run: {err}");
+        return;
+    }
+    assert_eq!(code, 0, "GPU run: {err}");
+    let worst = same_shifts_worst_data_diff(&cpu, &gpu);
+    assert!(worst < 1e-3, "GPU and CPU outputs differ by {worst}");
+}
+
+/// scipy on one plane: reflect, nearest, mirror and wrap repeat it, so 3x3x3 is the (1, 3, 3) window;
+/// constant mode brings cval into every window. Median only, through the CLI's flags.
+#[test]
+fn one_plane_median_follows_scipy_in_every_mode() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = movie(tmp.path());
+    let raw = read4(Path::new(&input), "default");
+    for mode in BoundaryMode::ALL {
+        let out = tmp.path().join(format!("{mode}.h5"));
+        run_ok(&[
+            "run",
+            &input,
+            "-o",
+            &out.display().to_string(),
+            "-q",
+            "--backend",
+            "cpu",
+            "--no-register",
+            "--no-zscore",
+            "--median-mode",
+            mode.name(),
+            "--median-cval",
+            "0.25",
+        ]);
+        let got = read4(&out, "data");
+        for (t, (v, g)) in raw
+            .axis_iter(Axis(0))
+            .zip(got.axis_iter(Axis(0)))
+            .enumerate()
+        {
+            let want = if mode == BoundaryMode::Constant {
+                let p = MedianParams::new([3, 3, 3], mode, 0.25).unwrap();
+                median3d_sorted(v, &p)
+            } else {
+                median3d(v, &MedianParams::new([1, 3, 3], mode, 0.0).unwrap())
+            };
+            assert_eq!(g, want, "{mode}, timepoint {t}");
+        }
+    }
+    // The file the README's quick start uses, forced through a window longer than every axis.
+    let out = tmp.path().join("long.h5");
+    let series = fixture("io/series").display().to_string();
+    run_ok(&[
+        "run",
+        &series,
+        "-o",
+        &out.display().to_string(),
+        "-q",
+        "--backend",
+        "cpu",
+        "--median-size",
+        "9,11,13",
+    ]);
+}
