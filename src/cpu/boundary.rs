@@ -158,8 +158,9 @@ mod tests {
     /// (the defect in `filter_index`'s doc).
     #[test]
     fn windows_longer_than_the_axis_match_scipy() {
+        type Taps = &'static [(usize, &'static [i32])];
         #[rustfmt::skip]
-        let known: [(BoundaryMode, &[(usize, &[i32])]); 5] = [
+        let known: [(BoundaryMode, Taps); 5] = [
             (BoundaryMode::Reflect, &[
                 (1, &[0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0]),
                 (2, &[0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1, 1, 0, 0, 1]),
