@@ -104,8 +104,27 @@ impl MedianParams {
                 });
             }
         }
-        Ok(MedianParams { size, mode, cval })
+        let elements = size.iter().try_fold(1usize, |n, &s| n.checked_mul(s));
+        match elements {
+            Some(n) if n <= MedianParams::MAX_ELEMENTS => Ok(MedianParams { size, mode, cval }),
+            _ => Err(Error::InvalidParameter {
+                flag: "--median-size".into(),
+                message: format!(
+                    "the window {}x{}x{} has {} elements; at most {} (e.g. 161x161x161) are supported",
+                    size[0],
+                    size[1],
+                    size[2],
+                    elements.map_or("too many".into(), |n| n.to_string()),
+                    MedianParams::MAX_ELEMENTS
+                ),
+            }),
+        }
     }
+
+    /// The largest window (elements): scipy takes any size, but with windows no longer bounded by the
+    /// volume, each CPU thread's gathered window (4 bytes an element) must stay bounded; a larger
+    /// window would take hours per volume anyway.
+    pub const MAX_ELEMENTS: usize = 1 << 22;
 }
 
 /// Normalization of the cross-power spectrum (`normalization=` of `phase_cross_correlation`).

@@ -41,6 +41,35 @@ fn reference_median_known_answers() {
     );
 }
 
+/// Windows much longer than the volume (scipy allows any): the selection path then gathers each
+/// window straight from the source instead of through padded rows far larger than the volume;
+/// windows past `MedianParams::MAX_ELEMENTS`, or whose element count overflows, are refused.
+#[test]
+fn windows_far_longer_than_the_volume() {
+    let mut r = rng(fresh_seed());
+    for (shape, size) in [([1, 2, 3], [1, 1025, 1025]), ([3, 1, 2], [1025, 1, 1023])] {
+        for mode in BoundaryMode::ALL {
+            let v = Array3::from_shape_fn(shape, |_| r.random_range(-1.0f32..1.0));
+            let p = MedianParams::new(size, mode, 0.5).unwrap();
+            assert_eq!(
+                median3d(v.view(), &p),
+                median3d_sorted(v.view(), &p),
+                "{shape:?} {size:?} {mode}"
+            );
+        }
+    }
+    for size in [[163, 161, 161], [3_000_001; 3], [1, 1, usize::MAX]] {
+        let err = MedianParams::new(size, BoundaryMode::Reflect, 0.0)
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("--median-size") && err.contains("at most 4194304"),
+            "{err}"
+        );
+    }
+    assert!(MedianParams::new([161, 161, 161], BoundaryMode::Reflect, 0.0).is_ok());
+}
+
 proptest! {
     #![proptest_config(ProptestConfig::with_cases(48))]
     #[test]

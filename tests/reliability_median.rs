@@ -146,3 +146,34 @@ fn one_plane_median_follows_scipy_in_every_mode() {
         "9,11,13",
     ]);
 }
+
+/// A window too large to gather (or whose element count overflows) is one clear line, exit 2, and
+/// nothing written; it used to abort on the allocation or panic on the overflow.
+#[test]
+fn an_impossible_window_is_a_clear_error() {
+    let series = fixture("io/series").display().to_string();
+    for size in ["3000001", "1,1,99999999999", "1,4194305,1"] {
+        let tmp = tempfile::tempdir().unwrap();
+        let out = tmp.path().join("out.h5").display().to_string();
+        let args = [
+            "run",
+            &series,
+            "-o",
+            &out,
+            "-q",
+            "--backend",
+            "cpu",
+            "--median-size",
+            size,
+        ];
+        let (code, err) = gpuprep(&args);
+        assert_eq!(code, 2, "{size}: {err}");
+        assert!(
+            err.starts_with("gpuprep: ")
+                && err.contains("--median-size")
+                && err.lines().count() == 1,
+            "{size}: {err}"
+        );
+        assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0, "{size}");
+    }
+}

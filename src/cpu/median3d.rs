@@ -479,12 +479,32 @@ fn by_network<T: Lane>(
     }
 }
 
+/// Values of the padded rows above which `by_selection` gathers straight from the source: windows
+/// far longer than the volume (which scipy allows) would otherwise make them much larger than it.
+const PADDED_MAX: usize = 1 << 20;
+
 /// Windows beyond `NETWORK_MAX`: gathers each window's total-order keys and selects.
 fn by_selection(src: &[f32], g: &Grid, out: &mut [f32], [z, y0]: [usize; 2], s: &mut Rows<i32>) {
-    let sx = g.size[2];
+    let [sz, sy, sx] = g.size;
     let nx = g.n[2];
     let w = nx + sx - 1;
     let rank = g.size.iter().product::<usize>() / 2;
+    if sz * sy * w > PADDED_MAX {
+        for (y, out) in (y0..).zip(out.chunks_exact_mut(nx)) {
+            for (x, o) in out.iter_mut().enumerate() {
+                s.window.clear();
+                for zp in z..z + sz {
+                    for yp in y..y + sy {
+                        let row = g.row(src, zp, yp);
+                        s.window
+                            .extend((x..x + sx).map(|xp| i32::from_f32(g.at(row, xp))));
+                    }
+                }
+                *o = s.window.select_nth_unstable(rank).1.to_f32();
+            }
+        }
+        return;
+    }
     for (y, out) in (y0..).zip(out.chunks_exact_mut(nx)) {
         padded_rows(src, g, [z, y], &mut s.padded);
         for (x, o) in out.iter_mut().enumerate() {
