@@ -181,7 +181,7 @@ fn force_replaces_only_regular_files() {
     let before = names(d);
     for (path, what) in [
         (&fifo, "a FIFO"),
-        (&devnull, "a symbolic link"),
+        (&devnull, "a symbolic link (to /dev/null)"),
         (&link, "a symbolic link"),
         (&dangling, "a symbolic link"),
         (&sub, "a directory"),

@@ -110,11 +110,17 @@ fn check_replaceable(path: &Path, force: bool) -> std::result::Result<(), String
                 Err("exists; pass --force to overwrite".into())
             }
         }
-        Ok(m) => Err(format!(
-            "exists and is {}; gpuprep writes only to a new file or, with --force, over a regular file \
-             (remove it or choose another output path)",
-            kind_of(m.file_type())
-        )),
+        Ok(m) => {
+            let target = match std::fs::read_link(path) {
+                Ok(t) if m.file_type().is_symlink() => format!(" (to {})", t.display()),
+                _ => String::new(),
+            };
+            Err(format!(
+                "exists and is {}{target}; gpuprep writes only to a new file or, with --force, over a \
+                 regular file (remove it or choose another output path)",
+                kind_of(m.file_type())
+            ))
+        }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
         Err(e) if is_name_too_long(&e) => {
             Err(name_too_long(path).unwrap_or_else(|| format!("name too long ({e})")))
