@@ -519,3 +519,66 @@ fn hdf5_read_errors_are_one_line() {
     );
     assert_eq!(names(tmp.path()), vec!["bad.h5".to_string()]);
 }
+
+/// A tmpfs mounted for one test, unmounted when dropped.
+struct Tmpfs(PathBuf);
+
+impl Tmpfs {
+    fn mount(at: &Path, size: &str) -> Option<Tmpfs> {
+        std::fs::create_dir_all(at).unwrap();
+        let ok = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(at)
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success());
+        ok.then(|| Tmpfs(at.to_path_buf()))
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let _ = Command::new("umount").arg("-l").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_is_one_line_naming_the_output_and_timepoint() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = synth_series(tmp.path(), "24,16,64,64");
+    let Some(fs) = Tmpfs::mount(&tmp.path().join("small"), "2m") else {
+        eprintln!(
+            "SKIPPED a_full_disk_is_one_line_naming_the_output_and_timepoint: cannot mount a tmpfs \
+             (needs root); the RLIMIT_FSIZE test covers the same path with EFBIG"
+        );
+        return;
+    };
+    let out = fs.0.join("out.h5");
+    for (extra, needle) in [
+        (&["--no-zscore"][..], "while writing /data at timepoint "),
+        (&[][..], "while writing timepoint "),
+    ] {
+        let o = gpuprep()
+            .arg("run")
+            .arg(&data)
+            .arg("-o")
+            .arg(&out)
+            .args(["--backend", "cpu", "-q"])
+            .args(extra)
+            .output()
+            .unwrap();
+        let err = stderr_of(&o);
+        assert_eq!(o.status.code(), Some(2), "{extra:?}: {err}");
+        assert_eq!(err.lines().count(), 1, "{extra:?}: {err}");
+        assert!(
+            err.starts_with(&format!(
+                "gpuprep: {}: No space left on device",
+                out.display()
+            )),
+            "{extra:?}: {err}"
+        );
+        assert!(err.contains(needle), "{extra:?}: {err}");
+        assert!(!err.contains("18446744073709551615"), "{err}");
+        assert!(names(&fs.0).is_empty(), "{extra:?}: {:?}", names(&fs.0));
+    }
+}
