@@ -106,7 +106,7 @@ pub fn install_signal_cleanup() -> std::io::Result<()> {
         }
         set
     };
-    std::thread::Builder::new()
+    let spawned = std::thread::Builder::new()
         .name("gpuprep-signals".into())
         .spawn(move || loop {
             let mut sig: libc::c_int = 0;
@@ -115,7 +115,13 @@ pub fn install_signal_cleanup() -> std::io::Result<()> {
                 continue;
             }
             on_signal(sig);
-        })?;
+        });
+    if let Err(e) = spawned {
+        // Nobody would take the signals: unblocked, they at least end the process as before.
+        // SAFETY: as above.
+        unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
+        return Err(e);
+    }
     Ok(())
 }
 
