@@ -274,51 +274,58 @@ fn temp_dirs(dir: &Path) -> Vec<PathBuf> {
         .collect()
 }
 
+/// The z-score scratch file in `outdir`'s temporary directory and its size, if there is one yet.
+fn scratch_size(outdir: &Path) -> Option<(PathBuf, u64)> {
+    let temp = temp_dirs(outdir).pop()?;
+    let scratch = std::fs::read_dir(&temp)
+        .ok()?
+        .flatten()
+        .find(|e| e.file_name().to_string_lossy().starts_with("scratch"))?;
+    Some((temp, scratch.metadata().ok()?.len()))
+}
+
 #[test]
 fn signals_stop_the_run_and_remove_every_temporary_file() {
     let tmp = tempfile::tempdir().unwrap();
+    // 60 volumes of 1 MiB: about 1.5-4 s on one CPU thread here, depending on the load.
+    let (t, volume_bytes) = (60u64, 64 * 64 * 64 * 4);
     let data = synth_series(tmp.path(), "60,64,64,64");
     let outdir = tmp.path().join("out");
     std::fs::create_dir(&outdir).unwrap();
-    let spawn = |out: &Path| {
-        gpuprep()
-            .arg("run")
-            .arg(&data)
-            .arg("-o")
-            .arg(out)
-            .args(["--backend", "cpu", "--threads", "1", "-q"])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap()
-    };
-    // The full run's length, timed from the temporary directory's appearance, as the interrupted ones are.
-    let full_out = tmp.path().join("full.h5");
-    let t0 = Instant::now();
-    let o = spawn(&full_out).wait_with_output().unwrap();
-    assert!(o.status.success(), "{}", stderr_of(&o));
-    let full = t0.elapsed();
-    eprintln!("uninterrupted run: {:.2} s", full.as_secs_f64());
-
     for (sig, name, code) in [
         (libc::SIGINT, "SIGINT", 130),
         (libc::SIGTERM, "SIGTERM", 143),
         (libc::SIGHUP, "SIGHUP", 129),
     ] {
-        let out = outdir.join("out.h5");
-        let child = spawn(&out);
+        let mut child = gpuprep()
+            .arg("run")
+            .arg(&data)
+            .arg("-o")
+            .arg(outdir.join("out.h5"))
+            .args(["--backend", "cpu", "--threads", "1", "-q"])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .unwrap();
+        // Half-way by progress, not by a clock the machine's load would skew: the first pass has put half
+        // of the volumes into the scratch file.
         let started = Instant::now();
-        // Waits for the z-score scratch too: it is created after the reference volume is computed.
         let temp = loop {
-            if let Some(d) = temp_dirs(&outdir).pop() {
-                if names(&d).iter().any(|n| n.starts_with("scratch")) {
-                    break d;
+            if let Some((temp, size)) = scratch_size(&outdir) {
+                if size >= t / 2 * volume_bytes {
+                    break temp;
                 }
             }
-            assert!(started.elapsed() < Duration::from_secs(60), "no temp dir");
-            std::thread::sleep(Duration::from_millis(5));
+            assert!(
+                child.try_wait().unwrap().is_none(),
+                "{name}: the run ended first"
+            );
+            assert!(
+                started.elapsed() < Duration::from_secs(120),
+                "{name}: stuck"
+            );
+            std::thread::sleep(Duration::from_millis(2));
         };
-        std::thread::sleep((full / 2).saturating_sub(started.elapsed()));
         let inside = names(&temp);
         assert!(unsafe { libc::kill(child.id() as i32, sig) } == 0);
         let o = child.wait_with_output().unwrap();
