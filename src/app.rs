@@ -57,8 +57,56 @@ pub fn select_backend(engine: &EngineArgs) -> Result<Box<dyn Backend>> {
     }
 }
 
-fn print_report(r: &RunReport) {
-    println!(
+/// `println!` that reports a failed write (a full disk, a closed pipe while SIGPIPE is ignored) as an error
+/// instead of panicking.
+macro_rules! say {
+    ($($arg:tt)*) => {
+        say_line(format_args!($($arg)*))
+    };
+}
+
+fn say_line(args: std::fmt::Arguments) -> anyhow::Result<()> {
+    use std::io::Write;
+    let mut out = std::io::stdout().lock();
+    // Flushed per line so the failure surfaces here, not in a panic when stdout is flushed at exit.
+    out.write_fmt(args)
+        .and_then(|()| out.write_all(b"\n"))
+        .and_then(|()| out.flush())
+        .map_err(|e| anyhow::anyhow!("cannot write to standard output: {}", os_text(&e)))
+}
+
+/// An I/O error's text without Rust's " (os error 28)" suffix.
+fn os_text(e: &std::io::Error) -> String {
+    let s = e.to_string();
+    match s.rfind(" (os error ") {
+        Some(i) => s[..i].to_string(),
+        None => s,
+    }
+}
+
+/// Warns about temporary directories that earlier runs left beside `output` (SIGKILL, a crash, a power cut:
+/// nothing runs then to remove them). They may also belong to a run still in progress, so they are named,
+/// never deleted.
+fn warn_stale(output: &std::path::Path) {
+    use std::io::Write;
+    let dir = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => std::path::Path::new("."),
+    };
+    let mut err = std::io::stderr().lock();
+    for (path, size) in crate::io::cleanup::stale_entries(dir) {
+        let _ = writeln!(
+            err,
+            "gpuprep: warning: {} ({}) was left by a gpuprep run that was killed, or belongs to one still \
+             running; delete it when no gpuprep is writing there",
+            path.display(),
+            crate::io::cleanup::human_bytes(size)
+        );
+    }
+}
+
+fn print_report(r: &RunReport) -> anyhow::Result<()> {
+    say!(
         "gpuprep: wrote {} ({} timepoints of {}x{}x{}) with {} in {:.2} s",
         r.output.display(),
         r.timepoints,
@@ -67,35 +115,37 @@ fn print_report(r: &RunReport) {
         r.shape[2],
         r.backend,
         r.total.as_secs_f64()
-    );
+    )?;
     let stages: Vec<String> = r
         .stage_times
         .iter()
         .map(|(n, d)| format!("{n} {:.2} s", d.as_secs_f64()))
         .collect();
     // Busy time per stage; reader, compute and writer threads run at once, so these overlap.
-    println!("  stages (overlapping): {}", stages.join(", "));
+    say!("  stages (overlapping): {}", stages.join(", "))?;
     if r.nonfinite_replaced > 0 {
-        println!(
+        say!(
             "  replaced {} NaN/Inf input values with 0",
             r.nonfinite_replaced
-        );
+        )?;
     }
     if r.constant_voxels > 0 {
-        println!(
+        say!(
             "  {} voxels have a constant time series (z-score set per --constant-voxels)",
             r.constant_voxels
-        );
+        )?;
     }
+    Ok(())
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
     let mut cfg = a.to_config()?;
     cfg.progress = cfg.progress && std::io::stderr().is_terminal();
+    warn_stale(&cfg.output);
     let mut backend = select_backend(&a.engine)?;
     let report = pipeline::run(&cfg, backend.as_mut())?;
     if !a.quiet {
-        print_report(&report);
+        print_report(&report)?;
     }
     Ok(())
 }
@@ -129,16 +179,16 @@ fn synth_cmd(a: SynthArgs) -> anyhow::Result<()> {
         dtype,
     };
     let out = synth::synth(&a.dir, &spec, a.force)?;
-    println!(
+    say!(
         "gpuprep: wrote {} files to {}",
         out.files.len(),
         a.dir.display()
-    );
+    )?;
     if out.true_shifts.is_some() {
-        println!(
+        say!(
             "  true registration shifts: {}",
             a.dir.join("true_shifts.csv").display()
-        );
+        )?;
     }
     Ok(())
 }
@@ -163,18 +213,18 @@ fn parse_dtype(s: &str) -> Result<Dtype> {
 fn info(a: InfoArgs) -> anyhow::Result<()> {
     if !a.inputs.is_empty() {
         for line in crate::io::source::describe(&a.inputs, &a.dataset)? {
-            println!("{line}");
+            say!("{line}")?;
         }
-        println!();
+        say!("")?;
     }
-    println!("compute backends:");
-    println!("  cpu: {} threads", rayon::current_num_threads());
+    say!("compute backends:")?;
+    say!("  cpu: {} threads", rayon::current_num_threads())?;
     let adapters = gpu_adapters();
     if adapters.is_empty() {
-        println!("  gpu: no adapter found");
+        say!("  gpu: no adapter found")?;
     }
     for ad in adapters {
-        println!("  gpu: {ad}");
+        say!("  gpu: {ad}")?;
     }
     Ok(())
 }
@@ -189,6 +239,8 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
             path: std::env::temp_dir(),
             source: e,
         })?;
+    // An interrupt deletes it; otherwise dropping it does, on success or error.
+    let _registered = crate::io::cleanup::Registered::new(dir.path());
     let data = dir.path().join("data");
     let spec = SynthSpec {
         shape,
@@ -200,15 +252,15 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         seed: 7,
         dtype: Dtype::U16,
     };
-    println!("gpuprep demo: {}x{}x{}x{} (t,z,y,x) uint16 volumes, smooth structure + noise, known sub-voxel shifts", shape[0], shape[1], shape[2], shape[3]);
+    say!("gpuprep demo: {}x{}x{}x{} (t,z,y,x) uint16 volumes, smooth structure + noise, known sub-voxel shifts", shape[0], shape[1], shape[2], shape[3])?;
     let t0 = std::time::Instant::now();
     let synth = synth::synth(&data, &spec, false)?;
-    println!(
+    say!(
         "  synthesised {} files in {:.2} s under {}",
         synth.files.len(),
         t0.elapsed().as_secs_f64(),
         data.display()
-    );
+    )?;
     let truth = synth.true_shifts.expect("realistic mode records shifts");
 
     let output: PathBuf = dir.path().join("preprocessed.h5");
@@ -220,25 +272,30 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     cfg.progress = std::io::stderr().is_terminal();
     let mut backend = select_backend(&a.engine)?;
     let report = pipeline::run(&cfg, backend.as_mut())?;
-    print_report(&report);
+    print_report(&report)?;
 
-    println!("  t   true shift (z, y, x)        found shift (z, y, x)       |error|");
+    say!("  t   true shift (z, y, x)        found shift (z, y, x)       |error|")?;
     let mut worst: f64 = 0.0;
     for (t, (r, s)) in report.registrations.iter().zip(&truth).enumerate() {
         let err = (0..3)
             .map(|i| (r.shift[i] - s[i]).abs())
             .fold(0.0, f64::max);
         worst = worst.max(err);
-        println!(
+        say!(
             "  {t:<3} ({:6.2}, {:6.2}, {:6.2})  ->  ({:6.2}, {:6.2}, {:6.2})   {err:.3}",
-            s[0], s[1], s[2], r.shift[0], r.shift[1], r.shift[2]
-        );
+            s[0],
+            s[1],
+            s[2],
+            r.shift[0],
+            r.shift[1],
+            r.shift[2]
+        )?;
     }
-    println!(
+    say!(
         "  largest shift error {worst:.3} voxels (upsample factor {u}: resolution {:.3}; normalization none: phase whitening amplifies noise)",
         1.0 / u as f64
-    );
-    println!("  output layout: /data (t,z,y,x) float32 z-scores, /shifts, /error, /mean, /std; kept in a temporary directory that is now removed");
+    )?;
+    say!("  output layout: /data (t,z,y,x) float32 z-scores, /shifts, /error, /mean, /std; kept in a temporary directory that is now removed")?;
     Ok(())
 }
 

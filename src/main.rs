@@ -1,4 +1,6 @@
-//! The `gpuprep` command: parse flags, run, print the error chain and exit 2 on failure.
+//! The `gpuprep` command: parse flags, run, print the error in one line and exit 2 on failure.
+
+use std::io::Write;
 
 use clap::Parser;
 
@@ -14,13 +16,63 @@ fn main() {
     if !matches!(cli.command, gpuprep::cli::Command::Demo(_)) {
         restore_sigpipe();
     }
-    if let Err(e) = gpuprep::app::run_command(cli.command) {
-        eprintln!("gpuprep: {e:#}");
+    // Both before any other thread starts: the environment is only safe to change while one thread runs,
+    // and threads inherit the signal mask that keeps SIGINT/SIGTERM/SIGHUP for the cleanup thread.
+    let runtime_dir = quiet_wayland_probe();
+    if let Err(e) = gpuprep::io::cleanup::install_signal_cleanup() {
+        let _ = writeln!(
+            std::io::stderr(),
+            "gpuprep: warning: cannot watch for interrupts ({e}); an interrupted run leaves its \
+             temporary directory behind"
+        );
+    }
+    let result = gpuprep::app::run_command(cli.command);
+    // `exit` skips destructors.
+    drop(runtime_dir);
+    if let Err(e) = result {
+        let _ = writeln!(std::io::stderr(), "gpuprep: {}", message(&e));
         std::process::exit(2);
     }
 }
 
-/// Rust starts with SIGPIPE ignored, so `gpuprep info FILE | head -1` would panic in `println!` once
+/// The error and the causes it does not already state. gpuprep's own errors carry their cause in their
+/// message, so the chain stops there; anyhow's `{:#}` would print the cause a second time.
+fn message(e: &anyhow::Error) -> String {
+    let mut parts = Vec::new();
+    for cause in e.chain() {
+        parts.push(cause.to_string());
+        if cause.is::<gpuprep::Error>() {
+            break;
+        }
+    }
+    parts.join(": ")
+}
+
+/// wgpu's OpenGL probe asks libwayland-client for a display; without `XDG_RUNTIME_DIR` (cron, ssh, a
+/// container) libwayland prints "error: XDG_RUNTIME_DIR is invalid or not set in the environment." on
+/// each probe, though nothing failed and no Wayland display was reachable anyway. With the variable
+/// unset or not absolute, and `WAYLAND_DISPLAY` not an absolute socket path (which libwayland would use
+/// without it), point it at an empty private directory: the probe then finds no display, silently, as
+/// it would have. The directory is removed on exit (and by the interrupt cleanup).
+fn quiet_wayland_probe() -> Option<(tempfile::TempDir, gpuprep::io::cleanup::Registered)> {
+    let absolute =
+        |v: Option<std::ffi::OsString>| v.is_some_and(|v| std::path::Path::new(&v).is_absolute());
+    if absolute(std::env::var_os("XDG_RUNTIME_DIR"))
+        || absolute(std::env::var_os("WAYLAND_DISPLAY"))
+    {
+        return None;
+    }
+    let mut builder = tempfile::Builder::new();
+    builder.prefix("gpuprep-runtime-");
+    #[cfg(unix)]
+    builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+    let dir = builder.tempdir().ok()?;
+    std::env::set_var("XDG_RUNTIME_DIR", dir.path());
+    let registered = gpuprep::io::cleanup::Registered::new_unnamed(dir.path());
+    Some((dir, registered))
+}
+
+/// Rust starts with SIGPIPE ignored, so `gpuprep info FILE | head -1` would end in an error once
 /// `head` exits; Unix tools end quietly instead. `run` prints only after its output is renamed into
 /// place and `info`/`synth` hold nothing to clean up, so ending there loses nothing.
 #[cfg(unix)]

@@ -263,10 +263,7 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
 
     // With the z-score on, the first pass's results wait in the scratch file, not in the output.
     let scratch = match cfg.zscore {
-        Some(_) => Some(Scratch::create(
-            sink.temp_path().parent().unwrap_or(Path::new(".")),
-            shape,
-        )?),
+        Some(_) => Some(Scratch::create(sink.temp_dir(), sink.path(), shape)?),
         None => None,
     };
 
@@ -484,23 +481,33 @@ impl<'scope, M: Send + 'scope> WriteBehind<'scope, M> {
 }
 
 /// The first pass's volumes while the z-score statistics are not yet known: raw little-endian f32, volume
-/// t at byte `t * volume_bytes`, in a temporary file beside the output. `NamedTempFile` deletes it when
-/// dropped, so it disappears whether the run succeeds, fails or panics.
+/// t at byte `t * volume_bytes`, in a temporary file in the output's private temporary directory
+/// (`Sink::temp_dir`). `NamedTempFile` deletes it when dropped, so it disappears whether the run succeeds,
+/// fails or panics; an interrupt removes the whole directory.
 struct Scratch {
     file: tempfile::NamedTempFile,
     shape: [usize; 3],
+    /// The output path, which errors name: the scratch file's own path means nothing to the user.
+    output: PathBuf,
 }
 
 impl Scratch {
-    fn create(dir: &Path, shape: [usize; 3]) -> Result<Scratch> {
+    fn create(dir: &Path, output: &Path, shape: [usize; 3]) -> Result<Scratch> {
         let file = tempfile::Builder::new()
-            .prefix(".gpuprep-scratch")
+            .prefix("scratch")
             .tempfile_in(dir)
             .map_err(|e| Error::Output {
-                path: dir.to_path_buf(),
-                message: format!("cannot create the z-score scratch file there ({e})"),
+                path: output.to_path_buf(),
+                message: format!(
+                    "cannot create the z-score scratch file in {} ({e})",
+                    dir.display()
+                ),
             })?;
-        Ok(Scratch { file, shape })
+        Ok(Scratch {
+            file,
+            shape,
+            output: output.to_path_buf(),
+        })
     }
 
     fn offset(&self, t: usize) -> u64 {
@@ -508,9 +515,11 @@ impl Scratch {
     }
 
     fn err(&self, what: String, e: std::io::Error) -> Error {
+        let text = e.to_string();
+        let text = text.split(" (os error ").next().unwrap_or_default();
         Error::Output {
-            path: self.file.path().to_path_buf(),
-            message: format!("{what} of the z-score scratch file: {e}"),
+            path: self.output.clone(),
+            message: format!("{text} while {what} of the z-score scratch file"),
         }
     }
 
@@ -536,7 +545,7 @@ impl Scratch {
                     f.write_all(&le)
                 }
             })
-            .map_err(|e| self.err(format!("writing volume {t}"), e))
+            .map_err(|e| self.err(format!("writing timepoint {t}"), e))
     }
 
     /// Reads volume `t` back.
@@ -546,7 +555,7 @@ impl Scratch {
         let mut f: &File = self.file.as_file();
         f.seek(SeekFrom::Start(self.offset(t)))
             .and_then(|_| f.read_exact(bytemuck::cast_slice_mut(values)))
-            .map_err(|e| self.err(format!("reading volume {t}"), e))?;
+            .map_err(|e| self.err(format!("reading timepoint {t}"), e))?;
         if cfg!(target_endian = "big") {
             values
                 .iter_mut()
@@ -685,13 +694,13 @@ mod tests {
                 })
             })
             .collect();
-        let scratch = Scratch::create(dir.path(), shape).unwrap();
+        let scratch = Scratch::create(dir.path(), Path::new("out.h5"), shape).unwrap();
         let path = scratch.file.path().to_path_buf();
         assert!(path
             .file_name()
             .unwrap()
             .to_string_lossy()
-            .starts_with(".gpuprep-scratch"));
+            .starts_with("scratch"));
         for t in [2, 0, 3, 1] {
             scratch.write(t, vols[t].view()).unwrap();
         }
@@ -704,7 +713,7 @@ mod tests {
         }
         let err = scratch.read(4).unwrap_err().to_string();
         assert!(
-            err.contains(".gpuprep-scratch") && err.contains("volume 4"),
+            err.starts_with("out.h5: ") && err.contains("timepoint 4"),
             "{err}"
         );
         assert!(scratch.write(0, Array3::zeros([3, 4, 4]).view()).is_err());

@@ -242,7 +242,7 @@ fn sink_writes_then_renames_and_reads_back() {
     let out = dir.path().join("out.h5");
     let mut sink = Sink::create(&out, false, &[], 3, [4, 5, 6], &["data", "filtered"]).unwrap();
     assert!(sink.temp_path().exists() && !out.exists());
-    assert_eq!(sink.temp_path().parent(), out.parent());
+    assert_eq!(sink.temp_dir().parent(), out.parent());
     for t in 0..3 {
         sink.write_volume("data", t, arange([4, 5, 6], 100.0 * t as f32).view())
             .unwrap();

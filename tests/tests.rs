@@ -7,5 +7,6 @@ mod gpu;
 mod io;
 mod pipeline;
 mod reliability_median;
+mod reliability_output;
 mod shaders;
 mod support;

@@ -1,5 +1,6 @@
 //! HDF5 input sources and the output sink: every file the pipeline reads or writes goes through here.
 
+pub mod cleanup;
 pub mod sink;
 pub mod source;
 

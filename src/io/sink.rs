@@ -1,12 +1,14 @@
-//! The output file: 4-D float32 volume datasets plus small arrays and root attributes, written to a temporary
-//! name beside the final path and renamed into place only by `finish`, so a failed or interrupted run never
-//! leaves a half-written file under the name the user asked for.
+//! The output file: 4-D float32 volume datasets plus small arrays and root attributes, written inside a private
+//! temporary directory beside the final path and moved into place only by `finish`, so a failed or interrupted
+//! run never leaves a half-written file under the name the user asked for.
 
+use std::fs::FileType;
 use std::path::{Path, PathBuf};
 
 use hdf5::types::VarLenUnicode;
 use ndarray::{s, Array1, Array3, ArrayView3, ArrayViewD};
 
+use super::cleanup::{Registered, TEMP_PREFIX};
 use super::fmt_shape;
 use super::source::first_line;
 use crate::error::{Error, Result};
@@ -17,18 +19,114 @@ const CHUNK_BYTES: usize = 1 << 20;
 const MAX_CHUNK_T: usize = 8;
 /// Most bytes of chunk cache per 4-D dataset; bounds the chunk's time extent for large volumes.
 const CACHE_BUDGET: usize = 32 << 20;
+/// The output's name inside the temporary directory: fixed and short, so any output name that the file
+/// system accepts (up to `NAME_MAX`) also works for the temporary file.
+const TEMP_NAME: &str = "out.h5";
+/// Random characters in the temporary directory's name (62^10 choices): nobody can guess it in advance.
+const TEMP_RANDOM: usize = 10;
+/// Linux's limits on one path component and on a whole path (`NAME_MAX`, `PATH_MAX` with its NUL).
+pub const NAME_MAX: usize = 255;
+pub const PATH_MAX: usize = 4096;
 
 /// An output file being written.
 pub struct Sink {
     path: PathBuf,
+    /// `<parent>/.gpuprep-XXXXXXXXXX/out.h5`.
     temp: PathBuf,
+    // Mode 0700, created exclusively with an unpredictable name: no other user can plant a link in it, so
+    // the temporary file cannot be redirected onto someone else's file. `None` once finished.
+    dir: Option<tempfile::TempDir>,
+    // Keeps `dir` in the list a SIGINT/SIGTERM/SIGHUP deletes.
+    registered: Option<Registered>,
     force: bool,
     t: usize,
     shape: [usize; 3],
     // `None` once closed; the datasets are dropped before the file so HDF5 really closes it.
     file: Option<hdf5::File>,
     volumes: Vec<(String, hdf5::Dataset)>,
-    finished: bool,
+}
+
+/// Why `path` cannot be used as a path on Linux, if it is too long: a component over `NAME_MAX` bytes or
+/// the whole over `PATH_MAX - 1` (the system says ENAMETOOLONG, which would otherwise read as "missing").
+pub fn name_too_long(path: &Path) -> Option<String> {
+    if let Some(c) = path
+        .components()
+        .map(|c| c.as_os_str())
+        .find(|c| c.as_encoded_bytes().len() > NAME_MAX)
+    {
+        let shown: String = c.to_string_lossy().chars().take(24).collect();
+        return Some(format!(
+            "name too long: the component '{shown}...' is {} bytes; file names are limited to {NAME_MAX} bytes",
+            c.as_encoded_bytes().len()
+        ));
+    }
+    let len = path.as_os_str().as_encoded_bytes().len();
+    (len >= PATH_MAX).then(|| {
+        format!(
+            "name too long: the path is {len} bytes; paths are limited to {} bytes",
+            PATH_MAX - 1
+        )
+    })
+}
+
+fn is_name_too_long(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    return e.raw_os_error() == Some(libc::ENAMETOOLONG);
+    #[cfg(not(unix))]
+    return false;
+}
+
+/// What a non-regular file is, for the message refusing to replace it.
+fn kind_of(ft: FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO (named pipe)";
+        } else if ft.is_char_device() {
+            return "a character device";
+        } else if ft.is_block_device() {
+            return "a block device";
+        } else if ft.is_socket() {
+            return "a socket";
+        }
+    }
+    if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses an existing `path` that is not a regular file: `--force` only ever replaces regular files.
+fn check_replaceable(path: &Path, force: bool) -> std::result::Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => {
+            if force {
+                Ok(())
+            } else {
+                Err("exists; pass --force to overwrite".into())
+            }
+        }
+        Ok(m) => {
+            let target = match std::fs::read_link(path) {
+                Ok(t) if m.file_type().is_symlink() => format!(" (to {})", t.display()),
+                _ => String::new(),
+            };
+            Err(format!(
+                "exists and is {}{target}; gpuprep writes only to a new file or, with --force, over a \
+                 regular file (remove it or choose another output path)",
+                kind_of(m.file_type())
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if is_name_too_long(&e) => {
+            Err(name_too_long(path).unwrap_or_else(|| format!("name too long ({e})")))
+        }
+        Err(e) => Err(format!("cannot be checked ({e})")),
+    }
 }
 
 impl Sink {
@@ -52,6 +150,9 @@ impl Sink {
                 fmt_shape(&shape)
             )));
         }
+        if let Some(why) = name_too_long(path) {
+            return Err(out_err(why));
+        }
         let name = path
             .file_name()
             .ok_or_else(|| out_err("is not a file name (it ends in '..' or '/')".into()))?;
@@ -59,6 +160,16 @@ impl Sink {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
+        // The temporary file's path is the parent's plus `/.gpuprep-XXXXXXXXXX/out.h5`.
+        let temp_len =
+            parent.as_os_str().len() + 2 + TEMP_PREFIX.len() + TEMP_RANDOM + TEMP_NAME.len();
+        if temp_len >= PATH_MAX {
+            return Err(out_err(format!(
+                "name too long: the temporary file beside it would have a path of {temp_len} bytes; paths are \
+                 limited to {} bytes",
+                PATH_MAX - 1
+            )));
+        }
         if !parent.is_dir() {
             return Err(out_err(format!(
                 "parent directory {} does not exist",
@@ -82,37 +193,40 @@ impl Sink {
                 }
             }
         }
-        if path.is_dir() {
-            return Err(out_err(
-                "is a directory; expected an output file name".into(),
-            ));
-        }
-        if path.exists() && !force {
-            return Err(out_err("exists; pass --force to overwrite".into()));
-        }
+        check_replaceable(path, force).map_err(out_err)?;
 
-        let temp = parent.join(format!(
-            ".{}.partial-{}",
-            name.to_string_lossy(),
-            std::process::id()
-        ));
-        let file = hdf5::File::create(&temp).map_err(|e| Error::Output {
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(TEMP_PREFIX).rand_bytes(TEMP_RANDOM);
+        // tempfile creates directories with the umask's mode (often 0755) unless told.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let dir = builder.tempdir_in(&parent).map_err(|e| {
+            out_err(format!(
+                "cannot create a temporary directory in {} ({e})",
+                parent.display()
+            ))
+        })?;
+        let registered = Registered::new(dir.path());
+        let temp = dir.path().join(TEMP_NAME);
+        // Exclusive as well: the directory is new and private, so an existing file there is a fault.
+        let file = hdf5::File::create_excl(&temp).map_err(|e| Error::Output {
             path: temp.clone(),
             message: format!(
                 "cannot create the temporary output file ({})",
                 first_line(&e)
             ),
         })?;
-        // From here on, dropping `sink` on an error deletes the temporary file.
+        // From here on, dropping `sink` on an error deletes the temporary directory.
         let mut sink = Sink {
             path: path.to_path_buf(),
             temp,
+            dir: Some(dir),
+            registered: Some(registered),
             force,
             t,
             shape,
             file: Some(file),
             volumes: Vec::new(),
-            finished: false,
         };
         let (chunk, cache_bytes, cache_slots) = volume_chunking(t, shape);
         for &ds_name in volume_datasets {
@@ -129,7 +243,7 @@ impl Sink {
                 .chunk(chunk)
                 .chunk_cache(cache_slots, cache_bytes, 1.0)
                 .create(ds_name)
-                .map_err(|source| sink.hdf5_err(format!("creating dataset '{ds_name}'"), source))?;
+                .map_err(|source| sink.hdf5_err(format!("creating /{ds_name}"), source))?;
             sink.volumes.push((ds_name.to_string(), ds));
         }
         Ok(sink)
@@ -147,14 +261,14 @@ impl Sink {
         }
         let vol = vol.as_standard_layout();
         ds.write_slice(&vol, s![t, .., .., ..])
-            .map_err(|source| self.hdf5_err(format!("writing dataset '{name}' at t={t}"), source))
+            .map_err(|source| self.hdf5_err(format!("writing /{name} at timepoint {t}"), source))
     }
 
     /// Reads volume `t` of the 4-D dataset `name` back (the z-score's second pass rewrites "data").
     pub fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {
         let ds = self.volume(name, t)?;
         ds.read_slice::<f32, _, ndarray::Ix3>(s![t, .., .., ..])
-            .map_err(|source| self.hdf5_err(format!("reading dataset '{name}' at t={t}"), source))
+            .map_err(|source| self.hdf5_err(format!("reading /{name} at timepoint {t}"), source))
     }
 
     /// Writes a float64 array (e.g. "shifts" (t, 3), "error" (t,)), replacing one of that name.
@@ -181,13 +295,13 @@ impl Sink {
         let file = self.file()?;
         if file.link_exists(name) {
             file.unlink(name)
-                .map_err(|source| self.hdf5_err(format!("replacing dataset '{name}'"), source))?;
+                .map_err(|source| self.hdf5_err(format!("replacing /{name}"), source))?;
         }
         file.new_dataset_builder()
             .with_data(data)
             .create(name)
             .map(drop)
-            .map_err(|source| self.hdf5_err(format!("writing dataset '{name}'"), source))
+            .map_err(|source| self.hdf5_err(format!("writing /{name}"), source))
     }
 
     /// Sets a root attribute to a variable-length UTF-8 string (h5py reads it as `str`).
@@ -258,12 +372,21 @@ impl Sink {
         &self.temp
     }
 
+    /// The private directory the file is written in until `finish`; other temporary files of the run (the
+    /// z-score scratch) belong here too, so one removal takes them all.
+    pub fn temp_dir(&self) -> &Path {
+        self.temp
+            .parent()
+            .expect("the temporary file is inside its directory")
+    }
+
     /// The path the file will have after `finish`.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Flushes and closes the file and renames it to the final path (over an existing file only with force).
+    /// Flushes and closes the file and moves it to the final path (over an existing regular file only with
+    /// force), then removes the temporary directory.
     pub fn finish(mut self) -> Result<PathBuf> {
         let file = self.file.take().ok_or_else(|| self.closed())?;
         let flushed = file.flush();
@@ -273,47 +396,59 @@ impl Sink {
             .and(closed)
             .map_err(|source| self.hdf5_err("flushing and closing the output".into(), source))?;
 
-        if self.force {
-            std::fs::rename(&self.temp, &self.path).map_err(|source| Error::Io {
+        let dir = self.dir.take().ok_or_else(|| self.closed())?;
+        let registered = self.registered.take().ok_or_else(|| self.closed())?;
+        // Deregistered and moved under the cleanup lock: an interrupt now either comes first and deletes
+        // the unfinished file, or waits and finds the output complete and in place.
+        registered.finish_with(|| match self.move_into_place() {
+            Ok(()) => {
+                let _ = dir.close();
+                Ok(self.path.clone())
+            }
+            Err(Kept(e)) => {
+                // Keep the finished work: the user can move it by hand.
+                let _ = dir.keep();
+                Err(e)
+            }
+            Err(Lost(e)) => Err(e),
+        })
+    }
+
+    fn move_into_place(&self) -> std::result::Result<(), FinishError> {
+        let io_err = |source| {
+            Lost(Error::Io {
                 path: self.path.clone(),
                 source,
+            })
+        };
+        if self.force {
+            // Checked again: a FIFO or link may have appeared at the output path while we were writing.
+            check_replaceable(&self.path, true).map_err(|message| {
+                Kept(Error::Output {
+                    path: self.path.clone(),
+                    message: format!("{message}; the result is in {}", self.temp.display()),
+                })
             })?;
-        } else {
-            // Without --force the output must still not exist: a hard link fails atomically if it does, where
-            // a rename would silently replace a file that appeared while we were writing.
-            match std::fs::hard_link(&self.temp, &self.path) {
-                Ok(()) => {
-                    let _ = std::fs::remove_file(&self.temp);
-                }
-                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {
-                    // Keep the finished work: the user can move it by hand.
-                    self.finished = true;
-                    return Err(Error::Output {
-                        path: self.path.clone(),
-                        message: format!(
-                            "appeared while gpuprep was writing; not overwritten, the result is in {} \
-                             (pass --force to overwrite)",
-                            self.temp.display()
-                        ),
-                    });
-                }
-                // Filesystems without hard links: check, then rename.
-                Err(_) if !self.path.exists() => {
-                    std::fs::rename(&self.temp, &self.path).map_err(|source| Error::Io {
-                        path: self.path.clone(),
-                        source,
-                    })?;
-                }
-                Err(source) => {
-                    return Err(Error::Io {
-                        path: self.path.clone(),
-                        source,
-                    })
-                }
-            }
+            return std::fs::rename(&self.temp, &self.path).map_err(io_err);
         }
-        self.finished = true;
-        Ok(self.path.clone())
+        // Without --force the output must still not exist: a hard link fails atomically if it does, where
+        // a rename would silently replace a file that appeared while we were writing.
+        match std::fs::hard_link(&self.temp, &self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Kept(Error::Output {
+                path: self.path.clone(),
+                message: format!(
+                    "appeared while gpuprep was writing; not overwritten, the result is in {} \
+                     (pass --force to overwrite)",
+                    self.temp.display()
+                ),
+            })),
+            // Filesystems without hard links: check, then rename.
+            Err(_) if std::fs::symlink_metadata(&self.path).is_err() => {
+                std::fs::rename(&self.temp, &self.path).map_err(io_err)
+            }
+            Err(source) => Err(io_err(source)),
+        }
     }
 
     fn file(&self) -> Result<&hdf5::File> {
@@ -354,8 +489,9 @@ impl Sink {
     }
 
     fn hdf5_err(&self, what: String, source: hdf5::Error) -> Error {
+        // Named by the user's path: the temporary one means nothing to them and is gone after the error.
         Error::Hdf5 {
-            path: self.temp.clone(),
+            path: self.path.clone(),
             what,
             source,
         }
@@ -379,13 +515,20 @@ impl std::fmt::Debug for Sink {
 
 impl Drop for Sink {
     fn drop(&mut self) {
-        if !self.finished {
-            self.volumes.clear();
-            drop(self.file.take());
-            let _ = std::fs::remove_file(&self.temp);
-        }
+        // Closed before the directory goes, so HDF5 writes nothing more into a deleted file. After a
+        // successful `finish` there is nothing left to do: `dir` is `None`.
+        self.volumes.clear();
+        drop(self.file.take());
+        drop(self.dir.take());
     }
 }
+
+/// How `finish` failed: with the finished file kept for the user, or with nothing worth keeping.
+enum FinishError {
+    Kept(Error),
+    Lost(Error),
+}
+use FinishError::{Kept, Lost};
 
 fn vlen(name: &str, value: &str) -> Result<VarLenUnicode> {
     value.parse::<VarLenUnicode>().map_err(|e| {

@@ -539,7 +539,9 @@ fn expand_inputs(inputs: &[String]) -> Result<Vec<PathBuf>> {
         } else {
             return Err(Error::Input {
                 path: path.into(),
-                message: "no such file or directory".into(),
+                // The system says ENAMETOOLONG for these; `exists()` hides it as "missing".
+                message: super::sink::name_too_long(path)
+                    .unwrap_or_else(|| "no such file or directory".into()),
             });
         }
     }
