@@ -22,7 +22,10 @@ pub const LIMIT_ENV: &str = "GPUPREP_MEMORY_LIMIT";
 /// (median windows, FFT scratch, shift lines), measured as the peak RSS of runs on tiny volumes.
 const BASE_BYTES: u128 = 48 << 20;
 
-/// Which engine computes: decides which buffers live in host memory.
+/// Which engine computes: decides which buffers live in host memory. With a GPU the spectra, the
+/// shift and the upsampled DFT live on the device, but its result region is read back (complex f32,
+/// widened to complex f64); the z-score accumulators are counted on the host for both, since a GPU
+/// without float64, or one whose volumes pass its tile limit, keeps them there.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum Compute {
     Cpu,
@@ -221,6 +224,21 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
         in_flight * vol,
     );
     let filtered = term("filtered volume", vol * median as u128);
+    if let (Some(m), true) = (&cfg.median, cpu) {
+        // `cpu::median3d`: per task, one padded source row per window element along z and y.
+        let [sz, sy, sx] = m.size.map(|s| s as u128);
+        let mut t = after_shift.clone();
+        t.extend([
+            queued.clone(),
+            filtered.clone(),
+            term(
+                format!("median's per-thread rows ({threads} threads)"),
+                threads * 8 * sz * sy * (nx + sx),
+            ),
+        ]);
+        phases.push(Estimate::from_terms("pass 1 (median)", t));
+    }
+    let longest = 2 * nz.max(ny).max(nx);
     match (reg, cpu) {
         (Some(r), true) => {
             let u = r.upsample_factor;
@@ -235,6 +253,12 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
                 term(
                     "registration spectra and correlation",
                     half * (1 + keep) + vol,
+                ),
+                // `cpu::fft`: per task, blocks of 64 z-lines and 16 y-lines, plus a Bluestein
+                // scratch (a power of two past twice the line) for lengths with large prime factors.
+                term(
+                    format!("FFT line buffers ({threads} threads)"),
+                    threads * 8 * (64 * (nz + 8) + 16 * (ny + 8) + 4 * longest.next_power_of_two()),
                 ),
             ]);
             phases.push(Estimate::from_terms("pass 1 (registration)", inverse));
@@ -261,9 +285,10 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
                 queued.clone(),
                 filtered.clone(),
                 term("shifted volume", vol),
+                // `cpu::shift`: per task a float64 plane, 256 z-lines and 32-line y/x blocks.
                 term(
                     format!("shift's per-thread planes ({threads} threads)"),
-                    threads * 8 * ny * nx,
+                    threads * 8 * (ny * nx + 256 * (nz + 24) + 96 * (ny.max(nx) + 24)),
                 ),
             ]);
             phases.push(Estimate::from_terms("pass 1 (shift)", t));

@@ -206,6 +206,30 @@ fn a_shape_of_2_pow_40_cubed_is_too_large_not_a_chunk_error() {
     );
     assert!(!err.contains("chunk"), "{err}");
     assert!(!dir.exists());
+
+    // HDF5 declares such a dataset happily (chunked, nothing written); `run` says what is wrong. Made
+    // small and resized, since the hdf5 crate multiplies the dimensions of a dataset it creates.
+    let path = tmp.path().join("huge.h5");
+    let f = hdf5::File::create(&path).unwrap();
+    let ds = f
+        .new_dataset::<f32>()
+        .shape(hdf5::SimpleExtents::resizable([2, 64, 64, 64]))
+        .chunk([1, 64, 64, 64])
+        .create("default")
+        .unwrap();
+    let big = 1usize << 40;
+    ds.resize([2, big, big, big]).unwrap();
+    drop((ds, f));
+    let input = path.display().to_string();
+    expect_refused(
+        &input,
+        &[],
+        &[],
+        &[
+            "(2, 1099511627776, 1099511627776, 1099511627776) (t, z, y, x): volume",
+            "voxels, too large for any machine's memory",
+        ],
+    );
 }
 
 #[test]
