@@ -22,12 +22,30 @@ pub fn run_command(cmd: Command) -> anyhow::Result<()> {
     }
 }
 
+/// The most `--threads` accepted: 4 per core, at least 64 (small machines still take a generous
+/// pool), never above 1024. Past the cores threads only add switching: 1000 threads on 2 cores ran
+/// 60x slower, and each costs a stack.
+pub fn max_threads(cores: usize) -> usize {
+    (4 * cores).clamp(64, 1024)
+}
+
 fn configure_threads(engine: &EngineArgs) -> Result<()> {
     if let Some(n) = engine.threads {
         if n == 0 {
             return Err(Error::InvalidParameter {
                 flag: "--threads".into(),
                 message: "expected at least 1".into(),
+            });
+        }
+        let cores = std::thread::available_parallelism().map_or(1, |c| c.get());
+        let max = max_threads(cores);
+        if n > max {
+            return Err(Error::InvalidParameter {
+                flag: "--threads".into(),
+                message: format!(
+                    "got {n}; at most {max} on this machine of {cores} cores (4 per core, at least 64, \
+                     never above 1024): threads beyond the cores only add switching and stacks"
+                ),
             });
         }
         // Only fails if a pool already exists, in which case the existing one is used.
@@ -40,11 +58,20 @@ fn configure_threads(engine: &EngineArgs) -> Result<()> {
 
 /// Picks the compute backend: a GPU adapter when asked for (or available under `auto`), else the CPU.
 pub fn select_backend(engine: &EngineArgs) -> Result<Box<dyn Backend>> {
+    if let (BackendChoice::Cpu, Some(api)) = (engine.backend, &engine.gpu_api) {
+        return Err(Error::InvalidParameter {
+            flag: "--gpu-api".into(),
+            message: format!(
+                "{api} applies to the GPU backend; it has no effect with --backend cpu (drop one of them)"
+            ),
+        });
+    }
     configure_threads(engine)?;
+    let api = engine.gpu_api.as_deref().unwrap_or("any");
     match engine.backend {
         BackendChoice::Cpu => Ok(Box::new(CpuBackend::new())),
-        BackendChoice::Gpu => gpu_backend(&engine.gpu_api),
-        BackendChoice::Auto => match auto_gpu_backend(&engine.gpu_api) {
+        BackendChoice::Gpu => gpu_backend(api),
+        BackendChoice::Auto => match auto_gpu_backend(api) {
             Ok(g) => {
                 eprintln!("gpuprep: using {}", g.describe());
                 Ok(g)

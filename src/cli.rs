@@ -49,10 +49,10 @@ pub struct EngineArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// Graphics API for the GPU backend: any, vulkan, metal, dx12 or gl.
-    #[arg(long, default_value = "any")]
-    pub gpu_api: String,
-    /// CPU threads (default: all cores).
+    /// Graphics API for the GPU backend: any (the default), vulkan, metal, dx12 or gl.
+    #[arg(long)]
+    pub gpu_api: Option<String>,
+    /// CPU threads (default: all cores; at most 4 per core, at least 64 allowed, never above 1024).
     #[arg(long)]
     pub threads: Option<usize>,
 }
@@ -80,7 +80,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "reflect")]
     pub median_mode: String,
     /// Value outside the volume for --median-mode constant.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub median_cval: f32,
     /// Skip the median filter.
     #[arg(long)]
@@ -90,7 +90,7 @@ pub struct RunArgs {
     #[arg(long)]
     pub no_register: bool,
     /// Sub-voxel precision 1/N of the registration (scikit-image's upsample_factor).
-    #[arg(long, default_value_t = 1)]
+    #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub upsample_factor: i64,
     /// Cross-power spectrum normalization: phase or none.
     #[arg(long, default_value = "phase")]
@@ -113,7 +113,7 @@ pub struct RunArgs {
     #[arg(long, default_value = "constant")]
     pub shift_mode: String,
     /// Value outside the volume for --shift-mode constant.
-    #[arg(long, default_value_t = 0.0)]
+    #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub shift_cval: f32,
 
     /// Skip the z-score (write the registered volumes).
@@ -154,13 +154,13 @@ pub struct SynthArgs {
     #[arg(long)]
     pub four_d: bool,
     /// Largest shift per axis (realistic mode).
-    #[arg(long, default_value_t = 3.0)]
+    #[arg(long, default_value_t = 3.0, allow_negative_numbers = true)]
     pub max_shift: f64,
     /// Sub-voxel shifts (realistic mode).
     #[arg(long)]
     pub subpixel: bool,
     /// Noise standard deviation relative to the structure (realistic mode).
-    #[arg(long, default_value_t = 0.05)]
+    #[arg(long, default_value_t = 0.05, allow_negative_numbers = true)]
     pub noise: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -185,7 +185,7 @@ pub struct DemoArgs {
     /// Shape "t,z,y,x" of the synthetic data.
     #[arg(long, default_value = "20,32,64,64")]
     pub shape: String,
-    #[arg(long, default_value_t = 10)]
+    #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub upsample_factor: i64,
     #[command(flatten)]
     pub engine: EngineArgs,

@@ -7,6 +7,7 @@ pub mod cpu;
 pub mod error;
 pub mod gpu;
 pub mod io;
+pub mod memory;
 pub mod params;
 pub mod pipeline;
 pub mod synth;

@@ -39,7 +39,7 @@ const QUEUE_BYTES: usize = 16 << 20;
 /// Volumes queued on each side of the compute: two small ones (enough to hide HDF5 latency and ride out
 /// one slow write, a chunk-cache flush), or one when two would pass `QUEUE_BYTES`. One in the queue plus
 /// one in the hands of the reader (or writer) still overlaps I/O with the compute.
-fn queue_depth(shape: [usize; 3]) -> usize {
+pub(crate) fn queue_depth(shape: [usize; 3]) -> usize {
     let bytes = shape.iter().product::<usize>() * std::mem::size_of::<f32>();
     (QUEUE_BYTES / bytes.max(1)).clamp(1, 2)
 }
@@ -234,6 +234,7 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
     let mut clock = Clock::default();
     let source = Source::open(&cfg.inputs, &cfg.dataset)?;
     check_config(cfg, &source)?;
+    crate::memory::check_run(cfg, &source, crate::memory::Compute::of(backend))?;
     let (n, shape) = (source.len(), source.shape());
 
     let mut datasets = vec!["data"];

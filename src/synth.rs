@@ -81,6 +81,13 @@ const BACKGROUND: f64 = 0.1;
 /// are left over.
 pub fn synth(dir: &Path, spec: &SynthSpec, force: bool) -> Result<SynthOutput> {
     validate(spec)?;
+    // Before the directory is touched: a job that cannot fit leaves nothing behind.
+    let width = crate::memory::check_synth(
+        spec.shape,
+        spec.dtype.size(),
+        spec.mode == SynthMode::Realistic,
+        rayon::current_num_threads(),
+    )?;
     if dir.exists() && !dir.is_dir() {
         return Err(Error::Output {
             path: dir.into(),
@@ -157,7 +164,8 @@ pub fn synth(dir: &Path, spec: &SynthSpec, force: bool) -> Result<SynthOutput> {
             let files: Vec<PathBuf> = (0..nt)
                 .map(|t| dir.join(format!("ind_{t:05}.h5")))
                 .collect();
-            files.par_iter().enumerate().try_for_each(|(t, path)| {
+            bounded(nt, width, |t| {
+                let path = &files[t];
                 let v = volume(t);
                 let file = hdf5::File::create(path).map_err(|e| create_err(path, &e))?;
                 write_new(&file, path, spec.dtype, spec.mode, v.view(), DATASET)
@@ -178,7 +186,7 @@ pub fn synth(dir: &Path, spec: &SynthSpec, force: bool) -> Result<SynthOutput> {
                     source,
                 })?;
             // HDF5 calls are serialised by the crate's lock anyway; only the volumes are computed in parallel.
-            (0..nt).into_par_iter().try_for_each(|t| {
+            bounded(nt, width, |t| {
                 let v = volume(t);
                 write_slice_as(&ds, &path, spec.dtype, spec.mode, v.view(), t)
             })?;
@@ -207,6 +215,17 @@ pub fn synth(dir: &Path, spec: &SynthSpec, force: bool) -> Result<SynthOutput> {
         }
     };
     Ok(SynthOutput { files, true_shifts })
+}
+
+/// `f(t)` for every timepoint in parallel, in batches of `width`: each call holds whole volumes, and
+/// a batch bounds how many exist at once even when a worker waiting inside one call (the parallel
+/// `render`) steals another.
+fn bounded(nt: usize, width: usize, f: impl Fn(usize) -> Result<()> + Sync) -> Result<()> {
+    let ts: Vec<usize> = (0..nt).collect();
+    for batch in ts.chunks(width.max(1)) {
+        batch.par_iter().try_for_each(|&t| f(t))?;
+    }
+    Ok(())
 }
 
 fn validate(spec: &SynthSpec) -> Result<()> {

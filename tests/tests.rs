@@ -6,6 +6,7 @@ mod cpu_reference;
 mod gpu;
 mod io;
 mod pipeline;
+mod reliability_cli;
 mod reliability_median;
 mod reliability_output;
 mod shaders;

@@ -1,0 +1,761 @@
+//! Host memory a run or a `synth` needs, estimated from shapes and flags before any data is read and
+//! checked against what the machine has, so an oversized job stops with one line naming the figure
+//! instead of an allocation abort halfway through that leaves files behind.
+//!
+//! The terms follow the CPU backend's real allocations (`pipeline`, `cpu::register`, `cpu::shift`,
+//! `cpu::zscore`): the peak is the largest of the phases a run goes through (reference, pass 1 while
+//! registering, pass 1 while shifting, pass 2, the end), each phase the sum of what is alive at once.
+//! All arithmetic is in `u128` after a guard that the volume's element count fits the address space,
+//! so a shape such as (2, 2^40, 2^40, 2^40) is "too large", never a wrapped product.
+
+use crate::backend::Backend;
+use crate::error::{Error, Result};
+use crate::io::Source;
+use crate::pipeline::{ReferenceSpec, RunConfig};
+use std::path::Path;
+
+/// Overrides the available figure (bytes, or with a K/M/G/T suffix, powers of 1024): for tests and for
+/// shared nodes where the machine's free memory is not this job's to take.
+pub const LIMIT_ENV: &str = "GPUPREP_MEMORY_LIMIT";
+
+/// The program itself: code, HDF5's and rayon's own state, thread stacks, small per-thread buffers
+/// (median windows, FFT scratch, shift lines), measured as the peak RSS of runs on tiny volumes.
+const BASE_BYTES: u128 = 48 << 20;
+
+/// Which engine computes: decides which buffers live in host memory. With a GPU the spectra, the
+/// shift and the upsampled DFT live on the device, but its result region is read back (complex f32,
+/// widened to complex f64); the z-score accumulators are counted on the host for both, since a GPU
+/// without float64, or one whose volumes pass its tile limit, keeps them there.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Compute {
+    Cpu,
+    Gpu,
+}
+
+impl Compute {
+    pub fn of(backend: &dyn Backend) -> Compute {
+        if backend.describe().starts_with("gpu") {
+            Compute::Gpu
+        } else {
+            Compute::Cpu
+        }
+    }
+}
+
+/// What a run's memory depends on besides its flags.
+#[derive(Clone, Copy, Debug)]
+pub struct RunShape {
+    pub timepoints: usize,
+    /// (z, y, x).
+    pub volume: [usize; 3],
+    /// Bytes of one chunk of the input dataset as stored, when it is chunked.
+    pub input_chunk_bytes: Option<u128>,
+    /// CPU worker threads (per-thread buffers).
+    pub threads: usize,
+    pub compute: Compute,
+}
+
+/// One allocation (or group of them) alive at the peak.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Term {
+    pub what: String,
+    pub bytes: u128,
+}
+
+/// The peak and what makes it up, largest term first.
+#[derive(Clone, Debug)]
+pub struct Estimate {
+    pub total: u128,
+    /// The phase of the run the peak falls in.
+    pub phase: &'static str,
+    pub terms: Vec<Term>,
+}
+
+impl Estimate {
+    fn from_terms(phase: &'static str, terms: Vec<Term>) -> Estimate {
+        let mut terms: Vec<Term> = terms.into_iter().filter(|t| t.bytes > 0).collect();
+        terms.sort_by_key(|t| std::cmp::Reverse(t.bytes));
+        Estimate {
+            total: terms.iter().map(|t| t.bytes).sum(),
+            phase,
+            terms,
+        }
+    }
+
+    /// The largest terms for a one-line message.
+    fn summary(&self, count: usize) -> String {
+        let mut parts: Vec<String> = self
+            .terms
+            .iter()
+            .take(count)
+            .map(|t| format!("{}: {}", t.what, fmt_bytes(t.bytes)))
+            .collect();
+        if self.terms.len() > count {
+            parts.push("…".into());
+        }
+        parts.join("; ")
+    }
+}
+
+fn term(what: impl Into<String>, bytes: u128) -> Term {
+    Term {
+        what: what.into(),
+        bytes,
+    }
+}
+
+/// `1.5 GiB`, `512.0 MiB`.
+pub fn fmt_bytes(b: u128) -> String {
+    const UNITS: [&str; 7] = ["bytes", "KiB", "MiB", "GiB", "TiB", "PiB", "EiB"];
+    if b < 1024 {
+        return format!("{b} bytes");
+    }
+    let mut v = b as f64;
+    let mut u = 0;
+    while v >= 1024.0 && u + 1 < UNITS.len() {
+        v /= 1024.0;
+        u += 1;
+    }
+    format!("{v:.1} {}", UNITS[u])
+}
+
+/// Voxels of a (z, y, x) volume, if its float64 and complex128 buffers (16 bytes a voxel, the widest
+/// any stage uses) can be addressed at all; `None` is "too large" whatever the machine.
+pub fn voxels(shape: [usize; 3]) -> Option<u128> {
+    let v = (shape[0] as u128)
+        .checked_mul(shape[1] as u128)?
+        .checked_mul(shape[2] as u128)?;
+    (v.checked_mul(16)? <= isize::MAX as u128).then_some(v)
+}
+
+/// `⌈1.5·u⌉`, the side of the upsampled region scikit-image refines the peak on.
+pub fn upsample_region(u: u32) -> u128 {
+    (u as u128 * 3).div_ceil(2)
+}
+
+fn too_large(shape: &[usize]) -> String {
+    let v = shape
+        .iter()
+        .try_fold(1u128, |acc, &n| acc.checked_mul(n as u128));
+    let count = match v {
+        Some(v) => format!("{v} voxels"),
+        None => "more than 2^128 voxels".into(),
+    };
+    format!(
+        "{} is {count}, too large for any machine's memory (a volume's buffers must fit the {}-bit address space)",
+        crate::io::fmt_shape(shape),
+        usize::BITS
+    )
+}
+
+/// The host bytes `cfg` needs on inputs of `shape`: the largest phase of the run. `Err` is a message
+/// for a shape too large to address at all.
+pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estimate, String> {
+    let [nz, ny, nx] = shape.volume;
+    let v = voxels(shape.volume).ok_or_else(|| too_large(&shape.volume))?;
+    let n = shape.timepoints as u128;
+    let (nz, ny, nx) = (nz as u128, ny as u128, nx as u128);
+    let cpu = shape.compute == Compute::Cpu;
+    let threads = shape.threads.max(1) as u128;
+    let vol = 4 * v;
+    // rfftn's half spectrum, complex f32.
+    let half = 8 * nz * ny * (nx / 2 + 1);
+    let depth = crate::pipeline::queue_depth(shape.volume) as u128;
+    let median = cfg.median.is_some();
+    let save_filtered = cfg.save_filtered && median;
+    let reg = cfg.register;
+    let zscore = cfg.zscore.is_some();
+
+    // Alive from start to end of the run.
+    let mut always = vec![term("program and libraries", BASE_BYTES)];
+    let datasets = 1 + save_filtered as u128 + cfg.save_registered as u128;
+    let (_, cache, _) = crate::io::sink::volume_chunking(shape.timepoints, shape.volume);
+    always.push(term(
+        format!("output chunk caches ({datasets} datasets)"),
+        datasets * cache as u128,
+    ));
+    always.push(term(
+        "input read buffers",
+        (5 << 20) + shape.input_chunk_bytes.unwrap_or(0),
+    ));
+    if reg.is_some() {
+        always.push(term(
+            format!(
+                "per-timepoint results ({} timepoints x 5 float64)",
+                shape.timepoints
+            ),
+            40 * n,
+        ));
+        if cpu {
+            always.push(term("reference spectrum", half));
+        }
+    }
+    if zscore {
+        always.push(term("z-score accumulators (2 float64 per voxel)", 16 * v));
+    }
+    // From the first shift on: `cpu::shift` keeps its f64 intermediate between volumes.
+    let mut after_shift = always.clone();
+    if reg.is_some() && cpu {
+        after_shift.push(term("shift's float64 intermediate", 8 * v));
+    }
+
+    let mut phases: Vec<Estimate> = Vec::new();
+
+    if reg.is_some() {
+        // The reference: a float64 sum (allocated for a single timepoint too), the volume read and its
+        // filtered copy, then the reference's spectrum (counted in `always`).
+        let mut t = always.clone();
+        let mean = matches!(cfg.reference, ReferenceSpec::Mean { .. });
+        t.push(term("reference sum (float64)", 8 * v));
+        t.push(term(
+            "reference volumes",
+            vol * (1 + median as u128 + mean as u128),
+        ));
+        phases.push(Estimate::from_terms("reference", t));
+    }
+
+    // Pass 1: read side (depth queued + 1 being read), the volume being computed (+ the next one when
+    // a GPU stages uploads), write side (depth queued + 1 being written; two volumes with --save filtered).
+    // A side never holds more volumes than the series has.
+    let side = (depth + 1).min(n);
+    let in_flight = side + side * (1 + save_filtered as u128) + 1 + (!cpu && n > 1) as u128;
+    let queued = term(
+        format!("volumes in flight ({in_flight} x {})", fmt_bytes(vol)),
+        in_flight * vol,
+    );
+    let filtered = term("filtered volume", vol * median as u128);
+    if let (Some(m), true) = (&cfg.median, cpu) {
+        // `cpu::median3d`: per task, one padded source row per window element along z and y.
+        let [sz, sy, sx] = m.size.map(|s| s as u128);
+        let mut t = after_shift.clone();
+        t.extend([
+            queued.clone(),
+            filtered.clone(),
+            term(
+                format!("median's per-thread rows ({threads} threads)"),
+                threads * 8 * sz * sy * (nx + sx),
+            ),
+        ]);
+        phases.push(Estimate::from_terms("pass 1 (median)", t));
+    }
+    let longest = 2 * nz.max(ny).max(nx);
+    match (reg, cpu) {
+        (Some(r), true) => {
+            let u = r.upsample_factor;
+            let keep = (u > 1) as u128;
+            // `Registrar::register`: the moving spectrum (+ its copy kept for upsampling) and the
+            // correlation from the inverse transform; then the upsampled DFT with the copy and the
+            // correlation still alive.
+            let mut inverse = after_shift.clone();
+            inverse.extend([
+                queued.clone(),
+                filtered.clone(),
+                term(
+                    "registration spectra and correlation",
+                    half * (1 + keep) + vol,
+                ),
+                // `cpu::fft`: per task, blocks of 64 z-lines and 16 y-lines, plus a Bluestein
+                // scratch (a power of two past twice the line) for lengths with large prime factors.
+                term(
+                    format!("FFT line buffers ({threads} threads)"),
+                    threads * 8 * (64 * (nz + 8) + 16 * (ny + 8) + 4 * longest.next_power_of_two()),
+                ),
+            ]);
+            phases.push(Estimate::from_terms("pass 1 (registration)", inverse));
+            if u > 1 {
+                let rr = upsample_region(u);
+                // `upsampled_dft_conj`: t1 and p (nz·ny·R), t2 (nz·R²), the R³ result, the three
+                // kernels and the split x kernel, all complex128 / 2·f64.
+                let up =
+                    16 * (2 * nz * ny * rr + nz * rr * rr + rr * rr * rr + rr * (nz + ny + 2 * nx));
+                let mut t = after_shift.clone();
+                t.extend([
+                    queued.clone(),
+                    filtered.clone(),
+                    term("registration spectrum and correlation", half + vol),
+                    term(
+                        format!("upsampling region {rr}^3 at --upsample-factor {u}"),
+                        up,
+                    ),
+                ]);
+                phases.push(Estimate::from_terms("pass 1 (upsampling)", t));
+            }
+            let mut t = after_shift.clone();
+            t.extend([
+                queued.clone(),
+                filtered.clone(),
+                term("shifted volume", vol),
+                // `cpu::shift`: per task a float64 plane, 256 z-lines and 32-line y/x blocks.
+                term(
+                    format!("shift's per-thread planes ({threads} threads)"),
+                    threads * 8 * (ny * nx + 256 * (nz + 24) + 96 * (ny.max(nx) + 24)),
+                ),
+            ]);
+            phases.push(Estimate::from_terms("pass 1 (shift)", t));
+        }
+        (Some(r), false) => {
+            // Device-resident except what comes back: the result, and the upsampled region read back as
+            // complex f32 and widened to complex f64.
+            let mut t = always.clone();
+            t.extend([queued.clone(), filtered.clone(), term("result volume", vol)]);
+            if r.upsample_factor > 1 {
+                let rr = upsample_region(r.upsample_factor);
+                t.push(term(
+                    format!(
+                        "upsampling region {rr}^3 at --upsample-factor {}",
+                        r.upsample_factor
+                    ),
+                    24 * rr * rr * rr,
+                ));
+            }
+            phases.push(Estimate::from_terms("pass 1", t));
+        }
+        (None, _) => {
+            let mut t = always.clone();
+            t.extend([queued.clone(), filtered.clone(), term("result volume", vol)]);
+            phases.push(Estimate::from_terms("pass 1", t));
+        }
+    }
+
+    if zscore {
+        let in_flight = 2 * side + 2;
+        let mut t = after_shift.clone();
+        t.extend([
+            term(
+                format!("volumes in flight ({in_flight} x {})", fmt_bytes(vol)),
+                in_flight * vol,
+            ),
+            term("z-score mean and std (float32)", 2 * vol),
+        ]);
+        phases.push(Estimate::from_terms("pass 2", t));
+    }
+    if reg.is_some() {
+        let mut t = after_shift.clone();
+        t.push(term("shifts, error and phase difference arrays", 40 * n));
+        phases.push(Estimate::from_terms("end", t));
+    }
+    Ok(phases
+        .into_iter()
+        .max_by_key(|e| e.total)
+        .expect("pass 1 is always there"))
+}
+
+/// Memory the machine offers this process, and where the figure comes from.
+#[derive(Clone, Debug)]
+pub struct Available {
+    pub bytes: u128,
+    pub source: String,
+}
+
+/// `GPUPREP_MEMORY_LIMIT` if set, else the smaller of MemAvailable and the cgroup's room (limit minus
+/// usage not counting reclaimable file cache); `None` where neither can be read (the check is skipped).
+pub fn available() -> Result<Option<Available>> {
+    if let Some(raw) = std::env::var_os(LIMIT_ENV) {
+        let s = raw.to_string_lossy();
+        let bytes = parse_bytes(&s).ok_or_else(|| Error::InvalidParameter {
+            flag: LIMIT_ENV.into(),
+            message: format!(
+                "got {s:?}; expected a number of bytes, optionally with a K, M, G or T suffix (powers of 1024)"
+            ),
+        })?;
+        return Ok(Some(Available {
+            bytes,
+            source: LIMIT_ENV.into(),
+        }));
+    }
+    let meminfo = std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|s| mem_available(&s))
+        .map(|bytes| Available {
+            bytes,
+            source: "MemAvailable".into(),
+        });
+    let cgroup = cgroup_room().map(|bytes| Available {
+        bytes,
+        source: "room under the cgroup memory limit".into(),
+    });
+    Ok(match (meminfo, cgroup) {
+        (Some(m), Some(c)) => Some(if c.bytes < m.bytes { c } else { m }),
+        (m, c) => m.or(c),
+    })
+}
+
+/// `123`, `64K`, `1.5G`, `2TiB`: bytes, the suffixes being powers of 1024.
+pub fn parse_bytes(s: &str) -> Option<u128> {
+    let s = s.trim();
+    let split = s
+        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
+        .unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let shift = match unit.trim().to_ascii_lowercase().as_str() {
+        "" | "b" => 0,
+        "k" | "kb" | "kib" => 10,
+        "m" | "mb" | "mib" => 20,
+        "g" | "gb" | "gib" => 30,
+        "t" | "tb" | "tib" => 40,
+        _ => return None,
+    };
+    if num.contains('.') {
+        let v: f64 = num.parse().ok()?;
+        let b = v * (1u64 << shift) as f64;
+        return (0.0..1e30).contains(&b).then_some(b as u128);
+    }
+    num.parse::<u128>().ok()?.checked_mul(1 << shift)
+}
+
+fn mem_available(meminfo: &str) -> Option<u128> {
+    meminfo.lines().find_map(|l| {
+        let rest = l.strip_prefix("MemAvailable:")?;
+        let kb: u128 = rest.trim().trim_end_matches("kB").trim().parse().ok()?;
+        Some(kb * 1024)
+    })
+}
+
+/// Limits at or above this are "no limit" (cgroup v1 writes 2^63 rounded down to a page).
+const NO_LIMIT: u128 = 1 << 60;
+
+/// Bytes this process's cgroup (v2, or v1's memory controller) can still take: the smallest
+/// `limit - (usage - inactive file cache)` over the cgroup and its ancestors; `None` without a limit.
+fn cgroup_room() -> Option<u128> {
+    let own = std::fs::read_to_string("/proc/self/cgroup").ok()?;
+    let read = |p: &Path| -> Option<u128> { std::fs::read_to_string(p).ok()?.trim().parse().ok() };
+    let stat = |p: &Path, key: &str| -> u128 {
+        std::fs::read_to_string(p)
+            .ok()
+            .and_then(|s| {
+                s.lines().find_map(|l| {
+                    let (k, v) = l.split_once(' ')?;
+                    (k == key).then(|| v.trim().parse().ok())?
+                })
+            })
+            .unwrap_or(0)
+    };
+    let mut best: Option<u128> = None;
+    let mut consider = |limit: Option<u128>, usage: Option<u128>, inactive: u128| {
+        if let (Some(limit), Some(usage)) = (limit, usage) {
+            if limit < NO_LIMIT {
+                let room = limit.saturating_sub(usage.saturating_sub(inactive));
+                best = Some(best.map_or(room, |b| b.min(room)));
+            }
+        }
+    };
+    for line in own.lines() {
+        let mut parts = line.splitn(3, ':');
+        let (id, controllers, path) = (parts.next()?, parts.next()?, parts.next()?);
+        // A namespaced container sees its own cgroup at the mount's root: try the path, then the root.
+        let rel = path.trim_start_matches('/');
+        if id == "0" && controllers.is_empty() {
+            let root = Path::new("/sys/fs/cgroup");
+            let mut dirs: Vec<std::path::PathBuf> = Vec::new();
+            let mut p = root.join(rel);
+            while p.starts_with(root) {
+                dirs.push(p.clone());
+                if !p.pop() {
+                    break;
+                }
+            }
+            for d in dirs {
+                let limit = std::fs::read_to_string(d.join("memory.max"))
+                    .ok()
+                    .map(|s| s.trim().parse::<u128>().unwrap_or(u128::MAX));
+                consider(
+                    limit,
+                    read(&d.join("memory.current")),
+                    stat(&d.join("memory.stat"), "inactive_file"),
+                );
+            }
+        } else if controllers.split(',').any(|c| c == "memory") {
+            let root = Path::new("/sys/fs/cgroup/memory");
+            for d in [root.join(rel), root.to_path_buf()] {
+                if d.join("memory.limit_in_bytes").exists() {
+                    // `hierarchical_memory_limit` already takes the ancestors' limits into account.
+                    let st = d.join("memory.stat");
+                    let limit = read(&d.join("memory.limit_in_bytes")).map(|l| {
+                        let h = stat(&st, "hierarchical_memory_limit");
+                        if h > 0 {
+                            l.min(h)
+                        } else {
+                            l
+                        }
+                    });
+                    consider(
+                        limit,
+                        read(&d.join("memory.usage_in_bytes")),
+                        stat(&st, "total_inactive_file"),
+                    );
+                    break;
+                }
+            }
+        }
+    }
+    best
+}
+
+/// What to change when `e` does not fit, from its largest term.
+fn advice(e: &Estimate, cfg: &RunConfig) -> &'static str {
+    let top = e.terms.first().map(|t| t.what.as_str()).unwrap_or("");
+    if top.starts_with("upsampling") {
+        "lower --upsample-factor (the region grows as its cube)"
+    } else if top.starts_with("per-timepoint") || top.starts_with("shifts,") {
+        "split the series into shorter runs"
+    } else if cfg.zscore.is_some() {
+        "crop or bin the volumes, pass --no-zscore to drop the accumulators, or run on a machine with more memory"
+    } else {
+        "crop or bin the volumes, or run on a machine with more memory"
+    }
+}
+
+/// Refuses `cfg` on `source` before any data is read when its estimate passes what the machine has, or
+/// when a volume is too large to address at all.
+pub fn check_run(cfg: &RunConfig, source: &Source, compute: Compute) -> Result<()> {
+    let path = source.files()[0].clone();
+    let full_shape: Vec<usize> = std::iter::once(source.len())
+        .chain(source.shape())
+        .collect();
+    let what = format!(
+        "dataset '{}' of shape {} (t, z, y, x)",
+        source.dataset(),
+        crate::io::fmt_shape(&full_shape)
+    );
+    let input_chunk_bytes = source.chunks().and_then(|c| {
+        c.iter().try_fold(source.dtype().size() as u128, |acc, &n| {
+            acc.checked_mul(n as u128)
+        })
+    });
+    let shape = RunShape {
+        timepoints: source.len(),
+        volume: source.shape(),
+        input_chunk_bytes,
+        threads: rayon::current_num_threads(),
+        compute,
+    };
+    let e = estimate(cfg, &shape).map_err(|m| Error::Input {
+        path: path.clone(),
+        message: format!("{what}: volume {m}"),
+    })?;
+    let Some(avail) = available()? else {
+        return Ok(());
+    };
+    if e.total <= avail.bytes {
+        return Ok(());
+    }
+    let message = format!(
+        "{what} needs about {} of memory ({}) but {} is available ({}); {} ({LIMIT_ENV}=BYTES overrides the available figure)",
+        fmt_bytes(e.total),
+        e.summary(3),
+        fmt_bytes(avail.bytes),
+        avail.source,
+        advice(&e, cfg)
+    );
+    Err(
+        if e.terms
+            .first()
+            .is_some_and(|t| t.what.starts_with("upsampling"))
+        {
+            Error::InvalidParameter {
+                flag: "--upsample-factor".into(),
+                message: format!("{}: {message}", path.display()),
+            }
+        } else {
+            Error::Input { path, message }
+        },
+    )
+}
+
+/// `synth`'s peak with `width` timepoints made at once: each holds its float64 volume and the copy in
+/// the stored dtype (`dtype_size` bytes a voxel) while it is written; realistic mode first renders one
+/// float64 volume to scale the structure. `Err` is a message for a shape too large to address.
+pub fn synth_estimate(
+    shape: [usize; 4],
+    dtype_size: usize,
+    realistic: bool,
+    width: usize,
+) -> std::result::Result<Estimate, String> {
+    let v = voxels([shape[1], shape[2], shape[3]]).ok_or_else(|| too_large(&shape))?;
+    let per = (8 + dtype_size as u128) * v;
+    let w = width.max(1) as u128;
+    let making = Estimate::from_terms(
+        "writing",
+        vec![
+            term("program and libraries", BASE_BYTES),
+            term(
+                format!(
+                    "timepoints being made ({w} x float64 volume and its {dtype_size}-byte-per-voxel copy)"
+                ),
+                w * per,
+            ),
+        ],
+    );
+    if !realistic {
+        return Ok(making);
+    }
+    let scaling = Estimate::from_terms(
+        "scaling",
+        vec![
+            term("program and libraries", BASE_BYTES),
+            term("structure rendered to scale it (float64)", 8 * v),
+        ],
+    );
+    Ok(if scaling.total > making.total {
+        scaling
+    } else {
+        making
+    })
+}
+
+/// How many of `synth`'s timepoints may be made at once (at most `threads`): an error naming the
+/// figure when not even one fits what the machine has.
+pub fn check_synth(
+    shape: [usize; 4],
+    dtype_size: usize,
+    realistic: bool,
+    threads: usize,
+) -> Result<usize> {
+    let bad = |message: String| Error::InvalidParameter {
+        flag: "--shape".into(),
+        message,
+    };
+    let want = threads.max(1).min(shape[0]);
+    let one = synth_estimate(shape, dtype_size, realistic, 1).map_err(bad)?;
+    let Some(avail) = available()? else {
+        return Ok(want);
+    };
+    if one.total > avail.bytes {
+        return Err(bad(format!(
+            "{} needs about {} of memory ({}) but {} is available ({}); use a smaller --shape \
+             ({LIMIT_ENV}=BYTES overrides the available figure)",
+            crate::io::fmt_shape(&shape),
+            fmt_bytes(one.total),
+            one.summary(2),
+            fmt_bytes(avail.bytes),
+            avail.source
+        )));
+    }
+    // The largest width up to `want` that fits; one does.
+    let fits = |w: usize| {
+        synth_estimate(shape, dtype_size, realistic, w).is_ok_and(|e| e.total <= avail.bytes)
+    };
+    Ok((1..=want).rev().find(|&w| fits(w)).unwrap_or(1))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::params::RegisterParams;
+    use std::path::PathBuf;
+
+    fn shape(t: usize, volume: [usize; 3]) -> RunShape {
+        RunShape {
+            timepoints: t,
+            volume,
+            input_chunk_bytes: None,
+            threads: 2,
+            compute: Compute::Cpu,
+        }
+    }
+
+    fn cfg() -> RunConfig {
+        RunConfig::new(vec![], PathBuf::from("out.h5"))
+    }
+
+    fn find<'a>(e: &'a Estimate, prefix: &str) -> Option<&'a Term> {
+        e.terms.iter().find(|t| t.what.starts_with(prefix))
+    }
+
+    #[test]
+    fn element_counts_past_the_address_space_are_too_large_not_wrapped() {
+        let big = 1usize << 40;
+        assert_eq!(voxels([big, big, big]), None);
+        assert_eq!(voxels([4096; 3]), Some(1 << 36));
+        let err = estimate(&cfg(), &shape(2, [big; 3])).unwrap_err();
+        assert!(
+            err.contains(&format!("{} voxels, too large", 1u128 << 120)),
+            "{err}"
+        );
+        let err = estimate(&cfg(), &shape(2, [usize::MAX; 3])).unwrap_err();
+        assert!(err.contains("more than 2^128 voxels, too large"), "{err}");
+        // 2^20 · 2^20 · 2^20 = 2^60 fits u128 but its float64 buffers do not fit 64 bits.
+        let err = estimate(&cfg(), &shape(2, [1 << 20; 3])).unwrap_err();
+        assert!(err.contains(&format!("{} voxels", 1u128 << 60)), "{err}");
+        let err = synth_estimate([2, big, big, big], 8, false, 1).unwrap_err();
+        assert!(err.contains("too large"), "{err}");
+    }
+
+    #[test]
+    fn the_upsampling_region_is_its_allocation() {
+        assert_eq!(upsample_region(1), 2);
+        assert_eq!(upsample_region(3), 5);
+        assert_eq!(upsample_region(1000), 1500);
+        let mut c = cfg();
+        c.register = Some(RegisterParams::new(1000, crate::params::Normalization::Phase).unwrap());
+        let e = estimate(&c, &shape(10, [4, 5, 6])).unwrap();
+        assert_eq!(e.phase, "pass 1 (upsampling)");
+        let up = &e.terms[0];
+        assert!(up.what.starts_with("upsampling region 1500^3"), "{e:?}");
+        let r = 1500u128;
+        assert_eq!(
+            up.bytes,
+            16 * (2 * 4 * 5 * r + 4 * r * r + r * r * r + r * (4 + 5 + 12))
+        );
+        assert_eq!(fmt_bytes(up.bytes), "50.4 GiB");
+    }
+
+    #[test]
+    fn terms_follow_the_flags() {
+        let v = [64, 64, 64];
+        let base = estimate(&cfg(), &shape(10, v)).unwrap();
+        let acc = find(&base, "z-score accumulators").expect("z-score on by default");
+        assert_eq!(acc.bytes, 16 * 64 * 64 * 64);
+        assert!(find(&base, "shift's float64 intermediate").is_some());
+
+        let mut c = cfg();
+        c.zscore = None;
+        c.register = None;
+        let lean = estimate(&c, &shape(10, v)).unwrap();
+        assert!(find(&lean, "z-score").is_none() && find(&lean, "shift").is_none());
+        assert!(lean.total < base.total);
+
+        // --save filtered puts a second volume per queued result on the write side.
+        c.save_filtered = true;
+        let saved = estimate(&c, &shape(10, v)).unwrap();
+        let q = |e: &Estimate| find(e, "volumes in flight").unwrap().bytes;
+        // 1 MiB volumes: depth 2, so 3 read + 3 write (+3 filtered) + 1 being computed.
+        assert_eq!(q(&lean), 7 << 20);
+        assert_eq!(q(&saved), 10 << 20);
+
+        // Results grow with the series and dominate a long one.
+        let long = estimate(&cfg(), &shape(1_000_000_000, [2, 2, 2])).unwrap();
+        assert_eq!(long.phase, "end");
+        assert_eq!(long.total, {
+            let t: u128 = long.terms.iter().map(|t| t.bytes).sum();
+            t
+        });
+        assert!(long.total > 80_000_000_000);
+    }
+
+    #[test]
+    fn synth_needs_a_float64_volume_and_its_copy_per_timepoint_made() {
+        let v = 2048u128.pow(3);
+        let e = synth_estimate([2, 2048, 2048, 2048], 2, false, 2).unwrap();
+        assert_eq!(e.total, BASE_BYTES + 2 * 10 * v);
+        let one = synth_estimate([2, 2048, 2048, 2048], 8, true, 1).unwrap();
+        assert_eq!(one.total, BASE_BYTES + 16 * v);
+    }
+
+    #[test]
+    fn byte_figures_parse() {
+        assert_eq!(parse_bytes("123"), Some(123));
+        assert_eq!(parse_bytes("16G"), Some(16 << 30));
+        assert_eq!(parse_bytes("1.5GiB"), Some(3 << 29));
+        assert_eq!(parse_bytes("64k"), Some(64 << 10));
+        assert_eq!(parse_bytes("lots"), None);
+        assert_eq!(parse_bytes("-1"), None);
+        assert_eq!(parse_bytes(""), None);
+        assert_eq!(
+            mem_available("MemTotal: 100 kB\nMemAvailable:   22806712 kB\n"),
+            Some(22806712 * 1024)
+        );
+        assert_eq!(fmt_bytes(1023), "1023 bytes");
+        assert_eq!(fmt_bytes(54_000_000_000), "50.3 GiB");
+    }
+}
