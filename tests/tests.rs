@@ -6,5 +6,6 @@ mod cpu_reference;
 mod gpu;
 mod io;
 mod pipeline;
+mod reliability_numeric;
 mod shaders;
 mod support;

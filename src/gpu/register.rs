@@ -96,7 +96,7 @@ impl GpuRegistrar {
             tmp,
             spectrum,
             partials: ctx.storage("register.argmax_partials", groups as u64 * 16)?,
-            sums: ctx.storage("register.power_partials", groups as u64 * 4)?,
+            sums: ctx.storage("register.power_partials", groups as u64 * 8)?,
             groups,
             reference_power: 0.0,
         };
@@ -104,6 +104,7 @@ impl GpuRegistrar {
         r.record_spectrum(ctx, &mut rec, src, &r.reference)?;
         rec.submit()?;
         r.reference_power = r.read_power(ctx)?;
+        check_reference_power(r.reference_power)?;
         Ok(r)
     }
 
@@ -145,11 +146,7 @@ impl GpuRegistrar {
     }
 
     fn read_power(&self, ctx: &GpuContext) -> Result<f64> {
-        Ok(ctx
-            .read::<f32>(&self.sums, self.groups)?
-            .iter()
-            .map(|&v| v as f64)
-            .sum())
+        Ok(scaled_sum(&ctx.read::<[f32; 2]>(&self.sums, self.groups)?))
     }
 
     /// Register the real volume in `src` (on the device) onto the reference. Work already recorded in
@@ -213,8 +210,9 @@ impl GpuRegistrar {
             }
         }
         if best.idx == u32::MAX {
-            return Err(Error::Data(
-                "registration: the cross-correlation is NaN everywhere".into(),
+            return Err(crate::cpu::register::not_finite(
+                "the cross-power spectrum (its correlation is NaN everywhere)",
+                None,
             ));
         }
         let [_, ny, nx] = self.shape;
@@ -324,9 +322,8 @@ fn finish(
         }
         (up[best], reference_power, moving_power)
     };
-    Ok(crate::cpu::register::score(
-        shift, shape, cc_max, src_amp, target_amp,
-    ))
+    let r = crate::cpu::register::score(shift, shape, cc_max, src_amp, target_amp);
+    crate::cpu::register::check_finite(r, reference_power, moving_power, cc_max, || None)
 }
 
 /// The conjugated kernel of one axis of the upsampled DFT: `r` rows of `n` values.
@@ -465,6 +462,7 @@ impl TiledRegistrar {
         }
         t.reference = spec;
         t.reference_power = power;
+        check_reference_power(power)?;
         Ok(t)
     }
 
@@ -633,8 +631,9 @@ impl TiledRegistrar {
             ctx.count_tiles(1, |s| &mut s.register);
         }
         if best.idx == u32::MAX {
-            return Err(Error::Data(
-                "registration: the cross-correlation is NaN everywhere".into(),
+            return Err(crate::cpu::register::not_finite(
+                "the cross-power spectrum (its correlation is NaN everywhere)",
+                None,
             ));
         }
         let i = best.idx as usize;
@@ -716,7 +715,7 @@ fn reduce_groups(total: usize) -> usize {
 fn reduce_buffers(ctx: &GpuContext) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
     Ok((
         ctx.pooled("register.tile_partials", MAX_REDUCE_GROUPS as u64 * 16)?,
-        ctx.pooled("register.tile_sums", MAX_REDUCE_GROUPS as u64 * 4)?,
+        ctx.pooled("register.tile_sums", MAX_REDUCE_GROUPS as u64 * 8)?,
     ))
 }
 
@@ -746,11 +745,27 @@ fn record_reduce(
 
 fn read_sums(ctx: &GpuContext, groups: usize) -> Result<f64> {
     let (_, sums) = reduce_buffers(ctx)?;
-    Ok(ctx
-        .read::<f32>(&sums, groups)?
+    Ok(scaled_sum(&ctx.read::<[f32; 2]>(&sums, groups)?))
+}
+
+/// `sum_sq`'s partials `(scale, Σ(|c|/scale)²)` summed in f64: `Σ scale² · sum`.
+fn scaled_sum(partials: &[[f32; 2]]) -> f64 {
+    partials
         .iter()
-        .map(|&v| v as f64)
-        .sum())
+        .map(|&[scale, sum]| (scale as f64).powi(2) * sum as f64)
+        .sum()
+}
+
+/// A reference whose spectrum is not finite would fail every registration: refused up front.
+fn check_reference_power(power: f64) -> Result<()> {
+    if power.is_finite() {
+        Ok(())
+    } else {
+        Err(crate::cpu::register::not_finite(
+            "the reference volume's spectrum",
+            None,
+        ))
+    }
 }
 
 /// The three axes' `upsample_kernel` tables (z, y, x) on the device, for the contractions of the
