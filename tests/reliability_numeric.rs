@@ -91,7 +91,6 @@ fn large_values_register_as_the_unscaled_volumes_or_fail_clearly() {
                 let p = RegisterParams {
                     upsample_factor,
                     normalization,
-                    ..RegisterParams::default()
                 };
                 b.set_reference(reference.view(), &p).unwrap();
                 let base = b.register(moving.view()).unwrap();

@@ -29,7 +29,7 @@ pub fn cross_power(f: &Array3<C32>, g: &mut Array3<C32>, normalization: Normaliz
 /// `n · max|F| · max|G|` up to 2^120, else the power of two that brings it there.
 pub fn spectrum_scale(max_f: f64, max_g: f64, n: usize) -> f64 {
     let bound = max_f * max_g * n as f64;
-    if !(bound > 2f64.powi(120)) {
+    if bound.is_nan() || bound <= 2f64.powi(120) {
         return 1.0;
     }
     2f64.powi(120 - bound.log2().ceil() as i32)
