@@ -4,8 +4,9 @@
 //   `cross_power`: R = F * conj(G); with phase normalization R /= max(|R|, 100 eps_f32). f32 as the CPU,
 //     but the product is formed from F and G divided by their largest component (when over 1), so
 //     |F·G*| past f32's range (values ~1e17 and up) still gives the unit phasor (the CPU uses f64);
-//     unnormalized, R is inf where it is not an f32 (the host then reports the registration as not
-//     finite; the CPU instead stores R scaled by a power of two).
+//     unnormalized, R is stored times the host's power of two `scale_bits` (1 unless the reference's
+//     power says R could pass f32's range; the CPU twin scales likewise, from both volumes), and is inf
+//     where it still is not an f32 (the host then reports the registration as not finite).
 //   `argmax_abs`: per-workgroup argmax of |c| (first index in C order on ties, as np.argmax) plus the
 //     value there; the host reduces the partials. `sum_sq`: per-workgroup sums of |c|^2 as (scale,
 //     sum of (|c|/scale)^2) with scale >= 1 the largest component seen, so that spectra of |c| past
@@ -28,7 +29,8 @@ struct Params {
     d2: u32,
     axis: u32,
     r: u32,
-    _pad: u32,
+    // cross_power, unnormalized: f32 bits of the power of two R is stored times (0: 1).
+    scale_bits: u32,
 }
 
 struct Partial {
@@ -85,7 +87,8 @@ fn cross_power(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
         cp_g[i] = r / length(r);
         return;
     }
-    var big = r * sf * sg;
+    let scale = select(bitcast<f32>(p.scale_bits), 1.0, p.scale_bits == 0u);
+    var big = r * (sf * scale) * sg;
     if (p.phase != 0u) {
         big = big / max(safe_length(big), 100.0 * 1.1920929e-7);
     }

@@ -23,7 +23,8 @@ pub struct CrossUniform {
     pub d2: u32,
     pub axis: u32,
     pub r: u32,
-    pub _pad: u32,
+    /// `cross_power`, unnormalized: f32 bits of the power of two R is stored times (0 means 1).
+    pub scale_bits: u32,
 }
 const _: () = assert!(std::mem::size_of::<CrossUniform>() == 32);
 
@@ -54,6 +55,8 @@ pub struct GpuRegistrar {
     sums: wgpu::Buffer,
     groups: usize,
     reference_power: f64,
+    /// What the unnormalized cross-power is stored times (`unnormalized_scale`).
+    scale: f64,
 }
 
 /// One contraction of the upsampled DFT: input dims, axis, input, kernel, output, output length.
@@ -99,12 +102,14 @@ impl GpuRegistrar {
             sums: ctx.storage("register.power_partials", groups as u64 * 8)?,
             groups,
             reference_power: 0.0,
+            scale: 1.0,
         };
         let mut rec = ctx.recorder();
         r.record_spectrum(ctx, &mut rec, src, &r.reference)?;
         rec.submit()?;
         r.reference_power = r.read_power(ctx)?;
         check_reference_power(r.reference_power)?;
+        r.scale = unnormalized_scale(p, r.reference_power, total_of(shape));
         Ok(r)
     }
 
@@ -176,6 +181,7 @@ impl GpuRegistrar {
         let u = CrossUniform {
             total: total as u32,
             phase: (self.params.normalization == Normalization::Phase) as u32,
+            scale_bits: (self.scale as f32).to_bits(),
             ..Default::default()
         };
         rec.dispatch(
@@ -242,6 +248,7 @@ impl GpuRegistrar {
             peak,
             cc_peak,
             moving_power,
+            self.scale,
             |r, u, offsets| self.upsampled_dft(ctx, r, u, offsets),
         )
     }
@@ -285,7 +292,9 @@ impl GpuRegistrar {
 }
 
 /// `cpu::register::finish` with the upsampled DFT given as `up(region, u, offsets)` (r³ values in
-/// C order), shared by the resident and tiled registrars.
+/// C order), shared by the resident and tiled registrars; the spectrum (and so `cc_peak` and `up`)
+/// holds the cross-power times `scale`.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     shape: [usize; 3],
     params: &RegisterParams,
@@ -293,6 +302,7 @@ fn finish(
     peak: [usize; 3],
     cc_peak: Complex64,
     moving_power: f64,
+    scale: f64,
     up: impl FnOnce(usize, f64, [f64; 3]) -> Result<Vec<Complex64>>,
 ) -> Result<Registration> {
     let n = shape.iter().product::<usize>() as f64;
@@ -322,6 +332,7 @@ fn finish(
         }
         (up[best], reference_power, moving_power)
     };
+    let cc_max = cc_max / scale;
     let r = crate::cpu::register::score(shift, shape, cc_max, src_amp, target_amp);
     crate::cpu::register::check_finite(r, reference_power, moving_power, cc_max, || None)
 }
@@ -362,7 +373,7 @@ fn record_contract(
         d2: d[2] as u32,
         axis,
         r: r as u32,
-        _pad: 0,
+        scale_bits: 0,
     };
     rec.dispatch(k, &u, &bufs, total as u64);
 }
@@ -383,6 +394,8 @@ pub struct TiledRegistrar {
     pub params: RegisterParams,
     reference: Vec<[f32; 2]>,
     reference_power: f64,
+    /// What the unnormalized cross-power is stored times (`unnormalized_scale`).
+    scale: f64,
     /// Slab thickness along z (x/y transforms, upsampling) and y (z transform).
     zs: usize,
     ys: usize,
@@ -443,6 +456,7 @@ impl TiledRegistrar {
             params: *p,
             reference: Vec::new(),
             reference_power: 0.0,
+            scale: 1.0,
             zs: zs.min(nz),
             ys: ys.min(ny),
             plans: HashMap::new(),
@@ -463,6 +477,7 @@ impl TiledRegistrar {
         t.reference = spec;
         t.reference_power = power;
         check_reference_power(power)?;
+        t.scale = unnormalized_scale(p, power, total_of(shape));
         Ok(t)
     }
 
@@ -582,6 +597,7 @@ impl TiledRegistrar {
             let u = CrossUniform {
                 total: total as u32,
                 phase,
+                scale_bits: (self.scale as f32).to_bits(),
                 ..Default::default()
             };
             rec.dispatch(
@@ -648,6 +664,7 @@ impl TiledRegistrar {
             peak,
             cc_peak,
             moving_power,
+            self.scale,
             |r, u, offsets| self.upsampled_dft(ctx, &cross, r, u, offsets),
         )
     }
@@ -754,6 +771,24 @@ fn scaled_sum(partials: &[[f32; 2]]) -> f64 {
         .iter()
         .map(|&[scale, sum]| (scale as f64).powi(2) * sum as f64)
         .sum()
+}
+
+fn total_of(shape: [usize; 3]) -> usize {
+    shape.iter().product()
+}
+
+/// The power of two the unnormalized cross-power is stored times: `cpu::cross_power::spectrum_scale`
+/// with `sqrt(Σ|F|²)` of the reference (at least its largest |F|) for both volumes, so moving volumes
+/// up to 2^8 times the reference's magnitude fit too (the GPU does not know a moving volume's
+/// magnitude before its cross-power); 1 with phase normalization.
+fn unnormalized_scale(p: &RegisterParams, reference_power: f64, n: usize) -> f64 {
+    match p.normalization {
+        Normalization::Phase => 1.0,
+        Normalization::None => {
+            let m = reference_power.sqrt();
+            crate::cpu::cross_power::spectrum_scale(m, m, n).max(2f64.powi(-126))
+        }
+    }
 }
 
 /// A reference whose spectrum is not finite would fail every registration: refused up front.
