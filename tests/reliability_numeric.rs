@@ -1,7 +1,8 @@
 //! Issue 8, items 5 and 7: registration on large values (correct shifts or a clear error naming the
 //! timepoint, never a silent zero shift with a NaN error) and the z-score normalized with the f64
 //! moments (equal to `scipy.stats.zscore` of the float32 data computed in float64, to float32
-//! rounding, with scipy's NaN set), on the CPU and the GPU (lavapipe in CI; see tests/gpu.rs for the
+//! rounding, with scipy's NaN set), on the CPU and the GPU (lavapipe in CI; with GPUPREP_TEST_GL=1 also wgpu's GL
+//! backend, which has no f64; see tests/gpu.rs for the
 //! skip rule without a Vulkan adapter).
 
 use crate::support::{attr_i64, ds4, fixture};
@@ -42,6 +43,12 @@ fn backends(tile_bytes: u64) -> Vec<(&'static str, Box<dyn Backend>)> {
     if let Some(mut g) = gpu() {
         g.set_max_tile_bytes(tile_bytes);
         v.push(("gpu tiled", Box::new(g)));
+    }
+    // wgpu's GL backend (no SHADER_F64: the z-score runs on the CPU twin), by hand as in tests/gpu.rs.
+    if std::env::var("GPUPREP_TEST_GL").as_deref() == Ok("1") {
+        let g = GpuBackend::new(Api::Gl).expect("GL adapter");
+        assert_eq!(g.adapter_backend(), wgpu::Backend::Gl);
+        v.push(("gl", Box::new(g)));
     }
     v
 }
