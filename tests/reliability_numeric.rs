@@ -1,9 +1,9 @@
 //! Issue 8, items 5 and 7: registration on large values (correct shifts or a clear error naming the
 //! timepoint, never a silent zero shift with a NaN error) and the z-score normalized with the f64
 //! moments (equal to `scipy.stats.zscore` of the float32 data computed in float64, to float32
-//! rounding, with scipy's NaN set), on the CPU and the GPU (lavapipe in CI; with GPUPREP_TEST_GL=1 also wgpu's GL
-//! backend, which has no f64; see tests/gpu.rs for the
-//! skip rule without a Vulkan adapter).
+//! rounding, with scipy's NaN set), on the CPU and the GPU (lavapipe in CI; with GPUPREP_TEST_GL=1
+//! also wgpu's GL backend, which has no f64; see tests/gpu.rs for the skip rule without a Vulkan
+//! adapter).
 
 use crate::support::{attr_i64, ds4, fixture};
 use gpuprep::backend::Backend;
