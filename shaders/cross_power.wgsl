@@ -1,10 +1,17 @@
 // Phase correlation around the FFTs (src/gpu/register.rs; CPU twins: src/cpu/cross_power.rs and
 // src/cpu/register.rs, scikit-image 0.26's phase_cross_correlation).
 //   `to_complex`: real volume -> complex (imaginary 0).
-//   `cross_power`: R = F * conj(G); with phase normalization R /= max(|R|, 100 eps_f32). f32 as the CPU.
+//   `cross_power`: R = F * conj(G); with phase normalization R /= max(|R|, 100 eps_f32). f32 as the CPU,
+//     but the product is formed from F and G divided by their largest component (when over 1), so
+//     |F·G*| past f32's range (values ~1e17 and up) still gives the unit phasor (the CPU uses f64);
+//     unnormalized, R is stored times the host's power of two `scale_bits` (1 unless the reference's
+//     power says R could pass f32's range; the CPU twin scales likewise, from both volumes), and is inf
+//     where it still is not an f32 (the host then reports the registration as not finite).
 //   `argmax_abs`: per-workgroup argmax of |c| (first index in C order on ties, as np.argmax) plus the
-//     value there; the host reduces the partials. `sum_sq`: per-workgroup sums of |c|^2 (host sums the
-//     partials in f64).
+//     value there; the host reduces the partials. `sum_sq`: per-workgroup sums of |c|^2 as (scale,
+//     sum of (|c|/scale)^2) with scale >= 1 the largest component seen, so that spectra of |c| past
+//     1.8e19 do not overflow (LAPACK's nrm2 scheme; the host sums scale^2 * sum in f64). For |c| <= 1
+//     it is the plain f32 sum. A NaN or inf component makes the sum NaN: the host reports it.
 //   `contract`: one axis of scikit-image's upsampled DFT (matrix-multiply DFT): out[.., i, ..] =
 //     sum_k K[i, k] in[.., k, ..]; the host passes the conjugated kernels so that three contractions
 //     of R give `_upsampled_dft(conj(R), ...).conj()` directly.
@@ -22,7 +29,8 @@ struct Params {
     d2: u32,
     axis: u32,
     r: u32,
-    _pad: u32,
+    // cross_power, unnormalized: f32 bits of the power of two R is stored times (0: 1).
+    scale_bits: u32,
 }
 
 struct Partial {
@@ -67,18 +75,32 @@ fn cross_power(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (i >= p.total) {
         return;
     }
-    var r = cmul(cp_f[i], cconj(cp_g[i]));
-    if (p.phase != 0u) {
-        r = r / max(safe_length(r), 100.0 * 1.1920929e-7);
+    let f = cp_f[i];
+    let g = cp_g[i];
+    // Dividing by a scale of 1 is exact: the product is bit for bit the plain one for |F|, |G| <= 1..
+    let sf = max(max(abs(f.x), abs(f.y)), 1.0);
+    let sg = max(max(abs(g.x), abs(g.y)), 1.0);
+    // |r| >= 1 when either scale is over 1 (a component of each factor is then +-1).
+    let r = cmul(f / sf, cconj(g / sg));
+    if (p.phase != 0u && sf * sg >= 1e30) {
+        // |R| >= 1e30, far above the floor: R / |R| is r / |r|.
+        cp_g[i] = r / length(r);
+        return;
     }
-    cp_g[i] = r;
+    let scale = select(bitcast<f32>(p.scale_bits), 1.0, p.scale_bits == 0u);
+    var big = r * (sf * scale) * sg;
+    if (p.phase != 0u) {
+        big = big / max(safe_length(big), 100.0 * 1.1920929e-7);
+    }
+    cp_g[i] = big;
 }
 
 @group(0) @binding(1) var<storage, read> red_in: array<vec2<f32>>;
 @group(0) @binding(2) var<storage, read_write> partials: array<Partial>;
-@group(0) @binding(3) var<storage, read_write> sums: array<f32>;
+@group(0) @binding(3) var<storage, read_write> sums: array<vec2<f32>>;
 
 var<workgroup> wg_val: array<f32, 64>;
+var<workgroup> wg_scale: array<f32, 64>;
 var<workgroup> wg_idx: array<u32, 64>;
 
 // Grid-stride over all elements; partial per workgroup. The order (val desc, idx asc) is total, so
@@ -126,21 +148,36 @@ fn sum_sq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
           @builtin(local_invocation_id) lid: vec3<u32>) {
     let groups = nwg.x * nwg.y;
     let g = wid.x + wid.y * nwg.x;
+    var scale = 1.0;
     var acc = 0.0;
     for (var i = g * WG + lid.x; i < p.total; i += groups * WG) {
         let c = red_in[i];
-        acc += dot(c, c);
+        let a = max(abs(c.x), abs(c.y));
+        if (a > scale) {
+            let k = scale / a;
+            acc = acc * k * k;
+            scale = a;
+        }
+        let u = c / scale;
+        acc += dot(u, u);
     }
     wg_val[lid.x] = acc;
+    wg_scale[lid.x] = scale;
     workgroupBarrier();
     for (var s = WG / 2u; s > 0u; s /= 2u) {
         if (lid.x < s) {
-            wg_val[lid.x] += wg_val[lid.x + s];
+            let s1 = wg_scale[lid.x];
+            let s2 = wg_scale[lid.x + s];
+            let m = max(s1, s2);
+            let k1 = s1 / m;
+            let k2 = s2 / m;
+            wg_val[lid.x] = wg_val[lid.x] * k1 * k1 + wg_val[lid.x + s] * k2 * k2;
+            wg_scale[lid.x] = m;
         }
         workgroupBarrier();
     }
     if (lid.x == 0u) {
-        sums[g] = wg_val[0];
+        sums[g] = vec2<f32>(wg_scale[0], wg_val[0]);
     }
 }
 

@@ -1,11 +1,14 @@
-// Streaming per-voxel z-score over time: scipy.stats.zscore(data, axis=0, ddof=ddof).
-// CPU twin: src/cpu/zscore.rs. Needs SHADER_F64 (Welford accumulators in f64, as the CPU); without it
-// the GPU backend runs accumulation and normalization on the CPU twin and says so in `describe()`.
-// Tolerance: accumulate/finalize are the CPU's f64 arithmetic in the same order, so mean and std agree
-// to 1 ulp of f32 (only sqrt/division rounding of the device may differ); normalize is computed in f64
-// and rounded once from the same f32 mean/std: equal to the CPU up to device f64 division rounding
-// (tested: |gpu - cpu| <= 2e-6 for |z| < 4, the same NaN/zero voxels). Constant voxels (std <= |eps_f32 * mean|) get NaN,
-// or 0 when `constant_zero` is set.
+// Streaming per-voxel z-score over time: scipy.stats.zscore(data, axis=0, ddof=ddof) of the float32
+// data computed in float64. CPU twin: src/cpu/zscore.rs. Needs SHADER_F64 (Welford accumulators,
+// moments and normalization in f64, as the CPU); without it (e.g. wgpu's GL backend) the GPU backend
+// runs accumulation and normalization on the CPU twin (the same f64 arithmetic) and says so in
+// `describe()`: there is no f32-only z-score.
+// Tolerance: accumulate/finalize are the CPU's f64 arithmetic in the same order, so the f64 mean and
+// std agree to the device's f64 division/sqrt rounding (a few f64 ulp; their f32 roundings to 1 ulp);
+// normalize computes (x - mean64) / std64 in f64 and rounds once: equal to the CPU up to device f64
+// division rounding (tested: |gpu - cpu| <= 1 ulp of the f32 result, the same NaN/zero voxels).
+// Constant voxels (scipy's rule on the f64 moments: std <= |eps_f64 * mean|) get NaN, or 0 when
+// `constant_zero` is set.
 
 // Keep in sync with `ZscoreUniform` in src/gpu/zscore.rs.
 struct Params {
@@ -39,11 +42,11 @@ fn accumulate(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     acc_m2[i] += delta * (x - mean);
 }
 
-// finalize: mean (f64), m2 (f64) -> mean (f32), std (f32). Bindings 1..4.
+// finalize: mean (f64), m2 (f64) -> mean (f64), std (f64). Bindings 1..4.
 @group(0) @binding(1) var<storage, read> fin_mean: array<f64>;
 @group(0) @binding(2) var<storage, read> fin_m2: array<f64>;
-@group(0) @binding(3) var<storage, read_write> fin_mean_out: array<f32>;
-@group(0) @binding(4) var<storage, read_write> fin_std_out: array<f32>;
+@group(0) @binding(3) var<storage, read_write> fin_mean_out: array<f64>;
+@group(0) @binding(4) var<storage, read_write> fin_std_out: array<f64>;
 
 @compute @workgroup_size(64)
 fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -53,18 +56,19 @@ fn finalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         return;
     }
     let dof = f64(p.count) - f64(p.ddof);
-    fin_mean_out[i] = f32(fin_mean[i]);
+    fin_mean_out[i] = fin_mean[i];
     if (dof > 0.0) {
-        fin_std_out[i] = f32(sqrt(fin_m2[i] / dof));
+        fin_std_out[i] = sqrt(fin_m2[i] / dof);
     } else {
-        fin_std_out[i] = bitcast<f32>(0x7fc00000u);
+        // numpy's NaN for n <= ddof (the f32 quiet NaN widened).
+        fin_std_out[i] = f64(bitcast<f32>(0x7fc00000u));
     }
 }
 
-// normalize: (x - mean) / std with the constant-voxel rule. Bindings 1..4.
+// normalize: (x - mean) / std in f64 with the constant-voxel rule. Bindings 1..4.
 @group(0) @binding(1) var<storage, read> nrm_src: array<f32>;
-@group(0) @binding(2) var<storage, read> nrm_mean: array<f32>;
-@group(0) @binding(3) var<storage, read> nrm_std: array<f32>;
+@group(0) @binding(2) var<storage, read> nrm_mean: array<f64>;
+@group(0) @binding(3) var<storage, read> nrm_std: array<f64>;
 @group(0) @binding(4) var<storage, read_write> nrm_dst: array<f32>;
 
 @compute @workgroup_size(64)
@@ -76,10 +80,11 @@ fn normalize(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     let mean = nrm_mean[i];
     let sd = nrm_std[i];
-    // scipy: constant when std <= |eps_f32 * mean| (false for NaN std).
-    if (sd <= abs(1.1920929e-7 * mean)) {
+    // scipy: constant when std <= |eps * mean|, eps of the computation's dtype (f64 here); false for
+    // a NaN std.
+    if (sd <= abs(2.220446049250313e-16lf * mean)) {
         nrm_dst[i] = select(bitcast<f32>(0x7fc00000u), 0.0, p.constant_zero != 0u);
     } else {
-        nrm_dst[i] = f32((f64(nrm_src[i]) - f64(mean)) / f64(sd));
+        nrm_dst[i] = f32((f64(nrm_src[i]) - mean) / sd);
     }
 }

@@ -39,15 +39,23 @@ pub struct FrameOutput {
 }
 
 /// Per-voxel mean and standard deviation over time, the result of the accumulation pass.
+///
+/// The accumulators are f64, and so are `mean64` and `std64`: normalization and the constant-voxel
+/// rule use them, as `scipy.stats.zscore` of the float32 data computed in float64 does. `mean` and
+/// `std` are their float32 roundings, what the output's `/mean` and `/std` store; normalizing with
+/// those instead would move z by up to `eps_f32 · |mean| / std` (0.5 for 1.5 at a large mean).
 #[derive(Clone, Debug)]
 pub struct Moments {
     pub mean: Array3<f32>,
     pub std: Array3<f32>,
-    /// Voxels whose time series is constant (scipy's test: `std <= |eps_f32 * mean|`).
+    pub mean64: Array3<f64>,
+    pub std64: Array3<f64>,
+    /// Voxels whose time series is constant (scipy's test on the f64 moments:
+    /// `std <= |eps_f64 · mean|`, `cpu::zscore::is_constant`).
     pub constant_voxels: usize,
     /// Identifies the backend computation these came from (`Moments::next_id`), so a backend can
     /// keep its own device copy for `normalize` instead of uploading them per volume. 0 means
-    /// "made elsewhere": always used as given. Set it to 0 after changing `mean` or `std`.
+    /// "made elsewhere": always used as given. Set it to 0 after changing any of the arrays.
     pub id: u64,
 }
 
@@ -56,6 +64,30 @@ impl Moments {
     pub fn next_id() -> u64 {
         static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
         NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Moments from the f64 mean and standard deviation: the f32 roundings and the constant-voxel
+    /// count follow from them.
+    pub fn from_f64(mean64: Array3<f64>, std64: Array3<f64>, id: u64) -> Moments {
+        let constant_voxels = ndarray::Zip::from(&mean64)
+            .and(&std64)
+            .fold(0, |acc, &m, &s| {
+                acc + crate::cpu::zscore::is_constant(m, s) as usize
+            });
+        Moments {
+            mean: mean64.mapv(|m| m as f32),
+            std: std64.mapv(|s| s as f32),
+            mean64,
+            std64,
+            constant_voxels,
+            id,
+        }
+    }
+
+    /// Moments known only as float32 (e.g. read back from an output's `/mean` and `/std`), widened
+    /// exactly to f64; id 0.
+    pub fn from_f32(mean: Array3<f32>, std: Array3<f32>) -> Moments {
+        Moments::from_f64(mean.mapv(f64::from), std.mapv(f64::from), 0)
     }
 }
 

@@ -315,13 +315,20 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
                 volume,
                 filtered,
                 registration,
-            } = clock.time("compute", || {
-                backend.process_frame_ahead(
-                    SeqVolume::new(seq, raw.view()),
-                    next.as_ref().map(|(s, v)| SeqVolume::new(*s, v.view())),
-                    &plan,
-                )
-            })?;
+            } = clock
+                .time("compute", || {
+                    backend.process_frame_ahead(
+                        SeqVolume::new(seq, raw.view()),
+                        next.as_ref().map(|(s, v)| SeqVolume::new(*s, v.view())),
+                        &plan,
+                    )
+                })
+                // The backend sees volumes, not timepoints: a data error (e.g. a registration that
+                // is not finite) gets its timepoint here.
+                .map_err(|e| match e {
+                    Error::Data(m) => Error::Data(format!("timepoint {t}: {m}")),
+                    e => e,
+                })?;
             // Freed before `send` may block on a full queue, so a stalled writer holds no extra volume here.
             drop(raw);
             registrations.extend(registration);

@@ -110,6 +110,13 @@ fn read4(f: &hdf5::File, name: &str) -> ndarray::Array4<f32> {
         .unwrap()
 }
 
+fn read3(f: &hdf5::File, name: &str) -> Array3<f32> {
+    f.dataset(name)
+        .unwrap()
+        .read::<f32, ndarray::Ix3>()
+        .unwrap()
+}
+
 /// Synthetic input of `shape` in `TMP/in` and the default job writing `TMP/out/out.h5`, alone in
 /// its directory so that leftovers show.
 fn run_in_own_dir(shape: [usize; 4]) -> (tempfile::TempDir, std::path::PathBuf, RunConfig) {
@@ -143,20 +150,15 @@ fn zscored_run_leaves_only_the_output_and_matches_normalizing_the_registered_vol
 
     let f = hdf5::File::open(&out).unwrap();
     let (data, registered) = (read4(&f, "data"), read4(&f, "registered"));
-    let moments = Moments {
-        mean: f
-            .dataset("mean")
-            .unwrap()
-            .read::<f32, ndarray::Ix3>()
-            .unwrap(),
-        std: f
-            .dataset("std")
-            .unwrap()
-            .read::<f32, ndarray::Ix3>()
-            .unwrap(),
-        constant_voxels: 0,
-        id: 0,
-    };
+    // The pipeline normalized with the f64 moments of these volumes, accumulated in this order;
+    // `/mean` and `/std` store their f32 roundings.
+    let mut acc = gpuprep::cpu::zscore::Accumulator::new([12, 21, 18]);
+    for v in registered.outer_iter() {
+        acc.add(v);
+    }
+    let moments: Moments = acc.moments(&ZscoreParams::default());
+    assert_eq!(moments.mean, read3(&f, "mean"));
+    assert_eq!(moments.std, read3(&f, "std"));
     let series: Vec<Array3<f32>> = registered.outer_iter().map(|v| v.to_owned()).collect();
     let in_memory = zscore_in_memory(&series, 0);
     for (t, v) in series.iter().enumerate() {

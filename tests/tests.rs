@@ -8,6 +8,7 @@ mod io;
 mod pipeline;
 mod reliability_cli;
 mod reliability_median;
+mod reliability_numeric;
 mod reliability_output;
 mod shaders;
 mod support;

@@ -40,7 +40,17 @@ impl Backend for CpuBackend {
     }
 
     fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()> {
-        self.registrar = Some(register::Registrar::new(reference, p));
+        let r = register::Registrar::new(reference, p);
+        if !r.reference_is_finite() {
+            let max = reference
+                .iter()
+                .fold(0.0f64, |m, &v| m.max((v as f64).abs()));
+            return Err(register::not_finite(
+                "the reference volume's spectrum",
+                Some(max),
+            ));
+        }
+        self.registrar = Some(r);
         Ok(())
     }
 
@@ -56,7 +66,7 @@ impl Backend for CpuBackend {
                 r.shape()
             )));
         }
-        Ok(r.register(vol))
+        r.try_register(vol)
     }
 
     fn shift(

@@ -2,17 +2,22 @@
 //! `phase_cross_correlation(reference, moving, upsample_factor, normalization)` (space="real").
 //!
 //! The returned shift registers `moving` onto `reference`: `scipy.ndimage.shift(moving, shift)`.
-//! FFTs and the cross-power spectrum are single precision, as scikit-image computes them for float32
-//! input; the upsampled-DFT refinement and the error terms use f64.
+//! FFTs and the stored cross-power spectrum are single precision, as scikit-image computes them for
+//! float32 input; the product F·G*, the power sums, the upsampled-DFT refinement and the error terms
+//! use f64, so volumes whose values reach ~1e17..1e30 (where scikit-image's float32 |F·G*| and Σ|F|²
+//! overflow and it raises) still register. Past that (the f32 FFT itself overflows) a registration
+//! whose spectrum, peak or error is not finite is an error (`Registrar::try_register`), never a
+//! silent zero shift.
 //!
 //! Both volumes are real, so their spectra are Hermitian and only the non-redundant half (`rfftn`) is
 //! computed, and the cross-correlation comes back real (`irfftn`). scikit-image takes `abs` of a complex
 //! `ifftn` whose imaginary part is rounding noise (~1e-7 relative), so the peak and the shifts are the same;
 //! its phase difference is that noise's angle, 0 here (or π for a negative peak).
 
-use super::cross_power::{argmax_abs_real, cross_power};
+use super::cross_power::{argmax_abs_real, cross_power, spectrum_scale};
 use super::fft::{RealFft3, C32};
-use crate::params::{RegisterParams, Registration};
+use crate::error::{Error, Result};
+use crate::params::{Normalization, RegisterParams, Registration};
 use ndarray::{Array3, ArrayView3};
 use rayon::prelude::*;
 use rustfft::num_complex::Complex64;
@@ -22,31 +27,68 @@ pub struct Registrar {
     fft: RealFft3,
     reference_freq: Array3<C32>,
     reference_power: f64,
+    reference_max: f64,
     params: RegisterParams,
 }
 
-/// `sum(|F|²)` over the full spectrum, from its half: columns `1..nx - nh + 1` stand for their
-/// mirror images too (all but x = 0 and, for even nx, the Nyquist column).
-fn power(half: &Array3<C32>, nx: usize) -> f64 {
+/// `sum(|F|²)` over the full spectrum, from its half, and `max |F|`: columns `1..nx - nh + 1` stand
+/// for their mirror images too (all but x = 0 and, for even nx, the Nyquist column). In f64 from the
+/// f64 components: |F|² passes f32's range from |F| = 1.8e19.
+pub fn power(half: &Array3<C32>, nx: usize) -> (f64, f64) {
     let nh = half.dim().2;
     let mirrored = 1..nx - nh + 1;
-    half.as_slice()
+    // NaN-propagating max: a NaN bin must not vanish from the bound.
+    let max = |a: f64, b: f64| if b > a || b.is_nan() { b } else { a };
+    let (sum, max_sq) = half
+        .as_slice()
         .expect("standard layout")
         .par_chunks(nh)
         .map(|row| {
-            row.iter()
-                .enumerate()
-                .map(|(x, c)| {
-                    let p = c.norm_sqr() as f64;
-                    if mirrored.contains(&x) {
-                        2.0 * p
-                    } else {
-                        p
-                    }
-                })
-                .sum::<f64>()
+            row.iter().enumerate().fold((0.0, 0.0), |(sum, m), (x, c)| {
+                let p = (c.re as f64).powi(2) + (c.im as f64).powi(2);
+                let w = if mirrored.contains(&x) { 2.0 } else { 1.0 };
+                (sum + w * p, max(m, p))
+            })
         })
-        .sum()
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, max(a.1, b.1)));
+    (sum, max_sq.sqrt())
+}
+
+/// The error for a registration that is not finite (`what` is not); `input_max` is the largest
+/// |value| of the volume, when known, for the message.
+pub fn not_finite(what: &str, input_max: Option<f64>) -> Error {
+    let hint = match input_max {
+        Some(m) => format!("the volume's largest |value| is {m:.3e}; "),
+        None => String::new(),
+    };
+    Error::Data(format!(
+        "registration failed: {what} is not finite ({hint}float32 spectra overflow near 3.4e38 divided by the voxel count); rescale the data (e.g. to unit range) or skip registration"
+    ))
+}
+
+/// Checks that a registration and the terms it came from are finite; `input_max` as `not_finite`.
+pub fn check_finite(
+    r: Registration,
+    reference_power: f64,
+    moving_power: f64,
+    cc_peak: Complex64,
+    input_max: impl FnOnce() -> Option<f64>,
+) -> Result<Registration> {
+    let what = if !reference_power.is_finite() {
+        "the reference volume's spectrum"
+    } else if !moving_power.is_finite() {
+        "the moving volume's spectrum"
+    } else if !(cc_peak.re.is_finite() && cc_peak.im.is_finite()) {
+        "the cross-power spectrum (its correlation peak)"
+    } else if !(r.error.is_finite()
+        && r.phasediff.is_finite()
+        && r.shift.iter().all(|s| s.is_finite()))
+    {
+        "the registration error"
+    } else {
+        return Ok(r);
+    };
+    Err(not_finite(what, input_max()))
 }
 
 impl Registrar {
@@ -54,52 +96,86 @@ impl Registrar {
         let (nz, ny, nx) = reference.dim();
         let fft = RealFft3::new([nz, ny, nx]);
         let reference_freq = fft.forward(reference);
-        let reference_power = power(&reference_freq, nx);
+        let (reference_power, reference_max) = power(&reference_freq, nx);
         Registrar {
             fft,
             reference_freq,
             reference_power,
+            reference_max,
             params: *params,
         }
+    }
+
+    /// Whether the reference's spectrum is finite (else every registration against it fails).
+    pub fn reference_is_finite(&self) -> bool {
+        self.reference_power.is_finite()
     }
 
     pub fn shape(&self) -> [usize; 3] {
         self.fft.shape()
     }
 
+    /// `phase_cross_correlation(reference, moving)`; the result may hold non-finite values where
+    /// the spectra overflow (see `try_register`).
     pub fn register(&self, moving: ArrayView3<f32>) -> Registration {
+        self.register_unchecked(moving).0
+    }
+
+    /// `register`, as an error when the spectra, the correlation peak or the error are not finite.
+    pub fn try_register(&self, moving: ArrayView3<f32>) -> Result<Registration> {
+        let (r, moving_power, cc_peak) = self.register_unchecked(moving);
+        check_finite(r, self.reference_power, moving_power, cc_peak, || {
+            Some(moving.iter().fold(0.0f64, |m, &v| m.max((v as f64).abs())))
+        })
+    }
+
+    /// The registration, the moving volume's power and the (unscaled) correlation peak.
+    fn register_unchecked(&self, moving: ArrayView3<f32>) -> (Registration, f64, Complex64) {
         let mut product = self.fft.forward(moving);
-        let moving_power = power(&product, self.fft.shape()[2]);
+        let (moving_power, moving_max) = power(&product, self.fft.shape()[2]);
+        let scale = match self.params.normalization {
+            Normalization::Phase => 1.0,
+            Normalization::None => spectrum_scale(
+                self.reference_max,
+                moving_max,
+                self.fft.shape().iter().product(),
+            ),
+        };
         cross_power(
             &self.reference_freq,
             &mut product,
             self.params.normalization,
+            scale,
         );
         // The spectrum outlives the inverse transform only for the upsampled refinement.
         let spectrum = (self.params.upsample_factor > 1).then(|| product.clone());
         let correlation = self.fft.inverse(product);
         let peak = argmax_abs_real(&correlation);
-        finish(
+        let (r, cc_peak) = finish(
             spectrum.as_ref(),
             &correlation,
             peak,
+            scale,
             self.reference_power,
             moving_power,
             &self.params,
-        )
+        );
+        (r, moving_power, cc_peak)
     }
 }
 
-/// From the correlation peak to scikit-image's shift, error and phase difference; `spectrum` (the
-/// half cross-power spectrum) is needed only when `params.upsample_factor > 1`.
+/// From the correlation peak to scikit-image's shift, error and phase difference, with the
+/// correlation value at the peak (unscaled); `spectrum` (the half cross-power spectrum) is needed
+/// only when `params.upsample_factor > 1`. Both hold the cross-power times `scale` (`cross_power`).
 pub fn finish(
     spectrum: Option<&Array3<C32>>,
     correlation: &Array3<f32>,
     peak: [usize; 3],
+    scale: f64,
     reference_power: f64,
     moving_power: f64,
     params: &RegisterParams,
-) -> Registration {
+) -> (Registration, Complex64) {
     let shape = [
         correlation.dim().0,
         correlation.dim().1,
@@ -135,7 +211,8 @@ pub fn finish(
         }
         (up[best], reference_power, moving_power)
     };
-    score(shift, shape, cc_max, src_amp, target_amp)
+    let cc_max = cc_max / scale;
+    (score(shift, shape, cc_max, src_amp, target_amp), cc_max)
 }
 
 /// The correlation peak as a signed integer shift (peaks past the midpoint wrap to negative).
@@ -309,6 +386,15 @@ pub fn phase_cross_correlation(
     params: &RegisterParams,
 ) -> Registration {
     Registrar::new(reference, params).register(moving)
+}
+
+/// `phase_cross_correlation`, as an error when not finite (`Registrar::try_register`).
+pub fn try_phase_cross_correlation(
+    reference: ArrayView3<f32>,
+    moving: ArrayView3<f32>,
+    params: &RegisterParams,
+) -> Result<Registration> {
+    Registrar::new(reference, params).try_register(moving)
 }
 
 #[cfg(test)]

@@ -1,11 +1,14 @@
 //! Streaming per-voxel z-score over time on the CPU; CPU twin of `shaders/zscore.wgsl`.
 //!
 //! Pass 1 feeds each volume to a Welford accumulator (f64 mean and sum of squared deviations per voxel,
-//! so memory is two f64 volumes whatever the number of timepoints); pass 2 normalizes each volume.
-//! Matches `scipy.stats.zscore(data, axis=0, ddof)`, including its rule that a voxel whose standard
-//! deviation is at most `|eps_f32 · mean|` is constant and becomes NaN (or 0 on request). Tolerance
-//! against scipy: scipy sums in float32; we sum in f64, so ours is the more accurate of the two and they
-//! differ by about `eps_f32 · |mean| / std` (written beside the golden test).
+//! so memory is two f64 volumes whatever the number of timepoints); pass 2 normalizes each volume with
+//! those f64 moments (`Moments::mean64`, `std64`), never their float32 roundings. Matches
+//! `scipy.stats.zscore(data.astype(float64), axis=0, ddof)` to float32 rounding, including its rule
+//! (scipy 1.17 `zmap`: `std <= abs(eps * mean)` with `eps = finfo(z.dtype).eps`) that a voxel is
+//! constant and becomes NaN (or 0 on request): here with the f64 eps, as the moments are f64. For
+//! float32 data that set is exactly the voxels whose values are all equal: their f64 sum is exact, so
+//! scipy's mean is the value and its std 0, as Welford's; a series that differs by one float32 ulp
+//! has `std / |mean|` of order 1e-8, far above `eps_f64`.
 
 use crate::backend::Moments;
 use crate::params::{ConstantVoxels, ZscoreParams};
@@ -47,38 +50,34 @@ impl Accumulator {
     /// Mean and standard deviation with `ddof`; NaN std when `count <= ddof`, as numpy gives.
     pub fn moments(&self, p: &ZscoreParams) -> Moments {
         let dof = self.count as f64 - p.ddof as f64;
-        let mean = self.mean.mapv(|m| m as f32);
-        let std = self.m2.mapv(|m2| {
-            if dof > 0.0 {
-                (m2 / dof).sqrt() as f32
-            } else {
-                f32::NAN
-            }
-        });
-        let constant_voxels = Zip::from(&mean)
-            .and(&std)
-            .fold(0, |acc, &m, &s| acc + is_constant(m, s) as usize);
-        Moments {
-            mean,
-            std,
-            constant_voxels,
-            id: Moments::next_id(),
-        }
+        let std = self.m2.mapv(|m2| std_from_m2(m2, dof));
+        Moments::from_f64(self.mean.clone(), std, Moments::next_id())
     }
 }
 
-/// scipy's test for a constant time series: `std <= |eps · mean|` (false for NaN std).
+/// `sqrt(m2 / dof)`, NaN when `dof <= 0` (numpy's answer for `n <= ddof`).
 #[inline]
-pub fn is_constant(mean: f32, std: f32) -> bool {
-    std <= (f32::EPSILON * mean).abs()
+pub fn std_from_m2(m2: f64, dof: f64) -> f64 {
+    if dof > 0.0 {
+        (m2 / dof).sqrt()
+    } else {
+        f64::NAN
+    }
+}
+
+/// scipy's test for a constant time series on f64 moments: `std <= |eps_f64 · mean|` (false for a
+/// NaN std).
+#[inline]
+pub fn is_constant(mean: f64, std: f64) -> bool {
+    std <= (f64::EPSILON * mean).abs()
 }
 
 pub fn normalize(vol: ArrayView3<f32>, m: &Moments, p: &ZscoreParams) -> Array3<f32> {
     let mut out = Array3::<f32>::zeros(vol.raw_dim());
     Zip::from(&mut out)
         .and(vol)
-        .and(&m.mean)
-        .and(&m.std)
+        .and(&m.mean64)
+        .and(&m.std64)
         .par_for_each(|o, &x, &mean, &std| {
             *o = if is_constant(mean, std) {
                 match p.constant {
@@ -86,7 +85,7 @@ pub fn normalize(vol: ArrayView3<f32>, m: &Moments, p: &ZscoreParams) -> Array3<
                     ConstantVoxels::Zero => 0.0,
                 }
             } else {
-                ((x as f64 - mean as f64) / std as f64) as f32
+                ((x as f64 - mean) / std) as f32
             };
         });
     out

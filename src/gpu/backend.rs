@@ -100,8 +100,8 @@ pub struct GpuBackend {
     frame: Option<Frame>,
     registrar: Option<RegisterState>,
     moments: Option<MomentState>,
-    /// Device copies of the last moments this backend computed (`Moments::id`, mean, std), so
-    /// the normalize pass uploads only the volume.
+    /// Device copies of the last moments this backend computed (`Moments::id`, f64 mean, f64 std),
+    /// so the normalize pass uploads only the volume.
     resident_moments: Option<(u64, wgpu::Buffer, wgpu::Buffer)>,
     /// What `Frame::ahead.input` holds for the next frame call, if anything. Every frame call
     /// consumes it (uses it or lets it go); kernel-level calls leave it alone, as they only write
@@ -362,59 +362,38 @@ impl Backend for GpuBackend {
     }
 
     fn moments(&mut self, p: &ZscoreParams) -> Result<Moments> {
+        let to_array = |shape: [usize; 3], v: Vec<f64>| {
+            Array3::from_shape_vec(shape, v).map_err(|e| Error::Gpu(format!("moments shape: {e}")))
+        };
         let acc = match self.moments.as_ref() {
             None => return Err(Error::Data("moments called before reset_moments".into())),
             Some(MomentState::Cpu(a)) => return Ok(a.moments(p)),
             Some(MomentState::Tiled(a)) => {
                 let (mean, std) = a.finalize(&self.ctx, p)?;
                 let shape = a.shape;
-                let mean = Array3::from_shape_vec(shape, mean)
-                    .map_err(|e| Error::Gpu(format!("moments shape: {e}")))?;
-                let std = Array3::from_shape_vec(shape, std)
-                    .map_err(|e| Error::Gpu(format!("moments shape: {e}")))?;
-                let constant_voxels = mean
-                    .iter()
-                    .zip(std.iter())
-                    .filter(|(&m, &s)| cpu::zscore::is_constant(m, s))
-                    .count();
-                return Ok(Moments {
-                    mean,
-                    std,
-                    constant_voxels,
-                    id: Moments::next_id(),
-                });
+                return Ok(Moments::from_f64(
+                    to_array(shape, mean)?,
+                    to_array(shape, std)?,
+                    Moments::next_id(),
+                ));
             }
             Some(MomentState::Gpu(a)) => a,
         };
         let shape = acc.shape;
-        self.frame(shape)?;
-        let f = self.frame.as_ref().unwrap();
-        let Some(MomentState::Gpu(acc)) = self.moments.as_ref() else {
-            unreachable!()
-        };
+        let total = shape.iter().product::<usize>();
+        let bytes = (total * 8) as u64;
+        // Kept on the device for `normalize` (`Moments::id`), apart from the accumulators, which a
+        // later `accumulate` or `reset_moments` changes.
+        let keep_mean = self.ctx.storage("gpuprep.moments.mean_f64", bytes)?;
+        let keep_std = self.ctx.storage("gpuprep.moments.std_f64", bytes)?;
         let mut rec = self.ctx.recorder();
-        acc.record_finalize(&self.ctx, &mut rec, p, &f.filtered, &f.shifted)?;
-        let bytes = (shape.iter().product::<usize>() * 4) as u64;
-        let keep_mean = self.ctx.storage("gpuprep.moments.mean", bytes)?;
-        let keep_std = self.ctx.storage("gpuprep.moments.std", bytes)?;
-        rec.copy(&f.filtered, &keep_mean, bytes);
-        rec.copy(&f.shifted, &keep_std, bytes);
+        acc.record_finalize(&self.ctx, &mut rec, p, &keep_mean, &keep_std)?;
         rec.submit()?;
-        let mean = self.download(&f.filtered, shape)?;
-        let std = self.download(&f.shifted, shape)?;
+        let mean = to_array(shape, self.ctx.read::<f64>(&keep_mean, total)?)?;
+        let std = to_array(shape, self.ctx.read::<f64>(&keep_std, total)?)?;
         let id = Moments::next_id();
         self.resident_moments = Some((id, keep_mean, keep_std));
-        let constant_voxels = mean
-            .iter()
-            .zip(std.iter())
-            .filter(|(&m, &s)| cpu::zscore::is_constant(m, s))
-            .count();
-        Ok(Moments {
-            mean,
-            std,
-            constant_voxels,
-            id,
-        })
+        Ok(Moments::from_f64(mean, std, id))
     }
 
     fn normalize(
@@ -424,21 +403,21 @@ impl Backend for GpuBackend {
         p: &ZscoreParams,
     ) -> Result<Array3<f32>> {
         let shape = dims(&vol);
-        if m.mean.shape() != &shape[..] || m.std.shape() != &shape[..] {
+        if m.mean64.shape() != &shape[..] || m.std64.shape() != &shape[..] {
             return Err(Error::Data(format!(
                 "volume shape {shape:?} differs from the moments' {:?}",
-                m.mean.shape()
+                m.mean64.shape()
             )));
         }
         if !self.ctx.has_f64() {
             // zscore.wgsl needs f64 (see `describe`).
             return Ok(cpu::zscore::normalize(vol, m, p));
         }
-        if !self.fits(shape, 4) {
+        if !self.fits(shape, 8) {
             let (v, mean, std) = (
                 vol.as_standard_layout(),
-                m.mean.as_standard_layout(),
-                m.std.as_standard_layout(),
+                m.mean64.as_standard_layout(),
+                m.std64.as_standard_layout(),
             );
             let z = zscore::normalize_tiled(
                 &self.ctx,
@@ -451,26 +430,24 @@ impl Backend for GpuBackend {
                 .map_err(|e| Error::Gpu(format!("normalize shape: {e}")));
         }
         self.upload(vol)?;
-        let f = self.frame.as_ref().unwrap();
+        let given;
         let (mean_buf, std_buf) = match &self.resident_moments {
             // Computed here and still on the device: upload only the volume.
             Some((id, mean, std)) if m.id != 0 && *id == m.id => (mean, std),
             _ => {
-                let mean = m.mean.as_standard_layout();
-                let std = m.std.as_standard_layout();
-                self.ctx.queue.write_buffer(
-                    &f.filtered,
-                    0,
-                    bytemuck::cast_slice(mean.as_slice().unwrap()),
+                // Moments made elsewhere (tests, or an earlier computation): uploaded per call.
+                let mean = m.mean64.as_standard_layout();
+                let std = m.std64.as_standard_layout();
+                given = (
+                    self.ctx
+                        .storage_init("gpuprep.moments.given_mean", mean.as_slice().unwrap())?,
+                    self.ctx
+                        .storage_init("gpuprep.moments.given_std", std.as_slice().unwrap())?,
                 );
-                self.ctx.queue.write_buffer(
-                    &f.shift.tmp[0],
-                    0,
-                    bytemuck::cast_slice(std.as_slice().unwrap()),
-                );
-                (&f.filtered, &f.shift.tmp[0])
+                (&given.0, &given.1)
             }
         };
+        let f = self.frame.as_ref().unwrap();
         let mut rec = self.ctx.recorder();
         let total = shape.iter().product();
         zscore::record_normalize(

@@ -9,9 +9,9 @@
 //! |---|---|---|
 //! | `median3d` | window gather + Wirth selection on `f32::total_cmp` keys | bit-identical |
 //! | `fft` | mixed-radix (2, 3, 4, 5, 7) Stockham stages; Bluestein for other primes | 1e-5·sqrt(N)·max\|x\| |
-//! | `cross_power` | F·conj(G) (+ phase normalization), argmax \|cc\|, Σ\|F\|², upsampled DFT | integer shifts identical; sub-pixel within 1/u |
+//! | `cross_power` | F·conj(G) from factors scaled to components ≤ 1 (+ phase normalization), argmax \|cc\|, Σ\|F\|² as (scale, Σ(\|c\|/scale)²), upsampled DFT | integer shifts identical; sub-pixel within 1/u; error/phasediff 1e-3; phase-normalized values to ~1e30 register as unscaled ones; unnormalized spectra stored times a power of two from the reference's power (the CPU: from both volumes); a non-finite spectrum, peak or error is an `Error` |
 //! | `shift` | B-spline prefilter (IIR per line) + 4-tap gathers, per axis; taps from `cpu::shift::AxisPlan` | 1e-5·(1+max\|x\|) order 3, 2e-6 orders 0/1 |
-//! | `zscore` | f64 Welford accumulate, finalize, normalize | mean/std 1 ulp, z 2e-6 |
+//! | `zscore` | f64 Welford accumulate, finalize (f64 mean, std), normalize with the f64 moments and scipy's f64 constant rule | f32 mean/std 1 ulp; z within 1 ulp of the f32 result, NaN set identical (also vs scipy in f64: tests/reliability_numeric.rs) |
 //!
 //! Tiling (issue 3). The device is opened with the adapter's own limits. A stage whose largest
 //! buffer exceeds the tile limit (`GpuContext::max_tile_bytes`: one storage binding,

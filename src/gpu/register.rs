@@ -23,7 +23,8 @@ pub struct CrossUniform {
     pub d2: u32,
     pub axis: u32,
     pub r: u32,
-    pub _pad: u32,
+    /// `cross_power`, unnormalized: f32 bits of the power of two R is stored times (0 means 1).
+    pub scale_bits: u32,
 }
 const _: () = assert!(std::mem::size_of::<CrossUniform>() == 32);
 
@@ -54,6 +55,8 @@ pub struct GpuRegistrar {
     sums: wgpu::Buffer,
     groups: usize,
     reference_power: f64,
+    /// What the unnormalized cross-power is stored times (`unnormalized_scale`).
+    scale: f64,
 }
 
 /// One contraction of the upsampled DFT: input dims, axis, input, kernel, output, output length.
@@ -96,14 +99,17 @@ impl GpuRegistrar {
             tmp,
             spectrum,
             partials: ctx.storage("register.argmax_partials", groups as u64 * 16)?,
-            sums: ctx.storage("register.power_partials", groups as u64 * 4)?,
+            sums: ctx.storage("register.power_partials", groups as u64 * 8)?,
             groups,
             reference_power: 0.0,
+            scale: 1.0,
         };
         let mut rec = ctx.recorder();
         r.record_spectrum(ctx, &mut rec, src, &r.reference)?;
         rec.submit()?;
         r.reference_power = r.read_power(ctx)?;
+        check_reference_power(r.reference_power)?;
+        r.scale = unnormalized_scale(p, r.reference_power, total_of(shape));
         Ok(r)
     }
 
@@ -145,11 +151,7 @@ impl GpuRegistrar {
     }
 
     fn read_power(&self, ctx: &GpuContext) -> Result<f64> {
-        Ok(ctx
-            .read::<f32>(&self.sums, self.groups)?
-            .iter()
-            .map(|&v| v as f64)
-            .sum())
+        Ok(scaled_sum(&ctx.read::<[f32; 2]>(&self.sums, self.groups)?))
     }
 
     /// Register the real volume in `src` (on the device) onto the reference. Work already recorded in
@@ -179,6 +181,7 @@ impl GpuRegistrar {
         let u = CrossUniform {
             total: total as u32,
             phase: (self.params.normalization == Normalization::Phase) as u32,
+            scale_bits: (self.scale as f32).to_bits(),
             ..Default::default()
         };
         rec.dispatch(
@@ -213,8 +216,9 @@ impl GpuRegistrar {
             }
         }
         if best.idx == u32::MAX {
-            return Err(Error::Data(
-                "registration: the cross-correlation is NaN everywhere".into(),
+            return Err(crate::cpu::register::not_finite(
+                "the cross-power spectrum (its correlation is NaN everywhere)",
+                None,
             ));
         }
         let [_, ny, nx] = self.shape;
@@ -244,6 +248,7 @@ impl GpuRegistrar {
             peak,
             cc_peak,
             moving_power,
+            self.scale,
             |r, u, offsets| self.upsampled_dft(ctx, r, u, offsets),
         )
     }
@@ -287,7 +292,9 @@ impl GpuRegistrar {
 }
 
 /// `cpu::register::finish` with the upsampled DFT given as `up(region, u, offsets)` (r³ values in
-/// C order), shared by the resident and tiled registrars.
+/// C order), shared by the resident and tiled registrars; the spectrum (and so `cc_peak` and `up`)
+/// holds the cross-power times `scale`.
+#[allow(clippy::too_many_arguments)]
 fn finish(
     shape: [usize; 3],
     params: &RegisterParams,
@@ -295,6 +302,7 @@ fn finish(
     peak: [usize; 3],
     cc_peak: Complex64,
     moving_power: f64,
+    scale: f64,
     up: impl FnOnce(usize, f64, [f64; 3]) -> Result<Vec<Complex64>>,
 ) -> Result<Registration> {
     let n = shape.iter().product::<usize>() as f64;
@@ -324,9 +332,9 @@ fn finish(
         }
         (up[best], reference_power, moving_power)
     };
-    Ok(crate::cpu::register::score(
-        shift, shape, cc_max, src_amp, target_amp,
-    ))
+    let cc_max = cc_max / scale;
+    let r = crate::cpu::register::score(shift, shape, cc_max, src_amp, target_amp);
+    crate::cpu::register::check_finite(r, reference_power, moving_power, cc_max, || None)
 }
 
 /// The conjugated kernel of one axis of the upsampled DFT: `r` rows of `n` values.
@@ -365,7 +373,7 @@ fn record_contract(
         d2: d[2] as u32,
         axis,
         r: r as u32,
-        _pad: 0,
+        scale_bits: 0,
     };
     rec.dispatch(k, &u, &bufs, total as u64);
 }
@@ -386,6 +394,8 @@ pub struct TiledRegistrar {
     pub params: RegisterParams,
     reference: Vec<[f32; 2]>,
     reference_power: f64,
+    /// What the unnormalized cross-power is stored times (`unnormalized_scale`).
+    scale: f64,
     /// Slab thickness along z (x/y transforms, upsampling) and y (z transform).
     zs: usize,
     ys: usize,
@@ -446,6 +456,7 @@ impl TiledRegistrar {
             params: *p,
             reference: Vec::new(),
             reference_power: 0.0,
+            scale: 1.0,
             zs: zs.min(nz),
             ys: ys.min(ny),
             plans: HashMap::new(),
@@ -465,6 +476,8 @@ impl TiledRegistrar {
         }
         t.reference = spec;
         t.reference_power = power;
+        check_reference_power(power)?;
+        t.scale = unnormalized_scale(p, power, total_of(shape));
         Ok(t)
     }
 
@@ -584,6 +597,7 @@ impl TiledRegistrar {
             let u = CrossUniform {
                 total: total as u32,
                 phase,
+                scale_bits: (self.scale as f32).to_bits(),
                 ..Default::default()
             };
             rec.dispatch(
@@ -633,8 +647,9 @@ impl TiledRegistrar {
             ctx.count_tiles(1, |s| &mut s.register);
         }
         if best.idx == u32::MAX {
-            return Err(Error::Data(
-                "registration: the cross-correlation is NaN everywhere".into(),
+            return Err(crate::cpu::register::not_finite(
+                "the cross-power spectrum (its correlation is NaN everywhere)",
+                None,
             ));
         }
         let i = best.idx as usize;
@@ -649,6 +664,7 @@ impl TiledRegistrar {
             peak,
             cc_peak,
             moving_power,
+            self.scale,
             |r, u, offsets| self.upsampled_dft(ctx, &cross, r, u, offsets),
         )
     }
@@ -716,7 +732,7 @@ fn reduce_groups(total: usize) -> usize {
 fn reduce_buffers(ctx: &GpuContext) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
     Ok((
         ctx.pooled("register.tile_partials", MAX_REDUCE_GROUPS as u64 * 16)?,
-        ctx.pooled("register.tile_sums", MAX_REDUCE_GROUPS as u64 * 4)?,
+        ctx.pooled("register.tile_sums", MAX_REDUCE_GROUPS as u64 * 8)?,
     ))
 }
 
@@ -746,11 +762,45 @@ fn record_reduce(
 
 fn read_sums(ctx: &GpuContext, groups: usize) -> Result<f64> {
     let (_, sums) = reduce_buffers(ctx)?;
-    Ok(ctx
-        .read::<f32>(&sums, groups)?
+    Ok(scaled_sum(&ctx.read::<[f32; 2]>(&sums, groups)?))
+}
+
+/// `sum_sq`'s partials `(scale, Σ(|c|/scale)²)` summed in f64: `Σ scale² · sum`.
+fn scaled_sum(partials: &[[f32; 2]]) -> f64 {
+    partials
         .iter()
-        .map(|&v| v as f64)
-        .sum())
+        .map(|&[scale, sum]| (scale as f64).powi(2) * sum as f64)
+        .sum()
+}
+
+fn total_of(shape: [usize; 3]) -> usize {
+    shape.iter().product()
+}
+
+/// The power of two the unnormalized cross-power is stored times: `cpu::cross_power::spectrum_scale`
+/// with `sqrt(Σ|F|²)` of the reference (at least its largest |F|) for both volumes, so moving volumes
+/// up to 2^8 times the reference's magnitude fit too (the GPU does not know a moving volume's
+/// magnitude before its cross-power); 1 with phase normalization.
+fn unnormalized_scale(p: &RegisterParams, reference_power: f64, n: usize) -> f64 {
+    match p.normalization {
+        Normalization::Phase => 1.0,
+        Normalization::None => {
+            let m = reference_power.sqrt();
+            crate::cpu::cross_power::spectrum_scale(m, m, n).max(2f64.powi(-126))
+        }
+    }
+}
+
+/// A reference whose spectrum is not finite would fail every registration: refused up front.
+fn check_reference_power(power: f64) -> Result<()> {
+    if power.is_finite() {
+        Ok(())
+    } else {
+        Err(crate::cpu::register::not_finite(
+            "the reference volume's spectrum",
+            None,
+        ))
+    }
 }
 
 /// The three axes' `upsample_kernel` tables (z, y, x) on the device, for the contractions of the

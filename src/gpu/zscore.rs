@@ -61,7 +61,7 @@ impl GpuAccumulator {
         Ok(())
     }
 
-    /// Record mean and std (f32) into `mean_out`, `std_out`.
+    /// Record the f64 mean and std into `mean_out`, `std_out` (8 bytes a voxel each).
     pub fn record_finalize(
         &self,
         ctx: &GpuContext,
@@ -99,7 +99,7 @@ impl GpuAccumulator {
     }
 }
 
-/// Record `(src - mean) / std` into `dst`.
+/// Record `(src - mean) / std` into `dst` (`mean`, `std`: f64 buffers).
 #[allow(clippy::too_many_arguments)]
 pub fn record_normalize(
     ctx: &GpuContext,
@@ -198,8 +198,8 @@ impl TiledAccumulator {
         Ok(ranges.len())
     }
 
-    /// Mean and std (f32, C order) by the `finalize` kernel, chunk by chunk.
-    pub fn finalize(&self, ctx: &GpuContext, p: &ZscoreParams) -> Result<(Vec<f32>, Vec<f32>)> {
+    /// Mean and std (f64, C order) by the `finalize` kernel, chunk by chunk.
+    pub fn finalize(&self, ctx: &GpuContext, p: &ZscoreParams) -> Result<(Vec<f64>, Vec<f64>)> {
         let k = ctx.kernel(
             "zscore",
             "finalize",
@@ -216,8 +216,8 @@ impl TiledAccumulator {
         let len = ranges[0].len() as u64;
         let mean = ctx.tile_buffer("zscore.tile_mean", len * 8)?;
         let m2 = ctx.tile_buffer("zscore.tile_m2", len * 8)?;
-        let mean_out = ctx.tile_buffer("zscore.tile_out0", len * 4)?;
-        let std_out = ctx.tile_buffer("zscore.tile_out1", len * 4)?;
+        let mean_out = ctx.tile_buffer("zscore.tile_out0", len * 8)?;
+        let std_out = ctx.tile_buffer("zscore.tile_out1", len * 8)?;
         let (mut mean_all, mut std_all) = (Vec::new(), Vec::new());
         for r in &ranges {
             ctx.upload(&mean, &self.mean[r.clone()]);
@@ -231,8 +231,8 @@ impl TiledAccumulator {
             let mut rec = ctx.recorder();
             rec.dispatch(&k, &u, &[&mean, &m2, &mean_out, &std_out], r.len() as u64);
             rec.submit()?;
-            mean_all.extend(ctx.read::<f32>(&mean_out, r.len())?);
-            std_all.extend(ctx.read::<f32>(&std_out, r.len())?);
+            mean_all.extend(ctx.read::<f64>(&mean_out, r.len())?);
+            std_all.extend(ctx.read::<f64>(&std_out, r.len())?);
         }
         ctx.count_tiles(ranges.len(), |s| &mut s.zscore);
         Ok((mean_all, std_all))
@@ -240,21 +240,21 @@ impl TiledAccumulator {
 }
 
 /// `record_normalize` over element ranges of a volume over the tile limit (all inputs on the host,
-/// C order); returns the z-scores.
+/// C order; the moments f64); returns the z-scores.
 pub fn normalize_tiled(
     ctx: &GpuContext,
     p: &ZscoreParams,
     vol: &[f32],
-    mean: &[f32],
-    std: &[f32],
+    mean: &[f64],
+    std: &[f64],
 ) -> Result<Vec<f32>> {
-    let ranges = chunks(ctx, vol.len(), 4);
-    let len = ranges[0].len() as u64 * 4;
+    let ranges = chunks(ctx, vol.len(), 8);
+    let len = ranges[0].len() as u64;
     let bufs = [
-        ctx.tile_buffer("zscore.tile_src", len)?,
-        ctx.tile_buffer("zscore.tile_out0", len)?,
-        ctx.tile_buffer("zscore.tile_out1", len)?,
-        ctx.tile_buffer("zscore.tile_z", len)?,
+        ctx.tile_buffer("zscore.tile_src", len * 4)?,
+        ctx.tile_buffer("zscore.tile_mean", len * 8)?,
+        ctx.tile_buffer("zscore.tile_m2", len * 8)?,
+        ctx.tile_buffer("zscore.tile_z", len * 4)?,
     ];
     let mut out = Vec::with_capacity(vol.len());
     for r in &ranges {
