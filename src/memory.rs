@@ -325,7 +325,8 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
                 format!("volumes in flight ({in_flight} x {})", fmt_bytes(vol)),
                 in_flight * vol,
             ),
-            term("z-score mean and std (float32)", 2 * vol),
+            // `Moments`: the float32 mean and std written to the output, and the float64 ones normalization uses.
+            term("z-score mean and std (float32 and float64)", 6 * vol),
         ]);
         phases.push(Estimate::from_terms("pass 2", t));
     }
