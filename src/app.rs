@@ -68,6 +68,7 @@ fn print_report(r: &RunReport) {
         r.backend,
         r.total.as_secs_f64()
     );
+    println!("  inputs: {}", r.inputs_summary);
     let stages: Vec<String> = r
         .stage_times
         .iter()
@@ -162,9 +163,14 @@ fn parse_dtype(s: &str) -> Result<Dtype> {
 
 fn info(a: InfoArgs) -> anyhow::Result<()> {
     if !a.inputs.is_empty() {
-        for line in crate::io::source::describe(&a.inputs, &a.dataset)? {
+        let inputs = crate::io::source::utf8_inputs(&a.inputs)?;
+        for line in crate::io::source::describe(&inputs, &a.dataset)? {
             println!("{line}");
         }
+        println!(
+            "{}",
+            crate::io::source::describe_set(&inputs, &a.dataset, a.axes)
+        );
         println!();
     }
     println!("compute backends:");

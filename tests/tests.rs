@@ -6,5 +6,6 @@ mod cpu_reference;
 mod gpu;
 mod io;
 mod pipeline;
+mod reliability_input;
 mod shaders;
 mod support;
