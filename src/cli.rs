@@ -65,7 +65,7 @@ pub struct RunArgs {
     pub inputs: Vec<PathBuf>,
     /// What each input dataset holds: tzyx (4-D), tyx (a movie: T frames, each a volume of z = 1; several
     /// files are concatenated in time) or zyx (one volume per file). Default: tzyx for a 4-D dataset, tyx
-    /// for one file's 3-D dataset, zyx for several files.
+    /// for a 3-D dataset in a single file given by name, zyx for several files, a directory or a glob.
     #[arg(long, value_name = "tzyx|tyx|zyx")]
     pub axes: Option<crate::io::Axes>,
     /// Output HDF5 file.

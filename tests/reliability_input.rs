@@ -394,8 +394,16 @@ fn axes_one_3d_file_is_a_movie_unless_told_otherwise() {
     let data = copied(&[&s(&m), &s(&m2)], &out, &["--axes", "tyx"]);
     assert_eq!(data.shape(), [8, 1, 5, 7]);
     assert_eq!(data[[7, 0, 1, 2]], movie[[1, 1, 2]]);
-    // Several 3-D files without --axes stay one volume each.
     std::fs::remove_file(&out).unwrap();
+    // A directory or glob is a series of volumes, even of one file.
+    let d = dir.path().join("one");
+    std::fs::create_dir(&d).unwrap();
+    std::fs::copy(&m, d.join("only.h5")).unwrap();
+    for input in [s(&d), s(&d.join("*.h5"))] {
+        assert_eq!(copied(&[&input], &out, &[]).shape(), [1, 6, 5, 7]);
+        std::fs::remove_file(&out).unwrap();
+    }
+    // Several 3-D files without --axes stay one volume each.
     let m3 = dir.path().join("movie3.h5");
     std::fs::copy(&m, &m3).unwrap();
     assert_eq!(copied(&[&s(&m), &s(&m3)], &out, &[]).shape(), [2, 6, 5, 7]);

@@ -222,10 +222,11 @@ struct Probe {
     external: usize,
 }
 
-/// One file to read, and whether it came from listing a directory (rather than being named or matched).
+/// One file to read, and how the command line gave it: named, found by listing a directory, or matched.
 struct Input {
     path: PathBuf,
     from_dir: bool,
+    named: bool,
 }
 
 /// Bytes `read_raw` reads at a time.
@@ -263,8 +264,9 @@ impl Source {
     /// Opens `inputs` as typed on the command line: directories (their `*.h5` / `*.hdf5` files, in natural
     /// order: t2 before t10; gpuprep's own outputs among them skipped with a warning), glob patterns
     /// (matches in natural order) and explicit files (in the order given). `axes` says what each file's
-    /// dataset holds; `None` takes a 4-D dataset as `tzyx`, one file's 3-D dataset as `tyx` (a movie) and
-    /// several files' 3-D datasets as `zyx` (a volume each).
+    /// dataset holds; `None` takes a 4-D dataset as `tzyx`, the 3-D dataset of a single file named as the
+    /// only input as `tyx` (a movie), and 3-D datasets otherwise (several files, or a directory or glob,
+    /// even of one file) as `zyx` (a volume each).
     pub fn open_with(inputs: &[String], dataset: &str, axes: Option<Axes>) -> Result<Source> {
         Source::open_inner(inputs, dataset, axes, true)
     }
@@ -317,9 +319,10 @@ impl Source {
                         .into(),
             }));
         }
+        // A directory or glob stands for a series of files, a volume each, even when it holds only one.
         let axes = requested.unwrap_or(match probes[0].shape.len() {
             4 => Axes::Tzyx,
-            3 if nfiles == 1 => Axes::Tyx,
+            3 if nfiles == 1 && inputs.len() == 1 && inputs[0].named => Axes::Tyx,
             _ => Axes::Zyx,
         });
         for (f, p) in files.iter().zip(&probes) {
@@ -1091,12 +1094,14 @@ fn expand_inputs<S: AsRef<Path>>(inputs: &[S]) -> Result<Vec<Input>> {
             files.extend(found.into_iter().map(|path| Input {
                 path,
                 from_dir: true,
+                named: false,
             }));
         } else if path.symlink_metadata().is_ok() {
             check_regular(path)?;
             files.push(Input {
                 path: path.to_path_buf(),
                 from_dir: false,
+                named: true,
             });
         } else if let Some(pattern) = path.to_str().filter(|s| s.contains(['*', '?', '['])) {
             let paths = glob::glob(pattern).map_err(|e| Error::Input {
@@ -1126,6 +1131,7 @@ fn expand_inputs<S: AsRef<Path>>(inputs: &[S]) -> Result<Vec<Input>> {
             files.extend(found.into_iter().map(|path| Input {
                 path,
                 from_dir: false,
+                named: false,
             }));
         } else {
             return Err(Error::Input {
@@ -1344,7 +1350,13 @@ mod tests {
         check("int32", |v| v as i32);
         check("float32", |v| v as f32);
         // Beyond float32's range float64 is an error rather than HDF5's ±inf (tests/reliability_input.rs).
-        check("float64", |v| if v.abs() > f32::MAX as f64 { v / 10.0 } else { v });
+        check("float64", |v| {
+            if v.abs() > f32::MAX as f64 {
+                v / 10.0
+            } else {
+                v
+            }
+        });
     }
 
     #[test]
