@@ -1360,6 +1360,37 @@ mod tests {
     }
 
     #[test]
+    fn natural_order_numbers_by_value_and_is_total() {
+        use std::os::unix::ffi::OsStrExt;
+        let mut names: Vec<std::path::PathBuf> = [
+            &b"t10.h5"[..],
+            b"t2.h5",
+            b"t01.h5",
+            b"t1.h5",
+            b"s9.h5",
+            b"t1\xff.h5",
+            b"t1.h5.h5",
+        ]
+        .iter()
+        .map(|b| std::ffi::OsStr::from_bytes(b).into())
+        .collect();
+        names.sort_by(|a, b| super::natural_cmp(a, b));
+        let got: Vec<_> = names.iter().map(|p| p.to_string_lossy()).collect();
+        assert_eq!(
+            got,
+            [
+                "s9.h5",
+                "t1.h5",
+                "t1.h5.h5",
+                "t01.h5",
+                "t1\u{FFFD}.h5",
+                "t2.h5",
+                "t10.h5"
+            ]
+        );
+    }
+
+    #[test]
     fn a_file_cut_short_is_an_error_naming_it() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("cut.h5");
