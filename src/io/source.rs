@@ -722,7 +722,7 @@ fn volume_cache(file: &Path, p: &Probe, dataset: &str, dtype: Dtype) -> Result<(
         .map(|(&n, &c)| n.div_ceil(c.max(1)))
         .product();
     // A chunk's slot is its linear index modulo the slot count: with a slot per chunk none collide.
-    Ok((bytes + chunk_bytes, total.clamp(521, 1 << 20)))
+    Ok((bytes + (1 << 20), total.clamp(521, 1 << 20)))
 }
 
 /// File offset of a dataset's elements when plain file I/O can read them: storage in the very file
