@@ -143,6 +143,7 @@ fn print_report(r: &RunReport) -> anyhow::Result<()> {
         r.backend,
         r.total.as_secs_f64()
     )?;
+    say!("  inputs: {}", r.inputs_summary)?;
     let stages: Vec<String> = r
         .stage_times
         .iter()
@@ -239,9 +240,14 @@ fn parse_dtype(s: &str) -> Result<Dtype> {
 
 fn info(a: InfoArgs) -> anyhow::Result<()> {
     if !a.inputs.is_empty() {
-        for line in crate::io::source::describe(&a.inputs, &a.dataset)? {
+        let inputs = crate::io::source::utf8_inputs(&a.inputs)?;
+        for line in crate::io::source::describe(&inputs, &a.dataset)? {
             say!("{line}")?;
         }
+        say!(
+            "{}",
+            crate::io::source::describe_set(&inputs, &a.dataset, a.axes)
+        )?;
         say!("")?;
     }
     say!("compute backends:")?;

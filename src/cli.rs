@@ -60,9 +60,14 @@ pub struct EngineArgs {
 #[derive(Args, Debug)]
 pub struct RunArgs {
     /// Inputs: a directory of .h5 files, glob patterns, files (one 3-D volume each), or one file with a
-    /// 4-D (t, z, y, x) dataset.
+    /// 4-D (t, z, y, x) dataset or a 3-D (t, y, x) movie.
     #[arg(required = true)]
-    pub inputs: Vec<String>,
+    pub inputs: Vec<PathBuf>,
+    /// What each input dataset holds: tzyx (4-D), tyx (a movie: T frames, each a volume of z = 1; several
+    /// files are concatenated in time) or zyx (one volume per file). Default: tzyx for a 4-D dataset, tyx
+    /// for a 3-D dataset in a single file given by name, zyx for several files, a directory or a glob.
+    #[arg(long, value_name = "tzyx|tyx|zyx")]
+    pub axes: Option<crate::io::Axes>,
     /// Output HDF5 file.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -125,7 +130,8 @@ pub struct RunArgs {
     /// Z-score of voxels whose time series is constant: nan (scipy's) or zero.
     #[arg(long, default_value = "nan")]
     pub constant_voxels: String,
-    /// NaN/Inf in the input: error (stop and name the file) or zero (replace with 0).
+    /// NaN/Inf stored in the input: error (stop and name the file) or zero (replace with 0). A finite
+    /// float64 value beyond float32's range is always an error, whatever this says.
     #[arg(long, default_value = "error")]
     pub nonfinite: String,
 
@@ -175,7 +181,10 @@ pub struct SynthArgs {
 #[derive(Args, Debug)]
 pub struct InfoArgs {
     /// Input files, directories or globs (optional).
-    pub inputs: Vec<String>,
+    pub inputs: Vec<PathBuf>,
+    /// What each input dataset holds, as for `run --axes`.
+    #[arg(long, value_name = "tzyx|tyx|zyx")]
+    pub axes: Option<crate::io::Axes>,
     #[arg(long, default_value = "default")]
     pub dataset: String,
 }
@@ -330,7 +339,7 @@ impl RunArgs {
             });
         }
         Ok(RunConfig {
-            inputs: self.inputs.clone(),
+            inputs: crate::io::source::utf8_inputs(&self.inputs)?,
             dataset: self.dataset.clone(),
             output: self.output.clone(),
             force: self.force,
@@ -344,6 +353,7 @@ impl RunArgs {
             save_registered,
             nonfinite,
             progress: !self.quiet,
+            axes: self.axes,
         })
     }
 }

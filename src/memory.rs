@@ -48,7 +48,8 @@ pub struct RunShape {
     pub timepoints: usize,
     /// (z, y, x).
     pub volume: [usize; 3],
-    /// Bytes of one chunk of the input dataset as stored, when it is chunked.
+    /// Bytes the input's read path holds besides the volume it returns (`Source::read_buffer_bytes`: the
+    /// chunk cache of a dataset chunked across timepoints, the float64 conversion buffer).
     pub input_chunk_bytes: Option<u128>,
     /// CPU worker threads (per-thread buffers).
     pub threads: usize,
@@ -518,11 +519,7 @@ pub fn check_run(cfg: &RunConfig, source: &Source, compute: Compute) -> Result<(
         source.dataset(),
         crate::io::fmt_shape(&full_shape)
     );
-    let input_chunk_bytes = source.chunks().and_then(|c| {
-        c.iter().try_fold(source.dtype().size() as u128, |acc, &n| {
-            acc.checked_mul(n as u128)
-        })
-    });
+    let input_chunk_bytes = Some(source.read_buffer_bytes() as u128);
     let shape = RunShape {
         timepoints: source.len(),
         volume: source.shape(),

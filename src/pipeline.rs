@@ -22,7 +22,7 @@
 
 use crate::backend::{Backend, FrameOutput, FramePlan, Moments, SeqVolume};
 use crate::error::{Error, Result};
-use crate::io::{fmt_shape, Sink, Source};
+use crate::io::{fmt_shape, Axes, Sink, Source};
 use crate::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use ndarray::{Array1, Array2, Array3, ArrayView3, Zip};
@@ -80,6 +80,8 @@ pub struct RunConfig {
     pub save_registered: bool,
     pub nonfinite: NonFinite,
     pub progress: bool,
+    /// What each input's dataset holds (`--axes`); `None` guesses as [`Source::open_with`] does.
+    pub axes: Option<Axes>,
 }
 
 impl RunConfig {
@@ -100,6 +102,7 @@ impl RunConfig {
             save_registered: false,
             nonfinite: NonFinite::Error,
             progress: false,
+            axes: None,
         }
     }
 }
@@ -114,6 +117,8 @@ pub struct RunReport {
     pub registrations: Vec<Registration>,
     pub nonfinite_replaced: usize,
     pub constant_voxels: usize,
+    /// The inputs read, for the summary: file count, first and last file, axes ([`Source::inputs_summary`]).
+    pub inputs_summary: String,
     /// Busy time per stage, summed over volumes: `reference`; `read` (the reader threads: inputs, then the
     /// scratch file); `compute` and `normalize` (the backend, on the calling thread); `write` (the writer
     /// threads: scratch file and output, plus closing the output). The stages run on different threads
@@ -164,7 +169,7 @@ fn sanitize(vol: &mut Array3<f32>, policy: NonFinite, source: &Source, t: usize)
     }
     match policy {
         NonFinite::Error => Err(Error::Input {
-            path: source.files()[if source.is_4d() { 0 } else { t }].clone(),
+            path: source.file_of(t).to_path_buf(),
             message: format!(
                 "dataset {:?}, timepoint {t}: {bad} NaN/Inf values; pass --nonfinite zero to replace them with 0",
                 source.dataset()
@@ -232,7 +237,7 @@ fn reference_volume(
 pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
     let started = Instant::now();
     let mut clock = Clock::default();
-    let source = Source::open(&cfg.inputs, &cfg.dataset)?;
+    let source = Source::open_with(&cfg.inputs, &cfg.dataset, cfg.axes)?;
     check_config(cfg, &source)?;
     crate::memory::check_run(cfg, &source, crate::memory::Compute::of(backend))?;
     let (n, shape) = (source.len(), source.shape());
@@ -387,6 +392,7 @@ pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
         registrations,
         nonfinite_replaced,
         constant_voxels,
+        inputs_summary: source.inputs_summary(),
         stage_times: clock.0,
         total: started.elapsed(),
     })

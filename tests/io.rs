@@ -4,7 +4,7 @@
 use std::path::{Path, PathBuf};
 
 use gpuprep::io::source::describe;
-use gpuprep::io::{Dtype, Sink, Source};
+use gpuprep::io::{Axes, Dtype, Sink, Source};
 use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
 use ndarray::{Array, Array3, ArrayD, IxDyn};
 
@@ -42,7 +42,7 @@ fn every_dtype_reads_as_f32() {
         ("f32.h5", Dtype::F32),
         ("f64.h5", Dtype::F64),
     ] {
-        let src = Source::open(&[fixture(file)], "default").unwrap();
+        let src = Source::open_with(&[fixture(file)], "default", Some(Axes::Zyx)).unwrap();
         assert_eq!(
             (src.len(), src.shape(), src.dtype(), src.is_4d()),
             (1, [3, 4, 5], dtype, false),
@@ -57,7 +57,7 @@ fn every_dtype_reads_as_f32() {
 
 #[test]
 fn gzip_chunked_file_reads_and_reports_chunks() {
-    let src = Source::open(&[fixture("gzip_chunked.h5")], "default").unwrap();
+    let src = Source::open_with(&[fixture("gzip_chunked.h5")], "default", Some(Axes::Zyx)).unwrap();
     assert_eq!(src.chunks(), Some(vec![2, 3, 5]));
     assert_eq!(src.read(0).unwrap(), arange([4, 6, 5], 0.0));
     let lines = describe(&[fixture("gzip_chunked.h5"), fixture("u8.h5")], "default").unwrap();

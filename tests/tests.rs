@@ -7,6 +7,7 @@ mod gpu;
 mod io;
 mod pipeline;
 mod reliability_cli;
+mod reliability_input;
 mod reliability_median;
 mod reliability_numeric;
 mod reliability_output;

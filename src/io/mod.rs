@@ -5,7 +5,7 @@ pub mod sink;
 pub mod source;
 
 pub use sink::Sink;
-pub use source::{Dtype, Source};
+pub use source::{Axes, Dtype, Source};
 
 /// `(3, 4, 5)`, numpy's way of writing a shape, so messages read like the Python users' own tools.
 pub(crate) fn fmt_shape(shape: &[usize]) -> String {
