@@ -10,7 +10,7 @@ use crate::io::Dtype;
 use crate::pipeline::{self, RunConfig, RunReport};
 use crate::synth::{self, SynthLayout, SynthMode, SynthSpec};
 use crate::{Error, Result};
-use std::io::IsTerminal;
+use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
 pub fn run_command(cmd: Command) -> anyhow::Result<()> {
@@ -172,10 +172,29 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     warn_stale(&cfg.output);
     let mut backend = select_backend(&a.engine)?;
     let report = pipeline::run(&cfg, backend.as_mut())?;
+    warn_empty(&report);
     if !a.quiet {
         print_report(&report)?;
     }
     Ok(())
+}
+
+/// A result users must know of even with `-q`: timepoints that could not be registered because the
+/// volume or the reference is empty.
+fn warn_empty(report: &RunReport) {
+    let empty = report.empty_registrations();
+    if empty.is_empty() {
+        return;
+    }
+    let shown: Vec<String> = empty.iter().take(10).map(|t| t.to_string()).collect();
+    let more = if empty.len() > 10 { ", …" } else { "" };
+    let _ = writeln!(
+        std::io::stderr(),
+        "gpuprep: warning: {} timepoint(s) ({}{more}) or the reference are empty (all zeros): nothing to \
+         register, shift 0 and /error NaN written for them",
+        empty.len(),
+        shown.join(", ")
+    );
 }
 
 fn synth_cmd(a: SynthArgs) -> anyhow::Result<()> {

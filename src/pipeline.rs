@@ -127,6 +127,17 @@ pub struct RunReport {
     pub total: Duration,
 }
 
+impl RunReport {
+    /// Timepoints registered with an empty (all-zero) volume or reference: shift 0 and error NaN
+    /// (`cpu::register::check_finite`).
+    pub fn empty_registrations(&self) -> Vec<usize> {
+        (self.registrations.iter().enumerate())
+            .filter(|(_, r)| r.error.is_nan())
+            .map(|(t, _)| t)
+            .collect()
+    }
+}
+
 #[derive(Default)]
 struct Clock(Vec<(&'static str, Duration)>);
 

@@ -188,6 +188,58 @@ fn a_run_whose_registration_overflows_names_the_timepoint_and_leaves_nothing() {
     }
 }
 
+/// A blank (all-zero) frame or reference has nothing to register: shift 0 and error NaN (scikit-image
+/// warns and gives NaN too), not a failed run and not a silent result: the report names the timepoints.
+#[test]
+fn empty_volumes_register_as_shift_zero_error_nan_and_are_reported() {
+    let shape = [5, 8, 9];
+    let reference = blobs(8, shape);
+    let zeros = Array3::<f32>::zeros(shape);
+    for u in [1, 10] {
+        let p = RegisterParams::new(u, Normalization::Phase).unwrap();
+        for (name, mut b) in backends(2048) {
+            b.set_reference(reference.view(), &p).unwrap();
+            let r = b.register(zeros.view()).unwrap();
+            assert_eq!(r.shift, [0.0; 3], "{name} u={u}");
+            assert!(r.error.is_nan(), "{name} u={u}: {r:?}");
+            // A regular frame still registers against the same reference.
+            let r = b.register(roll(&reference, [1, -2, 0]).view()).unwrap();
+            assert!(r.error.is_finite(), "{name} u={u}: {r:?}");
+            b.set_reference(zeros.view(), &p).unwrap();
+            let r = b.register(reference.view()).unwrap();
+            assert!(
+                r.shift == [0.0; 3] && r.error.is_nan(),
+                "{name} u={u}: {r:?}"
+            );
+        }
+    }
+    let mut series = Array4::<f32>::zeros((4, shape[0], shape[1], shape[2]));
+    for t in [0, 1, 3] {
+        series
+            .index_axis_mut(Axis(0), t)
+            .assign(&roll(&reference, [t as isize, 0, 1]));
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let input = write_series(tmp.path(), &series);
+    let cfg = RunConfig::new(vec![input.clone()], tmp.path().join("out.h5"));
+    let report = run(&cfg, &mut CpuBackend::new()).unwrap();
+    assert_eq!(report.empty_registrations(), vec![2]);
+    // The CLI says so on stderr, even with -q.
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpuprep"))
+        .args(["run", &input, "-o"])
+        .arg(tmp.path().join("cli.h5"))
+        .args(["--backend", "cpu", "-q"])
+        .env("XDG_RUNTIME_DIR", "/tmp")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}");
+    assert!(
+        err.contains("warning: 1 timepoint(s) (2)") && err.contains("empty"),
+        "{err}"
+    );
+}
+
 // ---------------------------------------------------------------------------------------------
 // Item 7: the z-score with the f64 moments.
 

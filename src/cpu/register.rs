@@ -74,6 +74,17 @@ pub fn check_finite(
     cc_peak: Complex64,
     input_max: impl FnOnce() -> Option<f64>,
 ) -> Result<Registration> {
+    // An empty (all-zero) volume or reference has nothing to register: scikit-image warns and returns
+    // error NaN with the shift of an all-zero correlation (0, or -dftshift/u when upsampling, which means
+    // nothing). gpuprep gives shift 0, error NaN, phase difference 0, and the pipeline reports the
+    // timepoints (`RunReport::empty_registrations`), so a blank frame is neither fatal nor silent.
+    if reference_power == 0.0 || moving_power == 0.0 {
+        return Ok(Registration {
+            shift: [0.0; 3],
+            error: f64::NAN,
+            phasediff: 0.0,
+        });
+    }
     let what = if !reference_power.is_finite() {
         "the reference volume's spectrum"
     } else if !moving_power.is_finite() {

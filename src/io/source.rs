@@ -466,13 +466,16 @@ impl Source {
     /// Bytes the read path holds besides the volume it returns: the chunk cache kept for a dataset whose
     /// chunks span several timepoints, and the float64 copy or block a read converts from.
     pub fn read_buffer_bytes(&self) -> usize {
-        let voxels: usize = self.shape.iter().product();
+        // Saturating: a declared shape past the address space must reach the memory check's refusal,
+        // not overflow here.
+        let voxels = (self.shape.iter()).fold(1usize, |a, &n| a.saturating_mul(n));
         let convert = if self.dtype == Dtype::F64 {
-            voxels * 8
+            voxels.saturating_mul(8)
         } else {
             0
         };
-        self.cache_bytes + convert.max(RAW_BLOCK_BYTES.min(voxels * self.dtype.size()))
+        let block = RAW_BLOCK_BYTES.min(voxels.saturating_mul(self.dtype.size()));
+        self.cache_bytes.saturating_add(convert.max(block))
     }
 
     /// One line for the run summary and `info`: how many files, the first and last, and the axes.
