@@ -46,7 +46,9 @@ struct Partial {
 // integer volumes), as the CPU twin's f64 magnitude and numpy's hypot.
 fn safe_length(r: vec2<f32>) -> f32 {
     let s = max(abs(r.x), abs(r.y));
-    if (s > 1e18) {
+    // Scaled at both ends: squares of components past 1e19 overflow, and under 1e-19 they underflow
+    // (or flush to zero on devices without subnormals).
+    if (s > 1e18 || (s > 0.0 && s < 1e-18)) {
         return length(r / s) * s;
     }
     return length(r);
@@ -83,8 +85,15 @@ fn cross_power(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     // |r| >= 1 when either scale is over 1 (a component of each factor is then +-1).
     let r = cmul(f / sf, cconj(g / sg));
     if (p.phase != 0u && sf * sg >= 1e30) {
-        // |R| >= 1e30, far above the floor: R / |R| is r / |r|.
-        cp_g[i] = r / length(r);
+        // |R| = |r|·sf·sg, which is under the floor only when r is (nearly) zero: one factor has a zero
+        // bin. The CPU's R / max(|R|, floor) then, without forming the overflowing R.
+        let floor = 100.0 * 1.1920929e-7;
+        let lr = safe_length(r);
+        if (lr * sf >= floor / sg) {
+            cp_g[i] = r / lr;
+        } else {
+            cp_g[i] = r * sf * sg / floor;
+        }
         return;
     }
     let scale = select(bitcast<f32>(p.scale_bits), 1.0, p.scale_bits == 0u);

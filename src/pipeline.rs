@@ -182,8 +182,9 @@ fn sanitize(vol: &mut Array3<f32>, policy: NonFinite, source: &Source, t: usize)
         NonFinite::Error => Err(Error::Input {
             path: source.file_of(t).to_path_buf(),
             message: format!(
-                "dataset {:?}, timepoint {t}: {bad} NaN/Inf values; pass --nonfinite zero to replace them with 0",
-                source.dataset()
+                "dataset {:?}, {}: {bad} NaN/Inf values; pass --nonfinite zero to replace them with 0",
+                source.dataset(),
+                source.timepoint(t)
             ),
         }),
         NonFinite::Zero => {

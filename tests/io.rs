@@ -196,7 +196,7 @@ fn a_file_broken_after_open_is_an_error_naming_file_dataset_and_t() {
     let src = Source::open(&[dir.path().to_string_lossy().into_owned()], "default").unwrap();
     std::fs::write(dir.path().join("v1.h5"), b"gone").unwrap();
     assert!(src.read(0).is_ok());
-    err_of(src.read(1), &["v1.h5", "'default'", "t=1"]);
+    err_of(src.read(1), &["v1.h5", "'default'", "timepoint 1"]);
     std::fs::copy(fixture("f64.h5"), dir.path().join("v1.h5")).unwrap();
     assert_eq!(
         src.read(1).unwrap(),

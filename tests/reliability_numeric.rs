@@ -188,6 +188,38 @@ fn a_run_whose_registration_overflows_names_the_timepoint_and_leaves_nothing() {
     }
 }
 
+/// A reference with exactly-zero bins (constant along an axis of 4: its FFT twiddles are exact) against a
+/// moving volume past 1e30: the GPU's large-value branch must give the CPU's R / max(|R|, floor) = 0 there,
+/// not 0/0. (A guard: lavapipe did not show the NaN before the fix either.)
+#[test]
+fn zero_bins_against_large_values_register_as_on_the_cpu() {
+    let shape = [6, 8, 4];
+    // A(z, y) + B(z, y)·[1, 0, -1, 0][x]: the bins at kx = 2 are exactly zero, kx = 1, 3 fix the x shift.
+    let (a, b) = (blobs(9, [6, 8, 1]), blobs(10, [6, 8, 1]));
+    let c = [1.0, 0.0, -1.0, 0.0];
+    let reference = Array3::from_shape_fn(shape, |(z, y, x)| a[[z, y, 0]] + b[[z, y, 0]] * c[x]);
+    let texture = Array3::from_shape_fn(shape, |(z, y, x)| {
+        ((z * 5 + y * 3 + x * 7) % 11) as f32 / 11.0
+    });
+    let moving = (roll(&reference, [1, 2, 0]) + &texture * 0.1) * 1e30;
+    let p = RegisterParams::default();
+    let mut cpu = CpuBackend::new();
+    cpu.set_reference(reference.view(), &p).unwrap();
+    let want = cpu.register(moving.view()).unwrap();
+    assert!(want.error.is_finite(), "{want:?}");
+    for (name, mut b) in backends(512) {
+        b.set_reference(reference.view(), &p).unwrap();
+        let got = b
+            .register(moving.view())
+            .unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert_eq!(got.shift, want.shift, "{name}");
+        assert!(
+            (got.error - want.error).abs() < 1e-3,
+            "{name}: {got:?} vs {want:?}"
+        );
+    }
+}
+
 /// A blank (all-zero) frame or reference has nothing to register: shift 0 and error NaN (scikit-image
 /// warns and gives NaN too), not a failed run and not a silent result: the report names the timepoints.
 #[test]

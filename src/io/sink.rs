@@ -405,49 +405,45 @@ impl Sink {
                 let _ = dir.close();
                 Ok(self.path.clone())
             }
-            Err(Kept(e)) => {
-                // Keep the finished work: the user can move it by hand.
+            Err(e) => {
+                // The file is complete: whatever stopped the move, keep it where the message says.
                 let _ = dir.keep();
                 Err(e)
             }
-            Err(Lost(e)) => Err(e),
         })
     }
 
-    fn move_into_place(&self) -> std::result::Result<(), FinishError> {
-        let io_err = |source| {
-            Lost(Error::Io {
-                path: self.path.clone(),
-                source,
-            })
+    /// Moves the closed file to the final path; every error names where the complete result stays.
+    fn move_into_place(&self) -> Result<()> {
+        let kept = |message: String| Error::Output {
+            path: self.path.clone(),
+            message: format!("{message}; the result is in {}", self.temp.display()),
         };
+        let io_err = |e: std::io::Error| kept(format!("cannot be put in place ({e})"));
         if self.force {
             // Checked again: a FIFO or link may have appeared at the output path while we were writing.
-            check_replaceable(&self.path, true).map_err(|message| {
-                Kept(Error::Output {
-                    path: self.path.clone(),
-                    message: format!("{message}; the result is in {}", self.temp.display()),
-                })
-            })?;
+            check_replaceable(&self.path, true).map_err(kept)?;
             return std::fs::rename(&self.temp, &self.path).map_err(io_err);
         }
+        let appeared = || {
+            kept(
+                "appeared while gpuprep was writing; not overwritten (pass --force to overwrite)"
+                    .into(),
+            )
+        };
         // Without --force the output must still not exist: a hard link fails atomically if it does, where
         // a rename would silently replace a file that appeared while we were writing.
         match std::fs::hard_link(&self.temp, &self.path) {
             Ok(()) => Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(Kept(Error::Output {
-                path: self.path.clone(),
-                message: format!(
-                    "appeared while gpuprep was writing; not overwritten, the result is in {} \
-                     (pass --force to overwrite)",
-                    self.temp.display()
-                ),
-            })),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(appeared()),
             // Filesystems without hard links: check, then rename.
-            Err(_) if std::fs::symlink_metadata(&self.path).is_err() => {
-                std::fs::rename(&self.temp, &self.path).map_err(io_err)
-            }
-            Err(source) => Err(io_err(source)),
+            Err(_) => match std::fs::symlink_metadata(&self.path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::rename(&self.temp, &self.path).map_err(io_err)
+                }
+                Ok(_) => Err(appeared()),
+                Err(e) => Err(io_err(e)),
+            },
         }
     }
 
@@ -522,13 +518,6 @@ impl Drop for Sink {
         drop(self.dir.take());
     }
 }
-
-/// How `finish` failed: with the finished file kept for the user, or with nothing worth keeping.
-enum FinishError {
-    Kept(Error),
-    Lost(Error),
-}
-use FinishError::{Kept, Lost};
 
 fn vlen(name: &str, value: &str) -> Result<VarLenUnicode> {
     value.parse::<VarLenUnicode>().map_err(|e| {

@@ -458,6 +458,16 @@ impl Source {
         self.starts.partition_point(|&s| s <= t) - 1
     }
 
+    /// Timepoint `t` as messages naming `file_of(t)` say it: the series' timepoint, and where the file
+    /// holds several (a movie among several) the frame within that file, so the two numbers never clash.
+    pub fn timepoint(&self, t: usize) -> String {
+        let i = self.file_index(t);
+        match t - self.starts[i] {
+            local if local != t => format!("timepoint {t} (frame {local} of this file)"),
+            _ => format!("timepoint {t}"),
+        }
+    }
+
     /// Chunk shape of the (first file's) dataset, if it is chunked.
     pub fn chunks(&self) -> Option<Vec<usize>> {
         self.chunks.clone()
@@ -542,8 +552,9 @@ impl Source {
         let file = options.open(path).map_err(|e| Error::Input {
             path: path.clone(),
             message: format!(
-                "cannot be opened to read dataset '{}' at t={t} any more ({})",
+                "cannot be opened to read dataset '{}' at {} any more ({})",
                 self.dataset,
+                self.timepoint(t),
                 first_line(&e)
             ),
         })?;
@@ -569,7 +580,18 @@ impl Source {
             // Plain file I/O from here: HDF5 is done with this file (the handles close first).
             drop(ds);
             drop(file);
-            let offset = offset + (local * voxels * self.dtype.size()) as u64;
+            // The offset comes from the file: a crafted one must not wrap around to other bytes.
+            let offset = (local as u64)
+                .checked_mul((voxels * self.dtype.size()) as u64)
+                .and_then(|b| b.checked_add(offset))
+                .ok_or_else(|| Error::Input {
+                    path: path.clone(),
+                    message: format!(
+                        "dataset '{}' at {}: its data offset ({offset}) lies past any file size",
+                        self.dataset,
+                        self.timepoint(t)
+                    ),
+                })?;
             let mut vol = Array3::<f32>::zeros(self.shape);
             let bad = read_raw(
                 path,
@@ -579,7 +601,11 @@ impl Source {
             )
             .map_err(|e| Error::Input {
                 path: path.clone(),
-                message: format!("reading dataset '{}' at t={t} ({e})", self.dataset),
+                message: format!(
+                    "reading dataset '{}' at {} ({e})",
+                    self.dataset,
+                    self.timepoint(t)
+                ),
             })?;
             self.check_range(bad, path, t)?;
             return Ok(vol);
@@ -638,10 +664,11 @@ impl Source {
         Err(Error::Input {
             path: path.to_path_buf(),
             message: format!(
-                "dataset '{}', timepoint {t}, voxel (z, y, x) = ({z}, {y}, {x}): float64 value {value:e} is \
+                "dataset '{}', {}, voxel (z, y, x) = ({z}, {y}, {x}): float64 value {value:e} is \
                  beyond float32's range (±{:e}){others}; gpuprep computes in float32: rescale the data \
                  (--nonfinite only covers NaN/±Inf stored in the file)",
                 self.dataset,
+                self.timepoint(t),
                 f32::MAX
             ),
         })
@@ -650,7 +677,11 @@ impl Source {
     fn hdf5_err(&self, path: &Path, t: usize, source: hdf5::Error) -> Error {
         Error::Hdf5 {
             path: path.to_path_buf(),
-            what: format!("reading dataset '{}' at t={t}", self.dataset),
+            what: format!(
+                "reading dataset '{}' at {}",
+                self.dataset,
+                self.timepoint(t)
+            ),
             source,
         }
     }
@@ -775,7 +806,14 @@ fn read_raw(
     use std::io::{Read, Seek, SeekFrom};
     let size = dtype.size();
     let mut file = std::fs::File::open(path)?;
-    let needed = offset + (out.len() * size) as u64;
+    let needed = offset
+        .checked_add((out.len() * size) as u64)
+        .ok_or_else(|| {
+            std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                format!("the dataset's data offset {offset} lies past any file size"),
+            )
+        })?;
     let len = file.metadata()?.len();
     if len < needed {
         return Err(std::io::Error::new(
@@ -1416,6 +1454,9 @@ mod tests {
             .set_len(len - 100)
             .unwrap();
         let err = src.read(0).unwrap_err().to_string();
-        assert!(err.contains("cut.h5") && err.contains("t=0"), "{err}");
+        assert!(
+            err.contains("cut.h5") && err.contains("timepoint 0"),
+            "{err}"
+        );
     }
 }
