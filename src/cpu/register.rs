@@ -370,6 +370,15 @@ fn contract_z_at(
     acc.conj()
 }
 
+/// Whether `|v|` (as `norm`, a `hypot`) is surely below `best` (a `norm`), from `|v|²` alone: `hypot`
+/// per value would dominate the region's sweep. The margin (1e-9 relative) dwarfs the rounding of
+/// both; a `best` whose square is not a well-scaled normal number, and a NaN `|v|²`, decide nothing.
+#[inline]
+fn below(v: Complex64, best: f64) -> bool {
+    let best_sq = best * best;
+    best_sq.is_finite() && best_sq >= 1e-280 && v.norm_sqr() < best_sq * (1.0 - 1e-9)
+}
+
 /// The largest `|v|` of `_upsampled_dft(conj(spectrum), region, u, offsets).conj()` from scikit-image
 /// and its index: the cross-correlation sampled on a `region`³ grid with spacing `1/u` around the
 /// coarse peak, by matrix-multiply DFTs (cheaper than zero-padding the whole volume by `u`). `half` is
@@ -424,19 +433,35 @@ fn upsampled_peak(
         let t2 = &*t2;
         let slab = (0..region)
             .into_par_iter()
-            .map(|a| {
-                let mut row_best = none;
-                for bl in 0..bs {
-                    for c in 0..region {
-                        let v = contract_z_at(&kz, nz, a, |z| t2[(z * bs + bl) * region + c]);
-                        // Strictly larger, in C order within the row: NaN never replaces.
-                        if v.norm() > row_best.0 {
-                            row_best = (v.norm(), (a * region + b0 + bl) * region + c, v);
+            .map_init(
+                || vec![Complex64::default(); region],
+                |acc, a| {
+                    let mut row_best = none;
+                    for bl in 0..bs {
+                        // `contract_z_at` for the whole row c = 0..region, z outermost so the
+                        // inner loop runs over contiguous values; each sum still adds z in order.
+                        acc.fill(Complex64::default());
+                        for z in 0..nz {
+                            let k = kz[a * nz + z];
+                            let src = &t2[(z * bs + bl) * region..][..region];
+                            for (s, &t) in acc.iter_mut().zip(src) {
+                                *s += k * t;
+                            }
+                        }
+                        for (c, s) in acc.iter().enumerate() {
+                            let v = s.conj();
+                            if below(v, row_best.0) {
+                                continue;
+                            }
+                            // Strictly larger, in C order within the row: NaN never replaces.
+                            if v.norm() > row_best.0 {
+                                row_best = (v.norm(), (a * region + b0 + bl) * region + c, v);
+                            }
                         }
                     }
-                }
-                row_best
-            })
+                    row_best
+                },
+            )
             .reduce(|| none, pick);
         best = pick(best, slab);
     }
