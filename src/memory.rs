@@ -299,18 +299,23 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
             phases.push(Estimate::from_terms("pass 1 (shift)", t));
         }
         (Some(r), false) => {
-            // Device-resident except what comes back: the result, and the upsampled region read back as
-            // complex f32 and widened to complex f64.
+            // Device-resident except what comes back: the result, and the upsampled region read back in
+            // slabs of planes (`gpu::register::upsampled_peak_z`) as complex f32, through a staging
+            // buffer of the same size.
             let mut t = always.clone();
             t.extend([queued.clone(), filtered.clone(), term("result volume", vol)]);
             if r.upsample_factor > 1 {
                 let rr = upsample_region(r.upsample_factor);
+                let planes = crate::gpu::register::upsample_slab_planes(
+                    rr as usize,
+                    crate::cpu::register::UPSAMPLE_SLAB_BYTES,
+                ) as u128;
                 t.push(term(
                     format!(
-                        "upsampling region {rr}^3 at --upsample-factor {}",
+                        "upsampling region {rr}^3 at --upsample-factor {}, in slabs",
                         r.upsample_factor
                     ),
-                    24 * rr * rr * rr,
+                    16 * planes * rr * rr,
                 ));
             }
             phases.push(Estimate::from_terms("pass 1", t));
@@ -706,6 +711,13 @@ mod tests {
             16 * (2 * 4 * 5 * r + 4 * rows * r + r * (4 + 5 + 12))
         );
         assert_eq!(fmt_bytes(up.bytes), "65.4 MiB");
+        assert!(e.total < 1 << 30, "{e:?}");
+        // The GPU reads it back in slabs of 1500^2 planes of complex f32 (+ staging), 64 MiB at most.
+        let mut s = shape(10, [4, 5, 6]);
+        s.compute = Compute::Gpu;
+        let e = estimate(&c, &s).unwrap();
+        let up = find(&e, "upsampling region 1500^3").expect("{e:?}");
+        assert_eq!(up.bytes, 16 * 3 * r * r);
         assert!(e.total < 1 << 30, "{e:?}");
     }
 
