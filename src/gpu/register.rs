@@ -859,3 +859,62 @@ fn upsampled_peak_z(
         Complex64::new(re as f64, im as f64),
     ))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::device::Api;
+
+    fn ctx() -> Option<GpuContext> {
+        match GpuContext::new(Api::Vulkan) {
+            Ok(c) => Some(c),
+            Err(e) if std::env::var("GPUPREP_REQUIRE_GPU").as_deref() != Ok("1") => {
+                eprintln!("SKIPPED: no Vulkan adapter ({e})");
+                None
+            }
+            Err(e) => panic!("GPUPREP_REQUIRE_GPU=1 but no Vulkan adapter: {e}"),
+        }
+    }
+
+    #[test]
+    fn upsampled_peak_in_slabs_of_planes_is_the_whole_regions_bit_for_bit() {
+        let Some(ctx) = ctx() else { return };
+        let k = contract_kernel(&ctx).unwrap();
+        // Odd r; t2 values of a few distinct magnitudes, so the region has exact ties across planes.
+        let (nz, r) = (3usize, 7usize);
+        let t2: Vec<[f32; 2]> = (0..nz * r * r)
+            .map(|i| [((i * 37) % 11) as f32 - 5.0, ((i * 13) % 7) as f32])
+            .collect();
+        let t2 = ctx.storage_init("test.t2", &t2).unwrap();
+        let peak = |bytes| upsampled_peak_z(&ctx, &k, &t2, nz, r, 3.0, 2.5, bytes).unwrap();
+        let whole = peak(usize::MAX);
+        assert_eq!(upsample_slab_planes(r, 0), 1);
+        assert_eq!(upsample_slab_planes(r, usize::MAX), r);
+        // One plane a slab, two, three (an uneven split of 7).
+        for bytes in [0, 2 * 8 * r * r, 3 * 8 * r * r] {
+            let got = peak(bytes);
+            assert_eq!(got.0, whole.0, "slab of {bytes} bytes");
+            assert_eq!(
+                (got.1.re.to_bits(), got.1.im.to_bits()),
+                (whole.1.re.to_bits(), whole.1.im.to_bits()),
+                "slab of {bytes} bytes"
+            );
+        }
+        // The region's first largest |v| in C order, from the whole region read back at once.
+        let t3 = ctx.storage("test.t3", (r * r * r * 8) as u64).unwrap();
+        let kz = ctx
+            .storage_init("test.kz", &upsample_kernel(nz, r, 3.0, 2.5))
+            .unwrap();
+        let mut rec = ctx.recorder();
+        record_contract(&mut rec, &k, [nz, r, r], 0, r, [&t2, &kz, &t3], r * r * r);
+        rec.submit().unwrap();
+        let all = ctx.read::<[f32; 2]>(&t3, r * r * r).unwrap();
+        let norm = |[a, b]: [f32; 2]| Complex64::new(a as f64, b as f64).norm();
+        let top = all
+            .iter()
+            .map(|&v| norm(v))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let first = all.iter().position(|&v| norm(v) == top).unwrap();
+        assert_eq!(whole.0, [first / (r * r), (first / r) % r, first % r]);
+    }
+}
