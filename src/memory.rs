@@ -301,7 +301,7 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
         (Some(r), false) => {
             // Device-resident except what comes back: the result, and the upsampled region read back in
             // slabs of planes (`gpu::register::upsampled_peak_z`) as complex f32, through a staging
-            // buffer of the same size.
+            // buffer of the same size; the tiled route also gathers the y-contraction (nz·R²) on the host.
             let mut t = always.clone();
             t.extend([queued.clone(), filtered.clone(), term("result volume", vol)]);
             if r.upsample_factor > 1 {
@@ -315,7 +315,7 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
                         "upsampling region {rr}^3 at --upsample-factor {}, in slabs",
                         r.upsample_factor
                     ),
-                    16 * planes * rr * rr,
+                    16 * planes * rr * rr + 8 * nz * rr * rr,
                 ));
             }
             phases.push(Estimate::from_terms("pass 1", t));
@@ -712,12 +712,13 @@ mod tests {
         );
         assert_eq!(fmt_bytes(up.bytes), "65.4 MiB");
         assert!(e.total < 1 << 30, "{e:?}");
-        // The GPU reads it back in slabs of 1500^2 planes of complex f32 (+ staging), 64 MiB at most.
+        // The GPU reads it back in slabs of 1500^2 planes of complex f32 (+ staging), 64 MiB at most,
+        // and its tiled route gathers the 4·1500^2 y-contraction.
         let mut s = shape(10, [4, 5, 6]);
         s.compute = Compute::Gpu;
         let e = estimate(&c, &s).unwrap();
         let up = find(&e, "upsampling region 1500^3").expect("{e:?}");
-        assert_eq!(up.bytes, 16 * 3 * r * r);
+        assert_eq!(up.bytes, 16 * 3 * r * r + 8 * 4 * r * r);
         assert!(e.total < 1 << 30, "{e:?}");
     }
 
