@@ -265,17 +265,22 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
             phases.push(Estimate::from_terms("pass 1 (registration)", inverse));
             if u > 1 {
                 let rr = upsample_region(u);
-                // `upsampled_dft_conj`: t1 and p (nz·ny·R), t2 (nz·R²), the R³ result, the three
-                // kernels and the split x kernel, all complex128 / 2·f64.
-                let up =
-                    16 * (2 * nz * ny * rr + nz * rr * rr + rr * rr * rr + rr * (nz + ny + 2 * nx));
+                // `cpu::register::upsampled_peak`: t1 and p (nz·ny·R), one slab of the y-contraction
+                // (nz·R per output row, `UPSAMPLE_SLAB_BYTES` at most), the three kernels and the
+                // split x kernel, all complex128 / 2·f64; the R³ region itself is never held.
+                let rows = crate::cpu::register::upsample_slab_rows(
+                    nz as usize,
+                    rr as usize,
+                    crate::cpu::register::UPSAMPLE_SLAB_BYTES,
+                ) as u128;
+                let up = 16 * (2 * nz * ny * rr + nz * rows * rr + rr * (nz + ny + 2 * nx));
                 let mut t = after_shift.clone();
                 t.extend([
                     queued.clone(),
                     filtered.clone(),
                     term("registration spectrum and correlation", half + vol),
                     term(
-                        format!("upsampling region {rr}^3 at --upsample-factor {u}"),
+                        format!("upsampling region {rr}^3 at --upsample-factor {u}, in slabs"),
                         up,
                     ),
                 ]);
@@ -295,18 +300,23 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
             phases.push(Estimate::from_terms("pass 1 (shift)", t));
         }
         (Some(r), false) => {
-            // Device-resident except what comes back: the result, and the upsampled region read back as
-            // complex f32 and widened to complex f64.
+            // Device-resident except what comes back: the result, and the upsampled region read back in
+            // slabs of planes (`gpu::register::upsampled_peak_z`) as complex f32, through a staging
+            // buffer of the same size; the tiled route also gathers the y-contraction (nz·R²) on the host.
             let mut t = always.clone();
             t.extend([queued.clone(), filtered.clone(), term("result volume", vol)]);
             if r.upsample_factor > 1 {
                 let rr = upsample_region(r.upsample_factor);
+                let planes = crate::gpu::register::upsample_slab_planes(
+                    rr as usize,
+                    crate::cpu::register::UPSAMPLE_SLAB_BYTES,
+                ) as u128;
                 t.push(term(
                     format!(
-                        "upsampling region {rr}^3 at --upsample-factor {}",
+                        "upsampling region {rr}^3 at --upsample-factor {}, in slabs",
                         r.upsample_factor
                     ),
-                    24 * rr * rr * rr,
+                    16 * planes * rr * rr + 8 * nz * rr * rr,
                 ));
             }
             phases.push(Estimate::from_terms("pass 1", t));
@@ -497,7 +507,7 @@ fn cgroup_room() -> Option<u128> {
 fn advice(e: &Estimate, cfg: &RunConfig) -> &'static str {
     let top = e.terms.first().map(|t| t.what.as_str()).unwrap_or("");
     if top.starts_with("upsampling") {
-        "lower --upsample-factor (the region grows as its cube)"
+        "lower --upsample-factor (the upsampling buffers grow with it)"
     } else if top.starts_with("per-timepoint") || top.starts_with("shifts,") {
         "split the series into shorter runs"
     } else if cfg.zscore.is_some() {
@@ -680,7 +690,7 @@ mod tests {
     }
 
     #[test]
-    fn the_upsampling_region_is_its_allocation() {
+    fn the_upsampling_region_is_swept_in_bounded_slabs() {
         assert_eq!(upsample_region(1), 2);
         assert_eq!(upsample_region(3), 5);
         assert_eq!(upsample_region(1000), 1500);
@@ -690,12 +700,23 @@ mod tests {
         assert_eq!(e.phase, "pass 1 (upsampling)");
         let up = &e.terms[0];
         assert!(up.what.starts_with("upsampling region 1500^3"), "{e:?}");
-        let r = 1500u128;
+        // The 1500^3 region (50 GiB of complex128) is never held: one slab of at most 64 MiB of
+        // output rows (4·1500 values a row), t1 and p, and the kernels.
+        let (r, rows) = (1500u128, (64u128 << 20) / (16 * 4 * 1500));
         assert_eq!(
             up.bytes,
-            16 * (2 * 4 * 5 * r + 4 * r * r + r * r * r + r * (4 + 5 + 12))
+            16 * (2 * 4 * 5 * r + 4 * rows * r + r * (4 + 5 + 12))
         );
-        assert_eq!(fmt_bytes(up.bytes), "50.4 GiB");
+        assert_eq!(fmt_bytes(up.bytes), "65.4 MiB");
+        assert!(e.total < 1 << 30, "{e:?}");
+        // The GPU reads it back in slabs of 1500^2 planes of complex f32 (+ staging), 64 MiB at most,
+        // and its tiled route gathers the 4·1500^2 y-contraction.
+        let mut s = shape(10, [4, 5, 6]);
+        s.compute = Compute::Gpu;
+        let e = estimate(&c, &s).unwrap();
+        let up = find(&e, "upsampling region 1500^3").expect("{e:?}");
+        assert_eq!(up.bytes, 16 * 3 * r * r + 8 * 4 * r * r);
+        assert!(e.total < 1 << 30, "{e:?}");
     }
 
     #[test]

@@ -114,18 +114,60 @@ fn a_billion_timepoints_is_refused_before_reading() {
 }
 
 #[test]
-fn upsample_factor_1000_is_refused_naming_the_region() {
-    // The region is 1500^3 complex128: 50.3 GiB whatever the volume.
+fn upsample_factor_1000_runs_in_bounded_memory() {
+    // The 1500^3 region (50 GiB of complex128, refused before) is swept in slabs of at most 64 MiB:
+    // the whole job now fits 512 MiB. One 1x3x4 volume: the sweep's 3.4e9 values take ~15 s.
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("vol.h5");
+    let f = hdf5::File::create(&input).unwrap();
+    let v: Vec<f32> = (0..12).map(|i| ((i * 7) % 5) as f32).collect();
+    f.new_dataset::<f32>()
+        .shape([1, 3, 4])
+        .create("default")
+        .unwrap()
+        .write_raw(&v)
+        .unwrap();
+    drop(f);
+    let out = tmp.path().join("out.h5");
+    let (code, err, _) = gpuprep_env(
+        &[
+            "run",
+            &input.display().to_string(),
+            "-o",
+            &out.display().to_string(),
+            "--backend",
+            "cpu",
+            "--upsample-factor",
+            "1000",
+            "--no-median",
+            "--no-zscore",
+            "-q",
+        ],
+        &[("GPUPREP_MEMORY_LIMIT", "512M")],
+    );
+    assert_eq!(code, 0, "{err}");
+    let shifts = hdf5::File::open(&out)
+        .unwrap()
+        .dataset("shifts")
+        .unwrap()
+        .read_raw::<f64>()
+        .unwrap();
+    // The volume registered onto itself.
+    assert!(shifts.iter().all(|s| s.abs() < 1e-3), "{shifts:?}");
+}
+
+#[test]
+fn upsample_factor_1000_is_refused_naming_the_slab_when_even_that_does_not_fit() {
+    // 48 MiB for the program and 64 MiB for the upsampling's slab do not fit 100 MiB.
     expect_refused(
         &fixture("series"),
         &["--upsample-factor", "1000"],
-        &[("GPUPREP_MEMORY_LIMIT", "16G")],
+        &[("GPUPREP_MEMORY_LIMIT", "100M")],
         &[
             "--upsample-factor: ",
             "series/ind_00000.h5",
-            "needs about 50.",
-            "upsampling region 1500^3 at --upsample-factor 1000: 50.",
-            "but 16.0 GiB is available",
+            "upsampling region 1500^3 at --upsample-factor 1000, in slabs: 65.",
+            "but 100.0 MiB is available",
             "lower --upsample-factor",
         ],
     );

@@ -209,18 +209,18 @@ pub fn finish(
         let dftshift = (region / 2.0).trunc();
         let offsets = shift.map(|s| dftshift - s * u);
         let spectrum = spectrum.expect("the spectrum is kept when upsample_factor > 1");
-        let up = upsampled_dft_conj(spectrum, shape[2], region as usize, u, offsets);
-        let (mut best, mut best_v) = ([0usize; 3], f64::NEG_INFINITY);
-        for ((a, b, c), v) in up.indexed_iter() {
-            if v.norm() > best_v {
-                best_v = v.norm();
-                best = [a, b, c];
-            }
-        }
+        let (best, value) = upsampled_peak(
+            spectrum,
+            shape[2],
+            region as usize,
+            u,
+            offsets,
+            UPSAMPLE_SLAB_BYTES,
+        );
         for a in 0..3 {
             shift[a] += (best[a] as f64 - dftshift) / u;
         }
-        (up[best], reference_power, moving_power)
+        (value, reference_power, moving_power)
     };
     let cc_max = cc_max / scale;
     (score(shift, shape, cc_max, src_amp, target_amp), cc_max)
@@ -271,39 +271,37 @@ fn fftfreq(k: usize, n: usize, d: f64) -> f64 {
     k / (n as f64 * d)
 }
 
-/// `_upsampled_dft(conj(spectrum), region, u, offsets).conj()` from scikit-image: the cross-correlation
-/// sampled on a `region`³ grid with spacing `1/u` around the coarse peak, by matrix-multiply DFTs
-/// (cheaper than zero-padding the whole volume by `u`). `half` is the non-redundant half of the
-/// spectrum of a volume `nx` wide; the other half is its Hermitian mirror.
-fn upsampled_dft_conj(
-    half: &Array3<C32>,
-    nx: usize,
-    region: usize,
-    u: f64,
-    offsets: [f64; 3],
-) -> Array3<Complex64> {
-    let (nz, ny, nh) = half.dim();
-    let kernel = |n: usize, off: f64| -> Vec<Complex64> {
-        // kernel[r][k] = exp(-2πi (r - off) fftfreq(k)); applied to conj(spectrum).
-        let mut k = Vec::with_capacity(region * n);
-        for r in 0..region {
-            for j in 0..n {
-                let ph = -2.0 * std::f64::consts::PI * (r as f64 - off) * fftfreq(j, n, u);
-                k.push(Complex64::from_polar(1.0, ph));
-            }
+/// Bytes of the upsampled DFT's intermediate slab (`upsampled_peak`): the ⌈1.5·u⌉³ region is swept in
+/// slabs of output rows whose y-contraction fits this, so its memory no longer grows as u³.
+pub const UPSAMPLE_SLAB_BYTES: usize = 64 << 20;
+
+/// Output rows (along the region's y axis) per slab of `upsampled_peak` for a volume `nz` deep: as
+/// many as fit `slab_bytes` of complex128 (`nz·region` a row), at least one, at most `region`.
+pub fn upsample_slab_rows(nz: usize, region: usize, slab_bytes: usize) -> usize {
+    (slab_bytes / (16 * nz * region).max(1)).clamp(1, region.max(1))
+}
+
+/// The kernel of one axis of the upsampled DFT, applied to conj(spectrum):
+/// `kernel[r][k] = exp(-2πi (r - off) fftfreq(k))`, `region` rows of `n`.
+fn upsample_kernel(n: usize, region: usize, u: f64, off: f64) -> Vec<Complex64> {
+    let mut k = Vec::with_capacity(region * n);
+    for r in 0..region {
+        for j in 0..n {
+            let ph = -2.0 * std::f64::consts::PI * (r as f64 - off) * fftfreq(j, n, u);
+            k.push(Complex64::from_polar(1.0, ph));
         }
-        k
-    };
-    let (kz, ky, kx) = (
-        kernel(nz, offsets[0]),
-        kernel(ny, offsets[1]),
-        kernel(nx, offsets[2]),
-    );
-    // Contract x, then y, then z, as the tensordots do. The x contraction is the costly one (N·region
-    // complex products), and it runs over the half spectrum only: for 1 <= x <= nx - nh the full
-    // spectrum's column nx - x is conj(S[-z, -y, x]) and kx[c][nx - x] = conj(kx[c][x]), so the mirrored
-    // half of row (z, y)'s sum is conj of the partial sum `p` of row (-z, -y) over those x. Dot products
-    // run on split re/im arrays four lanes wide so they vectorise.
+    }
+    k
+}
+
+/// The upsampled DFT's first contraction (over x) of conj(`half`): `t1[z][y][c]`, `nz·ny·region`.
+///
+/// It runs over the half spectrum only: for 1 <= x <= nx - nh the full spectrum's column nx - x is
+/// conj(S[-z, -y, x]) and kx[c][nx - x] = conj(kx[c][x]), so the mirrored half of row (z, y)'s sum is
+/// conj of the partial sum `p` of row (-z, -y) over those x. Dot products run on split re/im arrays
+/// four lanes wide so they vectorise.
+fn contract_x(half: &Array3<C32>, nx: usize, region: usize, kx: &[Complex64]) -> Vec<Complex64> {
+    let (nz, ny, nh) = half.dim();
     let m = nx - nh;
     let (kx_re, kx_im): (Vec<f64>, Vec<f64>) = kx.iter().map(|k| (k.re, k.im)).unzip();
     let mut t1 = vec![Complex64::default(); nz * ny * region];
@@ -347,25 +345,147 @@ fn upsampled_dft_conj(
                 }
             }
         });
-    let mut t2 = vec![Complex64::default(); nz * region * region];
-    for z in 0..nz {
-        for b in 0..region {
-            for c in 0..region {
-                let mut acc = Complex64::default();
-                for y in 0..ny {
-                    acc += ky[b * ny + y] * t1[(z * ny + y) * region + c];
-                }
-                t2[(z * region + b) * region + c] = acc;
-            }
-        }
+    t1
+}
+
+/// The second contraction (over y) at one point: `Σ_y ky[b][y]·t1[z][y][c]`, in y order.
+#[inline]
+fn contract_y_at(
+    t1: &[Complex64],
+    ky: &[Complex64],
+    ny: usize,
+    region: usize,
+    z: usize,
+    b: usize,
+    c: usize,
+) -> Complex64 {
+    let mut acc = Complex64::default();
+    for y in 0..ny {
+        acc += ky[b * ny + y] * t1[(z * ny + y) * region + c];
     }
-    Array3::from_shape_fn((region, region, region), |(a, b, c)| {
-        let mut acc = Complex64::default();
-        for z in 0..nz {
-            acc += kz[a * nz + z] * t2[(z * region + b) * region + c];
+    acc
+}
+
+/// The last contraction (over z) at one point, conjugated: `conj(Σ_z kz[a][z]·t2(z))`, in z order.
+#[inline]
+fn contract_z_at(
+    kz: &[Complex64],
+    nz: usize,
+    a: usize,
+    t2: impl Fn(usize) -> Complex64,
+) -> Complex64 {
+    let mut acc = Complex64::default();
+    for z in 0..nz {
+        acc += kz[a * nz + z] * t2(z);
+    }
+    acc.conj()
+}
+
+/// Whether `|v|` (as `norm`, a `hypot`) is surely below `best` (a `norm`), from `|v|²` alone: `hypot`
+/// per value would dominate the region's sweep. The margin (1e-9 relative) dwarfs the rounding of
+/// both; a `best` whose square is not a well-scaled normal number, and a NaN `|v|²`, decide nothing.
+#[inline]
+fn below(v: Complex64, best: f64) -> bool {
+    let best_sq = best * best;
+    best_sq.is_finite() && best_sq >= 1e-280 && v.norm_sqr() < best_sq * (1.0 - 1e-9)
+}
+
+/// The largest `|v|` of `_upsampled_dft(conj(spectrum), region, u, offsets).conj()` from scikit-image
+/// and its index: the cross-correlation sampled on a `region`³ grid with spacing `1/u` around the
+/// coarse peak, by matrix-multiply DFTs (cheaper than zero-padding the whole volume by `u`). `half` is
+/// the non-redundant half of the spectrum of a volume `nx` wide; the other half is its Hermitian mirror.
+///
+/// The region (`region`³ complex128: 50 GiB at u = 1000) is never held: it is swept in slabs of
+/// output rows b (the region's y axis), each needing only the y-contraction `t2[z][b][c]` of its
+/// rows (`slab_bytes`, see `upsample_slab_rows`), so the memory is the x-contraction's `2·nz·ny·region`
+/// values plus the slab. Every value is summed in the same order as the whole-region contraction,
+/// so it is bit for bit the same, and the peak is np.argmax's over the whole region in C order: the
+/// first largest |v| (a NaN never ranks above anything; all NaN gives index 0).
+fn upsampled_peak(
+    half: &Array3<C32>,
+    nx: usize,
+    region: usize,
+    u: f64,
+    offsets: [f64; 3],
+    slab_bytes: usize,
+) -> ([usize; 3], Complex64) {
+    let (nz, ny, _) = half.dim();
+    let (kz, ky, kx) = (
+        upsample_kernel(nz, region, u, offsets[0]),
+        upsample_kernel(ny, region, u, offsets[1]),
+        upsample_kernel(nx, region, u, offsets[2]),
+    );
+    let t1 = contract_x(half, nx, region, &kx);
+    let rows = upsample_slab_rows(nz, region, slab_bytes);
+    let mut t2 = vec![Complex64::default(); nz * rows * region];
+    // (|v|, C-order index, v): the first largest, ties to the lower index as np.argmax.
+    type Best = (f64, usize, Complex64);
+    let pick = |x: Best, y: Best| {
+        if y.0 > x.0 || (y.0 == x.0 && y.1 < x.1) {
+            y
+        } else {
+            x
         }
-        acc.conj()
-    })
+    };
+    let none: Best = (f64::NEG_INFINITY, usize::MAX, Complex64::default());
+    let mut best = none;
+    for b0 in (0..region).step_by(rows) {
+        let bs = rows.min(region - b0);
+        let t2 = &mut t2[..nz * bs * region];
+        t2.par_chunks_mut(bs * region)
+            .enumerate()
+            .for_each(|(z, plane)| {
+                for bl in 0..bs {
+                    for c in 0..region {
+                        plane[bl * region + c] = contract_y_at(&t1, &ky, ny, region, z, b0 + bl, c);
+                    }
+                }
+            });
+        let t2 = &*t2;
+        let slab = (0..region)
+            .into_par_iter()
+            .map_init(
+                || vec![Complex64::default(); region],
+                |acc, a| {
+                    let mut row_best = none;
+                    for bl in 0..bs {
+                        // `contract_z_at` for the whole row c = 0..region, z outermost so the
+                        // inner loop runs over contiguous values; each sum still adds z in order.
+                        acc.fill(Complex64::default());
+                        for z in 0..nz {
+                            let k = kz[a * nz + z];
+                            let src = &t2[(z * bs + bl) * region..][..region];
+                            for (s, &t) in acc.iter_mut().zip(src) {
+                                *s += k * t;
+                            }
+                        }
+                        for (c, s) in acc.iter().enumerate() {
+                            let v = s.conj();
+                            if below(v, row_best.0) {
+                                continue;
+                            }
+                            // Strictly larger, in C order within the row: NaN never replaces.
+                            if v.norm() > row_best.0 {
+                                row_best = (v.norm(), (a * region + b0 + bl) * region + c, v);
+                            }
+                        }
+                    }
+                    row_best
+                },
+            )
+            .reduce(|| none, pick);
+        best = pick(best, slab);
+    }
+    if best.1 == usize::MAX {
+        // No value ranked (all NaN): index 0, as np.argmax, with its value.
+        let v = contract_z_at(&kz, nz, 0, |z| contract_y_at(&t1, &ky, ny, region, z, 0, 0));
+        return ([0; 3], v);
+    }
+    let i = best.1;
+    (
+        [i / (region * region), (i / region) % region, i % region],
+        best.2,
+    )
 }
 
 /// `Σ (a_re + i a_im)(b_re + i b_im)` over equal-length split-complex slices, in four interleaved
@@ -414,6 +534,54 @@ mod tests {
     use crate::cpu::fft::{to_complex, Fft3};
     use rand::{Rng, SeedableRng};
 
+    /// The whole region at once, as `upsampled_peak` computed it before it swept slabs.
+    fn upsampled_dft_conj(
+        half: &Array3<C32>,
+        nx: usize,
+        region: usize,
+        u: f64,
+        offsets: [f64; 3],
+    ) -> Array3<Complex64> {
+        let (nz, ny, _) = half.dim();
+        let (kz, ky, kx) = (
+            upsample_kernel(nz, region, u, offsets[0]),
+            upsample_kernel(ny, region, u, offsets[1]),
+            upsample_kernel(nx, region, u, offsets[2]),
+        );
+        let t1 = contract_x(half, nx, region, &kx);
+        let mut t2 = vec![Complex64::default(); nz * region * region];
+        for z in 0..nz {
+            for b in 0..region {
+                for c in 0..region {
+                    let mut acc = Complex64::default();
+                    for y in 0..ny {
+                        acc += ky[b * ny + y] * t1[(z * ny + y) * region + c];
+                    }
+                    t2[(z * region + b) * region + c] = acc;
+                }
+            }
+        }
+        Array3::from_shape_fn((region, region, region), |(a, b, c)| {
+            let mut acc = Complex64::default();
+            for z in 0..nz {
+                acc += kz[a * nz + z] * t2[(z * region + b) * region + c];
+            }
+            acc.conj()
+        })
+    }
+
+    /// The first largest |v| in C order and its value, as `finish` took it from the whole region.
+    fn whole_region_peak(up: &Array3<Complex64>) -> ([usize; 3], Complex64) {
+        let (mut best, mut best_v) = ([0usize; 3], f64::NEG_INFINITY);
+        for ((a, b, c), v) in up.indexed_iter() {
+            if v.norm() > best_v {
+                best_v = v.norm();
+                best = [a, b, c];
+            }
+        }
+        (best, up[best])
+    }
+
     /// scikit-image's `_upsampled_dft(conj(S), ...).conj()` written out over the full spectrum.
     fn upsampled_naive(
         full: &Array3<C32>,
@@ -457,5 +625,66 @@ mod tests {
                 assert!((a - b).norm() <= 1e-5 * scale, "{shape:?}: {a} vs {b}");
             }
         }
+    }
+
+    #[test]
+    fn upsampled_peak_in_slabs_is_the_whole_regions_argmax_bit_for_bit() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(11);
+        for shape in [[4, 6, 8], [3, 5, 7], [2, 3, 1], [1, 4, 5]] {
+            let v = Array3::from_shape_fn(shape, |_| rng.random_range(-1.0f32..1.0));
+            let half = RealFft3::new(shape).forward(v.view());
+            // Odd and even regions (u = 3, 5, 4), offsets as `finish` makes them.
+            for (region, u, off) in [
+                (5, 3.0, [2.3, 1.7, 2.9]),
+                (8, 5.0, [4.0, 3.2, 3.8]),
+                (6, 4.0, [3.0; 3]),
+            ] {
+                let whole = upsampled_dft_conj(&half, shape[2], region, u, off);
+                let want = whole_region_peak(&whole);
+                let row = 16 * shape[0] * region;
+                // One-row slabs (budget 0), two rows, an uneven split, and the whole region at once.
+                for budget in [0, 2 * row, 3 * row + 1, usize::MAX] {
+                    let got = upsampled_peak(&half, shape[2], region, u, off, budget);
+                    assert_eq!(got.0, want.0, "{shape:?} R={region} budget {budget}");
+                    assert_eq!(
+                        (got.1.re.to_bits(), got.1.im.to_bits()),
+                        (want.1.re.to_bits(), want.1.im.to_bits()),
+                        "{shape:?} R={region} budget {budget}"
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn upsampled_peak_ties_go_to_the_first_in_c_order_across_slabs() {
+        // A constant volume: its spectrum is a single DC bin, so every region value has the same |v|
+        // up to rounding; a zero volume makes them exactly equal (all 0): index 0.
+        let shape = [3, 4, 5];
+        let zero = Array3::<f32>::zeros(shape);
+        let half = RealFft3::new(shape).forward(zero.view());
+        for budget in [0, usize::MAX] {
+            let (i, v) = upsampled_peak(&half, shape[2], 7, 5.0, [3.0; 3], budget);
+            assert_eq!((i, v.norm()), ([0; 3], 0.0), "budget {budget}");
+        }
+        // A NaN spectrum ranks nothing: index 0 and its (NaN) value, as the whole-region loop.
+        let mut nan = RealFft3::new(shape).forward(zero.view());
+        nan.fill(C32::new(f32::NAN, 0.0));
+        let whole = whole_region_peak(&upsampled_dft_conj(&nan, shape[2], 7, 5.0, [3.0; 3]));
+        for budget in [0, usize::MAX] {
+            let (i, v) = upsampled_peak(&nan, shape[2], 7, 5.0, [3.0; 3], budget);
+            assert_eq!(i, whole.0);
+            assert!(v.re.is_nan() && whole.1.re.is_nan());
+        }
+    }
+
+    #[test]
+    fn slab_rows_fit_the_budget() {
+        assert_eq!(upsample_slab_rows(4, 1500, 0), 1);
+        assert_eq!(
+            upsample_slab_rows(4, 1500, UPSAMPLE_SLAB_BYTES),
+            (64 << 20) / (16 * 4 * 1500)
+        );
+        assert_eq!(upsample_slab_rows(4, 5, UPSAMPLE_SLAB_BYTES), 5);
     }
 }

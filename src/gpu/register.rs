@@ -4,6 +4,7 @@
 
 use super::device::{Bind, GpuContext, Recorder, WORKGROUP};
 use super::fft::{line_work, Fft3Plan};
+use crate::cpu::register::UPSAMPLE_SLAB_BYTES;
 use crate::error::{Error, Result};
 use crate::params::{Normalization, RegisterParams, Registration};
 use bytemuck::{Pod, Zeroable};
@@ -253,46 +254,36 @@ impl GpuRegistrar {
         )
     }
 
-    /// `_upsampled_dft(conj(R), r, u, offsets).conj()` as three contractions of R with conjugated
-    /// kernels (x, then y, then z, as the CPU twin); returns the r³ values in C order.
+    /// The peak of `_upsampled_dft(conj(R), r, u, offsets).conj()`: three contractions of R with
+    /// conjugated kernels (x, then y, then z, as the CPU twin), the last in slabs
+    /// (`upsampled_peak_z`).
     fn upsampled_dft(
         &self,
         ctx: &GpuContext,
         r: usize,
         u: f64,
         offsets: [f64; 3],
-    ) -> Result<Vec<Complex64>> {
+    ) -> Result<([usize; 3], Complex64)> {
         let [nz, ny, nx] = self.shape;
-        let [kz, ky, kx] = upsample_kernels(ctx, self.shape, r, u, offsets)?;
+        let [ky, kx] = upsample_kernels(ctx, self.shape, r, u, offsets)?;
         let t1 = ctx.storage("register.upsample_t1", (nz * ny * r * 8) as u64)?;
         let t2 = ctx.storage("register.upsample_t2", (nz * r * r * 8) as u64)?;
-        let t3 = ctx.storage("register.upsample_t3", (r * r * r * 8) as u64)?;
-        let k = ctx.kernel(
-            "cross_power",
-            "contract",
-            &[],
-            &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite],
-        )?;
+        let k = contract_kernel(ctx)?;
         let mut rec = ctx.recorder();
-        let steps: [Contraction<'_>; 3] = [
+        let steps: [Contraction<'_>; 2] = [
             ([nz, ny, nx], 2, &self.spectrum, &kx, &t1, nz * ny * r),
             ([nz, ny, r], 1, &t1, &ky, &t2, nz * r * r),
-            ([nz, r, r], 0, &t2, &kz, &t3, r * r * r),
         ];
         for (d, axis, src, kern, dst, total) in steps {
             record_contract(&mut rec, &k, d, axis, r, [src, kern, dst], total);
         }
         rec.submit()?;
-        Ok(ctx
-            .read::<[f32; 2]>(&t3, r * r * r)?
-            .into_iter()
-            .map(|[a, b]| Complex64::new(a as f64, b as f64))
-            .collect())
+        upsampled_peak_z(ctx, &k, &t2, nz, r, u, offsets[0], UPSAMPLE_SLAB_BYTES)
     }
 }
 
-/// `cpu::register::finish` with the upsampled DFT given as `up(region, u, offsets)` (r³ values in
-/// C order), shared by the resident and tiled registrars; the spectrum (and so `cc_peak` and `up`)
+/// `cpu::register::finish` with the upsampled DFT's peak given as `up(region, u, offsets)` (its index
+/// and value), shared by the resident and tiled registrars; the spectrum (and so `cc_peak` and `up`)
 /// holds the cross-power times `scale`.
 #[allow(clippy::too_many_arguments)]
 fn finish(
@@ -303,7 +294,7 @@ fn finish(
     cc_peak: Complex64,
     moving_power: f64,
     scale: f64,
-    up: impl FnOnce(usize, f64, [f64; 3]) -> Result<Vec<Complex64>>,
+    up: impl FnOnce(usize, f64, [f64; 3]) -> Result<([usize; 3], Complex64)>,
 ) -> Result<Registration> {
     let n = shape.iter().product::<usize>() as f64;
     let mut shift = crate::cpu::register::coarse_shift(peak, shape);
@@ -318,19 +309,11 @@ fn finish(
         let dftshift = (region / 2.0).trunc();
         let offsets = shift.map(|s| dftshift - s * u);
         let r = region as usize;
-        let up = up(r, u, offsets)?;
-        let (mut best, mut best_v) = (0usize, f64::NEG_INFINITY);
-        for (i, v) in up.iter().enumerate() {
-            if v.norm() > best_v {
-                best_v = v.norm();
-                best = i;
-            }
-        }
-        let b = [best / (r * r), (best / r) % r, best % r];
+        let (b, value) = up(r, u, offsets)?;
         for a in 0..3 {
             shift[a] += (b[a] as f64 - dftshift) / u;
         }
-        (up[best], reference_power, moving_power)
+        (value, reference_power, moving_power)
     };
     let cc_max = cc_max / scale;
     let r = crate::cpu::register::score(shift, shape, cc_max, src_amp, target_amp);
@@ -419,7 +402,8 @@ pub fn resident_bytes(shape: [usize; 3], p: &RegisterParams) -> u64 {
     }
     if p.upsample_factor > 1 {
         let r = (p.upsample_factor as f64 * 1.5).ceil() as usize;
-        elems = elems.max(nz * ny * r).max(nz * r * r).max(r * r * r);
+        let planes = upsample_slab_planes(r, UPSAMPLE_SLAB_BYTES);
+        elems = elems.max(nz * ny * r).max(nz * r * r).max(planes * r * r);
     }
     8 * elems as u64
 }
@@ -670,7 +654,8 @@ impl TiledRegistrar {
     }
 
     /// `GpuRegistrar::upsampled_dft` on z-slabs of the host cross-power spectrum: x and y are
-    /// contracted per slab, z once on the gathered `nz·r²` values (a buffer under one binding).
+    /// contracted per slab, z on the gathered `nz·r²` values (a buffer under one binding) in slabs
+    /// under the tile limit.
     fn upsampled_dft(
         &self,
         ctx: &GpuContext,
@@ -678,15 +663,10 @@ impl TiledRegistrar {
         r: usize,
         u: f64,
         offsets: [f64; 3],
-    ) -> Result<Vec<Complex64>> {
+    ) -> Result<([usize; 3], Complex64)> {
         let [nz, ny, nx] = self.shape;
-        let [kz, ky, kx] = upsample_kernels(ctx, self.shape, r, u, offsets)?;
-        let k = ctx.kernel(
-            "cross_power",
-            "contract",
-            &[],
-            &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite],
-        )?;
+        let [ky, kx] = upsample_kernels(ctx, self.shape, r, u, offsets)?;
+        let k = contract_kernel(ctx)?;
         let mut t2 = Vec::with_capacity(nz * r * r);
         for zs in slabs(nz, self.zs) {
             let d = zs.len();
@@ -702,15 +682,8 @@ impl TiledRegistrar {
             ctx.count_tiles(1, |s| &mut s.register);
         }
         let t2 = ctx.storage_init("register.upsample_t2", &t2)?;
-        let t3 = ctx.storage("register.upsample_t3", (r * r * r * 8) as u64)?;
-        let mut rec = ctx.recorder();
-        record_contract(&mut rec, &k, [nz, r, r], 0, r, [&t2, &kz, &t3], r * r * r);
-        rec.submit()?;
-        Ok(ctx
-            .read::<[f32; 2]>(&t3, r * r * r)?
-            .into_iter()
-            .map(|[a, b]| Complex64::new(a as f64, b as f64))
-            .collect())
+        let budget = UPSAMPLE_SLAB_BYTES.min(ctx.max_tile_bytes() as usize);
+        upsampled_peak_z(ctx, &k, &t2, nz, r, u, offsets[0], budget)
     }
 }
 
@@ -803,23 +776,145 @@ fn check_reference_power(power: f64) -> Result<()> {
     }
 }
 
-/// The three axes' `upsample_kernel` tables (z, y, x) on the device, for the contractions of the
-/// upsampled DFT (resident and tiled).
+/// The y and x axes' `upsample_kernel` tables on the device, for the first two contractions of the
+/// upsampled DFT (resident and tiled); z's goes up slab by slab (`upsampled_peak_z`).
 fn upsample_kernels(
     ctx: &GpuContext,
     shape: [usize; 3],
     r: usize,
     u: f64,
     offsets: [f64; 3],
-) -> Result<[wgpu::Buffer; 3]> {
-    let label = [
-        "register.upsample_kz",
-        "register.upsample_ky",
-        "register.upsample_kx",
-    ];
-    let mut out = Vec::with_capacity(3);
-    for a in 0..3 {
-        out.push(ctx.storage_init(label[a], &upsample_kernel(shape[a], r, u, offsets[a]))?);
+) -> Result<[wgpu::Buffer; 2]> {
+    Ok([
+        ctx.storage_init(
+            "register.upsample_ky",
+            &upsample_kernel(shape[1], r, u, offsets[1]),
+        )?,
+        ctx.storage_init(
+            "register.upsample_kx",
+            &upsample_kernel(shape[2], r, u, offsets[2]),
+        )?,
+    ])
+}
+
+fn contract_kernel(ctx: &GpuContext) -> Result<Rc<super::device::Kernel>> {
+    ctx.kernel(
+        "cross_power",
+        "contract",
+        &[],
+        &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite],
+    )
+}
+
+/// Output rows (along the region's z axis) per slab of `upsampled_peak_z`: as many `r²` planes of
+/// complex f32 as fit `slab_bytes`, at least one, at most `r`.
+pub fn upsample_slab_planes(r: usize, slab_bytes: usize) -> usize {
+    (slab_bytes / (8 * r * r).max(1)).clamp(1, r.max(1))
+}
+
+/// The last contraction (over z) of the upsampled DFT from `t2` (`nz·r²` values on the device), and
+/// the first largest |v| of the `r³` region in C order with its index, as np.argmax. The region is
+/// never held: slabs of output planes (`upsample_slab_planes` of `slab_bytes`) are contracted with
+/// their rows of the z kernel, read back and scanned in order, so host and device hold one slab
+/// instead of `r³` values (24 GiB at u = 1000). Each value is the same dispatch's sum as over the
+/// whole region, so the peak is too.
+#[allow(clippy::too_many_arguments)]
+fn upsampled_peak_z(
+    ctx: &GpuContext,
+    k: &Rc<super::device::Kernel>,
+    t2: &wgpu::Buffer,
+    nz: usize,
+    r: usize,
+    u: f64,
+    off_z: f64,
+    slab_bytes: usize,
+) -> Result<([usize; 3], Complex64)> {
+    let kz = upsample_kernel(nz, r, u, off_z);
+    let planes = upsample_slab_planes(r, slab_bytes);
+    let t3 = ctx.storage("register.upsample_t3", (planes * r * r * 8) as u64)?;
+    // Strictly larger in C order: the first maximum; a NaN never ranks (all NaN: index 0).
+    let (mut best, mut best_v, mut value) = (0usize, f64::NEG_INFINITY, None);
+    for a0 in (0..r).step_by(planes) {
+        let n = planes.min(r - a0);
+        let kzs = ctx.storage_init("register.upsample_kz", &kz[a0 * nz..(a0 + n) * nz])?;
+        let mut rec = ctx.recorder();
+        record_contract(&mut rec, k, [nz, r, r], 0, n, [t2, &kzs, &t3], n * r * r);
+        rec.submit()?;
+        let slab = ctx.read::<[f32; 2]>(&t3, n * r * r)?;
+        if a0 == 0 {
+            value = value.or(Some(slab[0]));
+        }
+        for (i, &[re, im]) in slab.iter().enumerate() {
+            let v = Complex64::new(re as f64, im as f64);
+            if v.norm() > best_v {
+                best_v = v.norm();
+                best = a0 * r * r + i;
+                value = Some([re, im]);
+            }
+        }
     }
-    Ok(out.try_into().expect("three axes"))
+    let [re, im] = value.expect("r >= 1");
+    Ok((
+        [best / (r * r), (best / r) % r, best % r],
+        Complex64::new(re as f64, im as f64),
+    ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::gpu::device::Api;
+
+    fn ctx() -> Option<GpuContext> {
+        match GpuContext::new(Api::Vulkan) {
+            Ok(c) => Some(c),
+            Err(e) if std::env::var("GPUPREP_REQUIRE_GPU").as_deref() != Ok("1") => {
+                eprintln!("SKIPPED: no Vulkan adapter ({e})");
+                None
+            }
+            Err(e) => panic!("GPUPREP_REQUIRE_GPU=1 but no Vulkan adapter: {e}"),
+        }
+    }
+
+    #[test]
+    fn upsampled_peak_in_slabs_of_planes_is_the_whole_regions_bit_for_bit() {
+        let Some(ctx) = ctx() else { return };
+        let k = contract_kernel(&ctx).unwrap();
+        // Odd r; t2 values of a few distinct magnitudes, so the region has exact ties across planes.
+        let (nz, r) = (3usize, 7usize);
+        let t2: Vec<[f32; 2]> = (0..nz * r * r)
+            .map(|i| [((i * 37) % 11) as f32 - 5.0, ((i * 13) % 7) as f32])
+            .collect();
+        let t2 = ctx.storage_init("test.t2", &t2).unwrap();
+        let peak = |bytes| upsampled_peak_z(&ctx, &k, &t2, nz, r, 3.0, 2.5, bytes).unwrap();
+        let whole = peak(usize::MAX);
+        assert_eq!(upsample_slab_planes(r, 0), 1);
+        assert_eq!(upsample_slab_planes(r, usize::MAX), r);
+        // One plane a slab, two, three (an uneven split of 7).
+        for bytes in [0, 2 * 8 * r * r, 3 * 8 * r * r] {
+            let got = peak(bytes);
+            assert_eq!(got.0, whole.0, "slab of {bytes} bytes");
+            assert_eq!(
+                (got.1.re.to_bits(), got.1.im.to_bits()),
+                (whole.1.re.to_bits(), whole.1.im.to_bits()),
+                "slab of {bytes} bytes"
+            );
+        }
+        // The region's first largest |v| in C order, from the whole region read back at once.
+        let t3 = ctx.storage("test.t3", (r * r * r * 8) as u64).unwrap();
+        let kz = ctx
+            .storage_init("test.kz", &upsample_kernel(nz, r, 3.0, 2.5))
+            .unwrap();
+        let mut rec = ctx.recorder();
+        record_contract(&mut rec, &k, [nz, r, r], 0, r, [&t2, &kz, &t3], r * r * r);
+        rec.submit().unwrap();
+        let all = ctx.read::<[f32; 2]>(&t3, r * r * r).unwrap();
+        let norm = |[a, b]: [f32; 2]| Complex64::new(a as f64, b as f64).norm();
+        let top = all
+            .iter()
+            .map(|&v| norm(v))
+            .fold(f64::NEG_INFINITY, f64::max);
+        let first = all.iter().position(|&v| norm(v) == top).unwrap();
+        assert_eq!(whole.0, [first / (r * r), (first / r) % r, first % r]);
+    }
 }
