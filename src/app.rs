@@ -127,7 +127,7 @@ fn warn_stale(output: &std::path::Path) {
             "gpuprep: warning: {} ({}) was left by a gpuprep run that was killed, or belongs to one still \
              running; delete it when no gpuprep is writing there",
             path.display(),
-            crate::io::cleanup::human_bytes(size)
+            crate::memory::fmt_bytes(size as u128)
         );
     }
 }

@@ -358,7 +358,7 @@ fn a_chunk_cache_past_the_memory_bound_is_refused_naming_the_chunk() {
             .unwrap();
     });
     let msg = Source::open(&[s(&p)], "default").unwrap_err().to_string();
-    for n in ["huge.h5", "(256, 1, 1024, 1024)", "1073741824 bytes"] {
+    for n in ["huge.h5", "(256, 1, 1024, 1024)", "(1.0 GiB each)"] {
         assert!(msg.contains(n), "{msg:?} should mention {n:?}");
     }
 }

@@ -205,22 +205,6 @@ fn size_of_tree(path: &Path) -> u64 {
     }
 }
 
-/// `1.5 GiB`, `12 KiB`, `300 B`.
-pub fn human_bytes(n: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = n as f64;
-    let mut u = 0;
-    while v >= 1024.0 && u + 1 < UNITS.len() {
-        v /= 1024.0;
-        u += 1;
-    }
-    if u == 0 {
-        format!("{n} B")
-    } else {
-        format!("{v:.1} {}", UNITS[u])
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -269,7 +253,5 @@ mod tests {
                 (d.join(".out.h5.partial-1234"), 10)
             ]
         );
-        assert_eq!(human_bytes(3000), "2.9 KiB");
-        assert_eq!(human_bytes(10), "10 B");
     }
 }

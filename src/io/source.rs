@@ -705,16 +705,11 @@ impl Source {
     }
 }
 
-/// The largest chunk cache a source may ask for: a quarter of the memory available, or 2 GiB where
-/// that cannot be read.
-fn cache_limit() -> usize {
-    let available = std::fs::read_to_string("/proc/meminfo").ok().and_then(|m| {
-        m.lines()
-            .find_map(|l| l.strip_prefix("MemAvailable:"))
-            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<usize>().ok())
-            .map(|kib| kib * 1024)
-    });
-    available.map_or(2 << 30, |b| b / 4)
+/// The most a chunk cache may hold: a quarter of the memory `memory::available` reports (it honours
+/// `GPUPREP_MEMORY_LIMIT` and cgroup limits), 2 GiB where nothing can be read.
+fn cache_limit() -> Result<usize> {
+    Ok(crate::memory::available()?
+        .map_or(2 << 30, |a| (a.bytes / 4).min(usize::MAX as u128) as usize))
 }
 
 /// Chunk cache (bytes, slots) for reading a file of many timepoints one volume at a time: none when each
@@ -735,17 +730,20 @@ fn volume_cache(file: &Path, p: &Probe, dataset: &str, dtype: Dtype) -> Result<(
         .product();
     let chunk_bytes = chunk.iter().product::<usize>().saturating_mul(dtype.size());
     let bytes = per_volume.saturating_mul(chunk_bytes);
-    let limit = cache_limit();
+    let limit = cache_limit()?;
     if bytes > limit {
         return Err(Error::Input {
             path: file.to_path_buf(),
             message: format!(
-                "dataset '{dataset}' is stored in chunks of {} ({chunk_bytes} bytes each) spanning {} \
-                 timepoints; reading it volume by volume needs {per_volume} of them ({bytes} bytes) in \
-                 memory at once, more than the {limit} bytes allowed (a quarter of the available memory); \
-                 rewrite it with chunks of one timepoint (e.g. h5repack -l CHUNK=1x...)",
+                "dataset '{dataset}' is stored in chunks of {} ({} each) spanning {} timepoints; reading \
+                 it volume by volume needs {per_volume} of them ({}) in memory at once, more than the {} \
+                 allowed (a quarter of the available memory); rewrite it with chunks of one timepoint \
+                 (e.g. h5repack -l CHUNK=1x...)",
                 fmt_shape(chunk),
-                chunk[0]
+                crate::memory::fmt_bytes(chunk_bytes as u128),
+                chunk[0],
+                crate::memory::fmt_bytes(bytes as u128),
+                crate::memory::fmt_bytes(limit as u128)
             ),
         });
     }
