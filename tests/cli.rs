@@ -1,12 +1,11 @@
 //! The `gpuprep` binary: bad input gets one clear line, exit status 2, no panic, no output left behind.
 
 use std::path::Path;
-use std::process::Command;
 
 use crate::support::same_shifts_worst_data_diff;
 
 fn gpuprep(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gpuprep"))
+    let out = crate::support::gpuprep_command()
         .args(args)
         .env("XDG_RUNTIME_DIR", "/tmp")
         .output()
@@ -191,7 +190,7 @@ fn a_nan_midway_stops_the_run_and_leaves_nothing_behind() {
 fn a_run_prints_its_overlapping_stage_times() {
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.h5").display().to_string();
-    let o = Command::new(env!("CARGO_BIN_EXE_gpuprep"))
+    let o = crate::support::gpuprep_command()
         .args(["run", &fixture("series"), "-o", &out, "--backend", "cpu"])
         .env("XDG_RUNTIME_DIR", "/tmp")
         .output()
@@ -215,7 +214,7 @@ fn a_closed_stdout_ends_the_run_quietly_after_the_output_is_complete() {
     use std::process::Stdio;
     let tmp = tempfile::tempdir().unwrap();
     let out = tmp.path().join("out.h5");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_gpuprep"))
+    let mut child = crate::support::gpuprep_command()
         .args(["run", &fixture("series"), "-o", &out.display().to_string()])
         .args(["--backend", "cpu"])
         .env("XDG_RUNTIME_DIR", "/tmp")

@@ -3,12 +3,11 @@
 //! `--backend cpu` (20).
 
 use std::path::{Path, PathBuf};
-use std::process::Command;
 use std::time::{Duration, Instant};
 
 /// Runs the binary with `env` set; (exit code, stderr, wall time).
 fn gpuprep_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, Duration) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_gpuprep"));
+    let mut cmd = crate::support::gpuprep_command();
     cmd.args(args)
         .env("XDG_RUNTIME_DIR", "/tmp")
         .env_remove("GPUPREP_MEMORY_LIMIT");

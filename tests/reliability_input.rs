@@ -13,7 +13,7 @@ use gpuprep::io::Source;
 use ndarray::{Array3, Array4, ArrayD, IxDyn};
 
 fn gpuprep<S: AsRef<OsStr>>(args: &[S]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gpuprep"))
+    let out = crate::support::gpuprep_command()
         .args(args)
         .env("XDG_RUNTIME_DIR", "/tmp")
         .output()

@@ -7,10 +7,9 @@ use gpuprep::cpu::reference::median3d_sorted;
 use gpuprep::params::{BoundaryMode, MedianParams};
 use ndarray::{Array4, Axis};
 use std::path::Path;
-use std::process::Command;
 
 fn gpuprep(args: &[&str]) -> (i32, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_gpuprep"))
+    let out = crate::support::gpuprep_command()
         .args(args)
         .env("XDG_RUNTIME_DIR", "/tmp")
         .output()

@@ -257,7 +257,7 @@ fn empty_volumes_register_as_shift_zero_error_nan_and_are_reported() {
     let report = run(&cfg, &mut CpuBackend::new()).unwrap();
     assert_eq!(report.empty_registrations(), vec![2]);
     // The CLI says so on stderr, even with -q.
-    let out = std::process::Command::new(env!("CARGO_BIN_EXE_gpuprep"))
+    let out = crate::support::gpuprep_command()
         .args(["run", &input, "-o"])
         .arg(tmp.path().join("cli.h5"))
         .args(["--backend", "cpu", "-q"])

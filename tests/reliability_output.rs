@@ -18,31 +18,7 @@ fn fixture(rel: &str) -> String {
 }
 
 fn gpuprep() -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_gpuprep"));
-    c.env("XDG_RUNTIME_DIR", "/tmp");
-    // HDF5 opens files without O_CLOEXEC and locks them: a child forked while another test thread of this
-    // process has a file open would hold that lock for its whole run, and the other test's next open of
-    // the file fails ("unable to lock file, errno = 11"). These children run for seconds; they must not.
-    unsafe {
-        c.pre_exec(|| {
-            #[cfg(target_os = "linux")]
-            let done = libc::syscall(
-                libc::SYS_close_range,
-                3 as libc::c_uint,
-                libc::c_uint::MAX,
-                libc::CLOSE_RANGE_CLOEXEC,
-            ) == 0;
-            #[cfg(not(target_os = "linux"))]
-            let done = false;
-            if !done {
-                for fd in 3..4096 {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-            }
-            Ok(())
-        });
-    }
-    c
+    crate::support::gpuprep_command()
 }
 
 fn stderr_of(o: &Output) -> String {

@@ -134,3 +134,34 @@ pub fn same_shifts_worst_data_diff(a: &Path, b: &Path) -> f32 {
         })
         .fold(0.0f32, f32::max)
 }
+
+/// The `gpuprep` binary, ready to spawn from a test. HDF5 opens files without O_CLOEXEC and locks them:
+/// a child forked while another test thread of this process has a file open would hold that lock for
+/// its whole run, and the other test's next open of the file fails ("unable to lock file, errno = 11").
+/// Every inherited descriptor is therefore closed on exec.
+pub fn gpuprep_command() -> std::process::Command {
+    use std::os::unix::process::CommandExt;
+    let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_gpuprep"));
+    c.env("XDG_RUNTIME_DIR", "/tmp");
+    // SAFETY: only async-signal-safe calls (close_range / fcntl) between fork and exec.
+    unsafe {
+        c.pre_exec(|| {
+            #[cfg(target_os = "linux")]
+            let done = libc::syscall(
+                libc::SYS_close_range,
+                3 as libc::c_uint,
+                libc::c_uint::MAX,
+                libc::CLOSE_RANGE_CLOEXEC,
+            ) == 0;
+            #[cfg(not(target_os = "linux"))]
+            let done = false;
+            if !done {
+                for fd in 3..4096 {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+            }
+            Ok(())
+        });
+    }
+    c
+}
