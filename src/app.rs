@@ -58,7 +58,7 @@ fn configure_threads(engine: &EngineArgs) -> Result<()> {
 
 /// Picks the compute backend: a GPU adapter when asked for (or available under `auto`), else the CPU.
 pub fn select_backend(engine: &EngineArgs) -> Result<Box<dyn Backend>> {
-    if let (BackendChoice::Cpu, Some(api)) = (engine.backend, &engine.gpu_api) {
+    if let (BackendChoice::Cpu, Some(api)) = (engine.backend, engine.gpu_api) {
         return Err(Error::InvalidParameter {
             flag: "--gpu-api".into(),
             message: format!(
@@ -67,7 +67,7 @@ pub fn select_backend(engine: &EngineArgs) -> Result<Box<dyn Backend>> {
         });
     }
     configure_threads(engine)?;
-    let api = engine.gpu_api.as_deref().unwrap_or("any");
+    let api = engine.gpu_api.unwrap_or_default();
     match engine.backend {
         BackendChoice::Cpu => Ok(Box::new(CpuBackend::new())),
         BackendChoice::Gpu => gpu_backend(api),
@@ -199,21 +199,9 @@ fn warn_empty(report: &RunReport) {
 
 fn synth_cmd(a: SynthArgs) -> anyhow::Result<()> {
     let shape = parse_shape4("--shape", &a.shape)?;
-    let mode = match a.mode.as_str() {
-        "randn" => SynthMode::Randn,
-        "realistic" => SynthMode::Realistic,
-        other => {
-            return Err(Error::InvalidParameter {
-                flag: "--mode".into(),
-                message: format!("got {other:?}; expected randn or realistic"),
-            }
-            .into())
-        }
-    };
-    let dtype = parse_dtype(&a.dtype)?;
     let spec = SynthSpec {
         shape,
-        mode,
+        mode: a.mode,
         layout: if a.four_d {
             SynthLayout::FourD
         } else {
@@ -223,7 +211,7 @@ fn synth_cmd(a: SynthArgs) -> anyhow::Result<()> {
         subpixel: a.subpixel,
         noise: a.noise,
         seed: a.seed,
-        dtype,
+        dtype: a.dtype,
     };
     let out = synth::synth(&a.dir, &spec, a.force)?;
     say!(
@@ -238,23 +226,6 @@ fn synth_cmd(a: SynthArgs) -> anyhow::Result<()> {
         )?;
     }
     Ok(())
-}
-
-fn parse_dtype(s: &str) -> Result<Dtype> {
-    const ALL: [Dtype; 6] = [
-        Dtype::U8,
-        Dtype::U16,
-        Dtype::I16,
-        Dtype::I32,
-        Dtype::F32,
-        Dtype::F64,
-    ];
-    ALL.into_iter()
-        .find(|d| d.to_string() == s)
-        .ok_or_else(|| Error::InvalidParameter {
-            flag: "--dtype".into(),
-            message: format!("got {s:?}; expected uint8, uint16, int16, int32, float32 or float64"),
-        })
 }
 
 fn info(a: InfoArgs) -> anyhow::Result<()> {
@@ -352,15 +323,13 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// `--backend gpu`: a GPU adapter of the asked-for API, or an error naming the API.
-fn gpu_backend(api: &str) -> Result<Box<dyn Backend>> {
-    let api: crate::gpu::Api = api.parse()?;
+fn gpu_backend(api: crate::gpu::Api) -> Result<Box<dyn Backend>> {
     Ok(Box::new(crate::gpu::GpuBackend::new(api)?))
 }
 
 /// `--backend auto`: a hardware GPU adapter; software rasterizers (lavapipe, llvmpipe) are slower than
 /// the CPU path, so auto passes them over (ask for them with `--backend gpu`).
-fn auto_gpu_backend(api: &str) -> Result<Box<dyn Backend>> {
-    let api: crate::gpu::Api = api.parse()?;
+fn auto_gpu_backend(api: crate::gpu::Api) -> Result<Box<dyn Backend>> {
     let g = crate::gpu::GpuBackend::new(api)?;
     if g.is_software() {
         return Err(Error::Gpu(format!(

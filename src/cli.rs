@@ -1,11 +1,15 @@
 //! Command-line flags, and their conversion into validated configurations before any work starts.
 
+use crate::gpu::Api;
+use crate::io::Dtype;
 use crate::params::{
     BoundaryMode, ConstantVoxels, MedianParams, Normalization, RegisterParams, ShiftParams,
     ZscoreParams,
 };
 use crate::pipeline::{NonFinite, ReferenceSpec, RunConfig};
+use crate::synth::SynthMode;
 use crate::{Error, Result};
+use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
 
@@ -34,6 +38,21 @@ pub enum Command {
     Demo(DemoArgs),
 }
 
+/// A flag that takes one of a library enum's names, read from the enum's own table (`ALL` and `name`), so
+/// each spelling is written once and the library needs no clap. A bad value is clap's usage error, which
+/// names the flag, the value and the accepted names.
+fn choice<T: Copy + Send + Sync + 'static>(
+    all: &'static [T],
+    name: fn(T) -> &'static str,
+) -> impl TypedValueParser<Value = T> {
+    PossibleValuesParser::new(all.iter().map(|&v| name(v))).map(move |s| {
+        all.iter()
+            .copied()
+            .find(|&v| name(v) == s)
+            .expect("clap passes only the listed names")
+    })
+}
+
 #[derive(Copy, Clone, Debug, PartialEq, Eq, ValueEnum)]
 pub enum BackendChoice {
     /// A GPU adapter when there is one, else the CPU.
@@ -50,8 +69,8 @@ pub struct EngineArgs {
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
     /// Graphics API for the GPU backend: any (the default), vulkan, metal, dx12 or gl.
-    #[arg(long)]
-    pub gpu_api: Option<String>,
+    #[arg(long, value_parser = choice(&Api::ALL, Api::name))]
+    pub gpu_api: Option<Api>,
     /// CPU threads (default: all cores; at most 4 per core, at least 64 allowed, never above 1024).
     #[arg(long)]
     pub threads: Option<usize>,
@@ -82,8 +101,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "3,3,3")]
     pub median_size: String,
     /// Median boundary mode: reflect, nearest, mirror, constant, wrap (scipy's names).
-    #[arg(long, default_value = "reflect")]
-    pub median_mode: String,
+    #[arg(long, default_value = "reflect", value_parser = choice(&BoundaryMode::ALL, BoundaryMode::name))]
+    pub median_mode: BoundaryMode,
     /// Value outside the volume for --median-mode constant.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub median_cval: f32,
@@ -98,8 +117,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub upsample_factor: i64,
     /// Cross-power spectrum normalization: phase or none.
-    #[arg(long, default_value = "phase")]
-    pub normalization: String,
+    #[arg(long, default_value = "phase", value_parser = choice(&Normalization::ALL, Normalization::name))]
+    pub normalization: Normalization,
     /// Reference timepoint.
     #[arg(long, default_value_t = 0, conflicts_with = "reference_mean")]
     pub reference: usize,
@@ -115,8 +134,8 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 3)]
     pub order: u32,
     /// Shift boundary mode: constant, nearest, reflect, mirror, wrap (scipy's names).
-    #[arg(long, default_value = "constant")]
-    pub shift_mode: String,
+    #[arg(long, default_value = "constant", value_parser = choice(&BoundaryMode::ALL, BoundaryMode::name))]
+    pub shift_mode: BoundaryMode,
     /// Value outside the volume for --shift-mode constant.
     #[arg(long, default_value_t = 0.0, allow_negative_numbers = true)]
     pub shift_cval: f32,
@@ -128,12 +147,12 @@ pub struct RunArgs {
     #[arg(long, default_value_t = 0)]
     pub ddof: u32,
     /// Z-score of voxels whose time series is constant: nan (scipy's) or zero.
-    #[arg(long, default_value = "nan")]
-    pub constant_voxels: String,
+    #[arg(long, default_value = "nan", value_parser = choice(&ConstantVoxels::ALL, ConstantVoxels::name))]
+    pub constant_voxels: ConstantVoxels,
     /// NaN/Inf stored in the input: error (stop and name the file) or zero (replace with 0). A finite
     /// float64 value beyond float32's range is always an error, whatever this says.
-    #[arg(long, default_value = "error")]
-    pub nonfinite: String,
+    #[arg(long, default_value = "error", value_parser = choice(&NonFinite::ALL, NonFinite::name))]
+    pub nonfinite: NonFinite,
 
     /// Extra datasets to keep: filtered, registered (comma-separated).
     #[arg(long, value_delimiter = ',')]
@@ -154,8 +173,8 @@ pub struct SynthArgs {
     #[arg(long, default_value = "10,100,100,100")]
     pub shape: String,
     /// randn (the notebook's) or realistic (smooth structure + noise + known shifts).
-    #[arg(long, default_value = "randn")]
-    pub mode: String,
+    #[arg(long, default_value = "randn", value_parser = choice(&SynthMode::ALL, SynthMode::name))]
+    pub mode: SynthMode,
     /// Write one 4-D file (DIR/data.h5) instead of one file per timepoint.
     #[arg(long)]
     pub four_d: bool,
@@ -171,8 +190,8 @@ pub struct SynthArgs {
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
     /// Stored dtype: uint8, uint16, int16, int32, float32, float64.
-    #[arg(long, default_value = "float64")]
-    pub dtype: String,
+    #[arg(long, default_value = "float64", value_parser = choice(&Dtype::ALL, Dtype::name))]
+    pub dtype: Dtype,
     /// Overwrite existing files.
     #[arg(long)]
     pub force: bool,
@@ -226,8 +245,9 @@ pub fn parse_shape4(flag: &str, s: &str) -> Result<[usize; 4]> {
     Ok([v[0], v[1], v[2], v[3]])
 }
 
-fn parse_mode(flag: &str, s: &str) -> Result<BoundaryMode> {
-    s.parse::<BoundaryMode>().map_err(|e| match e {
+/// A parameter error from `params`, restated under the flag that supplied the value.
+fn under_flag<T>(flag: &str, r: Result<T>) -> Result<T> {
+    r.map_err(|e| match e {
         Error::InvalidParameter { message, .. } => Error::InvalidParameter {
             flag: flag.into(),
             message,
@@ -253,19 +273,22 @@ impl RunArgs {
         let median = if self.no_median {
             None
         } else {
-            Some(MedianParams::new(
-                [size[0], size[1], size[2]],
-                parse_mode("--median-mode", &self.median_mode)?,
-                self.median_cval,
+            Some(under_flag(
+                "--median-size",
+                MedianParams::new(
+                    [size[0], size[1], size[2]],
+                    self.median_mode,
+                    self.median_cval,
+                ),
             )?)
         };
-        let normalization: Normalization = self.normalization.parse()?;
         let register = if self.no_register {
             None
         } else {
-            Some(RegisterParams::new(
-                upsample("--upsample-factor", self.upsample_factor)?,
-                normalization,
+            let upsample_factor = upsample("--upsample-factor", self.upsample_factor)?;
+            Some(under_flag(
+                "--upsample-factor",
+                RegisterParams::new(upsample_factor, self.normalization),
             )?)
         };
         let reference = match &self.reference_mean {
@@ -286,35 +309,14 @@ impl RunArgs {
                 ReferenceSpec::Mean { start, end }
             }
         };
-        let shift = ShiftParams::new(
-            self.order,
-            parse_mode("--shift-mode", &self.shift_mode)?,
-            self.shift_cval,
+        let shift = under_flag(
+            "--order",
+            ShiftParams::new(self.order, self.shift_mode, self.shift_cval),
         )?;
-        let constant = match self.constant_voxels.as_str() {
-            "nan" => ConstantVoxels::Nan,
-            "zero" => ConstantVoxels::Zero,
-            other => {
-                return Err(Error::InvalidParameter {
-                    flag: "--constant-voxels".into(),
-                    message: format!("got {other:?}; expected nan or zero"),
-                })
-            }
-        };
         let zscore = (!self.no_zscore).then_some(ZscoreParams {
             ddof: self.ddof,
-            constant,
+            constant: self.constant_voxels,
         });
-        let nonfinite = match self.nonfinite.as_str() {
-            "error" => NonFinite::Error,
-            "zero" => NonFinite::Zero,
-            other => {
-                return Err(Error::InvalidParameter {
-                    flag: "--nonfinite".into(),
-                    message: format!("got {other:?}; expected error or zero"),
-                })
-            }
-        };
         let mut save_filtered = false;
         let mut save_registered = false;
         for s in &self.save {
@@ -351,7 +353,7 @@ impl RunArgs {
             zscore,
             save_filtered,
             save_registered,
-            nonfinite,
+            nonfinite: self.nonfinite,
             progress: !self.quiet,
             axes: self.axes,
         })

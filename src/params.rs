@@ -1,4 +1,7 @@
 //! Validated parameters for every stage, shared by the CPU and GPU backends and the CLI.
+//!
+//! Errors name the parameter ("median size"), not a flag: the CLI restates them under the flag that
+//! supplied the value.
 
 use crate::error::{Error, Result};
 use std::fmt;
@@ -65,7 +68,7 @@ impl FromStr for BoundaryMode {
             .into_iter()
             .find(|m| m.name() == s)
             .ok_or_else(|| Error::InvalidParameter {
-                flag: "mode".into(),
+                flag: "boundary mode".into(),
                 message: format!(
                     "unknown boundary mode {s:?}; expected one of reflect, nearest, mirror, constant, wrap"
                 ),
@@ -99,7 +102,7 @@ impl MedianParams {
         for (axis, &s) in ["z", "y", "x"].iter().zip(size.iter()) {
             if s == 0 || s % 2 == 0 {
                 return Err(Error::InvalidParameter {
-                    flag: "--median-size".into(),
+                    flag: "median size".into(),
                     message: format!("size along {axis} is {s}; expected an odd number >= 1"),
                 });
             }
@@ -108,7 +111,7 @@ impl MedianParams {
         match elements {
             Some(n) if n <= MedianParams::MAX_ELEMENTS => Ok(MedianParams { size, mode, cval }),
             _ => Err(Error::InvalidParameter {
-                flag: "--median-size".into(),
+                flag: "median size".into(),
                 message: format!(
                     "the window {}x{}x{} has {} elements; at most {} (e.g. 161x161x161) are supported",
                     size[0],
@@ -134,26 +137,34 @@ pub enum Normalization {
     None,
 }
 
+impl Normalization {
+    pub const ALL: [Normalization; 2] = [Normalization::Phase, Normalization::None];
+
+    /// scikit-image's name.
+    pub fn name(self) -> &'static str {
+        match self {
+            Normalization::Phase => "phase",
+            Normalization::None => "none",
+        }
+    }
+}
+
 impl FromStr for Normalization {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "phase" => Ok(Normalization::Phase),
-            "none" => Ok(Normalization::None),
-            _ => Err(Error::InvalidParameter {
-                flag: "--normalization".into(),
+        Normalization::ALL
+            .into_iter()
+            .find(|n| n.name() == s)
+            .ok_or_else(|| Error::InvalidParameter {
+                flag: "normalization".into(),
                 message: format!("unknown normalization {s:?}; expected phase or none"),
-            }),
-        }
+            })
     }
 }
 
 impl fmt::Display for Normalization {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(match self {
-            Normalization::Phase => "phase",
-            Normalization::None => "none",
-        })
+        f.write_str(self.name())
     }
 }
 
@@ -178,7 +189,7 @@ impl RegisterParams {
     pub fn new(upsample_factor: u32, normalization: Normalization) -> Result<Self> {
         if upsample_factor < 1 {
             return Err(Error::InvalidParameter {
-                flag: "--upsample-factor".into(),
+                flag: "upsample factor".into(),
                 message: format!("got {upsample_factor}; expected an integer >= 1"),
             });
         }
@@ -225,7 +236,7 @@ impl ShiftParams {
     pub fn new(order: u32, mode: BoundaryMode, cval: f32) -> Result<Self> {
         if !matches!(order, 0 | 1 | 3) {
             return Err(Error::InvalidParameter {
-                flag: "--order".into(),
+                flag: "spline order".into(),
                 message: format!("spline order {order} is not supported; expected 0, 1 or 3"),
             });
         }
@@ -242,6 +253,18 @@ pub enum ConstantVoxels {
     Zero,
 }
 
+impl ConstantVoxels {
+    pub const ALL: [ConstantVoxels; 2] = [ConstantVoxels::Nan, ConstantVoxels::Zero];
+
+    /// The name on the command line and in the output's attributes.
+    pub fn name(self) -> &'static str {
+        match self {
+            ConstantVoxels::Nan => "nan",
+            ConstantVoxels::Zero => "zero",
+        }
+    }
+}
+
 /// Z-score parameters, as `scipy.stats.zscore(data, axis=0, ddof=ddof)`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct ZscoreParams {
@@ -254,6 +277,47 @@ impl Default for ZscoreParams {
         ZscoreParams {
             ddof: 0,
             constant: ConstantVoxels::Nan,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The library names what is wrong in its own terms; only the CLI knows which flag fed it.
+    #[test]
+    fn errors_name_parameters_not_flags() {
+        let errors = [
+            MedianParams::new([4, 3, 3], BoundaryMode::Reflect, 0.0).unwrap_err(),
+            RegisterParams::new(0, Normalization::Phase).unwrap_err(),
+            ShiftParams::new(2, BoundaryMode::Constant, 0.0).unwrap_err(),
+            "grid".parse::<BoundaryMode>().unwrap_err(),
+            "bogus".parse::<Normalization>().unwrap_err(),
+        ];
+        let names = [
+            "median size",
+            "upsample factor",
+            "spline order",
+            "boundary mode",
+            "normalization",
+        ];
+        for (e, name) in errors.iter().zip(names) {
+            let text = e.to_string();
+            assert!(
+                text.starts_with(&format!("{name}: ")) && !text.contains("--"),
+                "{text}"
+            );
+        }
+    }
+
+    #[test]
+    fn names_round_trip() {
+        for m in BoundaryMode::ALL {
+            assert_eq!(m.name().parse::<BoundaryMode>().unwrap(), m);
+        }
+        for n in Normalization::ALL {
+            assert_eq!(n.name().parse::<Normalization>().unwrap(), n);
         }
     }
 }

@@ -63,6 +63,18 @@ pub enum NonFinite {
     Zero,
 }
 
+impl NonFinite {
+    pub const ALL: [NonFinite; 2] = [NonFinite::Error, NonFinite::Zero];
+
+    /// The name on the command line and in the output's attributes.
+    pub fn name(self) -> &'static str {
+        match self {
+            NonFinite::Error => "error",
+            NonFinite::Zero => "zero",
+        }
+    }
+}
+
 /// A validated description of one run, built by the CLI before any data is read.
 #[derive(Clone, Debug)]
 pub struct RunConfig {
@@ -622,7 +634,7 @@ fn write_attributes(
     match &cfg.register {
         Some(r) => {
             sink.set_attr_i64("upsample_factor", r.upsample_factor as i64)?;
-            sink.set_attr_str("normalization", &r.normalization.to_string())?;
+            sink.set_attr_str("normalization", r.normalization.name())?;
             sink.set_attr_str(
                 "register_on",
                 if cfg.register_on_raw {
@@ -653,23 +665,11 @@ fn write_attributes(
     match &cfg.zscore {
         Some(z) => {
             sink.set_attr_i64("zscore_ddof", z.ddof as i64)?;
-            sink.set_attr_str(
-                "zscore_constant_voxels",
-                match z.constant {
-                    crate::params::ConstantVoxels::Nan => "nan",
-                    crate::params::ConstantVoxels::Zero => "zero",
-                },
-            )?;
+            sink.set_attr_str("zscore_constant_voxels", z.constant.name())?;
         }
         None => sink.set_attr_str("zscore", "off")?,
     }
-    sink.set_attr_str(
-        "nonfinite",
-        match cfg.nonfinite {
-            NonFinite::Error => "error",
-            NonFinite::Zero => "zero",
-        },
-    )?;
+    sink.set_attr_str("nonfinite", cfg.nonfinite.name())?;
     Ok(())
 }
 

@@ -22,6 +22,17 @@ pub enum SynthMode {
     Realistic,
 }
 
+impl SynthMode {
+    pub const ALL: [SynthMode; 2] = [SynthMode::Randn, SynthMode::Realistic];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            SynthMode::Randn => "randn",
+            SynthMode::Realistic => "realistic",
+        }
+    }
+}
+
 /// How the volumes are stored.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum SynthLayout {

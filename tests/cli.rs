@@ -68,7 +68,45 @@ fn bad_inputs_are_clear_errors() {
     expect_error(&[&series, "--upsample-factor", "0"], "--upsample-factor");
     expect_error(&[&series, "--reference", "7"], "--reference");
     expect_error(&[&series, "--order", "2"], "--order");
-    expect_error(&[&series, "--shift-mode", "grid"], "--shift-mode");
+}
+
+/// A value outside a fixed-choice flag's names is clap's usage error (exit 2), naming the flag, the
+/// value and every accepted name, before anything is read or written.
+#[test]
+fn bad_choices_are_usage_errors() {
+    let series = fixture("series");
+    let tmp = tempfile::tempdir().unwrap();
+    let o = tmp.path().join("out.h5").display().to_string();
+    let dir = tmp.path().join("synth").display().to_string();
+    let boundary = "reflect, nearest, mirror, constant, wrap";
+    let cases = [
+        ("run", "--median-mode", boundary),
+        ("run", "--shift-mode", boundary),
+        ("run", "--normalization", "phase, none"),
+        ("run", "--constant-voxels", "nan, zero"),
+        ("run", "--nonfinite", "error, zero"),
+        ("run", "--gpu-api", "any, vulkan, metal, dx12, gl"),
+        ("synth", "--mode", "randn, realistic"),
+        (
+            "synth",
+            "--dtype",
+            "uint8, uint16, int16, int32, float32, float64",
+        ),
+    ];
+    for (command, flag, names) in cases {
+        let (code, err) = match command {
+            "run" => gpuprep(&["run", &series, "-o", &o, "-q", flag, "grid"]),
+            _ => gpuprep(&["synth", &dir, "--shape", "2,2,2,2", flag, "grid"]),
+        };
+        assert_eq!(code, 2, "{flag}: {err}");
+        assert!(
+            err.contains(&format!("invalid value 'grid' for '{flag} <"))
+                && err.contains(&format!("[possible values: {names}]")),
+            "{flag}: {err}"
+        );
+        assert!(!err.contains("panicked"), "{flag}: {err}");
+    }
+    assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
 }
 
 #[test]

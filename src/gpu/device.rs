@@ -29,6 +29,8 @@ pub enum Api {
 }
 
 impl Api {
+    pub const ALL: [Api; 5] = [Api::Any, Api::Vulkan, Api::Metal, Api::Dx12, Api::Gl];
+
     pub fn backends(self) -> wgpu::Backends {
         match self {
             Api::Any => wgpu::Backends::all(),
@@ -59,19 +61,15 @@ impl fmt::Display for Api {
 impl FromStr for Api {
     type Err = Error;
     fn from_str(s: &str) -> Result<Self> {
-        match s {
-            "any" => Ok(Api::Any),
-            "vulkan" => Ok(Api::Vulkan),
-            "metal" => Ok(Api::Metal),
-            "dx12" => Ok(Api::Dx12),
-            "gl" => Ok(Api::Gl),
-            _ => Err(Error::InvalidParameter {
-                flag: "--gpu-api".into(),
+        Api::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| Error::InvalidParameter {
+                flag: "graphics API".into(),
                 message: format!(
                     "unknown graphics API {s:?}; expected any, vulkan, metal, dx12 or gl"
                 ),
-            }),
-        }
+            })
     }
 }
 
