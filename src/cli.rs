@@ -68,7 +68,7 @@ pub struct EngineArgs {
     /// Compute backend.
     #[arg(long, value_enum, default_value_t = BackendChoice::Auto)]
     pub backend: BackendChoice,
-    /// Graphics API for the GPU backend: any (the default), vulkan, metal, dx12 or gl.
+    /// Graphics API for the GPU backend (default: any).
     #[arg(long, value_parser = choice(&Api::ALL, Api::name))]
     pub gpu_api: Option<Api>,
     /// CPU threads (default: all cores; at most 4 per core, at least 64 allowed, never above 1024).
@@ -100,7 +100,7 @@ pub struct RunArgs {
     /// Median window per axis "z,y,x" (odd), or one number for all axes.
     #[arg(long, default_value = "3,3,3")]
     pub median_size: String,
-    /// Median boundary mode: reflect, nearest, mirror, constant, wrap (scipy's names).
+    /// Median boundary mode (scipy's names).
     #[arg(long, default_value = "reflect", value_parser = choice(&BoundaryMode::ALL, BoundaryMode::name))]
     pub median_mode: BoundaryMode,
     /// Value outside the volume for --median-mode constant.
@@ -116,7 +116,7 @@ pub struct RunArgs {
     /// Sub-voxel precision 1/N of the registration (scikit-image's upsample_factor).
     #[arg(long, default_value_t = 1, allow_negative_numbers = true)]
     pub upsample_factor: i64,
-    /// Cross-power spectrum normalization: phase or none.
+    /// Cross-power spectrum normalization (scikit-image's names).
     #[arg(long, default_value = "phase", value_parser = choice(&Normalization::ALL, Normalization::name))]
     pub normalization: Normalization,
     /// Reference timepoint.
@@ -133,7 +133,7 @@ pub struct RunArgs {
     /// Spline order of the shift: 0, 1 or 3.
     #[arg(long, default_value_t = 3)]
     pub order: u32,
-    /// Shift boundary mode: constant, nearest, reflect, mirror, wrap (scipy's names).
+    /// Shift boundary mode (scipy's names).
     #[arg(long, default_value = "constant", value_parser = choice(&BoundaryMode::ALL, BoundaryMode::name))]
     pub shift_mode: BoundaryMode,
     /// Value outside the volume for --shift-mode constant.
@@ -189,7 +189,7 @@ pub struct SynthArgs {
     pub noise: f32,
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
-    /// Stored dtype: uint8, uint16, int16, int32, float32, float64.
+    /// Stored dtype (numpy's names).
     #[arg(long, default_value = "float64", value_parser = choice(&Dtype::ALL, Dtype::name))]
     pub dtype: Dtype,
     /// Overwrite existing files.
