@@ -11,7 +11,10 @@ fn main() {
     if std::env::var_os("HDF5_USE_FILE_LOCKING").is_none() {
         std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
     }
-    let cli = gpuprep::cli::Cli::parse();
+    let cli = match gpuprep::cli::Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => usage_error(e),
+    };
     // `demo` prints before it works in a temporary directory, which only unwinding removes.
     if !matches!(cli.command, gpuprep::cli::Command::Demo(_)) {
         restore_sigpipe();
@@ -85,3 +88,30 @@ fn restore_sigpipe() {
 
 #[cfg(not(unix))]
 fn restore_sigpipe() {}
+
+/// clap's help and version go out as clap prints them; its usage errors (bad values, unknown flags) are
+/// told in one line like every other gpuprep error, with the same exit status 2.
+fn usage_error(e: clap::Error) -> ! {
+    use clap::error::ErrorKind;
+    if matches!(
+        e.kind(),
+        ErrorKind::DisplayHelp
+            | ErrorKind::DisplayVersion
+            | ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand
+    ) {
+        e.exit();
+    }
+    let text = e.render().to_string();
+    let mut line = String::new();
+    for l in text.lines().map(str::trim) {
+        if l.is_empty() || l.starts_with("Usage:") || l.starts_with("For more information") {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(if line.ends_with(':') { " " } else { "; " });
+        }
+        line.push_str(l.strip_prefix("error: ").unwrap_or(l));
+    }
+    let _ = writeln!(std::io::stderr(), "gpuprep: {line}");
+    std::process::exit(2);
+}

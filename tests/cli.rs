@@ -105,8 +105,25 @@ fn bad_choices_are_usage_errors() {
             "{flag}: {err}"
         );
         assert!(!err.contains("panicked"), "{flag}: {err}");
+        assert!(err.starts_with("gpuprep: "), "{flag}: {err}");
+        assert_eq!(err.trim_end().lines().count(), 1, "{flag}: one line: {err}");
     }
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 0);
+    // Every other usage error reads the same way; help and version stay clap's own.
+    for args in [&["run", "x", "--bogus"][..], &["run"], &["nosuchcommand"]] {
+        let (code, err) = gpuprep(args);
+        assert_eq!(code, 2, "{args:?}: {err}");
+        assert!(
+            err.starts_with("gpuprep: ") && err.trim_end().lines().count() == 1,
+            "{args:?}: {err}"
+        );
+    }
+    let out = crate::support::gpuprep_command()
+        .arg("--version")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("gpuprep "));
 }
 
 #[test]
