@@ -4,16 +4,10 @@ use std::path::Path;
 
 use crate::support::same_shifts_worst_data_diff;
 
+/// (exit code, stderr) of the binary run with `args`.
 fn gpuprep(args: &[&str]) -> (i32, String) {
-    let out = crate::support::gpuprep_command()
-        .args(args)
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, err) = crate::support::gpuprep_output(args);
+    (code, err)
 }
 
 fn fixture(rel: &str) -> String {
@@ -247,7 +241,6 @@ fn a_run_prints_its_overlapping_stage_times() {
     let out = tmp.path().join("out.h5").display().to_string();
     let o = crate::support::gpuprep_command()
         .args(["run", &fixture("series"), "-o", &out, "--backend", "cpu"])
-        .env("XDG_RUNTIME_DIR", "/tmp")
         .output()
         .unwrap();
     let stdout = String::from_utf8_lossy(&o.stdout);
@@ -272,7 +265,6 @@ fn a_closed_stdout_ends_the_run_quietly_after_the_output_is_complete() {
     let mut child = crate::support::gpuprep_command()
         .args(["run", &fixture("series"), "-o", &out.display().to_string()])
         .args(["--backend", "cpu"])
-        .env("XDG_RUNTIME_DIR", "/tmp")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()

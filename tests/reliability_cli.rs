@@ -8,9 +8,7 @@ use std::time::{Duration, Instant};
 /// Runs the binary with `env` set; (exit code, stderr, wall time).
 fn gpuprep_env(args: &[&str], env: &[(&str, &str)]) -> (i32, String, Duration) {
     let mut cmd = crate::support::gpuprep_command();
-    cmd.args(args)
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .env_remove("GPUPREP_MEMORY_LIMIT");
+    cmd.args(args).env_remove("GPUPREP_MEMORY_LIMIT");
     for (k, v) in env {
         cmd.env(k, v);
     }

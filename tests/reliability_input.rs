@@ -13,16 +13,7 @@ use gpuprep::io::Source;
 use ndarray::{Array3, Array4, ArrayD, IxDyn};
 
 fn gpuprep<S: AsRef<OsStr>>(args: &[S]) -> (i32, String, String) {
-    let out = crate::support::gpuprep_command()
-        .args(args)
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::support::gpuprep_output(args)
 }
 
 fn s(p: &Path) -> String {

@@ -8,16 +8,10 @@ use gpuprep::params::{BoundaryMode, MedianParams};
 use ndarray::{Array4, Axis};
 use std::path::Path;
 
+/// (exit code, stderr) of the binary run with `args`.
 fn gpuprep(args: &[&str]) -> (i32, String) {
-    let out = crate::support::gpuprep_command()
-        .args(args)
-        .env("XDG_RUNTIME_DIR", "/tmp")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    let (code, _, err) = crate::support::gpuprep_output(args);
+    (code, err)
 }
 
 fn run_ok(args: &[&str]) {

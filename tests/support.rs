@@ -165,3 +165,13 @@ pub fn gpuprep_command() -> std::process::Command {
     }
     c
 }
+
+/// Runs the binary with `args`: (exit code, stdout, stderr).
+pub fn gpuprep_output<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
+    let out = gpuprep_command().args(args).output().unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
