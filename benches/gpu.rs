@@ -14,10 +14,10 @@
 //! It only means something on a real GPU: on lavapipe the "GPU" is the same CPU cores doing the copy.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gpuprep::backend::{Backend, FramePlan, SeqVolume};
-use gpuprep::cpu::{self, CpuBackend};
-use gpuprep::gpu::{self, Api, GpuBackend, GpuContext};
-use gpuprep::params::*;
+use gpuprep_core::backend::{Backend, FramePlan, SeqVolume};
+use gpuprep_core::params::*;
+use gpuprep_cpu::{self as cpu, CpuBackend};
+use gpuprep_gpu::{self as gpu, Api, GpuBackend, GpuContext};
 use ndarray::Array3;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

@@ -1,8 +1,8 @@
 //! CPU kernel benchmarks per size (criterion); throughput is volume bytes processed per second.
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gpuprep::cpu::{median3d::median3d, register::Registrar, shift::shift3d, zscore::Accumulator};
-use gpuprep::params::*;
+use gpuprep_core::params::*;
+use gpuprep_cpu::{median3d::median3d, register::Registrar, shift::shift3d, zscore::Accumulator};
 use ndarray::Array3;
 use std::time::Duration;
 

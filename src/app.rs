@@ -1,15 +1,16 @@
 //! The commands behind the CLI: each turns validated flags into work and a printed summary.
 
-use crate::backend::Backend;
 use crate::cli::{
     parse_shape4, upsample, BackendChoice, Command, DemoArgs, EngineArgs, InfoArgs, RunArgs,
     SynthArgs,
 };
-use crate::cpu::CpuBackend;
-use crate::io::Dtype;
-use crate::pipeline::{self, RunConfig, RunReport};
-use crate::synth::{self, SynthLayout, SynthMode, SynthSpec};
-use crate::{Error, Result};
+use gpuprep_core::backend::Backend;
+use gpuprep_core::{Error, Result};
+use gpuprep_cpu::CpuBackend;
+use gpuprep_io::Dtype;
+use gpuprep_pipeline::driver::{self as pipeline, Progress, RunConfig, RunReport};
+use gpuprep_pipeline::synth::{self, SynthLayout, SynthMode, SynthSpec};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -121,13 +122,13 @@ fn warn_stale(output: &std::path::Path) {
         _ => std::path::Path::new("."),
     };
     let mut err = std::io::stderr().lock();
-    for (path, size) in crate::io::cleanup::stale_entries(dir) {
+    for (path, size) in gpuprep_io::cleanup::stale_entries(dir) {
         let _ = writeln!(
             err,
             "gpuprep: warning: {} ({}) was left by a gpuprep run that was killed, or belongs to one still \
              running; delete it when no gpuprep is writing there",
             path.display(),
-            crate::memory::fmt_bytes(size as u128)
+            gpuprep_pipeline::memory::fmt_bytes(size as u128)
         );
     }
 }
@@ -167,16 +168,59 @@ fn print_report(r: &RunReport) -> anyhow::Result<()> {
 }
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
-    let mut cfg = a.to_config()?;
-    cfg.progress = cfg.progress && std::io::stderr().is_terminal();
+    let cfg = a.to_config()?;
     warn_stale(&cfg.output);
     let mut backend = select_backend(&a.engine)?;
-    let report = pipeline::run(&cfg, backend.as_mut())?;
+    let mut bars = Bars::new(!a.quiet && std::io::stderr().is_terminal());
+    let report = pipeline::run_with_progress(&cfg, backend.as_mut(), &mut bars)?;
     warn_empty(&report);
     if !a.quiet {
         print_report(&report)?;
     }
     Ok(())
+}
+
+/// The run's progress as indicatif bars on stderr, one per pass; hidden when `show` is false.
+struct Bars {
+    show: bool,
+    bar: Option<ProgressBar>,
+}
+
+impl Bars {
+    fn new(show: bool) -> Bars {
+        Bars { show, bar: None }
+    }
+}
+
+impl Progress for Bars {
+    fn start(&mut self, pass: &'static str, timepoints: usize) {
+        if !self.show {
+            return;
+        }
+        let pb =
+            ProgressBar::with_draw_target(Some(timepoints as u64), ProgressDrawTarget::stderr());
+        pb.set_style(
+            ProgressStyle::with_template(
+                "{msg:>10} [{bar:30}] {pos}/{len} frames, {per_sec}, ETA {eta}",
+            )
+            .expect("valid template")
+            .progress_chars("=> "),
+        );
+        pb.set_message(pass);
+        self.bar = Some(pb);
+    }
+
+    fn advance(&mut self) {
+        if let Some(pb) = &self.bar {
+            pb.inc(1);
+        }
+    }
+
+    fn finish(&mut self) {
+        if let Some(pb) = self.bar.take() {
+            pb.finish_and_clear();
+        }
+    }
 }
 
 /// A result users must know of even with `-q`: timepoints that could not be registered because the
@@ -230,13 +274,13 @@ fn synth_cmd(a: SynthArgs) -> anyhow::Result<()> {
 
 fn info(a: InfoArgs) -> anyhow::Result<()> {
     if !a.inputs.is_empty() {
-        let inputs = crate::io::source::utf8_inputs(&a.inputs)?;
-        for line in crate::io::source::describe(&inputs, &a.dataset)? {
+        let inputs = gpuprep_io::source::utf8_inputs(&a.inputs)?;
+        for line in gpuprep_io::source::describe(&inputs, &a.dataset)? {
             say!("{line}")?;
         }
         say!(
             "{}",
-            crate::io::source::describe_set(&inputs, &a.dataset, a.axes)
+            gpuprep_io::source::describe_set(&inputs, &a.dataset, a.axes)
         )?;
         say!("")?;
     }
@@ -263,7 +307,7 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
             source: e,
         })?;
     // An interrupt deletes it; otherwise dropping it does, on success or error.
-    let _registered = crate::io::cleanup::Registered::new(dir.path());
+    let _registered = gpuprep_io::cleanup::Registered::new(dir.path());
     let data = dir.path().join("data");
     let spec = SynthSpec {
         shape,
@@ -288,13 +332,13 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
 
     let output: PathBuf = dir.path().join("preprocessed.h5");
     let mut cfg = RunConfig::new(vec![data.display().to_string()], output.clone());
-    cfg.register = Some(crate::params::RegisterParams::new(
+    cfg.register = Some(gpuprep_core::params::RegisterParams::new(
         u,
-        crate::params::Normalization::None,
+        gpuprep_core::params::Normalization::None,
     )?);
-    cfg.progress = std::io::stderr().is_terminal();
     let mut backend = select_backend(&a.engine)?;
-    let report = pipeline::run(&cfg, backend.as_mut())?;
+    let mut bars = Bars::new(std::io::stderr().is_terminal());
+    let report = pipeline::run_with_progress(&cfg, backend.as_mut(), &mut bars)?;
     print_report(&report)?;
 
     say!("  t   true shift (z, y, x)        found shift (z, y, x)       |error|")?;
@@ -323,14 +367,14 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
 }
 
 /// `--backend gpu`: a GPU adapter of the asked-for API, or an error naming the API.
-fn gpu_backend(api: crate::gpu::Api) -> Result<Box<dyn Backend>> {
-    Ok(Box::new(crate::gpu::GpuBackend::new(api)?))
+fn gpu_backend(api: gpuprep_gpu::Api) -> Result<Box<dyn Backend>> {
+    Ok(Box::new(gpuprep_gpu::GpuBackend::new(api)?))
 }
 
 /// `--backend auto`: a hardware GPU adapter; software rasterizers (lavapipe, llvmpipe) are slower than
 /// the CPU path, so auto passes them over (ask for them with `--backend gpu`).
-fn auto_gpu_backend(api: crate::gpu::Api) -> Result<Box<dyn Backend>> {
-    let g = crate::gpu::GpuBackend::new(api)?;
+fn auto_gpu_backend(api: gpuprep_gpu::Api) -> Result<Box<dyn Backend>> {
+    let g = gpuprep_gpu::GpuBackend::new(api)?;
     if g.is_software() {
         return Err(Error::Gpu(format!(
             "only a software adapter ({}) is available",
@@ -341,7 +385,7 @@ fn auto_gpu_backend(api: crate::gpu::Api) -> Result<Box<dyn Backend>> {
 }
 
 fn gpu_adapters() -> Vec<String> {
-    crate::gpu::list_adapters(crate::gpu::Api::Any)
+    gpuprep_gpu::list_adapters(gpuprep_gpu::Api::Any)
         .into_iter()
         .map(|a| {
             format!(

@@ -1,16 +1,16 @@
 //! Command-line flags, and their conversion into validated configurations before any work starts.
 
-use crate::gpu::Api;
-use crate::io::Dtype;
-use crate::params::{
+use clap::builder::{PossibleValuesParser, TypedValueParser};
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use gpuprep_core::params::{
     BoundaryMode, ConstantVoxels, MedianParams, Normalization, RegisterParams, ShiftParams,
     ZscoreParams,
 };
-use crate::pipeline::{NonFinite, ReferenceSpec, RunConfig};
-use crate::synth::SynthMode;
-use crate::{Error, Result};
-use clap::builder::{PossibleValuesParser, TypedValueParser};
-use clap::{Args, Parser, Subcommand, ValueEnum};
+use gpuprep_core::{Error, Result};
+use gpuprep_gpu::Api;
+use gpuprep_io::Dtype;
+use gpuprep_pipeline::driver::{NonFinite, ReferenceSpec, RunConfig};
+use gpuprep_pipeline::synth::SynthMode;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -86,7 +86,7 @@ pub struct RunArgs {
     /// files are concatenated in time) or zyx (one volume per file). Default: tzyx for a 4-D dataset, tyx
     /// for a 3-D dataset in a single file given by name, zyx for several files, a directory or a glob.
     #[arg(long, value_name = "tzyx|tyx|zyx")]
-    pub axes: Option<crate::io::Axes>,
+    pub axes: Option<gpuprep_io::Axes>,
     /// Output HDF5 file.
     #[arg(short, long)]
     pub output: PathBuf,
@@ -203,7 +203,7 @@ pub struct InfoArgs {
     pub inputs: Vec<PathBuf>,
     /// What each input dataset holds, as for `run --axes`.
     #[arg(long, value_name = "tzyx|tyx|zyx")]
-    pub axes: Option<crate::io::Axes>,
+    pub axes: Option<gpuprep_io::Axes>,
     #[arg(long, default_value = "default")]
     pub dataset: String,
 }
@@ -341,7 +341,7 @@ impl RunArgs {
             });
         }
         Ok(RunConfig {
-            inputs: crate::io::source::utf8_inputs(&self.inputs)?,
+            inputs: gpuprep_io::source::utf8_inputs(&self.inputs)?,
             dataset: self.dataset.clone(),
             output: self.output.clone(),
             force: self.force,
@@ -354,7 +354,6 @@ impl RunArgs {
             save_filtered,
             save_registered,
             nonfinite: self.nonfinite,
-            progress: !self.quiet,
             axes: self.axes,
         })
     }

@@ -1,5 +1,8 @@
 //! The `gpuprep` command: parse flags, run, print the error in one line and exit 2 on failure.
 
+mod app;
+mod cli;
+
 use std::io::Write;
 
 use clap::Parser;
@@ -11,25 +14,25 @@ fn main() {
     if std::env::var_os("HDF5_USE_FILE_LOCKING").is_none() {
         std::env::set_var("HDF5_USE_FILE_LOCKING", "FALSE");
     }
-    let cli = match gpuprep::cli::Cli::try_parse() {
+    let cli = match crate::cli::Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => usage_error(e),
     };
     // `demo` prints before it works in a temporary directory, which only unwinding removes.
-    if !matches!(cli.command, gpuprep::cli::Command::Demo(_)) {
+    if !matches!(cli.command, crate::cli::Command::Demo(_)) {
         restore_sigpipe();
     }
     // Both before any other thread starts: the environment is only safe to change while one thread runs,
     // and threads inherit the signal mask that keeps SIGINT/SIGTERM/SIGHUP for the cleanup thread.
     let runtime_dir = quiet_wayland_probe();
-    if let Err(e) = gpuprep::io::cleanup::install_signal_cleanup() {
+    if let Err(e) = gpuprep_io::cleanup::install_signal_cleanup() {
         let _ = writeln!(
             std::io::stderr(),
             "gpuprep: warning: cannot watch for interrupts ({e}); an interrupted run leaves its \
              temporary directory behind"
         );
     }
-    let result = gpuprep::app::run_command(cli.command);
+    let result = crate::app::run_command(cli.command);
     // `exit` skips destructors.
     drop(runtime_dir);
     if let Err(e) = result {
@@ -44,7 +47,7 @@ fn message(e: &anyhow::Error) -> String {
     let mut parts = Vec::new();
     for cause in e.chain() {
         parts.push(cause.to_string());
-        if cause.is::<gpuprep::Error>() {
+        if cause.is::<gpuprep_core::Error>() {
             break;
         }
     }
@@ -57,7 +60,7 @@ fn message(e: &anyhow::Error) -> String {
 /// unset or not absolute, and `WAYLAND_DISPLAY` not an absolute socket path (which libwayland would use
 /// without it), point it at an empty private directory: the probe then finds no display, silently, as
 /// it would have. The directory is removed on exit (and by the interrupt cleanup).
-fn quiet_wayland_probe() -> Option<(tempfile::TempDir, gpuprep::io::cleanup::Registered)> {
+fn quiet_wayland_probe() -> Option<(tempfile::TempDir, gpuprep_io::cleanup::Registered)> {
     let absolute =
         |v: Option<std::ffi::OsString>| v.is_some_and(|v| std::path::Path::new(&v).is_absolute());
     if absolute(std::env::var_os("XDG_RUNTIME_DIR"))
@@ -71,7 +74,7 @@ fn quiet_wayland_probe() -> Option<(tempfile::TempDir, gpuprep::io::cleanup::Reg
     builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
     let dir = builder.tempdir().ok()?;
     std::env::set_var("XDG_RUNTIME_DIR", dir.path());
-    let registered = gpuprep::io::cleanup::Registered::new_unnamed(dir.path());
+    let registered = gpuprep_io::cleanup::Registered::new_unnamed(dir.path());
     Some((dir, registered))
 }
 

@@ -2,12 +2,12 @@
 //! made by scripts/make_fixtures.py).
 
 use crate::support::*;
-use gpuprep::backend::{Backend, FramePlan};
-use gpuprep::cpu::{
+use gpuprep_core::backend::{Backend, FramePlan};
+use gpuprep_core::params::*;
+use gpuprep_cpu::{
     median3d::median3d, reference::median3d_sorted, register::phase_cross_correlation,
     shift::shift3d, zscore, CpuBackend,
 };
-use gpuprep::params::*;
 use ndarray::{s, Axis};
 
 /// The fast kernel, the CPU backend (which the pipeline calls) and the naive sorting reference, each

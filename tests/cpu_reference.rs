@@ -1,14 +1,14 @@
-//! Fast CPU kernels against the plain references in `gpuprep::cpu::reference`, and the references
+//! Fast CPU kernels against the plain references in `gpuprep_cpu::reference`, and the references
 //! against answers known in closed form.
 
 use crate::support::*;
-use gpuprep::cpu::fft::{Fft3, RealFft3, C32};
-use gpuprep::cpu::median3d::median3d;
-use gpuprep::cpu::reference::{dft3, median3d_sorted, shift_integer_constant, zscore_in_memory};
-use gpuprep::cpu::register::phase_cross_correlation;
-use gpuprep::cpu::shift::shift3d;
-use gpuprep::cpu::zscore::{normalize, Accumulator};
-use gpuprep::params::*;
+use gpuprep_core::params::*;
+use gpuprep_core::zscore::{normalize, Accumulator};
+use gpuprep_cpu::fft::{Fft3, RealFft3, C32};
+use gpuprep_cpu::median3d::median3d;
+use gpuprep_cpu::reference::{dft3, median3d_sorted, shift_integer_constant, zscore_in_memory};
+use gpuprep_cpu::register::phase_cross_correlation;
+use gpuprep_cpu::shift::shift3d;
 use ndarray::Array3;
 use proptest::prelude::*;
 use rand::Rng;

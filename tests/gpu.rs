@@ -7,10 +7,10 @@
 //! `SKIPPED: no Vulkan adapter` and pass.
 
 use crate::support::same_shifts_worst_data_diff;
-use gpuprep::backend::{Backend, FramePlan};
-use gpuprep::cpu::{self, CpuBackend};
-use gpuprep::gpu::{Api, GpuBackend};
-use gpuprep::params::*;
+use gpuprep_core::backend::{Backend, FramePlan};
+use gpuprep_core::params::*;
+use gpuprep_cpu::{self as cpu, CpuBackend};
+use gpuprep_gpu::{Api, GpuBackend};
 use ndarray::{Array3, ArrayView3};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -98,8 +98,8 @@ fn roll(v: ArrayView3<f32>, s: [i64; 3]) -> Array3<f32> {
 /// A realistic uint16 series with integer shifts in a fresh temporary directory, and the input
 /// argument naming it, for whole-pipeline runs.
 fn synth_u16_input(shape: [usize; 4], seed: u64) -> (tempfile::TempDir, Vec<String>) {
-    use gpuprep::io::Dtype;
-    use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
+    use gpuprep_io::Dtype;
+    use gpuprep_pipeline::synth::{synth, SynthLayout, SynthMode, SynthSpec};
     let tmp = tempfile::tempdir().unwrap();
     let spec = SynthSpec {
         shape,
@@ -535,7 +535,7 @@ fn backend_describes_device_and_errors_cleanly() {
     assert!(g.register(v.view()).is_err());
     assert!(g.accumulate(v.view()).is_err());
     // Adapters are listed for `gpuprep info`.
-    let list = gpuprep::gpu::list_adapters(api().0);
+    let list = gpuprep_gpu::list_adapters(api().0);
     let want = format!("{:?}", api().1);
     assert!(
         !list.is_empty() && list.iter().all(|a| a.backend == want),
@@ -551,7 +551,7 @@ fn dispatches_over_65535_workgroups_are_split() {
     let mut rng = StdRng::seed_from_u64(seed);
     // 1 x 2049 x 2048 voxels = 65,568 workgroups of 64 along one dimension before splitting.
     let shape = [1, 2049, 2048];
-    assert!(gpuprep::gpu::device::split_groups(65_568) == (32_784, 2));
+    assert!(gpuprep_gpu::device::split_groups(65_568) == (32_784, 2));
     let v = random(&mut rng, shape);
     let p = ShiftParams::new(1, BoundaryMode::Nearest, 0.0).unwrap();
     let s = [0.0, 0.25, -0.5];
@@ -567,7 +567,7 @@ fn tile_limit_defaults_to_one_binding_and_unfittable_slabs_are_clear_errors() {
     let Some(mut g) = gpu() else { return };
     let l = &g.context().limits;
     let binding = l.max_storage_buffer_binding_size.min(l.max_buffer_size);
-    if std::env::var(gpuprep::gpu::device::TILE_BYTES_ENV).is_err() {
+    if std::env::var(gpuprep_gpu::device::TILE_BYTES_ENV).is_err() {
         assert_eq!(g.context().max_tile_bytes(), binding);
     }
     // Tiles split z and y only: a limit below one plane (with its halo) cannot be met.
@@ -589,7 +589,7 @@ fn tile_limit_defaults_to_one_binding_and_unfittable_slabs_are_clear_errors() {
 fn shader_errors_are_errors_not_panics() {
     let Some(g) = gpu() else { return };
     let ctx = g.context();
-    use gpuprep::gpu::device::Bind;
+    use gpuprep_gpu::device::Bind;
     let binds = [Bind::Uniform, Bind::Read, Bind::ReadWrite];
     let bad = [(
         "const MAX_WINDOW: u32 = 343u;",
@@ -728,7 +728,7 @@ fn tiny_shapes_match_cpu() {
 /// that the tiled route really ran (`tile_stats`) and matches the CPU as the resident route does.
 mod tiled {
     use super::*;
-    use gpuprep::gpu::device::TileStats;
+    use gpuprep_gpu::device::TileStats;
 
     /// 13x17x19 (Bluestein along y and x) and 9x5x31, with limits of a few planes.
     const CASES: [([usize; 3], u64); 2] = [([13, 17, 19], 8192), ([9, 5, 31], 4096)];
@@ -1034,7 +1034,7 @@ mod tiled {
     /// the tolerance of `cli::gpu_and_cpu_backends_write_the_same_file`.
     #[test]
     fn whole_pipeline_matches_cpu() {
-        use gpuprep::pipeline::{run, RunConfig};
+        use gpuprep_pipeline::driver::{run, RunConfig};
         let Some(mut g) = gpu() else { return };
         let (tmp, input) = synth_u16_input([4, 9, 12, 31], 5);
         let cfg_gpu = RunConfig::new(input.clone(), tmp.path().join("gpu.h5"));
@@ -1061,8 +1061,8 @@ mod tiled {
 /// results must be those of `process_frame` bit for bit, whatever arrives next.
 mod ahead {
     use super::*;
-    use gpuprep::backend::{FrameOutput, SeqVolume};
-    use gpuprep::gpu::AheadStats;
+    use gpuprep_core::backend::{FrameOutput, SeqVolume};
+    use gpuprep_gpu::AheadStats;
 
     /// Odd, non-power-of-two and not a multiple of the workgroup size.
     const SHAPE: [usize; 3] = [9, 13, 17];
@@ -1295,7 +1295,7 @@ mod ahead {
     /// used, and the result still matches the CPU backend.
     #[test]
     fn the_pipeline_stages_every_volume_but_the_first() {
-        use gpuprep::pipeline::{run, RunConfig};
+        use gpuprep_pipeline::driver::{run, RunConfig};
         let Some(mut g) = gpu() else { return };
         let (tmp, input) = synth_u16_input([5, 9, 13, 17], 7);
         let before = g.ahead_stats();

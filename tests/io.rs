@@ -3,9 +3,9 @@
 
 use std::path::{Path, PathBuf};
 
-use gpuprep::io::source::describe;
-use gpuprep::io::{Axes, Dtype, Sink, Source};
-use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
+use gpuprep_io::source::describe;
+use gpuprep_io::{Axes, Dtype, Sink, Source};
+use gpuprep_pipeline::synth::{synth, SynthLayout, SynthMode, SynthSpec};
 use ndarray::{Array, Array3, ArrayD, IxDyn};
 
 fn fixture(name: &str) -> String {
@@ -23,7 +23,7 @@ fn arange(shape: [usize; 3], start: f32) -> Array3<f32> {
 }
 
 /// The error's message, asserting it is an error and that it mentions every one of `needles`.
-fn err_of<T: std::fmt::Debug>(r: gpuprep::Result<T>, needles: &[&str]) -> String {
+fn err_of<T: std::fmt::Debug>(r: gpuprep_core::Result<T>, needles: &[&str]) -> String {
     let msg = r.expect_err("expected an error").to_string();
     for n in needles {
         assert!(msg.contains(n), "message {msg:?} does not mention {n:?}");

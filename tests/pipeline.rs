@@ -1,16 +1,16 @@
 //! The whole pipeline on synthetic data with known shifts, through the library and the output file.
 
-use gpuprep::backend::{Backend, FrameOutput, FramePlan, Moments, SeqVolume};
-use gpuprep::cpu::reference::zscore_in_memory;
-use gpuprep::cpu::zscore::normalize;
-use gpuprep::cpu::CpuBackend;
-use gpuprep::error::Result;
-use gpuprep::io::Dtype;
-use gpuprep::params::{
+use gpuprep_core::backend::{Backend, FrameOutput, FramePlan, Moments, SeqVolume};
+use gpuprep_core::error::Result;
+use gpuprep_core::params::{
     MedianParams, Normalization, RegisterParams, Registration, ShiftParams, ZscoreParams,
 };
-use gpuprep::pipeline::{run, RunConfig};
-use gpuprep::synth::{synth, SynthLayout, SynthMode, SynthSpec};
+use gpuprep_core::zscore::normalize;
+use gpuprep_cpu::reference::zscore_in_memory;
+use gpuprep_cpu::CpuBackend;
+use gpuprep_io::Dtype;
+use gpuprep_pipeline::driver::{run, RunConfig};
+use gpuprep_pipeline::synth::{synth, SynthLayout, SynthMode, SynthSpec};
 use ndarray::{Array3, ArrayView3};
 
 fn dataset(dir: &std::path::Path, subpixel: bool, shape: [usize; 4]) -> Vec<[f64; 3]> {
@@ -152,7 +152,7 @@ fn zscored_run_leaves_only_the_output_and_matches_normalizing_the_registered_vol
     let (data, registered) = (read4(&f, "data"), read4(&f, "registered"));
     // The pipeline normalized with the f64 moments of these volumes, accumulated in this order;
     // `/mean` and `/std` store their f32 roundings.
-    let mut acc = gpuprep::cpu::zscore::Accumulator::new([12, 21, 18]);
+    let mut acc = gpuprep_core::zscore::Accumulator::new([12, 21, 18]);
     for v in registered.outer_iter() {
         acc.add(v);
     }

@@ -9,7 +9,7 @@ use std::path::Path;
 use std::process::Command;
 use std::time::Instant;
 
-use gpuprep::io::Source;
+use gpuprep_io::Source;
 use ndarray::{Array3, Array4, ArrayD, IxDyn};
 
 fn gpuprep<S: AsRef<OsStr>>(args: &[S]) -> (i32, String, String) {

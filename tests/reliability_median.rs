@@ -2,9 +2,9 @@
 //! through the `gpuprep` binary (a two-photon movie has one z-plane; the default window is 3x3x3).
 
 use crate::support::{fixture, same_shifts_worst_data_diff};
-use gpuprep::cpu::median3d::median3d;
-use gpuprep::cpu::reference::median3d_sorted;
-use gpuprep::params::{BoundaryMode, MedianParams};
+use gpuprep_core::params::{BoundaryMode, MedianParams};
+use gpuprep_cpu::median3d::median3d;
+use gpuprep_cpu::reference::median3d_sorted;
 use ndarray::{Array4, Axis};
 use std::path::Path;
 

@@ -6,11 +6,11 @@
 //! adapter).
 
 use crate::support::{attr_i64, ds4, fixture};
-use gpuprep::backend::Backend;
-use gpuprep::cpu::CpuBackend;
-use gpuprep::gpu::{Api, GpuBackend};
-use gpuprep::params::*;
-use gpuprep::pipeline::{run, RunConfig};
+use gpuprep_core::backend::Backend;
+use gpuprep_core::params::*;
+use gpuprep_cpu::CpuBackend;
+use gpuprep_gpu::{Api, GpuBackend};
+use gpuprep_pipeline::driver::{run, RunConfig};
 use ndarray::{Array3, Array4, Axis};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};

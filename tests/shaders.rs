@@ -1,7 +1,7 @@
 //! Integration tests: shaders. Every WGSL kernel, as the GPU backend loads it (`common.wgsl` followed
 //! by the kernel), parsed and validated with naga; needs no GPU.
 
-use gpuprep::gpu::shaders;
+use gpuprep_gpu::shaders;
 
 fn validate(name: &str, src: &str) {
     let module = naga::front::wgsl::parse_str(src)
@@ -24,7 +24,7 @@ fn every_kernel_validates_with_common() {
 #[test]
 fn median_window_variants_validate() {
     let src = shaders::source("median3d").unwrap();
-    for class in gpuprep::gpu::median3d::WINDOW_CLASSES {
+    for class in gpuprep_gpu::median3d::WINDOW_CLASSES {
         let v = src.replace(
             "const MAX_WINDOW: u32 = 343u;",
             &format!("const MAX_WINDOW: u32 = {class}u;"),

@@ -1,0 +1,168 @@
+//! Registration's shared tail: from the correlation peak to scikit-image's shift, error and phase
+//! difference, the finiteness checks, and the sizes both backends' upsampled DFTs are swept in.
+//!
+//! Both backends find the peak their own way (the CPU on the host, the GPU with a reduction) and
+//! refine it with their own upsampled DFT; everything after that is this module's, so the two cannot
+//! drift apart.
+
+use crate::complex::Complex64;
+use crate::error::{Error, Result};
+use crate::params::{RegisterParams, Registration};
+
+/// The error for a registration that is not finite (`what` is not); `input_max` is the largest
+/// |value| of the volume, when known, for the message.
+pub fn not_finite(what: &str, input_max: Option<f64>) -> Error {
+    let hint = match input_max {
+        Some(m) => format!("the volume's largest |value| is {m:.3e}; "),
+        None => String::new(),
+    };
+    Error::Data(format!(
+        "registration failed: {what} is not finite ({hint}float32 spectra overflow near 3.4e38 divided by the voxel count); rescale the data (e.g. to unit range) or skip registration"
+    ))
+}
+
+/// Checks that a registration and the terms it came from are finite; `input_max` as `not_finite`.
+pub fn check_finite(
+    r: Registration,
+    reference_power: f64,
+    moving_power: f64,
+    cc_peak: Complex64,
+    input_max: impl FnOnce() -> Option<f64>,
+) -> Result<Registration> {
+    // An empty (all-zero) volume or reference has nothing to register: scikit-image warns and returns
+    // error NaN with the shift of an all-zero correlation (0, or -dftshift/u when upsampling, which means
+    // nothing). gpuprep gives shift 0, error NaN, phase difference 0, and the pipeline reports the
+    // timepoints (`RunReport::empty_registrations`), so a blank frame is neither fatal nor silent.
+    if reference_power == 0.0 || moving_power == 0.0 {
+        return Ok(Registration {
+            shift: [0.0; 3],
+            error: f64::NAN,
+            phasediff: 0.0,
+        });
+    }
+    let what = if !reference_power.is_finite() {
+        "the reference volume's spectrum"
+    } else if !moving_power.is_finite() {
+        "the moving volume's spectrum"
+    } else if !(cc_peak.re.is_finite() && cc_peak.im.is_finite()) {
+        "the cross-power spectrum (its correlation peak)"
+    } else if !(r.error.is_finite()
+        && r.phasediff.is_finite()
+        && r.shift.iter().all(|s| s.is_finite()))
+    {
+        "the registration error"
+    } else {
+        return Ok(r);
+    };
+    Err(not_finite(what, input_max()))
+}
+
+/// From the correlation peak to scikit-image's shift, error and phase difference, with the
+/// correlation value at the peak (unscaled). `cc_peak` is the correlation at `peak`; `up(region, u,
+/// offsets)` is the upsampled DFT's peak (its index in the region and its value), called only when
+/// `params.upsample_factor > 1`. Both hold the cross-power times `scale` (`spectrum_scale`). The
+/// result is not checked: see `check_finite`.
+#[allow(clippy::too_many_arguments)]
+pub fn finish<E>(
+    shape: [usize; 3],
+    params: &RegisterParams,
+    reference_power: f64,
+    moving_power: f64,
+    peak: [usize; 3],
+    cc_peak: Complex64,
+    scale: f64,
+    up: impl FnOnce(usize, f64, [f64; 3]) -> std::result::Result<([usize; 3], Complex64), E>,
+) -> std::result::Result<(Registration, Complex64), E> {
+    let n = shape.iter().product::<usize>() as f64;
+    let mut shift = coarse_shift(peak, shape);
+    let (cc_max, src_amp, target_amp) = if params.upsample_factor == 1 {
+        (cc_peak, reference_power / n, moving_power / n)
+    } else {
+        let u = params.upsample_factor as f64;
+        for s in &mut shift {
+            *s = (*s * u).round() / u;
+        }
+        let region = (u * 1.5).ceil();
+        let dftshift = (region / 2.0).trunc();
+        let offsets = shift.map(|s| dftshift - s * u);
+        let (best, value) = up(region as usize, u, offsets)?;
+        for a in 0..3 {
+            shift[a] += (best[a] as f64 - dftshift) / u;
+        }
+        (value, reference_power, moving_power)
+    };
+    let cc_max = cc_max / scale;
+    Ok((score(shift, shape, cc_max, src_amp, target_amp), cc_max))
+}
+
+/// The correlation peak as a signed integer shift (peaks past the midpoint wrap to negative).
+pub fn coarse_shift(peak: [usize; 3], shape: [usize; 3]) -> [f64; 3] {
+    std::array::from_fn(|a| {
+        let s = peak[a] as f64;
+        if s > (shape[a] / 2) as f64 {
+            s - shape[a] as f64
+        } else {
+            s
+        }
+    })
+}
+
+/// scikit-image's tail: zero shifts along singleton axes, the error and the phase difference.
+pub fn score(
+    mut shift: [f64; 3],
+    shape: [usize; 3],
+    cc_max: Complex64,
+    src_amp: f64,
+    target_amp: f64,
+) -> Registration {
+    for a in 0..3 {
+        if shape[a] == 1 {
+            shift[a] = 0.0;
+        }
+    }
+    let error = (1.0 - cc_max.norm_sqr() / (src_amp * target_amp))
+        .abs()
+        .sqrt();
+    Registration {
+        shift,
+        error,
+        phasediff: cc_max.im.atan2(cc_max.re),
+    }
+}
+
+/// `np.fft.fftfreq(n, d)[k]`.
+pub fn fftfreq(k: usize, n: usize, d: f64) -> f64 {
+    let k = if k < n.div_ceil(2) {
+        k as f64
+    } else {
+        k as f64 - n as f64
+    };
+    k / (n as f64 * d)
+}
+
+/// Bytes of the upsampled DFT's intermediate slab (`upsampled_peak`): the ⌈1.5·u⌉³ region is swept in
+/// slabs of output rows whose y-contraction fits this, so its memory no longer grows as u³.
+pub const UPSAMPLE_SLAB_BYTES: usize = 64 << 20;
+
+/// Output rows (along the region's y axis) per slab of `upsampled_peak` for a volume `nz` deep: as
+/// many as fit `slab_bytes` of complex128 (`nz·region` a row), at least one, at most `region`.
+pub fn upsample_slab_rows(nz: usize, region: usize, slab_bytes: usize) -> usize {
+    (slab_bytes / (16 * nz * region).max(1)).clamp(1, region.max(1))
+}
+
+/// Output rows (along the region's z axis) per slab of the GPU's last upsampled-DFT contraction (`upsampled_peak_z`): as many `r²` planes of
+/// complex f32 as fit `slab_bytes`, at least one, at most `r`.
+pub fn upsample_slab_planes(r: usize, slab_bytes: usize) -> usize {
+    (slab_bytes / (8 * r * r).max(1)).clamp(1, r.max(1))
+}
+
+/// The power of two by which an unnormalized cross-power spectrum is stored so that it and its
+/// inverse FFT (whose unscaled sums reach `n · max|R|`) stay within f32's range: 1 for any
+/// `n · max|F| · max|G|` up to 2^120, else the power of two that brings it there.
+pub fn spectrum_scale(max_f: f64, max_g: f64, n: usize) -> f64 {
+    let bound = max_f * max_g * n as f64;
+    if bound.is_nan() || bound <= 2f64.powi(120) {
+        return 1.0;
+    }
+    2f64.powi(120 - bound.log2().ceil() as i32)
+}

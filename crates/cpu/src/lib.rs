@@ -1,0 +1,113 @@
+//! gpuprep-cpu: the CPU backend, the production fallback and the reference the GPU path is tested against.
+//!
+//! One file per WGSL kernel, same names (`median3d`, `fft`, `cross_power`, `shift`), plus `register`
+//! (the scikit-image algorithm around them) and `reference` (naive versions for tests). The z-score's
+//! CPU twin (`zscore`) lives in gpuprep-core, as the GPU backend falls back to it on devices without
+//! 64-bit floats; it is re-exported here under its kernel's name.
+
+pub mod cross_power;
+pub mod fft;
+pub mod median3d;
+pub mod reference;
+pub mod register;
+pub mod shift;
+
+pub use gpuprep_core::zscore;
+
+use gpuprep_core::backend::{Backend, Moments};
+use gpuprep_core::error::{Error, Result};
+use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
+use ndarray::{Array3, ArrayView3};
+
+/// The CPU backend: rayon-parallel kernels on the host.
+#[derive(Default)]
+pub struct CpuBackend {
+    registrar: Option<register::Registrar>,
+    moments: Option<zscore::Accumulator>,
+}
+
+impl CpuBackend {
+    pub fn new() -> Self {
+        Self::default()
+    }
+}
+
+impl Backend for CpuBackend {
+    fn describe(&self) -> String {
+        format!("cpu ({} threads)", rayon::current_num_threads())
+    }
+
+    fn median3d(&mut self, vol: ArrayView3<f32>, p: &MedianParams) -> Result<Array3<f32>> {
+        Ok(median3d::median3d(vol, p))
+    }
+
+    fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()> {
+        let r = register::Registrar::new(reference, p);
+        if !r.reference_is_finite() {
+            let max = reference
+                .iter()
+                .fold(0.0f64, |m, &v| m.max((v as f64).abs()));
+            return Err(register::not_finite(
+                "the reference volume's spectrum",
+                Some(max),
+            ));
+        }
+        self.registrar = Some(r);
+        Ok(())
+    }
+
+    fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration> {
+        let r = self
+            .registrar
+            .as_ref()
+            .ok_or_else(|| Error::Data("register called before set_reference".into()))?;
+        let shape = [vol.dim().0, vol.dim().1, vol.dim().2];
+        if shape != r.shape() {
+            return Err(Error::Data(format!(
+                "volume shape {shape:?} differs from the reference's {:?}",
+                r.shape()
+            )));
+        }
+        r.try_register(vol)
+    }
+
+    fn shift(
+        &mut self,
+        vol: ArrayView3<f32>,
+        shift: [f64; 3],
+        p: &ShiftParams,
+    ) -> Result<Array3<f32>> {
+        Ok(shift::shift3d(vol, shift, p))
+    }
+
+    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<()> {
+        self.moments = Some(zscore::Accumulator::new(shape));
+        Ok(())
+    }
+
+    fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()> {
+        let acc = self
+            .moments
+            .as_mut()
+            .ok_or_else(|| Error::Data("accumulate called before reset_moments".into()))?;
+        acc.add(vol);
+        Ok(())
+    }
+
+    fn moments(&mut self, p: &ZscoreParams) -> Result<Moments> {
+        let acc = self
+            .moments
+            .as_ref()
+            .ok_or_else(|| Error::Data("moments called before reset_moments".into()))?;
+        Ok(acc.moments(p))
+    }
+
+    fn normalize(
+        &mut self,
+        vol: ArrayView3<f32>,
+        moments: &Moments,
+        p: &ZscoreParams,
+    ) -> Result<Array3<f32>> {
+        Ok(zscore::normalize(vol, moments, p))
+    }
+}

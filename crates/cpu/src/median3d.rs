@@ -1,0 +1,618 @@
+//! 3-D median filter on the CPU; CPU twin of `shaders/median3d.wgsl`.
+//!
+//! Matches `scipy.ndimage.median_filter(vol, size=(sz, sy, sx), mode, cval)` on float32 exactly: the
+//! median of an odd window is one of its values, so there is no rounding to disagree about. Values are
+//! ordered as `f32::total_cmp` orders them, as the shader does, so CPU and GPU agree bit for bit: -0.0
+//! below +0.0, NaN above +Inf. Against scipy that leaves two edge cases, both outside what the pipeline
+//! feeds it: where the median is a tie of -0.0 and +0.0, scipy may return the other zero (they compare
+//! equal); NaN, whose place scipy leaves unspecified, never gets here, because the pipeline rejects
+//! non-finite input or replaces it with 0 before filtering.
+//!
+//! Every path below computes the shader's result, the element of rank n/2 of the boundary-extended
+//! window; the paths are CPU-only specialisations of it. Windows of up to 125 elements run comparator
+//! networks, whose min/max steps have no data-dependent branch and run over contiguous rows along x,
+//! so LLVM vectorises them:
+//!
+//! - 3x3x3, the default, reuses work between neighbouring windows. Each source row of the plane
+//!   triple is sorted along z once for the three output rows that read it; three of those give each
+//!   padded x its sorted 3x3 (z, y) column, 16 more comparators, once for the three voxels that read
+//!   it; per voxel, the columns at x and x+1 are merged (Batcher, ranks 4..=13 kept) and rank 13 of
+//!   that and the column at x-1 is a min of maxes, exact for two sorted lists.
+//! - Other sizes gather, per block of x, one row per window element and run Batcher's merge-exchange
+//!   network pruned to the median over the rows.
+//! - Larger windows gather each voxel's window and use `select_nth_unstable`.
+//!
+//! The networks order plain f32 where the volume holds no NaN and no -0.0 (there `<` is the total
+//! order, and cheapest), else `total_cmp`'s i32 keys; selection always orders keys.
+
+use gpuprep_core::boundary::filter_index;
+use gpuprep_core::params::{BoundaryMode, MedianParams};
+use ndarray::{Array3, ArrayView3};
+use rayon::prelude::*;
+
+pub fn median3d(input: ArrayView3<f32>, p: &MedianParams) -> Array3<f32> {
+    let (nz, ny, nx) = input.dim();
+    let n: usize = p.size.iter().product();
+    if n == 1 || input.is_empty() {
+        return input.to_owned();
+    }
+    let input = input.as_standard_layout();
+    let src = input.as_slice().expect("standard layout");
+    let grid = Grid::new([nz, ny, nx], p);
+    let mut out = vec![0.0f32; src.len()];
+    if n > NETWORK_MAX {
+        grid.run(&mut out, |rows, y0, s| {
+            by_selection(src, &grid, rows, y0, s)
+        });
+    } else if float_order_is_total_order(src, p) {
+        by_networks::<f32>(src, &grid, &mut out);
+    } else {
+        by_networks::<i32>(src, &grid, &mut out);
+    }
+    Array3::from_shape_vec((nz, ny, nx), out).expect("shape of the input")
+}
+
+/// Windows larger than this (5x5x5) select with `select_nth_unstable`: beyond it a network's
+/// O(n log² n) passes stop paying for their lack of branches (at 7x7x7 they were already slower).
+const NETWORK_MAX: usize = 125;
+
+/// Median by comparator networks over rows of `T`, for windows of at most `NETWORK_MAX`.
+fn by_networks<T: Lane>(src: &[f32], g: &Grid, out: &mut [f32]) {
+    if g.size == [3, 3, 3] {
+        g.run(out, |rows, y0, s: &mut Scratch<T>| {
+            median27(src, g, rows, y0, s)
+        });
+    } else {
+        let net = median_network(g.size.iter().product());
+        g.run(out, |rows, y0, s: &mut Rows<T>| {
+            by_network(src, g, &net, rows, y0, s)
+        });
+    }
+}
+
+/// What the comparators order: either the f32 itself or its `total_cmp` key.
+trait Lane: Copy + PartialOrd + Send + Sync + Default {
+    fn from_f32(v: f32) -> Self;
+    fn to_f32(self) -> f32;
+}
+
+impl Lane for f32 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> f32 {
+        v
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        self
+    }
+}
+
+/// `f32::total_cmp`'s key: flipping the magnitude bits of negatives makes signed integer order the total
+/// order. The map is its own inverse.
+impl Lane for i32 {
+    #[inline(always)]
+    fn from_f32(v: f32) -> i32 {
+        let b = v.to_bits() as i32;
+        b ^ (((b >> 31) as u32) >> 1) as i32
+    }
+    #[inline(always)]
+    fn to_f32(self) -> f32 {
+        f32::from_bits((self ^ (((self >> 31) as u32) >> 1) as i32) as u32)
+    }
+}
+
+/// Whether `<` on the values the windows can hold is `total_cmp`: it is unless a NaN or a -0.0 is among
+/// them. Chunked so that the scan vectorises and still stops early.
+fn float_order_is_total_order(src: &[f32], p: &MedianParams) -> bool {
+    let odd = |v: f32| v.is_nan() || v.to_bits() == (-0.0f32).to_bits();
+    let odd_cval = p.mode == BoundaryMode::Constant && odd(p.cval);
+    !odd_cval
+        && !src
+            .chunks(4096)
+            .any(|c| c.iter().fold(false, |acc, &v| acc | odd(v)))
+}
+
+// `if a < b` rather than `f32::min`: it is one minps/maxps (no NaN handling) and the same for i32 keys.
+#[inline(always)]
+fn min<T: Lane>(a: T, b: T) -> T {
+    if a < b {
+        a
+    } else {
+        b
+    }
+}
+
+#[inline(always)]
+fn max<T: Lane>(a: T, b: T) -> T {
+    if a < b {
+        b
+    } else {
+        a
+    }
+}
+
+/// Compare-exchange: smaller to `i`, larger to `j`. One comparison feeds both, so the pair stays a
+/// permutation of its inputs even for values `<` cannot order.
+#[inline(always)]
+fn cx<T: Lane, const N: usize>(v: &mut [T; N], i: usize, j: usize) {
+    let (a, b) = (v[i], v[j]);
+    let lt = a < b;
+    v[i] = if lt { a } else { b };
+    v[j] = if lt { b } else { a };
+}
+
+/// A comparator network as a table (checked by the 0-1 principle in the tests below) and the same
+/// pairs as straight-line code, so that the values live in registers and unused outputs are dropped.
+macro_rules! network {
+    ($(#[$doc:meta])* $table:ident, $apply:ident, $n:literal: $(($i:literal, $j:literal)),* $(,)?) => {
+        #[cfg(test)]
+        const $table: &[(usize, usize)] = &[$(($i, $j)),*];
+        $(#[$doc])*
+        #[inline(always)]
+        fn $apply<T: Lane>(v: &mut [T; $n]) {
+            $(cx(v, $i, $j);)*
+        }
+    };
+}
+
+network!(
+    /// Sorts 3.
+    SORT3, sort3, 3: (0, 1), (1, 2), (0, 1)
+);
+
+network!(
+    /// Sorts 9 whose triples 0..3, 3..6, 6..9 are each sorted already: Floyd's 25-comparator 9-sorter
+    /// (Knuth, TAOCP 5.3.4) less the 9 comparators that sort those triples.
+    SORT9_SORTED_TRIPLES, sort9_sorted_triples, 9:
+    (2, 5), (0, 3), (1, 4), (5, 8), (3, 6), (4, 7), (2, 5), (0, 3), (1, 4), (5, 7), (2, 6), (1, 3),
+    (4, 6), (2, 4), (5, 6), (2, 3)
+);
+
+network!(
+    /// Batcher's odd-even merge of sorted 0..9 and 9..18; rank k ends on wire `MERGE9_RANK[k]`.
+    MERGE9, merge9, 18:
+    (0, 9), (8, 17), (8, 9), (4, 13), (4, 8), (13, 9), (2, 11), (6, 15), (6, 11), (2, 4), (6, 8),
+    (11, 13), (15, 9), (1, 10), (5, 14), (5, 10), (3, 12), (7, 16), (7, 12), (3, 5), (7, 10),
+    (12, 14), (1, 2), (3, 4), (5, 6), (7, 8), (10, 11), (12, 13), (14, 15), (16, 9)
+);
+
+const MERGE9_RANK: [usize; 18] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 9, 17];
+
+/// Rank 13 of 27 given the 18 merged values `m` (through `MERGE9_RANK`) and the sorted 9 `s`: the
+/// smallest, over ways of taking 14 values from the fronts of both lists, of the largest taken. Only
+/// ranks 4..=13 of `m` can be it, since at most 9 of the 14 come from `s`.
+#[inline(always)]
+fn rank13<T: Lane>(m: &[T; 18], s: &[T; 9]) -> T {
+    let mut r = m[MERGE9_RANK[13]];
+    for i in 0..9 {
+        r = min(r, max(m[MERGE9_RANK[4 + i]], s[8 - i]));
+    }
+    r
+}
+
+/// Sizes and boundary extension of one volume and window, and how the work is cut for rayon.
+struct Grid {
+    n: [usize; 3],
+    size: [usize; 3],
+    cval: f32,
+    /// Per axis, the source index of padded position `i` (output index `i - radius`); `None` is cval.
+    index: [Vec<Option<usize>>; 3],
+    /// Output rows per task.
+    block: usize,
+    /// `nx` copies of cval: the row read where a z or y index falls outside in constant mode.
+    cval_row: Vec<f32>,
+}
+
+impl Grid {
+    fn new(n: [usize; 3], p: &MedianParams) -> Grid {
+        let index = [0, 1, 2].map(|a| {
+            let r = (p.size[a] / 2) as isize;
+            (-r..n[a] as isize + r)
+                .map(|i| filter_index(i, n[a], p.mode))
+                .collect()
+        });
+        // Enough tasks to balance the threads; the 3x3x3 path re-sorts two extra rows per task.
+        let tasks = 8 * rayon::current_num_threads();
+        let block = (n[0] * n[1]).div_ceil(tasks).max(4).min(n[1]).max(1);
+        Grid {
+            n,
+            size: p.size,
+            cval: p.cval,
+            index,
+            block,
+            cval_row: vec![p.cval; n[2]],
+        }
+    }
+
+    /// Source row `(z, y)` given as padded positions, or the cval row.
+    fn row<'a>(&'a self, src: &'a [f32], zp: usize, yp: usize) -> &'a [f32] {
+        let [_, ny, nx] = self.n;
+        match (self.index[0][zp], self.index[1][yp]) {
+            (Some(z), Some(y)) => &src[(z * ny + y) * nx..][..nx],
+            _ => &self.cval_row,
+        }
+    }
+
+    /// Value at padded x position `xp` of a row from `row`.
+    fn at(&self, row: &[f32], xp: usize) -> f32 {
+        self.index[2][xp].map_or(self.cval, |x| row[x])
+    }
+
+    /// Calls `f(rows, [z, y0], scratch)` in parallel for blocks of output rows `y0..` of plane `z`,
+    /// `rows` being the block's part of `out`.
+    fn run<S: Default + Send, F>(&self, out: &mut [f32], f: F)
+    where
+        F: Fn(&mut [f32], [usize; 2], &mut S) + Send + Sync,
+    {
+        let [_, ny, nx] = self.n;
+        out.par_chunks_mut(ny * nx)
+            .enumerate()
+            .for_each(|(z, plane)| {
+                plane
+                    .par_chunks_mut(self.block * nx)
+                    .enumerate()
+                    .for_each_init(S::default, |s, (b, rows)| f(rows, [z, b * self.block], s));
+            });
+    }
+}
+
+/// Working rows of the 3x3x3 path: z-sorted source rows for three padded y (a ring, by `yp % 3`),
+/// then the sorted 9-columns of the current output row; each row `nx + 2` long.
+#[derive(Default)]
+struct Scratch<T> {
+    tri: Vec<T>,
+    col: Vec<T>,
+}
+
+/// The 3x3x3 median of output rows `y0..` of plane `z` into `out`.
+fn median27<T: Lane>(
+    src: &[f32],
+    g: &Grid,
+    out: &mut [f32],
+    [z, y0]: [usize; 2],
+    s: &mut Scratch<T>,
+) {
+    let nx = g.n[2];
+    let w = nx + 2;
+    s.tri.resize(9 * w, T::default());
+    s.col.resize(9 * w, T::default());
+    let rows = out.len() / nx;
+    for yp in y0..y0 + 2 {
+        sort_z(src, g, z, yp, &mut s.tri[(yp % 3) * 3 * w..][..3 * w]);
+    }
+    for (y, out) in (y0..y0 + rows).zip(out.chunks_exact_mut(nx)) {
+        sort_z(
+            src,
+            g,
+            z,
+            y + 2,
+            &mut s.tri[((y + 2) % 3) * 3 * w..][..3 * w],
+        );
+        let tri: [&[T]; 9] = std::array::from_fn(|k| {
+            let yp = y + k / 3;
+            &s.tri[((yp % 3) * 3 + k % 3) * w..][..w]
+        });
+        let mut cols = s.col.chunks_exact_mut(w);
+        let col: [&mut [T]; 9] = std::array::from_fn(|_| cols.next().expect("9 rows"));
+        sort_columns(tri, col);
+        let col: [&[T]; 9] = std::array::from_fn(|k| &s.col[k * w..][..w]);
+        select_row(col, out);
+    }
+}
+
+/// Padded row `yp` of planes `z..z + 3` (padded), sorted along z, into `out` as 3 rows (low, middle,
+/// high) of `nx + 2`.
+fn sort_z<T: Lane>(src: &[f32], g: &Grid, z: usize, yp: usize, out: &mut [T]) {
+    let nx = g.n[2];
+    let w = nx + 2;
+    let r: [&[f32]; 3] = std::array::from_fn(|k| g.row(src, z + k, yp));
+    let (lo, rest) = out.split_at_mut(w);
+    let (mid, hi) = rest.split_at_mut(w);
+    for xp in [0, w - 1] {
+        let mut v = r.map(|row| T::from_f32(g.at(row, xp)));
+        sort3(&mut v);
+        [lo[xp], mid[xp], hi[xp]] = v;
+    }
+    let (r0, r1, r2) = (&r[0][..nx], &r[1][..nx], &r[2][..nx]);
+    let (lo, mid, hi) = (&mut lo[1..=nx], &mut mid[1..=nx], &mut hi[1..=nx]);
+    for x in 0..nx {
+        let mut v = [r0[x], r1[x], r2[x]].map(T::from_f32);
+        sort3(&mut v);
+        [lo[x], mid[x], hi[x]] = v;
+    }
+}
+
+/// Three consecutive z-sorted rows (as 9: row-major by y, then z-rank) into the sorted 3x3 column at
+/// every padded x.
+fn sort_columns<T: Lane>(tri: [&[T]; 9], col: [&mut [T]; 9]) {
+    let w = col[0].len();
+    let tri = tri.map(|r| &r[..w]);
+    let mut col = col.map(|c| &mut c[..w]);
+    for x in 0..w {
+        let mut v = tri.map(|r| r[x]);
+        sort9_sorted_triples(&mut v);
+        for (c, v) in col.iter_mut().zip(v) {
+            c[x] = v;
+        }
+    }
+}
+
+/// Median of each output voxel of a row from the sorted columns at padded x, x + 1, x + 2.
+fn select_row<T: Lane>(col: [&[T]; 9], out: &mut [f32]) {
+    let nx = out.len();
+    let left = col.map(|c| &c[..nx]);
+    let mid = col.map(|c| &c[1..nx + 1]);
+    let right = col.map(|c| &c[2..nx + 2]);
+    for x in 0..nx {
+        let mut m: [T; 18] =
+            std::array::from_fn(|k| if k < 9 { mid[k][x] } else { right[k - 9][x] });
+        merge9(&mut m);
+        let s = left.map(|c| c[x]);
+        out[x] = rank13(&m, &s).to_f32();
+    }
+}
+
+/// A comparator of a row network: rows `i < j` get the smaller and the larger value, each only where
+/// the selected rank still depends on it.
+#[derive(Clone, Copy, Debug)]
+struct Comparator {
+    i: usize,
+    j: usize,
+    min: bool,
+    max: bool,
+}
+
+/// Batcher's merge-exchange sort of `n` (Knuth, TAOCP 5.2.2 Algorithm M; any `n >= 2`) less everything
+/// rank `n / 2` does not depend on: about 60% of a sort, and no data-dependent branch.
+fn median_network(n: usize) -> Vec<Comparator> {
+    let t = usize::BITS - (n - 1).leading_zeros();
+    let mut net = Vec::new();
+    let mut p = 1usize << (t - 1);
+    while p > 0 {
+        let (mut q, mut r, mut d) = (1usize << (t - 1), 0, p);
+        loop {
+            net.extend((0..n - d).filter(|i| i & p == r).map(|i| (i, i + d)));
+            if q == p {
+                break;
+            }
+            (d, q, r) = (q - p, q >> 1, p);
+        }
+        p >>= 1;
+    }
+    let mut need = vec![false; n];
+    need[n / 2] = true;
+    let mut kept = Vec::new();
+    for &(i, j) in net.iter().rev() {
+        if need[i] || need[j] {
+            kept.push(Comparator {
+                i,
+                j,
+                min: need[i],
+                max: need[j],
+            });
+            need[i] = true;
+            need[j] = true;
+        }
+    }
+    kept.reverse();
+    kept
+}
+
+/// Applies `net` to rows of `b` values, each comparator one pass over two contiguous rows.
+fn apply_rows<T: Lane>(net: &[Comparator], rows: &mut [T], b: usize) {
+    for c in net {
+        let (head, tail) = rows.split_at_mut(c.j * b);
+        let (lo, hi) = (&mut head[c.i * b..][..b], &mut tail[..b]);
+        match (c.min, c.max) {
+            (true, true) => {
+                for (l, h) in lo.iter_mut().zip(hi.iter_mut()) {
+                    (*l, *h) = (min(*l, *h), max(*l, *h));
+                }
+            }
+            (true, false) => lo
+                .iter_mut()
+                .zip(hi.iter())
+                .for_each(|(l, &h)| *l = min(*l, h)),
+            _ => hi
+                .iter_mut()
+                .zip(lo.iter())
+                .for_each(|(h, &l)| *h = max(l, *h)),
+        }
+    }
+}
+
+/// Working rows of the generic paths: the window's boundary-extended source rows for one output row,
+/// then the window(s) being selected from.
+#[derive(Default)]
+struct Rows<T> {
+    padded: Vec<T>,
+    window: Vec<T>,
+}
+
+/// The `sz * sy` source rows of output row `y` of plane `z`, each extended by `sx / 2` on both sides.
+fn padded_rows<T: Lane>(src: &[f32], g: &Grid, [z, y]: [usize; 2], out: &mut Vec<T>) {
+    let [sz, sy, sx] = g.size;
+    let w = g.n[2] + sx - 1;
+    out.clear();
+    for zp in z..z + sz {
+        for yp in y..y + sy {
+            let row = g.row(src, zp, yp);
+            out.extend((0..w).map(|xp| T::from_f32(g.at(row, xp))));
+        }
+    }
+}
+
+/// Per block of x, gathers the windows as one row per window element and runs `net` over the rows.
+fn by_network<T: Lane>(
+    src: &[f32],
+    g: &Grid,
+    net: &[Comparator],
+    out: &mut [f32],
+    [z, y0]: [usize; 2],
+    s: &mut Rows<T>,
+) {
+    let sx = g.size[2];
+    let nx = g.n[2];
+    let w = nx + sx - 1;
+    let n: usize = g.size.iter().product();
+    // Each comparator costs a pass, so rows as long as possible while the block stays within
+    // ~64 KiB (measured: longer ones fall out of cache and get slower); equal blocks, no short tail.
+    let max_block = (16384 / n).clamp(16, 256);
+    let block = nx.div_ceil(nx.div_ceil(max_block));
+    for (y, out) in (y0..).zip(out.chunks_exact_mut(nx)) {
+        padded_rows(src, g, [z, y], &mut s.padded);
+        for (x0, out) in (0..).step_by(block).zip(out.chunks_mut(block)) {
+            let b = out.len();
+            s.window.resize(n * b, T::default());
+            let mut rows = s.window.chunks_exact_mut(b);
+            for row in s.padded.chunks_exact(w) {
+                for dx in 0..sx {
+                    let dst = rows.next().expect("n rows");
+                    dst.copy_from_slice(&row[x0 + dx..][..b]);
+                }
+            }
+            apply_rows(net, &mut s.window[..n * b], b);
+            for (o, v) in out.iter_mut().zip(&s.window[n / 2 * b..][..b]) {
+                *o = v.to_f32();
+            }
+        }
+    }
+}
+
+/// Values of the padded rows above which `by_selection` gathers straight from the source: windows
+/// far longer than the volume (which scipy allows) would otherwise make them much larger than it.
+const PADDED_MAX: usize = 1 << 20;
+
+/// Windows beyond `NETWORK_MAX`: gathers each window's total-order keys and selects.
+fn by_selection(src: &[f32], g: &Grid, out: &mut [f32], [z, y0]: [usize; 2], s: &mut Rows<i32>) {
+    let [sz, sy, sx] = g.size;
+    let nx = g.n[2];
+    let w = nx + sx - 1;
+    let rank = g.size.iter().product::<usize>() / 2;
+    if sz * sy * w > PADDED_MAX {
+        for (y, out) in (y0..).zip(out.chunks_exact_mut(nx)) {
+            for (x, o) in out.iter_mut().enumerate() {
+                s.window.clear();
+                for zp in z..z + sz {
+                    for yp in y..y + sy {
+                        let row = g.row(src, zp, yp);
+                        s.window
+                            .extend((x..x + sx).map(|xp| i32::from_f32(g.at(row, xp))));
+                    }
+                }
+                *o = s.window.select_nth_unstable(rank).1.to_f32();
+            }
+        }
+        return;
+    }
+    for (y, out) in (y0..).zip(out.chunks_exact_mut(nx)) {
+        padded_rows(src, g, [z, y], &mut s.padded);
+        for (x, o) in out.iter_mut().enumerate() {
+            s.window.clear();
+            for row in s.padded.chunks_exact(w) {
+                s.window.extend_from_slice(&row[x..x + sx]);
+            }
+            *o = s.window.select_nth_unstable(rank).1.to_f32();
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn apply(net: &[(usize, usize)], v: &mut [u8]) {
+        for &(i, j) in net {
+            if v[i] > v[j] {
+                v.swap(i, j);
+            }
+        }
+    }
+
+    /// 0-1 principle: a comparator network sorts (or selects) every input iff it does so for every
+    /// input of 0s and 1s satisfying its precondition.
+    #[test]
+    fn networks_sort_all_zero_one_inputs() {
+        for bits in 0u32..8 {
+            let mut v: Vec<u8> = (0..3).map(|i| (bits >> i) as u8 & 1).collect();
+            apply(SORT3, &mut v);
+            assert!(v.is_sorted(), "sort3 {bits:03b}");
+        }
+        for bits in 0u32..512 {
+            let mut v: Vec<u8> = (0..9).map(|i| (bits >> i) as u8 & 1).collect();
+            if !v.chunks(3).all(|t| t.is_sorted()) {
+                continue;
+            }
+            let mut want = v.clone();
+            want.sort();
+            apply(SORT9_SORTED_TRIPLES, &mut v);
+            assert_eq!(v, want, "sort9 {bits:09b}");
+        }
+        for ones_a in 0..=9 {
+            for ones_b in 0..=9 {
+                let mut v: Vec<u8> = (0..9).map(|i| (i >= 9 - ones_a) as u8).collect();
+                v.extend((0..9).map(|i| (i >= 9 - ones_b) as u8));
+                let mut want = v.clone();
+                want.sort();
+                apply(MERGE9, &mut v);
+                let got: Vec<u8> = MERGE9_RANK.iter().map(|&w| v[w]).collect();
+                assert_eq!(got, want, "merge9 {ones_a} {ones_b}");
+            }
+        }
+    }
+
+    #[test]
+    fn median_network_selects_the_median() {
+        let mut rng = 0x9e37_79b9_7f4a_7c15u64;
+        for n in (3..=NETWORK_MAX).step_by(2) {
+            let net: Vec<(usize, usize)> = median_network(n).iter().map(|c| (c.i, c.j)).collect();
+            // Exhaustive 0-1 inputs while that is cheap, then random ones with ties.
+            let cases = if n <= 15 { 1u64 << n } else { 2000 };
+            for case in 0..cases {
+                let mut v: Vec<u8> = (0..n)
+                    .map(|i| {
+                        if n <= 15 {
+                            (case >> i) as u8 & 1
+                        } else {
+                            rng ^= rng << 13;
+                            rng ^= rng >> 7;
+                            rng ^= rng << 17;
+                            (rng % 5) as u8
+                        }
+                    })
+                    .collect();
+                let mut want = v.clone();
+                want.sort();
+                apply(&net, &mut v);
+                assert_eq!(v[n / 2], want[n / 2], "n {n}, case {case}");
+            }
+        }
+    }
+
+    #[test]
+    fn keys_order_as_total_cmp_and_round_trip() {
+        let v = [
+            f32::NEG_INFINITY,
+            -3.5,
+            -f32::MIN_POSITIVE,
+            -1e-45,
+            -0.0,
+            0.0,
+            1e-45,
+            2.0,
+            f32::MAX,
+            f32::INFINITY,
+            f32::NAN,
+        ];
+        for a in v {
+            assert_eq!(i32::from_f32(a).to_f32().to_bits(), a.to_bits());
+            for b in v {
+                assert_eq!(
+                    i32::from_f32(a).cmp(&i32::from_f32(b)),
+                    a.total_cmp(&b),
+                    "{a} {b}"
+                );
+            }
+        }
+    }
+}

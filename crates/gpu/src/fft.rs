@@ -1,0 +1,369 @@
+//! Host side of `shaders/fft.wgsl` (CPU twin: `src/cpu/fft.rs`): 3-D complex FFT of any shape, as
+//! batched 1-D transforms along axes 2, 1, 0 (the CPU's order). Lengths whose prime factors are all in
+//! {2, 3, 5, 7} use mixed-radix Stockham stages; others use Bluestein's chirp-z over a power-of-two
+//! Stockham FFT. Twiddles, chirps and the chirp filter's spectrum are computed once per shape in f64.
+
+use super::device::{Bind, GpuContext, Recorder};
+use bytemuck::{Pod, Zeroable};
+use gpuprep_core::complex::Complex64;
+use gpuprep_core::error::Result;
+use std::f64::consts::PI;
+
+/// Uniforms of `fft.wgsl`; keep in sync with `struct Params` in shaders/fft.wgsl.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
+pub struct FftUniform {
+    pub n: u32,
+    pub stride: u32,
+    pub lines: u32,
+    pub radix: u32,
+    pub ns: u32,
+    pub tw_offset: u32,
+    pub m: u32,
+    pub chirp_offset: u32,
+    pub bhat_offset: u32,
+    pub total: u32,
+    pub scale: f32,
+    pub _pad: u32,
+}
+const _: () = assert!(std::mem::size_of::<FftUniform>() == 48);
+
+/// Radices of a Stockham decomposition of `n`, or `None` when `n` has a prime factor above 7.
+pub fn radices(mut n: usize) -> Option<Vec<u32>> {
+    let mut r = Vec::new();
+    while n % 4 == 0 {
+        r.push(4);
+        n /= 4;
+    }
+    for f in [2, 3, 5, 7] {
+        while n % f == 0 {
+            r.push(f as u32);
+            n /= f;
+        }
+    }
+    (n == 1).then_some(r)
+}
+
+#[derive(Clone, Debug)]
+enum AxisKind {
+    Skip,
+    Stockham {
+        radices: Vec<u32>,
+        tw: [u32; 2],
+    },
+    Bluestein {
+        m: usize,
+        radices: Vec<u32>,
+        tw_m: [u32; 2],
+        chirp: [u32; 2],
+        bhat: [u32; 2],
+    },
+}
+
+#[derive(Clone, Debug)]
+struct Axis {
+    n: usize,
+    stride: usize,
+    lines: usize,
+    kind: AxisKind,
+}
+
+/// Elements a line of length `n` occupies while transformed: `n`, or Bluestein's padded length.
+pub fn line_work(n: usize) -> usize {
+    if n <= 1 || radices(n).is_some() {
+        n
+    } else {
+        (2 * n - 1).next_power_of_two()
+    }
+}
+
+/// A planned 3-D FFT for one shape: tables on the device and Bluestein scratch buffers.
+pub struct Fft3Plan {
+    pub shape: [usize; 3],
+    axes: Vec<Axis>,
+    /// Whether the inverse transform scales by 1/N (numpy); the tiled registration does not, as
+    /// each slab's plan sees only part of the volume.
+    scale_inverse: bool,
+    tables: wgpu::Buffer,
+    scratch: Option<[wgpu::Buffer; 2]>,
+}
+
+fn c32(c: Complex64) -> [f32; 2] {
+    [c.re as f32, c.im as f32]
+}
+
+/// `exp(-/+ 2 pi i m / n)`, m < n (sign by direction: index 0 forward, 1 inverse).
+fn twiddles(n: usize, inverse: bool) -> Vec<[f32; 2]> {
+    let s = if inverse { 1.0 } else { -1.0 };
+    (0..n)
+        .map(|m| {
+            c32(Complex64::from_polar(
+                1.0,
+                s * 2.0 * PI * m as f64 / n as f64,
+            ))
+        })
+        .collect()
+}
+
+fn chirp64(n: usize, inverse: bool) -> Vec<Complex64> {
+    let s = if inverse { 1.0 } else { -1.0 };
+    (0..n)
+        .map(|m| {
+            let q = (m as u128 * m as u128 % (2 * n as u128)) as f64;
+            Complex64::from_polar(1.0, s * PI * q / n as f64)
+        })
+        .collect()
+}
+
+impl Fft3Plan {
+    pub fn new(ctx: &GpuContext, shape: [usize; 3]) -> Result<Fft3Plan> {
+        Self::new_axes(ctx, shape, [true; 3], true)
+    }
+
+    /// A plan transforming only the axes marked in `axes` (the others are left as they are), for
+    /// slabs of a tiled volume; `scale_inverse` as the field.
+    pub fn new_axes(
+        ctx: &GpuContext,
+        shape: [usize; 3],
+        axes_on: [bool; 3],
+        scale_inverse: bool,
+    ) -> Result<Fft3Plan> {
+        let mut tables: Vec<[f32; 2]> = Vec::new();
+        let mut push = |t: Vec<[f32; 2]>| -> u32 {
+            let off = tables.len() as u32;
+            tables.extend(t);
+            off
+        };
+        let total: usize = shape.iter().product();
+        let strides = [shape[1] * shape[2], shape[2], 1];
+        let mut scratch_elems = 0usize;
+        let mut axes = Vec::new();
+        for a in 0..3 {
+            let n = shape[a];
+            let lines = total / n;
+            let kind = if n <= 1 || !axes_on[a] {
+                AxisKind::Skip
+            } else if let Some(radices) = radices(n) {
+                AxisKind::Stockham {
+                    radices,
+                    tw: [push(twiddles(n, false)), push(twiddles(n, true))],
+                }
+            } else {
+                let m = (2 * n - 1).next_power_of_two();
+                let mut planner = rustfft::FftPlanner::<f64>::new();
+                let fft = planner.plan_fft_forward(m);
+                let mut chirp = [0u32; 2];
+                let mut bhat = [0u32; 2];
+                for (d, inverse) in [false, true].into_iter().enumerate() {
+                    let w = chirp64(n, inverse);
+                    let mut b = vec![Complex64::default(); m];
+                    b[0] = w[0].conj();
+                    for i in 1..n {
+                        b[i] = w[i].conj();
+                        b[m - i] = w[i].conj();
+                    }
+                    fft.process(&mut b);
+                    chirp[d] = push(w.iter().map(|&c| c32(c)).collect());
+                    bhat[d] = push(b.iter().map(|&c| c32(c / m as f64)).collect());
+                }
+                scratch_elems = scratch_elems.max(lines * m);
+                AxisKind::Bluestein {
+                    m,
+                    radices: radices(m).expect("power of two"),
+                    tw_m: [push(twiddles(m, false)), push(twiddles(m, true))],
+                    chirp,
+                    bhat,
+                }
+            };
+            axes.push(Axis {
+                n,
+                stride: strides[a],
+                lines,
+                kind,
+            });
+        }
+        let scratch = if scratch_elems > 0 {
+            Some([
+                ctx.storage("fft.bluestein0", scratch_elems as u64 * 8)?,
+                ctx.storage("fft.bluestein1", scratch_elems as u64 * 8)?,
+            ])
+        } else {
+            None
+        };
+        Ok(Fft3Plan {
+            shape,
+            axes,
+            scale_inverse,
+            tables: ctx.storage_init("fft.tables", &tables)?,
+            scratch,
+        })
+    }
+
+    /// Describe the plan per axis, e.g. `[4x4x2, bluestein(101 via 256), skip]`.
+    pub fn describe(&self) -> String {
+        let parts: Vec<String> = self
+            .axes
+            .iter()
+            .map(|a| match &a.kind {
+                AxisKind::Skip => "skip".into(),
+                AxisKind::Stockham { radices, .. } => radices
+                    .iter()
+                    .map(|r| r.to_string())
+                    .collect::<Vec<_>>()
+                    .join("x"),
+                AxisKind::Bluestein { m, .. } => format!("bluestein({} via {m})", a.n),
+            })
+            .collect();
+        format!("[{}]", parts.join(", "))
+    }
+
+    /// Record the 3-D FFT of the complex volume in `a` (numpy conventions), using `b` as ping-pong
+    /// buffer; the result ends in `a`.
+    pub fn record(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder<'_>,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        inverse: bool,
+    ) -> Result<()> {
+        let d = inverse as usize;
+        let binds = [Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite];
+        let stockham = |r: u32| {
+            ctx.kernel(
+                "fft",
+                "stockham",
+                &[(
+                    "const RADIX: u32 = 4u;",
+                    format!("const RADIX: u32 = {r}u;"),
+                )],
+                &binds,
+            )
+        };
+        let total: usize = self.shape.iter().product();
+        // 1/N once, on the last transform (numpy's inverse), in f32 as the CPU twin.
+        let last = (0..3).find(|&ax| !matches!(self.axes[ax].kind, AxisKind::Skip));
+        let final_scale = if inverse && self.scale_inverse {
+            1.0 / total as f32
+        } else {
+            1.0
+        };
+        let mut cur_is_a = true;
+        for ax in (0..3).rev() {
+            let axis = &self.axes[ax];
+            let scale = if Some(ax) == last { final_scale } else { 1.0 };
+            let (cur, other) = if cur_is_a { (a, b) } else { (b, a) };
+            match &axis.kind {
+                AxisKind::Skip => {}
+                AxisKind::Stockham { radices, tw } => {
+                    let flips = self.stages(
+                        rec,
+                        &stockham,
+                        radices,
+                        axis.n,
+                        axis.stride,
+                        axis.lines,
+                        tw[d],
+                        scale,
+                        cur,
+                        other,
+                    )?;
+                    if flips % 2 == 1 {
+                        cur_is_a = !cur_is_a;
+                    }
+                }
+                AxisKind::Bluestein {
+                    m,
+                    radices,
+                    tw_m,
+                    chirp,
+                    bhat,
+                } => {
+                    let s = self.scratch.as_ref().expect("bluestein scratch");
+                    let pre = ctx.kernel("fft", "chirp_pre", &[], &binds)?;
+                    let pw = ctx.kernel("fft", "pointwise", &[], &binds)?;
+                    let post = ctx.kernel("fft", "chirp_post", &[], &binds)?;
+                    let mut u = FftUniform {
+                        n: axis.n as u32,
+                        stride: axis.stride as u32,
+                        lines: axis.lines as u32,
+                        m: *m as u32,
+                        chirp_offset: chirp[d],
+                        bhat_offset: bhat[d],
+                        total: (axis.lines * m) as u32,
+                        scale: 1.0,
+                        ..Default::default()
+                    };
+                    rec.dispatch(
+                        &pre,
+                        &u,
+                        &[cur, &self.tables, &s[0]],
+                        (axis.lines * m) as u64,
+                    );
+                    let f1 = self.stages(
+                        rec, &stockham, radices, *m, 1, axis.lines, tw_m[0], 1.0, &s[0], &s[1],
+                    )?;
+                    let (x, y) = if f1 % 2 == 0 {
+                        (&s[0], &s[1])
+                    } else {
+                        (&s[1], &s[0])
+                    };
+                    rec.dispatch(&pw, &u, &[y, &self.tables, x], (axis.lines * m) as u64);
+                    let f2 = self.stages(
+                        rec, &stockham, radices, *m, 1, axis.lines, tw_m[1], 1.0, x, y,
+                    )?;
+                    let res = if f2 % 2 == 0 { x } else { y };
+                    u.total = (axis.lines * axis.n) as u32;
+                    u.scale = scale;
+                    rec.dispatch(
+                        &post,
+                        &u,
+                        &[res, &self.tables, cur],
+                        (axis.lines * axis.n) as u64,
+                    );
+                }
+            }
+        }
+        if !cur_is_a {
+            rec.copy(b, a, total as u64 * 8);
+        }
+        Ok(())
+    }
+
+    /// Record the Stockham stages of one axis from `x`, alternating with `y`; returns the number of
+    /// stages (the result is in `x` when even, `y` when odd).
+    #[allow(clippy::too_many_arguments)]
+    fn stages(
+        &self,
+        rec: &mut Recorder<'_>,
+        kernel: &dyn Fn(u32) -> Result<std::rc::Rc<super::device::Kernel>>,
+        radices: &[u32],
+        n: usize,
+        stride: usize,
+        lines: usize,
+        tw: u32,
+        scale: f32,
+        x: &wgpu::Buffer,
+        y: &wgpu::Buffer,
+    ) -> Result<usize> {
+        let mut ns = 1usize;
+        for (i, &r) in radices.iter().enumerate() {
+            let threads = lines * n / r as usize;
+            let u = FftUniform {
+                n: n as u32,
+                stride: stride as u32,
+                lines: lines as u32,
+                radix: r,
+                ns: ns as u32,
+                tw_offset: tw,
+                total: threads as u32,
+                scale: if i + 1 == radices.len() { scale } else { 1.0 },
+                ..Default::default()
+            };
+            let (src, dst) = if i % 2 == 0 { (x, y) } else { (y, x) };
+            rec.dispatch(&kernel(r)?, &u, &[src, &self.tables, dst], threads as u64);
+            ns *= r as usize;
+        }
+        Ok(radices.len())
+    }
+}

@@ -1,0 +1,625 @@
+//! The output file: 4-D float32 volume datasets plus small arrays and root attributes, written inside a private
+//! temporary directory beside the final path and moved into place only by `finish`, so a failed or interrupted
+//! run never leaves a half-written file under the name the user asked for.
+
+use std::fs::FileType;
+use std::path::{Path, PathBuf};
+
+use hdf5::types::VarLenUnicode;
+use ndarray::{s, Array1, Array3, ArrayView3, ArrayViewD};
+
+use super::cleanup::{Registered, TEMP_PREFIX};
+use super::fmt_shape;
+use super::source::first_line;
+use gpuprep_core::error::{Error, Result};
+
+/// Target bytes of one chunk of a 4-D dataset.
+const CHUNK_BYTES: usize = 1 << 20;
+/// Most timepoints in one chunk.
+const MAX_CHUNK_T: usize = 8;
+/// Most bytes of chunk cache per 4-D dataset; bounds the chunk's time extent for large volumes.
+const CACHE_BUDGET: usize = 32 << 20;
+/// The output's name inside the temporary directory: fixed and short, so any output name that the file
+/// system accepts (up to `NAME_MAX`) also works for the temporary file.
+const TEMP_NAME: &str = "out.h5";
+/// Random characters in the temporary directory's name (62^10 choices): nobody can guess it in advance.
+const TEMP_RANDOM: usize = 10;
+/// Linux's limits on one path component and on a whole path (`NAME_MAX`, `PATH_MAX` with its NUL).
+pub const NAME_MAX: usize = 255;
+pub const PATH_MAX: usize = 4096;
+
+/// An output file being written.
+pub struct Sink {
+    path: PathBuf,
+    /// `<parent>/.gpuprep-XXXXXXXXXX/out.h5`.
+    temp: PathBuf,
+    // Mode 0700, created exclusively with an unpredictable name: no other user can plant a link in it, so
+    // the temporary file cannot be redirected onto someone else's file. `None` once finished.
+    dir: Option<tempfile::TempDir>,
+    // Keeps `dir` in the list a SIGINT/SIGTERM/SIGHUP deletes.
+    registered: Option<Registered>,
+    force: bool,
+    t: usize,
+    shape: [usize; 3],
+    // `None` once closed; the datasets are dropped before the file so HDF5 really closes it.
+    file: Option<hdf5::File>,
+    volumes: Vec<(String, hdf5::Dataset)>,
+}
+
+/// Why `path` cannot be used as a path on Linux, if it is too long: a component over `NAME_MAX` bytes or
+/// the whole over `PATH_MAX - 1` (the system says ENAMETOOLONG, which would otherwise read as "missing").
+pub fn name_too_long(path: &Path) -> Option<String> {
+    if let Some(c) = path
+        .components()
+        .map(|c| c.as_os_str())
+        .find(|c| c.as_encoded_bytes().len() > NAME_MAX)
+    {
+        let shown: String = c.to_string_lossy().chars().take(24).collect();
+        return Some(format!(
+            "name too long: the component '{shown}...' is {} bytes; file names are limited to {NAME_MAX} bytes",
+            c.as_encoded_bytes().len()
+        ));
+    }
+    let len = path.as_os_str().as_encoded_bytes().len();
+    (len >= PATH_MAX).then(|| {
+        format!(
+            "name too long: the path is {len} bytes; paths are limited to {} bytes",
+            PATH_MAX - 1
+        )
+    })
+}
+
+fn is_name_too_long(e: &std::io::Error) -> bool {
+    #[cfg(unix)]
+    return e.raw_os_error() == Some(libc::ENAMETOOLONG);
+    #[cfg(not(unix))]
+    return false;
+}
+
+/// What a non-regular file is, for the message refusing to replace it.
+fn kind_of(ft: FileType) -> &'static str {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::FileTypeExt;
+        if ft.is_fifo() {
+            return "a FIFO (named pipe)";
+        } else if ft.is_char_device() {
+            return "a character device";
+        } else if ft.is_block_device() {
+            return "a block device";
+        } else if ft.is_socket() {
+            return "a socket";
+        }
+    }
+    if ft.is_symlink() {
+        "a symbolic link"
+    } else if ft.is_dir() {
+        "a directory"
+    } else {
+        "not a regular file"
+    }
+}
+
+/// Refuses an existing `path` that is not a regular file: `--force` only ever replaces regular files.
+fn check_replaceable(path: &Path, force: bool) -> std::result::Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_file() => {
+            if force {
+                Ok(())
+            } else {
+                Err("exists; pass --force to overwrite".into())
+            }
+        }
+        Ok(m) => {
+            let target = match std::fs::read_link(path) {
+                Ok(t) if m.file_type().is_symlink() => format!(" (to {})", t.display()),
+                _ => String::new(),
+            };
+            Err(format!(
+                "exists and is {}{target}; gpuprep writes only to a new file or, with --force, over a \
+                 regular file (remove it or choose another output path)",
+                kind_of(m.file_type())
+            ))
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) if is_name_too_long(&e) => {
+            Err(name_too_long(path).unwrap_or_else(|| format!("name too long ({e})")))
+        }
+        Err(e) => Err(format!("cannot be checked ({e})")),
+    }
+}
+
+impl Sink {
+    /// Checks the output path and creates the temporary file with `volume_datasets`, each a 4-D float32
+    /// (t, z, y, x) dataset.
+    pub fn create(
+        path: &Path,
+        force: bool,
+        inputs: &[PathBuf],
+        t: usize,
+        shape: [usize; 3],
+        volume_datasets: &[&str],
+    ) -> Result<Sink> {
+        let out_err = |message: String| Error::Output {
+            path: path.to_path_buf(),
+            message,
+        };
+        if t == 0 || shape.contains(&0) {
+            return Err(out_err(format!(
+                "cannot hold {t} volumes of shape {}; every size must be nonzero",
+                fmt_shape(&shape)
+            )));
+        }
+        if let Some(why) = name_too_long(path) {
+            return Err(out_err(why));
+        }
+        let name = path
+            .file_name()
+            .ok_or_else(|| out_err("is not a file name (it ends in '..' or '/')".into()))?;
+        let parent = match path.parent() {
+            Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
+            _ => PathBuf::from("."),
+        };
+        // The temporary file's path is the parent's plus `/.gpuprep-XXXXXXXXXX/out.h5`.
+        let temp_len =
+            parent.as_os_str().len() + 2 + TEMP_PREFIX.len() + TEMP_RANDOM + TEMP_NAME.len();
+        if temp_len >= PATH_MAX {
+            return Err(out_err(format!(
+                "name too long: the temporary file beside it would have a path of {temp_len} bytes; paths are \
+                 limited to {} bytes",
+                PATH_MAX - 1
+            )));
+        }
+        if !parent.is_dir() {
+            return Err(out_err(format!(
+                "parent directory {} does not exist",
+                parent.display()
+            )));
+        }
+        // Compare canonical paths so `./a.h5`, `dir/../a.h5` and symlinks to an input are all caught: writing
+        // over an input would destroy it before it is read.
+        let canonical_out = if path.exists() {
+            path.canonicalize().ok()
+        } else {
+            parent.canonicalize().ok().map(|p| p.join(name))
+        };
+        if let Some(out) = &canonical_out {
+            for input in inputs {
+                if input.canonicalize().ok().as_ref() == Some(out) {
+                    return Err(out_err(format!(
+                        "is also an input file ({}); choose another output path",
+                        input.display()
+                    )));
+                }
+            }
+        }
+        check_replaceable(path, force).map_err(out_err)?;
+
+        let mut builder = tempfile::Builder::new();
+        builder.prefix(TEMP_PREFIX).rand_bytes(TEMP_RANDOM);
+        // tempfile creates directories with the umask's mode (often 0755) unless told.
+        #[cfg(unix)]
+        builder.permissions(std::os::unix::fs::PermissionsExt::from_mode(0o700));
+        let dir = builder.tempdir_in(&parent).map_err(|e| {
+            out_err(format!(
+                "cannot create a temporary directory in {} ({e})",
+                parent.display()
+            ))
+        })?;
+        let registered = Registered::new(dir.path());
+        let temp = dir.path().join(TEMP_NAME);
+        // Exclusive as well: the directory is new and private, so an existing file there is a fault.
+        let file = hdf5::File::create_excl(&temp).map_err(|e| Error::Output {
+            path: temp.clone(),
+            message: format!(
+                "cannot create the temporary output file ({})",
+                first_line(&e)
+            ),
+        })?;
+        // From here on, dropping `sink` on an error deletes the temporary directory.
+        let mut sink = Sink {
+            path: path.to_path_buf(),
+            temp,
+            dir: Some(dir),
+            registered: Some(registered),
+            force,
+            t,
+            shape,
+            file: Some(file),
+            volumes: Vec::new(),
+        };
+        let (chunk, cache_bytes, cache_slots) = volume_chunking(t, shape);
+        for &ds_name in volume_datasets {
+            if sink.volumes.iter().any(|(n, _)| n == ds_name) {
+                return Err(Error::Output {
+                    path: sink.path.clone(),
+                    message: format!("dataset '{ds_name}' requested twice"),
+                });
+            }
+            let ds = sink
+                .file()?
+                .new_dataset::<f32>()
+                .shape([t, shape[0], shape[1], shape[2]])
+                .chunk(chunk)
+                .chunk_cache(cache_slots, cache_bytes, 1.0)
+                .create(ds_name)
+                .map_err(|source| sink.hdf5_err(format!("creating /{ds_name}"), source))?;
+            sink.volumes.push((ds_name.to_string(), ds));
+        }
+        Ok(sink)
+    }
+
+    /// Writes volume `t` of the 4-D dataset `name`.
+    pub fn write_volume(&mut self, name: &str, t: usize, vol: ArrayView3<f32>) -> Result<()> {
+        let ds = self.volume(name, t)?;
+        if vol.shape() != self.shape {
+            return Err(Error::Data(format!(
+                "volume {t} for dataset '{name}' has shape {}, expected {}",
+                fmt_shape(vol.shape()),
+                fmt_shape(&self.shape)
+            )));
+        }
+        let vol = vol.as_standard_layout();
+        ds.write_slice(&vol, s![t, .., .., ..])
+            .map_err(|source| self.hdf5_err(format!("writing /{name} at timepoint {t}"), source))
+    }
+
+    /// Reads volume `t` of the 4-D dataset `name` back (the z-score's second pass rewrites "data").
+    pub fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {
+        let ds = self.volume(name, t)?;
+        ds.read_slice::<f32, _, ndarray::Ix3>(s![t, .., .., ..])
+            .map_err(|source| self.hdf5_err(format!("reading /{name} at timepoint {t}"), source))
+    }
+
+    /// Writes a float64 array (e.g. "shifts" (t, 3), "error" (t,)), replacing one of that name.
+    pub fn write_array_f64(&mut self, name: &str, data: ArrayViewD<f64>) -> Result<()> {
+        let data = data.as_standard_layout();
+        self.write_array(name, data.view())
+    }
+
+    /// Writes a float32 array (e.g. "mean", "std" (z, y, x)), replacing one of that name.
+    pub fn write_array_f32(&mut self, name: &str, data: ArrayViewD<f32>) -> Result<()> {
+        let data = data.as_standard_layout();
+        self.write_array(name, data.view())
+    }
+
+    fn write_array<T: hdf5::H5Type>(&mut self, name: &str, data: ArrayViewD<T>) -> Result<()> {
+        if self.volumes.iter().any(|(n, _)| n == name) {
+            return Err(Error::Output {
+                path: self.path.clone(),
+                message: format!(
+                    "dataset '{name}' is one of the 4-D volume datasets; choose another name"
+                ),
+            });
+        }
+        let file = self.file()?;
+        if file.link_exists(name) {
+            file.unlink(name)
+                .map_err(|source| self.hdf5_err(format!("replacing /{name}"), source))?;
+        }
+        file.new_dataset_builder()
+            .with_data(data)
+            .create(name)
+            .map(drop)
+            .map_err(|source| self.hdf5_err(format!("writing /{name}"), source))
+    }
+
+    /// Sets a root attribute to a variable-length UTF-8 string (h5py reads it as `str`).
+    pub fn set_attr_str(&mut self, name: &str, value: &str) -> Result<()> {
+        let v = vlen(name, value)?;
+        self.replace_attr(name, |f| {
+            f.new_attr_builder()
+                .with_data(ndarray::arr0(v).view())
+                .create(name)
+                .map(drop)
+        })
+    }
+
+    pub fn set_attr_f64(&mut self, name: &str, value: f64) -> Result<()> {
+        self.replace_attr(name, |f| {
+            f.new_attr_builder()
+                .with_data(ndarray::arr0(value).view())
+                .create(name)
+                .map(drop)
+        })
+    }
+
+    pub fn set_attr_i64(&mut self, name: &str, value: i64) -> Result<()> {
+        self.replace_attr(name, |f| {
+            f.new_attr_builder()
+                .with_data(ndarray::arr0(value).view())
+                .create(name)
+                .map(drop)
+        })
+    }
+
+    /// Sets a root attribute to a 1-D array of variable-length UTF-8 strings (e.g. the input files).
+    pub fn set_attr_strs(&mut self, name: &str, values: &[String]) -> Result<()> {
+        let vs = values
+            .iter()
+            .map(|v| vlen(name, v))
+            .collect::<Result<Vec<_>>>()?;
+        let arr = Array1::from(vs);
+        self.replace_attr(name, |f| {
+            f.new_attr_builder()
+                .with_data(arr.view())
+                .create(name)
+                .map(drop)
+        })
+    }
+
+    fn replace_attr(
+        &mut self,
+        name: &str,
+        create: impl FnOnce(&hdf5::File) -> hdf5::Result<()>,
+    ) -> Result<()> {
+        let file = self.file()?;
+        let what = || format!("writing attribute '{name}'");
+        if file
+            .attr_names()
+            .map_err(|s| self.hdf5_err(what(), s))?
+            .iter()
+            .any(|n| n == name)
+        {
+            file.delete_attr(name)
+                .map_err(|s| self.hdf5_err(what(), s))?;
+        }
+        create(file).map_err(|s| self.hdf5_err(what(), s))
+    }
+
+    /// Where the file is being written until `finish`.
+    pub fn temp_path(&self) -> &Path {
+        &self.temp
+    }
+
+    /// The private directory the file is written in until `finish`; other temporary files of the run (the
+    /// z-score scratch) belong here too, so one removal takes them all.
+    pub fn temp_dir(&self) -> &Path {
+        self.temp
+            .parent()
+            .expect("the temporary file is inside its directory")
+    }
+
+    /// The path the file will have after `finish`.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Flushes and closes the file and moves it to the final path (over an existing regular file only with
+    /// force), then removes the temporary directory.
+    pub fn finish(mut self) -> Result<PathBuf> {
+        let file = self.file.take().ok_or_else(|| self.closed())?;
+        let flushed = file.flush();
+        self.volumes.clear();
+        let closed = file.close();
+        flushed
+            .and(closed)
+            .map_err(|source| self.hdf5_err("flushing and closing the output".into(), source))?;
+
+        let dir = self.dir.take().ok_or_else(|| self.closed())?;
+        let registered = self.registered.take().ok_or_else(|| self.closed())?;
+        // Deregistered and moved under the cleanup lock: an interrupt now either comes first and deletes
+        // the unfinished file, or waits and finds the output complete and in place.
+        registered.finish_with(|| match self.move_into_place() {
+            Ok(()) => {
+                let _ = dir.close();
+                Ok(self.path.clone())
+            }
+            Err(e) => {
+                // The file is complete: whatever stopped the move, keep it where the message says.
+                let _ = dir.keep();
+                Err(e)
+            }
+        })
+    }
+
+    /// Moves the closed file to the final path; every error names where the complete result stays.
+    fn move_into_place(&self) -> Result<()> {
+        let kept = |message: String| Error::Output {
+            path: self.path.clone(),
+            message: format!("{message}; the result is in {}", self.temp.display()),
+        };
+        let io_err = |e: std::io::Error| kept(format!("cannot be put in place ({e})"));
+        if self.force {
+            // Checked again: a FIFO or link may have appeared at the output path while we were writing.
+            check_replaceable(&self.path, true).map_err(kept)?;
+            return std::fs::rename(&self.temp, &self.path).map_err(io_err);
+        }
+        let appeared = || {
+            kept(
+                "appeared while gpuprep was writing; not overwritten (pass --force to overwrite)"
+                    .into(),
+            )
+        };
+        // Without --force the output must still not exist: a hard link fails atomically if it does, where
+        // a rename would silently replace a file that appeared while we were writing.
+        match std::fs::hard_link(&self.temp, &self.path) {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => Err(appeared()),
+            // Filesystems without hard links: check, then rename.
+            Err(_) => match std::fs::symlink_metadata(&self.path) {
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    std::fs::rename(&self.temp, &self.path).map_err(io_err)
+                }
+                Ok(_) => Err(appeared()),
+                Err(e) => Err(io_err(e)),
+            },
+        }
+    }
+
+    fn file(&self) -> Result<&hdf5::File> {
+        self.file.as_ref().ok_or_else(|| self.closed())
+    }
+
+    fn closed(&self) -> Error {
+        Error::Output {
+            path: self.path.clone(),
+            message: "the output file is already closed".into(),
+        }
+    }
+
+    fn volume(&self, name: &str, t: usize) -> Result<&hdf5::Dataset> {
+        let ds = self
+            .volumes
+            .iter()
+            .find(|(n, _)| n == name)
+            .map(|(_, d)| d)
+            .ok_or_else(|| Error::Output {
+                path: self.path.clone(),
+                message: format!(
+                    "has no volume dataset '{name}' (created: {})",
+                    self.volumes
+                        .iter()
+                        .map(|(n, _)| n.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            })?;
+        if t >= self.t {
+            return Err(Error::Data(format!(
+                "timepoint {t} out of range for dataset '{name}' of {} timepoints",
+                self.t
+            )));
+        }
+        Ok(ds)
+    }
+
+    fn hdf5_err(&self, what: String, source: hdf5::Error) -> Error {
+        // Named by the user's path: the temporary one means nothing to them and is gone after the error.
+        crate::hdf5_error(self.path.clone(), what, source)
+    }
+}
+
+impl std::fmt::Debug for Sink {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Sink")
+            .field("path", &self.path)
+            .field("temp", &self.temp)
+            .field("t", &self.t)
+            .field("shape", &self.shape)
+            .field(
+                "volumes",
+                &self.volumes.iter().map(|(n, _)| n).collect::<Vec<_>>(),
+            )
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Sink {
+    fn drop(&mut self) {
+        // Closed before the directory goes, so HDF5 writes nothing more into a deleted file. After a
+        // successful `finish` there is nothing left to do: `dir` is `None`.
+        self.volumes.clear();
+        drop(self.file.take());
+        drop(self.dir.take());
+    }
+}
+
+fn vlen(name: &str, value: &str) -> Result<VarLenUnicode> {
+    value.parse::<VarLenUnicode>().map_err(|e| {
+        Error::Data(format!(
+            "attribute '{name}': value {value:?} cannot be stored as an HDF5 string: {e}"
+        ))
+    })
+}
+
+/// Chunk shape, chunk-cache bytes and cache slots for a (t, z, y, x) float32 dataset.
+///
+/// Users read the output two ways: whole volumes (`f["data"][t]`) and voxel or small-region time series
+/// (`f["data"][:, z, y, x]`). A chunk of one volume makes a time series read touch `t` chunks; a chunk spanning
+/// all of t makes a volume read pull in the whole file. We take the middle: up to 8 timepoints per chunk and a
+/// compact spatial block, about 1 MiB in all, so a time series costs t/8 chunk reads and a volume read reads at
+/// most 8 volumes' worth of chunks (volumes up to 4 MiB; see below for larger ones). The spatial block halves the largest axis until it fits, which keeps it
+/// near-cubic (good for regional time series) and tiles each axis into near-equal parts; on ties the slowest
+/// axis is halved first, so x keeps the longest contiguous runs. E.g. 10 x 100³ -> (8, 25, 25, 50), 977 KiB.
+///
+/// The pipeline writes one volume at a time, which touches every chunk of the current t-slab once per volume;
+/// the cache holds that whole slab so each chunk is written to disk once, when full, rather than read back and
+/// rewritten per volume. The slab is `ct` volumes, so `ct` is lowered for large volumes to keep the cache within
+/// `CACHE_BUDGET` per dataset whatever the number of timepoints (e.g. 2 for 16 MiB volumes: a time series
+/// then costs t/2 chunk reads); at `ct = 1` every write covers whole chunks and one chunk of cache is enough.
+pub fn volume_chunking(t: usize, shape: [usize; 3]) -> ([usize; 4], usize, usize) {
+    let vol_bytes = shape.iter().product::<usize>() * 4;
+    let max_ct = (CACHE_BUDGET / vol_bytes.max(1))
+        .clamp(1, MAX_CHUNK_T)
+        .min(t);
+    // The largest ct whose slab, counting the chunks' overhang past the volume's edges, fits the cache.
+    let mut ct = max_ct;
+    loop {
+        let c = spatial_chunk(shape, (CHUNK_BYTES / 4 / ct).max(1));
+        let chunk = [ct, c[0], c[1], c[2]];
+        let chunks_per_slab: usize = (0..3).map(|i| shape[i].div_ceil(c[i])).product();
+        let chunk_bytes = chunk.iter().product::<usize>() * 4;
+        let slab_bytes = chunks_per_slab * chunk_bytes;
+        if ct > 1 && slab_bytes > CACHE_BUDGET {
+            ct -= 1;
+            continue;
+        }
+        let cache_bytes = if ct == 1 {
+            CHUNK_BYTES.max(chunk_bytes)
+        } else {
+            slab_bytes.max(CHUNK_BYTES)
+        };
+        // HDF5 advises a prime number of hash slots, about 10-100 times the chunks that fit.
+        let slots = next_prime((chunks_per_slab * 10).max(521));
+        return (chunk, cache_bytes, slots);
+    }
+}
+
+/// The spatial block of at most `budget` voxels: the largest axis halved until it fits (on ties the
+/// slowest, so x keeps the longest contiguous runs).
+fn spatial_chunk(shape: [usize; 3], budget: usize) -> [usize; 3] {
+    let mut c = shape;
+    while c.iter().product::<usize>() > budget {
+        let i = (0..3)
+            .max_by_key(|&i| (c[i], std::cmp::Reverse(i)))
+            .unwrap();
+        if c[i] == 1 {
+            break;
+        }
+        c[i] = c[i].div_ceil(2);
+    }
+    c
+}
+
+fn next_prime(mut n: usize) -> usize {
+    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    while !is_prime(n) {
+        n += 1;
+    }
+    n
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{volume_chunking, CACHE_BUDGET};
+
+    #[test]
+    fn chunks_are_about_a_mebibyte_and_cache_holds_a_slab() {
+        for (t, shape) in [
+            (10, [100, 100, 100]),
+            (3, [4, 5, 6]),
+            (1000, [64, 512, 512]),
+            (50, [1, 2048, 2048]),
+        ] {
+            let (c, cache, slots) = volume_chunking(t, shape);
+            let bytes = c.iter().product::<usize>() * 4;
+            assert!(bytes <= 1 << 20, "{c:?}");
+            assert!(c[0] <= t.min(8) && c[0] >= 1);
+            for i in 0..3 {
+                assert!(c[i + 1] >= 1 && c[i + 1] <= shape[i]);
+            }
+            let slab: usize = (0..3)
+                .map(|i| shape[i].div_ceil(c[i + 1]))
+                .product::<usize>()
+                * bytes;
+            if c[0] > 1 {
+                assert!(cache >= slab, "{c:?} cache {cache} slab {slab}");
+            }
+            assert!(cache <= CACHE_BUDGET);
+            assert!(slots >= 521);
+        }
+        assert_eq!(volume_chunking(10, [100, 100, 100]).0, [8, 25, 25, 50]);
+        assert_eq!(volume_chunking(50, [64, 256, 256]).0[0], 2);
+    }
+}

@@ -1,0 +1,752 @@
+//! The streaming driver: read → filter → register → shift → accumulate, then normalize and write.
+//!
+//! Each pass is a three-stage pipeline: a reader thread, the backend on the calling thread (it never
+//! leaves it), and a writer thread, joined by bounded channels, so computing volume t overlaps reading
+//! the next ones and writing the previous ones. With the z-score on, pass 1 writes the pre-z-score
+//! volumes to a raw scratch file beside the output (`--save` datasets go to the output as they come) and
+//! pass 2 reads them back, normalizes them and writes `data` to the output once; with it off, pass 1
+//! writes `data` directly and there is no pass 2. The scratch is a plain file rather than an HDF5 dataset
+//! because the hdf5 crate serialises every library call behind one global lock: HDF5 reads and writes
+//! never overlap each other, but plain-file I/O overlaps both. It costs disk: during pass 2 the scratch
+//! and the output each hold a copy of `data`.
+//!
+//! Memory is bounded by a few volumes plus the z-score accumulators, whatever the number of timepoints:
+//! at most `depth` + 1 volumes on the read side (queued and being read), in pass 1 the lookahead when
+//! the backend stages uploads (the next volume, taken from the reader before the current one is computed
+//! so the GPU backend can upload it during that compute), the one being computed with its result, and `depth` + 1 results on the
+//! write side (queued and being written; a result is two volumes with `--save filtered`), where
+//! `depth` (`queue_depth`) is 2 for volumes up to 8 MiB and 1 above. Pass 1 thus holds up to
+//! 2·`depth` + 5 volumes (`depth` + 2 more with `--save filtered`), pass 2 up to 2·`depth` + 4.
+//! The CPU backend's shift also keeps its f64 intermediate (two f32 volumes' worth) on the computing
+//! thread between volumes (`cpu::shift`), rather than faulting in fresh pages for every volume.
+
+use gpuprep_core::backend::{Backend, FrameOutput, FramePlan, Moments, SeqVolume};
+use gpuprep_core::error::{Error, Result};
+use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
+use gpuprep_io::{fmt_shape, Axes, Sink, Source};
+use ndarray::{Array1, Array2, Array3, ArrayView3, Zip};
+use std::fs::File;
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+use std::sync::mpsc::{self, Receiver, SyncSender};
+use std::thread::{Scope, ScopedJoinHandle};
+use std::time::{Duration, Instant};
+
+/// Bytes of volumes queued on each side of the compute (read ahead, or waiting for the writer).
+const QUEUE_BYTES: usize = 16 << 20;
+
+/// Volumes queued on each side of the compute: two small ones (enough to hide HDF5 latency and ride out
+/// one slow write, a chunk-cache flush), or one when two would pass `QUEUE_BYTES`. One in the queue plus
+/// one in the hands of the reader (or writer) still overlaps I/O with the compute.
+pub fn queue_depth(shape: [usize; 3]) -> usize {
+    let bytes = shape.iter().product::<usize>() * std::mem::size_of::<f32>();
+    (QUEUE_BYTES / bytes.max(1)).clamp(1, 2)
+}
+
+/// Which volume registration aligns to.
+#[derive(Clone, Debug, PartialEq)]
+pub enum ReferenceSpec {
+    /// One timepoint.
+    Index(usize),
+    /// The mean of timepoints `start..end` (half-open).
+    Mean { start: usize, end: usize },
+}
+
+/// What to do with NaN and ±Inf in the input.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum NonFinite {
+    /// Stop with an error naming the file and timepoint (the default: scipy's median and FFT give
+    /// meaningless results around them).
+    Error,
+    /// Replace them with 0 before any stage, and report how many there were.
+    Zero,
+}
+
+impl NonFinite {
+    pub const ALL: [NonFinite; 2] = [NonFinite::Error, NonFinite::Zero];
+
+    /// The name on the command line and in the output's attributes.
+    pub fn name(self) -> &'static str {
+        match self {
+            NonFinite::Error => "error",
+            NonFinite::Zero => "zero",
+        }
+    }
+}
+
+/// A validated description of one run, built by the CLI before any data is read.
+#[derive(Clone, Debug)]
+pub struct RunConfig {
+    pub inputs: Vec<String>,
+    pub dataset: String,
+    pub output: PathBuf,
+    pub force: bool,
+    pub median: Option<MedianParams>,
+    pub register: Option<RegisterParams>,
+    pub register_on_raw: bool,
+    pub reference: ReferenceSpec,
+    pub shift: ShiftParams,
+    pub zscore: Option<ZscoreParams>,
+    pub save_filtered: bool,
+    pub save_registered: bool,
+    pub nonfinite: NonFinite,
+    /// What each input's dataset holds (`--axes`); `None` guesses as [`Source::open_with`] does.
+    pub axes: Option<Axes>,
+}
+
+impl RunConfig {
+    /// The default job (the notebook's, with the registration bug fixed) from `inputs` to `output`.
+    pub fn new(inputs: Vec<String>, output: PathBuf) -> Self {
+        RunConfig {
+            inputs,
+            dataset: "default".into(),
+            output,
+            force: false,
+            median: Some(MedianParams::default()),
+            register: Some(RegisterParams::default()),
+            register_on_raw: false,
+            reference: ReferenceSpec::Index(0),
+            shift: ShiftParams::default(),
+            zscore: Some(ZscoreParams::default()),
+            save_filtered: false,
+            save_registered: false,
+            nonfinite: NonFinite::Error,
+            axes: None,
+        }
+    }
+}
+
+/// What a run did, for the CLI to print.
+#[derive(Debug)]
+pub struct RunReport {
+    pub output: PathBuf,
+    pub backend: String,
+    pub timepoints: usize,
+    pub shape: [usize; 3],
+    pub registrations: Vec<Registration>,
+    pub nonfinite_replaced: usize,
+    pub constant_voxels: usize,
+    /// The inputs read, for the summary: file count, first and last file, axes ([`Source::inputs_summary`]).
+    pub inputs_summary: String,
+    /// Busy time per stage, summed over volumes: `reference`; `read` (the reader threads: inputs, then the
+    /// scratch file); `compute` and `normalize` (the backend, on the calling thread); `write` (the writer
+    /// threads: scratch file and output, plus closing the output). The stages run on different threads
+    /// at once, so they overlap and may add up to more than `total`.
+    pub stage_times: Vec<(&'static str, Duration)>,
+    pub total: Duration,
+}
+
+impl RunReport {
+    /// Timepoints registered with an empty (all-zero) volume or reference: shift 0 and error NaN
+    /// (`cpu::register::check_finite`).
+    pub fn empty_registrations(&self) -> Vec<usize> {
+        (self.registrations.iter().enumerate())
+            .filter(|(_, r)| r.error.is_nan())
+            .map(|(t, _)| t)
+            .collect()
+    }
+}
+
+#[derive(Default)]
+struct Clock(Vec<(&'static str, Duration)>);
+
+impl Clock {
+    fn add(&mut self, name: &'static str, d: Duration) {
+        match self.0.iter_mut().find(|(n, _)| *n == name) {
+            Some((_, t)) => *t += d,
+            None => self.0.push((name, d)),
+        }
+    }
+    fn time<T>(&mut self, name: &'static str, f: impl FnOnce() -> T) -> T {
+        let t0 = Instant::now();
+        let r = f();
+        self.add(name, t0.elapsed());
+        r
+    }
+}
+
+/// Where a run reports how far it is: each pass's start (`"pass 1"`, `"z-score"`) with its number of
+/// timepoints, one `advance` per timepoint done, its end. The CLI draws bars from it; a library user
+/// may log, or ignore it (`()` does).
+pub trait Progress {
+    fn start(&mut self, pass: &'static str, timepoints: usize) {
+        let _ = (pass, timepoints);
+    }
+    fn advance(&mut self) {}
+    fn finish(&mut self) {}
+}
+
+impl Progress for () {}
+
+/// Applies the `NonFinite` policy to one volume; returns how many values were replaced.
+fn sanitize(vol: &mut Array3<f32>, policy: NonFinite, source: &Source, t: usize) -> Result<usize> {
+    let bad = vol.iter().filter(|v| !v.is_finite()).count();
+    if bad == 0 {
+        return Ok(0);
+    }
+    match policy {
+        NonFinite::Error => Err(Error::Input {
+            path: source.file_of(t).to_path_buf(),
+            message: format!(
+                "dataset {:?}, {}: {bad} NaN/Inf values; pass --nonfinite zero to replace them with 0",
+                source.dataset(),
+                source.timepoint(t)
+            ),
+        }),
+        NonFinite::Zero => {
+            vol.mapv_inplace(|v| if v.is_finite() { v } else { 0.0 });
+            Ok(bad)
+        }
+    }
+}
+
+fn check_config(cfg: &RunConfig, source: &Source) -> Result<()> {
+    let n = source.len();
+    if cfg.register.is_some() {
+        match cfg.reference {
+            ReferenceSpec::Index(i) if i >= n => {
+                return Err(Error::InvalidParameter {
+                    flag: "--reference".into(),
+                    message: format!("timepoint {i} is out of range; the input has {n} timepoints (0..{n})"),
+                })
+            }
+            ReferenceSpec::Mean { start, end } if start >= end || end > n => {
+                return Err(Error::InvalidParameter {
+                    flag: "--reference-mean".into(),
+                    message: format!("range {start}:{end} is empty or past the end; the input has {n} timepoints"),
+                })
+            }
+            _ => {}
+        }
+    }
+    Ok(())
+}
+
+/// The volume registration aligns to: the chosen timepoint or mean, filtered unless registering raw.
+fn reference_volume(
+    cfg: &RunConfig,
+    source: &Source,
+    backend: &mut dyn Backend,
+) -> Result<Array3<f32>> {
+    let (start, end) = match cfg.reference {
+        ReferenceSpec::Index(i) => (i, i + 1),
+        ReferenceSpec::Mean { start, end } => (start, end),
+    };
+    let mut sum = Array3::<f64>::zeros(source.shape());
+    for t in start..end {
+        let mut vol = source.read(t)?;
+        sanitize(&mut vol, cfg.nonfinite, source, t)?;
+        let vol = match (&cfg.median, cfg.register_on_raw) {
+            (Some(m), false) => backend.median3d(vol.view(), m)?,
+            _ => vol,
+        };
+        if end - start == 1 {
+            return Ok(vol);
+        }
+        Zip::from(&mut sum)
+            .and(&vol)
+            .for_each(|s, &v| *s += v as f64);
+    }
+    let n = (end - start) as f64;
+    Ok(sum.mapv(|s| (s / n) as f32))
+}
+
+/// Runs the whole job. The output appears at `cfg.output` only when complete.
+pub fn run(cfg: &RunConfig, backend: &mut dyn Backend) -> Result<RunReport> {
+    run_with_progress(cfg, backend, &mut ())
+}
+
+/// `run`, reporting each pass's progress to `progress`.
+pub fn run_with_progress(
+    cfg: &RunConfig,
+    backend: &mut dyn Backend,
+    progress: &mut dyn Progress,
+) -> Result<RunReport> {
+    let started = Instant::now();
+    let mut clock = Clock::default();
+    let source = Source::open_with(&cfg.inputs, &cfg.dataset, cfg.axes)?;
+    check_config(cfg, &source)?;
+    crate::memory::check_run(cfg, &source, crate::memory::Compute::of(backend))?;
+    let (n, shape) = (source.len(), source.shape());
+
+    let mut datasets = vec!["data"];
+    if cfg.save_filtered && cfg.median.is_some() {
+        datasets.push("filtered");
+    }
+    if cfg.save_registered {
+        datasets.push("registered");
+    }
+    let mut sink = Sink::create(&cfg.output, cfg.force, source.files(), n, shape, &datasets)?;
+
+    if let Some(reg) = &cfg.register {
+        let reference = clock.time("reference", || reference_volume(cfg, &source, backend))?;
+        backend.set_reference(reference.view(), reg)?;
+    }
+    if cfg.zscore.is_some() {
+        backend.reset_moments(shape)?;
+    }
+    let plan = FramePlan {
+        median: cfg.median,
+        register: cfg.register,
+        register_on_raw: cfg.register_on_raw,
+        shift: cfg.shift,
+        accumulate: cfg.zscore.is_some(),
+        keep_filtered: cfg.save_filtered,
+    };
+
+    // With the z-score on, the first pass's results wait in the scratch file, not in the output.
+    let scratch = match cfg.zscore {
+        Some(_) => Some(Scratch::create(sink.temp_dir(), sink.path(), shape)?),
+        None => None,
+    };
+
+    let depth = queue_depth(shape);
+    let mut registrations = Vec::with_capacity(if cfg.register.is_some() { n } else { 0 });
+    let mut nonfinite_replaced = 0;
+    progress.start("pass 1", n);
+    std::thread::scope(|scope| -> Result<()> {
+        let source = &source;
+        let rx = spawn_reader(scope, n, depth, |t| source.read(t));
+        let (sink, scratch) = (&mut sink, scratch.as_ref());
+        let mut writer = WriteBehind::spawn(
+            scope,
+            depth,
+            move |(t, volume, filtered): (usize, Array3<f32>, Option<Array3<f32>>)| {
+                if let Some(f) = &filtered {
+                    sink.write_volume("filtered", t, f.view())?;
+                }
+                if cfg.save_registered {
+                    sink.write_volume("registered", t, volume.view())?;
+                }
+                match scratch {
+                    Some(s) => s.write(t, volume.view()),
+                    None => sink.write_volume("data", t, volume.view()),
+                }
+            },
+        );
+        // For a backend that stages uploads (`Backend::stages_ahead`), volume t + 1 is taken from the
+        // reader (and sanitized) before t is computed, so the backend can stage it while t computes
+        // (`Backend::process_frame_ahead`). Each volume gets a fresh sequence number: the backend
+        // recognises a staged volume by it. Other backends gain nothing from it and skip the extra volume.
+        let ahead = backend.stages_ahead(shape, &plan);
+        let mut take = |t: usize, clock: &mut Clock| -> Result<(u64, Array3<f32>)> {
+            let mut raw = receive(&rx, clock)?;
+            nonfinite_replaced += sanitize(&mut raw, cfg.nonfinite, source, t)?;
+            Ok((SeqVolume::next_seq(), raw))
+        };
+        let mut next: Option<(u64, Array3<f32>)> = None;
+        for t in 0..n {
+            let (seq, raw) = match next.take() {
+                Some(v) => v,
+                None => take(t, &mut clock)?,
+            };
+            if ahead && t + 1 < n {
+                next = Some(take(t + 1, &mut clock)?);
+            }
+            let FrameOutput {
+                volume,
+                filtered,
+                registration,
+            } = clock
+                .time("compute", || {
+                    backend.process_frame_ahead(
+                        SeqVolume::new(seq, raw.view()),
+                        next.as_ref().map(|(s, v)| SeqVolume::new(*s, v.view())),
+                        &plan,
+                    )
+                })
+                // The backend sees volumes, not timepoints: a data error (e.g. a registration that
+                // is not finite) gets its timepoint here.
+                .map_err(|e| match e {
+                    Error::Data(m) => Error::Data(format!("timepoint {t}: {m}")),
+                    e => e,
+                })?;
+            // Freed before `send` may block on a full queue, so a stalled writer holds no extra volume here.
+            drop(raw);
+            registrations.extend(registration);
+            writer.send((t, volume, filtered))?;
+            progress.advance();
+        }
+        clock.add("write", writer.finish()?);
+        Ok(())
+    })?;
+    progress.finish();
+
+    let mut constant_voxels = 0;
+    if let (Some(z), Some(scratch)) = (&cfg.zscore, &scratch) {
+        let moments: Moments = clock.time("normalize", || backend.moments(z))?;
+        constant_voxels = moments.constant_voxels;
+        progress.start("z-score", n);
+        std::thread::scope(|scope| -> Result<()> {
+            let rx = spawn_reader(scope, n, depth, |t| scratch.read(t));
+            let sink = &mut sink;
+            let mut writer =
+                WriteBehind::spawn(scope, depth, move |(t, zs): (usize, Array3<f32>)| {
+                    sink.write_volume("data", t, zs.view())
+                });
+            for t in 0..n {
+                let vol = receive(&rx, &mut clock)?;
+                let zs = clock.time("normalize", || backend.normalize(vol.view(), &moments, z))?;
+                writer.send((t, zs))?;
+                progress.advance();
+            }
+            clock.add("write", writer.finish()?);
+            Ok(())
+        })?;
+        progress.finish();
+        sink.write_array_f32("mean", moments.mean.view().into_dyn())?;
+        sink.write_array_f32("std", moments.std.view().into_dyn())?;
+    }
+    // Deleted now rather than at the end of the function so the scratch's disk space is free before the
+    // output is flushed.
+    drop(scratch);
+
+    if !registrations.is_empty() {
+        let shifts = Array2::from_shape_fn((n, 3), |(t, a)| registrations[t].shift[a]);
+        sink.write_array_f64("shifts", shifts.view().into_dyn())?;
+        let error = Array1::from_iter(registrations.iter().map(|r| r.error));
+        sink.write_array_f64("error", error.view().into_dyn())?;
+        let phasediff = Array1::from_iter(registrations.iter().map(|r| r.phasediff));
+        sink.write_array_f64("phasediff", phasediff.view().into_dyn())?;
+    }
+    write_attributes(&mut sink, cfg, &source, &backend.describe())?;
+    let output = clock.time("write", || sink.finish())?;
+    Ok(RunReport {
+        output,
+        backend: backend.describe(),
+        timepoints: n,
+        shape,
+        registrations,
+        nonfinite_replaced,
+        constant_voxels,
+        inputs_summary: source.inputs_summary(),
+        stage_times: clock.0,
+        total: started.elapsed(),
+    })
+}
+
+/// Reads items `0..n` on a scoped thread, at most `depth` ahead of the consumer; each arrives with
+/// the time its read took. The thread stops after sending the first error, or when the receiver is dropped
+/// (its blocked `send` then fails), so an early return on the consuming side never leaves it hanging.
+fn spawn_reader<'scope, T: Send + 'scope>(
+    scope: &'scope Scope<'scope, '_>,
+    n: usize,
+    depth: usize,
+    mut read: impl FnMut(usize) -> Result<T> + Send + 'scope,
+) -> Receiver<Result<(T, Duration)>> {
+    let (tx, rx) = mpsc::sync_channel(depth);
+    scope.spawn(move || {
+        for t in 0..n {
+            let t0 = Instant::now();
+            let r = read(t).map(|v| (v, t0.elapsed()));
+            let failed = r.is_err();
+            if tx.send(r).is_err() || failed {
+                break;
+            }
+        }
+    });
+    rx
+}
+
+/// The next item from a `spawn_reader` thread, its read time added to `clock`.
+fn receive<T>(rx: &Receiver<Result<(T, Duration)>>, clock: &mut Clock) -> Result<T> {
+    let (item, read_time) = rx
+        .recv()
+        .map_err(|_| Error::Data("the reader thread stopped".into()))??;
+    clock.add("read", read_time);
+    Ok(item)
+}
+
+/// The write side of a pass: a scoped thread applying `write` to each message in order, at most
+/// `depth` messages behind the sender.
+///
+/// Dropping it without `finish` (an early return on the sending side) closes the queue: the thread writes
+/// what is queued and ends, and the scope joins it.
+struct WriteBehind<'scope, M> {
+    tx: Option<SyncSender<M>>,
+    handle: Option<ScopedJoinHandle<'scope, Result<Duration>>>,
+}
+
+impl<'scope, M: Send + 'scope> WriteBehind<'scope, M> {
+    fn spawn(
+        scope: &'scope Scope<'scope, '_>,
+        depth: usize,
+        mut write: impl FnMut(M) -> Result<()> + Send + 'scope,
+    ) -> Self {
+        let (tx, rx) = mpsc::sync_channel::<M>(depth);
+        let handle = scope.spawn(move || {
+            let mut busy = Duration::ZERO;
+            // Returning on an error drops `rx`, which turns the sender's next (or blocked) `send` into a
+            // failure instead of a wait on a queue nobody drains.
+            for msg in rx {
+                let t0 = Instant::now();
+                write(msg)?;
+                busy += t0.elapsed();
+            }
+            Ok(busy)
+        });
+        WriteBehind {
+            tx: Some(tx),
+            handle: Some(handle),
+        }
+    }
+
+    /// Queues `msg`, waiting while the queue is full; if the writer has stopped, returns its error.
+    fn send(&mut self, msg: M) -> Result<()> {
+        if let Some(tx) = &self.tx {
+            if tx.send(msg).is_ok() {
+                return Ok(());
+            }
+        }
+        self.tx = None;
+        Err(self
+            .join()
+            .err()
+            .unwrap_or_else(|| Error::Data("the writer thread stopped early".into())))
+    }
+
+    /// Closes the queue and waits for everything in it to be written; returns the writer's busy time.
+    fn finish(mut self) -> Result<Duration> {
+        self.tx = None;
+        self.join()
+    }
+
+    fn join(&mut self) -> Result<Duration> {
+        match self.handle.take() {
+            Some(h) => h
+                .join()
+                .unwrap_or_else(|panic| std::panic::resume_unwind(panic)),
+            None => Err(Error::Data("the writer thread has already ended".into())),
+        }
+    }
+}
+
+/// The first pass's volumes while the z-score statistics are not yet known: raw little-endian f32, volume
+/// t at byte `t * volume_bytes`, in a temporary file in the output's private temporary directory
+/// (`Sink::temp_dir`). `NamedTempFile` deletes it when dropped, so it disappears whether the run succeeds,
+/// fails or panics; an interrupt removes the whole directory.
+struct Scratch {
+    file: tempfile::NamedTempFile,
+    shape: [usize; 3],
+    /// The output path, which errors name: the scratch file's own path means nothing to the user.
+    output: PathBuf,
+}
+
+impl Scratch {
+    fn create(dir: &Path, output: &Path, shape: [usize; 3]) -> Result<Scratch> {
+        let file = tempfile::Builder::new()
+            .prefix("scratch")
+            .tempfile_in(dir)
+            .map_err(|e| Error::Output {
+                path: output.to_path_buf(),
+                message: format!(
+                    "cannot create the z-score scratch file in {} ({e})",
+                    dir.display()
+                ),
+            })?;
+        Ok(Scratch {
+            file,
+            shape,
+            output: output.to_path_buf(),
+        })
+    }
+
+    fn offset(&self, t: usize) -> u64 {
+        (t * self.shape.iter().product::<usize>() * size_of::<f32>()) as u64
+    }
+
+    fn err(&self, what: String, e: std::io::Error) -> Error {
+        let text = e.to_string();
+        let text = text.split(" (os error ").next().unwrap_or_default();
+        Error::Output {
+            path: self.output.clone(),
+            message: format!("{text} while {what} of the z-score scratch file"),
+        }
+    }
+
+    /// Writes volume `t`. Only one thread at a time may use the scratch: reads and writes share the file
+    /// position.
+    fn write(&self, t: usize, vol: ArrayView3<f32>) -> Result<()> {
+        if vol.shape() != self.shape {
+            return Err(Error::Data(format!(
+                "volume {t} has shape {}, expected {}",
+                fmt_shape(vol.shape()),
+                fmt_shape(&self.shape)
+            )));
+        }
+        let vol = vol.as_standard_layout();
+        let values = vol.as_slice().expect("standard layout is contiguous");
+        let mut f: &File = self.file.as_file();
+        f.seek(SeekFrom::Start(self.offset(t)))
+            .and_then(|_| {
+                if cfg!(target_endian = "little") {
+                    f.write_all(bytemuck::cast_slice(values))
+                } else {
+                    let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+                    f.write_all(&le)
+                }
+            })
+            .map_err(|e| self.err(format!("writing timepoint {t}"), e))
+    }
+
+    /// Reads volume `t` back.
+    fn read(&self, t: usize) -> Result<Array3<f32>> {
+        let mut vol = Array3::<f32>::zeros(self.shape);
+        let values = vol.as_slice_mut().expect("a new array is contiguous");
+        let mut f: &File = self.file.as_file();
+        f.seek(SeekFrom::Start(self.offset(t)))
+            .and_then(|_| f.read_exact(bytemuck::cast_slice_mut(values)))
+            .map_err(|e| self.err(format!("reading timepoint {t}"), e))?;
+        if cfg!(target_endian = "big") {
+            values
+                .iter_mut()
+                .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
+        }
+        Ok(vol)
+    }
+}
+
+fn write_attributes(
+    sink: &mut Sink,
+    cfg: &RunConfig,
+    source: &Source,
+    backend: &str,
+) -> Result<()> {
+    sink.set_attr_str("gpuprep_version", env!("CARGO_PKG_VERSION"))?;
+    sink.set_attr_str("backend", backend)?;
+    let files: Vec<String> = source
+        .files()
+        .iter()
+        .map(|p| p.display().to_string())
+        .collect();
+    sink.set_attr_strs("input_files", &files)?;
+    sink.set_attr_str("input_dataset", source.dataset())?;
+    sink.set_attr_str("input_dtype", &source.dtype().to_string())?;
+    sink.set_attr_str("axes", "t,z,y,x")?;
+    match &cfg.median {
+        Some(m) => {
+            sink.set_attr_str(
+                "median_size",
+                &format!("{},{},{}", m.size[0], m.size[1], m.size[2]),
+            )?;
+            sink.set_attr_str("median_mode", m.mode.name())?;
+            sink.set_attr_f64("median_cval", m.cval as f64)?;
+        }
+        None => sink.set_attr_str("median_size", "off")?,
+    }
+    match &cfg.register {
+        Some(r) => {
+            sink.set_attr_i64("upsample_factor", r.upsample_factor as i64)?;
+            sink.set_attr_str("normalization", r.normalization.name())?;
+            sink.set_attr_str(
+                "register_on",
+                if cfg.register_on_raw {
+                    "raw"
+                } else {
+                    "filtered"
+                },
+            )?;
+            sink.set_attr_str(
+                "reference",
+                &match cfg.reference {
+                    ReferenceSpec::Index(i) => format!("timepoint {i}"),
+                    ReferenceSpec::Mean { start, end } => {
+                        format!("mean of timepoints {start}:{end}")
+                    }
+                },
+            )?;
+            sink.set_attr_str(
+                "shift_convention",
+                "scipy.ndimage.shift(volume[t], shifts[t]) registers volume t onto the reference",
+            )?;
+            sink.set_attr_i64("shift_order", cfg.shift.order as i64)?;
+            sink.set_attr_str("shift_mode", cfg.shift.mode.name())?;
+            sink.set_attr_f64("shift_cval", cfg.shift.cval as f64)?;
+        }
+        None => sink.set_attr_str("registration", "off")?,
+    }
+    match &cfg.zscore {
+        Some(z) => {
+            sink.set_attr_i64("zscore_ddof", z.ddof as i64)?;
+            sink.set_attr_str("zscore_constant_voxels", z.constant.name())?;
+        }
+        None => sink.set_attr_str("zscore", "off")?,
+    }
+    sink.set_attr_str("nonfinite", cfg.nonfinite.name())?;
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failing_writer_stops_the_sender_with_its_error() {
+        let written = std::thread::scope(|scope| {
+            let mut writer = WriteBehind::spawn(scope, 2, |t: usize| {
+                if t == 3 {
+                    Err(Error::Data(format!("disk full at {t}")))
+                } else {
+                    Ok(())
+                }
+            });
+            // Far more than the queue holds: without the error turning `send` into a failure this blocks.
+            let sent = (0..100).map(|t| writer.send(t)).find_map(|r| r.err());
+            (sent, writer.finish())
+        });
+        let err = written
+            .0
+            .expect("the send after the failure fails")
+            .to_string();
+        assert!(err.contains("disk full at 3"), "{err}");
+        assert!(written.1.is_err());
+    }
+
+    #[test]
+    fn a_reader_abandoned_midway_ends() {
+        std::thread::scope(|scope| {
+            let rx = spawn_reader(scope, 1000, 2, |t| Ok(vec![t; 10]));
+            let mut clock = Clock::default();
+            assert_eq!(receive(&rx, &mut clock).unwrap(), vec![0; 10]);
+            // Dropping `rx` here must let the scope join the reader.
+        });
+    }
+
+    #[test]
+    fn scratch_round_trips_volumes_and_disappears() {
+        let dir = tempfile::tempdir().unwrap();
+        let shape = [3, 4, 5];
+        let vols: Vec<Array3<f32>> = (0..4)
+            .map(|t| {
+                Array3::from_shape_fn(shape, |(z, y, x)| {
+                    (t * 100 + z * 20 + y * 5 + x) as f32 - 0.5
+                })
+            })
+            .collect();
+        let scratch = Scratch::create(dir.path(), Path::new("out.h5"), shape).unwrap();
+        let path = scratch.file.path().to_path_buf();
+        assert!(path
+            .file_name()
+            .unwrap()
+            .to_string_lossy()
+            .starts_with("scratch"));
+        for t in [2, 0, 3, 1] {
+            scratch.write(t, vols[t].view()).unwrap();
+        }
+        // A view in another memory order is written in logical (C) order.
+        let transposed = vols[1].t().to_owned();
+        scratch.write(1, transposed.t()).unwrap();
+        assert_eq!(std::fs::metadata(&path).unwrap().len(), 4 * 60 * 4);
+        for (t, vol) in vols.iter().enumerate() {
+            assert_eq!(&scratch.read(t).unwrap(), vol);
+        }
+        let err = scratch.read(4).unwrap_err().to_string();
+        assert!(
+            err.starts_with("out.h5: ") && err.contains("timepoint 4"),
+            "{err}"
+        );
+        assert!(scratch.write(0, Array3::zeros([3, 4, 4]).view()).is_err());
+        drop(scratch);
+        assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+    }
+}
