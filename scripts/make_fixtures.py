@@ -142,7 +142,7 @@ def check_stable(name, ref, mov, u, norm, shifts):
 
 def filter_index(i, n, mode):
     """Source index of sample ``i`` (maybe outside ``0..n``) of a filter window on an axis of ``n``,
-    or None for cval: scipy.ndimage's filter extension repeated periodically (src/cpu/boundary.rs)."""
+    or None for cval: scipy.ndimage's filter extension repeated periodically (crates/core/src/boundary.rs)."""
     if 0 <= i < n:
         return i
     if mode == "constant":

@@ -264,7 +264,8 @@ impl Sink {
             .map_err(|source| self.hdf5_err(format!("writing /{name} at timepoint {t}"), source))
     }
 
-    /// Reads volume `t` of the 4-D dataset `name` back (the z-score's second pass rewrites "data").
+    /// Reads volume `t` of the 4-D dataset `name` back from the output being written (tests; the
+    /// z-score's second pass reads its own scratch file, not the output).
     pub fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {
         let ds = self.volume(name, t)?;
         ds.read_slice::<f32, _, ndarray::Ix3>(s![t, .., .., ..])
