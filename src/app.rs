@@ -34,7 +34,7 @@ fn configure_threads(engine: &EngineArgs) -> Result<()> {
     if let Some(n) = engine.threads {
         if n == 0 {
             return Err(Error::InvalidParameter {
-                flag: "--threads".into(),
+                name: "--threads".into(),
                 message: "expected at least 1".into(),
             });
         }
@@ -42,7 +42,7 @@ fn configure_threads(engine: &EngineArgs) -> Result<()> {
         let max = max_threads(cores);
         if n > max {
             return Err(Error::InvalidParameter {
-                flag: "--threads".into(),
+                name: "--threads".into(),
                 message: format!(
                     "got {n}; at most {max} on this machine of {cores} cores (4 per core, at least 64, \
                      never above 1024): threads beyond the cores only add switching and stacks"
@@ -61,7 +61,7 @@ fn configure_threads(engine: &EngineArgs) -> Result<()> {
 pub fn select_backend(engine: &EngineArgs) -> Result<Box<dyn Backend>> {
     if let (BackendChoice::Cpu, Some(api)) = (engine.backend, engine.gpu_api) {
         return Err(Error::InvalidParameter {
-            flag: "--gpu-api".into(),
+            name: "--gpu-api".into(),
             message: format!(
                 "{api} applies to the GPU backend; it has no effect with --backend cpu (drop one of them)"
             ),

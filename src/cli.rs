@@ -226,7 +226,7 @@ fn parse_list(flag: &str, s: &str, expected: usize) -> Result<Vec<usize>> {
         Ok(v) if v.len() == expected => Ok(v),
         Ok(v) if v.len() == 1 && expected == 3 => Ok(vec![v[0]; 3]),
         _ => Err(Error::InvalidParameter {
-            flag: flag.into(),
+            name: flag.into(),
             message: format!(
                 "got {s:?}; expected {expected} comma-separated non-negative integers"
             ),
@@ -238,18 +238,51 @@ pub fn parse_shape4(flag: &str, s: &str) -> Result<[usize; 4]> {
     let v = parse_list(flag, s, 4)?;
     if v.contains(&0) {
         return Err(Error::InvalidParameter {
-            flag: flag.into(),
+            name: flag.into(),
             message: format!("got {s:?}; sizes must be >= 1"),
         });
     }
     Ok([v[0], v[1], v[2], v[3]])
 }
 
+/// The flag that supplies each parameter the libraries name in their errors (`Error::InvalidParameter`).
+const PARAMETER_FLAGS: &[(&str, &str)] = &[
+    ("median size", "--median-size"),
+    ("boundary mode", "--median-mode"),
+    ("upsample factor", "--upsample-factor"),
+    ("normalization", "--normalization"),
+    ("spline order", "--order"),
+    ("reference", "--reference"),
+    ("reference range", "--reference-mean"),
+    ("axes", "--axes"),
+    ("dtype", "--dtype"),
+    ("shape", "--shape"),
+    ("max shift", "--max-shift"),
+    ("noise", "--noise"),
+    ("graphics API", "--gpu-api"),
+];
+
+/// A library error naming a parameter, restated under the flag that supplies it; other errors as
+/// they are. (`to_config` restates the errors of values it validates itself with `under_flag`, which
+/// knows the flag where one parameter has two, e.g. a boundary mode.)
+pub fn under_its_flag(e: Error) -> Error {
+    match e {
+        Error::InvalidParameter { name, message } => {
+            let flag = PARAMETER_FLAGS.iter().find(|(n, _)| *n == name);
+            Error::InvalidParameter {
+                name: flag.map_or(name, |(_, f)| f.to_string()),
+                message,
+            }
+        }
+        e => e,
+    }
+}
+
 /// A parameter error from `params`, restated under the flag that supplied the value.
 fn under_flag<T>(flag: &str, r: Result<T>) -> Result<T> {
     r.map_err(|e| match e {
         Error::InvalidParameter { message, .. } => Error::InvalidParameter {
-            flag: flag.into(),
+            name: flag.into(),
             message,
         },
         e => e,
@@ -259,7 +292,7 @@ fn under_flag<T>(flag: &str, r: Result<T>) -> Result<T> {
 pub fn upsample(flag: &str, u: i64) -> Result<u32> {
     if !(1..=1000).contains(&u) {
         return Err(Error::InvalidParameter {
-            flag: flag.into(),
+            name: flag.into(),
             message: format!("got {u}; expected an integer from 1 to 1000"),
         });
     }
@@ -295,7 +328,7 @@ impl RunArgs {
             None => ReferenceSpec::Index(self.reference),
             Some(r) => {
                 let bad = || Error::InvalidParameter {
-                    flag: "--reference-mean".into(),
+                    name: "--reference-mean".into(),
                     message: format!("got {r:?}; expected START:END with START < END"),
                 };
                 let (a, b) = r.split_once(':').ok_or_else(bad)?;
@@ -326,7 +359,7 @@ impl RunArgs {
                 "" => {}
                 other => {
                     return Err(Error::InvalidParameter {
-                        flag: "--save".into(),
+                        name: "--save".into(),
                         message: format!(
                             "unknown stage {other:?}; expected filtered and/or registered"
                         ),
@@ -336,7 +369,7 @@ impl RunArgs {
         }
         if save_filtered && median.is_none() {
             return Err(Error::InvalidParameter {
-                flag: "--save".into(),
+                name: "--save".into(),
                 message: "filtered was asked for but --no-median is set".into(),
             });
         }

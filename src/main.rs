@@ -32,7 +32,10 @@ fn main() {
              temporary directory behind"
         );
     }
-    let result = crate::app::run_command(cli.command);
+    let result = crate::app::run_command(cli.command).map_err(|e| match e.downcast() {
+        Ok(e) => anyhow::Error::new(cli::under_its_flag(e)),
+        Err(e) => e,
+    });
     // `exit` skips destructors.
     drop(runtime_dir);
     if let Err(e) = result {

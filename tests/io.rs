@@ -52,7 +52,7 @@ fn every_dtype_reads_as_f32() {
     }
     assert_eq!(Dtype::U8.to_string(), "uint8");
     assert_eq!("float64".parse::<Dtype>().unwrap(), Dtype::F64);
-    err_of("float16".parse::<Dtype>(), &["--dtype", "float16", "uint8"]);
+    err_of("float16".parse::<Dtype>(), &["dtype", "float16", "uint8"]);
 }
 
 #[test]
@@ -553,22 +553,19 @@ fn synth_refuses_bad_specs() {
         shape: [2, 0, 3, 3],
         ..SynthSpec::default()
     };
-    err_of(
-        synth(dir.path(), &spec, false),
-        &["--shape", "(2, 0, 3, 3)"],
-    );
+    err_of(synth(dir.path(), &spec, false), &["shape", "(2, 0, 3, 3)"]);
     let spec = SynthSpec {
         shape: [2, 3, 3, 3],
         max_shift: f64::NAN,
         ..SynthSpec::default()
     };
-    err_of(synth(dir.path(), &spec, false), &["--max-shift"]);
+    err_of(synth(dir.path(), &spec, false), &["max shift"]);
     let spec = SynthSpec {
         shape: [2, 3, 3, 3],
         noise: -1.0,
         ..SynthSpec::default()
     };
-    err_of(synth(dir.path(), &spec, false), &["--noise"]);
+    err_of(synth(dir.path(), &spec, false), &["noise"]);
     let file = dir.path().join("file");
     std::fs::write(&file, b"").unwrap();
     err_of(

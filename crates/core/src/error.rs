@@ -9,8 +9,8 @@ pub type Result<T, E = Error> = std::result::Result<T, E>;
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
-    #[error("{flag}: {message}")]
-    InvalidParameter { flag: String, message: String },
+    #[error("{name}: {message}")]
+    InvalidParameter { name: String, message: String },
 
     #[error("{path}: {message}")]
     Input { path: PathBuf, message: String },

@@ -20,7 +20,7 @@ pub fn available() -> Result<Option<Available>> {
     if let Some(raw) = std::env::var_os(LIMIT_ENV) {
         let s = raw.to_string_lossy();
         let bytes = parse_bytes(&s).ok_or_else(|| Error::InvalidParameter {
-            flag: LIMIT_ENV.into(),
+            name: LIMIT_ENV.into(),
             message: format!(
                 "got {s:?}; expected a number of bytes, optionally with a K, M, G or T suffix (powers of 1024)"
             ),

@@ -68,7 +68,7 @@ impl FromStr for BoundaryMode {
             .into_iter()
             .find(|m| m.name() == s)
             .ok_or_else(|| Error::InvalidParameter {
-                flag: "boundary mode".into(),
+                name: "boundary mode".into(),
                 message: format!(
                     "unknown boundary mode {s:?}; expected one of reflect, nearest, mirror, constant, wrap"
                 ),
@@ -102,7 +102,7 @@ impl MedianParams {
         for (axis, &s) in ["z", "y", "x"].iter().zip(size.iter()) {
             if s == 0 || s % 2 == 0 {
                 return Err(Error::InvalidParameter {
-                    flag: "median size".into(),
+                    name: "median size".into(),
                     message: format!("size along {axis} is {s}; expected an odd number >= 1"),
                 });
             }
@@ -111,7 +111,7 @@ impl MedianParams {
         match elements {
             Some(n) if n <= MedianParams::MAX_ELEMENTS => Ok(MedianParams { size, mode, cval }),
             _ => Err(Error::InvalidParameter {
-                flag: "median size".into(),
+                name: "median size".into(),
                 message: format!(
                     "the window {}x{}x{} has {} elements; at most {} (e.g. 161x161x161) are supported",
                     size[0],
@@ -156,7 +156,7 @@ impl FromStr for Normalization {
             .into_iter()
             .find(|n| n.name() == s)
             .ok_or_else(|| Error::InvalidParameter {
-                flag: "normalization".into(),
+                name: "normalization".into(),
                 message: format!("unknown normalization {s:?}; expected phase or none"),
             })
     }
@@ -189,7 +189,7 @@ impl RegisterParams {
     pub fn new(upsample_factor: u32, normalization: Normalization) -> Result<Self> {
         if upsample_factor < 1 {
             return Err(Error::InvalidParameter {
-                flag: "upsample factor".into(),
+                name: "upsample factor".into(),
                 message: format!("got {upsample_factor}; expected an integer >= 1"),
             });
         }
@@ -236,7 +236,7 @@ impl ShiftParams {
     pub fn new(order: u32, mode: BoundaryMode, cval: f32) -> Result<Self> {
         if !matches!(order, 0 | 1 | 3) {
             return Err(Error::InvalidParameter {
-                flag: "spline order".into(),
+                name: "spline order".into(),
                 message: format!("spline order {order} is not supported; expected 0, 1 or 3"),
             });
         }

@@ -65,7 +65,7 @@ impl FromStr for Api {
             .into_iter()
             .find(|a| a.name() == s)
             .ok_or_else(|| Error::InvalidParameter {
-                flag: "graphics API".into(),
+                name: "graphics API".into(),
                 message: format!(
                     "unknown graphics API {s:?}; expected any, vulkan, metal, dx12 or gl"
                 ),
@@ -199,7 +199,7 @@ impl GpuContext {
             .min(limits.max_buffer_size);
         if let Ok(v) = std::env::var(TILE_BYTES_ENV) {
             let b: u64 = v.trim().parse().map_err(|_| Error::InvalidParameter {
-                flag: TILE_BYTES_ENV.into(),
+                name: TILE_BYTES_ENV.into(),
                 message: format!("{v:?} is not a number of bytes"),
             })?;
             max_tile_bytes = max_tile_bytes.min(b);

@@ -61,7 +61,7 @@ fn record_slab(
         .copied()
         .find(|&c| c >= window)
         .ok_or_else(|| Error::InvalidParameter {
-            flag: "--median-size".into(),
+            name: "median size".into(),
             message: format!(
             "the GPU median filter holds at most {MAX_WINDOW} window elements (e.g. 11x11x11); \
              {:?} has {window}: use --backend cpu",
@@ -71,7 +71,7 @@ fn record_slab(
     for (i, &s) in p.size.iter().enumerate() {
         if s % 2 == 0 {
             return Err(Error::InvalidParameter {
-                flag: "--median-size".into(),
+                name: "median size".into(),
                 message: format!("size along axis {i} is {s}; the median filter needs odd sizes"),
             });
         }

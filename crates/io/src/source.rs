@@ -102,7 +102,7 @@ impl FromStr for Dtype {
             .into_iter()
             .find(|d| d.name() == s)
             .ok_or_else(|| Error::InvalidParameter {
-                flag: "--dtype".into(),
+                name: "dtype".into(),
                 message: format!(
                     "unknown dtype '{s}'; expected one of {}",
                     Dtype::ALL.map(Dtype::name).join(", ")
@@ -169,7 +169,7 @@ impl FromStr for Axes {
             .into_iter()
             .find(|a| a.name() == s)
             .ok_or_else(|| Error::InvalidParameter {
-                flag: "--axes".into(),
+                name: "axes".into(),
                 message: format!("unknown axes '{s}'; expected tzyx, tyx or zyx"),
             })
     }
@@ -993,7 +993,7 @@ pub fn utf8_inputs(inputs: &[PathBuf]) -> Result<Vec<String>> {
             p.to_str()
                 .map(str::to_string)
                 .ok_or_else(|| Error::InvalidParameter {
-                    flag: "input".into(),
+                    name: "inputs".into(),
                     message: format!(
                     "{:?} is not valid UTF-8, and HDF5 opens files by UTF-8 names only; rename it",
                     p.as_os_str()
@@ -1099,7 +1099,7 @@ fn natural_cmp(a: &Path, b: &Path) -> std::cmp::Ordering {
 fn expand_inputs<S: AsRef<Path>>(inputs: &[S]) -> Result<Vec<Input>> {
     if inputs.is_empty() {
         return Err(Error::InvalidParameter {
-            flag: "input".into(),
+            name: "inputs".into(),
             message: "no input given; pass a directory, a glob pattern or HDF5 files".into(),
         });
     }

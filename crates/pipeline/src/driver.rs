@@ -206,13 +206,13 @@ fn check_config(cfg: &RunConfig, source: &Source) -> Result<()> {
         match cfg.reference {
             ReferenceSpec::Index(i) if i >= n => {
                 return Err(Error::InvalidParameter {
-                    flag: "--reference".into(),
+                    name: "reference".into(),
                     message: format!("timepoint {i} is out of range; the input has {n} timepoints (0..{n})"),
                 })
             }
             ReferenceSpec::Mean { start, end } if start >= end || end > n => {
                 return Err(Error::InvalidParameter {
-                    flag: "--reference-mean".into(),
+                    name: "reference range".into(),
                     message: format!("range {start}:{end} is empty or past the end; the input has {n} timepoints"),
                 })
             }

@@ -392,7 +392,7 @@ pub fn check_run(cfg: &RunConfig, source: &Source, compute: Compute) -> Result<(
             .is_some_and(|t| t.what.starts_with("upsampling"))
         {
             Error::InvalidParameter {
-                flag: "--upsample-factor".into(),
+                name: "upsample factor".into(),
                 message: format!("{}: {message}", path.display()),
             }
         } else {
@@ -451,7 +451,7 @@ pub fn check_synth(
     threads: usize,
 ) -> Result<usize> {
     let bad = |message: String| Error::InvalidParameter {
-        flag: "--shape".into(),
+        name: "shape".into(),
         message,
     };
     let want = threads.max(1).min(shape[0]);

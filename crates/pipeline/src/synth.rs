@@ -227,7 +227,7 @@ fn bounded(nt: usize, width: usize, f: impl Fn(usize) -> Result<()> + Sync) -> R
 fn validate(spec: &SynthSpec) -> Result<()> {
     if spec.shape.contains(&0) {
         return Err(Error::InvalidParameter {
-            flag: "--shape".into(),
+            name: "shape".into(),
             message: format!(
                 "{} has a zero size; every dimension must be at least 1",
                 fmt_shape(&spec.shape)
@@ -236,13 +236,13 @@ fn validate(spec: &SynthSpec) -> Result<()> {
     }
     if !(spec.max_shift.is_finite() && spec.max_shift >= 0.0) {
         return Err(Error::InvalidParameter {
-            flag: "--max-shift".into(),
+            name: "max shift".into(),
             message: format!("{} is not a finite number >= 0", spec.max_shift),
         });
     }
     if !(spec.noise.is_finite() && spec.noise >= 0.0) {
         return Err(Error::InvalidParameter {
-            flag: "--noise".into(),
+            name: "noise".into(),
             message: format!("{} is not a finite number >= 0", spec.noise),
         });
     }
