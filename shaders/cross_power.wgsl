@@ -19,7 +19,7 @@
 // to the CPU (argmax of the same correlation up to f32 FFT rounding); sub-pixel shifts within 1/u of
 // the CPU (the upsampled DFT sums in f32 here, f64 there); error and phasediff within 1e-3.
 
-// Keep in sync with `CrossUniform` in src/gpu/register.rs.
+// The layout of `CrossUniform` in crates/gpu/src/register.rs (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     total: u32,
     phase: u32,
@@ -33,6 +33,7 @@ struct Params {
     scale_bits: u32,
 }
 
+// The layout of `Partial` in crates/gpu/src/register.rs (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Partial {
     val: f32,
     idx: u32,

@@ -12,7 +12,7 @@
 //   Stockham FFT of length M; `pointwise`: A *= B, B = FFT_M(conj chirp) / M precomputed on the host;
 //   inverse Stockham FFT of length M; `chirp_post`: X[k] = w[k] * a[k] * scale.
 
-// Keep in sync with `FftUniform` in src/gpu/fft.rs.
+// The layout of `FftUniform` in crates/gpu/src/fft.rs (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     n: u32,            // transform length (M for the Stockham stages of Bluestein)
     stride: u32,       // element stride of the axis
@@ -33,8 +33,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> tables: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read_write> dst: array<vec2<f32>>;
 
-// The radix of `stockham`, replaced at load time (src/gpu/fft.rs) by the stage's radix so that loops
-// have constant bounds and `v` stays in registers; the text must stay `const RADIX: u32 = 4u;`.
+// The radix of `stockham`, set at load time to the stage's radix (crates/gpu/src/fft.rs, through
+// `KernelDecl::source`, which needs the declaration below: one `const` of type u32 with a literal) so
+// that loops have constant bounds and `v` stays in registers. A constant, not an `override`, as it
+// sizes the private array `v`.
 const RADIX: u32 = 4u;
 
 @compute @workgroup_size(64)

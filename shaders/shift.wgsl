@@ -11,7 +11,7 @@
 // Tolerance: the CPU runs in f64 and rounds once; here the filter and sums are f32:
 // |gpu - cpu| <= 1e-5 * (1 + max|input|) for order 3 (2e-6 for orders 0, 1).
 
-// Keep in sync with `ShiftUniform` in src/gpu/shift.rs.
+// The layout of `ShiftUniform` in crates/gpu/src/shift.rs (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     n: u32,            // length of the axis
     stride: u32,       // element stride of the axis in the volume
@@ -39,6 +39,7 @@ struct Params {
 const POLE: f32 = -0.26794919243112270;
 const GAIN: f32 = 6.0;
 
+// The layout of `Tap` in crates/gpu/src/shift.rs (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Tap {
     idx: vec4<u32>,
     w: vec4<f32>,

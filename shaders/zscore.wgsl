@@ -10,7 +10,7 @@
 // Constant voxels (scipy's rule on the f64 moments: std <= |eps_f64 * mean|) get NaN, or 0 when
 // `constant_zero` is set.
 
-// Keep in sync with `ZscoreUniform` in src/gpu/zscore.rs.
+// The layout of `ZscoreUniform` in crates/gpu/src/zscore.rs (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     total: u32,
     // Number of volumes including the one being added (accumulate), or accumulated (finalize).

@@ -1,0 +1,144 @@
+//! Kernels built from the table in `shaders.rs`: a compute pipeline and its bind-group layout per
+//! declared entry point (and per specialisation), built once inside a validation error scope and
+//! cached on the context, every wgpu object labelled `gpuprep.<key>`.
+
+use super::context::GpuContext;
+use crate::shaders::{self, Bind, KernelDecl};
+use gpuprep_core::error::{Error, Result};
+use std::rc::Rc;
+
+/// A compute pipeline and its bind-group layout.
+pub struct Kernel {
+    pub label: String,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub binds: Vec<Bind>,
+}
+
+impl GpuContext {
+    /// The kernel `decl` (which must declare no specialisable constant), built on first use.
+    pub fn pipeline(&self, decl: &KernelDecl) -> Result<Rc<Kernel>> {
+        self.pipeline_variant(decl, &[])
+    }
+
+    /// The kernel `decl` with its constants set to `values` (`KernelDecl::source`), built on
+    /// first use.
+    pub fn pipeline_variant(
+        &self,
+        decl: &KernelDecl,
+        values: &[(&str, u32)],
+    ) -> Result<Rc<Kernel>> {
+        let key = decl.key(values);
+        if let Some(k) = self.kernels.borrow().get(&key) {
+            return Ok(k.clone());
+        }
+        let src = decl.source(values)?;
+        self.build(key, src, decl.entry, decl.binds)
+    }
+
+    /// The entry point of the pre-table call sites (`register.rs`, `zscore.rs`, `tests/gpu.rs`):
+    /// `shader`/`entry` must be in the table with exactly `binds`; `variant` holds pairs of exact
+    /// text and replacement applied to the source (an error when a text is missing). New code names
+    /// a declaration with `pipeline` / `pipeline_variant`.
+    pub fn kernel(
+        &self,
+        shader: &str,
+        entry: &str,
+        variant: &[(&str, String)],
+        binds: &[Bind],
+    ) -> Result<Rc<Kernel>> {
+        let decl = shaders::find(shader, entry)
+            .ok_or_else(|| Error::Gpu(format!("no kernel {shader}.{entry} in the kernel table")))?;
+        if decl.binds != binds {
+            return Err(Error::Gpu(format!(
+                "kernel {shader}.{entry}: bindings {binds:?}, the table declares {:?}",
+                decl.binds
+            )));
+        }
+        if variant.is_empty() && decl.specialize.is_empty() {
+            return self.pipeline(decl);
+        }
+        let mut key = decl.key(&[]);
+        for (from, to) in variant {
+            key.push_str(&format!("[{from}={to}]"));
+        }
+        if let Some(k) = self.kernels.borrow().get(&key) {
+            return Ok(k.clone());
+        }
+        let mut src = shaders::source(shader)
+            .ok_or_else(|| Error::Gpu(format!("no shader named {shader:?}")))?;
+        for (from, to) in variant {
+            if !src.contains(from) {
+                return Err(Error::Gpu(format!(
+                    "shader {shader}: variant text {from:?} not found"
+                )));
+            }
+            src = src.replace(from, to);
+        }
+        self.build(key, src, entry, binds)
+    }
+
+    /// Build and cache the kernel `key` from the full WGSL `src`.
+    fn build(&self, key: String, src: String, entry: &str, binds: &[Bind]) -> Result<Rc<Kernel>> {
+        let label = format!("gpuprep.{key}");
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Bind::Uniform => wgpu::BufferBindingType::Uniform,
+                        Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Bind::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &entries,
+            });
+        let playout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&playout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("building kernel {label}: {err}")));
+        }
+        let k = Rc::new(Kernel {
+            label,
+            pipeline,
+            layout,
+            binds: binds.to_vec(),
+        });
+        self.kernels.borrow_mut().insert(key, k.clone());
+        Ok(k)
+    }
+}
