@@ -142,3 +142,56 @@ impl GpuContext {
         Ok(k)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Api;
+    use crate::shaders::{CROSS_SUM_SQ, FFT_STOCKHAM, MEDIAN3D};
+
+    fn ctx() -> Option<GpuContext> {
+        match GpuContext::new(Api::Vulkan) {
+            Ok(c) => Some(c),
+            Err(e) if std::env::var("GPUPREP_REQUIRE_GPU").as_deref() != Ok("1") => {
+                eprintln!("SKIPPED: no Vulkan adapter ({e})");
+                None
+            }
+            Err(e) => panic!("GPUPREP_REQUIRE_GPU=1 but no Vulkan adapter: {e}"),
+        }
+    }
+
+    #[test]
+    fn kernels_are_built_once_per_declaration_and_variant() {
+        let Some(ctx) = ctx() else { return };
+        let a = ctx
+            .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 729)])
+            .unwrap();
+        let b = ctx
+            .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 729)])
+            .unwrap();
+        assert!(Rc::ptr_eq(&a, &b));
+        assert_eq!(a.label, "gpuprep.median3d.median3d[MAX_WINDOW=729]");
+        assert_eq!(a.binds, MEDIAN3D.binds);
+        let c = ctx
+            .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 27)])
+            .unwrap();
+        assert!(!Rc::ptr_eq(&a, &c));
+        // Undeclared values and missing values are errors, not silent defaults.
+        assert!(ctx
+            .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 100)])
+            .is_err());
+        assert!(ctx.pipeline(&FFT_STOCKHAM).is_err());
+        // The pre-table entry point shares the cache and checks the bindings against the table.
+        let s = ctx.pipeline(&CROSS_SUM_SQ).unwrap();
+        let t = ctx
+            .kernel("cross_power", "sum_sq", &[], CROSS_SUM_SQ.binds)
+            .unwrap();
+        assert!(Rc::ptr_eq(&s, &t));
+        let err = ctx
+            .kernel("cross_power", "sum_sq", &[], &[Bind::Uniform, Bind::Read])
+            .err()
+            .expect("bindings other than the table's");
+        assert!(err.to_string().contains("the table declares"), "{err}");
+        assert!(ctx.kernel("cross_power", "no_such", &[], &[]).is_err());
+    }
+}
