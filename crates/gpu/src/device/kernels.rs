@@ -147,7 +147,7 @@ impl GpuContext {
 mod tests {
     use super::*;
     use crate::device::Api;
-    use crate::shaders::{CROSS_SUM_SQ, FFT_STOCKHAM, MEDIAN3D};
+    use crate::shaders::{Specialize, CROSS_SUM_SQ, FFT_STOCKHAM, MEDIAN3D};
 
     fn ctx() -> Option<GpuContext> {
         match GpuContext::new(Api::Vulkan) {
@@ -193,5 +193,38 @@ mod tests {
             .expect("bindings other than the table's");
         assert!(err.to_string().contains("the table declares"), "{err}");
         assert!(ctx.kernel("cross_power", "no_such", &[], &[]).is_err());
+    }
+
+    /// WGSL that naga rejects (a zero-length private array) and a missing entry point are
+    /// `Error`s naming the kernel, through the table's own path; the good kernel builds afterwards.
+    #[test]
+    fn invalid_declared_kernels_are_errors_not_panics() {
+        let Some(ctx) = ctx() else { return };
+        let zero = KernelDecl {
+            specialize: &[Specialize {
+                name: "MAX_WINDOW",
+                values: &[0],
+            }],
+            ..MEDIAN3D
+        };
+        let err = ctx
+            .pipeline_variant(&zero, &[("MAX_WINDOW", 0)])
+            .err()
+            .expect("invalid WGSL must fail");
+        assert!(
+            err.to_string()
+                .contains("gpuprep.median3d.median3d[MAX_WINDOW=0]"),
+            "{err}"
+        );
+        let missing = KernelDecl {
+            entry: "no_such_entry",
+            ..MEDIAN3D
+        };
+        assert!(ctx
+            .pipeline_variant(&missing, &[("MAX_WINDOW", 343)])
+            .is_err());
+        assert!(ctx
+            .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 343)])
+            .is_ok());
     }
 }
