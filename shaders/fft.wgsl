@@ -1,7 +1,7 @@
 // Batched 1-D complex FFTs along one axis of a C-ordered volume of vec2<f32> (re, im); three of them
-// make the 3-D FFT (src/gpu/fft.rs). numpy's conventions: forward unnormalized, inverse scaled by 1/N
+// make the 3-D FFT (crates/gpu/src/fft.rs). numpy's conventions: forward unnormalized, inverse scaled by 1/N
 // (`scale` on the last stage / the Bluestein post-chirp).
-// CPU twin: src/cpu/fft.rs (rustfft, f32). Tolerance: |gpu - cpu| <= 1e-5 * sqrt(N) * max|x|
+// CPU twin: crates/cpu/src/fft.rs (rustfft, f32). Tolerance: |gpu - cpu| <= 1e-5 * sqrt(N) * max|x|
 // elementwise (both are f32 with O(log N) error growth; twiddles are computed in f64 on the host).
 //
 // `stockham`: one radix-R stage (R in 2, 3, 4, 5, 7) of the self-sorting Stockham algorithm
@@ -12,7 +12,8 @@
 //   Stockham FFT of length M; `pointwise`: A *= B, B = FFT_M(conj chirp) / M precomputed on the host;
 //   inverse Stockham FFT of length M; `chirp_post`: X[k] = w[k] * a[k] * scale.
 
-// The layout of `FftUniform` in crates/gpu/src/fft.rs (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
+// The layout of `FftUniform` in crates/gpu/src/fft.rs
+// (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     n: u32,            // transform length (M for the Stockham stages of Bluestein)
     stride: u32,       // element stride of the axis

@@ -1,5 +1,5 @@
 // 3-D median filter: scipy.ndimage.median_filter(vol, size=(sz, sy, sx), mode=mode, cval=cval).
-// CPU twin: src/cpu/median3d.rs. Tolerance: none, the output is bit-identical to the CPU (the median
+// CPU twin: crates/cpu/src/median3d.rs. Tolerance: none, the output is bit-identical to the CPU (the median
 // is a selection: the element of rank size/2 of the window). Values are ordered as Rust's
 // `f32::total_cmp` orders them (the CPU twin's order): -0.0 before +0.0, NaN above +Inf.
 //
@@ -14,7 +14,8 @@
 // `const` of type u32 with a literal). A constant, not an `override`, as it sizes a private array.
 const MAX_WINDOW: u32 = 343u;
 
-// The layout of `MedianUniform` in crates/gpu/src/median3d.rs (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
+// The layout of `MedianUniform` in crates/gpu/src/median3d.rs
+// (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     nz: u32,
     ny: u32,

@@ -1,4 +1,4 @@
-//! Host side of `shaders/fft.wgsl` (CPU twin: `src/cpu/fft.rs`): 3-D complex FFT of any shape, as
+//! Host side of `shaders/fft.wgsl` (CPU twin: `crates/cpu/src/fft.rs`): 3-D complex FFT of any shape, as
 //! batched 1-D transforms along axes 2, 1, 0 (the CPU's order). Lengths whose prime factors are all in
 //! {2, 3, 5, 7} use mixed-radix Stockham stages; others use Bluestein's chirp-z over a power-of-two
 //! Stockham FFT. Twiddles, chirps and the chirp filter's spectrum are computed once per shape in f64.

@@ -1,4 +1,4 @@
-//! Host side of `shaders/median3d.wgsl` (CPU twin: `src/cpu/median3d.rs`), resident or tiled in
+//! Host side of `shaders/median3d.wgsl` (CPU twin: `crates/cpu/src/median3d.rs`), resident or tiled in
 //! z-slabs for volumes over the tile limit.
 
 use super::device::{GpuContext, Recorder};

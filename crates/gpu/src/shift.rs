@@ -1,5 +1,6 @@
-//! Host side of `shaders/shift.wgsl` (CPU twin: `src/cpu/shift.rs`). The per-axis taps come from the
-//! CPU twin's `AxisPlan` (NI_ZoomShift's set-up loop, in f64); the GPU does the prefilter and the sums.
+//! Host side of `shaders/shift.wgsl` (CPU twin: `crates/cpu/src/shift.rs`). The per-axis taps come
+//! from `gpuprep_core::spline::AxisPlan` (NI_ZoomShift's set-up loop, in f64); the GPU does the
+//! prefilter and the sums.
 //! Volumes over the tile limit are shifted in slabs: the translation is separable, and each pass
 //! needs only whole lines along its own axis (`run_tiled`).
 
