@@ -1,18 +1,20 @@
-// Shared by every kernel: concatenated in front of each shader at load time (src/gpu/shaders.rs),
+// Shared by every kernel: concatenated in front of each shader at load time (crates/gpu/src/shaders.rs),
 // and validated that way in tests/shaders.rs.
 
-// Boundary modes: keep in sync with `BoundaryMode::code()` in src/params.rs.
+// Boundary modes: `BoundaryMode::code()` of crates/core/src/params.rs (checked by tests/shaders.rs,
+// `boundary_mode_codes_match_wgsl`).
 const MODE_REFLECT: u32 = 0u;
 const MODE_NEAREST: u32 = 1u;
 const MODE_MIRROR: u32 = 2u;
 const MODE_CONSTANT: u32 = 3u;
 const MODE_WRAP: u32 = 4u;
 
-// Workgroup size of every 1-D kernel; keep in sync with `WORKGROUP` in src/gpu/device.rs.
+// Workgroup size of every 1-D kernel: `WORKGROUP` of crates/gpu/src/device/recorder.rs and every
+// `@workgroup_size` (checked by tests/shaders.rs, `workgroup_size_matches_wgsl`).
 const WG: u32 = 64u;
 
 // Linear invocation index of a dispatch split into (x, y) workgroups when it has more than 65535
-// workgroups (src/gpu/device.rs `split_groups`).
+// workgroups (crates/gpu/src/device/recorder.rs `split_groups`).
 fn linear_index(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
     return (wid.x + wid.y * nwg.x) * WG + lid.x;
 }

@@ -1,5 +1,5 @@
-// Phase correlation around the FFTs (src/gpu/register.rs; CPU twins: src/cpu/cross_power.rs and
-// src/cpu/register.rs, scikit-image 0.26's phase_cross_correlation).
+// Phase correlation around the FFTs (crates/gpu/src/register.rs; CPU twins: crates/cpu/src/cross_power.rs and
+// crates/cpu/src/register.rs, scikit-image 0.26's phase_cross_correlation).
 //   `to_complex`: real volume -> complex (imaginary 0).
 //   `cross_power`: R = F * conj(G); with phase normalization R /= max(|R|, 100 eps_f32). f32 as the CPU,
 //     but the product is formed from F and G divided by their largest component (when over 1), so
@@ -19,7 +19,8 @@
 // to the CPU (argmax of the same correlation up to f32 FFT rounding); sub-pixel shifts within 1/u of
 // the CPU (the upsampled DFT sums in f32 here, f64 there); error and phasediff within 1e-3.
 
-// Keep in sync with `CrossUniform` in src/gpu/register.rs.
+// The layout of `CrossUniform` in crates/gpu/src/register.rs
+// (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     total: u32,
     phase: u32,
@@ -33,6 +34,8 @@ struct Params {
     scale_bits: u32,
 }
 
+// The layout of `Partial` in crates/gpu/src/register.rs
+// (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Partial {
     val: f32,
     idx: u32,

@@ -1,7 +1,7 @@
 // Batched 1-D complex FFTs along one axis of a C-ordered volume of vec2<f32> (re, im); three of them
-// make the 3-D FFT (src/gpu/fft.rs). numpy's conventions: forward unnormalized, inverse scaled by 1/N
+// make the 3-D FFT (crates/gpu/src/fft.rs). numpy's conventions: forward unnormalized, inverse scaled by 1/N
 // (`scale` on the last stage / the Bluestein post-chirp).
-// CPU twin: src/cpu/fft.rs (rustfft, f32). Tolerance: |gpu - cpu| <= 1e-5 * sqrt(N) * max|x|
+// CPU twin: crates/cpu/src/fft.rs (rustfft, f32). Tolerance: |gpu - cpu| <= 1e-5 * sqrt(N) * max|x|
 // elementwise (both are f32 with O(log N) error growth; twiddles are computed in f64 on the host).
 //
 // `stockham`: one radix-R stage (R in 2, 3, 4, 5, 7) of the self-sorting Stockham algorithm
@@ -12,7 +12,8 @@
 //   Stockham FFT of length M; `pointwise`: A *= B, B = FFT_M(conj chirp) / M precomputed on the host;
 //   inverse Stockham FFT of length M; `chirp_post`: X[k] = w[k] * a[k] * scale.
 
-// Keep in sync with `FftUniform` in src/gpu/fft.rs.
+// The layout of `FftUniform` in crates/gpu/src/fft.rs
+// (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     n: u32,            // transform length (M for the Stockham stages of Bluestein)
     stride: u32,       // element stride of the axis
@@ -33,8 +34,10 @@ struct Params {
 @group(0) @binding(2) var<storage, read> tables: array<vec2<f32>>;
 @group(0) @binding(3) var<storage, read_write> dst: array<vec2<f32>>;
 
-// The radix of `stockham`, replaced at load time (src/gpu/fft.rs) by the stage's radix so that loops
-// have constant bounds and `v` stays in registers; the text must stay `const RADIX: u32 = 4u;`.
+// The radix of `stockham`, set at load time to the stage's radix (crates/gpu/src/fft.rs, through
+// `KernelDecl::source`, which needs the declaration below: one `const` of type u32 with a literal) so
+// that loops have constant bounds and `v` stays in registers. A constant, not an `override`, as it
+// sizes the private array `v`.
 const RADIX: u32 = 4u;
 
 @compute @workgroup_size(64)

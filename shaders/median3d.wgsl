@@ -1,5 +1,5 @@
 // 3-D median filter: scipy.ndimage.median_filter(vol, size=(sz, sy, sx), mode=mode, cval=cval).
-// CPU twin: src/cpu/median3d.rs. Tolerance: none, the output is bit-identical to the CPU (the median
+// CPU twin: crates/cpu/src/median3d.rs. Tolerance: none, the output is bit-identical to the CPU (the median
 // is a selection: the element of rank size/2 of the window). Values are ordered as Rust's
 // `f32::total_cmp` orders them (the CPU twin's order): -0.0 before +0.0, NaN above +Inf.
 //
@@ -9,11 +9,13 @@
 // The default 3x3x3 window has its own entry point, `median3d_27`: a branch-free forgetful selection
 // (min/max exchanges only, written out on scalars, so neighbouring invocations never diverge and the
 // keys live in registers) instead of Wirth's data-dependent partitioning.
-// `MAX_WINDOW` is replaced at load time (src/gpu/median3d.rs) by the smallest size class that holds
-// the window; the text below must stay exactly `const MAX_WINDOW: u32 = 343u;`.
+// `MAX_WINDOW` is set at load time to the smallest size class that holds the window
+// (crates/gpu/src/median3d.rs, through `KernelDecl::source`, which needs the declaration below: one
+// `const` of type u32 with a literal). A constant, not an `override`, as it sizes a private array.
 const MAX_WINDOW: u32 = 343u;
 
-// Keep in sync with `MedianUniform` in src/gpu/median3d.rs.
+// The layout of `MedianUniform` in crates/gpu/src/median3d.rs
+// (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     nz: u32,
     ny: u32,

@@ -1,17 +1,18 @@
 // Translation by spline interpolation: scipy.ndimage.shift(vol, s, order, mode, cval), prefilter on.
-// CPU twin: src/cpu/shift.rs. A translation samples every line along an axis at the same offsets, so
+// CPU twin: crates/cpu/src/shift.rs. A translation samples every line along an axis at the same offsets, so
 // the 3-D tensor-product interpolation is three 1-D passes (axis 0, 1, 2), each:
 //   `prefilter` (order 3 only): one invocation per line copies the line (edge-padded by `pad` samples
 //     for `nearest`, as scipy's `_prepad_for_spline_filter`) into `scratch` and runs the cubic B-spline
 //     IIR filter of ni_splines.c in place, with its mirror or reflect initialisation;
 //   `gather`: one invocation per output voxel sums up to 4 taps. The taps (source index along the line
-//     and weight per output index) are computed on the host by `cpu::shift::AxisPlan`, which mirrors
+//     and weight per output index) are computed on the host by `gpuprep_core::spline::AxisPlan`, which mirrors
 //     the set-up loop of NI_ZoomShift (map_coordinate, spline boundary mode, weights) in f64.
 // The last pass writes `cval` where any axis is outside the input (constant mode).
 // Tolerance: the CPU runs in f64 and rounds once; here the filter and sums are f32:
 // |gpu - cpu| <= 1e-5 * (1 + max|input|) for order 3 (2e-6 for orders 0, 1).
 
-// Keep in sync with `ShiftUniform` in src/gpu/shift.rs.
+// The layout of `ShiftUniform` in crates/gpu/src/shift.rs
+// (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     n: u32,            // length of the axis
     stride: u32,       // element stride of the axis in the volume
@@ -39,6 +40,8 @@ struct Params {
 const POLE: f32 = -0.26794919243112270;
 const GAIN: f32 = 6.0;
 
+// The layout of `Tap` in crates/gpu/src/shift.rs
+// (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Tap {
     idx: vec4<u32>,
     w: vec4<f32>,

@@ -1,5 +1,5 @@
 // Streaming per-voxel z-score over time: scipy.stats.zscore(data, axis=0, ddof=ddof) of the float32
-// data computed in float64. CPU twin: src/cpu/zscore.rs. Needs SHADER_F64 (Welford accumulators,
+// data computed in float64. CPU twin: crates/core/src/zscore.rs. Needs SHADER_F64 (Welford accumulators,
 // moments and normalization in f64, as the CPU); without it (e.g. wgpu's GL backend) the GPU backend
 // runs accumulation and normalization on the CPU twin (the same f64 arithmetic) and says so in
 // `describe()`: there is no f32-only z-score.
@@ -10,7 +10,8 @@
 // Constant voxels (scipy's rule on the f64 moments: std <= |eps_f64 * mean|) get NaN, or 0 when
 // `constant_zero` is set.
 
-// Keep in sync with `ZscoreUniform` in src/gpu/zscore.rs.
+// The layout of `ZscoreUniform` in crates/gpu/src/zscore.rs
+// (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
 struct Params {
     total: u32,
     // Number of volumes including the one being added (accumulate), or accumulated (finalize).

@@ -1,16 +1,45 @@
 //! Integration tests: shaders. Every WGSL kernel, as the GPU backend loads it (`common.wgsl` followed
-//! by the kernel), parsed and validated with naga; needs no GPU.
+//! by the kernel), parsed and validated with naga, and the kernel table and the Rust side checked
+//! against the WGSL (entry points, bindings, uniform and storage struct layouts, workgroup size,
+//! boundary-mode codes); needs no GPU.
 
-use gpuprep_gpu::shaders;
+use gpuprep_core::params::BoundaryMode;
+use gpuprep_gpu::device::WORKGROUP;
+use gpuprep_gpu::shaders::{self, Bind, KernelDecl, Specialize};
+use naga::valid::ModuleInfo;
+use naga::Module;
 
-fn validate(name: &str, src: &str) {
+fn parse(name: &str, src: &str) -> (Module, ModuleInfo) {
     let module = naga::front::wgsl::parse_str(src)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
     // f64 is used by zscore.wgsl (the backend only builds it when the device has SHADER_F64).
     let caps = naga::valid::Capabilities::FLOAT64;
-    naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
+    let info = naga::valid::Validator::new(naga::valid::ValidationFlags::all(), caps)
         .validate(&module)
         .unwrap_or_else(|e| panic!("{name}: {}", e.emit_to_string(src)));
+    (module, info)
+}
+
+fn validate(name: &str, src: &str) {
+    parse(name, src);
+}
+
+/// Every combination of the declared values of `decl`'s specialisable constants.
+fn variants(decl: &KernelDecl) -> Vec<Vec<(&'static str, u32)>> {
+    let mut all = vec![Vec::new()];
+    for s in decl.specialize {
+        all = all
+            .into_iter()
+            .flat_map(|v: Vec<(&str, u32)>| {
+                s.values.iter().map(move |&x| {
+                    let mut v = v.clone();
+                    v.push((s.name, x));
+                    v
+                })
+            })
+            .collect();
+    }
+    all
 }
 
 #[test]
@@ -21,20 +50,360 @@ fn every_kernel_validates_with_common() {
     }
 }
 
+/// Every declared kernel in every declared variant, as `KernelDecl::source` (the runtime's only
+/// way to make one) writes it; each variant really carries its value.
 #[test]
-fn median_window_variants_validate() {
-    let src = shaders::source("median3d").unwrap();
-    for class in gpuprep_gpu::median3d::WINDOW_CLASSES {
-        let v = src.replace(
-            "const MAX_WINDOW: u32 = 343u;",
-            &format!("const MAX_WINDOW: u32 = {class}u;"),
-        );
-        assert!(
-            v.contains(&format!("MAX_WINDOW: u32 = {class}u;")),
-            "variant text present"
-        );
-        validate(&format!("median3d[{class}]"), &v);
+fn every_kernel_variant_validates() {
+    let mut specialised = 0;
+    for decl in shaders::ALL {
+        for values in variants(decl) {
+            let key = decl.key(&values);
+            let src = decl.source(&values).unwrap_or_else(|e| panic!("{e}"));
+            for (name, v) in &values {
+                assert!(src.contains(&format!("const {name}: u32 = {v}u;")), "{key}");
+                specialised += 1;
+            }
+            validate(&key, &src);
+        }
     }
+    // median3d and median3d_27 over the 5 window classes, stockham over the 5 radices.
+    assert_eq!(specialised, 15);
+}
+
+#[test]
+fn variant_helper_fails_loudly() {
+    let m = shaders::MEDIAN3D;
+    let err = |v: &[(&str, u32)]| m.source(v).unwrap_err().to_string();
+    assert!(err(&[("MAX_WINDOW", 100)]).contains("not one of"));
+    assert!(err(&[]).contains("needs values for"));
+    assert!(err(&[("RADIX", 4)]).contains("not a specialisable constant"));
+    assert!(shaders::FFT_CHIRP_PRE.source(&[("RADIX", 4)]).is_err());
+    // A constant the WGSL does not spell as `const NAME: u32 = <n>u;`.
+    let missing = KernelDecl {
+        specialize: &[Specialize {
+            name: "NO_SUCH",
+            values: &[1],
+        }],
+        ..shaders::ZSCORE_FINALIZE
+    };
+    let e = missing.source(&[("NO_SUCH", 1)]).unwrap_err().to_string();
+    assert!(e.contains("exactly once"), "{e}");
+    assert!(m.source(&[("MAX_WINDOW", 729)]).is_ok());
+}
+
+/// The table holds every compute entry point of every shader exactly once, and only those.
+#[test]
+fn kernel_table_lists_every_entry_point() {
+    for (i, a) in shaders::ALL.iter().enumerate() {
+        for b in &shaders::ALL[i + 1..] {
+            assert!(
+                (a.shader, a.entry) != (b.shader, b.entry),
+                "{} declared twice",
+                a.key(&[])
+            );
+        }
+    }
+    for (name, _) in shaders::KERNELS {
+        let (module, _) = parse(name, &shaders::source(name).unwrap());
+        for ep in &module.entry_points {
+            assert_eq!(ep.stage, naga::ShaderStage::Compute, "{name}.{}", ep.name);
+            assert!(
+                shaders::find(name, &ep.name).is_some(),
+                "{name}.{} is not declared in gpu::shaders' kernel table",
+                ep.name
+            );
+        }
+    }
+    for decl in shaders::ALL {
+        let (module, _) = parse(decl.shader, &shaders::source(decl.shader).unwrap());
+        assert!(
+            module.entry_points.iter().any(|e| e.name == decl.entry),
+            "{}: no such entry point in shaders/{}.wgsl",
+            decl.key(&[]),
+            decl.shader
+        );
+    }
+}
+
+/// The bind-group layout each declaration makes is what its entry point uses: every group-0
+/// resource the entry point reaches has a declared binding of its kind (uniform, storage `read`,
+/// storage `read_write`) at its index, and every declared binding the entry point leaves unused
+/// (the recorder binds a buffer there anyway) is a resource of that kind at that index in the module.
+#[test]
+fn declared_bindings_match_wgsl() {
+    for decl in shaders::ALL {
+        let name = decl.key(&[]);
+        let (module, info) = parse(&name, &shaders::source(decl.shader).unwrap());
+        let i = module
+            .entry_points
+            .iter()
+            .position(|e| e.name == decl.entry)
+            .unwrap_or_else(|| panic!("{name}: no entry point"));
+        let used = info.get_entry_point(i);
+        let mut used_binds = vec![None; decl.binds.len()];
+        let mut module_binds = Vec::new();
+        for (h, var) in module.global_variables.iter() {
+            let Some(rb) = &var.binding else { continue };
+            assert_eq!(rb.group, 0, "{name}: {:?} is not in group 0", var.name);
+            let kind = match var.space {
+                naga::AddressSpace::Uniform => Bind::Uniform,
+                naga::AddressSpace::Storage { access } => {
+                    if access.contains(naga::StorageAccess::STORE) {
+                        Bind::ReadWrite
+                    } else {
+                        Bind::Read
+                    }
+                }
+                other => panic!("{name}: {:?} in {other:?}", var.name),
+            };
+            module_binds.push((rb.binding, kind));
+            if used[h].is_empty() {
+                continue;
+            }
+            let slot = used_binds.get_mut(rb.binding as usize).unwrap_or_else(|| {
+                panic!("{name}: uses binding {} beyond the declared", rb.binding)
+            });
+            *slot = Some(kind);
+        }
+        for (i, &declared) in decl.binds.iter().enumerate() {
+            match used_binds[i] {
+                Some(kind) => assert_eq!(kind, declared, "{name}: binding {i}"),
+                None => assert!(
+                    module_binds.contains(&(i as u32, declared)),
+                    "{name}: binding {i} is declared {declared:?} but the module has no such resource"
+                ),
+            }
+        }
+    }
+}
+
+/// A struct's layout as (member name, byte offset, type spelled as Rust spells it) and its size.
+#[derive(Debug, PartialEq)]
+struct Layout {
+    members: Vec<(String, usize, String)>,
+    size: usize,
+}
+
+fn field_type<T, F>(_: fn(&T) -> &F) -> (&'static str, usize) {
+    (std::any::type_name::<F>(), std::mem::size_of::<F>())
+}
+
+/// The layout of the `#[repr(C)]` Pod struct `$t` with its fields `$f`, listed in order. The fields'
+/// sizes must add up to the struct's (Pod has no padding), so a field left out of the list fails.
+macro_rules! rust_layout {
+    ($t:ty { $($f:ident),* $(,)? }) => {{
+        let fields = vec![$((stringify!($f), std::mem::offset_of!($t, $f), field_type(|s: &$t| &s.$f))),*];
+        let size = std::mem::size_of::<$t>();
+        assert_eq!(
+            fields.iter().map(|f| f.2 .1).sum::<usize>(),
+            size,
+            "{}: list every field",
+            stringify!($t)
+        );
+        Layout {
+            members: fields
+                .into_iter()
+                .map(|(n, o, (t, _))| (n.to_string(), o, t.to_string()))
+                .collect(),
+            size,
+        }
+    }};
+}
+
+fn wgsl_type(module: &Module, ty: naga::Handle<naga::Type>) -> String {
+    let scalar = |s: naga::Scalar| match (s.kind, s.width) {
+        (naga::ScalarKind::Uint, 4) => "u32".to_string(),
+        (naga::ScalarKind::Sint, 4) => "i32".to_string(),
+        (naga::ScalarKind::Float, 4) => "f32".to_string(),
+        (naga::ScalarKind::Float, 8) => "f64".to_string(),
+        other => format!("{other:?}"),
+    };
+    match &module.types[ty].inner {
+        naga::TypeInner::Scalar(s) => scalar(*s),
+        naga::TypeInner::Vector { size, scalar: s } => format!("[{}; {}]", scalar(*s), *size as u8),
+        naga::TypeInner::Array {
+            base,
+            size: naga::ArraySize::Constant(n),
+            ..
+        } => format!("[{}; {n}]", wgsl_type(module, *base)),
+        other => format!("{other:?}"),
+    }
+}
+
+fn wgsl_layout(shader: &str, name: &str) -> Layout {
+    let (module, _) = parse(shader, &shaders::source(shader).unwrap());
+    let (_, ty) = module
+        .types
+        .iter()
+        .find(|(_, t)| t.name.as_deref() == Some(name))
+        .unwrap_or_else(|| panic!("{shader}: no struct {name}"));
+    let naga::TypeInner::Struct { members, span } = &ty.inner else {
+        panic!("{shader}: {name} is not a struct");
+    };
+    Layout {
+        members: members
+            .iter()
+            .map(|m| {
+                (
+                    m.name.clone().unwrap_or_default(),
+                    m.offset as usize,
+                    wgsl_type(&module, m.ty),
+                )
+            })
+            .collect(),
+        size: *span as usize,
+    }
+}
+
+/// Each Rust struct the host uploads has the layout naga computes for the WGSL struct of the same
+/// role: member names, offsets and types, and size.
+#[test]
+fn uniform_structs_match_wgsl() {
+    use gpuprep_gpu::{fft, median3d, register, shift, zscore};
+    let pairs = [
+        (
+            "fft",
+            "Params",
+            rust_layout!(fft::FftUniform {
+                n,
+                stride,
+                lines,
+                radix,
+                ns,
+                tw_offset,
+                m,
+                chirp_offset,
+                bhat_offset,
+                total,
+                scale,
+                _pad
+            }),
+        ),
+        (
+            "median3d",
+            "Params",
+            rust_layout!(median3d::MedianUniform {
+                nz,
+                ny,
+                nx,
+                mode,
+                sz,
+                sy,
+                sx,
+                cval,
+                total,
+                rank,
+                z_prepadded,
+                _pad1
+            }),
+        ),
+        (
+            "cross_power",
+            "Params",
+            rust_layout!(register::CrossUniform {
+                total,
+                phase,
+                d0,
+                d1,
+                d2,
+                axis,
+                r,
+                scale_bits
+            }),
+        ),
+        (
+            "cross_power",
+            "Partial",
+            rust_layout!(register::Partial { val, idx, re, im }),
+        ),
+        (
+            "shift",
+            "Params",
+            rust_layout!(shift::ShiftUniform {
+                n,
+                stride,
+                lines,
+                len,
+                pad,
+                reflect_init,
+                order,
+                from_scratch,
+                total,
+                tap_offset,
+                final_pass,
+                use_mask,
+                nz,
+                ny,
+                nx,
+                cval,
+                z_len,
+                z_len1,
+                _pad0,
+                _pad1
+            }),
+        ),
+        ("shift", "Tap", rust_layout!(shift::Tap { idx, w })),
+        (
+            "zscore",
+            "Params",
+            rust_layout!(zscore::ZscoreUniform {
+                total,
+                count,
+                ddof,
+                constant_zero
+            }),
+        ),
+    ];
+    for (shader, name, rust) in pairs {
+        assert_eq!(
+            rust,
+            wgsl_layout(shader, name),
+            "{shader}.wgsl struct {name}"
+        );
+    }
+}
+
+/// The value of the `u32` constant `name` in `module`.
+fn const_u32(module: &Module, name: &str) -> Option<u32> {
+    let (_, c) = module
+        .constants
+        .iter()
+        .find(|(_, c)| c.name.as_deref() == Some(name))?;
+    match module.global_expressions[c.init] {
+        naga::Expression::Literal(naga::Literal::U32(v)) => Some(v),
+        ref other => panic!("{name} = {other:?} is not a u32 literal"),
+    }
+}
+
+/// `WORKGROUP` (the host's invocations per workgroup) is `WG` of common.wgsl and every entry
+/// point's `@workgroup_size`.
+#[test]
+fn workgroup_size_matches_wgsl() {
+    let (module, _) = parse("common", shaders::COMMON);
+    assert_eq!(const_u32(&module, "WG"), Some(WORKGROUP));
+    for (name, _) in shaders::KERNELS {
+        let (module, _) = parse(name, &shaders::source(name).unwrap());
+        for ep in &module.entry_points {
+            assert_eq!(ep.workgroup_size, [WORKGROUP, 1, 1], "{name}.{}", ep.name);
+        }
+    }
+}
+
+/// `BoundaryMode::code()` is the `MODE_*` constant of common.wgsl for every mode, and common.wgsl
+/// has no other `MODE_*` constant.
+#[test]
+fn boundary_mode_codes_match_wgsl() {
+    let (module, _) = parse("common", shaders::COMMON);
+    for m in BoundaryMode::ALL {
+        let name = format!("MODE_{}", m.name().to_uppercase());
+        assert_eq!(const_u32(&module, &name), Some(m.code()), "{name}");
+    }
+    let modes = module
+        .constants
+        .iter()
+        .filter(|(_, c)| c.name.as_deref().is_some_and(|n| n.starts_with("MODE_")))
+        .count();
+    assert_eq!(modes, BoundaryMode::ALL.len());
 }
 
 #[test]
@@ -61,22 +430,6 @@ fn every_wgsl_file_is_a_registered_kernel() {
             *src, on_disk,
             "shaders/{f} differs from the embedded copy (rebuild)"
         );
-    }
-}
-
-#[test]
-fn fft_radix_variants_validate() {
-    let src = shaders::source("fft").unwrap();
-    for r in [2, 3, 4, 5, 7] {
-        let v = src.replace(
-            "const RADIX: u32 = 4u;",
-            &format!("const RADIX: u32 = {r}u;"),
-        );
-        assert!(
-            v.contains(&format!("const RADIX: u32 = {r}u;")),
-            "variant text present"
-        );
-        validate(&format!("fft[radix {r}]"), &v);
     }
 }
 

@@ -43,7 +43,8 @@ impl BoundaryMode {
         }
     }
 
-    /// The integer code used in GPU uniform structs (keep in sync with `shaders/common.wgsl`).
+    /// The integer code used in GPU uniform structs: the `MODE_*` constants of `shaders/common.wgsl`
+    /// (checked by `tests/shaders.rs`, `boundary_mode_codes_match_wgsl`).
     pub fn code(self) -> u32 {
         match self {
             BoundaryMode::Reflect => 0,

@@ -1,15 +1,17 @@
-//! Host side of `shaders/fft.wgsl` (CPU twin: `src/cpu/fft.rs`): 3-D complex FFT of any shape, as
+//! Host side of `shaders/fft.wgsl` (CPU twin: `crates/cpu/src/fft.rs`): 3-D complex FFT of any shape, as
 //! batched 1-D transforms along axes 2, 1, 0 (the CPU's order). Lengths whose prime factors are all in
 //! {2, 3, 5, 7} use mixed-radix Stockham stages; others use Bluestein's chirp-z over a power-of-two
 //! Stockham FFT. Twiddles, chirps and the chirp filter's spectrum are computed once per shape in f64.
 
-use super::device::{Bind, GpuContext, Recorder};
+use super::device::{GpuContext, Kernel, Recorder};
+use super::shaders::{FFT_CHIRP_POST, FFT_CHIRP_PRE, FFT_POINTWISE, FFT_STOCKHAM};
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::Result;
 use std::f64::consts::PI;
 
-/// Uniforms of `fft.wgsl`; keep in sync with `struct Params` in shaders/fft.wgsl.
+/// Uniforms of `fft.wgsl`: the layout of its `struct Params` (checked by `tests/shaders.rs`,
+/// `uniform_structs_match_wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct FftUniform {
@@ -27,6 +29,9 @@ pub struct FftUniform {
     pub _pad: u32,
 }
 const _: () = assert!(std::mem::size_of::<FftUniform>() == 48);
+
+/// Every radix a Stockham stage may have: the values of `stockham`'s `RADIX` (see `radices`).
+pub const RADICES: [u32; 5] = [2, 3, 4, 5, 7];
 
 /// Radices of a Stockham decomposition of `n`, or `None` when `n` has a prime factor above 7.
 pub fn radices(mut n: usize) -> Option<Vec<u32>> {
@@ -228,18 +233,7 @@ impl Fft3Plan {
         inverse: bool,
     ) -> Result<()> {
         let d = inverse as usize;
-        let binds = [Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite];
-        let stockham = |r: u32| {
-            ctx.kernel(
-                "fft",
-                "stockham",
-                &[(
-                    "const RADIX: u32 = 4u;",
-                    format!("const RADIX: u32 = {r}u;"),
-                )],
-                &binds,
-            )
-        };
+        let stockham = |r: u32| ctx.pipeline_variant(&FFT_STOCKHAM, &[("RADIX", r)]);
         let total: usize = self.shape.iter().product();
         // 1/N once, on the last transform (numpy's inverse), in f32 as the CPU twin.
         let last = (0..3).find(|&ax| !matches!(self.axes[ax].kind, AxisKind::Skip));
@@ -280,9 +274,9 @@ impl Fft3Plan {
                     bhat,
                 } => {
                     let s = self.scratch.as_ref().expect("bluestein scratch");
-                    let pre = ctx.kernel("fft", "chirp_pre", &[], &binds)?;
-                    let pw = ctx.kernel("fft", "pointwise", &[], &binds)?;
-                    let post = ctx.kernel("fft", "chirp_post", &[], &binds)?;
+                    let pre = ctx.pipeline(&FFT_CHIRP_PRE)?;
+                    let pw = ctx.pipeline(&FFT_POINTWISE)?;
+                    let post = ctx.pipeline(&FFT_CHIRP_POST)?;
                     let mut u = FftUniform {
                         n: axis.n as u32,
                         stride: axis.stride as u32,
@@ -336,7 +330,7 @@ impl Fft3Plan {
     fn stages(
         &self,
         rec: &mut Recorder<'_>,
-        kernel: &dyn Fn(u32) -> Result<std::rc::Rc<super::device::Kernel>>,
+        kernel: &dyn Fn(u32) -> Result<std::rc::Rc<Kernel>>,
         radices: &[u32],
         n: usize,
         stride: usize,

@@ -1,14 +1,16 @@
-//! Host side of `shaders/median3d.wgsl` (CPU twin: `src/cpu/median3d.rs`), resident or tiled in
+//! Host side of `shaders/median3d.wgsl` (CPU twin: `crates/cpu/src/median3d.rs`), resident or tiled in
 //! z-slabs for volumes over the tile limit.
 
-use super::device::{Bind, GpuContext, Recorder};
+use super::device::{GpuContext, Recorder};
+use super::shaders::{MEDIAN3D, MEDIAN3D_27};
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::boundary::filter_index;
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::MedianParams;
 use ndarray::{s, Array3, ArrayView3};
 
-/// Uniforms of `median3d.wgsl`; keep in sync with `struct Params` in shaders/median3d.wgsl.
+/// Uniforms of `median3d.wgsl`: the layout of its `struct Params` (checked by `tests/shaders.rs`,
+/// `uniform_structs_match_wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct MedianUniform {
@@ -27,9 +29,9 @@ pub struct MedianUniform {
 }
 const _: () = assert!(std::mem::size_of::<MedianUniform>() == 48);
 
-/// Window size classes: the private array of the shader is sized to the smallest class that holds
-/// the window. Larger windows are refused with an error naming the limit.
-pub const WINDOW_CLASSES: [usize; 5] = [27, 125, 343, 729, 1331];
+/// Window size classes, the values of the shader's `MAX_WINDOW`: its private array is sized to the
+/// smallest class that holds the window. Larger windows are refused with an error naming the limit.
+pub const WINDOW_CLASSES: [u32; 5] = [27, 125, 343, 729, 1331];
 pub const MAX_WINDOW: usize = 1331;
 
 /// Record the median filter of the `shape` volume in `src` into `dst`.
@@ -59,7 +61,7 @@ fn record_slab(
     let class = WINDOW_CLASSES
         .iter()
         .copied()
-        .find(|&c| c >= window)
+        .find(|&c| c as usize >= window)
         .ok_or_else(|| Error::InvalidParameter {
             name: "median size".into(),
             message: format!(
@@ -77,20 +79,12 @@ fn record_slab(
         }
     }
     // The 3x3x3 window (the default) has a branch-free entry point; see the shader.
-    let entry = if p.size == [3, 3, 3] {
-        "median3d_27"
+    let decl = if p.size == [3, 3, 3] {
+        &MEDIAN3D_27
     } else {
-        "median3d"
+        &MEDIAN3D
     };
-    let k = ctx.kernel(
-        "median3d",
-        entry,
-        &[(
-            "const MAX_WINDOW: u32 = 343u;",
-            format!("const MAX_WINDOW: u32 = {class}u;"),
-        )],
-        &[Bind::Uniform, Bind::Read, Bind::ReadWrite],
-    )?;
+    let k = ctx.pipeline_variant(decl, &[("MAX_WINDOW", class)])?;
     let total = shape.iter().product::<usize>();
     let u = MedianUniform {
         nz: shape[0] as u32,

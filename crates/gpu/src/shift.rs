@@ -1,9 +1,11 @@
-//! Host side of `shaders/shift.wgsl` (CPU twin: `src/cpu/shift.rs`). The per-axis taps come from the
-//! CPU twin's `AxisPlan` (NI_ZoomShift's set-up loop, in f64); the GPU does the prefilter and the sums.
+//! Host side of `shaders/shift.wgsl` (CPU twin: `crates/cpu/src/shift.rs`). The per-axis taps come
+//! from `gpuprep_core::spline::AxisPlan` (NI_ZoomShift's set-up loop, in f64); the GPU does the
+//! prefilter and the sums.
 //! Volumes over the tile limit are shifted in slabs: the translation is separable, and each pass
 //! needs only whole lines along its own axis (`run_tiled`).
 
-use super::device::{Bind, GpuContext, Recorder};
+use super::device::{GpuContext, Recorder};
+use super::shaders::{SHIFT_GATHER, SHIFT_PREFILTER};
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{BoundaryMode, ShiftParams};
@@ -11,7 +13,8 @@ use gpuprep_core::spline::{AxisPlan, POLE};
 use ndarray::{s, Array3, ArrayView3};
 use std::cell::RefCell;
 
-/// Uniforms of `shift.wgsl`; keep in sync with `struct Params` in shaders/shift.wgsl.
+/// Uniforms of `shift.wgsl`: the layout of its `struct Params` (checked by `tests/shaders.rs`,
+/// `uniform_structs_match_wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct ShiftUniform {
@@ -38,7 +41,8 @@ pub struct ShiftUniform {
 }
 const _: () = assert!(std::mem::size_of::<ShiftUniform>() == 80);
 
-/// One tap set; keep in sync with `struct Tap` in shaders/shift.wgsl.
+/// One tap set: the layout of `struct Tap` in shaders/shift.wgsl (checked by `tests/shaders.rs`,
+/// `uniform_structs_match_wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct Tap {
@@ -218,24 +222,8 @@ fn record_passes(
         .write_buffer(&bufs.taps, 0, bytemuck::cast_slice(&taps));
     ctx.queue
         .write_buffer(&bufs.outside, 0, bytemuck::cast_slice(&outside));
-    let prefilter = ctx.kernel(
-        "shift",
-        "prefilter",
-        &[],
-        &[Bind::Uniform, Bind::Read, Bind::ReadWrite],
-    )?;
-    let gather = ctx.kernel(
-        "shift",
-        "gather",
-        &[],
-        &[
-            Bind::Uniform,
-            Bind::Read,
-            Bind::Read,
-            Bind::Read,
-            Bind::ReadWrite,
-        ],
-    )?;
+    let prefilter = ctx.pipeline(&SHIFT_PREFILTER)?;
+    let gather = ctx.pipeline(&SHIFT_GATHER)?;
     let strides = [shape[1] * shape[2], shape[2], 1];
     let mut cur = src;
     for (i, &axis) in axes.iter().enumerate() {

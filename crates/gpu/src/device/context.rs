@@ -1,0 +1,267 @@
+//! The device context: instance, adapter, device and queue, the limits, storage buffers and
+//! readback, the tile limit and the tile counters of the tiled routes.
+
+use super::api::{instance, Api};
+use super::kernels::Kernel;
+use gpuprep_core::error::{Error, Result};
+use std::cell::{Cell, RefCell};
+use std::collections::HashMap;
+use std::rc::Rc;
+
+/// Device, queue, the kernel cache and the buffers shared by the stages.
+pub struct GpuContext {
+    pub device: wgpu::Device,
+    pub queue: wgpu::Queue,
+    pub info: wgpu::AdapterInfo,
+    pub limits: wgpu::Limits,
+    pub features: wgpu::Features,
+    /// Built kernels by `KernelDecl::key` (see `kernels.rs`).
+    pub(super) kernels: RefCell<HashMap<String, Rc<Kernel>>>,
+    pub(super) uniform_pool: RefCell<Option<wgpu::Buffer>>,
+    staging_pool: RefCell<Option<wgpu::Buffer>>,
+    /// Largest buffer a stage may use before it tiles the volume (see `max_tile_bytes`).
+    max_tile_bytes: Cell<u64>,
+    /// Buffers of the tiled routes, by role, grown on demand and reused across calls.
+    tile_pool: RefCell<HashMap<&'static str, wgpu::Buffer>>,
+    tile_stats: Cell<TileStats>,
+}
+
+/// Tiles each kernel has run since the context was made: a volume processed resident counts
+/// nothing, a tiled one counts its slabs or chunks (tests assert the tiled route really ran).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TileStats {
+    pub median: usize,
+    pub shift: usize,
+    pub register: usize,
+    pub zscore: usize,
+}
+
+/// Environment variable lowering the tile limit (bytes), e.g. for a GPU with little memory.
+pub const TILE_BYTES_ENV: &str = "GPUPREP_GPU_TILE_BYTES";
+
+impl GpuContext {
+    pub fn new(api: Api) -> Result<GpuContext> {
+        let inst = instance(api);
+        let adapter = pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
+            power_preference: wgpu::PowerPreference::HighPerformance,
+            force_fallback_adapter: false,
+            compatible_surface: None,
+            apply_limit_buckets: false,
+        }))
+        .map_err(|e| Error::Gpu(format!("no GPU adapter found (backend {api}): {e}")))?;
+        let info = adapter.get_info();
+        let limits = adapter.limits();
+        // f64 is used by the z-score accumulator when present; without it that stage runs on the CPU.
+        let features = adapter.features() & wgpu::Features::SHADER_F64;
+        let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
+            label: Some("gpuprep.device"),
+            required_features: features,
+            required_limits: limits.clone(),
+            experimental_features: wgpu::ExperimentalFeatures::disabled(),
+            memory_hints: wgpu::MemoryHints::Performance,
+            trace: wgpu::Trace::Off,
+        }))
+        .map_err(|e| {
+            Error::Gpu(format!(
+                "cannot open device on adapter {} ({:?}): {e}",
+                info.name, info.backend
+            ))
+        })?;
+        // One binding is the hard limit; wgpu offers no portable query of the device's memory, so
+        // a smaller budget (a GPU shared with other work) is set by the environment variable.
+        let mut max_tile_bytes = limits
+            .max_storage_buffer_binding_size
+            .min(limits.max_buffer_size);
+        if let Ok(v) = std::env::var(TILE_BYTES_ENV) {
+            let b: u64 = v.trim().parse().map_err(|_| Error::InvalidParameter {
+                name: TILE_BYTES_ENV.into(),
+                message: format!("{v:?} is not a number of bytes"),
+            })?;
+            max_tile_bytes = max_tile_bytes.min(b);
+        }
+        Ok(GpuContext {
+            device,
+            queue,
+            info,
+            limits,
+            features,
+            kernels: RefCell::new(HashMap::new()),
+            uniform_pool: RefCell::new(None),
+            staging_pool: RefCell::new(None),
+            max_tile_bytes: Cell::new(max_tile_bytes),
+            tile_pool: RefCell::new(HashMap::new()),
+            tile_stats: Cell::new(TileStats::default()),
+        })
+    }
+
+    /// The largest buffer (bytes) a stage may use on the resident route; larger volumes are
+    /// processed in tiles each of whose buffers fits. Defaults to one storage binding of the device
+    /// (`max_storage_buffer_binding_size`, capped by `max_buffer_size`), or `GPUPREP_GPU_TILE_BYTES`
+    /// when that is smaller.
+    pub fn max_tile_bytes(&self) -> u64 {
+        self.max_tile_bytes.get()
+    }
+
+    /// Lower the tile limit (tests force tiny tiles with it); values above one binding are capped.
+    pub fn set_max_tile_bytes(&self, bytes: u64) {
+        let cap = self
+            .limits
+            .max_storage_buffer_binding_size
+            .min(self.limits.max_buffer_size);
+        self.max_tile_bytes.set(bytes.clamp(16, cap));
+    }
+
+    /// Whether a buffer of `bytes` fits the tile limit (the resident route may use it).
+    pub fn fits(&self, bytes: u64) -> bool {
+        bytes <= self.max_tile_bytes()
+    }
+
+    pub fn tile_stats(&self) -> TileStats {
+        self.tile_stats.get()
+    }
+
+    /// Count `n` tiles of a kernel (`f` picks the counter).
+    pub fn count_tiles(&self, n: usize, f: impl FnOnce(&mut TileStats) -> &mut usize) {
+        let mut s = self.tile_stats.get();
+        *f(&mut s) += n;
+        self.tile_stats.set(s);
+    }
+
+    /// A storage buffer of at least `bytes` for the tiled routes, reused by `role`; must fit the
+    /// tile limit.
+    pub fn tile_buffer(&self, role: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        if !self.fits(bytes) {
+            return Err(Error::Gpu(format!(
+                "{role}: a tile needs {bytes} bytes, over the tile limit of {} bytes",
+                self.max_tile_bytes()
+            )));
+        }
+        self.pooled(role, bytes)
+    }
+
+    /// A storage buffer of at least `bytes` (under one binding), reused by `role`: small
+    /// buffers of the tiled routes (reduction partials) that the tile limit does not govern.
+    pub fn pooled(&self, role: &'static str, bytes: u64) -> Result<wgpu::Buffer> {
+        let mut pool = self.tile_pool.borrow_mut();
+        if let Some(b) = pool.get(role) {
+            if b.size() >= bytes {
+                return Ok(b.clone());
+            }
+        }
+        let b = self.storage(role, bytes)?;
+        pool.insert(role, b.clone());
+        Ok(b)
+    }
+
+    /// Write `data` at the start of `buf`.
+    pub fn upload<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, data: &[T]) {
+        if !data.is_empty() {
+            self.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
+        }
+    }
+
+    pub fn has_f64(&self) -> bool {
+        self.features.contains(wgpu::Features::SHADER_F64)
+    }
+
+    pub fn describe(&self) -> String {
+        format!(
+            "{} ({:?}, {:?})",
+            self.info.name, self.info.backend, self.info.device_type
+        )
+    }
+
+    /// Errors when `bytes` does not fit in one storage binding or one buffer of this device.
+    pub fn check_binding(&self, what: &str, bytes: u64) -> Result<()> {
+        let max_bind = self.limits.max_storage_buffer_binding_size;
+        let max_buf = self.limits.max_buffer_size;
+        let limit = max_bind.min(max_buf);
+        if bytes > limit {
+            return Err(Error::Gpu(format!(
+                "{what} needs a {bytes}-byte ({} MiB) buffer but this device binds at most {limit} bytes ({} MiB) \
+                 per storage buffer",
+                bytes >> 20,
+                limit >> 20
+            )));
+        }
+        Ok(())
+    }
+
+    /// A storage buffer of `bytes` (at least 4), checked against the limits.
+    pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
+        self.check_binding(label, bytes)?;
+        Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
+            label: Some(&format!("gpuprep.{label}")),
+            size: bytes.max(16).div_ceil(4) * 4,
+            usage: wgpu::BufferUsages::STORAGE
+                | wgpu::BufferUsages::COPY_SRC
+                | wgpu::BufferUsages::COPY_DST,
+            mapped_at_creation: false,
+        }))
+    }
+
+    /// A storage buffer holding `data`.
+    pub fn storage_init<T: bytemuck::Pod>(&self, label: &str, data: &[T]) -> Result<wgpu::Buffer> {
+        let bytes: &[u8] = bytemuck::cast_slice(data);
+        let buf = self.storage(label, bytes.len() as u64)?;
+        if !bytes.is_empty() {
+            self.queue.write_buffer(&buf, 0, bytes);
+        }
+        Ok(buf)
+    }
+
+    /// Copy the first `count` elements of `buf` back to the host (waits for the GPU).
+    pub fn read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, count: usize) -> Result<Vec<T>> {
+        let bytes = (count * std::mem::size_of::<T>()) as u64;
+        if bytes == 0 {
+            return Ok(Vec::new());
+        }
+        // One staging buffer, grown as needed and reused (the map below is waited for).
+        let staging = {
+            let mut pool = self.staging_pool.borrow_mut();
+            match pool.as_ref() {
+                Some(b) if b.size() >= bytes.div_ceil(4) * 4 => b.clone(),
+                _ => {
+                    let b = self.device.create_buffer(&wgpu::BufferDescriptor {
+                        label: Some("gpuprep.readback"),
+                        size: bytes.div_ceil(4) * 4,
+                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                        mapped_at_creation: false,
+                    });
+                    *pool = Some(b.clone());
+                    b
+                }
+            }
+        };
+        let mut enc = self
+            .device
+            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
+                label: Some("gpuprep.readback"),
+            });
+        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes.div_ceil(4) * 4);
+        let idx = self.queue.submit([enc.finish()]);
+        let slice = staging.slice(..bytes.div_ceil(4) * 4);
+        let (tx, rx) = std::sync::mpsc::channel();
+        slice.map_async(wgpu::MapMode::Read, move |r| {
+            let _ = tx.send(r);
+        });
+        self.device
+            .poll(wgpu::PollType::Wait {
+                submission_index: Some(idx),
+                timeout: None,
+            })
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+        rx.recv()
+            .map_err(|_| Error::Gpu("readback callback dropped".into()))?
+            .map_err(|e| Error::Gpu(format!("mapping readback buffer: {e}")))?;
+        let out = {
+            let view = slice
+                .get_mapped_range()
+                .map_err(|e| Error::Gpu(format!("readback: {e}")))?;
+            let b: &[u8] = &view;
+            bytemuck::pod_collect_to_vec(&b[..bytes as usize])
+        };
+        staging.unmap();
+        Ok(out)
+    }
+}

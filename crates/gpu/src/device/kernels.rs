@@ -1,0 +1,230 @@
+//! Kernels built from the table in `shaders.rs`: a compute pipeline and its bind-group layout per
+//! declared entry point (and per specialisation), built once inside a validation error scope and
+//! cached on the context, every wgpu object labelled `gpuprep.<key>`.
+
+use super::context::GpuContext;
+use crate::shaders::{self, Bind, KernelDecl};
+use gpuprep_core::error::{Error, Result};
+use std::rc::Rc;
+
+/// A compute pipeline and its bind-group layout.
+pub struct Kernel {
+    pub label: String,
+    pub pipeline: wgpu::ComputePipeline,
+    pub layout: wgpu::BindGroupLayout,
+    pub binds: Vec<Bind>,
+}
+
+impl GpuContext {
+    /// The kernel `decl` (which must declare no specialisable constant), built on first use.
+    pub fn pipeline(&self, decl: &KernelDecl) -> Result<Rc<Kernel>> {
+        self.pipeline_variant(decl, &[])
+    }
+
+    /// The kernel `decl` with its constants set to `values` (`KernelDecl::source`), built on
+    /// first use.
+    pub fn pipeline_variant(
+        &self,
+        decl: &KernelDecl,
+        values: &[(&str, u32)],
+    ) -> Result<Rc<Kernel>> {
+        let key = decl.key(values);
+        if let Some(k) = self.kernels.borrow().get(&key) {
+            return Ok(k.clone());
+        }
+        let src = decl.source(values)?;
+        self.build(key, src, decl.entry, decl.binds)
+    }
+
+    /// The entry point of the pre-table call sites (`register.rs`, `zscore.rs`, `tests/gpu.rs`):
+    /// `shader`/`entry` must be in the table with exactly `binds`; `variant` holds pairs of exact
+    /// text and replacement applied to the source (an error when a text is missing). New code names
+    /// a declaration with `pipeline` / `pipeline_variant`.
+    pub fn kernel(
+        &self,
+        shader: &str,
+        entry: &str,
+        variant: &[(&str, String)],
+        binds: &[Bind],
+    ) -> Result<Rc<Kernel>> {
+        let decl = shaders::find(shader, entry)
+            .ok_or_else(|| Error::Gpu(format!("no kernel {shader}.{entry} in the kernel table")))?;
+        if decl.binds != binds {
+            return Err(Error::Gpu(format!(
+                "kernel {shader}.{entry}: bindings {binds:?}, the table declares {:?}",
+                decl.binds
+            )));
+        }
+        if variant.is_empty() && decl.specialize.is_empty() {
+            return self.pipeline(decl);
+        }
+        let mut key = decl.key(&[]);
+        for (from, to) in variant {
+            key.push_str(&format!("[{from}={to}]"));
+        }
+        if let Some(k) = self.kernels.borrow().get(&key) {
+            return Ok(k.clone());
+        }
+        let mut src = shaders::source(shader)
+            .ok_or_else(|| Error::Gpu(format!("no shader named {shader:?}")))?;
+        for (from, to) in variant {
+            if !src.contains(from) {
+                return Err(Error::Gpu(format!(
+                    "shader {shader}: variant text {from:?} not found"
+                )));
+            }
+            src = src.replace(from, to);
+        }
+        self.build(key, src, entry, binds)
+    }
+
+    /// Build and cache the kernel `key` from the full WGSL `src`.
+    fn build(&self, key: String, src: String, entry: &str, binds: &[Bind]) -> Result<Rc<Kernel>> {
+        let label = format!("gpuprep.{key}");
+        let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
+        let module = self
+            .device
+            .create_shader_module(wgpu::ShaderModuleDescriptor {
+                label: Some(&label),
+                source: wgpu::ShaderSource::Wgsl(src.into()),
+            });
+        let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
+            .iter()
+            .enumerate()
+            .map(|(i, b)| wgpu::BindGroupLayoutEntry {
+                binding: i as u32,
+                visibility: wgpu::ShaderStages::COMPUTE,
+                ty: wgpu::BindingType::Buffer {
+                    ty: match b {
+                        Bind::Uniform => wgpu::BufferBindingType::Uniform,
+                        Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
+                        Bind::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
+                    },
+                    has_dynamic_offset: false,
+                    min_binding_size: None,
+                },
+                count: None,
+            })
+            .collect();
+        let layout = self
+            .device
+            .create_bind_group_layout(&wgpu::BindGroupLayoutDescriptor {
+                label: Some(&label),
+                entries: &entries,
+            });
+        let playout = self
+            .device
+            .create_pipeline_layout(&wgpu::PipelineLayoutDescriptor {
+                label: Some(&label),
+                bind_group_layouts: &[Some(&layout)],
+                immediate_size: 0,
+            });
+        let pipeline = self
+            .device
+            .create_compute_pipeline(&wgpu::ComputePipelineDescriptor {
+                label: Some(&label),
+                layout: Some(&playout),
+                module: &module,
+                entry_point: Some(entry),
+                compilation_options: Default::default(),
+                cache: None,
+            });
+        if let Some(err) = pollster::block_on(scope.pop()) {
+            return Err(Error::Gpu(format!("building kernel {label}: {err}")));
+        }
+        let k = Rc::new(Kernel {
+            label,
+            pipeline,
+            layout,
+            binds: binds.to_vec(),
+        });
+        self.kernels.borrow_mut().insert(key, k.clone());
+        Ok(k)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::device::Api;
+    use crate::shaders::{Specialize, CROSS_SUM_SQ, FFT_STOCKHAM, MEDIAN3D};
+
+    fn ctx() -> Option<GpuContext> {
+        match GpuContext::new(Api::Vulkan) {
+            Ok(c) => Some(c),
+            Err(e) if std::env::var("GPUPREP_REQUIRE_GPU").as_deref() != Ok("1") => {
+                eprintln!("SKIPPED: no Vulkan adapter ({e})");
+                None
+            }
+            Err(e) => panic!("GPUPREP_REQUIRE_GPU=1 but no Vulkan adapter: {e}"),
+        }
+    }
+
+    #[test]
+    fn kernels_are_built_once_per_declaration_and_variant() {
+        let Some(ctx) = ctx() else { return };
+        let a = ctx
+            .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 729)])
+            .unwrap();
+        let b = ctx
+            .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 729)])
+            .unwrap();
+        assert!(Rc::ptr_eq(&a, &b));
+        assert_eq!(a.label, "gpuprep.median3d.median3d[MAX_WINDOW=729]");
+        assert_eq!(a.binds, MEDIAN3D.binds);
+        let c = ctx
+            .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 27)])
+            .unwrap();
+        assert!(!Rc::ptr_eq(&a, &c));
+        // Undeclared values and missing values are errors, not silent defaults.
+        assert!(ctx
+            .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 100)])
+            .is_err());
+        assert!(ctx.pipeline(&FFT_STOCKHAM).is_err());
+        // The pre-table entry point shares the cache and checks the bindings against the table.
+        let s = ctx.pipeline(&CROSS_SUM_SQ).unwrap();
+        let t = ctx
+            .kernel("cross_power", "sum_sq", &[], CROSS_SUM_SQ.binds)
+            .unwrap();
+        assert!(Rc::ptr_eq(&s, &t));
+        let err = ctx
+            .kernel("cross_power", "sum_sq", &[], &[Bind::Uniform, Bind::Read])
+            .err()
+            .expect("bindings other than the table's");
+        assert!(err.to_string().contains("the table declares"), "{err}");
+        assert!(ctx.kernel("cross_power", "no_such", &[], &[]).is_err());
+    }
+
+    /// WGSL that naga rejects (a zero-length private array) and a missing entry point are
+    /// `Error`s naming the kernel, through the table's own path; the good kernel builds afterwards.
+    #[test]
+    fn invalid_declared_kernels_are_errors_not_panics() {
+        let Some(ctx) = ctx() else { return };
+        let zero = KernelDecl {
+            specialize: &[Specialize {
+                name: "MAX_WINDOW",
+                values: &[0],
+            }],
+            ..MEDIAN3D
+        };
+        let err = ctx
+            .pipeline_variant(&zero, &[("MAX_WINDOW", 0)])
+            .err()
+            .expect("invalid WGSL must fail");
+        assert!(
+            err.to_string()
+                .contains("gpuprep.median3d.median3d[MAX_WINDOW=0]"),
+            "{err}"
+        );
+        let missing = KernelDecl {
+            entry: "no_such_entry",
+            ..MEDIAN3D
+        };
+        assert!(ctx
+            .pipeline_variant(&missing, &[("MAX_WINDOW", 343)])
+            .is_err());
+        assert!(ctx
+            .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 343)])
+            .is_ok());
+    }
+}
