@@ -148,7 +148,7 @@ fn zscore_matches_scipy() {
             for (((i, &o), &w), (&mean, &std)) in ours
                 .indexed_iter()
                 .zip(want.iter())
-                .zip(m.mean.iter().zip(m.std.iter()))
+                .zip(m.mean().iter().zip(m.std().iter()))
             {
                 if w.is_nan() {
                     continue;

@@ -353,10 +353,11 @@ fn zscore_matches_cpu() {
                     })
                     .fold(0.0, f32::max)
             };
-            assert!(rel(&mg.mean, &mc.mean) <= 2.4e-7, "mean; seed {seed}");
-            assert!(rel(&mg.std, &mc.std) <= 2.4e-7, "std; seed {seed}");
+            assert!(rel(mg.mean(), mc.mean()) <= 2.4e-7, "mean; seed {seed}");
+            assert!(rel(mg.std(), mc.std()) <= 2.4e-7, "std; seed {seed}");
             assert_eq!(
-                mg.constant_voxels, mc.constant_voxels,
+                mg.constant_voxels(),
+                mc.constant_voxels(),
                 "constant voxels; seed {seed}"
             );
             for v in &vols {
@@ -370,7 +371,7 @@ fn zscore_matches_cpu() {
                 let nan_g = zg.iter().filter(|x| x.is_nan()).count();
                 let nan_c = zc.iter().filter(|x| x.is_nan()).count();
                 assert_eq!(nan_g, nan_c, "NaN count; seed {seed}");
-                // The GPU's own moments stay on the device (`Moments::id`): same result as
+                // The GPU's own moments stay on the device (`MomentsKey`): same result as
                 // the CPU normalizing with those moments.
                 let zr = g.normalize(v.view(), &mg, &p).unwrap();
                 let zw = c.normalize(v.view(), &mg, &p).unwrap();
@@ -514,8 +515,8 @@ fn process_frame_matches_cpu() {
             let p = ZscoreParams::default();
             let mg = g.moments(&p).unwrap();
             let mc = c.moments(&p).unwrap();
-            assert!(max_diff(&mg.mean, &mc.mean) <= 1e-5, "mean; seed {seed}");
-            assert!(max_diff(&mg.std, &mc.std) <= 1e-5, "std; seed {seed}");
+            assert!(max_diff(mg.mean(), mc.mean()) <= 1e-5, "mean; seed {seed}");
+            assert!(max_diff(mg.std(), mc.std()) <= 1e-5, "std; seed {seed}");
         }
     }
 }
@@ -639,7 +640,7 @@ fn process_frame_without_registration_matches_cpu() {
     let p = ZscoreParams::default();
     let (mg, mc) = (g.moments(&p).unwrap(), c.moments(&p).unwrap());
     assert!(
-        max_diff(&mg.mean, &mc.mean) <= 1e-6 && max_diff(&mg.std, &mc.std) <= 1e-6,
+        max_diff(mg.mean(), mc.mean()) <= 1e-6 && max_diff(mg.std(), mc.std()) <= 1e-6,
         "seed {seed}"
     );
 }
@@ -882,15 +883,15 @@ mod tiled {
             c.accumulate(v.view()).unwrap();
         }
         let (mg, mc) = (g.moments(&p).unwrap(), c.moments(&p).unwrap());
-        assert!(max_diff(&mg.mean, &mc.mean) <= 1e-4, "mean; seed {seed}");
+        assert!(max_diff(mg.mean(), mc.mean()) <= 1e-4, "mean; seed {seed}");
         let rel = mg
-            .std
+            .std()
             .iter()
-            .zip(mc.std.iter())
+            .zip(mc.std().iter())
             .map(|(a, b)| (a - b).abs() / b.abs().max(1e-30))
             .fold(0.0, f32::max);
         assert!(rel <= 2.4e-7, "std {rel}; seed {seed}");
-        assert_eq!(mg.constant_voxels, mc.constant_voxels, "seed {seed}");
+        assert_eq!(mg.constant_voxels(), mc.constant_voxels(), "seed {seed}");
         for v in &vols {
             let err = max_diff(
                 &g.normalize(v.view(), &mc, &p).unwrap(),
@@ -1057,12 +1058,38 @@ mod tiled {
     }
 }
 
-/// Issue 3: `process_frame_ahead` stages the next volume while the current one computes. Its
-/// results must be those of `process_frame` bit for bit, whatever arrives next.
+/// Issue 3: `process_stream` takes the next volume from the stream and stages its upload while the
+/// current one computes. Its results must be those of `process_frame` bit for bit, whatever the
+/// stream holds.
 mod ahead {
     use super::*;
-    use gpuprep_core::backend::{FrameOutput, SeqVolume};
+    use gpuprep_core::backend::FrameOutput;
+    use gpuprep_core::error::{Error, Result};
     use gpuprep_gpu::AheadStats;
+    use std::cell::Cell;
+
+    /// `g.process_stream` of `items`; per result, how many items had been taken from the stream
+    /// when it was emitted.
+    fn stream(
+        g: &mut GpuBackend,
+        plan: &FramePlan,
+        items: Vec<Result<Array3<f32>>>,
+    ) -> (Result<()>, Vec<(FrameOutput, usize)>) {
+        let taken = Cell::new(0);
+        let mut frames = items.into_iter().inspect(|_| taken.set(taken.get() + 1));
+        let mut outs = Vec::new();
+        let r = g.process_stream(plan, &mut frames, &mut |out| {
+            outs.push((out, taken.get()));
+            Ok(())
+        });
+        (r, outs)
+    }
+
+    fn ok_stream(g: &mut GpuBackend, plan: &FramePlan, vols: &[Array3<f32>]) -> Vec<FrameOutput> {
+        let (r, outs) = stream(g, plan, vols.iter().cloned().map(Ok).collect());
+        r.unwrap();
+        outs.into_iter().map(|(o, _)| o).collect()
+    }
 
     /// Odd, non-power-of-two and not a multiple of the workgroup size.
     const SHAPE: [usize; 3] = [9, 13, 17];
@@ -1139,8 +1166,8 @@ mod ahead {
     fn assert_same_moments(a: &mut GpuBackend, b: &mut GpuBackend, ctx: &str) {
         let p = ZscoreParams::default();
         let (ma, mb) = (a.moments(&p).unwrap(), b.moments(&p).unwrap());
-        assert!(same_bits(&ma.mean, &mb.mean), "mean: {ctx}");
-        assert!(same_bits(&ma.std, &mb.std), "std: {ctx}");
+        assert!(same_bits(ma.mean(), mb.mean()), "mean: {ctx}");
+        assert!(same_bits(ma.std(), mb.std()), "std: {ctx}");
     }
 
     fn delta(before: AheadStats, after: AheadStats) -> [usize; 3] {
@@ -1162,18 +1189,15 @@ mod ahead {
             let (reference, vols) = frames(&mut rng, 7);
             start(&mut sync, &reference, &plan);
             start(&mut ahead, &reference, &plan);
-            let seqs: Vec<u64> = vols.iter().map(|_| SeqVolume::next_seq()).collect();
             let before = ahead.ahead_stats();
-            for t in 0..vols.len() {
+            let (r, got) = stream(&mut ahead, &plan, vols.iter().cloned().map(Ok).collect());
+            r.unwrap();
+            assert_eq!(got.len(), vols.len());
+            for (t, (got, taken)) in got.iter().enumerate() {
                 let want = sync.process_frame(vols[t].view(), &plan).unwrap();
-                // The last frame has no next volume.
-                let next = vols
-                    .get(t + 1)
-                    .map(|v| SeqVolume::new(seqs[t + 1], v.view()));
-                let got = ahead
-                    .process_frame_ahead(SeqVolume::new(seqs[t], vols[t].view()), next, &plan)
-                    .unwrap();
-                assert_same(&got, &want, &format!("t {t} plan {plan:?}; seed {seed}"));
+                assert_same(got, &want, &format!("t {t} plan {plan:?}; seed {seed}"));
+                // Volume t + 1 was taken before t was computed (none after the last).
+                assert_eq!(*taken, (t + 2).min(vols.len()), "t {t}");
             }
             assert_same_moments(&mut ahead, &mut sync, &format!("{plan:?}; seed {seed}"));
             // Every volume but the first was staged, and every staged one was used.
@@ -1186,80 +1210,85 @@ mod ahead {
     }
 
     #[test]
-    fn a_volume_other_than_the_staged_one_is_uploaded() {
+    fn only_the_next_volume_of_the_same_shape_is_staged() {
         let (Some(mut sync), Some(mut g)) = (gpu(), gpu()) else {
             return;
         };
         let seed = seed();
         let mut rng = StdRng::seed_from_u64(seed);
+        let st = |g: &GpuBackend| g.ahead_stats();
+        let (reference, v) = frames(&mut rng, 6);
+        let small = random(&mut rng, [3, 5, 7]);
+        let check = |sync: &mut GpuBackend,
+                     plan: &FramePlan,
+                     got: &[FrameOutput],
+                     want: &[&Array3<f32>],
+                     what: &str| {
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (i, (o, w)) in got.iter().zip(want).enumerate() {
+                let expected = sync.process_frame(w.view(), plan).unwrap();
+                assert_same(o, &expected, &format!("{what}, frame {i}; seed {seed}"));
+            }
+        };
+
+        // A volume of another shape in the stream is not staged; it and the one after it upload.
+        let filter_only = FramePlan {
+            register: None,
+            accumulate: false,
+            ..plans()[0]
+        };
+        let b = st(&g);
+        let vols = [&v[0], &v[1], &small, &v[2]];
+        let got = ok_stream(&mut g, &filter_only, &vols.map(|x| x.clone()));
+        check(&mut sync, &filter_only, &got, &vols, "mixed shapes");
+        assert_eq!(delta(b, st(&g)), [1, 1, 3]);
+
+        // A new stream starts by uploading, whatever kernel calls came between two streams.
         let plan = plans()[0];
-        let (reference, v) = frames(&mut rng, 8);
         start(&mut sync, &reference, &plan);
         start(&mut g, &reference, &plan);
-        let s: Vec<u64> = v.iter().map(|_| SeqVolume::next_seq()).collect();
-        let sv = |i: usize| SeqVolume::new(s[i], v[i].view());
-        let mut check = |out: FrameOutput, i: usize, what: &str| {
-            let want = sync.process_frame(v[i].view(), &plan).unwrap();
-            assert_same(&out, &want, &format!("{what}; seed {seed}"));
-        };
-        let st = |g: &GpuBackend| g.ahead_stats();
-
-        // Stage 1, then bring 2: a different volume with a different number is uploaded.
         let b = st(&g);
-        let out = g.process_frame_ahead(sv(0), Some(sv(1)), &plan).unwrap();
-        check(out, 0, "frame 0");
-        let out = g.process_frame_ahead(sv(2), Some(sv(3)), &plan).unwrap();
-        check(out, 2, "another volume than the staged one");
-        assert_eq!(delta(b, st(&g)), [2, 0, 2]);
-
-        // Stage 3, then bring 3's values under another number: numbers decide, so it is uploaded.
-        let b = st(&g);
-        let renumbered = SeqVolume::new(SeqVolume::next_seq(), v[3].view());
-        let out = g
-            .process_frame_ahead(renumbered, Some(sv(4)), &plan)
-            .unwrap();
-        check(out, 3, "same values, other number");
-        assert_eq!(delta(b, st(&g)), [1, 0, 1]);
-
-        // 4 is staged; kernel calls in between write only the current input and leave it intact.
-        let b = st(&g);
+        let got = ok_stream(&mut g, &plan, &v[3..5]);
+        check(&mut sync, &plan, &got, &[&v[3], &v[4]], "first stream");
         let other = random(&mut rng, SHAPE);
         g.median3d(other.view(), plan.median.as_ref().unwrap())
             .unwrap();
         g.shift(other.view(), [0.5, -1.0, 0.25], &plan.shift)
             .unwrap();
-        let out = g.process_frame_ahead(sv(4), Some(sv(5)), &plan).unwrap();
-        check(out, 4, "staged volume after kernel calls");
-        assert_eq!(delta(b, st(&g)), [1, 1, 0]);
+        let got = ok_stream(&mut g, &plan, &v[5..6]);
+        check(&mut sync, &plan, &got, &[&v[5]], "second stream");
+        assert_eq!(delta(b, st(&g)), [1, 1, 2]);
 
-        // 5 is staged; a plain `process_frame` of it uploads (it has no number) and drops the stage.
+        // A plain `process_frame` uploads.
         let b = st(&g);
-        let out = g.process_frame(v[5].view(), &plan).unwrap();
-        check(out, 5, "plain process_frame after staging");
-        let out = g.process_frame_ahead(sv(5), None, &plan).unwrap();
-        check(out, 5, "staged volume consumed by a plain call");
-        assert_eq!(delta(b, st(&g)), [0, 0, 2]);
-
-        // A next volume of another shape is not staged; the frame still computes.
-        let b = st(&g);
-        let small = random(&mut rng, [3, 5, 7]);
-        let out = g
-            .process_frame_ahead(
-                sv(6),
-                Some(SeqVolume::new(SeqVolume::next_seq(), small.view())),
-                &plan,
-            )
-            .unwrap();
-        check(out, 6, "next of another shape");
-        let out = g.process_frame_ahead(sv(7), None, &plan).unwrap();
-        check(out, 7, "last frame");
-        assert_eq!(delta(b, st(&g)), [0, 0, 2]);
-
+        let out = g.process_frame(v[0].view(), &plan).unwrap();
+        check(&mut sync, &plan, &[out], &[&v[0]], "plain process_frame");
+        assert_eq!(delta(b, st(&g)), [0, 0, 1]);
         assert_same_moments(&mut g, &mut sync, &format!("seed {seed}"));
     }
 
+    /// The next volume is taken before the current one computes, so a failure to read it stops the
+    /// stream with that error, unchanged, before the current volume's result is emitted.
     #[test]
-    fn tiled_volumes_ignore_the_lookahead() {
+    fn a_failing_lookahead_stops_the_stream_with_its_error() {
+        let Some(mut g) = gpu() else { return };
+        let mut rng = StdRng::seed_from_u64(seed());
+        let plan = plans()[0];
+        let (reference, v) = frames(&mut rng, 2);
+        start(&mut g, &reference, &plan);
+        let items = vec![
+            Ok(v[0].clone()),
+            Ok(v[1].clone()),
+            Err(Error::Data("unreadable volume 2".into())),
+        ];
+        let (r, outs) = stream(&mut g, &plan, items);
+        let want = Error::Data("unreadable volume 2".into()).to_string();
+        assert_eq!(r.unwrap_err().to_string(), want);
+        assert_eq!(outs.len(), 1, "volume 1 waits for its lookahead");
+    }
+
+    #[test]
+    fn tiled_volumes_take_the_stream_one_at_a_time() {
         let (Some(mut sync), Some(mut g)) = (gpu(), gpu()) else {
             return;
         };
@@ -1272,15 +1301,14 @@ mod ahead {
         g.set_max_tile_bytes(7168);
         start(&mut sync, &reference, &plan);
         start(&mut g, &reference, &plan);
-        let s: Vec<u64> = v.iter().map(|_| SeqVolume::next_seq()).collect();
         let (b, tiles) = (g.ahead_stats(), g.tile_stats());
-        for t in 0..v.len() {
+        let (r, got) = stream(&mut g, &plan, v.iter().cloned().map(Ok).collect());
+        r.unwrap();
+        assert_eq!(got.len(), v.len());
+        for (t, (got, taken)) in got.iter().enumerate() {
             let want = sync.process_frame(v[t].view(), &plan).unwrap();
-            let next = v.get(t + 1).map(|n| SeqVolume::new(s[t + 1], n.view()));
-            let got = g
-                .process_frame_ahead(SeqVolume::new(s[t], v[t].view()), next, &plan)
-                .unwrap();
-            assert_same(&got, &want, &format!("tiled t {t}; seed {seed}"));
+            assert_same(got, &want, &format!("tiled t {t}; seed {seed}"));
+            assert_eq!(*taken, t + 1, "no lookahead on the tiled route");
         }
         assert_eq!(
             g.ahead_stats(),

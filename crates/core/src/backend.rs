@@ -3,8 +3,9 @@
 //! The pipeline drives one `Backend` per run. Kernel-level methods exist so each kernel can be
 //! tested on its own; `process_frame` chains them for one timepoint, and a backend that keeps data
 //! resident on a device (the GPU) overrides it so a volume is uploaded once and read back once.
-//! `process_frame_ahead` is the same step told which volume comes next, so a device backend can
-//! stage that upload while this one computes.
+//! `process_stream` is the first pass over the whole series: the pipeline hands it an iterator of
+//! volumes and a callback for the results, and a device backend looks ahead in that iterator itself
+//! (to stage the next upload while the current volume computes); the pipeline knows nothing of it.
 
 use crate::error::Result;
 use crate::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
@@ -44,31 +45,57 @@ pub struct FrameOutput {
 /// rule use them, as `scipy.stats.zscore` of the float32 data computed in float64 does. `mean` and
 /// `std` are their float32 roundings, what the output's `/mean` and `/std` store; normalizing with
 /// those instead would move z by up to `eps_f32 · |mean| / std` (0.5 for 1.5 at a large mean).
+///
+/// The fields are private so the four arrays and the count always agree, and so a backend may keep
+/// its own device copy of moments it issued (`MomentsKey`): nothing can change values that carry
+/// its mark. To edit them, take them apart (`into_parts`) and build unmarked ones (`from_f64`).
 #[derive(Clone, Debug)]
 pub struct Moments {
-    pub mean: Array3<f32>,
-    pub std: Array3<f32>,
-    pub mean64: Array3<f64>,
-    pub std64: Array3<f64>,
-    /// Voxels whose time series is constant (scipy's test on the f64 moments:
-    /// `std <= |eps_f64 · mean|`, `cpu::zscore::is_constant`).
-    pub constant_voxels: usize,
-    /// Identifies the backend computation these came from (`Moments::next_id`), so a backend can
-    /// keep its own device copy for `normalize` instead of uploading them per volume. 0 means
-    /// "made elsewhere": always used as given. Set it to 0 after changing any of the arrays.
-    pub id: u64,
+    mean: Array3<f32>,
+    std: Array3<f32>,
+    mean64: Array3<f64>,
+    std64: Array3<f64>,
+    constant_voxels: usize,
+    /// The number of the `MomentsKey` that issued these, if a backend did.
+    issuer: Option<u64>,
+}
+
+/// A backend's mark on the `Moments` it computes, so it recognises them later (and uses the copy it
+/// kept on its device) without comparing arrays. Not `Clone`: only the holder of a key issues or
+/// recognises moments under it, and no two keys of a process share a number.
+#[derive(Debug)]
+pub struct MomentsKey(u64);
+
+impl MomentsKey {
+    pub fn new() -> MomentsKey {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        MomentsKey(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// `Moments::from_f64`, marked as issued under this key.
+    pub fn issue(&self, mean64: Array3<f64>, std64: Array3<f64>) -> Moments {
+        Moments {
+            issuer: Some(self.0),
+            ..Moments::from_f64(mean64, std64)
+        }
+    }
+
+    /// Whether `m` was issued under this key (and so holds the values issued).
+    pub fn issued(&self, m: &Moments) -> bool {
+        m.issuer == Some(self.0)
+    }
+}
+
+impl Default for MomentsKey {
+    fn default() -> Self {
+        MomentsKey::new()
+    }
 }
 
 impl Moments {
-    /// A fresh nonzero id for moments a backend computes.
-    pub fn next_id() -> u64 {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Moments from the f64 mean and standard deviation: the f32 roundings and the constant-voxel
     /// count follow from them.
-    pub fn from_f64(mean64: Array3<f64>, std64: Array3<f64>, id: u64) -> Moments {
+    pub fn from_f64(mean64: Array3<f64>, std64: Array3<f64>) -> Moments {
         let constant_voxels = ndarray::Zip::from(&mean64)
             .and(&std64)
             .fold(0, |acc, &m, &s| {
@@ -80,36 +107,45 @@ impl Moments {
             mean64,
             std64,
             constant_voxels,
-            id,
+            issuer: None,
         }
     }
 
     /// Moments known only as float32 (e.g. read back from an output's `/mean` and `/std`), widened
-    /// exactly to f64; id 0.
+    /// exactly to f64.
     pub fn from_f32(mean: Array3<f32>, std: Array3<f32>) -> Moments {
-        Moments::from_f64(mean.mapv(f64::from), std.mapv(f64::from), 0)
-    }
-}
-
-/// A volume with its sequence number (`SeqVolume::next_seq`): the identity by which a backend
-/// recognises a volume it staged ahead of time (`Backend::process_frame_ahead`). Two volumes with the
-/// same number must hold the same values; numbers from `next_seq` are never reused in a process, so
-/// a volume staged in one run can never be mistaken for one of another run.
-#[derive(Clone, Copy, Debug)]
-pub struct SeqVolume<'a> {
-    pub seq: u64,
-    pub vol: ArrayView3<'a, f32>,
-}
-
-impl<'a> SeqVolume<'a> {
-    pub fn new(seq: u64, vol: ArrayView3<'a, f32>) -> Self {
-        SeqVolume { seq, vol }
+        Moments::from_f64(mean.mapv(f64::from), std.mapv(f64::from))
     }
 
-    /// A fresh nonzero sequence number.
-    pub fn next_seq() -> u64 {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    /// The float32 mean, what the output's `/mean` stores.
+    pub fn mean(&self) -> &Array3<f32> {
+        &self.mean
+    }
+
+    /// The float32 standard deviation, what the output's `/std` stores.
+    pub fn std(&self) -> &Array3<f32> {
+        &self.std
+    }
+
+    /// The f64 mean, which normalization uses.
+    pub fn mean64(&self) -> &Array3<f64> {
+        &self.mean64
+    }
+
+    /// The f64 standard deviation, which normalization uses.
+    pub fn std64(&self) -> &Array3<f64> {
+        &self.std64
+    }
+
+    /// Voxels whose time series is constant (scipy's test on the f64 moments:
+    /// `std <= |eps_f64 · mean|`, `zscore::is_constant`).
+    pub fn constant_voxels(&self) -> usize {
+        self.constant_voxels
+    }
+
+    /// The f64 mean and standard deviation, to build changed moments from (`from_f64`).
+    pub fn into_parts(self) -> (Array3<f64>, Array3<f64>) {
+        (self.mean64, self.std64)
     }
 }
 
@@ -156,26 +192,39 @@ pub trait Backend {
         frame_by_stage(self, raw, plan)
     }
 
-    /// Whether `process_frame_ahead` uses `next` for frames of `shape` under `plan`: the pipeline
-    /// takes volume t + 1 from the reader before computing t (one more volume in memory) only then.
-    fn stages_ahead(&self, shape: [usize; 3], plan: &FramePlan) -> bool {
-        let _ = (shape, plan);
-        false
-    }
-
-    /// `process_frame` for `raw`, told that `next` is the volume of the following call. A backend
-    /// may start moving `next` to its device while `raw` is computed (the GPU backend does) and
-    /// skip that upload when the following call brings the same `seq`; the result is the same as
-    /// `process_frame(raw.vol, plan)` whatever `next` is. The default ignores `next`.
-    fn process_frame_ahead(
+    /// The first pass over a stream of volumes: `process_frame` of each item of `frames` in order,
+    /// each result handed to `emit` before the next volume is computed. Stops at the first error,
+    /// from `frames`, the backend or `emit`, and returns it unchanged.
+    ///
+    /// How far ahead of the volume it computes a backend takes from `frames` is its own choice, and
+    /// decides how many of the caller's volumes are alive: the default (`stream_by_frame`) takes
+    /// one at a time and drops it before `emit`; the GPU backend takes the next one before
+    /// computing the current one, to stage its upload meanwhile (one more volume alive).
+    fn process_stream(
         &mut self,
-        raw: SeqVolume<'_>,
-        next: Option<SeqVolume<'_>>,
         plan: &FramePlan,
-    ) -> Result<FrameOutput> {
-        let _ = next;
-        self.process_frame(raw.vol, plan)
+        frames: &mut dyn Iterator<Item = Result<Array3<f32>>>,
+        emit: &mut dyn FnMut(FrameOutput) -> Result<()>,
+    ) -> Result<()> {
+        stream_by_frame(self, plan, frames, emit)
     }
+}
+
+/// `process_stream` one volume at a time through `process_frame` (the default).
+pub fn stream_by_frame<B: Backend + ?Sized>(
+    b: &mut B,
+    plan: &FramePlan,
+    frames: &mut dyn Iterator<Item = Result<Array3<f32>>>,
+    emit: &mut dyn FnMut(FrameOutput) -> Result<()>,
+) -> Result<()> {
+    for raw in frames {
+        let raw = raw?;
+        let out = b.process_frame(raw.view(), plan)?;
+        // Freed before `emit`, which may wait on a full write queue.
+        drop(raw);
+        emit(out)?;
+    }
+    Ok(())
 }
 
 /// `process_frame` as the sequence of the backend's stage calls (the default; the GPU backend's
