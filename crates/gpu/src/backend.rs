@@ -270,7 +270,7 @@ fn download(ctx: &GpuContext, buf: &wgpu::Buffer, shape: [usize; 3]) -> Result<A
     Array3::from_shape_vec(shape, v).map_err(|e| Error::Gpu(format!("readback shape: {e}")))
 }
 
-/// The registered volume is `volume`'s shape.
+/// A reference is set and has the shape of the volume to register.
 fn check_reference_shape(stage: Option<&RegisterStage>, shape: [usize; 3]) -> Result<()> {
     let rshape = stage
         .ok_or_else(|| Error::Data("register called before set_reference".into()))?

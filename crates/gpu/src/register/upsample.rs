@@ -4,7 +4,7 @@
 use super::CrossUniform;
 use crate::device::{Bind, GpuContext, Kernel, Recorder};
 use gpuprep_core::complex::Complex64;
-use gpuprep_core::error::Result;
+use gpuprep_core::error::{Error, Result};
 use gpuprep_core::register::upsample_slab_planes;
 use std::rc::Rc;
 
@@ -130,7 +130,7 @@ pub(super) fn upsampled_peak_z(
             }
         }
     }
-    let [re, im] = value.expect("r >= 1");
+    let [re, im] = value.ok_or_else(|| Error::Gpu("upsampled DFT: an empty region".into()))?;
     Ok((
         [best / (r * r), (best / r) % r, best % r],
         Complex64::new(re as f64, im as f64),
