@@ -332,14 +332,14 @@ fn zscore_matches_cpu() {
                     v
                 })
                 .collect();
-            g.reset_moments(shape).unwrap();
-            c.reset_moments(shape).unwrap();
+            let g_acc = g.reset_moments(shape).unwrap();
+            let c_acc = c.reset_moments(shape).unwrap();
             for v in &vols {
-                g.accumulate(v.view()).unwrap();
-                c.accumulate(v.view()).unwrap();
+                g.accumulate(&g_acc, v.view()).unwrap();
+                c.accumulate(&c_acc, v.view()).unwrap();
             }
-            let mg = g.moments(&p).unwrap();
-            let mc = c.moments(&p).unwrap();
+            let mg = g.moments(&g_acc, &p).unwrap();
+            let mc = c.moments(&c_acc, &p).unwrap();
             // Tolerance of zscore.wgsl: mean and std within 1 ulp (relative 2.4e-7), z within 2 ulp.
             let rel = |a: &Array3<f32>, b: &Array3<f32>| {
                 a.iter()
@@ -411,10 +411,10 @@ fn registration_matches_cpu() {
             moving.mapv_inplace(|x| x + 0.01 * rng.random::<f32>());
             // Integer registration: identical shifts.
             let p = RegisterParams::new(1, normalization).unwrap();
-            g.set_reference(reference.view(), &p).unwrap();
-            c.set_reference(reference.view(), &p).unwrap();
-            let rg = g.register(moving.view()).unwrap();
-            let rc = c.register(moving.view()).unwrap();
+            let g_ref = g.set_reference(reference.view(), &p).unwrap();
+            let c_ref = c.set_reference(reference.view(), &p).unwrap();
+            let rg = g.register(&g_ref, moving.view()).unwrap();
+            let rc = c.register(&c_ref, moving.view()).unwrap();
             assert_eq!(
                 rg.shift, rc.shift,
                 "integer shift, shape {shape:?} {normalization}; seed {seed}"
@@ -443,10 +443,10 @@ fn registration_matches_cpu() {
                 }),
                 &ShiftParams::new(3, BoundaryMode::Wrap, 0.0).unwrap(),
             );
-            g.set_reference(reference.view(), &p).unwrap();
-            c.set_reference(reference.view(), &p).unwrap();
-            let rg = g.register(sub.view()).unwrap();
-            let rc = c.register(sub.view()).unwrap();
+            let g_ref = g.set_reference(reference.view(), &p).unwrap();
+            let c_ref = c.set_reference(reference.view(), &p).unwrap();
+            let rg = g.register(&g_ref, sub.view()).unwrap();
+            let rc = c.register(&c_ref, sub.view()).unwrap();
             eprintln!(
                 "register {shape:?} {normalization} u=10: gpu {:?} cpu {:?}",
                 rg.shift, rc.shift
@@ -477,18 +477,24 @@ fn process_frame_matches_cpu() {
         ] {
             let plan = FramePlan {
                 median: median.map(|s| MedianParams::new(s, BoundaryMode::Reflect, 0.0).unwrap()),
-                register: Some(RegisterParams::default()),
+                register: None,
                 register_on_raw,
                 shift: ShiftParams::new(order, mode, 0.0).unwrap(),
-                accumulate: true,
+                accumulate: None,
                 keep_filtered: true,
             };
             let reference = blobs(&mut rng, shape);
             let rp = RegisterParams::default();
-            g.set_reference(reference.view(), &rp).unwrap();
-            c.set_reference(reference.view(), &rp).unwrap();
-            g.reset_moments(shape).unwrap();
-            c.reset_moments(shape).unwrap();
+            let g_ref = g.set_reference(reference.view(), &rp).unwrap();
+            let c_ref = c.set_reference(reference.view(), &rp).unwrap();
+            let g_acc = g.reset_moments(shape).unwrap();
+            let c_acc = c.reset_moments(shape).unwrap();
+            let with = |r, a| FramePlan {
+                register: Some(r),
+                accumulate: Some(a),
+                ..plan
+            };
+            let (gplan, cplan) = (with(g_ref, g_acc), with(c_ref, c_acc));
             for t in 0..3 {
                 let s = [
                     rng.random_range(-2i64..=2),
@@ -497,8 +503,8 @@ fn process_frame_matches_cpu() {
                 ];
                 let mut raw = roll(reference.view(), s);
                 raw.mapv_inplace(|x| x + 0.01 * rng.random::<f32>());
-                let og = g.process_frame(raw.view(), &plan).unwrap();
-                let oc = c.process_frame(raw.view(), &plan).unwrap();
+                let og = g.process_frame(raw.view(), &gplan).unwrap();
+                let oc = c.process_frame(raw.view(), &cplan).unwrap();
                 let ctx = format!("shape {shape:?} t {t} plan {plan:?}; seed {seed}");
                 assert_eq!(
                     og.registration.unwrap().shift,
@@ -513,8 +519,8 @@ fn process_frame_matches_cpu() {
                 assert!(err <= 2e-5 * 3.0, "volume error {err}: {ctx}");
             }
             let p = ZscoreParams::default();
-            let mg = g.moments(&p).unwrap();
-            let mc = c.moments(&p).unwrap();
+            let mg = g.moments(&g_acc, &p).unwrap();
+            let mc = c.moments(&c_acc, &p).unwrap();
             assert!(max_diff(mg.mean(), mc.mean()) <= 1e-5, "mean; seed {seed}");
             assert!(max_diff(mg.std(), mc.std()) <= 1e-5, "std; seed {seed}");
         }
@@ -531,10 +537,15 @@ fn backend_describes_device_and_errors_cleanly() {
         d.starts_with("gpu: ") && d.contains(&format!("{:?}", api().1)),
         "{d}"
     );
-    // Registering before a reference is an error, not a panic.
+    // A handle this backend did not issue (here the CPU backend's) is an error, not a panic.
     let v = Array3::<f32>::zeros((3, 4, 5));
-    assert!(g.register(v.view()).is_err());
-    assert!(g.accumulate(v.view()).is_err());
+    let mut c = CpuBackend::new();
+    let c_ref = c
+        .set_reference(v.view(), &RegisterParams::default())
+        .unwrap();
+    let c_acc = c.reset_moments([3, 4, 5]).unwrap();
+    assert!(g.register(&c_ref, v.view()).is_err());
+    assert!(g.accumulate(&c_acc, v.view()).is_err());
     // Adapters are listed for `gpuprep info`.
     let list = gpuprep_gpu::list_adapters(api().0);
     let want = format!("{:?}", api().1);
@@ -619,26 +630,30 @@ fn process_frame_without_registration_matches_cpu() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut c = CpuBackend::new();
     let shape = [5, 13, 6];
-    let plan = FramePlan {
+    let plan = |acc| FramePlan {
         median: Some(MedianParams::new([3, 3, 1], BoundaryMode::Mirror, 0.0).unwrap()),
         register: None,
         register_on_raw: false,
         shift: ShiftParams::default(),
-        accumulate: true,
+        accumulate: Some(acc),
         keep_filtered: true,
     };
-    g.reset_moments(shape).unwrap();
-    c.reset_moments(shape).unwrap();
+    let g_acc = g.reset_moments(shape).unwrap();
+    let c_acc = c.reset_moments(shape).unwrap();
+    let (gplan, cplan) = (plan(g_acc), plan(c_acc));
     for _ in 0..3 {
         let raw = random(&mut rng, shape);
-        let og = g.process_frame(raw.view(), &plan).unwrap();
-        let oc = c.process_frame(raw.view(), &plan).unwrap();
+        let og = g.process_frame(raw.view(), &gplan).unwrap();
+        let oc = c.process_frame(raw.view(), &cplan).unwrap();
         assert_eq!(og.volume, oc.volume, "seed {seed}");
         assert_eq!(og.filtered, oc.filtered, "seed {seed}");
         assert!(og.registration.is_none());
     }
     let p = ZscoreParams::default();
-    let (mg, mc) = (g.moments(&p).unwrap(), c.moments(&p).unwrap());
+    let (mg, mc) = (
+        g.moments(&g_acc, &p).unwrap(),
+        c.moments(&c_acc, &p).unwrap(),
+    );
     assert!(
         max_diff(mg.mean(), mc.mean()) <= 1e-6 && max_diff(mg.std(), mc.std()) <= 1e-6,
         "seed {seed}"
@@ -660,22 +675,21 @@ fn gl_backend_runs_the_chain_when_asked() {
     let mut c = CpuBackend::new();
     let shape = [7, 9, 11];
     let reference = blobs(&mut rng, shape);
-    let plan = FramePlan {
+    let plan = |b: &mut dyn Backend| FramePlan {
         median: Some(MedianParams::default()),
-        register: Some(RegisterParams::default()),
+        register: Some(
+            b.set_reference(reference.view(), &RegisterParams::default())
+                .unwrap(),
+        ),
         register_on_raw: false,
         shift: ShiftParams::default(),
-        accumulate: true,
+        accumulate: Some(b.reset_moments(shape).unwrap()),
         keep_filtered: false,
     };
-    for b in [&mut g as &mut dyn Backend, &mut c as &mut dyn Backend] {
-        b.set_reference(reference.view(), &RegisterParams::default())
-            .unwrap();
-        b.reset_moments(shape).unwrap();
-    }
+    let (gplan, cplan) = (plan(&mut g), plan(&mut c));
     let raw = roll(reference.view(), [1, -2, 0]);
-    let og = g.process_frame(raw.view(), &plan).unwrap();
-    let oc = c.process_frame(raw.view(), &plan).unwrap();
+    let og = g.process_frame(raw.view(), &gplan).unwrap();
+    let oc = c.process_frame(raw.view(), &cplan).unwrap();
     assert_eq!(
         og.registration.unwrap().shift,
         oc.registration.unwrap().shift,
@@ -712,10 +726,13 @@ fn tiny_shapes_match_cpu() {
             );
         }
         let p = RegisterParams::new(4, Normalization::Phase).unwrap();
-        g.set_reference(v.view(), &p).unwrap();
-        c.set_reference(v.view(), &p).unwrap();
+        let g_ref = g.set_reference(v.view(), &p).unwrap();
+        let c_ref = c.set_reference(v.view(), &p).unwrap();
         let w = random(&mut rng, shape);
-        let (rg, rc) = (g.register(w.view()).unwrap(), c.register(w.view()).unwrap());
+        let (rg, rc) = (
+            g.register(&g_ref, w.view()).unwrap(),
+            c.register(&c_ref, w.view()).unwrap(),
+        );
         for a in 0..3 {
             assert!(
                 (rg.shift[a] - rc.shift[a]).abs() <= 0.25 + 1e-9,
@@ -753,14 +770,14 @@ mod tiled {
         let moving = roll(reference.view(), [1, -2, 5]);
         let p = RegisterParams::new(1, Normalization::Phase).unwrap();
         let before = g.tile_stats();
-        g.set_reference(reference.view(), &p).unwrap();
-        let rg = g.register(moving.view()).unwrap();
+        let g_ref = g.set_reference(reference.view(), &p).unwrap();
+        let rg = g.register(&g_ref, moving.view()).unwrap();
         assert!(tiles(&g, before, |s| s.register) > 0, "tiled route taken");
         let mut c = CpuBackend::new();
-        c.set_reference(reference.view(), &p).unwrap();
+        let c_ref = c.set_reference(reference.view(), &p).unwrap();
         assert_eq!(
             rg.shift,
-            c.register(moving.view()).unwrap().shift,
+            c.register(&c_ref, moving.view()).unwrap().shift,
             "seed {seed}"
         );
     }
@@ -876,13 +893,16 @@ mod tiled {
             })
             .collect();
         let before = g.tile_stats();
-        g.reset_moments(shape).unwrap();
-        c.reset_moments(shape).unwrap();
+        let g_acc = g.reset_moments(shape).unwrap();
+        let c_acc = c.reset_moments(shape).unwrap();
         for v in &vols {
-            g.accumulate(v.view()).unwrap();
-            c.accumulate(v.view()).unwrap();
+            g.accumulate(&g_acc, v.view()).unwrap();
+            c.accumulate(&c_acc, v.view()).unwrap();
         }
-        let (mg, mc) = (g.moments(&p).unwrap(), c.moments(&p).unwrap());
+        let (mg, mc) = (
+            g.moments(&g_acc, &p).unwrap(),
+            c.moments(&c_acc, &p).unwrap(),
+        );
         assert!(max_diff(mg.mean(), mc.mean()) <= 1e-4, "mean; seed {seed}");
         let rel = mg
             .std()
@@ -919,11 +939,11 @@ mod tiled {
                 moving.mapv_inplace(|x| x + 0.01 * rng.random::<f32>());
                 let p = RegisterParams::new(1, normalization).unwrap();
                 let before = g.tile_stats();
-                g.set_reference(reference.view(), &p).unwrap();
-                c.set_reference(reference.view(), &p).unwrap();
+                let g_ref = g.set_reference(reference.view(), &p).unwrap();
+                let c_ref = c.set_reference(reference.view(), &p).unwrap();
                 let (rg, rc) = (
-                    g.register(moving.view()).unwrap(),
-                    c.register(moving.view()).unwrap(),
+                    g.register(&g_ref, moving.view()).unwrap(),
+                    c.register(&c_ref, moving.view()).unwrap(),
                 );
                 let n = tiles(&g, before, |s| s.register);
                 assert!(n > 4, "{shape:?}: {n} tiles");
@@ -945,11 +965,11 @@ mod tiled {
                     [0, 1, 2].map(|_| rng.random::<f64>() * 3.0 - 1.5),
                     &ShiftParams::new(3, BoundaryMode::Wrap, 0.0).unwrap(),
                 );
-                g.set_reference(reference.view(), &p).unwrap();
-                c.set_reference(reference.view(), &p).unwrap();
+                let g_ref = g.set_reference(reference.view(), &p).unwrap();
+                let c_ref = c.set_reference(reference.view(), &p).unwrap();
                 let (rg, rc) = (
-                    g.register(sub.view()).unwrap(),
-                    c.register(sub.view()).unwrap(),
+                    g.register(&g_ref, sub.view()).unwrap(),
+                    c.register(&c_ref, sub.view()).unwrap(),
                 );
                 for a in 0..3 {
                     assert!(
@@ -1008,13 +1028,16 @@ mod tiled {
             }
             let p = RegisterParams::new(4, Normalization::None).unwrap();
             g.set_max_tile_bytes(register_limit);
-            g.set_reference(v.view(), &p).unwrap();
-            c.set_reference(v.view(), &p).unwrap();
+            let g_ref = g.set_reference(v.view(), &p).unwrap();
+            let c_ref = c.set_reference(v.view(), &p).unwrap();
             let w = roll(
                 v.view(),
                 [1, 0, -1].map(|s: i64| if shape[0] > 1 { s } else { 0 }),
             );
-            let (rg, rc) = (g.register(w.view()).unwrap(), c.register(w.view()).unwrap());
+            let (rg, rc) = (
+                g.register(&g_ref, w.view()).unwrap(),
+                c.register(&c_ref, w.view()).unwrap(),
+            );
             for a in 0..3 {
                 assert!(
                     (rg.shift[a] - rc.shift[a]).abs() <= 0.25 + 1e-9,
@@ -1094,35 +1117,46 @@ mod ahead {
     /// Odd, non-power-of-two and not a multiple of the workgroup size.
     const SHAPE: [usize; 3] = [9, 13, 17];
 
+    /// A plan before a backend's handles: its stages, and whether it registers (every plan here
+    /// accumulates).
+    #[derive(Clone, Copy, Debug)]
+    struct Steps {
+        plan: FramePlan,
+        register: bool,
+    }
+
     /// Every route through the fused frame: registration (staging between the registration's
     /// submission and its peak readback), median only and nothing but the z-score (staging after
     /// the single submission; the output read from the swapped-in input buffer itself).
-    fn plans() -> Vec<FramePlan> {
+    fn plans() -> Vec<Steps> {
         let median = MedianParams::new([3, 3, 3], BoundaryMode::Reflect, 0.0).unwrap();
         let full = FramePlan {
             median: Some(median),
-            register: Some(RegisterParams::default()),
+            register: None,
             register_on_raw: false,
             shift: ShiftParams::new(3, BoundaryMode::Constant, 0.0).unwrap(),
-            accumulate: true,
+            accumulate: None,
             keep_filtered: true,
         };
+        let steps = |plan, register| Steps { plan, register };
         vec![
-            full,
-            FramePlan {
-                register_on_raw: true,
-                keep_filtered: false,
-                ..full
-            },
-            FramePlan {
-                register: None,
-                ..full
-            },
-            FramePlan {
-                median: None,
-                register: None,
-                ..full
-            },
+            steps(full, true),
+            steps(
+                FramePlan {
+                    register_on_raw: true,
+                    keep_filtered: false,
+                    ..full
+                },
+                true,
+            ),
+            steps(full, false),
+            steps(
+                FramePlan {
+                    median: None,
+                    ..full
+                },
+                false,
+            ),
         ]
     }
 
@@ -1140,11 +1174,18 @@ mod ahead {
         (reference, vols)
     }
 
-    fn start(g: &mut GpuBackend, reference: &Array3<f32>, plan: &FramePlan) {
-        if let Some(rp) = &plan.register {
-            g.set_reference(reference.view(), rp).unwrap();
+    /// Sets `g`'s reference (when `steps` registers) and starts its accumulation: `steps`'s plan
+    /// with `g`'s handles.
+    fn start(g: &mut GpuBackend, reference: &Array3<f32>, steps: &Steps) -> FramePlan {
+        let register = steps.register.then(|| {
+            g.set_reference(reference.view(), &RegisterParams::default())
+                .unwrap()
+        });
+        FramePlan {
+            register,
+            accumulate: Some(g.reset_moments(SHAPE).unwrap()),
+            ..steps.plan
         }
-        g.reset_moments(SHAPE).unwrap();
     }
 
     fn same_bits(a: &Array3<f32>, b: &Array3<f32>) -> bool {
@@ -1163,9 +1204,16 @@ mod ahead {
         }
     }
 
-    fn assert_same_moments(a: &mut GpuBackend, b: &mut GpuBackend, ctx: &str) {
+    fn assert_same_moments(
+        (a, pa): (&mut GpuBackend, &FramePlan),
+        (b, pb): (&mut GpuBackend, &FramePlan),
+        ctx: &str,
+    ) {
         let p = ZscoreParams::default();
-        let (ma, mb) = (a.moments(&p).unwrap(), b.moments(&p).unwrap());
+        let moments = |g: &mut GpuBackend, plan: &FramePlan| {
+            g.moments(plan.accumulate.as_ref().unwrap(), &p).unwrap()
+        };
+        let (ma, mb) = (moments(a, pa), moments(b, pb));
         assert!(same_bits(ma.mean(), mb.mean()), "mean: {ctx}");
         assert!(same_bits(ma.std(), mb.std()), "std: {ctx}");
     }
@@ -1185,21 +1233,25 @@ mod ahead {
         };
         let seed = seed();
         let mut rng = StdRng::seed_from_u64(seed);
-        for plan in plans() {
+        for steps in plans() {
             let (reference, vols) = frames(&mut rng, 7);
-            start(&mut sync, &reference, &plan);
-            start(&mut ahead, &reference, &plan);
+            let sync_plan = start(&mut sync, &reference, &steps);
+            let plan = start(&mut ahead, &reference, &steps);
             let before = ahead.ahead_stats();
             let (r, got) = stream(&mut ahead, &plan, vols.iter().cloned().map(Ok).collect());
             r.unwrap();
             assert_eq!(got.len(), vols.len());
             for (t, (got, taken)) in got.iter().enumerate() {
-                let want = sync.process_frame(vols[t].view(), &plan).unwrap();
+                let want = sync.process_frame(vols[t].view(), &sync_plan).unwrap();
                 assert_same(got, &want, &format!("t {t} plan {plan:?}; seed {seed}"));
                 // Volume t + 1 was taken before t was computed (none after the last).
                 assert_eq!(*taken, (t + 2).min(vols.len()), "t {t}");
             }
-            assert_same_moments(&mut ahead, &mut sync, &format!("{plan:?}; seed {seed}"));
+            assert_same_moments(
+                (&mut ahead, &plan),
+                (&mut sync, &sync_plan),
+                &format!("{steps:?}; seed {seed}"),
+            );
             // Every volume but the first was staged, and every staged one was used.
             assert_eq!(
                 delta(before, ahead.ahead_stats()),
@@ -1232,11 +1284,7 @@ mod ahead {
         };
 
         // A volume of another shape in the stream is not staged; it and the one after it upload.
-        let filter_only = FramePlan {
-            register: None,
-            accumulate: false,
-            ..plans()[0]
-        };
+        let filter_only = plans()[0].plan;
         let b = st(&g);
         let vols = [&v[0], &v[1], &small, &v[2]];
         let got = ok_stream(&mut g, &filter_only, &vols.map(|x| x.clone()));
@@ -1244,27 +1292,36 @@ mod ahead {
         assert_eq!(delta(b, st(&g)), [1, 1, 3]);
 
         // A new stream starts by uploading, whatever kernel calls came between two streams.
-        let plan = plans()[0];
-        start(&mut sync, &reference, &plan);
-        start(&mut g, &reference, &plan);
+        let sync_plan = start(&mut sync, &reference, &plans()[0]);
+        let plan = start(&mut g, &reference, &plans()[0]);
         let b = st(&g);
         let got = ok_stream(&mut g, &plan, &v[3..5]);
-        check(&mut sync, &plan, &got, &[&v[3], &v[4]], "first stream");
+        check(&mut sync, &sync_plan, &got, &[&v[3], &v[4]], "first stream");
         let other = random(&mut rng, SHAPE);
         g.median3d(other.view(), plan.median.as_ref().unwrap())
             .unwrap();
         g.shift(other.view(), [0.5, -1.0, 0.25], &plan.shift)
             .unwrap();
         let got = ok_stream(&mut g, &plan, &v[5..6]);
-        check(&mut sync, &plan, &got, &[&v[5]], "second stream");
+        check(&mut sync, &sync_plan, &got, &[&v[5]], "second stream");
         assert_eq!(delta(b, st(&g)), [1, 1, 2]);
 
         // A plain `process_frame` uploads.
         let b = st(&g);
         let out = g.process_frame(v[0].view(), &plan).unwrap();
-        check(&mut sync, &plan, &[out], &[&v[0]], "plain process_frame");
+        check(
+            &mut sync,
+            &sync_plan,
+            &[out],
+            &[&v[0]],
+            "plain process_frame",
+        );
         assert_eq!(delta(b, st(&g)), [0, 0, 1]);
-        assert_same_moments(&mut g, &mut sync, &format!("seed {seed}"));
+        assert_same_moments(
+            (&mut g, &plan),
+            (&mut sync, &sync_plan),
+            &format!("seed {seed}"),
+        );
     }
 
     /// The next volume is taken before the current one computes, so a failure to read it stops the
@@ -1273,9 +1330,8 @@ mod ahead {
     fn a_failing_lookahead_stops_the_stream_with_its_error() {
         let Some(mut g) = gpu() else { return };
         let mut rng = StdRng::seed_from_u64(seed());
-        let plan = plans()[0];
         let (reference, v) = frames(&mut rng, 2);
-        start(&mut g, &reference, &plan);
+        let plan = start(&mut g, &reference, &plans()[0]);
         let items = vec![
             Ok(v[0].clone()),
             Ok(v[1].clone()),
@@ -1294,19 +1350,18 @@ mod ahead {
         };
         let seed = seed();
         let mut rng = StdRng::seed_from_u64(seed);
-        let plan = plans()[0];
         let (reference, v) = frames(&mut rng, 3);
         // The f32 volume (7956 bytes) is over the limit, a one-voxel registration slab (6656) under.
         sync.set_max_tile_bytes(7168);
         g.set_max_tile_bytes(7168);
-        start(&mut sync, &reference, &plan);
-        start(&mut g, &reference, &plan);
+        let sync_plan = start(&mut sync, &reference, &plans()[0]);
+        let plan = start(&mut g, &reference, &plans()[0]);
         let (b, tiles) = (g.ahead_stats(), g.tile_stats());
         let (r, got) = stream(&mut g, &plan, v.iter().cloned().map(Ok).collect());
         r.unwrap();
         assert_eq!(got.len(), v.len());
         for (t, (got, taken)) in got.iter().enumerate() {
-            let want = sync.process_frame(v[t].view(), &plan).unwrap();
+            let want = sync.process_frame(v[t].view(), &sync_plan).unwrap();
             assert_same(got, &want, &format!("tiled t {t}; seed {seed}"));
             assert_eq!(*taken, t + 1, "no lookahead on the tiled route");
         }
@@ -1316,7 +1371,11 @@ mod ahead {
             "nothing staged or counted on the tiled route"
         );
         assert!(g.tile_stats().median > tiles.median);
-        assert_same_moments(&mut g, &mut sync, &format!("tiled; seed {seed}"));
+        assert_same_moments(
+            (&mut g, &plan),
+            (&mut sync, &sync_plan),
+            &format!("tiled; seed {seed}"),
+        );
     }
 
     /// `pipeline::run` hands the GPU backend each next volume: all but the first are staged and

@@ -1,6 +1,8 @@
 //! The whole pipeline on synthetic data with known shifts, through the library and the output file.
 
-use gpuprep_core::backend::{stream_by_frame, Backend, FrameOutput, FramePlan, Moments};
+use gpuprep_core::backend::{
+    stream_by_frame, Accumulation, Backend, FrameOutput, FramePlan, Moments, Reference,
+};
 use gpuprep_core::error::Result;
 use gpuprep_core::params::{
     MedianParams, Normalization, RegisterParams, Registration, ShiftParams, ZscoreParams,
@@ -285,23 +287,27 @@ impl Backend for Lookahead {
     fn median3d(&mut self, vol: ArrayView3<f32>, p: &MedianParams) -> Result<Array3<f32>> {
         self.cpu.median3d(vol, p)
     }
-    fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()> {
+    fn set_reference(
+        &mut self,
+        reference: ArrayView3<f32>,
+        p: &RegisterParams,
+    ) -> Result<Reference> {
         self.cpu.set_reference(reference, p)
     }
-    fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration> {
-        self.cpu.register(vol)
+    fn register(&mut self, r: &Reference, vol: ArrayView3<f32>) -> Result<Registration> {
+        self.cpu.register(r, vol)
     }
     fn shift(&mut self, vol: ArrayView3<f32>, s: [f64; 3], p: &ShiftParams) -> Result<Array3<f32>> {
         self.cpu.shift(vol, s, p)
     }
-    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<()> {
+    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<Accumulation> {
         self.cpu.reset_moments(shape)
     }
-    fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()> {
-        self.cpu.accumulate(vol)
+    fn accumulate(&mut self, a: &Accumulation, vol: ArrayView3<f32>) -> Result<()> {
+        self.cpu.accumulate(a, vol)
     }
-    fn moments(&mut self, p: &ZscoreParams) -> Result<Moments> {
-        self.cpu.moments(p)
+    fn moments(&mut self, a: &Accumulation, p: &ZscoreParams) -> Result<Moments> {
+        self.cpu.moments(a, p)
     }
     fn normalize(
         &mut self,

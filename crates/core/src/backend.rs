@@ -6,6 +6,11 @@
 //! `process_stream` is the first pass over the whole series: the pipeline hands it an iterator of
 //! volumes and a callback for the results, and a device backend looks ahead in that iterator itself
 //! (to stage the next upload while the current volume computes); the pipeline knows nothing of it.
+//!
+//! The stage order is carried by handles: `set_reference` returns the `Reference` that `register`
+//! and a registering `FramePlan` need, `reset_moments` the `Accumulation` that `accumulate`,
+//! `moments` and an accumulating plan need. What stays a run-time check is a handle the backend no
+//! longer holds (replaced by a later call, or another backend's): an `Error::Data`.
 
 use crate::error::Result;
 use crate::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
@@ -16,16 +21,83 @@ use ndarray::{Array3, ArrayView3};
 pub struct FramePlan {
     /// Median filter, or `None` to skip it.
     pub median: Option<MedianParams>,
-    /// Register against the reference set by `set_reference`, or skip.
-    pub register: Option<RegisterParams>,
+    /// Register against this reference (from `set_reference`, with its parameters), or skip.
+    pub register: Option<Reference>,
     /// Register on the raw volume instead of the filtered one.
     pub register_on_raw: bool,
     /// Apply the registration shift with these parameters (ignored when not registering).
     pub shift: ShiftParams,
-    /// Accumulate z-score statistics of the final volume.
-    pub accumulate: bool,
+    /// Accumulate z-score statistics of the final volume into this accumulation (from
+    /// `reset_moments`), or skip.
+    pub accumulate: Option<Accumulation>,
     /// Return the filtered volume as well (for `--save filtered`).
     pub keep_filtered: bool,
+}
+
+/// A fresh number for a handle: never reused in a process, so no two handles are equal by chance.
+fn next_handle() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What `Backend::set_reference` returns and registration needs (`register`, a plan that
+/// registers): the stage order set_reference → register is carried by the type. A backend refuses
+/// a handle other than the one it issued for the reference it holds (another backend's, or one a
+/// later `set_reference` replaced).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reference {
+    id: u64,
+    shape: [usize; 3],
+    params: RegisterParams,
+}
+
+impl Reference {
+    /// A new handle, for a backend's `set_reference` of a reference of `shape`.
+    pub fn issue(shape: [usize; 3], params: RegisterParams) -> Reference {
+        Reference {
+            id: next_handle(),
+            shape,
+            params,
+        }
+    }
+
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    pub fn params(&self) -> &RegisterParams {
+        &self.params
+    }
+}
+
+/// What `Backend::reset_moments` returns and `accumulate` and `moments` need: the stage order
+/// reset_moments → accumulate → moments is carried by the type. A backend refuses a handle other
+/// than the one it issued for its current accumulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accumulation {
+    id: u64,
+    shape: [usize; 3],
+}
+
+impl Accumulation {
+    /// A new handle, for a backend's `reset_moments` of volumes of `shape`.
+    pub fn issue(shape: [usize; 3]) -> Accumulation {
+        Accumulation {
+            id: next_handle(),
+            shape,
+        }
+    }
+
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+}
+
+/// The error for a handle the backend does not hold: `what` names it ("reference", "accumulation").
+pub fn stale_handle(what: &str) -> crate::error::Error {
+    crate::error::Error::Data(format!(
+        "this {what} is not the backend's current one (replaced by a later call, or another backend's)"
+    ))
 }
 
 /// What the first pass produced for one timepoint.
@@ -156,11 +228,15 @@ pub trait Backend {
     /// `scipy.ndimage.median_filter(vol, size, mode, cval)`.
     fn median3d(&mut self, vol: ArrayView3<f32>, p: &MedianParams) -> Result<Array3<f32>>;
 
-    /// Store (and transform) the reference volume used by `register`.
-    fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()>;
+    /// Store (and transform) the reference volume `register` aligns to, replacing any earlier one.
+    fn set_reference(
+        &mut self,
+        reference: ArrayView3<f32>,
+        p: &RegisterParams,
+    ) -> Result<Reference>;
 
     /// `phase_cross_correlation(reference, vol)`: the shift that registers `vol` onto the reference.
-    fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration>;
+    fn register(&mut self, reference: &Reference, vol: ArrayView3<f32>) -> Result<Registration>;
 
     /// `scipy.ndimage.shift(vol, shift, order, mode, cval)` with the spline prefilter.
     fn shift(
@@ -170,14 +246,14 @@ pub trait Backend {
         p: &ShiftParams,
     ) -> Result<Array3<f32>>;
 
-    /// Start a new z-score accumulation for volumes of `shape`.
-    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<()>;
+    /// Start a new z-score accumulation for volumes of `shape`, replacing any earlier one.
+    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<Accumulation>;
 
     /// Add one volume to the running per-voxel statistics (f64 accumulators).
-    fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()>;
+    fn accumulate(&mut self, acc: &Accumulation, vol: ArrayView3<f32>) -> Result<()>;
 
     /// Finish the accumulation: per-voxel mean and standard deviation with `ddof`.
-    fn moments(&mut self, p: &ZscoreParams) -> Result<Moments>;
+    fn moments(&mut self, acc: &Accumulation, p: &ZscoreParams) -> Result<Moments>;
 
     /// `(vol - mean) / std`, with constant voxels set by `p.constant`.
     fn normalize(
@@ -239,16 +315,16 @@ pub fn frame_by_stage<B: Backend + ?Sized>(
         None => None,
     };
     let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
-    let registration = match plan.register {
-        Some(_) => Some(b.register(if plan.register_on_raw { raw } else { current })?),
+    let registration = match &plan.register {
+        Some(r) => Some(b.register(r, if plan.register_on_raw { raw } else { current })?),
         None => None,
     };
     let volume = match registration {
         Some(r) => b.shift(current, r.shift, &plan.shift)?,
         None => current.to_owned(),
     };
-    if plan.accumulate {
-        b.accumulate(volume.view())?;
+    if let Some(acc) = &plan.accumulate {
+        b.accumulate(acc, volume.view())?;
     }
     Ok(FrameOutput {
         volume,

@@ -21,7 +21,10 @@ use super::register::{GpuRegistrar, TiledRegistrar};
 use super::shift::ShiftBuffers;
 use super::zscore::{GpuAccumulator, TiledAccumulator};
 use super::{median3d, shift, zscore};
-use gpuprep_core::backend::{frame_by_stage, Backend, FrameOutput, FramePlan, Moments, MomentsKey};
+use gpuprep_core::backend::{
+    frame_by_stage, stale_handle, Accumulation, Backend, FrameOutput, FramePlan, Moments,
+    MomentsKey, Reference,
+};
 use gpuprep_core::complex::C32;
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
@@ -159,15 +162,6 @@ enum RegisterStage {
     Tiled(TiledRegistrar),
 }
 
-impl RegisterStage {
-    fn shape(&self) -> [usize; 3] {
-        match self {
-            RegisterStage::Resident(r) => r.shape,
-            RegisterStage::Tiled(r) => r.shape,
-        }
-    }
-}
-
 /// The z-score accumulation's route, chosen by `reset_moments`.
 enum MomentStage {
     /// The f64 accumulators fit on the device.
@@ -176,16 +170,6 @@ enum MomentStage {
     Tiled(TiledAccumulator),
     /// The device has no SHADER_F64: the CPU twin.
     Host(host_zscore::Accumulator),
-}
-
-impl MomentStage {
-    fn shape(&self) -> Option<[usize; 3]> {
-        match self {
-            MomentStage::Resident(a) => Some(a.shape),
-            MomentStage::Tiled(a) => Some(a.shape),
-            MomentStage::Host(_) => None,
-        }
-    }
 }
 
 /// The device copies of the last moments the resident accumulator issued, so the normalize pass
@@ -222,8 +206,10 @@ pub struct GpuBackend {
     input: Option<Input>,
     median: Option<MedianStage>,
     shift: Option<ShiftStage>,
-    register: Option<RegisterStage>,
-    moments: Option<MomentStage>,
+    /// The reference's route, with the handle issued for it.
+    register: Option<(Reference, RegisterStage)>,
+    /// The accumulation's route, with the handle issued for it.
+    moments: Option<(Accumulation, MomentStage)>,
     issued: Option<IssuedMoments>,
     normalize: Option<NormalizeBuffers>,
     ahead_stats: AheadStats,
@@ -270,27 +256,43 @@ fn download(ctx: &GpuContext, buf: &wgpu::Buffer, shape: [usize; 3]) -> Result<A
     Array3::from_shape_vec(shape, v).map_err(|e| Error::Gpu(format!("readback shape: {e}")))
 }
 
-/// A reference is set and has the shape of the volume to register.
-fn check_reference_shape(stage: Option<&RegisterStage>, shape: [usize; 3]) -> Result<()> {
-    let rshape = stage
-        .ok_or_else(|| Error::Data("register called before set_reference".into()))?
-        .shape();
-    if rshape != shape {
+/// The registration stage of `reference`, when it is the backend's current one and `shape` is its.
+fn registration_for<'a>(
+    stage: &'a mut Option<(Reference, RegisterStage)>,
+    reference: &Reference,
+    shape: [usize; 3],
+) -> Result<&'a mut RegisterStage> {
+    match stage {
+        Some((h, stage)) if h == reference => {
+            check_same_shape(shape, reference.shape(), "reference")?;
+            Ok(stage)
+        }
+        _ => Err(stale_handle("reference")),
+    }
+}
+
+/// The accumulation stage of `acc`, when it is the backend's current one and `shape` is its.
+fn accumulation_for<'a>(
+    stage: &'a mut Option<(Accumulation, MomentStage)>,
+    acc: &Accumulation,
+    shape: [usize; 3],
+) -> Result<&'a mut MomentStage> {
+    match stage {
+        Some((h, stage)) if h == acc => {
+            check_same_shape(shape, acc.shape(), "accumulator")?;
+            Ok(stage)
+        }
+        _ => Err(stale_handle("accumulation")),
+    }
+}
+
+fn check_same_shape(shape: [usize; 3], theirs: [usize; 3], what: &str) -> Result<()> {
+    if shape != theirs {
         return Err(Error::Data(format!(
-            "volume shape {shape:?} differs from the reference's {rshape:?}"
+            "volume shape {shape:?} differs from the {what}'s {theirs:?}"
         )));
     }
     Ok(())
-}
-
-fn check_accumulator_shape(stage: Option<&MomentStage>, shape: [usize; 3]) -> Result<()> {
-    match stage.map(MomentStage::shape) {
-        None => Err(Error::Data("accumulate called before reset_moments".into())),
-        Some(Some(s)) if s != shape => Err(Error::Data(format!(
-            "volume shape {shape:?} differs from the accumulator's {s:?}"
-        ))),
-        _ => Ok(()),
-    }
 }
 
 /// Where the fused route adds a frame's final volume to the z-score.
@@ -481,12 +483,6 @@ impl GpuBackend {
     /// or accumulation does not match `shape`.
     fn fused(&mut self, shape: [usize; 3], plan: &FramePlan) -> Result<Option<Fused<'_>>> {
         check_shape(shape)?;
-        if plan.register.is_some() {
-            check_reference_shape(self.register.as_ref(), shape)?;
-        }
-        if plan.accumulate {
-            check_accumulator_shape(self.moments.as_ref(), shape)?;
-        }
         let GpuBackend {
             ctx,
             input,
@@ -497,6 +493,14 @@ impl GpuBackend {
             ..
         } = self;
         let ctx: &GpuContext = ctx;
+        let register_stage = match &plan.register {
+            Some(r) => Some(registration_for(register, r, shape)?),
+            None => None,
+        };
+        let moment_stage = match &plan.accumulate {
+            Some(a) => Some(accumulation_for(moments, a, shape)?),
+            None => None,
+        };
         if !ctx.fits(volume_bytes(shape)) {
             return Ok(None);
         }
@@ -507,9 +511,9 @@ impl GpuBackend {
                 MedianStage::Tiled { .. } => return Ok(None),
             },
         };
-        let register = match (plan.register, register.as_ref()) {
-            (None, _) => None,
-            (Some(_), Some(RegisterStage::Resident(registrar))) => {
+        let register = match register_stage {
+            None => None,
+            Some(RegisterStage::Resident(registrar)) => {
                 match ShiftStage::ensure(shift, ctx, shape, &plan.shift)? {
                     ShiftStage::Resident { bufs, shifted, .. } => {
                         Some((&**registrar, &**bufs, shifted))
@@ -517,13 +521,13 @@ impl GpuBackend {
                     ShiftStage::Tiled { .. } => return Ok(None),
                 }
             }
-            (Some(_), _) => return Ok(None),
+            Some(RegisterStage::Tiled(_)) => return Ok(None),
         };
-        let accumulate = match (plan.accumulate, moments.as_mut()) {
-            (false, _) => None,
-            (true, Some(MomentStage::Resident(a))) => Some(Accumulate::Device(a)),
-            (true, Some(MomentStage::Host(a))) => Some(Accumulate::Host(a)),
-            (true, _) => return Ok(None),
+        let accumulate = match moment_stage {
+            None => None,
+            Some(MomentStage::Resident(a)) => Some(Accumulate::Device(a)),
+            Some(MomentStage::Host(a)) => Some(Accumulate::Host(a)),
+            Some(MomentStage::Tiled(_)) => return Ok(None),
         };
         Ok(Some(Fused {
             ctx,
@@ -608,33 +612,37 @@ impl Backend for GpuBackend {
         }
     }
 
-    fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()> {
+    fn set_reference(
+        &mut self,
+        reference: ArrayView3<f32>,
+        p: &RegisterParams,
+    ) -> Result<Reference> {
         let shape = dims(&reference);
         check_shape(shape)?;
         self.register = None;
         let ctx = &self.ctx;
-        self.register = Some(if !ctx.fits(super::register::resident_bytes(shape, p)) {
+        let stage = if !ctx.fits(super::register::resident_bytes(shape, p)) {
             RegisterStage::Tiled(TiledRegistrar::new(ctx, &c_order(reference), shape, p)?)
         } else {
             let input = Input::ensure(&mut self.input, ctx, shape)?;
             input.upload(ctx, reference);
             RegisterStage::Resident(Box::new(GpuRegistrar::new(ctx, &input.volume, shape, p)?))
-        });
-        Ok(())
+        };
+        let handle = Reference::issue(shape, *p);
+        self.register = Some((handle, stage));
+        Ok(handle)
     }
 
-    fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration> {
+    fn register(&mut self, reference: &Reference, vol: ArrayView3<f32>) -> Result<Registration> {
         let shape = dims(&vol);
-        check_reference_shape(self.register.as_ref(), shape)?;
         let ctx = &self.ctx;
-        match self.register.as_mut() {
-            Some(RegisterStage::Tiled(r)) => r.register(ctx, &c_order(vol)),
-            Some(RegisterStage::Resident(r)) => {
+        match registration_for(&mut self.register, reference, shape)? {
+            RegisterStage::Tiled(r) => r.register(ctx, &c_order(vol)),
+            RegisterStage::Resident(r) => {
                 let input = Input::ensure(&mut self.input, ctx, shape)?;
                 input.upload(ctx, vol);
                 r.register(ctx, &input.volume, ctx.recorder())
             }
-            None => Err(Error::Data("register called before set_reference".into())),
         }
     }
 
@@ -654,56 +662,55 @@ impl Backend for GpuBackend {
         }
     }
 
-    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<()> {
+    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<Accumulation> {
         check_shape(shape)?;
         self.moments = None;
-        self.moments = Some(if !self.ctx.has_f64() {
+        let stage = if !self.ctx.has_f64() {
             MomentStage::Host(host_zscore::Accumulator::new(shape))
         } else if !self.ctx.fits(f64_bytes(shape)) {
             MomentStage::Tiled(TiledAccumulator::new(shape))
         } else {
             MomentStage::Resident(GpuAccumulator::new(&self.ctx, shape)?)
-        });
-        Ok(())
+        };
+        let handle = Accumulation::issue(shape);
+        self.moments = Some((handle, stage));
+        Ok(handle)
     }
 
-    fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()> {
+    fn accumulate(&mut self, acc: &Accumulation, vol: ArrayView3<f32>) -> Result<()> {
         let shape = dims(&vol);
-        check_accumulator_shape(self.moments.as_ref(), shape)?;
         let ctx = &self.ctx;
-        match self.moments.as_mut() {
-            Some(MomentStage::Host(a)) => a.add(vol),
-            Some(MomentStage::Tiled(a)) => {
+        match accumulation_for(&mut self.moments, acc, shape)? {
+            MomentStage::Host(a) => a.add(vol),
+            MomentStage::Tiled(a) => {
                 a.add(ctx, &c_order(vol))?;
             }
-            Some(MomentStage::Resident(acc)) => {
+            MomentStage::Resident(a) => {
                 let input = Input::ensure(&mut self.input, ctx, shape)?;
                 input.upload(ctx, vol);
                 let mut rec = ctx.recorder();
-                acc.record_add(ctx, &mut rec, &input.volume)?;
+                a.record_add(ctx, &mut rec, &input.volume)?;
                 rec.submit()?;
             }
-            None => return Err(Error::Data("accumulate called before reset_moments".into())),
         }
         Ok(())
     }
 
-    fn moments(&mut self, p: &ZscoreParams) -> Result<Moments> {
+    fn moments(&mut self, acc: &Accumulation, p: &ZscoreParams) -> Result<Moments> {
         let to_array = |shape: [usize; 3], v: Vec<f64>| {
             Array3::from_shape_vec(shape, v).map_err(|e| Error::Gpu(format!("moments shape: {e}")))
         };
         let ctx = &self.ctx;
-        match self.moments.as_ref() {
-            None => Err(Error::Data("moments called before reset_moments".into())),
-            Some(MomentStage::Host(a)) => Ok(a.moments(p)),
-            Some(MomentStage::Tiled(a)) => {
+        match accumulation_for(&mut self.moments, acc, acc.shape())? {
+            MomentStage::Host(a) => Ok(a.moments(p)),
+            MomentStage::Tiled(a) => {
                 let (mean, std) = a.finalize(ctx, p)?;
                 Ok(Moments::from_f64(
                     to_array(a.shape, mean)?,
                     to_array(a.shape, std)?,
                 ))
             }
-            Some(MomentStage::Resident(acc)) => {
+            MomentStage::Resident(acc) => {
                 let shape = acc.shape;
                 let total = shape.iter().product::<usize>();
                 let bytes = (total * 8) as u64;

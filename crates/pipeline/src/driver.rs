@@ -279,19 +279,23 @@ pub fn run_with_progress(
     }
     let mut sink = Sink::create(&cfg.output, cfg.force, source.files(), n, shape, &datasets)?;
 
-    if let Some(reg) = &cfg.register {
-        let reference = clock.time("reference", || reference_volume(cfg, &source, backend))?;
-        backend.set_reference(reference.view(), reg)?;
-    }
-    if cfg.zscore.is_some() {
-        backend.reset_moments(shape)?;
-    }
+    let reference = match &cfg.register {
+        Some(reg) => {
+            let reference = clock.time("reference", || reference_volume(cfg, &source, backend))?;
+            Some(backend.set_reference(reference.view(), reg)?)
+        }
+        None => None,
+    };
+    let accumulation = match cfg.zscore {
+        Some(_) => Some(backend.reset_moments(shape)?),
+        None => None,
+    };
     let plan = FramePlan {
         median: cfg.median,
-        register: cfg.register,
+        register: reference,
         register_on_raw: cfg.register_on_raw,
         shift: cfg.shift,
-        accumulate: cfg.zscore.is_some(),
+        accumulate: accumulation,
         keep_filtered: cfg.save_filtered,
     };
 
@@ -381,8 +385,8 @@ pub fn run_with_progress(
     progress.finish();
 
     let mut constant_voxels = 0;
-    if let (Some(z), Some(scratch)) = (&cfg.zscore, &scratch) {
-        let moments: Moments = clock.time("normalize", || backend.moments(z))?;
+    if let (Some(z), Some(scratch), Some(acc)) = (&cfg.zscore, &scratch, &accumulation) {
+        let moments: Moments = clock.time("normalize", || backend.moments(acc, z))?;
         constant_voxels = moments.constant_voxels();
         progress.start("z-score", n);
         std::thread::scope(|scope| -> Result<()> {
