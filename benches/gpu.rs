@@ -9,12 +9,12 @@
 //! Run: `XDG_RUNTIME_DIR=/tmp cargo bench --bench gpu [-- filter]`.
 //!
 //! `frame_sequence` (issue 3) runs `SEQUENCE` whole frames back to back, each volume uploaded by
-//! its own frame (`sync`) or staged during the previous frame's compute (`ahead`,
-//! `process_frame_ahead`); the difference is the host copy of the upload hidden behind GPU work.
+//! its own frame (`sync`, `process_frame`) or staged during the previous frame's compute (`ahead`,
+//! `process_stream`); the difference is the host copy of the upload hidden behind GPU work.
 //! It only means something on a real GPU: on lavapipe the "GPU" is the same CPU cores doing the copy.
 
-use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
-use gpuprep_core::backend::{Backend, FramePlan, SeqVolume};
+use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
+use gpuprep_core::backend::{Backend, FramePlan};
 use gpuprep_core::params::*;
 use gpuprep_cpu::{self as cpu, CpuBackend};
 use gpuprep_gpu::{self as gpu, Api, GpuBackend, GpuContext};
@@ -151,14 +151,14 @@ fn bench_kernels(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(bytes))
             .sample_size(10)
             .measurement_time(Duration::from_secs(3));
-        cpu.reset_moments(shape).unwrap();
+        let cpu_acc = cpu.reset_moments(shape).unwrap();
         g.bench_function(BenchmarkId::new("cpu", &id), |b| {
-            b.iter(|| cpu.accumulate(v.view()).unwrap())
+            b.iter(|| cpu.accumulate(&cpu_acc, v.view()).unwrap())
         });
         if let Some(gb) = gpu.as_mut() {
-            gb.reset_moments(shape).unwrap();
+            let gb_acc = gb.reset_moments(shape).unwrap();
             g.bench_function(BenchmarkId::new("gpu_with_transfers", &id), |b| {
-                b.iter(|| gb.accumulate(v.view()).unwrap())
+                b.iter(|| gb.accumulate(&gb_acc, v.view()).unwrap())
             });
             let ctx = gb.context();
             if ctx.has_f64() {
@@ -210,15 +210,17 @@ fn bench_kernels(c: &mut Criterion) {
             .sample_size(10)
             .measurement_time(Duration::from_secs(3));
         let rp = RegisterParams::default();
-        cpu.set_reference(v.view(), &rp).unwrap();
+        let cpu_ref = cpu.set_reference(v.view(), &rp).unwrap();
         g.bench_function(BenchmarkId::new("cpu", &id), |b| {
-            b.iter(|| cpu.register(v.view()).unwrap())
+            b.iter(|| cpu.register(&cpu_ref, v.view()).unwrap())
         });
+        let mut gb_ref = None;
         if let Some(gb) = gpu.as_mut() {
-            gb.set_reference(v.view(), &rp).unwrap();
+            let r = gb.set_reference(v.view(), &rp).unwrap();
             g.bench_function(BenchmarkId::new("gpu_with_transfers", &id), |b| {
-                b.iter(|| gb.register(v.view()).unwrap())
+                b.iter(|| gb.register(&r, v.view()).unwrap())
             });
+            gb_ref = Some(r);
         }
         g.finish();
 
@@ -226,22 +228,22 @@ fn bench_kernels(c: &mut Criterion) {
         g.throughput(Throughput::Bytes(bytes))
             .sample_size(10)
             .measurement_time(Duration::from_secs(3));
-        let plan = FramePlan {
+        let plan = |reference, acc| FramePlan {
             median: Some(median),
-            register: Some(rp),
+            register: Some(reference),
             register_on_raw: false,
             shift,
-            accumulate: true,
+            accumulate: Some(acc),
             keep_filtered: false,
         };
-        cpu.reset_moments(shape).unwrap();
+        let cpu_plan = plan(cpu_ref, cpu.reset_moments(shape).unwrap());
         g.bench_function(BenchmarkId::new("cpu", &id), |b| {
-            b.iter(|| cpu.process_frame(v.view(), &plan).unwrap())
+            b.iter(|| cpu.process_frame(v.view(), &cpu_plan).unwrap())
         });
-        if let Some(gb) = gpu.as_mut() {
-            gb.reset_moments(shape).unwrap();
+        if let (Some(gb), Some(gb_ref)) = (gpu.as_mut(), gb_ref) {
+            let gb_plan = plan(gb_ref, gb.reset_moments(shape).unwrap());
             g.bench_function(BenchmarkId::new("gpu_with_transfers", &id), |b| {
-                b.iter(|| gb.process_frame(v.view(), &plan).unwrap())
+                b.iter(|| gb.process_frame(v.view(), &gb_plan).unwrap())
             });
         }
         g.finish();
@@ -253,14 +255,6 @@ const SEQUENCE: usize = 8;
 
 fn bench_frame_sequence(c: &mut Criterion) {
     let Some(mut gb) = gpu_backend() else { return };
-    let plan = FramePlan {
-        median: Some(MedianParams::new([3, 3, 3], BoundaryMode::Reflect, 0.0).unwrap()),
-        register: Some(RegisterParams::default()),
-        register_on_raw: false,
-        shift: ShiftParams::new(3, BoundaryMode::Constant, 0.0).unwrap(),
-        accumulate: true,
-        keep_filtered: false,
-    };
     for shape in sizes() {
         // Distinct volumes, as a real series: nothing may be skipped by accident.
         let vols: Vec<Array3<f32>> = (0..SEQUENCE)
@@ -270,9 +264,17 @@ fn bench_frame_sequence(c: &mut Criterion) {
             })
             .collect();
         let id = label(shape);
-        gb.set_reference(vols[0].view(), plan.register.as_ref().unwrap())
-            .unwrap();
-        gb.reset_moments(shape).unwrap();
+        let plan = FramePlan {
+            median: Some(MedianParams::new([3, 3, 3], BoundaryMode::Reflect, 0.0).unwrap()),
+            register: Some(
+                gb.set_reference(vols[0].view(), &RegisterParams::default())
+                    .unwrap(),
+            ),
+            register_on_raw: false,
+            shift: ShiftParams::new(3, BoundaryMode::Constant, 0.0).unwrap(),
+            accumulate: Some(gb.reset_moments(shape).unwrap()),
+            keep_filtered: false,
+        };
         let before = gb.ahead_stats();
         let mut g = c.benchmark_group("frame_sequence");
         g.throughput(Throughput::Bytes((vols[0].len() * 4 * SEQUENCE) as u64))
@@ -286,17 +288,16 @@ fn bench_frame_sequence(c: &mut Criterion) {
             })
         });
         g.bench_function(BenchmarkId::new("ahead", &id), |b| {
-            b.iter(|| {
-                // Fresh numbers each iteration, so the first frame really uploads.
-                let seqs: Vec<u64> = vols.iter().map(|_| SeqVolume::next_seq()).collect();
-                for t in 0..SEQUENCE {
-                    let next = vols
-                        .get(t + 1)
-                        .map(|n| SeqVolume::new(seqs[t + 1], n.view()));
-                    gb.process_frame_ahead(SeqVolume::new(seqs[t], vols[t].view()), next, &plan)
-                        .unwrap();
-                }
-            })
+            // The stream owns its volumes, as the pipeline's does; they are copied outside the
+            // measurement.
+            b.iter_batched(
+                || vols.clone(),
+                |vs| {
+                    gb.process_stream(&plan, &mut vs.into_iter().map(Ok), &mut |_| Ok(()))
+                        .unwrap()
+                },
+                BatchSize::LargeInput,
+            )
         });
         g.finish();
         // Shows that `ahead` really skipped uploads (nothing when the filter left this size out).

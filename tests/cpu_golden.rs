@@ -157,7 +157,7 @@ fn zscore_matches_scipy() {
             for (((i, &o), &w), (&mean, &std)) in ours
                 .indexed_iter()
                 .zip(want.iter())
-                .zip(m.mean.iter().zip(m.std.iter()))
+                .zip(m.mean().iter().zip(m.std().iter()))
             {
                 if w.is_nan() {
                     continue;
@@ -202,15 +202,15 @@ fn whole_pipeline_matches_the_scipy_pipeline() {
         let reference = cpu
             .median3d(input.index_axis(Axis(0), 0), &MedianParams::default())
             .unwrap();
-        cpu.set_reference(reference.view(), &reg).unwrap();
+        let cpu_ref = cpu.set_reference(reference.view(), &reg).unwrap();
         let shape = [input.shape()[1], input.shape()[2], input.shape()[3]];
-        cpu.reset_moments(shape).unwrap();
+        let cpu_acc = cpu.reset_moments(shape).unwrap();
         let plan = FramePlan {
             median: Some(MedianParams::default()),
-            register: Some(reg),
+            register: Some(cpu_ref),
             register_on_raw: false,
             shift: ShiftParams::default(),
-            accumulate: true,
+            accumulate: Some(cpu_acc),
             keep_filtered: true,
         };
         let mut outs = Vec::new();
@@ -240,7 +240,7 @@ fn whole_pipeline_matches_the_scipy_pipeline() {
             outs.push(out.volume);
         }
         let zp = ZscoreParams::default();
-        let m = cpu.moments(&zp).unwrap();
+        let m = cpu.moments(&cpu_acc, &zp).unwrap();
         let want = ds4(&g, "output_f64");
         for (t, v) in outs.iter().enumerate() {
             let z = cpu.normalize(v.view(), &m, &zp).unwrap();

@@ -326,7 +326,7 @@ fn streaming_zscore_equals_in_memory_zscore() {
         constant: ConstantVoxels::Nan,
     };
     let m = acc.moments(&nan);
-    assert_eq!(m.constant_voxels, 4);
+    assert_eq!(m.constant_voxels(), 4);
     assert!(normalize(flat[0].view(), &m, &nan)
         .iter()
         .all(|v| v.is_nan()));

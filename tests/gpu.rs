@@ -332,14 +332,14 @@ fn zscore_matches_cpu() {
                     v
                 })
                 .collect();
-            g.reset_moments(shape).unwrap();
-            c.reset_moments(shape).unwrap();
+            let g_acc = g.reset_moments(shape).unwrap();
+            let c_acc = c.reset_moments(shape).unwrap();
             for v in &vols {
-                g.accumulate(v.view()).unwrap();
-                c.accumulate(v.view()).unwrap();
+                g.accumulate(&g_acc, v.view()).unwrap();
+                c.accumulate(&c_acc, v.view()).unwrap();
             }
-            let mg = g.moments(&p).unwrap();
-            let mc = c.moments(&p).unwrap();
+            let mg = g.moments(&g_acc, &p).unwrap();
+            let mc = c.moments(&c_acc, &p).unwrap();
             // Tolerance of zscore.wgsl: mean and std within 1 ulp (relative 2.4e-7), z within 2 ulp.
             let rel = |a: &Array3<f32>, b: &Array3<f32>| {
                 a.iter()
@@ -353,10 +353,11 @@ fn zscore_matches_cpu() {
                     })
                     .fold(0.0, f32::max)
             };
-            assert!(rel(&mg.mean, &mc.mean) <= 2.4e-7, "mean; seed {seed}");
-            assert!(rel(&mg.std, &mc.std) <= 2.4e-7, "std; seed {seed}");
+            assert!(rel(mg.mean(), mc.mean()) <= 2.4e-7, "mean; seed {seed}");
+            assert!(rel(mg.std(), mc.std()) <= 2.4e-7, "std; seed {seed}");
             assert_eq!(
-                mg.constant_voxels, mc.constant_voxels,
+                mg.constant_voxels(),
+                mc.constant_voxels(),
                 "constant voxels; seed {seed}"
             );
             for v in &vols {
@@ -370,7 +371,7 @@ fn zscore_matches_cpu() {
                 let nan_g = zg.iter().filter(|x| x.is_nan()).count();
                 let nan_c = zc.iter().filter(|x| x.is_nan()).count();
                 assert_eq!(nan_g, nan_c, "NaN count; seed {seed}");
-                // The GPU's own moments stay on the device (`Moments::id`): same result as
+                // The GPU's own moments stay on the device (`MomentsKey`): same result as
                 // the CPU normalizing with those moments.
                 let zr = g.normalize(v.view(), &mg, &p).unwrap();
                 let zw = c.normalize(v.view(), &mg, &p).unwrap();
@@ -410,10 +411,10 @@ fn registration_matches_cpu() {
             moving.mapv_inplace(|x| x + 0.01 * rng.random::<f32>());
             // Integer registration: identical shifts.
             let p = RegisterParams::new(1, normalization).unwrap();
-            g.set_reference(reference.view(), &p).unwrap();
-            c.set_reference(reference.view(), &p).unwrap();
-            let rg = g.register(moving.view()).unwrap();
-            let rc = c.register(moving.view()).unwrap();
+            let g_ref = g.set_reference(reference.view(), &p).unwrap();
+            let c_ref = c.set_reference(reference.view(), &p).unwrap();
+            let rg = g.register(&g_ref, moving.view()).unwrap();
+            let rc = c.register(&c_ref, moving.view()).unwrap();
             assert_eq!(
                 rg.shift, rc.shift,
                 "integer shift, shape {shape:?} {normalization}; seed {seed}"
@@ -442,10 +443,10 @@ fn registration_matches_cpu() {
                 }),
                 &ShiftParams::new(3, BoundaryMode::Wrap, 0.0).unwrap(),
             );
-            g.set_reference(reference.view(), &p).unwrap();
-            c.set_reference(reference.view(), &p).unwrap();
-            let rg = g.register(sub.view()).unwrap();
-            let rc = c.register(sub.view()).unwrap();
+            let g_ref = g.set_reference(reference.view(), &p).unwrap();
+            let c_ref = c.set_reference(reference.view(), &p).unwrap();
+            let rg = g.register(&g_ref, sub.view()).unwrap();
+            let rc = c.register(&c_ref, sub.view()).unwrap();
             eprintln!(
                 "register {shape:?} {normalization} u=10: gpu {:?} cpu {:?}",
                 rg.shift, rc.shift
@@ -476,18 +477,24 @@ fn process_frame_matches_cpu() {
         ] {
             let plan = FramePlan {
                 median: median.map(|s| MedianParams::new(s, BoundaryMode::Reflect, 0.0).unwrap()),
-                register: Some(RegisterParams::default()),
+                register: None,
                 register_on_raw,
                 shift: ShiftParams::new(order, mode, 0.0).unwrap(),
-                accumulate: true,
+                accumulate: None,
                 keep_filtered: true,
             };
             let reference = blobs(&mut rng, shape);
             let rp = RegisterParams::default();
-            g.set_reference(reference.view(), &rp).unwrap();
-            c.set_reference(reference.view(), &rp).unwrap();
-            g.reset_moments(shape).unwrap();
-            c.reset_moments(shape).unwrap();
+            let g_ref = g.set_reference(reference.view(), &rp).unwrap();
+            let c_ref = c.set_reference(reference.view(), &rp).unwrap();
+            let g_acc = g.reset_moments(shape).unwrap();
+            let c_acc = c.reset_moments(shape).unwrap();
+            let with = |r, a| FramePlan {
+                register: Some(r),
+                accumulate: Some(a),
+                ..plan
+            };
+            let (gplan, cplan) = (with(g_ref, g_acc), with(c_ref, c_acc));
             for t in 0..3 {
                 let s = [
                     rng.random_range(-2i64..=2),
@@ -496,8 +503,8 @@ fn process_frame_matches_cpu() {
                 ];
                 let mut raw = roll(reference.view(), s);
                 raw.mapv_inplace(|x| x + 0.01 * rng.random::<f32>());
-                let og = g.process_frame(raw.view(), &plan).unwrap();
-                let oc = c.process_frame(raw.view(), &plan).unwrap();
+                let og = g.process_frame(raw.view(), &gplan).unwrap();
+                let oc = c.process_frame(raw.view(), &cplan).unwrap();
                 let ctx = format!("shape {shape:?} t {t} plan {plan:?}; seed {seed}");
                 assert_eq!(
                     og.registration.unwrap().shift,
@@ -512,10 +519,10 @@ fn process_frame_matches_cpu() {
                 assert!(err <= 2e-5 * 3.0, "volume error {err}: {ctx}");
             }
             let p = ZscoreParams::default();
-            let mg = g.moments(&p).unwrap();
-            let mc = c.moments(&p).unwrap();
-            assert!(max_diff(&mg.mean, &mc.mean) <= 1e-5, "mean; seed {seed}");
-            assert!(max_diff(&mg.std, &mc.std) <= 1e-5, "std; seed {seed}");
+            let mg = g.moments(&g_acc, &p).unwrap();
+            let mc = c.moments(&c_acc, &p).unwrap();
+            assert!(max_diff(mg.mean(), mc.mean()) <= 1e-5, "mean; seed {seed}");
+            assert!(max_diff(mg.std(), mc.std()) <= 1e-5, "std; seed {seed}");
         }
     }
 }
@@ -530,10 +537,15 @@ fn backend_describes_device_and_errors_cleanly() {
         d.starts_with("gpu: ") && d.contains(&format!("{:?}", api().1)),
         "{d}"
     );
-    // Registering before a reference is an error, not a panic.
+    // A handle this backend did not issue (here the CPU backend's) is an error, not a panic.
     let v = Array3::<f32>::zeros((3, 4, 5));
-    assert!(g.register(v.view()).is_err());
-    assert!(g.accumulate(v.view()).is_err());
+    let mut c = CpuBackend::new();
+    let c_ref = c
+        .set_reference(v.view(), &RegisterParams::default())
+        .unwrap();
+    let c_acc = c.reset_moments([3, 4, 5]).unwrap();
+    assert!(g.register(&c_ref, v.view()).is_err());
+    assert!(g.accumulate(&c_acc, v.view()).is_err());
     // Adapters are listed for `gpuprep info`.
     let list = gpuprep_gpu::list_adapters(api().0);
     let want = format!("{:?}", api().1);
@@ -618,28 +630,32 @@ fn process_frame_without_registration_matches_cpu() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut c = CpuBackend::new();
     let shape = [5, 13, 6];
-    let plan = FramePlan {
+    let plan = |acc| FramePlan {
         median: Some(MedianParams::new([3, 3, 1], BoundaryMode::Mirror, 0.0).unwrap()),
         register: None,
         register_on_raw: false,
         shift: ShiftParams::default(),
-        accumulate: true,
+        accumulate: Some(acc),
         keep_filtered: true,
     };
-    g.reset_moments(shape).unwrap();
-    c.reset_moments(shape).unwrap();
+    let g_acc = g.reset_moments(shape).unwrap();
+    let c_acc = c.reset_moments(shape).unwrap();
+    let (gplan, cplan) = (plan(g_acc), plan(c_acc));
     for _ in 0..3 {
         let raw = random(&mut rng, shape);
-        let og = g.process_frame(raw.view(), &plan).unwrap();
-        let oc = c.process_frame(raw.view(), &plan).unwrap();
+        let og = g.process_frame(raw.view(), &gplan).unwrap();
+        let oc = c.process_frame(raw.view(), &cplan).unwrap();
         assert_eq!(og.volume, oc.volume, "seed {seed}");
         assert_eq!(og.filtered, oc.filtered, "seed {seed}");
         assert!(og.registration.is_none());
     }
     let p = ZscoreParams::default();
-    let (mg, mc) = (g.moments(&p).unwrap(), c.moments(&p).unwrap());
+    let (mg, mc) = (
+        g.moments(&g_acc, &p).unwrap(),
+        c.moments(&c_acc, &p).unwrap(),
+    );
     assert!(
-        max_diff(&mg.mean, &mc.mean) <= 1e-6 && max_diff(&mg.std, &mc.std) <= 1e-6,
+        max_diff(mg.mean(), mc.mean()) <= 1e-6 && max_diff(mg.std(), mc.std()) <= 1e-6,
         "seed {seed}"
     );
 }
@@ -659,22 +675,21 @@ fn gl_backend_runs_the_chain_when_asked() {
     let mut c = CpuBackend::new();
     let shape = [7, 9, 11];
     let reference = blobs(&mut rng, shape);
-    let plan = FramePlan {
+    let plan = |b: &mut dyn Backend| FramePlan {
         median: Some(MedianParams::default()),
-        register: Some(RegisterParams::default()),
+        register: Some(
+            b.set_reference(reference.view(), &RegisterParams::default())
+                .unwrap(),
+        ),
         register_on_raw: false,
         shift: ShiftParams::default(),
-        accumulate: true,
+        accumulate: Some(b.reset_moments(shape).unwrap()),
         keep_filtered: false,
     };
-    for b in [&mut g as &mut dyn Backend, &mut c as &mut dyn Backend] {
-        b.set_reference(reference.view(), &RegisterParams::default())
-            .unwrap();
-        b.reset_moments(shape).unwrap();
-    }
+    let (gplan, cplan) = (plan(&mut g), plan(&mut c));
     let raw = roll(reference.view(), [1, -2, 0]);
-    let og = g.process_frame(raw.view(), &plan).unwrap();
-    let oc = c.process_frame(raw.view(), &plan).unwrap();
+    let og = g.process_frame(raw.view(), &gplan).unwrap();
+    let oc = c.process_frame(raw.view(), &cplan).unwrap();
     assert_eq!(
         og.registration.unwrap().shift,
         oc.registration.unwrap().shift,
@@ -711,10 +726,13 @@ fn tiny_shapes_match_cpu() {
             );
         }
         let p = RegisterParams::new(4, Normalization::Phase).unwrap();
-        g.set_reference(v.view(), &p).unwrap();
-        c.set_reference(v.view(), &p).unwrap();
+        let g_ref = g.set_reference(v.view(), &p).unwrap();
+        let c_ref = c.set_reference(v.view(), &p).unwrap();
         let w = random(&mut rng, shape);
-        let (rg, rc) = (g.register(w.view()).unwrap(), c.register(w.view()).unwrap());
+        let (rg, rc) = (
+            g.register(&g_ref, w.view()).unwrap(),
+            c.register(&c_ref, w.view()).unwrap(),
+        );
         for a in 0..3 {
             assert!(
                 (rg.shift[a] - rc.shift[a]).abs() <= 0.25 + 1e-9,
@@ -752,14 +770,14 @@ mod tiled {
         let moving = roll(reference.view(), [1, -2, 5]);
         let p = RegisterParams::new(1, Normalization::Phase).unwrap();
         let before = g.tile_stats();
-        g.set_reference(reference.view(), &p).unwrap();
-        let rg = g.register(moving.view()).unwrap();
+        let g_ref = g.set_reference(reference.view(), &p).unwrap();
+        let rg = g.register(&g_ref, moving.view()).unwrap();
         assert!(tiles(&g, before, |s| s.register) > 0, "tiled route taken");
         let mut c = CpuBackend::new();
-        c.set_reference(reference.view(), &p).unwrap();
+        let c_ref = c.set_reference(reference.view(), &p).unwrap();
         assert_eq!(
             rg.shift,
-            c.register(moving.view()).unwrap().shift,
+            c.register(&c_ref, moving.view()).unwrap().shift,
             "seed {seed}"
         );
     }
@@ -875,22 +893,25 @@ mod tiled {
             })
             .collect();
         let before = g.tile_stats();
-        g.reset_moments(shape).unwrap();
-        c.reset_moments(shape).unwrap();
+        let g_acc = g.reset_moments(shape).unwrap();
+        let c_acc = c.reset_moments(shape).unwrap();
         for v in &vols {
-            g.accumulate(v.view()).unwrap();
-            c.accumulate(v.view()).unwrap();
+            g.accumulate(&g_acc, v.view()).unwrap();
+            c.accumulate(&c_acc, v.view()).unwrap();
         }
-        let (mg, mc) = (g.moments(&p).unwrap(), c.moments(&p).unwrap());
-        assert!(max_diff(&mg.mean, &mc.mean) <= 1e-4, "mean; seed {seed}");
+        let (mg, mc) = (
+            g.moments(&g_acc, &p).unwrap(),
+            c.moments(&c_acc, &p).unwrap(),
+        );
+        assert!(max_diff(mg.mean(), mc.mean()) <= 1e-4, "mean; seed {seed}");
         let rel = mg
-            .std
+            .std()
             .iter()
-            .zip(mc.std.iter())
+            .zip(mc.std().iter())
             .map(|(a, b)| (a - b).abs() / b.abs().max(1e-30))
             .fold(0.0, f32::max);
         assert!(rel <= 2.4e-7, "std {rel}; seed {seed}");
-        assert_eq!(mg.constant_voxels, mc.constant_voxels, "seed {seed}");
+        assert_eq!(mg.constant_voxels(), mc.constant_voxels(), "seed {seed}");
         for v in &vols {
             let err = max_diff(
                 &g.normalize(v.view(), &mc, &p).unwrap(),
@@ -918,11 +939,11 @@ mod tiled {
                 moving.mapv_inplace(|x| x + 0.01 * rng.random::<f32>());
                 let p = RegisterParams::new(1, normalization).unwrap();
                 let before = g.tile_stats();
-                g.set_reference(reference.view(), &p).unwrap();
-                c.set_reference(reference.view(), &p).unwrap();
+                let g_ref = g.set_reference(reference.view(), &p).unwrap();
+                let c_ref = c.set_reference(reference.view(), &p).unwrap();
                 let (rg, rc) = (
-                    g.register(moving.view()).unwrap(),
-                    c.register(moving.view()).unwrap(),
+                    g.register(&g_ref, moving.view()).unwrap(),
+                    c.register(&c_ref, moving.view()).unwrap(),
                 );
                 let n = tiles(&g, before, |s| s.register);
                 assert!(n > 4, "{shape:?}: {n} tiles");
@@ -944,11 +965,11 @@ mod tiled {
                     [0, 1, 2].map(|_| rng.random::<f64>() * 3.0 - 1.5),
                     &ShiftParams::new(3, BoundaryMode::Wrap, 0.0).unwrap(),
                 );
-                g.set_reference(reference.view(), &p).unwrap();
-                c.set_reference(reference.view(), &p).unwrap();
+                let g_ref = g.set_reference(reference.view(), &p).unwrap();
+                let c_ref = c.set_reference(reference.view(), &p).unwrap();
                 let (rg, rc) = (
-                    g.register(sub.view()).unwrap(),
-                    c.register(sub.view()).unwrap(),
+                    g.register(&g_ref, sub.view()).unwrap(),
+                    c.register(&c_ref, sub.view()).unwrap(),
                 );
                 for a in 0..3 {
                     assert!(
@@ -1007,13 +1028,16 @@ mod tiled {
             }
             let p = RegisterParams::new(4, Normalization::None).unwrap();
             g.set_max_tile_bytes(register_limit);
-            g.set_reference(v.view(), &p).unwrap();
-            c.set_reference(v.view(), &p).unwrap();
+            let g_ref = g.set_reference(v.view(), &p).unwrap();
+            let c_ref = c.set_reference(v.view(), &p).unwrap();
             let w = roll(
                 v.view(),
                 [1, 0, -1].map(|s: i64| if shape[0] > 1 { s } else { 0 }),
             );
-            let (rg, rc) = (g.register(w.view()).unwrap(), c.register(w.view()).unwrap());
+            let (rg, rc) = (
+                g.register(&g_ref, w.view()).unwrap(),
+                c.register(&c_ref, w.view()).unwrap(),
+            );
             for a in 0..3 {
                 assert!(
                     (rg.shift[a] - rc.shift[a]).abs() <= 0.25 + 1e-9,
@@ -1057,45 +1081,82 @@ mod tiled {
     }
 }
 
-/// Issue 3: `process_frame_ahead` stages the next volume while the current one computes. Its
-/// results must be those of `process_frame` bit for bit, whatever arrives next.
+/// Issue 3: `process_stream` takes the next volume from the stream and stages its upload while the
+/// current one computes. Its results must be those of `process_frame` bit for bit, whatever the
+/// stream holds.
 mod ahead {
     use super::*;
-    use gpuprep_core::backend::{FrameOutput, SeqVolume};
+    use gpuprep_core::backend::FrameOutput;
+    use gpuprep_core::error::{Error, Result};
     use gpuprep_gpu::AheadStats;
+    use std::cell::Cell;
+
+    /// `g.process_stream` of `items`; per result, how many items had been taken from the stream
+    /// when it was emitted.
+    fn stream(
+        g: &mut GpuBackend,
+        plan: &FramePlan,
+        items: Vec<Result<Array3<f32>>>,
+    ) -> (Result<()>, Vec<(FrameOutput, usize)>) {
+        let taken = Cell::new(0);
+        let mut frames = items.into_iter().inspect(|_| taken.set(taken.get() + 1));
+        let mut outs = Vec::new();
+        let r = g.process_stream(plan, &mut frames, &mut |out| {
+            outs.push((out, taken.get()));
+            Ok(())
+        });
+        (r, outs)
+    }
+
+    fn ok_stream(g: &mut GpuBackend, plan: &FramePlan, vols: &[Array3<f32>]) -> Vec<FrameOutput> {
+        let (r, outs) = stream(g, plan, vols.iter().cloned().map(Ok).collect());
+        r.unwrap();
+        outs.into_iter().map(|(o, _)| o).collect()
+    }
 
     /// Odd, non-power-of-two and not a multiple of the workgroup size.
     const SHAPE: [usize; 3] = [9, 13, 17];
 
+    /// A plan before a backend's handles: its stages, and whether it registers (every plan here
+    /// accumulates).
+    #[derive(Clone, Copy, Debug)]
+    struct Steps {
+        plan: FramePlan,
+        register: bool,
+    }
+
     /// Every route through the fused frame: registration (staging between the registration's
     /// submission and its peak readback), median only and nothing but the z-score (staging after
     /// the single submission; the output read from the swapped-in input buffer itself).
-    fn plans() -> Vec<FramePlan> {
+    fn plans() -> Vec<Steps> {
         let median = MedianParams::new([3, 3, 3], BoundaryMode::Reflect, 0.0).unwrap();
         let full = FramePlan {
             median: Some(median),
-            register: Some(RegisterParams::default()),
+            register: None,
             register_on_raw: false,
             shift: ShiftParams::new(3, BoundaryMode::Constant, 0.0).unwrap(),
-            accumulate: true,
+            accumulate: None,
             keep_filtered: true,
         };
+        let steps = |plan, register| Steps { plan, register };
         vec![
-            full,
-            FramePlan {
-                register_on_raw: true,
-                keep_filtered: false,
-                ..full
-            },
-            FramePlan {
-                register: None,
-                ..full
-            },
-            FramePlan {
-                median: None,
-                register: None,
-                ..full
-            },
+            steps(full, true),
+            steps(
+                FramePlan {
+                    register_on_raw: true,
+                    keep_filtered: false,
+                    ..full
+                },
+                true,
+            ),
+            steps(full, false),
+            steps(
+                FramePlan {
+                    median: None,
+                    ..full
+                },
+                false,
+            ),
         ]
     }
 
@@ -1113,11 +1174,18 @@ mod ahead {
         (reference, vols)
     }
 
-    fn start(g: &mut GpuBackend, reference: &Array3<f32>, plan: &FramePlan) {
-        if let Some(rp) = &plan.register {
-            g.set_reference(reference.view(), rp).unwrap();
+    /// Sets `g`'s reference (when `steps` registers) and starts its accumulation: `steps`'s plan
+    /// with `g`'s handles.
+    fn start(g: &mut GpuBackend, reference: &Array3<f32>, steps: &Steps) -> FramePlan {
+        let register = steps.register.then(|| {
+            g.set_reference(reference.view(), &RegisterParams::default())
+                .unwrap()
+        });
+        FramePlan {
+            register,
+            accumulate: Some(g.reset_moments(SHAPE).unwrap()),
+            ..steps.plan
         }
-        g.reset_moments(SHAPE).unwrap();
     }
 
     fn same_bits(a: &Array3<f32>, b: &Array3<f32>) -> bool {
@@ -1136,11 +1204,18 @@ mod ahead {
         }
     }
 
-    fn assert_same_moments(a: &mut GpuBackend, b: &mut GpuBackend, ctx: &str) {
+    fn assert_same_moments(
+        (a, pa): (&mut GpuBackend, &FramePlan),
+        (b, pb): (&mut GpuBackend, &FramePlan),
+        ctx: &str,
+    ) {
         let p = ZscoreParams::default();
-        let (ma, mb) = (a.moments(&p).unwrap(), b.moments(&p).unwrap());
-        assert!(same_bits(&ma.mean, &mb.mean), "mean: {ctx}");
-        assert!(same_bits(&ma.std, &mb.std), "std: {ctx}");
+        let moments = |g: &mut GpuBackend, plan: &FramePlan| {
+            g.moments(plan.accumulate.as_ref().unwrap(), &p).unwrap()
+        };
+        let (ma, mb) = (moments(a, pa), moments(b, pb));
+        assert!(same_bits(ma.mean(), mb.mean()), "mean: {ctx}");
+        assert!(same_bits(ma.std(), mb.std()), "std: {ctx}");
     }
 
     fn delta(before: AheadStats, after: AheadStats) -> [usize; 3] {
@@ -1158,24 +1233,25 @@ mod ahead {
         };
         let seed = seed();
         let mut rng = StdRng::seed_from_u64(seed);
-        for plan in plans() {
+        for steps in plans() {
             let (reference, vols) = frames(&mut rng, 7);
-            start(&mut sync, &reference, &plan);
-            start(&mut ahead, &reference, &plan);
-            let seqs: Vec<u64> = vols.iter().map(|_| SeqVolume::next_seq()).collect();
+            let sync_plan = start(&mut sync, &reference, &steps);
+            let plan = start(&mut ahead, &reference, &steps);
             let before = ahead.ahead_stats();
-            for t in 0..vols.len() {
-                let want = sync.process_frame(vols[t].view(), &plan).unwrap();
-                // The last frame has no next volume.
-                let next = vols
-                    .get(t + 1)
-                    .map(|v| SeqVolume::new(seqs[t + 1], v.view()));
-                let got = ahead
-                    .process_frame_ahead(SeqVolume::new(seqs[t], vols[t].view()), next, &plan)
-                    .unwrap();
-                assert_same(&got, &want, &format!("t {t} plan {plan:?}; seed {seed}"));
+            let (r, got) = stream(&mut ahead, &plan, vols.iter().cloned().map(Ok).collect());
+            r.unwrap();
+            assert_eq!(got.len(), vols.len());
+            for (t, (got, taken)) in got.iter().enumerate() {
+                let want = sync.process_frame(vols[t].view(), &sync_plan).unwrap();
+                assert_same(got, &want, &format!("t {t} plan {plan:?}; seed {seed}"));
+                // Volume t + 1 was taken before t was computed (none after the last).
+                assert_eq!(*taken, (t + 2).min(vols.len()), "t {t}");
             }
-            assert_same_moments(&mut ahead, &mut sync, &format!("{plan:?}; seed {seed}"));
+            assert_same_moments(
+                (&mut ahead, &plan),
+                (&mut sync, &sync_plan),
+                &format!("{steps:?}; seed {seed}"),
+            );
             // Every volume but the first was staged, and every staged one was used.
             assert_eq!(
                 delta(before, ahead.ahead_stats()),
@@ -1186,101 +1262,108 @@ mod ahead {
     }
 
     #[test]
-    fn a_volume_other_than_the_staged_one_is_uploaded() {
+    fn only_the_next_volume_of_the_same_shape_is_staged() {
         let (Some(mut sync), Some(mut g)) = (gpu(), gpu()) else {
             return;
         };
         let seed = seed();
         let mut rng = StdRng::seed_from_u64(seed);
-        let plan = plans()[0];
-        let (reference, v) = frames(&mut rng, 8);
-        start(&mut sync, &reference, &plan);
-        start(&mut g, &reference, &plan);
-        let s: Vec<u64> = v.iter().map(|_| SeqVolume::next_seq()).collect();
-        let sv = |i: usize| SeqVolume::new(s[i], v[i].view());
-        let mut check = |out: FrameOutput, i: usize, what: &str| {
-            let want = sync.process_frame(v[i].view(), &plan).unwrap();
-            assert_same(&out, &want, &format!("{what}; seed {seed}"));
-        };
         let st = |g: &GpuBackend| g.ahead_stats();
+        let (reference, v) = frames(&mut rng, 6);
+        let small = random(&mut rng, [3, 5, 7]);
+        let check = |sync: &mut GpuBackend,
+                     plan: &FramePlan,
+                     got: &[FrameOutput],
+                     want: &[&Array3<f32>],
+                     what: &str| {
+            assert_eq!(got.len(), want.len(), "{what}");
+            for (i, (o, w)) in got.iter().zip(want).enumerate() {
+                let expected = sync.process_frame(w.view(), plan).unwrap();
+                assert_same(o, &expected, &format!("{what}, frame {i}; seed {seed}"));
+            }
+        };
 
-        // Stage 1, then bring 2: a different volume with a different number is uploaded.
+        // A volume of another shape in the stream is not staged; it and the one after it upload.
+        let filter_only = plans()[0].plan;
         let b = st(&g);
-        let out = g.process_frame_ahead(sv(0), Some(sv(1)), &plan).unwrap();
-        check(out, 0, "frame 0");
-        let out = g.process_frame_ahead(sv(2), Some(sv(3)), &plan).unwrap();
-        check(out, 2, "another volume than the staged one");
-        assert_eq!(delta(b, st(&g)), [2, 0, 2]);
+        let vols = [&v[0], &v[1], &small, &v[2]];
+        let got = ok_stream(&mut g, &filter_only, &vols.map(|x| x.clone()));
+        check(&mut sync, &filter_only, &got, &vols, "mixed shapes");
+        assert_eq!(delta(b, st(&g)), [1, 1, 3]);
 
-        // Stage 3, then bring 3's values under another number: numbers decide, so it is uploaded.
+        // A new stream starts by uploading, whatever kernel calls came between two streams.
+        let sync_plan = start(&mut sync, &reference, &plans()[0]);
+        let plan = start(&mut g, &reference, &plans()[0]);
         let b = st(&g);
-        let renumbered = SeqVolume::new(SeqVolume::next_seq(), v[3].view());
-        let out = g
-            .process_frame_ahead(renumbered, Some(sv(4)), &plan)
-            .unwrap();
-        check(out, 3, "same values, other number");
-        assert_eq!(delta(b, st(&g)), [1, 0, 1]);
-
-        // 4 is staged; kernel calls in between write only the current input and leave it intact.
-        let b = st(&g);
+        let got = ok_stream(&mut g, &plan, &v[3..5]);
+        check(&mut sync, &sync_plan, &got, &[&v[3], &v[4]], "first stream");
         let other = random(&mut rng, SHAPE);
         g.median3d(other.view(), plan.median.as_ref().unwrap())
             .unwrap();
         g.shift(other.view(), [0.5, -1.0, 0.25], &plan.shift)
             .unwrap();
-        let out = g.process_frame_ahead(sv(4), Some(sv(5)), &plan).unwrap();
-        check(out, 4, "staged volume after kernel calls");
-        assert_eq!(delta(b, st(&g)), [1, 1, 0]);
+        let got = ok_stream(&mut g, &plan, &v[5..6]);
+        check(&mut sync, &sync_plan, &got, &[&v[5]], "second stream");
+        assert_eq!(delta(b, st(&g)), [1, 1, 2]);
 
-        // 5 is staged; a plain `process_frame` of it uploads (it has no number) and drops the stage.
+        // A plain `process_frame` uploads.
         let b = st(&g);
-        let out = g.process_frame(v[5].view(), &plan).unwrap();
-        check(out, 5, "plain process_frame after staging");
-        let out = g.process_frame_ahead(sv(5), None, &plan).unwrap();
-        check(out, 5, "staged volume consumed by a plain call");
-        assert_eq!(delta(b, st(&g)), [0, 0, 2]);
+        let out = g.process_frame(v[0].view(), &plan).unwrap();
+        check(
+            &mut sync,
+            &sync_plan,
+            &[out],
+            &[&v[0]],
+            "plain process_frame",
+        );
+        assert_eq!(delta(b, st(&g)), [0, 0, 1]);
+        assert_same_moments(
+            (&mut g, &plan),
+            (&mut sync, &sync_plan),
+            &format!("seed {seed}"),
+        );
+    }
 
-        // A next volume of another shape is not staged; the frame still computes.
-        let b = st(&g);
-        let small = random(&mut rng, [3, 5, 7]);
-        let out = g
-            .process_frame_ahead(
-                sv(6),
-                Some(SeqVolume::new(SeqVolume::next_seq(), small.view())),
-                &plan,
-            )
-            .unwrap();
-        check(out, 6, "next of another shape");
-        let out = g.process_frame_ahead(sv(7), None, &plan).unwrap();
-        check(out, 7, "last frame");
-        assert_eq!(delta(b, st(&g)), [0, 0, 2]);
-
-        assert_same_moments(&mut g, &mut sync, &format!("seed {seed}"));
+    /// The next volume is taken before the current one computes, so a failure to read it stops the
+    /// stream with that error, unchanged, before the current volume's result is emitted.
+    #[test]
+    fn a_failing_lookahead_stops_the_stream_with_its_error() {
+        let Some(mut g) = gpu() else { return };
+        let mut rng = StdRng::seed_from_u64(seed());
+        let (reference, v) = frames(&mut rng, 2);
+        let plan = start(&mut g, &reference, &plans()[0]);
+        let items = vec![
+            Ok(v[0].clone()),
+            Ok(v[1].clone()),
+            Err(Error::Data("unreadable volume 2".into())),
+        ];
+        let (r, outs) = stream(&mut g, &plan, items);
+        let want = Error::Data("unreadable volume 2".into()).to_string();
+        assert_eq!(r.unwrap_err().to_string(), want);
+        assert_eq!(outs.len(), 1, "volume 1 waits for its lookahead");
     }
 
     #[test]
-    fn tiled_volumes_ignore_the_lookahead() {
+    fn tiled_volumes_take_the_stream_one_at_a_time() {
         let (Some(mut sync), Some(mut g)) = (gpu(), gpu()) else {
             return;
         };
         let seed = seed();
         let mut rng = StdRng::seed_from_u64(seed);
-        let plan = plans()[0];
         let (reference, v) = frames(&mut rng, 3);
         // The f32 volume (7956 bytes) is over the limit, a one-voxel registration slab (6656) under.
         sync.set_max_tile_bytes(7168);
         g.set_max_tile_bytes(7168);
-        start(&mut sync, &reference, &plan);
-        start(&mut g, &reference, &plan);
-        let s: Vec<u64> = v.iter().map(|_| SeqVolume::next_seq()).collect();
+        let sync_plan = start(&mut sync, &reference, &plans()[0]);
+        let plan = start(&mut g, &reference, &plans()[0]);
         let (b, tiles) = (g.ahead_stats(), g.tile_stats());
-        for t in 0..v.len() {
-            let want = sync.process_frame(v[t].view(), &plan).unwrap();
-            let next = v.get(t + 1).map(|n| SeqVolume::new(s[t + 1], n.view()));
-            let got = g
-                .process_frame_ahead(SeqVolume::new(s[t], v[t].view()), next, &plan)
-                .unwrap();
-            assert_same(&got, &want, &format!("tiled t {t}; seed {seed}"));
+        let (r, got) = stream(&mut g, &plan, v.iter().cloned().map(Ok).collect());
+        r.unwrap();
+        assert_eq!(got.len(), v.len());
+        for (t, (got, taken)) in got.iter().enumerate() {
+            let want = sync.process_frame(v[t].view(), &sync_plan).unwrap();
+            assert_same(got, &want, &format!("tiled t {t}; seed {seed}"));
+            assert_eq!(*taken, t + 1, "no lookahead on the tiled route");
         }
         assert_eq!(
             g.ahead_stats(),
@@ -1288,7 +1371,11 @@ mod ahead {
             "nothing staged or counted on the tiled route"
         );
         assert!(g.tile_stats().median > tiles.median);
-        assert_same_moments(&mut g, &mut sync, &format!("tiled; seed {seed}"));
+        assert_same_moments(
+            (&mut g, &plan),
+            (&mut sync, &sync_plan),
+            &format!("tiled; seed {seed}"),
+        );
     }
 
     /// `pipeline::run` hands the GPU backend each next volume: all but the first are staged and

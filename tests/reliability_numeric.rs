@@ -99,16 +99,16 @@ fn large_values_register_as_the_unscaled_volumes_or_fail_clearly() {
                     upsample_factor,
                     normalization,
                 };
-                b.set_reference(reference.view(), &p).unwrap();
-                let base = b.register(moving.view()).unwrap();
+                let b_ref = b.set_reference(reference.view(), &p).unwrap();
+                let base = b.register(&b_ref, moving.view()).unwrap();
                 assert_eq!(base.shift, [-2.0, 3.0, -4.0], "{name} {p:?}");
                 // 1e18: |F·G*| ~ 1e44 and Σ|F|² pass f32's range (scikit-image 0.26 raises from
                 // ~1e17 on this volume); 1e25 and 1e30 still have f32 spectra (N · 1e30 < 3.4e38).
                 // Unnormalized, the stored spectrum is scaled by a power of two on both backends.
                 for scale in [1e18f32, 1e25, 1e30] {
                     let ctx = format!("{name} {p:?} scale {scale:e}");
-                    b.set_reference((&reference * scale).view(), &p).unwrap();
-                    let r = b.register((&moving * scale).view()).unwrap();
+                    let b_ref = b.set_reference((&reference * scale).view(), &p).unwrap();
+                    let r = b.register(&b_ref, (&moving * scale).view()).unwrap();
                     assert_eq!(r.shift, base.shift, "{ctx}");
                     assert!(r.error.is_finite() && r.phasediff.is_finite(), "{ctx}");
                     // The error is a ratio of powers: scale-free up to f32 spectrum rounding.
@@ -130,8 +130,11 @@ fn spectra_past_f32_range_are_an_error_never_a_zero_shift() {
     for (name, mut b) in backends(1024) {
         let p = RegisterParams::default();
         // N · 3e37 passes 3.4e38: the float32 FFT of the moving volume overflows.
-        b.set_reference(reference.view(), &p).unwrap();
-        let e = b.register((&moving * 3e37).view()).unwrap_err().to_string();
+        let b_ref = b.set_reference(reference.view(), &p).unwrap();
+        let e = b
+            .register(&b_ref, (&moving * 3e37).view())
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("not finite"), "{name}: {e}");
         // The same as reference: refused when it is set.
         let e = b
@@ -204,13 +207,13 @@ fn zero_bins_against_large_values_register_as_on_the_cpu() {
     let moving = (roll(&reference, [1, 2, 0]) + &texture * 0.1) * 1e30;
     let p = RegisterParams::default();
     let mut cpu = CpuBackend::new();
-    cpu.set_reference(reference.view(), &p).unwrap();
-    let want = cpu.register(moving.view()).unwrap();
+    let cpu_ref = cpu.set_reference(reference.view(), &p).unwrap();
+    let want = cpu.register(&cpu_ref, moving.view()).unwrap();
     assert!(want.error.is_finite(), "{want:?}");
     for (name, mut b) in backends(512) {
-        b.set_reference(reference.view(), &p).unwrap();
+        let b_ref = b.set_reference(reference.view(), &p).unwrap();
         let got = b
-            .register(moving.view())
+            .register(&b_ref, moving.view())
             .unwrap_or_else(|e| panic!("{name}: {e}"));
         assert_eq!(got.shift, want.shift, "{name}");
         assert!(
@@ -230,15 +233,17 @@ fn empty_volumes_register_as_shift_zero_error_nan_and_are_reported() {
     for u in [1, 10] {
         let p = RegisterParams::new(u, Normalization::Phase).unwrap();
         for (name, mut b) in backends(2048) {
-            b.set_reference(reference.view(), &p).unwrap();
-            let r = b.register(zeros.view()).unwrap();
+            let b_ref = b.set_reference(reference.view(), &p).unwrap();
+            let r = b.register(&b_ref, zeros.view()).unwrap();
             assert_eq!(r.shift, [0.0; 3], "{name} u={u}");
             assert!(r.error.is_nan(), "{name} u={u}: {r:?}");
             // A regular frame still registers against the same reference.
-            let r = b.register(roll(&reference, [1, -2, 0]).view()).unwrap();
+            let r = b
+                .register(&b_ref, roll(&reference, [1, -2, 0]).view())
+                .unwrap();
             assert!(r.error.is_finite(), "{name} u={u}: {r:?}");
-            b.set_reference(zeros.view(), &p).unwrap();
-            let r = b.register(reference.view()).unwrap();
+            let b_ref = b.set_reference(zeros.view(), &p).unwrap();
+            let r = b.register(&b_ref, reference.view()).unwrap();
             assert!(
                 r.shift == [0.0; 3] && r.error.is_nan(),
                 "{name} u={u}: {r:?}"
@@ -300,11 +305,11 @@ fn check_z(ctx: &str, ours: &Array3<f32>, want: ndarray::ArrayView3<f64>) {
 /// Runs the backend's two z-score passes over `series` and returns the z-scores.
 fn zscore_with(b: &mut dyn Backend, series: &Array4<f32>, p: &ZscoreParams) -> Vec<Array3<f32>> {
     let (_, nz, ny, nx) = series.dim();
-    b.reset_moments([nz, ny, nx]).unwrap();
+    let b_acc = b.reset_moments([nz, ny, nx]).unwrap();
     for v in series.outer_iter() {
-        b.accumulate(v).unwrap();
+        b.accumulate(&b_acc, v).unwrap();
     }
-    let m = b.moments(p).unwrap();
+    let m = b.moments(&b_acc, p).unwrap();
     series
         .outer_iter()
         .map(|v| b.normalize(v, &m, p).unwrap())

@@ -3,8 +3,14 @@
 //! The pipeline drives one `Backend` per run. Kernel-level methods exist so each kernel can be
 //! tested on its own; `process_frame` chains them for one timepoint, and a backend that keeps data
 //! resident on a device (the GPU) overrides it so a volume is uploaded once and read back once.
-//! `process_frame_ahead` is the same step told which volume comes next, so a device backend can
-//! stage that upload while this one computes.
+//! `process_stream` is the first pass over the whole series: the pipeline hands it an iterator of
+//! volumes and a callback for the results, and a device backend looks ahead in that iterator itself
+//! (to stage the next upload while the current volume computes); the pipeline knows nothing of it.
+//!
+//! The stage order is carried by handles: `set_reference` returns the `Reference` that `register`
+//! and a registering `FramePlan` need, `reset_moments` the `Accumulation` that `accumulate`,
+//! `moments` and an accumulating plan need. What stays a run-time check is a handle the backend no
+//! longer holds (replaced by a later call, or another backend's): an `Error::Data`.
 
 use crate::error::Result;
 use crate::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
@@ -15,16 +21,83 @@ use ndarray::{Array3, ArrayView3};
 pub struct FramePlan {
     /// Median filter, or `None` to skip it.
     pub median: Option<MedianParams>,
-    /// Register against the reference set by `set_reference`, or skip.
-    pub register: Option<RegisterParams>,
+    /// Register against this reference (from `set_reference`, with its parameters), or skip.
+    pub register: Option<Reference>,
     /// Register on the raw volume instead of the filtered one.
     pub register_on_raw: bool,
     /// Apply the registration shift with these parameters (ignored when not registering).
     pub shift: ShiftParams,
-    /// Accumulate z-score statistics of the final volume.
-    pub accumulate: bool,
+    /// Accumulate z-score statistics of the final volume into this accumulation (from
+    /// `reset_moments`), or skip.
+    pub accumulate: Option<Accumulation>,
     /// Return the filtered volume as well (for `--save filtered`).
     pub keep_filtered: bool,
+}
+
+/// A fresh number for a handle: never reused in a process, so no two handles are equal by chance.
+fn next_handle() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// What `Backend::set_reference` returns and registration needs (`register`, a plan that
+/// registers): the stage order set_reference → register is carried by the type. A backend refuses
+/// a handle other than the one it issued for the reference it holds (another backend's, or one a
+/// later `set_reference` replaced).
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct Reference {
+    id: u64,
+    shape: [usize; 3],
+    params: RegisterParams,
+}
+
+impl Reference {
+    /// A new handle, for a backend's `set_reference` of a reference of `shape`.
+    pub fn issue(shape: [usize; 3], params: RegisterParams) -> Reference {
+        Reference {
+            id: next_handle(),
+            shape,
+            params,
+        }
+    }
+
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+
+    pub fn params(&self) -> &RegisterParams {
+        &self.params
+    }
+}
+
+/// What `Backend::reset_moments` returns and `accumulate` and `moments` need: the stage order
+/// reset_moments → accumulate → moments is carried by the type. A backend refuses a handle other
+/// than the one it issued for its current accumulation.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Accumulation {
+    id: u64,
+    shape: [usize; 3],
+}
+
+impl Accumulation {
+    /// A new handle, for a backend's `reset_moments` of volumes of `shape`.
+    pub fn issue(shape: [usize; 3]) -> Accumulation {
+        Accumulation {
+            id: next_handle(),
+            shape,
+        }
+    }
+
+    pub fn shape(&self) -> [usize; 3] {
+        self.shape
+    }
+}
+
+/// The error for a handle the backend does not hold: `what` names it ("reference", "accumulation").
+pub fn stale_handle(what: &str) -> crate::error::Error {
+    crate::error::Error::Data(format!(
+        "this {what} is not the backend's current one (replaced by a later call, or another backend's)"
+    ))
 }
 
 /// What the first pass produced for one timepoint.
@@ -44,31 +117,57 @@ pub struct FrameOutput {
 /// rule use them, as `scipy.stats.zscore` of the float32 data computed in float64 does. `mean` and
 /// `std` are their float32 roundings, what the output's `/mean` and `/std` store; normalizing with
 /// those instead would move z by up to `eps_f32 · |mean| / std` (0.5 for 1.5 at a large mean).
+///
+/// The fields are private so the four arrays and the count always agree, and so a backend may keep
+/// its own device copy of moments it issued (`MomentsKey`): nothing can change values that carry
+/// its mark. To edit them, take them apart (`into_parts`) and build unmarked ones (`from_f64`).
 #[derive(Clone, Debug)]
 pub struct Moments {
-    pub mean: Array3<f32>,
-    pub std: Array3<f32>,
-    pub mean64: Array3<f64>,
-    pub std64: Array3<f64>,
-    /// Voxels whose time series is constant (scipy's test on the f64 moments:
-    /// `std <= |eps_f64 · mean|`, `cpu::zscore::is_constant`).
-    pub constant_voxels: usize,
-    /// Identifies the backend computation these came from (`Moments::next_id`), so a backend can
-    /// keep its own device copy for `normalize` instead of uploading them per volume. 0 means
-    /// "made elsewhere": always used as given. Set it to 0 after changing any of the arrays.
-    pub id: u64,
+    mean: Array3<f32>,
+    std: Array3<f32>,
+    mean64: Array3<f64>,
+    std64: Array3<f64>,
+    constant_voxels: usize,
+    /// The number of the `MomentsKey` that issued these, if a backend did.
+    issuer: Option<u64>,
+}
+
+/// A backend's mark on the `Moments` it computes, so it recognises them later (and uses the copy it
+/// kept on its device) without comparing arrays. Not `Clone`: only the holder of a key issues or
+/// recognises moments under it, and no two keys of a process share a number.
+#[derive(Debug)]
+pub struct MomentsKey(u64);
+
+impl MomentsKey {
+    pub fn new() -> MomentsKey {
+        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+        MomentsKey(NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+    }
+
+    /// `Moments::from_f64`, marked as issued under this key.
+    pub fn issue(&self, mean64: Array3<f64>, std64: Array3<f64>) -> Moments {
+        Moments {
+            issuer: Some(self.0),
+            ..Moments::from_f64(mean64, std64)
+        }
+    }
+
+    /// Whether `m` was issued under this key (and so holds the values issued).
+    pub fn issued(&self, m: &Moments) -> bool {
+        m.issuer == Some(self.0)
+    }
+}
+
+impl Default for MomentsKey {
+    fn default() -> Self {
+        MomentsKey::new()
+    }
 }
 
 impl Moments {
-    /// A fresh nonzero id for moments a backend computes.
-    pub fn next_id() -> u64 {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
-    }
-
     /// Moments from the f64 mean and standard deviation: the f32 roundings and the constant-voxel
     /// count follow from them.
-    pub fn from_f64(mean64: Array3<f64>, std64: Array3<f64>, id: u64) -> Moments {
+    pub fn from_f64(mean64: Array3<f64>, std64: Array3<f64>) -> Moments {
         let constant_voxels = ndarray::Zip::from(&mean64)
             .and(&std64)
             .fold(0, |acc, &m, &s| {
@@ -80,36 +179,45 @@ impl Moments {
             mean64,
             std64,
             constant_voxels,
-            id,
+            issuer: None,
         }
     }
 
     /// Moments known only as float32 (e.g. read back from an output's `/mean` and `/std`), widened
-    /// exactly to f64; id 0.
+    /// exactly to f64.
     pub fn from_f32(mean: Array3<f32>, std: Array3<f32>) -> Moments {
-        Moments::from_f64(mean.mapv(f64::from), std.mapv(f64::from), 0)
-    }
-}
-
-/// A volume with its sequence number (`SeqVolume::next_seq`): the identity by which a backend
-/// recognises a volume it staged ahead of time (`Backend::process_frame_ahead`). Two volumes with the
-/// same number must hold the same values; numbers from `next_seq` are never reused in a process, so
-/// a volume staged in one run can never be mistaken for one of another run.
-#[derive(Clone, Copy, Debug)]
-pub struct SeqVolume<'a> {
-    pub seq: u64,
-    pub vol: ArrayView3<'a, f32>,
-}
-
-impl<'a> SeqVolume<'a> {
-    pub fn new(seq: u64, vol: ArrayView3<'a, f32>) -> Self {
-        SeqVolume { seq, vol }
+        Moments::from_f64(mean.mapv(f64::from), std.mapv(f64::from))
     }
 
-    /// A fresh nonzero sequence number.
-    pub fn next_seq() -> u64 {
-        static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
-        NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    /// The float32 mean, what the output's `/mean` stores.
+    pub fn mean(&self) -> &Array3<f32> {
+        &self.mean
+    }
+
+    /// The float32 standard deviation, what the output's `/std` stores.
+    pub fn std(&self) -> &Array3<f32> {
+        &self.std
+    }
+
+    /// The f64 mean, which normalization uses.
+    pub fn mean64(&self) -> &Array3<f64> {
+        &self.mean64
+    }
+
+    /// The f64 standard deviation, which normalization uses.
+    pub fn std64(&self) -> &Array3<f64> {
+        &self.std64
+    }
+
+    /// Voxels whose time series is constant (scipy's test on the f64 moments:
+    /// `std <= |eps_f64 · mean|`, `zscore::is_constant`).
+    pub fn constant_voxels(&self) -> usize {
+        self.constant_voxels
+    }
+
+    /// The f64 mean and standard deviation, to build changed moments from (`from_f64`).
+    pub fn into_parts(self) -> (Array3<f64>, Array3<f64>) {
+        (self.mean64, self.std64)
     }
 }
 
@@ -120,11 +228,15 @@ pub trait Backend {
     /// `scipy.ndimage.median_filter(vol, size, mode, cval)`.
     fn median3d(&mut self, vol: ArrayView3<f32>, p: &MedianParams) -> Result<Array3<f32>>;
 
-    /// Store (and transform) the reference volume used by `register`.
-    fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()>;
+    /// Store (and transform) the reference volume `register` aligns to, replacing any earlier one.
+    fn set_reference(
+        &mut self,
+        reference: ArrayView3<f32>,
+        p: &RegisterParams,
+    ) -> Result<Reference>;
 
     /// `phase_cross_correlation(reference, vol)`: the shift that registers `vol` onto the reference.
-    fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration>;
+    fn register(&mut self, reference: &Reference, vol: ArrayView3<f32>) -> Result<Registration>;
 
     /// `scipy.ndimage.shift(vol, shift, order, mode, cval)` with the spline prefilter.
     fn shift(
@@ -134,14 +246,14 @@ pub trait Backend {
         p: &ShiftParams,
     ) -> Result<Array3<f32>>;
 
-    /// Start a new z-score accumulation for volumes of `shape`.
-    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<()>;
+    /// Start a new z-score accumulation for volumes of `shape`, replacing any earlier one.
+    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<Accumulation>;
 
     /// Add one volume to the running per-voxel statistics (f64 accumulators).
-    fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()>;
+    fn accumulate(&mut self, acc: &Accumulation, vol: ArrayView3<f32>) -> Result<()>;
 
     /// Finish the accumulation: per-voxel mean and standard deviation with `ddof`.
-    fn moments(&mut self, p: &ZscoreParams) -> Result<Moments>;
+    fn moments(&mut self, acc: &Accumulation, p: &ZscoreParams) -> Result<Moments>;
 
     /// `(vol - mean) / std`, with constant voxels set by `p.constant`.
     fn normalize(
@@ -156,26 +268,39 @@ pub trait Backend {
         frame_by_stage(self, raw, plan)
     }
 
-    /// Whether `process_frame_ahead` uses `next` for frames of `shape` under `plan`: the pipeline
-    /// takes volume t + 1 from the reader before computing t (one more volume in memory) only then.
-    fn stages_ahead(&self, shape: [usize; 3], plan: &FramePlan) -> bool {
-        let _ = (shape, plan);
-        false
-    }
-
-    /// `process_frame` for `raw`, told that `next` is the volume of the following call. A backend
-    /// may start moving `next` to its device while `raw` is computed (the GPU backend does) and
-    /// skip that upload when the following call brings the same `seq`; the result is the same as
-    /// `process_frame(raw.vol, plan)` whatever `next` is. The default ignores `next`.
-    fn process_frame_ahead(
+    /// The first pass over a stream of volumes: `process_frame` of each item of `frames` in order,
+    /// each result handed to `emit` before the next volume is computed. Stops at the first error,
+    /// from `frames`, the backend or `emit`, and returns it unchanged.
+    ///
+    /// How far ahead of the volume it computes a backend takes from `frames` is its own choice, and
+    /// decides how many of the caller's volumes are alive: the default (`stream_by_frame`) takes
+    /// one at a time and drops it before `emit`; the GPU backend takes the next one before
+    /// computing the current one, to stage its upload meanwhile (one more volume alive).
+    fn process_stream(
         &mut self,
-        raw: SeqVolume<'_>,
-        next: Option<SeqVolume<'_>>,
         plan: &FramePlan,
-    ) -> Result<FrameOutput> {
-        let _ = next;
-        self.process_frame(raw.vol, plan)
+        frames: &mut dyn Iterator<Item = Result<Array3<f32>>>,
+        emit: &mut dyn FnMut(FrameOutput) -> Result<()>,
+    ) -> Result<()> {
+        stream_by_frame(self, plan, frames, emit)
     }
+}
+
+/// `process_stream` one volume at a time through `process_frame` (the default).
+pub fn stream_by_frame<B: Backend + ?Sized>(
+    b: &mut B,
+    plan: &FramePlan,
+    frames: &mut dyn Iterator<Item = Result<Array3<f32>>>,
+    emit: &mut dyn FnMut(FrameOutput) -> Result<()>,
+) -> Result<()> {
+    for raw in frames {
+        let raw = raw?;
+        let out = b.process_frame(raw.view(), plan)?;
+        // Freed before `emit`, which may wait on a full write queue.
+        drop(raw);
+        emit(out)?;
+    }
+    Ok(())
 }
 
 /// `process_frame` as the sequence of the backend's stage calls (the default; the GPU backend's
@@ -190,16 +315,16 @@ pub fn frame_by_stage<B: Backend + ?Sized>(
         None => None,
     };
     let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
-    let registration = match plan.register {
-        Some(_) => Some(b.register(if plan.register_on_raw { raw } else { current })?),
+    let registration = match &plan.register {
+        Some(r) => Some(b.register(r, if plan.register_on_raw { raw } else { current })?),
         None => None,
     };
     let volume = match registration {
         Some(r) => b.shift(current, r.shift, &plan.shift)?,
         None => current.to_owned(),
     };
-    if plan.accumulate {
-        b.accumulate(volume.view())?;
+    if let Some(acc) = &plan.accumulate {
+        b.accumulate(acc, volume.view())?;
     }
     Ok(FrameOutput {
         volume,

@@ -51,7 +51,7 @@ impl Accumulator {
     pub fn moments(&self, p: &ZscoreParams) -> Moments {
         let dof = self.count as f64 - p.ddof as f64;
         let std = self.m2.mapv(|m2| std_from_m2(m2, dof));
-        Moments::from_f64(self.mean.clone(), std, Moments::next_id())
+        Moments::from_f64(self.mean.clone(), std)
     }
 }
 
@@ -76,8 +76,8 @@ pub fn normalize(vol: ArrayView3<f32>, m: &Moments, p: &ZscoreParams) -> Array3<
     let mut out = Array3::<f32>::zeros(vol.raw_dim());
     Zip::from(&mut out)
         .and(vol)
-        .and(&m.mean64)
-        .and(&m.std64)
+        .and(m.mean64())
+        .and(m.std64())
         .par_for_each(|o, &x, &mean, &std| {
             *o = if is_constant(mean, std) {
                 match p.constant {

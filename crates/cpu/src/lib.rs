@@ -14,7 +14,7 @@ pub mod shift;
 
 pub use gpuprep_core::zscore;
 
-use gpuprep_core::backend::{Backend, Moments};
+use gpuprep_core::backend::{stale_handle, Accumulation, Backend, Moments, Reference};
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
 use ndarray::{Array3, ArrayView3};
@@ -22,8 +22,9 @@ use ndarray::{Array3, ArrayView3};
 /// The CPU backend: rayon-parallel kernels on the host.
 #[derive(Default)]
 pub struct CpuBackend {
-    registrar: Option<register::Registrar>,
-    moments: Option<zscore::Accumulator>,
+    /// The reference and the handle issued for it.
+    registrar: Option<(Reference, register::Registrar)>,
+    moments: Option<(Accumulation, zscore::Accumulator)>,
 }
 
 impl CpuBackend {
@@ -41,7 +42,12 @@ impl Backend for CpuBackend {
         Ok(median3d::median3d(vol, p))
     }
 
-    fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()> {
+    fn set_reference(
+        &mut self,
+        reference: ArrayView3<f32>,
+        p: &RegisterParams,
+    ) -> Result<Reference> {
+        self.registrar = None;
         let r = register::Registrar::new(reference, p);
         if !r.reference_is_finite() {
             let max = reference
@@ -52,15 +58,16 @@ impl Backend for CpuBackend {
                 Some(max),
             ));
         }
-        self.registrar = Some(r);
-        Ok(())
+        let handle = Reference::issue(r.shape(), *p);
+        self.registrar = Some((handle, r));
+        Ok(handle)
     }
 
-    fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration> {
-        let r = self
-            .registrar
-            .as_ref()
-            .ok_or_else(|| Error::Data("register called before set_reference".into()))?;
+    fn register(&mut self, reference: &Reference, vol: ArrayView3<f32>) -> Result<Registration> {
+        let r = match &self.registrar {
+            Some((h, r)) if h == reference => r,
+            _ => return Err(stale_handle("reference")),
+        };
         let shape = [vol.dim().0, vol.dim().1, vol.dim().2];
         if shape != r.shape() {
             return Err(Error::Data(format!(
@@ -80,26 +87,33 @@ impl Backend for CpuBackend {
         Ok(shift::shift3d(vol, shift, p))
     }
 
-    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<()> {
-        self.moments = Some(zscore::Accumulator::new(shape));
+    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<Accumulation> {
+        let handle = Accumulation::issue(shape);
+        self.moments = Some((handle, zscore::Accumulator::new(shape)));
+        Ok(handle)
+    }
+
+    fn accumulate(&mut self, acc: &Accumulation, vol: ArrayView3<f32>) -> Result<()> {
+        let a = match &mut self.moments {
+            Some((h, a)) if h == acc => a,
+            _ => return Err(stale_handle("accumulation")),
+        };
+        let shape = [vol.dim().0, vol.dim().1, vol.dim().2];
+        if shape != acc.shape() {
+            return Err(Error::Data(format!(
+                "volume shape {shape:?} differs from the accumulator's {:?}",
+                acc.shape()
+            )));
+        }
+        a.add(vol);
         Ok(())
     }
 
-    fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()> {
-        let acc = self
-            .moments
-            .as_mut()
-            .ok_or_else(|| Error::Data("accumulate called before reset_moments".into()))?;
-        acc.add(vol);
-        Ok(())
-    }
-
-    fn moments(&mut self, p: &ZscoreParams) -> Result<Moments> {
-        let acc = self
-            .moments
-            .as_ref()
-            .ok_or_else(|| Error::Data("moments called before reset_moments".into()))?;
-        Ok(acc.moments(p))
+    fn moments(&mut self, acc: &Accumulation, p: &ZscoreParams) -> Result<Moments> {
+        match &self.moments {
+            Some((h, a)) if h == acc => Ok(a.moments(p)),
+            _ => Err(stale_handle("accumulation")),
+        }
     }
 
     fn normalize(

@@ -1,4 +1,4 @@
-//! Uploading the next volume while the current one computes (`Backend::process_frame_ahead`).
+//! Uploading the next volume while the current one computes (`GpuBackend::process_stream`).
 //!
 //! What overlaps, on wgpu's one queue per device: the host side of the upload (copying the volume
 //! into a host-visible staging buffer, like the HDF5 reads on the pipeline's reader thread) runs
@@ -33,7 +33,7 @@ enum MapState {
 }
 
 /// The device buffer the next volume is staged into, and the host-visible buffer it passes
-/// through. `Frame` swaps `input` with its current input buffer when a frame finds its volume here.
+/// through. The backend swaps `input` with its current input buffer when a frame finds its volume here.
 pub struct AheadUpload {
     /// Device-local; holds the staged volume once the copy submitted by `stage` has run.
     pub input: wgpu::Buffer,
@@ -43,11 +43,11 @@ pub struct AheadUpload {
 }
 
 impl AheadUpload {
-    /// Buffers for volumes of `voxels` f32 values: an input like `Frame`'s and a staging buffer
+    /// Buffers for volumes of `voxels` f32 values: a second device input and a staging buffer
     /// created mapped, so the first `stage` writes without waiting.
     pub fn new(ctx: &GpuContext, voxels: usize) -> Result<AheadUpload> {
         let bytes = voxels as u64 * 4;
-        let input = ctx.storage("frame.input_b", bytes)?;
+        let input = ctx.storage("input.volume_b", bytes)?;
         ctx.check_binding("frame.upload_staging", bytes)?;
         let staging = ctx.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("gpuprep.frame.upload_staging"),

@@ -1,16 +1,19 @@
 //! `GpuBackend`: the `Backend` on a wgpu device.
 //!
-//! Each stage runs resident (the volume's buffers on the device, `process_frame` uploading once)
-//! when its largest buffer fits the tile limit (`GpuContext::max_tile_bytes`, one storage binding
-//! by default): the f32 volume (4 bytes a voxel) for the median, shift and normalization, the
-//! complex spectrum (8) for registration, the f64 accumulators (8 each) for the z-score. Larger
-//! volumes take each stage's tiled route (slabs or element ranges, see the kernels' `run_tiled`),
-//! stage by stage, with the volume on the host between stages.
+//! Each stage owns its route, chosen per volume shape and held in its own enum with its named
+//! buffers: resident (the stage's buffers on the device) when its largest buffer fits the tile
+//! limit (`GpuContext::max_tile_bytes`, one storage binding by default), else tiled (slabs or
+//! element ranges, see the kernels' `run_tiled`), with the volume on the host between stages. The
+//! largest buffer is the f32 volume (4 bytes a voxel) for the median and the normalization, the f32
+//! volume or the order-3 padded lines for the shift, the complex spectrum (8) for registration, the
+//! f64 accumulators (8 each) for the z-score.
 //!
-//! `process_frame_ahead` stages the next volume's upload into a second input buffer (see
-//! `ahead`) right after the frame's first submission, while the GPU computes; the next call that
-//! brings a volume with that sequence number swaps the two inputs instead of uploading. Only the
-//! fused resident route stages: the tiled route has no single device input, so it ignores `next`.
+//! `process_frame` takes the fused route (one upload, median → register → shift → accumulate on the
+//! device, one readback) when every stage of the plan is resident (`Fused`), else the stages one by
+//! one. `process_stream` does the same for each volume of the stream and, on the fused route, takes
+//! the next volume from the stream before computing the current one and stages its upload into a
+//! second input buffer (see `ahead`) right after the frame's first submission, while the GPU
+//! computes; the next frame swaps the two inputs instead of uploading.
 
 use super::ahead::AheadUpload;
 use super::device::{Api, GpuContext, TileStats};
@@ -18,79 +21,181 @@ use super::register::{GpuRegistrar, TiledRegistrar};
 use super::shift::ShiftBuffers;
 use super::zscore::{GpuAccumulator, TiledAccumulator};
 use super::{median3d, shift, zscore};
-use gpuprep_core::backend::{Backend, FrameOutput, FramePlan, Moments, SeqVolume};
+use gpuprep_core::backend::{
+    frame_by_stage, stale_handle, Accumulation, Backend, FrameOutput, FramePlan, Moments,
+    MomentsKey, Reference,
+};
 use gpuprep_core::complex::C32;
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
 use gpuprep_core::zscore as host_zscore;
 use ndarray::{Array3, ArrayView3};
+use std::borrow::Cow;
 
-/// Resident per-shape volume buffers, reused across timepoints.
-struct Frame {
+/// The device input volume for one shape: what every resident stage reads first.
+struct Input {
     shape: [usize; 3],
-    /// The input volume. Swapped with `ahead.input` when a frame finds its volume staged there,
-    /// so the two alternate as frames go by.
-    raw: wgpu::Buffer,
-    filtered: wgpu::Buffer,
-    shifted: wgpu::Buffer,
-    shift: ShiftBuffers,
-    /// Made by the first `process_frame_ahead` with a `next`: one more volume on the device.
+    /// The volume being computed. Swapped with `ahead.input` when a frame finds its volume staged
+    /// there, so the two alternate as frames go by.
+    volume: wgpu::Buffer,
+    /// Made by the first frame of a stream that stages a next volume: one more volume on the device.
     ahead: Option<AheadUpload>,
 }
 
-impl Frame {
-    fn new(ctx: &GpuContext, shape: [usize; 3]) -> Result<Frame> {
-        let bytes = shape.iter().product::<usize>() as u64 * 4;
-        Ok(Frame {
-            shape,
-            raw: ctx.storage("frame.input_a", bytes)?,
-            filtered: ctx.storage("frame.filtered", bytes)?,
-            shifted: ctx.storage("frame.shifted", bytes)?,
-            shift: ShiftBuffers::new(ctx, shape)?,
-            ahead: None,
-        })
+impl Input {
+    /// The input for `shape` in `slot`, made (and any other shape's dropped) if needed.
+    fn ensure<'a>(
+        slot: &'a mut Option<Input>,
+        ctx: &GpuContext,
+        shape: [usize; 3],
+    ) -> Result<&'a mut Input> {
+        check_shape(shape)?;
+        if slot.as_ref().map(|i| i.shape) != Some(shape) {
+            *slot = None;
+            *slot = Some(Input {
+                shape,
+                volume: ctx.storage("input.volume_a", volume_bytes(shape))?,
+                ahead: None,
+            });
+        }
+        slot.as_mut()
+            .ok_or_else(|| Error::Gpu("input buffer not set".into()))
+    }
+
+    /// `vol` copied into `volume`.
+    fn upload(&self, ctx: &GpuContext, vol: ArrayView3<f32>) {
+        let values = c_order(vol);
+        ctx.queue
+            .write_buffer(&self.volume, 0, bytemuck::cast_slice::<f32, u8>(&values));
     }
 }
 
-/// The volume staged in `Frame::ahead`, by sequence number (`SeqVolume`).
-#[derive(Clone, Copy, Debug)]
-struct Staged {
-    seq: u64,
-    shape: [usize; 3],
+/// The median filter's route for one shape.
+enum MedianStage {
+    /// The f32 volume fits: the filtered volume stays on the device.
+    Resident {
+        shape: [usize; 3],
+        filtered: wgpu::Buffer,
+    },
+    /// Over the tile limit: z-slabs (`median3d::run_tiled`).
+    Tiled { shape: [usize; 3] },
 }
 
-/// How `process_frame` and `process_frame_ahead` got their volumes onto the device (tests assert
-/// that staged uploads were really used).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
-pub struct AheadStats {
-    /// Volumes staged while an earlier frame computed.
-    pub staged: usize,
-    /// Frames (fused resident route) that found their volume staged and skipped its upload.
-    pub frames_prestaged: usize,
-    /// Frames (fused resident route) that uploaded their volume: nothing staged, or another volume.
-    pub frames_uploaded: usize,
+impl MedianStage {
+    /// The stage for `shape` in `slot`, chosen again when the shape or the tile limit changed.
+    fn ensure<'a>(
+        slot: &'a mut Option<MedianStage>,
+        ctx: &GpuContext,
+        shape: [usize; 3],
+    ) -> Result<&'a MedianStage> {
+        check_shape(shape)?;
+        let resident = ctx.fits(volume_bytes(shape));
+        let current = match slot {
+            Some(MedianStage::Resident { shape: s, .. }) => *s == shape && resident,
+            Some(MedianStage::Tiled { shape: s }) => *s == shape && !resident,
+            None => false,
+        };
+        if !current {
+            *slot = None;
+            *slot = Some(if resident {
+                MedianStage::Resident {
+                    shape,
+                    filtered: ctx.storage("median.filtered", volume_bytes(shape))?,
+                }
+            } else {
+                MedianStage::Tiled { shape }
+            });
+        }
+        slot.as_ref()
+            .ok_or_else(|| Error::Gpu("median stage not set".into()))
+    }
 }
 
-enum RegisterState {
-    Gpu(Box<GpuRegistrar>),
+/// The shift's route for one shape and order (the order-3 prefilter pads its lines).
+enum ShiftStage {
+    /// The volume and the padded lines fit: the shifted volume stays on the device.
+    Resident {
+        shape: [usize; 3],
+        bufs: Box<ShiftBuffers>,
+        shifted: wgpu::Buffer,
+    },
+    /// Over the tile limit: y- and z-slabs (`shift::run_tiled`).
+    Tiled { shape: [usize; 3] },
+}
+
+impl ShiftStage {
+    fn ensure<'a>(
+        slot: &'a mut Option<ShiftStage>,
+        ctx: &GpuContext,
+        shape: [usize; 3],
+        p: &ShiftParams,
+    ) -> Result<&'a ShiftStage> {
+        check_shape(shape)?;
+        let resident = ctx.fits(shift::resident_bytes(shape, p));
+        let current = match slot {
+            Some(ShiftStage::Resident { shape: s, .. }) => *s == shape && resident,
+            Some(ShiftStage::Tiled { shape: s }) => *s == shape && !resident,
+            None => false,
+        };
+        if !current {
+            *slot = None;
+            *slot = Some(if resident {
+                ShiftStage::Resident {
+                    shape,
+                    bufs: Box::new(ShiftBuffers::new(ctx, shape)?),
+                    shifted: ctx.storage("shift.shifted", volume_bytes(shape))?,
+                }
+            } else {
+                ShiftStage::Tiled { shape }
+            });
+        }
+        slot.as_ref()
+            .ok_or_else(|| Error::Gpu("shift stage not set".into()))
+    }
+}
+
+/// The registration's route, chosen by `set_reference` for the reference's shape.
+enum RegisterStage {
+    /// The complex spectrum fits: reference and moving spectra on the device.
+    Resident(Box<GpuRegistrar>),
+    /// Over the tile limit: slabs, the spectra on the host.
     Tiled(TiledRegistrar),
 }
 
-impl RegisterState {
-    fn shape(&self) -> [usize; 3] {
-        match self {
-            RegisterState::Gpu(r) => r.shape,
-            RegisterState::Tiled(r) => r.shape,
-        }
-    }
-}
-
-enum MomentState {
-    Gpu(GpuAccumulator),
+/// The z-score accumulation's route, chosen by `reset_moments`.
+enum MomentStage {
+    /// The f64 accumulators fit on the device.
+    Resident(GpuAccumulator),
     /// Accumulators over the tile limit: on the host, updated on the device chunk by chunk.
     Tiled(TiledAccumulator),
-    /// Fallback when the device has no SHADER_F64.
-    Cpu(host_zscore::Accumulator),
+    /// The device has no SHADER_F64: the CPU twin.
+    Host(host_zscore::Accumulator),
+}
+
+/// The device copies of the last moments the resident accumulator issued, so the normalize pass
+/// uploads only the volume.
+struct IssuedMoments {
+    key: MomentsKey,
+    mean: wgpu::Buffer,
+    std: wgpu::Buffer,
+}
+
+/// The normalization's output buffer, for one shape (its input is `Input::volume`).
+struct NormalizeBuffers {
+    shape: [usize; 3],
+    zscores: wgpu::Buffer,
+}
+
+/// How the fused route got its volumes onto the device (tests assert that staged uploads were
+/// really used).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AheadStats {
+    /// Volumes staged while an earlier frame of a stream computed.
+    pub staged: usize,
+    /// Frames (fused route) that found their volume staged and skipped its upload.
+    pub frames_prestaged: usize,
+    /// Frames (fused route) that uploaded their volume.
+    pub frames_uploaded: usize,
 }
 
 /// The GPU backend. Every stage runs on the device (see `describe`), except the z-score (accumulation
@@ -98,22 +203,39 @@ enum MomentState {
 /// CPU twin.
 pub struct GpuBackend {
     ctx: GpuContext,
-    frame: Option<Frame>,
-    registrar: Option<RegisterState>,
-    moments: Option<MomentState>,
-    /// Device copies of the last moments this backend computed (`Moments::id`, f64 mean, f64 std),
-    /// so the normalize pass uploads only the volume.
-    resident_moments: Option<(u64, wgpu::Buffer, wgpu::Buffer)>,
-    /// What `Frame::ahead.input` holds for the next frame call, if anything. Every frame call
-    /// consumes it (uses it or lets it go); kernel-level calls leave it alone, as they only write
-    /// `Frame::raw`.
-    staged: Option<Staged>,
+    input: Option<Input>,
+    median: Option<MedianStage>,
+    shift: Option<ShiftStage>,
+    /// The reference's route, with the handle issued for it.
+    register: Option<(Reference, RegisterStage)>,
+    /// The accumulation's route, with the handle issued for it.
+    moments: Option<(Accumulation, MomentStage)>,
+    issued: Option<IssuedMoments>,
+    normalize: Option<NormalizeBuffers>,
     ahead_stats: AheadStats,
 }
 
-fn dims(v: &ArrayView3<f32>) -> [usize; 3] {
+fn dims<T>(v: &ArrayView3<T>) -> [usize; 3] {
     let (a, b, c) = v.dim();
     [a, b, c]
+}
+
+/// Bytes of an f32 volume of `shape`.
+fn volume_bytes(shape: [usize; 3]) -> u64 {
+    shape.iter().product::<usize>() as u64 * 4
+}
+
+/// Bytes of an f64 volume of `shape` (one z-score accumulator or moment).
+fn f64_bytes(shape: [usize; 3]) -> u64 {
+    shape.iter().product::<usize>() as u64 * 8
+}
+
+/// `v`'s values in C order: borrowed when it is laid out so, else copied.
+fn c_order<T: Clone>(v: ArrayView3<'_, T>) -> Cow<'_, [T]> {
+    match v.to_slice() {
+        Some(s) => Cow::Borrowed(s),
+        None => Cow::Owned(v.iter().cloned().collect()),
+    }
 }
 
 fn check_shape(shape: [usize; 3]) -> Result<()> {
@@ -129,16 +251,198 @@ fn check_shape(shape: [usize; 3]) -> Result<()> {
     Ok(())
 }
 
+fn download(ctx: &GpuContext, buf: &wgpu::Buffer, shape: [usize; 3]) -> Result<Array3<f32>> {
+    let v = ctx.read::<f32>(buf, shape.iter().product())?;
+    Array3::from_shape_vec(shape, v).map_err(|e| Error::Gpu(format!("readback shape: {e}")))
+}
+
+/// The registration stage of `reference`, when it is the backend's current one and `shape` is its.
+fn registration_for<'a>(
+    stage: &'a mut Option<(Reference, RegisterStage)>,
+    reference: &Reference,
+    shape: [usize; 3],
+) -> Result<&'a mut RegisterStage> {
+    match stage {
+        Some((h, stage)) if h == reference => {
+            check_same_shape(shape, reference.shape(), "reference")?;
+            Ok(stage)
+        }
+        _ => Err(stale_handle("reference")),
+    }
+}
+
+/// The accumulation stage of `acc`, when it is the backend's current one and `shape` is its.
+fn accumulation_for<'a>(
+    stage: &'a mut Option<(Accumulation, MomentStage)>,
+    acc: &Accumulation,
+    shape: [usize; 3],
+) -> Result<&'a mut MomentStage> {
+    match stage {
+        Some((h, stage)) if h == acc => {
+            check_same_shape(shape, acc.shape(), "accumulator")?;
+            Ok(stage)
+        }
+        _ => Err(stale_handle("accumulation")),
+    }
+}
+
+fn check_same_shape(shape: [usize; 3], theirs: [usize; 3], what: &str) -> Result<()> {
+    if shape != theirs {
+        return Err(Error::Data(format!(
+            "volume shape {shape:?} differs from the {what}'s {theirs:?}"
+        )));
+    }
+    Ok(())
+}
+
+/// Where the fused route adds a frame's final volume to the z-score.
+enum Accumulate<'a> {
+    Device(&'a mut GpuAccumulator),
+    /// On the CPU twin, after the readback (no SHADER_F64).
+    Host(&'a mut host_zscore::Accumulator),
+}
+
+/// The fused route's buffers for one frame: given only when every stage of the plan is resident,
+/// so the frame cannot meet a tiled stage halfway.
+struct Fused<'a> {
+    ctx: &'a GpuContext,
+    input: &'a mut Input,
+    /// The median's output, when filtering.
+    filtered: Option<&'a wgpu::Buffer>,
+    /// The registrar, the shift's buffers and its output, when registering.
+    register: Option<(&'a GpuRegistrar, &'a ShiftBuffers, &'a wgpu::Buffer)>,
+    accumulate: Option<Accumulate<'a>>,
+}
+
+/// A fused frame's result, and whether it staged the next volume into `Input::ahead`.
+struct FusedOutput {
+    out: FrameOutput,
+    staged: bool,
+}
+
+impl Fused<'_> {
+    /// The frame of `raw` (already in `Input::ahead` when `prestaged`), staging `next` after the
+    /// first submission when it has `raw`'s shape.
+    fn run(
+        self,
+        raw: ArrayView3<f32>,
+        prestaged: bool,
+        next: Option<ArrayView3<f32>>,
+        plan: &FramePlan,
+        stats: &mut AheadStats,
+    ) -> Result<FusedOutput> {
+        let Fused {
+            ctx,
+            input,
+            filtered,
+            register,
+            accumulate,
+        } = self;
+        let shape = input.shape;
+        match (&mut input.ahead, prestaged) {
+            (Some(ahead), true) => {
+                // The staging copy was submitted before anything this frame submits, so the queue
+                // runs it first.
+                std::mem::swap(&mut input.volume, &mut ahead.input);
+                stats.frames_prestaged += 1;
+            }
+            _ => {
+                input.upload(ctx, raw);
+                stats.frames_uploaded += 1;
+            }
+        }
+        let next = next.filter(|n| dims(n) == shape);
+        if next.is_some() && input.ahead.is_none() {
+            input.ahead = Some(AheadUpload::new(ctx, shape.iter().product())?);
+        }
+        let input: &Input = input;
+        // Called right after the frame's first submission, so the host copy overlaps that GPU work.
+        let stage_next = || -> Result<bool> {
+            match (next, &input.ahead) {
+                (Some(n), Some(ahead)) => {
+                    ahead.stage(ctx, &c_order(n))?;
+                    Ok(true)
+                }
+                _ => Ok(false),
+            }
+        };
+        let mut rec = ctx.recorder();
+        let current = match (&plan.median, filtered) {
+            (Some(m), Some(filtered)) => {
+                median3d::record(ctx, &mut rec, &input.volume, filtered, shape, m)?;
+                filtered
+            }
+            _ => &input.volume,
+        };
+        let registering = register.is_some();
+        let (registration, mut rec, staged) = match register {
+            Some((registrar, bufs, shifted)) => {
+                let target = if plan.register_on_raw {
+                    &input.volume
+                } else {
+                    current
+                };
+                // One submission for the median and the registration (most of the frame's GPU
+                // time), the next volume staged while it runs, then the peak read back.
+                let pending = registrar.submit(ctx, rec, target)?;
+                let staged = stage_next()?;
+                let r = pending.resolve(ctx)?;
+                let mut rec = ctx.recorder();
+                shift::record(ctx, &mut rec, bufs, current, shifted, r.shift, &plan.shift)?;
+                (Some((r, shifted)), rec, staged)
+            }
+            None => (None, rec, false),
+        };
+        let (registration, volume_buf) = match registration {
+            Some((r, shifted)) => (Some(r), shifted),
+            None => (None, current),
+        };
+        let mut host_acc = None;
+        match accumulate {
+            Some(Accumulate::Device(acc)) => acc.record_add(ctx, &mut rec, volume_buf)?,
+            Some(Accumulate::Host(acc)) => host_acc = Some(acc),
+            None => {}
+        }
+        rec.submit()?;
+        let staged = if !registering { stage_next()? } else { staged };
+        let volume = download(ctx, volume_buf, shape)?;
+        if let Some(acc) = host_acc {
+            acc.add(volume.view());
+        }
+        let filtered = match filtered {
+            Some(f) if plan.keep_filtered => Some(if registration.is_some() {
+                download(ctx, f, shape)?
+            } else {
+                volume.clone()
+            }),
+            _ => None,
+        };
+        if staged {
+            stats.staged += 1;
+        }
+        Ok(FusedOutput {
+            out: FrameOutput {
+                volume,
+                filtered,
+                registration,
+            },
+            staged,
+        })
+    }
+}
+
 impl GpuBackend {
     /// Open the first adapter of `api`; `Error::Gpu("no GPU adapter found (backend …)")` when none.
     pub fn new(api: Api) -> Result<GpuBackend> {
         Ok(GpuBackend {
             ctx: GpuContext::new(api)?,
-            frame: None,
-            registrar: None,
+            input: None,
+            median: None,
+            shift: None,
+            register: None,
             moments: None,
-            resident_moments: None,
-            staged: None,
+            issued: None,
+            normalize: None,
             ahead_stats: AheadStats::default(),
         })
     }
@@ -146,36 +450,6 @@ impl GpuBackend {
     /// Counts of staged and uploaded frame volumes since the backend was made.
     pub fn ahead_stats(&self) -> AheadStats {
         self.ahead_stats
-    }
-
-    /// A reference is set and has the volume's shape.
-    fn check_reference_shape(&self, shape: [usize; 3]) -> Result<()> {
-        let rshape = self
-            .registrar
-            .as_ref()
-            .ok_or_else(|| Error::Data("register called before set_reference".into()))?
-            .shape();
-        if rshape != shape {
-            return Err(Error::Data(format!(
-                "volume shape {shape:?} differs from the reference's {rshape:?}"
-            )));
-        }
-        Ok(())
-    }
-
-    fn check_accumulator_shape(&self, shape: [usize; 3]) -> Result<()> {
-        match self.moments.as_ref() {
-            None => Err(Error::Data("accumulate called before reset_moments".into())),
-            Some(MomentState::Gpu(GpuAccumulator { shape: s, .. }))
-            | Some(MomentState::Tiled(TiledAccumulator { shape: s, .. }))
-                if *s != shape =>
-            {
-                Err(Error::Data(format!(
-                    "volume shape {shape:?} differs from the accumulator's {s:?}"
-                )))
-            }
-            _ => Ok(()),
-        }
     }
 
     pub fn context(&self) -> &GpuContext {
@@ -193,26 +467,6 @@ impl GpuBackend {
         self.ctx.tile_stats()
     }
 
-    /// Whether `shape`'s buffers of `bytes_per_voxel` fit the tile limit (resident route).
-    fn fits(&self, shape: [usize; 3], bytes_per_voxel: u64) -> bool {
-        self.ctx
-            .fits(shape.iter().product::<usize>() as u64 * bytes_per_voxel)
-    }
-
-    /// Whether the shift of `shape` runs resident.
-    fn shift_fits(&self, shape: [usize; 3], p: &ShiftParams) -> bool {
-        self.ctx.fits(shift::resident_bytes(shape, p))
-    }
-
-    /// Whether every stage of `plan` runs resident for `shape` (`process_frame`'s fused route).
-    fn frame_fits(&self, shape: [usize; 3], plan: &FramePlan) -> bool {
-        self.fits(shape, 4)
-            && (plan.register.is_none()
-                || (matches!(self.registrar, Some(RegisterState::Gpu(_)))
-                    && self.shift_fits(shape, &plan.shift)))
-            && (!plan.accumulate || !matches!(self.moments, Some(MomentState::Tiled(_))))
-    }
-
     /// Whether the adapter is a software rasterizer on the CPU (lavapipe, llvmpipe, WARP): correct
     /// but slower than the CPU backend, so `--backend auto` should not prefer it.
     pub fn is_software(&self) -> bool {
@@ -224,393 +478,87 @@ impl GpuBackend {
         self.ctx.info.backend
     }
 
-    fn frame(&mut self, shape: [usize; 3]) -> Result<&Frame> {
+    /// The fused route's buffers for frames of `shape` under `plan`, or `None` when a stage of
+    /// the plan is tiled (the frame then goes stage by stage). Errors for a plan whose reference
+    /// or accumulation does not match `shape`.
+    fn fused(&mut self, shape: [usize; 3], plan: &FramePlan) -> Result<Option<Fused<'_>>> {
         check_shape(shape)?;
-        if self.frame.as_ref().map(|f| f.shape) != Some(shape) {
-            self.frame = None;
-            self.staged = None;
-            self.frame = Some(Frame::new(&self.ctx, shape)?);
-        }
-        Ok(self.frame.as_ref().unwrap())
-    }
-
-    fn upload(&mut self, vol: ArrayView3<f32>) -> Result<()> {
-        let shape = dims(&vol);
-        self.frame(shape)?;
-        let f = self.frame.as_ref().unwrap();
-        let std = vol.as_standard_layout();
-        self.ctx
-            .queue
-            .write_buffer(&f.raw, 0, bytemuck::cast_slice(std.as_slice().unwrap()));
-        Ok(())
-    }
-
-    fn download(&self, buf: &wgpu::Buffer, shape: [usize; 3]) -> Result<Array3<f32>> {
-        let v = self.ctx.read::<f32>(buf, shape.iter().product())?;
-        Array3::from_shape_vec(shape, v).map_err(|e| Error::Gpu(format!("readback shape: {e}")))
-    }
-}
-
-impl Backend for GpuBackend {
-    fn describe(&self) -> String {
-        let mut s = format!("gpu: {}", self.ctx.describe());
-        if !self.ctx.has_f64() {
-            s.push_str(
-                "; z-score (accumulation and normalization) on CPU: device lacks SHADER_F64",
-            );
-        }
-        s
-    }
-
-    fn median3d(&mut self, vol: ArrayView3<f32>, p: &MedianParams) -> Result<Array3<f32>> {
-        let shape = dims(&vol);
-        check_shape(shape)?;
-        if !self.fits(shape, 4) {
-            return Ok(median3d::run_tiled(&self.ctx, vol, p)?.0);
-        }
-        self.upload(vol)?;
-        let f = self.frame.as_ref().unwrap();
-        let mut rec = self.ctx.recorder();
-        median3d::record(&self.ctx, &mut rec, &f.raw, &f.filtered, shape, p)?;
-        rec.submit()?;
-        self.download(&f.filtered, shape)
-    }
-
-    fn set_reference(&mut self, reference: ArrayView3<f32>, p: &RegisterParams) -> Result<()> {
-        let shape = dims(&reference);
-        check_shape(shape)?;
-        self.registrar = None;
-        if !self.ctx.fits(super::register::resident_bytes(shape, p)) {
-            let std = reference.as_standard_layout();
-            let r = TiledRegistrar::new(&self.ctx, std.as_slice().unwrap(), shape, p)?;
-            self.registrar = Some(RegisterState::Tiled(r));
-            return Ok(());
-        }
-        self.upload(reference)?;
-        let f = self.frame.as_ref().unwrap();
-        self.registrar = Some(RegisterState::Gpu(Box::new(GpuRegistrar::new(
-            &self.ctx, &f.raw, shape, p,
-        )?)));
-        Ok(())
-    }
-
-    fn register(&mut self, vol: ArrayView3<f32>) -> Result<Registration> {
-        let shape = dims(&vol);
-        self.check_reference_shape(shape)?;
-        if let Some(RegisterState::Tiled(r)) = self.registrar.as_mut() {
-            let std = vol.as_standard_layout();
-            return r.register(&self.ctx, std.as_slice().unwrap());
-        }
-        self.upload(vol)?;
-        let f = self.frame.as_ref().unwrap();
-        let Some(RegisterState::Gpu(r)) = self.registrar.as_mut() else {
-            unreachable!("checked by check_reference_shape")
+        let GpuBackend {
+            ctx,
+            input,
+            median,
+            shift,
+            register,
+            moments,
+            ..
+        } = self;
+        let ctx: &GpuContext = ctx;
+        let register_stage = match &plan.register {
+            Some(r) => Some(registration_for(register, r, shape)?),
+            None => None,
         };
-        r.register(&self.ctx, &f.raw, None)
-    }
-
-    fn shift(&mut self, vol: ArrayView3<f32>, s: [f64; 3], p: &ShiftParams) -> Result<Array3<f32>> {
-        let shape = dims(&vol);
-        check_shape(shape)?;
-        if !self.shift_fits(shape, p) {
-            return Ok(shift::run_tiled(&self.ctx, vol, s, p)?.0);
+        let moment_stage = match &plan.accumulate {
+            Some(a) => Some(accumulation_for(moments, a, shape)?),
+            None => None,
+        };
+        if !ctx.fits(volume_bytes(shape)) {
+            return Ok(None);
         }
-        self.upload(vol)?;
-        let f = self.frame.as_ref().unwrap();
-        let mut rec = self.ctx.recorder();
-        shift::record(&self.ctx, &mut rec, &f.shift, &f.raw, &f.shifted, s, p)?;
-        rec.submit()?;
-        self.download(&f.shifted, shape)
-    }
-
-    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<()> {
-        check_shape(shape)?;
-        self.moments = None;
-        self.moments = Some(if !self.ctx.has_f64() {
-            MomentState::Cpu(host_zscore::Accumulator::new(shape))
-        } else if !self.fits(shape, 8) {
-            MomentState::Tiled(TiledAccumulator::new(shape))
-        } else {
-            MomentState::Gpu(GpuAccumulator::new(&self.ctx, shape)?)
-        });
-        Ok(())
-    }
-
-    fn accumulate(&mut self, vol: ArrayView3<f32>) -> Result<()> {
-        let shape = dims(&vol);
-        self.check_accumulator_shape(shape)?;
-        match self.moments.as_mut() {
-            Some(MomentState::Cpu(a)) => {
-                a.add(vol);
-                return Ok(());
+        let filtered = match plan.median {
+            None => None,
+            Some(_) => match MedianStage::ensure(median, ctx, shape)? {
+                MedianStage::Resident { filtered, .. } => Some(filtered),
+                MedianStage::Tiled { .. } => return Ok(None),
+            },
+        };
+        let register = match register_stage {
+            None => None,
+            Some(RegisterStage::Resident(registrar)) => {
+                match ShiftStage::ensure(shift, ctx, shape, &plan.shift)? {
+                    ShiftStage::Resident { bufs, shifted, .. } => {
+                        Some((&**registrar, &**bufs, shifted))
+                    }
+                    ShiftStage::Tiled { .. } => return Ok(None),
+                }
             }
-            Some(MomentState::Tiled(a)) => {
-                let std = vol.as_standard_layout();
-                a.add(&self.ctx, std.as_slice().unwrap())?;
-                return Ok(());
-            }
-            _ => {}
-        }
-        self.upload(vol)?;
-        let f = self.frame.as_ref().unwrap();
-        let Some(MomentState::Gpu(acc)) = self.moments.as_mut() else {
-            unreachable!()
+            Some(RegisterStage::Tiled(_)) => return Ok(None),
         };
-        let mut rec = self.ctx.recorder();
-        acc.record_add(&self.ctx, &mut rec, &f.raw)?;
-        rec.submit()?;
-        Ok(())
-    }
-
-    fn moments(&mut self, p: &ZscoreParams) -> Result<Moments> {
-        let to_array = |shape: [usize; 3], v: Vec<f64>| {
-            Array3::from_shape_vec(shape, v).map_err(|e| Error::Gpu(format!("moments shape: {e}")))
+        let accumulate = match moment_stage {
+            None => None,
+            Some(MomentStage::Resident(a)) => Some(Accumulate::Device(a)),
+            Some(MomentStage::Host(a)) => Some(Accumulate::Host(a)),
+            Some(MomentStage::Tiled(_)) => return Ok(None),
         };
-        let acc = match self.moments.as_ref() {
-            None => return Err(Error::Data("moments called before reset_moments".into())),
-            Some(MomentState::Cpu(a)) => return Ok(a.moments(p)),
-            Some(MomentState::Tiled(a)) => {
-                let (mean, std) = a.finalize(&self.ctx, p)?;
-                let shape = a.shape;
-                return Ok(Moments::from_f64(
-                    to_array(shape, mean)?,
-                    to_array(shape, std)?,
-                    Moments::next_id(),
-                ));
-            }
-            Some(MomentState::Gpu(a)) => a,
-        };
-        let shape = acc.shape;
-        let total = shape.iter().product::<usize>();
-        let bytes = (total * 8) as u64;
-        // Kept on the device for `normalize` (`Moments::id`), apart from the accumulators, which a
-        // later `accumulate` or `reset_moments` changes.
-        let keep_mean = self.ctx.storage("gpuprep.moments.mean_f64", bytes)?;
-        let keep_std = self.ctx.storage("gpuprep.moments.std_f64", bytes)?;
-        let mut rec = self.ctx.recorder();
-        acc.record_finalize(&self.ctx, &mut rec, p, &keep_mean, &keep_std)?;
-        rec.submit()?;
-        let mean = to_array(shape, self.ctx.read::<f64>(&keep_mean, total)?)?;
-        let std = to_array(shape, self.ctx.read::<f64>(&keep_std, total)?)?;
-        let id = Moments::next_id();
-        self.resident_moments = Some((id, keep_mean, keep_std));
-        Ok(Moments::from_f64(mean, std, id))
+        Ok(Some(Fused {
+            ctx,
+            input: Input::ensure(input, ctx, shape)?,
+            filtered,
+            register,
+            accumulate,
+        }))
     }
 
-    fn normalize(
-        &mut self,
-        vol: ArrayView3<f32>,
-        m: &Moments,
-        p: &ZscoreParams,
-    ) -> Result<Array3<f32>> {
-        let shape = dims(&vol);
-        if m.mean64.shape() != &shape[..] || m.std64.shape() != &shape[..] {
-            return Err(Error::Data(format!(
-                "volume shape {shape:?} differs from the moments' {:?}",
-                m.mean64.shape()
-            )));
-        }
-        if !self.ctx.has_f64() {
-            // zscore.wgsl needs f64 (see `describe`).
-            return Ok(host_zscore::normalize(vol, m, p));
-        }
-        if !self.fits(shape, 8) {
-            let (v, mean, std) = (
-                vol.as_standard_layout(),
-                m.mean64.as_standard_layout(),
-                m.std64.as_standard_layout(),
-            );
-            let z = zscore::normalize_tiled(
-                &self.ctx,
-                p,
-                v.as_slice().unwrap(),
-                mean.as_slice().unwrap(),
-                std.as_slice().unwrap(),
-            )?;
-            return Array3::from_shape_vec(shape, z)
-                .map_err(|e| Error::Gpu(format!("normalize shape: {e}")));
-        }
-        self.upload(vol)?;
-        let given;
-        let (mean_buf, std_buf) = match &self.resident_moments {
-            // Computed here and still on the device: upload only the volume.
-            Some((id, mean, std)) if m.id != 0 && *id == m.id => (mean, std),
-            _ => {
-                // Moments made elsewhere (tests, or an earlier computation): uploaded per call.
-                let mean = m.mean64.as_standard_layout();
-                let std = m.std64.as_standard_layout();
-                given = (
-                    self.ctx
-                        .storage_init("gpuprep.moments.given_mean", mean.as_slice().unwrap())?,
-                    self.ctx
-                        .storage_init("gpuprep.moments.given_std", std.as_slice().unwrap())?,
-                );
-                (&given.0, &given.1)
-            }
-        };
-        let f = self.frame.as_ref().unwrap();
-        let mut rec = self.ctx.recorder();
-        let total = shape.iter().product();
-        zscore::record_normalize(
-            &self.ctx, &mut rec, total, p, &f.raw, mean_buf, std_buf, &f.shifted,
-        )?;
-        rec.submit()?;
-        self.download(&f.shifted, shape)
-    }
-
-    /// Upload once; median → register → shift → accumulate on the device; read back once.
-    fn process_frame(&mut self, raw: ArrayView3<f32>, plan: &FramePlan) -> Result<FrameOutput> {
-        self.frame_with_lookahead(raw, None, None, plan)
-    }
-
-    /// The fused resident route stages the next volume; the tiled route ignores it.
-    fn stages_ahead(&self, shape: [usize; 3], plan: &FramePlan) -> bool {
-        self.frame_fits(shape, plan)
-    }
-
-    fn process_frame_ahead(
-        &mut self,
-        raw: SeqVolume<'_>,
-        next: Option<SeqVolume<'_>>,
-        plan: &FramePlan,
-    ) -> Result<FrameOutput> {
-        self.frame_with_lookahead(raw.vol, Some(raw.seq), next, plan)
-    }
-}
-
-impl GpuBackend {
-    /// The fused frame: `raw` (sequence number `seq`, if any) uploaded unless it was staged,
-    /// `next` staged after the first submission.
-    fn frame_with_lookahead(
+    /// One frame: fused when every stage is resident (`raw` already staged when `prestaged`,
+    /// `next` staged meanwhile), else stage by stage. Returns whether `next` was staged.
+    fn frame(
         &mut self,
         raw: ArrayView3<f32>,
-        seq: Option<u64>,
-        next: Option<SeqVolume<'_>>,
+        prestaged: bool,
+        next: Option<ArrayView3<f32>>,
         plan: &FramePlan,
-    ) -> Result<FrameOutput> {
-        let shape = dims(&raw);
-        if plan.register.is_some() {
-            self.check_reference_shape(shape)?;
-        }
-        if plan.accumulate {
-            self.check_accumulator_shape(shape)?;
-        }
-        check_shape(shape)?;
-        let staged = self.staged.take();
-        if !self.frame_fits(shape, plan) {
-            return gpuprep_core::backend::frame_by_stage(self, raw, plan);
-        }
-        self.frame(shape)?;
-        let f = self.frame.as_mut().unwrap();
-        match (staged, &mut f.ahead) {
-            (Some(s), Some(ahead)) if seq == Some(s.seq) && s.shape == shape => {
-                // The staging copy was submitted before anything this frame submits, so the queue
-                // runs it first.
-                std::mem::swap(&mut f.raw, &mut ahead.input);
-                self.ahead_stats.frames_prestaged += 1;
-            }
-            _ => {
-                self.upload(raw)?;
-                self.ahead_stats.frames_uploaded += 1;
-            }
-        }
-        let next = next.filter(|n| dims(&n.vol) == shape);
-        let f = self.frame.as_mut().unwrap();
-        if next.is_some() && f.ahead.is_none() {
-            f.ahead = Some(AheadUpload::new(&self.ctx, shape.iter().product())?);
-        }
-        let ctx = &self.ctx;
-        let f = self.frame.as_ref().unwrap();
-        // Called right after the frame's first submission, so the host copy overlaps that GPU work;
-        // returns the sequence number it staged.
-        let stage_next = || -> Result<Option<u64>> {
-            match (next, &f.ahead) {
-                (Some(n), Some(ahead)) => {
-                    let std = n.vol.as_standard_layout();
-                    ahead.stage(ctx, std.as_slice().unwrap())?;
-                    Ok(Some(n.seq))
-                }
-                _ => Ok(None),
+    ) -> Result<FusedOutput> {
+        let mut stats = self.ahead_stats;
+        let fused = match self.fused(dims(&raw), plan)? {
+            Some(f) => f.run(raw, prestaged, next, plan, &mut stats)?,
+            None => {
+                return Ok(FusedOutput {
+                    out: frame_by_stage(self, raw, plan)?,
+                    staged: false,
+                })
             }
         };
-        let mut rec = ctx.recorder();
-        let current = match &plan.median {
-            Some(m) => {
-                median3d::record(ctx, &mut rec, &f.raw, &f.filtered, shape, m)?;
-                &f.filtered
-            }
-            None => &f.raw,
-        };
-        let mut staged_seq = None;
-        let (registration, mut rec, stage_later) = match plan.register {
-            Some(_) => {
-                let target = if plan.register_on_raw {
-                    &f.raw
-                } else {
-                    current
-                };
-                // The registrar appends its work to `rec` and submits it: one submission for the
-                // median and the registration (most of the frame's GPU time), then the peak is
-                // read back; the next volume is staged in between.
-                let Some(RegisterState::Gpu(registrar)) = self.registrar.as_mut() else {
-                    unreachable!("checked by frame_fits")
-                };
-                let (r, s) = registrar.register_then(ctx, target, Some(rec), stage_next)?;
-                staged_seq = s;
-                (Some(r), ctx.recorder(), None)
-            }
-            None => (None, rec, Some(stage_next)),
-        };
-        let volume_buf = match &registration {
-            Some(r) => {
-                shift::record(
-                    ctx,
-                    &mut rec,
-                    &f.shift,
-                    current,
-                    &f.shifted,
-                    r.shift,
-                    &plan.shift,
-                )?;
-                &f.shifted
-            }
-            None => current,
-        };
-        let mut cpu_acc = false;
-        if plan.accumulate {
-            match self.moments.as_mut() {
-                Some(MomentState::Gpu(acc)) => acc.record_add(ctx, &mut rec, volume_buf)?,
-                _ => cpu_acc = true,
-            }
-        }
-        rec.submit()?;
-        if let Some(stage) = stage_later {
-            staged_seq = stage()?;
-        }
-        let volume = self.download(volume_buf, shape)?;
-        if cpu_acc {
-            if let Some(MomentState::Cpu(a)) = self.moments.as_mut() {
-                a.add(volume.view());
-            }
-        }
-        let filtered = if plan.keep_filtered && plan.median.is_some() {
-            Some(if registration.is_some() {
-                self.download(&f.filtered, shape)?
-            } else {
-                volume.clone()
-            })
-        } else {
-            None
-        };
-        if let Some(seq) = staged_seq {
-            self.staged = Some(Staged { seq, shape });
-            self.ahead_stats.staged += 1;
-        }
-        Ok(FrameOutput {
-            volume,
-            filtered,
-            registration,
-        })
+        self.ahead_stats = stats;
+        Ok(fused)
     }
 
     /// The 3-D FFT of `data` on the device (numpy conventions), for tests and benchmarks of the
@@ -634,5 +582,264 @@ impl GpuBackend {
             out.into_iter().map(|[r, i]| C32::new(r, i)).collect(),
         )
         .map_err(|e| Error::Gpu(format!("readback shape: {e}")))
+    }
+}
+
+impl Backend for GpuBackend {
+    fn describe(&self) -> String {
+        let mut s = format!("gpu: {}", self.ctx.describe());
+        if !self.ctx.has_f64() {
+            s.push_str(
+                "; z-score (accumulation and normalization) on CPU: device lacks SHADER_F64",
+            );
+        }
+        s
+    }
+
+    fn median3d(&mut self, vol: ArrayView3<f32>, p: &MedianParams) -> Result<Array3<f32>> {
+        let shape = dims(&vol);
+        let ctx = &self.ctx;
+        match MedianStage::ensure(&mut self.median, ctx, shape)? {
+            MedianStage::Tiled { .. } => Ok(median3d::run_tiled(ctx, vol, p)?.0),
+            MedianStage::Resident { filtered, .. } => {
+                let input = Input::ensure(&mut self.input, ctx, shape)?;
+                input.upload(ctx, vol);
+                let mut rec = ctx.recorder();
+                median3d::record(ctx, &mut rec, &input.volume, filtered, shape, p)?;
+                rec.submit()?;
+                download(ctx, filtered, shape)
+            }
+        }
+    }
+
+    fn set_reference(
+        &mut self,
+        reference: ArrayView3<f32>,
+        p: &RegisterParams,
+    ) -> Result<Reference> {
+        let shape = dims(&reference);
+        check_shape(shape)?;
+        self.register = None;
+        let ctx = &self.ctx;
+        let stage = if !ctx.fits(super::register::resident_bytes(shape, p)) {
+            RegisterStage::Tiled(TiledRegistrar::new(ctx, &c_order(reference), shape, p)?)
+        } else {
+            let input = Input::ensure(&mut self.input, ctx, shape)?;
+            input.upload(ctx, reference);
+            RegisterStage::Resident(Box::new(GpuRegistrar::new(ctx, &input.volume, shape, p)?))
+        };
+        let handle = Reference::issue(shape, *p);
+        self.register = Some((handle, stage));
+        Ok(handle)
+    }
+
+    fn register(&mut self, reference: &Reference, vol: ArrayView3<f32>) -> Result<Registration> {
+        let shape = dims(&vol);
+        let ctx = &self.ctx;
+        match registration_for(&mut self.register, reference, shape)? {
+            RegisterStage::Tiled(r) => r.register(ctx, &c_order(vol)),
+            RegisterStage::Resident(r) => {
+                let input = Input::ensure(&mut self.input, ctx, shape)?;
+                input.upload(ctx, vol);
+                r.register(ctx, &input.volume, ctx.recorder())
+            }
+        }
+    }
+
+    fn shift(&mut self, vol: ArrayView3<f32>, s: [f64; 3], p: &ShiftParams) -> Result<Array3<f32>> {
+        let shape = dims(&vol);
+        let ctx = &self.ctx;
+        match ShiftStage::ensure(&mut self.shift, ctx, shape, p)? {
+            ShiftStage::Tiled { .. } => Ok(shift::run_tiled(ctx, vol, s, p)?.0),
+            ShiftStage::Resident { bufs, shifted, .. } => {
+                let input = Input::ensure(&mut self.input, ctx, shape)?;
+                input.upload(ctx, vol);
+                let mut rec = ctx.recorder();
+                shift::record(ctx, &mut rec, bufs, &input.volume, shifted, s, p)?;
+                rec.submit()?;
+                download(ctx, shifted, shape)
+            }
+        }
+    }
+
+    fn reset_moments(&mut self, shape: [usize; 3]) -> Result<Accumulation> {
+        check_shape(shape)?;
+        self.moments = None;
+        let stage = if !self.ctx.has_f64() {
+            MomentStage::Host(host_zscore::Accumulator::new(shape))
+        } else if !self.ctx.fits(f64_bytes(shape)) {
+            MomentStage::Tiled(TiledAccumulator::new(shape))
+        } else {
+            MomentStage::Resident(GpuAccumulator::new(&self.ctx, shape)?)
+        };
+        let handle = Accumulation::issue(shape);
+        self.moments = Some((handle, stage));
+        Ok(handle)
+    }
+
+    fn accumulate(&mut self, acc: &Accumulation, vol: ArrayView3<f32>) -> Result<()> {
+        let shape = dims(&vol);
+        let ctx = &self.ctx;
+        match accumulation_for(&mut self.moments, acc, shape)? {
+            MomentStage::Host(a) => a.add(vol),
+            MomentStage::Tiled(a) => {
+                a.add(ctx, &c_order(vol))?;
+            }
+            MomentStage::Resident(a) => {
+                let input = Input::ensure(&mut self.input, ctx, shape)?;
+                input.upload(ctx, vol);
+                let mut rec = ctx.recorder();
+                a.record_add(ctx, &mut rec, &input.volume)?;
+                rec.submit()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn moments(&mut self, acc: &Accumulation, p: &ZscoreParams) -> Result<Moments> {
+        let to_array = |shape: [usize; 3], v: Vec<f64>| {
+            Array3::from_shape_vec(shape, v).map_err(|e| Error::Gpu(format!("moments shape: {e}")))
+        };
+        let ctx = &self.ctx;
+        match accumulation_for(&mut self.moments, acc, acc.shape())? {
+            MomentStage::Host(a) => Ok(a.moments(p)),
+            MomentStage::Tiled(a) => {
+                let (mean, std) = a.finalize(ctx, p)?;
+                Ok(Moments::from_f64(
+                    to_array(a.shape, mean)?,
+                    to_array(a.shape, std)?,
+                ))
+            }
+            MomentStage::Resident(acc) => {
+                let shape = acc.shape;
+                let total = shape.iter().product::<usize>();
+                let bytes = (total * 8) as u64;
+                // Kept on the device for `normalize`, apart from the accumulators, which a later
+                // `accumulate` or `reset_moments` changes.
+                self.issued = None;
+                let mean = ctx.storage("moments.mean_f64", bytes)?;
+                let std = ctx.storage("moments.std_f64", bytes)?;
+                let mut rec = ctx.recorder();
+                acc.record_finalize(ctx, &mut rec, p, &mean, &std)?;
+                rec.submit()?;
+                let mean64 = to_array(shape, ctx.read::<f64>(&mean, total)?)?;
+                let std64 = to_array(shape, ctx.read::<f64>(&std, total)?)?;
+                let key = MomentsKey::new();
+                let m = key.issue(mean64, std64);
+                self.issued = Some(IssuedMoments { key, mean, std });
+                Ok(m)
+            }
+        }
+    }
+
+    fn normalize(
+        &mut self,
+        vol: ArrayView3<f32>,
+        m: &Moments,
+        p: &ZscoreParams,
+    ) -> Result<Array3<f32>> {
+        let shape = dims(&vol);
+        if m.mean64().shape() != &shape[..] || m.std64().shape() != &shape[..] {
+            return Err(Error::Data(format!(
+                "volume shape {shape:?} differs from the moments' {:?}",
+                m.mean64().shape()
+            )));
+        }
+        let ctx = &self.ctx;
+        if !ctx.has_f64() {
+            // zscore.wgsl needs f64 (see `describe`).
+            return Ok(host_zscore::normalize(vol, m, p));
+        }
+        if !ctx.fits(f64_bytes(shape)) {
+            let (mean, std) = (c_order(m.mean64().view()), c_order(m.std64().view()));
+            let z = zscore::normalize_tiled(ctx, p, &c_order(vol), &mean, &std)?;
+            return Array3::from_shape_vec(shape, z)
+                .map_err(|e| Error::Gpu(format!("normalize shape: {e}")));
+        }
+        let input = Input::ensure(&mut self.input, ctx, shape)?;
+        input.upload(ctx, vol);
+        let given;
+        let (mean, std) = match &self.issued {
+            // Computed here and still on the device: upload only the volume.
+            Some(i) if i.key.issued(m) => (&i.mean, &i.std),
+            _ => {
+                // Moments made elsewhere (tests, or an earlier computation): uploaded per call.
+                let (mean, std) = (c_order(m.mean64().view()), c_order(m.std64().view()));
+                given = (
+                    ctx.storage_init("moments.given_mean", &mean[..])?,
+                    ctx.storage_init("moments.given_std", &std[..])?,
+                );
+                (&given.0, &given.1)
+            }
+        };
+        let out = match &mut self.normalize {
+            Some(n) if n.shape == shape => n,
+            slot => slot.insert(NormalizeBuffers {
+                shape,
+                zscores: ctx.storage("normalize.zscores", volume_bytes(shape))?,
+            }),
+        };
+        let mut rec = ctx.recorder();
+        let total = shape.iter().product();
+        zscore::record_normalize(
+            ctx,
+            &mut rec,
+            total,
+            p,
+            &input.volume,
+            mean,
+            std,
+            &out.zscores,
+        )?;
+        rec.submit()?;
+        download(ctx, &out.zscores, shape)
+    }
+
+    /// Upload once; median → register → shift → accumulate on the device; read back once.
+    fn process_frame(&mut self, raw: ArrayView3<f32>, plan: &FramePlan) -> Result<FrameOutput> {
+        Ok(self.frame(raw, false, None, plan)?.out)
+    }
+
+    /// `process_frame` of each volume; on the fused route the next volume is taken from `frames`
+    /// before the current one computes and its upload staged meanwhile (one more volume held), on
+    /// the tiled route volumes are taken one at a time.
+    fn process_stream(
+        &mut self,
+        plan: &FramePlan,
+        frames: &mut dyn Iterator<Item = Result<Array3<f32>>>,
+        emit: &mut dyn FnMut(FrameOutput) -> Result<()>,
+    ) -> Result<()> {
+        let mut current = match frames.next() {
+            Some(v) => v?,
+            None => return Ok(()),
+        };
+        // Whether `current` is already in `Input::ahead`.
+        let mut prestaged = false;
+        loop {
+            let fused = self.fused(dims(&current.view()), plan)?.is_some();
+            let next = if fused {
+                frames.next().transpose()?
+            } else {
+                None
+            };
+            let done = self.frame(
+                current.view(),
+                prestaged,
+                next.as_ref().map(|n| n.view()),
+                plan,
+            )?;
+            // Freed before `emit`, which may wait on a full write queue.
+            drop(current);
+            emit(done.out)?;
+            prestaged = done.staged;
+            current = match (fused, next) {
+                (true, Some(n)) => n,
+                (true, None) => return Ok(()),
+                (false, _) => match frames.next() {
+                    Some(v) => v?,
+                    None => return Ok(()),
+                },
+            };
+        }
     }
 }

@@ -1,7 +1,8 @@
 //! gpuprep-gpu: the GPU backend. wgpu device, cached pipelines, host side of each WGSL kernel.
 //!
 //! Each kernel's WGSL lives in `shaders/<name>.wgsl` (prefixed by `shaders/common.wgsl` at load
-//! time), its host side in `crates/gpu/src/<name>.rs`, its CPU twin in `crates/cpu/src/<name>.rs`.
+//! time), its host side in `crates/gpu/src/<name>.rs` (registration: `register/`, split into the
+//! resident, tiled and upsampling routes), its CPU twin in `crates/cpu/src/<name>.rs`.
 //! `GpuBackend::process_frame` uploads a volume once, keeps it resident through median → register →
 //! shift → accumulate and reads back only the result.
 //!
@@ -28,23 +29,24 @@
 //!
 //! Tiled results are the resident kernels' arithmetic (the median bit-identical; the tiled
 //! inverse FFT is unscaled and the host applies 1/N to the peak), so the tolerances above hold.
-//! `process_frame` takes the fused resident route only when every stage fits, else the stages
-//! one by one. Slabs split z and y only: a plane (ny·nx) and a z-row (nz·nx) of a stage's widest
+//! Each stage holds its own route (an enum per stage in `backend.rs`); `process_frame` takes the
+//! fused resident route only when every stage of the plan is resident, else the stages one by one. Slabs split z and y only: a plane (ny·nx) and a z-row (nz·nx) of a stage's widest
 //! buffer must fit, else a clear `Error` (use the CPU backend). `tile_stats()` counts the tiles.
 //!
 //! Other limits, all reported as `Error`s rather than panics: median windows hold at most 1331
 //! elements (11×11×11). Without SHADER_F64 (e.g. the GL backend) the z-score runs on the CPU twin
 //! and `describe()` says so.
 //!
-//! Upload overlap (issue 3). The pipeline hands each frame the next volume as well
-//! (`Backend::process_frame_ahead`); right after the frame's first submission the backend copies
-//! that volume into a reused host-visible staging buffer and submits its copy into a second input
-//! buffer (`ahead`), and the next frame, recognising the volume by its sequence number, swaps the
-//! inputs instead of uploading. With wgpu's single queue only the host side overlaps GPU compute
-//! (that copy, and the pipeline's HDF5 reads on its reader thread); the device-side copy is queued
-//! between the frames' compute, serialized with it. It costs one more volume of device memory and
-//! one of host-visible staging, and applies to the fused resident route only: tiled volumes ignore
-//! the lookahead.
+//! Upload overlap (issue 3). The pipeline hands the backend the whole stream of volumes
+//! (`Backend::process_stream`). On the fused resident route `GpuBackend` takes the next volume from
+//! the stream before computing the current one and, right after the frame's first submission (for a
+//! registration: between `GpuRegistrar::submit` and `Pending::resolve`), copies it into a reused
+//! host-visible staging buffer and submits its copy into a second input buffer (`ahead`); the next
+//! frame swaps the inputs instead of uploading. With wgpu's single queue only the host side overlaps
+//! GPU compute (that copy, and the pipeline's HDF5 reads on its reader thread); the device-side copy
+//! is queued between the frames' compute, serialized with it. It costs one more volume of host memory
+//! (the volume taken early), one of device memory and one of host-visible staging, and applies to the
+//! fused resident route only: on the tiled route volumes are taken from the stream one at a time.
 
 pub mod ahead;
 pub mod backend;

@@ -11,16 +11,17 @@
 //! and the output each hold a copy of `data`.
 //!
 //! Memory is bounded by a few volumes plus the z-score accumulators, whatever the number of timepoints:
-//! at most `depth` + 1 volumes on the read side (queued and being read), in pass 1 the lookahead when
-//! the backend stages uploads (the next volume, taken from the reader before the current one is computed
-//! so the GPU backend can upload it during that compute), the one being computed with its result, and `depth` + 1 results on the
+//! at most `depth` + 1 volumes on the read side (queued and being read), in pass 1 the lookahead of a
+//! backend that stages uploads (the GPU backend's `process_stream` takes the next volume from the stream
+//! before computing the current one, to upload it during that compute; the CPU backend takes none), the
+//! one being computed with its result, and `depth` + 1 results on the
 //! write side (queued and being written; a result is two volumes with `--save filtered`), where
 //! `depth` (`queue_depth`) is 2 for volumes up to 8 MiB and 1 above. Pass 1 thus holds up to
 //! 2·`depth` + 5 volumes (`depth` + 2 more with `--save filtered`), pass 2 up to 2·`depth` + 4.
 //! The CPU backend's shift also keeps its f64 intermediate (two f32 volumes' worth) on the computing
 //! thread between volumes (`cpu::shift`), rather than faulting in fresh pages for every volume.
 
-use gpuprep_core::backend::{Backend, FrameOutput, FramePlan, Moments, SeqVolume};
+use gpuprep_core::backend::{Backend, FrameOutput, FramePlan, Moments};
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
 use gpuprep_io::{fmt_shape, Axes, Sink, Source};
@@ -278,19 +279,23 @@ pub fn run_with_progress(
     }
     let mut sink = Sink::create(&cfg.output, cfg.force, source.files(), n, shape, &datasets)?;
 
-    if let Some(reg) = &cfg.register {
-        let reference = clock.time("reference", || reference_volume(cfg, &source, backend))?;
-        backend.set_reference(reference.view(), reg)?;
-    }
-    if cfg.zscore.is_some() {
-        backend.reset_moments(shape)?;
-    }
+    let reference = match &cfg.register {
+        Some(reg) => {
+            let reference = clock.time("reference", || reference_volume(cfg, &source, backend))?;
+            Some(backend.set_reference(reference.view(), reg)?)
+        }
+        None => None,
+    };
+    let accumulation = match cfg.zscore {
+        Some(_) => Some(backend.reset_moments(shape)?),
+        None => None,
+    };
     let plan = FramePlan {
         median: cfg.median,
-        register: cfg.register,
+        register: reference,
         register_on_raw: cfg.register_on_raw,
         shift: cfg.shift,
-        accumulate: cfg.zscore.is_some(),
+        accumulate: accumulation,
         keep_filtered: cfg.save_filtered,
     };
 
@@ -324,48 +329,55 @@ pub fn run_with_progress(
                 }
             },
         );
-        // For a backend that stages uploads (`Backend::stages_ahead`), volume t + 1 is taken from the
-        // reader (and sanitized) before t is computed, so the backend can stage it while t computes
-        // (`Backend::process_frame_ahead`). Each volume gets a fresh sequence number: the backend
-        // recognises a staged volume by it. Other backends gain nothing from it and skip the extra volume.
-        let ahead = backend.stages_ahead(shape, &plan);
-        let mut take = |t: usize, clock: &mut Clock| -> Result<(u64, Array3<f32>)> {
-            let mut raw = receive(&rx, clock)?;
-            nonfinite_replaced += sanitize(&mut raw, cfg.nonfinite, source, t)?;
-            Ok((SeqVolume::next_seq(), raw))
+        // The backend takes volumes from `frames` as it needs them (the GPU backend one ahead, to
+        // stage its upload) and hands each result to `emit` in order.
+        let mut frames = Frames {
+            rx: &rx,
+            next_t: 0,
+            n,
+            cfg,
+            source,
+            clock: &mut clock,
+            nonfinite_replaced: &mut nonfinite_replaced,
+            failed: false,
+            busy: Duration::ZERO,
         };
-        let mut next: Option<(u64, Array3<f32>)> = None;
-        for t in 0..n {
-            let (seq, raw) = match next.take() {
-                Some(v) => v,
-                None => take(t, &mut clock)?,
-            };
-            if ahead && t + 1 < n {
-                next = Some(take(t + 1, &mut clock)?);
-            }
+        let (mut emitted, mut emit_failed, mut emit_busy) = (0usize, false, Duration::ZERO);
+        let mut emit = |out: FrameOutput| -> Result<()> {
+            let t0 = Instant::now();
             let FrameOutput {
                 volume,
                 filtered,
                 registration,
-            } = clock
-                .time("compute", || {
-                    backend.process_frame_ahead(
-                        SeqVolume::new(seq, raw.view()),
-                        next.as_ref().map(|(s, v)| SeqVolume::new(*s, v.view())),
-                        &plan,
-                    )
-                })
-                // The backend sees volumes, not timepoints: a data error (e.g. a registration that
-                // is not finite) gets its timepoint here.
-                .map_err(|e| match e {
-                    Error::Data(m) => Error::Data(format!("timepoint {t}: {m}")),
-                    e => e,
-                })?;
-            // Freed before `send` may block on a full queue, so a stalled writer holds no extra volume here.
-            drop(raw);
+            } = out;
             registrations.extend(registration);
-            writer.send((t, volume, filtered))?;
+            let sent = writer.send((emitted, volume, filtered));
+            emit_failed = sent.is_err();
+            emit_busy += t0.elapsed();
+            sent?;
+            emitted += 1;
             progress.advance();
+            Ok(())
+        };
+        let t0 = Instant::now();
+        let streamed = backend.process_stream(&plan, &mut frames, &mut emit);
+        let elapsed = t0.elapsed();
+        let (read_failed, read_busy) = (frames.failed, frames.busy);
+        clock.add("compute", elapsed.saturating_sub(read_busy + emit_busy));
+        match streamed {
+            Ok(()) if emitted == n => {}
+            Ok(()) => {
+                return Err(Error::Data(format!(
+                    "the backend returned {emitted} of {n} volumes"
+                )))
+            }
+            // Reading, sanitizing and writing name their own file and timepoint.
+            Err(e) if read_failed || emit_failed => return Err(e),
+            // The backend sees volumes, not timepoints: a data error (e.g. a registration that is
+            // not finite) gets its timepoint here. Results come out in order, so the volume being
+            // computed is the first not yet emitted.
+            Err(Error::Data(m)) => return Err(Error::Data(format!("timepoint {emitted}: {m}"))),
+            Err(e) => return Err(e),
         }
         clock.add("write", writer.finish()?);
         Ok(())
@@ -373,9 +385,9 @@ pub fn run_with_progress(
     progress.finish();
 
     let mut constant_voxels = 0;
-    if let (Some(z), Some(scratch)) = (&cfg.zscore, &scratch) {
-        let moments: Moments = clock.time("normalize", || backend.moments(z))?;
-        constant_voxels = moments.constant_voxels;
+    if let (Some(z), Some(scratch), Some(acc)) = (&cfg.zscore, &scratch, &accumulation) {
+        let moments: Moments = clock.time("normalize", || backend.moments(acc, z))?;
+        constant_voxels = moments.constant_voxels();
         progress.start("z-score", n);
         std::thread::scope(|scope| -> Result<()> {
             let rx = spawn_reader(scope, n, depth, |t| scratch.read(t));
@@ -394,8 +406,8 @@ pub fn run_with_progress(
             Ok(())
         })?;
         progress.finish();
-        sink.write_array_f32("mean", moments.mean.view().into_dyn())?;
-        sink.write_array_f32("std", moments.std.view().into_dyn())?;
+        sink.write_array_f32("mean", moments.mean().view().into_dyn())?;
+        sink.write_array_f32("std", moments.std().view().into_dyn())?;
     }
     // Deleted now rather than at the end of the function so the scratch's disk space is free before the
     // output is flushed.
@@ -423,6 +435,42 @@ pub fn run_with_progress(
         stage_times: clock.0,
         total: started.elapsed(),
     })
+}
+
+/// Pass 1's volumes as the backend takes them (`Backend::process_stream`): timepoint t from the
+/// reader thread, its read time on the clock, sanitized by the `NonFinite` policy. Ends after `n`.
+struct Frames<'a> {
+    rx: &'a Receiver<Result<(Array3<f32>, Duration)>>,
+    next_t: usize,
+    n: usize,
+    cfg: &'a RunConfig,
+    source: &'a Source,
+    clock: &'a mut Clock,
+    nonfinite_replaced: &'a mut usize,
+    /// Whether an item was an error (then the stream's error is this one, unchanged).
+    failed: bool,
+    /// Wall time spent in `next` (waiting for the reader, sanitizing): not the backend's compute.
+    busy: Duration,
+}
+
+impl Iterator for Frames<'_> {
+    type Item = Result<Array3<f32>>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        if self.next_t == self.n || self.failed {
+            return None;
+        }
+        let t0 = Instant::now();
+        let t = self.next_t;
+        self.next_t += 1;
+        let item = receive(self.rx, self.clock).and_then(|mut raw| {
+            *self.nonfinite_replaced += sanitize(&mut raw, self.cfg.nonfinite, self.source, t)?;
+            Ok(raw)
+        });
+        self.failed = item.is_err();
+        self.busy += t0.elapsed();
+        Some(item)
+    }
 }
 
 /// Reads items `0..n` on a scoped thread, at most `depth` ahead of the consumer; each arrives with

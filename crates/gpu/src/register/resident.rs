@@ -1,0 +1,243 @@
+//! The registration resident on the device: the reference spectrum and the moving volume's
+//! buffers, registration in two steps (`GpuRegistrar::submit`, then `Pending::resolve`) so the
+//! caller can do host work while the GPU computes.
+
+use super::upsample::{
+    contract_kernel, record_contract, upsample_kernels, upsampled_peak_z, Contraction,
+};
+use super::{
+    beats, check_reference_power, finish, peak_position, scaled_sum, total_of, unnormalized_scale,
+    CrossUniform, Partial, MAX_REDUCE_GROUPS, NO_PEAK, R3, R4,
+};
+use crate::device::{GpuContext, Recorder, WORKGROUP};
+use crate::fft::Fft3Plan;
+use gpuprep_core::complex::Complex64;
+use gpuprep_core::error::Result;
+use gpuprep_core::params::{Normalization, RegisterParams, Registration};
+use gpuprep_core::register::UPSAMPLE_SLAB_BYTES;
+
+/// The reference spectrum and the buffers of the registration, resident on the device.
+pub struct GpuRegistrar {
+    pub shape: [usize; 3],
+    pub params: RegisterParams,
+    plan: Fft3Plan,
+    reference: wgpu::Buffer,
+    g: wgpu::Buffer,
+    tmp: wgpu::Buffer,
+    spectrum: wgpu::Buffer,
+    partials: wgpu::Buffer,
+    sums: wgpu::Buffer,
+    groups: usize,
+    reference_power: f64,
+    /// What the unnormalized cross-power is stored times (`unnormalized_scale`).
+    scale: f64,
+}
+
+/// A registration submitted to the device (`GpuRegistrar::submit`) whose result is not yet read.
+/// It borrows the registrar, so nothing can submit another registration over its buffers before
+/// `resolve`.
+#[must_use = "a submitted registration is only read by `resolve`"]
+pub struct Pending<'r> {
+    registrar: &'r GpuRegistrar,
+}
+
+impl Pending<'_> {
+    /// Wait for the submitted work and finish the registration: the moving volume's power and the
+    /// peak read back, the peak refined by the upsampled DFT when asked for, the result checked.
+    pub fn resolve(self, ctx: &GpuContext) -> Result<Registration> {
+        let r = self.registrar;
+        let moving_power = r.read_power(ctx)?;
+        let mut best = NO_PEAK;
+        for q in ctx.read::<Partial>(&r.partials, r.groups)? {
+            if beats(&q, &best) {
+                best = q;
+            }
+        }
+        let peak = peak_position(&best, r.shape)?;
+        r.finish(
+            ctx,
+            peak,
+            Complex64::new(best.re as f64, best.im as f64),
+            moving_power,
+        )
+    }
+}
+
+impl GpuRegistrar {
+    /// Transform the reference (a real volume already on the device in `src`) and keep its spectrum.
+    pub fn new(
+        ctx: &GpuContext,
+        src: &wgpu::Buffer,
+        shape: [usize; 3],
+        p: &RegisterParams,
+    ) -> Result<Self> {
+        let total: usize = shape.iter().product();
+        let bytes = total as u64 * 8;
+        let groups = total
+            .div_ceil(WORKGROUP as usize)
+            .clamp(1, MAX_REDUCE_GROUPS);
+        // Buffers first: a volume too large for one binding fails here, before any planning.
+        let reference = ctx.storage("register.reference_spectrum", bytes)?;
+        let g = ctx.storage("register.moving_spectrum", bytes)?;
+        let tmp = ctx.storage("register.fft_tmp", bytes)?;
+        let spectrum = ctx.storage("register.cross_power", bytes)?;
+        let mut r = GpuRegistrar {
+            shape,
+            params: *p,
+            plan: Fft3Plan::new(ctx, shape)?,
+            reference,
+            g,
+            tmp,
+            spectrum,
+            partials: ctx.storage("register.argmax_partials", groups as u64 * 16)?,
+            sums: ctx.storage("register.power_partials", groups as u64 * 8)?,
+            groups,
+            reference_power: 0.0,
+            scale: 1.0,
+        };
+        let mut rec = ctx.recorder();
+        r.record_spectrum(ctx, &mut rec, src, &r.reference)?;
+        rec.submit()?;
+        r.reference_power = r.read_power(ctx)?;
+        check_reference_power(r.reference_power)?;
+        r.scale = unnormalized_scale(p, r.reference_power, total_of(shape));
+        Ok(r)
+    }
+
+    pub fn fft_plan(&self) -> &Fft3Plan {
+        &self.plan
+    }
+
+    fn total(&self) -> usize {
+        self.shape.iter().product()
+    }
+
+    /// to_complex + forward FFT + sum of |.|^2 partials, into `dst`.
+    fn record_spectrum(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder<'_>,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+    ) -> Result<()> {
+        let total = self.total();
+        let u = CrossUniform {
+            total: total as u32,
+            ..Default::default()
+        };
+        rec.dispatch(
+            &ctx.kernel("cross_power", "to_complex", &[], &R3)?,
+            &u,
+            &[src, dst],
+            total as u64,
+        );
+        self.plan.record(ctx, rec, dst, &self.tmp, false)?;
+        rec.dispatch_groups(
+            &ctx.kernel("cross_power", "sum_sq", &[], &R4)?,
+            &u,
+            &[dst, &self.partials, &self.sums],
+            self.groups as u64,
+        );
+        Ok(())
+    }
+
+    fn read_power(&self, ctx: &GpuContext) -> Result<f64> {
+        Ok(scaled_sum(&ctx.read::<[f32; 2]>(&self.sums, self.groups)?))
+    }
+
+    /// Record the registration of the real volume in `src` (on the device) onto the reference
+    /// after the work already in `rec` (e.g. the median filter producing `src`), and submit it all:
+    /// the spectrum, the cross-power, its inverse transform and the peak search. The result is
+    /// read by `Pending::resolve`; host work done in between overlaps the GPU's (the backend
+    /// stages the next volume's upload there).
+    pub fn submit<'r>(
+        &'r self,
+        ctx: &GpuContext,
+        mut rec: Recorder<'_>,
+        src: &wgpu::Buffer,
+    ) -> Result<Pending<'r>> {
+        let total = self.total();
+        self.record_spectrum(ctx, &mut rec, src, &self.g)?;
+        let u = CrossUniform {
+            total: total as u32,
+            phase: (self.params.normalization == Normalization::Phase) as u32,
+            scale_bits: (self.scale as f32).to_bits(),
+            ..Default::default()
+        };
+        rec.dispatch(
+            &ctx.kernel("cross_power", "cross_power", &[], &R3)?,
+            &u,
+            &[&self.reference, &self.g],
+            total as u64,
+        );
+        if self.params.upsample_factor > 1 {
+            rec.copy(&self.g, &self.spectrum, total as u64 * 8);
+        }
+        self.plan.record(ctx, &mut rec, &self.g, &self.tmp, true)?;
+        rec.dispatch_groups(
+            &ctx.kernel("cross_power", "argmax_abs", &[], &R4)?,
+            &u,
+            &[&self.g, &self.partials, &self.sums],
+            self.groups as u64,
+        );
+        rec.submit()?;
+        Ok(Pending { registrar: self })
+    }
+
+    /// `submit` then `resolve`, with nothing in between.
+    pub fn register(
+        &self,
+        ctx: &GpuContext,
+        src: &wgpu::Buffer,
+        rec: Recorder<'_>,
+    ) -> Result<Registration> {
+        self.submit(ctx, rec, src)?.resolve(ctx)
+    }
+
+    /// `cpu::register::finish`, with the upsampled DFT on the device.
+    fn finish(
+        &self,
+        ctx: &GpuContext,
+        peak: [usize; 3],
+        cc_peak: Complex64,
+        moving_power: f64,
+    ) -> Result<Registration> {
+        finish(
+            self.shape,
+            &self.params,
+            self.reference_power,
+            peak,
+            cc_peak,
+            moving_power,
+            self.scale,
+            |r, u, offsets| self.upsampled_dft(ctx, r, u, offsets),
+        )
+    }
+
+    /// The peak of `_upsampled_dft(conj(R), r, u, offsets).conj()`: three contractions of R with
+    /// conjugated kernels (x, then y, then z, as the CPU twin), the last in slabs
+    /// (`upsampled_peak_z`).
+    fn upsampled_dft(
+        &self,
+        ctx: &GpuContext,
+        r: usize,
+        u: f64,
+        offsets: [f64; 3],
+    ) -> Result<([usize; 3], Complex64)> {
+        let [nz, ny, nx] = self.shape;
+        let [ky, kx] = upsample_kernels(ctx, self.shape, r, u, offsets)?;
+        let t1 = ctx.storage("register.upsample_t1", (nz * ny * r * 8) as u64)?;
+        let t2 = ctx.storage("register.upsample_t2", (nz * r * r * 8) as u64)?;
+        let k = contract_kernel(ctx)?;
+        let mut rec = ctx.recorder();
+        let steps: [Contraction<'_>; 2] = [
+            ([nz, ny, nx], 2, &self.spectrum, &kx, &t1, nz * ny * r),
+            ([nz, ny, r], 1, &t1, &ky, &t2, nz * r * r),
+        ];
+        for (d, axis, src, kern, dst, total) in steps {
+            record_contract(&mut rec, &k, d, axis, r, [src, kern, dst], total);
+        }
+        rec.submit()?;
+        upsampled_peak_z(ctx, &k, &t2, nz, r, u, offsets[0], UPSAMPLE_SLAB_BYTES)
+    }
+}
