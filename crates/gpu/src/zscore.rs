@@ -1,11 +1,12 @@
 //! Host side of `shaders/zscore.wgsl` (CPU twin: `src/cpu/zscore.rs`).
 
-use super::device::{Bind, GpuContext, Recorder};
+use super::device::{GpuContext, Recorder};
+use crate::shaders;
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::error::Result;
 use gpuprep_core::params::{ConstantVoxels, ZscoreParams};
 
-/// Uniforms of `zscore.wgsl`; keep in sync with `struct Params` in shaders/zscore.wgsl.
+/// Uniforms of `zscore.wgsl` (`struct Params`); `tests/shaders.rs` (`uniform_structs_match_wgsl`) checks the layout.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Pod, Zeroable)]
 pub struct ZscoreUniform {
@@ -43,12 +44,7 @@ impl GpuAccumulator {
         rec: &mut Recorder<'_>,
         src: &wgpu::Buffer,
     ) -> Result<()> {
-        let k = ctx.kernel(
-            "zscore",
-            "accumulate",
-            &[],
-            &[Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite],
-        )?;
+        let k = ctx.pipeline(&shaders::ZSCORE_ACCUMULATE)?;
         self.count += 1;
         let total = self.shape.iter().product::<usize>();
         let u = ZscoreUniform {
@@ -70,18 +66,7 @@ impl GpuAccumulator {
         mean_out: &wgpu::Buffer,
         std_out: &wgpu::Buffer,
     ) -> Result<()> {
-        let k = ctx.kernel(
-            "zscore",
-            "finalize",
-            &[],
-            &[
-                Bind::Uniform,
-                Bind::Read,
-                Bind::Read,
-                Bind::ReadWrite,
-                Bind::ReadWrite,
-            ],
-        )?;
+        let k = ctx.pipeline(&shaders::ZSCORE_FINALIZE)?;
         let total = self.shape.iter().product::<usize>();
         let u = ZscoreUniform {
             total: total as u32,
@@ -111,18 +96,7 @@ pub fn record_normalize(
     std: &wgpu::Buffer,
     dst: &wgpu::Buffer,
 ) -> Result<()> {
-    let k = ctx.kernel(
-        "zscore",
-        "normalize",
-        &[],
-        &[
-            Bind::Uniform,
-            Bind::Read,
-            Bind::Read,
-            Bind::Read,
-            Bind::ReadWrite,
-        ],
-    )?;
+    let k = ctx.pipeline(&shaders::ZSCORE_NORMALIZE)?;
     let u = ZscoreUniform {
         total: total as u32,
         count: 0,
@@ -166,12 +140,7 @@ impl TiledAccumulator {
 
     /// Add the volume `vol` (C order); returns the number of chunks.
     pub fn add(&mut self, ctx: &GpuContext, vol: &[f32]) -> Result<usize> {
-        let k = ctx.kernel(
-            "zscore",
-            "accumulate",
-            &[],
-            &[Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite],
-        )?;
+        let k = ctx.pipeline(&shaders::ZSCORE_ACCUMULATE)?;
         self.count += 1;
         let ranges = chunks(ctx, vol.len(), 8);
         let len = ranges[0].len() as u64;
@@ -200,18 +169,7 @@ impl TiledAccumulator {
 
     /// Mean and std (f64, C order) by the `finalize` kernel, chunk by chunk.
     pub fn finalize(&self, ctx: &GpuContext, p: &ZscoreParams) -> Result<(Vec<f64>, Vec<f64>)> {
-        let k = ctx.kernel(
-            "zscore",
-            "finalize",
-            &[],
-            &[
-                Bind::Uniform,
-                Bind::Read,
-                Bind::Read,
-                Bind::ReadWrite,
-                Bind::ReadWrite,
-            ],
-        )?;
+        let k = ctx.pipeline(&shaders::ZSCORE_FINALIZE)?;
         let ranges = chunks(ctx, self.mean.len(), 8);
         let len = ranges[0].len() as u64;
         let mean = ctx.tile_buffer("zscore.tile_mean", len * 8)?;

@@ -3,7 +3,7 @@
 //! cached on the context, every wgpu object labelled `gpuprep.<key>`.
 
 use super::context::GpuContext;
-use crate::shaders::{self, Bind, KernelDecl};
+use crate::shaders::{Bind, KernelDecl};
 use gpuprep_core::error::{Error, Result};
 use std::rc::Rc;
 
@@ -34,48 +34,6 @@ impl GpuContext {
         }
         let src = decl.source(values)?;
         self.build(key, src, decl.entry, decl.binds)
-    }
-
-    /// The entry point of the pre-table call sites (`register.rs`, `zscore.rs`, `tests/gpu.rs`):
-    /// `shader`/`entry` must be in the table with exactly `binds`; `variant` holds pairs of exact
-    /// text and replacement applied to the source (an error when a text is missing). New code names
-    /// a declaration with `pipeline` / `pipeline_variant`.
-    pub fn kernel(
-        &self,
-        shader: &str,
-        entry: &str,
-        variant: &[(&str, String)],
-        binds: &[Bind],
-    ) -> Result<Rc<Kernel>> {
-        let decl = shaders::find(shader, entry)
-            .ok_or_else(|| Error::Gpu(format!("no kernel {shader}.{entry} in the kernel table")))?;
-        if decl.binds != binds {
-            return Err(Error::Gpu(format!(
-                "kernel {shader}.{entry}: bindings {binds:?}, the table declares {:?}",
-                decl.binds
-            )));
-        }
-        if variant.is_empty() && decl.specialize.is_empty() {
-            return self.pipeline(decl);
-        }
-        let mut key = decl.key(&[]);
-        for (from, to) in variant {
-            key.push_str(&format!("[{from}={to}]"));
-        }
-        if let Some(k) = self.kernels.borrow().get(&key) {
-            return Ok(k.clone());
-        }
-        let mut src = shaders::source(shader)
-            .ok_or_else(|| Error::Gpu(format!("no shader named {shader:?}")))?;
-        for (from, to) in variant {
-            if !src.contains(from) {
-                return Err(Error::Gpu(format!(
-                    "shader {shader}: variant text {from:?} not found"
-                )));
-            }
-            src = src.replace(from, to);
-        }
-        self.build(key, src, entry, binds)
     }
 
     /// Build and cache the kernel `key` from the full WGSL `src`.
@@ -147,7 +105,7 @@ impl GpuContext {
 mod tests {
     use super::*;
     use crate::device::Api;
-    use crate::shaders::{Specialize, CROSS_SUM_SQ, FFT_STOCKHAM, MEDIAN3D};
+    use crate::shaders::{Specialize, FFT_STOCKHAM, MEDIAN3D};
 
     fn ctx() -> Option<GpuContext> {
         match GpuContext::new(Api::Vulkan) {
@@ -181,18 +139,6 @@ mod tests {
             .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 100)])
             .is_err());
         assert!(ctx.pipeline(&FFT_STOCKHAM).is_err());
-        // The pre-table entry point shares the cache and checks the bindings against the table.
-        let s = ctx.pipeline(&CROSS_SUM_SQ).unwrap();
-        let t = ctx
-            .kernel("cross_power", "sum_sq", &[], CROSS_SUM_SQ.binds)
-            .unwrap();
-        assert!(Rc::ptr_eq(&s, &t));
-        let err = ctx
-            .kernel("cross_power", "sum_sq", &[], &[Bind::Uniform, Bind::Read])
-            .err()
-            .expect("bindings other than the table's");
-        assert!(err.to_string().contains("the table declares"), "{err}");
-        assert!(ctx.kernel("cross_power", "no_such", &[], &[]).is_err());
     }
 
     /// WGSL that naga rejects (a zero-length private array) and a missing entry point are

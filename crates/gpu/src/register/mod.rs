@@ -15,7 +15,6 @@ mod upsample;
 pub use resident::{GpuRegistrar, Pending};
 pub use tiled::TiledRegistrar;
 
-use super::device::Bind;
 use super::fft::line_work;
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::complex::Complex64;
@@ -24,7 +23,7 @@ use gpuprep_core::params::{Normalization, RegisterParams, Registration};
 pub use gpuprep_core::register::upsample_slab_planes;
 use gpuprep_core::register::{check_finite, UPSAMPLE_SLAB_BYTES};
 
-/// Uniforms of `cross_power.wgsl`; keep in sync with `struct Params` in shaders/cross_power.wgsl.
+/// Uniforms of `cross_power.wgsl` (`struct Params`); `tests/shaders.rs` (`uniform_structs_match_wgsl`) checks the layout.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct CrossUniform {
@@ -40,7 +39,7 @@ pub struct CrossUniform {
 }
 const _: () = assert!(std::mem::size_of::<CrossUniform>() == 32);
 
-/// One workgroup's argmax; keep in sync with `struct Partial` in shaders/cross_power.wgsl.
+/// One workgroup's argmax (`struct Partial` in shaders/cross_power.wgsl; layout checked by `uniform_structs_match_wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct Partial {
@@ -81,9 +80,6 @@ fn peak_position(best: &Partial, shape: [usize; 3]) -> Result<[usize; 3]> {
     let i = best.idx as usize;
     Ok([i / (ny * nx), (i / nx) % ny, i % nx])
 }
-
-const R3: [Bind; 3] = [Bind::Uniform, Bind::Read, Bind::ReadWrite];
-const R4: [Bind; 4] = [Bind::Uniform, Bind::Read, Bind::ReadWrite, Bind::ReadWrite];
 
 /// `gpuprep_core::register::finish` with the upsampled DFT's peak given as `up(region, u, offsets)`,
 /// then checked (`check_finite`), shared by the resident and tiled registrars.

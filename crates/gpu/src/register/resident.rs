@@ -7,10 +7,11 @@ use super::upsample::{
 };
 use super::{
     beats, check_reference_power, finish, peak_position, scaled_sum, total_of, unnormalized_scale,
-    CrossUniform, Partial, MAX_REDUCE_GROUPS, NO_PEAK, R3, R4,
+    CrossUniform, Partial, MAX_REDUCE_GROUPS, NO_PEAK,
 };
 use crate::device::{GpuContext, Recorder, WORKGROUP};
 use crate::fft::Fft3Plan;
+use crate::shaders;
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::Result;
 use gpuprep_core::params::{Normalization, RegisterParams, Registration};
@@ -126,14 +127,14 @@ impl GpuRegistrar {
             ..Default::default()
         };
         rec.dispatch(
-            &ctx.kernel("cross_power", "to_complex", &[], &R3)?,
+            &ctx.pipeline(&shaders::CROSS_TO_COMPLEX)?,
             &u,
             &[src, dst],
             total as u64,
         );
         self.plan.record(ctx, rec, dst, &self.tmp, false)?;
         rec.dispatch_groups(
-            &ctx.kernel("cross_power", "sum_sq", &[], &R4)?,
+            &ctx.pipeline(&shaders::CROSS_SUM_SQ)?,
             &u,
             &[dst, &self.partials, &self.sums],
             self.groups as u64,
@@ -165,7 +166,7 @@ impl GpuRegistrar {
             ..Default::default()
         };
         rec.dispatch(
-            &ctx.kernel("cross_power", "cross_power", &[], &R3)?,
+            &ctx.pipeline(&shaders::CROSS_POWER)?,
             &u,
             &[&self.reference, &self.g],
             total as u64,
@@ -175,7 +176,7 @@ impl GpuRegistrar {
         }
         self.plan.record(ctx, &mut rec, &self.g, &self.tmp, true)?;
         rec.dispatch_groups(
-            &ctx.kernel("cross_power", "argmax_abs", &[], &R4)?,
+            &ctx.pipeline(&shaders::CROSS_ARGMAX_ABS)?,
             &u,
             &[&self.g, &self.partials, &self.sums],
             self.groups as u64,

@@ -4,10 +4,11 @@
 use super::upsample::{contract_kernel, record_contract, upsample_kernels, upsampled_peak_z};
 use super::{
     beats, check_reference_power, finish, peak_position, scaled_sum, total_of, unnormalized_scale,
-    CrossUniform, Partial, MAX_REDUCE_GROUPS, NO_PEAK, R3, R4,
+    CrossUniform, Partial, MAX_REDUCE_GROUPS, NO_PEAK,
 };
 use crate::device::{GpuContext, Recorder, WORKGROUP};
 use crate::fft::{line_work, Fft3Plan};
+use crate::shaders::{self, KernelDecl};
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{Normalization, RegisterParams, Registration};
@@ -90,7 +91,8 @@ impl TiledRegistrar {
             let b = ctx.tile_buffer("register.tile_b", plan_bytes(&plan))?;
             let mut rec = ctx.recorder();
             plan.record(ctx, &mut rec, &a, &b, false)?;
-            let groups = record_reduce(ctx, &mut rec, "sum_sq", &a, plan_total(&plan))?;
+            let groups =
+                record_reduce(ctx, &mut rec, &shaders::CROSS_SUM_SQ, &a, plan_total(&plan))?;
             rec.submit()?;
             power += read_sums(ctx, groups)?;
             t.store_y_slab(ctx, &mut spec, &ys, &a)?;
@@ -133,7 +135,7 @@ impl TiledRegistrar {
                 ..Default::default()
             };
             rec.dispatch(
-                &ctx.kernel("cross_power", "to_complex", &[], &R3)?,
+                &ctx.pipeline(&shaders::CROSS_TO_COMPLEX)?,
                 &u,
                 &[&real, &a],
                 total as u64,
@@ -214,7 +216,7 @@ impl TiledRegistrar {
             let b = ctx.tile_buffer("register.tile_b", plan_bytes(&plan))?;
             let mut rec = ctx.recorder();
             plan.record(ctx, &mut rec, &a, &b, false)?;
-            let groups = record_reduce(ctx, &mut rec, "sum_sq", &a, total)?;
+            let groups = record_reduce(ctx, &mut rec, &shaders::CROSS_SUM_SQ, &a, total)?;
             let u = CrossUniform {
                 total: total as u32,
                 phase,
@@ -222,7 +224,7 @@ impl TiledRegistrar {
                 ..Default::default()
             };
             rec.dispatch(
-                &ctx.kernel("cross_power", "cross_power", &[], &R3)?,
+                &ctx.pipeline(&shaders::CROSS_POWER)?,
                 &u,
                 &[&f, &a],
                 total as u64,
@@ -247,7 +249,7 @@ impl TiledRegistrar {
             ctx.upload(&a, &spec[zs.start * ny * nx..zs.end * ny * nx]);
             let mut rec = ctx.recorder();
             plan.record(ctx, &mut rec, &a, &b, true)?;
-            let groups = record_reduce(ctx, &mut rec, "argmax_abs", &a, total)?;
+            let groups = record_reduce(ctx, &mut rec, &shaders::CROSS_ARGMAX_ABS, &a, total)?;
             rec.submit()?;
             let offset = (zs.start * ny * nx) as u32;
             let (partials, _) = reduce_buffers(ctx)?;
@@ -339,7 +341,7 @@ fn reduce_buffers(ctx: &GpuContext) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
 fn record_reduce(
     ctx: &GpuContext,
     rec: &mut Recorder<'_>,
-    entry: &str,
+    decl: &KernelDecl,
     buf: &wgpu::Buffer,
     total: usize,
 ) -> Result<usize> {
@@ -350,7 +352,7 @@ fn record_reduce(
         ..Default::default()
     };
     rec.dispatch_groups(
-        &ctx.kernel("cross_power", entry, &[], &R4)?,
+        &ctx.pipeline(decl)?,
         &u,
         &[buf, &partials, &sums],
         groups as u64,

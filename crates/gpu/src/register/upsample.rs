@@ -2,7 +2,8 @@
 //! and the `contract` dispatches both routes use, and the last (z) contraction in slabs of planes.
 
 use super::CrossUniform;
-use crate::device::{Bind, GpuContext, Kernel, Recorder};
+use crate::device::{GpuContext, Kernel, Recorder};
+use crate::shaders;
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::register::upsample_slab_planes;
@@ -81,12 +82,7 @@ pub(super) fn upsample_kernels(
 }
 
 pub(super) fn contract_kernel(ctx: &GpuContext) -> Result<Rc<Kernel>> {
-    ctx.kernel(
-        "cross_power",
-        "contract",
-        &[],
-        &[Bind::Uniform, Bind::Read, Bind::Read, Bind::ReadWrite],
-    )
+    ctx.pipeline(&shaders::CROSS_CONTRACT)
 }
 
 /// The last contraction (over z) of the upsampled DFT from `t2` (`nz·r²` values on the device), and
