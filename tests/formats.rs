@@ -644,3 +644,129 @@ fn an_interrupted_zarr_run_leaves_no_store() {
     );
     assert!(entries(&outdir).is_empty(), "{:?}", entries(&outdir));
 }
+
+#[test]
+fn zarr_sink_gathers_slabs_rewrites_stored_volumes_and_refuses_bad_names() {
+    use gpuprep_io::Sink;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s.zarr");
+    let vol = |base: f32| {
+        ndarray::Array3::from_shape_fn([4, 5, 6], |(z, y, x)| base + (z * 30 + y * 6 + x) as f32)
+    };
+    let mut sink = Sink::create(&out, false, &[], 3, [4, 5, 6], &["data", "filtered"]).unwrap();
+    assert!(sink.temp_path().is_dir() && !out.exists());
+    for t in 0..3 {
+        sink.write_volume("data", t, vol(100.0 * t as f32).view())
+            .unwrap();
+    }
+    // One slab of 3 timepoints, stored when complete; a volume written again goes to the store.
+    assert_eq!(sink.read_volume("data", 1).unwrap(), vol(100.0));
+    sink.write_volume("data", 1, vol(-1.0).view()).unwrap();
+    assert_eq!(sink.read_volume("data", 1).unwrap(), vol(-1.0));
+    // A pending (incomplete) slab reads back from memory; its missing timepoints hold 0 at the end.
+    sink.write_volume(
+        "filtered",
+        0,
+        vol(5.0).view().reversed_axes().reversed_axes(),
+    )
+    .unwrap();
+    assert_eq!(sink.read_volume("filtered", 0).unwrap(), vol(5.0));
+    for bad in ["0", "../x", ".hidden", "a/b", ""] {
+        let e = sink
+            .write_array_f32(bad, ndarray::ArrayD::zeros(vec![2]).view())
+            .unwrap_err();
+        assert!(e.to_string().contains(&format!("'{bad}'")), "{e}");
+    }
+    sink.write_array_f64("shifts", ndarray::ArrayD::from_elem(vec![3, 3], 0.5).view())
+        .unwrap();
+    sink.write_array_f64("shifts", ndarray::ArrayD::from_elem(vec![2], 1.5).view())
+        .unwrap();
+    sink.set_attr_f64("cval", f64::NAN).unwrap();
+    assert!(sink
+        .set_attr_str("ome", "x")
+        .unwrap_err()
+        .to_string()
+        .contains("'ome'"));
+    assert_eq!(sink.finish().unwrap(), out);
+
+    let data = zarr_read::<f32>(&out, "0");
+    for (t, want) in [(0, vol(0.0)), (1, vol(-1.0)), (2, vol(200.0))] {
+        assert_eq!(data.slice(s![t, .., .., ..]), want, "t = {t}");
+    }
+    let filtered = zarr_read::<f32>(&out, "filtered");
+    assert_eq!(filtered.slice(s![0, .., .., ..]), vol(5.0));
+    assert!(filtered
+        .slice(s![1.., .., .., ..])
+        .iter()
+        .all(|&v| v == 0.0));
+    // Replaced whole: the second "shifts" alone, no chunk of the first left.
+    assert_eq!(
+        zarr_read::<f64>(&out, "shifts"),
+        ndarray::ArrayD::from_elem(vec![2], 1.5)
+    );
+    assert_eq!(zarr_attrs(&out)["cval"], "NaN");
+}
+
+/// The Python with zarr-python 3 and h5py: `GPUPREP_PYTHON`, else `python3` on the PATH.
+fn python_with_zarr() -> Option<String> {
+    let py = std::env::var("GPUPREP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args([
+            "-c",
+            "import zarr, h5py, numpy; assert int(zarr.__version__.split('.')[0]) >= 3",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(py)
+}
+
+#[test]
+fn zarr_python_reads_the_ome_zarr_output_with_the_same_values() {
+    use std::io::Write;
+    let Some(py) = python_with_zarr() else {
+        // Written past the test harness's capture, so a run without zarr-python says what it skipped.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED formats::zarr_python_reads_the_ome_zarr_output_with_the_same_values: no Python with \
+             zarr>=3, h5py and numpy (set GPUPREP_PYTHON, or pip install zarr h5py numpy)"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.h5");
+    write_h5(&input, &series(3, [5, 4, 12, 10]));
+    let (h5, zarr) = (tmp.path().join("out.h5"), tmp.path().join("out.ome.zarr"));
+    run_ok(&input, &h5, &["--dataset", "data"]);
+    run_ok(&input, &zarr, &["--dataset", "data"]);
+    let script = r#"
+import sys, h5py, numpy as np, zarr
+h5, store = sys.argv[1], sys.argv[2]
+g = zarr.open_group(store, mode="r")
+assert g.metadata.zarr_format == 3, g.metadata.zarr_format
+ome = g.attrs["ome"]
+assert ome["version"] == "0.5", ome
+ms = ome["multiscales"][0]
+assert [a["name"] for a in ms["axes"]] == ["t", "z", "y", "x"], ms["axes"]
+level0 = g[ms["datasets"][0]["path"]]
+with h5py.File(h5, "r") as f:
+    for name, z in [("data", level0), ("shifts", g["shifts"]), ("mean", g["mean"]), ("std", g["std"])]:
+        a, b = f[name][...], z[...]
+        assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
+        assert a.tobytes() == b.tobytes(), name
+    for k, v in f.attrs.items():
+        v = v.tolist() if hasattr(v, "tolist") else v
+        assert g.attrs[k] == v, (k, g.attrs[k], v)
+print("ok")
+"#;
+    let o = std::process::Command::new(&py)
+        .args(["-c", script])
+        .arg(&h5)
+        .arg(&zarr)
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success() && out.trim() == "ok", "{out}\n{err}");
+}
