@@ -416,6 +416,11 @@ fn zarr_inputs_give_the_result_of_the_same_data_in_hdf5() {
         );
     }
 
+    // The memory check counts the typed copy and the decoded chunks (2 timepoints each) of a volume.
+    let src = gpuprep_io::Source::open(&[v3.display().to_string()], "default").unwrap();
+    assert_eq!(src.read_buffer_bytes(), 5 * 16 * 20 * 2 * (1 + 2));
+    assert_eq!(src.chunks(), Some(vec![2, 5, 8, 20]));
+
     // `info` describes the store: format, array, shape, type, chunks, codecs, axes and voxel size.
     let (code, out, err) = gpuprep_output(&["info".to_string(), ome.display().to_string()]);
     assert_eq!(code, 0, "{err}");

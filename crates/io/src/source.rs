@@ -515,7 +515,13 @@ impl Source {
         } else {
             0
         };
-        let block = RAW_BLOCK_BYTES.min(voxels.saturating_mul(self.dtype.size()));
+        let typed = voxels.saturating_mul(self.dtype.size());
+        if let Some(z) = &self.zarr {
+            // The typed copy zarrs returns, plus the decoded chunks of the volume: a chunk spanning
+            // several timepoints (or channels) is decoded whole.
+            return typed.saturating_add(typed.saturating_mul(z.chunk_span()));
+        }
+        let block = RAW_BLOCK_BYTES.min(typed);
         self.cache_bytes.saturating_add(convert.max(block))
     }
 

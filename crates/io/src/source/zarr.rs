@@ -281,6 +281,19 @@ impl ZarrInput {
         ]
     }
 
+    /// How many volumes' worth of elements the chunks one volume touches hold: the chunk extents along
+    /// the axes a read takes one index of (t, c, length-1 axes), multiplied.
+    pub(crate) fn chunk_span(&self) -> usize {
+        let Some(chunks) = self.chunks() else {
+            return 1;
+        };
+        self.dims
+            .iter()
+            .zip(chunks)
+            .filter(|(d, _)| matches!(d, Dim::T | Dim::C(_) | Dim::One))
+            .fold(1usize, |a, (_, c)| a.saturating_mul(c))
+    }
+
     pub(crate) fn chunks(&self) -> Option<Vec<usize>> {
         let zero = vec![0; self.array.dimensionality()];
         self.array
