@@ -775,3 +775,67 @@ print("ok")
     );
     assert!(o.status.success() && out.trim() == "ok", "{out}\n{err}");
 }
+
+#[test]
+fn zstd_compression_is_for_zarr_outputs_and_reads_back_the_same() {
+    use gpuprep_io::{Compression, Sink, SinkOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let zstd = SinkOptions {
+        compression: "zstd".parse().unwrap(),
+    };
+    assert_eq!(zstd.compression, Compression::Zstd);
+    assert!("lz4"
+        .parse::<Compression>()
+        .unwrap_err()
+        .to_string()
+        .contains("none or zstd"));
+    let e = Sink::create_with(
+        &tmp.path().join("o.h5"),
+        false,
+        &[],
+        2,
+        [2, 3, 4],
+        &["data"],
+        zstd,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Zarr outputs (.zarr, .ome.zarr) only"),
+        "{e}"
+    );
+    assert!(entries(tmp.path()).is_empty());
+
+    let out = tmp.path().join("o.zarr");
+    let mut sink = Sink::create_with(&out, false, &[], 2, [2, 3, 4], &["data"], zstd).unwrap();
+    let vol =
+        ndarray::Array3::from_shape_fn([2, 3, 4], |(z, y, x)| (z * 12 + y * 4 + x) as f32 * 0.25);
+    for t in 0..2 {
+        sink.write_volume("data", t, vol.view()).unwrap();
+    }
+    sink.write_array_f64(
+        "shifts",
+        ndarray::ArrayD::from_elem(vec![2, 3], -0.5).view(),
+    )
+    .unwrap();
+    sink.finish().unwrap();
+    for key in ["0", "shifts"] {
+        let meta: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(key).join("zarr.json")).unwrap(),
+        )
+        .unwrap();
+        let names: Vec<&str> = meta["codecs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["bytes", "zstd"], "{key}");
+    }
+    let data = zarr_read::<f32>(&out, "0");
+    assert_eq!(data.slice(s![1, .., .., ..]), vol);
+    assert_eq!(
+        zarr_read::<f64>(&out, "shifts"),
+        ndarray::ArrayD::from_elem(vec![2, 3], -0.5)
+    );
+}

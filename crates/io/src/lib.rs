@@ -6,7 +6,7 @@ pub mod sink;
 pub mod source;
 pub mod writer;
 
-pub use sink::Sink;
+pub use sink::{Compression, Sink, SinkOptions};
 pub use source::{Axes, Dtype, Source};
 
 use gpuprep_core::error::Error;

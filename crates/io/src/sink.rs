@@ -57,6 +57,47 @@ impl OutputFormat {
     }
 }
 
+/// How the output's 4-D datasets and arrays are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// Raw chunks: nothing is slower than HDF5's uncompressed output.
+    #[default]
+    None,
+    /// Zstandard (level 3) on every chunk; Zarr outputs only (HDF5 has no built-in zstd filter).
+    Zstd,
+}
+
+impl Compression {
+    pub const ALL: [Compression; 2] = [Compression::None, Compression::Zstd];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Compression> {
+        Compression::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| Error::InvalidParameter {
+                name: "compression".into(),
+                message: format!("unknown compression '{s}'; expected none or zstd"),
+            })
+    }
+}
+
+/// Choices for the output beyond its path and shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkOptions {
+    pub compression: Compression,
+}
+
 /// The format-specific writer.
 enum Out {
     Hdf5(Hdf5Out),
@@ -203,6 +244,27 @@ impl Sink {
         shape: [usize; 3],
         volume_datasets: &[&str],
     ) -> Result<Sink> {
+        Sink::create_with(
+            path,
+            force,
+            inputs,
+            t,
+            shape,
+            volume_datasets,
+            SinkOptions::default(),
+        )
+    }
+
+    /// [`Sink::create`] with `options`.
+    pub fn create_with(
+        path: &Path,
+        force: bool,
+        inputs: &[PathBuf],
+        t: usize,
+        shape: [usize; 3],
+        volume_datasets: &[&str],
+        options: SinkOptions,
+    ) -> Result<Sink> {
         let format = OutputFormat::of_path(path);
         let out_err = |message: String| Error::Output {
             path: path.to_path_buf(),
@@ -216,6 +278,16 @@ impl Sink {
         }
         if let Some(why) = name_too_long(path) {
             return Err(out_err(why));
+        }
+        if format == OutputFormat::Hdf5 && options.compression != Compression::None {
+            return Err(Error::InvalidParameter {
+                name: "compression".into(),
+                message: format!(
+                    "{} compression is available for Zarr outputs (.zarr, .ome.zarr) only; {} is HDF5",
+                    options.compression.name(),
+                    path.display()
+                ),
+            });
         }
         let name = path
             .file_name()
@@ -313,6 +385,7 @@ impl Sink {
                 t,
                 shape,
                 volume_datasets,
+                options.compression,
             )?),
         });
         Ok(sink)

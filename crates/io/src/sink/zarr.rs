@@ -15,7 +15,7 @@ use zarrs::array::{data_type, Array, ArrayBuilder, Element};
 use zarrs::filesystem::FilesystemStore;
 use zarrs::group::GroupBuilder;
 
-use super::volume_chunking;
+use super::{volume_chunking, Compression};
 use gpuprep_core::error::{Error, Result};
 
 /// The array the 4-D dataset "data" is stored as: level 0 of the OME multiscales.
@@ -55,6 +55,7 @@ pub(super) struct ZarrOut {
     volumes: Vec<Volume>,
     attrs: Map<String, Value>,
     closed: bool,
+    compression: Compression,
 }
 
 /// OME-NGFF 0.5 `multiscales` metadata (typed, so a misspelt key is a compile error).
@@ -127,6 +128,7 @@ impl ZarrOut {
         t: usize,
         shape: [usize; 3],
         volumes: &[&str],
+        compression: Compression,
     ) -> Result<ZarrOut> {
         std::fs::create_dir(temp).map_err(|e| Error::Output {
             path: temp.to_path_buf(),
@@ -144,6 +146,7 @@ impl ZarrOut {
             volumes: Vec::new(),
             attrs: Map::new(),
             closed: false,
+            compression,
         };
         let (chunk, ..) = volume_chunking(t, shape);
         let array_shape = [t, shape[0], shape[1], shape[2]].map(|n| n as u64).to_vec();
@@ -156,6 +159,7 @@ impl ZarrOut {
                 0.0f32,
             )
             .dimension_names(Some(["t", "z", "y", "x"]))
+            .bytes_to_bytes_codecs(codecs(compression))
             .build(out.store.clone(), &format!("/{key}"))
             .map_err(|e| out.zarr_err(format!("creating /{name}"), e))?;
             array
@@ -257,6 +261,7 @@ impl ZarrOut {
         let chunk: Vec<u64> = shape.iter().map(|&n| n.max(1)).collect();
         let what = || format!("writing /{name}");
         let array = ArrayBuilder::new(shape, chunk, dtype, fill)
+            .bytes_to_bytes_codecs(codecs(self.compression))
             .build(self.store.clone(), &format!("/{key}"))
             .map_err(|e| self.zarr_err(what(), e))?;
         array
@@ -374,6 +379,16 @@ impl ZarrOut {
 
     fn zarr_err(&self, what: String, e: impl std::error::Error + Send + Sync + 'static) -> Error {
         zarr_error(&self.path, what, e)
+    }
+}
+
+/// The bytes-to-bytes codecs of every array.
+fn codecs(
+    compression: Compression,
+) -> Vec<Arc<dyn zarrs::array::codec::api::BytesToBytesCodecTraits>> {
+    match compression {
+        Compression::None => Vec::new(),
+        Compression::Zstd => vec![Arc::new(zarrs::array::codec::ZstdCodec::new(3, false))],
     }
 }
 
