@@ -3,6 +3,7 @@
 mod cli;
 mod cpu_golden;
 mod cpu_reference;
+mod formats;
 mod gpu;
 mod io;
 mod pipeline;

@@ -1,11 +1,12 @@
-//! HDF5 input sources and the output sink: every file the pipeline reads or writes goes through here.
+//! Input sources (HDF5, Zarr) and the output sink (HDF5, OME-Zarr): every file the pipeline reads or writes
+//! goes through here.
 
 pub mod cleanup;
 pub mod sink;
 pub mod source;
 pub mod writer;
 
-pub use sink::Sink;
+pub use sink::{Compression, Sink, SinkOptions};
 pub use source::{Axes, Dtype, Source};
 
 use gpuprep_core::error::Error;
@@ -49,8 +50,23 @@ fn errno_text(desc: &str) -> Option<String> {
     (!text.is_empty()).then_some(text)
 }
 
-fn one_line(s: &str) -> String {
+pub(crate) fn one_line(s: &str) -> String {
     s.split_whitespace().collect::<Vec<_>>().join(" ")
+}
+
+/// An error's message followed by those of its sources that it does not already include ("cannot
+/// store chunk: No space left on device (os error 28)").
+pub(crate) fn error_chain(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut text = e.to_string();
+    let mut next = e.source();
+    while let Some(s) = next {
+        let m = s.to_string();
+        if !text.contains(&m) {
+            text = format!("{text}: {m}");
+        }
+        next = s.source();
+    }
+    text
 }
 
 #[cfg(test)]

@@ -1,17 +1,22 @@
-//! The output file: 4-D float32 volume datasets plus small arrays and root attributes, written inside a private
-//! temporary directory beside the final path and moved into place only by `finish`, so a failed or interrupted
-//! run never leaves a half-written file under the name the user asked for.
+//! The output: 4-D float32 volume datasets plus small arrays and root attributes, as one HDF5 file or an
+//! OME-Zarr store (chosen by the output's extension), written inside a private temporary directory beside
+//! the final path and moved into place only by `finish`, so a failed or interrupted run never leaves a
+//! half-written output under the name the user asked for.
+
+mod h5;
+mod zarr;
 
 use std::fs::FileType;
 use std::path::{Path, PathBuf};
 
-use hdf5::types::VarLenUnicode;
-use ndarray::{s, Array1, Array3, ArrayView3, ArrayViewD};
+use ndarray::{Array3, ArrayView3, ArrayViewD};
 
 use super::cleanup::{Registered, TEMP_PREFIX};
 use super::fmt_shape;
-use super::source::first_line;
 use gpuprep_core::error::{Error, Result};
+use h5::Hdf5Out;
+use zarr::ZarrOut;
+pub use zarr::{IMAGE_KEY as ZARR_IMAGE_KEY, NGFF_VERSION};
 
 /// Target bytes of one chunk of a 4-D dataset.
 const CHUNK_BYTES: usize = 1 << 20;
@@ -19,31 +24,103 @@ const CHUNK_BYTES: usize = 1 << 20;
 const MAX_CHUNK_T: usize = 8;
 /// Most bytes of chunk cache per 4-D dataset; bounds the chunk's time extent for large volumes.
 const CACHE_BUDGET: usize = 32 << 20;
-/// The output's name inside the temporary directory: fixed and short, so any output name that the file
-/// system accepts (up to `NAME_MAX`) also works for the temporary file.
-const TEMP_NAME: &str = "out.h5";
 /// Random characters in the temporary directory's name (62^10 choices): nobody can guess it in advance.
 const TEMP_RANDOM: usize = 10;
 /// Linux's limits on one path component and on a whole path (`NAME_MAX`, `PATH_MAX` with its NUL).
 pub const NAME_MAX: usize = 255;
 pub const PATH_MAX: usize = 4096;
 
-/// An output file being written.
+/// The output's format, chosen by its extension.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum OutputFormat {
+    /// `.h5`, `.hdf5` and any other name: one HDF5 file.
+    Hdf5,
+    /// `.zarr` (`.ome.zarr`): an OME-NGFF 0.5 image on Zarr v3, a directory.
+    OmeZarr,
+}
+
+impl OutputFormat {
+    pub fn of_path(path: &Path) -> OutputFormat {
+        match path.extension() {
+            Some(e) if e.eq_ignore_ascii_case("zarr") => OutputFormat::OmeZarr,
+            _ => OutputFormat::Hdf5,
+        }
+    }
+
+    /// The output's name inside the temporary directory: fixed and short, so any output name that the
+    /// file system accepts (up to `NAME_MAX`) also works for the temporary one.
+    fn temp_name(self) -> &'static str {
+        match self {
+            OutputFormat::Hdf5 => "out.h5",
+            OutputFormat::OmeZarr => "out.zarr",
+        }
+    }
+}
+
+/// How the output's 4-D datasets and arrays are compressed.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub enum Compression {
+    /// Raw chunks: nothing is slower than HDF5's uncompressed output.
+    #[default]
+    None,
+    /// Zstandard (level 3) on every chunk; Zarr outputs only (HDF5 has no built-in zstd filter).
+    Zstd,
+}
+
+impl Compression {
+    pub const ALL: [Compression; 2] = [Compression::None, Compression::Zstd];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Compression::None => "none",
+            Compression::Zstd => "zstd",
+        }
+    }
+}
+
+impl std::str::FromStr for Compression {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Compression> {
+        Compression::ALL
+            .into_iter()
+            .find(|c| c.name() == s)
+            .ok_or_else(|| Error::InvalidParameter {
+                name: "compression".into(),
+                message: format!("unknown compression '{s}'; expected none or zstd"),
+            })
+    }
+}
+
+/// Choices for the output beyond its path and shape.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SinkOptions {
+    pub compression: Compression,
+}
+
+/// The format-specific writer.
+enum Out {
+    Hdf5(Hdf5Out),
+    Zarr(ZarrOut),
+}
+
+/// An output being written.
 pub struct Sink {
     path: PathBuf,
-    /// `<parent>/.gpuprep-XXXXXXXXXX/out.h5`.
+    format: OutputFormat,
+    /// `<parent>/.gpuprep-XXXXXXXXXX/out.h5` (or `out.zarr`, a directory).
     temp: PathBuf,
     // Mode 0700, created exclusively with an unpredictable name: no other user can plant a link in it, so
-    // the temporary file cannot be redirected onto someone else's file. `None` once finished.
+    // the temporary output cannot be redirected onto someone else's file. `None` once finished.
     dir: Option<tempfile::TempDir>,
     // Keeps `dir` in the list a SIGINT/SIGTERM/SIGHUP deletes.
     registered: Option<Registered>,
     force: bool,
     t: usize,
     shape: [usize; 3],
-    // `None` once closed; the datasets are dropped before the file so HDF5 really closes it.
-    file: Option<hdf5::File>,
-    volumes: Vec<(String, hdf5::Dataset)>,
+    volumes: Vec<String>,
+    // `None` once closed; dropped before `dir`, so HDF5 writes nothing more into a deleted file.
+    out: Option<Out>,
 }
 
 /// Why `path` cannot be used as a path on Linux, if it is too long: a component over `NAME_MAX` bytes or
@@ -129,9 +206,36 @@ fn check_replaceable(path: &Path, force: bool) -> std::result::Result<(), String
     }
 }
 
+/// Whether `dir` holds Zarr metadata at its root (v3 `zarr.json`, v2 `.zgroup` or `.zarray`).
+pub fn is_zarr_store(dir: &Path) -> bool {
+    ["zarr.json", ".zgroup", ".zarray"]
+        .iter()
+        .any(|f| dir.join(f).is_file())
+}
+
+/// `check_replaceable` for a Zarr output: `--force` also replaces an existing Zarr store (a directory
+/// with Zarr metadata at its root), never any other directory.
+fn check_replaceable_store(path: &Path, force: bool) -> std::result::Result<(), String> {
+    match std::fs::symlink_metadata(path) {
+        Ok(m) if m.file_type().is_dir() && is_zarr_store(path) => {
+            if force {
+                Ok(())
+            } else {
+                Err("exists; pass --force to overwrite".into())
+            }
+        }
+        Ok(m) if m.file_type().is_dir() => Err(
+            "exists and is a directory that is not a Zarr store; gpuprep writes only to a new path or, \
+             with --force, over a Zarr store or a regular file (remove it or choose another output path)"
+                .into(),
+        ),
+        _ => check_replaceable(path, force),
+    }
+}
+
 impl Sink {
-    /// Checks the output path and creates the temporary file with `volume_datasets`, each a 4-D float32
-    /// (t, z, y, x) dataset.
+    /// Checks the output path and creates the temporary output with `volume_datasets`, each a 4-D float32
+    /// (t, z, y, x) dataset; the format follows the path's extension ([`OutputFormat::of_path`]).
     pub fn create(
         path: &Path,
         force: bool,
@@ -140,6 +244,28 @@ impl Sink {
         shape: [usize; 3],
         volume_datasets: &[&str],
     ) -> Result<Sink> {
+        Sink::create_with(
+            path,
+            force,
+            inputs,
+            t,
+            shape,
+            volume_datasets,
+            SinkOptions::default(),
+        )
+    }
+
+    /// [`Sink::create`] with `options`.
+    pub fn create_with(
+        path: &Path,
+        force: bool,
+        inputs: &[PathBuf],
+        t: usize,
+        shape: [usize; 3],
+        volume_datasets: &[&str],
+        options: SinkOptions,
+    ) -> Result<Sink> {
+        let format = OutputFormat::of_path(path);
         let out_err = |message: String| Error::Output {
             path: path.to_path_buf(),
             message,
@@ -153,6 +279,16 @@ impl Sink {
         if let Some(why) = name_too_long(path) {
             return Err(out_err(why));
         }
+        if format == OutputFormat::Hdf5 && options.compression != Compression::None {
+            return Err(Error::InvalidParameter {
+                name: "compression".into(),
+                message: format!(
+                    "{} compression is available for Zarr outputs (.zarr, .ome.zarr) only; {} is HDF5",
+                    options.compression.name(),
+                    path.display()
+                ),
+            });
+        }
         let name = path
             .file_name()
             .ok_or_else(|| out_err("is not a file name (it ends in '..' or '/')".into()))?;
@@ -160,9 +296,12 @@ impl Sink {
             Some(p) if !p.as_os_str().is_empty() => p.to_path_buf(),
             _ => PathBuf::from("."),
         };
-        // The temporary file's path is the parent's plus `/.gpuprep-XXXXXXXXXX/out.h5`.
-        let temp_len =
-            parent.as_os_str().len() + 2 + TEMP_PREFIX.len() + TEMP_RANDOM + TEMP_NAME.len();
+        // The temporary output's path is the parent's plus `/.gpuprep-XXXXXXXXXX/out.h5`.
+        let temp_len = parent.as_os_str().len()
+            + 2
+            + TEMP_PREFIX.len()
+            + TEMP_RANDOM
+            + format.temp_name().len();
         if temp_len >= PATH_MAX {
             return Err(out_err(format!(
                 "name too long: the temporary file beside it would have a path of {temp_len} bytes; paths are \
@@ -193,7 +332,18 @@ impl Sink {
                 }
             }
         }
-        check_replaceable(path, force).map_err(out_err)?;
+        match format {
+            OutputFormat::Hdf5 => check_replaceable(path, force),
+            OutputFormat::OmeZarr => check_replaceable_store(path, force),
+        }
+        .map_err(out_err)?;
+        let mut seen = Vec::new();
+        for &ds_name in volume_datasets {
+            if seen.contains(&ds_name) {
+                return Err(out_err(format!("dataset '{ds_name}' requested twice")));
+            }
+            seen.push(ds_name);
+        }
 
         let mut builder = tempfile::Builder::new();
         builder.prefix(TEMP_PREFIX).rand_bytes(TEMP_RANDOM);
@@ -207,51 +357,48 @@ impl Sink {
             ))
         })?;
         let registered = Registered::new(dir.path());
-        let temp = dir.path().join(TEMP_NAME);
-        // Exclusive as well: the directory is new and private, so an existing file there is a fault.
-        let file = hdf5::File::create_excl(&temp).map_err(|e| Error::Output {
-            path: temp.clone(),
-            message: format!(
-                "cannot create the temporary output file ({})",
-                first_line(&e)
-            ),
-        })?;
+        let temp = dir.path().join(format.temp_name());
         // From here on, dropping `sink` on an error deletes the temporary directory.
         let mut sink = Sink {
             path: path.to_path_buf(),
+            format,
             temp,
             dir: Some(dir),
             registered: Some(registered),
             force,
             t,
             shape,
-            file: Some(file),
-            volumes: Vec::new(),
+            volumes: volume_datasets.iter().map(|s| s.to_string()).collect(),
+            out: None,
         };
-        let (chunk, cache_bytes, cache_slots) = volume_chunking(t, shape);
-        for &ds_name in volume_datasets {
-            if sink.volumes.iter().any(|(n, _)| n == ds_name) {
-                return Err(Error::Output {
-                    path: sink.path.clone(),
-                    message: format!("dataset '{ds_name}' requested twice"),
-                });
-            }
-            let ds = sink
-                .file()?
-                .new_dataset::<f32>()
-                .shape([t, shape[0], shape[1], shape[2]])
-                .chunk(chunk)
-                .chunk_cache(cache_slots, cache_bytes, 1.0)
-                .create(ds_name)
-                .map_err(|source| sink.hdf5_err(format!("creating /{ds_name}"), source))?;
-            sink.volumes.push((ds_name.to_string(), ds));
-        }
+        sink.out = Some(match format {
+            OutputFormat::Hdf5 => Out::Hdf5(Hdf5Out::create(
+                path,
+                &sink.temp,
+                t,
+                shape,
+                volume_datasets,
+            )?),
+            OutputFormat::OmeZarr => Out::Zarr(ZarrOut::create(
+                path,
+                &sink.temp,
+                t,
+                shape,
+                volume_datasets,
+                options.compression,
+            )?),
+        });
         Ok(sink)
+    }
+
+    /// The output's format.
+    pub fn format(&self) -> OutputFormat {
+        self.format
     }
 
     /// Writes volume `t` of the 4-D dataset `name`.
     pub fn write_volume(&mut self, name: &str, t: usize, vol: ArrayView3<f32>) -> Result<()> {
-        let ds = self.volume(name, t)?;
+        self.check_volume(name, t)?;
         if vol.shape() != self.shape {
             return Err(Error::Data(format!(
                 "volume {t} for dataset '{name}' has shape {}, expected {}",
@@ -259,179 +406,169 @@ impl Sink {
                 fmt_shape(&self.shape)
             )));
         }
-        let vol = vol.as_standard_layout();
-        ds.write_slice(&vol, s![t, .., .., ..])
-            .map_err(|source| self.hdf5_err(format!("writing /{name} at timepoint {t}"), source))
+        match self.out_mut()? {
+            Out::Hdf5(o) => o.write_volume(name, t, vol),
+            Out::Zarr(o) => o.write_volume(name, t, vol),
+        }
     }
 
     /// Reads volume `t` of the 4-D dataset `name` back from the output being written (tests; the
     /// z-score's second pass reads its own scratch file, not the output).
     pub fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {
-        let ds = self.volume(name, t)?;
-        ds.read_slice::<f32, _, ndarray::Ix3>(s![t, .., .., ..])
-            .map_err(|source| self.hdf5_err(format!("reading /{name} at timepoint {t}"), source))
+        self.check_volume(name, t)?;
+        match self.out()? {
+            Out::Hdf5(o) => o.read_volume(name, t),
+            Out::Zarr(o) => o.read_volume(name, t),
+        }
     }
 
     /// Writes a float64 array (e.g. "shifts" (t, 3), "error" (t,)), replacing one of that name.
     pub fn write_array_f64(&mut self, name: &str, data: ArrayViewD<f64>) -> Result<()> {
+        self.check_array_name(name)?;
         let data = data.as_standard_layout();
-        self.write_array(name, data.view())
+        match self.out_mut()? {
+            Out::Hdf5(o) => o.write_array(name, data.view()),
+            Out::Zarr(o) => o.write_array(
+                name,
+                data.view(),
+                zarrs::array::data_type::float64(),
+                0.0f64,
+            ),
+        }
     }
 
     /// Writes a float32 array (e.g. "mean", "std" (z, y, x)), replacing one of that name.
     pub fn write_array_f32(&mut self, name: &str, data: ArrayViewD<f32>) -> Result<()> {
+        self.check_array_name(name)?;
         let data = data.as_standard_layout();
-        self.write_array(name, data.view())
+        match self.out_mut()? {
+            Out::Hdf5(o) => o.write_array(name, data.view()),
+            Out::Zarr(o) => o.write_array(
+                name,
+                data.view(),
+                zarrs::array::data_type::float32(),
+                0.0f32,
+            ),
+        }
     }
 
-    fn write_array<T: hdf5::H5Type>(&mut self, name: &str, data: ArrayViewD<T>) -> Result<()> {
-        if self.volumes.iter().any(|(n, _)| n == name) {
-            return Err(Error::Output {
-                path: self.path.clone(),
-                message: format!(
-                    "dataset '{name}' is one of the 4-D volume datasets; choose another name"
-                ),
-            });
-        }
-        let file = self.file()?;
-        if file.link_exists(name) {
-            file.unlink(name)
-                .map_err(|source| self.hdf5_err(format!("replacing /{name}"), source))?;
-        }
-        file.new_dataset_builder()
-            .with_data(data)
-            .create(name)
-            .map(drop)
-            .map_err(|source| self.hdf5_err(format!("writing /{name}"), source))
-    }
-
-    /// Sets a root attribute to a variable-length UTF-8 string (h5py reads it as `str`).
+    /// Sets a root attribute to a UTF-8 string (h5py reads it as `str`; a JSON string in Zarr).
     pub fn set_attr_str(&mut self, name: &str, value: &str) -> Result<()> {
-        let v = vlen(name, value)?;
-        self.replace_attr(name, |f| {
-            f.new_attr_builder()
-                .with_data(ndarray::arr0(v).view())
-                .create(name)
-                .map(drop)
-        })
+        match self.out_mut()? {
+            Out::Hdf5(o) => o.set_attr_str(name, value),
+            Out::Zarr(o) => o.set_attr(name, value.into()),
+        }
     }
 
+    /// Sets a root attribute to a float64 (in Zarr a JSON number, or "NaN", "Infinity", "-Infinity" as
+    /// Zarr v3 writes non-finite fill values).
     pub fn set_attr_f64(&mut self, name: &str, value: f64) -> Result<()> {
-        self.replace_attr(name, |f| {
-            f.new_attr_builder()
-                .with_data(ndarray::arr0(value).view())
-                .create(name)
-                .map(drop)
-        })
+        match self.out_mut()? {
+            Out::Hdf5(o) => o.set_attr_f64(name, value),
+            Out::Zarr(o) => o.set_attr(name, json_f64(value)),
+        }
     }
 
     pub fn set_attr_i64(&mut self, name: &str, value: i64) -> Result<()> {
-        self.replace_attr(name, |f| {
-            f.new_attr_builder()
-                .with_data(ndarray::arr0(value).view())
-                .create(name)
-                .map(drop)
-        })
-    }
-
-    /// Sets a root attribute to a 1-D array of variable-length UTF-8 strings (e.g. the input files).
-    pub fn set_attr_strs(&mut self, name: &str, values: &[String]) -> Result<()> {
-        let vs = values
-            .iter()
-            .map(|v| vlen(name, v))
-            .collect::<Result<Vec<_>>>()?;
-        let arr = Array1::from(vs);
-        self.replace_attr(name, |f| {
-            f.new_attr_builder()
-                .with_data(arr.view())
-                .create(name)
-                .map(drop)
-        })
-    }
-
-    fn replace_attr(
-        &mut self,
-        name: &str,
-        create: impl FnOnce(&hdf5::File) -> hdf5::Result<()>,
-    ) -> Result<()> {
-        let file = self.file()?;
-        let what = || format!("writing attribute '{name}'");
-        if file
-            .attr_names()
-            .map_err(|s| self.hdf5_err(what(), s))?
-            .iter()
-            .any(|n| n == name)
-        {
-            file.delete_attr(name)
-                .map_err(|s| self.hdf5_err(what(), s))?;
+        match self.out_mut()? {
+            Out::Hdf5(o) => o.set_attr_i64(name, value),
+            Out::Zarr(o) => o.set_attr(name, value.into()),
         }
-        create(file).map_err(|s| self.hdf5_err(what(), s))
     }
 
-    /// Where the file is being written until `finish`.
+    /// Sets a root attribute to a 1-D array of UTF-8 strings (e.g. the input files).
+    pub fn set_attr_strs(&mut self, name: &str, values: &[String]) -> Result<()> {
+        match self.out_mut()? {
+            Out::Hdf5(o) => o.set_attr_strs(name, values),
+            Out::Zarr(o) => o.set_attr(name, values.into()),
+        }
+    }
+
+    /// Where the output is being written until `finish` (a file, or a Zarr store's directory).
     pub fn temp_path(&self) -> &Path {
         &self.temp
     }
 
-    /// The private directory the file is written in until `finish`; other temporary files of the run (the
+    /// The private directory the output is written in until `finish`; other temporary files of the run (the
     /// z-score scratch) belong here too, so one removal takes them all.
     pub fn temp_dir(&self) -> &Path {
         self.temp
             .parent()
-            .expect("the temporary file is inside its directory")
+            .expect("the temporary output is inside its directory")
     }
 
-    /// The path the file will have after `finish`.
+    /// The path the output will have after `finish`.
     pub fn path(&self) -> &Path {
         &self.path
     }
 
-    /// Flushes and closes the file and moves it to the final path (over an existing regular file only with
-    /// force), then removes the temporary directory.
+    /// Completes and closes the output and moves it to the final path (over an existing regular file, or
+    /// Zarr store for a Zarr output, only with force), then removes the temporary directory.
     pub fn finish(mut self) -> Result<PathBuf> {
-        let file = self.file.take().ok_or_else(|| self.closed())?;
-        let flushed = file.flush();
-        self.volumes.clear();
-        let closed = file.close();
-        flushed
-            .and(closed)
-            .map_err(|source| self.hdf5_err("flushing and closing the output".into(), source))?;
+        let mut out = self.out.take().ok_or_else(|| self.closed())?;
+        match &mut out {
+            Out::Hdf5(o) => o.close()?,
+            Out::Zarr(o) => {
+                let name = self.image_name();
+                o.close(&name)?
+            }
+        }
+        drop(out);
 
         let dir = self.dir.take().ok_or_else(|| self.closed())?;
         let registered = self.registered.take().ok_or_else(|| self.closed())?;
         // Deregistered and moved under the cleanup lock: an interrupt now either comes first and deletes
-        // the unfinished file, or waits and finds the output complete and in place.
-        registered.finish_with(|| match self.move_into_place() {
+        // the unfinished output, or waits and finds the output complete and in place.
+        registered.finish_with(|| match self.move_into_place(dir.path()) {
             Ok(()) => {
                 let _ = dir.close();
                 Ok(self.path.clone())
             }
             Err(e) => {
-                // The file is complete: whatever stopped the move, keep it where the message says.
+                // The output is complete: whatever stopped the move, keep it where the message says.
                 let _ = dir.keep();
                 Err(e)
             }
         })
     }
 
-    /// Moves the closed file to the final path; every error names where the complete result stays.
-    fn move_into_place(&self) -> Result<()> {
+    /// The OME image's name: the output's file name without `.zarr` / `.ome.zarr`.
+    fn image_name(&self) -> String {
+        let name = self
+            .path
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let lower = name.to_ascii_lowercase();
+        [".ome.zarr", ".zarr"]
+            .iter()
+            .find(|ext| lower.ends_with(*ext))
+            .map_or(name.clone(), |ext| {
+                name[..name.len() - ext.len()].to_string()
+            })
+    }
+
+    /// Moves the closed output to the final path; every error names where the complete result stays.
+    fn move_into_place(&self, dir: &Path) -> Result<()> {
         let kept = |message: String| Error::Output {
             path: self.path.clone(),
             message: format!("{message}; the result is in {}", self.temp.display()),
         };
         let io_err = |e: std::io::Error| kept(format!("cannot be put in place ({e})"));
-        if self.force {
-            // Checked again: a FIFO or link may have appeared at the output path while we were writing.
-            check_replaceable(&self.path, true).map_err(kept)?;
-            return std::fs::rename(&self.temp, &self.path).map_err(io_err);
-        }
         let appeared = || {
             kept(
                 "appeared while gpuprep was writing; not overwritten (pass --force to overwrite)"
                     .into(),
             )
         };
+        if self.format == OutputFormat::OmeZarr {
+            return self.move_store_into_place(dir, &kept, &io_err, &appeared);
+        }
+        if self.force {
+            // Checked again: a FIFO or link may have appeared at the output path while we were writing.
+            check_replaceable(&self.path, true).map_err(kept)?;
+            return std::fs::rename(&self.temp, &self.path).map_err(io_err);
+        }
         // Without --force the output must still not exist: a hard link fails atomically if it does, where
         // a rename would silently replace a file that appeared while we were writing.
         match std::fs::hard_link(&self.temp, &self.path) {
@@ -448,8 +585,79 @@ impl Sink {
         }
     }
 
-    fn file(&self) -> Result<&hdf5::File> {
-        self.file.as_ref().ok_or_else(|| self.closed())
+    /// A directory cannot be hard-linked, and a rename replaces an empty directory silently: the store is
+    /// renamed with `RENAME_NOREPLACE`. With --force an existing store (or file) is first moved into the
+    /// temporary directory, which `finish` then removes with it.
+    fn move_store_into_place(
+        &self,
+        dir: &Path,
+        kept: &dyn Fn(String) -> Error,
+        io_err: &dyn Fn(std::io::Error) -> Error,
+        appeared: &dyn Fn() -> Error,
+    ) -> Result<()> {
+        let mut replaced = None;
+        if self.force {
+            check_replaceable_store(&self.path, true).map_err(kept)?;
+            if std::fs::symlink_metadata(&self.path).is_ok() {
+                let aside = dir.join("replaced");
+                std::fs::rename(&self.path, &aside).map_err(io_err)?;
+                replaced = Some(aside);
+            }
+        }
+        match rename_noreplace(&self.temp, &self.path) {
+            Ok(()) => Ok(()),
+            Err(e) => {
+                // Put back what --force moved aside: the old output stays if the new one cannot go there.
+                if let Some(aside) = replaced {
+                    let _ = rename_noreplace(&aside, &self.path);
+                }
+                if e.kind() == std::io::ErrorKind::AlreadyExists {
+                    Err(appeared())
+                } else {
+                    Err(io_err(e))
+                }
+            }
+        }
+    }
+
+    fn check_volume(&self, name: &str, t: usize) -> Result<()> {
+        if !self.volumes.iter().any(|n| n == name) {
+            return Err(Error::Output {
+                path: self.path.clone(),
+                message: format!(
+                    "has no volume dataset '{name}' (created: {})",
+                    self.volumes.join(", ")
+                ),
+            });
+        }
+        if t >= self.t {
+            return Err(Error::Data(format!(
+                "timepoint {t} out of range for dataset '{name}' of {} timepoints",
+                self.t
+            )));
+        }
+        Ok(())
+    }
+
+    fn check_array_name(&self, name: &str) -> Result<()> {
+        if self.volumes.iter().any(|n| n == name) {
+            return Err(Error::Output {
+                path: self.path.clone(),
+                message: format!(
+                    "dataset '{name}' is one of the 4-D volume datasets; choose another name"
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    fn out(&self) -> Result<&Out> {
+        self.out.as_ref().ok_or_else(|| self.closed())
+    }
+
+    fn out_mut(&mut self) -> Result<&mut Out> {
+        let closed = self.closed();
+        self.out.as_mut().ok_or(closed)
     }
 
     fn closed(&self) -> Error {
@@ -458,36 +666,51 @@ impl Sink {
             message: "the output file is already closed".into(),
         }
     }
+}
 
-    fn volume(&self, name: &str, t: usize) -> Result<&hdf5::Dataset> {
-        let ds = self
-            .volumes
-            .iter()
-            .find(|(n, _)| n == name)
-            .map(|(_, d)| d)
-            .ok_or_else(|| Error::Output {
-                path: self.path.clone(),
-                message: format!(
-                    "has no volume dataset '{name}' (created: {})",
-                    self.volumes
-                        .iter()
-                        .map(|(n, _)| n.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            })?;
-        if t >= self.t {
-            return Err(Error::Data(format!(
-                "timepoint {t} out of range for dataset '{name}' of {} timepoints",
-                self.t
-            )));
+/// `rename(from, to)` failing with `AlreadyExists` if `to` exists, where the system can say so atomically
+/// (Linux's `renameat2`); elsewhere, and on file systems without it, checked first.
+fn rename_noreplace(from: &Path, to: &Path) -> std::io::Result<()> {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::unix::ffi::OsStrExt;
+        let c = |p: &Path| {
+            std::ffi::CString::new(p.as_os_str().as_bytes())
+                .map_err(|e| std::io::Error::new(std::io::ErrorKind::InvalidInput, e))
+        };
+        let (f, t) = (c(from)?, c(to)?);
+        // SAFETY: both are valid NUL-terminated paths, relative to the working directory.
+        let rc = unsafe {
+            libc::renameat2(
+                libc::AT_FDCWD,
+                f.as_ptr(),
+                libc::AT_FDCWD,
+                t.as_ptr(),
+                libc::RENAME_NOREPLACE,
+            )
+        };
+        if rc == 0 {
+            return Ok(());
         }
-        Ok(ds)
+        let e = std::io::Error::last_os_error();
+        if !matches!(e.raw_os_error(), Some(libc::EINVAL | libc::ENOSYS)) {
+            return Err(e);
+        }
     }
+    match std::fs::symlink_metadata(to) {
+        Ok(_) => Err(std::io::ErrorKind::AlreadyExists.into()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => std::fs::rename(from, to),
+        Err(e) => Err(e),
+    }
+}
 
-    fn hdf5_err(&self, what: String, source: hdf5::Error) -> Error {
-        // Named by the user's path: the temporary one means nothing to them and is gone after the error.
-        crate::hdf5_error(self.path.clone(), what, source)
+/// A float64 attribute as JSON, non-finite values as Zarr v3 writes them in fill values.
+fn json_f64(v: f64) -> serde_json::Value {
+    match serde_json::Number::from_f64(v) {
+        Some(n) => serde_json::Value::Number(n),
+        None if v.is_nan() => "NaN".into(),
+        None if v > 0.0 => "Infinity".into(),
+        None => "-Infinity".into(),
     }
 }
 
@@ -495,13 +718,11 @@ impl std::fmt::Debug for Sink {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Sink")
             .field("path", &self.path)
+            .field("format", &self.format)
             .field("temp", &self.temp)
             .field("t", &self.t)
             .field("shape", &self.shape)
-            .field(
-                "volumes",
-                &self.volumes.iter().map(|(n, _)| n).collect::<Vec<_>>(),
-            )
+            .field("volumes", &self.volumes)
             .finish_non_exhaustive()
     }
 }
@@ -510,18 +731,9 @@ impl Drop for Sink {
     fn drop(&mut self) {
         // Closed before the directory goes, so HDF5 writes nothing more into a deleted file. After a
         // successful `finish` there is nothing left to do: `dir` is `None`.
-        self.volumes.clear();
-        drop(self.file.take());
+        drop(self.out.take());
         drop(self.dir.take());
     }
-}
-
-fn vlen(name: &str, value: &str) -> Result<VarLenUnicode> {
-    value.parse::<VarLenUnicode>().map_err(|e| {
-        Error::Data(format!(
-            "attribute '{name}': value {value:?} cannot be stored as an HDF5 string: {e}"
-        ))
-    })
 }
 
 /// Chunk shape, chunk-cache bytes and cache slots for a (t, z, y, x) float32 dataset.

@@ -1,5 +1,5 @@
 //! Input volumes: a directory, globs or a list of 3-D HDF5 files (one timepoint each, or a movie each),
-//! or one 4-D file.
+//! or one 4-D file; or one Zarr array or OME-Zarr image (see [`zarr`]).
 //!
 //! Everything is validated when the source is opened, so a bad file fails before any work starts; reads then
 //! stream one volume at a time and open the file per read, so hundreds of inputs never hold hundreds of
@@ -16,6 +16,8 @@ use ndarray::{s, Array3};
 
 use super::fmt_shape;
 use gpuprep_core::error::{Error, Result};
+
+pub mod zarr;
 
 /// The element types gpuprep reads and writes (numpy's names in `Display`).
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -193,6 +195,8 @@ pub struct Source {
     cache_bytes: usize,
     cache_slots: usize,
     held: Held,
+    /// The Zarr array read, for a Zarr input (then `files` is its store alone).
+    zarr: Option<std::sync::Arc<zarr::ZarrInput>>,
 }
 
 /// The dataset of a file holding many timepoints, kept open between reads so that its chunk cache
@@ -277,6 +281,11 @@ impl Source {
         requested: Option<Axes>,
         warn: bool,
     ) -> Result<Source> {
+        if let [one] = inputs {
+            if zarr::is_zarr(one.as_ref()) {
+                return Source::open_zarr(one.as_ref(), dataset, requested);
+            }
+        }
         let inputs = expand_inputs(inputs)?;
         check_duplicates(&inputs)?;
         let mut files = Vec::with_capacity(inputs.len());
@@ -408,6 +417,28 @@ impl Source {
             cache_bytes,
             cache_slots,
             held: Held::default(),
+            zarr: None,
+        })
+    }
+
+    /// A Zarr store (or array) given as the only input.
+    fn open_zarr(path: &Path, dataset: &str, requested: Option<Axes>) -> Result<Source> {
+        let z = zarr::ZarrInput::open(path, dataset, requested)?;
+        let len = z.len();
+        Ok(Source {
+            files: vec![path.to_path_buf()],
+            lens: vec![len],
+            starts: vec![0],
+            dataset: z.dataset(),
+            axes: z.axes(),
+            shape: z.shape(),
+            dtype: z.dtype(),
+            len,
+            chunks: z.chunks(),
+            cache_bytes: 0,
+            cache_slots: 0,
+            held: Held::default(),
+            zarr: Some(std::sync::Arc::new(z)),
         })
     }
 
@@ -484,7 +515,13 @@ impl Source {
         } else {
             0
         };
-        let block = RAW_BLOCK_BYTES.min(voxels.saturating_mul(self.dtype.size()));
+        let typed = voxels.saturating_mul(self.dtype.size());
+        if let Some(z) = &self.zarr {
+            // The typed copy zarrs returns, plus the decoded chunks of the volume: a chunk spanning
+            // several timepoints (or channels) is decoded whole.
+            return typed.saturating_add(typed.saturating_mul(z.chunk_span()));
+        }
+        let block = RAW_BLOCK_BYTES.min(typed);
         self.cache_bytes.saturating_add(convert.max(block))
     }
 
@@ -502,6 +539,10 @@ impl Source {
                 name(&self.files[0]),
                 name(&self.files[n - 1])
             ),
+        };
+        let files = match &self.zarr {
+            Some(z) => z.summary(),
+            None => files,
         };
         let [z, y, x] = self.shape;
         let axes = match self.axes {
@@ -534,6 +575,9 @@ impl Source {
                 self.describe_source(),
                 self.len
             )));
+        }
+        if let Some(z) = &self.zarr {
+            return z.read(t, |bad| self.check_range(bad, &self.files[0], t));
         }
         let i = self.file_index(t);
         let local = t - self.starts[i];
@@ -918,6 +962,13 @@ fn check_probe(
 /// Unlike [`Source::open`] it describes datasets of any rank and type (that is what `info` is for), and only
 /// fails where there is nothing to describe: a missing path, a file that is not HDF5, or no such dataset.
 pub fn describe(inputs: &[String], dataset: &str) -> Result<Vec<String>> {
+    if let [one] = inputs {
+        if zarr::is_zarr(Path::new(one)) {
+            return Ok(vec![
+                zarr::ZarrInput::open(Path::new(one), dataset, None)?.describe()
+            ]);
+        }
+    }
     let files = expand_inputs(inputs)?;
     let mut lines = Vec::with_capacity(files.len());
     for f in &files {

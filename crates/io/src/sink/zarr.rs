@@ -1,0 +1,421 @@
+//! The OME-Zarr output format: an OME-NGFF 0.5 image on Zarr v3, the result at "0" and every other
+//! dataset an array beside it in the same store, the run's attributes on the root group.
+//!
+//! The root group's `zarr.json`, which makes the directory a Zarr store (and an OME image), is written
+//! last, by `close`: a store left behind by a killed run lacks it, so no reader takes it for a result.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use ndarray::{s, Array3, Array4, ArrayView3, ArrayViewD};
+use serde::Serialize;
+use serde_json::{Map, Value};
+use zarrs::array::{data_type, Array, ArrayBuilder, Element};
+use zarrs::filesystem::FilesystemStore;
+use zarrs::group::GroupBuilder;
+
+use super::{volume_chunking, Compression};
+use gpuprep_core::error::{Error, Result};
+
+/// The array the 4-D dataset "data" is stored as: level 0 of the OME multiscales.
+pub const IMAGE_KEY: &str = "0";
+/// The dataset stored at [`IMAGE_KEY`].
+const IMAGE_DATASET: &str = "data";
+/// The OME-NGFF version written.
+pub const NGFF_VERSION: &str = "0.5";
+
+/// One 4-D float32 array and the chunk-aligned slabs of timepoints not yet stored.
+///
+/// A chunk spans `ct` timepoints while the pipeline writes one volume at a time: writing each volume
+/// straight to the store would read back, decode and rewrite every chunk `ct` times. The volumes of a
+/// slab are gathered here instead (at most `volume_chunking`'s cache budget) and stored once, whole
+/// chunks only, when the slab is complete. Volumes arrive in order, so one slab per array is pending.
+struct Volume {
+    name: String,
+    array: Array<FilesystemStore>,
+    ct: usize,
+    pending: BTreeMap<usize, Slab>,
+    /// Slabs already stored: a volume written again there goes to the store (read, merge, write).
+    stored: BTreeSet<usize>,
+}
+
+struct Slab {
+    data: Array4<f32>,
+    filled: Vec<bool>,
+}
+
+/// An OME-Zarr store being written (in the sink's private temporary directory).
+pub(super) struct ZarrOut {
+    /// The user's path, which errors name.
+    path: PathBuf,
+    store: Arc<FilesystemStore>,
+    t: usize,
+    shape: [usize; 3],
+    volumes: Vec<Volume>,
+    attrs: Map<String, Value>,
+    closed: bool,
+    compression: Compression,
+}
+
+/// OME-NGFF 0.5 `multiscales` metadata (typed, so a misspelt key is a compile error).
+#[derive(Serialize)]
+struct Ome {
+    version: &'static str,
+    multiscales: Vec<Multiscale>,
+}
+
+#[derive(Serialize)]
+struct Multiscale {
+    name: String,
+    axes: Vec<Axis>,
+    datasets: Vec<Dataset>,
+}
+
+#[derive(Serialize)]
+struct Axis {
+    name: &'static str,
+    #[serde(rename = "type")]
+    kind: &'static str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    unit: Option<String>,
+}
+
+#[derive(Serialize)]
+struct Dataset {
+    path: &'static str,
+    #[serde(rename = "coordinateTransformations")]
+    transforms: Vec<Transform>,
+}
+
+#[derive(Serialize)]
+struct Transform {
+    #[serde(rename = "type")]
+    kind: &'static str,
+    scale: Vec<f64>,
+}
+
+/// The store key of dataset `name`, refusing names that are not one plain path component (they would
+/// write outside the array's directory or clash with Zarr's own files).
+pub(super) fn key_of(name: &str) -> std::result::Result<&str, String> {
+    if name == IMAGE_DATASET {
+        return Ok(IMAGE_KEY);
+    }
+    let plain = !name.is_empty()
+        && !name.starts_with('.')
+        && name != "zarr.json"
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+    if !plain {
+        return Err(format!(
+            "dataset name '{name}' cannot be a Zarr array here; use letters, digits, '_', '-' and '.'"
+        ));
+    }
+    if name == IMAGE_KEY {
+        return Err(format!(
+            "dataset name '{name}' is where the Zarr output keeps '{IMAGE_DATASET}'; choose another name"
+        ));
+    }
+    Ok(name)
+}
+
+impl ZarrOut {
+    /// Creates the store directory `temp` with one 4-D float32 array per name in `volumes`.
+    pub(super) fn create(
+        path: &Path,
+        temp: &Path,
+        t: usize,
+        shape: [usize; 3],
+        volumes: &[&str],
+        compression: Compression,
+    ) -> Result<ZarrOut> {
+        std::fs::create_dir(temp).map_err(|e| Error::Output {
+            path: temp.to_path_buf(),
+            message: format!("cannot create the temporary output store ({e})"),
+        })?;
+        let store = FilesystemStore::new(temp).map_err(|e| Error::Output {
+            path: temp.to_path_buf(),
+            message: format!("cannot open the temporary output store ({e})"),
+        })?;
+        let mut out = ZarrOut {
+            path: path.to_path_buf(),
+            store: Arc::new(store),
+            t,
+            shape,
+            volumes: Vec::new(),
+            attrs: Map::new(),
+            closed: false,
+            compression,
+        };
+        let (chunk, ..) = volume_chunking(t, shape);
+        let array_shape = [t, shape[0], shape[1], shape[2]].map(|n| n as u64).to_vec();
+        for &name in volumes {
+            let key = key_of(name).map_err(|m| out.out_err(m))?;
+            let array = ArrayBuilder::new(
+                array_shape.clone(),
+                chunk.map(|n| n as u64).to_vec(),
+                data_type::float32(),
+                0.0f32,
+            )
+            .dimension_names(Some(["t", "z", "y", "x"]))
+            .bytes_to_bytes_codecs(codecs(compression))
+            .build(out.store.clone(), &format!("/{key}"))
+            .map_err(|e| out.zarr_err(format!("creating /{name}"), e))?;
+            array
+                .store_metadata()
+                .map_err(|e| out.zarr_err(format!("creating /{name}"), e))?;
+            out.volumes.push(Volume {
+                name: name.to_string(),
+                array,
+                ct: chunk[0],
+                pending: BTreeMap::new(),
+                stored: BTreeSet::new(),
+            });
+        }
+        Ok(out)
+    }
+
+    /// Writes volume `t` of `name`; the caller has checked the name, `t` and the shape.
+    pub(super) fn write_volume(
+        &mut self,
+        name: &str,
+        t: usize,
+        vol: ArrayView3<f32>,
+    ) -> Result<()> {
+        let (total, shape, path) = (self.t, self.shape, self.path.clone());
+        let v = self.volume_mut(name)?;
+        let slab = t / v.ct;
+        if v.stored.contains(&slab) {
+            let array = &v.array;
+            let start = [t as u64, 0, 0, 0];
+            let data = vol.insert_axis(ndarray::Axis(0));
+            return store(array, &start, data.as_standard_layout().to_owned())
+                .map_err(|e| zarr_error(&path, format!("writing /{name} at timepoint {t}"), e));
+        }
+        let t0 = slab * v.ct;
+        let len = v.ct.min(total - t0);
+        let entry = v.pending.entry(slab).or_insert_with(|| Slab {
+            data: Array4::zeros([len, shape[0], shape[1], shape[2]]),
+            filled: vec![false; len],
+        });
+        entry.data.slice_mut(s![t - t0, .., .., ..]).assign(&vol);
+        entry.filled[t - t0] = true;
+        if entry.filled.iter().all(|&f| f) {
+            let slab_data = v.pending.remove(&slab).expect("just filled").data;
+            v.stored.insert(slab);
+            store(&v.array, &[t0 as u64, 0, 0, 0], slab_data).map_err(|e| {
+                zarr_error(
+                    &path,
+                    format!("writing /{name} at timepoints {t0}-{}", t0 + len - 1),
+                    e,
+                )
+            })?;
+        }
+        Ok(())
+    }
+
+    pub(super) fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {
+        let v = self
+            .volumes
+            .iter()
+            .find(|v| v.name == name)
+            .ok_or_else(|| self.closed_err())?;
+        let slab = t / v.ct;
+        if let Some(p) = v.pending.get(&slab) {
+            return Ok(p.data.slice(s![t - slab * v.ct, .., .., ..]).to_owned());
+        }
+        let [z, y, x] = self.shape.map(|n| n as u64);
+        let t = t as u64;
+        let data: ndarray::ArrayD<f32> = v
+            .array
+            .retrieve_array_subset(&[t..t + 1, 0..z, 0..y, 0..x])
+            .map_err(|e| self.zarr_err(format!("reading /{name} at timepoint {t}"), e))?;
+        data.into_shape_with_order(self.shape)
+            .map_err(|e| Error::Data(format!("reading /{name} at timepoint {t}: {e}")))
+    }
+
+    /// Writes `data` as array `name` in one chunk, replacing one of that name.
+    pub(super) fn write_array<T: Element + Copy>(
+        &mut self,
+        name: &str,
+        data: ArrayViewD<T>,
+        dtype: zarrs::array::DataType,
+        fill: impl Into<zarrs::array::builder::ArrayBuilderFillValue>,
+    ) -> Result<()> {
+        let key = key_of(name).map_err(|m| self.out_err(m))?;
+        // Replaced whole: an older array of another shape must leave no chunk behind.
+        let dir = self.store.prefix_to_fs_path(
+            &zarrs::storage::StorePrefix::new(format!("{key}/"))
+                .map_err(|e| self.out_err(e.to_string()))?,
+        );
+        match std::fs::remove_dir_all(&dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(self.out_err(format!("cannot replace /{name} ({e})")));
+            }
+        }
+        let shape: Vec<u64> = data.shape().iter().map(|&n| n as u64).collect();
+        // A zero-length axis still needs a chunk extent of at least 1.
+        let chunk: Vec<u64> = shape.iter().map(|&n| n.max(1)).collect();
+        let what = || format!("writing /{name}");
+        let array = ArrayBuilder::new(shape, chunk, dtype, fill)
+            .bytes_to_bytes_codecs(codecs(self.compression))
+            .build(self.store.clone(), &format!("/{key}"))
+            .map_err(|e| self.zarr_err(what(), e))?;
+        array
+            .store_metadata()
+            .map_err(|e| self.zarr_err(what(), e))?;
+        if data.is_empty() {
+            return Ok(());
+        }
+        let start = vec![0u64; data.ndim()];
+        store(&array, &start, data.as_standard_layout().to_owned())
+            .map_err(|e| self.zarr_err(what(), e))
+    }
+
+    pub(super) fn set_attr(&mut self, name: &str, value: Value) -> Result<()> {
+        if name == "ome" {
+            return Err(self.out_err(
+                "attribute 'ome' is the OME-NGFF metadata of the Zarr output; choose another name"
+                    .into(),
+            ));
+        }
+        self.attrs.insert(name.to_string(), value);
+        Ok(())
+    }
+
+    /// Stores the slabs still pending (timepoints never written keep the fill value, 0, as in HDF5)
+    /// and then the root group's metadata, which completes the store.
+    pub(super) fn close(&mut self, name: &str) -> Result<()> {
+        if self.closed {
+            return Err(self.closed_err());
+        }
+        for v in &mut self.volumes {
+            for (slab, p) in std::mem::take(&mut v.pending) {
+                let t0 = slab * v.ct;
+                store(&v.array, &[t0 as u64, 0, 0, 0], p.data).map_err(|e| {
+                    zarr_error(
+                        &self.path,
+                        format!("writing /{} at timepoint {t0}", v.name),
+                        e,
+                    )
+                })?;
+                v.stored.insert(slab);
+            }
+        }
+        let mut attrs = self.attrs.clone();
+        if self.volumes.iter().any(|v| v.name == IMAGE_DATASET) {
+            let ome = Ome {
+                version: NGFF_VERSION,
+                multiscales: vec![Multiscale {
+                    name: name.to_string(),
+                    axes: vec![
+                        Axis {
+                            name: "t",
+                            kind: "time",
+                            unit: None,
+                        },
+                        Axis {
+                            name: "z",
+                            kind: "space",
+                            unit: None,
+                        },
+                        Axis {
+                            name: "y",
+                            kind: "space",
+                            unit: None,
+                        },
+                        Axis {
+                            name: "x",
+                            kind: "space",
+                            unit: None,
+                        },
+                    ],
+                    datasets: vec![Dataset {
+                        path: IMAGE_KEY,
+                        // The voxel size is not known: one unit per voxel and per timepoint.
+                        transforms: vec![Transform {
+                            kind: "scale",
+                            scale: vec![1.0; 4],
+                        }],
+                    }],
+                }],
+            };
+            let ome = serde_json::to_value(ome)
+                .map_err(|e| self.out_err(format!("cannot encode the OME metadata ({e})")))?;
+            attrs.insert("ome".into(), ome);
+        }
+        let what = || "writing the root group's metadata".to_string();
+        GroupBuilder::new()
+            .attributes(attrs)
+            .build(self.store.clone(), "/")
+            .map_err(|e| self.zarr_err(what(), e))?
+            .store_metadata()
+            .map_err(|e| self.zarr_err(what(), e))?;
+        self.closed = true;
+        Ok(())
+    }
+
+    fn volume_mut(&mut self, name: &str) -> Result<&mut Volume> {
+        if self.closed {
+            return Err(self.closed_err());
+        }
+        let err = self.closed_err();
+        self.volumes.iter_mut().find(|v| v.name == name).ok_or(err)
+    }
+
+    fn closed_err(&self) -> Error {
+        self.out_err("the output store is already closed".into())
+    }
+
+    fn out_err(&self, message: String) -> Error {
+        Error::Output {
+            path: self.path.clone(),
+            message,
+        }
+    }
+
+    fn zarr_err(&self, what: String, e: impl std::error::Error + Send + Sync + 'static) -> Error {
+        zarr_error(&self.path, what, e)
+    }
+}
+
+/// The bytes-to-bytes codecs of every array.
+fn codecs(
+    compression: Compression,
+) -> Vec<Arc<dyn zarrs::array::codec::api::BytesToBytesCodecTraits>> {
+    match compression {
+        Compression::None => Vec::new(),
+        Compression::Zstd => vec![Arc::new(zarrs::array::codec::ZstdCodec::new(3, false))],
+    }
+}
+
+/// Stores `data` at `start`, its chunks encoded and written on several threads.
+fn store<T: Element, D: ndarray::Dimension>(
+    array: &Array<FilesystemStore>,
+    start: &[u64],
+    data: ndarray::Array<T, D>,
+) -> std::result::Result<(), zarrs::array::ArrayError> {
+    let subset: Vec<std::ops::Range<u64>> = start
+        .iter()
+        .zip(data.shape())
+        .map(|(&s, &n)| s..s + n as u64)
+        .collect();
+    array.store_array_subset(&subset, data)
+}
+
+/// A Zarr failure at `path` while doing `what`, its cause in one line.
+pub fn zarr_error(
+    path: &Path,
+    what: String,
+    e: impl std::error::Error + Send + Sync + 'static,
+) -> Error {
+    Error::Storage {
+        path: path.to_path_buf(),
+        what,
+        cause: crate::one_line(&crate::error_chain(&e)),
+        source: Box::new(e),
+    }
+}

@@ -1,0 +1,841 @@
+//! Zarr in and OME-Zarr out: the same data gives bit-identical results through HDF5 and Zarr, in both
+//! directions; hostile Zarr inputs give one clear line; a failed run leaves no store.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use gpuprep_io::writer::{SeriesWriter, TypedVolume};
+use gpuprep_io::Dtype;
+use ndarray::{s, Array4, ArrayD, Dimension};
+use serde_json::{json, Value};
+use zarrs::array::{data_type, Array, ArrayBuilder};
+use zarrs::filesystem::FilesystemStore;
+
+use crate::support::{fresh_seed, gpuprep_output, rng};
+
+/// A (t, z, y, x) uint16 series with structure, small enough for a fast CPU run with registration.
+fn series(seed: u64, shape: [usize; 4]) -> Array4<u16> {
+    use rand::Rng;
+    let mut r = rng(seed);
+    let [_, nz, ny, nx] = shape;
+    Array4::from_shape_fn(shape, |(t, z, y, x)| {
+        // A blob that drifts with t, plus noise: registration has something to find.
+        let (cz, cy, cx) = (
+            nz as f32 / 2.0,
+            ny as f32 / 2.0 + t as f32 * 0.7,
+            nx as f32 / 2.0 - t as f32 * 0.4,
+        );
+        let d2 = (z as f32 - cz).powi(2) + (y as f32 - cy).powi(2) + (x as f32 - cx).powi(2);
+        (1000.0 * (-d2 / 20.0).exp() + r.random_range(0.0f32..50.0)) as u16
+    })
+}
+
+fn write_h5(path: &Path, data: &Array4<u16>) {
+    let shape = data.shape();
+    let w = SeriesWriter::create(
+        path,
+        "data",
+        Dtype::U16,
+        [shape[0], shape[1], shape[2], shape[3]],
+    )
+    .unwrap();
+    for t in 0..shape[0] {
+        w.write(
+            t,
+            &TypedVolume::U16(data.slice(s![t, .., .., ..]).to_owned()),
+        )
+        .unwrap();
+    }
+    w.close().unwrap();
+}
+
+fn fs_store(path: &Path) -> Arc<FilesystemStore> {
+    Arc::new(FilesystemStore::new(path).unwrap())
+}
+
+/// A Zarr v3 array of `data` at the store's root, zstd-compressed, chunks spanning 2 timepoints.
+fn write_zarr_v3(path: &Path, data: &Array4<u16>) {
+    std::fs::create_dir_all(path).unwrap();
+    let shape: Vec<u64> = data.shape().iter().map(|&n| n as u64).collect();
+    let chunk = vec![2, shape[1], shape[2].div_ceil(2), shape[3]];
+    let array = ArrayBuilder::new(shape.clone(), chunk, data_type::uint16(), 0u16)
+        .bytes_to_bytes_codecs(vec![Arc::new(zarrs::array::codec::ZstdCodec::new(
+            3, false,
+        ))])
+        .build(fs_store(path), "/")
+        .unwrap();
+    array.store_metadata().unwrap();
+    let ranges: Vec<_> = shape.iter().map(|&n| 0..n).collect();
+    array.store_array_subset(&ranges, data.clone()).unwrap();
+}
+
+/// A Zarr v2 array written by hand (`.zarray` and raw little-endian chunks, "." separated keys): a writer
+/// independent of the reader under test.
+fn write_zarr_v2(dir: &Path, data: &ArrayD<u16>, chunks: &[usize], extra: Value) {
+    std::fs::create_dir_all(dir).unwrap();
+    let mut meta = json!({
+        "zarr_format": 2, "shape": data.shape(), "chunks": chunks, "dtype": "<u2",
+        "compressor": null, "fill_value": 0, "filters": null, "order": "C"
+    });
+    meta.as_object_mut()
+        .unwrap()
+        .extend(extra.as_object().cloned().unwrap_or_default());
+    std::fs::write(dir.join(".zarray"), meta.to_string()).unwrap();
+    let grid: Vec<usize> = data
+        .shape()
+        .iter()
+        .zip(chunks)
+        .map(|(n, c)| n.div_ceil(*c))
+        .collect();
+    for idx in ndarray::indices(grid.as_slice()) {
+        let idx = idx.slice().to_vec();
+        // A chunk is always whole: the part past the array's edge holds the fill value.
+        let mut buf = ArrayD::<u16>::zeros(chunks);
+        let region: Vec<ndarray::SliceInfoElem> = idx
+            .iter()
+            .zip(chunks)
+            .zip(data.shape())
+            .map(|((i, c), n)| ndarray::Slice::from(i * c..((i + 1) * c).min(*n)).into())
+            .collect();
+        let part = data.slice(region.as_slice());
+        let inner: Vec<ndarray::SliceInfoElem> = part
+            .shape()
+            .iter()
+            .map(|&n| ndarray::Slice::from(0..n).into())
+            .collect();
+        buf.slice_mut(inner.as_slice()).assign(&part);
+        let bytes: Vec<u8> = buf.iter().flat_map(|v| v.to_le_bytes()).collect();
+        let sep = meta
+            .get("dimension_separator")
+            .and_then(Value::as_str)
+            .unwrap_or(".");
+        let key = idx
+            .iter()
+            .map(|i| i.to_string())
+            .collect::<Vec<_>>()
+            .join(sep);
+        let key = dir.join(key);
+        std::fs::create_dir_all(key.parent().unwrap()).unwrap();
+        std::fs::write(key, bytes).unwrap();
+    }
+}
+
+/// `gpuprep run INPUT -o OUT --backend cpu -q EXTRA`, asserting success.
+fn run_ok(input: &Path, out: &Path, extra: &[&str]) {
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        input.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    args.extend(["--backend", "cpu", "-q"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let (code, _, err) = gpuprep_output(&args);
+    assert_eq!(code, 0, "{input:?} -> {out:?}: {err}");
+}
+
+/// `gpuprep run INPUT -o OUT ...`, expecting a failure: (exit code, stderr).
+fn run_err(input: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+    let mut args: Vec<String> = vec![
+        "run".into(),
+        input.display().to_string(),
+        "-o".into(),
+        out.display().to_string(),
+    ];
+    args.extend(["--backend", "cpu", "-q"].map(String::from));
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let (code, _, err) = gpuprep_output(&args);
+    assert_ne!(code, 0, "{input:?} should fail");
+    (code, err)
+}
+
+fn h5_f32(path: &Path, name: &str) -> ArrayD<f32> {
+    hdf5::File::open(path)
+        .unwrap()
+        .dataset(name)
+        .unwrap()
+        .read_dyn()
+        .unwrap()
+}
+
+fn h5_f64(path: &Path, name: &str) -> ArrayD<f64> {
+    hdf5::File::open(path)
+        .unwrap()
+        .dataset(name)
+        .unwrap()
+        .read_dyn()
+        .unwrap()
+}
+
+fn zarr_array(store: &Path, key: &str) -> Array<FilesystemStore> {
+    Array::open(fs_store(store), &format!("/{key}")).unwrap()
+}
+
+fn zarr_read<T: zarrs::array::ElementOwned>(store: &Path, key: &str) -> ArrayD<T> {
+    let a = zarr_array(store, key);
+    a.retrieve_array_subset(&a.subset_all()).unwrap()
+}
+
+fn zarr_attrs(store: &Path) -> serde_json::Map<String, Value> {
+    let v: Value =
+        serde_json::from_str(&std::fs::read_to_string(store.join("zarr.json")).unwrap()).unwrap();
+    assert_eq!(v["zarr_format"], 3);
+    assert_eq!(v["node_type"], "group");
+    v["attributes"].as_object().unwrap().clone()
+}
+
+/// Bitwise equality (NaN payloads included), with the first differing index in the message.
+fn same_bits<T: Copy + PartialEq + std::fmt::Debug>(
+    a: &ArrayD<T>,
+    b: &ArrayD<T>,
+    bits: impl Fn(T) -> u64,
+    what: &str,
+) {
+    assert_eq!(a.shape(), b.shape(), "{what}: shape");
+    if let Some((i, (x, y))) = a
+        .iter()
+        .zip(b.iter())
+        .enumerate()
+        .find(|(_, (x, y))| bits(**x) != bits(**y))
+    {
+        panic!("{what}: element {i} differs: {x:?} vs {y:?}");
+    }
+}
+
+fn same_f32(a: &ArrayD<f32>, b: &ArrayD<f32>, what: &str) {
+    same_bits(a, b, |v| v.to_bits() as u64, what)
+}
+
+fn same_f64(a: &ArrayD<f64>, b: &ArrayD<f64>, what: &str) {
+    same_bits(a, b, f64::to_bits, what)
+}
+
+fn entries(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    v.sort();
+    v
+}
+
+/// Every result of a run with `--save filtered,registered`: the HDF5 output against the OME-Zarr one.
+fn assert_same_outputs(h5: &Path, zarr: &Path) {
+    same_f32(&h5_f32(h5, "data"), &zarr_read::<f32>(zarr, "0"), "data");
+    for name in ["filtered", "registered", "mean", "std"] {
+        same_f32(&h5_f32(h5, name), &zarr_read::<f32>(zarr, name), name);
+    }
+    for name in ["shifts", "error", "phasediff"] {
+        same_f64(&h5_f64(h5, name), &zarr_read::<f64>(zarr, name), name);
+    }
+}
+
+#[test]
+fn ome_zarr_output_is_bit_identical_to_hdf5_with_every_attribute() {
+    let seed = fresh_seed();
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.h5");
+    // 11 timepoints: the last chunk of 8 timepoints is partial.
+    write_h5(&input, &series(seed, [11, 6, 20, 18]).mapv(|v| v));
+    let (h5, zarr) = (tmp.path().join("out.h5"), tmp.path().join("out.ome.zarr"));
+    let args = ["--dataset", "data", "--save", "filtered,registered"];
+    run_ok(&input, &h5, &args);
+    run_ok(&input, &zarr, &args);
+    assert_same_outputs(&h5, &zarr);
+    assert_eq!(entries(tmp.path()), ["in.h5", "out.h5", "out.ome.zarr"]);
+
+    // The image: (t, z, y, x) float32 at "0", chunks of several timepoints and a spatial block.
+    let image = zarr_array(&zarr, "0");
+    assert_eq!(image.shape(), &[11, 6, 20, 18]);
+    assert_eq!(image.data_type(), &data_type::float32());
+    let names: Vec<_> = image
+        .dimension_names()
+        .clone()
+        .unwrap()
+        .into_iter()
+        .flatten()
+        .collect();
+    assert_eq!(names, ["t", "z", "y", "x"]);
+    let chunk = image.chunk_shape(&[0, 0, 0, 0]).unwrap();
+    assert_eq!(chunk[0].get(), 8, "{chunk:?}");
+
+    // Attributes: the OME-NGFF 0.5 multiscales, and every root attribute of the HDF5 output with its value.
+    let attrs = zarr_attrs(&zarr);
+    let ome = &attrs["ome"];
+    assert_eq!(ome["version"], "0.5");
+    let ms = &ome["multiscales"][0];
+    assert_eq!(ms["name"], "out");
+    let axes: Vec<(&str, &str)> = ms["axes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| (a["name"].as_str().unwrap(), a["type"].as_str().unwrap()))
+        .collect();
+    assert_eq!(
+        axes,
+        [
+            ("t", "time"),
+            ("z", "space"),
+            ("y", "space"),
+            ("x", "space")
+        ]
+    );
+    assert_eq!(ms["datasets"][0]["path"], "0");
+    assert_eq!(
+        ms["datasets"][0]["coordinateTransformations"],
+        json!([{"type": "scale", "scale": [1.0, 1.0, 1.0, 1.0]}])
+    );
+    let file = hdf5::File::open(&h5).unwrap();
+    let h5_names = file.attr_names().unwrap();
+    assert!(h5_names.len() >= 15, "{h5_names:?}");
+    for name in &h5_names {
+        let a = file.attr(name).unwrap();
+        let z = attrs
+            .get(name)
+            .unwrap_or_else(|| panic!("attribute {name} missing from zarr.json"));
+        let want = match a.dtype().unwrap().to_descriptor().unwrap() {
+            hdf5::types::TypeDescriptor::VarLenUnicode if a.ndim() == 0 => {
+                json!(a
+                    .read_scalar::<hdf5::types::VarLenUnicode>()
+                    .unwrap()
+                    .as_str())
+            }
+            hdf5::types::TypeDescriptor::VarLenUnicode => json!(a
+                .read_raw::<hdf5::types::VarLenUnicode>()
+                .unwrap()
+                .iter()
+                .map(|s| s.as_str().to_string())
+                .collect::<Vec<_>>()),
+            hdf5::types::TypeDescriptor::Float(_) => json!(a.read_scalar::<f64>().unwrap()),
+            hdf5::types::TypeDescriptor::Integer(_) => json!(a.read_scalar::<i64>().unwrap()),
+            other => panic!("attribute {name}: unexpected type {other:?}"),
+        };
+        assert_eq!(z, &want, "attribute {name}");
+    }
+
+    // gpuprep reads its own OME-Zarr output back as a 4-D source.
+    let src = gpuprep_io::Source::open(&[zarr.display().to_string()], "default").unwrap();
+    assert_eq!(
+        (src.len(), src.shape(), src.dtype(), src.dataset()),
+        (11, [6, 20, 18], Dtype::F32, "0")
+    );
+    let data = h5_f32(&h5, "data");
+    assert_eq!(
+        src.read(10).unwrap().into_dyn(),
+        data.slice(s![10, .., .., ..]).into_dyn()
+    );
+}
+
+#[test]
+fn zarr_inputs_give_the_result_of_the_same_data_in_hdf5() {
+    let seed = fresh_seed();
+    let tmp = tempfile::tempdir().unwrap();
+    let data = series(seed, [7, 5, 16, 20]);
+    let h5_in = tmp.path().join("in.h5");
+    write_h5(&h5_in, &data);
+    let reference = tmp.path().join("ref.h5");
+    run_ok(&h5_in, &reference, &["--dataset", "data"]);
+
+    // Zarr v3, zstd, chunks across timepoints and split in y.
+    let v3 = tmp.path().join("v3.zarr");
+    write_zarr_v3(&v3, &data);
+    // Zarr v2, raw chunks with ragged edges.
+    let v2 = tmp.path().join("v2.zarr");
+    write_zarr_v2(&v2, &data.clone().into_dyn(), &[3, 2, 7, 20], json!({}));
+    // OME-Zarr 0.4 on v2: (t, c, z, y, x) with two channels, channel 0 the data.
+    let ome = tmp.path().join("ome04.zarr");
+    let mut five = ndarray::Array5::<u16>::zeros([7, 2, 5, 16, 20]);
+    five.slice_mut(s![.., 0, .., .., ..]).assign(&data);
+    five.slice_mut(s![.., 1, .., .., ..]).fill(7);
+    std::fs::create_dir_all(&ome).unwrap();
+    std::fs::write(ome.join(".zgroup"), r#"{"zarr_format": 2}"#).unwrap();
+    let axes = json!([
+        {"name": "t", "type": "time", "unit": "second"}, {"name": "c", "type": "channel"},
+        {"name": "z", "type": "space", "unit": "micrometer"}, {"name": "y", "type": "space", "unit": "micrometer"},
+        {"name": "x", "type": "space", "unit": "micrometer"}
+    ]);
+    let ms = json!({"multiscales": [{"version": "0.4", "axes": axes, "datasets": [
+        {"path": "s0", "coordinateTransformations": [{"type": "scale", "scale": [2.0, 1.0, 3.0, 0.5, 0.5]}]},
+    ]}]});
+    std::fs::write(ome.join(".zattrs"), ms.to_string()).unwrap();
+    write_zarr_v2(
+        &ome.join("s0"),
+        &five.into_dyn(),
+        &[4, 1, 5, 16, 20],
+        json!({"dimension_separator": "/"}),
+    );
+    // A 3-D movie (t, y, x) read with --axes tyx against the same movie in HDF5.
+    let movie = data.slice(s![.., 2, .., ..]).to_owned();
+    let movie_h5 = tmp.path().join("movie.h5");
+    {
+        let f = hdf5::File::create(&movie_h5).unwrap();
+        f.new_dataset_builder()
+            .with_data(movie.view())
+            .create("data")
+            .unwrap();
+    }
+    let movie_zarr = tmp.path().join("movie.zarr");
+    write_zarr_v2(
+        &movie_zarr,
+        &movie.clone().into_dyn(),
+        &[7, 8, 8],
+        json!({}),
+    );
+    let movie_ref = tmp.path().join("movie_ref.h5");
+    run_ok(
+        &movie_h5,
+        &movie_ref,
+        &["--dataset", "data", "--axes", "tyx"],
+    );
+
+    for (input, reference) in [
+        (&v3, &reference),
+        (&v2, &reference),
+        (&ome, &reference),
+        (&movie_zarr, &movie_ref),
+    ] {
+        let out = tmp.path().join(format!(
+            "{}.h5",
+            input.file_name().unwrap().to_string_lossy()
+        ));
+        let extra: &[&str] = if input == &movie_zarr {
+            &["--axes", "tyx"]
+        } else {
+            &[]
+        };
+        run_ok(input, &out, extra);
+        same_f32(
+            &h5_f32(reference, "data"),
+            &h5_f32(&out, "data"),
+            &format!("{input:?} data"),
+        );
+        same_f64(
+            &h5_f64(reference, "shifts"),
+            &h5_f64(&out, "shifts"),
+            &format!("{input:?} shifts"),
+        );
+    }
+
+    // The memory check counts the typed copy and the decoded chunks (2 timepoints each) of a volume.
+    let src = gpuprep_io::Source::open(&[v3.display().to_string()], "default").unwrap();
+    assert_eq!(src.read_buffer_bytes(), 5 * 16 * 20 * 2 * (1 + 2));
+    assert_eq!(src.chunks(), Some(vec![2, 5, 8, 20]));
+
+    // `info` describes the store: format, array, shape, type, chunks, codecs, axes and voxel size.
+    let (code, out, err) = gpuprep_output(&["info".to_string(), ome.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "Zarr v2, OME-NGFF 0.4 image",
+        "array 's0' shape (7, 2, 5, 16, 20) uint16",
+        "chunks (4, 1, 5, 16, 20)",
+        "axes t,c,z,y,x",
+        "voxel size t 2 second, z 3 micrometer, y 0.5 micrometer, x 0.5 micrometer",
+        "channel 0 of 2",
+        "axes tzyx: 7 volumes of (z, y, x) = (5, 16, 20)",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+    let (code, out, _) = gpuprep_output(&["info".to_string(), v3.display().to_string()]);
+    assert_eq!(code, 0);
+    assert!(out.contains("Zarr v3, array '/' shape (7, 5, 16, 20) uint16, chunks (2, 5, 8, 20), codecs bytes+zstd"), "{out}");
+}
+
+#[test]
+fn hostile_zarr_inputs_give_one_clear_line_and_leave_nothing() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = series(1, [4, 3, 8, 8]).into_dyn();
+    let make = |name: &str| {
+        let p = tmp.path().join(name);
+        write_zarr_v2(&p, &data, &[1, 3, 8, 8], json!({}));
+        p
+    };
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("result.ome.zarr");
+    let mut cases: Vec<(PathBuf, Vec<String>)> = Vec::new();
+
+    // A chunk missing at the last timepoint: the run fails after writing the first volumes.
+    let p = make("missing.zarr");
+    std::fs::remove_file(p.join("3.0.0.0")).unwrap();
+    cases.push((
+        p.clone(),
+        vec![
+            p.display().to_string(),
+            "chunk (3, 0, 0, 0) (3.0.0.0) is missing".into(),
+            "timepoint 3".into(),
+        ],
+    ));
+    // A truncated chunk.
+    let p = make("truncated.zarr");
+    let chunk = p.join("2.0.0.0");
+    let bytes = std::fs::read(&chunk).unwrap();
+    std::fs::write(&chunk, &bytes[..bytes.len() / 2]).unwrap();
+    cases.push((
+        p.clone(),
+        vec![
+            p.display().to_string(),
+            "chunk (2, 0, 0, 0) (2.0.0.0) cannot be decoded at timepoint 2".into(),
+        ],
+    ));
+    // A type gpuprep does not take.
+    let p = tmp.path().join("int64.zarr");
+    std::fs::create_dir(&p).unwrap();
+    std::fs::write(
+        p.join(".zarray"),
+        json!({"zarr_format": 2, "shape": [2, 2, 2, 2], "chunks": [1, 2, 2, 2],
+        "dtype": "<i8", "compressor": null, "fill_value": 0, "filters": null, "order": "C"})
+        .to_string(),
+    )
+    .unwrap();
+    cases.push((
+        p.clone(),
+        vec!["unsupported type int64".into(), "uint8, uint16".into()],
+    ));
+    // Metadata that is not JSON.
+    let p = tmp.path().join("garbage.zarr");
+    std::fs::create_dir(&p).unwrap();
+    std::fs::write(p.join("zarr.json"), "{\"zarr_format\": 3, \"node_type\": ").unwrap();
+    cases.push((
+        p.clone(),
+        vec![p.display().to_string(), "the store's root".into()],
+    ));
+    // OME axes that do not match the array's rank.
+    let p = tmp.path().join("axes.zarr");
+    std::fs::create_dir(&p).unwrap();
+    std::fs::write(p.join(".zgroup"), r#"{"zarr_format": 2}"#).unwrap();
+    std::fs::write(
+        p.join(".zattrs"),
+        json!({"multiscales": [{"version": "0.4",
+        "axes": [{"name": "t"}, {"name": "y"}, {"name": "x"}], "datasets": [{"path": "0"}]}]})
+        .to_string(),
+    )
+    .unwrap();
+    write_zarr_v2(&p.join("0"), &data, &[1, 3, 8, 8], json!({}));
+    cases.push((
+        p.clone(),
+        vec!["array '0' has 4 axes but the OME-NGFF metadata names 3 (t, y, x)".into()],
+    ));
+    // A 5-D array without axes metadata.
+    let p = tmp.path().join("five.zarr");
+    write_zarr_v2(
+        &p,
+        &data.clone().insert_axis(ndarray::Axis(0)),
+        &[1, 1, 3, 8, 8],
+        json!({}),
+    );
+    cases.push((
+        p.clone(),
+        vec!["is 5-D with shape (1, 4, 3, 8, 8); expected 4-D (t, z, y, x)".into()],
+    ));
+
+    for (input, wants) in cases {
+        let (code, err) = run_err(&input, &out, &[]);
+        assert_eq!(code, 2, "{input:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{input:?}: not one line:\n{err}"
+        );
+        for want in &wants {
+            assert!(
+                err.contains(want.as_str()),
+                "{input:?}: {want:?} not in {err}"
+            );
+        }
+        // No output, no temporary directory: nothing that looks like a result.
+        assert!(
+            entries(&out_dir).is_empty(),
+            "{input:?}: left {:?}",
+            entries(&out_dir)
+        );
+    }
+}
+
+#[test]
+fn zarr_output_force_rules_and_interrupts_leave_no_store() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.h5");
+    write_h5(&input, &series(2, [3, 2, 8, 8]));
+    let out = tmp.path().join("o.zarr");
+    run_ok(&input, &out, &["--dataset", "data"]);
+    // An existing store is replaced only with --force.
+    let (_, err) = run_err(&input, &out, &["--dataset", "data"]);
+    assert!(err.contains("exists; pass --force to overwrite"), "{err}");
+    std::fs::write(out.join("stray"), "x").unwrap();
+    run_ok(&input, &out, &["--dataset", "data", "--force"]);
+    assert!(
+        !out.join("stray").exists(),
+        "the old store was not replaced"
+    );
+    assert!(zarr_attrs(&out).contains_key("ome"));
+    // A directory that is not a Zarr store is never replaced.
+    let plain = tmp.path().join("plain.zarr");
+    std::fs::create_dir(&plain).unwrap();
+    std::fs::write(plain.join("keep"), "x").unwrap();
+    let (_, err) = run_err(&input, &plain, &["--dataset", "data", "--force"]);
+    assert!(
+        err.contains("is a directory that is not a Zarr store"),
+        "{err}"
+    );
+    assert_eq!(entries(&plain), ["keep"]);
+    let names: Vec<_> = entries(tmp.path())
+        .into_iter()
+        .filter(|n| n.starts_with(".gpuprep-"))
+        .collect();
+    assert!(names.is_empty(), "{names:?}");
+}
+
+#[test]
+fn an_interrupted_zarr_run_leaves_no_store() {
+    use std::time::{Duration, Instant};
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let (code, _, err) = gpuprep_output(&[
+        "synth".into(),
+        data.display().to_string(),
+        "--shape".into(),
+        "40,48,64,64".into(),
+        "--dtype".into(),
+        "float32".into(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let outdir = tmp.path().join("out");
+    std::fs::create_dir(&outdir).unwrap();
+    let mut child = crate::support::gpuprep_command()
+        .arg("run")
+        .arg(&data)
+        .arg("-o")
+        .arg(outdir.join("out.ome.zarr"))
+        .args([
+            "--backend",
+            "cpu",
+            "--threads",
+            "1",
+            "-q",
+            "--save",
+            "filtered",
+        ])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    // Interrupted once the store holds chunks of written volumes (the first slab of "filtered").
+    let started = Instant::now();
+    let temp = loop {
+        let temp = std::fs::read_dir(&outdir)
+            .unwrap()
+            .flatten()
+            .map(|e| e.path())
+            .next();
+        if let Some(t) = temp.filter(|t| t.join("out.zarr/filtered/c").exists()) {
+            break t;
+        }
+        assert!(child.try_wait().unwrap().is_none(), "the run ended first");
+        assert!(started.elapsed() < Duration::from_secs(120), "stuck");
+        std::thread::sleep(Duration::from_millis(2));
+    };
+    // The store being written has no root metadata yet: even a copy of it is no complete-looking result.
+    assert!(!temp.join("out.zarr/zarr.json").exists());
+    assert!(unsafe { libc::kill(child.id() as i32, libc::SIGINT) } == 0);
+    let o = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(130), "{err}");
+    assert_eq!(
+        err.trim_end(),
+        format!(
+            "gpuprep: interrupted (SIGINT); removed the temporary files in {}",
+            temp.display()
+        )
+    );
+    assert!(entries(&outdir).is_empty(), "{:?}", entries(&outdir));
+}
+
+#[test]
+fn zarr_sink_gathers_slabs_rewrites_stored_volumes_and_refuses_bad_names() {
+    use gpuprep_io::Sink;
+    let tmp = tempfile::tempdir().unwrap();
+    let out = tmp.path().join("s.zarr");
+    let vol = |base: f32| {
+        ndarray::Array3::from_shape_fn([4, 5, 6], |(z, y, x)| base + (z * 30 + y * 6 + x) as f32)
+    };
+    let mut sink = Sink::create(&out, false, &[], 3, [4, 5, 6], &["data", "filtered"]).unwrap();
+    assert!(sink.temp_path().is_dir() && !out.exists());
+    for t in 0..3 {
+        sink.write_volume("data", t, vol(100.0 * t as f32).view())
+            .unwrap();
+    }
+    // One slab of 3 timepoints, stored when complete; a volume written again goes to the store.
+    assert_eq!(sink.read_volume("data", 1).unwrap(), vol(100.0));
+    sink.write_volume("data", 1, vol(-1.0).view()).unwrap();
+    assert_eq!(sink.read_volume("data", 1).unwrap(), vol(-1.0));
+    // A pending (incomplete) slab reads back from memory; its missing timepoints hold 0 at the end.
+    sink.write_volume(
+        "filtered",
+        0,
+        vol(5.0).view().reversed_axes().reversed_axes(),
+    )
+    .unwrap();
+    assert_eq!(sink.read_volume("filtered", 0).unwrap(), vol(5.0));
+    for bad in ["0", "../x", ".hidden", "a/b", ""] {
+        let e = sink
+            .write_array_f32(bad, ndarray::ArrayD::zeros(vec![2]).view())
+            .unwrap_err();
+        assert!(e.to_string().contains(&format!("'{bad}'")), "{e}");
+    }
+    sink.write_array_f64("shifts", ndarray::ArrayD::from_elem(vec![3, 3], 0.5).view())
+        .unwrap();
+    sink.write_array_f64("shifts", ndarray::ArrayD::from_elem(vec![2], 1.5).view())
+        .unwrap();
+    sink.set_attr_f64("cval", f64::NAN).unwrap();
+    assert!(sink
+        .set_attr_str("ome", "x")
+        .unwrap_err()
+        .to_string()
+        .contains("'ome'"));
+    assert_eq!(sink.finish().unwrap(), out);
+
+    let data = zarr_read::<f32>(&out, "0");
+    for (t, want) in [(0, vol(0.0)), (1, vol(-1.0)), (2, vol(200.0))] {
+        assert_eq!(data.slice(s![t, .., .., ..]), want, "t = {t}");
+    }
+    let filtered = zarr_read::<f32>(&out, "filtered");
+    assert_eq!(filtered.slice(s![0, .., .., ..]), vol(5.0));
+    assert!(filtered
+        .slice(s![1.., .., .., ..])
+        .iter()
+        .all(|&v| v == 0.0));
+    // Replaced whole: the second "shifts" alone, no chunk of the first left.
+    assert_eq!(
+        zarr_read::<f64>(&out, "shifts"),
+        ndarray::ArrayD::from_elem(vec![2], 1.5)
+    );
+    assert_eq!(zarr_attrs(&out)["cval"], "NaN");
+}
+
+/// The Python with zarr-python 3 and h5py: `GPUPREP_PYTHON`, else `python3` on the PATH.
+fn python_with_zarr() -> Option<String> {
+    let py = std::env::var("GPUPREP_PYTHON").unwrap_or_else(|_| "python3".into());
+    let ok = std::process::Command::new(&py)
+        .args([
+            "-c",
+            "import zarr, h5py, numpy; assert int(zarr.__version__.split('.')[0]) >= 3",
+        ])
+        .output()
+        .is_ok_and(|o| o.status.success());
+    ok.then_some(py)
+}
+
+#[test]
+fn zarr_python_reads_the_ome_zarr_output_with_the_same_values() {
+    use std::io::Write;
+    let Some(py) = python_with_zarr() else {
+        // Written past the test harness's capture, so a run without zarr-python says what it skipped.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED formats::zarr_python_reads_the_ome_zarr_output_with_the_same_values: no Python with \
+             zarr>=3, h5py and numpy (set GPUPREP_PYTHON, or pip install zarr h5py numpy)"
+        );
+        return;
+    };
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.h5");
+    write_h5(&input, &series(3, [5, 4, 12, 10]));
+    let (h5, zarr) = (tmp.path().join("out.h5"), tmp.path().join("out.ome.zarr"));
+    run_ok(&input, &h5, &["--dataset", "data"]);
+    run_ok(&input, &zarr, &["--dataset", "data"]);
+    let script = r#"
+import sys, h5py, numpy as np, zarr
+h5, store = sys.argv[1], sys.argv[2]
+g = zarr.open_group(store, mode="r")
+assert g.metadata.zarr_format == 3, g.metadata.zarr_format
+ome = g.attrs["ome"]
+assert ome["version"] == "0.5", ome
+ms = ome["multiscales"][0]
+assert [a["name"] for a in ms["axes"]] == ["t", "z", "y", "x"], ms["axes"]
+level0 = g[ms["datasets"][0]["path"]]
+with h5py.File(h5, "r") as f:
+    for name, z in [("data", level0), ("shifts", g["shifts"]), ("mean", g["mean"]), ("std", g["std"])]:
+        a, b = f[name][...], z[...]
+        assert a.dtype == b.dtype and a.shape == b.shape, (name, a.dtype, b.dtype, a.shape, b.shape)
+        assert a.tobytes() == b.tobytes(), name
+    for k, v in f.attrs.items():
+        v = v.tolist() if hasattr(v, "tolist") else v
+        assert g.attrs[k] == v, (k, g.attrs[k], v)
+print("ok")
+"#;
+    let o = std::process::Command::new(&py)
+        .args(["-c", script])
+        .arg(&h5)
+        .arg(&zarr)
+        .output()
+        .unwrap();
+    let (out, err) = (
+        String::from_utf8_lossy(&o.stdout),
+        String::from_utf8_lossy(&o.stderr),
+    );
+    assert!(o.status.success() && out.trim() == "ok", "{out}\n{err}");
+}
+
+#[test]
+fn zstd_compression_is_for_zarr_outputs_and_reads_back_the_same() {
+    use gpuprep_io::{Compression, Sink, SinkOptions};
+    let tmp = tempfile::tempdir().unwrap();
+    let zstd = SinkOptions {
+        compression: "zstd".parse().unwrap(),
+    };
+    assert_eq!(zstd.compression, Compression::Zstd);
+    assert!("lz4"
+        .parse::<Compression>()
+        .unwrap_err()
+        .to_string()
+        .contains("none or zstd"));
+    let e = Sink::create_with(
+        &tmp.path().join("o.h5"),
+        false,
+        &[],
+        2,
+        [2, 3, 4],
+        &["data"],
+        zstd,
+    )
+    .unwrap_err();
+    assert!(
+        e.to_string()
+            .contains("Zarr outputs (.zarr, .ome.zarr) only"),
+        "{e}"
+    );
+    assert!(entries(tmp.path()).is_empty());
+
+    let out = tmp.path().join("o.zarr");
+    let mut sink = Sink::create_with(&out, false, &[], 2, [2, 3, 4], &["data"], zstd).unwrap();
+    let vol =
+        ndarray::Array3::from_shape_fn([2, 3, 4], |(z, y, x)| (z * 12 + y * 4 + x) as f32 * 0.25);
+    for t in 0..2 {
+        sink.write_volume("data", t, vol.view()).unwrap();
+    }
+    sink.write_array_f64(
+        "shifts",
+        ndarray::ArrayD::from_elem(vec![2, 3], -0.5).view(),
+    )
+    .unwrap();
+    sink.finish().unwrap();
+    for key in ["0", "shifts"] {
+        let meta: Value = serde_json::from_str(
+            &std::fs::read_to_string(out.join(key).join("zarr.json")).unwrap(),
+        )
+        .unwrap();
+        let names: Vec<&str> = meta["codecs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|c| c["name"].as_str().unwrap())
+            .collect();
+        assert_eq!(names, ["bytes", "zstd"], "{key}");
+    }
+    let data = zarr_read::<f32>(&out, "0");
+    assert_eq!(data.slice(s![1, .., .., ..]), vol);
+    assert_eq!(
+        zarr_read::<f64>(&out, "shifts"),
+        ndarray::ArrayD::from_elem(vec![2, 3], -0.5)
+    );
+}
