@@ -1,11 +1,14 @@
 #!/usr/bin/env bash
 # Installs the system packages gpuprep needs on Debian/Ubuntu when they are missing:
-# libhdf5-dev + pkg-config (HDF5), mesa-vulkan-drivers (lavapipe: software Vulkan for the GPU tests).
+# libhdf5-dev + pkg-config (HDF5), mesa-vulkan-drivers (lavapipe: software Vulkan for the GPU tests),
+# python3-venv (scripts/test.sh makes a venv with which the tests check that zarr-python reads
+# gpuprep's OME-Zarr output).
 set -euo pipefail
 need=()
 dpkg -s libhdf5-dev >/dev/null 2>&1 || need+=(libhdf5-dev)
 dpkg -s pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
+dpkg -s python3-venv >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq

@@ -712,16 +712,22 @@ fn zarr_sink_gathers_slabs_rewrites_stored_volumes_and_refuses_bad_names() {
     assert_eq!(zarr_attrs(&out)["cval"], "NaN");
 }
 
-/// The Python with zarr-python 3 and h5py: `GPUPREP_PYTHON`, else `python3` on the PATH.
+/// The Python with zarr-python 3 and h5py: `GPUPREP_PYTHON`, else `python3` on the PATH. Named
+/// explicitly (as `scripts/test.sh` does, with the venv `scripts/setup.sh` makes), a Python without
+/// them is a failure, not a skip: CI must not pass by skipping.
 fn python_with_zarr() -> Option<String> {
-    let py = std::env::var("GPUPREP_PYTHON").unwrap_or_else(|_| "python3".into());
-    let ok = std::process::Command::new(&py)
+    let named = std::env::var("GPUPREP_PYTHON").ok();
+    let py = named.clone().unwrap_or_else(|| "python3".into());
+    let out = std::process::Command::new(&py)
         .args([
             "-c",
             "import zarr, h5py, numpy; assert int(zarr.__version__.split('.')[0]) >= 3",
         ])
-        .output()
-        .is_ok_and(|o| o.status.success());
+        .output();
+    let ok = out.as_ref().is_ok_and(|o| o.status.success());
+    if !ok && named.is_some() {
+        panic!("GPUPREP_PYTHON={py} has no zarr>=3, h5py and numpy: {out:?}");
+    }
     ok.then_some(py)
 }
 

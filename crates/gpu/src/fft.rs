@@ -36,12 +36,12 @@ pub const RADICES: [u32; 5] = [2, 3, 4, 5, 7];
 /// Radices of a Stockham decomposition of `n`, or `None` when `n` has a prime factor above 7.
 pub fn radices(mut n: usize) -> Option<Vec<u32>> {
     let mut r = Vec::new();
-    while n % 4 == 0 {
+    while n.is_multiple_of(4) {
         r.push(4);
         n /= 4;
     }
     for f in [2, 3, 5, 7] {
-        while n % f == 0 {
+        while n.is_multiple_of(f) {
             r.push(f as u32);
             n /= f;
         }

@@ -796,7 +796,12 @@ fn spatial_chunk(shape: [usize; 3], budget: usize) -> [usize; 3] {
 }
 
 fn next_prime(mut n: usize) -> usize {
-    let is_prime = |n: usize| n >= 2 && (2..).take_while(|d| d * d <= n).all(|d| n % d != 0);
+    let is_prime = |n: usize| {
+        n >= 2
+            && (2..)
+                .take_while(|d| d * d <= n)
+                .all(|d| !n.is_multiple_of(d))
+    };
     while !is_prime(n) {
         n += 1;
     }
