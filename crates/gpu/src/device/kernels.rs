@@ -104,23 +104,12 @@ impl GpuContext {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::Api;
+    use crate::device::test_context;
     use crate::shaders::{Specialize, FFT_STOCKHAM, MEDIAN3D};
-
-    fn ctx() -> Option<GpuContext> {
-        match GpuContext::new(Api::Vulkan) {
-            Ok(c) => Some(c),
-            Err(e) if std::env::var("GPUPREP_REQUIRE_GPU").as_deref() != Ok("1") => {
-                eprintln!("SKIPPED: no Vulkan adapter ({e})");
-                None
-            }
-            Err(e) => panic!("GPUPREP_REQUIRE_GPU=1 but no Vulkan adapter: {e}"),
-        }
-    }
 
     #[test]
     fn kernels_are_built_once_per_declaration_and_variant() {
-        let Some(ctx) = ctx() else { return };
+        let Some(ctx) = test_context() else { return };
         let a = ctx
             .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 729)])
             .unwrap();
@@ -145,7 +134,7 @@ mod tests {
     /// `Error`s naming the kernel, through the table's own path; the good kernel builds afterwards.
     #[test]
     fn invalid_declared_kernels_are_errors_not_panics() {
-        let Some(ctx) = ctx() else { return };
+        let Some(ctx) = test_context() else { return };
         let zero = KernelDecl {
             specialize: &[Specialize {
                 name: "MAX_WINDOW",

@@ -12,3 +12,17 @@ pub use api::{list_adapters, AdapterSummary, Api};
 pub use context::{GpuContext, TileStats, TILE_BYTES_ENV};
 pub use kernels::Kernel;
 pub use recorder::{split_groups, Recorder, WORKGROUP};
+
+/// A Vulkan context for the crate's unit tests: `None` (with a loud SKIPPED line) on a machine without
+/// an adapter, a failure when `GPUPREP_REQUIRE_GPU=1` (CI, on lavapipe).
+#[cfg(test)]
+pub(crate) fn test_context() -> Option<GpuContext> {
+    match GpuContext::new(Api::Vulkan) {
+        Ok(c) => Some(c),
+        Err(e) if std::env::var("GPUPREP_REQUIRE_GPU").as_deref() != Ok("1") => {
+            eprintln!("SKIPPED: no Vulkan adapter ({e})");
+            None
+        }
+        Err(e) => panic!("GPUPREP_REQUIRE_GPU=1 but no Vulkan adapter: {e}"),
+    }
+}

@@ -136,23 +136,11 @@ pub(super) fn upsampled_peak_z(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::device::Api;
-    use crate::GpuContext;
-
-    fn ctx() -> Option<GpuContext> {
-        match GpuContext::new(Api::Vulkan) {
-            Ok(c) => Some(c),
-            Err(e) if std::env::var("GPUPREP_REQUIRE_GPU").as_deref() != Ok("1") => {
-                eprintln!("SKIPPED: no Vulkan adapter ({e})");
-                None
-            }
-            Err(e) => panic!("GPUPREP_REQUIRE_GPU=1 but no Vulkan adapter: {e}"),
-        }
-    }
+    use crate::device::test_context;
 
     #[test]
     fn upsampled_peak_in_slabs_of_planes_is_the_whole_regions_bit_for_bit() {
-        let Some(ctx) = ctx() else { return };
+        let Some(ctx) = test_context() else { return };
         let k = contract_kernel(&ctx).unwrap();
         // Odd r; t2 values of a few distinct magnitudes, so the region has exact ties across planes.
         let (nz, r) = (3usize, 7usize);
