@@ -8,7 +8,7 @@ use gpuprep_core::params::{
 };
 use gpuprep_core::{Error, Result};
 use gpuprep_gpu::Api;
-use gpuprep_io::Dtype;
+use gpuprep_io::{Compression, Dtype};
 use gpuprep_pipeline::driver::{NonFinite, ReferenceSpec, RunConfig};
 use gpuprep_pipeline::synth::SynthMode;
 use std::path::PathBuf;
@@ -153,6 +153,10 @@ pub struct RunArgs {
     /// float64 value beyond float32's range is always an error, whatever this says.
     #[arg(long, default_value = "error", value_parser = choice(&NonFinite::ALL, NonFinite::name))]
     pub nonfinite: NonFinite,
+
+    /// Chunk compression of the output: none, or zstd (Zarr outputs, .zarr/.ome.zarr, only).
+    #[arg(long, default_value = "none", value_parser = choice(&Compression::ALL, Compression::name))]
+    pub compression: Compression,
 
     /// Extra datasets to keep: filtered, registered (comma-separated).
     #[arg(long, value_delimiter = ',')]
@@ -388,6 +392,7 @@ impl RunArgs {
             save_registered,
             nonfinite: self.nonfinite,
             axes: self.axes,
+            compression: self.compression,
         })
     }
 }

@@ -845,3 +845,58 @@ fn zstd_compression_is_for_zarr_outputs_and_reads_back_the_same() {
         ndarray::ArrayD::from_elem(vec![2, 3], -0.5)
     );
 }
+
+#[test]
+fn the_compression_flag_compresses_zarr_outputs_and_refuses_hdf5() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.h5");
+    write_h5(&input, &series(fresh_seed(), [4, 5, 12, 10]));
+    let (plain, zstd) = (
+        tmp.path().join("plain.ome.zarr"),
+        tmp.path().join("zstd.ome.zarr"),
+    );
+    run_ok(&input, &plain, &["--dataset", "data", "--save", "filtered"]);
+    run_ok(
+        &input,
+        &zstd,
+        &[
+            "--dataset",
+            "data",
+            "--save",
+            "filtered",
+            "--compression",
+            "zstd",
+        ],
+    );
+    for key in ["0", "filtered"] {
+        let meta: Value = serde_json::from_str(
+            &std::fs::read_to_string(zstd.join(key).join("zarr.json")).unwrap(),
+        )
+        .unwrap();
+        assert!(
+            meta["codecs"].to_string().contains("zstd"),
+            "{key}: {}",
+            meta["codecs"]
+        );
+        same_f32(
+            &zarr_read::<f32>(&plain, key),
+            &zarr_read::<f32>(&zstd, key),
+            key,
+        );
+    }
+    assert_eq!(zarr_attrs(&zstd)["compression"], "zstd");
+    assert_eq!(zarr_attrs(&plain)["compression"], "none");
+    // HDF5 has no built-in zstd filter: refused before any data is read, nothing left behind.
+    let h5 = tmp.path().join("out.h5");
+    let (code, err) = run_err(&input, &h5, &["--dataset", "data", "--compression", "zstd"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("out.h5") && err.contains("Zarr outputs"),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(!h5.exists());
+    let (code, err) = run_err(&input, &h5, &["--compression", "lz4"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--compression"), "{err}");
+}

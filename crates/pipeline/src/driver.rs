@@ -24,7 +24,7 @@
 use gpuprep_core::backend::{Backend, FrameOutput, FramePlan, Moments};
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
-use gpuprep_io::{fmt_shape, Axes, Sink, Source};
+use gpuprep_io::{fmt_shape, Axes, Compression, Sink, SinkOptions, Source};
 use ndarray::{Array1, Array2, Array3, ArrayView3, Zip};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
@@ -93,6 +93,8 @@ pub struct RunConfig {
     pub nonfinite: NonFinite,
     /// What each input's dataset holds (`--axes`); `None` guesses as [`Source::open_with`] does.
     pub axes: Option<Axes>,
+    /// Chunk compression of the output (`Compression::Zstd`: Zarr outputs only).
+    pub compression: Compression,
 }
 
 impl RunConfig {
@@ -113,6 +115,7 @@ impl RunConfig {
             save_registered: false,
             nonfinite: NonFinite::Error,
             axes: None,
+            compression: Compression::None,
         }
     }
 }
@@ -277,7 +280,17 @@ pub fn run_with_progress(
     if cfg.save_registered {
         datasets.push("registered");
     }
-    let mut sink = Sink::create(&cfg.output, cfg.force, source.files(), n, shape, &datasets)?;
+    let mut sink = Sink::create_with(
+        &cfg.output,
+        cfg.force,
+        source.files(),
+        n,
+        shape,
+        &datasets,
+        SinkOptions {
+            compression: cfg.compression,
+        },
+    )?;
 
     let reference = match &cfg.register {
         Some(reg) => {
@@ -721,6 +734,7 @@ fn write_attributes(
         None => sink.set_attr_str("zscore", "off")?,
     }
     sink.set_attr_str("nonfinite", cfg.nonfinite.name())?;
+    sink.set_attr_str("compression", cfg.compression.name())?;
     Ok(())
 }
 
