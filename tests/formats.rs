@@ -416,6 +416,39 @@ fn zarr_inputs_give_the_result_of_the_same_data_in_hdf5() {
         );
     }
 
+    // The OME input's voxel size reaches the output: OME-Zarr axes units and scale, HDF5 attributes.
+    let ome_out = tmp.path().join("from_ome.ome.zarr");
+    run_ok(&ome, &ome_out, &[]);
+    let ms = &zarr_attrs(&ome_out)["ome"]["multiscales"][0];
+    assert_eq!(
+        ms["datasets"][0]["coordinateTransformations"],
+        json!([{"type": "scale", "scale": [2.0, 3.0, 0.5, 0.5]}])
+    );
+    let units: Vec<Value> = (0..4).map(|i| ms["axes"][i]["unit"].clone()).collect();
+    assert_eq!(
+        units,
+        [
+            json!("second"),
+            json!("micrometer"),
+            json!("micrometer"),
+            json!("micrometer")
+        ]
+    );
+    let h5 = hdf5::File::open(tmp.path().join("ome04.zarr.h5")).unwrap();
+    let attr = |n: &str| -> String {
+        let v: hdf5::types::VarLenUnicode = h5.attr(n).unwrap().read_scalar().unwrap();
+        v.to_string()
+    };
+    assert_eq!(attr("voxel_size"), "2,3,0.5,0.5");
+    assert_eq!(
+        attr("voxel_units"),
+        "second,micrometer,micrometer,micrometer"
+    );
+    assert!(hdf5::File::open(&reference)
+        .unwrap()
+        .attr("voxel_size")
+        .is_err());
+
     // The memory check counts the typed copy and the decoded chunks (2 timepoints each) of a volume.
     let src = gpuprep_io::Source::open(&[v3.display().to_string()], "default").unwrap();
     assert_eq!(src.read_buffer_bytes(), 5 * 16 * 20 * 2 * (1 + 2));

@@ -134,11 +134,14 @@ fn on_signal(sig: i32) -> ! {
         libc::SIGHUP => "SIGHUP",
         _ => "signal",
     };
+    // Taken first and held until the process ends: a run whose writer fails because its temporary
+    // files vanish under it prints its error (and exits 2) through stderr, so it waits here and the
+    // interrupt's exit status and message win.
+    let mut err = std::io::stderr().lock();
     // Held until the process ends, so no run can register a new path or finish a rename halfway.
     let mut reg = registry();
     let removed = remove_registered(&mut reg);
     let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
-    let mut err = std::io::stderr().lock();
     // A progress bar may own the line: start a fresh one on a terminal.
     let lead = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
         "\r\x1b[2K"

@@ -9,6 +9,9 @@ pub mod writer;
 pub use sink::{Compression, Sink, SinkOptions};
 pub use source::{Axes, Dtype, Source};
 
+/// Scale and unit of each (t, z, y, x) axis, as OME-NGFF writes them (e.g. `(0.5, Some("micrometer"))`).
+pub type VoxelSize = [(f64, Option<String>); 4];
+
 use gpuprep_core::error::Error;
 pub use gpuprep_core::fmt::fmt_shape;
 use std::path::PathBuf;

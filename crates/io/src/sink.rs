@@ -6,6 +6,7 @@
 mod h5;
 mod zarr;
 
+use crate::VoxelSize;
 use std::fs::FileType;
 use std::path::{Path, PathBuf};
 
@@ -101,7 +102,8 @@ pub struct SinkOptions {
 /// The format-specific writer.
 enum Out {
     Hdf5(Hdf5Out),
-    Zarr(ZarrOut),
+    // Boxed: the Zarr writer's state is several times the HDF5 one's.
+    Zarr(Box<ZarrOut>),
 }
 
 /// An output being written.
@@ -379,14 +381,14 @@ impl Sink {
                 shape,
                 volume_datasets,
             )?),
-            OutputFormat::OmeZarr => Out::Zarr(ZarrOut::create(
+            OutputFormat::OmeZarr => Out::Zarr(Box::new(ZarrOut::create(
                 path,
                 &sink.temp,
                 t,
                 shape,
                 volume_datasets,
                 options.compression,
-            )?),
+            )?)),
         });
         Ok(sink)
     }
@@ -495,6 +497,19 @@ impl Sink {
         self.temp
             .parent()
             .expect("the temporary output is inside its directory")
+    }
+
+    /// The voxel size the output records (OME-Zarr: its axes' units and scale transform; HDF5: the
+    /// attributes `voxel_size` and `voxel_units`, per t, z, y, x). Unset: scale 1, no units.
+    pub fn set_voxel_size(&mut self, v: &VoxelSize) -> Result<()> {
+        match self.out_mut()? {
+            Out::Zarr(o) => o.voxel_size = Some(v.clone()),
+            Out::Hdf5(_) => {}
+        }
+        let scale = format!("{},{},{},{}", v[0].0, v[1].0, v[2].0, v[3].0);
+        let units: Vec<&str> = v.iter().map(|(_, u)| u.as_deref().unwrap_or("")).collect();
+        self.set_attr_str("voxel_size", &scale)?;
+        self.set_attr_str("voxel_units", &units.join(","))
     }
 
     /// The path the output will have after `finish`.

@@ -15,6 +15,7 @@ use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
 use ndarray::{s, Array3};
 
 use super::fmt_shape;
+use crate::VoxelSize;
 use gpuprep_core::error::{Error, Result};
 
 pub mod zarr;
@@ -419,6 +420,11 @@ impl Source {
             held: Held::default(),
             zarr: None,
         })
+    }
+
+    /// The input's voxel size per (t, z, y, x) axis with its unit, where its metadata says (OME-Zarr).
+    pub fn voxel_size(&self) -> Option<VoxelSize> {
+        self.zarr.as_ref().and_then(|z| z.voxel_size())
     }
 
     /// A Zarr store (or array) given as the only input.

@@ -291,6 +291,9 @@ pub fn run_with_progress(
             compression: cfg.compression,
         },
     )?;
+    if let Some(v) = source.voxel_size() {
+        sink.set_voxel_size(&v)?;
+    }
 
     let reference = match &cfg.register {
         Some(reg) => {

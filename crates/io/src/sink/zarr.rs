@@ -4,6 +4,7 @@
 //! The root group's `zarr.json`, which makes the directory a Zarr store (and an OME image), is written
 //! last, by `close`: a store left behind by a killed run lacks it, so no reader takes it for a result.
 
+use crate::VoxelSize;
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -56,6 +57,8 @@ pub(super) struct ZarrOut {
     attrs: Map<String, Value>,
     closed: bool,
     compression: Compression,
+    /// Scale and units of the OME metadata (`Sink::set_voxel_size`); scale 1 without.
+    pub(super) voxel_size: Option<VoxelSize>,
 }
 
 /// OME-NGFF 0.5 `multiscales` metadata (typed, so a misspelt key is a compile error).
@@ -147,6 +150,7 @@ impl ZarrOut {
             attrs: Map::new(),
             closed: false,
             compression,
+            voxel_size: None,
         };
         let (chunk, ..) = volume_chunking(t, shape);
         let array_shape = [t, shape[0], shape[1], shape[2]].map(|n| n as u64).to_vec();
@@ -311,34 +315,24 @@ impl ZarrOut {
                 version: NGFF_VERSION,
                 multiscales: vec![Multiscale {
                     name: name.to_string(),
-                    axes: vec![
-                        Axis {
-                            name: "t",
-                            kind: "time",
-                            unit: None,
-                        },
-                        Axis {
-                            name: "z",
-                            kind: "space",
-                            unit: None,
-                        },
-                        Axis {
-                            name: "y",
-                            kind: "space",
-                            unit: None,
-                        },
-                        Axis {
-                            name: "x",
-                            kind: "space",
-                            unit: None,
-                        },
-                    ],
+                    axes: ["t", "z", "y", "x"]
+                        .iter()
+                        .enumerate()
+                        .map(|(i, &name)| Axis {
+                            name,
+                            kind: if i == 0 { "time" } else { "space" },
+                            unit: self.voxel_size.as_ref().and_then(|v| v[i].1.clone()),
+                        })
+                        .collect(),
                     datasets: vec![Dataset {
                         path: IMAGE_KEY,
-                        // The voxel size is not known: one unit per voxel and per timepoint.
+                        // Without a known voxel size: one unit per voxel and per timepoint.
                         transforms: vec![Transform {
                             kind: "scale",
-                            scale: vec![1.0; 4],
+                            scale: match &self.voxel_size {
+                                Some(v) => v.iter().map(|(s, _)| *s).collect(),
+                                None => vec![1.0; 4],
+                            },
                         }],
                     }],
                 }],

@@ -17,6 +17,7 @@ use zarrs::storage::ReadableStorageTraits;
 
 use super::{Axes, Dtype, OutOfRange};
 use crate::fmt_shape;
+use crate::VoxelSize;
 use gpuprep_core::error::{Error, Result};
 
 /// What one axis of the stored array is to the pipeline.
@@ -98,6 +99,19 @@ fn multiscales(attrs: &Map<String, Value>) -> Option<(String, &Vec<Value>)> {
 }
 
 impl ZarrInput {
+    /// The scale and unit of the (t, z, y, x) axes where the OME metadata gives a scale (an axis it
+    /// does not name: 1, no unit); `None` without OME scale metadata.
+    pub fn voxel_size(&self) -> Option<VoxelSize> {
+        if self.voxel.is_empty() {
+            return None;
+        }
+        Some(std::array::from_fn(|i| {
+            let axis = ['t', 'z', 'y', 'x'][i];
+            (self.voxel.iter().find(|(c, _, _)| *c == axis))
+                .map_or((1.0, None), |(_, s, u)| (*s, u.clone()))
+        }))
+    }
+
     /// Opens the array of the store at `path`: `dataset` names an array or OME image inside it, or is
     /// "default" for the store itself (an array, or an OME image's level 0).
     pub(crate) fn open(path: &Path, dataset: &str, requested: Option<Axes>) -> Result<ZarrInput> {
