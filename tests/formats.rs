@@ -120,8 +120,8 @@ fn write_zarr_v2(dir: &Path, data: &ArrayD<u16>, chunks: &[usize], extra: Value)
     }
 }
 
-/// `gpuprep run INPUT -o OUT --backend cpu -q EXTRA`, asserting success.
-fn run_ok(input: &Path, out: &Path, extra: &[&str]) {
+/// `gpuprep run INPUT -o OUT --backend cpu -q EXTRA`: (exit code, stderr).
+fn run(input: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
     let mut args: Vec<String> = vec![
         "run".into(),
         input.display().to_string(),
@@ -131,20 +131,18 @@ fn run_ok(input: &Path, out: &Path, extra: &[&str]) {
     args.extend(["--backend", "cpu", "-q"].map(String::from));
     args.extend(extra.iter().map(|s| s.to_string()));
     let (code, _, err) = gpuprep_output(&args);
+    (code, err)
+}
+
+/// `run`, asserting success.
+fn run_ok(input: &Path, out: &Path, extra: &[&str]) {
+    let (code, err) = run(input, out, extra);
     assert_eq!(code, 0, "{input:?} -> {out:?}: {err}");
 }
 
-/// `gpuprep run INPUT -o OUT ...`, expecting a failure: (exit code, stderr).
+/// `run`, expecting a failure: (exit code, stderr).
 fn run_err(input: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
-    let mut args: Vec<String> = vec![
-        "run".into(),
-        input.display().to_string(),
-        "-o".into(),
-        out.display().to_string(),
-    ];
-    args.extend(["--backend", "cpu", "-q"].map(String::from));
-    args.extend(extra.iter().map(|s| s.to_string()));
-    let (code, _, err) = gpuprep_output(&args);
+    let (code, err) = run(input, out, extra);
     assert_ne!(code, 0, "{input:?} should fail");
     (code, err)
 }
