@@ -11,9 +11,11 @@
 //! has `std / |mean|` of order 1e-8, far above `eps_f64`.
 
 use crate::backend::Moments;
+use crate::error::{Error, Result};
 use crate::params::{ConstantVoxels, ZscoreParams};
 use ndarray::{Array3, ArrayView3, Zip};
 
+#[derive(Clone, Debug)]
 pub struct Accumulator {
     count: u64,
     mean: Array3<f64>,
@@ -33,18 +35,73 @@ impl Accumulator {
         self.count
     }
 
-    pub fn add(&mut self, vol: ArrayView3<f32>) {
+    /// Adds one volume (float32 from the pipeline; float64 from the Python package's `zscore`).
+    pub fn add<T: Copy + Into<f64> + Sync>(&mut self, vol: ArrayView3<T>) {
         self.count += 1;
         let n = self.count as f64;
         Zip::from(&mut self.mean)
             .and(&mut self.m2)
             .and(vol)
             .par_for_each(|mean, m2, &x| {
-                let x = x as f64;
+                let x: f64 = x.into();
                 let delta = x - *mean;
                 *mean += delta / n;
                 *m2 += delta * (x - *mean);
             });
+    }
+
+    /// Folds in `other`'s volumes (Chan, Golub and LeVeque's pairwise update): the moments of the two
+    /// series concatenated, equal to one pass over both to f64 rounding. Errors for another shape.
+    pub fn merge(&mut self, other: &Accumulator) -> Result<()> {
+        if self.mean.dim() != other.mean.dim() {
+            return Err(Error::Data(format!(
+                "cannot merge moments of volumes {} into moments of volumes {}",
+                fmt_dim(other.mean.dim()),
+                fmt_dim(self.mean.dim())
+            )));
+        }
+        let (na, nb) = (self.count as f64, other.count as f64);
+        if other.count == 0 {
+            return Ok(());
+        }
+        let n = na + nb;
+        Zip::from(&mut self.mean)
+            .and(&mut self.m2)
+            .and(&other.mean)
+            .and(&other.m2)
+            .par_for_each(|mean, m2, &mb, &m2b| {
+                let delta = mb - *mean;
+                *mean += delta * (nb / n);
+                *m2 += m2b + delta * delta * (na * nb / n);
+            });
+        self.count += other.count;
+        Ok(())
+    }
+
+    /// The running state: count, per-voxel mean and sum of squared deviations (M2).
+    pub fn parts(&self) -> (u64, &Array3<f64>, &Array3<f64>) {
+        (self.count, &self.mean, &self.m2)
+    }
+
+    /// An accumulator from `parts` (a pickled one): mean and M2 must have one shape, M2 no negative
+    /// value, and a zero count all-zero arrays.
+    pub fn from_parts(count: u64, mean: Array3<f64>, m2: Array3<f64>) -> Result<Self> {
+        if mean.dim() != m2.dim() {
+            return Err(Error::Data(format!(
+                "moments: mean is {} but M2 is {}",
+                fmt_dim(mean.dim()),
+                fmt_dim(m2.dim())
+            )));
+        }
+        if m2.iter().any(|&v| v < 0.0) {
+            return Err(Error::Data("moments: M2 has negative values".into()));
+        }
+        if count == 0 && (mean.iter().any(|&v| v != 0.0) || m2.iter().any(|&v| v != 0.0)) {
+            return Err(Error::Data(
+                "moments: a count of 0 with non-zero mean or M2".into(),
+            ));
+        }
+        Ok(Accumulator { count, mean, m2 })
     }
 
     /// Mean and standard deviation with `ddof`; NaN std when `count <= ddof`, as numpy gives.
@@ -72,8 +129,34 @@ pub fn is_constant(mean: f64, std: f64) -> bool {
     std <= (f64::EPSILON * mean).abs()
 }
 
-pub fn normalize(vol: ArrayView3<f32>, m: &Moments, p: &ZscoreParams) -> Array3<f32> {
-    let mut out = Array3::<f32>::zeros(vol.raw_dim());
+fn fmt_dim((z, y, x): (usize, usize, usize)) -> String {
+    crate::fmt::fmt_shape(&[z, y, x])
+}
+
+/// A sample type the z-score reads and writes: float32 (the pipeline) or float64 (the Python
+/// package's `zscore` of float64 data, which would lose small variations around a large mean in
+/// float32).
+pub trait Sample: Copy + Into<f64> + Send + Sync + Default {
+    fn from_f64(v: f64) -> Self;
+    const NAN: Self;
+}
+
+impl Sample for f32 {
+    fn from_f64(v: f64) -> f32 {
+        v as f32
+    }
+    const NAN: f32 = f32::NAN;
+}
+
+impl Sample for f64 {
+    fn from_f64(v: f64) -> f64 {
+        v
+    }
+    const NAN: f64 = f64::NAN;
+}
+
+pub fn normalize<T: Sample>(vol: ArrayView3<T>, m: &Moments, p: &ZscoreParams) -> Array3<T> {
+    let mut out = Array3::<T>::default(vol.raw_dim());
     Zip::from(&mut out)
         .and(vol)
         .and(m.mean64())
@@ -81,12 +164,103 @@ pub fn normalize(vol: ArrayView3<f32>, m: &Moments, p: &ZscoreParams) -> Array3<
         .par_for_each(|o, &x, &mean, &std| {
             *o = if is_constant(mean, std) {
                 match p.constant {
-                    ConstantVoxels::Nan => f32::NAN,
-                    ConstantVoxels::Zero => 0.0,
+                    ConstantVoxels::Nan => T::NAN,
+                    ConstantVoxels::Zero => T::from_f64(0.0),
                 }
             } else {
-                ((x as f64 - mean) / std) as f32
+                T::from_f64((x.into() - mean) / std)
             };
         });
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn series(values: &[f64], t: usize) -> Vec<Array3<f64>> {
+        let voxels = values.len() / t;
+        (0..t)
+            .map(|i| {
+                Array3::from_shape_vec(
+                    (1, 1, voxels),
+                    values[i * voxels..(i + 1) * voxels].to_vec(),
+                )
+                .unwrap()
+            })
+            .collect()
+    }
+
+    /// A known answer: the series 1, 2, 3, 4 has mean 2.5 and M2 5, however it is split.
+    #[test]
+    fn merge_of_halves_is_the_known_answer() {
+        let vols = series(&[1.0, 2.0, 3.0, 4.0], 4);
+        let (mut a, mut b) = (Accumulator::new([1, 1, 1]), Accumulator::new([1, 1, 1]));
+        vols[..1].iter().for_each(|v| a.add(v.view()));
+        vols[1..].iter().for_each(|v| b.add(v.view()));
+        a.merge(&b).unwrap();
+        let (n, mean, m2) = a.parts();
+        assert_eq!((n, mean[[0, 0, 0]], m2[[0, 0, 0]]), (4, 2.5, 5.0));
+        let merged_into_empty = {
+            let mut e = Accumulator::new([1, 1, 1]);
+            e.merge(&a).unwrap();
+            e
+        };
+        assert_eq!(merged_into_empty.parts().2[[0, 0, 0]], 5.0);
+    }
+
+    #[test]
+    fn merge_and_from_parts_refuse_mismatches() {
+        let mut a = Accumulator::new([1, 2, 3]);
+        let e = a
+            .merge(&Accumulator::new([1, 3, 2]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("(1, 3, 2)"), "{e}");
+        assert!(
+            Accumulator::from_parts(1, Array3::zeros([1, 1, 2]), Array3::zeros([1, 2, 1])).is_err()
+        );
+        assert!(Accumulator::from_parts(
+            1,
+            Array3::zeros([1, 1, 1]),
+            Array3::from_elem([1, 1, 1], -1.0)
+        )
+        .is_err());
+        assert!(
+            Accumulator::from_parts(0, Array3::ones([1, 1, 1]), Array3::zeros([1, 1, 1])).is_err()
+        );
+    }
+
+    proptest! {
+        /// Chan's pairwise update over any split into blocks equals one Welford pass to f64 rounding.
+        #[test]
+        fn merged_blocks_equal_one_pass(
+            values in prop::collection::vec(-1e6f64..1e6, 2 * 3..=40 * 3),
+            cuts in prop::collection::vec(0usize..40, 0..5),
+        ) {
+            let t = values.len() / 3;
+            let vols = series(&values[..t * 3], t);
+            let mut one = Accumulator::new([1, 1, 3]);
+            vols.iter().for_each(|v| one.add(v.view()));
+            let mut bounds: Vec<usize> = cuts.into_iter().map(|c| c % (t + 1)).collect();
+            bounds.extend([0, t]);
+            bounds.sort();
+            let mut merged = Accumulator::new([1, 1, 3]);
+            for w in bounds.windows(2) {
+                let mut block = Accumulator::new([1, 1, 3]);
+                vols[w[0]..w[1]].iter().for_each(|v| block.add(v.view()));
+                merged.merge(&block).unwrap();
+            }
+            let (n1, mean1, m21) = one.parts();
+            let (n2, mean2, m22) = merged.parts();
+            prop_assert_eq!(n1, n2);
+            for (a, b) in mean1.iter().zip(mean2) {
+                prop_assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "{} {}", a, b);
+            }
+            for (a, b) in m21.iter().zip(m22) {
+                prop_assert!((a - b).abs() <= 1e-9 * (1.0 + a.abs()), "{} {}", a, b);
+            }
+        }
+    }
 }

@@ -330,7 +330,7 @@ impl Fft3Plan {
     fn stages(
         &self,
         rec: &mut Recorder<'_>,
-        kernel: &dyn Fn(u32) -> Result<std::rc::Rc<Kernel>>,
+        kernel: &dyn Fn(u32) -> Result<std::sync::Arc<Kernel>>,
         radices: &[u32],
         n: usize,
         stride: usize,

@@ -178,6 +178,11 @@ pub trait Progress {
     }
     fn advance(&mut self) {}
     fn finish(&mut self) {}
+    /// Asked after each `advance`: a reason to stop the run (a library user's cancel, an interrupt
+    /// its host noticed), or `None` to go on. The run then stops as on an error, leaving no output.
+    fn cancelled(&mut self) -> Option<String> {
+        None
+    }
 }
 
 impl Progress for () {}
@@ -373,6 +378,10 @@ pub fn run_with_progress(
             sent?;
             emitted += 1;
             progress.advance();
+            if let Some(why) = progress.cancelled() {
+                emit_failed = true;
+                return Err(Error::Data(why));
+            }
             Ok(())
         };
         let t0 = Instant::now();
@@ -417,6 +426,9 @@ pub fn run_with_progress(
                 let zs = clock.time("normalize", || backend.normalize(vol.view(), &moments, z))?;
                 writer.send((t, zs))?;
                 progress.advance();
+                if let Some(why) = progress.cancelled() {
+                    return Err(Error::Data(why));
+                }
             }
             clock.add("write", writer.finish()?);
             Ok(())

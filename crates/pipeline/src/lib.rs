@@ -4,8 +4,10 @@
 
 pub mod driver;
 pub mod memory;
+pub mod options;
 pub mod synth;
 
 pub use driver::{
     run, run_with_progress, NonFinite, Progress, ReferenceSpec, RunConfig, RunReport,
 };
+pub use options::RunOptions;

@@ -6,7 +6,7 @@ use super::kernels::Kernel;
 use gpuprep_core::error::{Error, Result};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Device, queue, the kernel cache and the buffers shared by the stages.
 pub struct GpuContext {
@@ -16,7 +16,7 @@ pub struct GpuContext {
     pub limits: wgpu::Limits,
     pub features: wgpu::Features,
     /// Built kernels by `KernelDecl::key` (see `kernels.rs`).
-    pub(super) kernels: RefCell<HashMap<String, Rc<Kernel>>>,
+    pub(super) kernels: RefCell<HashMap<String, Arc<Kernel>>>,
     pub(super) uniform_pool: RefCell<Option<wgpu::Buffer>>,
     staging_pool: RefCell<Option<wgpu::Buffer>>,
     /// Largest buffer a stage may use before it tiles the volume (see `max_tile_bytes`).

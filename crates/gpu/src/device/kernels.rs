@@ -5,7 +5,7 @@
 use super::context::GpuContext;
 use crate::shaders::{Bind, KernelDecl};
 use gpuprep_core::error::{Error, Result};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// A compute pipeline and its bind-group layout.
 pub struct Kernel {
@@ -17,7 +17,7 @@ pub struct Kernel {
 
 impl GpuContext {
     /// The kernel `decl` (which must declare no specialisable constant), built on first use.
-    pub fn pipeline(&self, decl: &KernelDecl) -> Result<Rc<Kernel>> {
+    pub fn pipeline(&self, decl: &KernelDecl) -> Result<Arc<Kernel>> {
         self.pipeline_variant(decl, &[])
     }
 
@@ -27,7 +27,7 @@ impl GpuContext {
         &self,
         decl: &KernelDecl,
         values: &[(&str, u32)],
-    ) -> Result<Rc<Kernel>> {
+    ) -> Result<Arc<Kernel>> {
         let key = decl.key(values);
         if let Some(k) = self.kernels.borrow().get(&key) {
             return Ok(k.clone());
@@ -37,7 +37,7 @@ impl GpuContext {
     }
 
     /// Build and cache the kernel `key` from the full WGSL `src`.
-    fn build(&self, key: String, src: String, entry: &str, binds: &[Bind]) -> Result<Rc<Kernel>> {
+    fn build(&self, key: String, src: String, entry: &str, binds: &[Bind]) -> Result<Arc<Kernel>> {
         let label = format!("gpuprep.{key}");
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let module = self
@@ -90,7 +90,7 @@ impl GpuContext {
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("building kernel {label}: {err}")));
         }
-        let k = Rc::new(Kernel {
+        let k = Arc::new(Kernel {
             label,
             pipeline,
             layout,
@@ -116,13 +116,13 @@ mod tests {
         let b = ctx
             .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 729)])
             .unwrap();
-        assert!(Rc::ptr_eq(&a, &b));
+        assert!(Arc::ptr_eq(&a, &b));
         assert_eq!(a.label, "gpuprep.median3d.median3d[MAX_WINDOW=729]");
         assert_eq!(a.binds, MEDIAN3D.binds);
         let c = ctx
             .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 27)])
             .unwrap();
-        assert!(!Rc::ptr_eq(&a, &c));
+        assert!(!Arc::ptr_eq(&a, &c));
         // Undeclared values and missing values are errors, not silent defaults.
         assert!(ctx
             .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 100)])

@@ -4,7 +4,7 @@
 use super::context::GpuContext;
 use super::kernels::Kernel;
 use gpuprep_core::error::{Error, Result};
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// Workgroup size of every 1-D kernel; equal to `WG` in `shaders/common.wgsl` and to every entry
 /// point's `@workgroup_size` (checked by `tests/shaders.rs`, `workgroup_size_matches_wgsl`).
@@ -56,7 +56,7 @@ pub fn split_groups(groups: u32) -> (u32, u32) {
 
 enum Op {
     Dispatch {
-        kernel: Rc<Kernel>,
+        kernel: Arc<Kernel>,
         uniform: Option<(u64, u64)>,
         buffers: Vec<wgpu::Buffer>,
         groups: u32,
@@ -80,7 +80,7 @@ impl Recorder<'_> {
     /// and the storage `buffers` in binding order after the uniform.
     pub fn dispatch<P: bytemuck::Pod>(
         &mut self,
-        kernel: &Rc<Kernel>,
+        kernel: &Arc<Kernel>,
         params: &P,
         buffers: &[&wgpu::Buffer],
         items: u64,
@@ -91,7 +91,7 @@ impl Recorder<'_> {
     /// As `dispatch`, with an explicit workgroup count.
     pub fn dispatch_groups<P: bytemuck::Pod>(
         &mut self,
-        kernel: &Rc<Kernel>,
+        kernel: &Arc<Kernel>,
         params: &P,
         buffers: &[&wgpu::Buffer],
         groups: u64,

@@ -15,7 +15,7 @@ use gpuprep_core::params::{Normalization, RegisterParams, Registration};
 use gpuprep_core::register::UPSAMPLE_SLAB_BYTES;
 use std::collections::HashMap;
 use std::ops::Range;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// The registration of a volume whose complex spectrum (8 bytes a voxel) is over the tile limit:
 /// the resident route's kernels on slabs, with the complex volumes held on the host.
@@ -39,7 +39,7 @@ pub struct TiledRegistrar {
     zs: usize,
     ys: usize,
     /// FFT plans by slab shape and kind (true: axes 2 and 1; false: axis 0).
-    plans: HashMap<([usize; 3], bool), Rc<Fft3Plan>>,
+    plans: HashMap<([usize; 3], bool), Arc<Fft3Plan>>,
 }
 
 fn slabs(n: usize, step: usize) -> Vec<Range<usize>> {
@@ -104,7 +104,7 @@ impl TiledRegistrar {
         Ok(t)
     }
 
-    fn plan(&mut self, ctx: &GpuContext, shape: [usize; 3], xy: bool) -> Result<Rc<Fft3Plan>> {
+    fn plan(&mut self, ctx: &GpuContext, shape: [usize; 3], xy: bool) -> Result<Arc<Fft3Plan>> {
         if let Some(p) = self.plans.get(&(shape, xy)) {
             return Ok(p.clone());
         }
@@ -113,7 +113,7 @@ impl TiledRegistrar {
         } else {
             [true, false, false]
         };
-        let p = Rc::new(Fft3Plan::new_axes(ctx, shape, axes, false)?);
+        let p = Arc::new(Fft3Plan::new_axes(ctx, shape, axes, false)?);
         self.plans.insert((shape, xy), p.clone());
         Ok(p)
     }

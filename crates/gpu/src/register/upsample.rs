@@ -7,7 +7,7 @@ use crate::shaders;
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::register::upsample_slab_planes;
-use std::rc::Rc;
+use std::sync::Arc;
 
 /// One contraction of the upsampled DFT: input dims, axis, input, kernel, output, output length.
 pub(super) type Contraction<'a> = (
@@ -40,7 +40,7 @@ pub(super) fn upsample_kernel(n: usize, r: usize, u: f64, off: f64) -> Vec<[f32;
 /// Record one `contract` of the `d`-shaped input along `axis` to length `r` (`total` outputs).
 pub(super) fn record_contract(
     rec: &mut Recorder<'_>,
-    k: &Rc<Kernel>,
+    k: &Arc<Kernel>,
     d: [usize; 3],
     axis: u32,
     r: usize,
@@ -81,7 +81,7 @@ pub(super) fn upsample_kernels(
     ])
 }
 
-pub(super) fn contract_kernel(ctx: &GpuContext) -> Result<Rc<Kernel>> {
+pub(super) fn contract_kernel(ctx: &GpuContext) -> Result<Arc<Kernel>> {
     ctx.pipeline(&shaders::CROSS_CONTRACT)
 }
 
@@ -94,7 +94,7 @@ pub(super) fn contract_kernel(ctx: &GpuContext) -> Result<Rc<Kernel>> {
 #[allow(clippy::too_many_arguments)]
 pub(super) fn upsampled_peak_z(
     ctx: &GpuContext,
-    k: &Rc<Kernel>,
+    k: &Arc<Kernel>,
     t2: &wgpu::Buffer,
     nz: usize,
     r: usize,

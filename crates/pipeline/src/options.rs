@@ -1,0 +1,262 @@
+//! A run's parameters by name, as the CLI's flags and the Python package's keywords give them, and
+//! their one validation into a `RunConfig`.
+//!
+//! Both front ends fill a `RunOptions` (one field per flag of `gpuprep run`, named as the flag) and call
+//! `into_config`; its errors name parameters ("median size"), and each front end restates them under its
+//! own spelling (`--median-size`, `median_size=`), so the rules and the wording exist once.
+
+use crate::driver::{NonFinite, ReferenceSpec, RunConfig};
+use gpuprep_core::params::{
+    BoundaryMode, ConstantVoxels, MedianParams, Normalization, RegisterParams, ShiftParams,
+    ZscoreParams,
+};
+use gpuprep_core::{Error, Result};
+use gpuprep_io::{Axes, Compression};
+use std::path::PathBuf;
+
+/// The largest upsample factor: 1/1000 voxel is far below any registration's accuracy, and the
+/// upsampled DFT's cost grows with it.
+pub const MAX_UPSAMPLE: i64 = 1000;
+
+/// The parameters of `gpuprep run`, before validation; `Default` is the CLI's defaults.
+#[derive(Clone, Debug)]
+pub struct RunOptions {
+    pub inputs: Vec<String>,
+    pub output: PathBuf,
+    pub dataset: String,
+    pub axes: Option<Axes>,
+    pub force: bool,
+    pub no_median: bool,
+    pub median_size: [usize; 3],
+    pub median_mode: BoundaryMode,
+    pub median_cval: f32,
+    pub no_register: bool,
+    pub upsample_factor: i64,
+    pub normalization: Normalization,
+    pub reference: usize,
+    /// The half-open range whose mean is the reference, instead of `reference`.
+    pub reference_mean: Option<(usize, usize)>,
+    pub register_raw: bool,
+    pub order: u32,
+    pub shift_mode: BoundaryMode,
+    pub shift_cval: f32,
+    pub no_zscore: bool,
+    pub ddof: u32,
+    pub constant_voxels: ConstantVoxels,
+    pub nonfinite: NonFinite,
+    pub compression: Compression,
+    /// Extra stages to keep: "filtered", "registered".
+    pub save: Vec<String>,
+}
+
+impl Default for RunOptions {
+    fn default() -> Self {
+        RunOptions {
+            inputs: Vec::new(),
+            output: PathBuf::new(),
+            dataset: "default".into(),
+            axes: None,
+            force: false,
+            no_median: false,
+            median_size: [3, 3, 3],
+            median_mode: BoundaryMode::Reflect,
+            median_cval: 0.0,
+            no_register: false,
+            upsample_factor: 1,
+            normalization: Normalization::Phase,
+            reference: 0,
+            reference_mean: None,
+            register_raw: false,
+            order: 3,
+            shift_mode: BoundaryMode::Constant,
+            shift_cval: 0.0,
+            no_zscore: false,
+            ddof: 0,
+            constant_voxels: ConstantVoxels::Nan,
+            nonfinite: NonFinite::Error,
+            compression: Compression::None,
+            save: Vec::new(),
+        }
+    }
+}
+
+/// `u` as an upsample factor: from 1 to `MAX_UPSAMPLE`.
+pub fn upsample_factor(u: i64) -> Result<u32> {
+    if !(1..=MAX_UPSAMPLE).contains(&u) {
+        return Err(Error::InvalidParameter {
+            name: "upsample factor".into(),
+            message: format!("got {u}; expected an integer from 1 to {MAX_UPSAMPLE}"),
+        });
+    }
+    Ok(u as u32)
+}
+
+impl RunOptions {
+    /// Every parameter checked and converted before a byte is read.
+    pub fn into_config(self) -> Result<RunConfig> {
+        let median = if self.no_median {
+            None
+        } else {
+            Some(MedianParams::new(
+                self.median_size,
+                self.median_mode,
+                self.median_cval,
+            )?)
+        };
+        let register = if self.no_register {
+            None
+        } else {
+            Some(RegisterParams::new(
+                upsample_factor(self.upsample_factor)?,
+                self.normalization,
+            )?)
+        };
+        let reference = match self.reference_mean {
+            None => ReferenceSpec::Index(self.reference),
+            Some((start, end)) if start < end => ReferenceSpec::Mean { start, end },
+            Some((start, end)) => {
+                return Err(Error::InvalidParameter {
+                    name: "reference range".into(),
+                    message: format!("got {start}:{end}; expected START:END with START < END"),
+                })
+            }
+        };
+        let shift = ShiftParams::new(self.order, self.shift_mode, self.shift_cval)?;
+        let zscore = (!self.no_zscore).then_some(ZscoreParams {
+            ddof: self.ddof,
+            constant: self.constant_voxels,
+        });
+        let (mut save_filtered, mut save_registered) = (false, false);
+        for s in &self.save {
+            match s.trim() {
+                "filtered" => save_filtered = true,
+                "registered" => save_registered = true,
+                "" => {}
+                other => {
+                    return Err(Error::InvalidParameter {
+                        name: "saved stages".into(),
+                        message: format!(
+                            "unknown stage {other:?}; expected filtered and/or registered"
+                        ),
+                    })
+                }
+            }
+        }
+        if save_filtered && median.is_none() {
+            return Err(Error::InvalidParameter {
+                name: "saved stages".into(),
+                message: "filtered was asked for but the median filter is off".into(),
+            });
+        }
+        Ok(RunConfig {
+            inputs: self.inputs,
+            dataset: self.dataset,
+            output: self.output,
+            force: self.force,
+            median,
+            register,
+            register_on_raw: self.register_raw,
+            reference,
+            shift,
+            zscore,
+            save_filtered,
+            save_registered,
+            nonfinite: self.nonfinite,
+            axes: self.axes,
+            compression: self.compression,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn err(o: RunOptions) -> String {
+        o.into_config().unwrap_err().to_string()
+    }
+
+    #[test]
+    fn defaults_are_the_default_job() {
+        let c = RunOptions::default().into_config().unwrap();
+        let d = RunConfig::new(Vec::new(), PathBuf::new());
+        assert_eq!(
+            (c.median, c.register, c.reference, c.shift, c.zscore),
+            (d.median, d.register, d.reference, d.shift, d.zscore)
+        );
+    }
+
+    #[test]
+    fn each_bad_parameter_is_named() {
+        let cases = [
+            (
+                RunOptions {
+                    median_size: [3, 4, 3],
+                    ..Default::default()
+                },
+                "median size: ",
+            ),
+            (
+                RunOptions {
+                    upsample_factor: 0,
+                    ..Default::default()
+                },
+                "upsample factor: got 0",
+            ),
+            (
+                RunOptions {
+                    upsample_factor: 1001,
+                    ..Default::default()
+                },
+                "upsample factor: got 1001",
+            ),
+            (
+                RunOptions {
+                    reference_mean: Some((3, 3)),
+                    ..Default::default()
+                },
+                "reference range: got 3:3",
+            ),
+            (
+                RunOptions {
+                    order: 2,
+                    ..Default::default()
+                },
+                "spline order: ",
+            ),
+            (
+                RunOptions {
+                    save: vec!["bogus".into()],
+                    ..Default::default()
+                },
+                "saved stages: unknown stage \"bogus\"",
+            ),
+            (
+                RunOptions {
+                    save: vec!["filtered".into()],
+                    no_median: true,
+                    ..Default::default()
+                },
+                "saved stages: filtered was asked for",
+            ),
+        ];
+        for (o, want) in cases {
+            let e = err(o);
+            assert!(e.starts_with(want), "{e:?} does not start with {want:?}");
+        }
+    }
+
+    #[test]
+    fn switched_off_stages_are_not_validated() {
+        let c = RunOptions {
+            no_median: true,
+            median_size: [2, 2, 2],
+            no_register: true,
+            upsample_factor: 0,
+            ..Default::default()
+        }
+        .into_config()
+        .unwrap();
+        assert!(c.median.is_none() && c.register.is_none());
+    }
+}

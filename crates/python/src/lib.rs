@@ -1,0 +1,30 @@
+//! The `gpuprep._gpuprep` extension module: gpuprep's kernels and the whole job on numpy arrays.
+//!
+//! The Rust side takes float32 (z, y, x) volumes and validated parameters; the Python layer
+//! (`python/gpuprep/__init__.py`) gives them scipy's and scikit-image's signatures, dtypes and
+//! dimensions. Every call releases the GIL while Rust computes; arrays are borrowed, not copied, and
+//! results are handed to numpy without a copy.
+
+mod engine;
+mod errors;
+mod kernels;
+mod run;
+mod stream;
+
+use pyo3::prelude::*;
+
+#[pymodule]
+fn _gpuprep(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    m.add_function(wrap_pyfunction!(kernels::median_filter, m)?)?;
+    m.add_function(wrap_pyfunction!(kernels::shift, m)?)?;
+    m.add_function(wrap_pyfunction!(kernels::phase_cross_correlation, m)?)?;
+    m.add_function(wrap_pyfunction!(kernels::zscore, m)?)?;
+    m.add_function(wrap_pyfunction!(kernels::normalize, m)?)?;
+    m.add_function(wrap_pyfunction!(engine::backend_name, m)?)?;
+    m.add_function(wrap_pyfunction!(run::preprocess, m)?)?;
+    m.add_function(wrap_pyfunction!(stream::process_block, m)?)?;
+    m.add_class::<stream::Reference>()?;
+    m.add_class::<stream::Moments>()?;
+    Ok(())
+}

@@ -1,0 +1,445 @@
+//! The streaming pieces a distributed front end builds on: a reference transformed once and kept,
+//! a block of timepoints through the first pass, and mergeable, picklable z-score moments.
+
+use crate::engine::{self, Choice};
+use crate::errors::py;
+use crate::kernels::{mode, register_params, with_backend};
+use gpuprep_core::backend::{Backend, FramePlan, Reference as Handle};
+use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
+use gpuprep_core::zscore::Accumulator;
+use gpuprep_core::{Error, Result};
+use gpuprep_cpu::CpuBackend;
+use ndarray::{Array1, Array2, Array3, Array4, ArrayView3, ArrayView4, Axis};
+use numpy::{
+    IntoPyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayMethods, PyReadonlyArray3,
+    PyReadonlyArray4,
+};
+use pyo3::exceptions::PyValueError;
+use pyo3::prelude::*;
+use pyo3::types::PyTuple;
+use std::sync::Mutex;
+
+fn next_id() -> u64 {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+}
+
+/// The reference volume of a registration, transformed once: `register(volume)` is
+/// `phase_cross_correlation(reference, volume)` without the reference's transform. Pickles as its
+/// volume and parameters, so a copy sent to another process transforms it once there.
+#[pyclass(module = "gpuprep._gpuprep", frozen)]
+pub struct Reference {
+    volume: Array3<f32>,
+    params: RegisterParams,
+    backend: Choice,
+    id: u64,
+    /// On the CPU, a backend of its own holding the transform; on a GPU, `None` (the process's
+    /// device holds the most recently used reference, `engine::Gpu::with_reference`).
+    cpu: Option<Mutex<(CpuBackend, Handle)>>,
+}
+
+impl Reference {
+    fn dims(&self) -> [usize; 3] {
+        let (z, y, x) = self.volume.dim();
+        [z, y, x]
+    }
+
+    fn check_shape(&self, what: &str, shape: &[usize]) -> Result<()> {
+        if shape[shape.len() - 3..] != self.dims() {
+            return Err(Error::InvalidParameter {
+                name: what.into(),
+                message: format!(
+                    "volumes of shape {:?} differ from the reference's {:?}",
+                    &shape[shape.len() - 3..],
+                    self.dims()
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// `f` with the backend holding this reference and its handle. Call without the GIL.
+    fn with<T>(&self, f: impl FnOnce(&mut dyn Backend, Handle) -> Result<T>) -> Result<T> {
+        match &self.cpu {
+            Some(cpu) => {
+                let mut guard = cpu.lock().unwrap_or_else(|p| p.into_inner());
+                let (backend, handle) = &mut *guard;
+                let handle = *handle;
+                f(backend, handle)
+            }
+            None => {
+                let mut gpu = engine::select(self.backend)?.ok_or_else(|| {
+                    Error::Gpu("the GPU this reference was set on is gone".into())
+                })?;
+                let (backend, handle) =
+                    gpu.with_reference(self.id, self.volume.view(), &self.params)?;
+                f(backend, handle)
+            }
+        }
+    }
+}
+
+#[pymethods]
+impl Reference {
+    #[new]
+    #[pyo3(signature = (volume, upsample_factor = 1, normalization = "phase", backend = "auto"))]
+    fn new(
+        py_: Python<'_>,
+        volume: PyReadonlyArray3<'_, f32>,
+        upsample_factor: i64,
+        normalization: &str,
+        backend: &str,
+    ) -> PyResult<Self> {
+        let params = register_params(upsample_factor, normalization)?;
+        let choice = Choice::parse(backend)?;
+        let volume = volume.as_array().to_owned();
+        let id = next_id();
+        let cpu = py_.detach(|| {
+            py(engine::select(choice).and_then(|gpu| match gpu {
+                Some(mut gpu) => {
+                    gpu.with_reference(id, volume.view(), &params)?;
+                    Ok(None)
+                }
+                None => {
+                    let mut b = CpuBackend::new();
+                    let handle = b.set_reference(volume.view(), &params)?;
+                    Ok(Some(Mutex::new((b, handle))))
+                }
+            }))
+        })?;
+        Ok(Reference {
+            volume,
+            params,
+            backend: choice,
+            id,
+            cpu,
+        })
+    }
+
+    /// `(shift, error, phasediff)` registering `volume` onto the reference.
+    fn register(
+        &self,
+        py_: Python<'_>,
+        volume: PyReadonlyArray3<'_, f32>,
+    ) -> PyResult<([f64; 3], f64, f64)> {
+        let v = volume.as_array();
+        py(self.check_shape("volume", v.shape()))?;
+        let r = py_.detach(|| py(self.with(|b, h| b.register(&h, v))))?;
+        Ok((r.shift, r.error, r.phasediff))
+    }
+
+    /// The reference volume (a read-only view of the copy this object keeps).
+    #[getter]
+    fn volume<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyArray3<f32>>> {
+        let this = slf.get();
+        // SAFETY-free: a copy, as numpy must not write into the frozen object's array.
+        let a = this.volume.clone().into_pyarray(slf.py());
+        a.readwrite().make_nonwriteable();
+        Ok(a)
+    }
+
+    #[getter]
+    fn shape(&self) -> (usize, usize, usize) {
+        self.volume.dim()
+    }
+
+    #[getter]
+    fn upsample_factor(&self) -> u32 {
+        self.params.upsample_factor
+    }
+
+    #[getter]
+    fn normalization(&self) -> &'static str {
+        self.params.normalization.name()
+    }
+
+    /// The backend asked for (`'auto'`, `'cpu'`, `'gpu'`), and the one in use.
+    #[getter]
+    fn backend(&self) -> (&'static str, &'static str) {
+        (
+            self.backend.name(),
+            if self.cpu.is_some() { "cpu" } else { "gpu" },
+        )
+    }
+
+    fn __reduce__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py_ = slf.py();
+        let this = slf.get();
+        let args = (
+            this.volume.clone().into_pyarray(py_),
+            this.params.upsample_factor,
+            this.params.normalization.name(),
+            this.backend.name(),
+        );
+        PyTuple::new(
+            py_,
+            [
+                slf.get_type().into_any(),
+                args.into_pyobject(py_)?.into_any(),
+            ],
+        )
+    }
+
+    fn __repr__(&self) -> String {
+        let (z, y, x) = self.volume.dim();
+        format!(
+            "Reference(shape=({z}, {y}, {x}), upsample_factor={}, normalization={:?}, backend={:?})",
+            self.params.upsample_factor,
+            self.params.normalization.name(),
+            self.backend.name()
+        )
+    }
+}
+
+/// The first pass over a (t, z, y, x) float32 block, as `gpuprep run` does it per timepoint: median
+/// filter, registration against `reference`, shift. Returns the volumes, the (t, 3) shifts and the
+/// per-timepoint error and phasediff (NaN columns without registration).
+#[pyfunction]
+#[pyo3(signature = (block, reference, median, order, shift_mode, shift_cval, register_raw, backend))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn process_block<'py>(
+    py_: Python<'py>,
+    block: PyReadonlyArray4<'py, f32>,
+    reference: Option<&Reference>,
+    median: Option<([usize; 3], String, f32)>,
+    order: u32,
+    shift_mode: &str,
+    shift_cval: f32,
+    register_raw: bool,
+    backend: &str,
+) -> PyResult<(
+    Bound<'py, PyArray4<f32>>,
+    Bound<'py, PyArray2<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+)> {
+    let median = match median {
+        Some((size, m, cval)) => Some(py(MedianParams::new(size, mode("median_mode", &m)?, cval))?),
+        None => None,
+    };
+    let shift = py(ShiftParams::new(
+        order,
+        mode("shift_mode", shift_mode)?,
+        shift_cval,
+    ))?;
+    let choice = Choice::parse(backend)?;
+    let block = block.as_array();
+    if let Some(r) = reference {
+        py(r.check_shape("block", block.shape()))?;
+    }
+    let plan = |register| FramePlan {
+        median,
+        register,
+        register_on_raw: register_raw,
+        shift,
+        accumulate: None,
+        keep_filtered: false,
+    };
+    let (volumes, regs) = py_.detach(|| {
+        py(match reference {
+            Some(r) => r.with(|b, h| first_pass(b, block, &plan(Some(h)))),
+            None => with_backend(choice, |b| first_pass(b, block, &plan(None))),
+        })
+    })?;
+    let t = regs.len();
+    let mut shifts = Array2::<f64>::from_elem((t, 3), f64::NAN);
+    let (mut error, mut phasediff) = (
+        Array1::from_elem(t, f64::NAN),
+        Array1::from_elem(t, f64::NAN),
+    );
+    for (i, r) in regs.iter().enumerate() {
+        if let Some(r) = r {
+            shifts.row_mut(i).assign(&Array1::from(r.shift.to_vec()));
+            error[i] = r.error;
+            phasediff[i] = r.phasediff;
+        }
+    }
+    Ok((
+        volumes.into_pyarray(py_),
+        shifts.into_pyarray(py_),
+        error.into_pyarray(py_),
+        phasediff.into_pyarray(py_),
+    ))
+}
+
+/// `process_stream` over the block's volumes, collected.
+fn first_pass(
+    b: &mut dyn Backend,
+    block: ArrayView4<f32>,
+    plan: &FramePlan,
+) -> Result<(Array4<f32>, Vec<Option<Registration>>)> {
+    let mut out = Array4::<f32>::zeros(block.raw_dim());
+    let mut regs = Vec::with_capacity(block.dim().0);
+    let mut frames = block.axis_iter(Axis(0)).map(|v| Ok(v.to_owned()));
+    let mut t = 0;
+    b.process_stream(plan, &mut frames, &mut |o| {
+        out.index_axis_mut(Axis(0), t).assign(&o.volume);
+        regs.push(o.registration);
+        t += 1;
+        Ok(())
+    })?;
+    Ok((out, regs))
+}
+
+/// Per-voxel running mean and M2 (sum of squared deviations) in float64 over the volumes given to
+/// `update`, mergeable with another's (`merge`: Chan et al.'s pairwise formula, equal to one pass to
+/// float64 rounding) and picklable, for z-scores computed block by block.
+#[pyclass(module = "gpuprep._gpuprep")]
+pub struct Moments {
+    acc: Accumulator,
+}
+
+/// Volumes in float32 or float64, one (z, y, x) or a (t, z, y, x) block.
+#[derive(FromPyObject)]
+pub enum Volumes<'py> {
+    F32x3(PyReadonlyArray3<'py, f32>),
+    F64x3(PyReadonlyArray3<'py, f64>),
+    F32x4(PyReadonlyArray4<'py, f32>),
+    F64x4(PyReadonlyArray4<'py, f64>),
+}
+
+fn add_block<T: Copy + Into<f64> + Sync>(acc: &mut Accumulator, block: ArrayView4<T>) {
+    for v in block.axis_iter(Axis(0)) {
+        acc.add(v);
+    }
+}
+
+fn add_one<T: Copy + Into<f64> + Sync>(acc: &mut Accumulator, v: ArrayView3<T>) {
+    acc.add(v);
+}
+
+#[pymethods]
+impl Moments {
+    /// Empty moments of volumes of `shape` (z, y, x).
+    #[new]
+    fn new(shape: [usize; 3]) -> Self {
+        Moments {
+            acc: Accumulator::new(shape),
+        }
+    }
+
+    /// Adds a volume, or each volume of a (t, z, y, x) block.
+    fn update(&mut self, py_: Python<'_>, volumes: Volumes<'_>) -> PyResult<()> {
+        let shape = self.shape();
+        let check = |s: &[usize]| -> PyResult<()> {
+            if s[s.len() - 3..] != [shape.0, shape.1, shape.2] {
+                return Err(PyValueError::new_err(format!(
+                    "volumes: shape {s:?} does not end in the moments' volume shape {shape:?}"
+                )));
+            }
+            Ok(())
+        };
+        let acc = &mut self.acc;
+        match volumes {
+            Volumes::F32x3(v) => {
+                let v = v.as_array();
+                check(v.shape())?;
+                py_.detach(|| add_one(acc, v));
+            }
+            Volumes::F64x3(v) => {
+                let v = v.as_array();
+                check(v.shape())?;
+                py_.detach(|| add_one(acc, v));
+            }
+            Volumes::F32x4(v) => {
+                let v = v.as_array();
+                check(v.shape())?;
+                py_.detach(|| add_block(acc, v));
+            }
+            Volumes::F64x4(v) => {
+                let v = v.as_array();
+                check(v.shape())?;
+                py_.detach(|| add_block(acc, v));
+            }
+        }
+        Ok(())
+    }
+
+    /// Folds `other` into these moments (in place) and returns them.
+    fn merge<'py>(
+        mut slf: PyRefMut<'py, Self>,
+        other: PyRef<'py, Moments>,
+    ) -> PyResult<PyRefMut<'py, Self>> {
+        let py_ = slf.py();
+        let acc = &mut slf.acc;
+        let o = &other.acc;
+        py_.detach(|| py(acc.merge(o)))?;
+        Ok(slf)
+    }
+
+    /// A copy.
+    fn copy(&self) -> Moments {
+        Moments {
+            acc: self.acc.clone(),
+        }
+    }
+
+    /// `(mean, std)` as float64 (z, y, x) arrays, the standard deviation with `ddof`: numpy's
+    /// `mean(axis=0)` and `std(axis=0, ddof=ddof)` of the volumes added, NaN where count <= ddof.
+    #[pyo3(signature = (ddof = 0))]
+    fn finalize<'py>(
+        &self,
+        py_: Python<'py>,
+        ddof: u32,
+    ) -> (Bound<'py, PyArray3<f64>>, Bound<'py, PyArray3<f64>>) {
+        let m = py_.detach(|| {
+            self.acc.moments(&ZscoreParams {
+                ddof,
+                ..Default::default()
+            })
+        });
+        let (mean, std) = m.into_parts();
+        (mean.into_pyarray(py_), std.into_pyarray(py_))
+    }
+
+    #[getter]
+    fn count(&self) -> u64 {
+        self.acc.count()
+    }
+
+    #[getter]
+    fn shape(&self) -> (usize, usize, usize) {
+        self.acc.parts().1.dim()
+    }
+
+    /// The running mean (a copy).
+    #[getter]
+    fn mean<'py>(&self, py_: Python<'py>) -> Bound<'py, PyArray3<f64>> {
+        self.acc.parts().1.clone().into_pyarray(py_)
+    }
+
+    /// The running sum of squared deviations (a copy).
+    #[getter]
+    fn m2<'py>(&self, py_: Python<'py>) -> Bound<'py, PyArray3<f64>> {
+        self.acc.parts().2.clone().into_pyarray(py_)
+    }
+
+    /// Moments from `count`, `mean` and `m2` (what pickling stores).
+    #[staticmethod]
+    fn from_parts(
+        count: u64,
+        mean: PyReadonlyArray3<'_, f64>,
+        m2: PyReadonlyArray3<'_, f64>,
+    ) -> PyResult<Moments> {
+        Ok(Moments {
+            acc: py(Accumulator::from_parts(
+                count,
+                mean.as_array().to_owned(),
+                m2.as_array().to_owned(),
+            ))?,
+        })
+    }
+
+    fn __reduce__<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyTuple>> {
+        let py_ = slf.py();
+        let this = slf.borrow();
+        let ctor = slf.get_type().getattr("from_parts")?;
+        let args = (this.count(), this.mean(py_), this.m2(py_));
+        PyTuple::new(py_, [ctor, args.into_pyobject(py_)?.into_any()])
+    }
+
+    fn __repr__(&self) -> String {
+        let (z, y, x) = self.shape();
+        format!("Moments(shape=({z}, {y}, {x}), count={})", self.acc.count())
+    }
+}
