@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
-# Set up (system packages) and run every test. GPU tests run on lavapipe (software Vulkan) and fail,
-# not skip, when GPUPREP_REQUIRE_GPU=1 and no Vulkan adapter is found.
+# Set up (system packages, a Python venv from PyPI) and run every test: the Rust suite, then the Python
+# package's. GPU tests run on lavapipe (software Vulkan) and fail, not skip, when GPUPREP_REQUIRE_GPU=1
+# and no Vulkan adapter is found.
+#   GPUPREP_VENV    the venv to use (default .venv, made and filled once)
+#   GPUPREP_PYTHON  the Python the Rust tests use to read outputs with zarr-python (default the venv's)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/setup.sh
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 export GPUPREP_REQUIRE_GPU="${GPUPREP_REQUIRE_GPU:-1}"
-# zarr-python reads gpuprep's OME-Zarr output in the tests: a venv from PyPI, made once.
-if [ -z "${GPUPREP_PYTHON:-}" ]; then
-  if ! .venv/bin/python -c "import zarr, h5py, numpy" >/dev/null 2>&1; then
-    python3 -m venv .venv
-    .venv/bin/pip install -q "numpy" "h5py" "zarr>=3"
-  fi
-  export GPUPREP_PYTHON="$PWD/.venv/bin/python"
+venv="${GPUPREP_VENV:-$PWD/.venv}"
+if ! "$venv/bin/python" -c "import numpy, h5py, zarr, scipy, skimage, pytest, hypothesis, tqdm, maturin" >/dev/null 2>&1; then
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install -q "numpy" "h5py" "zarr>=3" "scipy" "scikit-image" "pytest" "hypothesis" "tqdm" \
+    "maturin>=1.9.4,<2"
 fi
+export GPUPREP_PYTHON="${GPUPREP_PYTHON:-$venv/bin/python}"
 cargo test --all-targets
+# The Python package, built into the venv from the same target directory (dev profile, so it reuses the
+# dependencies the Rust tests just built), then its tests against live scipy and scikit-image.
+(cd crates/python && VIRTUAL_ENV="$venv" "$venv/bin/maturin" develop --quiet)
+GPUPREP_CLI="$PWD/target/debug/gpuprep" "$venv/bin/python" -m pytest crates/python/tests -q

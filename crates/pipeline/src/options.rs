@@ -117,7 +117,7 @@ impl RunOptions {
             Some((start, end)) => {
                 return Err(Error::InvalidParameter {
                     name: "reference range".into(),
-                    message: format!("got {start}:{end}; expected START:END with START < END"),
+                    message: format!("got \"{start}:{end}\"; expected START:END with START < END"),
                 })
             }
         };
@@ -215,7 +215,7 @@ mod tests {
                     reference_mean: Some((3, 3)),
                     ..Default::default()
                 },
-                "reference range: got 3:3",
+                "reference range: got \"3:3\"",
             ),
             (
                 RunOptions {

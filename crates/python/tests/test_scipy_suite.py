@@ -61,13 +61,6 @@ TYPES = INTEGER_TYPES + FLOAT_TYPES
 
 NIE = NotImplementedError
 
-# Error checks where gpuprep rejects an unsupported argument (axes=, origin=, space=) with
-# NotImplementedError before it validates the value, while scipy raises ValueError/TypeError.
-ERROR_CLASS_XFAIL = pytest.mark.xfail(
-    strict=True,
-    reason="gpuprep raises NotImplementedError for any axes=/origin= before validating it; "
-    "scipy raises ValueError/TypeError for this invalid value",
-)
 
 
 @pytest.fixture(params=["cpu", "gpu"])
@@ -111,12 +104,8 @@ def _xfail_if(request, condition, reason):
 
 
 def _axes_params(combos):
-    """Parametrize axes tuples; duplicates (an error in scipy) carry ERROR_CLASS_XFAIL."""
-    params = []
-    for axes in combos:
-        dup = len({ax % 3 for ax in axes}) != len(axes)
-        params.append(pytest.param(axes, marks=ERROR_CLASS_XFAIL) if dup else axes)
-    return params
+    """Parametrize axes tuples (duplicates are an error, in scipy and in gpuprep)."""
+    return list(combos)
 
 
 # ----------------------------------------------------------------------------------------------
@@ -184,10 +173,10 @@ def test_filters_filter_weights_subset_axes_origins(backend):
 @pytest.mark.parametrize(
     "axes",
     [
-        pytest.param((1.5,), marks=ERROR_CLASS_XFAIL),
-        pytest.param((0, 1, 2, 3), marks=ERROR_CLASS_XFAIL),
-        pytest.param((3,), marks=ERROR_CLASS_XFAIL),
-        pytest.param((-4,), marks=ERROR_CLASS_XFAIL),
+        (1.5,),
+        (0, 1, 2, 3),
+        (3,),
+        (-4,),
     ],
 )
 def test_filters_filter_invalid_axes(axes, backend):
@@ -394,7 +383,6 @@ def test_filters_valid_origins2(backend):
 
 
 # test_filters.py::test_valid_origins2 (median_filter), the invalid origin
-@ERROR_CLASS_XFAIL
 def test_filters_valid_origins2_invalid(backend):
     median_filter = _med(backend)
     data = np.asarray([1, 2, 3, 4, 5], dtype=np.float64)
@@ -1011,11 +999,6 @@ def test_stats_zscore_constant_input_1d(backend):
 
 # test_stats.py::TestZscore::test_zscore_constant_input_1d (its eager_warns(RuntimeWarning,
 # match="Precision loss occurred..."))
-@pytest.mark.xfail(
-    strict=True,
-    reason="gpuprep.zscore returns NaN for a constant series without scipy's RuntimeWarning "
-    "'Precision loss occurred in moment calculation'",
-)
 def test_stats_zscore_constant_input_1d_warning(backend):
     zscore = _zscore(backend)
     x = _zcase(backend, [-0.087] * 3)
@@ -1043,11 +1026,6 @@ def test_stats_zscore_constant_input_2d(backend):
 
 
 # test_stats.py::TestZscore::test_zscore_constant_input_2d (its eager_warns)
-@pytest.mark.xfail(
-    strict=True,
-    reason="gpuprep.zscore returns NaN for constant series without scipy's RuntimeWarning "
-    "'Precision loss occurred in moment calculation'",
-)
 def test_stats_zscore_constant_input_2d_warning(backend):
     zscore = _zscore(backend)
     x = _zcase(backend, [[10.0, 10.0, 10.0, 10.0], [10.0, 11.0, 12.0, 13.0]])
@@ -1089,13 +1067,6 @@ def test_stats_zscore_2d_all_nan(backend):
 # test_stats.py::TestZscore::test_zscore_empty_input
 @pytest.mark.parametrize("x", [np.array([]), np.zeros((3, 0, 5))])
 def test_stats_zscore_empty_input(x, backend, request):
-    _xfail_if(
-        request,
-        backend == "gpu" and x.ndim > 1,
-        "GPU z-score of an empty (3, 0, 5) float32 array raises ValueError 'data: empty volume "
-        "[1, 0, 5]' where scipy (and gpuprep's CPU) return the empty array; GPU median_filter and "
-        "shift of np.zeros((3, 0, 5), np.float32) raise the same",
-    )
     zscore = _zscore(backend)
     x = _zcase(backend, x)
     z = zscore(x)
@@ -1105,12 +1076,6 @@ def test_stats_zscore_empty_input(x, backend, request):
 # test_stats.py::TestZscore::test_zscore_masked_element_0_gh19039. gpuprep does not support
 # masked arrays: a masked input must raise NotImplementedError (scipy's values: the masked
 # element is left out of the moments).
-@pytest.mark.xfail(
-    strict=True,
-    reason="gpuprep.zscore silently drops a numpy.ma mask (np.asarray) and z-scores the masked "
-    "elements too: for gh-19039's input res[1] = 0.1754 where scipy gives 0.0968; it should "
-    "raise NotImplementedError (or honour the mask)",
-)
 def test_stats_zscore_masked_element_0_gh19039(backend):
     zscore = _zscore(backend)
     rng = np.random.default_rng(8675309)

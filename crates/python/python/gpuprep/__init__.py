@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
 import numpy as np
@@ -58,6 +59,12 @@ _FLOAT_DTYPES = (np.float16, np.float32, np.float64)
 def backend_name(backend: str = "auto") -> str:
     """What ``backend=`` resolves to on this machine: ``'cpu'`` or the GPU adapter's description."""
     return _gpuprep.backend_name(backend)
+
+
+def _refuse_masked(a: Any, name: str) -> None:
+    """A masked array's mask would be dropped by np.asarray: refuse it rather than ignore it."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise NotImplementedError(f"{name}: masked arrays are not supported; fill or drop the masked values first")
 
 
 def _check_dtype(a: np.ndarray, name: str) -> None:
@@ -147,6 +154,18 @@ _FILTER_MODES = {
 }
 
 
+def _check_axes(axes: Any, ndim: int) -> None:
+    """scipy's checks of ``axes=`` (TypeError for non-integers, ValueError for out of range or repeated),
+    so a bad value fails as it does in scipy before gpuprep refuses the feature."""
+    axes = (axes,) if isinstance(axes, (numbers.Integral, np.integer)) else tuple(axes)
+    if not all(isinstance(ax, (numbers.Integral, np.integer)) for ax in axes):
+        raise TypeError("axes must be an integer or a sequence of integers")
+    if any(not -ndim <= ax < ndim for ax in axes):
+        raise ValueError("axes must be in the range [-ndim, ndim)")
+    if len({ax % ndim for ax in axes}) != len(axes):
+        raise ValueError("axes must be unique")
+
+
 def median_filter(
     input: Any,
     size: Any = 3,
@@ -168,8 +187,12 @@ def median_filter(
     input's (or ``output``'s), as in scipy. A footprint of all True is its box ``size``; other
     footprints, ``origin`` other than 0, ``axes`` and per-axis modes raise ``NotImplementedError``.
     """
+    _refuse_masked(input, "input")
     a = np.asarray(input)
     _check_dtype(a, "input")
+    if axes is not None:
+        _check_axes(axes, a.ndim)
+        raise NotImplementedError("axes: filtering a subset of the axes is not supported")
     if footprint is not None:
         fp = np.asarray(footprint)
         if fp.ndim != a.ndim or not fp.all():
@@ -177,18 +200,23 @@ def median_filter(
                 "footprint: only a full box footprint (all True) is supported; pass size= instead"
             )
         size = fp.shape
-    if not (np.ndim(origin) == 0 and origin == 0) and not np.all(np.asarray(origin) == 0):
-        raise NotImplementedError("origin: only origin=0 (the centred window) is supported")
-    if axes is not None:
-        raise NotImplementedError("axes: filtering a subset of the axes is not supported")
     if not isinstance(mode, str):
         raise NotImplementedError("mode: one mode for all axes is supported, not a sequence")
     if mode not in _FILTER_MODES:
         raise RuntimeError(f"mode: boundary mode not supported: {mode!r}")
     if size is None:
         raise RuntimeError("size: no footprint or filter size provided")
+    sizes_given = _per_axis(size, a.ndim, "size", int)
+    origins = _per_axis(origin, a.ndim, "origin", int)
+    for o, n in zip(origins, sizes_given):
+        if not -(n // 2) <= o <= (n - 1) // 2:
+            raise ValueError("invalid origin")
+    if any(origins):
+        raise NotImplementedError("origin: only origin=0 (the centred window) is supported")
+    if a.size == 0:
+        return _finish(a.astype(np.float32), a.shape, a.dtype, output, round_ints=False)
     v, shape = _as_volume(a, "input")
-    sizes = _padded(_per_axis(size, a.ndim, "size", int), 1)
+    sizes = _padded(sizes_given, 1)
     even = [s for s in sizes if s % 2 == 0 or s < 1]
     if even:
         raise NotImplementedError(
@@ -222,14 +250,16 @@ def shift(
     """``scipy.ndimage.shift(input, shift, order=order, mode=mode, cval=cval)`` of a 1-D, 2-D or 3-D
     array.
 
-    The spline prefilter and interpolation run in float64, as scipy's, on float32 values, and the
-    result is rounded to float32: for float32 input it equals scipy's to float32 rounding (within a
-    few float32 ulps of the largest magnitude); float64 input is rounded to float32 first (relative
-    error about 1e-7), returned as float64. Integer outputs are rounded half away from zero and
+    On the CPU the spline prefilter and interpolation run in float64, as scipy's, on float32 values,
+    and the result is rounded to float32: for float32 input it equals scipy's to float32 rounding
+    (within an ulp of the largest magnitude). The GPU computes in float32: within about 2e-6 of the
+    largest magnitude (scipy's own tests at 6 decimals fail there by 3e-6 on 8.0). float64 input is
+    rounded to float32 first (relative error about 1e-7), returned as float64. Integer outputs are rounded half away from zero and
     clipped, as scipy does. Orders 0, 1 and 3; modes reflect (grid-mirror), nearest, mirror,
     constant, wrap (scipy's legacy wrap). Orders 2, 4, 5, ``grid-constant``, ``grid-wrap``,
     ``prefilter=False`` with order 3 and complex input raise ``NotImplementedError``.
     """
+    _refuse_masked(input, "input")
     a = np.asarray(input)
     if a.dtype.kind == "c":
         raise NotImplementedError("input: complex arrays are not supported")
@@ -246,8 +276,10 @@ def shift(
         raise NotImplementedError(f"mode: {mode!r} is not supported; gpuprep has scipy's {sorted(_SHIFT_MODES)}")
     if mode not in _SHIFT_MODES:
         raise RuntimeError(f"mode: boundary mode not supported: {mode!r}")
-    v, shape = _as_volume(a, "input")
     shifts = _padded(_per_axis(shift, a.ndim, "shift", float), 0.0)
+    if a.size == 0:
+        return _finish(a.astype(np.float32), a.shape, a.dtype, output, round_ints=True)
+    v, shape = _as_volume(a, "input")
     r = _gpuprep.shift(v, shifts, int(order), _SHIFT_MODES[mode], float(cval), backend)
     return _finish(r, shape, a.dtype, output, round_ints=True)
 
@@ -302,12 +334,17 @@ def phase_cross_correlation(
     An all-zero image gives shift 0 and error NaN. ``space='fourier'``, masks and ``disambiguate=True`` raise ``NotImplementedError``.
     ``upsample_factor`` is from 1 to 1000.
     """
-    if space != "real":
+    norm = _normalization(normalization)
+    if not isinstance(space, str) or space.lower() not in ("real", "fourier"):
+        raise ValueError('space argument must be "real" of "fourier"')
+    if space.lower() != "real":
         raise NotImplementedError("space: only space='real' is supported")
     if disambiguate:
         raise NotImplementedError("disambiguate: disambiguate=True is not supported")
     if reference_mask is not None or moving_mask is not None:
         raise NotImplementedError("reference_mask, moving_mask: masked registration is not supported")
+    _refuse_masked(reference_image, "reference_image")
+    _refuse_masked(moving_image, "moving_image")
     ref, moving = np.asarray(reference_image), np.asarray(moving_image)
     for a, name in ((ref, "reference_image"), (moving, "moving_image")):
         if a.dtype.kind == "c":
@@ -316,10 +353,15 @@ def phase_cross_correlation(
         raise ValueError("images must be same shape")
     r, _ = _as_volume(ref, "reference_image")
     m, _ = _as_volume(moving, "moving_image")
-    raw = _gpuprep.phase_cross_correlation(
-        r, m, int(upsample_factor), _normalization(normalization), backend
-    )
-    return _registration(raw, ref.ndim, np.result_type(ref.dtype, moving.dtype))
+    raw = _gpuprep.phase_cross_correlation(r, m, int(upsample_factor), norm, backend)
+    result = _registration(raw, ref.ndim, np.result_type(ref.dtype, moving.dtype))
+    if np.isnan(result.error):
+        warnings.warn(
+            "Could not determine RMS error between images: the reference or moving image is empty (all zero)",
+            UserWarning,
+            stacklevel=2,
+        )
+    return result
 
 
 def _series(a: np.ndarray) -> np.ndarray:
@@ -350,6 +392,7 @@ def zscore(
     """
     if nan_policy != "propagate":
         raise NotImplementedError("nan_policy: only 'propagate' is supported")
+    _refuse_masked(a, "a")
     arr = np.asarray(a)
     if arr.dtype.kind == "c":
         raise NotImplementedError("a: complex arrays are not supported")
@@ -363,8 +406,23 @@ def zscore(
             raise ValueError("a: a 0-d array has no axis to z-score along")
         moved = np.moveaxis(arr, axis, 0)
     work = np.float32 if arr.dtype in (np.float32, np.float16) else np.float64
+    if work == np.float64 and backend == "gpu":
+        # Checked here too so that empty arrays, which never reach the kernels, are refused alike.
+        raise NotImplementedError(
+            "a: the GPU z-score computes in float32; float64 data would lose small variations around a "
+            "large mean there. Use backend='cpu' (or 'auto', which keeps float64 on the CPU), or cast to float32"
+        )
+    if arr.size == 0:
+        return np.empty(arr.shape, np.float16 if arr.dtype == np.float16 else work)
     series = _series(np.ascontiguousarray(moved, dtype=work))
     z = _gpuprep.zscore(series, int(ddof), constant_voxels, backend)
+    if constant_voxels == "nan" and np.isnan(z).any() and not np.isnan(series).any():
+        warnings.warn(
+            "Precision loss occurred in moment calculation due to catastrophic cancellation: some series "
+            "are constant (or have at most ddof values), and their z-scores are NaN",
+            RuntimeWarning,
+            stacklevel=2,
+        )
     z = z.reshape(moved.shape)
     if axis is not None:
         z = np.moveaxis(z, 0, axis)
@@ -384,6 +442,7 @@ def normalize(
     """``(volumes - mean) / std`` of a (z, y, x) float32 volume or a (t, z, y, x) block, with the
     float64 moments of ``Moments.finalize`` and ``zscore``'s constant-voxel rule: the second pass of a
     z-score computed block by block. Returns float32."""
+    _refuse_masked(volumes, "volumes")
     v = np.asarray(volumes, dtype=np.float32)
     if v.ndim not in (3, 4):
         raise ValueError(f"volumes: expected a (z, y, x) volume or a (t, z, y, x) block, got shape {v.shape}")
@@ -412,6 +471,7 @@ class Reference:
         *,
         backend: str = "auto",
     ) -> None:
+        _refuse_masked(volume, "volume")
         arr = np.asarray(volume)
         v, shape = _as_volume(arr, "volume")
         self._shape = shape
@@ -433,6 +493,7 @@ class Reference:
 
     def register(self, moving_image: Any) -> Registration:
         """``(shift, error, phasediff)`` registering ``moving_image`` onto the reference."""
+        _refuse_masked(moving_image, "moving_image")
         m = np.asarray(moving_image)
         if m.shape != self._shape:
             raise ValueError(f"moving_image: shape {m.shape} differs from the reference's {self._shape}")
@@ -498,6 +559,7 @@ def process_block(
     parameters. Returns ``(volumes, shifts, error, phasediff)``: float32 volumes, (t, 3) shifts and
     per-timepoint error and phasediff (NaN without registration). With a reference, the reference's
     backend computes (``backend`` is then unused)."""
+    _refuse_masked(block, "block")
     b = np.asarray(block)
     _check_dtype(b, "block")
     if b.ndim != 4:
@@ -579,7 +641,7 @@ def preprocess(
         except ValueError:
             reference_mean = None
         if reference_mean is None:
-            raise ValueError(f"reference_mean: got {start + sep + end!r}; expected START:END with START < END")
+            raise ValueError(f'reference_mean: got "{start + sep + end}"; expected START:END with START < END')
     if isinstance(save, str):
         save = save.split(",")
     if progress is True:

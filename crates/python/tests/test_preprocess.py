@@ -1,0 +1,160 @@
+"""gpuprep.preprocess against the CLI: the same output file, the same errors, a progress callback that can
+stop the run without leaving anything behind."""
+
+import os
+import pathlib
+import subprocess
+
+import h5py
+import numpy as np
+import pytest
+
+import gpuprep
+
+
+def run_cli(cli, *args):
+    env = dict(os.environ, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+    return subprocess.run([str(cli), *map(str, args)], capture_output=True, text=True, env=env)
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory, cli):
+    """Synthetic data with known shifts, in the notebook's layout (one HDF5 file per timepoint)."""
+    d = tmp_path_factory.mktemp("demo") / "data"
+    r = run_cli(cli, "synth", d, "--shape", "6,7,16,17", "--mode", "realistic", "--subpixel", "--seed", "3")
+    assert r.returncode == 0, r.stderr
+    return d
+
+
+def read_all(path):
+    with h5py.File(path, "r") as f:
+        data = {k: f[k][()] for k in f.keys()}
+        attrs = {k: f.attrs[k] for k in f.attrs.keys()}
+    return data, attrs
+
+
+def assert_same_file(a, b):
+    (da, aa), (db, ab) = read_all(a), read_all(b)
+    assert sorted(da) == sorted(db)
+    for k in da:
+        np.testing.assert_array_equal(da[k], db[k], err_msg=k)
+    assert sorted(aa) == sorted(ab)
+    for k in aa:
+        np.testing.assert_array_equal(aa[k], ab[k], err_msg=k)
+
+
+@pytest.mark.parametrize(
+    "flags, keywords",
+    [
+        ([], {}),
+        (
+            ["--median-size", "1,3,3", "--upsample-factor", "10", "--reference-mean", "1:4", "--ddof", "1",
+             "--save", "filtered,registered", "--shift-mode", "nearest"],
+            dict(median_size=(1, 3, 3), upsample_factor=10, reference_mean="1:4", ddof=1,
+                 save=["filtered", "registered"], shift_mode="nearest"),
+        ),
+        (["--no-median", "--no-zscore", "--normalization", "none"], dict(no_median=True, no_zscore=True, normalization=None)),
+    ],
+    ids=["defaults", "options", "stages-off"],
+)
+def test_preprocess_writes_the_clis_file(demo, cli, tmp_path, backend, flags, keywords):
+    by_cli, by_python = tmp_path / "cli.h5", tmp_path / "python.h5"
+    r = run_cli(cli, "run", demo, "-o", by_cli, "--backend", backend, "-q", *flags)
+    assert r.returncode == 0, r.stderr
+    report = gpuprep.preprocess(demo, by_python, backend=backend, **keywords)
+    assert_same_file(by_cli, by_python)
+    assert report["timepoints"] == 6 and report["shape"] == (7, 16, 17)
+    with h5py.File(by_python, "r") as f:
+        if "shifts" in f:
+            np.testing.assert_array_equal(report["shifts"], f["shifts"][()])
+
+
+# (CLI flags, Python keywords): the same bad value through each front end.
+BAD = [
+    (["--median-size", "4"], dict(median_size=4)),
+    (["--upsample-factor", "0"], dict(upsample_factor=0)),
+    (["--upsample-factor", "5000"], dict(upsample_factor=5000)),
+    (["--order", "2"], dict(order=2)),
+    (["--reference", "99"], dict(reference=99)),
+    (["--reference-mean", "4:2"], dict(reference_mean="4:2")),
+    (["--reference-mean", "0:99"], dict(reference_mean="0:99")),
+    (["--save", "bogus"], dict(save="bogus")),
+    (["--dataset", "nope"], dict(dataset="nope")),
+]
+
+
+@pytest.mark.parametrize("flags, keywords", BAD, ids=[" ".join(f) for f, _ in BAD])
+def test_bad_parameters_give_the_clis_message_under_the_keyword(demo, cli, tmp_path, flags, keywords):
+    r = run_cli(cli, "run", demo, "-o", tmp_path / "cli.h5", "--backend", "cpu", *flags)
+    assert r.returncode == 2
+    cli_line = r.stderr.strip().splitlines()[-1]
+    with pytest.raises((ValueError, OSError)) as e:
+        gpuprep.preprocess(demo, tmp_path / "python.h5", backend="cpu", **keywords)
+    message = str(e.value)
+    # The CLI names the flag, Python the keyword; what follows the name is the same text.
+    flag = flags[0]
+    keyword = flag[2:].replace("-", "_")
+    if message.startswith(keyword + ": "):
+        assert cli_line.endswith(message[len(keyword) + 2 :]), (cli_line, message)
+        assert f"{flag}: " in cli_line
+    else:  # an error about a file, the same line
+        assert cli_line.endswith(message), (cli_line, message)
+    assert not list(tmp_path.iterdir()), "nothing is left behind"
+
+
+def test_missing_input_is_an_oserror_naming_it(tmp_path):
+    with pytest.raises(OSError, match="nothing-here"):
+        gpuprep.preprocess(tmp_path / "nothing-here", tmp_path / "out.h5", backend="cpu")
+
+
+def test_progress_callback_sees_each_pass(demo, tmp_path):
+    calls = []
+    gpuprep.preprocess(demo, tmp_path / "out.h5", backend="cpu", progress=lambda *a: calls.append(a))
+    assert calls[0] == ("pass 1", 0, 6) and ("pass 1", 6, 6) in calls
+    assert ("z-score", 0, 6) in calls and calls[-1] == ("z-score", 6, 6)
+
+
+def test_an_exception_in_the_callback_stops_the_run_and_leaves_nothing(demo, tmp_path):
+    class Stop(Exception):
+        pass
+
+    def progress(pass_name, done, total):
+        if pass_name == "z-score" and done == 2:
+            raise Stop("enough")
+
+    out = tmp_path / "out.h5"
+    with pytest.raises(Stop, match="enough"):
+        gpuprep.preprocess(demo, out, backend="cpu", progress=progress)
+    assert not list(tmp_path.iterdir()), "no output, no temporary directory"
+
+
+def test_keyboard_interrupt_stops_the_run(demo, tmp_path):
+    import signal
+
+    def progress(pass_name, done, total):
+        if done == 1:
+            signal.raise_signal(signal.SIGINT)  # Ctrl-C while Rust is computing
+
+    with pytest.raises(KeyboardInterrupt):
+        gpuprep.preprocess(demo, tmp_path / "out.h5", backend="cpu", progress=progress)
+    assert not list(tmp_path.iterdir())
+
+
+def test_tqdm_progress(demo, tmp_path, capsys):
+    gpuprep.preprocess(demo, tmp_path / "out.h5", backend="cpu", progress=True)
+    assert "pass 1" in capsys.readouterr().err
+
+
+def test_an_existing_output_is_refused_then_replaced_with_force(demo, tmp_path):
+    out = tmp_path / "out.h5"
+    gpuprep.preprocess(demo, out, backend="cpu")
+    with pytest.raises(OSError, match="exists"):
+        gpuprep.preprocess(demo, out, backend="cpu")
+    gpuprep.preprocess(demo, out, backend="cpu", force=True, no_zscore=True)
+    assert "mean" not in read_all(out)[0]
+
+
+def test_zarr_output(demo, tmp_path):
+    out = tmp_path / "out.ome.zarr"
+    report = gpuprep.preprocess(demo, out, backend="cpu")
+    assert pathlib.Path(report["output"]) == out and (out / "zarr.json").exists()
