@@ -1376,3 +1376,41 @@ mod ahead {
         assert!(worst < 1e-3, "GPU and CPU outputs differ by {worst}");
     }
 }
+
+/// `GPUPREP_GPU` picks the adapter (one per worker process on a multi-GPU node): a name matching none
+/// is one line naming the variable and listing the adapters there are; the name of the one the
+/// backend opens by default opens it. Through the binary, so the variable never reaches other tests.
+#[test]
+fn gpuprep_gpu_chooses_the_adapter() {
+    let Some(g) = gpu() else { return };
+    let name = g.context().info.name.clone();
+    let (api, _) = api();
+    let run = |choice: &str| {
+        let out = crate::support::gpuprep_command()
+            .env("GPUPREP_GPU", choice)
+            .args([
+                "demo",
+                "--shape",
+                "3,4,8,8",
+                "--backend",
+                "gpu",
+                "--gpu-api",
+                api.name(),
+            ])
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    let (code, err) = run("no-such-adapter-xyz");
+    assert_eq!(code, Some(2), "{err}");
+    assert!(
+        err.contains("GPUPREP_GPU") && err.contains("no-such-adapter-xyz") && err.contains(&name),
+        "{err}"
+    );
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    let (code, err) = run(&name.to_uppercase());
+    assert_eq!(code, Some(0), "{err}");
+}

@@ -36,19 +36,56 @@ pub struct TileStats {
     pub zscore: usize,
 }
 
+/// Environment variable choosing the adapter on a machine with several (one per worker process on a
+/// multi-GPU node): its index in `gpuprep info`'s list, or a case-insensitive part of its name.
+pub const ADAPTER_ENV: &str = "GPUPREP_GPU";
+
+/// The adapter `choice` (from `ADAPTER_ENV`) names among those of `api`.
+fn chosen_adapter(inst: &wgpu::Instance, api: Api, choice: &str) -> Result<wgpu::Adapter> {
+    let adapters = pollster::block_on(inst.enumerate_adapters(api.backends()));
+    let names: Vec<String> = adapters.iter().map(|a| a.get_info().name).collect();
+    let found = match choice.parse::<usize>() {
+        Ok(i) => adapters.into_iter().nth(i),
+        Err(_) => {
+            let want = choice.to_lowercase();
+            adapters
+                .into_iter()
+                .find(|a| a.get_info().name.to_lowercase().contains(&want))
+        }
+    };
+    found.ok_or_else(|| Error::InvalidParameter {
+        name: ADAPTER_ENV.into(),
+        message: format!(
+            "{choice:?} names no adapter of backend {api}; there are {}: {}",
+            names.len(),
+            names
+                .iter()
+                .enumerate()
+                .map(|(i, n)| format!("{i} {n}"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    })
+}
+
 /// Environment variable lowering the tile limit (bytes), e.g. for a GPU with little memory.
 pub const TILE_BYTES_ENV: &str = "GPUPREP_GPU_TILE_BYTES";
 
 impl GpuContext {
+    /// Opens the adapter `GPUPREP_GPU` names (an index into `gpuprep info`'s list, or a part of an
+    /// adapter's name), else wgpu's high-performance choice.
     pub fn new(api: Api) -> Result<GpuContext> {
         let inst = instance(api);
-        let adapter = pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
-            power_preference: wgpu::PowerPreference::HighPerformance,
-            force_fallback_adapter: false,
-            compatible_surface: None,
-            apply_limit_buckets: false,
-        }))
-        .map_err(|e| Error::Gpu(format!("no GPU adapter found (backend {api}): {e}")))?;
+        let adapter = match std::env::var(ADAPTER_ENV) {
+            Ok(choice) if !choice.trim().is_empty() => chosen_adapter(&inst, api, choice.trim())?,
+            _ => pollster::block_on(inst.request_adapter(&wgpu::RequestAdapterOptions {
+                power_preference: wgpu::PowerPreference::HighPerformance,
+                force_fallback_adapter: false,
+                compatible_surface: None,
+                apply_limit_buckets: false,
+            }))
+            .map_err(|e| Error::Gpu(format!("no GPU adapter found (backend {api}): {e}")))?,
+        };
         let info = adapter.get_info();
         let limits = adapter.limits();
         // f64 is used by the z-score accumulator when present; without it that stage runs on the CPU.
