@@ -14,7 +14,7 @@ use numpy::{
     IntoPyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayMethods, PyReadonlyArray3,
     PyReadonlyArray4,
 };
-use pyo3::exceptions::PyValueError;
+use pyo3::exceptions::{PyNotImplementedError, PyValueError};
 use pyo3::prelude::*;
 use pyo3::types::PyTuple;
 use std::sync::Mutex;
@@ -319,7 +319,15 @@ impl Moments {
     }
 
     /// Adds a volume, or each volume of a (t, z, y, x) block.
-    fn update(&mut self, py_: Python<'_>, volumes: Volumes<'_>) -> PyResult<()> {
+    fn update(&mut self, py_: Python<'_>, volumes: &Bound<'_, PyAny>) -> PyResult<()> {
+        // numpy.ma arrays convert to their data with the mask dropped: refuse rather than use masked values.
+        let masked = py_.import("numpy.ma")?.getattr("MaskedArray")?;
+        if volumes.is_instance(&masked)? {
+            return Err(PyNotImplementedError::new_err(
+                "volumes: masked arrays are not supported; fill or drop the masked values first",
+            ));
+        }
+        let volumes: Volumes<'_> = volumes.extract()?;
         let shape = self.shape();
         let check = |s: &[usize]| -> PyResult<()> {
             if s[s.len() - 3..] != [shape.0, shape.1, shape.2] {

@@ -55,6 +55,8 @@ def test_moments_pickle_and_refuse_mismatches():
         m.update(np.ones((3, 3, 4), np.float32))
     with pytest.raises(ValueError, match="negative"):
         gpuprep.Moments.from_parts(1, np.zeros((1, 1, 1)), -np.ones((1, 1, 1)))
+    with pytest.raises(NotImplementedError, match="masked"):
+        m.update(np.ma.masked_array(np.ones((2, 3, 4)), mask=np.zeros((2, 3, 4), bool)))
 
 
 def test_blockwise_zscore_equals_zscore(backend):

@@ -1,0 +1,1098 @@
+"""gpuprep on dask: the ``gpuprep run`` job as a dask graph, on whichever scheduler is active (threads, a
+``LocalCluster`` of worker processes, a ``SLURMCluster``), with the CLI's parameters and numbers.
+
+This module owns the graph and the distributed OME-Zarr output:
+
+- the reference volume, computed once (the chosen timepoint or the mean of a range, median-filtered unless
+  ``register_raw``) and shipped once per worker (``client.scatter(..., broadcast=True)``); each worker
+  process transforms it once, on first use, and keeps it across its tasks;
+- one task per block of timepoints calling ``gpuprep.process_block`` (median → register → shift), returning
+  the shifts and a ``gpuprep.Moments`` of the block;
+- the z-score with no rechunk to time series: the blocks' Moments merged pairwise (Chan et al.) in a tree of
+  depth ceil(log2(blocks)), then a second map over the same blocks normalizing with the f64 mean and std;
+- the output (``.ome.zarr``): created by the client in a private ``.gpuprep-XXXXXXXX`` directory beside it,
+  each chunk written by exactly one task, the side arrays and the root metadata (``zarr.json``, which makes
+  the store complete) written by the client once at the end, then moved into place. A failed or
+  interrupted run removes the directory.
+
+Blocks are whole volumes in (z, y, x) and ``block_size`` timepoints (default: the CLI's chunking, at most 8
+timepoints and 32 MiB): a worker holds a few blocks at a time whatever the number of timepoints.
+"""
+
+from __future__ import annotations
+
+import ctypes
+import errno
+import glob as _glob
+import numbers
+import os
+import re
+import shutil
+import tempfile
+import threading
+import warnings
+from dataclasses import dataclass, field
+from typing import Any, Sequence
+
+import numpy as np
+
+import gpuprep
+
+__all__ = ["preprocess", "open_input", "block_size_for", "SharedReference"]
+
+# The Rust writer's chunking rule (crates/io/src/sink.rs, volume_chunking): about 1 MiB chunks of at most
+# 8 timepoints, the time extent lowered so that one slab of chunks stays within 32 MiB.
+_CHUNK_BYTES = 1 << 20
+_MAX_CHUNK_T = 8
+_CACHE_BUDGET = 32 << 20
+
+_MEDIAN_MODES = ("reflect", "nearest", "mirror", "constant", "wrap")
+_SHIFT_MODES = ("constant", "nearest", "reflect", "mirror", "wrap")
+_F32_MAX = float(np.finfo(np.float32).max)
+
+
+def _spatial_chunk(shape: Sequence[int], budget: int) -> tuple[int, int, int]:
+    """The largest axis halved until the block has at most ``budget`` voxels (ties: the slowest axis)."""
+    c = list(shape)
+    while c[0] * c[1] * c[2] > budget:
+        i = max(range(3), key=lambda i: (c[i], -i))
+        if c[i] == 1:
+            break
+        c[i] = -(-c[i] // 2)
+    return tuple(c)
+
+
+def _chunking(t: int, shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """The CLI's 4-D chunk shape for ``t`` volumes of ``shape``."""
+    vol_bytes = max(int(np.prod(shape)) * 4, 1)
+    ct = max(1, min(_CACHE_BUDGET // vol_bytes, _MAX_CHUNK_T, t))
+    while True:
+        c = _spatial_chunk(shape, max(_CHUNK_BYTES // 4 // ct, 1))
+        per_slab = int(np.prod([-(-shape[i] // c[i]) for i in range(3)]))
+        if ct > 1 and per_slab * ct * int(np.prod(c)) * 4 > _CACHE_BUDGET:
+            ct -= 1
+            continue
+        return (ct,) + c
+
+
+def block_size_for(t: int, shape: Sequence[int]) -> int:
+    """The default timepoints per task: the time extent of the CLI's output chunks (8 for volumes up to
+    4 MiB, fewer for larger ones, 1 above 16 MiB), so that output chunks and tasks coincide."""
+    return _chunking(t, shape)[0]
+
+
+# --------------------------------------------------------------------------------------------------------
+# Parameters: validated on the client, with the CLI's names, before anything is computed or created.
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Params:
+    median: tuple[list[int], str, float] | None
+    register: bool
+    upsample_factor: int
+    normalization: str
+    reference: tuple[int, int]  # [start, end) of the volumes averaged (one for a timepoint)
+    reference_text: str
+    register_raw: bool
+    order: int
+    shift_mode: str
+    shift_cval: float
+    zscore: bool
+    ddof: int
+    constant_voxels: str
+    nonfinite: str
+    compression: str
+    backend: str
+    extra: dict = field(default_factory=dict)
+
+
+def _nonneg_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 0:
+        raise ValueError(f"{name}: got {value!r}; expected a non-negative integer")
+    return int(value)
+
+
+def _choice(value: Any, name: str, allowed: Sequence[str]) -> str:
+    if value not in allowed:
+        raise ValueError(f"{name}: got {value!r}; expected one of {', '.join(allowed)}")
+    return value
+
+
+def _params(
+    t: int,
+    *,
+    no_median: bool,
+    median_size: Any,
+    median_mode: str,
+    median_cval: float,
+    no_register: bool,
+    upsample_factor: int,
+    normalization: str | None,
+    reference: int,
+    reference_mean: Any,
+    register_raw: bool,
+    order: int,
+    shift_mode: str,
+    shift_cval: float,
+    no_zscore: bool,
+    ddof: int,
+    constant_voxels: str,
+    nonfinite: str,
+    compression: str,
+    backend: str,
+) -> _Params:
+    median = None
+    if not no_median:
+        sizes = gpuprep._triple(median_size, "median_size")
+        if any(s % 2 == 0 for s in sizes):
+            raise ValueError(f"median_size: got {median_size!r}; each size must be odd")
+        median = (sizes, _choice(median_mode, "median_mode", _MEDIAN_MODES), float(median_cval))
+    up = _nonneg_int(upsample_factor, "upsample_factor")
+    if not 1 <= up <= 1000:
+        raise ValueError(f"upsample_factor: got {upsample_factor!r}; expected 1 to 1000")
+    norm = "none" if normalization in (None, "none") else _choice(normalization, "normalization", ("phase", "none"))
+    if reference_mean is not None:
+        if isinstance(reference_mean, str):
+            start, sep, end = reference_mean.partition(":")
+            try:
+                span = (int(start), int(end)) if sep else None
+            except ValueError:
+                span = None
+        else:
+            try:
+                span = tuple(int(v) for v in reference_mean)
+            except (TypeError, ValueError):
+                span = None
+        if span is None or len(span) != 2 or not 0 <= span[0] < span[1]:
+            raise ValueError(f"reference_mean: got {reference_mean!r}; expected START:END with START < END")
+        if span[1] > t:
+            raise ValueError(f"reference_mean: {span[0]}:{span[1]} is beyond the {t} timepoints")
+        ref, text = span, f"mean of timepoints {span[0]}:{span[1]}"
+    else:
+        i = _nonneg_int(reference, "reference")
+        if i >= t:
+            raise ValueError(f"reference: timepoint {i} is beyond the {t} timepoints")
+        ref, text = (i, i + 1), f"timepoint {i}"
+    order = _nonneg_int(order, "order")
+    if order not in (0, 1, 3):
+        raise ValueError(f"order: got {order}; expected 0, 1 or 3")
+    return _Params(
+        median=median,
+        register=not no_register,
+        upsample_factor=up,
+        normalization=norm,
+        reference=ref,
+        reference_text=text,
+        register_raw=bool(register_raw),
+        order=order,
+        shift_mode=_choice(shift_mode, "shift_mode", _SHIFT_MODES),
+        shift_cval=float(shift_cval),
+        zscore=not no_zscore,
+        ddof=_nonneg_int(ddof, "ddof"),
+        constant_voxels=_choice(constant_voxels, "constant_voxels", ("nan", "zero")),
+        nonfinite=_choice(nonfinite, "nonfinite", ("error", "zero")),
+        compression=_choice(compression, "compression", ("none", "zstd")),
+        backend=_choice(backend, "backend", ("auto", "cpu", "gpu")),
+    )
+
+
+# --------------------------------------------------------------------------------------------------------
+# Inputs: dask/numpy arrays, Zarr stores, HDF5 files read lazily.
+# --------------------------------------------------------------------------------------------------------
+
+
+@dataclass
+class Input:
+    """A (t, z, y, x) dask array and what the output's attributes say about where it came from."""
+
+    array: Any
+    files: list[str]
+    dataset: str
+    dtype: str
+    voxel_size: list[tuple[float, str | None]] | None = None
+
+
+def _natural_key(path: str) -> list:
+    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", os.path.basename(path))]
+
+
+def _is_zarr(path: str) -> bool:
+    p = path.rstrip("/").lower()
+    if p.endswith(".zarr"):
+        return True
+    return os.path.isdir(path) and any(
+        os.path.exists(os.path.join(path, m)) for m in ("zarr.json", ".zarray", ".zgroup")
+    )
+
+
+class _H5Volumes:
+    """A picklable, lazily read (t, z, y, x) float32 view of HDF5 files: one 3-D volume per file, or the
+    timepoints of one 4-D (tzyx) or 3-D (tyx) dataset. Files are opened per read, without HDF5's file
+    locks (as the CLI: it only reads, and locks fail spuriously on network file systems)."""
+
+    def __init__(self, files: list[str], dataset: str, layout: str, shape: tuple, dtype: np.dtype):
+        self.files, self.dataset, self.layout = files, dataset, layout
+        self.shape, self.ndim, self.dtype = shape, 4, np.dtype(np.float32)
+        self.source_dtype = np.dtype(dtype)
+
+    def _read(self, path: str, index: Any, t: int) -> np.ndarray:
+        import h5py
+
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                raw = f[self.dataset][index]
+        except (OSError, KeyError) as e:
+            raise OSError(f"{path}: cannot read dataset {self.dataset!r} at timepoint {t} ({e})") from None
+        return _to_float32(raw, f"{path} (timepoint {t})")
+
+    def __getitem__(self, key: tuple) -> np.ndarray:
+        key = tuple(key) + (slice(None),) * (4 - len(key))
+        ts = range(*key[0].indices(self.shape[0]))
+        spatial = key[1:]
+        if self.layout == "zyx":
+            vols = [self._read(self.files[t], spatial, t) for t in ts]
+            return np.stack(vols) if vols else np.empty((0,) + self.shape[1:], np.float32)
+        if self.layout == "tzyx":
+            block = self._read(self.files[0], (key[0],) + spatial, ts.start)
+            return block
+        # tyx: the movie's frames as volumes of z = 1
+        block = self._read(self.files[0], (key[0],) + spatial[1:], ts.start)
+        return block[:, np.newaxis][:, spatial[0]]
+
+
+def _to_float32(raw: np.ndarray, where: str) -> np.ndarray:
+    """float32 as the CLI converts (round to nearest); a finite float64 beyond float32's range is an error."""
+    if raw.dtype == np.float64 and raw.size:
+        finite = np.abs(raw[np.isfinite(raw)])
+        if finite.size and finite.max() > _F32_MAX:
+            raise ValueError(f"{where}: value {finite.max():g} is beyond float32's range")
+    return raw if raw.dtype == np.float32 else raw.astype(np.float32)
+
+
+def _expand(inputs: Sequence[str]) -> list[tuple[str, bool]]:
+    """Files in the CLI's order: a directory's *.h5/*.hdf5 and a glob's matches in natural order, explicit
+    files as given; with whether each came from a directory or glob (gpuprep outputs there are skipped)."""
+    out: list[tuple[str, bool]] = []
+    for item in inputs:
+        if os.path.isdir(item):
+            found = [os.path.join(item, n) for n in os.listdir(item) if n.lower().endswith((".h5", ".hdf5"))]
+            found = [p for p in found if os.path.isfile(p)]
+            if not found:
+                raise OSError(f"{item}: no *.h5 or *.hdf5 files in this directory")
+            out += [(p, True) for p in sorted(found, key=_natural_key)]
+        elif any(c in item for c in "*?["):
+            found = sorted(_glob.glob(item), key=_natural_key)
+            if not found:
+                raise OSError(f"{item}: no file matches this pattern")
+            out += [(p, True) for p in found]
+        elif os.path.isfile(item):
+            out.append((item, False))
+        else:
+            raise OSError(f"{item}: no such file or directory")
+    seen: set = set()
+    for p, _ in out:
+        real = os.path.realpath(p)
+        if real in seen:
+            raise OSError(f"{p}: given twice")
+        seen.add(real)
+    return out
+
+
+def _open_h5(inputs: Sequence[str], dataset: str, axes: str | None) -> Input:
+    import h5py
+
+    files, shape, dtype = [], None, None
+    candidates = _expand(inputs)
+    for path, listed in candidates:
+        try:
+            with h5py.File(path, "r", locking=False) as f:
+                if listed and "gpuprep_version" in f.attrs:
+                    warnings.warn(f"skipping {path}: it is an output of gpuprep (root attribute gpuprep_version)")
+                    continue
+                if dataset not in f:
+                    raise OSError(f"{path}: no dataset {dataset!r}")
+                d = f[dataset]
+                s, dt = tuple(d.shape), d.dtype
+        except OSError as e:
+            raise OSError(str(e) if str(e).startswith(path) else f"{path}: cannot open as HDF5 ({e})") from None
+        if dt.kind not in "fiu" or dt.itemsize > 8:
+            raise ValueError(f"{path}: dataset {dataset!r} has dtype {dt}; gpuprep reads integers and floats")
+        if shape is None:
+            shape, dtype = s, dt
+        elif s != shape:
+            raise ValueError(f"{path}: dataset {dataset!r} has shape {s}, the first file's is {shape}")
+        files.append(path)
+    if not files:
+        raise OSError(f"{inputs[0]}: holds only outputs of gpuprep; name one explicitly to read it")
+    if len(files) == 1 and len(shape) == 4 and axes in (None, "tzyx"):
+        layout, full = "tzyx", shape
+    elif len(files) == 1 and len(shape) == 3 and (axes == "tyx" or (axes is None and not candidates[0][1])):
+        layout, full = "tyx", (shape[0], 1) + shape[1:]
+    elif len(shape) == 3 and axes in (None, "zyx"):
+        layout, full = "zyx", (len(files),) + shape
+    else:
+        raise ValueError(
+            f"axes: {axes or 'default'} does not fit {len(files)} file(s) of {len(shape)}-D datasets; "
+            "gpuprep.dask reads one tzyx or tyx file, or zyx volumes one per file"
+        )
+    return Input(_H5Volumes(files, dataset, layout, full, dtype), files, dataset, str(dtype))
+
+
+def _open_zarr(path: str, dataset: str | None) -> Input:
+    """A 4-D or 3-D Zarr array, or an OME-Zarr image's level 0 with the axes its metadata names."""
+    import dask.array as da
+    import zarr
+
+    try:
+        node = zarr.open(path, mode="r")
+    except Exception as e:  # zarr raises several classes for a missing or broken store
+        raise OSError(f"{path}: cannot open as Zarr ({e})") from None
+    name = None
+    if dataset not in (None, "", "default") and isinstance(node, zarr.Group):
+        if dataset not in node:
+            raise OSError(f"{path}: no array or image {dataset!r}")
+        node, name = node[dataset], dataset
+    voxel = None
+    axis_names = None
+    if isinstance(node, zarr.Group):
+        attrs = dict(node.attrs)
+        ms = (attrs.get("ome") or {}).get("multiscales") or attrs.get("multiscales")
+        if not ms:
+            arrays = [k for k, v in node.arrays()]
+            raise OSError(f"{path}: a group without OME multiscales; name an array with dataset= ({arrays})")
+        level = ms[0]["datasets"][0]
+        axes = ms[0].get("axes") or []
+        axis_names = [a["name"] if isinstance(a, dict) else a for a in axes]
+        scale = next(
+            (tr["scale"] for tr in level.get("coordinateTransformations", []) if tr.get("type") == "scale"), None
+        )
+        units = [a.get("unit") if isinstance(a, dict) else None for a in axes]
+        node_path = level["path"]
+        arr = node[node_path]
+        name = f"{name}/{node_path}" if name else node_path
+        if scale is not None:
+            voxel = dict(zip(axis_names, zip(map(float, scale), units)))
+    else:
+        arr = node
+    data = da.from_zarr(arr)
+    if axis_names:
+        if len(axis_names) != data.ndim:
+            raise ValueError(f"{path}: its axes {axis_names} do not match its level 0's {data.ndim} dimensions")
+        index = []
+        for ax, n in zip(axis_names, data.shape):
+            if ax == "c":
+                index.append(0)
+            elif ax in "tzyx":
+                index.append(slice(None))
+            elif n == 1:
+                index.append(0)
+            else:
+                raise ValueError(f"{path}: axis {ax!r} of length {n} is not supported; gpuprep reads t, c, z, y, x")
+        data = data[tuple(index)]
+        kept = [a for a in axis_names if a in "tzyx"]
+        if "t" not in kept or "y" not in kept or "x" not in kept:
+            raise ValueError(f"{path}: axes {axis_names} lack t, y or x")
+        if "z" not in kept:
+            data, kept = data[:, np.newaxis] if kept[0] == "t" else data[np.newaxis], ["t", "z"] + kept[1:]
+        data = data.transpose([kept.index(a) for a in "tzyx"])
+        if voxel:
+            voxel = [voxel.get(a, (1.0, None)) for a in "tzyx"]
+    elif data.ndim == 3:
+        data = data[:, np.newaxis]
+    elif data.ndim != 4:
+        raise ValueError(f"{path}: a {data.ndim}-D array; gpuprep reads (t, z, y, x) or (t, y, x)")
+    return Input(data, [path], name or "", str(arr.dtype), voxel)
+
+
+def open_input(data: Any, dataset: str = "default", axes: str | None = None) -> Input:
+    """``data`` as a (t, z, y, x) dask array: a dask or numpy array, a Zarr/OME-Zarr store, or HDF5 files
+    (a directory, glob, file or list of them) read lazily, each task opening its own files."""
+    import dask.array as da
+
+    if isinstance(data, (str, os.PathLike)) or (
+        isinstance(data, (list, tuple)) and data and all(isinstance(p, (str, os.PathLike)) for p in data)
+    ):
+        paths = [os.fspath(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data)]
+        if len(paths) == 1 and _is_zarr(paths[0]):
+            return _open_zarr(paths[0], dataset)
+        return _open_h5(paths, dataset, axes)
+    gpuprep._refuse_masked(data, "data")
+    if not isinstance(data, da.Array):
+        data = np.asarray(data)
+    if data.ndim != 4:
+        raise ValueError(f"data: expected a (t, z, y, x) array, got shape {data.shape}")
+    if np.dtype(data.dtype).kind not in "fiu" or np.dtype(data.dtype).itemsize > 8:
+        raise TypeError(f"data: dtype {data.dtype} is not supported; gpuprep takes integers and floats")
+    return Input(data, [], "", str(data.dtype))
+
+
+def _blocked(inp: Input, block: int | None) -> Any:
+    """The input as a dask array of whole volumes in (z, y, x) and ``block`` timepoints per chunk (None:
+    a dask array's own time chunks, even uneven ones). Only the time axis is regrouped: no chunk ever
+    holds a time series of a sub-volume."""
+    import dask.array as da
+
+    a = inp.array
+    t = a.shape[0]
+    if block is None:
+        block = a.chunks[0] if isinstance(a, da.Array) else block_size_for(t, a.shape[1:])
+    else:
+        block = min(block, t)
+    chunks = (block,) + tuple(a.shape[1:])
+    if isinstance(a, _H5Volumes):
+        # One task reads a block's files into one float32 array: no second copy for a merge.
+        name = "gpuprep-read-" + da.core.tokenize(a.files, a.dataset, a.layout, block)
+        return da.from_array(a, chunks=chunks, name=name, fancy=False, meta=np.empty((0,) * 4, np.float32))
+    if isinstance(a, np.ndarray):
+        return da.from_array(a, chunks=chunks)
+    # A no-op where the chunks are already these; otherwise a merge or split along t (and, for inputs
+    # chunked in space, the assembly of whole volumes: each output chunk reads one block's volumes).
+    return a.rechunk(chunks)
+
+
+# --------------------------------------------------------------------------------------------------------
+# Tasks (run on workers). Module-level functions so that workers import them rather than unpickle code.
+# --------------------------------------------------------------------------------------------------------
+
+
+class SharedReference:
+    """The registration reference as shipped to workers: its volume and parameters. ``get()`` builds the
+    ``gpuprep.Reference`` (the transform of the volume) on first use in each process and keeps it, so a
+    worker holding the scattered copy transforms it once for all its tasks. The client never transforms
+    it: it may have no GPU, nor room for the spectrum."""
+
+    def __init__(self, volume: np.ndarray, upsample_factor: int, normalization: str, backend: str):
+        self.volume = np.ascontiguousarray(volume, dtype=np.float32)
+        self.params = (int(upsample_factor), normalization, backend)
+        self._lock = threading.Lock()
+        self._ref: gpuprep.Reference | None = None
+
+    def __getstate__(self) -> tuple:
+        return (self.volume, self.params)
+
+    def __setstate__(self, state: tuple) -> None:
+        self.volume, self.params = state
+        self._lock = threading.Lock()
+        self._ref = None
+
+    def __dask_tokenize__(self) -> tuple:
+        from dask.base import tokenize
+
+        return ("gpuprep.SharedReference", tokenize(self.volume), self.params)
+
+    def get(self) -> gpuprep.Reference:
+        with self._lock:  # worker threads share the object: one transform
+            if self._ref is None:
+                up, norm, backend = self.params
+                self._ref = gpuprep.Reference(
+                    self.volume, upsample_factor=up, normalization=None if norm == "none" else norm, backend=backend
+                )
+            return self._ref
+
+
+def _sanitize(block: np.ndarray, t0: int, nonfinite: str) -> tuple[np.ndarray, int]:
+    """The block as float32, with the CLI's rule for NaN/Inf: an error naming the timepoint, or zeros."""
+    b = _to_float32(np.asarray(block), f"timepoints {t0}-{t0 + len(block) - 1}")
+    if b.dtype.kind != "f":
+        return b, 0
+    bad = ~np.isfinite(b)
+    count = int(bad.sum())
+    if count:
+        if nonfinite == "error":
+            t = t0 + int(np.argmax(bad.reshape(len(b), -1).any(axis=1)))
+            raise ValueError(
+                f"timepoint {t}: NaN or Inf in the input ({count} value(s) in timepoints {t0}-{t0 + len(b) - 1}); "
+                "nonfinite='zero' replaces them with 0"
+            )
+        b = np.where(bad, np.float32(0), b)
+    return b, count
+
+
+def reference_add(acc: np.ndarray | None, volume: np.ndarray, t: int, p: _Params) -> np.ndarray:
+    """One volume of the reference, filtered as the CLI does, added to a float64 sum in timepoint order."""
+    v, _ = _sanitize(np.asarray(volume)[np.newaxis], t, p.nonfinite)
+    v = v[0]
+    if p.median is not None and not p.register_raw:
+        sizes, mode, cval = p.median
+        v = gpuprep.median_filter(v, size=sizes, mode=mode, cval=cval, backend=p.backend)
+    if acc is None:
+        return v.astype(np.float64)
+    acc = acc.copy()  # a task's input belongs to the scheduler: never mutate it
+    acc += v
+    return acc
+
+
+def reference_finish(acc: np.ndarray, n: int) -> np.ndarray:
+    return (acc / n).astype(np.float32) if n > 1 else acc.astype(np.float32)
+
+
+def register_block(
+    block: np.ndarray, t0: int, ref: SharedReference | None, p: _Params, scratch: str | None
+) -> tuple[dict, Any]:
+    """Pass 1 over a block: median → register → shift, the block's Moments, and the registered volumes
+    (returned, or written to ``scratch`` (a Zarr array) at [t0, t0 + len))."""
+    b, bad = _sanitize(block, t0, p.nonfinite)
+    reference = ref.get() if ref is not None else None
+    m = p.median
+    vols, shifts, error, phasediff = gpuprep.process_block(
+        b,
+        reference,
+        no_median=m is None,
+        median_size=m[0] if m else 3,
+        median_mode=m[1] if m else "reflect",
+        median_cval=m[2] if m else 0.0,
+        register_raw=p.register_raw,
+        order=p.order,
+        shift_mode=p.shift_mode,
+        shift_cval=p.shift_cval,
+        backend=p.backend,
+    )
+    del b
+    moments = None
+    if p.zscore:
+        moments = gpuprep.Moments(vols.shape[1:])
+        moments.update(vols)
+    backend = reference.backend if reference is not None else gpuprep.backend_name(p.backend)
+    side = {"t0": t0, "shifts": shifts, "error": error, "phasediff": phasediff, "nonfinite": bad, "backend": backend}
+    if scratch is not None:
+        _write(scratch, t0, vols)
+        vols = None
+    side["volumes"] = vols
+    return side, moments
+
+
+def block_volumes(side: dict) -> np.ndarray:
+    return side["volumes"]
+
+
+def block_shifts(side: dict) -> np.ndarray:
+    return side["shifts"]
+
+
+def merge_moments(a: Any, b: Any) -> Any:
+    """Chan et al.'s pairwise merge, on a copy: a task's inputs may be read again (or by a rerun)."""
+    m = a.copy()
+    m.merge(b)
+    return m
+
+
+def finalize_moments(m: Any, ddof: int, store: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """The f64 mean and std; with an output store, also its ``mean`` and ``std`` arrays (float32), by this
+    one task."""
+    mean, std = m.finalize(ddof=ddof)
+    if store is not None:
+        _write(os.path.join(store, "mean"), None, mean.astype(np.float32))
+        _write(os.path.join(store, "std"), None, std.astype(np.float32))
+    return mean, std
+
+
+def normalize_block(vols: np.ndarray, stats: tuple, p: _Params) -> np.ndarray:
+    return gpuprep.normalize(vols, stats[0], stats[1], constant_voxels=p.constant_voxels, backend=p.backend)
+
+
+def normalize_stored(scratch: str, out: str, t0: int, n: int, stats: tuple, after: Any, p: _Params) -> int:
+    """Pass 2 of the output: the block's registered volumes read back, normalized, written to ``0``."""
+    import zarr
+
+    vols = zarr.open_array(scratch, mode="r")[t0 : t0 + n]
+    _write(out, t0, normalize_block(vols, stats, p))
+    return n
+
+
+_MARKER = "running"
+
+
+def _write(array_path: str, t0: int | None, values: np.ndarray) -> None:
+    """Writes whole chunks of an array of the temporary store, unless the run was abandoned (its
+    directory's marker gone): a task still running after a failure must not recreate the directory."""
+    import zarr
+
+    tmpdir = os.path.dirname(os.path.dirname(array_path.rstrip("/")))
+    if not os.path.exists(os.path.join(tmpdir, _MARKER)):
+        raise RuntimeError(f"{tmpdir}: the run was abandoned; not writing {os.path.basename(array_path)}")
+    a = zarr.open_array(array_path, mode="r+")
+    if t0 is None:
+        a[...] = values
+    else:
+        a[t0 : t0 + len(values)] = values
+
+
+# --------------------------------------------------------------------------------------------------------
+# The graph
+# --------------------------------------------------------------------------------------------------------
+
+
+def _active_client(client: Any = None) -> Any:
+    """The distributed Client dask computes with now (the default one), or None for local schedulers."""
+    if client is not None:
+        return client
+    try:
+        from distributed import default_client
+    except ImportError:
+        return None
+    try:
+        c = default_client()
+    except ValueError:
+        return None
+    import dask
+
+    # A client exists but the user chose a local scheduler explicitly (dask.config.set(scheduler=...)).
+    sched = dask.config.get("scheduler", None)
+    return None if sched in ("threads", "threading", "sync", "synchronous", "processes") else c
+
+
+def tree_reduce(parts: list, merge: Any) -> tuple[Any, int]:
+    """Pairwise merges of ``parts`` (delayed) in a balanced tree; returns the root and the depth."""
+    from dask import delayed
+
+    depth = 0
+    while len(parts) > 1:
+        nxt = []
+        for i in range(0, len(parts) - 1, 2):
+            nxt.append(delayed(merge, pure=True)(parts[i], parts[i + 1]))
+        if len(parts) % 2:
+            nxt.append(parts[-1])
+        parts, depth = nxt, depth + 1
+    return parts[0], depth
+
+
+@dataclass
+class _Graph:
+    blocks: list  # (t0, n)
+    sides: list  # delayed (side dict, Moments) per block
+    stats: Any  # delayed (mean, std) or None
+    depth: int
+
+
+def _reference(arr: Any, p: _Params, client: Any) -> SharedReference | Any | None:
+    """The reference volume computed now (a chain over its timepoints: one volume in memory at a time),
+    wrapped for the workers and, on a cluster, broadcast to every worker once."""
+    if not p.register:
+        return None
+    import dask
+    from dask import delayed
+
+    start, end = p.reference
+    acc = None
+    for t in range(start, end):
+        acc = delayed(reference_add, pure=True)(acc, arr[t], t, p)
+    vol = delayed(reference_finish, pure=True)(acc, end - start)
+    if client is not None:
+        vol = client.compute(vol).result()
+    else:
+        (vol,) = dask.compute(vol)
+    ref = SharedReference(vol, p.upsample_factor, p.normalization, p.backend)
+    if client is not None:
+        return client.scatter(ref, broadcast=True)
+    return ref
+
+
+def _build(arr: Any, ref: Any, p: _Params, scratch: str | None, stats_store: str | None) -> _Graph:
+    from dask import delayed
+
+    blocks_d = arr.to_delayed().ravel()
+    starts = np.concatenate([[0], np.cumsum(arr.chunks[0])[:-1]]).astype(int)
+    blocks = [(int(t0), int(n)) for t0, n in zip(starts, arr.chunks[0])]
+    sides, moments = [], []
+    for (t0, n), b in zip(blocks, blocks_d):
+        r = delayed(register_block, pure=True, nout=2)(b, t0, ref, p, scratch)
+        sides.append(r[0])
+        moments.append(r[1])
+    stats, depth = None, 0
+    if p.zscore:
+        root, depth = tree_reduce(moments, merge_moments)
+        stats = delayed(finalize_moments, pure=True)(root, p.ddof, stats_store)
+    return _Graph(blocks, sides, stats, depth)
+
+
+def _lazy(arr: Any, ref: Any, p: _Params) -> tuple[Any, Any]:
+    import dask.array as da
+    from dask import delayed
+
+    g = _build(arr, ref, p, None, None)
+    z, sh = [], []
+    for (t0, n), side in zip(g.blocks, g.sides):
+        vols = delayed(block_volumes, pure=True)(side)
+        if g.stats is not None:
+            vols = delayed(normalize_block, pure=True)(vols, g.stats, p)
+        z.append(da.from_delayed(vols, (n,) + arr.shape[1:], dtype=np.float32))
+        sh.append(da.from_delayed(delayed(block_shifts, pure=True)(side), (n, 3), dtype=np.float64))
+    return da.concatenate(z, axis=0), da.concatenate(sh, axis=0)
+
+
+# --------------------------------------------------------------------------------------------------------
+# The output store
+# --------------------------------------------------------------------------------------------------------
+
+
+def _create_array(path: str, shape: tuple, chunks: tuple, dtype: Any, compression: str, dims: bool) -> None:
+    import zarr
+
+    compressors = None
+    if compression == "zstd":
+        from zarr.codecs import ZstdCodec
+
+        compressors = ZstdCodec(level=3, checksum=False)  # the Rust writer's codec
+    zarr.create_array(
+        store=path,
+        shape=shape,
+        chunks=chunks,
+        dtype=dtype,
+        fill_value=0.0,
+        compressors=compressors,
+        dimension_names=list("tzyx") if dims else None,
+    )
+
+
+def _image_name(output: str) -> str:
+    name = os.path.basename(output.rstrip("/"))
+    for ext in (".ome.zarr", ".zarr"):
+        if name.lower().endswith(ext):
+            return name[: -len(ext)]
+    return name
+
+
+def _attributes(inp: Input, p: _Params, backend: str, name: str, voxel: Any) -> dict:
+    """The CLI's root attributes, in its order (crates/pipeline/src/driver.rs, write_attributes)."""
+    a: dict[str, Any] = {
+        "gpuprep_version": gpuprep.__version__,
+        "backend": backend,
+        "input_files": inp.files,
+        "input_dataset": inp.dataset,
+        "input_dtype": inp.dtype,
+        "axes": "t,z,y,x",
+    }
+    if p.median is not None:
+        a["median_size"] = ",".join(map(str, p.median[0]))
+        a["median_mode"] = p.median[1]
+        a["median_cval"] = float(p.median[2])
+    else:
+        a["median_size"] = "off"
+    if p.register:
+        a["upsample_factor"] = p.upsample_factor
+        a["normalization"] = p.normalization
+        a["register_on"] = "raw" if p.register_raw else "filtered"
+        a["reference"] = p.reference_text
+        a["shift_convention"] = "scipy.ndimage.shift(volume[t], shifts[t]) registers volume t onto the reference"
+        a["shift_order"] = p.order
+        a["shift_mode"] = p.shift_mode
+        a["shift_cval"] = p.shift_cval
+    else:
+        a["registration"] = "off"
+    if p.zscore:
+        a["zscore_ddof"] = p.ddof
+        a["zscore_constant_voxels"] = p.constant_voxels
+    else:
+        a["zscore"] = "off"
+    a["nonfinite"] = p.nonfinite
+    a["compression"] = p.compression
+    axes = []
+    for i, ax in enumerate("tzyx"):
+        entry = {"name": ax, "type": "time" if i == 0 else "space"}
+        if voxel and voxel[i][1]:
+            entry["unit"] = voxel[i][1]
+        axes.append(entry)
+    a["ome"] = {
+        "version": "0.5",
+        "multiscales": [
+            {
+                "name": name,
+                "axes": axes,
+                "datasets": [
+                    {
+                        "path": "0",
+                        "coordinateTransformations": [
+                            {"type": "scale", "scale": [float(v[0]) for v in voxel] if voxel else [1.0] * 4}
+                        ],
+                    }
+                ],
+            }
+        ],
+    }
+    return a
+
+
+def _rename_noreplace(src: str, dst: str) -> None:
+    """rename(src, dst) failing if dst exists (Linux renameat2 RENAME_NOREPLACE; elsewhere checked first):
+    a plain rename would silently replace an empty directory that appeared meanwhile."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        renameat2 = None
+    if renameat2 is not None:
+        at_fdcwd, noreplace = -100, 1
+        if renameat2(at_fdcwd, os.fsencode(src), at_fdcwd, os.fsencode(dst), noreplace) == 0:
+            return
+        err = ctypes.get_errno()
+        if err not in (errno.EINVAL, errno.ENOSYS):  # file systems without the flag: fall through
+            raise OSError(err, os.strerror(err), dst)
+    if os.path.lexists(dst):
+        raise FileExistsError(errno.EEXIST, "exists", dst)
+    os.rename(src, dst)
+
+
+def _check_output(output: str, force: bool) -> str:
+    if not output.rstrip("/").lower().endswith(".zarr"):
+        raise ValueError(f"output: {output} is not a .zarr/.ome.zarr path; gpuprep.dask writes OME-Zarr")
+    out = os.path.abspath(output.rstrip("/"))
+    if os.path.lexists(out):
+        if not force:
+            raise FileExistsError(f"{output}: exists; pass force=True to replace it")
+        if os.path.islink(out) or not (
+            os.path.isfile(out) or os.path.exists(os.path.join(out, "zarr.json")) or os.path.exists(os.path.join(out, ".zgroup"))
+        ):
+            raise FileExistsError(f"{output}: exists and is not a Zarr store or regular file; not replacing it")
+    parent = os.path.dirname(out)
+    if not os.path.isdir(parent):
+        raise OSError(f"{output}: the directory {parent} does not exist")
+    return out
+
+
+def _compute(client: Any, what: Any, progress: bool) -> Any:
+    import dask
+
+    if client is not None:
+        futures = client.compute(what)
+        try:
+            if progress:
+                from distributed import progress as show
+
+                show(futures, notebook=False)
+            return client.gather(futures)
+        except BaseException:
+            client.cancel(futures)
+            raise
+    if progress:
+        from dask.diagnostics import ProgressBar
+
+        with ProgressBar():
+            return dask.compute(what)[0]
+    return dask.compute(what)[0]
+
+
+def _wait_idle(client: Any, keys: set, timeout: float = 60.0) -> None:
+    """After a failure, waits (bounded) for tasks of this run still executing on workers, so that the
+    temporary directory is removed after their last write attempt."""
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            busy = {k for ks in client.processing().values() for k in ks}
+        except Exception:
+            return
+        if not busy & keys:
+            return
+        time.sleep(0.1)
+
+
+def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force: bool, client: Any,
+                  progress: bool) -> dict:
+    import time
+
+    import zarr
+    from dask import delayed
+
+    started = time.perf_counter()
+    out = _check_output(output, force)
+    t, shape = arr.shape[0], tuple(arr.shape[1:])
+    # Each chunk has exactly one writer: chunks of a block's length in t where blocks are regular (all
+    # equal but the last; the CLI's chunks by default), else of one timepoint.
+    bt = arr.chunks[0]
+    ct = bt[0] if all(n == bt[0] for n in bt[:-1]) and bt[-1] <= bt[0] else 1
+    chunks = (ct,) + _spatial_chunk(shape, max(_CHUNK_BYTES // 4 // ct, 1))
+    # Beside the output (same file system, so the final rename is atomic), private (mode 0700).
+    tmpdir = tempfile.mkdtemp(prefix=".gpuprep-", dir=os.path.dirname(out))
+    store = os.path.join(tmpdir, "out.zarr")
+    scratch = os.path.join(tmpdir, "scratch", "registered") if p.zscore else None
+    keys: set = set()
+    try:
+        open(os.path.join(tmpdir, _MARKER), "w").close()
+        _create_array(os.path.join(store, "0"), (t,) + shape, chunks, np.float32, p.compression, True)
+        if scratch:
+            _create_array(scratch, (t,) + shape, chunks, np.float32, "none", True)
+        if p.zscore:
+            for name in ("mean", "std"):
+                _create_array(os.path.join(store, name), shape, shape, np.float32, p.compression, False)
+        g = _build(arr, ref, p, scratch or os.path.join(store, "0"), store if p.zscore else None)
+        small = [delayed(_side_only, pure=True)(s) for s in g.sides]
+        final = list(small)
+        if p.zscore:
+            for (t0, n), s in zip(g.blocks, small):
+                final.append(
+                    delayed(normalize_stored, pure=True)(scratch, os.path.join(store, "0"), t0, n, g.stats, s, p)
+                )
+        keys = {k for d in final for k in d.__dask_graph__().keys()}
+        results = _compute(client, final, progress)
+        sides = results[: len(g.blocks)]
+        shifts = np.concatenate([s["shifts"] for s in sides])
+        error = np.concatenate([s["error"] for s in sides])
+        phasediff = np.concatenate([s["phasediff"] for s in sides])
+        backends = sorted({s["backend"] for s in sides})
+        n_workers = len(client.scheduler_info()["workers"]) if client is not None else 1
+        backend = f"{', '.join(backends)} (gpuprep.dask, {_scheduler_text(client)})"
+        if p.register:
+            for name, values in (("shifts", shifts), ("error", error), ("phasediff", phasediff)):
+                _create_array(os.path.join(store, name), values.shape, values.shape, np.float64, p.compression, False)
+                zarr.open_array(os.path.join(store, name), mode="r+")[...] = values
+        if scratch:
+            shutil.rmtree(os.path.dirname(scratch))
+        # The root group's metadata last: before it, the store is no OME-Zarr image.
+        zarr.create_group(store=store, attributes=_attributes(inp, p, backend, _image_name(out), inp.voxel_size))
+        aside = None
+        if force and os.path.lexists(out):
+            aside = os.path.join(tmpdir, "replaced")
+            os.rename(out, aside)
+        try:
+            _rename_noreplace(store, out)
+        except OSError as e:
+            if aside:
+                _rename_noreplace(aside, out)
+            raise FileExistsError(f"{output}: appeared while the run was writing; the result was discarded") from e
+    except BaseException:
+        try:
+            os.unlink(os.path.join(tmpdir, _MARKER))
+        except OSError:
+            pass
+        if client is not None and keys:
+            _wait_idle(client, keys)
+        shutil.rmtree(tmpdir, ignore_errors=True)
+        raise
+    shutil.rmtree(tmpdir, ignore_errors=True)
+    _warn_empty(error, p)
+    return {
+        "output": output,
+        "backend": backend,
+        "timepoints": t,
+        "shape": shape,
+        "block_sizes": sorted(set(arr.chunks[0])),
+        "tasks_per_pass": len(g.blocks),
+        "reduction_depth": g.depth,
+        "workers": n_workers,
+        "shifts": shifts if p.register else None,
+        "error": error if p.register else None,
+        "phasediff": phasediff if p.register else None,
+        "nonfinite_replaced": int(sum(s["nonfinite"] for s in sides)),
+        "seconds": time.perf_counter() - started,
+    }
+
+
+def _side_only(side: dict) -> dict:
+    return {k: v for k, v in side.items() if k != "volumes"}
+
+
+def _scheduler_text(client: Any) -> str:
+    if client is None:
+        import dask
+
+        return f"{dask.config.get('scheduler', None) or 'threads'} scheduler"
+    info = client.scheduler_info()
+    workers = info.get("workers", {})
+    threads = sum(w.get("nthreads", 0) for w in workers.values())
+    return f"{len(workers)} workers, {threads} threads"
+
+
+def _warn_empty(error: np.ndarray, p: _Params) -> None:
+    if p.register and error is not None:
+        empty = np.flatnonzero(np.isnan(error))
+        if empty.size:
+            warnings.warn(
+                f"timepoints {empty.tolist()} (or the reference) are empty (all zero): nothing to register, shift 0 "
+                "and error NaN",
+                UserWarning,
+                stacklevel=3,
+            )
+
+
+def preprocess(
+    data: Any,
+    output: str | os.PathLike | None = None,
+    *,
+    dataset: str = "default",
+    axes: str | None = None,
+    force: bool = False,
+    block_size: int | None = None,
+    no_median: bool = False,
+    median_size: Any = 3,
+    median_mode: str = "reflect",
+    median_cval: float = 0.0,
+    no_register: bool = False,
+    upsample_factor: int = 1,
+    normalization: str | None = "phase",
+    reference: int = 0,
+    reference_mean: Any = None,
+    register_raw: bool = False,
+    order: int = 3,
+    shift_mode: str = "constant",
+    shift_cval: float = 0.0,
+    no_zscore: bool = False,
+    ddof: int = 0,
+    constant_voxels: str = "nan",
+    nonfinite: str = "error",
+    compression: str = "none",
+    backend: str = "auto",
+    client: Any = None,
+    progress: bool = False,
+) -> Any:
+    """``gpuprep run`` as a dask graph on the active scheduler, with ``gpuprep.preprocess``'s keywords
+    (each the CLI flag of the same name) and the same numbers.
+
+    ``data``: a (t, z, y, x) dask or numpy array, or a path gpuprep reads (a Zarr/OME-Zarr store, HDF5
+    files: a directory, glob, file or list). ``block_size``: timepoints per task (default: a dask array's
+    own time chunks, else the CLI's output chunking, at most 8). ``client``: a distributed Client (default: the active one, if any; else
+    dask's local scheduler).
+
+    Without ``output``: returns ``(z, shifts)``, lazy dask arrays ((t, z, y, x) float32 z-scores, or the
+    registered volumes with ``no_zscore``; (t, 3) float64 shifts). The reference is computed when this is
+    called; compute ``z`` and ``shifts`` together (``dask.compute(z, shifts)``), or pass 1 runs twice.
+    Between the passes the registered volumes are held by the workers (dask spills them to disk when
+    memory runs short): give an output for bounded memory.
+
+    With an ``.ome.zarr`` output: writes gpuprep's OME-Zarr layout and returns a report (``shifts``,
+    ``error``, ``phasediff``, ``backend``, ``block_sizes``, ``tasks_per_pass``, ``reduction_depth``,
+    ``seconds``). Workers must see the output's directory (a shared file system on a cluster).
+    ``progress``: show dask's progress bar.
+    """
+    if output is not None and not isinstance(output, (str, os.PathLike)):
+        raise TypeError(f"output: expected a path or None, got {type(output).__name__}")
+    inp = open_input(data, dataset, axes)
+    t, shape = int(inp.array.shape[0]), tuple(int(n) for n in inp.array.shape[1:])
+    if t == 0 or 0 in shape:
+        raise ValueError(f"data: shape {(t,) + shape} is empty")
+    p = _params(
+        t,
+        no_median=no_median,
+        median_size=median_size,
+        median_mode=median_mode,
+        median_cval=median_cval,
+        no_register=no_register,
+        upsample_factor=upsample_factor,
+        normalization=normalization,
+        reference=reference,
+        reference_mean=reference_mean,
+        register_raw=register_raw,
+        order=order,
+        shift_mode=shift_mode,
+        shift_cval=shift_cval,
+        no_zscore=no_zscore,
+        ddof=ddof,
+        constant_voxels=constant_voxels,
+        nonfinite=nonfinite,
+        compression=compression,
+        backend=backend,
+    )
+    if p.compression != "none" and output is None:
+        raise ValueError("compression: applies to an output; none is given")
+    if block_size is not None and _nonneg_int(block_size, "block_size") < 1:
+        raise ValueError("block_size: got 0; expected at least 1 timepoint per task")
+    out = os.fspath(output) if output is not None else None
+    if out is not None:
+        _check_output(out, force)  # before any computation: a bad output fails at once
+    client = _active_client(client)
+    arr = _blocked(inp, block_size)
+    ref = _reference(arr, p, client)
+    if out is None:
+        return _lazy(arr, ref, p)
+    return _write_output(inp, arr, ref, p, out, force, client, progress)
