@@ -13,7 +13,8 @@
 use crate::backend::Moments;
 use crate::error::{Error, Result};
 use crate::params::{ConstantVoxels, ZscoreParams};
-use ndarray::{Array3, ArrayView3, Zip};
+use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
+use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
 pub struct Accumulator {
@@ -155,22 +156,74 @@ impl Sample for f64 {
     const NAN: f64 = f64::NAN;
 }
 
+/// Voxels per task of `zscore_series`: their running state (two f64) and a few timepoints of samples
+/// stay in the core's cache while the series is swept in time order.
+const SERIES_CHUNK: usize = 2048;
+
+/// The z-score of a whole (t, voxels) series held in memory: for each run of voxels, Welford over
+/// time then normalization, so each sample is read twice from cache rather than the f64 state
+/// streamed through memory once per timepoint. The arithmetic per voxel is `Accumulator::add`'s in
+/// time order and `normalize`'s, so the values are those of an `Accumulator` over the same volumes,
+/// bit for bit. Returns the z-scores and the number of constant voxels.
+pub fn zscore_series<T: Sample>(series: ArrayView2<T>, p: &ZscoreParams) -> (Array2<T>, usize) {
+    let (t, _) = series.dim();
+    let mut out = Array2::<T>::default(series.raw_dim());
+    let dof = t as f64 - p.ddof as f64;
+    let constant = out
+        .axis_chunks_iter_mut(Axis(1), SERIES_CHUNK)
+        .into_par_iter()
+        .zip(
+            series
+                .axis_chunks_iter(Axis(1), SERIES_CHUNK)
+                .into_par_iter(),
+        )
+        .map(|(mut out, input)| {
+            let n = input.dim().1;
+            let (mut mean, mut m2) = (vec![0.0f64; n], vec![0.0f64; n]);
+            for (i, row) in input.axis_iter(Axis(0)).enumerate() {
+                let count = (i + 1) as f64;
+                for ((mean, m2), &x) in mean.iter_mut().zip(&mut m2).zip(row) {
+                    let x: f64 = x.into();
+                    let delta = x - *mean;
+                    *mean += delta / count;
+                    *m2 += delta * (x - *mean);
+                }
+            }
+            let std: Vec<f64> = m2.iter().map(|&m2| std_from_m2(m2, dof)).collect();
+            for (row, mut o) in input.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
+                for (((o, &x), &mean), &std) in o.iter_mut().zip(row).zip(&mean).zip(&std) {
+                    *o = normalized(x, mean, std, p);
+                }
+            }
+            mean.iter()
+                .zip(&std)
+                .filter(|(&m, &s)| is_constant(m, s))
+                .count()
+        })
+        .sum();
+    (out, constant)
+}
+
+/// One sample's z-score under the constant-voxel rule.
+#[inline]
+fn normalized<T: Sample>(x: T, mean: f64, std: f64, p: &ZscoreParams) -> T {
+    if is_constant(mean, std) {
+        match p.constant {
+            ConstantVoxels::Nan => T::NAN,
+            ConstantVoxels::Zero => T::from_f64(0.0),
+        }
+    } else {
+        T::from_f64((x.into() - mean) / std)
+    }
+}
+
 pub fn normalize<T: Sample>(vol: ArrayView3<T>, m: &Moments, p: &ZscoreParams) -> Array3<T> {
     let mut out = Array3::<T>::default(vol.raw_dim());
     Zip::from(&mut out)
         .and(vol)
         .and(m.mean64())
         .and(m.std64())
-        .par_for_each(|o, &x, &mean, &std| {
-            *o = if is_constant(mean, std) {
-                match p.constant {
-                    ConstantVoxels::Nan => T::NAN,
-                    ConstantVoxels::Zero => T::from_f64(0.0),
-                }
-            } else {
-                T::from_f64((x.into() - mean) / std)
-            };
-        });
+        .par_for_each(|o, &x, &mean, &std| *o = normalized(x, mean, std, p));
     out
 }
 
@@ -230,6 +283,64 @@ mod tests {
         assert!(
             Accumulator::from_parts(0, Array3::ones([1, 1, 1]), Array3::zeros([1, 1, 1])).is_err()
         );
+    }
+
+    /// The in-memory series kernel is the streaming accumulator, bit for bit, in both precisions,
+    /// across chunk boundaries, and counts the constant voxels as `Moments` does.
+    #[test]
+    fn zscore_series_equals_accumulator_and_normalize() {
+        let (t, voxels) = (7, 2 * SERIES_CHUNK + 37);
+        let data: Vec<f64> = (0..t * voxels)
+            .map(|i| {
+                if i % voxels < 5 {
+                    3.0
+                } else {
+                    ((i * 7919) % 1013) as f64 * 0.37 - 50.0
+                }
+            })
+            .collect();
+        for p in [
+            ZscoreParams::default(),
+            ZscoreParams {
+                ddof: 1,
+                constant: ConstantVoxels::Zero,
+            },
+        ] {
+            let series = ndarray::Array2::from_shape_vec((t, voxels), data.clone()).unwrap();
+            let (z, constant) = zscore_series(series.view(), &p);
+            let mut acc = Accumulator::new([1, 1, voxels]);
+            for row in series.rows() {
+                acc.add(row.into_shape_with_order((1, 1, voxels)).unwrap());
+            }
+            let m = acc.moments(&p);
+            assert_eq!(constant, m.constant_voxels());
+            assert_eq!(constant, 5);
+            for (row, zrow) in series.rows().into_iter().zip(z.rows()) {
+                let want = normalize(row.into_shape_with_order((1, 1, voxels)).unwrap(), &m, &p);
+                for (a, b) in zrow.iter().zip(want.iter()) {
+                    assert!(
+                        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                        "{a} {b}"
+                    );
+                }
+            }
+            let series32 = series.mapv(|v| v as f32);
+            let (z32, _) = zscore_series(series32.view(), &p);
+            let mut acc = Accumulator::new([1, 1, voxels]);
+            for row in series32.rows() {
+                acc.add(row.into_shape_with_order((1, 1, voxels)).unwrap());
+            }
+            let m = acc.moments(&p);
+            for (row, zrow) in series32.rows().into_iter().zip(z32.rows()) {
+                let want = normalize(row.into_shape_with_order((1, 1, voxels)).unwrap(), &m, &p);
+                for (a, b) in zrow.iter().zip(want.iter()) {
+                    assert!(
+                        a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan()),
+                        "{a} {b}"
+                    );
+                }
+            }
+        }
     }
 
     proptest! {

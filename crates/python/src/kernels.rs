@@ -8,7 +8,7 @@ use gpuprep_core::params::{
     BoundaryMode, ConstantVoxels, MedianParams, Normalization, RegisterParams, ShiftParams,
     ZscoreParams,
 };
-use gpuprep_core::zscore::{normalize as normalize_volume, Accumulator, Sample};
+use gpuprep_core::zscore::{zscore_series, Sample};
 use gpuprep_core::Result;
 use gpuprep_cpu::CpuBackend;
 use ndarray::{Array4, ArrayView3, ArrayView4, Axis};
@@ -144,21 +144,21 @@ pub fn constant_voxels(name: &str) -> PyResult<ConstantVoxels> {
         })
 }
 
-/// Welford over the series' first axis, then each volume normalized, on the CPU in the series'
-/// own precision: float64 data is never rounded to float32, where small variations around a large
-/// mean would vanish.
-fn zscore_cpu<T: Sample>(series: ArrayView4<T>, p: &ZscoreParams) -> Array4<T> {
+/// The z-score over the series' first axis on the CPU, in the series' own precision (float64 data is
+/// never rounded to float32, where small variations around a large mean would vanish), with the
+/// number of constant voxels.
+fn zscore_cpu<T: Sample>(series: ArrayView4<T>, p: &ZscoreParams) -> (Array4<T>, usize) {
     let (t, z, y, x) = series.dim();
-    let mut acc = Accumulator::new([z, y, x]);
-    for v in series.axis_iter(Axis(0)) {
-        acc.add(v);
-    }
-    let m = acc.moments(p);
-    let mut out = Array4::<T>::default((t, z, y, x));
-    for (v, mut o) in series.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
-        o.assign(&normalize_volume(v, &m, p));
-    }
-    out
+    let flat = series.as_standard_layout();
+    let flat = flat
+        .view()
+        .into_shape_with_order((t, z * y * x))
+        .expect("standard layout");
+    let (out, constant) = zscore_series(flat, p);
+    let out = out
+        .into_shape_with_order((t, z, y, x))
+        .expect("as many elements as the series");
+    (out, constant)
 }
 
 /// `zscore_cpu` of float32 data through a backend's accumulation (the GPU's).
@@ -166,7 +166,7 @@ fn zscore_backend(
     series: ArrayView4<f32>,
     p: &ZscoreParams,
     b: &mut dyn Backend,
-) -> Result<Array4<f32>> {
+) -> Result<(Array4<f32>, usize)> {
     let (_, z, y, x) = series.dim();
     let acc = b.reset_moments([z, y, x])?;
     for v in series.axis_iter(Axis(0)) {
@@ -177,10 +177,11 @@ fn zscore_backend(
     for (v, mut o) in series.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
         o.assign(&b.normalize(v, &m, p)?);
     }
-    Ok(out)
+    Ok((out, m.constant_voxels()))
 }
 
-/// `scipy.stats.zscore(a, axis=0, ddof=ddof)` of a (t, z, y, x) series, in the series' dtype.
+/// `scipy.stats.zscore(a, axis=0, ddof=ddof)` of a (t, z, y, x) series, in the series' dtype, and
+/// the number of constant voxels.
 #[pyfunction]
 #[pyo3(signature = (a, ddof, constant_voxels, backend))]
 pub fn zscore<'py>(
@@ -189,7 +190,7 @@ pub fn zscore<'py>(
     ddof: u32,
     constant_voxels: &str,
     backend: &str,
-) -> PyResult<Bound<'py, PyAny>> {
+) -> PyResult<(Bound<'py, PyAny>, usize)> {
     let p = ZscoreParams {
         ddof,
         constant: self::constant_voxels(constant_voxels)?,
@@ -204,7 +205,7 @@ pub fn zscore<'py>(
                     None => Ok(zscore_cpu(view, &p)),
                 }))
             })?;
-            Ok(out.into_pyarray(py_).into_any())
+            Ok((out.0.into_pyarray(py_).into_any(), out.1))
         }
         Series::F64(a) => {
             if choice == Choice::Gpu {
@@ -215,8 +216,8 @@ pub fn zscore<'py>(
                 ));
             }
             let view = a.as_array();
-            let out = py_.detach(|| zscore_cpu(view, &p));
-            Ok(out.into_pyarray(py_).into_any())
+            let (out, constant) = py_.detach(|| zscore_cpu(view, &p));
+            Ok((out.into_pyarray(py_).into_any(), constant))
         }
     }
 }

@@ -415,8 +415,8 @@ def zscore(
     if arr.size == 0:
         return np.empty(arr.shape, np.float16 if arr.dtype == np.float16 else work)
     series = _series(np.ascontiguousarray(moved, dtype=work))
-    z = _gpuprep.zscore(series, int(ddof), constant_voxels, backend)
-    if constant_voxels == "nan" and np.isnan(z).any() and not np.isnan(series).any():
+    z, constant = _gpuprep.zscore(series, int(ddof), constant_voxels, backend)
+    if constant_voxels == "nan" and (constant or series.shape[0] <= ddof):
         warnings.warn(
             "Precision loss occurred in moment calculation due to catastrophic cancellation: some series "
             "are constant (or have at most ddof values), and their z-scores are NaN",

@@ -486,14 +486,31 @@ class SharedReference:
             if self._ref is None:
                 up, norm, backend = self.params
                 self._ref = gpuprep.Reference(
-                    self.volume, upsample_factor=up, normalization=None if norm == "none" else norm, backend=backend
+                    _aligned(self.volume, np.float32), upsample_factor=up, normalization=None if norm == "none" else norm, backend=backend
                 )
             return self._ref
 
 
+def _aligned(a: Any, dtype: Any) -> np.ndarray:
+    """``a`` as a C-contiguous, aligned array. Arrays that dask.distributed deserializes may sit unaligned
+    in its message frames, and the extension refuses (panics on) unaligned memory."""
+    return np.require(a, dtype=dtype, requirements=["C", "A"])
+
+
+def _moments(parts: tuple) -> Any:
+    """A ``gpuprep.Moments`` from (count, mean, M2), the form partial moments travel in between workers
+    (as plain arrays: see ``_aligned``)."""
+    count, mean, m2 = parts
+    return gpuprep.Moments.from_parts(int(count), _aligned(mean, np.float64), _aligned(m2, np.float64))
+
+
+def _parts(m: Any) -> tuple:
+    return (m.count, m.mean, m.m2)
+
+
 def _sanitize(block: np.ndarray, t0: int, nonfinite: str) -> tuple[np.ndarray, int]:
     """The block as float32, with the CLI's rule for NaN/Inf: an error naming the timepoint, or zeros."""
-    b = _to_float32(np.asarray(block), f"timepoints {t0}-{t0 + len(block) - 1}")
+    b = _aligned(_to_float32(np.asarray(block), f"timepoints {t0}-{t0 + len(block) - 1}"), np.float32)
     if b.dtype.kind != "f":
         return b, 0
     bad = ~np.isfinite(b)
@@ -551,8 +568,9 @@ def register_block(
     del b
     moments = None
     if p.zscore:
-        moments = gpuprep.Moments(vols.shape[1:])
-        moments.update(vols)
+        m = gpuprep.Moments(vols.shape[1:])
+        m.update(vols)
+        moments = _parts(m)
     backend = reference.backend if reference is not None else gpuprep.backend_name(p.backend)
     side = {"t0": t0, "shifts": shifts, "error": error, "phasediff": phasediff, "nonfinite": bad, "backend": backend}
     if scratch is not None:
@@ -570,17 +588,18 @@ def block_shifts(side: dict) -> np.ndarray:
     return side["shifts"]
 
 
-def merge_moments(a: Any, b: Any) -> Any:
-    """Chan et al.'s pairwise merge, on a copy: a task's inputs may be read again (or by a rerun)."""
-    m = a.copy()
-    m.merge(b)
-    return m
+def merge_moments(a: tuple, b: tuple) -> tuple:
+    """Chan et al.'s pairwise merge of two (count, mean, M2), into a new object: a task's inputs may be
+    read again (or by a rerun)."""
+    m = _moments(a)
+    m.merge(_moments(b))
+    return _parts(m)
 
 
-def finalize_moments(m: Any, ddof: int, store: str | None) -> tuple[np.ndarray, np.ndarray]:
+def finalize_moments(m: tuple, ddof: int, store: str | None) -> tuple[np.ndarray, np.ndarray]:
     """The f64 mean and std; with an output store, also its ``mean`` and ``std`` arrays (float32), by this
     one task."""
-    mean, std = m.finalize(ddof=ddof)
+    mean, std = _moments(m).finalize(ddof=ddof)
     if store is not None:
         _write(os.path.join(store, "mean"), None, mean.astype(np.float32))
         _write(os.path.join(store, "std"), None, std.astype(np.float32))
@@ -588,7 +607,13 @@ def finalize_moments(m: Any, ddof: int, store: str | None) -> tuple[np.ndarray, 
 
 
 def normalize_block(vols: np.ndarray, stats: tuple, p: _Params) -> np.ndarray:
-    return gpuprep.normalize(vols, stats[0], stats[1], constant_voxels=p.constant_voxels, backend=p.backend)
+    return gpuprep.normalize(
+        _aligned(vols, np.float32),
+        _aligned(stats[0], np.float64),
+        _aligned(stats[1], np.float64),
+        constant_voxels=p.constant_voxels,
+        backend=p.backend,
+    )
 
 
 def normalize_stored(scratch: str, out: str, t0: int, n: int, stats: tuple, after: Any, p: _Params) -> int:

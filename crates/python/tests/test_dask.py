@@ -1,0 +1,324 @@
+"""gpuprep.dask and python -m gpuprep.distributed against the CLI: the threaded scheduler and a LocalCluster of
+two worker processes give the CLI's shifts exactly and its /data within float32 tolerance, lazily and into an
+OME-Zarr store with the CLI's layout; a worker killed mid-run changes nothing; Chan's merge over uneven blocks
+equals one pass; a failed run leaves no output and no temporary directory.
+
+Tolerance of the data: |dask - CLI| <= 1e-6 + 1e-6·|CLI| (a few float32 ulps of z-scores of magnitude < 10).
+The two differ only in the float64 moments (Chan's pairwise merge over blocks against the CLI's one Welford
+pass: float64 rounding), which can move a z-score by one float32 rounding step. NaN (constant voxels) at the
+same voxels. Shifts, error and phasediff are computed per volume by the same code: equal exactly.
+"""
+
+import copy
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+dask = pytest.importorskip("dask")
+da = pytest.importorskip("dask.array")
+distributed = pytest.importorskip("distributed")
+zarr = pytest.importorskip("zarr")
+
+import gpuprep
+import gpuprep.dask as gd
+
+SHAPE = (12, 8, 24, 24)
+
+
+def assert_data_close(got, want):
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_allclose(got, want, rtol=1e-6, atol=1e-6, equal_nan=True)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory, cli):
+    """Synthetic realistic data (one HDF5 file per timepoint) and the CLI's OME-Zarr result of it."""
+    root = tmp_path_factory.mktemp("dask")
+    data = root / "data"
+    subprocess.run([cli, "synth", data, "--shape", ",".join(map(str, SHAPE)), "--mode", "realistic"],
+                   check=True, capture_output=True)
+    out = root / "cli.ome.zarr"
+    subprocess.run([cli, "run", data, "-o", out, "--backend", "cpu", "-q"], check=True, capture_output=True)
+    g = zarr.open_group(out, mode="r")
+    want = {name: g[name][:] for name in g.array_keys()}
+    assert want["shifts"].any(), "the synthetic data must need registering"
+    return {"dir": data, "cli": out, "want": want, "attrs": dict(g.attrs), "root": root}
+
+
+@pytest.fixture(scope="module")
+def client():
+    from distributed import Client, LocalCluster
+
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
+        with Client(cluster) as c:
+            yield c
+
+
+def check_store(path, dataset, backend_words=()):
+    """The store equals the CLI's: arrays, chunks, dimension names, attributes (but the backend and the
+    image's name, which is the output's)."""
+    g = zarr.open_group(path, mode="r")
+    want = dataset["want"]
+    assert sorted(g.array_keys()) == sorted(want)
+    assert_data_close(g["0"][:], want["0"])
+    for name in ("shifts", "error", "phasediff"):
+        np.testing.assert_array_equal(g[name][:], want[name], err_msg=name)
+    for name in ("mean", "std"):
+        np.testing.assert_allclose(g[name][:], want[name], rtol=1e-6, atol=1e-6, err_msg=name)
+    cli = zarr.open_group(dataset["cli"], mode="r")
+    assert g["0"].metadata.dimension_names == cli["0"].metadata.dimension_names
+    assert g["0"].dtype == cli["0"].dtype == np.float32
+    attrs, want_attrs = dict(g.attrs), copy.deepcopy(dataset["attrs"])
+    assert attrs.pop("ome")["multiscales"][0].pop("name") == pathlib.Path(path).name.removesuffix(".ome.zarr")
+    want_attrs["ome"]["multiscales"][0].pop("name")
+    backend = attrs.pop("backend")
+    want_attrs.pop("backend")
+    want_attrs.pop("ome")
+    assert attrs == want_attrs
+    for w in backend_words:
+        assert w in backend
+    return g
+
+
+def no_leftovers(parent):
+    return [p.name for p in pathlib.Path(parent).iterdir() if p.name.startswith(".gpuprep-")]
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (a) the threaded scheduler
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_threaded_lazy_equals_cli(dataset):
+    with dask.config.set(scheduler="threads"):
+        z, shifts = gd.preprocess(dataset["dir"], backend="cpu", block_size=5)  # blocks 5, 5, 2
+        assert isinstance(z, da.Array) and z.chunks[0] == (5, 5, 2) and z.chunks[1:] == tuple((n,) for n in SHAPE[1:])
+        z, shifts = dask.compute(z, shifts)
+    np.testing.assert_array_equal(shifts, dataset["want"]["shifts"])
+    assert_data_close(z, dataset["want"]["0"])
+
+
+def test_threaded_output_equals_cli(dataset, tmp_path):
+    out = tmp_path / "threads.ome.zarr"
+    with dask.config.set(scheduler="threads"):
+        report = gd.preprocess(str(dataset["dir"]), out, backend="cpu", block_size=4)
+    assert report["tasks_per_pass"] == 3 and report["reduction_depth"] == 2
+    np.testing.assert_array_equal(report["shifts"], dataset["want"]["shifts"])
+    g = check_store(out, dataset, ["cpu", "threads"])
+    assert g["0"].chunks[0] == 4  # one block per chunk along t: each chunk has one writer
+    assert no_leftovers(tmp_path) == []
+
+
+def test_default_blocks_give_the_cli_chunks(dataset, tmp_path):
+    out = tmp_path / "default.ome.zarr"
+    with dask.config.set(scheduler="threads"):
+        gd.preprocess(dataset["dir"], out, backend="cpu")
+    assert zarr.open_array(out / "0", mode="r").chunks == zarr.open_array(dataset["cli"] / "0", mode="r").chunks
+
+
+def test_zarr_input_and_options(dataset, tmp_path, cli):
+    """An OME-Zarr input (gpuprep's own output holds (t, z, y, x) at "0"), with other parameters, against
+    the CLI with the same flags on the same store."""
+    src = tmp_path / "src.ome.zarr"
+    subprocess.run([cli, "run", dataset["dir"], "-o", src, "--no-median", "--no-register", "--no-zscore", "-q",
+                    "--backend", "cpu"], check=True, capture_output=True)
+    flags = ["--reference-mean", "2:5", "--upsample-factor", "4", "--order", "1", "--ddof", "1",
+             "--median-size", "3,1,3", "--constant-voxels", "zero"]
+    want = tmp_path / "want.ome.zarr"
+    subprocess.run([cli, "run", src, "-o", want, "--backend", "cpu", "-q", *flags], check=True, capture_output=True)
+    with dask.config.set(scheduler="threads"):
+        z, shifts = gd.preprocess(src, backend="cpu", reference_mean="2:5", upsample_factor=4, order=1, ddof=1,
+                                  median_size="3,1,3", constant_voxels="zero", block_size=3)
+        z, shifts = dask.compute(z, shifts)
+    w = zarr.open_group(want, mode="r")
+    np.testing.assert_array_equal(shifts, w["shifts"][:])
+    assert_data_close(z, w["0"][:])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (b) a LocalCluster of two worker processes
+# ---------------------------------------------------------------------------------------------------------
+
+
+def test_cluster_lazy_equals_cli(dataset, client):
+    z, shifts = gd.preprocess(dataset["dir"], backend="cpu", block_size=3)
+    z, shifts = dask.compute(z, shifts)
+    np.testing.assert_array_equal(shifts, dataset["want"]["shifts"])
+    assert_data_close(z, dataset["want"]["0"])
+
+
+def test_cluster_output_equals_cli_and_reference_is_broadcast(dataset, client, tmp_path):
+    out = tmp_path / "cluster.ome.zarr"
+    report = gd.preprocess(dataset["dir"], out, backend="cpu", block_size=3)
+    assert report["workers"] == 2 and report["reduction_depth"] == 2
+    check_store(out, dataset, ["cpu", "2 workers"])
+    # The reference was scattered to every worker: each holds one SharedReference in its memory.
+    held = client.run(lambda dask_worker: sum(type(v).__name__ == "SharedReference" for v in dask_worker.data.values()))
+    assert sorted(held.values()) == [1, 1]
+    assert no_leftovers(tmp_path) == []
+
+
+def test_uneven_dask_blocks_on_the_cluster(dataset, client, tmp_path):
+    """A dask array with uneven time chunks (1, 4, 2, 5): one task per chunk, Chan's merge over them, chunks of
+    one timepoint in the output (each written by one task)."""
+    g = zarr.open_group(dataset["cli"], mode="r")
+    # the raw input, as one (t, z, y, x) float64 array, chunked unevenly in t and split in space
+    raw = np.stack([__import__("h5py").File(p, "r")["default"][:] for p in sorted(
+        dataset["dir"].glob("ind_*.h5"))])
+    arr = da.from_array(raw, chunks=((1, 4, 2, 5), 4, 12, 24))
+    out = tmp_path / "uneven.ome.zarr"
+    report = gd.preprocess(arr, out, backend="cpu")
+    assert report["tasks_per_pass"] == 4 and report["block_sizes"] == [1, 2, 4, 5]
+    assert zarr.open_array(out / "0", mode="r").chunks[0] == 1
+    got = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(got["shifts"][:], g["shifts"][:])
+    assert_data_close(got["0"][:], g["0"][:])
+
+
+def test_distributed_command_line(dataset, tmp_path):
+    out = tmp_path / "cmd.ome.zarr"
+    cmd = [sys.executable, "-m", "gpuprep.distributed", str(dataset["dir"]), "-o", str(out), "--local", "2",
+           "--backend", "cpu", "--block-size", "4"]
+    r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert "Completed" in r.stderr and "2 workers" in r.stderr  # dask's progress bar and the summary
+    check_store(out, dataset, ["2 workers"])
+    again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
+    assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith("gpuprep: error:")
+    assert "exists" in again.stderr
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (c) a worker process killed mid-run
+# ---------------------------------------------------------------------------------------------------------
+
+
+def kill_once(block, marker, block_info=None):
+    """Kills its worker process the first time it reads the third block (no cleanup, as a crash)."""
+    if block_info[0]["chunk-location"][0] == 2 and not os.path.exists(marker):
+        with open(marker, "w") as f:
+            f.write(str(os.getpid()))
+        os._exit(1)
+    return block
+
+
+def test_worker_killed_mid_run(dataset, client, tmp_path):
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])  # workers cannot import the test module
+    marker = str(tmp_path / "killed")
+    before = set(client.scheduler_info()["workers"])
+    inp = gd.open_input(dataset["dir"])
+    arr = gd._blocked(inp, 3).map_blocks(kill_once, marker, dtype=np.float32)
+    out = tmp_path / "killed.ome.zarr"
+    report = gd.preprocess(arr, out, backend="cpu")
+    assert os.path.exists(marker), "the worker was not killed"
+    assert int(open(marker).read()) not in client.run(os.getpid).values()  # that process is gone
+    assert set(client.scheduler_info()["workers"]) != before  # the nanny started a new worker
+    assert report["tasks_per_pass"] == 4
+    got = zarr.open_group(out, mode="r")
+    np.testing.assert_array_equal(got["shifts"][:], dataset["want"]["shifts"])
+    assert_data_close(got["0"][:], dataset["want"]["0"])
+    assert no_leftovers(tmp_path) == []
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (d) Chan's merge over uneven blocks
+# ---------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sizes", [(1, 4, 2, 7), (7,), (3, 1, 1, 1, 1, 5)])
+def test_tree_of_chan_merges_equals_one_pass(sizes):
+    rng = np.random.default_rng(len(sizes))
+    # A large mean over a small spread: where a naive sum of squares would lose the variance.
+    data = (1000 + rng.standard_normal((sum(sizes), 3, 5, 4))).astype(np.float32)
+    one = gpuprep.Moments(data.shape[1:])
+    one.update(data)
+    bounds = np.cumsum((0,) + sizes)
+    parts = []
+    for a, b in zip(bounds[:-1], bounds[1:]):
+        m = gpuprep.Moments(data.shape[1:])
+        m.update(data[a:b])
+        parts.append(dask.delayed(gd._parts(m)))
+    root, depth = gd.tree_reduce(parts, gd.merge_moments)
+    assert depth == int(np.ceil(np.log2(len(sizes))))
+    count, mean, m2 = dask.compute(root, scheduler="sync")[0]
+    assert count == data.shape[0]
+    np.testing.assert_allclose(mean, one.mean, rtol=1e-14)
+    np.testing.assert_allclose(m2, one.m2, rtol=1e-10)
+    np.testing.assert_allclose(mean, data.astype(np.float64).mean(axis=0), rtol=1e-14)
+    np.testing.assert_allclose(m2 / count, data.astype(np.float64).var(axis=0), rtol=1e-10)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# (e) failures leave nothing behind
+# ---------------------------------------------------------------------------------------------------------
+
+
+def broken(dataset):
+    raw = np.stack([__import__("h5py").File(p, "r")["default"][:] for p in sorted(dataset["dir"].glob("ind_*.h5"))])
+    raw[7, 3, 4, 5] = np.nan
+    return raw
+
+
+def test_failed_run_leaves_no_output_threads(dataset, tmp_path):
+    out = tmp_path / "fail.ome.zarr"
+    with dask.config.set(scheduler="threads"), pytest.raises(ValueError, match="timepoint 7: NaN"):
+        gd.preprocess(broken(dataset), out, backend="cpu", block_size=2)
+    assert not out.exists() and no_leftovers(tmp_path) == []
+
+
+def test_failed_run_leaves_no_output_cluster(dataset, client, tmp_path):
+    out = tmp_path / "fail.ome.zarr"
+    with pytest.raises(ValueError, match="timepoint 7: NaN"):
+        gd.preprocess(broken(dataset), out, backend="cpu", block_size=2)
+    assert not out.exists() and no_leftovers(tmp_path) == []
+
+
+def test_existing_output_refused_then_replaced_with_force(dataset, tmp_path):
+    out = tmp_path / "exists.ome.zarr"
+    out.mkdir()
+    (out / "keep").write_text("x")
+    with dask.config.set(scheduler="threads"):
+        with pytest.raises(FileExistsError, match="exists.ome.zarr: exists"):
+            gd.preprocess(dataset["dir"], out, backend="cpu")
+        # force replaces a Zarr store only, never another directory
+        with pytest.raises(FileExistsError, match="not a Zarr store"):
+            gd.preprocess(dataset["dir"], out, backend="cpu", force=True)
+        assert (out / "keep").exists()
+        (out / "keep").unlink()
+        (out / "zarr.json").write_text(json.dumps({"zarr_format": 3, "node_type": "group", "attributes": {}}))
+        gd.preprocess(dataset["dir"], out, backend="cpu", force=True)
+    check_store(out, dataset)
+    assert no_leftovers(tmp_path) == []
+
+
+@pytest.mark.parametrize(
+    "kwargs, error, match",
+    [
+        ({"median_mode": "bogus"}, ValueError, "median_mode: got 'bogus'"),
+        ({"reference": 99}, ValueError, "reference: timepoint 99 is beyond the 12 timepoints"),
+        ({"reference_mean": "5:2"}, ValueError, "reference_mean"),
+        ({"order": 2}, ValueError, "order: got 2"),
+        ({"block_size": 0}, ValueError, "block_size"),
+    ],
+)
+def test_bad_parameters_fail_before_anything_is_written(dataset, tmp_path, kwargs, error, match):
+    out = tmp_path / "bad.ome.zarr"
+    with pytest.raises(error, match=match):
+        gd.preprocess(dataset["dir"], out, backend="cpu", **kwargs)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_bad_inputs_name_the_argument(tmp_path):
+    with pytest.raises(OSError, match="nothing-here: no such file"):
+        gd.preprocess(str(tmp_path / "nothing-here"))
+    with pytest.raises(ValueError, match=r"data: expected a \(t, z, y, x\) array"):
+        gd.preprocess(np.zeros((3, 4, 5)))
+    with pytest.raises(ValueError, match="output: .*not a .zarr"):
+        gd.preprocess(np.zeros((3, 4, 5, 6), np.float32), tmp_path / "out.h5")
