@@ -275,12 +275,17 @@ fn synth_cmd(a: SynthArgs) -> anyhow::Result<()> {
 fn info(a: InfoArgs) -> anyhow::Result<()> {
     if !a.inputs.is_empty() {
         let inputs = gpuprep_io::source::utf8_inputs(&a.inputs)?;
-        for line in gpuprep_io::source::describe(&inputs, &a.dataset)? {
+        let opts = gpuprep_io::source::OpenOptions {
+            axes: a.axes,
+            format: a.format,
+            channel: a.channel,
+        };
+        for line in gpuprep_io::source::describe_with(&inputs, &a.dataset, opts)? {
             say!("{line}")?;
         }
         say!(
             "{}",
-            gpuprep_io::source::describe_set(&inputs, &a.dataset, a.axes)
+            gpuprep_io::source::describe_set(&inputs, &a.dataset, opts)
         )?;
         say!("")?;
     }

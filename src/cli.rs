@@ -8,6 +8,7 @@ use gpuprep_core::params::{
 };
 use gpuprep_core::{Error, Result};
 use gpuprep_gpu::Api;
+use gpuprep_io::source::Format;
 use gpuprep_io::{Compression, Dtype};
 use gpuprep_pipeline::driver::{NonFinite, ReferenceSpec, RunConfig};
 use gpuprep_pipeline::synth::SynthMode;
@@ -78,10 +79,16 @@ pub struct EngineArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Inputs: a directory of .h5 files, glob patterns, files (one 3-D volume each), or one file with a
-    /// 4-D (t, z, y, x) dataset or a 3-D (t, y, x) movie.
+    /// Inputs: a directory of .h5 (or .tif) files, glob patterns, files (one 3-D volume each), or one file
+    /// with a 4-D (t, z, y, x) dataset or a 3-D (t, y, x) movie; a Zarr store; a multi-page TIFF stack.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
+    /// Input format: hdf5, zarr or tiff (default: detected from the paths).
+    #[arg(long, value_parser = choice(&Format::ALL, Format::name))]
+    pub format: Option<Format>,
+    /// The channel read from an input with several (a 5-D OME-Zarr image, a multi-channel TIFF).
+    #[arg(long, default_value_t = 0)]
+    pub channel: usize,
     /// What each input dataset holds: tzyx (4-D), tyx (a movie: T frames, each a volume of z = 1; several
     /// files are concatenated in time) or zyx (one volume per file). Default: tzyx for a 4-D dataset, tyx
     /// for a 3-D dataset in a single file given by name, zyx for several files, a directory or a glob.
@@ -154,7 +161,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "error", value_parser = choice(&NonFinite::ALL, NonFinite::name))]
     pub nonfinite: NonFinite,
 
-    /// Chunk compression of the output: none, or zstd (Zarr outputs, .zarr/.ome.zarr, only).
+    /// Chunk compression of the output: none, zstd or blosc-lz4 (the last two for Zarr outputs,
+    /// .zarr/.ome.zarr, only).
     #[arg(long, default_value = "none", value_parser = choice(&Compression::ALL, Compression::name))]
     pub compression: Compression,
 
@@ -210,6 +218,12 @@ pub struct InfoArgs {
     pub axes: Option<gpuprep_io::Axes>,
     #[arg(long, default_value = "default")]
     pub dataset: String,
+    /// Input format, as for `run --format`.
+    #[arg(long, value_parser = choice(&Format::ALL, Format::name))]
+    pub format: Option<Format>,
+    /// The channel read, as for `run --channel`.
+    #[arg(long, default_value_t = 0)]
+    pub channel: usize,
 }
 
 #[derive(Args, Debug)]
@@ -259,6 +273,7 @@ const PARAMETER_FLAGS: &[(&str, &str)] = &[
     ("reference", "--reference"),
     ("reference range", "--reference-mean"),
     ("axes", "--axes"),
+    ("format", "--format"),
     ("dtype", "--dtype"),
     ("shape", "--shape"),
     ("max shift", "--max-shift"),
@@ -393,6 +408,8 @@ impl RunArgs {
             nonfinite: self.nonfinite,
             axes: self.axes,
             compression: self.compression,
+            format: self.format,
+            channel: self.channel,
         })
     }
 }

@@ -114,7 +114,13 @@ impl ZarrInput {
 
     /// Opens the array of the store at `path`: `dataset` names an array or OME image inside it, or is
     /// "default" for the store itself (an array, or an OME image's level 0).
-    pub(crate) fn open(path: &Path, dataset: &str, requested: Option<Axes>) -> Result<ZarrInput> {
+    /// `channel`: the channel read from an image with a c axis (`--channel`).
+    pub(crate) fn open(
+        path: &Path,
+        dataset: &str,
+        requested: Option<Axes>,
+        channel: usize,
+    ) -> Result<ZarrInput> {
         let err = |message: String| Error::Input {
             path: path.to_path_buf(),
             message,
@@ -243,6 +249,20 @@ impl ZarrInput {
             .zip(&shape)
             .find(|(d, _)| matches!(d, Dim::C(_)))
             .map(|(_, &n)| n);
+        if channel as u64 >= channels.unwrap_or(1) {
+            return Err(super::channel_err(
+                path,
+                channel,
+                channels.unwrap_or(1) as usize,
+            ));
+        }
+        let dims = dims
+            .into_iter()
+            .map(|d| match d {
+                Dim::C(_) => Dim::C(channel as u64),
+                d => d,
+            })
+            .collect();
         Ok(ZarrInput {
             store_path: path.to_path_buf(),
             array_path,
@@ -354,9 +374,13 @@ impl ZarrInput {
 
     /// The summary's words for what is read ("channel 0 of 3").
     pub(crate) fn summary(&self) -> String {
-        let channel = match self.channels {
-            Some(n) => format!(", channel 0 of {n}"),
-            None => String::new(),
+        let read = self.dims.iter().find_map(|d| match d {
+            Dim::C(c) => Some(*c),
+            _ => None,
+        });
+        let channel = match (self.channels, read) {
+            (Some(n), Some(c)) => format!(", channel {c} of {n}"),
+            _ => String::new(),
         };
         format!(
             "{} ({}), array '{}'{channel}",
