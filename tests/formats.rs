@@ -485,7 +485,7 @@ fn hostile_zarr_inputs_give_one_clear_line_and_leave_nothing() {
     let out = out_dir.join("result.ome.zarr");
     let mut cases: Vec<(PathBuf, Vec<String>)> = Vec::new();
 
-    // A chunk missing at the last timepoint: the run fails after writing the first volumes.
+    // The only chunk of the last timepoint missing: a store cut short, refused before any work.
     let p = make("missing.zarr");
     std::fs::remove_file(p.join("3.0.0.0")).unwrap();
     cases.push((
@@ -1531,5 +1531,61 @@ fn the_channel_flag_picks_a_channel_of_an_ome_zarr_image() {
     let (code, err) = run_err(&ome, &bad, &["--format", "hdf5"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("three.zarr"), "{err}");
+    assert!(!bad.exists());
+}
+
+#[test]
+fn absent_chunks_read_as_the_fill_value_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut data = series(fresh_seed(), [4, 3, 8, 8]);
+    // Timepoint 1's upper half holds only the fill value: zarr-python (write_empty_chunks=False)
+    // would not write that chunk.
+    data.slice_mut(s![1, .., 0..4, ..]).fill(0);
+    let h5_in = tmp.path().join("in.h5");
+    write_h5(&h5_in, &data);
+    let reference = tmp.path().join("ref.h5");
+    run_ok(&h5_in, &reference, &["--dataset", "data"]);
+    let store = tmp.path().join("sparse.zarr");
+    write_zarr_v2(&store, &data.clone().into_dyn(), &[1, 3, 4, 8], json!({}));
+    std::fs::remove_file(store.join("1.0.0.0")).unwrap();
+
+    let out = tmp.path().join("out.h5");
+    let (code, err) = run(&store, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    same_f32(&h5_f32(&reference, "data"), &h5_f32(&out, "data"), "data");
+    same_f64(
+        &h5_f64(&reference, "shifts"),
+        &h5_f64(&out, "shifts"),
+        "shifts",
+    );
+    assert!(
+        err.contains("warning")
+            && err.contains("sparse.zarr")
+            && err.contains(
+                "1 of 8 chunks of the store's root are absent and read as the fill value 0"
+            )
+            && err.contains("e.g. 1.0.0.0"),
+        "{err}"
+    );
+    let (code, info, _) = gpuprep_output(&["info".to_string(), store.display().to_string()]);
+    assert_eq!(code, 0);
+    assert!(
+        info.contains("1 of 8 chunks absent (read as the fill value)"),
+        "{info}"
+    );
+
+    // Timepoint 2 with no chunk at all: a store cut short, refused with one line before any work.
+    std::fs::remove_file(store.join("2.0.0.0")).unwrap();
+    std::fs::remove_file(store.join("2.0.1.0")).unwrap();
+    let bad = tmp.path().join("bad.h5");
+    let (code, err) = run_err(&store, &bad, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "chunk (2, 0, 0, 0) (2.0.0.0) is missing, and so is every other chunk of timepoint 2"
+        ) && err.contains("(3 of 8 chunks absent)"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!bad.exists());
 }

@@ -416,7 +416,13 @@ impl Source {
                                 .into(),
                     });
                 }
-                return Source::open_zarr(one.as_ref(), dataset, requested, opts.channel);
+                let source = Source::open_zarr(one.as_ref(), dataset, requested, opts.channel)?;
+                if let Some(note) = source.zarr.as_ref().and_then(|z| z.absent_note()) {
+                    if warn {
+                        eprintln!("gpuprep: warning: {}: {note}", one.as_ref().display());
+                    }
+                }
+                return Ok(source);
             }
             Format::Tiff => return Source::open_tiff(inputs, dataset, requested, opts.channel),
             Format::Hdf5 => {}
@@ -1194,11 +1200,11 @@ pub fn describe_with(inputs: &[String], dataset: &str, opts: OpenOptions) -> Res
             }
         }
         Format::Tiff => {
-            let files: Vec<PathBuf> = expand_inputs(inputs, Format::Tiff)?
-                .into_iter()
-                .map(|i| i.path)
-                .collect();
-            return Ok(tiff::describe_files(&files, opts.axes));
+            let expanded = expand_inputs(inputs, Format::Tiff)?;
+            let lone = expanded.len() == 1 && expanded[0].named && inputs.len() == 1;
+            let files: Vec<PathBuf> = expanded.into_iter().map(|i| i.path).collect();
+            let axes = opts.axes.or(lone.then_some(Axes::Tyx));
+            return Ok(tiff::describe_files(&files, axes));
         }
         Format::Hdf5 => {}
     }

@@ -825,7 +825,8 @@ fn describe_probe(f: &Path, p: &Probe) -> String {
     )
 }
 
-/// `info`'s lines for TIFF files: each one probed on its own, or why it cannot be read.
+/// `info`'s lines for TIFF files: each one probed on its own (`requested`: the axes a plain stack is
+/// read with), or why it cannot be read.
 pub(crate) fn describe_files(files: &[PathBuf], requested: Option<Axes>) -> Vec<String> {
     files
         .iter()
