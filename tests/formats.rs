@@ -752,12 +752,12 @@ fn python_with_zarr() -> Option<String> {
     let out = std::process::Command::new(&py)
         .args([
             "-c",
-            "import zarr, h5py, numpy; assert int(zarr.__version__.split('.')[0]) >= 3",
+            "import zarr, h5py, numpy, jsonschema; assert int(zarr.__version__.split('.')[0]) >= 3",
         ])
         .output();
     let ok = out.as_ref().is_ok_and(|o| o.status.success());
     if !ok && named.is_some() {
-        panic!("GPUPREP_PYTHON={py} has no zarr>=3, h5py and numpy: {out:?}");
+        panic!("GPUPREP_PYTHON={py} has no zarr>=3, h5py, numpy and jsonschema: {out:?}");
     }
     ok.then_some(py)
 }
@@ -770,7 +770,8 @@ fn zarr_python_reads_the_ome_zarr_output_with_the_same_values() {
         let _ = writeln!(
             std::io::stderr(),
             "SKIPPED formats::zarr_python_reads_the_ome_zarr_output_with_the_same_values: no Python with \
-             zarr>=3, h5py and numpy (set GPUPREP_PYTHON, or pip install zarr h5py numpy)"
+             zarr>=3, h5py, numpy and jsonschema (set GPUPREP_PYTHON, or pip install zarr h5py numpy \
+             jsonschema)"
         );
         return;
     };
@@ -780,9 +781,38 @@ fn zarr_python_reads_the_ome_zarr_output_with_the_same_values() {
     let (h5, zarr) = (tmp.path().join("out.h5"), tmp.path().join("out.ome.zarr"));
     run_ok(&input, &h5, &["--dataset", "data"]);
     run_ok(&input, &zarr, &["--dataset", "data"]);
+    // An output with units and a scale: from an ImageJ hyperstack with a calibration.
+    let calibrated = tmp.path().join("calibrated.ome.zarr");
+    let tif = tmp.path().join("in.tif");
+    let d = series(4, [3, 2, 8, 8]);
+    write_tiff::<tiff::encoder::colortype::Gray16>(
+        &tif,
+        &planes(&d, (0..3).flat_map(|t| (0..2).map(move |z| (t, z)))),
+        [8, 8],
+        false,
+        tiff::encoder::Compression::Uncompressed,
+        Some("ImageJ=1.11a\nimages=6\nslices=2\nframes=3\nunit=micron\nspacing=4\nfinterval=2\n"),
+    );
+    run_ok(&tif, &calibrated, &[]);
     let script = r#"
-import sys, h5py, numpy as np, zarr
-h5, store = sys.argv[1], sys.argv[2]
+import sys, json, pathlib, h5py, numpy as np, zarr, jsonschema, referencing
+h5, store, schemas, calibrated = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), sys.argv[4]
+# The OME-NGFF 0.5 image schema (vendored; its $refs resolved from the same directory).
+docs = [json.loads(p.read_text()) for p in schemas.glob("*.schema")]
+registry = referencing.Registry().with_resources(
+    [(d["$id"], referencing.Resource.from_contents(d)) for d in docs])
+image = next(d for d in docs if d["$id"].endswith("/image.schema"))
+validator = jsonschema.Draft202012Validator(image, registry=registry)
+for s in [store, calibrated]:
+    attrs = json.loads(pathlib.Path(s, "zarr.json").read_text())["attributes"]
+    validator.validate(attrs)
+    # The check can fail: an axis whose type is not a string is refused.
+    bad = json.loads(json.dumps(attrs))
+    bad["ome"]["multiscales"][0]["axes"][0]["type"] = 7
+    assert not validator.is_valid(bad)
+axes = zarr.open_group(calibrated, mode="r").attrs["ome"]["multiscales"][0]
+assert [a.get("unit") for a in axes["axes"]] == ["second", "micrometer", "micrometer", "micrometer"], axes
+assert axes["datasets"][0]["coordinateTransformations"][0]["scale"] == [2.0, 4.0, 1.0, 1.0], axes
 g = zarr.open_group(store, mode="r")
 assert g.metadata.zarr_format == 3, g.metadata.zarr_format
 ome = g.attrs["ome"]
@@ -804,6 +834,8 @@ print("ok")
         .args(["-c", script])
         .arg(&h5)
         .arg(&zarr)
+        .arg(crate::support::fixture("ngff-0.5"))
+        .arg(&calibrated)
         .output()
         .unwrap();
     let (out, err) = (

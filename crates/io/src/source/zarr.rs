@@ -575,12 +575,14 @@ impl ZarrInput {
             match store.size_key(&key) {
                 Ok(Some(_)) => {}
                 Ok(None) if self.absent.contains(key.as_str()) => {}
-                Ok(None) => return Err(self.input_err(format!(
+                Ok(None) => {
+                    return Err(self.input_err(format!(
                     "{}, chunk {} ({key}) is missing, needed for timepoint {t}; it was there when \
                          the store was opened (the store changed during the run)",
                     describe_node(&self.array_path),
                     fmt_u64(&idx)
-                ))),
+                )))
+                }
                 Err(e) => {
                     return Err(self.input_err(format!(
                         "{}, chunk {} ({key}) cannot be read at timepoint {t}: {}",
