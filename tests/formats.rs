@@ -1621,3 +1621,84 @@ fn absent_chunks_read_as_the_fill_value_with_a_warning() {
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!bad.exists());
 }
+
+#[test]
+fn tiff_files_written_by_tifffile_read_as_written() {
+    use crate::support::fixture;
+    let (nt, nz, ny, nx) = (3, 4, 6, 5);
+    // tests/fixtures/tiff/make_fixtures.py's formula.
+    let value = |t: usize, c: usize, z: usize, y: usize, x: usize| {
+        (t * 1000 + c * 500 + z * 50 + y * 10 + x) as f32
+    };
+    let check = |src: &gpuprep_io::Source, c: usize, what: &str| {
+        assert_eq!((src.len(), src.shape()), (nt, [nz, ny, nx]), "{what}");
+        for t in 0..nt {
+            let vol = src.read(t).unwrap();
+            let want =
+                ndarray::Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| value(t, c, z, y, x));
+            assert_eq!(vol, want, "{what} timepoint {t}");
+        }
+    };
+    let open = |path: &str, channel: usize| {
+        gpuprep_io::Source::open_opts(
+            &[fixture(path).display().to_string()],
+            "default",
+            gpuprep_io::source::OpenOptions {
+                channel,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    for c in 0..2 {
+        let ome = open("tiff/tifffile_ome.ome.tif", c);
+        check(&ome, c, "OME-TIFF");
+        assert_eq!(
+            ome.voxel_size().unwrap(),
+            [
+                (3.0, Some("second".to_string())),
+                (2.0, Some("micrometer".to_string())),
+                (0.5, Some("micrometer".to_string())),
+                (0.5, Some("micrometer".to_string())),
+            ]
+        );
+        let ij = open("tiff/tifffile_imagej.tif", c);
+        check(&ij, c, "ImageJ");
+        assert_eq!(ij.dtype(), Dtype::F32);
+        assert_eq!(
+            ij.voxel_size().unwrap().map(|(s, _)| s),
+            [0.25, 2.0, 0.5, 0.5]
+        );
+    }
+    let series = open("tiff/tifffile_series", 0);
+    check(&series, 0, "series");
+    assert!(series.voxel_size().is_none());
+    // tifffile's JSON shape: 4-D without names as (t, z, y, x); named axes in any order.
+    check(&open("tiff/tifffile_tzyx.tif", 0), 0, "tifffile 4-D");
+    check(&open("tiff/tifffile_ctzyx.tif", 1), 1, "tifffile CTZYX");
+    let (code, out, err) = gpuprep_output(&[
+        "info".to_string(),
+        fixture("tiff/tifffile_ctzyx.tif").display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("24 pages of (y, x) = (6, 5) uint16, no compression, axes t 3, c 2, z 4 (tifffile shape)")
+            && out.contains("(TIFF, tifffile shape), channel 0 of 2; axes tzyx: 3 volumes"),
+        "{out}"
+    );
+    let e = gpuprep_io::Source::open_opts(
+        &[fixture("tiff/tifffile_ome.ome.tif").display().to_string()],
+        "default",
+        gpuprep_io::source::OpenOptions {
+            channel: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tifffile_ome.ome.tif")
+            && e.contains("--channel 2 is out of range: it has 2 channels"),
+        "{e}"
+    );
+}

@@ -28,6 +28,8 @@ type Dec = Decoder<BufReader<File>>;
 enum Origin {
     ImageJ,
     Ome,
+    /// tifffile's own JSON description (`{"shape": [...], "axes": "TZYX"}`).
+    Tifffile,
     /// No usable metadata: all pages along one axis, by `--axes` or the input rule.
     Plain,
 }
@@ -369,6 +371,78 @@ fn ome_meta(desc: &str) -> std::result::Result<Meta, String> {
     })
 }
 
+/// tifffile's JSON description of the array it wrote: the leading axes of `shape` (before the pages'
+/// y and x) split the pages, row-major, named by `axes` where it has them (T, C, Z; others only of length
+/// 1), else a single leading axis says nothing (the plain-stack rule applies) and two are (t, z), as
+/// numpy's (t, z, y, x). A description that is not such JSON, or whose shape ends in other than the
+/// page size (samples per pixel), is no metadata.
+fn tifffile_meta(
+    desc: &str,
+    page: [usize; 2],
+    pages: usize,
+) -> std::result::Result<Option<Meta>, String> {
+    let Ok(v) = serde_json::from_str::<serde_json::Value>(desc) else {
+        return Ok(None);
+    };
+    let Some(shape) = v.get("shape").and_then(|s| s.as_array()).and_then(|a| {
+        a.iter()
+            .map(|n| n.as_u64().map(|n| n as usize))
+            .collect::<Option<Vec<_>>>()
+    }) else {
+        return Ok(None);
+    };
+    let n = shape.len();
+    if n < 3 || shape[n - 2..] != page || shape[..n - 2].iter().product::<usize>() != pages {
+        return Ok(None);
+    }
+    let lead = &shape[..n - 2];
+    let names: Vec<char> = match v.get("axes").and_then(|a| a.as_str()) {
+        Some(a) if a.chars().count() == n => a.chars().take(n - 2).collect(),
+        Some(a) => {
+            return Err(format!(
+                "its tifffile description has axes \"{a}\" for a shape of {n} axes"
+            ))
+        }
+        None if lead.len() == 1 => return Ok(None),
+        None if lead.len() == 2 => vec!['T', 'Z'],
+        None => {
+            return Err(format!(
+                "its tifffile description has shape {} without axis names, so its pages cannot be \
+                 split into t, c and z; write it with ImageJ or OME metadata",
+                fmt_shape(&shape)
+            ))
+        }
+    };
+    let (mut sizes, mut strides) = ([1; 3], [0; 3]);
+    // An axis not named keeps stride 0: its only index is 0.
+    let mut step = 1;
+    for (&ch, &len) in names.iter().zip(lead).rev() {
+        let i = match ch.to_ascii_uppercase() {
+            'T' => 0,
+            'C' => 1,
+            'Z' => 2,
+            _ if len == 1 => continue,
+            other => {
+                return Err(format!(
+                    "its tifffile description has axis '{other}' of length {len}; gpuprep reads t, c and z"
+                ))
+            }
+        };
+        if sizes[i] != 1 || strides[i] != 0 {
+            return Err(format!("its tifffile description names axis '{ch}' twice"));
+        }
+        sizes[i] = len;
+        strides[i] = step;
+        step *= len;
+    }
+    Ok(Some(Meta {
+        origin: Origin::Tifffile,
+        sizes,
+        strides,
+        voxel: None,
+    }))
+}
+
 /// Opens `path` and walks every page, checking each against the first; then reads the layout.
 fn probe(path: &Path, requested: Option<Axes>) -> Result<Probe> {
     let err = |m: String| input_err(path, m);
@@ -449,16 +523,17 @@ fn probe(path: &Path, requested: Option<Axes>) -> Result<Probe> {
         Some(d) if d.trim_start().starts_with("<?xml") || d.trim_start().starts_with("<OME") => {
             Some(ome_meta(d).map_err(err)?)
         }
+        Some(d) if d.starts_with('{') => tifffile_meta(d, page, pages).map_err(err)?,
         _ => None,
     };
     let (origin, sizes, strides, voxel) = match meta {
         Some(m) => {
             let want: usize = m.sizes.iter().product();
             if want != pages {
-                let what = if m.origin == Origin::Ome {
-                    "OME-XML (SizeT × SizeC × SizeZ)"
-                } else {
-                    "ImageJ metadata (frames × channels × slices)"
+                let what = match m.origin {
+                    Origin::Ome => "OME-XML (SizeT × SizeC × SizeZ)",
+                    Origin::ImageJ => "ImageJ metadata (frames × channels × slices)",
+                    _ => "tifffile shape (t × c × z)",
                 };
                 return Err(err(format!(
                     "its {what} describes {} = {want} pages but the file has {pages}; OME-TIFF series \
@@ -518,6 +593,7 @@ impl Probe {
         let from = match self.origin {
             Origin::ImageJ => "ImageJ hyperstack",
             Origin::Ome => "OME-XML",
+            Origin::Tifffile => "tifffile shape",
             Origin::Plain => "no axes metadata",
         };
         format!("t {t}, c {c}, z {z} ({from})")
@@ -696,6 +772,7 @@ impl TiffInput {
         match p.origin {
             Origin::ImageJ => format!("{base}, ImageJ hyperstack"),
             Origin::Ome => format!("OME-{base}"),
+            Origin::Tifffile => format!("{base}, tifffile shape"),
             Origin::Plain => base.to_string(),
         }
     }
@@ -863,6 +940,38 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.contains("images=5"), "{e}");
+    }
+
+    #[test]
+    fn tifffile_shapes_split_pages_row_major() {
+        let m = tifffile_meta(r#"{"shape": [2, 3, 4, 6, 5], "axes": "CTZYX"}"#, [6, 5], 24)
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.sizes, m.strides), ([3, 2, 4], [4, 12, 1]));
+        let m = tifffile_meta(r#"{"shape": [3, 4, 6, 5]}"#, [6, 5], 12)
+            .unwrap()
+            .unwrap();
+        assert_eq!((m.sizes, m.strides), ([3, 1, 4], [4, 0, 1]));
+        // One leading axis, samples per pixel, another page count, not JSON: no metadata.
+        for (d, pages) in [
+            (r#"{"shape": [4, 6, 5]}"#, 4),
+            (r#"{"shape": [4, 6, 5, 3]}"#, 4),
+            (r#"{"shape": [3, 4, 6, 5]}"#, 11),
+            ("{not json", 4),
+        ] {
+            assert!(tifffile_meta(d, [6, 5], pages).unwrap().is_none(), "{d}");
+        }
+        for (d, want) in [
+            (r#"{"shape": [2, 3, 4, 6, 5]}"#, "without axis names"),
+            (
+                r#"{"shape": [2, 12, 6, 5], "axes": "QZYX"}"#,
+                "axis 'Q' of length 2",
+            ),
+            (r#"{"shape": [2, 12, 6, 5], "axes": "ZZYX"}"#, "twice"),
+        ] {
+            let e = tifffile_meta(d, [6, 5], 24).err().unwrap();
+            assert!(e.contains(want), "{d}: {e}");
+        }
     }
 
     #[test]
