@@ -1356,6 +1356,35 @@ fn hostile_tiff_inputs_give_one_clear_line_and_leave_nothing() {
         vec![],
         vec![f.display().to_string(), "page 3".into(), "truncated".into()],
     ));
+    // A page whose data lies past the end of the file (its directory intact): tifffile's 4-D fixture
+    // with the last page's strip offset moved 1 MiB on.
+    let past = tmp.path().join("past_end.tif");
+    let mut bytes = std::fs::read(crate::support::fixture("tiff/tifffile_tzyx.tif")).unwrap();
+    let offset = {
+        let mut dec = tiff::decoder::Decoder::new(std::io::Cursor::new(&bytes)).unwrap();
+        dec.seek_to_image(11).unwrap();
+        dec.get_tag_u32(tiff::tags::Tag::StripOffsets).unwrap()
+    };
+    // The directory comes after the data, so the offset's bytes past the data are the tag's.
+    let at = (offset as usize + 60)
+        + bytes[offset as usize + 60..]
+            .windows(4)
+            .position(|w| w == offset.to_le_bytes())
+            .unwrap();
+    bytes[at..at + 4].copy_from_slice(&(offset + (1 << 20)).to_le_bytes());
+    std::fs::write(&past, &bytes).unwrap();
+    cases.push((
+        past.clone(),
+        vec![],
+        vec![
+            past.display().to_string(),
+            format!(
+                "page 11: its data ends at byte {} but the file is {} bytes: truncated?",
+                offset + (1 << 20) + 60,
+                bytes.len()
+            ),
+        ],
+    ));
     // A file of another type among the series.
     let d = series_dir("wrong_type");
     write_tiff::<Gray8>(
@@ -1496,6 +1525,26 @@ fn hostile_tiff_inputs_give_one_clear_line_and_leave_nothing() {
             entries(&out_dir)
         );
     }
+    // A file replaced during the run by one of another page size: the read names the file and page.
+    let d = series_dir("replaced");
+    let src = gpuprep_io::Source::open(&[d.display().to_string()], "default").unwrap();
+    write_tiff::<Gray16>(
+        &d.join("t1.tif"),
+        &vec![vec![0u16; ny * 9]; 4],
+        [ny, 9],
+        false,
+        C::Uncompressed,
+        None,
+    );
+    src.read(0).unwrap();
+    let e = src.read(1).unwrap_err().to_string();
+    assert!(
+        e.contains("t1.tif")
+            && e.contains(
+                "page 0 (timepoint 1, z 0): it is now (8, 9) uint16 where (8, 8) uint16 was opened"
+            ),
+        "{e}"
+    );
 }
 
 #[test]

@@ -703,7 +703,10 @@ impl Source {
     pub fn timepoint(&self, t: usize) -> String {
         let i = self.file_index(t);
         match t - self.starts[i] {
-            local if local != t => format!("timepoint {t} (frame {local} of this file)"),
+            // A file of one timepoint has no frames to tell apart.
+            local if local != t && self.lens[i] > 1 => {
+                format!("timepoint {t} (frame {local} of this file)")
+            }
             _ => format!("timepoint {t}"),
         }
     }
