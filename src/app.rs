@@ -1,8 +1,7 @@
 //! The commands behind the CLI: each turns validated flags into work and a printed summary.
 
 use crate::cli::{
-    parse_shape4, upsample, BackendChoice, Command, DemoArgs, EngineArgs, InfoArgs, RunArgs,
-    SynthArgs,
+    parse_shape4, BackendChoice, Command, DemoArgs, EngineArgs, InfoArgs, RunArgs, SynthArgs,
 };
 use gpuprep_core::backend::Backend;
 use gpuprep_core::{Error, Result};
@@ -275,12 +274,17 @@ fn synth_cmd(a: SynthArgs) -> anyhow::Result<()> {
 fn info(a: InfoArgs) -> anyhow::Result<()> {
     if !a.inputs.is_empty() {
         let inputs = gpuprep_io::source::utf8_inputs(&a.inputs)?;
-        for line in gpuprep_io::source::describe(&inputs, &a.dataset)? {
+        let opts = gpuprep_io::source::OpenOptions {
+            axes: a.axes,
+            format: a.format,
+            channel: a.channel,
+        };
+        for line in gpuprep_io::source::describe_with(&inputs, &a.dataset, opts)? {
             say!("{line}")?;
         }
         say!(
             "{}",
-            gpuprep_io::source::describe_set(&inputs, &a.dataset, a.axes)
+            gpuprep_io::source::describe_set(&inputs, &a.dataset, opts)
         )?;
         say!("")?;
     }
@@ -298,7 +302,8 @@ fn info(a: InfoArgs) -> anyhow::Result<()> {
 
 fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let shape = parse_shape4("--shape", &a.shape)?;
-    let u = upsample("--upsample-factor", a.upsample_factor)?;
+    let u = gpuprep_pipeline::options::upsample_factor(a.upsample_factor)
+        .map_err(crate::cli::under_its_flag)?;
     let dir = tempfile::Builder::new()
         .prefix("gpuprep-demo-")
         .tempdir()

@@ -2,15 +2,14 @@
 
 use clap::builder::{PossibleValuesParser, TypedValueParser};
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use gpuprep_core::params::{
-    BoundaryMode, ConstantVoxels, MedianParams, Normalization, RegisterParams, ShiftParams,
-    ZscoreParams,
-};
+use gpuprep_core::params::{BoundaryMode, ConstantVoxels, Normalization};
 use gpuprep_core::{Error, Result};
 use gpuprep_gpu::Api;
+use gpuprep_io::source::Format;
 use gpuprep_io::{Compression, Dtype};
-use gpuprep_pipeline::driver::{NonFinite, ReferenceSpec, RunConfig};
+use gpuprep_pipeline::driver::{NonFinite, RunConfig};
 use gpuprep_pipeline::synth::SynthMode;
+use gpuprep_pipeline::RunOptions;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -78,10 +77,16 @@ pub struct EngineArgs {
 
 #[derive(Args, Debug)]
 pub struct RunArgs {
-    /// Inputs: a directory of .h5 files, glob patterns, files (one 3-D volume each), or one file with a
-    /// 4-D (t, z, y, x) dataset or a 3-D (t, y, x) movie.
+    /// Inputs: a directory of .h5 (or .tif) files, glob patterns, files (one 3-D volume each), or one file
+    /// with a 4-D (t, z, y, x) dataset or a 3-D (t, y, x) movie; a Zarr store; a multi-page TIFF stack.
     #[arg(required = true)]
     pub inputs: Vec<PathBuf>,
+    /// Input format: hdf5, zarr or tiff (default: detected from the paths).
+    #[arg(long, value_parser = choice(&Format::ALL, Format::name))]
+    pub format: Option<Format>,
+    /// The channel read from an input with several (a 5-D OME-Zarr image, a multi-channel TIFF).
+    #[arg(long, default_value_t = 0)]
+    pub channel: usize,
     /// What each input dataset holds: tzyx (4-D), tyx (a movie: T frames, each a volume of z = 1; several
     /// files are concatenated in time) or zyx (one volume per file). Default: tzyx for a 4-D dataset, tyx
     /// for a 3-D dataset in a single file given by name, zyx for several files, a directory or a glob.
@@ -154,7 +159,8 @@ pub struct RunArgs {
     #[arg(long, default_value = "error", value_parser = choice(&NonFinite::ALL, NonFinite::name))]
     pub nonfinite: NonFinite,
 
-    /// Chunk compression of the output: none, or zstd (Zarr outputs, .zarr/.ome.zarr, only).
+    /// Chunk compression of the output: none, zstd or blosc-lz4 (the last two for Zarr outputs,
+    /// .zarr/.ome.zarr, only).
     #[arg(long, default_value = "none", value_parser = choice(&Compression::ALL, Compression::name))]
     pub compression: Compression,
 
@@ -210,6 +216,12 @@ pub struct InfoArgs {
     pub axes: Option<gpuprep_io::Axes>,
     #[arg(long, default_value = "default")]
     pub dataset: String,
+    /// Input format, as for `run --format`.
+    #[arg(long, value_parser = choice(&Format::ALL, Format::name))]
+    pub format: Option<Format>,
+    /// The channel read, as for `run --channel`.
+    #[arg(long, default_value_t = 0)]
+    pub channel: usize,
 }
 
 #[derive(Args, Debug)]
@@ -258,7 +270,9 @@ const PARAMETER_FLAGS: &[(&str, &str)] = &[
     ("spline order", "--order"),
     ("reference", "--reference"),
     ("reference range", "--reference-mean"),
+    ("saved stages", "--save"),
     ("axes", "--axes"),
+    ("format", "--format"),
     ("dtype", "--dtype"),
     ("shape", "--shape"),
     ("max shift", "--max-shift"),
@@ -267,8 +281,7 @@ const PARAMETER_FLAGS: &[(&str, &str)] = &[
 ];
 
 /// A library error naming a parameter, restated under the flag that supplies it; other errors as
-/// they are. (`to_config` restates the errors of values it validates itself with `under_flag`, which
-/// knows the flag where one parameter has two, e.g. a boundary mode.)
+/// they are.
 pub fn under_its_flag(e: Error) -> Error {
     match e {
         Error::InvalidParameter { name, message } => {
@@ -282,117 +295,55 @@ pub fn under_its_flag(e: Error) -> Error {
     }
 }
 
-/// A parameter error from `params`, restated under the flag that supplied the value.
-fn under_flag<T>(flag: &str, r: Result<T>) -> Result<T> {
-    r.map_err(|e| match e {
-        Error::InvalidParameter { message, .. } => Error::InvalidParameter {
-            name: flag.into(),
-            message,
-        },
-        e => e,
-    })
-}
-
-pub fn upsample(flag: &str, u: i64) -> Result<u32> {
-    if !(1..=1000).contains(&u) {
-        return Err(Error::InvalidParameter {
-            name: flag.into(),
-            message: format!("got {u}; expected an integer from 1 to 1000"),
-        });
-    }
-    Ok(u as u32)
-}
-
 impl RunArgs {
-    /// Every flag checked and converted before a byte is read.
+    /// Every flag checked and converted before a byte is read: the text flags parsed here, the rest
+    /// validated by the library (`RunOptions::into_config`, shared with the Python package), its errors
+    /// restated under their flags.
     pub fn to_config(&self) -> Result<RunConfig> {
         let size = parse_list("--median-size", &self.median_size, 3)?;
-        let median = if self.no_median {
-            None
-        } else {
-            Some(under_flag(
-                "--median-size",
-                MedianParams::new(
-                    [size[0], size[1], size[2]],
-                    self.median_mode,
-                    self.median_cval,
-                ),
-            )?)
-        };
-        let register = if self.no_register {
-            None
-        } else {
-            let upsample_factor = upsample("--upsample-factor", self.upsample_factor)?;
-            Some(under_flag(
-                "--upsample-factor",
-                RegisterParams::new(upsample_factor, self.normalization),
-            )?)
-        };
-        let reference = match &self.reference_mean {
-            None => ReferenceSpec::Index(self.reference),
+        let reference_mean = match &self.reference_mean {
+            None => None,
             Some(r) => {
                 let bad = || Error::InvalidParameter {
                     name: "--reference-mean".into(),
                     message: format!("got {r:?}; expected START:END with START < END"),
                 };
                 let (a, b) = r.split_once(':').ok_or_else(bad)?;
-                let (start, end) = (
+                Some((
                     a.trim().parse().map_err(|_| bad())?,
                     b.trim().parse().map_err(|_| bad())?,
-                );
-                if start >= end {
-                    return Err(bad());
-                }
-                ReferenceSpec::Mean { start, end }
+                ))
             }
         };
-        let shift = under_flag(
-            "--order",
-            ShiftParams::new(self.order, self.shift_mode, self.shift_cval),
-        )?;
-        let zscore = (!self.no_zscore).then_some(ZscoreParams {
-            ddof: self.ddof,
-            constant: self.constant_voxels,
-        });
-        let mut save_filtered = false;
-        let mut save_registered = false;
-        for s in &self.save {
-            match s.trim() {
-                "filtered" => save_filtered = true,
-                "registered" => save_registered = true,
-                "" => {}
-                other => {
-                    return Err(Error::InvalidParameter {
-                        name: "--save".into(),
-                        message: format!(
-                            "unknown stage {other:?}; expected filtered and/or registered"
-                        ),
-                    })
-                }
-            }
-        }
-        if save_filtered && median.is_none() {
-            return Err(Error::InvalidParameter {
-                name: "--save".into(),
-                message: "filtered was asked for but --no-median is set".into(),
-            });
-        }
-        Ok(RunConfig {
+        RunOptions {
             inputs: gpuprep_io::source::utf8_inputs(&self.inputs)?,
-            dataset: self.dataset.clone(),
             output: self.output.clone(),
-            force: self.force,
-            median,
-            register,
-            register_on_raw: self.register_raw,
-            reference,
-            shift,
-            zscore,
-            save_filtered,
-            save_registered,
-            nonfinite: self.nonfinite,
+            dataset: self.dataset.clone(),
             axes: self.axes,
+            format: self.format,
+            channel: self.channel,
+            force: self.force,
+            no_median: self.no_median,
+            median_size: [size[0], size[1], size[2]],
+            median_mode: self.median_mode,
+            median_cval: self.median_cval,
+            no_register: self.no_register,
+            upsample_factor: self.upsample_factor,
+            normalization: self.normalization,
+            reference: self.reference,
+            reference_mean,
+            register_raw: self.register_raw,
+            order: self.order,
+            shift_mode: self.shift_mode,
+            shift_cval: self.shift_cval,
+            no_zscore: self.no_zscore,
+            ddof: self.ddof,
+            constant_voxels: self.constant_voxels,
+            nonfinite: self.nonfinite,
             compression: self.compression,
-        })
+            save: self.save.clone(),
+        }
+        .into_config()
+        .map_err(under_its_flag)
     }
 }

@@ -485,7 +485,7 @@ fn hostile_zarr_inputs_give_one_clear_line_and_leave_nothing() {
     let out = out_dir.join("result.ome.zarr");
     let mut cases: Vec<(PathBuf, Vec<String>)> = Vec::new();
 
-    // A chunk missing at the last timepoint: the run fails after writing the first volumes.
+    // The only chunk of the last timepoint missing: a store cut short, refused before any work.
     let p = make("missing.zarr");
     std::fs::remove_file(p.join("3.0.0.0")).unwrap();
     cases.push((
@@ -752,12 +752,12 @@ fn python_with_zarr() -> Option<String> {
     let out = std::process::Command::new(&py)
         .args([
             "-c",
-            "import zarr, h5py, numpy; assert int(zarr.__version__.split('.')[0]) >= 3",
+            "import zarr, h5py, numpy, jsonschema; assert int(zarr.__version__.split('.')[0]) >= 3",
         ])
         .output();
     let ok = out.as_ref().is_ok_and(|o| o.status.success());
     if !ok && named.is_some() {
-        panic!("GPUPREP_PYTHON={py} has no zarr>=3, h5py and numpy: {out:?}");
+        panic!("GPUPREP_PYTHON={py} has no zarr>=3, h5py, numpy and jsonschema: {out:?}");
     }
     ok.then_some(py)
 }
@@ -770,7 +770,8 @@ fn zarr_python_reads_the_ome_zarr_output_with_the_same_values() {
         let _ = writeln!(
             std::io::stderr(),
             "SKIPPED formats::zarr_python_reads_the_ome_zarr_output_with_the_same_values: no Python with \
-             zarr>=3, h5py and numpy (set GPUPREP_PYTHON, or pip install zarr h5py numpy)"
+             zarr>=3, h5py, numpy and jsonschema (set GPUPREP_PYTHON, or pip install zarr h5py numpy \
+             jsonschema)"
         );
         return;
     };
@@ -780,9 +781,38 @@ fn zarr_python_reads_the_ome_zarr_output_with_the_same_values() {
     let (h5, zarr) = (tmp.path().join("out.h5"), tmp.path().join("out.ome.zarr"));
     run_ok(&input, &h5, &["--dataset", "data"]);
     run_ok(&input, &zarr, &["--dataset", "data"]);
+    // An output with units and a scale: from an ImageJ hyperstack with a calibration.
+    let calibrated = tmp.path().join("calibrated.ome.zarr");
+    let tif = tmp.path().join("in.tif");
+    let d = series(4, [3, 2, 8, 8]);
+    write_tiff::<tiff::encoder::colortype::Gray16>(
+        &tif,
+        &planes(&d, (0..3).flat_map(|t| (0..2).map(move |z| (t, z)))),
+        [8, 8],
+        false,
+        tiff::encoder::Compression::Uncompressed,
+        Some("ImageJ=1.11a\nimages=6\nslices=2\nframes=3\nunit=micron\nspacing=4\nfinterval=2\n"),
+    );
+    run_ok(&tif, &calibrated, &[]);
     let script = r#"
-import sys, h5py, numpy as np, zarr
-h5, store = sys.argv[1], sys.argv[2]
+import sys, json, pathlib, h5py, numpy as np, zarr, jsonschema, referencing
+h5, store, schemas, calibrated = sys.argv[1], sys.argv[2], pathlib.Path(sys.argv[3]), sys.argv[4]
+# The OME-NGFF 0.5 image schema (vendored; its $refs resolved from the same directory).
+docs = [json.loads(p.read_text()) for p in schemas.glob("*.schema")]
+registry = referencing.Registry().with_resources(
+    [(d["$id"], referencing.Resource.from_contents(d)) for d in docs])
+image = next(d for d in docs if d["$id"].endswith("/image.schema"))
+validator = jsonschema.Draft202012Validator(image, registry=registry)
+for s in [store, calibrated]:
+    attrs = json.loads(pathlib.Path(s, "zarr.json").read_text())["attributes"]
+    validator.validate(attrs)
+    # The check can fail: an axis whose type is not a string is refused.
+    bad = json.loads(json.dumps(attrs))
+    bad["ome"]["multiscales"][0]["axes"][0]["type"] = 7
+    assert not validator.is_valid(bad)
+axes = zarr.open_group(calibrated, mode="r").attrs["ome"]["multiscales"][0]
+assert [a.get("unit") for a in axes["axes"]] == ["second", "micrometer", "micrometer", "micrometer"], axes
+assert axes["datasets"][0]["coordinateTransformations"][0]["scale"] == [2.0, 4.0, 1.0, 1.0], axes
 g = zarr.open_group(store, mode="r")
 assert g.metadata.zarr_format == 3, g.metadata.zarr_format
 ome = g.attrs["ome"]
@@ -804,6 +834,8 @@ print("ok")
         .args(["-c", script])
         .arg(&h5)
         .arg(&zarr)
+        .arg(crate::support::fixture("ngff-0.5"))
+        .arg(&calibrated)
         .output()
         .unwrap();
     let (out, err) = (
@@ -825,7 +857,7 @@ fn zstd_compression_is_for_zarr_outputs_and_reads_back_the_same() {
         .parse::<Compression>()
         .unwrap_err()
         .to_string()
-        .contains("none or zstd"));
+        .contains("none, zstd or blosc-lz4"));
     let e = Sink::create_with(
         &tmp.path().join("o.h5"),
         false,
@@ -882,45 +914,84 @@ fn the_compression_flag_compresses_zarr_outputs_and_refuses_hdf5() {
     let tmp = tempfile::tempdir().unwrap();
     let input = tmp.path().join("in.h5");
     write_h5(&input, &series(fresh_seed(), [4, 5, 12, 10]));
-    let (plain, zstd) = (
-        tmp.path().join("plain.ome.zarr"),
-        tmp.path().join("zstd.ome.zarr"),
-    );
+    let plain = tmp.path().join("plain.ome.zarr");
     run_ok(&input, &plain, &["--dataset", "data", "--save", "filtered"]);
-    run_ok(
-        &input,
-        &zstd,
-        &[
-            "--dataset",
-            "data",
-            "--save",
-            "filtered",
-            "--compression",
-            "zstd",
-        ],
-    );
-    for key in ["0", "filtered"] {
-        let meta: Value = serde_json::from_str(
-            &std::fs::read_to_string(zstd.join(key).join("zarr.json")).unwrap(),
-        )
-        .unwrap();
-        assert!(
-            meta["codecs"].to_string().contains("zstd"),
-            "{key}: {}",
-            meta["codecs"]
+    for (codec, name) in [("zstd", "zstd"), ("blosc-lz4", "blosc")] {
+        let out = tmp.path().join(format!("{codec}.ome.zarr"));
+        run_ok(
+            &input,
+            &out,
+            &[
+                "--dataset",
+                "data",
+                "--save",
+                "filtered",
+                "--compression",
+                codec,
+            ],
         );
-        same_f32(
-            &zarr_read::<f32>(&plain, key),
-            &zarr_read::<f32>(&zstd, key),
-            key,
-        );
+        for key in ["0", "filtered", "shifts"] {
+            let meta: Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join(key).join("zarr.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(meta["codecs"][1]["name"], name, "{key}: {}", meta["codecs"]);
+            if codec == "blosc-lz4" {
+                let c = &meta["codecs"][1]["configuration"];
+                assert_eq!(
+                    (&c["cname"], &c["shuffle"]),
+                    (&json!("lz4"), &json!("shuffle"))
+                );
+                let typesize = if key == "shifts" { 8 } else { 4 };
+                assert_eq!(c["typesize"], typesize, "{key}");
+            }
+        }
+        for key in ["0", "filtered"] {
+            same_f32(
+                &zarr_read::<f32>(&plain, key),
+                &zarr_read::<f32>(&out, key),
+                key,
+            );
+        }
+        assert_eq!(zarr_attrs(&out)["compression"], codec);
     }
-    assert_eq!(zarr_attrs(&zstd)["compression"], "zstd");
     assert_eq!(zarr_attrs(&plain)["compression"], "none");
+    // zarr-python decodes the blosc-lz4 chunks to the same bytes as the uncompressed store's.
+    if let Some(py) = python_with_zarr() {
+        let script = r#"
+import sys, zarr
+a, b = zarr.open_group(sys.argv[1], mode="r"), zarr.open_group(sys.argv[2], mode="r")
+for k in ["0", "filtered", "shifts", "mean"]:
+    assert "Blosc" in repr(b[k].compressors), (k, b[k].compressors)
+    assert a[k][...].tobytes() == b[k][...].tobytes(), k
+print("ok")
+"#;
+        let o = std::process::Command::new(&py)
+            .args(["-c", script])
+            .arg(&plain)
+            .arg(tmp.path().join("blosc-lz4.ome.zarr"))
+            .output()
+            .unwrap();
+        let (out, err) = (
+            String::from_utf8_lossy(&o.stdout),
+            String::from_utf8_lossy(&o.stderr),
+        );
+        assert!(o.status.success() && out.trim() == "ok", "{out}\n{err}");
+    }
     // HDF5 has no built-in zstd filter: refused before any data is read, nothing left behind.
     let h5 = tmp.path().join("out.h5");
     let (code, err) = run_err(&input, &h5, &["--dataset", "data", "--compression", "zstd"]);
     assert_eq!(code, 2, "{err}");
+    let (code2, err2) = run_err(
+        &input,
+        &h5,
+        &["--dataset", "data", "--compression", "blosc-lz4"],
+    );
+    assert_eq!(code2, 2, "{err2}");
+    assert!(
+        err2.contains("blosc-lz4 compression is available for Zarr outputs"),
+        "{err2}"
+    );
     assert!(
         err.contains("out.h5") && err.contains("Zarr outputs"),
         "{err}"
@@ -930,4 +1001,753 @@ fn the_compression_flag_compresses_zarr_outputs_and_refuses_hdf5() {
     let (code, err) = run_err(&input, &h5, &["--compression", "lz4"]);
     assert_eq!(code, 2, "{err}");
     assert!(err.contains("--compression"), "{err}");
+}
+
+/// Writes `pages` (each a (y, x) plane of `w` × `h` values) as one TIFF (BigTIFF with `big`), the
+/// ImageDescription `desc` on the first page, every page with `compression`.
+fn write_tiff<C: tiff::encoder::colortype::ColorType>(
+    path: &Path,
+    pages: &[Vec<C::Inner>],
+    [h, w]: [usize; 2],
+    big: bool,
+    compression: tiff::encoder::Compression,
+    desc: Option<&str>,
+) where
+    [C::Inner]: tiff::encoder::TiffValue,
+{
+    fn pages_into<K: tiff::encoder::TiffKind, C: tiff::encoder::colortype::ColorType>(
+        mut enc: tiff::encoder::TiffEncoder<std::fs::File, K>,
+        pages: &[Vec<C::Inner>],
+        [h, w]: [usize; 2],
+        desc: Option<&str>,
+    ) where
+        [C::Inner]: tiff::encoder::TiffValue,
+    {
+        for (i, p) in pages.iter().enumerate() {
+            let mut img = enc.new_image::<C>(w as u32, h as u32).unwrap();
+            if let (0, Some(d)) = (i, desc) {
+                let tag = tiff::tags::Tag::ImageDescription;
+                // The encoder takes ASCII text only; UTF-8 ("µm" in OME-XML) goes in as bytes.
+                if d.is_ascii() {
+                    img.encoder().write_tag(tag, d).unwrap();
+                } else {
+                    img.encoder().write_tag(tag, d.as_bytes()).unwrap();
+                }
+            }
+            img.write_data(p).unwrap();
+        }
+    }
+    let file = std::fs::File::create(path).unwrap();
+    if big {
+        let enc = tiff::encoder::TiffEncoder::new_big(file)
+            .unwrap()
+            .with_compression(compression);
+        pages_into::<_, C>(enc, pages, [h, w], desc);
+    } else {
+        let enc = tiff::encoder::TiffEncoder::new(file)
+            .unwrap()
+            .with_compression(compression);
+        pages_into::<_, C>(enc, pages, [h, w], desc);
+    }
+}
+
+/// The (y, x) planes of `data` at the (t, z) pairs `order` lists, as TIFF pages.
+fn planes(data: &Array4<u16>, order: impl IntoIterator<Item = (usize, usize)>) -> Vec<Vec<u16>> {
+    order
+        .into_iter()
+        .map(|(t, z)| data.slice(s![t, z, .., ..]).iter().copied().collect())
+        .collect()
+}
+
+fn deflate() -> tiff::encoder::Compression {
+    tiff::encoder::Compression::Deflate(tiff::encoder::DeflateLevel::Balanced)
+}
+
+#[test]
+fn tiff_inputs_give_the_result_of_the_same_data_in_hdf5_and_zarr() {
+    use tiff::encoder::colortype::Gray16;
+    use tiff::encoder::Compression as C;
+    let seed = fresh_seed();
+    let tmp = tempfile::tempdir().unwrap();
+    let (nt, nz, ny, nx) = (7, 5, 16, 20);
+    let data = series(seed, [nt, nz, ny, nx]);
+    let h5_in = tmp.path().join("in.h5");
+    write_h5(&h5_in, &data);
+    let reference = tmp.path().join("ref.h5");
+    run_ok(&h5_in, &reference, &["--dataset", "data"]);
+
+    // Zarr v3 of the same data.
+    let v3 = tmp.path().join("v3.zarr");
+    write_zarr_v3(&v3, &data);
+    // One 3-D stack per timepoint, numbered so that natural order (vol_3 before vol_12) is not the
+    // byte order; every compression the pages come in.
+    let per_t = tmp.path().join("per_t");
+    std::fs::create_dir(&per_t).unwrap();
+    let codecs = [C::Uncompressed, C::Lzw, deflate(), C::Packbits];
+    for t in 0..nt {
+        write_tiff::<Gray16>(
+            &per_t.join(format!("vol_{}.tif", t * 3)),
+            &planes(&data, (0..nz).map(|z| (t, z))),
+            [ny, nx],
+            t % 2 == 1,
+            codecs[t % codecs.len()],
+            None,
+        );
+    }
+    // One ImageJ hyperstack: 2 channels (the data in channel 1), pages in (t, z, c) order.
+    let imagej = tmp.path().join("hyper.tif");
+    let mut pages = Vec::new();
+    for t in 0..nt {
+        for z in 0..nz {
+            pages.push(vec![9u16; ny * nx]);
+            pages.extend(planes(&data, [(t, z)]));
+        }
+    }
+    write_tiff::<Gray16>(
+        &imagej,
+        &pages,
+        [ny, nx],
+        false,
+        C::Lzw,
+        Some(&format!(
+            "ImageJ=1.11a\nimages={}\nchannels=2\nslices={nz}\nframes={nt}\nhyperstack=true\n\
+             unit=micron\nspacing=2.5\nfinterval=0.5\n",
+            2 * nz * nt
+        )),
+    );
+    // One OME-TIFF (BigTIFF) with t fastest: DimensionOrder XYTZC.
+    let ome = tmp.path().join("stack.ome.tif");
+    let xml = format!(
+        r#"<?xml version="1.0" encoding="UTF-8"?><OME xmlns="http://www.openmicroscopy.org/Schemas/OME/2016-06"><Image ID="Image:0"><Pixels ID="Pixels:0" DimensionOrder="XYTZC" Type="uint16" SizeX="{nx}" SizeY="{ny}" SizeZ="{nz}" SizeC="1" SizeT="{nt}" PhysicalSizeX="0.25" PhysicalSizeY="0.25" PhysicalSizeZ="1.5" PhysicalSizeZUnit="µm"/></Image></OME>"#
+    );
+    write_tiff::<Gray16>(
+        &ome,
+        &planes(&data, (0..nz).flat_map(|z| (0..nt).map(move |t| (t, z)))),
+        [ny, nx],
+        true,
+        deflate(),
+        Some(&xml),
+    );
+
+    let glob = per_t.join("vol_*.tif");
+    let cases: Vec<(&Path, &[&str])> = vec![
+        (&v3, &[]),
+        (&per_t, &[]),
+        (&glob, &[]),
+        (&imagej, &["--channel", "1"]),
+        (&ome, &[]),
+    ];
+    for (i, (input, extra)) in cases.iter().enumerate() {
+        let out = tmp.path().join(format!("out{i}.h5"));
+        run_ok(input, &out, extra);
+        same_f32(
+            &h5_f32(&reference, "data"),
+            &h5_f32(&out, "data"),
+            &format!("{input:?} data"),
+        );
+        same_f64(
+            &h5_f64(&reference, "shifts"),
+            &h5_f64(&out, "shifts"),
+            &format!("{input:?} shifts"),
+        );
+    }
+
+    // The ImageJ calibration and the OME physical sizes reach the output.
+    let voxel = |i: usize| -> (String, String) {
+        let h5 = hdf5::File::open(tmp.path().join(format!("out{i}.h5"))).unwrap();
+        let attr = |n: &str| -> String {
+            let v: hdf5::types::VarLenUnicode = h5.attr(n).unwrap().read_scalar().unwrap();
+            v.to_string()
+        };
+        (attr("voxel_size"), attr("voxel_units"))
+    };
+    assert_eq!(
+        voxel(3),
+        (
+            "0.5,2.5,1,1".to_string(),
+            "second,micrometer,micrometer,micrometer".to_string()
+        )
+    );
+    assert_eq!(voxel(4).0, "1,1.5,0.25,0.25");
+
+    // The library reads every page as written; the memory check counts one decoded page.
+    let src = gpuprep_io::Source::open(&[per_t.display().to_string()], "default").unwrap();
+    assert_eq!(
+        (src.len(), src.shape(), src.dtype(), src.axes()),
+        (nt, [nz, ny, nx], Dtype::U16, gpuprep_io::Axes::Zyx)
+    );
+    assert_eq!(src.read_buffer_bytes(), ny * nx * 2);
+    let names: Vec<String> = src
+        .files()
+        .iter()
+        .map(|f| f.file_name().unwrap().to_string_lossy().into_owned())
+        .collect();
+    assert_eq!(names[..3], ["vol_0.tif", "vol_3.tif", "vol_6.tif"]);
+    assert_eq!(names[6], "vol_18.tif");
+
+    // `info` describes TIFF inputs: kind, pages, page size, type, compression, axes, voxel size.
+    let (code, out, err) = gpuprep_output(&["info".to_string(), imagej.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "TIFF, 70 pages of (y, x) = (16, 20) uint16, LZW, axes t 7, c 2, z 5 (ImageJ hyperstack)",
+        "voxel size t 0.5 second, z 2.5 micrometer, y 1 micrometer, x 1 micrometer",
+        "input: 1 file, hyper.tif (TIFF, ImageJ hyperstack), channel 0 of 2; axes tzyx: 7 volumes",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+    let (code, out, err) = gpuprep_output(&["info".to_string(), per_t.display().to_string()]);
+    assert_eq!(code, 0, "{err}");
+    for want in [
+        "vol_3.tif: BigTIFF, 5 pages of (y, x) = (16, 20) uint16, LZW",
+        "vol_6.tif: TIFF, 5 pages of (y, x) = (16, 20) uint16, deflate",
+        "vol_9.tif: BigTIFF, 5 pages of (y, x) = (16, 20) uint16, PackBits",
+        "input: 7 files, vol_0.tif … vol_18.tif (TIFF); axes zyx: one volume of (z, y, x) = (5, 16, 20) per file",
+    ] {
+        assert!(out.contains(want), "{want:?} not in:\n{out}");
+    }
+}
+
+#[test]
+fn tiff_pages_of_every_dtype_read_as_hdf5_reads_them() {
+    use tiff::encoder::colortype::{Gray16, Gray32Float, Gray64Float, Gray8, GrayI16, GrayI32};
+    use tiff::encoder::Compression as C;
+    let tmp = tempfile::tempdir().unwrap();
+    let edge = [
+        0.0,
+        1.0,
+        -1.0,
+        0.5,
+        255.0,
+        32767.0,
+        -32768.0,
+        65535.0,
+        16777217.0,
+        2147483647.0,
+        -2147483648.0,
+        std::f64::consts::PI,
+        1e-40,
+    ];
+    let (ny, nx) = (3, 5);
+    let values = |page: usize| -> Vec<f64> {
+        (0..ny * nx)
+            .map(|i| edge[(i + page * 7) % edge.len()] * if i > 12 { 0.37 } else { 1.0 })
+            .collect()
+    };
+    macro_rules! case {
+        ($color:ty, $t:ty, $dtype:expr, $conv:expr) => {{
+            let conv = $conv;
+            let pages: Vec<Vec<$t>> = (0..4)
+                .map(|p| values(p).into_iter().map(conv).collect())
+                .collect();
+            let path = tmp.path().join(format!("{}.tif", $dtype));
+            write_tiff::<$color>(&path, &pages, [ny, nx], false, C::Lzw, None);
+            let src = gpuprep_io::Source::open_with(
+                &[path.display().to_string()],
+                "default",
+                Some(gpuprep_io::Axes::Zyx),
+            )
+            .unwrap();
+            assert_eq!(
+                (src.len(), src.shape(), src.dtype()),
+                (1, [4, ny, nx], $dtype)
+            );
+            let vol = src.read(0).unwrap();
+            for (p, page) in pages.iter().enumerate() {
+                let want: Vec<f32> = page.iter().map(|&v| v as f32).collect();
+                let got: Vec<f32> = vol.slice(s![p, .., ..]).iter().copied().collect();
+                assert_eq!(
+                    got.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    want.iter().map(|v| v.to_bits()).collect::<Vec<_>>(),
+                    "{} page {p}",
+                    $dtype
+                );
+            }
+        }};
+    }
+    case!(Gray8, u8, Dtype::U8, |v: f64| v.clamp(0.0, 255.0) as u8);
+    case!(Gray16, u16, Dtype::U16, |v: f64| v.clamp(0.0, 65535.0)
+        as u16);
+    case!(
+        GrayI16,
+        i16,
+        Dtype::I16,
+        |v: f64| v.clamp(-32768.0, 32767.0) as i16
+    );
+    case!(GrayI32, i32, Dtype::I32, |v: f64| v as i32);
+    case!(Gray32Float, f32, Dtype::F32, |v: f64| v as f32);
+    case!(Gray64Float, f64, Dtype::F64, |v: f64| v);
+
+    // A float64 page beyond float32's range is an error naming the file and voxel, as for HDF5.
+    let path = tmp.path().join("huge.tif");
+    let mut page = vec![0.0f64; ny * nx];
+    page[7] = 1e300;
+    write_tiff::<Gray64Float>(&path, &[page], [ny, nx], false, C::Uncompressed, None);
+    let src = gpuprep_io::Source::open(&[path.display().to_string()], "default").unwrap();
+    let e = src.read(0).unwrap_err().to_string();
+    assert!(
+        e.contains("huge.tif") && e.contains("voxel (z, y, x) = (0, 1, 2)") && e.contains("1e300"),
+        "{e}"
+    );
+}
+
+#[test]
+fn hostile_tiff_inputs_give_one_clear_line_and_leave_nothing() {
+    use tiff::encoder::colortype::{Gray16, Gray8, RGB8};
+    use tiff::encoder::Compression as C;
+    let tmp = tempfile::tempdir().unwrap();
+    let (ny, nx) = (8, 8);
+    let data = series(5, [3, 4, ny, nx]);
+    let series_dir = |name: &str| -> PathBuf {
+        let d = tmp.path().join(name);
+        std::fs::create_dir(&d).unwrap();
+        for t in 0..3 {
+            write_tiff::<Gray16>(
+                &d.join(format!("t{t}.tif")),
+                &planes(&data, (0..4).map(|z| (t, z))),
+                [ny, nx],
+                false,
+                C::Lzw,
+                None,
+            );
+        }
+        d
+    };
+    let out_dir = tmp.path().join("out");
+    std::fs::create_dir(&out_dir).unwrap();
+    let out = out_dir.join("result.h5");
+    let mut cases: Vec<(PathBuf, Vec<&str>, Vec<String>)> = Vec::new();
+
+    // A page of another shape: page 2 of t1.tif is 8 × 9.
+    let d = series_dir("other_shape");
+    let mut pages = planes(&data, (0..4).map(|z| (1, z)));
+    {
+        let f = d.join("t1.tif");
+        let file = std::fs::File::create(&f).unwrap();
+        let mut enc = tiff::encoder::TiffEncoder::new(file).unwrap();
+        for (i, p) in pages.iter_mut().enumerate() {
+            if i == 2 {
+                p.extend(vec![0u16; ny]);
+                enc.write_image::<Gray16>(9, ny as u32, p).unwrap();
+            } else {
+                enc.write_image::<Gray16>(nx as u32, ny as u32, p).unwrap();
+            }
+        }
+    }
+    cases.push((
+        d.clone(),
+        vec![],
+        vec![
+            d.join("t1.tif").display().to_string(),
+            "page 2: its (y, x) size is (8, 9) but page 0's is (8, 8)".into(),
+        ],
+    ));
+    // A file cut short: its last page directory is gone.
+    let d = series_dir("truncated");
+    let f = d.join("t2.tif");
+    let len = std::fs::metadata(&f).unwrap().len();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(&f)
+        .unwrap()
+        .set_len(len - 40)
+        .unwrap();
+    cases.push((
+        d.clone(),
+        vec![],
+        vec![f.display().to_string(), "page 3".into(), "truncated".into()],
+    ));
+    // A page whose data lies past the end of the file (its directory intact): tifffile's 4-D fixture
+    // with the last page's strip offset moved 1 MiB on.
+    let past = tmp.path().join("past_end.tif");
+    let mut bytes = std::fs::read(crate::support::fixture("tiff/tifffile_tzyx.tif")).unwrap();
+    let offset = {
+        let mut dec = tiff::decoder::Decoder::new(std::io::Cursor::new(&bytes)).unwrap();
+        dec.seek_to_image(11).unwrap();
+        dec.get_tag_u32(tiff::tags::Tag::StripOffsets).unwrap()
+    };
+    // The directory comes after the data, so the offset's bytes past the data are the tag's.
+    let at = (offset as usize + 60)
+        + bytes[offset as usize + 60..]
+            .windows(4)
+            .position(|w| w == offset.to_le_bytes())
+            .unwrap();
+    bytes[at..at + 4].copy_from_slice(&(offset + (1 << 20)).to_le_bytes());
+    std::fs::write(&past, &bytes).unwrap();
+    cases.push((
+        past.clone(),
+        vec![],
+        vec![
+            past.display().to_string(),
+            format!(
+                "page 11: its data ends at byte {} but the file is {} bytes: truncated?",
+                offset + (1 << 20) + 60,
+                bytes.len()
+            ),
+        ],
+    ));
+    // A file of another type among the series.
+    let d = series_dir("wrong_type");
+    write_tiff::<Gray8>(
+        &d.join("t1.tif"),
+        &vec![vec![1u8; ny * nx]; 4],
+        [ny, nx],
+        false,
+        C::Uncompressed,
+        None,
+    );
+    cases.push((
+        d.clone(),
+        vec![],
+        vec![
+            d.join("t1.tif").display().to_string(),
+            "has pages of type uint8 but".into(),
+            "t0.tif has uint16".into(),
+        ],
+    ));
+    // A named file that does not exist, after one that does.
+    let d = series_dir("missing");
+    cases.push((d.join("t0.tif"), vec![], vec![]));
+    let missing_extra = d.join("t9.tif").display().to_string();
+    // RGB pages.
+    let rgb = tmp.path().join("rgb.tif");
+    write_tiff::<RGB8>(
+        &rgb,
+        &[vec![0u8; ny * nx * 3]],
+        [ny, nx],
+        false,
+        C::Uncompressed,
+        None,
+    );
+    cases.push((
+        rgb.clone(),
+        vec![],
+        vec![
+            rgb.display().to_string(),
+            "RGB".into(),
+            "single-sample".into(),
+        ],
+    ));
+    // ImageJ metadata that promises more pages than the file has.
+    let short = tmp.path().join("short.tif");
+    write_tiff::<Gray16>(
+        &short,
+        &planes(&data, (0..4).map(|z| (0, z))),
+        [ny, nx],
+        false,
+        C::Uncompressed,
+        Some("ImageJ=1.11a\nimages=8\nslices=4\nframes=2\n"),
+    );
+    cases.push((
+        short.clone(),
+        vec![],
+        vec![
+            short.display().to_string(),
+            "describes 2 × 1 × 4 = 8 pages but the file has 4".into(),
+        ],
+    ));
+    // --channel past the channels, on TIFF and HDF5 inputs; --axes tzyx with no metadata to split pages.
+    let plain = tmp.path().join("plain.tif");
+    write_tiff::<Gray16>(
+        &plain,
+        &planes(&data, (0..4).map(|z| (0, z))),
+        [ny, nx],
+        false,
+        C::Uncompressed,
+        None,
+    );
+    cases.push((
+        plain.clone(),
+        vec!["--channel", "1"],
+        vec![
+            plain.display().to_string(),
+            "--channel 1 is out of range: it has 1 channel".into(),
+        ],
+    ));
+    let h5 = tmp.path().join("in.h5");
+    write_h5(&h5, &data);
+    cases.push((
+        h5.clone(),
+        vec!["--dataset", "data", "--channel", "3"],
+        vec![
+            h5.display().to_string(),
+            "--channel 3 is out of range: it has 1 channel".into(),
+        ],
+    ));
+    cases.push((
+        plain.clone(),
+        vec!["--axes", "tzyx"],
+        vec!["--axes tzyx needs ImageJ hyperstack or OME-XML metadata".into()],
+    ));
+    cases.push((
+        h5.clone(),
+        vec!["--format", "tiff"],
+        vec![
+            h5.display().to_string(),
+            "is not a readable TIFF file".into(),
+        ],
+    ));
+
+    for (input, extra, wants) in cases {
+        let (code, err) = if wants.is_empty() {
+            // The missing file: named after an existing one.
+            let mut args: Vec<String> = vec![
+                "run".into(),
+                input.display().to_string(),
+                missing_extra.clone(),
+                "-o".into(),
+                out.display().to_string(),
+            ];
+            args.extend(["--backend", "cpu", "-q"].map(String::from));
+            let (code, _, err) = gpuprep_output(&args);
+            assert!(
+                err.contains(&missing_extra) && err.contains("no such file"),
+                "{err}"
+            );
+            (code, err)
+        } else {
+            run_err(&input, &out, &extra)
+        };
+        assert_eq!(code, 2, "{input:?}: {err}");
+        assert_eq!(
+            err.trim_end().lines().count(),
+            1,
+            "{input:?}: not one line:\n{err}"
+        );
+        for want in &wants {
+            assert!(
+                err.contains(want.as_str()),
+                "{input:?}: {want:?} not in {err}"
+            );
+        }
+        assert!(
+            entries(&out_dir).is_empty(),
+            "{input:?}: left {:?}",
+            entries(&out_dir)
+        );
+    }
+    // A file replaced during the run by one of another page size: the read names the file and page.
+    let d = series_dir("replaced");
+    let src = gpuprep_io::Source::open(&[d.display().to_string()], "default").unwrap();
+    write_tiff::<Gray16>(
+        &d.join("t1.tif"),
+        &vec![vec![0u16; ny * 9]; 4],
+        [ny, 9],
+        false,
+        C::Uncompressed,
+        None,
+    );
+    src.read(0).unwrap();
+    let e = src.read(1).unwrap_err().to_string();
+    assert!(
+        e.contains("t1.tif")
+            && e.contains(
+                "page 0 (timepoint 1, z 0): it is now (8, 9) uint16 where (8, 8) uint16 was opened"
+            ),
+        "{e}"
+    );
+}
+
+#[test]
+fn the_channel_flag_picks_a_channel_of_an_ome_zarr_image() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = series(fresh_seed(), [4, 3, 10, 12]);
+    let h5_in = tmp.path().join("in.h5");
+    write_h5(&h5_in, &data);
+    let reference = tmp.path().join("ref.h5");
+    run_ok(&h5_in, &reference, &["--dataset", "data"]);
+    // OME-Zarr 0.4, (t, c, z, y, x) with three channels, the data in channel 2.
+    let ome = tmp.path().join("three.zarr");
+    let mut five = ndarray::Array5::<u16>::zeros([4, 3, 3, 10, 12]);
+    five.slice_mut(s![.., 0, .., .., ..]).fill(3);
+    five.slice_mut(s![.., 1, .., .., ..])
+        .assign(&data.mapv(|v| v / 2));
+    five.slice_mut(s![.., 2, .., .., ..]).assign(&data);
+    std::fs::create_dir_all(&ome).unwrap();
+    std::fs::write(ome.join(".zgroup"), r#"{"zarr_format": 2}"#).unwrap();
+    let ms = json!({"multiscales": [{"version": "0.4", "axes": [
+        {"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, {"name": "z", "type": "space"},
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0"}]}]});
+    std::fs::write(ome.join(".zattrs"), ms.to_string()).unwrap();
+    write_zarr_v2(
+        &ome.join("0"),
+        &five.into_dyn(),
+        &[2, 2, 3, 10, 12],
+        json!({}),
+    );
+    let out = tmp.path().join("c2.h5");
+    run_ok(&ome, &out, &["--channel", "2", "--format", "zarr"]);
+    same_f32(&h5_f32(&reference, "data"), &h5_f32(&out, "data"), "data");
+    same_f64(
+        &h5_f64(&reference, "shifts"),
+        &h5_f64(&out, "shifts"),
+        "shifts",
+    );
+    let (code, info, err) = gpuprep_output(&[
+        "info".to_string(),
+        ome.display().to_string(),
+        "--channel".into(),
+        "1".into(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(info.contains("channel 1 of 3"), "{info}");
+    // Past the channels: one line naming the flag, the store and how many channels it has.
+    let bad = tmp.path().join("bad.h5");
+    let (code, err) = run_err(&ome, &bad, &["--channel", "3"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("three.zarr")
+            && err.contains("--channel 3 is out of range: it has 3 channels"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!bad.exists());
+    // --format zarr on an HDF5 file, --format hdf5 on a store: one line each.
+    let (code, err) = run_err(&h5_in, &bad, &["--format", "zarr"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("in.h5") && err.contains("is not a Zarr store"),
+        "{err}"
+    );
+    let (code, err) = run_err(&ome, &bad, &["--format", "hdf5"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("three.zarr"), "{err}");
+    assert!(!bad.exists());
+}
+
+#[test]
+fn absent_chunks_read_as_the_fill_value_with_a_warning() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut data = series(fresh_seed(), [4, 3, 8, 8]);
+    // Timepoint 1's upper half holds only the fill value: zarr-python (write_empty_chunks=False)
+    // would not write that chunk.
+    data.slice_mut(s![1, .., 0..4, ..]).fill(0);
+    let h5_in = tmp.path().join("in.h5");
+    write_h5(&h5_in, &data);
+    let reference = tmp.path().join("ref.h5");
+    run_ok(&h5_in, &reference, &["--dataset", "data"]);
+    let store = tmp.path().join("sparse.zarr");
+    write_zarr_v2(&store, &data.clone().into_dyn(), &[1, 3, 4, 8], json!({}));
+    std::fs::remove_file(store.join("1.0.0.0")).unwrap();
+
+    let out = tmp.path().join("out.h5");
+    let (code, err) = run(&store, &out, &[]);
+    assert_eq!(code, 0, "{err}");
+    same_f32(&h5_f32(&reference, "data"), &h5_f32(&out, "data"), "data");
+    same_f64(
+        &h5_f64(&reference, "shifts"),
+        &h5_f64(&out, "shifts"),
+        "shifts",
+    );
+    assert!(
+        err.contains("warning")
+            && err.contains("sparse.zarr")
+            && err.contains(
+                "1 of 8 chunks of the store's root are absent and read as the fill value 0"
+            )
+            && err.contains("e.g. 1.0.0.0"),
+        "{err}"
+    );
+    let (code, info, _) = gpuprep_output(&["info".to_string(), store.display().to_string()]);
+    assert_eq!(code, 0);
+    assert!(
+        info.contains("1 of 8 chunks absent (read as the fill value)"),
+        "{info}"
+    );
+
+    // Timepoint 2 with no chunk at all: a store cut short, refused with one line before any work.
+    std::fs::remove_file(store.join("2.0.0.0")).unwrap();
+    std::fs::remove_file(store.join("2.0.1.0")).unwrap();
+    let bad = tmp.path().join("bad.h5");
+    let (code, err) = run_err(&store, &bad, &[]);
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains(
+            "chunk (2, 0, 0, 0) (2.0.0.0) is missing, and so is every other chunk of timepoint 2"
+        ) && err.contains("(3 of 8 chunks absent)"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!bad.exists());
+}
+
+#[test]
+fn tiff_files_written_by_tifffile_read_as_written() {
+    use crate::support::fixture;
+    let (nt, nz, ny, nx) = (3, 4, 6, 5);
+    // tests/fixtures/tiff/make_fixtures.py's formula.
+    let value = |t: usize, c: usize, z: usize, y: usize, x: usize| {
+        (t * 1000 + c * 500 + z * 50 + y * 10 + x) as f32
+    };
+    let check = |src: &gpuprep_io::Source, c: usize, what: &str| {
+        assert_eq!((src.len(), src.shape()), (nt, [nz, ny, nx]), "{what}");
+        for t in 0..nt {
+            let vol = src.read(t).unwrap();
+            let want =
+                ndarray::Array3::from_shape_fn((nz, ny, nx), |(z, y, x)| value(t, c, z, y, x));
+            assert_eq!(vol, want, "{what} timepoint {t}");
+        }
+    };
+    let open = |path: &str, channel: usize| {
+        gpuprep_io::Source::open_opts(
+            &[fixture(path).display().to_string()],
+            "default",
+            gpuprep_io::source::OpenOptions {
+                channel,
+                ..Default::default()
+            },
+        )
+        .unwrap()
+    };
+    for c in 0..2 {
+        let ome = open("tiff/tifffile_ome.ome.tif", c);
+        check(&ome, c, "OME-TIFF");
+        assert_eq!(
+            ome.voxel_size().unwrap(),
+            [
+                (3.0, Some("second".to_string())),
+                (2.0, Some("micrometer".to_string())),
+                (0.5, Some("micrometer".to_string())),
+                (0.5, Some("micrometer".to_string())),
+            ]
+        );
+        let ij = open("tiff/tifffile_imagej.tif", c);
+        check(&ij, c, "ImageJ");
+        assert_eq!(ij.dtype(), Dtype::F32);
+        assert_eq!(
+            ij.voxel_size().unwrap().map(|(s, _)| s),
+            [0.25, 2.0, 0.5, 0.5]
+        );
+    }
+    let series = open("tiff/tifffile_series", 0);
+    check(&series, 0, "series");
+    assert!(series.voxel_size().is_none());
+    // tifffile's JSON shape: 4-D without names as (t, z, y, x); named axes in any order.
+    check(&open("tiff/tifffile_tzyx.tif", 0), 0, "tifffile 4-D");
+    check(&open("tiff/tifffile_ctzyx.tif", 1), 1, "tifffile CTZYX");
+    let (code, out, err) = gpuprep_output(&[
+        "info".to_string(),
+        fixture("tiff/tifffile_ctzyx.tif").display().to_string(),
+    ]);
+    assert_eq!(code, 0, "{err}");
+    assert!(
+        out.contains("24 pages of (y, x) = (6, 5) uint16, no compression, axes t 3, c 2, z 4 (tifffile shape)")
+            && out.contains("(TIFF, tifffile shape), channel 0 of 2; axes tzyx: 3 volumes"),
+        "{out}"
+    );
+    let e = gpuprep_io::Source::open_opts(
+        &[fixture("tiff/tifffile_ome.ome.tif").display().to_string()],
+        "default",
+        gpuprep_io::source::OpenOptions {
+            channel: 2,
+            ..Default::default()
+        },
+    )
+    .unwrap_err()
+    .to_string();
+    assert!(
+        e.contains("tifffile_ome.ome.tif")
+            && e.contains("--channel 2 is out of range: it has 2 channels"),
+        "{e}"
+    );
 }

@@ -1,5 +1,5 @@
 //! Input volumes: a directory, globs or a list of 3-D HDF5 files (one timepoint each, or a movie each),
-//! or one 4-D file; or one Zarr array or OME-Zarr image (see [`zarr`]).
+//! or one 4-D file; one Zarr array or OME-Zarr image (see [`zarr`]); or TIFF stacks (see [`tiff`]).
 //!
 //! Everything is validated when the source is opened, so a bad file fails before any work starts; reads then
 //! stream one volume at a time and open the file per read, so hundreds of inputs never hold hundreds of
@@ -18,6 +18,7 @@ use super::fmt_shape;
 use crate::VoxelSize;
 use gpuprep_core::error::{Error, Result};
 
+pub mod tiff;
 pub mod zarr;
 
 /// The element types gpuprep reads and writes (numpy's names in `Display`).
@@ -178,6 +179,106 @@ impl FromStr for Axes {
     }
 }
 
+/// The container an input is read as: detected from the paths, or forced by `--format`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Format {
+    Hdf5,
+    Zarr,
+    Tiff,
+}
+
+impl Format {
+    pub const ALL: [Format; 3] = [Format::Hdf5, Format::Zarr, Format::Tiff];
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Format::Hdf5 => "hdf5",
+            Format::Zarr => "zarr",
+            Format::Tiff => "tiff",
+        }
+    }
+
+    /// Whether a directory entry of this name is an input of this format.
+    fn takes_name(self, p: &Path) -> bool {
+        match self {
+            Format::Tiff => tiff::is_tiff_name(p),
+            _ => is_h5_name(p),
+        }
+    }
+}
+
+impl fmt::Display for Format {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl FromStr for Format {
+    type Err = Error;
+
+    fn from_str(s: &str) -> Result<Format> {
+        Format::ALL
+            .into_iter()
+            .find(|a| a.name() == s)
+            .ok_or_else(|| Error::InvalidParameter {
+                name: "format".into(),
+                message: format!("unknown format '{s}'; expected hdf5, zarr or tiff"),
+            })
+    }
+}
+
+/// What the command line says about the inputs besides their paths and dataset.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct OpenOptions {
+    /// `--axes`: what each input holds; `None` guesses (see [`Source::open_with`]).
+    pub axes: Option<Axes>,
+    /// `--format`; `None` detects it (see [`detect_format`]).
+    pub format: Option<Format>,
+    /// `--channel`: the channel read from an input with several (OME-Zarr, TIFF hyperstacks).
+    pub channel: usize,
+}
+
+/// The format of `inputs`: a Zarr store given alone; TIFF where the first file found (a named file,
+/// the first glob match, a directory's first `*.tif`/`*.tiff` when it holds no `*.h5`/`*.hdf5`) starts
+/// with a TIFF signature or, unreadable, is named so; HDF5 otherwise (its own errors then say why).
+pub fn detect_format<S: AsRef<Path>>(inputs: &[S]) -> Format {
+    if let [one] = inputs {
+        if zarr::is_zarr(one.as_ref()) {
+            return Format::Zarr;
+        }
+    }
+    let is_tiff = |p: &Path| tiff::has_tiff_signature(p) || tiff::is_tiff_name(p);
+    let Some(first) = inputs.first().map(AsRef::as_ref) else {
+        return Format::Hdf5;
+    };
+    if first.is_dir() {
+        let names: Vec<PathBuf> = std::fs::read_dir(first)
+            .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
+            .unwrap_or_default();
+        let tiff = names.iter().any(|p| tiff::is_tiff_name(p));
+        return if tiff && !names.iter().any(|p| is_h5_name(p)) {
+            Format::Tiff
+        } else {
+            Format::Hdf5
+        };
+    }
+    if first.symlink_metadata().is_ok() {
+        return if is_tiff(first) {
+            Format::Tiff
+        } else {
+            Format::Hdf5
+        };
+    }
+    let matched = first
+        .to_str()
+        .and_then(|s| glob::glob(s).ok())
+        .and_then(|mut g| g.find_map(|p| p.ok().filter(|p| p.is_file())));
+    match matched {
+        Some(p) if is_tiff(&p) => Format::Tiff,
+        _ => Format::Hdf5,
+    }
+}
+
 /// A validated series of volumes.
 #[derive(Clone, Debug)]
 pub struct Source {
@@ -198,6 +299,8 @@ pub struct Source {
     held: Held,
     /// The Zarr array read, for a Zarr input (then `files` is its store alone).
     zarr: Option<std::sync::Arc<zarr::ZarrInput>>,
+    /// The TIFF files read, for a TIFF input.
+    tiff: Option<std::sync::Arc<tiff::TiffInput>>,
 }
 
 /// The dataset of a file holding many timepoints, kept open between reads so that its chunk cache
@@ -273,21 +376,58 @@ impl Source {
     /// only input as `tyx` (a movie), and 3-D datasets otherwise (several files, or a directory or glob,
     /// even of one file) as `zyx` (a volume each).
     pub fn open_with(inputs: &[String], dataset: &str, axes: Option<Axes>) -> Result<Source> {
-        Source::open_inner(inputs, dataset, axes, true)
+        let opts = OpenOptions {
+            axes,
+            ..OpenOptions::default()
+        };
+        Source::open_inner(inputs, dataset, opts, true)
+    }
+
+    /// Opens `inputs` as [`Source::open_with`] does, with the format and channel of `opts`.
+    pub fn open_opts(inputs: &[String], dataset: &str, opts: OpenOptions) -> Result<Source> {
+        Source::open_inner(inputs, dataset, opts, true)
     }
 
     fn open_inner<S: AsRef<Path>>(
         inputs: &[S],
         dataset: &str,
-        requested: Option<Axes>,
+        opts: OpenOptions,
         warn: bool,
     ) -> Result<Source> {
-        if let [one] = inputs {
-            if zarr::is_zarr(one.as_ref()) {
-                return Source::open_zarr(one.as_ref(), dataset, requested);
+        let requested = opts.axes;
+        let format = opts.format.unwrap_or_else(|| detect_format(inputs));
+        match format {
+            Format::Zarr => {
+                let [one] = inputs else {
+                    return Err(Error::InvalidParameter {
+                        name: "format".into(),
+                        message: format!(
+                            "--format zarr reads one store, not {} inputs",
+                            inputs.len()
+                        ),
+                    });
+                };
+                if !zarr::is_zarr(one.as_ref()) {
+                    return Err(Error::Input {
+                        path: one.as_ref().to_path_buf(),
+                        message:
+                            "is not a Zarr store or array (no zarr.json, .zarray or .zgroup at its \
+                                  root), as --format zarr says"
+                                .into(),
+                    });
+                }
+                let source = Source::open_zarr(one.as_ref(), dataset, requested, opts.channel)?;
+                if let Some(note) = source.zarr.as_ref().and_then(|z| z.absent_note()) {
+                    if warn {
+                        eprintln!("gpuprep: warning: {}: {note}", one.as_ref().display());
+                    }
+                }
+                return Ok(source);
             }
+            Format::Tiff => return Source::open_tiff(inputs, dataset, requested, opts.channel),
+            Format::Hdf5 => {}
         }
-        let inputs = expand_inputs(inputs)?;
+        let inputs = expand_inputs(inputs, Format::Hdf5)?;
         check_duplicates(&inputs)?;
         let mut files = Vec::with_capacity(inputs.len());
         let mut probes = Vec::with_capacity(inputs.len());
@@ -405,7 +545,7 @@ impl Source {
             }
         }
         let chunks = probes.swap_remove(0).chunks;
-        Ok(Source {
+        let source = Source {
             files,
             lens,
             starts,
@@ -419,17 +559,79 @@ impl Source {
             cache_slots,
             held: Held::default(),
             zarr: None,
-        })
+            tiff: None,
+        };
+        if opts.channel > 0 {
+            return Err(channel_err(&source.files[0], opts.channel, 1));
+        }
+        Ok(source)
     }
 
-    /// The input's voxel size per (t, z, y, x) axis with its unit, where its metadata says (OME-Zarr).
+    /// The input's voxel size per (t, z, y, x) axis with its unit, where its metadata says (OME-Zarr,
+    /// ImageJ, OME-TIFF).
     pub fn voxel_size(&self) -> Option<VoxelSize> {
+        if let Some(t) = &self.tiff {
+            return t.voxel_size();
+        }
         self.zarr.as_ref().and_then(|z| z.voxel_size())
     }
 
+    /// TIFF files: named, listed from directories (`*.tif`, `*.tiff`, …) or matched, in the same order
+    /// as HDF5 inputs.
+    fn open_tiff<S: AsRef<Path>>(
+        inputs: &[S],
+        dataset: &str,
+        requested: Option<Axes>,
+        channel: usize,
+    ) -> Result<Source> {
+        let expanded = expand_inputs(inputs, Format::Tiff)?;
+        check_duplicates(&expanded)?;
+        if dataset != "default" {
+            return Err(Error::InvalidParameter {
+                name: "dataset".into(),
+                message: format!(
+                    "--dataset {dataset} names an HDF5 dataset or a Zarr array; TIFF inputs have none"
+                ),
+            });
+        }
+        let lone = expanded.len() == 1 && expanded[0].named && inputs.len() == 1;
+        let files = expanded.into_iter().map(|i| i.path).collect();
+        let t = tiff::TiffInput::open(files, lone, requested, channel)?;
+        let lens = t.lens();
+        let starts: Vec<usize> = lens
+            .iter()
+            .scan(0, |acc, &l| {
+                let s = *acc;
+                *acc += l;
+                Some(s)
+            })
+            .collect();
+        Ok(Source {
+            files: t.files().to_vec(),
+            len: lens.iter().sum(),
+            lens,
+            starts,
+            dataset: "pages".into(),
+            axes: t.axes(),
+            shape: t.shape(),
+            dtype: t.dtype(),
+            chunks: None,
+            cache_bytes: 0,
+            cache_slots: 0,
+            held: Held::default(),
+            zarr: None,
+            tiff: Some(std::sync::Arc::new(t)),
+        })
+    }
+
     /// A Zarr store (or array) given as the only input.
-    fn open_zarr(path: &Path, dataset: &str, requested: Option<Axes>) -> Result<Source> {
-        let z = zarr::ZarrInput::open(path, dataset, requested)?;
+    fn open_zarr(
+        path: &Path,
+        dataset: &str,
+        requested: Option<Axes>,
+        channel: usize,
+    ) -> Result<Source> {
+        let z = zarr::ZarrInput::open(path, dataset, requested, channel)?;
         let len = z.len();
         Ok(Source {
             files: vec![path.to_path_buf()],
@@ -445,6 +647,7 @@ impl Source {
             cache_slots: 0,
             held: Held::default(),
             zarr: Some(std::sync::Arc::new(z)),
+            tiff: None,
         })
     }
 
@@ -500,7 +703,10 @@ impl Source {
     pub fn timepoint(&self, t: usize) -> String {
         let i = self.file_index(t);
         match t - self.starts[i] {
-            local if local != t => format!("timepoint {t} (frame {local} of this file)"),
+            // A file of one timepoint has no frames to tell apart.
+            local if local != t && self.lens[i] > 1 => {
+                format!("timepoint {t} (frame {local} of this file)")
+            }
             _ => format!("timepoint {t}"),
         }
     }
@@ -522,6 +728,10 @@ impl Source {
             0
         };
         let typed = voxels.saturating_mul(self.dtype.size());
+        if self.tiff.is_some() {
+            // One decoded page, typed, beside the volume.
+            return (voxels / self.shape[0].max(1)).saturating_mul(self.dtype.size());
+        }
         if let Some(z) = &self.zarr {
             // The typed copy zarrs returns, plus the decoded chunks of the volume: a chunk spanning
             // several timepoints (or channels) is decoded whole.
@@ -546,9 +756,10 @@ impl Source {
                 name(&self.files[n - 1])
             ),
         };
-        let files = match &self.zarr {
-            Some(z) => z.summary(),
-            None => files,
+        let files = match (&self.zarr, &self.tiff) {
+            (Some(z), _) => z.summary(),
+            (_, Some(t)) => t.summary(),
+            _ => files,
         };
         let [z, y, x] = self.shape;
         let axes = match self.axes {
@@ -587,6 +798,12 @@ impl Source {
         }
         let i = self.file_index(t);
         let local = t - self.starts[i];
+        if let Some(tf) = &self.tiff {
+            let path = &self.files[i];
+            return tf.read(i, local, &self.timepoint(t), |bad| {
+                self.check_range(bad, path, t)
+            });
+        }
         let path = &self.files[i];
         let mut held = self.held.0.lock().unwrap_or_else(|e| e.into_inner());
         if let Some((hi, ds)) = held.as_ref() {
@@ -968,14 +1185,33 @@ fn check_probe(
 /// Unlike [`Source::open`] it describes datasets of any rank and type (that is what `info` is for), and only
 /// fails where there is nothing to describe: a missing path, a file that is not HDF5, or no such dataset.
 pub fn describe(inputs: &[String], dataset: &str) -> Result<Vec<String>> {
-    if let [one] = inputs {
-        if zarr::is_zarr(Path::new(one)) {
-            return Ok(vec![
-                zarr::ZarrInput::open(Path::new(one), dataset, None)?.describe()
-            ]);
+    describe_with(inputs, dataset, OpenOptions::default())
+}
+
+/// [`describe`] with the format and axes `opts` give (`info --format`, `--axes`).
+pub fn describe_with(inputs: &[String], dataset: &str, opts: OpenOptions) -> Result<Vec<String>> {
+    match opts.format.unwrap_or_else(|| detect_format(inputs)) {
+        Format::Zarr => {
+            if let [one] = inputs {
+                return Ok(vec![zarr::ZarrInput::open(
+                    Path::new(one),
+                    dataset,
+                    None,
+                    0,
+                )?
+                .describe()]);
+            }
         }
+        Format::Tiff => {
+            let expanded = expand_inputs(inputs, Format::Tiff)?;
+            let lone = expanded.len() == 1 && expanded[0].named && inputs.len() == 1;
+            let files: Vec<PathBuf> = expanded.into_iter().map(|i| i.path).collect();
+            let axes = opts.axes.or(lone.then_some(Axes::Tyx));
+            return Ok(tiff::describe_files(&files, axes));
+        }
+        Format::Hdf5 => {}
     }
-    let files = expand_inputs(inputs)?;
+    let files = expand_inputs(inputs, Format::Hdf5)?;
     let mut lines = Vec::with_capacity(files.len());
     for f in &files {
         let Some(p) = probe(&f.path, dataset, f.from_dir)? else {
@@ -1034,8 +1270,8 @@ pub fn describe(inputs: &[String], dataset: &str) -> Result<Vec<String>> {
 
 /// The line `gpuprep info` ends its file list with: what a run would read (see
 /// [`Source::inputs_summary`]), or why it would refuse.
-pub fn describe_set(inputs: &[String], dataset: &str, axes: Option<Axes>) -> String {
-    match Source::open_inner(inputs, dataset, axes, false) {
+pub fn describe_set(inputs: &[String], dataset: &str, opts: OpenOptions) -> String {
+    match Source::open_inner(inputs, dataset, opts, false) {
         Ok(s) => format!("input: {}", s.inputs_summary()),
         Err(e) => format!("unusable as input: {e}"),
     }
@@ -1070,6 +1306,17 @@ fn filter_name(f: &hdf5::filters::Filter) -> String {
         Filter::NBit => "nbit".into(),
         Filter::ScaleOffset(..) => "scaleoffset".into(),
         other => format!("{other:?}"),
+    }
+}
+
+/// `--channel` past the channels an input has.
+fn channel_err(path: &Path, channel: usize, channels: usize) -> Error {
+    Error::Input {
+        path: path.to_path_buf(),
+        message: format!(
+            "--channel {channel} is out of range: it has {channels} channel{}",
+            if channels == 1 { "" } else { "s" }
+        ),
     }
 }
 
@@ -1153,7 +1400,7 @@ fn natural_cmp(a: &Path, b: &Path) -> std::cmp::Ordering {
 
 /// Turns command-line inputs into the list of files, in order; every path named must exist, and every
 /// directory entry named `*.h5`/`*.hdf5` and every glob match must be a readable regular file.
-fn expand_inputs<S: AsRef<Path>>(inputs: &[S]) -> Result<Vec<Input>> {
+fn expand_inputs<S: AsRef<Path>>(inputs: &[S], format: Format) -> Result<Vec<Input>> {
     if inputs.is_empty() {
         return Err(Error::InvalidParameter {
             name: "inputs".into(),
@@ -1175,7 +1422,7 @@ fn expand_inputs<S: AsRef<Path>>(inputs: &[S]) -> Result<Vec<Input>> {
                     source,
                 })?;
                 let p = entry.path();
-                if is_h5_name(&p) {
+                if format.takes_name(&p) {
                     check_regular(&p)?;
                     found.push(p);
                 }
@@ -1183,7 +1430,11 @@ fn expand_inputs<S: AsRef<Path>>(inputs: &[S]) -> Result<Vec<Input>> {
             if found.is_empty() {
                 return Err(Error::Input {
                     path: path.into(),
-                    message: "directory contains no *.h5 or *.hdf5 files".into(),
+                    message: match format {
+                        Format::Tiff => "directory contains no *.tif or *.tiff files",
+                        _ => "directory contains no *.h5, *.hdf5, *.tif or *.tiff files",
+                    }
+                    .into(),
                 });
             }
             found.sort_by(|a, b| natural_cmp(a, b));
@@ -1211,7 +1462,7 @@ fn expand_inputs<S: AsRef<Path>>(inputs: &[S]) -> Result<Vec<Input>> {
                     source: e.into(),
                 })?;
                 // A subdirectory is plainly not a volume; anything else matched must be one.
-                if p.is_dir() && !is_h5_name(&p) {
+                if p.is_dir() && !format.takes_name(&p) {
                     continue;
                 }
                 check_regular(&p)?;

@@ -95,6 +95,10 @@ pub struct RunConfig {
     pub axes: Option<Axes>,
     /// Chunk compression of the output (`Compression::Zstd`: Zarr outputs only).
     pub compression: Compression,
+    /// The input format (`--format`); `None` detects it from the paths.
+    pub format: Option<gpuprep_io::source::Format>,
+    /// The channel read from an input with several (`--channel`).
+    pub channel: usize,
 }
 
 impl RunConfig {
@@ -116,6 +120,8 @@ impl RunConfig {
             nonfinite: NonFinite::Error,
             axes: None,
             compression: Compression::None,
+            format: None,
+            channel: 0,
         }
     }
 }
@@ -273,7 +279,12 @@ pub fn run_with_progress(
 ) -> Result<RunReport> {
     let started = Instant::now();
     let mut clock = Clock::default();
-    let source = Source::open_with(&cfg.inputs, &cfg.dataset, cfg.axes)?;
+    let opts = gpuprep_io::source::OpenOptions {
+        axes: cfg.axes,
+        format: cfg.format,
+        channel: cfg.channel,
+    };
+    let source = Source::open_opts(&cfg.inputs, &cfg.dataset, opts)?;
     check_config(cfg, &source)?;
     crate::memory::check_run(cfg, &source, crate::memory::Compute::of(backend))?;
     let (n, shape) = (source.len(), source.shape());

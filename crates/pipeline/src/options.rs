@@ -11,6 +11,7 @@ use gpuprep_core::params::{
     ZscoreParams,
 };
 use gpuprep_core::{Error, Result};
+use gpuprep_io::source::Format;
 use gpuprep_io::{Axes, Compression};
 use std::path::PathBuf;
 
@@ -25,6 +26,10 @@ pub struct RunOptions {
     pub output: PathBuf,
     pub dataset: String,
     pub axes: Option<Axes>,
+    /// The input format; `None` detects it from the paths.
+    pub format: Option<Format>,
+    /// The channel read from an input with several.
+    pub channel: usize,
     pub force: bool,
     pub no_median: bool,
     pub median_size: [usize; 3],
@@ -56,6 +61,8 @@ impl Default for RunOptions {
             output: PathBuf::new(),
             dataset: "default".into(),
             axes: None,
+            format: None,
+            channel: 0,
             force: false,
             no_median: false,
             median_size: [3, 3, 3],
@@ -164,6 +171,8 @@ impl RunOptions {
             nonfinite: self.nonfinite,
             axes: self.axes,
             compression: self.compression,
+            format: self.format,
+            channel: self.channel,
         })
     }
 }

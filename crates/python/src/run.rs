@@ -102,7 +102,7 @@ fn report<'py>(py_: Python<'py>, r: RunReport) -> PyResult<Bound<'py, PyDict>> {
 /// them, by `RunOptions::into_config`).
 #[pyfunction]
 #[pyo3(signature = (
-    inputs, output, *, dataset, axes, force, no_median, median_size, median_mode, median_cval,
+    inputs, output, *, dataset, axes, format, channel, force, no_median, median_size, median_mode, median_cval,
     no_register, upsample_factor, normalization, reference, reference_mean, register_raw, order,
     shift_mode, shift_cval, no_zscore, ddof, constant_voxels, nonfinite, compression, save, backend,
     progress
@@ -114,6 +114,8 @@ pub fn preprocess<'py>(
     output: PathBuf,
     dataset: String,
     axes: Option<String>,
+    format: Option<String>,
+    channel: usize,
     force: bool,
     no_median: bool,
     median_size: [usize; 3],
@@ -145,6 +147,21 @@ pub fn preprocess<'py>(
             Some(a) => Some(py(a.parse())?),
             None => None,
         },
+        format: match format {
+            Some(f) => Some(
+                gpuprep_io::source::Format::ALL
+                    .into_iter()
+                    .find(|x| x.name() == f)
+                    .ok_or_else(|| {
+                        PyValueError::new_err(format!(
+                            "format: got {f:?}; expected one of {}",
+                            gpuprep_io::source::Format::ALL.map(|x| x.name()).join(", ")
+                        ))
+                    })?,
+            ),
+            None => None,
+        },
+        channel,
         force,
         no_median,
         median_size,

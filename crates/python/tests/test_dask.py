@@ -154,12 +154,16 @@ def test_cluster_lazy_equals_cli(dataset, client):
 
 def test_cluster_output_equals_cli_and_reference_is_broadcast(dataset, client, tmp_path):
     out = tmp_path / "cluster.ome.zarr"
-    report = gd.preprocess(dataset["dir"], out, backend="cpu", block_size=3)
-    assert report["workers"] == 2 and report["reduction_depth"] == 2
+    transforms = lambda: __import__("gpuprep.dask").dask.reference_transforms  # noqa: E731
+    before, here = client.run(transforms), gd.reference_transforms
+    report = gd.preprocess(dataset["dir"], out, backend="cpu", block_size=2)  # 6 tasks on 2 workers
+    assert report["workers"] == 2 and report["tasks_per_pass"] == 6 and report["reduction_depth"] == 3
     check_store(out, dataset, ["cpu", "2 workers"])
-    # The reference was scattered to every worker: each holds one SharedReference in its memory.
-    held = client.run(lambda dask_worker: sum(type(v).__name__ == "SharedReference" for v in dask_worker.data.values()))
-    assert sorted(held.values()) == [1, 1]
+    # The reference was scattered to the workers, each of which transformed it at most once for all its
+    # tasks; the client never did.
+    after = client.run(transforms)
+    assert {after[w] - before[w] for w in after} <= {0, 1} and sum(after.values()) > sum(before.values())
+    assert gd.reference_transforms == here
     assert no_leftovers(tmp_path) == []
 
 
@@ -186,7 +190,7 @@ def test_distributed_command_line(dataset, tmp_path):
            "--backend", "cpu", "--block-size", "4"]
     r = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert r.returncode == 0, r.stderr
-    assert "Completed" in r.stderr and "2 workers" in r.stderr  # dask's progress bar and the summary
+    assert "Completed" in r.stdout and "2 workers" in r.stderr  # dask's progress bar (stdout) and the summary
     check_store(out, dataset, ["2 workers"])
     again = subprocess.run(cmd, capture_output=True, text=True, timeout=120)
     assert again.returncode == 1 and again.stderr.strip().splitlines()[-1].startswith("gpuprep: error:")
@@ -278,6 +282,32 @@ def test_failed_run_leaves_no_output_cluster(dataset, client, tmp_path):
     with pytest.raises(ValueError, match="timepoint 7: NaN"):
         gd.preprocess(broken(dataset), out, backend="cpu", block_size=2)
     assert not out.exists() and no_leftovers(tmp_path) == []
+
+
+def interrupt_at_block_2(block, block_info=None):
+    if block_info[0]["chunk-location"][0] == 2:
+        raise KeyboardInterrupt
+    return block
+
+
+def test_interrupted_run_leaves_no_output(dataset, tmp_path):
+    arr = gd._blocked(gd.open_input(dataset["dir"]), 2).map_blocks(interrupt_at_block_2, dtype=np.float32)
+    out = tmp_path / "interrupted.ome.zarr"
+    with dask.config.set(scheduler="sync"), pytest.raises(KeyboardInterrupt):
+        gd.preprocess(arr, out, backend="cpu")
+    assert not out.exists() and no_leftovers(tmp_path) == []
+
+
+def test_one_4d_hdf5_file_equals_the_files(dataset, tmp_path):
+    import h5py
+
+    path = tmp_path / "movie.h5"
+    with h5py.File(path, "w") as f:
+        f["images"] = np.stack([h5py.File(p, "r")["default"][:] for p in sorted(dataset["dir"].glob("ind_*.h5"))])
+    with dask.config.set(scheduler="threads"):
+        z, shifts = dask.compute(*gd.preprocess(path, dataset="images", backend="cpu", block_size=5))
+    np.testing.assert_array_equal(shifts, dataset["want"]["shifts"])
+    assert_data_close(z, dataset["want"]["0"])
 
 
 def test_existing_output_refused_then_replaced_with_force(dataset, tmp_path):

@@ -163,7 +163,7 @@ impl ZarrOut {
                 0.0f32,
             )
             .dimension_names(Some(["t", "z", "y", "x"]))
-            .bytes_to_bytes_codecs(codecs(compression))
+            .bytes_to_bytes_codecs(codecs(compression, 4).map_err(|m| out.out_err(m))?)
             .build(out.store.clone(), &format!("/{key}"))
             .map_err(|e| out.zarr_err(format!("creating /{name}"), e))?;
             array
@@ -265,7 +265,9 @@ impl ZarrOut {
         let chunk: Vec<u64> = shape.iter().map(|&n| n.max(1)).collect();
         let what = || format!("writing /{name}");
         let array = ArrayBuilder::new(shape, chunk, dtype, fill)
-            .bytes_to_bytes_codecs(codecs(self.compression))
+            .bytes_to_bytes_codecs(
+                codecs(self.compression, std::mem::size_of::<T>()).map_err(|m| self.out_err(m))?,
+            )
             .build(self.store.clone(), &format!("/{key}"))
             .map_err(|e| self.zarr_err(what(), e))?;
         array
@@ -376,14 +378,30 @@ impl ZarrOut {
     }
 }
 
-/// The bytes-to-bytes codecs of every array.
+/// The bytes-to-bytes codecs of an array of `typesize`-byte elements (blosc's shuffle needs it).
 fn codecs(
     compression: Compression,
-) -> Vec<Arc<dyn zarrs::array::codec::api::BytesToBytesCodecTraits>> {
-    match compression {
+    typesize: usize,
+) -> std::result::Result<Vec<Arc<dyn zarrs::array::codec::api::BytesToBytesCodecTraits>>, String> {
+    use zarrs::array::codec::bytes_to_bytes::blosc::{
+        BloscCodec, BloscCompressionLevel, BloscCompressor, BloscShuffleMode,
+    };
+    Ok(match compression {
         Compression::None => Vec::new(),
         Compression::Zstd => vec![Arc::new(zarrs::array::codec::ZstdCodec::new(3, false))],
-    }
+        Compression::BloscLz4 => {
+            let level = BloscCompressionLevel::try_from(5u8).expect("5 is a blosc level");
+            let codec = BloscCodec::new(
+                BloscCompressor::LZ4,
+                level,
+                None,
+                BloscShuffleMode::Shuffle,
+                Some(typesize),
+            )
+            .map_err(|e| format!("blosc-lz4 is not available in this build ({e})"))?;
+            vec![Arc::new(codec)]
+        }
+    })
 }
 
 /// Stores `data` at `start`, its chunks encoded and written on several threads.

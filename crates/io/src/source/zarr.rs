@@ -1,9 +1,15 @@
 //! Zarr inputs (v2 and v3 on the local file system): a plain 3-D or 4-D array, or an OME-Zarr image
 //! (OME-NGFF 0.4 or 0.5), level 0 of its multiscales with the axes its metadata names.
 //!
-//! A missing chunk is an error, not the fill value Zarr would read there: gpuprep's inputs are recorded
-//! images, where a missing chunk is lost data (a copy cut short), and filling it in would go unnoticed.
+//! A chunk absent from the store reads as the array's fill value, as the Zarr spec says: zarr-python
+//! does not write chunks holding only the fill value (`write_empty_chunks=False`, its default). An
+//! absent chunk can also be lost data (a copy or a write cut short), which no reader can tell apart
+//! in general; so every absent chunk is counted when the store is opened and reported (a warning at
+//! run time, a note in `info`), and a timepoint with *every* chunk absent is an error: a volume made
+//! only of the fill value is not a recorded image, and a store cut short ends in such volumes. A chunk
+//! present at open and gone at read is an error too.
 
+use std::collections::HashSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -13,7 +19,7 @@ use serde_json::{Map, Value};
 use zarrs::array::{data_type, Array, ArrayMetadata, ElementOwned};
 use zarrs::filesystem::FilesystemStore;
 use zarrs::group::Group;
-use zarrs::storage::ReadableStorageTraits;
+use zarrs::storage::{ListableStorageTraits, ReadableStorageTraits, StorePrefix};
 
 use super::{Axes, Dtype, OutOfRange};
 use crate::fmt_shape;
@@ -48,6 +54,10 @@ pub(crate) struct ZarrInput {
     /// Scale of level 0 per (t, z, y, x) axis with its unit, where the OME metadata says.
     voxel: Vec<(char, f64, Option<String>)>,
     channels: Option<u64>,
+    /// Keys of the chunks the store lacked when it was opened (read as the fill value).
+    absent: HashSet<String>,
+    /// Chunks in the array's grid.
+    total_chunks: u64,
 }
 
 impl fmt::Debug for ZarrInput {
@@ -114,7 +124,13 @@ impl ZarrInput {
 
     /// Opens the array of the store at `path`: `dataset` names an array or OME image inside it, or is
     /// "default" for the store itself (an array, or an OME image's level 0).
-    pub(crate) fn open(path: &Path, dataset: &str, requested: Option<Axes>) -> Result<ZarrInput> {
+    /// `channel`: the channel read from an image with a c axis (`--channel`).
+    pub(crate) fn open(
+        path: &Path,
+        dataset: &str,
+        requested: Option<Axes>,
+        channel: usize,
+    ) -> Result<ZarrInput> {
         let err = |message: String| Error::Input {
             path: path.to_path_buf(),
             message,
@@ -243,7 +259,27 @@ impl ZarrInput {
             .zip(&shape)
             .find(|(d, _)| matches!(d, Dim::C(_)))
             .map(|(_, &n)| n);
-        Ok(ZarrInput {
+        if channel as u64 >= channels.unwrap_or(1) {
+            return Err(super::channel_err(
+                path,
+                channel,
+                channels.unwrap_or(1) as usize,
+            ));
+        }
+        let dims = dims
+            .into_iter()
+            .map(|d| match d {
+                Dim::C(_) => Dim::C(channel as u64),
+                d => d,
+            })
+            .collect();
+        let (absent, total_chunks) = absent_chunks(&array, &array_path).map_err(|m| {
+            err(format!(
+                "{}: its chunks cannot be listed ({m})",
+                describe_node(&array_path)
+            ))
+        })?;
+        let input = ZarrInput {
             store_path: path.to_path_buf(),
             array_path,
             array,
@@ -253,7 +289,56 @@ impl ZarrInput {
             axis_names,
             voxel,
             channels,
-        })
+            absent,
+            total_chunks,
+        };
+        input.check_whole_volumes()?;
+        Ok(input)
+    }
+
+    /// Refuses a store in which some timepoint has no chunk at all (see the module's note).
+    fn check_whole_volumes(&self) -> Result<()> {
+        if self.absent.is_empty() {
+            return Ok(());
+        }
+        for t in 0..self.len() {
+            let chunks = self.chunk_indices(&self.volume_ranges(t));
+            let keys: Vec<_> = chunks.iter().map(|i| self.array.chunk_key(i)).collect();
+            if !keys.is_empty() && keys.iter().all(|k| self.absent.contains(k.as_str())) {
+                return Err(self.input_err(format!(
+                    "{}, chunk {} ({}) is missing, and so is every other chunk of timepoint {t}: the \
+                     store was cut short or not fully written ({} of {} chunks absent); a volume made \
+                     only of the fill value is not a recorded image",
+                    describe_node(&self.array_path),
+                    fmt_u64(&chunks[0]),
+                    keys[0],
+                    self.absent.len(),
+                    self.total_chunks
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// One line on the chunks read as the fill value, where there are any: the run's warning and
+    /// `info`'s note.
+    pub(crate) fn absent_note(&self) -> Option<String> {
+        if self.absent.is_empty() {
+            return None;
+        }
+        let meta = serde_json::to_value(self.array.metadata()).unwrap_or(Value::Null);
+        let mut first: Vec<&String> = self.absent.iter().collect();
+        first.sort();
+        Some(format!(
+            "{} of {} chunks of {} are absent and read as the fill value {} (Zarr writers skip chunks \
+             holding only the fill value; if the store was copied or written incompletely, they are lost \
+             data), e.g. {}",
+            self.absent.len(),
+            self.total_chunks,
+            describe_node(&self.array_path),
+            meta.get("fill_value").unwrap_or(&Value::Null),
+            first[0]
+        ))
     }
 
     /// The array's path in the store, as `--dataset` names it.
@@ -341,8 +426,15 @@ impl ZarrInput {
                 .collect();
             format!(", voxel size {}", v.join(", "))
         };
+        let absent = match self.absent.len() {
+            0 => String::new(),
+            n => format!(
+                ", {n} of {} chunks absent (read as the fill value)",
+                self.total_chunks
+            ),
+        };
         format!(
-            "{}: {}, array '{}' shape {} {}, {chunks}, {}{axes}{voxel}",
+            "{}: {}, array '{}' shape {} {}, {chunks}, {}{axes}{voxel}{absent}",
             self.store_path.display(),
             self.kind,
             self.dataset(),
@@ -354,9 +446,13 @@ impl ZarrInput {
 
     /// The summary's words for what is read ("channel 0 of 3").
     pub(crate) fn summary(&self) -> String {
-        let channel = match self.channels {
-            Some(n) => format!(", channel 0 of {n}"),
-            None => String::new(),
+        let read = self.dims.iter().find_map(|d| match d {
+            Dim::C(c) => Some(*c),
+            _ => None,
+        });
+        let channel = match (self.channels, read) {
+            (Some(n), Some(c)) => format!(", channel {c} of {n}"),
+            _ => String::new(),
         };
         format!(
             "{} ({}), array '{}'{channel}",
@@ -375,17 +471,7 @@ impl ZarrInput {
         t: usize,
         check: impl FnOnce(OutOfRange) -> Result<()>,
     ) -> Result<Array3<f32>> {
-        let ranges: Vec<std::ops::Range<u64>> = self
-            .dims
-            .iter()
-            .zip(self.array.shape())
-            .map(|(d, &n)| match d {
-                Dim::T => t as u64..t as u64 + 1,
-                Dim::C(c) => *c..c + 1,
-                Dim::One => 0..1,
-                Dim::Z | Dim::Y | Dim::X => 0..n,
-            })
-            .collect();
+        let ranges = self.volume_ranges(t);
         self.check_chunks(&ranges, t)?;
         let shape = self.shape();
         let mut vol = Array3::<f32>::zeros(shape);
@@ -460,6 +546,20 @@ impl ZarrInput {
         }
     }
 
+    /// The region of the array volume `t` is.
+    fn volume_ranges(&self, t: usize) -> Vec<std::ops::Range<u64>> {
+        self.dims
+            .iter()
+            .zip(self.array.shape())
+            .map(|(d, &n)| match d {
+                Dim::T => t as u64..t as u64 + 1,
+                Dim::C(c) => *c..c + 1,
+                Dim::One => 0..1,
+                Dim::Z | Dim::Y | Dim::X => 0..n,
+            })
+            .collect()
+    }
+
     fn chunk_indices(&self, ranges: &[std::ops::Range<u64>]) -> Vec<Vec<u64>> {
         match self.array.chunks_in_array_subset(&ranges) {
             Ok(Some(chunks)) => chunks.indices().into_iter().map(|i| i.to_vec()).collect(),
@@ -467,21 +567,21 @@ impl ZarrInput {
         }
     }
 
-    /// Refuses a read touching a chunk the store does not hold (see the module's note).
+    /// Refuses a read touching a chunk that was in the store when it was opened and is gone now.
     fn check_chunks(&self, ranges: &[std::ops::Range<u64>], t: usize) -> Result<()> {
         let store = self.array.storage();
         for idx in self.chunk_indices(ranges) {
             let key = self.array.chunk_key(&idx);
             match store.size_key(&key) {
                 Ok(Some(_)) => {}
+                Ok(None) if self.absent.contains(key.as_str()) => {}
                 Ok(None) => {
                     return Err(self.input_err(format!(
-                        "{}, chunk {} ({key}) is missing, needed for timepoint {t}; gpuprep does not \
-                         read a missing chunk as the fill value (a recorded image with a chunk missing \
-                         has lost data)",
-                        describe_node(&self.array_path),
-                        fmt_u64(&idx)
-                    )))
+                    "{}, chunk {} ({key}) is missing, needed for timepoint {t}; it was there when \
+                         the store was opened (the store changed during the run)",
+                    describe_node(&self.array_path),
+                    fmt_u64(&idx)
+                )))
                 }
                 Err(e) => {
                     return Err(self.input_err(format!(
@@ -502,6 +602,43 @@ impl ZarrInput {
             message,
         }
     }
+}
+
+/// The keys of the chunks of `array` (at `array_path`) its store does not hold, and the chunk count.
+fn absent_chunks(
+    array: &Array<FilesystemStore>,
+    array_path: &str,
+) -> std::result::Result<(HashSet<String>, u64), String> {
+    let prefix = match array_path.trim_matches('/') {
+        "" => StorePrefix::root(),
+        p => StorePrefix::new(format!("{p}/")).map_err(|e| e.to_string())?,
+    };
+    let present: HashSet<String> = array
+        .storage()
+        .list_prefix(&prefix)
+        .map_err(|e| crate::one_line(&crate::error_chain(&e)))?
+        .into_iter()
+        .map(|k| k.as_str().to_string())
+        .collect();
+    let grid: Vec<usize> = array
+        .chunk_grid_shape()
+        .iter()
+        .map(|&n| n as usize)
+        .collect();
+    let mut absent = HashSet::new();
+    let mut total = 0u64;
+    for idx in ndarray::indices(grid.as_slice()) {
+        let idx: Vec<u64> = ndarray::Dimension::slice(&idx)
+            .iter()
+            .map(|&i| i as u64)
+            .collect();
+        total += 1;
+        let key = array.chunk_key(&idx);
+        if !present.contains(key.as_str()) {
+            absent.insert(key.as_str().to_string());
+        }
+    }
+    Ok((absent, total))
 }
 
 fn fmt_u64(shape: &[u64]) -> String {

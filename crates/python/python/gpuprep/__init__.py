@@ -600,6 +600,8 @@ def preprocess(
     *,
     dataset: str = "default",
     axes: str | None = None,
+    format: str | None = None,
+    channel: int = 0,
     force: bool = False,
     no_median: bool = False,
     median_size: Any = 3,
@@ -650,7 +652,7 @@ def preprocess(
         progress = None
     if progress is not None and not callable(progress):
         raise TypeError("progress: expected a callable (pass_name, done, total), True or None")
-    for name, value in (("reference", reference), ("ddof", ddof), ("order", order)):
+    for name, value in (("reference", reference), ("ddof", ddof), ("order", order), ("channel", channel)):
         if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 0:
             raise ValueError(f"{name}: got {value!r}; expected a non-negative integer")
     return _gpuprep.preprocess(
@@ -658,6 +660,8 @@ def preprocess(
         os.fspath(output),
         dataset=dataset,
         axes=axes,
+        format=format,
+        channel=int(channel),
         force=bool(force),
         no_median=bool(no_median),
         median_size=_triple(median_size, "median_size"),

@@ -36,6 +36,8 @@ def preprocess(
     *,
     dataset: str,
     axes: Optional[str],
+    format: Optional[str],
+    channel: int,
     force: bool,
     no_median: bool,
     median_size: list[int],

@@ -456,6 +456,10 @@ def _blocked(inp: Input, block: int | None) -> Any:
 # --------------------------------------------------------------------------------------------------------
 
 
+# How many references this process has transformed (SharedReference.get): once per worker and run.
+reference_transforms = 0
+
+
 class SharedReference:
     """The registration reference as shipped to workers: its volume and parameters. ``get()`` builds the
     ``gpuprep.Reference`` (the transform of the volume) on first use in each process and keeps it, so a
@@ -484,6 +488,8 @@ class SharedReference:
     def get(self) -> gpuprep.Reference:
         with self._lock:  # worker threads share the object: one transform
             if self._ref is None:
+                global reference_transforms
+                reference_transforms += 1
                 up, norm, backend = self.params
                 self._ref = gpuprep.Reference(
                     _aligned(self.volume, np.float32), upsample_factor=up, normalization=None if norm == "none" else norm, backend=backend
@@ -864,7 +870,7 @@ def _check_output(output: str, force: bool) -> str:
     out = os.path.abspath(output.rstrip("/"))
     if os.path.lexists(out):
         if not force:
-            raise FileExistsError(f"{output}: exists; pass force=True to replace it")
+            raise FileExistsError(f"{output}: exists; pass force=True (--force) to replace it")
         if os.path.islink(out) or not (
             os.path.isfile(out) or os.path.exists(os.path.join(out, "zarr.json")) or os.path.exists(os.path.join(out, ".zgroup"))
         ):
