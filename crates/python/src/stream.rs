@@ -298,6 +298,20 @@ pub enum Volumes<'py> {
     F64x4(PyReadonlyArray4<'py, f64>),
 }
 
+/// `a`, or a copy of it when its data is not aligned for its dtype (an array dask.distributed
+/// deserialised from a byte buffer can be): views of it are read in place, which needs alignment.
+fn aligned<'py>(a: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+    let is_aligned = match a.getattr("flags") {
+        Ok(flags) => flags.getattr("aligned")?.extract::<bool>()?,
+        Err(_) => true, // not an array: extraction reports what it is
+    };
+    if is_aligned {
+        Ok(a.clone())
+    } else {
+        a.call_method0("copy")
+    }
+}
+
 fn add_block<T: Copy + Into<f64> + Sync>(acc: &mut Accumulator, block: ArrayView4<T>) {
     for v in block.axis_iter(Axis(0)) {
         acc.add(v);
@@ -327,6 +341,7 @@ impl Moments {
                 "volumes: masked arrays are not supported; fill or drop the masked values first",
             ));
         }
+        let volumes = aligned(volumes)?;
         let volumes: Volumes<'_> = volumes.extract()?;
         let shape = self.shape();
         let check = |s: &[usize]| -> PyResult<()> {
@@ -424,11 +439,10 @@ impl Moments {
 
     /// Moments from `count`, `mean` and `m2` (what pickling stores).
     #[staticmethod]
-    fn from_parts(
-        count: u64,
-        mean: PyReadonlyArray3<'_, f64>,
-        m2: PyReadonlyArray3<'_, f64>,
-    ) -> PyResult<Moments> {
+    fn from_parts(count: u64, mean: &Bound<'_, PyAny>, m2: &Bound<'_, PyAny>) -> PyResult<Moments> {
+        let (mean, m2) = (aligned(mean)?, aligned(m2)?);
+        let mean: PyReadonlyArray3<'_, f64> = mean.extract()?;
+        let m2: PyReadonlyArray3<'_, f64> = m2.extract()?;
         Ok(Moments {
             acc: py(Accumulator::from_parts(
                 count,

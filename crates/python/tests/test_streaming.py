@@ -183,3 +183,38 @@ def test_the_gil_is_released_while_rust_computes():
     # switches threads only between bytecodes); released, it spins freely.
     assert elapsed > 0.02, "the filter was too quick to tell"
     assert ticks > 10_000, f"{ticks} iterations in {elapsed:.3f} s"
+
+
+def unaligned(shape, dtype=np.float32, seed=9):
+    """An array whose data starts one byte past an aligned address, as dask.distributed can hand over."""
+    n = int(np.prod(shape)) * np.dtype(dtype).itemsize
+    raw = np.zeros(n + 1, np.uint8)[1:]
+    a = raw.view(dtype).reshape(shape)
+    a[...] = np.random.default_rng(seed).standard_normal(shape)
+    assert not a.flags.aligned
+    return a
+
+
+def test_unaligned_arrays_are_read_correctly(backend):
+    a = unaligned((3, 8, 9, 10))
+    b = np.array(a)  # aligned copy
+    np.testing.assert_array_equal(gpuprep.median_filter(a[0], 3, backend=backend), gpuprep.median_filter(b[0], 3, backend=backend))
+    np.testing.assert_array_equal(gpuprep.shift(a[0], 0.5, backend=backend), gpuprep.shift(b[0], 0.5, backend=backend))
+    np.testing.assert_array_equal(gpuprep.zscore(a, backend=backend), gpuprep.zscore(b, backend=backend))
+    ref = gpuprep.Reference(a[0], backend=backend)
+    np.testing.assert_array_equal(ref.register(a[1]).shift, gpuprep.Reference(b[0], backend=backend).register(b[1]).shift)
+    got = gpuprep.process_block(a, ref, backend=backend)
+    want = gpuprep.process_block(b, ref, backend=backend)
+    for g, w in zip(got, want):
+        np.testing.assert_array_equal(g, w)
+    m1, m2 = gpuprep.Moments((8, 9, 10)), gpuprep.Moments((8, 9, 10))
+    m1.update(a)
+    m2.update(b)
+    np.testing.assert_array_equal(m1.mean, m2.mean)
+    back = gpuprep.Moments.from_parts(3, unaligned((8, 9, 10), np.float64), np.abs(unaligned((8, 9, 10), np.float64, 1)))
+    assert back.count == 3
+    mean, std = m1.finalize()
+    np.testing.assert_array_equal(
+        gpuprep.normalize(a, unaligned((8, 9, 10), np.float64) * 0 + mean, std, backend=backend),
+        gpuprep.normalize(b, mean, std, backend=backend),
+    )

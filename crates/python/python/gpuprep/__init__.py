@@ -67,6 +67,12 @@ def _refuse_masked(a: Any, name: str) -> None:
         raise NotImplementedError(f"{name}: masked arrays are not supported; fill or drop the masked values first")
 
 
+def _aligned(a: np.ndarray) -> np.ndarray:
+    """``a``, copied if its data is not aligned for its dtype (an array dask.distributed deserialised
+    from a byte buffer can be): Rust reads elements in place and requires alignment."""
+    return a if a.flags.aligned else a.copy()
+
+
 def _check_dtype(a: np.ndarray, name: str) -> None:
     if a.dtype.kind not in "fiu" or a.dtype.itemsize > 8:
         raise TypeError(
@@ -96,7 +102,7 @@ def _as_volume(a: Any, name: str) -> tuple[np.ndarray, tuple[int, ...]]:
         )
     _check_exact_ints(a, name)
     shape = a.shape
-    v = a if a.dtype == np.float32 else a.astype(np.float32)
+    v = _aligned(a) if a.dtype == np.float32 else a.astype(np.float32)
     return v.reshape((1,) * (3 - a.ndim) + shape), shape
 
 
@@ -414,7 +420,7 @@ def zscore(
         )
     if arr.size == 0:
         return np.empty(arr.shape, np.float16 if arr.dtype == np.float16 else work)
-    series = _series(np.ascontiguousarray(moved, dtype=work))
+    series = _series(_aligned(np.ascontiguousarray(moved, dtype=work)))
     z, constant = _gpuprep.zscore(series, int(ddof), constant_voxels, backend)
     if constant_voxels == "nan" and (constant or series.shape[0] <= ddof):
         warnings.warn(
@@ -448,9 +454,9 @@ def normalize(
         raise ValueError(f"volumes: expected a (z, y, x) volume or a (t, z, y, x) block, got shape {v.shape}")
     block = v if v.ndim == 4 else v[np.newaxis]
     out = _gpuprep.normalize(
-        block,
-        np.asarray(mean, dtype=np.float64),
-        np.asarray(std, dtype=np.float64),
+        _aligned(block),
+        _aligned(np.asarray(mean, dtype=np.float64)),
+        _aligned(np.asarray(std, dtype=np.float64)),
         constant_voxels,
         backend,
     )
@@ -565,7 +571,7 @@ def process_block(
     if b.ndim != 4:
         raise ValueError(f"block: expected a (t, z, y, x) array, got shape {b.shape}")
     _check_exact_ints(b, "block")
-    b = b if b.dtype == np.float32 else b.astype(np.float32)
+    b = _aligned(b) if b.dtype == np.float32 else b.astype(np.float32)
     median = None if no_median else (_triple(median_size, "median_size"), median_mode, float(median_cval))
     ref = None if reference is None else reference._ref
     if reference is not None and len(reference.shape) != 3:

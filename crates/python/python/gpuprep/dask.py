@@ -31,7 +31,7 @@ import shutil
 import tempfile
 import threading
 import warnings
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Sequence
 
 import numpy as np
@@ -104,7 +104,6 @@ class _Params:
     nonfinite: str
     compression: str
     backend: str
-    extra: dict = field(default_factory=dict)
 
 
 def _nonneg_int(value: Any, name: str) -> int:
