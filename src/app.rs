@@ -157,6 +157,9 @@ fn print_report(r: &RunReport) -> anyhow::Result<()> {
             r.nonfinite_replaced
         )?;
     }
+    if r.scratch == Some("memory") {
+        say!("  pass 1's results waited in memory for the z-score (within --memory-budget)")?;
+    }
     if r.constant_voxels > 0 {
         say!(
             "  {} voxels have a constant time series (z-score set per --constant-voxels)",

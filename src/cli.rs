@@ -8,6 +8,7 @@ use gpuprep_gpu::Api;
 use gpuprep_io::source::Format;
 use gpuprep_io::{Compression, Dtype};
 use gpuprep_pipeline::driver::{NonFinite, RunConfig};
+use gpuprep_pipeline::options::memory_budget;
 use gpuprep_pipeline::synth::SynthMode;
 use gpuprep_pipeline::RunOptions;
 use std::path::PathBuf;
@@ -164,6 +165,11 @@ pub struct RunArgs {
     #[arg(long, default_value = "none", value_parser = choice(&Compression::ALL, Compression::name))]
     pub compression: Compression,
 
+    /// Memory pass 1's results may take for the z-score's second pass ("8G", "500M", bytes; 0: always a
+    /// scratch file). Default: a quarter of the available memory. Beyond it they wait in a scratch file.
+    #[arg(long, value_name = "SIZE")]
+    pub memory_budget: Option<String>,
+
     /// Extra datasets to keep: filtered, registered (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub save: Vec<String>,
@@ -271,6 +277,7 @@ const PARAMETER_FLAGS: &[(&str, &str)] = &[
     ("reference", "--reference"),
     ("reference range", "--reference-mean"),
     ("saved stages", "--save"),
+    ("memory budget", "--memory-budget"),
     ("axes", "--axes"),
     ("format", "--format"),
     ("dtype", "--dtype"),
@@ -342,6 +349,10 @@ impl RunArgs {
             nonfinite: self.nonfinite,
             compression: self.compression,
             save: self.save.clone(),
+            memory_budget: match &self.memory_budget {
+                None => None,
+                Some(text) => Some(memory_budget(text).map_err(under_its_flag)?),
+            },
         }
         .into_config()
         .map_err(under_its_flag)

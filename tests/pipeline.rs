@@ -202,6 +202,40 @@ fn zscored_run_leaves_only_the_output_and_matches_normalizing_the_registered_vol
     assert_eq!(nans, report.constant_voxels);
 }
 
+/// Pass 1's results kept in memory (within the budget) or in the scratch file (budget 0) give the same
+/// output, bit for bit, and leave nothing behind either way.
+#[test]
+fn pass_one_in_memory_and_in_the_scratch_file_write_the_same_output() {
+    let (_tmp, out_dir, mut cfg) = run_in_own_dir([6, 9, 14, 11]);
+    let mut outputs = Vec::new();
+    for (budget, place) in [
+        (Some(0), "file"),
+        (Some(6 * 9 * 14 * 11 * 4), "memory"),
+        (None, "memory"),
+    ] {
+        cfg.memory_budget = budget;
+        cfg.force = true;
+        let report = run(&cfg, &mut CpuBackend::new()).unwrap();
+        assert_eq!(report.scratch, Some(place), "budget {budget:?}");
+        assert_eq!(listing(&out_dir), vec!["out.h5".to_string()]);
+        let f = hdf5::File::open(&cfg.output).unwrap();
+        outputs.push((read4(&f, "data"), read3(&f, "mean"), read3(&f, "std")));
+    }
+    // One byte short of the results: the file.
+    cfg.memory_budget = Some(6 * 9 * 14 * 11 * 4 - 1);
+    assert_eq!(
+        run(&cfg, &mut CpuBackend::new()).unwrap().scratch,
+        Some("file")
+    );
+    let bits = |a: &ndarray::Array4<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    for o in &outputs[1..] {
+        assert_eq!(bits(&o.0), bits(&outputs[0].0));
+        assert_eq!((&o.1, &o.2), (&outputs[0].1, &outputs[0].2));
+    }
+    cfg.zscore = None;
+    assert_eq!(run(&cfg, &mut CpuBackend::new()).unwrap().scratch, None);
+}
+
 #[test]
 fn no_zscore_run_writes_the_registered_volumes_as_data() {
     let (_tmp, out_dir, mut cfg) = run_in_own_dir([4, 12, 16, 20]);

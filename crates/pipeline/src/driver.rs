@@ -2,15 +2,18 @@
 //!
 //! Each pass is a three-stage pipeline: a reader thread, the backend on the calling thread (it never
 //! leaves it), and a writer thread, joined by bounded channels, so computing volume t overlaps reading
-//! the next ones and writing the previous ones. With the z-score on, pass 1 writes the pre-z-score
-//! volumes to a raw scratch file beside the output (`--save` datasets go to the output as they come) and
-//! pass 2 reads them back, normalizes them and writes `data` to the output once; with it off, pass 1
-//! writes `data` directly and there is no pass 2. The scratch is a plain file rather than an HDF5 dataset
+//! the next ones and writing the previous ones. With the z-score on, pass 1 keeps the pre-z-score volumes
+//! in memory when they fit `RunConfig::memory_budget` (by default a quarter of the available memory, so a
+//! dataset that fits is written once), else writes them to a raw scratch file beside the output
+//! (`--save` datasets go to the output as they come); pass 2 takes them back, normalizes them and writes
+//! `data` to the output once; with it off, pass 1 writes `data` directly and there is no pass 2. The
+//! scratch is a plain file rather than an HDF5 dataset
 //! because the hdf5 crate serialises every library call behind one global lock: HDF5 reads and writes
 //! never overlap each other, but plain-file I/O overlaps both. It costs disk: during pass 2 the scratch
 //! and the output each hold a copy of `data`.
 //!
-//! Memory is bounded by a few volumes plus the z-score accumulators, whatever the number of timepoints:
+//! Memory is bounded by a few volumes plus the z-score accumulators, whatever the number of timepoints
+//! (pass 1's results kept in memory aside, which the budget bounds):
 //! at most `depth` + 1 volumes on the read side (queued and being read), in pass 1 the lookahead of a
 //! backend that stages uploads (the GPU backend's `process_stream` takes the next volume from the stream
 //! before computing the current one, to upload it during that compute; the CPU backend takes none), the
@@ -99,6 +102,9 @@ pub struct RunConfig {
     pub format: Option<gpuprep_io::source::Format>,
     /// The channel read from an input with several (`--channel`).
     pub channel: usize,
+    /// Bytes pass 1's results may take in memory for the z-score's second pass (`--memory-budget`);
+    /// beyond it they wait in a scratch file. `None`: a quarter of the available memory.
+    pub memory_budget: Option<u64>,
 }
 
 impl RunConfig {
@@ -122,6 +128,7 @@ impl RunConfig {
             compression: Compression::None,
             format: None,
             channel: 0,
+            memory_budget: None,
         }
     }
 }
@@ -136,6 +143,8 @@ pub struct RunReport {
     pub registrations: Vec<Registration>,
     pub nonfinite_replaced: usize,
     pub constant_voxels: usize,
+    /// Where pass 1's results waited for the z-score: "memory" or "file" (`None` without z-score).
+    pub scratch: Option<&'static str>,
     /// The inputs read, for the summary: file count, first and last file, axes ([`Source::inputs_summary`]).
     pub inputs_summary: String,
     /// Busy time per stage, summed over volumes: `reference`; `read` (the reader threads: inputs, then the
@@ -286,7 +295,13 @@ pub fn run_with_progress(
     };
     let source = Source::open_opts(&cfg.inputs, &cfg.dataset, opts)?;
     check_config(cfg, &source)?;
-    crate::memory::check_run(cfg, &source, crate::memory::Compute::of(backend))?;
+    let compute = crate::memory::Compute::of(backend);
+    // Pass 1's results stay in memory for pass 2 when they fit the budget and the run still fits the
+    // machine with them; else they wait in a scratch file, and the memory check is the streaming one.
+    let in_memory = cfg.zscore.is_some()
+        && crate::memory::results_fit_budget(cfg, source.len(), source.shape())?
+        && crate::memory::check_run(cfg, &source, compute, true).is_ok();
+    crate::memory::check_run(cfg, &source, compute, in_memory)?;
     let (n, shape) = (source.len(), source.shape());
 
     let mut datasets = vec!["data"];
@@ -333,7 +348,12 @@ pub fn run_with_progress(
 
     // With the z-score on, the first pass's results wait in the scratch file, not in the output.
     let scratch = match cfg.zscore {
-        Some(_) => Some(Scratch::create(sink.temp_dir(), sink.path(), shape)?),
+        Some(_) if in_memory => Some(Scratch::Memory(MemoryScratch::new(n, shape))),
+        Some(_) => Some(Scratch::File(FileScratch::create(
+            sink.temp_dir(),
+            sink.path(),
+            shape,
+        )?)),
         None => None,
     };
 
@@ -356,7 +376,7 @@ pub fn run_with_progress(
                     sink.write_volume("registered", t, volume.view())?;
                 }
                 match scratch {
-                    Some(s) => s.write(t, volume.view()),
+                    Some(s) => s.write(t, volume),
                     None => sink.write_volume("data", t, volume.view()),
                 }
             },
@@ -448,6 +468,7 @@ pub fn run_with_progress(
         sink.write_array_f32("mean", moments.mean().view().into_dyn())?;
         sink.write_array_f32("std", moments.std().view().into_dyn())?;
     }
+    let scratch_place = scratch.as_ref().map(Scratch::place);
     // Deleted now rather than at the end of the function so the scratch's disk space is free before the
     // output is flushed.
     drop(scratch);
@@ -470,6 +491,7 @@ pub fn run_with_progress(
         registrations,
         nonfinite_replaced,
         constant_voxels,
+        scratch: scratch_place,
         inputs_summary: source.inputs_summary(),
         stage_times: clock.0,
         total: started.elapsed(),
@@ -612,15 +634,90 @@ impl<'scope, M: Send + 'scope> WriteBehind<'scope, M> {
 /// t at byte `t * volume_bytes`, in a temporary file in the output's private temporary directory
 /// (`Sink::temp_dir`). `NamedTempFile` deletes it when dropped, so it disappears whether the run succeeds,
 /// fails or panics; an interrupt removes the whole directory.
-struct Scratch {
+/// Where pass 1's results wait for the z-score's second pass.
+enum Scratch {
+    /// In memory, when they fit `RunConfig::memory_budget`: the data is written once, to the output.
+    Memory(MemoryScratch),
+    /// A raw file beside the output.
+    File(FileScratch),
+}
+
+impl Scratch {
+    fn write(&self, t: usize, vol: Array3<f32>) -> Result<()> {
+        match self {
+            Scratch::Memory(m) => m.write(t, vol),
+            Scratch::File(f) => f.write(t, vol.view()),
+        }
+    }
+
+    fn read(&self, t: usize) -> Result<Array3<f32>> {
+        match self {
+            Scratch::Memory(m) => m.take(t),
+            Scratch::File(f) => f.read(t),
+        }
+    }
+
+    fn place(&self) -> &'static str {
+        match self {
+            Scratch::Memory(_) => "memory",
+            Scratch::File(_) => "file",
+        }
+    }
+}
+
+/// Pass 1's volumes held until pass 2 takes each (and frees it).
+struct MemoryScratch {
+    volumes: std::sync::Mutex<Vec<Option<Array3<f32>>>>,
+    shape: [usize; 3],
+}
+
+impl MemoryScratch {
+    fn new(n: usize, shape: [usize; 3]) -> MemoryScratch {
+        MemoryScratch {
+            volumes: std::sync::Mutex::new(vec![None; n]),
+            shape,
+        }
+    }
+
+    fn slots(&self) -> std::sync::MutexGuard<'_, Vec<Option<Array3<f32>>>> {
+        // A panic elsewhere while holding the lock leaves the list itself intact.
+        self.volumes.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn write(&self, t: usize, vol: Array3<f32>) -> Result<()> {
+        if vol.shape() != self.shape {
+            return Err(Error::Data(format!(
+                "volume {t} has shape {}, expected {}",
+                fmt_shape(vol.shape()),
+                fmt_shape(&self.shape)
+            )));
+        }
+        match self.slots().get_mut(t) {
+            Some(slot) => {
+                *slot = Some(vol);
+                Ok(())
+            }
+            None => Err(Error::Data(format!("timepoint {t} is past the series"))),
+        }
+    }
+
+    fn take(&self, t: usize) -> Result<Array3<f32>> {
+        self.slots()
+            .get_mut(t)
+            .and_then(Option::take)
+            .ok_or_else(|| Error::Data(format!("timepoint {t} was not kept by pass 1")))
+    }
+}
+
+struct FileScratch {
     file: tempfile::NamedTempFile,
     shape: [usize; 3],
     /// The output path, which errors name: the scratch file's own path means nothing to the user.
     output: PathBuf,
 }
 
-impl Scratch {
-    fn create(dir: &Path, output: &Path, shape: [usize; 3]) -> Result<Scratch> {
+impl FileScratch {
+    fn create(dir: &Path, output: &Path, shape: [usize; 3]) -> Result<FileScratch> {
         let file = tempfile::Builder::new()
             .prefix("scratch")
             .tempfile_in(dir)
@@ -631,7 +728,7 @@ impl Scratch {
                     dir.display()
                 ),
             })?;
-        Ok(Scratch {
+        Ok(FileScratch {
             file,
             shape,
             output: output.to_path_buf(),
@@ -811,7 +908,7 @@ mod tests {
                 })
             })
             .collect();
-        let scratch = Scratch::create(dir.path(), Path::new("out.h5"), shape).unwrap();
+        let scratch = FileScratch::create(dir.path(), Path::new("out.h5"), shape).unwrap();
         let path = scratch.file.path().to_path_buf();
         assert!(path
             .file_name()

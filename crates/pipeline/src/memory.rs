@@ -50,6 +50,8 @@ pub struct RunShape {
     pub input_chunk_bytes: Option<u128>,
     /// CPU worker threads (per-thread buffers).
     pub threads: usize,
+    /// Pass 1's results kept in memory for the z-score's second pass (`results_fit_budget`).
+    pub results_in_memory: bool,
     pub compute: Compute,
 }
 
@@ -328,6 +330,22 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
         t.push(term("shifts, error and phase difference arrays", 40 * n));
         phases.push(Estimate::from_terms("end", t));
     }
+    if shape.results_in_memory {
+        // They accumulate through pass 1 and are freed one by one in pass 2: counted whole in both.
+        let kept = term("pass 1's results kept in memory for the z-score", n * v * 4);
+        phases = phases
+            .into_iter()
+            .map(|e| {
+                if e.phase.starts_with("pass") {
+                    let mut terms = e.terms;
+                    terms.push(kept.clone());
+                    Estimate::from_terms(e.phase, terms)
+                } else {
+                    e
+                }
+            })
+            .collect();
+    }
     Ok(phases
         .into_iter()
         .max_by_key(|e| e.total)
@@ -348,9 +366,28 @@ fn advice(e: &Estimate, cfg: &RunConfig) -> &'static str {
     }
 }
 
+/// Whether pass 1's results (`timepoints` float32 volumes of `volume`) fit `cfg.memory_budget`, by
+/// default a quarter of the available memory (none where it cannot be read).
+pub fn results_fit_budget(cfg: &RunConfig, timepoints: usize, volume: [usize; 3]) -> Result<bool> {
+    let Some(bytes) = voxels(volume).and_then(|v| v.checked_mul(4 * timepoints as u128)) else {
+        return Ok(false);
+    };
+    let budget = match cfg.memory_budget {
+        Some(b) => b as u128,
+        None => available()?.map_or(0, |a| a.bytes / 4),
+    };
+    Ok(bytes <= budget)
+}
+
 /// Refuses `cfg` on `source` before any data is read when its estimate passes what the machine has, or
-/// when a volume is too large to address at all.
-pub fn check_run(cfg: &RunConfig, source: &Source, compute: Compute) -> Result<()> {
+/// when a volume is too large to address at all. `results_in_memory`: pass 1's results wait in memory
+/// for pass 2.
+pub fn check_run(
+    cfg: &RunConfig,
+    source: &Source,
+    compute: Compute,
+    results_in_memory: bool,
+) -> Result<()> {
     let path = source.files()[0].clone();
     let full_shape: Vec<usize> = std::iter::once(source.len())
         .chain(source.shape())
@@ -367,6 +404,7 @@ pub fn check_run(cfg: &RunConfig, source: &Source, compute: Compute) -> Result<(
         input_chunk_bytes,
         threads: rayon::current_num_threads(),
         compute,
+        results_in_memory,
     };
     let e = estimate(cfg, &shape).map_err(|m| Error::Input {
         path: path.clone(),
@@ -490,6 +528,7 @@ mod tests {
             input_chunk_bytes: None,
             threads: 2,
             compute: Compute::Cpu,
+            results_in_memory: false,
         }
     }
 
@@ -582,6 +621,20 @@ mod tests {
             t
         });
         assert!(long.total > 80_000_000_000);
+
+        // Pass 1's results kept for pass 2 count in every pass, not in the reference or the end.
+        let kept = estimate(
+            &cfg(),
+            &RunShape {
+                results_in_memory: true,
+                ..shape(10, v)
+            },
+        )
+        .unwrap();
+        let term = find(&kept, "pass 1's results").expect("counted");
+        assert_eq!(term.bytes, 10 * 4 * 64 * 64 * 64);
+        assert_eq!(kept.total, base.total + term.bytes);
+        assert!(kept.phase.starts_with("pass"));
     }
 
     #[test]

@@ -52,6 +52,8 @@ pub struct RunOptions {
     pub compression: Compression,
     /// Extra stages to keep: "filtered", "registered".
     pub save: Vec<String>,
+    /// Bytes pass 1's results may take in memory for the z-score (`None`: a quarter of what is available).
+    pub memory_budget: Option<u64>,
 }
 
 impl Default for RunOptions {
@@ -83,6 +85,7 @@ impl Default for RunOptions {
             nonfinite: NonFinite::Error,
             compression: Compression::None,
             save: Vec::new(),
+            memory_budget: None,
         }
     }
 }
@@ -96,6 +99,17 @@ pub fn upsample_factor(u: i64) -> Result<u32> {
         });
     }
     Ok(u as u32)
+}
+
+/// A memory size for `memory_budget` ("8G", "500M", "1.5GiB", a number of bytes; suffixes are powers
+/// of 1024).
+pub fn memory_budget(text: &str) -> Result<u64> {
+    gpuprep_core::host::parse_bytes(text)
+        .and_then(|b| u64::try_from(b).ok())
+        .ok_or_else(|| Error::InvalidParameter {
+            name: "memory budget".into(),
+            message: format!("got {text:?}; expected a size such as 8G, 500M or a number of bytes"),
+        })
 }
 
 impl RunOptions {
@@ -173,6 +187,7 @@ impl RunOptions {
             compression: self.compression,
             format: self.format,
             channel: self.channel,
+            memory_budget: self.memory_budget,
         })
     }
 }

@@ -15,6 +15,7 @@ const PARAMETER_KEYWORDS: &[(&str, &str)] = &[
     ("reference", "reference"),
     ("reference range", "reference_mean"),
     ("saved stages", "save"),
+    ("memory budget", "memory_budget"),
     ("axes", "axes"),
     ("inputs", "inputs"),
 ];

@@ -88,6 +88,7 @@ fn report<'py>(py_: Python<'py>, r: RunReport) -> PyResult<Bound<'py, PyDict>> {
     )?;
     d.set_item("nonfinite_replaced", r.nonfinite_replaced)?;
     d.set_item("constant_voxels", r.constant_voxels)?;
+    d.set_item("scratch", r.scratch)?;
     d.set_item("inputs", &r.inputs_summary)?;
     let stages = PyDict::new(py_);
     for (name, t) in &r.stage_times {
@@ -104,8 +105,8 @@ fn report<'py>(py_: Python<'py>, r: RunReport) -> PyResult<Bound<'py, PyDict>> {
 #[pyo3(signature = (
     inputs, output, *, dataset, axes, format, channel, force, no_median, median_size, median_mode, median_cval,
     no_register, upsample_factor, normalization, reference, reference_mean, register_raw, order,
-    shift_mode, shift_cval, no_zscore, ddof, constant_voxels, nonfinite, compression, save, backend,
-    progress
+    shift_mode, shift_cval, no_zscore, ddof, constant_voxels, nonfinite, compression, save,
+    memory_budget, backend, progress
 ))]
 #[allow(clippy::too_many_arguments)]
 pub fn preprocess<'py>(
@@ -136,6 +137,7 @@ pub fn preprocess<'py>(
     nonfinite: &str,
     compression: &str,
     save: Vec<String>,
+    memory_budget: Option<String>,
     backend: &str,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
@@ -190,6 +192,10 @@ pub fn preprocess<'py>(
                 ))
             })?,
         save,
+        memory_budget: match memory_budget {
+            Some(text) => Some(py(gpuprep_pipeline::options::memory_budget(&text))?),
+            None => None,
+        },
     };
     let cfg = py(options.into_config())?;
     let choice = Choice::parse(backend)?;

@@ -628,6 +628,7 @@ def preprocess(
     nonfinite: str = "error",
     compression: str = "none",
     save: str | Sequence[str] = (),
+    memory_budget: int | str | None = None,
     backend: str = "auto",
     progress: bool | Callable[[str, int, int], Any] | None = None,
 ) -> dict:
@@ -688,6 +689,7 @@ def preprocess(
         nonfinite=nonfinite,
         compression=compression,
         save=[str(s) for s in save],
+        memory_budget=None if memory_budget is None else str(memory_budget),
         backend=backend,
         progress=progress,
     )

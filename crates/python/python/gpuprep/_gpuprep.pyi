@@ -58,6 +58,7 @@ def preprocess(
     nonfinite: str,
     compression: str,
     save: list[str],
+    memory_budget: Optional[str],
     backend: str,
     progress: Optional[Callable[[str, int, int], Any]],
 ) -> dict[str, Any]: ...
