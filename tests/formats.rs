@@ -1680,6 +1680,15 @@ fn absent_chunks_read_as_the_fill_value_with_a_warning() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!bad.exists());
+    // `info` still describes it, and says why a run would refuse it.
+    let (code, info, _) = gpuprep_output(&["info".to_string(), store.display().to_string()]);
+    assert_eq!(code, 0);
+    assert!(
+        info.contains("3 of 8 chunks absent (read as the fill value)")
+            && info.contains("unusable as input:")
+            && info.contains("every other chunk of timepoint 2"),
+        "{info}"
+    );
 }
 
 #[test]

@@ -255,16 +255,18 @@ pub fn detect_format<S: AsRef<Path>>(inputs: &[S]) -> Format {
         let names: Vec<PathBuf> = std::fs::read_dir(first)
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
-        let tiff = names.iter().any(|p| tiff::is_tiff_name(p));
+        if !names.iter().any(|p| tiff::is_tiff_name(p)) {
+            return Format::Hdf5;
+        }
         // gpuprep's own outputs written beside TIFF inputs do not make the directory an HDF5 series.
         let h5_inputs = names
             .iter()
             .filter(|p| is_h5_name(p))
             .any(|p| !is_gpuprep_output(p));
-        return if tiff && !h5_inputs {
-            Format::Tiff
-        } else {
+        return if h5_inputs {
             Format::Hdf5
+        } else {
+            Format::Tiff
         };
     }
     if first.symlink_metadata().is_ok() {
@@ -637,6 +639,7 @@ impl Source {
         channel: usize,
     ) -> Result<Source> {
         let z = zarr::ZarrInput::open(path, dataset, requested, channel)?;
+        z.check_whole_volumes()?;
         let len = z.len();
         Ok(Source {
             files: vec![path.to_path_buf()],
