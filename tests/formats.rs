@@ -1152,6 +1152,17 @@ fn tiff_inputs_give_the_result_of_the_same_data_in_hdf5_and_zarr() {
         );
     }
 
+    // An output written into the TIFF directory does not turn it into an HDF5 series.
+    run_ok(&per_t, &per_t.join("result.h5"), &[]);
+    let again = tmp.path().join("again.h5");
+    run_ok(&per_t, &again, &[]);
+    same_f32(
+        &h5_f32(&reference, "data"),
+        &h5_f32(&again, "data"),
+        "rerun data",
+    );
+    std::fs::remove_file(per_t.join("result.h5")).unwrap();
+
     // The ImageJ calibration and the OME physical sizes reach the output.
     let voxel = |i: usize| -> (String, String) {
         let h5 = hdf5::File::open(tmp.path().join(format!("out{i}.h5"))).unwrap();
@@ -1669,6 +1680,15 @@ fn absent_chunks_read_as_the_fill_value_with_a_warning() {
     );
     assert_eq!(err.trim_end().lines().count(), 1, "{err}");
     assert!(!bad.exists());
+    // `info` still describes it, and says why a run would refuse it.
+    let (code, info, _) = gpuprep_output(&["info".to_string(), store.display().to_string()]);
+    assert_eq!(code, 0);
+    assert!(
+        info.contains("3 of 8 chunks absent (read as the fill value)")
+            && info.contains("unusable as input:")
+            && info.contains("every other chunk of timepoint 2"),
+        "{info}"
+    );
 }
 
 #[test]

@@ -12,7 +12,7 @@
 //! belong to a run still in progress.
 
 use std::path::{Path, PathBuf};
-use std::sync::{Mutex, MutexGuard};
+use std::sync::{Mutex, MutexGuard, RwLock};
 
 /// Prefix of the private temporary directory each output is written in.
 pub const TEMP_PREFIX: &str = ".gpuprep-";
@@ -21,6 +21,19 @@ pub const TEMP_PREFIX: &str = ".gpuprep-";
 type Entries = Vec<(u64, PathBuf, bool)>;
 
 static REGISTRY: Mutex<Entries> = Mutex::new(Vec::new());
+
+/// Shared by every write that names its file by path into a registered directory (Zarr chunks and
+/// metadata: the store recreates missing parent directories, so a chunk written just after the
+/// interrupt deleted the directory would bring it back); taken exclusively by the interrupt before it
+/// deletes, and never released (the process ends).
+static WRITE_GATE: RwLock<()> = RwLock::new(());
+
+/// Runs `f`, a path-based write into a registered directory, unless an interrupt is deleting them
+/// (then it waits for the end of the process).
+pub fn gated<T>(f: impl FnOnce() -> T) -> T {
+    let _shared = WRITE_GATE.read().unwrap_or_else(|p| p.into_inner());
+    f()
+}
 static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
 
 fn registry() -> MutexGuard<'static, Entries> {
@@ -140,6 +153,9 @@ fn on_signal(sig: i32) -> ! {
     let mut err = std::io::stderr().lock();
     // Held until the process ends, so no run can register a new path or finish a rename halfway.
     let mut reg = registry();
+    // Waits for the path-based writes under way (none of them takes the locks above), and holds
+    // back the rest.
+    let _writes = WRITE_GATE.write().unwrap_or_else(|p| p.into_inner());
     let removed = remove_registered(&mut reg);
     let removed: Vec<String> = removed.iter().map(|p| p.display().to_string()).collect();
     // A progress bar may own the line: start a fresh one on a terminal.

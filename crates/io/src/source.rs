@@ -238,9 +238,9 @@ pub struct OpenOptions {
     pub channel: usize,
 }
 
-/// The format of `inputs`: a Zarr store given alone; TIFF where the first file found (a named file,
-/// the first glob match, a directory's first `*.tif`/`*.tiff` when it holds no `*.h5`/`*.hdf5`) starts
-/// with a TIFF signature or, unreadable, is named so; HDF5 otherwise (its own errors then say why).
+/// The format of `inputs`: a Zarr store given alone; TIFF for a named file or first glob match that
+/// starts with a TIFF signature (or, unreadable, is named so), or a directory holding `*.tif`/`*.tiff`
+/// files and no `*.h5`/`*.hdf5` but gpuprep's outputs; HDF5 otherwise (its own errors then say why).
 pub fn detect_format<S: AsRef<Path>>(inputs: &[S]) -> Format {
     if let [one] = inputs {
         if zarr::is_zarr(one.as_ref()) {
@@ -255,11 +255,18 @@ pub fn detect_format<S: AsRef<Path>>(inputs: &[S]) -> Format {
         let names: Vec<PathBuf> = std::fs::read_dir(first)
             .map(|d| d.filter_map(|e| e.ok().map(|e| e.path())).collect())
             .unwrap_or_default();
-        let tiff = names.iter().any(|p| tiff::is_tiff_name(p));
-        return if tiff && !names.iter().any(|p| is_h5_name(p)) {
-            Format::Tiff
-        } else {
+        if !names.iter().any(|p| tiff::is_tiff_name(p)) {
+            return Format::Hdf5;
+        }
+        // gpuprep's own outputs written beside TIFF inputs do not make the directory an HDF5 series.
+        let h5_inputs = names
+            .iter()
+            .filter(|p| is_h5_name(p))
+            .any(|p| !is_gpuprep_output(p));
+        return if h5_inputs {
             Format::Hdf5
+        } else {
+            Format::Tiff
         };
     }
     if first.symlink_metadata().is_ok() {
@@ -632,6 +639,7 @@ impl Source {
         channel: usize,
     ) -> Result<Source> {
         let z = zarr::ZarrInput::open(path, dataset, requested, channel)?;
+        z.check_whole_volumes()?;
         let len = z.len();
         Ok(Source {
             files: vec![path.to_path_buf()],
@@ -1307,6 +1315,15 @@ fn filter_name(f: &hdf5::filters::Filter) -> String {
         Filter::ScaleOffset(..) => "scaleoffset".into(),
         other => format!("{other:?}"),
     }
+}
+
+/// Whether `p` is an HDF5 file written by gpuprep (root attribute `gpuprep_version`).
+fn is_gpuprep_output(p: &Path) -> bool {
+    p.is_file()
+        && hdf5::File::open(p).is_ok_and(|f| {
+            f.attr_names()
+                .is_ok_and(|a| a.iter().any(|n| n == "gpuprep_version"))
+        })
 }
 
 /// `--channel` past the channels an input has.

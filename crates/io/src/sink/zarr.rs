@@ -166,8 +166,7 @@ impl ZarrOut {
             .bytes_to_bytes_codecs(codecs(compression, 4).map_err(|m| out.out_err(m))?)
             .build(out.store.clone(), &format!("/{key}"))
             .map_err(|e| out.zarr_err(format!("creating /{name}"), e))?;
-            array
-                .store_metadata()
+            crate::cleanup::gated(|| array.store_metadata())
                 .map_err(|e| out.zarr_err(format!("creating /{name}"), e))?;
             out.volumes.push(Volume {
                 name: name.to_string(),
@@ -270,9 +269,7 @@ impl ZarrOut {
             )
             .build(self.store.clone(), &format!("/{key}"))
             .map_err(|e| self.zarr_err(what(), e))?;
-        array
-            .store_metadata()
-            .map_err(|e| self.zarr_err(what(), e))?;
+        crate::cleanup::gated(|| array.store_metadata()).map_err(|e| self.zarr_err(what(), e))?;
         if data.is_empty() {
             return Ok(());
         }
@@ -344,12 +341,11 @@ impl ZarrOut {
             attrs.insert("ome".into(), ome);
         }
         let what = || "writing the root group's metadata".to_string();
-        GroupBuilder::new()
+        let group = GroupBuilder::new()
             .attributes(attrs)
             .build(self.store.clone(), "/")
-            .map_err(|e| self.zarr_err(what(), e))?
-            .store_metadata()
             .map_err(|e| self.zarr_err(what(), e))?;
+        crate::cleanup::gated(|| group.store_metadata()).map_err(|e| self.zarr_err(what(), e))?;
         self.closed = true;
         Ok(())
     }
@@ -415,7 +411,7 @@ fn store<T: Element, D: ndarray::Dimension>(
         .zip(data.shape())
         .map(|(&s, &n)| s..s + n as u64)
         .collect();
-    array.store_array_subset(&subset, data)
+    crate::cleanup::gated(|| array.store_array_subset(&subset, data))
 }
 
 /// A Zarr failure at `path` while doing `what`, its cause in one line.

@@ -64,9 +64,9 @@ pub(crate) struct TiffInput {
     axes: Axes,
     dtype: Dtype,
     channel: usize,
-    /// The decoder of the file read last: a stack of many timepoints is then walked once, not once
-    /// per volume (a decoder knows the offsets of the pages it has passed).
-    held: Mutex<Option<(usize, Dec)>>,
+    /// The decoders of the file read last (one per decoding thread), kept for a file of many
+    /// timepoints (see `read`).
+    held: Mutex<Vec<(usize, Dec)>>,
 }
 
 impl fmt::Debug for TiffInput {
@@ -711,7 +711,7 @@ impl TiffInput {
             axes,
             dtype,
             channel,
-            held: Mutex::new(None),
+            held: Mutex::new(Vec::new()),
         })
     }
 
@@ -779,6 +779,8 @@ impl TiffInput {
 
     /// Volume `local` of file `i` as float32, naming the file and page on failure; `t` is the series'
     /// timepoint (for messages), `check` turns float64 values beyond float32's range into the error.
+    /// Its planes are decoded on several threads (compressed pages are CPU-bound), each with a decoder
+    /// of its own.
     pub(super) fn read(
         &self,
         i: usize,
@@ -786,20 +788,90 @@ impl TiffInput {
         t: &str,
         check: impl FnOnce(OutOfRange) -> Result<()>,
     ) -> Result<Array3<f32>> {
-        let path = &self.files[i];
-        let p = &self.probes[i];
-        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
-        let mut dec = match held.take() {
-            Some((hi, d)) if hi == i => d,
-            _ => open_decoder(path)
-                .map_err(|m| input_err(path, format!("{m} any more, reading {t}")))?,
-        };
         let shape = self.shape();
         let plane = shape[1] * shape[2];
+        let workers = std::thread::available_parallelism()
+            .map_or(1, |n| n.get())
+            .min(shape[0].div_ceil(PAGES_PER_WORKER))
+            .max(1);
+        let per = shape[0].div_ceil(workers);
+        // Decoders kept from the last read of this file; any others belong to a file done with.
+        let mut pool: Vec<Dec> = {
+            let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+            std::mem::take(&mut *held)
+                .into_iter()
+                .filter(|(f, _)| *f == i)
+                .map(|(_, d)| d)
+                .collect()
+        };
         let mut vol = Array3::<f32>::zeros(shape);
         let dst = vol.as_slice_mut().expect("standard layout");
+        let results: Vec<Result<(OutOfRange, Dec)>> = if workers == 1 {
+            vec![self.read_planes(i, local, t, 0, dst, pool.pop())]
+        } else {
+            std::thread::scope(|s| {
+                let handles: Vec<_> = dst
+                    .chunks_mut(per * plane)
+                    .enumerate()
+                    .map(|(w, out)| {
+                        let dec = pool.pop();
+                        s.spawn(move || self.read_planes(i, local, t, w * per, out, dec))
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| {
+                        h.join().unwrap_or_else(|_| {
+                            Err(input_err(
+                                &self.files[i],
+                                format!("decoding {t} failed (a decoding thread panicked)"),
+                            ))
+                        })
+                    })
+                    .collect()
+            })
+        };
         let mut bad = OutOfRange::default();
-        for z in 0..shape[0] {
+        let mut decoders = Vec::with_capacity(results.len());
+        // In z order, so the first error and the first bad value are the lowest plane's.
+        for r in results {
+            let (b, dec) = r?;
+            bad.count += b.count;
+            if bad.first.is_none() {
+                bad.first = b.first;
+            }
+            decoders.push((i, dec));
+        }
+        check(bad)?;
+        // A decoder knows the offsets of the pages it passed: a stack of many timepoints is walked
+        // once per worker, not once per volume.
+        if self.probes[i].sizes[0] > 1 {
+            *self.held.lock().unwrap_or_else(|e| e.into_inner()) = decoders;
+        }
+        Ok(vol)
+    }
+
+    /// Decodes the planes from `z0` into `out` (whole planes), with `dec` or a decoder of its own.
+    fn read_planes(
+        &self,
+        i: usize,
+        local: usize,
+        t: &str,
+        z0: usize,
+        out: &mut [f32],
+        dec: Option<Dec>,
+    ) -> Result<(OutOfRange, Dec)> {
+        let path = &self.files[i];
+        let p = &self.probes[i];
+        let mut dec = match dec {
+            Some(d) => d,
+            None => open_decoder(path)
+                .map_err(|m| input_err(path, format!("{m} any more, reading {t}")))?,
+        };
+        let plane = p.page[0] * p.page[1];
+        let mut bad = OutOfRange::default();
+        for (k, out) in out.chunks_mut(plane).enumerate() {
+            let z = z0 + k;
             let page = local * p.strides[0] + self.channel * p.strides[1] + z * p.strides[2];
             let fail = |m: String| input_err(path, format!("page {page} ({t}, z {z}): {m}"));
             dec.seek_to_image(page).map_err(|e| {
@@ -826,19 +898,17 @@ impl TiffInput {
                     crate::one_line(&e.to_string())
                 ))
             })?;
-            let out = &mut dst[z * plane..(z + 1) * plane];
             let n = convert(data, out, &mut bad, z * plane);
             if n != plane {
                 return Err(fail(format!("decoded {n} values, expected {plane}")));
             }
         }
-        check(bad)?;
-        if p.sizes[0] > 1 {
-            *held = Some((i, dec));
-        }
-        Ok(vol)
+        Ok((bad, dec))
     }
 }
+
+/// Fewest planes a decoding thread is given: below that, starting a thread costs more than it saves.
+const PAGES_PER_WORKER: usize = 4;
 
 /// Converts a decoded page into `out`; returns how many values it held.
 fn convert(data: DecodingResult, out: &mut [f32], bad: &mut OutOfRange, base: usize) -> usize {

@@ -292,12 +292,12 @@ impl ZarrInput {
             absent,
             total_chunks,
         };
-        input.check_whole_volumes()?;
         Ok(input)
     }
 
-    /// Refuses a store in which some timepoint has no chunk at all (see the module's note).
-    fn check_whole_volumes(&self) -> Result<()> {
+    /// Refuses a store in which some timepoint has no chunk at all (see the module's note); a run
+    /// checks it, `info` describes such a store.
+    pub(crate) fn check_whole_volumes(&self) -> Result<()> {
         if self.absent.is_empty() {
             return Ok(());
         }
