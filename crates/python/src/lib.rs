@@ -23,6 +23,7 @@ fn _gpuprep(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(kernels::normalize, m)?)?;
     m.add_function(wrap_pyfunction!(engine::backend_name, m)?)?;
     m.add_function(wrap_pyfunction!(run::preprocess, m)?)?;
+    m.add_function(wrap_pyfunction!(run::validate_run, m)?)?;
     m.add_function(wrap_pyfunction!(stream::process_block, m)?)?;
     m.add_class::<stream::Reference>()?;
     m.add_class::<stream::Moments>()?;

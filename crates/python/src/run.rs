@@ -5,7 +5,7 @@ use crate::errors::py;
 use crate::kernels::{constant_voxels, mode, normalization};
 use gpuprep_core::backend::Backend;
 use gpuprep_cpu::CpuBackend;
-use gpuprep_pipeline::driver::{NonFinite, Progress, RunReport};
+use gpuprep_pipeline::driver::{NonFinite, Progress, ReferenceSpec, RunReport};
 use gpuprep_pipeline::RunOptions;
 use numpy::IntoPyArray;
 use pyo3::exceptions::PyValueError;
@@ -57,17 +57,6 @@ impl Progress for Callback {
     }
 }
 
-fn nonfinite(name: &str) -> PyResult<NonFinite> {
-    NonFinite::ALL
-        .into_iter()
-        .find(|n| n.name() == name)
-        .ok_or_else(|| {
-            PyValueError::new_err(format!(
-                "nonfinite: got {name:?}; expected 'error' or 'zero'"
-            ))
-        })
-}
-
 /// The run's report as a dict: output, backend, timepoints, shape, shifts, error, phasediff,
 /// replaced non-finite values, constant voxels, stage times and total seconds.
 fn report<'py>(py_: Python<'py>, r: RunReport) -> PyResult<Bound<'py, PyDict>> {
@@ -99,20 +88,11 @@ fn report<'py>(py_: Python<'py>, r: RunReport) -> PyResult<Bound<'py, PyDict>> {
     Ok(d)
 }
 
-/// `gpuprep run INPUTS -o OUTPUT` with the CLI's flags as keywords (validated as the CLI validates
-/// them, by `RunOptions::into_config`).
-#[pyfunction]
-#[pyo3(signature = (
-    inputs, output, *, dataset, axes, format, channel, force, no_median, median_size, median_mode, median_cval,
-    no_register, upsample_factor, normalization, reference, reference_mean, register_raw, order,
-    shift_mode, shift_cval, no_zscore, ddof, constant_voxels, nonfinite, compression, save,
-    memory_budget, backend, progress
-))]
-#[allow(clippy::too_many_arguments)]
-pub fn preprocess<'py>(
-    py_: Python<'py>,
-    inputs: Vec<String>,
-    output: PathBuf,
+/// The keywords of `gpuprep.preprocess` (each a `gpuprep run` flag), as the Python layer passes them: a
+/// dict with every key.
+#[derive(FromPyObject)]
+#[pyo3(from_item_all)]
+pub struct RunParams {
     dataset: String,
     axes: Option<String>,
     format: Option<String>,
@@ -120,83 +100,144 @@ pub fn preprocess<'py>(
     force: bool,
     no_median: bool,
     median_size: [usize; 3],
-    median_mode: &str,
+    median_mode: String,
     median_cval: f32,
     no_register: bool,
     upsample_factor: i64,
-    normalization: &str,
+    normalization: String,
     reference: usize,
     reference_mean: Option<(usize, usize)>,
     register_raw: bool,
     order: u32,
-    shift_mode: &str,
+    shift_mode: String,
     shift_cval: f32,
     no_zscore: bool,
     ddof: u32,
-    constant_voxels: &str,
-    nonfinite: &str,
-    compression: &str,
+    constant_voxels: String,
+    nonfinite: String,
+    compression: String,
     save: Vec<String>,
     memory_budget: Option<String>,
+}
+
+fn named<T: Copy>(
+    keyword: &str,
+    value: &str,
+    all: &[T],
+    name: fn(T) -> &'static str,
+) -> PyResult<T> {
+    all.iter()
+        .copied()
+        .find(|&x| name(x) == value)
+        .ok_or_else(|| {
+            PyValueError::new_err(format!(
+                "{keyword}: got {value:?}; expected one of {}",
+                all.iter().map(|&x| name(x)).collect::<Vec<_>>().join(", ")
+            ))
+        })
+}
+
+impl RunParams {
+    /// The run's options (names checked here, values by `RunOptions::into_config`).
+    fn options(self, inputs: Vec<String>, output: PathBuf) -> PyResult<RunOptions> {
+        use gpuprep_io::{source::Format, Compression};
+        Ok(RunOptions {
+            inputs,
+            output,
+            dataset: self.dataset,
+            axes: match self.axes {
+                Some(a) => Some(py(a.parse())?),
+                None => None,
+            },
+            format: match self.format {
+                Some(f) => Some(named("format", &f, &Format::ALL, Format::name)?),
+                None => None,
+            },
+            channel: self.channel,
+            force: self.force,
+            no_median: self.no_median,
+            median_size: self.median_size,
+            median_mode: mode("median_mode", &self.median_mode)?,
+            median_cval: self.median_cval,
+            no_register: self.no_register,
+            upsample_factor: self.upsample_factor,
+            normalization: normalization(&self.normalization)?,
+            reference: self.reference,
+            reference_mean: self.reference_mean,
+            register_raw: self.register_raw,
+            order: self.order,
+            shift_mode: mode("shift_mode", &self.shift_mode)?,
+            shift_cval: self.shift_cval,
+            no_zscore: self.no_zscore,
+            ddof: self.ddof,
+            constant_voxels: constant_voxels(&self.constant_voxels)?,
+            nonfinite: named(
+                "nonfinite",
+                &self.nonfinite,
+                &NonFinite::ALL,
+                NonFinite::name,
+            )?,
+            compression: named(
+                "compression",
+                &self.compression,
+                &Compression::ALL,
+                Compression::name,
+            )?,
+            save: self.save,
+            memory_budget: match self.memory_budget {
+                Some(text) => Some(py(gpuprep_pipeline::options::memory_budget(&text))?),
+                None => None,
+            },
+        })
+    }
+}
+
+/// The run's parameters validated as `gpuprep run` validates them (`RunOptions::into_config`), for a
+/// front end that runs the job itself (`gpuprep.dask`): the stages' parameters, `None` where a stage is
+/// off, and the reference as ("index", t) or ("mean", start, end).
+#[pyfunction]
+pub fn validate_run<'py>(py_: Python<'py>, params: RunParams) -> PyResult<Bound<'py, PyDict>> {
+    let cfg = py(params.options(Vec::new(), PathBuf::new())?.into_config())?;
+    let d = PyDict::new(py_);
+    d.set_item(
+        "median",
+        cfg.median.map(|m| (m.size.to_vec(), m.mode.name(), m.cval)),
+    )?;
+    d.set_item(
+        "register",
+        cfg.register
+            .map(|r| (r.upsample_factor, r.normalization.name())),
+    )?;
+    d.set_item("register_raw", cfg.register_on_raw)?;
+    match cfg.reference {
+        ReferenceSpec::Index(t) => d.set_item("reference", ("index", t, t + 1))?,
+        ReferenceSpec::Mean { start, end } => d.set_item("reference", ("mean", start, end))?,
+    }
+    d.set_item(
+        "shift",
+        (cfg.shift.order, cfg.shift.mode.name(), cfg.shift.cval),
+    )?;
+    d.set_item("zscore", cfg.zscore.map(|z| (z.ddof, z.constant.name())))?;
+    d.set_item("nonfinite", cfg.nonfinite.name())?;
+    d.set_item("compression", cfg.compression.name())?;
+    d.set_item("save_filtered", cfg.save_filtered)?;
+    d.set_item("save_registered", cfg.save_registered)?;
+    Ok(d)
+}
+
+/// `gpuprep run INPUTS -o OUTPUT` with the CLI's flags as keywords (`params`, validated as the CLI
+/// validates them, by `RunOptions::into_config`).
+#[pyfunction]
+#[pyo3(signature = (inputs, output, params, backend, progress))]
+pub fn preprocess<'py>(
+    py_: Python<'py>,
+    inputs: Vec<String>,
+    output: PathBuf,
+    params: RunParams,
     backend: &str,
     progress: Option<Py<PyAny>>,
 ) -> PyResult<Bound<'py, PyDict>> {
-    let options = RunOptions {
-        inputs,
-        output,
-        dataset,
-        axes: match axes {
-            Some(a) => Some(py(a.parse())?),
-            None => None,
-        },
-        format: match format {
-            Some(f) => Some(
-                gpuprep_io::source::Format::ALL
-                    .into_iter()
-                    .find(|x| x.name() == f)
-                    .ok_or_else(|| {
-                        PyValueError::new_err(format!(
-                            "format: got {f:?}; expected one of {}",
-                            gpuprep_io::source::Format::ALL.map(|x| x.name()).join(", ")
-                        ))
-                    })?,
-            ),
-            None => None,
-        },
-        channel,
-        force,
-        no_median,
-        median_size,
-        median_mode: mode("median_mode", median_mode)?,
-        median_cval,
-        no_register,
-        upsample_factor,
-        normalization: self::normalization(normalization)?,
-        reference,
-        reference_mean,
-        register_raw,
-        order,
-        shift_mode: mode("shift_mode", shift_mode)?,
-        shift_cval,
-        no_zscore,
-        ddof,
-        constant_voxels: self::constant_voxels(constant_voxels)?,
-        nonfinite: self::nonfinite(nonfinite)?,
-        compression: gpuprep_io::Compression::ALL
-            .into_iter()
-            .find(|c| c.name() == compression)
-            .ok_or_else(|| {
-                PyValueError::new_err(format!(
-                    "compression: got {compression:?}; expected one of {}",
-                    gpuprep_io::Compression::ALL.map(|c| c.name()).join(", ")
-                ))
-            })?,
-        save,
-        memory_budget: match memory_budget {
-            Some(text) => Some(py(gpuprep_pipeline::options::memory_budget(&text))?),
-            None => None,
-        },
-    };
+    let options = params.options(inputs, output)?;
     let cfg = py(options.into_config())?;
     let choice = Choice::parse(backend)?;
     let mut progress = Callback {

@@ -331,10 +331,12 @@ def test_existing_output_refused_then_replaced_with_force(dataset, tmp_path):
 @pytest.mark.parametrize(
     "kwargs, error, match",
     [
-        ({"median_mode": "bogus"}, ValueError, "median_mode: got 'bogus'"),
-        ({"reference": 99}, ValueError, "reference: timepoint 99 is beyond the 12 timepoints"),
-        ({"reference_mean": "5:2"}, ValueError, "reference_mean"),
-        ({"order": 2}, ValueError, "order: got 2"),
+        # The messages of `gpuprep run` and gpuprep.preprocess, under the keyword (one validation).
+        ({"median_mode": "bogus"}, ValueError, 'median_mode: unknown boundary mode "bogus"'),
+        ({"reference": 99}, ValueError, r"reference: timepoint 99 is out of range; the input has 12 timepoints \(0..12\)"),
+        ({"reference_mean": "5:2"}, ValueError, 'reference_mean: got "5:2"; expected START:END with START < END'),
+        ({"order": 2}, ValueError, "order: spline order 2 is not supported; expected 0, 1 or 3"),
+        ({"upsample_factor": 0}, ValueError, "upsample_factor: got 0; expected an integer from 1 to 1000"),
         ({"block_size": 0}, ValueError, "block_size"),
     ],
 )

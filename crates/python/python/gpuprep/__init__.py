@@ -581,6 +581,87 @@ def process_block(
     )
 
 
+def run_params(
+    *,
+    dataset: str = "default",
+    axes: str | None = None,
+    format: str | None = None,
+    channel: int = 0,
+    force: bool = False,
+    no_median: bool = False,
+    median_size: Any = 3,
+    median_mode: str = "reflect",
+    median_cval: float = 0.0,
+    no_register: bool = False,
+    upsample_factor: int = 1,
+    normalization: str | None = "phase",
+    reference: int = 0,
+    reference_mean: str | tuple[int, int] | None = None,
+    register_raw: bool = False,
+    order: int = 3,
+    shift_mode: str = "constant",
+    shift_cval: float = 0.0,
+    no_zscore: bool = False,
+    ddof: int = 0,
+    constant_voxels: str = "nan",
+    nonfinite: str = "error",
+    compression: str = "none",
+    save: str | Sequence[str] = (),
+    memory_budget: int | str | None = None,
+) -> dict:
+    """``preprocess``'s keywords in the types the extension takes (the CLI's text forms accepted:
+    ``median_size="3,3,3"``, ``reference_mean="0:10"``, ``save="filtered,registered"``)."""
+    if isinstance(reference_mean, str):
+        start, sep, end = reference_mean.partition(":")
+        try:
+            reference_mean = (int(start), int(end)) if sep else None
+        except ValueError:
+            reference_mean = None
+        if reference_mean is None:
+            raise ValueError(f'reference_mean: got "{start + sep + end}"; expected START:END with START < END')
+    elif reference_mean is not None:
+        try:
+            reference_mean = tuple(int(v) for v in reference_mean)
+        except (TypeError, ValueError):
+            reference_mean = ()
+        if len(reference_mean) != 2 or min(reference_mean) < 0:
+            raise ValueError(f"reference_mean: got {reference_mean!r}; expected START:END with START < END")
+    if isinstance(save, str):
+        save = save.split(",")
+    for name, value in (("reference", reference), ("ddof", ddof), ("order", order), ("channel", channel)):
+        if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 0:
+            raise ValueError(f"{name}: got {value!r}; expected a non-negative integer")
+    if isinstance(upsample_factor, bool) or not isinstance(upsample_factor, (numbers.Integral, np.integer)):
+        raise ValueError(f"upsample_factor: got {upsample_factor!r}; expected an integer from 1 to 1000")
+    return dict(
+        dataset=dataset,
+        axes=axes,
+        format=format,
+        channel=int(channel),
+        force=bool(force),
+        no_median=bool(no_median),
+        median_size=_triple(median_size, "median_size"),
+        median_mode=median_mode,
+        median_cval=float(median_cval),
+        no_register=bool(no_register),
+        upsample_factor=int(upsample_factor),
+        normalization=_normalization(normalization),
+        reference=int(reference),
+        reference_mean=reference_mean,
+        register_raw=bool(register_raw),
+        order=int(order),
+        shift_mode=shift_mode,
+        shift_cval=float(shift_cval),
+        no_zscore=bool(no_zscore),
+        ddof=int(ddof),
+        constant_voxels=constant_voxels,
+        nonfinite=nonfinite,
+        compression=compression,
+        save=[str(s) for s in save],
+        memory_budget=None if memory_budget is None else str(memory_budget),
+    )
+
+
 def _tqdm_progress() -> Callable[[str, int, int], None]:
     try:
         from tqdm.auto import tqdm
@@ -643,53 +724,18 @@ def preprocess(
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
-    if isinstance(reference_mean, str):
-        start, sep, end = reference_mean.partition(":")
-        try:
-            reference_mean = (int(start), int(end)) if sep else None
-        except ValueError:
-            reference_mean = None
-        if reference_mean is None:
-            raise ValueError(f'reference_mean: got "{start + sep + end}"; expected START:END with START < END')
-    if isinstance(save, str):
-        save = save.split(",")
     if progress is True:
         progress = _tqdm_progress()
     elif progress is False:
         progress = None
     if progress is not None and not callable(progress):
         raise TypeError("progress: expected a callable (pass_name, done, total), True or None")
-    for name, value in (("reference", reference), ("ddof", ddof), ("order", order), ("channel", channel)):
-        if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 0:
-            raise ValueError(f"{name}: got {value!r}; expected a non-negative integer")
-    return _gpuprep.preprocess(
-        [os.fspath(p) for p in inputs],
-        os.fspath(output),
-        dataset=dataset,
-        axes=axes,
-        format=format,
-        channel=int(channel),
-        force=bool(force),
-        no_median=bool(no_median),
-        median_size=_triple(median_size, "median_size"),
-        median_mode=median_mode,
-        median_cval=float(median_cval),
-        no_register=bool(no_register),
-        upsample_factor=int(upsample_factor),
-        normalization=_normalization(normalization),
-        reference=int(reference),
-        reference_mean=reference_mean,
-        register_raw=bool(register_raw),
-        order=int(order),
-        shift_mode=shift_mode,
-        shift_cval=float(shift_cval),
-        no_zscore=bool(no_zscore),
-        ddof=int(ddof),
-        constant_voxels=constant_voxels,
-        nonfinite=nonfinite,
-        compression=compression,
-        save=[str(s) for s in save],
-        memory_budget=None if memory_budget is None else str(memory_budget),
-        backend=backend,
-        progress=progress,
+    params = run_params(
+        dataset=dataset, axes=axes, format=format, channel=channel, force=force, no_median=no_median,
+        median_size=median_size, median_mode=median_mode, median_cval=median_cval, no_register=no_register,
+        upsample_factor=upsample_factor, normalization=normalization, reference=reference,
+        reference_mean=reference_mean, register_raw=register_raw, order=order, shift_mode=shift_mode,
+        shift_cval=shift_cval, no_zscore=no_zscore, ddof=ddof, constant_voxels=constant_voxels,
+        nonfinite=nonfinite, compression=compression, save=save, memory_budget=memory_budget,
     )
+    return _gpuprep.preprocess([os.fspath(p) for p in inputs], os.fspath(output), params, backend, progress)

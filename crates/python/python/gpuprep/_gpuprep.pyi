@@ -33,35 +33,11 @@ def process_block(
 def preprocess(
     inputs: list[str],
     output: str | PathLike[str],
-    *,
-    dataset: str,
-    axes: Optional[str],
-    format: Optional[str],
-    channel: int,
-    force: bool,
-    no_median: bool,
-    median_size: list[int],
-    median_mode: str,
-    median_cval: float,
-    no_register: bool,
-    upsample_factor: int,
-    normalization: str,
-    reference: int,
-    reference_mean: Optional[tuple[int, int]],
-    register_raw: bool,
-    order: int,
-    shift_mode: str,
-    shift_cval: float,
-    no_zscore: bool,
-    ddof: int,
-    constant_voxels: str,
-    nonfinite: str,
-    compression: str,
-    save: list[str],
-    memory_budget: Optional[str],
+    params: dict[str, Any],
     backend: str,
     progress: Optional[Callable[[str, int, int], Any]],
 ) -> dict[str, Any]: ...
+def validate_run(params: dict[str, Any]) -> dict[str, Any]: ...
 
 class Reference:
     def __init__(

@@ -46,8 +46,6 @@ _CHUNK_BYTES = 1 << 20
 _MAX_CHUNK_T = 8
 _CACHE_BUDGET = 32 << 20
 
-_MEDIAN_MODES = ("reflect", "nearest", "mirror", "constant", "wrap")
-_SHIFT_MODES = ("constant", "nearest", "reflect", "mirror", "wrap")
 _F32_MAX = float(np.finfo(np.float32).max)
 
 
@@ -141,57 +139,47 @@ def _params(
     compression: str,
     backend: str,
 ) -> _Params:
-    median = None
-    if not no_median:
-        sizes = gpuprep._triple(median_size, "median_size")
-        if any(s % 2 == 0 for s in sizes):
-            raise ValueError(f"median_size: got {median_size!r}; each size must be odd")
-        median = (sizes, _choice(median_mode, "median_mode", _MEDIAN_MODES), float(median_cval))
-    up = _nonneg_int(upsample_factor, "upsample_factor")
-    if not 1 <= up <= 1000:
-        raise ValueError(f"upsample_factor: got {upsample_factor!r}; expected 1 to 1000")
-    norm = "none" if normalization in (None, "none") else _choice(normalization, "normalization", ("phase", "none"))
-    if reference_mean is not None:
-        if isinstance(reference_mean, str):
-            start, sep, end = reference_mean.partition(":")
-            try:
-                span = (int(start), int(end)) if sep else None
-            except ValueError:
-                span = None
-        else:
-            try:
-                span = tuple(int(v) for v in reference_mean)
-            except (TypeError, ValueError):
-                span = None
-        if span is None or len(span) != 2 or not 0 <= span[0] < span[1]:
-            raise ValueError(f"reference_mean: got {reference_mean!r}; expected START:END with START < END")
-        if span[1] > t:
-            raise ValueError(f"reference_mean: {span[0]}:{span[1]} is beyond the {t} timepoints")
-        ref, text = span, f"mean of timepoints {span[0]}:{span[1]}"
-    else:
-        i = _nonneg_int(reference, "reference")
-        if i >= t:
-            raise ValueError(f"reference: timepoint {i} is beyond the {t} timepoints")
-        ref, text = (i, i + 1), f"timepoint {i}"
-    order = _nonneg_int(order, "order")
-    if order not in (0, 1, 3):
-        raise ValueError(f"order: got {order}; expected 0, 1 or 3")
+    # One validation for every front end: the same rules and messages as `gpuprep run` and
+    # gpuprep.preprocess (RunOptions in the pipeline crate); only what depends on the data is checked here.
+    v = gpuprep._gpuprep.validate_run(
+        gpuprep.run_params(
+            no_median=no_median, median_size=median_size, median_mode=median_mode, median_cval=median_cval,
+            no_register=no_register, upsample_factor=upsample_factor, normalization=normalization,
+            reference=reference, reference_mean=reference_mean, register_raw=register_raw, order=order,
+            shift_mode=shift_mode, shift_cval=shift_cval, no_zscore=no_zscore, ddof=ddof,
+            constant_voxels=constant_voxels, nonfinite=nonfinite, compression=compression,
+        )
+    )
+    kind, start, end = v["reference"]
+    if v["register"] is not None:
+        # The driver's messages (crates/pipeline/src/driver.rs, check_config).
+        if kind == "index" and start >= t:
+            raise ValueError(
+                f"reference: timepoint {start} is out of range; the input has {t} timepoints (0..{t})"
+            )
+        if kind == "mean" and end > t:
+            raise ValueError(
+                f"reference_mean: range {start}:{end} is empty or past the end; the input has {t} timepoints"
+            )
+    up, norm = v["register"] or (1, "phase")
+    order, shift_mode, shift_cval = v["shift"]
+    ddof, constant = v["zscore"] or (0, "nan")
     return _Params(
-        median=median,
-        register=not no_register,
+        median=None if v["median"] is None else (list(v["median"][0]), v["median"][1], float(v["median"][2])),
+        register=v["register"] is not None,
         upsample_factor=up,
         normalization=norm,
-        reference=ref,
-        reference_text=text,
-        register_raw=bool(register_raw),
+        reference=(start, end),
+        reference_text=f"timepoint {start}" if kind == "index" else f"mean of timepoints {start}:{end}",
+        register_raw=v["register_raw"],
         order=order,
-        shift_mode=_choice(shift_mode, "shift_mode", _SHIFT_MODES),
-        shift_cval=float(shift_cval),
-        zscore=not no_zscore,
-        ddof=_nonneg_int(ddof, "ddof"),
-        constant_voxels=_choice(constant_voxels, "constant_voxels", ("nan", "zero")),
-        nonfinite=_choice(nonfinite, "nonfinite", ("error", "zero")),
-        compression=_choice(compression, "compression", ("none", "zstd")),
+        shift_mode=shift_mode,
+        shift_cval=shift_cval,
+        zscore=v["zscore"] is not None,
+        ddof=ddof,
+        constant_voxels=constant,
+        nonfinite=v["nonfinite"],
+        compression=v["compression"],
         backend=_choice(backend, "backend", ("auto", "cpu", "gpu")),
     )
 
