@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Installs the system packages gpuprep needs on Debian/Ubuntu when they are missing:
 # libhdf5-dev + pkg-config (HDF5), mesa-vulkan-drivers (lavapipe: software Vulkan for the GPU tests),
-# python3-venv (scripts/test.sh makes a venv with which the tests check that zarr-python reads
-# gpuprep's OME-Zarr output).
+# python3-venv (scripts/test.sh makes a venv from PyPI: zarr-python reads gpuprep's OME-Zarr output in the
+# Rust tests, and the Python package is built into it and tested against scipy and scikit-image).
 set -euo pipefail
 need=()
 dpkg -s libhdf5-dev >/dev/null 2>&1 || need+=(libhdf5-dev)
