@@ -1771,3 +1771,57 @@ fn tiff_files_written_by_tifffile_read_as_written() {
         "{e}"
     );
 }
+
+/// OME-Zarr written by ome-zarr-py, the OME's own writer (`tests/fixtures/ome-zarr-py`, made by the script
+/// there, with the arrays it wrote also in `expected.h5`): level 0 of an OME-NGFF 0.5 (t, z, y, x) pyramid
+/// on Zarr v3 and of a 0.4 (t, c, z, y, x) pyramid on Zarr v2 read as written, the channel asked for, and
+/// the 0.5 image's scale and units carried to the output.
+#[test]
+fn ome_zarr_written_by_ome_zarr_py_reads_as_written() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/ome-zarr-py");
+    let expected = hdf5::File::open(dir.join("expected.h5")).unwrap();
+    let tzyx: ArrayD<u16> = expected.dataset("tzyx").unwrap().read_dyn().unwrap();
+    let tczyx: ArrayD<f32> = expected.dataset("tczyx").unwrap().read_dyn().unwrap();
+    let tmp = tempfile::tempdir().unwrap();
+    let plain = ["--no-median", "--no-register", "--no-zscore"];
+
+    let v05 = tmp.path().join("v05.h5");
+    run_ok(&dir.join("v05_tzyx.ome.zarr"), &v05, &plain);
+    same_f32(
+        &h5_f32(&v05, "data"),
+        &tzyx.mapv(f32::from),
+        "OME-NGFF 0.5 level 0",
+    );
+    let h5 = hdf5::File::open(&v05).unwrap();
+    let attr = |n: &str| -> String {
+        let v: hdf5::types::VarLenUnicode = h5.attr(n).unwrap().read_scalar().unwrap();
+        v.as_str().to_string()
+    };
+    assert_eq!(attr("voxel_size"), "1.5,2,0.5,0.5");
+    assert_eq!(
+        attr("voxel_units"),
+        "second,micrometer,micrometer,micrometer"
+    );
+
+    for channel in [0, 1] {
+        let out = tmp.path().join(format!("v04_c{channel}.h5"));
+        let c = channel.to_string();
+        run_ok(
+            &dir.join("v04_tczyx.ome.zarr"),
+            &out,
+            &[&plain[..], &["--channel", &c]].concat(),
+        );
+        let want = tczyx.index_axis(ndarray::Axis(1), channel).to_owned();
+        same_f32(&h5_f32(&out, "data"), &want, "OME-NGFF 0.4 level 0");
+    }
+    let (_, err) = run_err(
+        &dir.join("v04_tczyx.ome.zarr"),
+        &tmp.path().join("c2.h5"),
+        &[&plain[..], &["--channel", "2"]].concat(),
+    );
+    assert!(
+        err.contains("--channel 2") && err.contains("2 channels"),
+        "{err}"
+    );
+    assert_eq!(entries(tmp.path()).len(), 3, "{:?}", entries(tmp.path()));
+}
