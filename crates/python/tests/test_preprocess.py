@@ -158,3 +158,23 @@ def test_zarr_output(demo, tmp_path):
     out = tmp_path / "out.ome.zarr"
     report = gpuprep.preprocess(demo, out, backend="cpu")
     assert pathlib.Path(report["output"]) == out and (out / "zarr.json").exists()
+
+
+def test_ome_zarr_py_reads_the_output_as_written(demo, tmp_path):
+    """ome-zarr-py, the OME's reference reader, finds one image in gpuprep's OME-Zarr output: its axes, its
+    scale, and level 0 equal to the array zarr-python reads and to the HDF5 output of the same run."""
+    import zarr
+    from ome_zarr.io import parse_url
+    from ome_zarr.reader import Reader
+
+    out, h5 = tmp_path / "out.ome.zarr", tmp_path / "out.h5"
+    gpuprep.preprocess(demo, out, backend="cpu")
+    gpuprep.preprocess(demo, h5, backend="cpu")
+    nodes = list(Reader(parse_url(str(out)))())
+    assert len(nodes) == 1
+    image = nodes[0]
+    assert [a["name"] for a in image.metadata["axes"]] == ["t", "z", "y", "x"]
+    assert image.metadata["coordinateTransformations"] == [[{"type": "scale", "scale": [1.0, 1.0, 1.0, 1.0]}]]
+    level0 = np.asarray(image.data[0])
+    np.testing.assert_array_equal(level0, zarr.open_group(str(out), mode="r")["0"][...])
+    np.testing.assert_array_equal(level0, read_all(h5)[0]["data"])
