@@ -164,6 +164,10 @@ pub struct RunArgs {
     /// .zarr/.ome.zarr, only).
     #[arg(long, default_value = "none", value_parser = choice(&Compression::ALL, Compression::name))]
     pub compression: Compression,
+    /// Zarr outputs: store each time slab of chunks as one shard (Zarr v3 sharding), one file per slab
+    /// instead of one per chunk.
+    #[arg(long)]
+    pub shard: bool,
 
     /// Memory pass 1's results may take for the z-score's second pass ("8G", "500M", bytes; 0: always a
     /// scratch file). Default: a quarter of the available memory. Beyond it they wait in a scratch file.
@@ -278,6 +282,7 @@ const PARAMETER_FLAGS: &[(&str, &str)] = &[
     ("reference range", "--reference-mean"),
     ("saved stages", "--save"),
     ("memory budget", "--memory-budget"),
+    ("sharding", "--shard"),
     ("axes", "--axes"),
     ("format", "--format"),
     ("dtype", "--dtype"),
@@ -348,6 +353,7 @@ impl RunArgs {
             constant_voxels: self.constant_voxels,
             nonfinite: self.nonfinite,
             compression: self.compression,
+            shard: self.shard,
             save: self.save.clone(),
             memory_budget: match &self.memory_budget {
                 None => None,

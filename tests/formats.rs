@@ -851,6 +851,7 @@ fn zstd_compression_is_for_zarr_outputs_and_reads_back_the_same() {
     let tmp = tempfile::tempdir().unwrap();
     let zstd = SinkOptions {
         compression: "zstd".parse().unwrap(),
+        ..Default::default()
     };
     assert_eq!(zstd.compression, Compression::Zstd);
     assert!("lz4"
@@ -1824,4 +1825,88 @@ fn ome_zarr_written_by_ome_zarr_py_reads_as_written() {
         "{err}"
     );
     assert_eq!(entries(tmp.path()).len(), 3, "{:?}", entries(tmp.path()));
+}
+
+/// All files under `dir`, recursively.
+fn file_count(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .unwrap()
+        .map(|e| {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                file_count(&p)
+            } else {
+                1
+            }
+        })
+        .sum()
+}
+
+/// `--shard`: each time slab of chunks is one shard (Zarr v3 `sharding_indexed`, the chunks inside), with
+/// the same values as unsharded chunks and fewer files; zstd applies inside the shards; HDF5 outputs
+/// refuse it before anything is written.
+#[test]
+fn the_shard_flag_stores_time_slabs_as_shards_and_refuses_hdf5() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("in.h5");
+    // 20 timepoints of 16x64x64: 256 KiB volumes, chunked four timepoints at a time, split in space.
+    write_h5(&input, &series(fresh_seed(), [20, 16, 64, 64]));
+    let plain = tmp.path().join("plain.ome.zarr");
+    run_ok(
+        &input,
+        &plain,
+        &["--dataset", "data", "--save", "registered"],
+    );
+    for extra in [&["--shard"][..], &["--shard", "--compression", "zstd"][..]] {
+        let out = tmp.path().join("sharded.ome.zarr");
+        let _ = std::fs::remove_dir_all(&out);
+        run_ok(
+            &input,
+            &out,
+            &[&["--dataset", "data", "--save", "registered"][..], extra].concat(),
+        );
+        for key in ["0", "registered"] {
+            let meta: Value = serde_json::from_str(
+                &std::fs::read_to_string(out.join(key).join("zarr.json")).unwrap(),
+            )
+            .unwrap();
+            assert_eq!(
+                meta["codecs"][0]["name"], "sharding_indexed",
+                "{key}: {meta}"
+            );
+            let inner = &meta["codecs"][0]["configuration"];
+            let plain_meta: Value = serde_json::from_str(
+                &std::fs::read_to_string(plain.join(key).join("zarr.json")).unwrap(),
+            )
+            .unwrap();
+            // The shard is the slab (t extent of a chunk, the whole volume); its chunks the unsharded ones.
+            assert_eq!(
+                inner["chunk_shape"],
+                plain_meta["chunk_grid"]["configuration"]["chunk_shape"]
+            );
+            let shard = &meta["chunk_grid"]["configuration"]["chunk_shape"];
+            assert_eq!(shard[0], inner["chunk_shape"][0]);
+            assert_eq!(
+                shard.as_array().unwrap()[1..],
+                [json!(16), json!(64), json!(64)]
+            );
+            same_f32(&zarr_read(&out, key), &zarr_read(&plain, key), key);
+            assert!(
+                file_count(&out.join(key)) < file_count(&plain.join(key)),
+                "{key}: {} files sharded, {} plain",
+                file_count(&out.join(key)),
+                file_count(&plain.join(key))
+            );
+        }
+        assert_eq!(zarr_attrs(&out)["sharding"], "one shard per time slab");
+    }
+    assert_eq!(zarr_attrs(&plain)["sharding"], "none");
+    let (code, err) = run_err(
+        &input,
+        &tmp.path().join("out.h5"),
+        &["--dataset", "data", "--shard"],
+    );
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("--shard") && err.contains("HDF5"), "{err}");
+    assert!(!tmp.path().join("out.h5").exists());
 }

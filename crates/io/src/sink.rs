@@ -101,6 +101,9 @@ impl std::str::FromStr for Compression {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct SinkOptions {
     pub compression: Compression,
+    /// Zarr outputs: each time slab of chunks (what one write of the sink fills) stored as one shard
+    /// holding those chunks, so a store has one file per slab rather than per chunk.
+    pub shard: bool,
 }
 
 /// The format-specific writer.
@@ -295,6 +298,15 @@ impl Sink {
                 ),
             });
         }
+        if format == OutputFormat::Hdf5 && options.shard {
+            return Err(Error::InvalidParameter {
+                name: "sharding".into(),
+                message: format!(
+                    "shards are a Zarr v3 feature, for .zarr and .ome.zarr outputs; {} is HDF5",
+                    path.display()
+                ),
+            });
+        }
         let name = path
             .file_name()
             .ok_or_else(|| out_err("is not a file name (it ends in '..' or '/')".into()))?;
@@ -391,7 +403,7 @@ impl Sink {
                 t,
                 shape,
                 volume_datasets,
-                options.compression,
+                options,
             )?)),
         });
         Ok(sink)

@@ -98,6 +98,8 @@ pub struct RunConfig {
     pub axes: Option<Axes>,
     /// Chunk compression of the output (`Compression::Zstd`: Zarr outputs only).
     pub compression: Compression,
+    /// Zarr outputs: one shard per time slab of chunks (`--shard`).
+    pub shard: bool,
     /// The input format (`--format`); `None` detects it from the paths.
     pub format: Option<gpuprep_io::source::Format>,
     /// The channel read from an input with several (`--channel`).
@@ -126,6 +128,7 @@ impl RunConfig {
             nonfinite: NonFinite::Error,
             axes: None,
             compression: Compression::None,
+            shard: false,
             format: None,
             channel: 0,
             memory_budget: None,
@@ -320,6 +323,7 @@ pub fn run_with_progress(
         &datasets,
         SinkOptions {
             compression: cfg.compression,
+            shard: cfg.shard,
         },
     )?;
     if let Some(v) = source.voxel_size() {
@@ -858,6 +862,14 @@ fn write_attributes(
     }
     sink.set_attr_str("nonfinite", cfg.nonfinite.name())?;
     sink.set_attr_str("compression", cfg.compression.name())?;
+    sink.set_attr_str(
+        "sharding",
+        if cfg.shard {
+            "one shard per time slab"
+        } else {
+            "none"
+        },
+    )?;
     Ok(())
 }
 

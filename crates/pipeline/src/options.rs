@@ -50,6 +50,8 @@ pub struct RunOptions {
     pub constant_voxels: ConstantVoxels,
     pub nonfinite: NonFinite,
     pub compression: Compression,
+    /// Zarr outputs: one shard per time slab of chunks.
+    pub shard: bool,
     /// Extra stages to keep: "filtered", "registered".
     pub save: Vec<String>,
     /// Bytes pass 1's results may take in memory for the z-score (`None`: a quarter of what is available).
@@ -84,6 +86,7 @@ impl Default for RunOptions {
             constant_voxels: ConstantVoxels::Nan,
             nonfinite: NonFinite::Error,
             compression: Compression::None,
+            shard: false,
             save: Vec::new(),
             memory_budget: None,
         }
@@ -185,6 +188,7 @@ impl RunOptions {
             nonfinite: self.nonfinite,
             axes: self.axes,
             compression: self.compression,
+            shard: self.shard,
             format: self.format,
             channel: self.channel,
             memory_budget: self.memory_budget,

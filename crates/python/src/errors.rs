@@ -16,6 +16,7 @@ const PARAMETER_KEYWORDS: &[(&str, &str)] = &[
     ("reference range", "reference_mean"),
     ("saved stages", "save"),
     ("memory budget", "memory_budget"),
+    ("sharding", "shard"),
     ("axes", "axes"),
     ("inputs", "inputs"),
 ];

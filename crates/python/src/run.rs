@@ -116,6 +116,7 @@ pub struct RunParams {
     constant_voxels: String,
     nonfinite: String,
     compression: String,
+    shard: bool,
     save: Vec<String>,
     memory_budget: Option<String>,
 }
@@ -183,6 +184,7 @@ impl RunParams {
                 &Compression::ALL,
                 Compression::name,
             )?,
+            shard: self.shard,
             save: self.save,
             memory_budget: match self.memory_budget {
                 Some(text) => Some(py(gpuprep_pipeline::options::memory_budget(&text))?),

@@ -178,3 +178,16 @@ def test_ome_zarr_py_reads_the_output_as_written(demo, tmp_path):
     level0 = np.asarray(image.data[0])
     np.testing.assert_array_equal(level0, zarr.open_group(str(out), mode="r")["0"][...])
     np.testing.assert_array_equal(level0, read_all(h5)[0]["data"])
+
+
+def test_sharded_output_reads_the_same_in_zarr_python(demo, tmp_path):
+    import zarr
+
+    plain, sharded = tmp_path / "plain.ome.zarr", tmp_path / "sharded.ome.zarr"
+    gpuprep.preprocess(demo, plain, backend="cpu")
+    gpuprep.preprocess(demo, sharded, backend="cpu", shard=True, compression="zstd")
+    a, b = zarr.open_group(str(plain), mode="r")["0"], zarr.open_group(str(sharded), mode="r")["0"]
+    assert a.shards is None and b.shards is not None and b.chunks == a.chunks
+    np.testing.assert_array_equal(b[...], a[...])
+    with pytest.raises(ValueError, match="shard: shards are a Zarr v3 feature"):
+        gpuprep.preprocess(demo, tmp_path / "out.h5", backend="cpu", shard=True)

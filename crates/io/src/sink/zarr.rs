@@ -131,8 +131,9 @@ impl ZarrOut {
         t: usize,
         shape: [usize; 3],
         volumes: &[&str],
-        compression: Compression,
+        options: super::SinkOptions,
     ) -> Result<ZarrOut> {
+        let compression = options.compression;
         std::fs::create_dir(temp).map_err(|e| Error::Output {
             path: temp.to_path_buf(),
             message: format!("cannot create the temporary output store ({e})"),
@@ -156,16 +157,30 @@ impl ZarrOut {
         let array_shape = [t, shape[0], shape[1], shape[2]].map(|n| n as u64).to_vec();
         for &name in volumes {
             let key = key_of(name).map_err(|m| out.out_err(m))?;
-            let array = ArrayBuilder::new(
+            let chunk64 = chunk.map(|n| n as u64).to_vec();
+            // A shard is the time slab the sink writes at once: one writer each, the chunks inside.
+            let shard = [chunk[0], shape[0], shape[1], shape[2]]
+                .map(|n| n as u64)
+                .to_vec();
+            let mut builder = ArrayBuilder::new(
                 array_shape.clone(),
-                chunk.map(|n| n as u64).to_vec(),
+                if options.shard {
+                    shard
+                } else {
+                    chunk64.clone()
+                },
                 data_type::float32(),
                 0.0f32,
-            )
-            .dimension_names(Some(["t", "z", "y", "x"]))
-            .bytes_to_bytes_codecs(codecs(compression, 4).map_err(|m| out.out_err(m))?)
-            .build(out.store.clone(), &format!("/{key}"))
-            .map_err(|e| out.zarr_err(format!("creating /{name}"), e))?;
+            );
+            builder
+                .dimension_names(Some(["t", "z", "y", "x"]))
+                .bytes_to_bytes_codecs(codecs(compression, 4).map_err(|m| out.out_err(m))?);
+            if options.shard {
+                builder.subchunk_shape(chunk64);
+            }
+            let array = builder
+                .build(out.store.clone(), &format!("/{key}"))
+                .map_err(|e| out.zarr_err(format!("creating /{name}"), e))?;
             crate::cleanup::gated(|| array.store_metadata())
                 .map_err(|e| out.zarr_err(format!("creating /{name}"), e))?;
             out.volumes.push(Volume {

@@ -606,6 +606,7 @@ def run_params(
     constant_voxels: str = "nan",
     nonfinite: str = "error",
     compression: str = "none",
+    shard: bool = False,
     save: str | Sequence[str] = (),
     memory_budget: int | str | None = None,
 ) -> dict:
@@ -657,6 +658,7 @@ def run_params(
         constant_voxels=constant_voxels,
         nonfinite=nonfinite,
         compression=compression,
+        shard=bool(shard),
         save=[str(s) for s in save],
         memory_budget=None if memory_budget is None else str(memory_budget),
     )
@@ -708,6 +710,7 @@ def preprocess(
     constant_voxels: str = "nan",
     nonfinite: str = "error",
     compression: str = "none",
+    shard: bool = False,
     save: str | Sequence[str] = (),
     memory_budget: int | str | None = None,
     backend: str = "auto",
@@ -736,6 +739,6 @@ def preprocess(
         upsample_factor=upsample_factor, normalization=normalization, reference=reference,
         reference_mean=reference_mean, register_raw=register_raw, order=order, shift_mode=shift_mode,
         shift_cval=shift_cval, no_zscore=no_zscore, ddof=ddof, constant_voxels=constant_voxels,
-        nonfinite=nonfinite, compression=compression, save=save, memory_budget=memory_budget,
+        nonfinite=nonfinite, compression=compression, shard=shard, save=save, memory_budget=memory_budget,
     )
     return _gpuprep.preprocess([os.fspath(p) for p in inputs], os.fspath(output), params, backend, progress)
