@@ -805,6 +805,7 @@ def _attributes(inp: Input, p: _Params, backend: str, name: str, voxel: Any) -> 
         a["zscore"] = "off"
     a["nonfinite"] = p.nonfinite
     a["compression"] = p.compression
+    a["sharding"] = "none"  # the dask writer stores plain chunks, one writer each
     axes = []
     for i, ax in enumerate("tzyx"):
         entry = {"name": ax, "type": "time" if i == 0 else "space"}
