@@ -11,8 +11,7 @@ use gpuprep_core::{Error, Result};
 use gpuprep_cpu::CpuBackend;
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView3, ArrayView4, Axis};
 use numpy::{
-    IntoPyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyArrayMethods, PyReadonlyArray3,
-    PyReadonlyArray4,
+    IntoPyArray, PyArray1, PyArray2, PyArray3, PyArray4, PyReadonlyArray3, PyReadonlyArray4,
 };
 use pyo3::exceptions::{PyNotImplementedError, PyValueError};
 use pyo3::prelude::*;
@@ -128,14 +127,10 @@ impl Reference {
         Ok((r.shift, r.error, r.phasediff))
     }
 
-    /// The reference volume (a read-only view of the copy this object keeps).
+    /// A copy of the reference volume (the object's own stays as transformed).
     #[getter]
-    fn volume<'py>(slf: Bound<'py, Self>) -> PyResult<Bound<'py, PyArray3<f32>>> {
-        let this = slf.get();
-        // SAFETY-free: a copy, as numpy must not write into the frozen object's array.
-        let a = this.volume.clone().into_pyarray(slf.py());
-        a.readwrite().make_nonwriteable();
-        Ok(a)
+    fn volume<'py>(&self, py_: Python<'py>) -> Bound<'py, PyArray3<f32>> {
+        self.volume.clone().into_pyarray(py_)
     }
 
     #[getter]
