@@ -141,7 +141,6 @@ fn named<T: Copy>(
 impl RunParams {
     /// The run's options (names checked here, values by `RunOptions::into_config`).
     fn options(self, inputs: Vec<String>, output: PathBuf) -> PyResult<RunOptions> {
-        use gpuprep_io::{source::Format, Compression};
         Ok(RunOptions {
             inputs,
             output,
@@ -151,7 +150,7 @@ impl RunParams {
                 None => None,
             },
             format: match self.format {
-                Some(f) => Some(named("format", &f, &Format::ALL, Format::name)?),
+                Some(f) => Some(py(f.parse())?),
                 None => None,
             },
             channel: self.channel,
@@ -178,12 +177,7 @@ impl RunParams {
                 &NonFinite::ALL,
                 NonFinite::name,
             )?,
-            compression: named(
-                "compression",
-                &self.compression,
-                &Compression::ALL,
-                Compression::name,
-            )?,
+            compression: py(self.compression.parse())?,
             shard: self.shard,
             save: self.save,
             memory_budget: match self.memory_budget {
