@@ -204,6 +204,78 @@ pub fn zscore_series<T: Sample>(series: ArrayView2<T>, p: &ZscoreParams) -> (Arr
     (out, constant)
 }
 
+/// The z-score of a series held in memory as separate volumes (pass 1's results, when they fit the
+/// memory budget), in place: `zscore_series`'s cache-blocked sweep (Welford over time, then
+/// normalization, per run of voxels) over the volumes' common voxel runs, so the f64 state never
+/// streams through memory once per timepoint. The arithmetic per voxel is `Accumulator::add`'s in time
+/// order and `normalize`'s, so the values are those of an `Accumulator` over the same volumes, bit for
+/// bit; the moments it returns are that accumulator's. Errors when the volumes' shapes differ.
+pub fn zscore_volumes_in_place<T: Sample>(
+    volumes: &mut [Array3<T>],
+    p: &ZscoreParams,
+) -> Result<Moments> {
+    let Some(first) = volumes.first() else {
+        return Err(Error::Data("z-score of an empty series".into()));
+    };
+    let shape = first.raw_dim();
+    if let Some((t, v)) = volumes
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.raw_dim() != shape)
+    {
+        let first = &volumes[0];
+        return Err(Error::Data(format!(
+            "z-score: volume {t} has shape {}, volume 0 {}",
+            fmt_dim(v.dim()),
+            fmt_dim(first.dim())
+        )));
+    }
+    let dof = volumes.len() as f64 - p.ddof as f64;
+    let mut mean64 = Array3::<f64>::zeros(shape.clone());
+    let mut std64 = Array3::<f64>::zeros(shape);
+    // One task per run of voxels: that run of every volume, and of the moments.
+    let mut runs: Vec<(&mut [f64], &mut [f64], Vec<&mut [T]>)> = mean64
+        .as_slice_mut()
+        .expect("a new array is contiguous")
+        .chunks_mut(SERIES_CHUNK)
+        .zip(
+            std64
+                .as_slice_mut()
+                .expect("a new array is contiguous")
+                .chunks_mut(SERIES_CHUNK),
+        )
+        .map(|(m, s)| (m, s, Vec::with_capacity(volumes.len())))
+        .collect();
+    for v in volumes.iter_mut() {
+        let v = v
+            .as_slice_mut()
+            .ok_or_else(|| Error::Data("z-score: a volume is not contiguous".into()))?;
+        for (run, part) in runs.iter_mut().zip(v.chunks_mut(SERIES_CHUNK)) {
+            run.2.push(part);
+        }
+    }
+    runs.into_par_iter().for_each(|(mean, std, mut samples)| {
+        let m2 = std;
+        for (i, row) in samples.iter().enumerate() {
+            let count = (i + 1) as f64;
+            for ((mean, m2), &x) in mean.iter_mut().zip(m2.iter_mut()).zip(row.iter()) {
+                let x: f64 = x.into();
+                let delta = x - *mean;
+                *mean += delta / count;
+                *m2 += delta * (x - *mean);
+            }
+        }
+        let std = m2;
+        std.iter_mut().for_each(|s| *s = std_from_m2(*s, dof));
+        for row in samples.iter_mut() {
+            for ((x, &mean), &std) in row.iter_mut().zip(mean.iter()).zip(std.iter()) {
+                *x = normalized(*x, mean, std, p);
+            }
+        }
+    });
+    Ok(Moments::from_f64(mean64, std64))
+}
+
 /// One sample's z-score under the constant-voxel rule.
 #[inline]
 fn normalized<T: Sample>(x: T, mean: f64, std: f64, p: &ZscoreParams) -> T {
@@ -283,6 +355,62 @@ mod tests {
         assert!(
             Accumulator::from_parts(0, Array3::ones([1, 1, 1]), Array3::zeros([1, 1, 1])).is_err()
         );
+    }
+
+    /// The in-place kernel over separate volumes is the streaming accumulator and `normalize`, bit for
+    /// bit, across run boundaries, with its moments and constant voxels; other shapes are refused.
+    #[test]
+    fn zscore_volumes_in_place_equals_accumulator_and_normalize() {
+        let shape = [3, 5, SERIES_CHUNK / 7 + 11];
+        let voxels: usize = shape.iter().product();
+        for (t, p) in [
+            (6, ZscoreParams::default()),
+            (
+                4,
+                ZscoreParams {
+                    ddof: 1,
+                    constant: ConstantVoxels::Zero,
+                },
+            ),
+            (1, ZscoreParams::default()),
+        ] {
+            let volumes: Vec<Array3<f32>> = (0..t)
+                .map(|k| {
+                    Array3::from_shape_fn(shape, |(z, y, x)| {
+                        let i = (z * shape[1] + y) * shape[2] + x;
+                        if i % 97 == 3 {
+                            -2.5
+                        } else {
+                            ((i * 7919 + k * 104729) % 1013) as f32 * 0.37 - 50.0
+                        }
+                    })
+                })
+                .collect();
+            let mut acc = Accumulator::new(shape);
+            volumes.iter().for_each(|v| acc.add(v.view()));
+            let want_m = acc.moments(&p);
+            let mut got = volumes.clone();
+            let m = zscore_volumes_in_place(&mut got, &p).unwrap();
+            assert_eq!(m.constant_voxels(), want_m.constant_voxels());
+            assert!(t == 1 || m.constant_voxels() == voxels.div_ceil(97));
+            let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+            for (a, b) in m.mean64().iter().zip(want_m.mean64()) {
+                assert!(same(*a, *b));
+            }
+            for (a, b) in m.std64().iter().zip(want_m.std64()) {
+                assert!(same(*a, *b));
+            }
+            for (v, g) in volumes.iter().zip(&got) {
+                let want = normalize(v.view(), &want_m, &p);
+                for (a, b) in g.iter().zip(want.iter()) {
+                    assert!(same(*a as f64, *b as f64), "{a} {b}");
+                }
+            }
+        }
+        let mut odd = vec![Array3::<f32>::zeros([2, 2, 2]), Array3::zeros([2, 2, 3])];
+        let e = zscore_volumes_in_place(&mut odd, &ZscoreParams::default()).unwrap_err();
+        assert!(e.to_string().contains("volume 1 has shape"), "{e}");
+        assert!(zscore_volumes_in_place::<f32>(&mut [], &ZscoreParams::default()).is_err());
     }
 
     /// The in-memory series kernel is the streaming accumulator, bit for bit, in both precisions,
