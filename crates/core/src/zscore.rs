@@ -204,6 +204,9 @@ pub fn zscore_series<T: Sample>(series: ArrayView2<T>, p: &ZscoreParams) -> (Arr
     (out, constant)
 }
 
+/// One task of `zscore_volumes_in_place`: a run of the mean and std volumes and that run of each volume.
+type Run<'a, T> = (&'a mut [f64], &'a mut [f64], Vec<&'a mut [T]>);
+
 /// The z-score of a series held in memory as separate volumes (pass 1's results, when they fit the
 /// memory budget), in place: `zscore_series`'s cache-blocked sweep (Welford over time, then
 /// normalization, per run of voxels) over the volumes' common voxel runs, so the f64 state never
@@ -231,10 +234,10 @@ pub fn zscore_volumes_in_place<T: Sample>(
         )));
     }
     let dof = volumes.len() as f64 - p.ddof as f64;
-    let mut mean64 = Array3::<f64>::zeros(shape.clone());
+    let mut mean64 = Array3::<f64>::zeros(shape);
     let mut std64 = Array3::<f64>::zeros(shape);
     // One task per run of voxels: that run of every volume, and of the moments.
-    let mut runs: Vec<(&mut [f64], &mut [f64], Vec<&mut [T]>)> = mean64
+    let mut runs: Vec<Run<'_, T>> = mean64
         .as_slice_mut()
         .expect("a new array is contiguous")
         .chunks_mut(SERIES_CHUNK)

@@ -4,6 +4,7 @@
 //! half-written output under the name the user asked for.
 
 mod h5;
+mod store;
 mod zarr;
 
 use crate::VoxelSize;

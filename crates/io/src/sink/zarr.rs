@@ -16,6 +16,7 @@ use zarrs::array::{data_type, Array, ArrayBuilder, Element};
 use zarrs::filesystem::FilesystemStore;
 use zarrs::group::GroupBuilder;
 
+use super::store::OutputStore;
 use super::{volume_chunking, Compression};
 use gpuprep_core::error::{Error, Result};
 
@@ -34,7 +35,7 @@ pub const NGFF_VERSION: &str = "0.5";
 /// chunks only, when the slab is complete. Volumes arrive in order, so one slab per array is pending.
 struct Volume {
     name: String,
-    array: Array<FilesystemStore>,
+    array: Array<OutputStore>,
     ct: usize,
     pending: BTreeMap<usize, Slab>,
     /// Slabs already stored: a volume written again there goes to the store (read, merge, write).
@@ -50,7 +51,7 @@ struct Slab {
 pub(super) struct ZarrOut {
     /// The user's path, which errors name.
     path: PathBuf,
-    store: Arc<FilesystemStore>,
+    store: Arc<OutputStore>,
     t: usize,
     shape: [usize; 3],
     volumes: Vec<Volume>,
@@ -144,7 +145,7 @@ impl ZarrOut {
         })?;
         let mut out = ZarrOut {
             path: path.to_path_buf(),
-            store: Arc::new(store),
+            store: Arc::new(OutputStore::new(store)),
             t,
             shape,
             volumes: Vec::new(),
@@ -417,7 +418,7 @@ fn codecs(
 
 /// Stores `data` at `start`, its chunks encoded and written on several threads.
 fn store<T: Element, D: ndarray::Dimension>(
-    array: &Array<FilesystemStore>,
+    array: &Array<OutputStore>,
     start: &[u64],
     data: ndarray::Array<T, D>,
 ) -> std::result::Result<(), zarrs::array::ArrayError> {
