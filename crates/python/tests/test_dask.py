@@ -248,10 +248,12 @@ def test_tree_of_chan_merges_equals_one_pass(sizes):
     for a, b in zip(bounds[:-1], bounds[1:]):
         m = gpuprep.Moments(data.shape[1:])
         m.update(data[a:b])
-        parts.append(dask.delayed(gd._parts(m)))
+        # Moments travel as themselves; (count, mean, M2) tuples are taken as well.
+        parts.append(dask.delayed(m if len(parts) % 2 == 0 else (m.count, m.mean, m.m2)))
     root, depth = gd.tree_reduce(parts, gd.merge_moments)
     assert depth == int(np.ceil(np.log2(len(sizes))))
-    count, mean, m2 = dask.compute(root, scheduler="sync")[0]
+    merged = dask.compute(root, scheduler="sync")[0]
+    count, mean, m2 = merged.count, merged.mean, merged.m2
     assert count == data.shape[0]
     np.testing.assert_allclose(mean, one.mean, rtol=1e-14)
     np.testing.assert_allclose(m2, one.m2, rtol=1e-10)
@@ -354,3 +356,47 @@ def test_bad_inputs_name_the_argument(tmp_path):
         gd.preprocess(np.zeros((3, 4, 5)))
     with pytest.raises(ValueError, match="output: .*not a .zarr"):
         gd.preprocess(np.zeros((3, 4, 5, 6), np.float32), tmp_path / "out.h5")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs through gpuprep's own reader: TIFF, format= and channel=, as the CLI reads them
+# ---------------------------------------------------------------------------------------------------------
+
+TIFF_FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "tiff"
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, flags",
+    [
+        ("tifffile_series", {}, []),
+        ("tifffile_series", {"format": "tiff"}, ["--format", "tiff"]),
+        ("tifffile_ome.ome.tif", {"channel": 1}, ["--channel", "1"]),
+        ("tifffile_imagej.tif", {"channel": 1}, ["--channel", "1"]),
+    ],
+)
+def test_tiff_inputs_with_format_and_channel_equal_cli(tmp_path, cli, name, kwargs, flags):
+    import h5py
+
+    src = TIFF_FIXTURES / name
+    out = tmp_path / "cli.h5"
+    subprocess.run([cli, "run", src, "-o", out, "--backend", "cpu", "-q", *flags], check=True, capture_output=True)
+    with h5py.File(out, "r") as f:
+        want, want_shifts = f["data"][:], f["shifts"][:]
+    with dask.config.set(scheduler="threads"):
+        z, shifts = gd.preprocess(str(src), backend="cpu", block_size=2, **kwargs)
+        z, shifts = dask.compute(z, shifts)
+    np.testing.assert_array_equal(shifts, want_shifts)
+    assert_data_close(z, want)
+
+
+def test_reader_errors_name_the_input_and_parameter(tmp_path):
+    with pytest.raises(OSError, match="tifffile_ome.ome.tif: .*channel 5 is out of range: it has 2 channels"):
+        gd.preprocess(str(TIFF_FIXTURES / "tifffile_ome.ome.tif"), channel=5, backend="cpu")
+    with pytest.raises(ValueError, match="format: unknown format 'png'"):
+        gd.preprocess(str(TIFF_FIXTURES / "tifffile_series"), format="png", backend="cpu")
+    with pytest.raises(ValueError, match="format, channel: apply to inputs given as paths"):
+        gd.preprocess(np.zeros((2, 2, 4, 4), np.float32), channel=1, backend="cpu")
+    broken = tmp_path / "t0.tif"
+    broken.write_bytes((TIFF_FIXTURES / "tifffile_series" / "t0.tif").read_bytes()[:300])
+    with pytest.raises(OSError, match="t0.tif"):
+        gd.preprocess(str(broken), backend="cpu")

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import glob as _glob
 import numbers
 import os
 import re
@@ -37,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 import gpuprep
+from gpuprep import _gpuprep
 
 __all__ = ["preprocess", "open_input", "block_size_for", "SharedReference"]
 
@@ -200,10 +200,6 @@ class Input:
     voxel_size: list[tuple[float, str | None]] | None = None
 
 
-def _natural_key(path: str) -> list:
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", os.path.basename(path))]
-
-
 def _is_zarr(path: str) -> bool:
     p = path.rstrip("/").lower()
     if p.endswith(".zarr"):
@@ -213,39 +209,38 @@ def _is_zarr(path: str) -> bool:
     )
 
 
-class _H5Volumes:
-    """A picklable, lazily read (t, z, y, x) float32 view of HDF5 files: one 3-D volume per file, or the
-    timepoints of one 4-D (tzyx) or 3-D (tyx) dataset. Files are opened per read, without HDF5's file
-    locks (as the CLI: it only reads, and locks fail spuriously on network file systems)."""
+class _SourceVolumes:
+    """A picklable, lazily read (t, z, y, x) float32 view of the inputs ``gpuprep run`` reads (HDF5, TIFF,
+    Zarr), described once on the client (``_gpuprep.describe_input``). Each read opens only the files
+    holding its timepoints, in Rust with the GIL released, converted and checked as the CLI reads them."""
 
-    def __init__(self, files: list[str], dataset: str, layout: str, shape: tuple, dtype: np.dtype):
-        self.files, self.dataset, self.layout = files, dataset, layout
-        self.shape, self.ndim, self.dtype = shape, 4, np.dtype(np.float32)
-        self.source_dtype = np.dtype(dtype)
+    def __init__(self, desc: dict, dataset: str, channel: int):
+        self.files, self.starts = list(desc["files"]), list(desc["starts"])
+        # The dataset as given (the reader names TIFF pages "pages" but takes only "default" for them).
+        self.dataset, self.axes, self.format = dataset, desc["axes"], desc["format"]
+        self.channel = channel
+        self.shape, self.ndim, self.dtype = tuple(desc["shape"]), 4, np.dtype(np.float32)
 
-    def _read(self, path: str, index: Any, t: int) -> np.ndarray:
-        import h5py
+    def read(self, t0: int, n: int) -> np.ndarray:
+        import bisect
 
-        try:
-            with h5py.File(path, "r", locking=False) as f:
-                raw = f[self.dataset][index]
-        except (OSError, KeyError) as e:
-            raise OSError(f"{path}: cannot read dataset {self.dataset!r} at timepoint {t} ({e})") from None
-        return _to_float32(raw, f"{path} (timepoint {t})")
+        first = bisect.bisect_right(self.starts, t0) - 1
+        last = bisect.bisect_right(self.starts, t0 + n - 1) - 1
+        return _gpuprep.read_block(
+            self.files[first : last + 1], self.dataset, self.axes, self.format, self.channel,
+            t0 - self.starts[first], n,
+        )
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         key = tuple(key) + (slice(None),) * (4 - len(key))
         ts = range(*key[0].indices(self.shape[0]))
-        spatial = key[1:]
-        if self.layout == "zyx":
-            vols = [self._read(self.files[t], spatial, t) for t in ts]
-            return np.stack(vols) if vols else np.empty((0,) + self.shape[1:], np.float32)
-        if self.layout == "tzyx":
-            block = self._read(self.files[0], (key[0],) + spatial, ts.start)
-            return block
-        # tyx: the movie's frames as volumes of z = 1
-        block = self._read(self.files[0], (key[0],) + spatial[1:], ts.start)
-        return block[:, np.newaxis][:, spatial[0]]
+        if not len(ts):
+            return np.empty((0,) + self.shape[1:], np.float32)[(slice(None),) + key[1:]]
+        if ts.step != 1:
+            return np.stack([self.read(t, 1)[0] for t in ts])[(slice(None),) + key[1:]]
+        block = self.read(ts.start, len(ts))
+        full = all(k == slice(None) for k in key[1:])
+        return block if full else block[(slice(None),) + key[1:]]
 
 
 def _to_float32(raw: np.ndarray, where: str) -> np.ndarray:
@@ -255,75 +250,6 @@ def _to_float32(raw: np.ndarray, where: str) -> np.ndarray:
         if finite.size and finite.max() > _F32_MAX:
             raise ValueError(f"{where}: value {finite.max():g} is beyond float32's range")
     return raw if raw.dtype == np.float32 else raw.astype(np.float32)
-
-
-def _expand(inputs: Sequence[str]) -> list[tuple[str, bool]]:
-    """Files in the CLI's order: a directory's *.h5/*.hdf5 and a glob's matches in natural order, explicit
-    files as given; with whether each came from a directory or glob (gpuprep outputs there are skipped)."""
-    out: list[tuple[str, bool]] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = [os.path.join(item, n) for n in os.listdir(item) if n.lower().endswith((".h5", ".hdf5"))]
-            found = [p for p in found if os.path.isfile(p)]
-            if not found:
-                raise OSError(f"{item}: no *.h5 or *.hdf5 files in this directory")
-            out += [(p, True) for p in sorted(found, key=_natural_key)]
-        elif any(c in item for c in "*?["):
-            found = sorted(_glob.glob(item), key=_natural_key)
-            if not found:
-                raise OSError(f"{item}: no file matches this pattern")
-            out += [(p, True) for p in found]
-        elif os.path.isfile(item):
-            out.append((item, False))
-        else:
-            raise OSError(f"{item}: no such file or directory")
-    seen: set = set()
-    for p, _ in out:
-        real = os.path.realpath(p)
-        if real in seen:
-            raise OSError(f"{p}: given twice")
-        seen.add(real)
-    return out
-
-
-def _open_h5(inputs: Sequence[str], dataset: str, axes: str | None) -> Input:
-    import h5py
-
-    files, shape, dtype = [], None, None
-    candidates = _expand(inputs)
-    for path, listed in candidates:
-        try:
-            with h5py.File(path, "r", locking=False) as f:
-                if listed and "gpuprep_version" in f.attrs:
-                    warnings.warn(f"skipping {path}: it is an output of gpuprep (root attribute gpuprep_version)")
-                    continue
-                if dataset not in f:
-                    raise OSError(f"{path}: no dataset {dataset!r}")
-                d = f[dataset]
-                s, dt = tuple(d.shape), d.dtype
-        except OSError as e:
-            raise OSError(str(e) if str(e).startswith(path) else f"{path}: cannot open as HDF5 ({e})") from None
-        if dt.kind not in "fiu" or dt.itemsize > 8:
-            raise ValueError(f"{path}: dataset {dataset!r} has dtype {dt}; gpuprep reads integers and floats")
-        if shape is None:
-            shape, dtype = s, dt
-        elif s != shape:
-            raise ValueError(f"{path}: dataset {dataset!r} has shape {s}, the first file's is {shape}")
-        files.append(path)
-    if not files:
-        raise OSError(f"{inputs[0]}: holds only outputs of gpuprep; name one explicitly to read it")
-    if len(files) == 1 and len(shape) == 4 and axes in (None, "tzyx"):
-        layout, full = "tzyx", shape
-    elif len(files) == 1 and len(shape) == 3 and (axes == "tyx" or (axes is None and not candidates[0][1])):
-        layout, full = "tyx", (shape[0], 1) + shape[1:]
-    elif len(shape) == 3 and axes in (None, "zyx"):
-        layout, full = "zyx", (len(files),) + shape
-    else:
-        raise ValueError(
-            f"axes: {axes or 'default'} does not fit {len(files)} file(s) of {len(shape)}-D datasets; "
-            "gpuprep.dask reads one tzyx or tyx file, or zyx volumes one per file"
-        )
-    return Input(_H5Volumes(files, dataset, layout, full, dtype), files, dataset, str(dtype))
 
 
 def _open_zarr(path: str, dataset: str | None) -> Input:
@@ -392,18 +318,34 @@ def _open_zarr(path: str, dataset: str | None) -> Input:
     return Input(data, [path], name or "", str(arr.dtype), voxel)
 
 
-def open_input(data: Any, dataset: str = "default", axes: str | None = None) -> Input:
-    """``data`` as a (t, z, y, x) dask array: a dask or numpy array, a Zarr/OME-Zarr store, or HDF5 files
-    (a directory, glob, file or list of them) read lazily, each task opening its own files."""
+def _open_source(paths: list[str], dataset: str, axes: str | None, format: str | None, channel: int) -> Input:
+    """Inputs read by gpuprep's own reader (HDF5, TIFF, Zarr): described here, read per block by tasks."""
+    # The reader's warnings (an output of gpuprep skipped in a directory) go to stderr, as the CLI's.
+    desc = _gpuprep.describe_input(paths, dataset, axes, format, channel)
+    voxel = None
+    if desc["voxel_size"] is not None:
+        voxel = [(float(v), u) for v, u in desc["voxel_size"]]
+    return Input(_SourceVolumes(desc, dataset, channel), list(desc["files"]), desc["dataset"], desc["dtype"], voxel)
+
+
+def open_input(
+    data: Any, dataset: str = "default", axes: str | None = None, format: str | None = None, channel: int = 0
+) -> Input:
+    """``data`` as a (t, z, y, x) dask array: a dask or numpy array, or paths ``gpuprep run`` reads (a
+    Zarr/OME-Zarr store, HDF5 or TIFF files: a directory, glob, file or list of them) read lazily, each task
+    opening its own files. ``format`` and ``channel`` as the CLI's ``--format`` and ``--channel``."""
     import dask.array as da
 
-    if isinstance(data, (str, os.PathLike)) or (
+    is_paths = isinstance(data, (str, os.PathLike)) or (
         isinstance(data, (list, tuple)) and data and all(isinstance(p, (str, os.PathLike)) for p in data)
-    ):
+    )
+    if not is_paths and (format is not None or channel != 0):
+        raise ValueError("format, channel: apply to inputs given as paths; data is an array")
+    if is_paths:
         paths = [os.fspath(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data)]
-        if len(paths) == 1 and _is_zarr(paths[0]):
+        if format is None and channel == 0 and len(paths) == 1 and _is_zarr(paths[0]):
             return _open_zarr(paths[0], dataset)
-        return _open_h5(paths, dataset, axes)
+        return _open_source(paths, dataset, axes, format, channel)
     gpuprep._refuse_masked(data, "data")
     if not isinstance(data, da.Array):
         data = np.asarray(data)
@@ -427,9 +369,9 @@ def _blocked(inp: Input, block: int | None) -> Any:
     else:
         block = min(block, t)
     chunks = (block,) + tuple(a.shape[1:])
-    if isinstance(a, _H5Volumes):
+    if isinstance(a, _SourceVolumes):
         # One task reads a block's files into one float32 array: no second copy for a merge.
-        name = "gpuprep-read-" + da.core.tokenize(a.files, a.dataset, a.layout, block)
+        name = "gpuprep-read-" + da.core.tokenize(a.files, a.dataset, a.axes, a.format, a.channel, block)
         return da.from_array(a, chunks=chunks, name=name, fancy=False, meta=np.empty((0,) * 4, np.float32))
     if isinstance(a, np.ndarray):
         return da.from_array(a, chunks=chunks)
@@ -490,15 +432,14 @@ def _aligned(a: Any, dtype: Any) -> np.ndarray:
     return np.require(a, dtype=dtype, requirements=["C", "A"])
 
 
-def _moments(parts: tuple) -> Any:
-    """A ``gpuprep.Moments`` from (count, mean, M2), the form partial moments travel in between workers
-    (as plain arrays: see ``_aligned``)."""
+def _moments(parts: Any) -> Any:
+    """A ``gpuprep.Moments`` from itself or from (count, mean, M2). Moments travel between tasks as
+    themselves (pickled as count, mean and M2, rebuilt aligned on the other side): no copies in between
+    on the threaded scheduler."""
+    if isinstance(parts, gpuprep.Moments):
+        return parts
     count, mean, m2 = parts
     return gpuprep.Moments.from_parts(int(count), _aligned(mean, np.float64), _aligned(m2, np.float64))
-
-
-def _parts(m: Any) -> tuple:
-    return (m.count, m.mean, m.m2)
 
 
 def _sanitize(block: np.ndarray, t0: int, nonfinite: str) -> tuple[np.ndarray, int]:
@@ -561,9 +502,8 @@ def register_block(
     del b
     moments = None
     if p.zscore:
-        m = gpuprep.Moments(vols.shape[1:])
-        m.update(vols)
-        moments = _parts(m)
+        moments = gpuprep.Moments(vols.shape[1:])
+        moments.update(vols)
     backend = reference.backend if reference is not None else gpuprep.backend_name(p.backend)
     side = {"t0": t0, "shifts": shifts, "error": error, "phasediff": phasediff, "nonfinite": bad, "backend": backend}
     if scratch is not None:
@@ -581,15 +521,15 @@ def block_shifts(side: dict) -> np.ndarray:
     return side["shifts"]
 
 
-def merge_moments(a: tuple, b: tuple) -> tuple:
-    """Chan et al.'s pairwise merge of two (count, mean, M2), into a new object: a task's inputs may be
-    read again (or by a rerun)."""
-    m = _moments(a)
+def merge_moments(a: Any, b: Any) -> Any:
+    """Chan et al.'s pairwise merge of two Moments, into a new object: a task's inputs may be read again
+    (or by a rerun)."""
+    m = _moments(a).copy()
     m.merge(_moments(b))
-    return _parts(m)
+    return m
 
 
-def finalize_moments(m: tuple, ddof: int, store: str | None) -> tuple[np.ndarray, np.ndarray]:
+def finalize_moments(m: Any, ddof: int, store: str | None) -> tuple[np.ndarray, np.ndarray]:
     """The f64 mean and std; with an output store, also its ``mean`` and ``std`` arrays (float32), by this
     one task."""
     mean, std = _moments(m).finalize(ddof=ddof)
@@ -1031,6 +971,8 @@ def preprocess(
     *,
     dataset: str = "default",
     axes: str | None = None,
+    format: str | None = None,
+    channel: int = 0,
     force: bool = False,
     block_size: int | None = None,
     no_median: bool = False,
@@ -1076,7 +1018,7 @@ def preprocess(
     """
     if output is not None and not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"output: expected a path or None, got {type(output).__name__}")
-    inp = open_input(data, dataset, axes)
+    inp = open_input(data, dataset, axes, format, _nonneg_int(channel, "channel"))
     t, shape = int(inp.array.shape[0]), tuple(int(n) for n in inp.array.shape[1:])
     if t == 0 or 0 in shape:
         raise ValueError(f"data: shape {(t,) + shape} is empty")
