@@ -7,7 +7,7 @@ use std::path::Path;
 use crate::errors::py;
 use gpuprep_io::source::{Axes, Format, OpenOptions, Source};
 use ndarray::{s, Array4};
-use numpy::{IntoPyArray, PyArray4};
+use numpy::{IntoPyArray, PyArray4, PyReadonlyArray4};
 use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -102,4 +102,19 @@ pub fn read_block<'py>(
         Ok(block)
     })?;
     Ok(block.into_pyarray(py_))
+}
+
+/// Stores a float32 (n, z, y, x) `block` as timepoints `t0 ..` of the existing Zarr array at
+/// `array_path` (whole chunks along t: each chunk one writer), in Rust with the GIL released.
+#[pyfunction]
+pub fn write_zarr_block(
+    py_: Python<'_>,
+    array_path: std::path::PathBuf,
+    t0: usize,
+    block: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let block = crate::stream::aligned(block)?;
+    let block: PyReadonlyArray4<'_, f32> = block.extract()?;
+    let view = block.as_array();
+    py(py_.detach(|| gpuprep_io::sink::store_zarr_block(&array_path, t0, view)))
 }

@@ -295,7 +295,7 @@ pub enum Volumes<'py> {
 
 /// `a`, or a copy of it when its data is not aligned for its dtype (an array dask.distributed
 /// deserialised from a byte buffer can be): views of it are read in place, which needs alignment.
-fn aligned<'py>(a: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn aligned<'py>(a: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let is_aligned = match a.getattr("flags") {
         Ok(flags) => flags.getattr("aligned")?.extract::<bool>()?,
         Err(_) => true, // not an array: extraction reports what it is

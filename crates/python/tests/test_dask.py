@@ -103,11 +103,14 @@ def test_threaded_lazy_equals_cli(dataset):
     assert_data_close(z, dataset["want"]["0"])
 
 
-def test_threaded_output_equals_cli(dataset, tmp_path):
+@pytest.mark.parametrize("budget, scratch", [(None, "memory"), (0, "file"), (12 * 8 * 24 * 24 * 4 - 1, "file")])
+def test_threaded_output_equals_cli(dataset, tmp_path, budget, scratch):
+    """Pass 1's volumes kept in memory (within the budget: the default here) or in a scratch array."""
     out = tmp_path / "threads.ome.zarr"
     with dask.config.set(scheduler="threads"):
-        report = gd.preprocess(str(dataset["dir"]), out, backend="cpu", block_size=4)
+        report = gd.preprocess(str(dataset["dir"]), out, backend="cpu", block_size=4, memory_budget=budget)
     assert report["tasks_per_pass"] == 3 and report["reduction_depth"] == 2
+    assert report["scratch"] == scratch
     np.testing.assert_array_equal(report["shifts"], dataset["want"]["shifts"])
     g = check_store(out, dataset, ["cpu", "threads"])
     assert g["0"].chunks[0] == 4  # one block per chunk along t: each chunk has one writer
@@ -152,11 +155,14 @@ def test_cluster_lazy_equals_cli(dataset, client):
     assert_data_close(z, dataset["want"]["0"])
 
 
-def test_cluster_output_equals_cli_and_reference_is_broadcast(dataset, client, tmp_path):
+@pytest.mark.parametrize("budget", [None, 0])
+def test_cluster_output_equals_cli_and_reference_is_broadcast(dataset, client, tmp_path, budget):
     out = tmp_path / "cluster.ome.zarr"
     transforms = lambda: __import__("gpuprep.dask").dask.reference_transforms  # noqa: E731
     before, here = client.run(transforms), gd.reference_transforms
-    report = gd.preprocess(dataset["dir"], out, backend="cpu", block_size=2)  # 6 tasks on 2 workers
+    # 6 tasks on 2 workers
+    report = gd.preprocess(dataset["dir"], out, backend="cpu", block_size=2, memory_budget=budget)
+    assert report["scratch"] == ("file" if budget == 0 else "memory")
     assert report["workers"] == 2 and report["tasks_per_pass"] == 6 and report["reduction_depth"] == 3
     check_store(out, dataset, ["cpu", "2 workers"])
     # The reference was scattered to the workers, each of which transformed it at most once for all its
@@ -340,6 +346,7 @@ def test_existing_output_refused_then_replaced_with_force(dataset, tmp_path):
         ({"order": 2}, ValueError, "order: spline order 2 is not supported; expected 0, 1 or 3"),
         ({"upsample_factor": 0}, ValueError, "upsample_factor: got 0; expected an integer from 1 to 1000"),
         ({"block_size": 0}, ValueError, "block_size"),
+        ({"memory_budget": -1}, ValueError, "memory_budget"),
     ],
 )
 def test_bad_parameters_fail_before_anything_is_written(dataset, tmp_path, kwargs, error, match):

@@ -549,6 +549,13 @@ def normalize_block(vols: np.ndarray, stats: tuple, p: _Params) -> np.ndarray:
     )
 
 
+def normalize_kept(side: dict, out: str, stats: tuple, p: _Params) -> int:
+    """Pass 2 of the output with pass 1's volumes kept in the workers' memory: normalized, written to ``0``."""
+    vols = side["volumes"]
+    _write(out, side["t0"], normalize_block(vols, stats, p))
+    return len(vols)
+
+
 def normalize_stored(scratch: str, out: str, t0: int, n: int, stats: tuple, after: Any, p: _Params) -> int:
     """Pass 2 of the output: the block's registered volumes read back, normalized, written to ``0``."""
     import zarr
@@ -569,11 +576,11 @@ def _write(array_path: str, t0: int | None, values: np.ndarray) -> None:
     tmpdir = os.path.dirname(os.path.dirname(array_path.rstrip("/")))
     if not os.path.exists(os.path.join(tmpdir, _MARKER)):
         raise RuntimeError(f"{tmpdir}: the run was abandoned; not writing {os.path.basename(array_path)}")
-    a = zarr.open_array(array_path, mode="r+")
     if t0 is None:
-        a[...] = values
+        zarr.open_array(array_path, mode="r+")[...] = values
     else:
-        a[t0 : t0 + len(values)] = values
+        # Volumes through gpuprep's Zarr writer: chunks encoded on several threads, no sync per chunk.
+        _gpuprep.write_zarr_block(array_path, t0, _aligned(values, np.float32))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -847,8 +854,24 @@ def _wait_idle(client: Any, keys: set, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def _memory_budget(budget: int | None, client: Any) -> int:
+    """Bytes of pass 1's results the run may keep in memory: ``budget``, else a quarter of the workers'
+    memory limits (a distributed client) or of this machine's available memory (local schedulers), as
+    the CLI's default ``--memory-budget``."""
+    if budget is not None:
+        return budget
+    if client is not None:
+        limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+        if limits and all(limits):
+            return sum(limits) // 4
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force: bool, client: Any,
-                  progress: bool) -> dict:
+                  progress: bool, memory_budget: int | None = None) -> dict:
     import time
 
     import zarr
@@ -865,7 +888,10 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
     # Beside the output (same file system, so the final rename is atomic), private (mode 0700).
     tmpdir = tempfile.mkdtemp(prefix=".gpuprep-", dir=os.path.dirname(out))
     store = os.path.join(tmpdir, "out.zarr")
-    scratch = os.path.join(tmpdir, "scratch", "registered") if p.zscore else None
+    # Pass 1's volumes wait for the z-score in the workers' memory when they fit the budget (written
+    # once, as the CLI's), else in a scratch array beside the output (memory bounded by a few blocks).
+    in_memory = p.zscore and t * int(np.prod(shape)) * 4 <= _memory_budget(memory_budget, client)
+    scratch = os.path.join(tmpdir, "scratch", "registered") if p.zscore and not in_memory else None
     keys: set = set()
     try:
         open(os.path.join(tmpdir, _MARKER), "w").close()
@@ -875,10 +901,14 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
         if p.zscore:
             for name in ("mean", "std"):
                 _create_array(os.path.join(store, name), shape, shape, np.float32, p.compression, False)
-        g = _build(arr, ref, p, scratch or os.path.join(store, "0"), store if p.zscore else None)
+        first = None if in_memory else (scratch or os.path.join(store, "0"))
+        g = _build(arr, ref, p, first, store if p.zscore else None)
         small = [delayed(_side_only, pure=True)(s) for s in g.sides]
         final = list(small)
-        if p.zscore:
+        if in_memory:
+            for s in g.sides:
+                final.append(delayed(normalize_kept, pure=True)(s, os.path.join(store, "0"), g.stats, p))
+        elif p.zscore:
             for (t0, n), s in zip(g.blocks, small):
                 final.append(
                     delayed(normalize_stored, pure=True)(scratch, os.path.join(store, "0"), t0, n, g.stats, s, p)
@@ -934,6 +964,7 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
         "error": error if p.register else None,
         "phasediff": phasediff if p.register else None,
         "nonfinite_replaced": int(sum(s["nonfinite"] for s in sides)),
+        "scratch": "memory" if in_memory else ("file" if scratch else None),
         "seconds": time.perf_counter() - started,
     }
 
@@ -993,6 +1024,7 @@ def preprocess(
     constant_voxels: str = "nan",
     nonfinite: str = "error",
     compression: str = "none",
+    memory_budget: int | None = None,
     backend: str = "auto",
     client: Any = None,
     progress: bool = False,
@@ -1014,7 +1046,12 @@ def preprocess(
     With an ``.ome.zarr`` output: writes gpuprep's OME-Zarr layout and returns a report (``shifts``,
     ``error``, ``phasediff``, ``backend``, ``block_sizes``, ``tasks_per_pass``, ``reduction_depth``,
     ``seconds``). Workers must see the output's directory (a shared file system on a cluster).
-    ``progress``: show dask's progress bar.
+    ``progress``: show dask's progress bar. ``memory_budget``: bytes of registered volumes the workers may
+    hold between the passes (default a quarter of their memory limits, or of this machine's available
+    memory); beyond it they wait in a scratch array beside the output and memory stays bounded by a few
+    blocks per worker (0 forces that). The report's ``scratch`` says which ("memory" or "file").
+    ``format``, ``channel``: as the CLI's ``--format`` and ``--channel`` for inputs given as paths (HDF5,
+    TIFF and Zarr inputs are read by gpuprep's own reader, per block).
     """
     if output is not None and not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"output: expected a path or None, got {type(output).__name__}")
@@ -1046,6 +1083,7 @@ def preprocess(
     )
     if p.compression != "none" and output is None:
         raise ValueError("compression: applies to an output; none is given")
+    budget = None if memory_budget is None else _nonneg_int(memory_budget, "memory_budget")
     if block_size is not None and _nonneg_int(block_size, "block_size") < 1:
         raise ValueError("block_size: got 0; expected at least 1 timepoint per task")
     out = os.fspath(output) if output is not None else None
@@ -1056,4 +1094,4 @@ def preprocess(
     ref = _reference(arr, p, client)
     if out is None:
         return _lazy(arr, ref, p)
-    return _write_output(inp, arr, ref, p, out, force, client, progress)
+    return _write_output(inp, arr, ref, p, out, force, client, progress, budget)
