@@ -407,3 +407,36 @@ def test_reader_errors_name_the_input_and_parameter(tmp_path):
     broken.write_bytes((TIFF_FIXTURES / "tifffile_series" / "t0.tif").read_bytes()[:300])
     with pytest.raises(OSError, match="t0.tif"):
         gd.preprocess(str(broken), backend="cpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"shard": True}, {"compression": "blosc-lz4"}, {"shard": True, "compression": "zstd", "memory_budget": "0"}],
+)
+def test_shards_and_compression_as_the_cli(dataset, tmp_path, kwargs):
+    """shard= stores each block's slab as one shard (one writer each); compression= the CLI's codecs. The
+    values are those of the plain store."""
+    out = tmp_path / "packed.ome.zarr"
+    with dask.config.set(scheduler="threads"):
+        report = gd.preprocess(str(dataset["dir"]), out, backend="cpu", block_size=4, **kwargs)
+    assert report["scratch"] == ("file" if "memory_budget" in kwargs else "memory")
+    g = zarr.open_group(out, mode="r")
+    a = g["0"]
+    assert_data_close(a[:], dataset["want"]["0"])
+    if kwargs.get("shard"):
+        assert a.shards == (4,) + SHAPE[1:] and a.chunks[0] == 4
+        assert g.attrs["sharding"] == "one shard per time slab"
+        assert len(list((out / "0" / "c").iterdir())) == 3  # one shard per block of 4 timepoints
+    else:
+        assert a.shards is None and g.attrs["sharding"] == "none"
+    compression = kwargs.get("compression", "none")
+    assert g.attrs["compression"] == compression
+    codecs = [type(c).__name__ for c in a.compressors]
+    assert codecs == {"none": [], "zstd": ["ZstdCodec"], "blosc-lz4": ["BloscCodec"]}[compression]
+    if compression == "blosc-lz4":
+        assert a.compressors[0].cname.value == "lz4"
+
+
+def test_shard_needs_an_output(dataset):
+    with pytest.raises(ValueError, match="shard: applies to an output"):
+        gd.preprocess(dataset["dir"], shard=True, backend="cpu")

@@ -101,6 +101,8 @@ class _Params:
     constant_voxels: str
     nonfinite: str
     compression: str
+    shard: bool
+    memory_budget: int | None
     backend: str
 
 
@@ -137,6 +139,8 @@ def _params(
     constant_voxels: str,
     nonfinite: str,
     compression: str,
+    shard: bool,
+    memory_budget: int | str | None,
     backend: str,
 ) -> _Params:
     # One validation for every front end: the same rules and messages as `gpuprep run` and
@@ -147,7 +151,8 @@ def _params(
             no_register=no_register, upsample_factor=upsample_factor, normalization=normalization,
             reference=reference, reference_mean=reference_mean, register_raw=register_raw, order=order,
             shift_mode=shift_mode, shift_cval=shift_cval, no_zscore=no_zscore, ddof=ddof,
-            constant_voxels=constant_voxels, nonfinite=nonfinite, compression=compression,
+            constant_voxels=constant_voxels, nonfinite=nonfinite, compression=compression, shard=shard,
+            memory_budget=memory_budget,
         )
     )
     kind, start, end = v["reference"]
@@ -180,6 +185,8 @@ def _params(
         constant_voxels=constant,
         nonfinite=v["nonfinite"],
         compression=v["compression"],
+        shard=bool(v["shard"]),
+        memory_budget=v["memory_budget"],
         backend=_choice(backend, "backend", ("auto", "cpu", "gpu")),
     )
 
@@ -691,18 +698,26 @@ def _lazy(arr: Any, ref: Any, p: _Params) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _create_array(path: str, shape: tuple, chunks: tuple, dtype: Any, compression: str, dims: bool) -> None:
+def _create_array(path: str, shape: tuple, chunks: tuple, dtype: Any, compression: str, dims: bool,
+                  shards: tuple | None = None) -> None:
+    """A Zarr v3 array with the Rust writer's codecs for ``compression`` (crates/io/src/sink/zarr.rs,
+    ``codecs``) and, given ``shards``, sharded with ``chunks`` inside."""
     import zarr
+    from zarr.codecs import BloscCodec, ZstdCodec
 
-    compressors = None
-    if compression == "zstd":
-        from zarr.codecs import ZstdCodec
-
-        compressors = ZstdCodec(level=3, checksum=False)  # the Rust writer's codec
+    if compression == "none":
+        compressors = None
+    elif compression == "zstd":
+        compressors = ZstdCodec(level=3, checksum=False)
+    elif compression == "blosc-lz4":
+        compressors = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+    else:  # validate_run admits only the names above: a new one must be added here, never written plain
+        raise ValueError(f"compression: {compression!r} is not supported by gpuprep.dask")
     zarr.create_array(
         store=path,
         shape=shape,
         chunks=chunks,
+        shards=shards,
         dtype=dtype,
         fill_value=0.0,
         compressors=compressors,
@@ -752,7 +767,7 @@ def _attributes(inp: Input, p: _Params, backend: str, name: str, voxel: Any) -> 
         a["zscore"] = "off"
     a["nonfinite"] = p.nonfinite
     a["compression"] = p.compression
-    a["sharding"] = "none"  # the dask writer stores plain chunks, one writer each
+    a["sharding"] = "one shard per time slab" if p.shard else "none"
     axes = []
     for i, ax in enumerate("tzyx"):
         entry = {"name": ax, "type": "time" if i == 0 else "space"}
@@ -895,7 +910,10 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
     keys: set = set()
     try:
         open(os.path.join(tmpdir, _MARKER), "w").close()
-        _create_array(os.path.join(store, "0"), (t,) + shape, chunks, np.float32, p.compression, True)
+        # With shard=True each block's slab (its chunks along t times the whole volume) is one shard: one
+        # writer each, as in the CLI's output.
+        shards = (ct,) + shape if p.shard else None
+        _create_array(os.path.join(store, "0"), (t,) + shape, chunks, np.float32, p.compression, True, shards)
         if scratch:
             _create_array(scratch, (t,) + shape, chunks, np.float32, "none", True)
         if p.zscore:
@@ -1024,7 +1042,8 @@ def preprocess(
     constant_voxels: str = "nan",
     nonfinite: str = "error",
     compression: str = "none",
-    memory_budget: int | None = None,
+    shard: bool = False,
+    memory_budget: int | str | None = None,
     backend: str = "auto",
     client: Any = None,
     progress: bool = False,
@@ -1046,7 +1065,8 @@ def preprocess(
     With an ``.ome.zarr`` output: writes gpuprep's OME-Zarr layout and returns a report (``shifts``,
     ``error``, ``phasediff``, ``backend``, ``block_sizes``, ``tasks_per_pass``, ``reduction_depth``,
     ``seconds``). Workers must see the output's directory (a shared file system on a cluster).
-    ``progress``: show dask's progress bar. ``memory_budget``: bytes of registered volumes the workers may
+    ``progress``: show dask's progress bar. ``shard``: each block's time slab stored as one Zarr v3 shard
+    of the same chunks (one writer a shard). ``memory_budget``: bytes of registered volumes the workers may
     hold between the passes (default a quarter of their memory limits, or of this machine's available
     memory); beyond it they wait in a scratch array beside the output and memory stays bounded by a few
     blocks per worker (0 forces that). The report's ``scratch`` says which ("memory" or "file").
@@ -1079,11 +1099,14 @@ def preprocess(
         constant_voxels=constant_voxels,
         nonfinite=nonfinite,
         compression=compression,
+        shard=shard,
+        memory_budget=memory_budget,
         backend=backend,
     )
     if p.compression != "none" and output is None:
         raise ValueError("compression: applies to an output; none is given")
-    budget = None if memory_budget is None else _nonneg_int(memory_budget, "memory_budget")
+    if p.shard and output is None:
+        raise ValueError("shard: applies to an output; none is given")
     if block_size is not None and _nonneg_int(block_size, "block_size") < 1:
         raise ValueError("block_size: got 0; expected at least 1 timepoint per task")
     out = os.fspath(output) if output is not None else None
@@ -1094,4 +1117,4 @@ def preprocess(
     ref = _reference(arr, p, client)
     if out is None:
         return _lazy(arr, ref, p)
-    return _write_output(inp, arr, ref, p, out, force, client, progress, budget)
+    return _write_output(inp, arr, ref, p, out, force, client, progress, p.memory_budget)
