@@ -3,7 +3,8 @@
 //!
 //! numpy's conventions: the forward transform is unnormalized, the inverse divides by N.
 
-use ndarray::{Array3, ArrayView3, ArrayViewMut2, Axis};
+use crate::cross_power::ArgMax;
+use ndarray::{Array3, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 use realfft::{ComplexToReal, FftError, RealFftPlanner, RealToComplex};
 use rustfft::num_complex::Complex;
@@ -61,13 +62,13 @@ impl Fft3 {
             "Fft3 planned for another shape"
         );
         for axis in (0..3).rev() {
-            fft_axis(data, axis, &plans[axis]);
+            fft_axis(data.view_mut(), axis, &plans[axis]);
         }
     }
 }
 
 /// Complex FFT of every line along `axis` of a standard-layout array, in place.
-fn fft_axis(data: &mut Array3<C32>, axis: usize, fft: &Arc<dyn Fft<f32>>) {
+fn fft_axis(mut data: ArrayViewMut3<C32>, axis: usize, fft: &Arc<dyn Fft<f32>>) {
     let (nz, ny, nx) = data.dim();
     let n = data.shape()[axis];
     if n <= 1 {
@@ -173,6 +174,15 @@ impl RealFft3 {
     }
 
     pub fn forward(&self, input: ArrayView3<f32>) -> Array3<C32> {
+        let mut out = Array3::<C32>::default(self.spectrum_shape());
+        self.forward_into(input, out.as_slice_mut().expect("standard layout"));
+        out
+    }
+
+    /// `forward` into `out`, the half spectrum in C order: a caller that keeps `out` between
+    /// volumes maps its pages once (a fresh 17 MiB spectrum per volume costs more in page faults
+    /// and zeroing than its y pass).
+    pub fn forward_into(&self, input: ArrayView3<f32>, out: &mut [C32]) {
         assert_eq!(
             input.shape(),
             &self.shape[..],
@@ -181,7 +191,8 @@ impl RealFft3 {
         let input = input.as_standard_layout();
         let [_, _, nx] = self.shape;
         let nh = nx / 2 + 1;
-        let mut out = Array3::<C32>::default(self.spectrum_shape());
+        let mut out = ArrayViewMut3::from_shape(self.spectrum_shape(), out)
+            .expect("out has the half spectrum's length");
         out.as_slice_mut()
             .expect("standard layout")
             .par_chunks_mut(nh)
@@ -195,9 +206,50 @@ impl RealFft3 {
                         .expect("buffers sized by the plan");
                 },
             );
-        fft_axis(&mut out, 1, &self.forward[1]);
-        fft_axis(&mut out, 0, &self.forward[0]);
-        out
+        fft_axis(out.view_mut(), 1, &self.forward[1]);
+        fft_axis(out, 0, &self.forward[0]);
+    }
+
+    /// The index (C order) of the largest |value| of `irfftn(spectrum)` and that value, as
+    /// `argmax_abs_real(&self.inverse(spectrum))` finds them (the first largest; NaN above all),
+    /// without storing the volume: each row is transformed, scaled and searched while in cache.
+    /// The spectrum (C order) is consumed as scratch.
+    pub fn inverse_argmax(&self, spectrum: &mut [C32]) -> ([usize; 3], f32) {
+        let mut spectrum = ArrayViewMut3::from_shape(self.spectrum_shape(), spectrum)
+            .expect("spectrum has the half spectrum's length");
+        fft_axis(spectrum.view_mut(), 0, &self.inverse[0]);
+        fft_axis(spectrum.view_mut(), 1, &self.inverse[1]);
+        let [_, ny, nx] = self.shape;
+        let nh = nx / 2 + 1;
+        let scale = 1.0 / self.shape.iter().product::<usize>() as f32;
+        let best = spectrum
+            .as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(nh)
+            .enumerate()
+            .fold(
+                || (vec![0.0f32; nx], self.c2r.make_scratch_vec(), ArgMax::NONE),
+                |(mut dst, mut s, mut best), (row, src)| {
+                    self.c2r_row(src, &mut dst, &mut s, scale);
+                    best.offer(&dst, row * nx);
+                    (dst, s, best)
+                },
+            )
+            .map(|(_, _, best)| best)
+            .reduce(|| ArgMax::NONE, ArgMax::merge);
+        let i = best.index();
+        ([i / (ny * nx), (i / nx) % ny, i % nx], best.value)
+    }
+
+    /// One row of the inverse: c2r of `src` (consumed) into `dst`, times `scale`.
+    fn c2r_row(&self, src: &mut [C32], dst: &mut [f32], s: &mut [C32], scale: f32) {
+        match self.c2r.process_with_scratch(src, dst, s) {
+            // The imaginary parts of the DC and Nyquist bins of a Hermitian spectrum are
+            // rounding noise; realfft drops them, which is taking the real part.
+            Ok(()) | Err(FftError::InputValues(..)) => {}
+            Err(e) => panic!("buffers sized by the plan: {e}"),
+        }
+        dst.iter_mut().for_each(|v| *v *= scale);
     }
 
     /// `irfftn` of a half spectrum (consumed as scratch), scaled by 1/N as numpy does.
@@ -207,8 +259,8 @@ impl RealFft3 {
             &self.spectrum_shape()[..],
             "RealFft3 planned for another shape"
         );
-        fft_axis(&mut spectrum, 0, &self.inverse[0]);
-        fft_axis(&mut spectrum, 1, &self.inverse[1]);
+        fft_axis(spectrum.view_mut(), 0, &self.inverse[0]);
+        fft_axis(spectrum.view_mut(), 1, &self.inverse[1]);
         let [_, _, nx] = self.shape;
         let nh = nx / 2 + 1;
         let scale = 1.0 / self.shape.iter().product::<usize>() as f32;
@@ -224,15 +276,7 @@ impl RealFft3 {
             )
             .for_each_init(
                 || self.c2r.make_scratch_vec(),
-                |s, (dst, src)| {
-                    match self.c2r.process_with_scratch(src, dst, s) {
-                        // The imaginary parts of the DC and Nyquist bins of a Hermitian spectrum are
-                        // rounding noise; realfft drops them, which is taking the real part.
-                        Ok(()) | Err(FftError::InputValues(..)) => {}
-                        Err(e) => panic!("buffers sized by the plan: {e}"),
-                    }
-                    dst.iter_mut().for_each(|v| *v *= scale);
-                },
+                |s, (dst, src)| self.c2r_row(src, dst, s, scale),
             );
         out
     }
