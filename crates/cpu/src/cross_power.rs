@@ -23,20 +23,26 @@ pub fn cross_power(f: &Array3<C32>, g: &mut Array3<C32>, normalization: Normaliz
 
 /// `cross_power` on spectra stored as slices of one length.
 pub fn cross_power_slices(f: &[C32], g: &mut [C32], normalization: Normalization, scale: f64) {
-    let floor = 100.0 * f32::EPSILON as f64;
     g.par_chunks_mut(1 << 14)
         .zip(f.par_chunks(1 << 14))
         .for_each(|(g, f)| {
             for (g, f) in g.iter_mut().zip(f) {
-                let (fr, fi, gr, gi) = (f.re as f64, f.im as f64, g.re as f64, g.im as f64);
-                let (re, im) = (fr * gr + fi * gi, fi * gr - fr * gi);
-                let d = match normalization {
-                    Normalization::Phase => (re * re + im * im).sqrt().max(floor),
-                    Normalization::None => 1.0 / scale,
-                };
-                *g = C32::new((re / d) as f32, (im / d) as f32);
+                *g = cross_one(*f, *g, normalization, scale);
             }
         });
+}
+
+/// One bin of `cross_power`: `f·conj(g)`, normalized or times `scale`.
+#[inline(always)]
+pub fn cross_one(f: C32, g: C32, normalization: Normalization, scale: f64) -> C32 {
+    let floor = 100.0 * f32::EPSILON as f64;
+    let (fr, fi, gr, gi) = (f.re as f64, f.im as f64, g.re as f64, g.im as f64);
+    let (re, im) = (fr * gr + fi * gi, fi * gr - fr * gi);
+    let d = match normalization {
+        Normalization::Phase => (re * re + im * im).sqrt().max(floor),
+        Normalization::None => 1.0 / scale,
+    };
+    C32::new((re / d) as f32, (im / d) as f32)
 }
 
 /// Index (C order) of the largest `|c|`; the first one on ties, as `np.argmax`.

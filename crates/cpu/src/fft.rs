@@ -103,35 +103,64 @@ fn fft_axis(mut data: ArrayViewMut3<C32>, axis: usize, fft: &Arc<dyn Fft<f32>>) 
     }
 }
 
-/// FFT of every column of `m` (rows contiguous): columns are gathered `block` at a time into
-/// lines of `buf`, transformed and scattered back. The lines sit `n + LINE_PAD` apart so that, for
-/// power-of-two `n`, the lines written by each row's gather do not all fall on one cache set.
+/// FFT of every column of `m` (rows contiguous), through `through_lines`.
 fn fft_columns(
-    mut m: ArrayViewMut2<C32>,
+    m: ArrayViewMut2<C32>,
     block: usize,
     fft: &Arc<dyn Fft<f32>>,
     buf: &mut Vec<C32>,
     s: &mut [C32],
 ) {
+    let n = m.dim().0;
+    through_lines(m, block, buf, |lines, stride, _, w| {
+        for c in 0..w {
+            fft.process_with_scratch(&mut lines[c * stride..][..n], s);
+        }
+    });
+}
+
+/// Columns of `m` (rows contiguous) are gathered `block` at a time into lines of `buf`, handed to
+/// `f(lines, stride, x0, w)` (columns `x0..x0 + w`, line `c` at `c * stride`) and scattered back.
+/// The lines sit `n + LINE_PAD` apart so that, for power-of-two `n`, the lines written by each
+/// row's gather do not all fall on one cache set. Both copies go in `TILE`² tiles, so the rows
+/// and the lines a tile touches stay in L1 while it is copied.
+fn through_lines(
+    mut m: ArrayViewMut2<C32>,
+    block: usize,
+    buf: &mut Vec<C32>,
+    mut f: impl FnMut(&mut [C32], usize, usize, usize),
+) {
     const LINE_PAD: usize = 8;
+    const TILE: usize = 8;
     let (n, width) = m.dim();
     let stride = n + LINE_PAD;
     buf.resize(block * stride, C32::default());
+    let mut rows: Vec<&mut [C32]> = m
+        .rows_mut()
+        .into_iter()
+        .map(|r| r.into_slice().expect("rows are contiguous"))
+        .collect();
     for x0 in (0..width).step_by(block) {
         let w = block.min(width - x0);
-        for (i, row) in m.rows().into_iter().enumerate() {
-            let row = &row.to_slice().expect("rows are contiguous")[x0..x0 + w];
-            for (c, &v) in row.iter().enumerate() {
-                buf[c * stride + i] = v;
+        for i0 in (0..n).step_by(TILE) {
+            for c0 in (0..w).step_by(TILE) {
+                let cw = TILE.min(w - c0);
+                for (i, row) in rows[i0..n.min(i0 + TILE)].iter().enumerate() {
+                    for (c, &v) in row[x0 + c0..][..cw].iter().enumerate() {
+                        buf[(c0 + c) * stride + i0 + i] = v;
+                    }
+                }
             }
         }
-        for c in 0..w {
-            fft.process_with_scratch(&mut buf[c * stride..c * stride + n], s);
-        }
-        for (i, mut row) in m.rows_mut().into_iter().enumerate() {
-            let row = &mut row.as_slice_mut().expect("rows are contiguous")[x0..x0 + w];
-            for (c, v) in row.iter_mut().enumerate() {
-                *v = buf[c * stride + i];
+        f(buf, stride, x0, w);
+        for i0 in (0..n).step_by(TILE) {
+            for c0 in (0..w).step_by(TILE) {
+                let cw = TILE.min(w - c0);
+                for (i, row) in rows[i0..n.min(i0 + TILE)].iter_mut().enumerate() {
+                    for (c, v) in row[x0 + c0..][..cw].iter_mut().enumerate() {
+                        *v = buf[(c0 + c) * stride + i0 + i];
+                    }
+                }
             }
         }
     }
@@ -183,6 +212,13 @@ impl RealFft3 {
     /// volumes maps its pages once (a fresh 17 MiB spectrum per volume costs more in page faults
     /// and zeroing than its y pass).
     pub fn forward_into(&self, input: ArrayView3<f32>, out: &mut [C32]) {
+        self.forward_xy(input, out);
+        let out = ArrayViewMut3::from_shape(self.spectrum_shape(), out).expect("sized above");
+        fft_axis(out, 0, &self.forward[0]);
+    }
+
+    /// `forward_into` less its last pass, the transforms along z (see `z_round_trip`).
+    pub(crate) fn forward_xy(&self, input: ArrayView3<f32>, out: &mut [C32]) {
         assert_eq!(
             input.shape(),
             &self.shape[..],
@@ -206,8 +242,76 @@ impl RealFft3 {
                         .expect("buffers sized by the plan");
                 },
             );
-        fft_axis(out.view_mut(), 1, &self.forward[1]);
-        fft_axis(out, 0, &self.forward[0]);
+        fft_axis(out, 1, &self.forward[1]);
+    }
+
+    /// The forward transform's z pass, `between` on each block of z-lines, and the inverse
+    /// transform's z pass, fused: each block of lines is gathered and scattered once instead of
+    /// twice per pass, and `between` runs on it while it is in cache. `data` is `forward_xy`'s
+    /// result; `inverse_argmax_yx` finishes. `between(lines, stride, col0, w, kept)` gets the block's
+    /// `w` lines (z order, `stride` apart), the columns `col0..col0 + w` of the (nz, ny·nh) matrix,
+    /// and, when `kept` is given, the part of it holding those lines (`kept` stores the spectrum's
+    /// lines along z one after another, `nz` apart); its results are combined with `reduce`.
+    pub(crate) fn z_round_trip<T, B>(
+        &self,
+        data: &mut [C32],
+        kept: Option<&mut [C32]>,
+        identity: impl Fn() -> T + Sync + Send,
+        reduce: impl Fn(T, T) -> T + Sync + Send,
+        between: B,
+    ) -> T
+    where
+        T: Send,
+        B: Fn(&mut [C32], usize, usize, usize, Option<&mut [C32]>) -> T + Sync,
+    {
+        let [nz, ny, nx] = self.shape;
+        let plane = ny * (nx / 2 + 1);
+        let (fwd, inv) = (&self.forward[0], &self.inverse[0]);
+        let scratch_len = fwd
+            .get_inplace_scratch_len()
+            .max(inv.get_inplace_scratch_len());
+        let init = || (Vec::new(), vec![C32::default(); scratch_len]);
+        let run = |(buf, s): &mut (Vec<C32>, Vec<C32>),
+                   block: ArrayViewMut2<C32>,
+                   col0: usize,
+                   mut kept: Option<&mut [C32]>| {
+            let mut out = None;
+            through_lines(block, Z_BLOCK, buf, |lines, stride, _, w| {
+                if nz > 1 {
+                    for c in 0..w {
+                        fwd.process_with_scratch(&mut lines[c * stride..][..nz], s);
+                    }
+                }
+                out = Some(between(lines, stride, col0, w, kept.take()));
+                if nz > 1 {
+                    for c in 0..w {
+                        inv.process_with_scratch(&mut lines[c * stride..][..nz], s);
+                    }
+                }
+            });
+            out.unwrap_or_else(&identity)
+        };
+        let mut cols = ArrayViewMut2::from_shape((nz, plane), data)
+            .expect("data has the half spectrum's length");
+        let blocks = cols.axis_chunks_iter_mut(Axis(1), Z_BLOCK).into_par_iter();
+        match kept {
+            Some(kept) => {
+                assert_eq!(
+                    kept.len(),
+                    nz * plane,
+                    "kept has the half spectrum's length"
+                );
+                blocks
+                    .zip(kept.par_chunks_mut(Z_BLOCK * nz))
+                    .enumerate()
+                    .map_init(init, |st, (i, (b, k))| run(st, b, i * Z_BLOCK, Some(k)))
+                    .reduce(&identity, &reduce)
+            }
+            None => blocks
+                .enumerate()
+                .map_init(init, |st, (i, b)| run(st, b, i * Z_BLOCK, None))
+                .reduce(&identity, &reduce),
+        }
     }
 
     /// The index (C order) of the largest |value| of `irfftn(spectrum)` and that value, as
@@ -215,9 +319,16 @@ impl RealFft3 {
     /// without storing the volume: each row is transformed, scaled and searched while in cache.
     /// The spectrum (C order) is consumed as scratch.
     pub fn inverse_argmax(&self, spectrum: &mut [C32]) -> ([usize; 3], f32) {
+        let view = ArrayViewMut3::from_shape(self.spectrum_shape(), &mut *spectrum)
+            .expect("spectrum has the half spectrum's length");
+        fft_axis(view, 0, &self.inverse[0]);
+        self.inverse_argmax_yx(spectrum)
+    }
+
+    /// `inverse_argmax` less its first pass, the transforms along z.
+    pub(crate) fn inverse_argmax_yx(&self, spectrum: &mut [C32]) -> ([usize; 3], f32) {
         let mut spectrum = ArrayViewMut3::from_shape(self.spectrum_shape(), spectrum)
             .expect("spectrum has the half spectrum's length");
-        fft_axis(spectrum.view_mut(), 0, &self.inverse[0]);
         fft_axis(spectrum.view_mut(), 1, &self.inverse[1]);
         let [_, ny, nx] = self.shape;
         let nh = nx / 2 + 1;

@@ -14,7 +14,7 @@
 //! `ifftn` whose imaginary part is rounding noise (~1e-7 relative), so the peak and the shifts are the same;
 //! its phase difference is that noise's angle, 0 here (or π for a negative peak).
 
-use super::cross_power::cross_power_slices;
+use super::cross_power::cross_one;
 use super::fft::RealFft3;
 use super::simd::{self, Level};
 use gpuprep_core::complex::{Complex64, C32};
@@ -31,7 +31,9 @@ use std::sync::Mutex;
 /// The reference's spectrum, computed once and reused for every timepoint.
 pub struct Registrar {
     fft: RealFft3,
-    reference_freq: Array3<C32>,
+    /// The reference's half spectrum, transposed to (ny·nh, nz): its lines along z contiguous, as
+    /// the fused z pass reads them.
+    reference_lines: Vec<C32>,
     reference_power: f64,
     reference_max: f64,
     params: RegisterParams,
@@ -48,19 +50,128 @@ pub fn power(half: &Array3<C32>, nx: usize) -> (f64, f64) {
 /// `power` of a half spectrum in C order, rows `nh` long.
 fn power_of(half: &[C32], nh: usize, nx: usize) -> (f64, f64) {
     let mirrored = 1..nx - nh + 1;
-    // NaN-propagating max: a NaN bin must not vanish from the bound.
-    let max = |a: f64, b: f64| if b > a || b.is_nan() { b } else { a };
     let (sum, max_sq) = half
         .par_chunks(nh)
         .map(|row| {
             row.iter().enumerate().fold((0.0, 0.0), |(sum, m), (x, c)| {
                 let p = (c.re as f64).powi(2) + (c.im as f64).powi(2);
                 let w = if mirrored.contains(&x) { 2.0 } else { 1.0 };
-                (sum + w * p, max(m, p))
+                (sum + w * p, nan_max(m, p))
             })
         })
-        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, max(a.1, b.1)));
+        .reduce(|| (0.0, 0.0), |a, b| (a.0 + b.0, nan_max(a.1, b.1)));
     (sum, max_sq.sqrt())
+}
+
+/// NaN-propagating max: a NaN bin must not vanish from the bound.
+#[inline(always)]
+fn nan_max(a: f64, b: f64) -> f64 {
+    if b > a || b.is_nan() {
+        b
+    } else {
+        a
+    }
+}
+
+type PhaseArgs<'a> = (
+    &'a mut [C32],
+    usize,
+    usize,
+    usize,
+    Option<&'a mut [C32]>,
+    &'a [C32],
+    [usize; 3],
+);
+
+/// The middle of the fused z pass at phase normalization, on one block of z-lines of the moving
+/// spectrum (see `RealFft3::z_round_trip`): the block's share of the moving power `Σ|G|²` (each
+/// bin counted for its Hermitian mirror too, as `power`) and of `max |G|²`, and `G` replaced by the
+/// phase of `F·conj(G)` (`cross_power`), copied to `kept` when given.
+#[inline(always)]
+fn phase_block((lines, stride, col0, w, kept, reference, shape): PhaseArgs<'_>) -> (f64, f64) {
+    let [nz, _, nx] = shape;
+    let nh = nx / 2 + 1;
+    let mirrored = 1..nx - nh + 1;
+    let (mut sum, mut max_sq) = (0.0, 0.0);
+    for c in 0..w {
+        let col = col0 + c;
+        let wt = if mirrored.contains(&(col % nh)) {
+            2.0
+        } else {
+            1.0
+        };
+        let line = &mut lines[c * stride..][..nz];
+        let (s, m) = line_power(line);
+        sum += wt * s;
+        max_sq = nan_max(max_sq, m);
+        cross_phase_line(&reference[col * nz..][..nz], line);
+    }
+    if let Some(kept) = kept {
+        for (c, k) in kept.chunks_exact_mut(nz).enumerate() {
+            k.copy_from_slice(&lines[c * stride..][..nz]);
+        }
+    }
+    (sum, max_sq)
+}
+
+/// Lanes of the per-line loops below: independent partial results the compiler keeps in vector
+/// registers.
+const LANES: usize = 8;
+
+/// `Σ|g|²` and `max |g|²` over a line, in f64, in `LANES` partial sums.
+#[inline(always)]
+fn line_power(line: &[C32]) -> (f64, f64) {
+    let mut sum = [0.0f64; LANES];
+    let mut max = [0.0f64; LANES];
+    let mut chunks = line.chunks_exact(LANES);
+    for ch in &mut chunks {
+        for l in 0..LANES {
+            let p = (ch[l].re as f64) * (ch[l].re as f64) + (ch[l].im as f64) * (ch[l].im as f64);
+            sum[l] += p;
+            max[l] = nan_max(max[l], p);
+        }
+    }
+    let (mut s, mut m) = (0.0, 0.0);
+    for g in chunks.remainder() {
+        let p = (g.re as f64) * (g.re as f64) + (g.im as f64) * (g.im as f64);
+        s += p;
+        m = nan_max(m, p);
+    }
+    for l in 0..LANES {
+        s += sum[l];
+        m = nan_max(m, max[l]);
+    }
+    (s, m)
+}
+
+/// `cross_one(f, g, Phase, 1.0)` over a line, `LANES` bins at a time (the same operations).
+#[inline(always)]
+fn cross_phase_line(f: &[C32], g: &mut [C32]) {
+    let floor = 100.0 * f32::EPSILON as f64;
+    let mut fc = f.chunks_exact(LANES);
+    let mut gc = g.chunks_exact_mut(LANES);
+    for (f, g) in (&mut fc).zip(&mut gc) {
+        let (mut re, mut im, mut d) = ([0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES]);
+        for l in 0..LANES {
+            let (fr, fi, gr, gi) = (
+                f[l].re as f64,
+                f[l].im as f64,
+                g[l].re as f64,
+                g[l].im as f64,
+            );
+            re[l] = fr * gr + fi * gi;
+            im[l] = fi * gr - fr * gi;
+        }
+        for l in 0..LANES {
+            d[l] = (re[l] * re[l] + im[l] * im[l]).sqrt().max(floor);
+        }
+        for l in 0..LANES {
+            g[l] = C32::new((re[l] / d[l]) as f32, (im[l] / d[l]) as f32);
+        }
+    }
+    for (f, g) in fc.remainder().iter().zip(gc.into_remainder()) {
+        *g = cross_one(*f, *g, Normalization::Phase, 1.0);
+    }
 }
 
 /// Buffers one registration at a time reuses: the moving spectrum and its copy kept for the
@@ -77,9 +188,17 @@ impl Registrar {
         let fft = RealFft3::new([nz, ny, nx]);
         let reference_freq = fft.forward(reference);
         let (reference_power, reference_max) = power(&reference_freq, nx);
+        let reference_lines = reference_freq
+            .view()
+            .into_shape_with_order((nz, reference_freq.len() / nz.max(1)))
+            .expect("standard layout")
+            .t()
+            .iter()
+            .copied()
+            .collect();
         Registrar {
             fft,
-            reference_freq,
+            reference_lines,
             reference_power,
             reference_max,
             params: *params,
@@ -121,33 +240,64 @@ impl Registrar {
         let len = spectrum_shape.iter().product();
         let nh = spectrum_shape[2];
         work.spectrum.resize(len, C32::default());
-        let product = &mut work.spectrum[..];
-        self.fft.forward_into(moving, product);
-        let (moving_power, moving_max) = power_of(product, nh, shape[2]);
-        let scale = match self.params.normalization {
-            Normalization::Phase => 1.0,
-            Normalization::None => spectrum_scale(
-                self.reference_max,
-                moving_max,
-                self.fft.shape().iter().product(),
-            ),
-        };
-        cross_power_slices(
-            self.reference_freq.as_slice().expect("standard layout"),
-            product,
-            self.params.normalization,
-            scale,
-        );
-        // The spectrum outlives the inverse transform only for the upsampled refinement.
         if self.params.upsample_factor > 1 {
             work.kept.resize(len, C32::default());
-            work.kept.copy_from_slice(product);
         }
-        let (peak, cc_peak) = self.fft.inverse_argmax(product);
+        let product = &mut work.spectrum[..];
+        let kept = (self.params.upsample_factor > 1).then_some(&mut work.kept[..]);
+        let (moving_power, scale, (peak, cc_peak)) = match self.params.normalization {
+            Normalization::Phase => {
+                // The moving spectrum's z pass, its power, the cross-power spectrum (and its copy
+                // for upsampling) and the inverse z pass, fused per block of z-lines.
+                self.fft.forward_xy(moving, product);
+                let reference = &self.reference_lines[..];
+                let level = simd::level();
+                let sums = self.fft.z_round_trip(
+                    product,
+                    kept,
+                    || (0.0, 0.0),
+                    |a: (f64, f64), b: (f64, f64)| (a.0 + b.0, nan_max(a.1, b.1)),
+                    |lines, stride, col0, w, kept| {
+                        let args = (lines, stride, col0, w, kept, reference, shape);
+                        simd::dispatch!(level, phase_block, (args: PhaseArgs<'_>) -> (f64, f64))
+                    },
+                );
+                (sums.0, 1.0, self.fft.inverse_argmax_yx(product))
+            }
+            Normalization::None => {
+                self.fft.forward_into(moving, product);
+                let (moving_power, moving_max) = power_of(product, nh, shape[2]);
+                let scale = spectrum_scale(
+                    self.reference_max,
+                    moving_max,
+                    self.fft.shape().iter().product(),
+                );
+                let nz = shape[0];
+                product
+                    .par_chunks_mut(len / nz)
+                    .enumerate()
+                    .for_each(|(z, plane)| {
+                        for (col, g) in plane.iter_mut().enumerate() {
+                            let f = self.reference_lines[col * nz + z];
+                            *g = cross_one(f, *g, Normalization::None, scale);
+                        }
+                    });
+                // The spectrum outlives the inverse transform only for the upsampled refinement.
+                if let Some(kept) = kept {
+                    let nz = shape[0];
+                    let product = &*product;
+                    kept.par_chunks_mut(nz).enumerate().for_each(|(col, line)| {
+                        for (z, k) in line.iter_mut().enumerate() {
+                            *k = product[z * (len / nz) + col];
+                        }
+                    });
+                }
+                (moving_power, scale, self.fft.inverse_argmax(product))
+            }
+        };
         let kept = &work.kept;
         let upsampled = |region, u, offsets| {
-            let spectrum = ArrayView3::from_shape(spectrum_shape, &kept[..])
-                .expect("kept when upsample_factor > 1");
+            let spectrum = Lines::new(&kept[..], spectrum_shape);
             Ok::<_, std::convert::Infallible>(upsampled_peak(
                 spectrum,
                 shape[2],
@@ -218,6 +368,28 @@ impl Split {
     }
 }
 
+/// A half spectrum `(nz, ny, nh)` stored as its lines along z, `(ny·nh, nz)` in C order: the layout
+/// the fused z pass leaves it in, where a block of consecutive z is contiguous.
+#[derive(Clone, Copy)]
+struct Lines<'a> {
+    data: &'a [C32],
+    nz: usize,
+    ny: usize,
+    nh: usize,
+}
+
+impl<'a> Lines<'a> {
+    fn new(data: &'a [C32], [nz, ny, nh]: [usize; 3]) -> Self {
+        assert_eq!(data.len(), nz * ny * nh, "lines of the half spectrum");
+        Lines { data, nz, ny, nh }
+    }
+
+    #[inline(always)]
+    fn at(&self, z: usize, y: usize, x: usize) -> C32 {
+        self.data[(y * self.nh + x) * self.nz + z]
+    }
+}
+
 /// Rows of the half spectrum (lines along x) per block of the x-contraction, and output columns
 /// per register tile, at each vector level: `2·COLS` accumulators of `ROWS` lanes stay in registers
 /// (10 of the 16 ymm at AVX2, 10 of the 32 zmm at AVX-512, 8 xmm at the baseline).
@@ -230,7 +402,7 @@ const X_TILE_SCALAR: (usize, usize) = (2, 4);
 /// one the half spectrum shortens) first. `half` is the non-redundant half of the spectrum of a
 /// volume `nx` wide; the other half is its Hermitian mirror.
 struct UpsampledDft<'a> {
-    half: ArrayView3<'a, C32>,
+    half: Lines<'a>,
     nx: usize,
     region: usize,
     kz: Kernel,
@@ -241,14 +413,14 @@ struct UpsampledDft<'a> {
 
 impl<'a> UpsampledDft<'a> {
     fn new(
-        half: ArrayView3<'a, C32>,
+        half: Lines<'a>,
         nx: usize,
         region: usize,
         u: f64,
         offsets: [f64; 3],
         level: Level,
     ) -> Self {
-        let (nz, ny, _) = half.dim();
+        let (nz, ny) = (half.nz, half.ny);
         let cols = [X_TILE_AVX512.1, X_TILE_AVX2.1, X_TILE_SCALAR.1]
             .into_iter()
             .fold(1, |a, b| a * b / gcd(a, b));
@@ -269,11 +441,10 @@ impl<'a> UpsampledDft<'a> {
     /// nx - x is conj(S[-z, -y, x]) and kx[c][nx - x] = conj(kx[c][x]), so the mirrored half of
     /// row (z, y)'s sum is conj of the partial sum `p` of row (-z, -y) over those x.
     fn contract_x(&self) -> Split {
-        let (nz, ny, nh) = self.half.dim();
+        let (nz, ny, nh) = (self.half.nz, self.half.ny, self.half.nh);
         let r = self.region;
         let rows = nz * ny;
         let p = self.mirrored_sums();
-        let spectrum = self.half.as_slice().expect("standard layout");
         let mut t1 = Split::zeros(rows * r);
         t1.re
             .par_chunks_mut(ny * r)
@@ -283,18 +454,17 @@ impl<'a> UpsampledDft<'a> {
                 let zm = (nz - z) % nz;
                 for y in 0..ny {
                     let ym = (ny - y) % ny;
-                    let row = &spectrum[(z * ny + y) * nh..][..nh];
                     for c in 0..r {
                         // x = 0, and for even nx the Nyquist column x = nh - 1, have no mirror.
                         let term = |x: usize| {
-                            let s = row[x];
+                            let s = self.half.at(z, y, x);
                             self.kx.at(c, x) * Complex64::new(s.re as f64, -s.im as f64)
                         };
-                        let mut own = term(0) + p.at((z * ny + y) * r + c);
+                        let mut own = term(0) + p.at((y * nz + z) * r + c);
                         if nh - 1 > self.nx - nh {
                             own += term(nh - 1);
                         }
-                        let v = own + p.at((zm * ny + ym) * r + c).conj();
+                        let v = own + p.at((ym * nz + zm) * r + c).conj();
                         (t_re[y * r + c], t_im[y * r + c]) = (v.re, v.im);
                     }
                 }
@@ -302,91 +472,79 @@ impl<'a> UpsampledDft<'a> {
         t1
     }
 
-    /// `p[row][c] = Σ_{x=1}^{nx-nh} kx[c][x]·conj(S[row][x])` for every line (row) of the half
-    /// spectrum: a complex matrix product, in blocks of rows transposed so that the rows are the
-    /// vector lanes, each sum in x order whatever the level.
+    /// `p[y·nz + z][c] = Σ_{x=1}^{nx-nh} kx[c][x]·conj(S[z][y][x])` for every line along x of the
+    /// half spectrum: a complex matrix product whose vector lanes are consecutive z (contiguous in
+    /// `Lines`), each sum in x order whatever the level.
     fn mirrored_sums(&self) -> Split {
-        let (nz, ny, _) = self.half.dim();
-        let rows = nz * ny;
+        let rows = self.half.nz * self.half.ny;
         let r = self.region;
         // Tasks of whole tiles; about 8 per thread for balance.
         let block = (rows.div_ceil(8 * rayon::current_num_threads()))
             .next_multiple_of(8)
             .max(8);
         let mut p = Split::zeros(rows * r);
-        let spectrum = self.half.as_slice().expect("standard layout");
         let level = self.level;
         p.re.par_chunks_mut(block * r)
             .zip(p.im.par_chunks_mut(block * r))
             .enumerate()
             .for_each(|(b, (p_re, p_im))| {
                 let row0 = b * block;
-                let args = (spectrum, self, row0, p_re, p_im);
+                let args = (self, row0, p_re, p_im);
                 simd::dispatch!(level, mirrored_block, (args: MirroredArgs<'_, '_>))
             });
         p
     }
 }
 
-type MirroredArgs<'s, 'd> = (
-    &'s [C32],
-    &'s UpsampledDft<'d>,
-    usize,
-    &'s mut [f64],
-    &'s mut [f64],
-);
+type MirroredArgs<'s, 'd> = (&'s UpsampledDft<'d>, usize, &'s mut [f64], &'s mut [f64]);
 
 /// `mirrored_sums` for the rows from `row0` that `p_re`/`p_im` hold, with the level's tile.
 #[inline(always)]
-fn mirrored_block((spectrum, dft, row0, p_re, p_im): MirroredArgs<'_, '_>) {
+fn mirrored_block((dft, row0, p_re, p_im): MirroredArgs<'_, '_>) {
     #[cfg(target_arch = "x86_64")]
     match dft.level {
         Level::Avx512 => {
             return mirrored_tiles::<{ X_TILE_AVX512.0 }, { X_TILE_AVX512.1 }>(
-                spectrum, dft, row0, p_re, p_im,
+                dft, row0, p_re, p_im,
             )
         }
         Level::Avx2 => {
-            return mirrored_tiles::<{ X_TILE_AVX2.0 }, { X_TILE_AVX2.1 }>(
-                spectrum, dft, row0, p_re, p_im,
-            )
+            return mirrored_tiles::<{ X_TILE_AVX2.0 }, { X_TILE_AVX2.1 }>(dft, row0, p_re, p_im)
         }
         Level::Scalar => {}
     }
-    mirrored_tiles::<{ X_TILE_SCALAR.0 }, { X_TILE_SCALAR.1 }>(spectrum, dft, row0, p_re, p_im)
+    mirrored_tiles::<{ X_TILE_SCALAR.0 }, { X_TILE_SCALAR.1 }>(dft, row0, p_re, p_im)
 }
 
 /// The register tiles of `mirrored_block`: `L` rows (lanes) by `C` output columns.
 #[inline(always)]
 fn mirrored_tiles<const L: usize, const C: usize>(
-    spectrum: &[C32],
     dft: &UpsampledDft<'_>,
     row0: usize,
     p_re: &mut [f64],
     p_im: &mut [f64],
 ) {
-    let nh = dft.half.dim().2;
+    let half = dft.half;
+    let (nz, nh) = (half.nz, half.nh);
     let m = dft.nx - nh;
     let r = dft.region;
     let count = p_re.len() / r;
-    let total = spectrum.len() / nh;
+    let total = half.nz * half.ny;
     let kx = &dft.kx;
     let mut h_re = vec![[0.0f64; L]; m];
     let mut h_im = vec![[0.0f64; L]; m];
     for t0 in (0..count).step_by(L) {
-        // conj of the tile's rows, x = 1..=m, transposed: lane l is row t0 + l (zero past the end).
-        for l in 0..L {
+        // conj of the tile's lines, x = 1..=m, transposed: lane l is line (y, z) = row t0 + l
+        // (zero past the end); lanes of one y read consecutive z.
+        let base: [Option<usize>; L] = std::array::from_fn(|l| {
             let row = row0 + t0 + l;
-            if row < total && t0 + l < count {
-                let s = &spectrum[row * nh + 1..][..m];
-                for (x, v) in s.iter().enumerate() {
-                    h_re[x][l] = v.re as f64;
-                    h_im[x][l] = -v.im as f64;
-                }
-            } else {
-                for x in 0..m {
-                    (h_re[x][l], h_im[x][l]) = (0.0, 0.0);
-                }
+            (row < total && t0 + l < count).then(|| ((row / nz) * nh + 1) * nz + row % nz)
+        });
+        for x in 0..m {
+            for l in 0..L {
+                let v = base[l].map_or(C32::default(), |b| half.data[b + x * nz]);
+                h_re[x][l] = v.re as f64;
+                h_im[x][l] = -v.im as f64;
             }
         }
         for c0 in (0..r).step_by(C) {
@@ -467,7 +625,7 @@ fn contract_rows_at(level: Level, args: RowsArgs<'_>) {
 impl UpsampledDft<'_> {
     /// The second contraction (over y) for output rows `b0..b0 + bs`: `t2[z][b - b0][c]`.
     fn contract_y(&self, t1: &Split, b0: usize, bs: usize, t2: &mut Split) {
-        let (nz, ny, _) = self.half.dim();
+        let (nz, ny) = (self.half.nz, self.half.ny);
         let r = self.region;
         let level = self.level;
         t2.re[..nz * bs * r]
@@ -575,7 +733,7 @@ impl Peak {
 /// for bit the same, and the peak is np.argmax's over the whole region in C order: the first
 /// largest |v| (all NaN gives index 0).
 fn upsampled_peak(
-    half: ArrayView3<'_, C32>,
+    half: Lines<'_>,
     nx: usize,
     region: usize,
     u: f64,
@@ -587,14 +745,14 @@ fn upsampled_peak(
 
 fn upsampled_peak_at(
     level: Level,
-    half: ArrayView3<'_, C32>,
+    half: Lines<'_>,
     nx: usize,
     region: usize,
     u: f64,
     offsets: [f64; 3],
     slab_bytes: usize,
 ) -> ([usize; 3], Complex64) {
-    let nz = half.dim().0;
+    let nz = half.nz;
     let dft = UpsampledDft::new(half, nx, region, u, offsets, level);
     let t1 = dft.contract_x();
     let rows = upsample_slab_rows(nz, region, slab_bytes);
@@ -657,6 +815,16 @@ mod tests {
     use crate::fft::{to_complex, Fft3};
     use rand::{Rng, SeedableRng};
 
+    /// A C-order half spectrum as `Lines` data.
+    fn to_lines(half: ArrayView3<C32>) -> Vec<C32> {
+        let (nz, _, nh) = half.dim();
+        let mut out = vec![C32::default(); half.len()];
+        for ((z, y, x), &v) in half.indexed_iter() {
+            out[(y * nh + x) * nz + z] = v;
+        }
+        out
+    }
+
     /// The whole region at once, as `upsampled_peak` computed it before it swept slabs.
     fn upsampled_dft_conj(
         half: &Array3<C32>,
@@ -677,7 +845,9 @@ mod tests {
         offsets: [f64; 3],
     ) -> Array3<Complex64> {
         let nz = half.dim().0;
-        let dft = UpsampledDft::new(half.view(), nx, region, u, offsets, level);
+        let lines = to_lines(half.view());
+        let half = Lines::new(&lines, half.shape().try_into().unwrap());
+        let dft = UpsampledDft::new(half, nx, region, u, offsets, level);
         let t1 = dft.contract_x();
         let mut t2 = Split::zeros(nz * region * region);
         dft.contract_y(&t1, 0, region, &mut t2);
@@ -713,7 +883,9 @@ mod tests {
                             "{shape:?} R={region} {level:?}"
                         );
                     }
-                    let peak = upsampled_peak_at(level, half.view(), shape[2], region, u, off, 0);
+                    let lines = to_lines(half.view());
+                    let lines = Lines::new(&lines, half.shape().try_into().unwrap());
+                    let peak = upsampled_peak_at(level, lines, shape[2], region, u, off, 0);
                     assert_eq!(peak.0, whole_region_peak(&want).0, "{level:?}");
                 }
             }
@@ -794,7 +966,9 @@ mod tests {
                 let row = 16 * shape[0] * region;
                 // One-row slabs (budget 0), two rows, an uneven split, and the whole region at once.
                 for budget in [0, 2 * row, 3 * row + 1, usize::MAX] {
-                    let got = upsampled_peak(half.view(), shape[2], region, u, off, budget);
+                    let lines = to_lines(half.view());
+                    let lines = Lines::new(&lines, half.shape().try_into().unwrap());
+                    let got = upsampled_peak(lines, shape[2], region, u, off, budget);
                     assert_eq!(got.0, want.0, "{shape:?} R={region} budget {budget}");
                     assert_eq!(
                         (got.1.re.to_bits(), got.1.im.to_bits()),
@@ -814,7 +988,9 @@ mod tests {
         let zero = Array3::<f32>::zeros(shape);
         let half = RealFft3::new(shape).forward(zero.view());
         for budget in [0, usize::MAX] {
-            let (i, v) = upsampled_peak(half.view(), shape[2], 7, 5.0, [3.0; 3], budget);
+            let lines = to_lines(half.view());
+            let lines = Lines::new(&lines, half.shape().try_into().unwrap());
+            let (i, v) = upsampled_peak(lines, shape[2], 7, 5.0, [3.0; 3], budget);
             assert_eq!((i, v.norm()), ([0; 3], 0.0), "budget {budget}");
         }
         // A NaN spectrum ranks nothing: index 0 and its (NaN) value, as the whole-region loop.
@@ -822,7 +998,14 @@ mod tests {
         nan.fill(C32::new(f32::NAN, 0.0));
         let whole = whole_region_peak(&upsampled_dft_conj(&nan, shape[2], 7, 5.0, [3.0; 3]));
         for budget in [0, usize::MAX] {
-            let (i, v) = upsampled_peak(nan.view(), shape[2], 7, 5.0, [3.0; 3], budget);
+            let (i, v) = upsampled_peak(
+                Lines::new(&to_lines(nan.view()), nan.shape().try_into().unwrap()),
+                shape[2],
+                7,
+                5.0,
+                [3.0; 3],
+                budget,
+            );
             assert_eq!(i, whole.0);
             assert!(v.re.is_nan() && whole.1.re.is_nan());
         }
