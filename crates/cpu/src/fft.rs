@@ -144,8 +144,23 @@ fn through_lines(
         let w = block.min(width - x0);
         for i0 in (0..n).step_by(TILE) {
             for c0 in (0..w).step_by(TILE) {
-                let cw = TILE.min(w - c0);
-                for (i, row) in rows[i0..n.min(i0 + TILE)].iter().enumerate() {
+                let (ih, cw) = (TILE.min(n - i0), TILE.min(w - c0));
+                if ih == TILE && cw == TILE {
+                    // A whole tile through registers: eight row loads, eight line stores.
+                    let t: [[C32; TILE]; TILE] = std::array::from_fn(|i| {
+                        rows[i0 + i][x0 + c0..][..TILE]
+                            .try_into()
+                            .expect("TILE long")
+                    });
+                    for c in 0..TILE {
+                        let line: &mut [C32; TILE] = (&mut buf[(c0 + c) * stride + i0..][..TILE])
+                            .try_into()
+                            .expect("TILE long");
+                        *line = std::array::from_fn(|i| t[i][c]);
+                    }
+                    continue;
+                }
+                for (i, row) in rows[i0..i0 + ih].iter().enumerate() {
                     for (c, &v) in row[x0 + c0..][..cw].iter().enumerate() {
                         buf[(c0 + c) * stride + i0 + i] = v;
                     }
@@ -155,8 +170,22 @@ fn through_lines(
         f(buf, stride, x0, w);
         for i0 in (0..n).step_by(TILE) {
             for c0 in (0..w).step_by(TILE) {
-                let cw = TILE.min(w - c0);
-                for (i, row) in rows[i0..n.min(i0 + TILE)].iter_mut().enumerate() {
+                let (ih, cw) = (TILE.min(n - i0), TILE.min(w - c0));
+                if ih == TILE && cw == TILE {
+                    let t: [[C32; TILE]; TILE] = std::array::from_fn(|c| {
+                        buf[(c0 + c) * stride + i0..][..TILE]
+                            .try_into()
+                            .expect("TILE long")
+                    });
+                    for i in 0..TILE {
+                        let row: &mut [C32; TILE] = (&mut rows[i0 + i][x0 + c0..][..TILE])
+                            .try_into()
+                            .expect("TILE long");
+                        *row = std::array::from_fn(|c| t[c][i]);
+                    }
+                    continue;
+                }
+                for (i, row) in rows[i0..i0 + ih].iter_mut().enumerate() {
                     for (c, v) in row[x0 + c0..][..cw].iter_mut().enumerate() {
                         *v = buf[(c0 + c) * stride + i0 + i];
                     }

@@ -92,15 +92,19 @@ fn parse(v: &str) -> Option<Level> {
 /// body is inlined. Everything the body's hot loop calls must inline too (`#[inline(always)]` or
 /// small generic std code), or it runs at the baseline.
 macro_rules! dispatch {
-    ($level:expr, $body:path, ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?) => {{
+    ($level:expr, $body:path, ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
+        $crate::simd::dispatch!($level, $body, [], ($($arg: $ty),*) $(-> $ret)?)
+    };
+    // `[T: Bound]`: generic parameters of the copies, inferred from the arguments.
+    ($level:expr, $body:path, [$($g:tt)*], ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?) => {{
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx2,fma")]
-        fn avx2($($arg: $ty),*) $(-> $ret)? {
+        fn avx2<$($g)*>($($arg: $ty),*) $(-> $ret)? {
             $body($($arg),*)
         }
         #[cfg(target_arch = "x86_64")]
         #[target_feature(enable = "avx512f,avx512vl,avx512dq,avx512bw,avx2,fma")]
-        fn avx512($($arg: $ty),*) $(-> $ret)? {
+        fn avx512<$($g)*>($($arg: $ty),*) $(-> $ret)? {
             $body($($arg),*)
         }
         match $level {
