@@ -20,6 +20,9 @@ fn cpu_seconds() -> f64 {
     ticks / 100.0
 }
 
+/// A kernel's name and one call of it.
+type Case<'a> = (&'static str, Box<dyn Fn() + 'a>);
+
 fn main() {
     let a: Vec<usize> = std::env::args()
         .skip(1)
@@ -39,7 +42,7 @@ fn main() {
         v.view(),
         &RegisterParams::new(10, Normalization::Phase).unwrap(),
     );
-    let cases: Vec<(&str, Box<dyn Fn()>)> = vec![
+    let cases: Vec<Case> = vec![
         (
             "register_u1",
             Box::new(|| {

@@ -25,18 +25,12 @@
 //! The networks order plain f32 where the volume holds no NaN and no -0.0 (there `<` is the total
 //! order, and cheapest), else `total_cmp`'s i32 keys; selection always orders keys.
 
-use crate::simd::{self, Level};
 use gpuprep_core::boundary::filter_index;
 use gpuprep_core::params::{BoundaryMode, MedianParams};
 use ndarray::{Array3, ArrayView3};
 use rayon::prelude::*;
 
 pub fn median3d(input: ArrayView3<f32>, p: &MedianParams) -> Array3<f32> {
-    median3d_at(simd::level(), input, p)
-}
-
-/// `median3d` with the 3x3x3 path's rows at `level`.
-pub(crate) fn median3d_at(level: Level, input: ArrayView3<f32>, p: &MedianParams) -> Array3<f32> {
     let (nz, ny, nx) = input.dim();
     let n: usize = p.size.iter().product();
     if n == 1 || input.is_empty() {
@@ -51,9 +45,9 @@ pub(crate) fn median3d_at(level: Level, input: ArrayView3<f32>, p: &MedianParams
             by_selection(src, &grid, rows, y0, s)
         });
     } else if float_order_is_total_order(src, p) {
-        by_networks::<f32>(level, src, &grid, &mut out);
+        by_networks::<f32>(src, &grid, &mut out);
     } else {
-        by_networks::<i32>(level, src, &grid, &mut out);
+        by_networks::<i32>(src, &grid, &mut out);
     }
     Array3::from_shape_vec((nz, ny, nx), out).expect("shape of the input")
 }
@@ -63,10 +57,10 @@ pub(crate) fn median3d_at(level: Level, input: ArrayView3<f32>, p: &MedianParams
 const NETWORK_MAX: usize = 125;
 
 /// Median by comparator networks over rows of `T`, for windows of at most `NETWORK_MAX`.
-fn by_networks<T: Lane>(level: Level, src: &[f32], g: &Grid, out: &mut [f32]) {
+fn by_networks<T: Lane>(src: &[f32], g: &Grid, out: &mut [f32]) {
     if g.size == [3, 3, 3] {
         g.run(out, |rows, y0, s: &mut Scratch<T>| {
-            simd::dispatch!(level, median27, [T: Lane], (src: &[f32], g: &Grid, rows: &mut [f32], y0: [usize; 2], s: &mut Scratch<T>))
+            median27(src, g, rows, y0, s)
         });
     } else {
         let net = median_network(g.size.iter().product());
@@ -271,7 +265,6 @@ struct Scratch<T> {
 }
 
 /// The 3x3x3 median of output rows `y0..` of plane `z` into `out`.
-#[inline(always)]
 fn median27<T: Lane>(
     src: &[f32],
     g: &Grid,
@@ -309,7 +302,6 @@ fn median27<T: Lane>(
 
 /// Padded row `yp` of planes `z..z + 3` (padded), sorted along z, into `out` as 3 rows (low, middle,
 /// high) of `nx + 2`.
-#[inline(always)]
 fn sort_z<T: Lane>(src: &[f32], g: &Grid, z: usize, yp: usize, out: &mut [T]) {
     let nx = g.n[2];
     let w = nx + 2;
@@ -332,7 +324,6 @@ fn sort_z<T: Lane>(src: &[f32], g: &Grid, z: usize, yp: usize, out: &mut [T]) {
 
 /// Three consecutive z-sorted rows (as 9: row-major by y, then z-rank) into the sorted 3x3 column at
 /// every padded x.
-#[inline(always)]
 fn sort_columns<T: Lane>(tri: [&[T]; 9], col: [&mut [T]; 9]) {
     let w = col[0].len();
     let tri = tri.map(|r| &r[..w]);
@@ -347,7 +338,6 @@ fn sort_columns<T: Lane>(tri: [&[T]; 9], col: [&mut [T]; 9]) {
 }
 
 /// Median of each output voxel of a row from the sorted columns at padded x, x + 1, x + 2.
-#[inline(always)]
 fn select_row<T: Lane>(col: [&[T]; 9], out: &mut [f32]) {
     let nx = out.len();
     let left = col.map(|c| &c[..nx]);
@@ -530,44 +520,6 @@ fn by_selection(src: &[f32], g: &Grid, out: &mut [f32], [z, y0]: [usize; 2], s: 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use gpuprep_core::params::BoundaryMode;
-
-    #[test]
-    fn every_vector_level_gives_the_scalar_bits() {
-        let mut rng = 0x2545_f491_4f6c_dd1du64;
-        let mut next = move || {
-            rng ^= rng << 13;
-            rng ^= rng >> 7;
-            rng ^= rng << 17;
-            rng
-        };
-        // Widths that are and are not multiples of the vector lanes; plain floats (f32 order) and
-        // with -0.0 and NaN (total_cmp keys).
-        for (shape, odd) in [([5, 7, 37], false), ([3, 4, 16], true), ([4, 9, 70], true)] {
-            let v = Array3::from_shape_fn(shape, |_| match next() % 50 {
-                0 if odd => -0.0,
-                1 if odd => f32::NAN,
-                k => (k as f32 - 25.0) * 0.37,
-            });
-            for mode in [BoundaryMode::Reflect, BoundaryMode::Constant] {
-                let p = MedianParams {
-                    size: [3, 3, 3],
-                    mode,
-                    cval: 0.5,
-                };
-                let want = median3d_at(Level::Scalar, v.view(), &p);
-                for level in simd::available() {
-                    let got = median3d_at(level, v.view(), &p);
-                    assert!(
-                        got.iter()
-                            .zip(want.iter())
-                            .all(|(a, b)| a.to_bits() == b.to_bits()),
-                        "{shape:?} {mode:?} {level:?}"
-                    );
-                }
-            }
-        }
-    }
 
     fn apply(net: &[(usize, usize)], v: &mut [u8]) {
         for &(i, j) in net {

@@ -540,11 +540,21 @@ fn mirrored_tiles<const L: usize, const C: usize>(
             let row = row0 + t0 + l;
             (row < total && t0 + l < count).then(|| ((row / nz) * nh + 1) * nz + row % nz)
         });
-        for x in 0..m {
-            for l in 0..L {
-                let v = base[l].map_or(C32::default(), |b| half.data[b + x * nz]);
-                h_re[x][l] = v.re as f64;
-                h_im[x][l] = -v.im as f64;
+        let b0 = base[0].unwrap_or(0);
+        if (0..L).all(|l| base[l] == Some(b0 + l)) {
+            // The usual tile: L consecutive z of one y, contiguous at every x.
+            for x in 0..m {
+                let v: &[C32; L] = half.data[b0 + x * nz..][..L].try_into().expect("L long");
+                h_re[x] = std::array::from_fn(|l| v[l].re as f64);
+                h_im[x] = std::array::from_fn(|l| -v[l].im as f64);
+            }
+        } else {
+            for x in 0..m {
+                for l in 0..L {
+                    let v = base[l].map_or(C32::default(), |b| half.data[b + x * nz]);
+                    h_re[x][l] = v.re as f64;
+                    h_im[x][l] = -v.im as f64;
+                }
             }
         }
         for c0 in (0..r).step_by(C) {

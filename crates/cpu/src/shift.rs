@@ -228,7 +228,7 @@ pub(crate) fn shift3d_at(
                 let (work, plans, mode) = ((buf, after_y, col, tile_in, tile_out), &plans, p.mode);
                 simd::dispatch!(level, yx_pass, (work: PlaneWork<'_>, plane: &[f64], dst: &mut [f32], plans: &[AxisPlan; 3], mode: BoundaryMode));
                 if p.mode == BoundaryMode::Constant {
-                    mask_constant(dst, z, &plans, nx, p.cval);
+                    mask_constant(dst, z, plans, nx, p.cval);
                 }
             },
         );
