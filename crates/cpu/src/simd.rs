@@ -1,8 +1,9 @@
 //! The vector level the CPU kernels run at, chosen at run time, and the `dispatch!` macro that
 //! compiles a kernel once per level.
 //!
-//! The kernels' hot loops are written over fixed-width lanes (arrays or contiguous rows with no
-//! data-dependent branch) and compiled three times on x86-64: for the portable baseline (SSE2) and
+//! Its users (the registration's upsampled DFT, cross-power and power sums, and the shift's passes)
+//! write their hot loops over fixed-width lanes (arrays or contiguous rows with no data-dependent
+//! branch), compiled three times on x86-64: for the portable baseline (SSE2) and
 //! under `#[target_feature]` for AVX2+FMA and AVX-512, the best the CPU has being taken at run
 //! time (`is_x86_feature_detected!`). A portable binary thus gets the wide paths without
 //! `-C target-cpu=native`. On other targets only the baseline exists (NEON is part of aarch64's).
