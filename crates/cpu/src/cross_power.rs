@@ -2,7 +2,7 @@
 
 use gpuprep_core::complex::C32;
 use gpuprep_core::params::Normalization;
-use ndarray::{Array3, Zip};
+use ndarray::Array3;
 use rayon::prelude::*;
 
 /// `R = F · conj(G)`, then with `phase` normalization `R /= max(|R|, 100·eps_f32)`, as
@@ -12,16 +12,37 @@ use rayon::prelude::*;
 /// Without normalization R itself is stored times `scale` (a power of two, so exact; 1 unless the
 /// caller sees R overflow f32, see `spectrum_scale`).
 pub fn cross_power(f: &Array3<C32>, g: &mut Array3<C32>, normalization: Normalization, scale: f64) {
+    assert_eq!(f.dim(), g.dim(), "spectra of one shape");
+    cross_power_slices(
+        f.as_slice().expect("standard layout"),
+        g.as_slice_mut().expect("standard layout"),
+        normalization,
+        scale,
+    );
+}
+
+/// `cross_power` on spectra stored as slices of one length.
+pub fn cross_power_slices(f: &[C32], g: &mut [C32], normalization: Normalization, scale: f64) {
+    g.par_chunks_mut(1 << 14)
+        .zip(f.par_chunks(1 << 14))
+        .for_each(|(g, f)| {
+            for (g, f) in g.iter_mut().zip(f) {
+                *g = cross_one(*f, *g, normalization, scale);
+            }
+        });
+}
+
+/// One bin of `cross_power`: `f·conj(g)`, normalized or times `scale`.
+#[inline(always)]
+pub fn cross_one(f: C32, g: C32, normalization: Normalization, scale: f64) -> C32 {
     let floor = 100.0 * f32::EPSILON as f64;
-    Zip::from(g).and(f).par_for_each(|g, f| {
-        let (fr, fi, gr, gi) = (f.re as f64, f.im as f64, g.re as f64, g.im as f64);
-        let (re, im) = (fr * gr + fi * gi, fi * gr - fr * gi);
-        let d = match normalization {
-            Normalization::Phase => (re * re + im * im).sqrt().max(floor),
-            Normalization::None => 1.0 / scale,
-        };
-        *g = C32::new((re / d) as f32, (im / d) as f32);
-    });
+    let (fr, fi, gr, gi) = (f.re as f64, f.im as f64, g.re as f64, g.im as f64);
+    let (re, im) = (fr * gr + fi * gi, fi * gr - fr * gi);
+    let d = match normalization {
+        Normalization::Phase => (re * re + im * im).sqrt().max(floor),
+        Normalization::None => 1.0 / scale,
+    };
+    C32::new((re / d) as f32, (im / d) as f32)
 }
 
 /// Index (C order) of the largest `|c|`; the first one on ties, as `np.argmax`.
@@ -45,34 +66,79 @@ fn argmax_by<T: Sync>(c: &Array3<T>, key: impl Fn(&T) -> f32 + Sync) -> [usize; 
     let (_, ny, nx) = c.dim();
     const BLOCK: usize = 1 << 14;
     // Each block's first maximum, then the first block holding the largest: np.argmax's answer.
-    let (_, best) = c
+    let best = c
         .as_slice()
         .expect("standard layout")
         .par_chunks(BLOCK)
         .enumerate()
         .map(|(b, chunk)| {
-            let mut best = (f32::NEG_INFINITY, b * BLOCK);
+            let mut best = ArgMax::NONE;
             for (i, v) in chunk.iter().enumerate() {
-                let a = key(v);
-                if above(a, best.0) {
-                    best = (a, b * BLOCK + i);
-                }
+                best.offer_key(key(v), b * BLOCK + i);
             }
             best
         })
-        .reduce(
-            || (f32::NEG_INFINITY, usize::MAX),
-            |x, y| {
-                let tie = y.0 == x.0 || (y.0.is_nan() && x.0.is_nan());
-                if above(y.0, x.0) || (tie && y.1 < x.1) {
-                    y
-                } else {
-                    x
-                }
-            },
-        );
-    let best = if best == usize::MAX { 0 } else { best };
+        .reduce(|| ArgMax::NONE, ArgMax::merge)
+        .index();
     [best / (ny * nx), (best / nx) % ny, best % nx]
+}
+
+/// np.argmax's running choice over `|value|`: the first largest, NaN above everything. `value` is
+/// the signed value at `index`.
+#[derive(Clone, Copy, Debug)]
+pub struct ArgMax {
+    key: f32,
+    pub value: f32,
+    index: usize,
+}
+
+impl ArgMax {
+    pub const NONE: ArgMax = ArgMax {
+        key: f32::NEG_INFINITY,
+        value: 0.0,
+        index: usize::MAX,
+    };
+
+    /// Offers a key alone (its value is not kept).
+    #[inline]
+    fn offer_key(&mut self, key: f32, index: usize) {
+        if above(key, self.key) {
+            (self.key, self.index) = (key, index);
+        }
+    }
+
+    /// Offers `values` (C order, the first at `index0`), after any offered before them.
+    #[inline]
+    pub fn offer(&mut self, values: &[f32], index0: usize) {
+        for (i, &v) in values.iter().enumerate() {
+            if above(v.abs(), self.key) {
+                *self = ArgMax {
+                    key: v.abs(),
+                    value: v,
+                    index: index0 + i,
+                };
+            }
+        }
+    }
+
+    /// The choice over both sets of values, whichever order they were offered in.
+    pub fn merge(self, other: ArgMax) -> ArgMax {
+        let tie = other.key == self.key || (other.key.is_nan() && self.key.is_nan());
+        if above(other.key, self.key) || (tie && other.index < self.index) {
+            other
+        } else {
+            self
+        }
+    }
+
+    /// The index chosen; 0 when nothing was offered.
+    pub fn index(&self) -> usize {
+        if self.index == usize::MAX {
+            0
+        } else {
+            self.index
+        }
+    }
 }
 
 #[cfg(test)]
