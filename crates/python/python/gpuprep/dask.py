@@ -879,8 +879,21 @@ def _memory_budget(budget: int | None, client: Any) -> int:
         limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
         if limits and all(limits):
             return sum(limits) // 4
+    return _available_memory() // 4
+
+
+def _available_memory() -> int:
+    """Bytes of memory available to a new allocation: the kernel's MemAvailable (free memory plus what
+    the page cache would give back, as the CLI counts it), else the free pages, else 0."""
     try:
-        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
         return 0
 
