@@ -2,8 +2,25 @@
 
 use gpuprep_core::complex::C32;
 use gpuprep_core::params::Normalization;
+use gpuprep_core::register::within;
 use ndarray::{Array3, Zip};
 use rayon::prelude::*;
+
+/// The cross-power spectrum (a half spectrum, `nx` wide in full) times the Fourier transform of a
+/// Gaussian (`gaussian_spectrum` per axis, their product taken in f32 in z, y, x order as the GPU
+/// twin `gaussian_smooth` does): the correlation smoothed in real space.
+pub fn smooth(r: &mut Array3<C32>, tables: &[Vec<f32>; 3]) {
+    let [gz, gy, gx] = tables;
+    r.axis_iter_mut(ndarray::Axis(0))
+        .into_par_iter()
+        .enumerate()
+        .for_each(|(z, mut plane)| {
+            for ((y, x), c) in plane.indexed_iter_mut() {
+                let g = (gz[z] * gy[y]) * gx[x];
+                *c = C32::new(c.re * g, c.im * g);
+            }
+        });
+}
 
 /// `R = F · conj(G)`, then with `phase` normalization `R /= max(|R|, 100·eps_f32)`, as
 /// scikit-image does for float32 input. Written into `g`. The product and its magnitude are taken in
@@ -26,12 +43,31 @@ pub fn cross_power(f: &Array3<C32>, g: &mut Array3<C32>, normalization: Normaliz
 
 /// Index (C order) of the largest `|c|`; the first one on ties, as `np.argmax`.
 pub fn argmax_abs(c: &Array3<C32>) -> [usize; 3] {
-    argmax_by(c, |v| v.norm())
+    argmax_by(c, |_, v| v.norm())
 }
 
 /// Index (C order) of the largest `|c|` of a real correlation; the first one on ties.
 pub fn argmax_abs_real(c: &Array3<f32>) -> [usize; 3] {
-    argmax_by(c, |v| v.abs())
+    argmax_by(c, |_, v| v.abs())
+}
+
+/// `argmax_abs_real` among the shifts of at most `window` voxels per axis (`RegisterParams::
+/// coarse_window`; `u32::MAX`: unbounded): outside it every value ranks below any inside.
+pub fn argmax_abs_real_within(c: &Array3<f32>, window: [u32; 3]) -> [usize; 3] {
+    if window == [u32::MAX; 3] {
+        return argmax_abs_real(c);
+    }
+    let (nz, ny, nx) = c.dim();
+    argmax_by(c, |i, v| {
+        let (z, y, x) = (i / (ny * nx), (i / nx) % ny, i % nx);
+        let inside =
+            within(z, nz, window[0]) && within(y, ny, window[1]) && within(x, nx, window[2]);
+        if inside {
+            v.abs()
+        } else {
+            f32::NEG_INFINITY
+        }
+    })
 }
 
 /// `a` ranks above `b` in np.argmax's order: larger, and NaN above everything (numpy returns the
@@ -41,7 +77,7 @@ fn above(a: f32, b: f32) -> bool {
     a > b || (a.is_nan() && !b.is_nan())
 }
 
-fn argmax_by<T: Sync>(c: &Array3<T>, key: impl Fn(&T) -> f32 + Sync) -> [usize; 3] {
+fn argmax_by<T: Sync>(c: &Array3<T>, key: impl Fn(usize, &T) -> f32 + Sync) -> [usize; 3] {
     let (_, ny, nx) = c.dim();
     const BLOCK: usize = 1 << 14;
     // Each block's first maximum, then the first block holding the largest: np.argmax's answer.
@@ -53,7 +89,7 @@ fn argmax_by<T: Sync>(c: &Array3<T>, key: impl Fn(&T) -> f32 + Sync) -> [usize; 
         .map(|(b, chunk)| {
             let mut best = (f32::NEG_INFINITY, b * BLOCK);
             for (i, v) in chunk.iter().enumerate() {
-                let a = key(v);
+                let a = key(b * BLOCK + i, v);
                 if above(a, best.0) {
                     best = (a, b * BLOCK + i);
                 }
@@ -104,6 +140,17 @@ mod tests {
         let mut g = Array3::from_elem((1, 1, 1), C32::new(1e22, 0.0));
         cross_power(&f, &mut g, Normalization::None, s);
         assert!(((g[[0, 0, 0]].re as f64) / s / 1e44 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn windowed_argmax_keeps_to_the_window() {
+        let mut c = Array3::from_elem((4, 8, 8), 0.5f32);
+        c[[0, 4, 4]] = 9.0; // shift (0, 4, 4): outside a window of 2
+        c[[0, 6, 1]] = 3.0; // shift (0, -2, 1): inside
+        c[[1, 0, 0]] = 4.0; // z shift 1: outside a z window of 0
+        assert_eq!(argmax_abs_real_within(&c, [u32::MAX; 3]), [0, 4, 4]);
+        assert_eq!(argmax_abs_real_within(&c, [0, 2, 2]), [0, 6, 1]);
+        assert_eq!(argmax_abs_real_within(&c, [1, 2, 2]), [1, 0, 0]);
     }
 
     #[test]

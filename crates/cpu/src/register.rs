@@ -14,11 +14,12 @@
 //! `ifftn` whose imaginary part is rounding noise (~1e-7 relative), so the peak and the shifts are the same;
 //! its phase difference is that noise's angle, 0 here (or π for a negative peak).
 
-use super::cross_power::{argmax_abs_real, cross_power};
+use super::cross_power::{argmax_abs_real_within, cross_power, smooth};
 use super::fft::RealFft3;
 use gpuprep_core::complex::{Complex64, C32};
 use gpuprep_core::error::Result;
-use gpuprep_core::params::{Normalization, RegisterParams, Registration};
+use gpuprep_core::params::{gaussian_spectrum, Normalization, RegisterParams, Registration};
+use gpuprep_core::register::Window;
 pub use gpuprep_core::register::{
     check_finite, coarse_shift, fftfreq, not_finite, score, spectrum_scale, upsample_slab_rows,
     UPSAMPLE_SLAB_BYTES,
@@ -33,6 +34,8 @@ pub struct Registrar {
     reference_power: f64,
     reference_max: f64,
     params: RegisterParams,
+    /// `--smooth-sigma`'s Gaussian spectrum per axis (x's over the half spectrum), when smoothing.
+    smooth: Option<[Vec<f32>; 3]>,
 }
 
 /// `sum(|F|²)` over the full spectrum, from its half, and `max |F|`: columns `1..nx - nh + 1` stand
@@ -64,12 +67,20 @@ impl Registrar {
         let fft = RealFft3::new([nz, ny, nx]);
         let reference_freq = fft.forward(reference);
         let (reference_power, reference_max) = power(&reference_freq, nx);
+        let nh = reference_freq.dim().2;
+        let smooth = params.smooths().then(|| {
+            let [sz, sy, sx] = params.smooth_sigma;
+            let mut gx = gaussian_spectrum(nx, sx);
+            gx.truncate(nh);
+            [gaussian_spectrum(nz, sz), gaussian_spectrum(ny, sy), gx]
+        });
         Registrar {
             fft,
             reference_freq,
             reference_power,
             reference_max,
             params: *params,
+            smooth,
         }
     }
 
@@ -114,12 +125,15 @@ impl Registrar {
             self.params.normalization,
             scale,
         );
+        if let Some(tables) = &self.smooth {
+            smooth(&mut product, tables);
+        }
         // The spectrum outlives the inverse transform only for the upsampled refinement.
         let spectrum = (self.params.upsample_factor > 1).then(|| product.clone());
         let correlation = self.fft.inverse(product);
-        let peak = argmax_abs_real(&correlation);
+        let peak = argmax_abs_real_within(&correlation, self.params.coarse_window());
         let shape = self.fft.shape();
-        let upsampled = |region, u, offsets| {
+        let upsampled = |region, u, offsets, window| {
             let spectrum = spectrum.as_ref().expect("kept when upsample_factor > 1");
             Ok::<_, std::convert::Infallible>(upsampled_peak(
                 spectrum,
@@ -127,6 +141,7 @@ impl Registrar {
                 region,
                 u,
                 offsets,
+                window,
                 UPSAMPLE_SLAB_BYTES,
             ))
         };
@@ -263,15 +278,18 @@ fn below(v: Complex64, best: f64) -> bool {
 /// rows (`slab_bytes`, see `upsample_slab_rows`), so the memory is the x-contraction's `2·nz·ny·region`
 /// values plus the slab. Every value is summed in the same order as the whole-region contraction,
 /// so it is bit for bit the same, and the peak is np.argmax's over the whole region in C order: the
-/// first largest |v| (a NaN never ranks above anything; all NaN gives index 0).
+/// first largest |v| (a NaN never ranks above anything; all NaN gives index 0). Only indices in
+/// `window` (`--max-shift`) are candidates: the others are neither computed nor ranked.
 fn upsampled_peak(
     half: &Array3<C32>,
     nx: usize,
     region: usize,
     u: f64,
     offsets: [f64; 3],
+    window: Window,
     slab_bytes: usize,
 ) -> ([usize; 3], Complex64) {
+    let [wa, wb, wc] = window;
     let (nz, ny, _) = half.dim();
     let (kz, ky, kx) = (
         upsample_kernel(nz, region, u, offsets[0]),
@@ -292,8 +310,8 @@ fn upsampled_peak(
     };
     let none: Best = (f64::NEG_INFINITY, usize::MAX, Complex64::default());
     let mut best = none;
-    for b0 in (0..region).step_by(rows) {
-        let bs = rows.min(region - b0);
+    for b0 in wb.clone().step_by(rows) {
+        let bs = rows.min(wb.end - b0);
         let t2 = &mut t2[..nz * bs * region];
         t2.par_chunks_mut(bs * region)
             .enumerate()
@@ -305,7 +323,8 @@ fn upsampled_peak(
                 }
             });
         let t2 = &*t2;
-        let slab = (0..region)
+        let slab = wa
+            .clone()
             .into_par_iter()
             .map_init(
                 || vec![Complex64::default(); region],
@@ -322,7 +341,7 @@ fn upsampled_peak(
                                 *s += k * t;
                             }
                         }
-                        for (c, s) in acc.iter().enumerate() {
+                        for (c, s) in acc.iter().enumerate().take(wc.end).skip(wc.start) {
                             let v = s.conj();
                             if below(v, row_best.0) {
                                 continue;
@@ -340,9 +359,12 @@ fn upsampled_peak(
         best = pick(best, slab);
     }
     if best.1 == usize::MAX {
-        // No value ranked (all NaN): index 0, as np.argmax, with its value.
-        let v = contract_z_at(&kz, nz, 0, |z| contract_y_at(&t1, &ky, ny, region, z, 0, 0));
-        return ([0; 3], v);
+        // No value ranked (all NaN): the window's first index (0, as np.argmax), with its value.
+        let first = [wa.start, wb.start, wc.start];
+        let v = contract_z_at(&kz, nz, first[0], |z| {
+            contract_y_at(&t1, &ky, ny, region, z, first[1], first[2])
+        });
+        return (first, v);
     }
     let i = best.1;
     (
@@ -507,7 +529,8 @@ mod tests {
                 let row = 16 * shape[0] * region;
                 // One-row slabs (budget 0), two rows, an uneven split, and the whole region at once.
                 for budget in [0, 2 * row, 3 * row + 1, usize::MAX] {
-                    let got = upsampled_peak(&half, shape[2], region, u, off, budget);
+                    let all = [0..region, 0..region, 0..region];
+                    let got = upsampled_peak(&half, shape[2], region, u, off, all, budget);
                     assert_eq!(got.0, want.0, "{shape:?} R={region} budget {budget}");
                     assert_eq!(
                         (got.1.re.to_bits(), got.1.im.to_bits()),
@@ -527,7 +550,15 @@ mod tests {
         let zero = Array3::<f32>::zeros(shape);
         let half = RealFft3::new(shape).forward(zero.view());
         for budget in [0, usize::MAX] {
-            let (i, v) = upsampled_peak(&half, shape[2], 7, 5.0, [3.0; 3], budget);
+            let (i, v) = upsampled_peak(
+                &half,
+                shape[2],
+                7,
+                5.0,
+                [3.0; 3],
+                [0..7, 0..7, 0..7],
+                budget,
+            );
             assert_eq!((i, v.norm()), ([0; 3], 0.0), "budget {budget}");
         }
         // A NaN spectrum ranks nothing: index 0 and its (NaN) value, as the whole-region loop.
@@ -535,7 +566,8 @@ mod tests {
         nan.fill(C32::new(f32::NAN, 0.0));
         let whole = whole_region_peak(&upsampled_dft_conj(&nan, shape[2], 7, 5.0, [3.0; 3]));
         for budget in [0, usize::MAX] {
-            let (i, v) = upsampled_peak(&nan, shape[2], 7, 5.0, [3.0; 3], budget);
+            let (i, v) =
+                upsampled_peak(&nan, shape[2], 7, 5.0, [3.0; 3], [0..7, 0..7, 0..7], budget);
             assert_eq!(i, whole.0);
             assert!(v.re.is_nan() && whole.1.re.is_nan());
         }

@@ -826,6 +826,9 @@ fn write_attributes(
         Some(r) => {
             sink.set_attr_i64("upsample_factor", r.upsample_factor as i64)?;
             sink.set_attr_str("normalization", r.normalization.name())?;
+            let axes3 = |v: [f64; 3]| format!("{},{},{}", v[0], v[1], v[2]);
+            sink.set_attr_str("max_shift", &r.max_shift.map_or("off".into(), axes3))?;
+            sink.set_attr_str("smooth_sigma", &axes3(r.smooth_sigma))?;
             sink.set_attr_str(
                 "register_on",
                 if cfg.register_on_raw {

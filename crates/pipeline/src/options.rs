@@ -38,6 +38,10 @@ pub struct RunOptions {
     pub no_register: bool,
     pub upsample_factor: i64,
     pub normalization: Normalization,
+    /// Largest |shift| searched per axis (z, y, x voxels); `None`: unbounded (scikit-image's).
+    pub max_shift: Option<[f64; 3]>,
+    /// Gaussian smoothing (z, y, x voxels) of the correlation; 0: none (scikit-image's).
+    pub smooth_sigma: [f64; 3],
     pub reference: usize,
     /// The half-open range whose mean is the reference, instead of `reference`.
     pub reference_mean: Option<(usize, usize)>,
@@ -75,6 +79,8 @@ impl Default for RunOptions {
             no_register: false,
             upsample_factor: 1,
             normalization: Normalization::Phase,
+            max_shift: None,
+            smooth_sigma: [0.0; 3],
             reference: 0,
             reference_mean: None,
             register_raw: false,
@@ -130,10 +136,13 @@ impl RunOptions {
         let register = if self.no_register {
             None
         } else {
-            Some(RegisterParams::new(
-                upsample_factor(self.upsample_factor)?,
-                self.normalization,
-            )?)
+            let p =
+                RegisterParams::new(upsample_factor(self.upsample_factor)?, self.normalization)?
+                    .with_smooth_sigma(self.smooth_sigma)?;
+            Some(match self.max_shift {
+                Some(m) => p.with_max_shift(m)?,
+                None => p,
+            })
         };
         let reference = match self.reference_mean {
             None => ReferenceSpec::Index(self.reference),
@@ -244,6 +253,20 @@ mod tests {
                     ..Default::default()
                 },
                 "reference range: got \"3:3\"",
+            ),
+            (
+                RunOptions {
+                    max_shift: Some([0.0, -1.0, 3.0]),
+                    ..Default::default()
+                },
+                "max shift: got -1 along y",
+            ),
+            (
+                RunOptions {
+                    smooth_sigma: [0.0, 1.0, f64::INFINITY],
+                    ..Default::default()
+                },
+                "smooth sigma: got inf along x",
             ),
             (
                 RunOptions {
