@@ -174,10 +174,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     warn_stale(&cfg.output);
     let mut backend = select_backend(&a.engine)?;
     let mut bars = Bars::new(!a.quiet && std::io::stderr().is_terminal());
-    let report = pipeline::run_with_progress(&cfg, backend.as_mut(), &mut bars)?;
-    warn_empty(&report);
-    if !a.quiet {
-        print_report(&report)?;
+    let reports = gpuprep_pipeline::channels::run_channels(&cfg, backend.as_mut(), &mut bars)?;
+    for report in &reports {
+        warn_empty(report);
+        if !a.quiet {
+            print_report(report)?;
+        }
     }
     Ok(())
 }

@@ -134,6 +134,14 @@ pub struct RunArgs {
     /// spectrum times its Fourier transform, as suite2p. 0: scikit-image's plain phase correlation.
     #[arg(long, value_name = "S|Z,Y,X", default_value = "0")]
     pub smooth_sigma: String,
+    /// Apply the shifts in FILE instead of registering: a gpuprep output (its /shifts) or a CSV/TSV
+    /// table with a header naming z,y,x (and t) columns, one row per timepoint.
+    #[arg(long, value_name = "FILE")]
+    pub shifts: Option<PathBuf>,
+    /// Also write these channels (all, or e.g. 1,2) of a multi-channel input, shifted as the channel
+    /// registered (--channel): each to OUTPUT with _c<N> before its extension.
+    #[arg(long, value_name = "all|LIST")]
+    pub apply_to_channels: Option<String>,
     /// Reference timepoint.
     #[arg(long, default_value_t = 0, conflicts_with = "reference_mean")]
     pub reference: usize,
@@ -314,6 +322,8 @@ const PARAMETER_FLAGS: &[(&str, &str)] = &[
     ("shape", "--shape"),
     ("max shift", "--max-shift"),
     ("smooth sigma", "--smooth-sigma"),
+    ("shifts", "--shifts"),
+    ("channels to apply to", "--apply-to-channels"),
     ("noise", "--noise"),
     ("graphics API", "--gpu-api"),
 ];
@@ -386,6 +396,8 @@ impl RunArgs {
             compression: self.compression,
             shard: self.shard,
             save: self.save.clone(),
+            shifts: self.shifts.clone(),
+            apply_to_channels: self.apply_to_channels.clone(),
             memory_budget: match &self.memory_budget {
                 None => None,
                 Some(text) => Some(memory_budget(text).map_err(under_its_flag)?),

@@ -280,3 +280,112 @@ fn the_gpu_registers_with_the_options_as_the_cpu() {
         }
     }
 }
+
+/// A two-channel OME-Zarr 0.4 image (t, c, z, y, x): channel 0 a drifting blob, channel 1 other
+/// values of the same drift.
+fn two_channel_store(dir: &std::path::Path) -> std::path::PathBuf {
+    use ndarray::s;
+    use serde_json::json;
+    let data = crate::formats::series(crate::support::fresh_seed(), [5, 3, 10, 12]);
+    let ome = dir.join("two.zarr");
+    let mut five = ndarray::Array5::<u16>::zeros([5, 2, 3, 10, 12]);
+    five.slice_mut(s![.., 0, .., .., ..]).assign(&data);
+    five.slice_mut(s![.., 1, .., .., ..])
+        .assign(&data.mapv(|v| v / 3 + 7));
+    std::fs::create_dir_all(&ome).unwrap();
+    std::fs::write(ome.join(".zgroup"), r#"{"zarr_format": 2}"#).unwrap();
+    let ms = json!({"multiscales": [{"version": "0.4", "axes": [
+        {"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, {"name": "z", "type": "space"},
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0"}]}]});
+    std::fs::write(ome.join(".zattrs"), ms.to_string()).unwrap();
+    crate::formats::write_zarr_v2(
+        &ome.join("0"),
+        &five.into_dyn(),
+        &[2, 2, 3, 10, 12],
+        json!({}),
+    );
+    ome
+}
+
+#[test]
+fn given_shifts_are_applied_bit_for_bit_as_registering_with_them() {
+    use crate::formats::{h5_f32, h5_f64, run_err, run_ok};
+    let tmp = tempfile::tempdir().unwrap();
+    let ome = two_channel_store(tmp.path());
+    let zarr = ["--format", "zarr", "--upsample-factor", "4"];
+    // Registered on channel 0, channel 1 written with the same shifts.
+    let out = tmp.path().join("out.h5");
+    run_ok(
+        &ome,
+        &out,
+        &[&zarr[..], &["--apply-to-channels", "all"]].concat(),
+    );
+    let out_c1 = tmp.path().join("out_c1.h5");
+    let shifts = h5_f64(&out, "shifts");
+    assert!(shifts.iter().any(|&s| s != 0.0), "{shifts:?}");
+    assert_eq!(h5_f64(&out_c1, "shifts"), shifts);
+    // --shifts of the output on channel 0: the registered run's data, bit for bit.
+    let again = tmp.path().join("again.h5");
+    let given = out.display().to_string();
+    run_ok(&ome, &again, &[&zarr[..], &["--shifts", &given]].concat());
+    let bits = |a: ndarray::ArrayD<f32>| a.mapv(f32::to_bits);
+    assert_eq!(bits(h5_f32(&again, "data")), bits(h5_f32(&out, "data")));
+    // On channel 1: what --apply-to-channels wrote.
+    let c1 = tmp.path().join("c1.h5");
+    run_ok(
+        &ome,
+        &c1,
+        &[&zarr[..], &["--channel", "1", "--shifts", &given]].concat(),
+    );
+    assert_eq!(bits(h5_f32(&c1, "data")), bits(h5_f32(&out_c1, "data")));
+    assert_ne!(bits(h5_f32(&c1, "data")), bits(h5_f32(&out, "data")));
+    // The same shifts from a CSV table (rows out of order, full precision).
+    let csv = tmp.path().join("shifts.csv");
+    let mut text = String::from("t,z,y,x\n");
+    for t in (0..5).rev() {
+        let r = |a: usize| shifts[[t, a]];
+        text += &format!("{t},{:?},{:?},{:?}\n", r(0), r(1), r(2));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let from_csv = tmp.path().join("csv.h5");
+    let csv_arg = csv.display().to_string();
+    run_ok(
+        &ome,
+        &from_csv,
+        &[&zarr[..], &["--shifts", &csv_arg]].concat(),
+    );
+    assert_eq!(bits(h5_f32(&from_csv, "data")), bits(h5_f32(&out, "data")));
+    // A count that does not match: one line naming the file, and no output.
+    std::fs::write(&csv, "y,x\n1,2\n3,4\n").unwrap();
+    let bad = tmp.path().join("bad.h5");
+    let (code, err) = run_err(&ome, &bad, &[&zarr[..], &["--shifts", &csv_arg]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("shifts.csv")
+            && err.contains("holds shifts for 2 timepoints; the input has 5"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!bad.exists());
+    // A channel list naming the registered channel, or one past the channels: refused up front.
+    let (_, err) = run_err(
+        &ome,
+        &bad,
+        &[&zarr[..], &["--apply-to-channels", "0"]].concat(),
+    );
+    assert!(
+        err.contains("--apply-to-channels: channel 0 is the one registered"),
+        "{err}"
+    );
+    let (_, err) = run_err(
+        &ome,
+        &bad,
+        &[&zarr[..], &["--apply-to-channels", "2"]].concat(),
+    );
+    assert!(
+        err.contains("channel 2 is out of range: the input has 2 channels"),
+        "{err}"
+    );
+    assert!(!bad.exists());
+}

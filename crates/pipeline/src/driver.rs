@@ -107,6 +107,10 @@ pub struct RunConfig {
     /// Bytes pass 1's results may take in memory for the z-score's second pass (`--memory-budget`);
     /// beyond it they wait in a scratch file. `None`: a quarter of the available memory.
     pub memory_budget: Option<u64>,
+    /// `--shifts`: apply the shifts of this file (`crate::shifts::load`) instead of registering.
+    pub shifts_file: Option<PathBuf>,
+    /// `--apply-to-channels`: the other channels written shifted alike (`crate::channels`).
+    pub apply_to_channels: Option<crate::channels::ChannelSet>,
 }
 
 impl RunConfig {
@@ -132,6 +136,8 @@ impl RunConfig {
             format: None,
             channel: 0,
             memory_budget: None,
+            shifts_file: None,
+            apply_to_channels: None,
         }
     }
 }
@@ -298,6 +304,11 @@ pub fn run_with_progress(
     };
     let source = Source::open_opts(&cfg.inputs, &cfg.dataset, opts)?;
     check_config(cfg, &source)?;
+    // Given shifts replace the registration: loaded (and their count checked) before any work.
+    let given = match (&cfg.shifts_file, &cfg.register) {
+        (Some(path), Some(_)) => Some(crate::shifts::load(path, source.len())?),
+        _ => None,
+    };
     let compute = crate::memory::Compute::of(backend);
     // Pass 1's results stay in memory for pass 2 when they fit the budget and the run still fits the
     // machine with them; else they wait in a scratch file, and the memory check is the streaming one.
@@ -331,6 +342,7 @@ pub fn run_with_progress(
     }
 
     let reference = match &cfg.register {
+        Some(_) if given.is_some() => None,
         Some(reg) => {
             let reference = clock.time("reference", || reference_volume(cfg, &source, backend))?;
             Some(backend.set_reference(reference.view(), reg)?)
@@ -420,7 +432,18 @@ pub fn run_with_progress(
             Ok(())
         };
         let t0 = Instant::now();
-        let streamed = backend.process_stream(&plan, &mut frames, &mut emit);
+        let streamed = match &given {
+            None => backend.process_stream(&plan, &mut frames, &mut emit),
+            Some(shifts) => (|| {
+                for (t, raw) in (&mut frames).enumerate() {
+                    let raw = raw?;
+                    let out = frame_with_shift(backend, raw.view(), &plan, shifts[t])?;
+                    drop(raw);
+                    emit(out)?;
+                }
+                Ok(())
+            })(),
+        };
         let elapsed = t0.elapsed();
         let (read_failed, read_busy) = (frames.failed, frames.busy);
         clock.add("compute", elapsed.saturating_sub(read_busy + emit_busy));
@@ -477,6 +500,10 @@ pub fn run_with_progress(
     // output is flushed.
     drop(scratch);
 
+    if let Some(shifts) = &given {
+        let shifts = Array2::from_shape_fn((n, 3), |(t, a)| shifts[t][a]);
+        sink.write_array_f64("shifts", shifts.view().into_dyn())?;
+    }
     if !registrations.is_empty() {
         let shifts = Array2::from_shape_fn((n, 3), |(t, a)| registrations[t].shift[a]);
         sink.write_array_f64("shifts", shifts.view().into_dyn())?;
@@ -499,6 +526,30 @@ pub fn run_with_progress(
         inputs_summary: source.inputs_summary(),
         stage_times: clock.0,
         total: started.elapsed(),
+    })
+}
+
+/// The first pass for one timepoint with a given shift instead of a registration (`--shifts`):
+/// the stages `frame_by_stage` runs, with `shift` where the registration's would be.
+fn frame_with_shift(
+    backend: &mut dyn Backend,
+    raw: ArrayView3<f32>,
+    plan: &FramePlan,
+    shift: [f64; 3],
+) -> Result<FrameOutput> {
+    let filtered = match &plan.median {
+        Some(m) => Some(backend.median3d(raw, m)?),
+        None => None,
+    };
+    let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
+    let volume = backend.shift(current, shift, &plan.shift)?;
+    if let Some(acc) = &plan.accumulate {
+        backend.accumulate(acc, volume.view())?;
+    }
+    Ok(FrameOutput {
+        volume,
+        filtered: if plan.keep_filtered { filtered } else { None },
+        registration: None,
     })
 }
 
@@ -837,6 +888,9 @@ fn write_attributes(
                     "filtered"
                 },
             )?;
+            if let Some(path) = &cfg.shifts_file {
+                sink.set_attr_str("shifts_from", &path.display().to_string())?;
+            }
             sink.set_attr_str(
                 "reference",
                 &match cfg.reference {

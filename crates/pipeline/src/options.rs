@@ -60,6 +60,10 @@ pub struct RunOptions {
     pub save: Vec<String>,
     /// Bytes pass 1's results may take in memory for the z-score (`None`: a quarter of what is available).
     pub memory_budget: Option<u64>,
+    /// Apply the shifts of this file (a gpuprep output, or CSV/TSV t,z,y,x) instead of registering.
+    pub shifts: Option<PathBuf>,
+    /// Other channels to write shifted alike: "all" or "1,2" (`None`: none).
+    pub apply_to_channels: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -95,6 +99,8 @@ impl Default for RunOptions {
             shard: false,
             save: Vec::new(),
             memory_budget: None,
+            shifts: None,
+            apply_to_channels: None,
         }
     }
 }
@@ -154,6 +160,23 @@ impl RunOptions {
                 })
             }
         };
+        if self.shifts.is_some() && self.no_register {
+            return Err(Error::InvalidParameter {
+                name: "shifts".into(),
+                message: "given shifts replace the registration, which is off (drop --no-register)"
+                    .into(),
+            });
+        }
+        let apply_to_channels = match &self.apply_to_channels {
+            None => None,
+            Some(_) if self.no_register => return Err(Error::InvalidParameter {
+                name: "channels to apply to".into(),
+                message:
+                    "other channels get the registered channel's shifts, and registration is off"
+                        .into(),
+            }),
+            Some(s) => Some(s.parse::<crate::channels::ChannelSet>()?),
+        };
         let shift = ShiftParams::new(self.order, self.shift_mode, self.shift_cval)?;
         let zscore = (!self.no_zscore).then_some(ZscoreParams {
             ddof: self.ddof,
@@ -201,6 +224,8 @@ impl RunOptions {
             format: self.format,
             channel: self.channel,
             memory_budget: self.memory_budget,
+            shifts_file: self.shifts,
+            apply_to_channels,
         })
     }
 }
