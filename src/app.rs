@@ -160,6 +160,12 @@ fn print_report(r: &RunReport) -> anyhow::Result<()> {
     if r.scratch == Some("memory") {
         say!("  pass 1's results waited in memory for the z-score (within --memory-budget)")?;
     }
+    if !r.suspicious.is_empty() {
+        say!(
+            "  registration QC flags timepoints {:?} (see /suspicious, /correlation_after)",
+            r.suspicious
+        )?;
+    }
     if r.constant_voxels > 0 {
         say!(
             "  {} voxels have a constant time series (z-score set per --constant-voxels)",

@@ -30,7 +30,7 @@ pub(crate) fn series(seed: u64, shape: [usize; 4]) -> Array4<u16> {
     })
 }
 
-fn write_h5(path: &Path, data: &Array4<u16>) {
+pub(crate) fn write_h5(path: &Path, data: &Array4<u16>) {
     let shape = data.shape();
     let w = SeriesWriter::create(
         path,

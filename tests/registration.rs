@@ -389,3 +389,60 @@ fn given_shifts_are_applied_bit_for_bit_as_registering_with_them() {
     );
     assert!(!bad.exists());
 }
+
+/// The QC side arrays in both output formats: framewise displacement from the shifts, the
+/// correlation with the reference higher after registration than before for a drifting blob, and
+/// a blank frame and a frame at the `--max-shift` bound flagged.
+#[test]
+fn qc_arrays_are_written_in_both_formats() {
+    use crate::formats::{run_ok, series, write_h5};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut data = series(crate::support::fresh_seed(), [8, 3, 16, 16]);
+    data.slice_mut(ndarray::s![5, .., .., ..]).fill(0);
+    let input = tmp.path().join("in.h5");
+    write_h5(&input, &data);
+    for name in ["qc.h5", "qc.zarr"] {
+        let out = tmp.path().join(name);
+        run_ok(&input, &out, &["--dataset", "data"]);
+        let read = |out: &std::path::Path, name| gpuprep_io::arrays::read_f64(out, name).unwrap();
+        let shifts = read(&out, "shifts");
+        let fd = read(&out, "framewise_displacement");
+        assert_eq!(fd.len(), 8);
+        for t in 1..8 {
+            let d: f64 = (0..3)
+                .map(|a| (shifts[[t, a]] - shifts[[t - 1, a]]).powi(2))
+                .sum();
+            assert!((fd[t] - d.sqrt()).abs() < 1e-12, "{name} {t}");
+        }
+        let (before, after) = (
+            read(&out, "correlation_before"),
+            read(&out, "correlation_after"),
+        );
+        // The blob drifts 0.7 voxel a frame in y: from frame 3 on registration must help.
+        for t in [3, 4, 6, 7] {
+            assert!(after[t] > before[t], "{name} {t}: {before:?} {after:?}");
+        }
+        let flags = read(&out, "suspicious");
+        assert!(before[5].is_nan() && flags[5] == 1.0, "{name}: {flags:?}");
+        // Bounded to one voxel in y: the frames whose shift reaches it are flagged.
+        let bounded = tmp.path().join(format!("bounded_{name}"));
+        run_ok(
+            &input,
+            &bounded,
+            &["--dataset", "data", "--max-shift", "0,1,3"],
+        );
+        let (shifts, flags) = (read(&bounded, "shifts"), read(&bounded, "suspicious"));
+        for t in (0..8).filter(|&t| t != 5) {
+            let at_bound = shifts[[t, 1]].abs() >= 1.0 - 1e-9 || shifts[[t, 2]].abs() >= 3.0 - 1e-9;
+            assert_eq!(
+                flags[t] == 1.0,
+                at_bound,
+                "{name} {t}: {shifts:?} {flags:?}"
+            );
+        }
+        assert!(
+            flags.iter().filter(|&&f| f == 1.0).count() >= 3,
+            "{flags:?}"
+        );
+    }
+}

@@ -150,6 +150,8 @@ pub struct RunReport {
     pub timepoints: usize,
     pub shape: [usize; 3],
     pub registrations: Vec<Registration>,
+    /// Timepoints the registration's QC flags (`crate::qc::suspicious`).
+    pub suspicious: Vec<usize>,
     pub nonfinite_replaced: usize,
     pub constant_voxels: usize,
     /// Where pass 1's results waited for the z-score: "memory" or "file" (`None` without z-score).
@@ -341,11 +343,15 @@ pub fn run_with_progress(
         sink.set_voxel_size(&v)?;
     }
 
+    // The reference on the host, for the QC correlations.
+    let mut reference_host: Option<Array3<f32>> = None;
     let reference = match &cfg.register {
         Some(_) if given.is_some() => None,
         Some(reg) => {
             let reference = clock.time("reference", || reference_volume(cfg, &source, backend))?;
-            Some(backend.set_reference(reference.view(), reg)?)
+            let handle = backend.set_reference(reference.view(), reg)?;
+            reference_host = Some(reference);
+            Some(handle)
         }
         None => None,
     };
@@ -359,8 +365,13 @@ pub fn run_with_progress(
         register_on_raw: cfg.register_on_raw,
         shift: cfg.shift,
         accumulate: accumulation,
-        keep_filtered: cfg.save_filtered,
+        // The filtered volume is the one shifted: QC correlates it with the reference before the shift.
+        keep_filtered: cfg.save_filtered || (reference.is_some() && cfg.median.is_some()),
     };
+    // Without a median the raw volume is the one shifted: kept for QC until its result comes out.
+    let raw_queue = std::cell::RefCell::new(std::collections::VecDeque::new());
+    let keep_raw = reference.is_some() && cfg.median.is_none();
+    let correlations = std::sync::Mutex::new(vec![(f64::NAN, f64::NAN); n]);
 
     // With the z-score on, the first pass's results wait in the scratch file, not in the output.
     let scratch = match cfg.zscore {
@@ -381,11 +392,21 @@ pub fn run_with_progress(
         let source = &source;
         let rx = spawn_reader(scope, n, depth, |t| source.read(t));
         let (sink, scratch) = (&mut sink, scratch.as_ref());
+        let (reference_host, correlations) = (reference_host.as_ref(), &correlations);
+        type Message = (usize, Array3<f32>, Option<Array3<f32>>, Option<Array3<f32>>);
         let mut writer = WriteBehind::spawn(
             scope,
             depth,
-            move |(t, volume, filtered): (usize, Array3<f32>, Option<Array3<f32>>)| {
-                if let Some(f) = &filtered {
+            move |(t, volume, filtered, before): Message| {
+                if let (Some(r), Some(b)) = (reference_host, before.as_ref().or(filtered.as_ref()))
+                {
+                    let c = (
+                        crate::qc::correlation(b.view(), r.view()),
+                        crate::qc::correlation(volume.view(), r.view()),
+                    );
+                    correlations.lock().unwrap_or_else(|p| p.into_inner())[t] = c;
+                }
+                if let Some(f) = filtered.as_ref().filter(|_| cfg.save_filtered) {
                     sink.write_volume("filtered", t, f.view())?;
                 }
                 if cfg.save_registered {
@@ -409,6 +430,7 @@ pub fn run_with_progress(
             nonfinite_replaced: &mut nonfinite_replaced,
             failed: false,
             busy: Duration::ZERO,
+            keep_raw: keep_raw.then_some(&raw_queue),
         };
         let (mut emitted, mut emit_failed, mut emit_busy) = (0usize, false, Duration::ZERO);
         let mut emit = |out: FrameOutput| -> Result<()> {
@@ -419,7 +441,8 @@ pub fn run_with_progress(
                 registration,
             } = out;
             registrations.extend(registration);
-            let sent = writer.send((emitted, volume, filtered));
+            let before = raw_queue.borrow_mut().pop_front();
+            let sent = writer.send((emitted, volume, filtered, before));
             emit_failed = sent.is_err();
             emit_busy += t0.elapsed();
             sent?;
@@ -512,6 +535,42 @@ pub fn run_with_progress(
         let phasediff = Array1::from_iter(registrations.iter().map(|r| r.phasediff));
         sink.write_array_f64("phasediff", phasediff.view().into_dyn())?;
     }
+    let shifts_written: Option<Vec<[f64; 3]>> = match &given {
+        Some(s) => Some(s.clone()),
+        None if !registrations.is_empty() => Some(registrations.iter().map(|r| r.shift).collect()),
+        None => None,
+    };
+    if let Some(shifts) = &shifts_written {
+        let fd = crate::qc::framewise_displacement(shifts, [1.0; 3]);
+        sink.write_array_f64("framewise_displacement", Array1::from(fd).view().into_dyn())?;
+        if let Some(um) = source
+            .voxel_size()
+            .as_ref()
+            .and_then(crate::qc::micrometres)
+        {
+            let fd = crate::qc::framewise_displacement(shifts, um);
+            sink.write_array_f64(
+                "framewise_displacement_um",
+                Array1::from(fd).view().into_dyn(),
+            )?;
+        }
+    }
+    let mut suspicious = Vec::new();
+    if !registrations.is_empty() {
+        let c = correlations.into_inner().unwrap_or_else(|p| p.into_inner());
+        let before = Array1::from_iter(c.iter().map(|c| c.0));
+        let after: Vec<f64> = c.iter().map(|c| c.1).collect();
+        sink.write_array_f64("correlation_before", before.view().into_dyn())?;
+        sink.write_array_f64(
+            "correlation_after",
+            Array1::from(after.clone()).view().into_dyn(),
+        )?;
+        let max_shift = cfg.register.and_then(|r| r.max_shift);
+        let flags = crate::qc::suspicious(&registrations, max_shift, &after);
+        let flag_values = Array1::from_iter(flags.iter().map(|&f| f as u8 as f64));
+        sink.write_array_f64("suspicious", flag_values.view().into_dyn())?;
+        suspicious = (0..n).filter(|&t| flags[t]).collect();
+    }
     write_attributes(&mut sink, cfg, &source, &backend.describe())?;
     let output = clock.time("write", || sink.finish())?;
     Ok(RunReport {
@@ -520,6 +579,7 @@ pub fn run_with_progress(
         timepoints: n,
         shape,
         registrations,
+        suspicious,
         nonfinite_replaced,
         constant_voxels,
         scratch: scratch_place,
@@ -567,6 +627,8 @@ struct Frames<'a> {
     failed: bool,
     /// Wall time spent in `next` (waiting for the reader, sanitizing): not the backend's compute.
     busy: Duration,
+    /// Where each raw volume is also kept (for QC) until its result comes out, when asked.
+    keep_raw: Option<&'a std::cell::RefCell<std::collections::VecDeque<Array3<f32>>>>,
 }
 
 impl Iterator for Frames<'_> {
@@ -581,6 +643,9 @@ impl Iterator for Frames<'_> {
         self.next_t += 1;
         let item = receive(self.rx, self.clock).and_then(|mut raw| {
             *self.nonfinite_replaced += sanitize(&mut raw, self.cfg.nonfinite, self.source, t)?;
+            if let Some(q) = self.keep_raw {
+                q.borrow_mut().push_back(raw.clone());
+            }
             Ok(raw)
         });
         self.failed = item.is_err();

@@ -6,6 +6,7 @@ pub mod channels;
 pub mod driver;
 pub mod memory;
 pub mod options;
+pub mod qc;
 pub mod shifts;
 pub mod synth;
 
