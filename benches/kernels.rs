@@ -2,7 +2,9 @@
 
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use gpuprep_core::params::*;
-use gpuprep_cpu::{median3d::median3d, register::Registrar, shift::shift3d, zscore::Accumulator};
+use gpuprep_cpu::{
+    fft::RealFft3, median3d::median3d, register::Registrar, shift::shift3d, zscore::Accumulator,
+};
 use ndarray::Array3;
 use std::time::Duration;
 
@@ -41,6 +43,12 @@ fn kernels(c: &mut Criterion) {
         );
         g.bench_with_input(BenchmarkId::new("register_u10", &name), &v, |b, v| {
             b.iter(|| reg10.register(v.view()))
+        });
+        // The forward transform alone (scipy.fft.rfftn's work), into a reused spectrum.
+        let fft = RealFft3::new(shape);
+        let mut spectrum = fft.forward(v.view());
+        g.bench_with_input(BenchmarkId::new("rfftn", &name), &v, |b, v| {
+            b.iter(|| fft.forward_into(v.view(), spectrum.as_slice_mut().expect("standard layout")))
         });
         g.bench_with_input(BenchmarkId::new("shift_order3", &name), &v, |b, v| {
             b.iter(|| shift3d(v.view(), [0.4, -1.3, 2.7], &ShiftParams::default()))

@@ -6,7 +6,8 @@
 2. gpuprep on the 2-worker LocalCluster against the notebook's dask pipeline (scipy median, scikit-image
    registration, scipy shift, rechunk to time series, scipy zscore; the code of scripts/bench_e2e.py,
    written to Zarr since two processes cannot share an HDF5 file) on the same cluster and data;
-3. memory: peak RSS per worker for T = 20 against T = 200 (--memory-t), which stays a few volumes.
+3. memory: peak RSS per worker for T = 20 against T = 200 (--memory-t) with memory_budget=0 (pass 1's
+   volumes in a scratch array, as any run beyond its budget), which stays a few volumes.
 
 Usage (from the repository root; the gpuprep binary synthesises the data):
 
@@ -66,21 +67,24 @@ def cluster(n: int):
     return lc, client, idle
 
 
-def run_gpuprep(data_dir: str, out: str, n: int, backend: str, block_size: int | None) -> dict:
+def run_gpuprep(data_dir: str, out: str, n: int, backend: str, block_size: int | None,
+                memory_budget: int | None = None) -> dict:
     import gpuprep.dask as gd
 
     shutil.rmtree(out, ignore_errors=True)
     lc, client, idle = cluster(n)
     try:
         t0 = time.perf_counter()
-        report = gd.preprocess(data_dir, out, backend=backend, block_size=block_size, client=client)
+        report = gd.preprocess(data_dir, out, backend=backend, block_size=block_size, client=client,
+                               memory_budget=memory_budget)
         seconds = time.perf_counter() - t0
         peak = client.run(_maxrss_mb)
     finally:
         client.close()
         lc.close()
     return {"seconds": seconds, "idle_mb": max(idle.values()), "peak_mb": max(peak.values()),
-            "shifts": report["shifts"], "tasks": report["tasks_per_pass"], "depth": report["reduction_depth"]}
+            "shifts": report["shifts"], "tasks": report["tasks_per_pass"], "depth": report["reduction_depth"],
+            "scratch": report["scratch"]}
 
 
 def run_notebook(data_dir: str, out: str, n: int) -> dict:
@@ -135,6 +139,8 @@ def main() -> int:
     ap.add_argument("--block-size", type=int, default=None)
     ap.add_argument("--gpuprep", default=os.environ.get("GPUPREP_CLI", "target/debug/gpuprep"))
     ap.add_argument("--skip-notebook", action="store_true")
+    ap.add_argument("--memory-budget", type=int, default=None,
+                    help="gpuprep.dask's memory_budget for the timed runs (default: its own; 0: scratch array)")
     args = ap.parse_args()
     os.makedirs(args.workdir, exist_ok=True)
     dims = args.shape
@@ -145,11 +151,12 @@ def main() -> int:
 
     # Untimed warm-up: the first run on a machine pays one-time costs (file cache, first loads of the
     # libraries in fresh processes) that made a cold 1-worker run 5x slower here.
-    run_gpuprep(data, os.path.join(args.workdir, "warm.ome.zarr"), 1, args.backend, args.block_size)
+    budget = args.memory_budget
+    run_gpuprep(data, os.path.join(args.workdir, "warm.ome.zarr"), 1, args.backend, args.block_size, budget)
     rows = []
-    one = run_gpuprep(data, os.path.join(args.workdir, "g1.ome.zarr"), 1, args.backend, args.block_size)
+    one = run_gpuprep(data, os.path.join(args.workdir, "g1.ome.zarr"), 1, args.backend, args.block_size, budget)
     rows.append(("gpuprep.dask, 1 worker", one))
-    two = run_gpuprep(data, os.path.join(args.workdir, "g2.ome.zarr"), 2, args.backend, args.block_size)
+    two = run_gpuprep(data, os.path.join(args.workdir, "g2.ome.zarr"), 2, args.backend, args.block_size, budget)
     rows.append(("gpuprep.dask, 2 workers", two))
     assert np.array_equal(one["shifts"], two["shifts"])
     if not args.skip_notebook:
@@ -159,7 +166,7 @@ def main() -> int:
     for name, r in rows:
         print(f"{name:32s} {r['seconds']:9.2f} {r['idle_mb']:15.0f} {r['peak_mb']:15.0f}")
     print(f"\nstrong scaling 1 -> 2 workers: {one['seconds'] / two['seconds']:.2f}x "
-          f"({two['tasks']} tasks per pass, reduction depth {two['depth']})")
+          f"({two['tasks']} tasks per pass, reduction depth {two['depth']}; pass 1's volumes in {two['scratch']})")
     if not args.skip_notebook:
         print(f"gpuprep vs the notebook's pipeline (2 workers each): {nb['seconds'] / two['seconds']:.1f}x faster")
         # the notebook registers filtered volumes onto filtered timepoint 0 as gpuprep does by default
@@ -167,10 +174,11 @@ def main() -> int:
 
     ts = [int(t) for t in args.memory_t.split(",") if t.strip()]
     if ts:
-        print(f"\nmemory: peak RSS per worker (2 workers) against the number of timepoints, volume {vol_mb:.1f} MiB")
+        print(f"\nmemory: peak RSS per worker (2 workers) against the number of timepoints, volume {vol_mb:.1f} MiB, "
+              "memory_budget=0 (pass 1's volumes in a scratch array: what any run beyond its budget does)")
         for t in ts:
             d = ensure_data(args.gpuprep, args.workdir, (t,) + dims[1:])
-            r = run_gpuprep(d, os.path.join(args.workdir, f"m{t}.ome.zarr"), 2, args.backend, args.block_size)
+            r = run_gpuprep(d, os.path.join(args.workdir, f"m{t}.ome.zarr"), 2, args.backend, args.block_size, 0)
             print(f"  T={t:5d}: {r['seconds']:7.2f} s, peak {r['peak_mb']:.0f} MB/worker "
                   f"(idle {r['idle_mb']:.0f}; data {t * vol_mb:.0f} MiB)", flush=True)
     return 0

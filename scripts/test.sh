@@ -10,10 +10,10 @@ scripts/setup.sh
 export XDG_RUNTIME_DIR="${XDG_RUNTIME_DIR:-/tmp}"
 export GPUPREP_REQUIRE_GPU="${GPUPREP_REQUIRE_GPU:-1}"
 venv="${GPUPREP_VENV:-$PWD/.venv}"
-if ! "$venv/bin/python" -c "import numpy, h5py, zarr, scipy, skimage, pytest, hypothesis, tqdm, maturin, dask.array, distributed, jsonschema, ome_zarr" >/dev/null 2>&1; then
+if ! "$venv/bin/python" -c "import numpy, h5py, zarr, scipy, skimage, pytest, hypothesis, tqdm, maturin, dask.array, distributed, jsonschema, ome_zarr, napari_ome_zarr" >/dev/null 2>&1; then
   python3 -m venv "$venv"
   "$venv/bin/pip" install -q "numpy" "h5py" "zarr>=3" "scipy" "scikit-image" "pytest" "hypothesis" "tqdm" \
-    "maturin>=1.9.4,<2" "dask[array]" "distributed" "jsonschema" "ome-zarr"
+    "maturin>=1.9.4,<2" "dask[array]" "distributed" "jsonschema" "ome-zarr" "napari-ome-zarr"
 fi
 export GPUPREP_PYTHON="${GPUPREP_PYTHON:-$venv/bin/python}"
 cargo test --all-targets

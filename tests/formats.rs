@@ -1746,6 +1746,10 @@ fn tiff_files_written_by_tifffile_read_as_written() {
     // tifffile's JSON shape: 4-D without names as (t, z, y, x); named axes in any order.
     check(&open("tiff/tifffile_tzyx.tif", 0), 0, "tifffile 4-D");
     check(&open("tiff/tifffile_ctzyx.tif", 1), 1, "tifffile CTZYX");
+    // zstd-compressed pages (tifffile + imagecodecs).
+    let zstd = open("tiff/tifffile_zstd.tif", 0);
+    check(&zstd, 0, "zstd");
+    assert_eq!(zstd.dtype(), Dtype::F32);
     let (code, out, err) = gpuprep_output(&[
         "info".to_string(),
         fixture("tiff/tifffile_ctzyx.tif").display().to_string(),

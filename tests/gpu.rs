@@ -1035,8 +1035,15 @@ mod tiled {
         use gpuprep_pipeline::driver::{run, RunConfig};
         let Some(mut g) = gpu() else { return };
         let (tmp, input) = synth_u16_input([4, 9, 12, 31], 5);
-        let cfg_gpu = RunConfig::new(input.clone(), tmp.path().join("gpu.h5"));
-        let cfg_cpu = RunConfig::new(input, tmp.path().join("cpu.h5"));
+        // Pass 1's results through the scratch file: kept in memory, they would be z-scored on the host.
+        let cfg_gpu = RunConfig {
+            memory_budget: Some(0),
+            ..RunConfig::new(input.clone(), tmp.path().join("gpu.h5"))
+        };
+        let cfg_cpu = RunConfig {
+            memory_budget: Some(0),
+            ..RunConfig::new(input, tmp.path().join("cpu.h5"))
+        };
         g.set_max_tile_bytes(8192);
         let before = g.tile_stats();
         run(&cfg_gpu, &mut g).unwrap();

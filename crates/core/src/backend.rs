@@ -295,9 +295,22 @@ pub fn stream_by_frame<B: Backend + ?Sized>(
 ) -> Result<()> {
     for raw in frames {
         let raw = raw?;
-        let out = b.process_frame(raw.view(), plan)?;
-        // Freed before `emit`, which may wait on a full write queue.
-        drop(raw);
+        let out = if plan.median.is_none() && plan.register.is_none() {
+            // Nothing transforms the volume: it goes on as read rather than as a copy.
+            if let Some(acc) = &plan.accumulate {
+                b.accumulate(acc, raw.view())?;
+            }
+            FrameOutput {
+                volume: raw,
+                filtered: None,
+                registration: None,
+            }
+        } else {
+            let out = b.process_frame(raw.view(), plan)?;
+            // Freed before `emit`, which may wait on a full write queue.
+            drop(raw);
+            out
+        };
         emit(out)?;
     }
     Ok(())

@@ -13,7 +13,7 @@
 use crate::backend::Moments;
 use crate::error::{Error, Result};
 use crate::params::{ConstantVoxels, ZscoreParams};
-use ndarray::{Array2, Array3, ArrayView2, ArrayView3, Axis, Zip};
+use ndarray::{Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, Axis, Zip};
 use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -49,6 +49,56 @@ impl Accumulator {
                 *mean += delta / n;
                 *m2 += delta * (x - *mean);
             });
+    }
+
+    /// Adds each volume of a (t, z, y, x) block in time order: `add` per volume, bit for bit, but each
+    /// run of voxels' state stays in cache across the block's timepoints instead of streaming through
+    /// memory once per volume. Errors when the block's volumes have another shape.
+    pub fn add_block<T: Copy + Into<f64> + Send + Sync>(
+        &mut self,
+        block: ArrayView4<T>,
+    ) -> Result<()> {
+        let (t, z, y, x) = block.dim();
+        if (z, y, x) != self.mean.dim() {
+            return Err(Error::Data(format!(
+                "cannot add volumes {} to moments of volumes {}",
+                fmt_dim((z, y, x)),
+                fmt_dim(self.mean.dim())
+            )));
+        }
+        let Some(data) = block.as_slice() else {
+            block.outer_iter().for_each(|v| self.add(v));
+            return Ok(());
+        };
+        let voxels = z * y * x;
+        let first = self.count;
+        let means = self
+            .mean
+            .as_slice_mut()
+            .expect("owned moments are contiguous");
+        let m2s = self
+            .m2
+            .as_slice_mut()
+            .expect("owned moments are contiguous");
+        means
+            .par_chunks_mut(SERIES_CHUNK)
+            .zip(m2s.par_chunks_mut(SERIES_CHUNK))
+            .enumerate()
+            .for_each(|(r, (mean, m2))| {
+                let start = r * SERIES_CHUNK;
+                for i in 0..t {
+                    let count = (first + i as u64 + 1) as f64;
+                    let row = &data[i * voxels + start..i * voxels + start + mean.len()];
+                    for ((mean, m2), &x) in mean.iter_mut().zip(m2.iter_mut()).zip(row) {
+                        let x: f64 = x.into();
+                        let delta = x - *mean;
+                        *mean += delta / count;
+                        *m2 += delta * (x - *mean);
+                    }
+                }
+            });
+        self.count += t as u64;
+        Ok(())
     }
 
     /// Folds in `other`'s volumes (Chan, Golub and LeVeque's pairwise update): the moments of the two
@@ -204,6 +254,81 @@ pub fn zscore_series<T: Sample>(series: ArrayView2<T>, p: &ZscoreParams) -> (Arr
     (out, constant)
 }
 
+/// One task of `zscore_volumes_in_place`: a run of the mean and std volumes and that run of each volume.
+type Run<'a, T> = (&'a mut [f64], &'a mut [f64], Vec<&'a mut [T]>);
+
+/// The z-score of a series held in memory as separate volumes (pass 1's results, when they fit the
+/// memory budget), in place: `zscore_series`'s cache-blocked sweep (Welford over time, then
+/// normalization, per run of voxels) over the volumes' common voxel runs, so the f64 state never
+/// streams through memory once per timepoint. The arithmetic per voxel is `Accumulator::add`'s in time
+/// order and `normalize`'s, so the values are those of an `Accumulator` over the same volumes, bit for
+/// bit; the moments it returns are that accumulator's. Errors when the volumes' shapes differ.
+pub fn zscore_volumes_in_place<T: Sample>(
+    volumes: &mut [Array3<T>],
+    p: &ZscoreParams,
+) -> Result<Moments> {
+    let Some(first) = volumes.first() else {
+        return Err(Error::Data("z-score of an empty series".into()));
+    };
+    let shape = first.raw_dim();
+    if let Some((t, v)) = volumes
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.raw_dim() != shape)
+    {
+        let first = &volumes[0];
+        return Err(Error::Data(format!(
+            "z-score: volume {t} has shape {}, volume 0 {}",
+            fmt_dim(v.dim()),
+            fmt_dim(first.dim())
+        )));
+    }
+    let dof = volumes.len() as f64 - p.ddof as f64;
+    let mut mean64 = Array3::<f64>::zeros(shape);
+    let mut std64 = Array3::<f64>::zeros(shape);
+    // One task per run of voxels: that run of every volume, and of the moments.
+    let mut runs: Vec<Run<'_, T>> = mean64
+        .as_slice_mut()
+        .expect("a new array is contiguous")
+        .chunks_mut(SERIES_CHUNK)
+        .zip(
+            std64
+                .as_slice_mut()
+                .expect("a new array is contiguous")
+                .chunks_mut(SERIES_CHUNK),
+        )
+        .map(|(m, s)| (m, s, Vec::with_capacity(volumes.len())))
+        .collect();
+    for v in volumes.iter_mut() {
+        let v = v
+            .as_slice_mut()
+            .ok_or_else(|| Error::Data("z-score: a volume is not contiguous".into()))?;
+        for (run, part) in runs.iter_mut().zip(v.chunks_mut(SERIES_CHUNK)) {
+            run.2.push(part);
+        }
+    }
+    runs.into_par_iter().for_each(|(mean, std, mut samples)| {
+        let m2 = std;
+        for (i, row) in samples.iter().enumerate() {
+            let count = (i + 1) as f64;
+            for ((mean, m2), &x) in mean.iter_mut().zip(m2.iter_mut()).zip(row.iter()) {
+                let x: f64 = x.into();
+                let delta = x - *mean;
+                *mean += delta / count;
+                *m2 += delta * (x - *mean);
+            }
+        }
+        let std = m2;
+        std.iter_mut().for_each(|s| *s = std_from_m2(*s, dof));
+        for row in samples.iter_mut() {
+            for ((x, &mean), &std) in row.iter_mut().zip(mean.iter()).zip(std.iter()) {
+                *x = normalized(*x, mean, std, p);
+            }
+        }
+    });
+    Ok(Moments::from_f64(mean64, std64))
+}
+
 /// One sample's z-score under the constant-voxel rule.
 #[inline]
 fn normalized<T: Sample>(x: T, mean: f64, std: f64, p: &ZscoreParams) -> T {
@@ -215,6 +340,64 @@ fn normalized<T: Sample>(x: T, mean: f64, std: f64, p: &ZscoreParams) -> T {
     } else {
         T::from_f64((x.into() - mean) / std)
     }
+}
+
+/// `normalize` of each volume of a (t, z, y, x) block, bit for bit, reading the f64 moments once per
+/// block rather than once per volume (runs of voxels across the block's timepoints).
+pub fn normalize_block<T: Sample>(
+    block: ArrayView4<T>,
+    m: &Moments,
+    p: &ZscoreParams,
+) -> Result<Array4<T>> {
+    let (t, z, y, x) = block.dim();
+    if (z, y, x) != m.mean64().dim() {
+        return Err(Error::Data(format!(
+            "cannot normalize volumes {} with moments of volumes {}",
+            fmt_dim((z, y, x)),
+            fmt_dim(m.mean64().dim())
+        )));
+    }
+    let mut out = Array4::<T>::default(block.raw_dim());
+    let (Some(data), Some(means), Some(stds)) = (
+        block.as_slice(),
+        m.mean64().as_slice(),
+        m.std64().as_slice(),
+    ) else {
+        for (v, mut o) in block.outer_iter().zip(out.outer_iter_mut()) {
+            o.assign(&normalize(v, m, p));
+        }
+        return Ok(out);
+    };
+    let voxels = z * y * x;
+    if voxels == 0 || t == 0 {
+        return Ok(out);
+    }
+    let mut runs: Vec<Vec<&mut [T]>> = (0..voxels.div_ceil(SERIES_CHUNK))
+        .map(|_| Vec::with_capacity(t))
+        .collect();
+    for o in out
+        .as_slice_mut()
+        .expect("a new array is contiguous")
+        .chunks_mut(voxels)
+    {
+        for (run, part) in runs.iter_mut().zip(o.chunks_mut(SERIES_CHUNK)) {
+            run.push(part);
+        }
+    }
+    runs.into_par_iter().enumerate().for_each(|(r, mut outs)| {
+        let start = r * SERIES_CHUNK;
+        for (i, o) in outs.iter_mut().enumerate() {
+            let row = &data[i * voxels + start..i * voxels + start + o.len()];
+            let (mean, std) = (
+                &means[start..start + o.len()],
+                &stds[start..start + o.len()],
+            );
+            for (((o, &x), &mean), &std) in o.iter_mut().zip(row).zip(mean).zip(std) {
+                *o = normalized(x, mean, std, p);
+            }
+        }
+    });
+    Ok(out)
 }
 
 pub fn normalize<T: Sample>(vol: ArrayView3<T>, m: &Moments, p: &ZscoreParams) -> Array3<T> {
@@ -283,6 +466,106 @@ mod tests {
         assert!(
             Accumulator::from_parts(0, Array3::ones([1, 1, 1]), Array3::zeros([1, 1, 1])).is_err()
         );
+    }
+
+    /// The block kernels are the per-volume ones bit for bit, contiguous or not, across run
+    /// boundaries and after earlier volumes; other shapes are refused.
+    #[test]
+    fn block_kernels_equal_per_volume_ones() {
+        let shape = [2, 3, SERIES_CHUNK / 5 + 7];
+        let block =
+            ndarray::Array4::from_shape_fn([5, shape[0], shape[1], shape[2]], |(t, z, y, x)| {
+                (((t * 31 + z * 7 + y * 3 + x) * 7919) % 1009) as f32 * 0.25 - 100.0
+            });
+        let p = ZscoreParams::default();
+        for view in [block.view(), block.slice(ndarray::s![.., .., .., ..;2])] {
+            let dim = [view.dim().1, view.dim().2, view.dim().3];
+            let (mut a, mut b) = (Accumulator::new(dim), Accumulator::new(dim));
+            a.add(view.index_axis(Axis(0), 4));
+            b.add(view.index_axis(Axis(0), 4));
+            view.outer_iter().for_each(|v| a.add(v));
+            b.add_block(view).unwrap();
+            assert_eq!(a.count(), b.count());
+            assert!(a
+                .mean
+                .iter()
+                .zip(&b.mean)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+            assert!(a
+                .m2
+                .iter()
+                .zip(&b.m2)
+                .all(|(x, y)| x.to_bits() == y.to_bits()));
+            let m = a.moments(&p);
+            let got = normalize_block(view, &m, &p).unwrap();
+            for (v, g) in view.outer_iter().zip(got.outer_iter()) {
+                let want = normalize(v, &m, &p);
+                assert!(want
+                    .iter()
+                    .zip(g.iter())
+                    .all(|(x, y)| x.to_bits() == y.to_bits()));
+            }
+        }
+        let mut other = Accumulator::new([1, 1, 1]);
+        assert!(other.add_block(block.view()).is_err());
+        let m = Accumulator::new([1, 1, 1]).moments(&p);
+        assert!(normalize_block(block.view(), &m, &p).is_err());
+    }
+
+    /// The in-place kernel over separate volumes is the streaming accumulator and `normalize`, bit for
+    /// bit, across run boundaries, with its moments and constant voxels; other shapes are refused.
+    #[test]
+    fn zscore_volumes_in_place_equals_accumulator_and_normalize() {
+        let shape = [3, 5, SERIES_CHUNK / 7 + 11];
+        let voxels: usize = shape.iter().product();
+        for (t, p) in [
+            (6, ZscoreParams::default()),
+            (
+                4,
+                ZscoreParams {
+                    ddof: 1,
+                    constant: ConstantVoxels::Zero,
+                },
+            ),
+            (1, ZscoreParams::default()),
+        ] {
+            let volumes: Vec<Array3<f32>> = (0..t)
+                .map(|k| {
+                    Array3::from_shape_fn(shape, |(z, y, x)| {
+                        let i = (z * shape[1] + y) * shape[2] + x;
+                        if i % 97 == 3 {
+                            -2.5
+                        } else {
+                            ((i * 7919 + k * 104729) % 1013) as f32 * 0.37 - 50.0
+                        }
+                    })
+                })
+                .collect();
+            let mut acc = Accumulator::new(shape);
+            volumes.iter().for_each(|v| acc.add(v.view()));
+            let want_m = acc.moments(&p);
+            let mut got = volumes.clone();
+            let m = zscore_volumes_in_place(&mut got, &p).unwrap();
+            assert_eq!(m.constant_voxels(), want_m.constant_voxels());
+            assert!(t == 1 || m.constant_voxels() == voxels.div_ceil(97));
+            let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+            for (a, b) in m.mean64().iter().zip(want_m.mean64()) {
+                assert!(same(*a, *b));
+            }
+            for (a, b) in m.std64().iter().zip(want_m.std64()) {
+                assert!(same(*a, *b));
+            }
+            for (v, g) in volumes.iter().zip(&got) {
+                let want = normalize(v.view(), &want_m, &p);
+                for (a, b) in g.iter().zip(want.iter()) {
+                    assert!(same(*a as f64, *b as f64), "{a} {b}");
+                }
+            }
+        }
+        let mut odd = vec![Array3::<f32>::zeros([2, 2, 2]), Array3::zeros([2, 2, 3])];
+        let e = zscore_volumes_in_place(&mut odd, &ZscoreParams::default()).unwrap_err();
+        assert!(e.to_string().contains("volume 1 has shape"), "{e}");
+        assert!(zscore_volumes_in_place::<f32>(&mut [], &ZscoreParams::default()).is_err());
     }
 
     /// The in-memory series kernel is the streaming accumulator, bit for bit, in both precisions,

@@ -3,7 +3,8 @@
 //!
 //! numpy's conventions: the forward transform is unnormalized, the inverse divides by N.
 
-use ndarray::{Array3, ArrayView3, ArrayViewMut2, Axis};
+use crate::cross_power::{ArgMax, CoarseWindow};
+use ndarray::{Array3, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 use realfft::{ComplexToReal, FftError, RealFftPlanner, RealToComplex};
 use rustfft::num_complex::Complex;
@@ -61,13 +62,13 @@ impl Fft3 {
             "Fft3 planned for another shape"
         );
         for axis in (0..3).rev() {
-            fft_axis(data, axis, &plans[axis]);
+            fft_axis(data.view_mut(), axis, &plans[axis]);
         }
     }
 }
 
 /// Complex FFT of every line along `axis` of a standard-layout array, in place.
-fn fft_axis(data: &mut Array3<C32>, axis: usize, fft: &Arc<dyn Fft<f32>>) {
+fn fft_axis(mut data: ArrayViewMut3<C32>, axis: usize, fft: &Arc<dyn Fft<f32>>) {
     let (nz, ny, nx) = data.dim();
     let n = data.shape()[axis];
     if n <= 1 {
@@ -102,35 +103,93 @@ fn fft_axis(data: &mut Array3<C32>, axis: usize, fft: &Arc<dyn Fft<f32>>) {
     }
 }
 
-/// FFT of every column of `m` (rows contiguous): columns are gathered `block` at a time into
-/// lines of `buf`, transformed and scattered back. The lines sit `n + LINE_PAD` apart so that, for
-/// power-of-two `n`, the lines written by each row's gather do not all fall on one cache set.
+/// FFT of every column of `m` (rows contiguous), through `through_lines`.
 fn fft_columns(
-    mut m: ArrayViewMut2<C32>,
+    m: ArrayViewMut2<C32>,
     block: usize,
     fft: &Arc<dyn Fft<f32>>,
     buf: &mut Vec<C32>,
     s: &mut [C32],
 ) {
+    let n = m.dim().0;
+    through_lines(m, block, buf, |lines, stride, _, w| {
+        for c in 0..w {
+            fft.process_with_scratch(&mut lines[c * stride..][..n], s);
+        }
+    });
+}
+
+/// Columns of `m` (rows contiguous) are gathered `block` at a time into lines of `buf`, handed to
+/// `f(lines, stride, x0, w)` (columns `x0..x0 + w`, line `c` at `c * stride`) and scattered back.
+/// The lines sit `n + LINE_PAD` apart so that, for power-of-two `n`, the lines written by each
+/// row's gather do not all fall on one cache set. Both copies go in `TILE`² tiles, so the rows
+/// and the lines a tile touches stay in L1 while it is copied.
+fn through_lines(
+    mut m: ArrayViewMut2<C32>,
+    block: usize,
+    buf: &mut Vec<C32>,
+    mut f: impl FnMut(&mut [C32], usize, usize, usize),
+) {
     const LINE_PAD: usize = 8;
+    const TILE: usize = 8;
     let (n, width) = m.dim();
     let stride = n + LINE_PAD;
     buf.resize(block * stride, C32::default());
+    let mut rows: Vec<&mut [C32]> = m
+        .rows_mut()
+        .into_iter()
+        .map(|r| r.into_slice().expect("rows are contiguous"))
+        .collect();
     for x0 in (0..width).step_by(block) {
         let w = block.min(width - x0);
-        for (i, row) in m.rows().into_iter().enumerate() {
-            let row = &row.to_slice().expect("rows are contiguous")[x0..x0 + w];
-            for (c, &v) in row.iter().enumerate() {
-                buf[c * stride + i] = v;
+        for i0 in (0..n).step_by(TILE) {
+            for c0 in (0..w).step_by(TILE) {
+                let (ih, cw) = (TILE.min(n - i0), TILE.min(w - c0));
+                if ih == TILE && cw == TILE {
+                    // A whole tile through registers: eight row loads, eight line stores.
+                    let t: [[C32; TILE]; TILE] = std::array::from_fn(|i| {
+                        rows[i0 + i][x0 + c0..][..TILE]
+                            .try_into()
+                            .expect("TILE long")
+                    });
+                    for c in 0..TILE {
+                        let line: &mut [C32; TILE] = (&mut buf[(c0 + c) * stride + i0..][..TILE])
+                            .try_into()
+                            .expect("TILE long");
+                        *line = std::array::from_fn(|i| t[i][c]);
+                    }
+                    continue;
+                }
+                for (i, row) in rows[i0..i0 + ih].iter().enumerate() {
+                    for (c, &v) in row[x0 + c0..][..cw].iter().enumerate() {
+                        buf[(c0 + c) * stride + i0 + i] = v;
+                    }
+                }
             }
         }
-        for c in 0..w {
-            fft.process_with_scratch(&mut buf[c * stride..c * stride + n], s);
-        }
-        for (i, mut row) in m.rows_mut().into_iter().enumerate() {
-            let row = &mut row.as_slice_mut().expect("rows are contiguous")[x0..x0 + w];
-            for (c, v) in row.iter_mut().enumerate() {
-                *v = buf[c * stride + i];
+        f(buf, stride, x0, w);
+        for i0 in (0..n).step_by(TILE) {
+            for c0 in (0..w).step_by(TILE) {
+                let (ih, cw) = (TILE.min(n - i0), TILE.min(w - c0));
+                if ih == TILE && cw == TILE {
+                    let t: [[C32; TILE]; TILE] = std::array::from_fn(|c| {
+                        buf[(c0 + c) * stride + i0..][..TILE]
+                            .try_into()
+                            .expect("TILE long")
+                    });
+                    for i in 0..TILE {
+                        let row: &mut [C32; TILE] = (&mut rows[i0 + i][x0 + c0..][..TILE])
+                            .try_into()
+                            .expect("TILE long");
+                        *row = std::array::from_fn(|c| t[c][i]);
+                    }
+                    continue;
+                }
+                for (i, row) in rows[i0..i0 + ih].iter_mut().enumerate() {
+                    for (c, v) in row[x0 + c0..][..cw].iter_mut().enumerate() {
+                        *v = buf[(c0 + c) * stride + i0 + i];
+                    }
+                }
             }
         }
     }
@@ -173,6 +232,22 @@ impl RealFft3 {
     }
 
     pub fn forward(&self, input: ArrayView3<f32>) -> Array3<C32> {
+        let mut out = Array3::<C32>::default(self.spectrum_shape());
+        self.forward_into(input, out.as_slice_mut().expect("standard layout"));
+        out
+    }
+
+    /// `forward` into `out`, the half spectrum in C order: a caller that keeps `out` between
+    /// volumes maps its pages once (a fresh 17 MiB spectrum per volume costs more in page faults
+    /// and zeroing than its y pass).
+    pub fn forward_into(&self, input: ArrayView3<f32>, out: &mut [C32]) {
+        self.forward_xy(input, out);
+        let out = ArrayViewMut3::from_shape(self.spectrum_shape(), out).expect("sized above");
+        fft_axis(out, 0, &self.forward[0]);
+    }
+
+    /// `forward_into` less its last pass, the transforms along z (see `z_round_trip`).
+    pub(crate) fn forward_xy(&self, input: ArrayView3<f32>, out: &mut [C32]) {
         assert_eq!(
             input.shape(),
             &self.shape[..],
@@ -181,7 +256,8 @@ impl RealFft3 {
         let input = input.as_standard_layout();
         let [_, _, nx] = self.shape;
         let nh = nx / 2 + 1;
-        let mut out = Array3::<C32>::default(self.spectrum_shape());
+        let mut out = ArrayViewMut3::from_shape(self.spectrum_shape(), out)
+            .expect("out has the half spectrum's length");
         out.as_slice_mut()
             .expect("standard layout")
             .par_chunks_mut(nh)
@@ -195,9 +271,138 @@ impl RealFft3 {
                         .expect("buffers sized by the plan");
                 },
             );
-        fft_axis(&mut out, 1, &self.forward[1]);
-        fft_axis(&mut out, 0, &self.forward[0]);
-        out
+        fft_axis(out, 1, &self.forward[1]);
+    }
+
+    /// The forward transform's z pass, `between` on each block of z-lines, and the inverse
+    /// transform's z pass, fused: each block of lines is gathered and scattered once instead of
+    /// twice per pass, and `between` runs on it while it is in cache. `data` is `forward_xy`'s
+    /// result; `inverse_argmax_yx` finishes. `between(lines, stride, col0, w, kept)` gets the block's
+    /// `w` lines (z order, `stride` apart), the columns `col0..col0 + w` of the (nz, ny·nh) matrix,
+    /// and, when `kept` is given, the part of it holding those lines (`kept` stores the spectrum's
+    /// lines along z one after another, `nz` apart); its results are combined with `reduce`.
+    pub(crate) fn z_round_trip<T, B>(
+        &self,
+        data: &mut [C32],
+        kept: Option<&mut [C32]>,
+        identity: impl Fn() -> T + Sync + Send,
+        reduce: impl Fn(T, T) -> T + Sync + Send,
+        between: B,
+    ) -> T
+    where
+        T: Send,
+        B: Fn(&mut [C32], usize, usize, usize, Option<&mut [C32]>) -> T + Sync,
+    {
+        let [nz, ny, nx] = self.shape;
+        let plane = ny * (nx / 2 + 1);
+        let (fwd, inv) = (&self.forward[0], &self.inverse[0]);
+        let scratch_len = fwd
+            .get_inplace_scratch_len()
+            .max(inv.get_inplace_scratch_len());
+        let init = || (Vec::new(), vec![C32::default(); scratch_len]);
+        let run = |(buf, s): &mut (Vec<C32>, Vec<C32>),
+                   block: ArrayViewMut2<C32>,
+                   col0: usize,
+                   mut kept: Option<&mut [C32]>| {
+            let mut out = None;
+            through_lines(block, Z_BLOCK, buf, |lines, stride, _, w| {
+                if nz > 1 {
+                    for c in 0..w {
+                        fwd.process_with_scratch(&mut lines[c * stride..][..nz], s);
+                    }
+                }
+                out = Some(between(lines, stride, col0, w, kept.take()));
+                if nz > 1 {
+                    for c in 0..w {
+                        inv.process_with_scratch(&mut lines[c * stride..][..nz], s);
+                    }
+                }
+            });
+            out.unwrap_or_else(&identity)
+        };
+        let mut cols = ArrayViewMut2::from_shape((nz, plane), data)
+            .expect("data has the half spectrum's length");
+        let blocks = cols.axis_chunks_iter_mut(Axis(1), Z_BLOCK).into_par_iter();
+        match kept {
+            Some(kept) => {
+                assert_eq!(
+                    kept.len(),
+                    nz * plane,
+                    "kept has the half spectrum's length"
+                );
+                blocks
+                    .zip(kept.par_chunks_mut(Z_BLOCK * nz))
+                    .enumerate()
+                    .map_init(init, |st, (i, (b, k))| run(st, b, i * Z_BLOCK, Some(k)))
+                    .reduce(&identity, &reduce)
+            }
+            None => blocks
+                .enumerate()
+                .map_init(init, |st, (i, b)| run(st, b, i * Z_BLOCK, None))
+                .reduce(&identity, &reduce),
+        }
+    }
+
+    /// The index (C order) of the largest |value| of `irfftn(spectrum)` within `window` and that
+    /// value, as `argmax_abs_real_within(&self.inverse(spectrum), ..)` finds them (the first
+    /// largest; NaN above all), without storing the volume: each row is transformed, scaled and
+    /// searched while in cache (rows outside the window are not transformed at all). The spectrum
+    /// (C order) is consumed as scratch.
+    pub fn inverse_argmax(&self, spectrum: &mut [C32], window: &CoarseWindow) -> ([usize; 3], f32) {
+        let view = ArrayViewMut3::from_shape(self.spectrum_shape(), &mut *spectrum)
+            .expect("spectrum has the half spectrum's length");
+        fft_axis(view, 0, &self.inverse[0]);
+        self.inverse_argmax_yx(spectrum, window)
+    }
+
+    /// `inverse_argmax` less its first pass, the transforms along z.
+    pub(crate) fn inverse_argmax_yx(
+        &self,
+        spectrum: &mut [C32],
+        window: &CoarseWindow,
+    ) -> ([usize; 3], f32) {
+        let mut spectrum = ArrayViewMut3::from_shape(self.spectrum_shape(), spectrum)
+            .expect("spectrum has the half spectrum's length");
+        fft_axis(spectrum.view_mut(), 1, &self.inverse[1]);
+        let [_, ny, nx] = self.shape;
+        let nh = nx / 2 + 1;
+        let scale = 1.0 / self.shape.iter().product::<usize>() as f32;
+        let unbounded = window.is_unbounded();
+        let best = spectrum
+            .as_slice_mut()
+            .expect("standard layout")
+            .par_chunks_mut(nh)
+            .enumerate()
+            .fold(
+                || (vec![0.0f32; nx], self.c2r.make_scratch_vec(), ArgMax::NONE),
+                |(mut dst, mut s, mut best), (row, src)| {
+                    if unbounded {
+                        self.c2r_row(src, &mut dst, &mut s, scale);
+                        best.offer(&dst, row * nx);
+                    } else if let Some(parts) = window.row(row) {
+                        self.c2r_row(src, &mut dst, &mut s, scale);
+                        for xs in parts {
+                            best.offer(&dst[xs.clone()], row * nx + xs.start);
+                        }
+                    }
+                    (dst, s, best)
+                },
+            )
+            .map(|(_, _, best)| best)
+            .reduce(|| ArgMax::NONE, ArgMax::merge);
+        let i = best.index();
+        ([i / (ny * nx), (i / nx) % ny, i % nx], best.value)
+    }
+
+    /// One row of the inverse: c2r of `src` (consumed) into `dst`, times `scale`.
+    fn c2r_row(&self, src: &mut [C32], dst: &mut [f32], s: &mut [C32], scale: f32) {
+        match self.c2r.process_with_scratch(src, dst, s) {
+            // The imaginary parts of the DC and Nyquist bins of a Hermitian spectrum are
+            // rounding noise; realfft drops them, which is taking the real part.
+            Ok(()) | Err(FftError::InputValues(..)) => {}
+            Err(e) => panic!("buffers sized by the plan: {e}"),
+        }
+        dst.iter_mut().for_each(|v| *v *= scale);
     }
 
     /// `irfftn` of a half spectrum (consumed as scratch), scaled by 1/N as numpy does.
@@ -207,8 +412,8 @@ impl RealFft3 {
             &self.spectrum_shape()[..],
             "RealFft3 planned for another shape"
         );
-        fft_axis(&mut spectrum, 0, &self.inverse[0]);
-        fft_axis(&mut spectrum, 1, &self.inverse[1]);
+        fft_axis(spectrum.view_mut(), 0, &self.inverse[0]);
+        fft_axis(spectrum.view_mut(), 1, &self.inverse[1]);
         let [_, _, nx] = self.shape;
         let nh = nx / 2 + 1;
         let scale = 1.0 / self.shape.iter().product::<usize>() as f32;
@@ -224,15 +429,7 @@ impl RealFft3 {
             )
             .for_each_init(
                 || self.c2r.make_scratch_vec(),
-                |s, (dst, src)| {
-                    match self.c2r.process_with_scratch(src, dst, s) {
-                        // The imaginary parts of the DC and Nyquist bins of a Hermitian spectrum are
-                        // rounding noise; realfft drops them, which is taking the real part.
-                        Ok(()) | Err(FftError::InputValues(..)) => {}
-                        Err(e) => panic!("buffers sized by the plan: {e}"),
-                    }
-                    dst.iter_mut().for_each(|v| *v *= scale);
-                },
+                |s, (dst, src)| self.c2r_row(src, dst, s, scale),
             );
         out
     }

@@ -11,6 +11,7 @@ pub mod median3d;
 pub mod reference;
 pub mod register;
 pub mod shift;
+pub mod simd;
 
 pub use gpuprep_core::zscore;
 

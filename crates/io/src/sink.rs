@@ -4,6 +4,7 @@
 //! half-written output under the name the user asked for.
 
 mod h5;
+mod store;
 mod zarr;
 
 use crate::VoxelSize;
@@ -17,7 +18,7 @@ use super::fmt_shape;
 use gpuprep_core::error::{Error, Result};
 use h5::Hdf5Out;
 use zarr::ZarrOut;
-pub use zarr::{IMAGE_KEY as ZARR_IMAGE_KEY, NGFF_VERSION};
+pub use zarr::{store_block as store_zarr_block, IMAGE_KEY as ZARR_IMAGE_KEY, NGFF_VERSION};
 
 /// Target bytes of one chunk of a 4-D dataset.
 const CHUNK_BYTES: usize = 1 << 20;

@@ -687,6 +687,22 @@ impl Source {
         &self.files
     }
 
+    /// The format the inputs are read as.
+    pub fn format(&self) -> Format {
+        match (&self.zarr, &self.tiff) {
+            (Some(_), _) => Format::Zarr,
+            (_, Some(_)) => Format::Tiff,
+            _ => Format::Hdf5,
+        }
+    }
+
+    /// The first timepoint of each file: the files holding a run of timepoints, opened alone with
+    /// this source's format, dataset, axes and channel, read those timepoints from the first one's
+    /// offset (what a front end reading block by block opens per block).
+    pub fn starts(&self) -> &[usize] {
+        &self.starts
+    }
+
     /// What each file's dataset holds.
     pub fn axes(&self) -> Axes {
         self.axes

@@ -355,9 +355,12 @@ pub fn run_with_progress(
         }
         None => None,
     };
+    // Results kept in memory are z-scored there after pass 1, in cache-sized runs of voxels over all
+    // timepoints (`zscore_volumes_in_place`, the accumulator's numbers bit for bit): the backend then
+    // accumulates nothing, sparing the f64 moments' round trip through memory per volume.
     let accumulation = match cfg.zscore {
-        Some(_) => Some(backend.reset_moments(shape)?),
-        None => None,
+        Some(_) if !in_memory => Some(backend.reset_moments(shape)?),
+        _ => None,
     };
     let plan = FramePlan {
         median: cfg.median,
@@ -491,7 +494,24 @@ pub fn run_with_progress(
     progress.finish();
 
     let mut constant_voxels = 0;
-    if let (Some(z), Some(scratch), Some(acc)) = (&cfg.zscore, &scratch, &accumulation) {
+    if let (Some(z), Some(Scratch::Memory(kept))) = (&cfg.zscore, &scratch) {
+        let mut volumes = kept.take_all()?;
+        let moments = clock.time("normalize", || {
+            gpuprep_core::zscore::zscore_volumes_in_place(&mut volumes, z)
+        })?;
+        constant_voxels = moments.constant_voxels();
+        progress.start("z-score", n);
+        for (t, zs) in volumes.into_iter().enumerate() {
+            clock.time("write", || sink.write_volume("data", t, zs.view()))?;
+            progress.advance();
+            if let Some(why) = progress.cancelled() {
+                return Err(Error::Data(why));
+            }
+        }
+        progress.finish();
+        sink.write_array_f32("mean", moments.mean().view().into_dyn())?;
+        sink.write_array_f32("std", moments.std().view().into_dyn())?;
+    } else if let (Some(z), Some(scratch), Some(acc)) = (&cfg.zscore, &scratch, &accumulation) {
         let moments: Moments = clock.time("normalize", || backend.moments(acc, z))?;
         constant_voxels = moments.constant_voxels();
         progress.start("z-score", n);
@@ -819,6 +839,17 @@ impl MemoryScratch {
             }
             None => Err(Error::Data(format!("timepoint {t} is past the series"))),
         }
+    }
+
+    /// Every volume, in time order; errors if one was not kept.
+    fn take_all(&self) -> Result<Vec<Array3<f32>>> {
+        std::mem::take(&mut *self.slots())
+            .into_iter()
+            .enumerate()
+            .map(|(t, v)| {
+                v.ok_or_else(|| Error::Data(format!("timepoint {t} was not kept by pass 1")))
+            })
+            .collect()
     }
 
     fn take(&self, t: usize) -> Result<Array3<f32>> {

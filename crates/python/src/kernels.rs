@@ -251,13 +251,18 @@ pub fn normalize<'py>(
     }
     let out = py_.detach(|| {
         let m = CoreMoments::from_f64(mean.to_owned(), std.to_owned());
-        py(with_backend(choice, |b| {
-            let mut out = Array4::<f32>::zeros(block.raw_dim());
-            for (v, mut o) in block.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
-                o.assign(&b.normalize(v, &m, &p)?);
+        py((|| match engine::select(choice)? {
+            Some(mut gpu) => {
+                let b = gpu.backend();
+                let mut out = Array4::<f32>::zeros(block.raw_dim());
+                for (v, mut o) in block.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
+                    o.assign(&b.normalize(v, &m, &p)?);
+                }
+                Ok(out)
             }
-            Ok(out)
-        }))
+            // The CPU backend's `normalize`, a block at a time (the moments read once per block).
+            None => gpuprep_core::zscore::normalize_block(block, &m, &p),
+        })())
     })?;
     Ok(out.into_pyarray(py_))
 }

@@ -9,6 +9,7 @@ mod engine;
 mod errors;
 mod kernels;
 mod run;
+mod source;
 mod stream;
 
 use pyo3::prelude::*;
@@ -25,6 +26,9 @@ fn _gpuprep(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run::preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(run::validate_run, m)?)?;
     m.add_function(wrap_pyfunction!(stream::process_block, m)?)?;
+    m.add_function(wrap_pyfunction!(source::describe_input, m)?)?;
+    m.add_function(wrap_pyfunction!(source::read_block, m)?)?;
+    m.add_function(wrap_pyfunction!(source::write_zarr_block, m)?)?;
     m.add_class::<stream::Reference>()?;
     m.add_class::<stream::Moments>()?;
     Ok(())

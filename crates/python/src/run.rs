@@ -221,6 +221,8 @@ pub fn validate_run<'py>(py_: Python<'py>, params: RunParams) -> PyResult<Bound<
     d.set_item("compression", cfg.compression.name())?;
     d.set_item("save_filtered", cfg.save_filtered)?;
     d.set_item("save_registered", cfg.save_registered)?;
+    d.set_item("shard", cfg.shard)?;
+    d.set_item("memory_budget", cfg.memory_budget)?;
     Ok(d)
 }
 

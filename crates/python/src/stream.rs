@@ -295,7 +295,7 @@ pub enum Volumes<'py> {
 
 /// `a`, or a copy of it when its data is not aligned for its dtype (an array dask.distributed
 /// deserialised from a byte buffer can be): views of it are read in place, which needs alignment.
-fn aligned<'py>(a: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
+pub(crate) fn aligned<'py>(a: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     let is_aligned = match a.getattr("flags") {
         Ok(flags) => flags.getattr("aligned")?.extract::<bool>()?,
         Err(_) => true, // not an array: extraction reports what it is
@@ -307,10 +307,11 @@ fn aligned<'py>(a: &Bound<'py, PyAny>) -> PyResult<Bound<'py, PyAny>> {
     }
 }
 
-fn add_block<T: Copy + Into<f64> + Sync>(acc: &mut Accumulator, block: ArrayView4<T>) {
-    for v in block.axis_iter(Axis(0)) {
-        acc.add(v);
-    }
+fn add_block<T: Copy + Into<f64> + Send + Sync>(
+    acc: &mut Accumulator,
+    block: ArrayView4<T>,
+) -> Result<()> {
+    acc.add_block(block)
 }
 
 fn add_one<T: Copy + Into<f64> + Sync>(acc: &mut Accumulator, v: ArrayView3<T>) {
@@ -362,12 +363,12 @@ impl Moments {
             Volumes::F32x4(v) => {
                 let v = v.as_array();
                 check(v.shape())?;
-                py_.detach(|| add_block(acc, v));
+                py(py_.detach(|| add_block(acc, v)))?;
             }
             Volumes::F64x4(v) => {
                 let v = v.as_array();
                 check(v.shape())?;
-                py_.detach(|| add_block(acc, v));
+                py(py_.detach(|| add_block(acc, v)))?;
             }
         }
         Ok(())

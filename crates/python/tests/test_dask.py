@@ -103,11 +103,14 @@ def test_threaded_lazy_equals_cli(dataset):
     assert_data_close(z, dataset["want"]["0"])
 
 
-def test_threaded_output_equals_cli(dataset, tmp_path):
+@pytest.mark.parametrize("budget, scratch", [(None, "memory"), (0, "file"), (12 * 8 * 24 * 24 * 4 - 1, "file")])
+def test_threaded_output_equals_cli(dataset, tmp_path, budget, scratch):
+    """Pass 1's volumes kept in memory (within the budget: the default here) or in a scratch array."""
     out = tmp_path / "threads.ome.zarr"
     with dask.config.set(scheduler="threads"):
-        report = gd.preprocess(str(dataset["dir"]), out, backend="cpu", block_size=4)
+        report = gd.preprocess(str(dataset["dir"]), out, backend="cpu", block_size=4, memory_budget=budget)
     assert report["tasks_per_pass"] == 3 and report["reduction_depth"] == 2
+    assert report["scratch"] == scratch
     np.testing.assert_array_equal(report["shifts"], dataset["want"]["shifts"])
     g = check_store(out, dataset, ["cpu", "threads"])
     assert g["0"].chunks[0] == 4  # one block per chunk along t: each chunk has one writer
@@ -152,11 +155,14 @@ def test_cluster_lazy_equals_cli(dataset, client):
     assert_data_close(z, dataset["want"]["0"])
 
 
-def test_cluster_output_equals_cli_and_reference_is_broadcast(dataset, client, tmp_path):
+@pytest.mark.parametrize("budget", [None, 0])
+def test_cluster_output_equals_cli_and_reference_is_broadcast(dataset, client, tmp_path, budget):
     out = tmp_path / "cluster.ome.zarr"
     transforms = lambda: __import__("gpuprep.dask").dask.reference_transforms  # noqa: E731
     before, here = client.run(transforms), gd.reference_transforms
-    report = gd.preprocess(dataset["dir"], out, backend="cpu", block_size=2)  # 6 tasks on 2 workers
+    # 6 tasks on 2 workers
+    report = gd.preprocess(dataset["dir"], out, backend="cpu", block_size=2, memory_budget=budget)
+    assert report["scratch"] == ("file" if budget == 0 else "memory")
     assert report["workers"] == 2 and report["tasks_per_pass"] == 6 and report["reduction_depth"] == 3
     check_store(out, dataset, ["cpu", "2 workers"])
     # The reference was scattered to the workers, each of which transformed it at most once for all its
@@ -248,10 +254,12 @@ def test_tree_of_chan_merges_equals_one_pass(sizes):
     for a, b in zip(bounds[:-1], bounds[1:]):
         m = gpuprep.Moments(data.shape[1:])
         m.update(data[a:b])
-        parts.append(dask.delayed(gd._parts(m)))
+        # Moments travel as themselves; (count, mean, M2) tuples are taken as well.
+        parts.append(dask.delayed(m if len(parts) % 2 == 0 else (m.count, m.mean, m.m2)))
     root, depth = gd.tree_reduce(parts, gd.merge_moments)
     assert depth == int(np.ceil(np.log2(len(sizes))))
-    count, mean, m2 = dask.compute(root, scheduler="sync")[0]
+    merged = dask.compute(root, scheduler="sync")[0]
+    count, mean, m2 = merged.count, merged.mean, merged.m2
     assert count == data.shape[0]
     np.testing.assert_allclose(mean, one.mean, rtol=1e-14)
     np.testing.assert_allclose(m2, one.m2, rtol=1e-10)
@@ -338,6 +346,7 @@ def test_existing_output_refused_then_replaced_with_force(dataset, tmp_path):
         ({"order": 2}, ValueError, "order: spline order 2 is not supported; expected 0, 1 or 3"),
         ({"upsample_factor": 0}, ValueError, "upsample_factor: got 0; expected an integer from 1 to 1000"),
         ({"block_size": 0}, ValueError, "block_size"),
+        ({"memory_budget": -1}, ValueError, "memory_budget"),
     ],
 )
 def test_bad_parameters_fail_before_anything_is_written(dataset, tmp_path, kwargs, error, match):
@@ -354,3 +363,80 @@ def test_bad_inputs_name_the_argument(tmp_path):
         gd.preprocess(np.zeros((3, 4, 5)))
     with pytest.raises(ValueError, match="output: .*not a .zarr"):
         gd.preprocess(np.zeros((3, 4, 5, 6), np.float32), tmp_path / "out.h5")
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Inputs through gpuprep's own reader: TIFF, format= and channel=, as the CLI reads them
+# ---------------------------------------------------------------------------------------------------------
+
+TIFF_FIXTURES = pathlib.Path(__file__).resolve().parents[3] / "tests" / "fixtures" / "tiff"
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, flags",
+    [
+        ("tifffile_series", {}, []),
+        ("tifffile_series", {"format": "tiff"}, ["--format", "tiff"]),
+        ("tifffile_ome.ome.tif", {"channel": 1}, ["--channel", "1"]),
+        ("tifffile_imagej.tif", {"channel": 1}, ["--channel", "1"]),
+    ],
+)
+def test_tiff_inputs_with_format_and_channel_equal_cli(tmp_path, cli, name, kwargs, flags):
+    import h5py
+
+    src = TIFF_FIXTURES / name
+    out = tmp_path / "cli.h5"
+    subprocess.run([cli, "run", src, "-o", out, "--backend", "cpu", "-q", *flags], check=True, capture_output=True)
+    with h5py.File(out, "r") as f:
+        want, want_shifts = f["data"][:], f["shifts"][:]
+    with dask.config.set(scheduler="threads"):
+        z, shifts = gd.preprocess(str(src), backend="cpu", block_size=2, **kwargs)
+        z, shifts = dask.compute(z, shifts)
+    np.testing.assert_array_equal(shifts, want_shifts)
+    assert_data_close(z, want)
+
+
+def test_reader_errors_name_the_input_and_parameter(tmp_path):
+    with pytest.raises(OSError, match="tifffile_ome.ome.tif: .*channel 5 is out of range: it has 2 channels"):
+        gd.preprocess(str(TIFF_FIXTURES / "tifffile_ome.ome.tif"), channel=5, backend="cpu")
+    with pytest.raises(ValueError, match="format: unknown format 'png'"):
+        gd.preprocess(str(TIFF_FIXTURES / "tifffile_series"), format="png", backend="cpu")
+    with pytest.raises(ValueError, match="format, channel: apply to inputs given as paths"):
+        gd.preprocess(np.zeros((2, 2, 4, 4), np.float32), channel=1, backend="cpu")
+    broken = tmp_path / "t0.tif"
+    broken.write_bytes((TIFF_FIXTURES / "tifffile_series" / "t0.tif").read_bytes()[:300])
+    with pytest.raises(OSError, match="t0.tif"):
+        gd.preprocess(str(broken), backend="cpu")
+
+
+@pytest.mark.parametrize(
+    "kwargs",
+    [{"shard": True}, {"compression": "blosc-lz4"}, {"shard": True, "compression": "zstd", "memory_budget": "0"}],
+)
+def test_shards_and_compression_as_the_cli(dataset, tmp_path, kwargs):
+    """shard= stores each block's slab as one shard (one writer each); compression= the CLI's codecs. The
+    values are those of the plain store."""
+    out = tmp_path / "packed.ome.zarr"
+    with dask.config.set(scheduler="threads"):
+        report = gd.preprocess(str(dataset["dir"]), out, backend="cpu", block_size=4, **kwargs)
+    assert report["scratch"] == ("file" if "memory_budget" in kwargs else "memory")
+    g = zarr.open_group(out, mode="r")
+    a = g["0"]
+    assert_data_close(a[:], dataset["want"]["0"])
+    if kwargs.get("shard"):
+        assert a.shards == (4,) + SHAPE[1:] and a.chunks[0] == 4
+        assert g.attrs["sharding"] == "one shard per time slab"
+        assert len(list((out / "0" / "c").iterdir())) == 3  # one shard per block of 4 timepoints
+    else:
+        assert a.shards is None and g.attrs["sharding"] == "none"
+    compression = kwargs.get("compression", "none")
+    assert g.attrs["compression"] == compression
+    codecs = [type(c).__name__ for c in a.compressors]
+    assert codecs == {"none": [], "zstd": ["ZstdCodec"], "blosc-lz4": ["BloscCodec"]}[compression]
+    if compression == "blosc-lz4":
+        assert a.compressors[0].cname.value == "lz4"
+
+
+def test_shard_needs_an_output(dataset):
+    with pytest.raises(ValueError, match="shard: applies to an output"):
+        gd.preprocess(dataset["dir"], shard=True, backend="cpu")

@@ -180,6 +180,25 @@ def test_ome_zarr_py_reads_the_output_as_written(demo, tmp_path):
     np.testing.assert_array_equal(level0, read_all(h5)[0]["data"])
 
 
+def test_napari_ome_zarr_reader_reads_the_output_as_written(demo, tmp_path):
+    """napari's OME-Zarr reader plugin (napari-ome-zarr), called as napari calls it but without a viewer
+    (no display needed): one image layer, level 0 equal to zarr-python's, with the axes and scale."""
+    import zarr
+    from napari_ome_zarr import napari_get_reader
+
+    out = tmp_path / "out.ome.zarr"
+    gpuprep.preprocess(demo, out, backend="cpu")
+    reader = napari_get_reader(str(out))
+    assert callable(reader), "napari-ome-zarr does not take gpuprep's output"
+    layers = reader(str(out))
+    assert [kind for _, _, kind in layers] == ["image"]
+    data, kwargs, _ = layers[0]
+    levels = data if isinstance(data, list) else [data]
+    np.testing.assert_array_equal(np.asarray(levels[0]), zarr.open_group(str(out), mode="r")["0"][...])
+    assert tuple(kwargs["axis_labels"]) == ("t", "z", "y", "x")
+    assert list(kwargs["scale"]) == [1.0, 1.0, 1.0, 1.0]
+
+
 def test_sharded_output_reads_the_same_in_zarr_python(demo, tmp_path):
     import zarr
 

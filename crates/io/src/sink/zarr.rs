@@ -9,13 +9,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
-use ndarray::{s, Array3, Array4, ArrayView3, ArrayViewD};
+use ndarray::{s, Array3, Array4, ArrayView3, ArrayView4, ArrayViewD};
 use serde::Serialize;
 use serde_json::{Map, Value};
 use zarrs::array::{data_type, Array, ArrayBuilder, Element};
 use zarrs::filesystem::FilesystemStore;
 use zarrs::group::GroupBuilder;
 
+use super::store::OutputStore;
 use super::{volume_chunking, Compression};
 use gpuprep_core::error::{Error, Result};
 
@@ -34,7 +35,7 @@ pub const NGFF_VERSION: &str = "0.5";
 /// chunks only, when the slab is complete. Volumes arrive in order, so one slab per array is pending.
 struct Volume {
     name: String,
-    array: Array<FilesystemStore>,
+    array: Array<OutputStore>,
     ct: usize,
     pending: BTreeMap<usize, Slab>,
     /// Slabs already stored: a volume written again there goes to the store (read, merge, write).
@@ -50,7 +51,7 @@ struct Slab {
 pub(super) struct ZarrOut {
     /// The user's path, which errors name.
     path: PathBuf,
-    store: Arc<FilesystemStore>,
+    store: Arc<OutputStore>,
     t: usize,
     shape: [usize; 3],
     volumes: Vec<Volume>,
@@ -144,7 +145,7 @@ impl ZarrOut {
         })?;
         let mut out = ZarrOut {
             path: path.to_path_buf(),
-            store: Arc::new(store),
+            store: Arc::new(OutputStore::new(store)),
             t,
             shape,
             volumes: Vec::new(),
@@ -417,7 +418,7 @@ fn codecs(
 
 /// Stores `data` at `start`, its chunks encoded and written on several threads.
 fn store<T: Element, D: ndarray::Dimension>(
-    array: &Array<FilesystemStore>,
+    array: &Array<OutputStore>,
     start: &[u64],
     data: ndarray::Array<T, D>,
 ) -> std::result::Result<(), zarrs::array::ArrayError> {
@@ -441,4 +442,43 @@ pub fn zarr_error(
         cause: crate::one_line(&crate::error_chain(&e)),
         source: Box::new(e),
     }
+}
+
+/// Stores `block` as timepoints `t0 ..` of the existing 4-D float32 Zarr array at `array_dir` (one
+/// that another process created, e.g. the dask front end's client), its chunks encoded with the array's
+/// codecs and written on several threads, without a sync per chunk. The block should cover whole chunks
+/// along t (each chunk one writer); errors name the array and the timepoints.
+pub fn store_block(array_dir: &Path, t0: usize, block: ArrayView4<f32>) -> Result<()> {
+    let n = block.dim().0;
+    let what = || {
+        format!(
+            "writing timepoints {t0}-{}",
+            (t0 + n).saturating_sub(1).max(t0)
+        )
+    };
+    let fs = FilesystemStore::new(array_dir).map_err(|e| zarr_error(array_dir, what(), e))?;
+    let array = Array::open(Arc::new(OutputStore::new(fs)), "/")
+        .map_err(|e| zarr_error(array_dir, what(), e))?;
+    let shape = array.shape().to_vec();
+    let (_, z, y, x) = block.dim();
+    let fits = shape.len() == 4
+        && shape[1..] == [z as u64, y as u64, x as u64]
+        && (t0 + n) as u64 <= shape[0];
+    if !fits || array.data_type() != &data_type::float32() {
+        return Err(Error::Output {
+            path: array_dir.to_path_buf(),
+            message: format!(
+                "{}: the array is {} of shape {shape:?}; the block is float32 timepoints {t0}..{} of volumes ({z}, {y}, {x})",
+                what(),
+                array.data_type(),
+                t0 + n
+            ),
+        });
+    }
+    store(
+        &array,
+        &[t0 as u64, 0, 0, 0],
+        block.as_standard_layout().into_owned(),
+    )
+    .map_err(|e| zarr_error(array_dir, what(), e))
 }

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import ctypes
 import errno
-import glob as _glob
 import numbers
 import os
 import re
@@ -37,6 +36,7 @@ from typing import Any, Sequence
 import numpy as np
 
 import gpuprep
+from gpuprep import _gpuprep
 
 __all__ = ["preprocess", "open_input", "block_size_for", "SharedReference"]
 
@@ -101,6 +101,8 @@ class _Params:
     constant_voxels: str
     nonfinite: str
     compression: str
+    shard: bool
+    memory_budget: int | None
     backend: str
 
 
@@ -137,6 +139,8 @@ def _params(
     constant_voxels: str,
     nonfinite: str,
     compression: str,
+    shard: bool,
+    memory_budget: int | str | None,
     backend: str,
 ) -> _Params:
     # One validation for every front end: the same rules and messages as `gpuprep run` and
@@ -147,7 +151,8 @@ def _params(
             no_register=no_register, upsample_factor=upsample_factor, normalization=normalization,
             reference=reference, reference_mean=reference_mean, register_raw=register_raw, order=order,
             shift_mode=shift_mode, shift_cval=shift_cval, no_zscore=no_zscore, ddof=ddof,
-            constant_voxels=constant_voxels, nonfinite=nonfinite, compression=compression,
+            constant_voxels=constant_voxels, nonfinite=nonfinite, compression=compression, shard=shard,
+            memory_budget=memory_budget,
         )
     )
     kind, start, end = v["reference"]
@@ -180,6 +185,8 @@ def _params(
         constant_voxels=constant,
         nonfinite=v["nonfinite"],
         compression=v["compression"],
+        shard=bool(v["shard"]),
+        memory_budget=v["memory_budget"],
         backend=_choice(backend, "backend", ("auto", "cpu", "gpu")),
     )
 
@@ -200,10 +207,6 @@ class Input:
     voxel_size: list[tuple[float, str | None]] | None = None
 
 
-def _natural_key(path: str) -> list:
-    return [(0, int(p), "") if p.isdigit() else (1, 0, p) for p in re.split(r"(\d+)", os.path.basename(path))]
-
-
 def _is_zarr(path: str) -> bool:
     p = path.rstrip("/").lower()
     if p.endswith(".zarr"):
@@ -213,39 +216,38 @@ def _is_zarr(path: str) -> bool:
     )
 
 
-class _H5Volumes:
-    """A picklable, lazily read (t, z, y, x) float32 view of HDF5 files: one 3-D volume per file, or the
-    timepoints of one 4-D (tzyx) or 3-D (tyx) dataset. Files are opened per read, without HDF5's file
-    locks (as the CLI: it only reads, and locks fail spuriously on network file systems)."""
+class _SourceVolumes:
+    """A picklable, lazily read (t, z, y, x) float32 view of the inputs ``gpuprep run`` reads (HDF5, TIFF,
+    Zarr), described once on the client (``_gpuprep.describe_input``). Each read opens only the files
+    holding its timepoints, in Rust with the GIL released, converted and checked as the CLI reads them."""
 
-    def __init__(self, files: list[str], dataset: str, layout: str, shape: tuple, dtype: np.dtype):
-        self.files, self.dataset, self.layout = files, dataset, layout
-        self.shape, self.ndim, self.dtype = shape, 4, np.dtype(np.float32)
-        self.source_dtype = np.dtype(dtype)
+    def __init__(self, desc: dict, dataset: str, channel: int):
+        self.files, self.starts = list(desc["files"]), list(desc["starts"])
+        # The dataset as given (the reader names TIFF pages "pages" but takes only "default" for them).
+        self.dataset, self.axes, self.format = dataset, desc["axes"], desc["format"]
+        self.channel = channel
+        self.shape, self.ndim, self.dtype = tuple(desc["shape"]), 4, np.dtype(np.float32)
 
-    def _read(self, path: str, index: Any, t: int) -> np.ndarray:
-        import h5py
+    def read(self, t0: int, n: int) -> np.ndarray:
+        import bisect
 
-        try:
-            with h5py.File(path, "r", locking=False) as f:
-                raw = f[self.dataset][index]
-        except (OSError, KeyError) as e:
-            raise OSError(f"{path}: cannot read dataset {self.dataset!r} at timepoint {t} ({e})") from None
-        return _to_float32(raw, f"{path} (timepoint {t})")
+        first = bisect.bisect_right(self.starts, t0) - 1
+        last = bisect.bisect_right(self.starts, t0 + n - 1) - 1
+        return _gpuprep.read_block(
+            self.files[first : last + 1], self.dataset, self.axes, self.format, self.channel,
+            t0 - self.starts[first], n,
+        )
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         key = tuple(key) + (slice(None),) * (4 - len(key))
         ts = range(*key[0].indices(self.shape[0]))
-        spatial = key[1:]
-        if self.layout == "zyx":
-            vols = [self._read(self.files[t], spatial, t) for t in ts]
-            return np.stack(vols) if vols else np.empty((0,) + self.shape[1:], np.float32)
-        if self.layout == "tzyx":
-            block = self._read(self.files[0], (key[0],) + spatial, ts.start)
-            return block
-        # tyx: the movie's frames as volumes of z = 1
-        block = self._read(self.files[0], (key[0],) + spatial[1:], ts.start)
-        return block[:, np.newaxis][:, spatial[0]]
+        if not len(ts):
+            return np.empty((0,) + self.shape[1:], np.float32)[(slice(None),) + key[1:]]
+        if ts.step != 1:
+            return np.stack([self.read(t, 1)[0] for t in ts])[(slice(None),) + key[1:]]
+        block = self.read(ts.start, len(ts))
+        full = all(k == slice(None) for k in key[1:])
+        return block if full else block[(slice(None),) + key[1:]]
 
 
 def _to_float32(raw: np.ndarray, where: str) -> np.ndarray:
@@ -255,75 +257,6 @@ def _to_float32(raw: np.ndarray, where: str) -> np.ndarray:
         if finite.size and finite.max() > _F32_MAX:
             raise ValueError(f"{where}: value {finite.max():g} is beyond float32's range")
     return raw if raw.dtype == np.float32 else raw.astype(np.float32)
-
-
-def _expand(inputs: Sequence[str]) -> list[tuple[str, bool]]:
-    """Files in the CLI's order: a directory's *.h5/*.hdf5 and a glob's matches in natural order, explicit
-    files as given; with whether each came from a directory or glob (gpuprep outputs there are skipped)."""
-    out: list[tuple[str, bool]] = []
-    for item in inputs:
-        if os.path.isdir(item):
-            found = [os.path.join(item, n) for n in os.listdir(item) if n.lower().endswith((".h5", ".hdf5"))]
-            found = [p for p in found if os.path.isfile(p)]
-            if not found:
-                raise OSError(f"{item}: no *.h5 or *.hdf5 files in this directory")
-            out += [(p, True) for p in sorted(found, key=_natural_key)]
-        elif any(c in item for c in "*?["):
-            found = sorted(_glob.glob(item), key=_natural_key)
-            if not found:
-                raise OSError(f"{item}: no file matches this pattern")
-            out += [(p, True) for p in found]
-        elif os.path.isfile(item):
-            out.append((item, False))
-        else:
-            raise OSError(f"{item}: no such file or directory")
-    seen: set = set()
-    for p, _ in out:
-        real = os.path.realpath(p)
-        if real in seen:
-            raise OSError(f"{p}: given twice")
-        seen.add(real)
-    return out
-
-
-def _open_h5(inputs: Sequence[str], dataset: str, axes: str | None) -> Input:
-    import h5py
-
-    files, shape, dtype = [], None, None
-    candidates = _expand(inputs)
-    for path, listed in candidates:
-        try:
-            with h5py.File(path, "r", locking=False) as f:
-                if listed and "gpuprep_version" in f.attrs:
-                    warnings.warn(f"skipping {path}: it is an output of gpuprep (root attribute gpuprep_version)")
-                    continue
-                if dataset not in f:
-                    raise OSError(f"{path}: no dataset {dataset!r}")
-                d = f[dataset]
-                s, dt = tuple(d.shape), d.dtype
-        except OSError as e:
-            raise OSError(str(e) if str(e).startswith(path) else f"{path}: cannot open as HDF5 ({e})") from None
-        if dt.kind not in "fiu" or dt.itemsize > 8:
-            raise ValueError(f"{path}: dataset {dataset!r} has dtype {dt}; gpuprep reads integers and floats")
-        if shape is None:
-            shape, dtype = s, dt
-        elif s != shape:
-            raise ValueError(f"{path}: dataset {dataset!r} has shape {s}, the first file's is {shape}")
-        files.append(path)
-    if not files:
-        raise OSError(f"{inputs[0]}: holds only outputs of gpuprep; name one explicitly to read it")
-    if len(files) == 1 and len(shape) == 4 and axes in (None, "tzyx"):
-        layout, full = "tzyx", shape
-    elif len(files) == 1 and len(shape) == 3 and (axes == "tyx" or (axes is None and not candidates[0][1])):
-        layout, full = "tyx", (shape[0], 1) + shape[1:]
-    elif len(shape) == 3 and axes in (None, "zyx"):
-        layout, full = "zyx", (len(files),) + shape
-    else:
-        raise ValueError(
-            f"axes: {axes or 'default'} does not fit {len(files)} file(s) of {len(shape)}-D datasets; "
-            "gpuprep.dask reads one tzyx or tyx file, or zyx volumes one per file"
-        )
-    return Input(_H5Volumes(files, dataset, layout, full, dtype), files, dataset, str(dtype))
 
 
 def _open_zarr(path: str, dataset: str | None) -> Input:
@@ -392,18 +325,34 @@ def _open_zarr(path: str, dataset: str | None) -> Input:
     return Input(data, [path], name or "", str(arr.dtype), voxel)
 
 
-def open_input(data: Any, dataset: str = "default", axes: str | None = None) -> Input:
-    """``data`` as a (t, z, y, x) dask array: a dask or numpy array, a Zarr/OME-Zarr store, or HDF5 files
-    (a directory, glob, file or list of them) read lazily, each task opening its own files."""
+def _open_source(paths: list[str], dataset: str, axes: str | None, format: str | None, channel: int) -> Input:
+    """Inputs read by gpuprep's own reader (HDF5, TIFF, Zarr): described here, read per block by tasks."""
+    # The reader's warnings (an output of gpuprep skipped in a directory) go to stderr, as the CLI's.
+    desc = _gpuprep.describe_input(paths, dataset, axes, format, channel)
+    voxel = None
+    if desc["voxel_size"] is not None:
+        voxel = [(float(v), u) for v, u in desc["voxel_size"]]
+    return Input(_SourceVolumes(desc, dataset, channel), list(desc["files"]), desc["dataset"], desc["dtype"], voxel)
+
+
+def open_input(
+    data: Any, dataset: str = "default", axes: str | None = None, format: str | None = None, channel: int = 0
+) -> Input:
+    """``data`` as a (t, z, y, x) dask array: a dask or numpy array, or paths ``gpuprep run`` reads (a
+    Zarr/OME-Zarr store, HDF5 or TIFF files: a directory, glob, file or list of them) read lazily, each task
+    opening its own files. ``format`` and ``channel`` as the CLI's ``--format`` and ``--channel``."""
     import dask.array as da
 
-    if isinstance(data, (str, os.PathLike)) or (
+    is_paths = isinstance(data, (str, os.PathLike)) or (
         isinstance(data, (list, tuple)) and data and all(isinstance(p, (str, os.PathLike)) for p in data)
-    ):
+    )
+    if not is_paths and (format is not None or channel != 0):
+        raise ValueError("format, channel: apply to inputs given as paths; data is an array")
+    if is_paths:
         paths = [os.fspath(p) for p in ([data] if isinstance(data, (str, os.PathLike)) else data)]
-        if len(paths) == 1 and _is_zarr(paths[0]):
+        if format is None and channel == 0 and len(paths) == 1 and _is_zarr(paths[0]):
             return _open_zarr(paths[0], dataset)
-        return _open_h5(paths, dataset, axes)
+        return _open_source(paths, dataset, axes, format, channel)
     gpuprep._refuse_masked(data, "data")
     if not isinstance(data, da.Array):
         data = np.asarray(data)
@@ -427,9 +376,9 @@ def _blocked(inp: Input, block: int | None) -> Any:
     else:
         block = min(block, t)
     chunks = (block,) + tuple(a.shape[1:])
-    if isinstance(a, _H5Volumes):
+    if isinstance(a, _SourceVolumes):
         # One task reads a block's files into one float32 array: no second copy for a merge.
-        name = "gpuprep-read-" + da.core.tokenize(a.files, a.dataset, a.layout, block)
+        name = "gpuprep-read-" + da.core.tokenize(a.files, a.dataset, a.axes, a.format, a.channel, block)
         return da.from_array(a, chunks=chunks, name=name, fancy=False, meta=np.empty((0,) * 4, np.float32))
     if isinstance(a, np.ndarray):
         return da.from_array(a, chunks=chunks)
@@ -490,15 +439,14 @@ def _aligned(a: Any, dtype: Any) -> np.ndarray:
     return np.require(a, dtype=dtype, requirements=["C", "A"])
 
 
-def _moments(parts: tuple) -> Any:
-    """A ``gpuprep.Moments`` from (count, mean, M2), the form partial moments travel in between workers
-    (as plain arrays: see ``_aligned``)."""
+def _moments(parts: Any) -> Any:
+    """A ``gpuprep.Moments`` from itself or from (count, mean, M2). Moments travel between tasks as
+    themselves (pickled as count, mean and M2, rebuilt aligned on the other side): no copies in between
+    on the threaded scheduler."""
+    if isinstance(parts, gpuprep.Moments):
+        return parts
     count, mean, m2 = parts
     return gpuprep.Moments.from_parts(int(count), _aligned(mean, np.float64), _aligned(m2, np.float64))
-
-
-def _parts(m: Any) -> tuple:
-    return (m.count, m.mean, m.m2)
 
 
 def _sanitize(block: np.ndarray, t0: int, nonfinite: str) -> tuple[np.ndarray, int]:
@@ -561,9 +509,8 @@ def register_block(
     del b
     moments = None
     if p.zscore:
-        m = gpuprep.Moments(vols.shape[1:])
-        m.update(vols)
-        moments = _parts(m)
+        moments = gpuprep.Moments(vols.shape[1:])
+        moments.update(vols)
     backend = reference.backend if reference is not None else gpuprep.backend_name(p.backend)
     side = {"t0": t0, "shifts": shifts, "error": error, "phasediff": phasediff, "nonfinite": bad, "backend": backend}
     if scratch is not None:
@@ -581,15 +528,15 @@ def block_shifts(side: dict) -> np.ndarray:
     return side["shifts"]
 
 
-def merge_moments(a: tuple, b: tuple) -> tuple:
-    """Chan et al.'s pairwise merge of two (count, mean, M2), into a new object: a task's inputs may be
-    read again (or by a rerun)."""
-    m = _moments(a)
+def merge_moments(a: Any, b: Any) -> Any:
+    """Chan et al.'s pairwise merge of two Moments, into a new object: a task's inputs may be read again
+    (or by a rerun)."""
+    m = _moments(a).copy()
     m.merge(_moments(b))
-    return _parts(m)
+    return m
 
 
-def finalize_moments(m: tuple, ddof: int, store: str | None) -> tuple[np.ndarray, np.ndarray]:
+def finalize_moments(m: Any, ddof: int, store: str | None) -> tuple[np.ndarray, np.ndarray]:
     """The f64 mean and std; with an output store, also its ``mean`` and ``std`` arrays (float32), by this
     one task."""
     mean, std = _moments(m).finalize(ddof=ddof)
@@ -607,6 +554,13 @@ def normalize_block(vols: np.ndarray, stats: tuple, p: _Params) -> np.ndarray:
         constant_voxels=p.constant_voxels,
         backend=p.backend,
     )
+
+
+def normalize_kept(side: dict, out: str, stats: tuple, p: _Params) -> int:
+    """Pass 2 of the output with pass 1's volumes kept in the workers' memory: normalized, written to ``0``."""
+    vols = side["volumes"]
+    _write(out, side["t0"], normalize_block(vols, stats, p))
+    return len(vols)
 
 
 def normalize_stored(scratch: str, out: str, t0: int, n: int, stats: tuple, after: Any, p: _Params) -> int:
@@ -629,11 +583,11 @@ def _write(array_path: str, t0: int | None, values: np.ndarray) -> None:
     tmpdir = os.path.dirname(os.path.dirname(array_path.rstrip("/")))
     if not os.path.exists(os.path.join(tmpdir, _MARKER)):
         raise RuntimeError(f"{tmpdir}: the run was abandoned; not writing {os.path.basename(array_path)}")
-    a = zarr.open_array(array_path, mode="r+")
     if t0 is None:
-        a[...] = values
+        zarr.open_array(array_path, mode="r+")[...] = values
     else:
-        a[t0 : t0 + len(values)] = values
+        # Volumes through gpuprep's Zarr writer: chunks encoded on several threads, no sync per chunk.
+        _gpuprep.write_zarr_block(array_path, t0, _aligned(values, np.float32))
 
 
 # --------------------------------------------------------------------------------------------------------
@@ -744,18 +698,26 @@ def _lazy(arr: Any, ref: Any, p: _Params) -> tuple[Any, Any]:
 # --------------------------------------------------------------------------------------------------------
 
 
-def _create_array(path: str, shape: tuple, chunks: tuple, dtype: Any, compression: str, dims: bool) -> None:
+def _create_array(path: str, shape: tuple, chunks: tuple, dtype: Any, compression: str, dims: bool,
+                  shards: tuple | None = None) -> None:
+    """A Zarr v3 array with the Rust writer's codecs for ``compression`` (crates/io/src/sink/zarr.rs,
+    ``codecs``) and, given ``shards``, sharded with ``chunks`` inside."""
     import zarr
+    from zarr.codecs import BloscCodec, ZstdCodec
 
-    compressors = None
-    if compression == "zstd":
-        from zarr.codecs import ZstdCodec
-
-        compressors = ZstdCodec(level=3, checksum=False)  # the Rust writer's codec
+    if compression == "none":
+        compressors = None
+    elif compression == "zstd":
+        compressors = ZstdCodec(level=3, checksum=False)
+    elif compression == "blosc-lz4":
+        compressors = BloscCodec(cname="lz4", clevel=5, shuffle="shuffle", typesize=np.dtype(dtype).itemsize)
+    else:  # validate_run admits only the names above: a new one must be added here, never written plain
+        raise ValueError(f"compression: {compression!r} is not supported by gpuprep.dask")
     zarr.create_array(
         store=path,
         shape=shape,
         chunks=chunks,
+        shards=shards,
         dtype=dtype,
         fill_value=0.0,
         compressors=compressors,
@@ -805,7 +767,7 @@ def _attributes(inp: Input, p: _Params, backend: str, name: str, voxel: Any) -> 
         a["zscore"] = "off"
     a["nonfinite"] = p.nonfinite
     a["compression"] = p.compression
-    a["sharding"] = "none"  # the dask writer stores plain chunks, one writer each
+    a["sharding"] = "one shard per time slab" if p.shard else "none"
     axes = []
     for i, ax in enumerate("tzyx"):
         entry = {"name": ax, "type": "time" if i == 0 else "space"}
@@ -907,8 +869,24 @@ def _wait_idle(client: Any, keys: set, timeout: float = 60.0) -> None:
         time.sleep(0.1)
 
 
+def _memory_budget(budget: int | None, client: Any) -> int:
+    """Bytes of pass 1's results the run may keep in memory: ``budget``, else a quarter of the workers'
+    memory limits (a distributed client) or of this machine's available memory (local schedulers), as
+    the CLI's default ``--memory-budget``."""
+    if budget is not None:
+        return budget
+    if client is not None:
+        limits = [w.get("memory_limit") or 0 for w in client.scheduler_info()["workers"].values()]
+        if limits and all(limits):
+            return sum(limits) // 4
+    try:
+        return os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE") // 4
+    except (ValueError, OSError, AttributeError):
+        return 0
+
+
 def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force: bool, client: Any,
-                  progress: bool) -> dict:
+                  progress: bool, memory_budget: int | None = None) -> dict:
     import time
 
     import zarr
@@ -925,20 +903,30 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
     # Beside the output (same file system, so the final rename is atomic), private (mode 0700).
     tmpdir = tempfile.mkdtemp(prefix=".gpuprep-", dir=os.path.dirname(out))
     store = os.path.join(tmpdir, "out.zarr")
-    scratch = os.path.join(tmpdir, "scratch", "registered") if p.zscore else None
+    # Pass 1's volumes wait for the z-score in the workers' memory when they fit the budget (written
+    # once, as the CLI's), else in a scratch array beside the output (memory bounded by a few blocks).
+    in_memory = p.zscore and t * int(np.prod(shape)) * 4 <= _memory_budget(memory_budget, client)
+    scratch = os.path.join(tmpdir, "scratch", "registered") if p.zscore and not in_memory else None
     keys: set = set()
     try:
         open(os.path.join(tmpdir, _MARKER), "w").close()
-        _create_array(os.path.join(store, "0"), (t,) + shape, chunks, np.float32, p.compression, True)
+        # With shard=True each block's slab (its chunks along t times the whole volume) is one shard: one
+        # writer each, as in the CLI's output.
+        shards = (ct,) + shape if p.shard else None
+        _create_array(os.path.join(store, "0"), (t,) + shape, chunks, np.float32, p.compression, True, shards)
         if scratch:
             _create_array(scratch, (t,) + shape, chunks, np.float32, "none", True)
         if p.zscore:
             for name in ("mean", "std"):
                 _create_array(os.path.join(store, name), shape, shape, np.float32, p.compression, False)
-        g = _build(arr, ref, p, scratch or os.path.join(store, "0"), store if p.zscore else None)
+        first = None if in_memory else (scratch or os.path.join(store, "0"))
+        g = _build(arr, ref, p, first, store if p.zscore else None)
         small = [delayed(_side_only, pure=True)(s) for s in g.sides]
         final = list(small)
-        if p.zscore:
+        if in_memory:
+            for s in g.sides:
+                final.append(delayed(normalize_kept, pure=True)(s, os.path.join(store, "0"), g.stats, p))
+        elif p.zscore:
             for (t0, n), s in zip(g.blocks, small):
                 final.append(
                     delayed(normalize_stored, pure=True)(scratch, os.path.join(store, "0"), t0, n, g.stats, s, p)
@@ -994,6 +982,7 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
         "error": error if p.register else None,
         "phasediff": phasediff if p.register else None,
         "nonfinite_replaced": int(sum(s["nonfinite"] for s in sides)),
+        "scratch": "memory" if in_memory else ("file" if scratch else None),
         "seconds": time.perf_counter() - started,
     }
 
@@ -1031,6 +1020,8 @@ def preprocess(
     *,
     dataset: str = "default",
     axes: str | None = None,
+    format: str | None = None,
+    channel: int = 0,
     force: bool = False,
     block_size: int | None = None,
     no_median: bool = False,
@@ -1051,6 +1042,8 @@ def preprocess(
     constant_voxels: str = "nan",
     nonfinite: str = "error",
     compression: str = "none",
+    shard: bool = False,
+    memory_budget: int | str | None = None,
     backend: str = "auto",
     client: Any = None,
     progress: bool = False,
@@ -1072,11 +1065,17 @@ def preprocess(
     With an ``.ome.zarr`` output: writes gpuprep's OME-Zarr layout and returns a report (``shifts``,
     ``error``, ``phasediff``, ``backend``, ``block_sizes``, ``tasks_per_pass``, ``reduction_depth``,
     ``seconds``). Workers must see the output's directory (a shared file system on a cluster).
-    ``progress``: show dask's progress bar.
+    ``progress``: show dask's progress bar. ``shard``: each block's time slab stored as one Zarr v3 shard
+    of the same chunks (one writer a shard). ``memory_budget``: bytes of registered volumes the workers may
+    hold between the passes (default a quarter of their memory limits, or of this machine's available
+    memory); beyond it they wait in a scratch array beside the output and memory stays bounded by a few
+    blocks per worker (0 forces that). The report's ``scratch`` says which ("memory" or "file").
+    ``format``, ``channel``: as the CLI's ``--format`` and ``--channel`` for inputs given as paths (HDF5,
+    TIFF and Zarr inputs are read by gpuprep's own reader, per block).
     """
     if output is not None and not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"output: expected a path or None, got {type(output).__name__}")
-    inp = open_input(data, dataset, axes)
+    inp = open_input(data, dataset, axes, format, _nonneg_int(channel, "channel"))
     t, shape = int(inp.array.shape[0]), tuple(int(n) for n in inp.array.shape[1:])
     if t == 0 or 0 in shape:
         raise ValueError(f"data: shape {(t,) + shape} is empty")
@@ -1100,10 +1099,14 @@ def preprocess(
         constant_voxels=constant_voxels,
         nonfinite=nonfinite,
         compression=compression,
+        shard=shard,
+        memory_budget=memory_budget,
         backend=backend,
     )
     if p.compression != "none" and output is None:
         raise ValueError("compression: applies to an output; none is given")
+    if p.shard and output is None:
+        raise ValueError("shard: applies to an output; none is given")
     if block_size is not None and _nonneg_int(block_size, "block_size") < 1:
         raise ValueError("block_size: got 0; expected at least 1 timepoint per task")
     out = os.fspath(output) if output is not None else None
@@ -1114,4 +1117,4 @@ def preprocess(
     ref = _reference(arr, p, client)
     if out is None:
         return _lazy(arr, ref, p)
-    return _write_output(inp, arr, ref, p, out, force, client, progress)
+    return _write_output(inp, arr, ref, p, out, force, client, progress, p.memory_budget)

@@ -25,7 +25,7 @@ def _parser() -> argparse.ArgumentParser:
         description="gpuprep run on a dask.distributed cluster: median filter, registration, shift and "
         "z-score of (t, z, y, x) data into an OME-Zarr store.",
     )
-    p.add_argument("inputs", nargs="+", help="a directory, glob or files of HDF5 volumes, or one Zarr/OME-Zarr store")
+    p.add_argument("inputs", nargs="+", help="a directory, glob or files of HDF5 or TIFF volumes, or one Zarr/OME-Zarr store")
     p.add_argument("-o", "--output", required=True, help="the output store (.ome.zarr or .zarr)")
     where = p.add_mutually_exclusive_group(required=True)
     where.add_argument("--scheduler", metavar="ADDRESS", help="a running dask scheduler, e.g. tcp://host:8786")
@@ -34,6 +34,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--block-size", type=int, default=None, help="timepoints per task (default: the output's chunking, <= 8)")
     p.add_argument("--dataset", default="default", help="the HDF5 dataset or Zarr array/image (default: default)")
     p.add_argument("--axes", choices=["tzyx", "tyx", "zyx"], default=None)
+    p.add_argument("--format", choices=["hdf5", "zarr", "tiff"], default=None, help="the inputs' format (default: detected)")
+    p.add_argument("--channel", type=int, default=0, help="the channel read from an input with several (default 0)")
     p.add_argument("--force", action="store_true", help="replace an existing Zarr store or regular file")
     p.add_argument("--median-size", default="3,3,3")
     p.add_argument("--median-mode", default="reflect", choices=["reflect", "nearest", "mirror", "constant", "wrap"])
@@ -53,7 +55,11 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--ddof", type=int, default=0)
     p.add_argument("--constant-voxels", default="nan", choices=["nan", "zero"])
     p.add_argument("--nonfinite", default="error", choices=["error", "zero"])
-    p.add_argument("--compression", default="none", choices=["none", "zstd"])
+    p.add_argument("--compression", default="none", choices=["none", "zstd", "blosc-lz4"])
+    p.add_argument("--shard", action="store_true", help="store each block's time slab as one Zarr v3 shard")
+    p.add_argument("--memory-budget", default=None,
+                   help="bytes of registered volumes the workers may hold between the passes (e.g. 8G; "
+                   "default a quarter of their memory; 0: a scratch array)")
     p.add_argument("--backend", default="auto", choices=["auto", "gpu", "cpu"])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     return p
@@ -87,6 +93,8 @@ def main(argv: list[str] | None = None) -> int:
                 args.output,
                 dataset=args.dataset,
                 axes=args.axes,
+                format=args.format,
+                channel=args.channel,
                 force=args.force,
                 block_size=args.block_size,
                 no_median=args.no_median,
@@ -107,6 +115,8 @@ def main(argv: list[str] | None = None) -> int:
                 constant_voxels=args.constant_voxels,
                 nonfinite=args.nonfinite,
                 compression=args.compression,
+                shard=args.shard,
+                memory_budget=args.memory_budget,
                 backend=args.backend,
                 client=client,
                 progress=not args.quiet,

@@ -1,0 +1,101 @@
+#!/usr/bin/env python3
+"""Benchmark of gpuprep's I/O path (a script, not a test): the z-score-only run (`--no-median --no-register`)
+against a plain copy of the same bytes, on HDF5 and OME-Zarr outputs.
+
+Each round runs, in turn: `cat` of the input files into one file (the issue's plain copy: coreutils copies
+in the kernel), a read-then-write copy in Python (each file read into memory, written to one file: what any
+program that looks at the data must at least do), gpuprep into HDF5, gpuprep into OME-Zarr. Every command is
+followed by `sync` inside its timing (so written data reaching the device counts for all alike), and its
+output is deleted (and synced) before the next, so each starts with the same free memory. The medians over
+the rounds are printed with their ratios to `cat`.
+
+    python3 scripts/bench_io.py [--shape 50,64,256,256] [--rounds 3] [--gpuprep target/release/gpuprep]
+        [--workdir bench-io] [--backend cpu]
+"""
+
+from __future__ import annotations
+
+import argparse
+import glob
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import time
+
+
+def sync() -> None:
+    subprocess.run(["sync"], check=True)
+
+
+def timed(cmd) -> float:
+    t0 = time.perf_counter()
+    if callable(cmd):
+        cmd()
+    else:
+        subprocess.run(cmd, check=True, capture_output=True)
+    sync()
+    return time.perf_counter() - t0
+
+
+def remove(path: str) -> None:
+    if os.path.isdir(path):
+        shutil.rmtree(path)
+    elif os.path.exists(path):
+        os.unlink(path)
+    sync()
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--shape", default="50,64,256,256")
+    ap.add_argument("--rounds", type=int, default=3)
+    ap.add_argument("--gpuprep", default="target/release/gpuprep")
+    ap.add_argument("--workdir", default="bench-io")
+    ap.add_argument("--backend", default="cpu")
+    args = ap.parse_args()
+    os.makedirs(args.workdir, exist_ok=True)
+    data = os.path.join(args.workdir, "in_" + args.shape.replace(",", "_"))
+    t = int(args.shape.split(",")[0])
+    if len(glob.glob(os.path.join(data, "*.h5"))) != t:
+        shutil.rmtree(data, ignore_errors=True)
+        subprocess.run([args.gpuprep, "synth", data, "--shape", args.shape, "--dtype", "float32"], check=True,
+                       capture_output=True)
+    files = sorted(glob.glob(os.path.join(data, "*.h5")))
+    size = sum(os.path.getsize(f) for f in files)
+    out = {name: os.path.join(args.workdir, name) for name in ("copy.bin", "pycopy.bin", "out.h5", "out.ome.zarr")}
+
+    def py_copy() -> None:
+        with open(out["pycopy.bin"], "wb") as dst:
+            for f in files:
+                with open(f, "rb") as src:
+                    dst.write(src.read())
+
+    run = [args.gpuprep, "run", data, "--no-median", "--no-register", "--backend", args.backend, "-q"]
+    cases = {
+        "cat (plain copy)": (["sh", "-c", f"cat {' '.join(files)} > {out['copy.bin']}"], out["copy.bin"]),
+        "read + write copy (Python)": (py_copy, out["pycopy.bin"]),
+        "gpuprep, HDF5 output": (run + ["-o", out["out.h5"]], out["out.h5"]),
+        "gpuprep, OME-Zarr output": (run + ["-o", out["out.ome.zarr"]], out["out.ome.zarr"]),
+    }
+    for path in out.values():
+        remove(path)
+    # warm the page cache with the inputs, as every case will find them
+    subprocess.run(["sh", "-c", f"cat {' '.join(files)} > /dev/null"], check=True)
+    times: dict[str, list[float]] = {k: [] for k in cases}
+    for _ in range(args.rounds):
+        for name, (cmd, path) in cases.items():
+            times[name].append(timed(cmd))
+            remove(path)
+    base = statistics.median(times["cat (plain copy)"])
+    print(f"inputs: {len(files)} files, {size / 2**20:.0f} MiB ({args.shape} float32); {args.rounds} rounds; "
+          f"{os.cpu_count()} cores; medians")
+    for name, ts in times.items():
+        m = statistics.median(ts)
+        print(f"  {name:30s} {m:6.2f} s  ({m / base:.2f}x cat)   [{', '.join(f'{x:.2f}' for x in ts)}]")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

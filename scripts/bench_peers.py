@@ -1,0 +1,68 @@
+#!/usr/bin/env python3
+"""scipy / scikit-image on the volumes of `cargo bench --bench kernels` (the peers of its CPU kernels).
+
+A benchmark, not a test: each function runs once to warm up, then `--repeat` times; the median wall
+time is printed in ms. The peers run single-threaded (OMP/OPENBLAS/MKL threads pinned to 1 before numpy
+loads), as scipy.ndimage and scikit-image have no threads of their own; the FFT rows are scipy.fft with
+`workers=1` and `workers=2`, the floor to compare gpuprep's transforms against.
+
+    python3 scripts/bench_peers.py [--shapes 100,100,100 64,256,256] [--repeat 3]
+"""
+
+import argparse
+import os
+
+for var in ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS"):
+    os.environ[var] = "1"
+
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import numpy as np  # noqa: E402
+import scipy.fft  # noqa: E402
+import scipy.ndimage as ndi  # noqa: E402
+from skimage.registration import phase_cross_correlation  # noqa: E402
+
+
+def volume(shape):
+    """benches/kernels.rs's deterministic volume."""
+    z, y, x = np.indices(shape, dtype=np.int64)
+    return (((z * 7919 + y * 104729 + x * 1299709) % 1000) / 1000.0).astype(np.float32)
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--shapes", nargs="+", default=["100,100,100", "64,256,256"])
+    p.add_argument("--repeat", type=int, default=3)
+    args = p.parse_args()
+
+    def timed(f):
+        f()
+        times = []
+        for _ in range(args.repeat):
+            t0 = time.perf_counter()
+            f()
+            times.append(time.perf_counter() - t0)
+        return statistics.median(times) * 1e3
+
+    for s in args.shapes:
+        shape = tuple(int(v) for v in s.split(","))
+        v = volume(shape)
+        name = "x".join(map(str, shape))
+        spec = scipy.fft.rfftn(v)
+        cases = [
+            ("median3x3x3", lambda: ndi.median_filter(v, 3)),
+            ("shift_order3", lambda: ndi.shift(v, (0.4, -1.3, 2.7))),
+            ("register_u1", lambda: phase_cross_correlation(v, v)),
+            ("register_u10", lambda: phase_cross_correlation(v, v, upsample_factor=10)),
+            ("rfftn_workers1", lambda: scipy.fft.rfftn(v, workers=1)),
+            ("rfftn_workers2", lambda: scipy.fft.rfftn(v, workers=2)),
+            ("irfftn_workers2", lambda: scipy.fft.irfftn(spec, shape, workers=2)),
+        ]
+        for label, f in cases:
+            print(f"{label}/{name}: {timed(f):.1f} ms", flush=True)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
