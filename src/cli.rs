@@ -134,6 +134,10 @@ pub struct RunArgs {
     /// spectrum times its Fourier transform, as suite2p. 0: scikit-image's plain phase correlation.
     #[arg(long, value_name = "S|Z,Y,X", default_value = "0")]
     pub smooth_sigma: String,
+    /// Refine the reference N times before registering: it becomes the mean of its frames (the
+    /// --reference-mean range, or the --reference timepoint) registered onto it. Saved as /reference.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub reference_iterations: u32,
     /// Apply the shifts in FILE instead of registering: a gpuprep output (its /shifts) or a CSV/TSV
     /// table with a header naming z,y,x (and t) columns, one row per timepoint.
     #[arg(long, value_name = "FILE")]
@@ -396,6 +400,7 @@ impl RunArgs {
             compression: self.compression,
             shard: self.shard,
             save: self.save.clone(),
+            reference_iterations: self.reference_iterations,
             shifts: self.shifts.clone(),
             apply_to_channels: self.apply_to_channels.clone(),
             memory_budget: match &self.memory_budget {

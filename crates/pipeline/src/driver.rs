@@ -107,6 +107,9 @@ pub struct RunConfig {
     /// Bytes pass 1's results may take in memory for the z-score's second pass (`--memory-budget`);
     /// beyond it they wait in a scratch file. `None`: a quarter of the available memory.
     pub memory_budget: Option<u64>,
+    /// `--reference-iterations`: times the reference becomes the mean of its range's frames
+    /// registered onto it (`refined_reference`) before the run registers against it.
+    pub reference_iterations: u32,
     /// `--shifts`: apply the shifts of this file (`crate::shifts::load`) instead of registering.
     pub shifts_file: Option<PathBuf>,
     /// `--apply-to-channels`: the other channels written shifted alike (`crate::channels`).
@@ -136,6 +139,7 @@ impl RunConfig {
             format: None,
             channel: 0,
             memory_budget: None,
+            reference_iterations: 0,
             shifts_file: None,
             apply_to_channels: None,
         }
@@ -257,6 +261,38 @@ fn check_config(cfg: &RunConfig, source: &Source) -> Result<()> {
     Ok(())
 }
 
+/// `--reference-iterations`: the mean of the reference range's frames registered onto `current`
+/// and shifted (each as the run will treat it: filtered unless registering raw).
+fn refined_reference(
+    cfg: &RunConfig,
+    source: &Source,
+    backend: &mut dyn Backend,
+    current: ArrayView3<f32>,
+    reg: &RegisterParams,
+) -> Result<Array3<f32>> {
+    let (start, end) = match cfg.reference {
+        ReferenceSpec::Index(i) => (i, i + 1),
+        ReferenceSpec::Mean { start, end } => (start, end),
+    };
+    let handle = backend.set_reference(current, reg)?;
+    let mut sum = Array3::<f64>::zeros(source.shape());
+    for t in start..end {
+        let mut vol = source.read(t)?;
+        sanitize(&mut vol, cfg.nonfinite, source, t)?;
+        let vol = match (&cfg.median, cfg.register_on_raw) {
+            (Some(m), false) => backend.median3d(vol.view(), m)?,
+            _ => vol,
+        };
+        let r = backend.register(&handle, vol.view())?;
+        let shifted = backend.shift(vol.view(), r.shift, &cfg.shift)?;
+        Zip::from(&mut sum)
+            .and(&shifted)
+            .for_each(|s, &v| *s += v as f64);
+    }
+    let n = (end - start) as f64;
+    Ok(sum.mapv(|s| (s / n) as f32))
+}
+
 /// The volume registration aligns to: the chosen timepoint or mean, filtered unless registering raw.
 fn reference_volume(
     cfg: &RunConfig,
@@ -348,8 +384,17 @@ pub fn run_with_progress(
     let reference = match &cfg.register {
         Some(_) if given.is_some() => None,
         Some(reg) => {
-            let reference = clock.time("reference", || reference_volume(cfg, &source, backend))?;
+            let mut reference =
+                clock.time("reference", || reference_volume(cfg, &source, backend))?;
+            for _ in 0..cfg.reference_iterations {
+                reference = clock.time("reference", || {
+                    refined_reference(cfg, &source, backend, reference.view(), reg)
+                })?;
+            }
             let handle = backend.set_reference(reference.view(), reg)?;
+            if cfg.reference_iterations > 0 {
+                sink.write_array_f32("reference", reference.view().into_dyn())?;
+            }
             reference_host = Some(reference);
             Some(handle)
         }
@@ -976,6 +1021,7 @@ fn write_attributes(
             let axes3 = |v: [f64; 3]| format!("{},{},{}", v[0], v[1], v[2]);
             sink.set_attr_str("max_shift", &r.max_shift.map_or("off".into(), axes3))?;
             sink.set_attr_str("smooth_sigma", &axes3(r.smooth_sigma))?;
+            sink.set_attr_i64("reference_iterations", cfg.reference_iterations as i64)?;
             sink.set_attr_str(
                 "register_on",
                 if cfg.register_on_raw {

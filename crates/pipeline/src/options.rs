@@ -60,6 +60,8 @@ pub struct RunOptions {
     pub save: Vec<String>,
     /// Bytes pass 1's results may take in memory for the z-score (`None`: a quarter of what is available).
     pub memory_budget: Option<u64>,
+    /// Times the reference is refined: the mean of its range's frames registered onto it.
+    pub reference_iterations: u32,
     /// Apply the shifts of this file (a gpuprep output, or CSV/TSV t,z,y,x) instead of registering.
     pub shifts: Option<PathBuf>,
     /// Other channels to write shifted alike: "all" or "1,2" (`None`: none).
@@ -99,6 +101,7 @@ impl Default for RunOptions {
             shard: false,
             save: Vec::new(),
             memory_budget: None,
+            reference_iterations: 0,
             shifts: None,
             apply_to_channels: None,
         }
@@ -224,6 +227,7 @@ impl RunOptions {
             format: self.format,
             channel: self.channel,
             memory_budget: self.memory_budget,
+            reference_iterations: self.reference_iterations,
             shifts_file: self.shifts,
             apply_to_channels,
         })
