@@ -1157,11 +1157,8 @@ mod tests {
                                     "{what}: {got:?} {want:?}"
                                 );
                                 if let Some(m) = max {
-                                    for a in 0..3 {
-                                        assert!(
-                                            got.shift[a].abs() <= m[a] + 1e-9,
-                                            "{what}: {got:?}"
-                                        );
+                                    for (s, m) in got.shift.iter().zip(m) {
+                                        assert!(s.abs() <= m + 1e-9, "{what}: {got:?}");
                                     }
                                 }
                             }
