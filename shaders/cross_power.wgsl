@@ -12,6 +12,8 @@
 //     sum of (|c|/scale)^2) with scale >= 1 the largest component seen, so that spectra of |c| past
 //     1.8e19 do not overflow (LAPACK's nrm2 scheme; the host sums scale^2 * sum in f64). For |c| <= 1
 //     it is the plain f32 sum. A NaN or inf component makes the sum NaN: the host reports it.
+//   `gaussian_smooth`: R times the Fourier transform of a Gaussian (--smooth-sigma), the host's table
+//     [gz | gy | gx] multiplied as (gz * gy) * gx in f32, as the CPU twin.
 //   `contract`: one axis of scikit-image's upsampled DFT (matrix-multiply DFT): out[.., i, ..] =
 //     sum_k K[i, k] in[.., k, ..]; the host passes the conjugated kernels so that three contractions
 //     of R give `_upsampled_dft(conj(R), ...).conj()` directly.
@@ -32,6 +34,16 @@ struct Params {
     r: u32,
     // cross_power, unnormalized: f32 bits of the power of two R is stored times (0: 1).
     scale_bits: u32,
+    // argmax_abs: window != 0 ranks only shifts within (wz, wy, wx) voxels (--max-shift) of a
+    // d0 x d1 x d2 correlation whose buffer starts at plane z0.
+    window: u32,
+    wz: u32,
+    wy: u32,
+    wx: u32,
+    z0: u32,
+    _pad0: u32,
+    _pad1: u32,
+    _pad2: u32,
 }
 
 // The layout of `Partial` in crates/gpu/src/register.rs
@@ -115,6 +127,22 @@ var<workgroup> wg_val: array<f32, 64>;
 var<workgroup> wg_scale: array<f32, 64>;
 var<workgroup> wg_idx: array<u32, 64>;
 
+// |shift| of index k along an axis of n (past the midpoint the shift is k - n), as
+// gpuprep_core::register::within.
+fn wrapped(k: u32, n: u32) -> u32 {
+    return select(k, n - k, k > n / 2u);
+}
+
+fn in_window(i: u32) -> bool {
+    if (p.window == 0u) {
+        return true;
+    }
+    let z = i / (p.d1 * p.d2) + p.z0;
+    let y = (i / p.d2) % p.d1;
+    let x = i % p.d2;
+    return wrapped(z, p.d0) <= p.wz && wrapped(y, p.d1) <= p.wy && wrapped(x, p.d2) <= p.wx;
+}
+
 // Grid-stride over all elements; partial per workgroup. The order (val desc, idx asc) is total, so
 // the visiting order does not change the result.
 @compute @workgroup_size(64)
@@ -125,6 +153,9 @@ fn argmax_abs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     var best = -1.0;
     var best_i = 0xffffffffu;
     for (var i = g * WG + lid.x; i < p.total; i += groups * WG) {
+        if (!in_window(i)) {
+            continue;
+        }
         let v = safe_length(red_in[i]);
         if (v > best || (v == best && i < best_i)) {
             best = v;
@@ -218,4 +249,21 @@ fn contract(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
         acc += cmul(ct_kernel[i * n + k], ct_in[base + k * stride]);
     }
     ct_out[t] = acc;
+}
+
+@group(0) @binding(1) var<storage, read_write> sm_c: array<vec2<f32>>;
+@group(0) @binding(2) var<storage, read> sm_table: array<f32>;
+
+@compute @workgroup_size(64)
+fn gaussian_smooth(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_id) lid: vec3<u32>) {
+    let i = linear_index(wid, nwg, lid);
+    if (i >= p.total) {
+        return;
+    }
+    let z = i / (p.d1 * p.d2);
+    let y = (i / p.d2) % p.d1;
+    let x = i % p.d2;
+    let g = (sm_table[z] * sm_table[p.d0 + y]) * sm_table[p.d0 + p.d1 + x];
+    sm_c[i] = sm_c[i] * g;
 }

@@ -160,6 +160,12 @@ fn print_report(r: &RunReport) -> anyhow::Result<()> {
     if r.scratch == Some("memory") {
         say!("  pass 1's results waited in memory for the z-score (within --memory-budget)")?;
     }
+    if !r.suspicious.is_empty() {
+        say!(
+            "  registration QC flags timepoints {:?} (see /suspicious, /correlation_after)",
+            r.suspicious
+        )?;
+    }
     if r.constant_voxels > 0 {
         say!(
             "  {} voxels have a constant time series (z-score set per --constant-voxels)",
@@ -174,10 +180,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
     warn_stale(&cfg.output);
     let mut backend = select_backend(&a.engine)?;
     let mut bars = Bars::new(!a.quiet && std::io::stderr().is_terminal());
-    let report = pipeline::run_with_progress(&cfg, backend.as_mut(), &mut bars)?;
-    warn_empty(&report);
-    if !a.quiet {
-        print_report(&report)?;
+    let reports = gpuprep_pipeline::channels::run_channels(&cfg, backend.as_mut(), &mut bars)?;
+    for report in &reports {
+        warn_empty(report);
+        if !a.quiet {
+            print_report(report)?;
+        }
     }
     Ok(())
 }

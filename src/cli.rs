@@ -125,6 +125,27 @@ pub struct RunArgs {
     /// Cross-power spectrum normalization (scikit-image's names).
     #[arg(long, default_value = "phase", value_parser = choice(&Normalization::ALL, Normalization::name))]
     pub normalization: Normalization,
+    /// Search the registration peak only within |shift| <= Z,Y,X voxels (one number: all axes), at
+    /// integer and upsampled precision (suite2p's maxregshift, CaImAn's max_shifts). Default: the
+    /// whole volume, as scikit-image.
+    #[arg(long, value_name = "Z,Y,X")]
+    pub max_shift: Option<String>,
+    /// Smooth the correlation with a Gaussian of S voxels (or Z,Y,X per axis): the cross-power
+    /// spectrum times its Fourier transform, as suite2p. 0: scikit-image's plain phase correlation.
+    #[arg(long, value_name = "S|Z,Y,X", default_value = "0")]
+    pub smooth_sigma: String,
+    /// Refine the reference N times before registering: it becomes the mean of its frames (the
+    /// --reference-mean range, or the --reference timepoint) registered onto it. Saved as /reference.
+    #[arg(long, default_value_t = 0, value_name = "N")]
+    pub reference_iterations: u32,
+    /// Apply the shifts in FILE instead of registering: a gpuprep output (its /shifts) or a CSV/TSV
+    /// table with a header naming z,y,x (and t) columns, one row per timepoint.
+    #[arg(long, value_name = "FILE")]
+    pub shifts: Option<PathBuf>,
+    /// Also write these channels (all, or e.g. 1,2) of a multi-channel input, shifted as the channel
+    /// registered (--channel): each to OUTPUT with _c<N> before its extension.
+    #[arg(long, value_name = "all|LIST")]
+    pub apply_to_channels: Option<String>,
     /// Reference timepoint.
     #[arg(long, default_value_t = 0, conflicts_with = "reference_mean")]
     pub reference: usize,
@@ -260,6 +281,22 @@ fn parse_list(flag: &str, s: &str, expected: usize) -> Result<Vec<usize>> {
     }
 }
 
+/// Three numbers "z,y,x" (or one for all axes) for `flag`; range checks are the library's.
+pub fn parse_floats3(flag: &str, s: &str) -> Result<[f64; 3]> {
+    let parts: std::result::Result<Vec<f64>, _> =
+        s.split(',').map(|p| p.trim().parse::<f64>()).collect();
+    match parts {
+        Ok(v) if v.len() == 3 => Ok([v[0], v[1], v[2]]),
+        Ok(v) if v.len() == 1 => Ok([v[0]; 3]),
+        _ => Err(Error::InvalidParameter {
+            name: flag.into(),
+            message: format!(
+                "got {s:?}; expected one number or three comma-separated numbers z,y,x"
+            ),
+        }),
+    }
+}
+
 pub fn parse_shape4(flag: &str, s: &str) -> Result<[usize; 4]> {
     let v = parse_list(flag, s, 4)?;
     if v.contains(&0) {
@@ -288,6 +325,9 @@ const PARAMETER_FLAGS: &[(&str, &str)] = &[
     ("dtype", "--dtype"),
     ("shape", "--shape"),
     ("max shift", "--max-shift"),
+    ("smooth sigma", "--smooth-sigma"),
+    ("shifts", "--shifts"),
+    ("channels to apply to", "--apply-to-channels"),
     ("noise", "--noise"),
     ("graphics API", "--gpu-api"),
 ];
@@ -342,6 +382,11 @@ impl RunArgs {
             no_register: self.no_register,
             upsample_factor: self.upsample_factor,
             normalization: self.normalization,
+            max_shift: match &self.max_shift {
+                None => None,
+                Some(m) => Some(parse_floats3("--max-shift", m)?),
+            },
+            smooth_sigma: parse_floats3("--smooth-sigma", &self.smooth_sigma)?,
             reference: self.reference,
             reference_mean,
             register_raw: self.register_raw,
@@ -355,6 +400,9 @@ impl RunArgs {
             compression: self.compression,
             shard: self.shard,
             save: self.save.clone(),
+            reference_iterations: self.reference_iterations,
+            shifts: self.shifts.clone(),
+            apply_to_channels: self.apply_to_channels.clone(),
             memory_budget: match &self.memory_budget {
                 None => None,
                 Some(text) => Some(memory_budget(text).map_err(under_its_flag)?),

@@ -14,7 +14,7 @@ use zarrs::filesystem::FilesystemStore;
 use crate::support::{fresh_seed, gpuprep_output, rng};
 
 /// A (t, z, y, x) uint16 series with structure, small enough for a fast CPU run with registration.
-fn series(seed: u64, shape: [usize; 4]) -> Array4<u16> {
+pub(crate) fn series(seed: u64, shape: [usize; 4]) -> Array4<u16> {
     use rand::Rng;
     let mut r = rng(seed);
     let [_, nz, ny, nx] = shape;
@@ -30,7 +30,7 @@ fn series(seed: u64, shape: [usize; 4]) -> Array4<u16> {
     })
 }
 
-fn write_h5(path: &Path, data: &Array4<u16>) {
+pub(crate) fn write_h5(path: &Path, data: &Array4<u16>) {
     let shape = data.shape();
     let w = SeriesWriter::create(
         path,
@@ -71,7 +71,7 @@ fn write_zarr_v3(path: &Path, data: &Array4<u16>) {
 
 /// A Zarr v2 array written by hand (`.zarray` and raw little-endian chunks, "." separated keys): a writer
 /// independent of the reader under test.
-fn write_zarr_v2(dir: &Path, data: &ArrayD<u16>, chunks: &[usize], extra: Value) {
+pub(crate) fn write_zarr_v2(dir: &Path, data: &ArrayD<u16>, chunks: &[usize], extra: Value) {
     std::fs::create_dir_all(dir).unwrap();
     let mut meta = json!({
         "zarr_format": 2, "shape": data.shape(), "chunks": chunks, "dtype": "<u2",
@@ -135,19 +135,19 @@ fn run(input: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
 }
 
 /// `run`, asserting success.
-fn run_ok(input: &Path, out: &Path, extra: &[&str]) {
+pub(crate) fn run_ok(input: &Path, out: &Path, extra: &[&str]) {
     let (code, err) = run(input, out, extra);
     assert_eq!(code, 0, "{input:?} -> {out:?}: {err}");
 }
 
 /// `run`, expecting a failure: (exit code, stderr).
-fn run_err(input: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+pub(crate) fn run_err(input: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
     let (code, err) = run(input, out, extra);
     assert_ne!(code, 0, "{input:?} should fail");
     (code, err)
 }
 
-fn h5_f32(path: &Path, name: &str) -> ArrayD<f32> {
+pub(crate) fn h5_f32(path: &Path, name: &str) -> ArrayD<f32> {
     hdf5::File::open(path)
         .unwrap()
         .dataset(name)
@@ -156,7 +156,7 @@ fn h5_f32(path: &Path, name: &str) -> ArrayD<f32> {
         .unwrap()
 }
 
-fn h5_f64(path: &Path, name: &str) -> ArrayD<f64> {
+pub(crate) fn h5_f64(path: &Path, name: &str) -> ArrayD<f64> {
     hdf5::File::open(path)
         .unwrap()
         .dataset(name)

@@ -98,6 +98,7 @@ fn large_values_register_as_the_unscaled_volumes_or_fail_clearly() {
                 let p = RegisterParams {
                     upsample_factor,
                     normalization,
+                    ..Default::default()
                 };
                 let b_ref = b.set_reference(reference.view(), &p).unwrap();
                 let base = b.register(&b_ref, moving.view()).unwrap();

@@ -308,7 +308,15 @@ fn uniform_structs_match_wgsl() {
                 d2,
                 axis,
                 r,
-                scale_bits
+                scale_bits,
+                window,
+                wz,
+                wy,
+                wx,
+                z0,
+                _pad0,
+                _pad1,
+                _pad2
             }),
         ),
         (

@@ -7,6 +7,7 @@ mod formats;
 mod gpu;
 mod io;
 mod pipeline;
+mod registration;
 mod reliability_cli;
 mod reliability_input;
 mod reliability_median;

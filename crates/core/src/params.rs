@@ -170,11 +170,19 @@ impl fmt::Display for Normalization {
 }
 
 /// Registration parameters, as `skimage.registration.phase_cross_correlation(reference, moving,
-/// upsample_factor=..., normalization=...)`.
+/// upsample_factor=..., normalization=...)`, plus what makes phase correlation hold on noisy
+/// recordings (off by default, so the default is scikit-image's): a bound on the shift searched
+/// (suite2p's `maxregshift`, CaImAn's `max_shifts`) and a Gaussian smoothing of the correlation
+/// (suite2p's `smooth_sigma`).
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct RegisterParams {
     pub upsample_factor: u32,
     pub normalization: Normalization,
+    /// Largest |shift| (z, y, x) searched, in voxels; `None`: the whole volume, as scikit-image.
+    pub max_shift: Option<[f64; 3]>,
+    /// Standard deviation (z, y, x, voxels) of the real-space Gaussian the correlation is smoothed
+    /// with (the cross-power spectrum times its Fourier transform); 0: none.
+    pub smooth_sigma: [f64; 3],
 }
 
 impl Default for RegisterParams {
@@ -182,6 +190,8 @@ impl Default for RegisterParams {
         RegisterParams {
             upsample_factor: 1,
             normalization: Normalization::Phase,
+            max_shift: None,
+            smooth_sigma: [0.0; 3],
         }
     }
 }
@@ -197,8 +207,70 @@ impl RegisterParams {
         Ok(RegisterParams {
             upsample_factor,
             normalization,
+            ..Default::default()
         })
     }
+
+    /// These parameters with the search bounded to |shift| <= `max` per axis (voxels, each finite
+    /// and >= 0; 0 keeps that axis still).
+    pub fn with_max_shift(self, max: [f64; 3]) -> Result<Self> {
+        check_per_axis("max shift", max)?;
+        Ok(RegisterParams {
+            max_shift: Some(max),
+            ..self
+        })
+    }
+
+    /// These parameters with the correlation smoothed by a Gaussian of `sigma` voxels per axis (each
+    /// finite and >= 0).
+    pub fn with_smooth_sigma(self, sigma: [f64; 3]) -> Result<Self> {
+        check_per_axis("smooth sigma", sigma)?;
+        Ok(RegisterParams {
+            smooth_sigma: sigma,
+            ..self
+        })
+    }
+
+    /// Whether the correlation is smoothed at all.
+    pub fn smooths(&self) -> bool {
+        self.smooth_sigma.iter().any(|&s| s > 0.0)
+    }
+
+    /// The largest |integer shift| the coarse peak may have along each axis (`u32::MAX`: no bound).
+    pub fn coarse_window(&self) -> [u32; 3] {
+        match self.max_shift {
+            None => [u32::MAX; 3],
+            Some(m) => m.map(|m| (m + 1e-9).floor().min(u32::MAX as f64 - 1.0) as u32),
+        }
+    }
+}
+
+fn check_per_axis(name: &str, v: [f64; 3]) -> Result<()> {
+    for (axis, &x) in ["z", "y", "x"].iter().zip(v.iter()) {
+        if !(x.is_finite() && x >= 0.0) {
+            return Err(Error::InvalidParameter {
+                name: name.into(),
+                message: format!("got {x} along {axis}; expected a finite number >= 0 (voxels)"),
+            });
+        }
+    }
+    Ok(())
+}
+
+/// `exp(-2π² σ² f²)` at `np.fft.fftfreq(n)[k]` for k in 0..n: the Fourier transform of a unit-sum
+/// Gaussian of standard deviation `sigma` samples, what the cross-power spectrum is multiplied by
+/// along one axis to smooth the correlation (all 1 for sigma 0). f32, as both backends multiply.
+pub fn gaussian_spectrum(n: usize, sigma: f64) -> Vec<f32> {
+    (0..n)
+        .map(|k| {
+            let f = if k < n.div_ceil(2) {
+                k as f64
+            } else {
+                k as f64 - n as f64
+            } / n as f64;
+            (-2.0 * std::f64::consts::PI.powi(2) * sigma * sigma * f * f).exp() as f32
+        })
+        .collect()
 }
 
 /// The result of registering one volume onto the reference.
@@ -295,6 +367,12 @@ mod tests {
             ShiftParams::new(2, BoundaryMode::Constant, 0.0).unwrap_err(),
             "grid".parse::<BoundaryMode>().unwrap_err(),
             "bogus".parse::<Normalization>().unwrap_err(),
+            RegisterParams::default()
+                .with_max_shift([1.0, -1.0, 2.0])
+                .unwrap_err(),
+            RegisterParams::default()
+                .with_smooth_sigma([f64::NAN, 1.0, 1.0])
+                .unwrap_err(),
         ];
         let names = [
             "median size",
@@ -302,6 +380,8 @@ mod tests {
             "spline order",
             "boundary mode",
             "normalization",
+            "max shift",
+            "smooth sigma",
         ];
         for (e, name) in errors.iter().zip(names) {
             let text = e.to_string();
@@ -310,6 +390,26 @@ mod tests {
                 "{text}"
             );
         }
+    }
+
+    #[test]
+    fn coarse_window_floors_the_bound() {
+        let p = RegisterParams::default()
+            .with_max_shift([0.0, 2.5, 3.0])
+            .unwrap();
+        assert_eq!(p.coarse_window(), [0, 2, 3]);
+        assert_eq!(RegisterParams::default().coarse_window(), [u32::MAX; 3]);
+    }
+
+    #[test]
+    fn gaussian_spectrum_is_symmetric_and_one_at_dc() {
+        let g = gaussian_spectrum(8, 1.5);
+        assert_eq!(g[0], 1.0);
+        for k in 1..8 {
+            assert_eq!(g[k], g[8 - k]);
+        }
+        assert!(g[4] < g[1] && g[1] < 1.0);
+        assert!(gaussian_spectrum(7, 0.0).iter().all(|&v| v == 1.0));
     }
 
     #[test]

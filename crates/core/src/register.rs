@@ -58,9 +58,10 @@ pub fn check_finite(
 }
 
 /// From the correlation peak to scikit-image's shift, error and phase difference, with the
-/// correlation value at the peak (unscaled). `cc_peak` is the correlation at `peak`; `up(region, u,
-/// offsets)` is the upsampled DFT's peak (its index in the region and its value), called only when
-/// `params.upsample_factor > 1`. Both hold the cross-power times `scale` (`spectrum_scale`). The
+/// correlation value at the peak (unscaled). `cc_peak` is the correlation at `peak` (found within
+/// `params.coarse_window()`); `up(region, u, offsets, window)` is the upsampled DFT's peak among the
+/// region's indices in `window` (its index in the region and its value), called only when
+/// `params.upsample_factor > 1`; `window` is the whole region unless `params.max_shift` bounds it. Both hold the cross-power times `scale` (`spectrum_scale`). The
 /// result is not checked: see `check_finite`.
 #[allow(clippy::too_many_arguments)]
 pub fn finish<E>(
@@ -71,7 +72,7 @@ pub fn finish<E>(
     peak: [usize; 3],
     cc_peak: Complex64,
     scale: f64,
-    up: impl FnOnce(usize, f64, [f64; 3]) -> std::result::Result<([usize; 3], Complex64), E>,
+    up: impl FnOnce(usize, f64, [f64; 3], Window) -> std::result::Result<([usize; 3], Complex64), E>,
 ) -> std::result::Result<(Registration, Complex64), E> {
     let n = shape.iter().product::<usize>() as f64;
     let mut shift = coarse_shift(peak, shape);
@@ -85,7 +86,8 @@ pub fn finish<E>(
         let region = (u * 1.5).ceil();
         let dftshift = (region / 2.0).trunc();
         let offsets = shift.map(|s| dftshift - s * u);
-        let (best, value) = up(region as usize, u, offsets)?;
+        let window = upsample_window(shift, region as usize, dftshift, u, params.max_shift);
+        let (best, value) = up(region as usize, u, offsets, window)?;
         for a in 0..3 {
             shift[a] += (best[a] as f64 - dftshift) / u;
         }
@@ -93,6 +95,38 @@ pub fn finish<E>(
     };
     let cc_max = cc_max / scale;
     Ok((score(shift, shape, cc_max, src_amp, target_amp), cc_max))
+}
+
+/// The indices of the upsampled region searched along each axis (z, y, x), a range in each.
+pub type Window = [std::ops::Range<usize>; 3];
+
+/// The region's indices whose shift `coarse + (i - dftshift) / u` is within `max` (all when `None`):
+/// a contiguous range per axis, never empty when the coarse shift itself is within `max` (i = dftshift).
+pub fn upsample_window(
+    coarse: [f64; 3],
+    region: usize,
+    dftshift: f64,
+    u: f64,
+    max: Option<[f64; 3]>,
+) -> Window {
+    std::array::from_fn(|a| match max {
+        None => 0..region,
+        Some(m) => {
+            let ok = |i: usize| (coarse[a] + (i as f64 - dftshift) / u).abs() <= m[a] + 1e-9;
+            match (0..region).find(|&i| ok(i)) {
+                Some(lo) => lo..(lo..region).find(|&i| !ok(i)).unwrap_or(region),
+                None => 0..region,
+            }
+        }
+    })
+}
+
+/// Whether index `k` of an axis of length `n` (a correlation's, wrapping past the midpoint to
+/// negative shifts as `coarse_shift`) is a shift of at most `w` voxels.
+#[inline]
+pub fn within(k: usize, n: usize, w: u32) -> bool {
+    let s = if k > n / 2 { n - k } else { k };
+    s as u64 <= w as u64
 }
 
 /// The correlation peak as a signed integer shift (peaks past the midpoint wrap to negative).
@@ -165,4 +199,22 @@ pub fn spectrum_scale(max_f: f64, max_g: f64, n: usize) -> f64 {
         return 1.0;
     }
     2f64.powi(120 - bound.log2().ceil() as i32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_upsampled_window_holds_shifts_within_the_bound() {
+        // u = 4: region 6, dftshift 3, coarse shift 2 along y, bound 2.5: shifts 2 + (i - 3)/4.
+        let w = upsample_window([0.0, 2.0, -2.0], 6, 3.0, 4.0, Some([0.0, 2.5, 2.25]));
+        assert_eq!(w, [3..4, 0..6, 2..6]);
+        assert_eq!(
+            upsample_window([1.0; 3], 6, 3.0, 4.0, None),
+            [0..6, 0..6, 0..6]
+        );
+        assert!(within(0, 8, 0) && within(7, 8, 1) && !within(6, 8, 1) && within(4, 8, 4));
+        assert!(!within(4, 8, 3) && within(3, 7, 3) && within(4, 7, 3));
+    }
 }

@@ -1,9 +1,66 @@
 //! Cross-power spectrum and correlation-peak search on the CPU; CPU twin of `shaders/cross_power.wgsl`.
 
 use gpuprep_core::complex::C32;
-use gpuprep_core::params::Normalization;
+use gpuprep_core::params::{gaussian_spectrum, Normalization};
+use gpuprep_core::register::within;
 use ndarray::Array3;
 use rayon::prelude::*;
+use std::ops::Range;
+
+/// `--smooth-sigma`'s Gaussian (`gaussian_spectrum` per axis, x's over the half spectrum): the
+/// cross-power spectrum times it is the correlation smoothed in real space.
+pub struct Smooth {
+    gz: Vec<f32>,
+    gy: Vec<f32>,
+    gx: Vec<f32>,
+}
+
+impl Smooth {
+    /// The tables for a volume of `shape` (its half spectrum `nx / 2 + 1` wide), smoothed by `sigma`.
+    pub fn new([nz, ny, nx]: [usize; 3], [sz, sy, sx]: [f64; 3]) -> Self {
+        let mut gx = gaussian_spectrum(nx, sx);
+        gx.truncate(nx / 2 + 1);
+        Smooth {
+            gz: gaussian_spectrum(nz, sz),
+            gy: gaussian_spectrum(ny, sy),
+            gx,
+        }
+    }
+
+    /// The factor of bin (z, y, x), taken in f32 in z, y, x order as the GPU twin `gaussian_smooth`
+    /// does, so both backends multiply by the same bits.
+    #[inline(always)]
+    pub fn at(&self, z: usize, y: usize, x: usize) -> f32 {
+        (self.gz[z] * self.gy[y]) * self.gx[x]
+    }
+
+    /// Bin (z, y, x) of the cross-power spectrum, smoothed.
+    #[inline(always)]
+    pub fn apply(&self, c: C32, z: usize, y: usize, x: usize) -> C32 {
+        let g = self.at(z, y, x);
+        C32::new(c.re * g, c.im * g)
+    }
+
+    /// The line along z at (y, x) of the cross-power spectrum, smoothed in place.
+    #[inline(always)]
+    pub fn line(&self, line: &mut [C32], y: usize, x: usize) {
+        for (z, c) in line.iter_mut().enumerate() {
+            *c = self.apply(*c, z, y, x);
+        }
+    }
+
+    /// A half spectrum (C order, `(nz, ny, nx / 2 + 1)`), smoothed in place.
+    pub fn spectrum(&self, r: &mut Array3<C32>) {
+        r.axis_iter_mut(ndarray::Axis(0))
+            .into_par_iter()
+            .enumerate()
+            .for_each(|(z, mut plane)| {
+                for ((y, x), c) in plane.indexed_iter_mut() {
+                    *c = self.apply(*c, z, y, x);
+                }
+            });
+    }
+}
 
 /// `R = F · conj(G)`, then with `phase` normalization `R /= max(|R|, 100·eps_f32)`, as
 /// scikit-image does for float32 input. Written into `g`. The product and its magnitude are taken in
@@ -47,12 +104,75 @@ pub fn cross_one(f: C32, g: C32, normalization: Normalization, scale: f64) -> C3
 
 /// Index (C order) of the largest `|c|`; the first one on ties, as `np.argmax`.
 pub fn argmax_abs(c: &Array3<C32>) -> [usize; 3] {
-    argmax_by(c, |v| v.norm())
+    argmax_by(c, |_, v| v.norm())
 }
 
 /// Index (C order) of the largest `|c|` of a real correlation; the first one on ties.
 pub fn argmax_abs_real(c: &Array3<f32>) -> [usize; 3] {
-    argmax_by(c, |v| v.abs())
+    argmax_by(c, |_, v| v.abs())
+}
+
+/// `argmax_abs_real` among the shifts of at most `window` voxels per axis (`RegisterParams::
+/// coarse_window`; `u32::MAX`: unbounded): outside it every value ranks below any inside.
+pub fn argmax_abs_real_within(c: &Array3<f32>, window: [u32; 3]) -> [usize; 3] {
+    if window == [u32::MAX; 3] {
+        return argmax_abs_real(c);
+    }
+    let (nz, ny, nx) = c.dim();
+    argmax_by(c, |i, v| {
+        let (z, y, x) = (i / (ny * nx), (i / nx) % ny, i % nx);
+        let inside =
+            within(z, nz, window[0]) && within(y, ny, window[1]) && within(x, nx, window[2]);
+        if inside {
+            v.abs()
+        } else {
+            f32::NEG_INFINITY
+        }
+    })
+}
+
+/// The coarse peak's search window (`RegisterParams::coarse_window`) over a correlation of `shape`,
+/// as the rows (lines along x) the fused peak search offers: a row ranks only where its (z, y) is
+/// within the window, and then only at the x within it. Index 0 (shift 0) is always inside, so
+/// skipping the rest is ranking it below everything inside.
+#[derive(Clone, Debug)]
+pub struct CoarseWindow {
+    window: [u32; 3],
+    shape: [usize; 3],
+    /// The x within the window: shifts 0..=wx, then the wrapped negative ones up to the end.
+    xs: [Range<usize>; 2],
+}
+
+impl CoarseWindow {
+    pub fn new(shape: [usize; 3], window: [u32; 3]) -> Self {
+        CoarseWindow {
+            window,
+            shape,
+            xs: within_ranges(shape[2], window[2]),
+        }
+    }
+
+    /// Whether every index ranks.
+    pub fn is_unbounded(&self) -> bool {
+        self.window == [u32::MAX; 3]
+    }
+
+    /// The parts of row `row` (its index along the (nz·ny) rows) within the window, C order.
+    #[inline]
+    pub fn row(&self, row: usize) -> Option<&[Range<usize>; 2]> {
+        let [nz, ny, _] = self.shape;
+        let (z, y) = (row / ny, row % ny);
+        (within(z, nz, self.window[0]) && within(y, ny, self.window[1])).then_some(&self.xs)
+    }
+}
+
+/// The indices `k` of an axis of length `n` with `within(k, n, w)`, as two ranges in order: `0..a`
+/// (shifts 0..=w) and `b..n` (the wrapped shifts -w..-1); the second is empty when they meet.
+fn within_ranges(n: usize, w: u32) -> [Range<usize>; 2] {
+    let w = usize::try_from(w).unwrap_or(usize::MAX);
+    let a = w.min(n / 2).saturating_add(1).min(n);
+    let b = n.saturating_sub(w).max(n / 2 + 1).max(a);
+    [0..a, b.min(n)..n]
 }
 
 /// `a` ranks above `b` in np.argmax's order: larger, and NaN above everything (numpy returns the
@@ -62,7 +182,7 @@ fn above(a: f32, b: f32) -> bool {
     a > b || (a.is_nan() && !b.is_nan())
 }
 
-fn argmax_by<T: Sync>(c: &Array3<T>, key: impl Fn(&T) -> f32 + Sync) -> [usize; 3] {
+fn argmax_by<T: Sync>(c: &Array3<T>, key: impl Fn(usize, &T) -> f32 + Sync) -> [usize; 3] {
     let (_, ny, nx) = c.dim();
     const BLOCK: usize = 1 << 14;
     // Each block's first maximum, then the first block holding the largest: np.argmax's answer.
@@ -74,7 +194,7 @@ fn argmax_by<T: Sync>(c: &Array3<T>, key: impl Fn(&T) -> f32 + Sync) -> [usize; 
         .map(|(b, chunk)| {
             let mut best = ArgMax::NONE;
             for (i, v) in chunk.iter().enumerate() {
-                best.offer_key(key(v), b * BLOCK + i);
+                best.offer_key(key(b * BLOCK + i, v), b * BLOCK + i);
             }
             best
         })
@@ -170,6 +290,31 @@ mod tests {
         let mut g = Array3::from_elem((1, 1, 1), C32::new(1e22, 0.0));
         cross_power(&f, &mut g, Normalization::None, s);
         assert!(((g[[0, 0, 0]].re as f64) / s / 1e44 - 1.0).abs() < 1e-6);
+    }
+
+    #[test]
+    fn windowed_argmax_keeps_to_the_window() {
+        let mut c = Array3::from_elem((4, 8, 8), 0.5f32);
+        c[[0, 4, 4]] = 9.0; // shift (0, 4, 4): outside a window of 2
+        c[[0, 6, 1]] = 3.0; // shift (0, -2, 1): inside
+        c[[1, 0, 0]] = 4.0; // z shift 1: outside a z window of 0
+        assert_eq!(argmax_abs_real_within(&c, [u32::MAX; 3]), [0, 4, 4]);
+        assert_eq!(argmax_abs_real_within(&c, [0, 2, 2]), [0, 6, 1]);
+        assert_eq!(argmax_abs_real_within(&c, [1, 2, 2]), [1, 0, 0]);
+    }
+
+    #[test]
+    fn window_ranges_hold_exactly_the_indices_within() {
+        for n in 1..12 {
+            for w in (0..14).chain([u32::MAX - 1, u32::MAX]) {
+                let [a, b] = within_ranges(n, w);
+                assert!(a.end <= b.start || b.is_empty(), "n {n} w {w}: {a:?} {b:?}");
+                for k in 0..n {
+                    let inside = a.contains(&k) || b.contains(&k);
+                    assert_eq!(inside, within(k, n, w), "n {n} w {w} k {k}: {a:?} {b:?}");
+                }
+            }
+        }
     }
 
     #[test]

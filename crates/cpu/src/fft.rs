@@ -3,7 +3,7 @@
 //!
 //! numpy's conventions: the forward transform is unnormalized, the inverse divides by N.
 
-use crate::cross_power::ArgMax;
+use crate::cross_power::{ArgMax, CoarseWindow};
 use ndarray::{Array3, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 use realfft::{ComplexToReal, FftError, RealFftPlanner, RealToComplex};
@@ -343,25 +343,31 @@ impl RealFft3 {
         }
     }
 
-    /// The index (C order) of the largest |value| of `irfftn(spectrum)` and that value, as
-    /// `argmax_abs_real(&self.inverse(spectrum))` finds them (the first largest; NaN above all),
-    /// without storing the volume: each row is transformed, scaled and searched while in cache.
-    /// The spectrum (C order) is consumed as scratch.
-    pub fn inverse_argmax(&self, spectrum: &mut [C32]) -> ([usize; 3], f32) {
+    /// The index (C order) of the largest |value| of `irfftn(spectrum)` within `window` and that
+    /// value, as `argmax_abs_real_within(&self.inverse(spectrum), ..)` finds them (the first
+    /// largest; NaN above all), without storing the volume: each row is transformed, scaled and
+    /// searched while in cache (rows outside the window are not transformed at all). The spectrum
+    /// (C order) is consumed as scratch.
+    pub fn inverse_argmax(&self, spectrum: &mut [C32], window: &CoarseWindow) -> ([usize; 3], f32) {
         let view = ArrayViewMut3::from_shape(self.spectrum_shape(), &mut *spectrum)
             .expect("spectrum has the half spectrum's length");
         fft_axis(view, 0, &self.inverse[0]);
-        self.inverse_argmax_yx(spectrum)
+        self.inverse_argmax_yx(spectrum, window)
     }
 
     /// `inverse_argmax` less its first pass, the transforms along z.
-    pub(crate) fn inverse_argmax_yx(&self, spectrum: &mut [C32]) -> ([usize; 3], f32) {
+    pub(crate) fn inverse_argmax_yx(
+        &self,
+        spectrum: &mut [C32],
+        window: &CoarseWindow,
+    ) -> ([usize; 3], f32) {
         let mut spectrum = ArrayViewMut3::from_shape(self.spectrum_shape(), spectrum)
             .expect("spectrum has the half spectrum's length");
         fft_axis(spectrum.view_mut(), 1, &self.inverse[1]);
         let [_, ny, nx] = self.shape;
         let nh = nx / 2 + 1;
         let scale = 1.0 / self.shape.iter().product::<usize>() as f32;
+        let unbounded = window.is_unbounded();
         let best = spectrum
             .as_slice_mut()
             .expect("standard layout")
@@ -370,8 +376,15 @@ impl RealFft3 {
             .fold(
                 || (vec![0.0f32; nx], self.c2r.make_scratch_vec(), ArgMax::NONE),
                 |(mut dst, mut s, mut best), (row, src)| {
-                    self.c2r_row(src, &mut dst, &mut s, scale);
-                    best.offer(&dst, row * nx);
+                    if unbounded {
+                        self.c2r_row(src, &mut dst, &mut s, scale);
+                        best.offer(&dst, row * nx);
+                    } else if let Some(parts) = window.row(row) {
+                        self.c2r_row(src, &mut dst, &mut s, scale);
+                        for xs in parts {
+                            best.offer(&dst[xs.clone()], row * nx + xs.start);
+                        }
+                    }
                     (dst, s, best)
                 },
             )

@@ -14,12 +14,13 @@
 //! `ifftn` whose imaginary part is rounding noise (~1e-7 relative), so the peak and the shifts are the same;
 //! its phase difference is that noise's angle, 0 here (or π for a negative peak).
 
-use super::cross_power::cross_one;
+use super::cross_power::{cross_one, CoarseWindow, Smooth};
 use super::fft::RealFft3;
 use super::simd::{self, Level};
 use gpuprep_core::complex::{Complex64, C32};
 use gpuprep_core::error::Result;
 use gpuprep_core::params::{Normalization, RegisterParams, Registration};
+use gpuprep_core::register::Window;
 pub use gpuprep_core::register::{
     check_finite, coarse_shift, fftfreq, not_finite, score, spectrum_scale, upsample_slab_rows,
     UPSAMPLE_SLAB_BYTES,
@@ -37,6 +38,11 @@ pub struct Registrar {
     reference_power: f64,
     reference_max: f64,
     params: RegisterParams,
+    /// Where the integer peak is searched (`--max-shift`; unbounded by default).
+    window: CoarseWindow,
+    /// `--smooth-sigma`'s Gaussian, when smoothing: the cross-power spectrum is multiplied by it
+    /// before the inverse transform (and before the copy the upsampled DFT reads).
+    smooth: Option<Smooth>,
     work: Mutex<Work>,
 }
 
@@ -81,14 +87,18 @@ type PhaseArgs<'a> = (
     Option<&'a mut [C32]>,
     &'a [C32],
     [usize; 3],
+    Option<&'a Smooth>,
 );
 
 /// The middle of the fused z pass at phase normalization, on one block of z-lines of the moving
 /// spectrum (see `RealFft3::z_round_trip`): the block's share of the moving power `Σ|G|²` (each
 /// bin counted for its Hermitian mirror too, as `power`) and of `max |G|²`, and `G` replaced by the
-/// phase of `F·conj(G)` (`cross_power`), copied to `kept` when given.
+/// phase of `F·conj(G)` (`cross_power`), times the Gaussian's transform when `smooth` is given,
+/// copied to `kept` when given.
 #[inline(always)]
-fn phase_block((lines, stride, col0, w, kept, reference, shape): PhaseArgs<'_>) -> (f64, f64) {
+fn phase_block(
+    (lines, stride, col0, w, kept, reference, shape, smooth): PhaseArgs<'_>,
+) -> (f64, f64) {
     let [nz, _, nx] = shape;
     let nh = nx / 2 + 1;
     let mirrored = 1..nx - nh + 1;
@@ -105,6 +115,9 @@ fn phase_block((lines, stride, col0, w, kept, reference, shape): PhaseArgs<'_>) 
         sum += wt * s;
         max_sq = nan_max(max_sq, m);
         cross_phase_line(&reference[col * nz..][..nz], line);
+        if let Some(smooth) = smooth {
+            smooth.line(line, col / nh, col % nh);
+        }
     }
     if let Some(kept) = kept {
         for (c, k) in kept.chunks_exact_mut(nz).enumerate() {
@@ -202,6 +215,10 @@ impl Registrar {
             reference_power,
             reference_max,
             params: *params,
+            window: CoarseWindow::new([nz, ny, nx], params.coarse_window()),
+            smooth: params
+                .smooths()
+                .then(|| Smooth::new([nz, ny, nx], params.smooth_sigma)),
             work: Mutex::default(),
         }
     }
@@ -231,6 +248,11 @@ impl Registrar {
 
     /// The registration, the moving volume's power and the (unscaled) correlation peak.
     fn register_unchecked(&self, moving: ArrayView3<f32>) -> (Registration, f64, Complex64) {
+        self.register_at(simd::level(), moving)
+    }
+
+    /// `register_unchecked` at vector level `level`.
+    fn register_at(&self, level: Level, moving: ArrayView3<f32>) -> (Registration, f64, Complex64) {
         // A second caller at once gets buffers of its own rather than waiting.
         let mut fresh = Work::default();
         let mut guard = self.work.try_lock().ok();
@@ -251,18 +273,19 @@ impl Registrar {
                 // for upsampling) and the inverse z pass, fused per block of z-lines.
                 self.fft.forward_xy(moving, product);
                 let reference = &self.reference_lines[..];
-                let level = simd::level();
+                let smooth = self.smooth.as_ref();
                 let sums = self.fft.z_round_trip(
                     product,
                     kept,
                     || (0.0, 0.0),
                     |a: (f64, f64), b: (f64, f64)| (a.0 + b.0, nan_max(a.1, b.1)),
                     |lines, stride, col0, w, kept| {
-                        let args = (lines, stride, col0, w, kept, reference, shape);
+                        let args = (lines, stride, col0, w, kept, reference, shape, smooth);
                         simd::dispatch!(level, phase_block, (args: PhaseArgs<'_>) -> (f64, f64))
                     },
                 );
-                (sums.0, 1.0, self.fft.inverse_argmax_yx(product))
+                let peak = self.fft.inverse_argmax_yx(product, &self.window);
+                (sums.0, 1.0, peak)
             }
             Normalization::None => {
                 self.fft.forward_into(moving, product);
@@ -280,6 +303,9 @@ impl Registrar {
                         for (col, g) in plane.iter_mut().enumerate() {
                             let f = self.reference_lines[col * nz + z];
                             *g = cross_one(f, *g, Normalization::None, scale);
+                            if let Some(smooth) = &self.smooth {
+                                *g = smooth.apply(*g, z, col / nh, col % nh);
+                            }
                         }
                     });
                 // The spectrum outlives the inverse transform only for the upsampled refinement.
@@ -292,18 +318,21 @@ impl Registrar {
                         }
                     });
                 }
-                (moving_power, scale, self.fft.inverse_argmax(product))
+                let peak = self.fft.inverse_argmax(product, &self.window);
+                (moving_power, scale, peak)
             }
         };
         let kept = &work.kept;
-        let upsampled = |region, u, offsets| {
+        let upsampled = |region, u, offsets, window| {
             let spectrum = Lines::new(&kept[..], spectrum_shape);
-            Ok::<_, std::convert::Infallible>(upsampled_peak(
+            Ok::<_, std::convert::Infallible>(upsampled_peak_at(
+                level,
                 spectrum,
                 shape[2],
                 region,
                 u,
                 offsets,
+                window,
                 UPSAMPLE_SLAB_BYTES,
             ))
         };
@@ -734,25 +763,18 @@ impl Peak {
 
 /// The largest `|v|` of `_upsampled_dft(conj(spectrum), region, u, offsets).conj()` from
 /// scikit-image and its index: the cross-correlation sampled on a `region`³ grid with spacing `1/u`
-/// around the coarse peak (`UpsampledDft`), cheaper than zero-padding the whole volume by `u`.
+/// around the coarse peak (`UpsampledDft`), cheaper than zero-padding the whole volume by `u`, at
+/// vector level `level`.
 ///
 /// The region (`region`³ complex128: 50 GiB at u = 1000) is never held: it is swept in slabs of
 /// output rows b (the region's y axis), each needing only the y-contraction `t2[z][b][c]` of its
 /// rows (`slab_bytes`, see `upsample_slab_rows`), so the memory is the x-contraction's `2·nz·ny·region`
 /// values plus the slab. Every value is summed in the same order whatever the slab, so it is bit
 /// for bit the same, and the peak is np.argmax's over the whole region in C order: the first
-/// largest |v| (all NaN gives index 0).
-fn upsampled_peak(
-    half: Lines<'_>,
-    nx: usize,
-    region: usize,
-    u: f64,
-    offsets: [f64; 3],
-    slab_bytes: usize,
-) -> ([usize; 3], Complex64) {
-    upsampled_peak_at(simd::level(), half, nx, region, u, offsets, slab_bytes)
-}
-
+/// largest |v|. Only indices in `window` (`--max-shift`; the whole region without it) are
+/// candidates: planes and rows outside it are not computed, columns outside it not ranked. When
+/// nothing ranks (all NaN) the answer is the window's first index (0, as np.argmax, without a bound).
+#[allow(clippy::too_many_arguments)]
 fn upsampled_peak_at(
     level: Level,
     half: Lines<'_>,
@@ -760,18 +782,21 @@ fn upsampled_peak_at(
     region: usize,
     u: f64,
     offsets: [f64; 3],
+    window: Window,
     slab_bytes: usize,
 ) -> ([usize; 3], Complex64) {
+    let [wa, wb, wc] = window;
     let nz = half.nz;
     let dft = UpsampledDft::new(half, nx, region, u, offsets, level);
     let t1 = dft.contract_x();
     let rows = upsample_slab_rows(nz, region, slab_bytes);
     let mut t2 = Split::zeros(nz * rows * region);
     let mut best = Peak::NONE;
-    for b0 in (0..region).step_by(rows) {
-        let bs = rows.min(region - b0);
+    for b0 in wb.clone().step_by(rows) {
+        let bs = rows.min(wb.end - b0);
         dft.contract_y(&t1, b0, bs, &mut t2);
-        let slab = (0..region)
+        let slab = wa
+            .clone()
             .into_par_iter()
             .map_init(
                 || Split::zeros(region),
@@ -779,7 +804,8 @@ fn upsampled_peak_at(
                     let mut peak = Peak::NONE;
                     for bl in 0..bs {
                         dft.region_row(&t2, bs, a, bl, (&mut row.re, &mut row.im));
-                        peak.visit_row(&row.re, &row.im, (a * region + b0 + bl) * region);
+                        let (re, im) = (&row.re[wc.clone()], &row.im[wc.clone()]);
+                        peak.visit_row(re, im, (a * region + b0 + bl) * region + wc.start);
                     }
                     peak
                 },
@@ -788,11 +814,12 @@ fn upsampled_peak_at(
         best = best.pick(slab);
     }
     if best.index == usize::MAX {
-        // No value ranked (all NaN): index 0, as np.argmax, with its value.
-        dft.contract_y(&t1, 0, 1, &mut t2);
+        // No value ranked (all NaN): the window's first index, with its value.
+        let first = [wa.start, wb.start, wc.start];
+        dft.contract_y(&t1, first[1], 1, &mut t2);
         let mut row = Split::zeros(region);
-        dft.region_row(&t2, 1, 0, 0, (&mut row.re, &mut row.im));
-        return ([0; 3], row.at(0));
+        dft.region_row(&t2, 1, first[0], 0, (&mut row.re, &mut row.im));
+        return (first, row.at(first[2]));
     }
     let i = best.index;
     (
@@ -824,6 +851,19 @@ mod tests {
     use super::*;
     use crate::fft::{to_complex, Fft3};
     use rand::{Rng, SeedableRng};
+
+    /// `upsampled_peak_at` over the whole region at the machine's level.
+    fn upsampled_peak(
+        half: Lines<'_>,
+        nx: usize,
+        region: usize,
+        u: f64,
+        offsets: [f64; 3],
+        slab_bytes: usize,
+    ) -> ([usize; 3], Complex64) {
+        let all = [0..region, 0..region, 0..region];
+        upsampled_peak_at(simd::level(), half, nx, region, u, offsets, all, slab_bytes)
+    }
 
     /// A C-order half spectrum as `Lines` data.
     fn to_lines(half: ArrayView3<C32>) -> Vec<C32> {
@@ -895,7 +935,8 @@ mod tests {
                     }
                     let lines = to_lines(half.view());
                     let lines = Lines::new(&lines, half.shape().try_into().unwrap());
-                    let peak = upsampled_peak_at(level, lines, shape[2], region, u, off, 0);
+                    let all = [0..region, 0..region, 0..region];
+                    let peak = upsampled_peak_at(level, lines, shape[2], region, u, off, all, 0);
                     assert_eq!(peak.0, whole_region_peak(&want).0, "{level:?}");
                 }
             }
@@ -1019,6 +1060,168 @@ mod tests {
             assert_eq!(i, whole.0);
             assert!(v.re.is_nan() && whole.1.re.is_nan());
         }
+    }
+
+    /// Registration as it ran before the fused passes (issue 12's CPU path): the whole cross-power
+    /// spectrum, smoothed, inverted and searched within the window; the upsampled region computed
+    /// whole and its first largest |v| taken among the window's indices.
+    fn register_unfused(
+        reference: ArrayView3<f32>,
+        moving: ArrayView3<f32>,
+        p: &RegisterParams,
+    ) -> Registration {
+        use crate::cross_power::{argmax_abs_real_within, cross_power};
+        let shape: [usize; 3] = reference.shape().try_into().unwrap();
+        let fft = RealFft3::new(shape);
+        let f = fft.forward(reference);
+        let mut g = fft.forward(moving);
+        let (reference_power, reference_max) = power(&f, shape[2]);
+        let (moving_power, moving_max) = power(&g, shape[2]);
+        let scale = match p.normalization {
+            Normalization::Phase => 1.0,
+            Normalization::None => {
+                spectrum_scale(reference_max, moving_max, shape.iter().product())
+            }
+        };
+        cross_power(&f, &mut g, p.normalization, scale);
+        if p.smooths() {
+            Smooth::new(shape, p.smooth_sigma).spectrum(&mut g);
+        }
+        let kept = g.clone();
+        let correlation = fft.inverse(g);
+        let peak = argmax_abs_real_within(&correlation, p.coarse_window());
+        let up = |region, u, offsets, window: Window| {
+            let whole = upsampled_dft_conj(&kept, shape[2], region, u, offsets);
+            let mut best = ([window[0].start, window[1].start, window[2].start], None);
+            for ((a, b, c), v) in whole.indexed_iter() {
+                let inside =
+                    window[0].contains(&a) && window[1].contains(&b) && window[2].contains(&c);
+                if inside && best.1.is_none_or(|n| v.norm() > n) && !v.norm().is_nan() {
+                    best = ([a, b, c], Some(v.norm()));
+                }
+            }
+            Ok::<_, std::convert::Infallible>((best.0, whole[best.0]))
+        };
+        let cc_peak = Complex64::new(correlation[peak] as f64, 0.0);
+        let Ok((r, _)) = gpuprep_core::register::finish(
+            shape,
+            p,
+            reference_power,
+            moving_power,
+            peak,
+            cc_peak,
+            scale,
+            up,
+        );
+        r
+    }
+
+    #[test]
+    fn window_and_smoothing_in_the_fused_passes_equal_the_unfused_path_at_every_level() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(23);
+        for shape in [[6, 10, 12], [5, 9, 7], [1, 8, 9]] {
+            let reference = Array3::from_shape_fn(shape, |_| rng.random_range(0.0f32..1.0));
+            // Moved by (2, 4, -5) (z: 0 for a single plane), outside the window below in y and x.
+            let moving = Array3::from_shape_fn(shape, |(z, y, x)| {
+                let at =
+                    |i: usize, s: isize, n: usize| (i as isize - s).rem_euclid(n as isize) as usize;
+                let dz = if shape[0] > 1 { 2 } else { 0 };
+                reference[[at(z, dz, shape[0]), at(y, 4, shape[1]), at(x, -5, shape[2])]]
+                    + 0.3 * rng.random_range(-1.0f32..1.0)
+            });
+            for normalization in [Normalization::Phase, Normalization::None] {
+                for u in [1, 4, 10] {
+                    for max in [None, Some([1.0, 2.5, 3.0]), Some([3.0, 0.0, 6.0])] {
+                        for sigma in [[0.0; 3], [1.0, 0.5, 2.0], [0.0, 0.0, 1.5]] {
+                            let mut p = RegisterParams::new(u, normalization)
+                                .unwrap()
+                                .with_smooth_sigma(sigma)
+                                .unwrap();
+                            if let Some(m) = max {
+                                p = p.with_max_shift(m).unwrap();
+                            }
+                            let want = register_unfused(reference.view(), moving.view(), &p);
+                            let registrar = Registrar::new(reference.view(), &p);
+                            for level in simd::available() {
+                                let got = registrar.register_at(level, moving.view()).0;
+                                let what = format!("{shape:?} {p:?} {level:?}");
+                                assert_eq!(got.shift, want.shift, "{what}");
+                                assert_eq!(
+                                    got.phasediff.to_bits(),
+                                    want.phasediff.to_bits(),
+                                    "{what}"
+                                );
+                                // The power sums run in another order: the error to rounding.
+                                assert!(
+                                    (got.error - want.error).abs() <= 1e-9,
+                                    "{what}: {got:?} {want:?}"
+                                );
+                                if let Some(m) = max {
+                                    for (s, m) in got.shift.iter().zip(m) {
+                                        assert!(s.abs() <= m + 1e-9, "{what}: {got:?}");
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn the_upsampled_peak_within_a_window_is_the_windows_first_largest() {
+        let mut rng = rand::rngs::StdRng::seed_from_u64(29);
+        let shape = [3, 5, 7];
+        let v = Array3::from_shape_fn(shape, |_| rng.random_range(-1.0f32..1.0));
+        let half = RealFft3::new(shape).forward(v.view());
+        let (region, u, off) = (8, 5.0, [4.0, 3.2, 3.8]);
+        let whole = upsampled_dft_conj(&half, shape[2], region, u, off);
+        let lines = to_lines(half.view());
+        for window in [[0..8, 2..5, 3..8], [7..8, 0..1, 0..8], [1..3, 0..8, 5..6]] {
+            let mut want = ([0; 3], f64::NEG_INFINITY);
+            for ((a, b, c), x) in whole.indexed_iter() {
+                let inside =
+                    window[0].contains(&a) && window[1].contains(&b) && window[2].contains(&c);
+                if inside && x.norm() > want.1 {
+                    want = ([a, b, c], x.norm());
+                }
+            }
+            for level in simd::available() {
+                for budget in [0, usize::MAX] {
+                    let l = Lines::new(&lines, half.shape().try_into().unwrap());
+                    let got = upsampled_peak_at(
+                        level,
+                        l,
+                        shape[2],
+                        region,
+                        u,
+                        off,
+                        window.clone(),
+                        budget,
+                    );
+                    assert_eq!(got.0, want.0, "{window:?} {level:?} budget {budget}");
+                    assert_eq!(got.1, whole[got.0]);
+                }
+            }
+        }
+        // All NaN: the window's first index and its value.
+        let mut nan = half.clone();
+        nan.fill(C32::new(f32::NAN, 0.0));
+        let lines = to_lines(nan.view());
+        let l = Lines::new(&lines, nan.shape().try_into().unwrap());
+        let (i, v) = upsampled_peak_at(
+            simd::level(),
+            l,
+            shape[2],
+            7,
+            5.0,
+            [3.0; 3],
+            [2..5, 1..3, 4..7],
+            0,
+        );
+        assert_eq!(i, [2, 1, 4]);
+        assert!(v.re.is_nan());
     }
 
     #[test]

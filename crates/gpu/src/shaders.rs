@@ -96,6 +96,7 @@ kernel_table! {
     CROSS_ARGMAX_ABS = cross_power::argmax_abs(Uniform, Read, ReadWrite, ReadWrite);
     CROSS_SUM_SQ = cross_power::sum_sq(Uniform, Read, ReadWrite, ReadWrite);
     CROSS_CONTRACT = cross_power::contract(Uniform, Read, Read, ReadWrite);
+    CROSS_SMOOTH = cross_power::gaussian_smooth(Uniform, ReadWrite, Read);
     SHIFT_PREFILTER = shift::prefilter(Uniform, Read, ReadWrite);
     SHIFT_GATHER = shift::gather(Uniform, Read, Read, Read, ReadWrite);
     ZSCORE_ACCUMULATE = zscore::accumulate(Uniform, Read, ReadWrite, ReadWrite);

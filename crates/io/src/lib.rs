@@ -1,6 +1,7 @@
 //! Input sources (HDF5, Zarr) and the output sink (HDF5, OME-Zarr): every file the pipeline reads or writes
 //! goes through here.
 
+pub mod arrays;
 pub mod cleanup;
 pub mod sink;
 pub mod source;

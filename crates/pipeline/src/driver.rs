@@ -107,6 +107,13 @@ pub struct RunConfig {
     /// Bytes pass 1's results may take in memory for the z-score's second pass (`--memory-budget`);
     /// beyond it they wait in a scratch file. `None`: a quarter of the available memory.
     pub memory_budget: Option<u64>,
+    /// `--reference-iterations`: times the reference becomes the mean of its range's frames
+    /// registered onto it (`refined_reference`) before the run registers against it.
+    pub reference_iterations: u32,
+    /// `--shifts`: apply the shifts of this file (`crate::shifts::load`) instead of registering.
+    pub shifts_file: Option<PathBuf>,
+    /// `--apply-to-channels`: the other channels written shifted alike (`crate::channels`).
+    pub apply_to_channels: Option<crate::channels::ChannelSet>,
 }
 
 impl RunConfig {
@@ -132,6 +139,9 @@ impl RunConfig {
             format: None,
             channel: 0,
             memory_budget: None,
+            reference_iterations: 0,
+            shifts_file: None,
+            apply_to_channels: None,
         }
     }
 }
@@ -144,6 +154,8 @@ pub struct RunReport {
     pub timepoints: usize,
     pub shape: [usize; 3],
     pub registrations: Vec<Registration>,
+    /// Timepoints the registration's QC flags (`crate::qc::suspicious`).
+    pub suspicious: Vec<usize>,
     pub nonfinite_replaced: usize,
     pub constant_voxels: usize,
     /// Where pass 1's results waited for the z-score: "memory" or "file" (`None` without z-score).
@@ -249,6 +261,38 @@ fn check_config(cfg: &RunConfig, source: &Source) -> Result<()> {
     Ok(())
 }
 
+/// `--reference-iterations`: the mean of the reference range's frames registered onto `current`
+/// and shifted (each as the run will treat it: filtered unless registering raw).
+fn refined_reference(
+    cfg: &RunConfig,
+    source: &Source,
+    backend: &mut dyn Backend,
+    current: ArrayView3<f32>,
+    reg: &RegisterParams,
+) -> Result<Array3<f32>> {
+    let (start, end) = match cfg.reference {
+        ReferenceSpec::Index(i) => (i, i + 1),
+        ReferenceSpec::Mean { start, end } => (start, end),
+    };
+    let handle = backend.set_reference(current, reg)?;
+    let mut sum = Array3::<f64>::zeros(source.shape());
+    for t in start..end {
+        let mut vol = source.read(t)?;
+        sanitize(&mut vol, cfg.nonfinite, source, t)?;
+        let vol = match (&cfg.median, cfg.register_on_raw) {
+            (Some(m), false) => backend.median3d(vol.view(), m)?,
+            _ => vol,
+        };
+        let r = backend.register(&handle, vol.view())?;
+        let shifted = backend.shift(vol.view(), r.shift, &cfg.shift)?;
+        Zip::from(&mut sum)
+            .and(&shifted)
+            .for_each(|s, &v| *s += v as f64);
+    }
+    let n = (end - start) as f64;
+    Ok(sum.mapv(|s| (s / n) as f32))
+}
+
 /// The volume registration aligns to: the chosen timepoint or mean, filtered unless registering raw.
 fn reference_volume(
     cfg: &RunConfig,
@@ -298,6 +342,11 @@ pub fn run_with_progress(
     };
     let source = Source::open_opts(&cfg.inputs, &cfg.dataset, opts)?;
     check_config(cfg, &source)?;
+    // Given shifts replace the registration: loaded (and their count checked) before any work.
+    let given = match (&cfg.shifts_file, &cfg.register) {
+        (Some(path), Some(_)) => Some(crate::shifts::load(path, source.len())?),
+        _ => None,
+    };
     let compute = crate::memory::Compute::of(backend);
     // Pass 1's results stay in memory for pass 2 when they fit the budget and the run still fits the
     // machine with them; else they wait in a scratch file, and the memory check is the streaming one.
@@ -330,10 +379,24 @@ pub fn run_with_progress(
         sink.set_voxel_size(&v)?;
     }
 
+    // The reference on the host, for the QC correlations.
+    let mut reference_host: Option<Array3<f32>> = None;
     let reference = match &cfg.register {
+        Some(_) if given.is_some() => None,
         Some(reg) => {
-            let reference = clock.time("reference", || reference_volume(cfg, &source, backend))?;
-            Some(backend.set_reference(reference.view(), reg)?)
+            let mut reference =
+                clock.time("reference", || reference_volume(cfg, &source, backend))?;
+            for _ in 0..cfg.reference_iterations {
+                reference = clock.time("reference", || {
+                    refined_reference(cfg, &source, backend, reference.view(), reg)
+                })?;
+            }
+            let handle = backend.set_reference(reference.view(), reg)?;
+            if cfg.reference_iterations > 0 {
+                sink.write_array_f32("reference", reference.view().into_dyn())?;
+            }
+            reference_host = Some(reference);
+            Some(handle)
         }
         None => None,
     };
@@ -350,8 +413,13 @@ pub fn run_with_progress(
         register_on_raw: cfg.register_on_raw,
         shift: cfg.shift,
         accumulate: accumulation,
-        keep_filtered: cfg.save_filtered,
+        // The filtered volume is the one shifted: QC correlates it with the reference before the shift.
+        keep_filtered: cfg.save_filtered || (reference.is_some() && cfg.median.is_some()),
     };
+    // Without a median the raw volume is the one shifted: kept for QC until its result comes out.
+    let raw_queue = std::cell::RefCell::new(std::collections::VecDeque::new());
+    let keep_raw = reference.is_some() && cfg.median.is_none();
+    let correlations = std::sync::Mutex::new(vec![(f64::NAN, f64::NAN); n]);
 
     // With the z-score on, the first pass's results wait in the scratch file, not in the output.
     let scratch = match cfg.zscore {
@@ -372,11 +440,21 @@ pub fn run_with_progress(
         let source = &source;
         let rx = spawn_reader(scope, n, depth, |t| source.read(t));
         let (sink, scratch) = (&mut sink, scratch.as_ref());
+        let (reference_host, correlations) = (reference_host.as_ref(), &correlations);
+        type Message = (usize, Array3<f32>, Option<Array3<f32>>, Option<Array3<f32>>);
         let mut writer = WriteBehind::spawn(
             scope,
             depth,
-            move |(t, volume, filtered): (usize, Array3<f32>, Option<Array3<f32>>)| {
-                if let Some(f) = &filtered {
+            move |(t, volume, filtered, before): Message| {
+                if let (Some(r), Some(b)) = (reference_host, before.as_ref().or(filtered.as_ref()))
+                {
+                    let c = (
+                        crate::qc::correlation(b.view(), r.view()),
+                        crate::qc::correlation(volume.view(), r.view()),
+                    );
+                    correlations.lock().unwrap_or_else(|p| p.into_inner())[t] = c;
+                }
+                if let Some(f) = filtered.as_ref().filter(|_| cfg.save_filtered) {
                     sink.write_volume("filtered", t, f.view())?;
                 }
                 if cfg.save_registered {
@@ -400,6 +478,7 @@ pub fn run_with_progress(
             nonfinite_replaced: &mut nonfinite_replaced,
             failed: false,
             busy: Duration::ZERO,
+            keep_raw: keep_raw.then_some(&raw_queue),
         };
         let (mut emitted, mut emit_failed, mut emit_busy) = (0usize, false, Duration::ZERO);
         let mut emit = |out: FrameOutput| -> Result<()> {
@@ -410,7 +489,8 @@ pub fn run_with_progress(
                 registration,
             } = out;
             registrations.extend(registration);
-            let sent = writer.send((emitted, volume, filtered));
+            let before = raw_queue.borrow_mut().pop_front();
+            let sent = writer.send((emitted, volume, filtered, before));
             emit_failed = sent.is_err();
             emit_busy += t0.elapsed();
             sent?;
@@ -423,7 +503,18 @@ pub fn run_with_progress(
             Ok(())
         };
         let t0 = Instant::now();
-        let streamed = backend.process_stream(&plan, &mut frames, &mut emit);
+        let streamed = match &given {
+            None => backend.process_stream(&plan, &mut frames, &mut emit),
+            Some(shifts) => (|| {
+                for (t, raw) in (&mut frames).enumerate() {
+                    let raw = raw?;
+                    let out = frame_with_shift(backend, raw.view(), &plan, shifts[t])?;
+                    drop(raw);
+                    emit(out)?;
+                }
+                Ok(())
+            })(),
+        };
         let elapsed = t0.elapsed();
         let (read_failed, read_busy) = (frames.failed, frames.busy);
         clock.add("compute", elapsed.saturating_sub(read_busy + emit_busy));
@@ -497,6 +588,10 @@ pub fn run_with_progress(
     // output is flushed.
     drop(scratch);
 
+    if let Some(shifts) = &given {
+        let shifts = Array2::from_shape_fn((n, 3), |(t, a)| shifts[t][a]);
+        sink.write_array_f64("shifts", shifts.view().into_dyn())?;
+    }
     if !registrations.is_empty() {
         let shifts = Array2::from_shape_fn((n, 3), |(t, a)| registrations[t].shift[a]);
         sink.write_array_f64("shifts", shifts.view().into_dyn())?;
@@ -504,6 +599,42 @@ pub fn run_with_progress(
         sink.write_array_f64("error", error.view().into_dyn())?;
         let phasediff = Array1::from_iter(registrations.iter().map(|r| r.phasediff));
         sink.write_array_f64("phasediff", phasediff.view().into_dyn())?;
+    }
+    let shifts_written: Option<Vec<[f64; 3]>> = match &given {
+        Some(s) => Some(s.clone()),
+        None if !registrations.is_empty() => Some(registrations.iter().map(|r| r.shift).collect()),
+        None => None,
+    };
+    if let Some(shifts) = &shifts_written {
+        let fd = crate::qc::framewise_displacement(shifts, [1.0; 3]);
+        sink.write_array_f64("framewise_displacement", Array1::from(fd).view().into_dyn())?;
+        if let Some(um) = source
+            .voxel_size()
+            .as_ref()
+            .and_then(crate::qc::micrometres)
+        {
+            let fd = crate::qc::framewise_displacement(shifts, um);
+            sink.write_array_f64(
+                "framewise_displacement_um",
+                Array1::from(fd).view().into_dyn(),
+            )?;
+        }
+    }
+    let mut suspicious = Vec::new();
+    if !registrations.is_empty() {
+        let c = correlations.into_inner().unwrap_or_else(|p| p.into_inner());
+        let before = Array1::from_iter(c.iter().map(|c| c.0));
+        let after: Vec<f64> = c.iter().map(|c| c.1).collect();
+        sink.write_array_f64("correlation_before", before.view().into_dyn())?;
+        sink.write_array_f64(
+            "correlation_after",
+            Array1::from(after.clone()).view().into_dyn(),
+        )?;
+        let max_shift = cfg.register.and_then(|r| r.max_shift);
+        let flags = crate::qc::suspicious(&registrations, max_shift, &after);
+        let flag_values = Array1::from_iter(flags.iter().map(|&f| f as u8 as f64));
+        sink.write_array_f64("suspicious", flag_values.view().into_dyn())?;
+        suspicious = (0..n).filter(|&t| flags[t]).collect();
     }
     write_attributes(&mut sink, cfg, &source, &backend.describe())?;
     let output = clock.time("write", || sink.finish())?;
@@ -513,12 +644,37 @@ pub fn run_with_progress(
         timepoints: n,
         shape,
         registrations,
+        suspicious,
         nonfinite_replaced,
         constant_voxels,
         scratch: scratch_place,
         inputs_summary: source.inputs_summary(),
         stage_times: clock.0,
         total: started.elapsed(),
+    })
+}
+
+/// The first pass for one timepoint with a given shift instead of a registration (`--shifts`):
+/// the stages `frame_by_stage` runs, with `shift` where the registration's would be.
+fn frame_with_shift(
+    backend: &mut dyn Backend,
+    raw: ArrayView3<f32>,
+    plan: &FramePlan,
+    shift: [f64; 3],
+) -> Result<FrameOutput> {
+    let filtered = match &plan.median {
+        Some(m) => Some(backend.median3d(raw, m)?),
+        None => None,
+    };
+    let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
+    let volume = backend.shift(current, shift, &plan.shift)?;
+    if let Some(acc) = &plan.accumulate {
+        backend.accumulate(acc, volume.view())?;
+    }
+    Ok(FrameOutput {
+        volume,
+        filtered: if plan.keep_filtered { filtered } else { None },
+        registration: None,
     })
 }
 
@@ -536,6 +692,8 @@ struct Frames<'a> {
     failed: bool,
     /// Wall time spent in `next` (waiting for the reader, sanitizing): not the backend's compute.
     busy: Duration,
+    /// Where each raw volume is also kept (for QC) until its result comes out, when asked.
+    keep_raw: Option<&'a std::cell::RefCell<std::collections::VecDeque<Array3<f32>>>>,
 }
 
 impl Iterator for Frames<'_> {
@@ -550,6 +708,9 @@ impl Iterator for Frames<'_> {
         self.next_t += 1;
         let item = receive(self.rx, self.clock).and_then(|mut raw| {
             *self.nonfinite_replaced += sanitize(&mut raw, self.cfg.nonfinite, self.source, t)?;
+            if let Some(q) = self.keep_raw {
+                q.borrow_mut().push_back(raw.clone());
+            }
             Ok(raw)
         });
         self.failed = item.is_err();
@@ -857,6 +1018,10 @@ fn write_attributes(
         Some(r) => {
             sink.set_attr_i64("upsample_factor", r.upsample_factor as i64)?;
             sink.set_attr_str("normalization", r.normalization.name())?;
+            let axes3 = |v: [f64; 3]| format!("{},{},{}", v[0], v[1], v[2]);
+            sink.set_attr_str("max_shift", &r.max_shift.map_or("off".into(), axes3))?;
+            sink.set_attr_str("smooth_sigma", &axes3(r.smooth_sigma))?;
+            sink.set_attr_i64("reference_iterations", cfg.reference_iterations as i64)?;
             sink.set_attr_str(
                 "register_on",
                 if cfg.register_on_raw {
@@ -865,6 +1030,9 @@ fn write_attributes(
                     "filtered"
                 },
             )?;
+            if let Some(path) = &cfg.shifts_file {
+                sink.set_attr_str("shifts_from", &path.display().to_string())?;
+            }
             sink.set_attr_str(
                 "reference",
                 &match cfg.reference {

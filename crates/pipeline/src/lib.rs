@@ -2,9 +2,12 @@
 //! writer threads), the memory check made before any data is read, the output's provenance, and
 //! synthetic data; progress is reported through a callback, never drawn here.
 
+pub mod channels;
 pub mod driver;
 pub mod memory;
 pub mod options;
+pub mod qc;
+pub mod shifts;
 pub mod synth;
 
 pub use driver::{

@@ -38,6 +38,10 @@ pub struct RunOptions {
     pub no_register: bool,
     pub upsample_factor: i64,
     pub normalization: Normalization,
+    /// Largest |shift| searched per axis (z, y, x voxels); `None`: unbounded (scikit-image's).
+    pub max_shift: Option<[f64; 3]>,
+    /// Gaussian smoothing (z, y, x voxels) of the correlation; 0: none (scikit-image's).
+    pub smooth_sigma: [f64; 3],
     pub reference: usize,
     /// The half-open range whose mean is the reference, instead of `reference`.
     pub reference_mean: Option<(usize, usize)>,
@@ -56,6 +60,12 @@ pub struct RunOptions {
     pub save: Vec<String>,
     /// Bytes pass 1's results may take in memory for the z-score (`None`: a quarter of what is available).
     pub memory_budget: Option<u64>,
+    /// Times the reference is refined: the mean of its range's frames registered onto it.
+    pub reference_iterations: u32,
+    /// Apply the shifts of this file (a gpuprep output, or CSV/TSV t,z,y,x) instead of registering.
+    pub shifts: Option<PathBuf>,
+    /// Other channels to write shifted alike: "all" or "1,2" (`None`: none).
+    pub apply_to_channels: Option<String>,
 }
 
 impl Default for RunOptions {
@@ -75,6 +85,8 @@ impl Default for RunOptions {
             no_register: false,
             upsample_factor: 1,
             normalization: Normalization::Phase,
+            max_shift: None,
+            smooth_sigma: [0.0; 3],
             reference: 0,
             reference_mean: None,
             register_raw: false,
@@ -89,6 +101,9 @@ impl Default for RunOptions {
             shard: false,
             save: Vec::new(),
             memory_budget: None,
+            reference_iterations: 0,
+            shifts: None,
+            apply_to_channels: None,
         }
     }
 }
@@ -130,10 +145,13 @@ impl RunOptions {
         let register = if self.no_register {
             None
         } else {
-            Some(RegisterParams::new(
-                upsample_factor(self.upsample_factor)?,
-                self.normalization,
-            )?)
+            let p =
+                RegisterParams::new(upsample_factor(self.upsample_factor)?, self.normalization)?
+                    .with_smooth_sigma(self.smooth_sigma)?;
+            Some(match self.max_shift {
+                Some(m) => p.with_max_shift(m)?,
+                None => p,
+            })
         };
         let reference = match self.reference_mean {
             None => ReferenceSpec::Index(self.reference),
@@ -144,6 +162,23 @@ impl RunOptions {
                     message: format!("got \"{start}:{end}\"; expected START:END with START < END"),
                 })
             }
+        };
+        if self.shifts.is_some() && self.no_register {
+            return Err(Error::InvalidParameter {
+                name: "shifts".into(),
+                message: "given shifts replace the registration, which is off (drop --no-register)"
+                    .into(),
+            });
+        }
+        let apply_to_channels = match &self.apply_to_channels {
+            None => None,
+            Some(_) if self.no_register => return Err(Error::InvalidParameter {
+                name: "channels to apply to".into(),
+                message:
+                    "other channels get the registered channel's shifts, and registration is off"
+                        .into(),
+            }),
+            Some(s) => Some(s.parse::<crate::channels::ChannelSet>()?),
         };
         let shift = ShiftParams::new(self.order, self.shift_mode, self.shift_cval)?;
         let zscore = (!self.no_zscore).then_some(ZscoreParams {
@@ -192,6 +227,9 @@ impl RunOptions {
             format: self.format,
             channel: self.channel,
             memory_budget: self.memory_budget,
+            reference_iterations: self.reference_iterations,
+            shifts_file: self.shifts,
+            apply_to_channels,
         })
     }
 }
@@ -244,6 +282,20 @@ mod tests {
                     ..Default::default()
                 },
                 "reference range: got \"3:3\"",
+            ),
+            (
+                RunOptions {
+                    max_shift: Some([0.0, -1.0, 3.0]),
+                    ..Default::default()
+                },
+                "max shift: got -1 along y",
+            ),
+            (
+                RunOptions {
+                    smooth_sigma: [0.0, 1.0, f64::INFINITY],
+                    ..Default::default()
+                },
+                "smooth sigma: got inf along x",
             ),
             (
                 RunOptions {

@@ -184,6 +184,9 @@ impl RunParams {
                 Some(text) => Some(py(gpuprep_pipeline::options::memory_budget(&text))?),
                 None => None,
             },
+            // Registration options of issue 12 (max_shift, smooth_sigma, shifts,
+            // apply_to_channels) take the CLI's defaults until RunParams names them.
+            ..RunOptions::default()
         })
     }
 }

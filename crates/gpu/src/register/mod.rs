@@ -19,9 +19,9 @@ use super::fft::line_work;
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::Result;
-use gpuprep_core::params::{Normalization, RegisterParams, Registration};
+use gpuprep_core::params::{gaussian_spectrum, Normalization, RegisterParams, Registration};
 pub use gpuprep_core::register::upsample_slab_planes;
-use gpuprep_core::register::{check_finite, UPSAMPLE_SLAB_BYTES};
+use gpuprep_core::register::{check_finite, Window, UPSAMPLE_SLAB_BYTES};
 
 /// Uniforms of `cross_power.wgsl` (`struct Params`); `tests/shaders.rs` (`uniform_structs_match_wgsl`) checks the layout.
 #[repr(C)]
@@ -36,8 +36,46 @@ pub struct CrossUniform {
     pub r: u32,
     /// `cross_power`, unnormalized: f32 bits of the power of two R is stored times (0 means 1).
     pub scale_bits: u32,
+    /// `argmax_abs`: 1 when only shifts within (`wz`, `wy`, `wx`) voxels rank (`--max-shift`); the
+    /// volume is then `d0`·`d1`·`d2` and the buffer starts at plane `z0` of it (tiled slabs).
+    pub window: u32,
+    pub wz: u32,
+    pub wy: u32,
+    pub wx: u32,
+    pub z0: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
+    pub _pad2: u32,
 }
-const _: () = assert!(std::mem::size_of::<CrossUniform>() == 32);
+const _: () = assert!(std::mem::size_of::<CrossUniform>() == 64);
+
+/// The uniform of an `argmax_abs` over a correlation of `shape` whose buffer starts at plane `z0`
+/// (`total` values), ranking only shifts within `p.coarse_window()`.
+fn argmax_uniform(p: &RegisterParams, shape: [usize; 3], z0: usize, total: usize) -> CrossUniform {
+    let [wz, wy, wx] = p.coarse_window();
+    CrossUniform {
+        total: total as u32,
+        d0: shape[0] as u32,
+        d1: shape[1] as u32,
+        d2: shape[2] as u32,
+        window: p.max_shift.is_some() as u32,
+        wz,
+        wy,
+        wx,
+        z0: z0 as u32,
+        ..Default::default()
+    }
+}
+
+/// `--smooth-sigma`'s Gaussian spectra for the (full, complex) spectrum of `shape` restricted to
+/// rows `ys` along y: `[gz | gy[ys] | gx]`, one table, as `gaussian_smooth` in cross_power.wgsl reads it.
+fn smooth_table(p: &RegisterParams, shape: [usize; 3], ys: std::ops::Range<usize>) -> Vec<f32> {
+    let [sz, sy, sx] = p.smooth_sigma;
+    let mut t = gaussian_spectrum(shape[0], sz);
+    t.extend_from_slice(&gaussian_spectrum(shape[1], sy)[ys]);
+    t.extend(gaussian_spectrum(shape[2], sx));
+    t
+}
 
 /// One workgroup's argmax (`struct Partial` in shaders/cross_power.wgsl; layout checked by `uniform_structs_match_wgsl`).
 #[repr(C)]
@@ -92,7 +130,7 @@ fn finish(
     cc_peak: Complex64,
     moving_power: f64,
     scale: f64,
-    up: impl FnOnce(usize, f64, [f64; 3]) -> Result<([usize; 3], Complex64)>,
+    up: impl FnOnce(usize, f64, [f64; 3], Window) -> Result<([usize; 3], Complex64)>,
 ) -> Result<Registration> {
     let (r, cc_max) = gpuprep_core::register::finish(
         shape,

@@ -6,8 +6,8 @@ use super::upsample::{
     contract_kernel, record_contract, upsample_kernels, upsampled_peak_z, Contraction,
 };
 use super::{
-    beats, check_reference_power, finish, peak_position, scaled_sum, total_of, unnormalized_scale,
-    CrossUniform, Partial, MAX_REDUCE_GROUPS, NO_PEAK,
+    argmax_uniform, beats, check_reference_power, finish, peak_position, scaled_sum, smooth_table,
+    total_of, unnormalized_scale, CrossUniform, Partial, MAX_REDUCE_GROUPS, NO_PEAK,
 };
 use crate::device::{GpuContext, Recorder, WORKGROUP};
 use crate::fft::Fft3Plan;
@@ -15,7 +15,7 @@ use crate::shaders;
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::Result;
 use gpuprep_core::params::{Normalization, RegisterParams, Registration};
-use gpuprep_core::register::UPSAMPLE_SLAB_BYTES;
+use gpuprep_core::register::{Window, UPSAMPLE_SLAB_BYTES};
 
 /// The reference spectrum and the buffers of the registration, resident on the device.
 pub struct GpuRegistrar {
@@ -28,6 +28,8 @@ pub struct GpuRegistrar {
     spectrum: wgpu::Buffer,
     partials: wgpu::Buffer,
     sums: wgpu::Buffer,
+    /// `--smooth-sigma`'s Gaussian spectra (`smooth_table`), when smoothing.
+    smooth: Option<wgpu::Buffer>,
     groups: usize,
     reference_power: f64,
     /// What the unnormalized cross-power is stored times (`unnormalized_scale`).
@@ -92,6 +94,13 @@ impl GpuRegistrar {
             spectrum,
             partials: ctx.storage("register.argmax_partials", groups as u64 * 16)?,
             sums: ctx.storage("register.power_partials", groups as u64 * 8)?,
+            smooth: match p.smooths() {
+                true => Some(ctx.storage_init(
+                    "register.smooth_table",
+                    &smooth_table(p, shape, 0..shape[1]),
+                )?),
+                false => None,
+            },
             groups,
             reference_power: 0.0,
             scale: 1.0,
@@ -171,13 +180,29 @@ impl GpuRegistrar {
             &[&self.reference, &self.g],
             total as u64,
         );
+        if let Some(table) = &self.smooth {
+            let [d0, d1, d2] = self.shape.map(|d| d as u32);
+            let su = CrossUniform {
+                total: total as u32,
+                d0,
+                d1,
+                d2,
+                ..Default::default()
+            };
+            rec.dispatch(
+                &ctx.pipeline(&shaders::CROSS_SMOOTH)?,
+                &su,
+                &[&self.g, table],
+                total as u64,
+            );
+        }
         if self.params.upsample_factor > 1 {
             rec.copy(&self.g, &self.spectrum, total as u64 * 8);
         }
         self.plan.record(ctx, &mut rec, &self.g, &self.tmp, true)?;
         rec.dispatch_groups(
             &ctx.pipeline(&shaders::CROSS_ARGMAX_ABS)?,
-            &u,
+            &argmax_uniform(&self.params, self.shape, 0, total),
             &[&self.g, &self.partials, &self.sums],
             self.groups as u64,
         );
@@ -211,7 +236,7 @@ impl GpuRegistrar {
             cc_peak,
             moving_power,
             self.scale,
-            |r, u, offsets| self.upsampled_dft(ctx, r, u, offsets),
+            |r, u, offsets, window| self.upsampled_dft(ctx, r, u, offsets, window),
         )
     }
 
@@ -224,6 +249,7 @@ impl GpuRegistrar {
         r: usize,
         u: f64,
         offsets: [f64; 3],
+        window: Window,
     ) -> Result<([usize; 3], Complex64)> {
         let [nz, ny, nx] = self.shape;
         let [ky, kx] = upsample_kernels(ctx, self.shape, r, u, offsets)?;
@@ -239,6 +265,16 @@ impl GpuRegistrar {
             record_contract(&mut rec, &k, d, axis, r, [src, kern, dst], total);
         }
         rec.submit()?;
-        upsampled_peak_z(ctx, &k, &t2, nz, r, u, offsets[0], UPSAMPLE_SLAB_BYTES)
+        upsampled_peak_z(
+            ctx,
+            &k,
+            &t2,
+            nz,
+            r,
+            u,
+            offsets[0],
+            window,
+            UPSAMPLE_SLAB_BYTES,
+        )
     }
 }

@@ -3,8 +3,8 @@
 
 use super::upsample::{contract_kernel, record_contract, upsample_kernels, upsampled_peak_z};
 use super::{
-    beats, check_reference_power, finish, peak_position, scaled_sum, total_of, unnormalized_scale,
-    CrossUniform, Partial, MAX_REDUCE_GROUPS, NO_PEAK,
+    argmax_uniform, beats, check_reference_power, finish, peak_position, scaled_sum, smooth_table,
+    total_of, unnormalized_scale, CrossUniform, Partial, MAX_REDUCE_GROUPS, NO_PEAK,
 };
 use crate::device::{GpuContext, Recorder, WORKGROUP};
 use crate::fft::{line_work, Fft3Plan};
@@ -12,7 +12,7 @@ use crate::shaders::{self, KernelDecl};
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{Normalization, RegisterParams, Registration};
-use gpuprep_core::register::UPSAMPLE_SLAB_BYTES;
+use gpuprep_core::register::{Window, UPSAMPLE_SLAB_BYTES};
 use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
@@ -91,8 +91,11 @@ impl TiledRegistrar {
             let b = ctx.tile_buffer("register.tile_b", plan_bytes(&plan))?;
             let mut rec = ctx.recorder();
             plan.record(ctx, &mut rec, &a, &b, false)?;
-            let groups =
-                record_reduce(ctx, &mut rec, &shaders::CROSS_SUM_SQ, &a, plan_total(&plan))?;
+            let u = CrossUniform {
+                total: plan_total(&plan) as u32,
+                ..Default::default()
+            };
+            let groups = record_reduce(ctx, &mut rec, &shaders::CROSS_SUM_SQ, &a, u)?;
             rec.submit()?;
             power += read_sums(ctx, groups)?;
             t.store_y_slab(ctx, &mut spec, &ys, &a)?;
@@ -216,7 +219,11 @@ impl TiledRegistrar {
             let b = ctx.tile_buffer("register.tile_b", plan_bytes(&plan))?;
             let mut rec = ctx.recorder();
             plan.record(ctx, &mut rec, &a, &b, false)?;
-            let groups = record_reduce(ctx, &mut rec, &shaders::CROSS_SUM_SQ, &a, total)?;
+            let u = CrossUniform {
+                total: total as u32,
+                ..Default::default()
+            };
+            let groups = record_reduce(ctx, &mut rec, &shaders::CROSS_SUM_SQ, &a, u)?;
             let u = CrossUniform {
                 total: total as u32,
                 phase,
@@ -229,6 +236,23 @@ impl TiledRegistrar {
                 &[&f, &a],
                 total as u64,
             );
+            if self.params.smooths() {
+                let table = smooth_table(&self.params, self.shape, ys.clone());
+                let table = ctx.storage_init("register.smooth_table", &table)?;
+                let su = CrossUniform {
+                    total: total as u32,
+                    d0: nz as u32,
+                    d1: ys.len() as u32,
+                    d2: nx as u32,
+                    ..Default::default()
+                };
+                rec.dispatch(
+                    &ctx.pipeline(&shaders::CROSS_SMOOTH)?,
+                    &su,
+                    &[&a, &table],
+                    total as u64,
+                );
+            }
             if upsample {
                 rec.submit()?;
                 self.store_y_slab(ctx, &mut cross, &ys, &a)?;
@@ -249,7 +273,8 @@ impl TiledRegistrar {
             ctx.upload(&a, &spec[zs.start * ny * nx..zs.end * ny * nx]);
             let mut rec = ctx.recorder();
             plan.record(ctx, &mut rec, &a, &b, true)?;
-            let groups = record_reduce(ctx, &mut rec, &shaders::CROSS_ARGMAX_ABS, &a, total)?;
+            let window = argmax_uniform(&self.params, self.shape, zs.start, total);
+            let groups = record_reduce(ctx, &mut rec, &shaders::CROSS_ARGMAX_ABS, &a, window)?;
             rec.submit()?;
             let offset = (zs.start * ny * nx) as u32;
             let (partials, _) = reduce_buffers(ctx)?;
@@ -276,7 +301,7 @@ impl TiledRegistrar {
             cc_peak,
             moving_power,
             self.scale,
-            |r, u, offsets| self.upsampled_dft(ctx, &cross, r, u, offsets),
+            |r, u, offsets, window| self.upsampled_dft(ctx, &cross, r, u, offsets, window),
         )
     }
 
@@ -290,6 +315,7 @@ impl TiledRegistrar {
         r: usize,
         u: f64,
         offsets: [f64; 3],
+        window: Window,
     ) -> Result<([usize; 3], Complex64)> {
         let [nz, ny, nx] = self.shape;
         let [ky, kx] = upsample_kernels(ctx, self.shape, r, u, offsets)?;
@@ -310,7 +336,7 @@ impl TiledRegistrar {
         }
         let t2 = ctx.storage_init("register.upsample_t2", &t2)?;
         let budget = UPSAMPLE_SLAB_BYTES.min(ctx.max_tile_bytes() as usize);
-        upsampled_peak_z(ctx, &k, &t2, nz, r, u, offsets[0], budget)
+        upsampled_peak_z(ctx, &k, &t2, nz, r, u, offsets[0], window, budget)
     }
 }
 
@@ -337,20 +363,16 @@ fn reduce_buffers(ctx: &GpuContext) -> Result<(wgpu::Buffer, wgpu::Buffer)> {
 }
 
 /// Record the tiled reduction `entry` (`sum_sq` or `argmax_abs` of `cross_power.wgsl`) over the
-/// `total` complex values in `buf`, into the pooled partials; returns the number of partials.
+/// `u.total` complex values in `buf`, into the pooled partials; returns the number of partials.
 fn record_reduce(
     ctx: &GpuContext,
     rec: &mut Recorder<'_>,
     decl: &KernelDecl,
     buf: &wgpu::Buffer,
-    total: usize,
+    u: CrossUniform,
 ) -> Result<usize> {
-    let groups = reduce_groups(total);
+    let groups = reduce_groups(u.total as usize);
     let (partials, sums) = reduce_buffers(ctx)?;
-    let u = CrossUniform {
-        total: total as u32,
-        ..Default::default()
-    };
     rec.dispatch_groups(
         &ctx.pipeline(decl)?,
         &u,

@@ -6,7 +6,7 @@ use crate::device::{GpuContext, Kernel, Recorder};
 use crate::shaders;
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::{Error, Result};
-use gpuprep_core::register::upsample_slab_planes;
+use gpuprep_core::register::{upsample_slab_planes, Window};
 use std::sync::Arc;
 
 /// One contraction of the upsampled DFT: input dims, axis, input, kernel, output, output length.
@@ -55,7 +55,7 @@ pub(super) fn record_contract(
         d2: d[2] as u32,
         axis,
         r: r as u32,
-        scale_bits: 0,
+        ..Default::default()
     };
     rec.dispatch(k, &u, &bufs, total as u64);
 }
@@ -100,24 +100,31 @@ pub(super) fn upsampled_peak_z(
     r: usize,
     u: f64,
     off_z: f64,
+    window: Window,
     slab_bytes: usize,
 ) -> Result<([usize; 3], Complex64)> {
+    let [wa, wb, wc] = window;
     let kz = upsample_kernel(nz, r, u, off_z);
     let planes = upsample_slab_planes(r, slab_bytes);
     let t3 = ctx.storage("register.upsample_t3", (planes * r * r * 8) as u64)?;
     // Strictly larger in C order: the first maximum; a NaN never ranks (all NaN: index 0).
-    let (mut best, mut best_v, mut value) = (0usize, f64::NEG_INFINITY, None);
-    for a0 in (0..r).step_by(planes) {
-        let n = planes.min(r - a0);
+    let first = (wa.start * r + wb.start) * r + wc.start;
+    let (mut best, mut best_v, mut value) = (first, f64::NEG_INFINITY, None);
+    for a0 in wa.clone().step_by(planes) {
+        let n = planes.min(wa.end - a0);
         let kzs = ctx.storage_init("register.upsample_kz", &kz[a0 * nz..(a0 + n) * nz])?;
         let mut rec = ctx.recorder();
         record_contract(&mut rec, k, [nz, r, r], 0, n, [t2, &kzs, &t3], n * r * r);
         rec.submit()?;
         let slab = ctx.read::<[f32; 2]>(&t3, n * r * r)?;
-        if a0 == 0 {
-            value = value.or(Some(slab[0]));
+        if a0 == wa.start {
+            value = value.or(Some(slab[first - a0 * r * r]));
         }
         for (i, &[re, im]) in slab.iter().enumerate() {
+            // `--max-shift`: only the window's indices rank.
+            if !(wb.contains(&((i / r) % r)) && wc.contains(&(i % r))) {
+                continue;
+            }
             let v = Complex64::new(re as f64, im as f64);
             if v.norm() > best_v {
                 best_v = v.norm();
@@ -148,7 +155,8 @@ mod tests {
             .map(|i| [((i * 37) % 11) as f32 - 5.0, ((i * 13) % 7) as f32])
             .collect();
         let t2 = ctx.storage_init("test.t2", &t2).unwrap();
-        let peak = |bytes| upsampled_peak_z(&ctx, &k, &t2, nz, r, 3.0, 2.5, bytes).unwrap();
+        let all = || [0..r, 0..r, 0..r];
+        let peak = |bytes| upsampled_peak_z(&ctx, &k, &t2, nz, r, 3.0, 2.5, all(), bytes).unwrap();
         let whole = peak(usize::MAX);
         assert_eq!(upsample_slab_planes(r, 0), 1);
         assert_eq!(upsample_slab_planes(r, usize::MAX), r);

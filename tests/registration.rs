@@ -1,0 +1,509 @@
+//! Integration tests: registration options (issue 12). `--max-shift` and `--smooth-sigma` on
+//! synthetic recordings with a known drift, noise at several levels and outlier frames (a burst of
+//! noise, a partly blanked frame): scikit-image's default (phase correlation, unbounded) fails where
+//! the options hold every frame within 0.5 voxel; the GPU (resident and tiled) gives the CPU's
+//! numbers (integer shifts identical, sub-voxel ones within 1/upsample).
+
+use gpuprep_core::backend::Backend;
+use gpuprep_core::params::*;
+use gpuprep_cpu::CpuBackend;
+use gpuprep_gpu::{Api, GpuBackend};
+use ndarray::Array3;
+use rand::rngs::StdRng;
+use rand::{Rng, SeedableRng};
+
+/// The GPU backend on Vulkan, or `None` (skipped) when there is none and CI does not require one.
+fn gpu() -> Option<GpuBackend> {
+    match GpuBackend::new(Api::Vulkan) {
+        Ok(g) => {
+            assert_eq!(g.adapter_backend(), wgpu::Backend::Vulkan);
+            Some(g)
+        }
+        Err(e) => {
+            assert!(
+                std::env::var("GPUPREP_REQUIRE_GPU").as_deref() != Ok("1"),
+                "GPUPREP_REQUIRE_GPU=1 but no Vulkan adapter: {e}"
+            );
+            eprintln!("SKIPPED: no Vulkan adapter ({e})");
+            None
+        }
+    }
+}
+
+/// A synthetic recording: a field of cells (small Gaussian blobs of random brightness on a dim
+/// gradient), drifting by a known sub-voxel amount each frame, with Gaussian noise.
+pub struct Movie {
+    /// The template (drift 0) with the noise of an average of 20 frames.
+    pub reference: Array3<f32>,
+    pub frames: Vec<Array3<f32>>,
+    /// Per frame, the shift that registers it onto the reference (minus its drift).
+    pub truth: Vec<[f64; 3]>,
+}
+
+/// Outlier frames mixed into a `Movie`.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Outlier {
+    /// Four times the noise.
+    NoiseBurst,
+    /// The last 40% of the rows read nothing (zero signal, the noise stays).
+    PartlyBlanked,
+}
+
+pub fn movie(
+    shape: [usize; 3],
+    n: usize,
+    noise: f32,
+    outliers: &[(usize, Outlier)],
+    seed: u64,
+) -> Movie {
+    let mut rng = StdRng::seed_from_u64(seed);
+    let cells: Vec<([f64; 3], f64)> = (0..shape[0].div_ceil(4) * shape[1] * shape[2] / 80)
+        .map(|_| {
+            let mut c = [0, 1, 2].map(|a| rng.random::<f64>() * shape[a] as f64);
+            // Deep stacks: cells away from the first and last planes, as in a stack that covers
+            // the tissue (a cut-off cell at the edge would pin the z peak at 0).
+            if shape[0] > 5 {
+                c[0] = 3.0 + rng.random::<f64>() * (shape[0] - 6) as f64;
+            }
+            (c, 0.4 + 0.6 * rng.random::<f64>())
+        })
+        .collect();
+    let render = |d: [f64; 3]| {
+        Array3::from_shape_fn(shape, |(z, y, x)| {
+            let p = [z as f64 - d[0], y as f64 - d[1], x as f64 - d[2]];
+            let background = 0.2 + 0.1 * p[2] / shape[2] as f64;
+            let cells: f64 = cells
+                .iter()
+                .map(|(c, a)| {
+                    let r2 =
+                        (p[0] - c[0]).powi(2) / 1.0 + (p[1] - c[1]).powi(2) + (p[2] - c[2]).powi(2);
+                    a * (-r2 / (2.0 * 1.5f64.powi(2))).exp()
+                })
+                .sum();
+            (background + cells) as f32
+        })
+    };
+    let noisy = |v: Array3<f32>, sigma: f32, rng: &mut StdRng| v.mapv(|x| x + sigma * gauss(rng));
+    let reference = noisy(render([0.0; 3]), noise / 20f32.sqrt(), &mut rng);
+    let mut frames = Vec::new();
+    let mut truth = Vec::new();
+    for t in 0..n {
+        let tt = t as f64;
+        // A slow drift of up to 3 voxels in y and x plus a jitter, sub-voxel; a step of one plane in z.
+        let mut d = [
+            if t >= n / 2 { 1.0 } else { 0.0 },
+            3.0 * (tt / 4.0).sin() + 0.3 * (tt * 1.7).cos(),
+            -2.5 * (tt / 6.0).cos() + 1.0,
+        ];
+        if shape[0] == 1 {
+            d[0] = 0.0;
+        }
+        let clean = render(d);
+        let frame = match outliers.iter().find(|(at, _)| *at == t).map(|o| o.1) {
+            None => noisy(clean, noise, &mut rng),
+            Some(Outlier::NoiseBurst) => noisy(clean, 4.0 * noise, &mut rng),
+            Some(Outlier::PartlyBlanked) => {
+                let mut c = clean;
+                let from = shape[1] * 6 / 10;
+                c.slice_mut(ndarray::s![.., from.., ..]).fill(0.0);
+                noisy(c, noise, &mut rng)
+            }
+        };
+        frames.push(frame);
+        truth.push(d.map(|v| -v));
+    }
+    Movie {
+        reference,
+        frames,
+        truth,
+    }
+}
+
+/// A standard normal sample (Box-Muller).
+fn gauss(rng: &mut StdRng) -> f32 {
+    let (u, v) = (1.0 - rng.random::<f64>(), rng.random::<f64>());
+    ((-2.0 * u.ln()).sqrt() * (2.0 * std::f64::consts::PI * v).cos()) as f32
+}
+
+/// Each frame's registration onto the movie's reference with `p` on backend `b`.
+pub fn register_all(b: &mut dyn Backend, m: &Movie, p: &RegisterParams) -> Vec<Registration> {
+    let r = b.set_reference(m.reference.view(), p).unwrap();
+    m.frames
+        .iter()
+        .map(|f| b.register(&r, f.view()).unwrap())
+        .collect()
+}
+
+/// Per frame, the largest |shift - truth| over the axes.
+pub fn errors(regs: &[Registration], truth: &[[f64; 3]]) -> Vec<f64> {
+    regs.iter()
+        .zip(truth)
+        .map(|(r, t)| {
+            (0..3)
+                .map(|a| (r.shift[a] - t[a]).abs())
+                .fold(0.0, f64::max)
+        })
+        .collect()
+}
+
+fn worst(e: &[f64]) -> f64 {
+    e.iter().copied().fold(0.0, f64::max)
+}
+
+fn options(u: u32) -> RegisterParams {
+    RegisterParams::new(u, Normalization::Phase)
+        .unwrap()
+        .with_max_shift([2.0, 5.0, 5.0])
+        .unwrap()
+        .with_smooth_sigma([1.0, 2.0, 2.0])
+        .unwrap()
+}
+
+/// The cases of the proof: (shape, noise); each movie has a noise burst at frame 7 and a partly
+/// blanked frame at 13.
+const CASES: [([usize; 3], f32); 4] = [
+    ([1, 64, 64], 0.1),
+    ([1, 64, 64], 0.25),
+    ([16, 32, 32], 0.1),
+    ([16, 32, 32], 0.2),
+];
+const OUTLIERS: [(usize, Outlier); 2] = [(7, Outlier::NoiseBurst), (13, Outlier::PartlyBlanked)];
+
+#[test]
+fn bounded_smoothed_phase_correlation_holds_where_the_default_fails() {
+    let mut cpu = CpuBackend::new();
+    for (shape, noise) in CASES {
+        let m = movie(shape, 20, noise, &OUTLIERS, 12);
+        let default = RegisterParams::new(10, Normalization::Phase).unwrap();
+        let e_default = errors(&register_all(&mut cpu, &m, &default), &m.truth);
+        let e_options = errors(&register_all(&mut cpu, &m, &options(10)), &m.truth);
+        let round = |e: &[f64]| {
+            e.iter()
+                .map(|e| (e * 100.0).round() / 100.0)
+                .collect::<Vec<_>>()
+        };
+        eprintln!(
+            "{shape:?} noise {noise}: default worst {:.2} ({} frames > 0.5), options worst {:.2}",
+            worst(&e_default),
+            e_default.iter().filter(|&&e| e > 0.5).count(),
+            worst(&e_options)
+        );
+        assert!(
+            worst(&e_default) > 0.5,
+            "{shape:?} noise {noise}: the default should fail: {:?}",
+            round(&e_default)
+        );
+        assert!(
+            worst(&e_options) <= 0.5,
+            "{shape:?} noise {noise}: {:?}",
+            round(&e_options)
+        );
+    }
+}
+
+#[test]
+fn every_shift_stays_within_max_shift_at_integer_and_upsampled_precision() {
+    let mut cpu = CpuBackend::new();
+    let m = movie([1, 64, 64], 12, 1.0, &OUTLIERS, 3);
+    for u in [1, 10] {
+        for max in [[0.0, 1.0, 1.5], [0.0, 0.0, 2.0], [0.0, 3.3, 0.7]] {
+            let p = RegisterParams::new(u, Normalization::Phase)
+                .unwrap()
+                .with_max_shift(max)
+                .unwrap();
+            for r in register_all(&mut cpu, &m, &p) {
+                for a in 0..3 {
+                    assert!(
+                        r.shift[a].abs() <= max[a] + 1e-9,
+                        "u {u} max {max:?}: {r:?}"
+                    );
+                }
+            }
+        }
+    }
+    // A bound wider than the volume is no bound: scikit-image's shifts exactly.
+    let m = movie([1, 32, 32], 6, 0.5, &[], 4);
+    for u in [1, 10] {
+        let plain = RegisterParams::new(u, Normalization::Phase).unwrap();
+        let wide = plain.with_max_shift([100.0; 3]).unwrap();
+        assert_eq!(
+            register_all(&mut cpu, &m, &plain),
+            register_all(&mut cpu, &m, &wide)
+        );
+    }
+}
+
+/// Each option alone and together, on the GPU (resident, and tiled with a tile limit that holds
+/// planes but not the spectrum) against the CPU: integer shifts identical, sub-voxel ones within
+/// 1/upsample.
+#[test]
+fn the_gpu_registers_with_the_options_as_the_cpu() {
+    let Some(_) = gpu() else { return };
+    let mut cpu = CpuBackend::new();
+    let bound = [1.0, 4.0, 4.0];
+    for (shape, noise) in [([1, 48, 40], 0.3f32), ([12, 24, 20], 0.2)] {
+        let m = movie(shape, 10, noise, &OUTLIERS, 5);
+        for u in [1u32, 10] {
+            let plain = RegisterParams::new(u, Normalization::Phase).unwrap();
+            for p in [
+                plain.with_max_shift(bound).unwrap(),
+                plain.with_smooth_sigma([0.5, 1.15, 2.0]).unwrap(),
+                options(u),
+                RegisterParams::new(u, Normalization::None)
+                    .unwrap()
+                    .with_max_shift(bound)
+                    .unwrap()
+                    .with_smooth_sigma([1.0; 3])
+                    .unwrap(),
+            ] {
+                let want = register_all(&mut cpu, &m, &p);
+                // Planes of the tiled route are 8·ny·nx bytes (x/y transforms) and at most
+                // 8·nz·nx per y-row of the z transform: four planes fit, the spectrum does not.
+                for tile in [None, Some(4 * 8 * shape[1] as u64 * shape[2] as u64)] {
+                    let mut g = gpu().unwrap();
+                    if let Some(t) = tile {
+                        g.set_max_tile_bytes(t);
+                    }
+                    let got = register_all(&mut g, &m, &p);
+                    for (t, (w, g)) in want.iter().zip(&got).enumerate() {
+                        for a in 0..3 {
+                            let d = (w.shift[a] - g.shift[a]).abs();
+                            let tol = if u == 1 { 0.0 } else { 1.0 / u as f64 + 1e-9 };
+                            assert!(
+                                d <= tol,
+                                "{shape:?} {p:?} tile {tile:?} frame {t}: cpu {w:?} gpu {g:?}"
+                            );
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// A two-channel OME-Zarr 0.4 image (t, c, z, y, x): channel 0 a drifting blob, channel 1 other
+/// values of the same drift.
+fn two_channel_store(dir: &std::path::Path) -> std::path::PathBuf {
+    use ndarray::s;
+    use serde_json::json;
+    let data = crate::formats::series(crate::support::fresh_seed(), [5, 3, 10, 12]);
+    let ome = dir.join("two.zarr");
+    let mut five = ndarray::Array5::<u16>::zeros([5, 2, 3, 10, 12]);
+    five.slice_mut(s![.., 0, .., .., ..]).assign(&data);
+    five.slice_mut(s![.., 1, .., .., ..])
+        .assign(&data.mapv(|v| v / 3 + 7));
+    std::fs::create_dir_all(&ome).unwrap();
+    std::fs::write(ome.join(".zgroup"), r#"{"zarr_format": 2}"#).unwrap();
+    let ms = json!({"multiscales": [{"version": "0.4", "axes": [
+        {"name": "t", "type": "time"}, {"name": "c", "type": "channel"}, {"name": "z", "type": "space"},
+        {"name": "y", "type": "space"}, {"name": "x", "type": "space"}],
+        "datasets": [{"path": "0"}]}]});
+    std::fs::write(ome.join(".zattrs"), ms.to_string()).unwrap();
+    crate::formats::write_zarr_v2(
+        &ome.join("0"),
+        &five.into_dyn(),
+        &[2, 2, 3, 10, 12],
+        json!({}),
+    );
+    ome
+}
+
+#[test]
+fn given_shifts_are_applied_bit_for_bit_as_registering_with_them() {
+    use crate::formats::{h5_f32, h5_f64, run_err, run_ok};
+    let tmp = tempfile::tempdir().unwrap();
+    let ome = two_channel_store(tmp.path());
+    let zarr = ["--format", "zarr", "--upsample-factor", "4"];
+    // Registered on channel 0, channel 1 written with the same shifts.
+    let out = tmp.path().join("out.h5");
+    run_ok(
+        &ome,
+        &out,
+        &[&zarr[..], &["--apply-to-channels", "all"]].concat(),
+    );
+    let out_c1 = tmp.path().join("out_c1.h5");
+    let shifts = h5_f64(&out, "shifts");
+    assert!(shifts.iter().any(|&s| s != 0.0), "{shifts:?}");
+    assert_eq!(h5_f64(&out_c1, "shifts"), shifts);
+    // --shifts of the output on channel 0: the registered run's data, bit for bit.
+    let again = tmp.path().join("again.h5");
+    let given = out.display().to_string();
+    run_ok(&ome, &again, &[&zarr[..], &["--shifts", &given]].concat());
+    let bits = |a: ndarray::ArrayD<f32>| a.mapv(f32::to_bits);
+    assert_eq!(bits(h5_f32(&again, "data")), bits(h5_f32(&out, "data")));
+    // On channel 1: what --apply-to-channels wrote.
+    let c1 = tmp.path().join("c1.h5");
+    run_ok(
+        &ome,
+        &c1,
+        &[&zarr[..], &["--channel", "1", "--shifts", &given]].concat(),
+    );
+    assert_eq!(bits(h5_f32(&c1, "data")), bits(h5_f32(&out_c1, "data")));
+    assert_ne!(bits(h5_f32(&c1, "data")), bits(h5_f32(&out, "data")));
+    // The same shifts from a CSV table (rows out of order, full precision).
+    let csv = tmp.path().join("shifts.csv");
+    let mut text = String::from("t,z,y,x\n");
+    for t in (0..5).rev() {
+        let r = |a: usize| shifts[[t, a]];
+        text += &format!("{t},{:?},{:?},{:?}\n", r(0), r(1), r(2));
+    }
+    std::fs::write(&csv, text).unwrap();
+    let from_csv = tmp.path().join("csv.h5");
+    let csv_arg = csv.display().to_string();
+    run_ok(
+        &ome,
+        &from_csv,
+        &[&zarr[..], &["--shifts", &csv_arg]].concat(),
+    );
+    assert_eq!(bits(h5_f32(&from_csv, "data")), bits(h5_f32(&out, "data")));
+    // A count that does not match: one line naming the file, and no output.
+    std::fs::write(&csv, "y,x\n1,2\n3,4\n").unwrap();
+    let bad = tmp.path().join("bad.h5");
+    let (code, err) = run_err(&ome, &bad, &[&zarr[..], &["--shifts", &csv_arg]].concat());
+    assert_eq!(code, 2, "{err}");
+    assert!(
+        err.contains("shifts.csv")
+            && err.contains("holds shifts for 2 timepoints; the input has 5"),
+        "{err}"
+    );
+    assert_eq!(err.trim_end().lines().count(), 1, "{err}");
+    assert!(!bad.exists());
+    // A channel list naming the registered channel, or one past the channels: refused up front.
+    let (_, err) = run_err(
+        &ome,
+        &bad,
+        &[&zarr[..], &["--apply-to-channels", "0"]].concat(),
+    );
+    assert!(
+        err.contains("--apply-to-channels: channel 0 is the one registered"),
+        "{err}"
+    );
+    let (_, err) = run_err(
+        &ome,
+        &bad,
+        &[&zarr[..], &["--apply-to-channels", "2"]].concat(),
+    );
+    assert!(
+        err.contains("channel 2 is out of range: the input has 2 channels"),
+        "{err}"
+    );
+    assert!(!bad.exists());
+}
+
+/// The QC side arrays in both output formats: framewise displacement from the shifts, the
+/// correlation with the reference higher after registration than before for a drifting blob, and
+/// a blank frame and a frame at the `--max-shift` bound flagged.
+#[test]
+fn qc_arrays_are_written_in_both_formats() {
+    use crate::formats::{run_ok, series, write_h5};
+    let tmp = tempfile::tempdir().unwrap();
+    let mut data = series(7, [8, 3, 16, 16]);
+    data.slice_mut(ndarray::s![5, .., .., ..]).fill(0);
+    let input = tmp.path().join("in.h5");
+    write_h5(&input, &data);
+    for name in ["qc.h5", "qc.zarr"] {
+        let out = tmp.path().join(name);
+        // One blob in noise: unwhitened correlation registers every frame.
+        run_ok(
+            &input,
+            &out,
+            &["--dataset", "data", "--normalization", "none"],
+        );
+        let read = |out: &std::path::Path, name| gpuprep_io::arrays::read_f64(out, name).unwrap();
+        let shifts = read(&out, "shifts");
+        let fd = read(&out, "framewise_displacement");
+        assert_eq!(fd.len(), 8);
+        for t in 1..8 {
+            let d: f64 = (0..3)
+                .map(|a| (shifts[[t, a]] - shifts[[t - 1, a]]).powi(2))
+                .sum();
+            assert!((fd[t] - d.sqrt()).abs() < 1e-12, "{name} {t}");
+        }
+        let (before, after) = (
+            read(&out, "correlation_before"),
+            read(&out, "correlation_after"),
+        );
+        // The blob drifts 0.7 voxel a frame in y: from frame 3 on registration must help.
+        for t in [3, 4, 6, 7] {
+            assert!(after[t] > before[t], "{name} {t}: {before:?} {after:?}");
+        }
+        let flags = read(&out, "suspicious");
+        assert!(before[5].is_nan() && flags[5] == 1.0, "{name}: {flags:?}");
+        // Bounded to one voxel in y: the frames whose shift reaches it are flagged.
+        let bounded = tmp.path().join(format!("bounded_{name}"));
+        run_ok(
+            &input,
+            &bounded,
+            &["--dataset", "data", "--max-shift", "0,1,3"],
+        );
+        let (shifts, flags) = (read(&bounded, "shifts"), read(&bounded, "suspicious"));
+        for t in (0..8).filter(|&t| t != 5) {
+            let at_bound = shifts[[t, 1]].abs() >= 1.0 - 1e-9 || shifts[[t, 2]].abs() >= 3.0 - 1e-9;
+            assert_eq!(
+                flags[t] == 1.0,
+                at_bound,
+                "{name} {t}: {shifts:?} {flags:?}"
+            );
+        }
+        // The bound is reached by some frame besides the blank one.
+        assert!((0..8).any(|t| t != 5 && flags[t] == 1.0), "{flags:?}");
+    }
+}
+
+/// `--reference-iterations`: the mean of a drifting range is blurred; registered onto itself it
+/// sharpens, and the run's shifts come closer to the truth. The reference used is saved.
+#[test]
+fn reference_iterations_sharpen_a_blurred_mean_reference() {
+    let tmp = tempfile::tempdir().unwrap();
+    let m = movie([1, 64, 64], 20, 0.1, &[], 21);
+    let mut all = ndarray::Array4::<f32>::zeros((20, 1, 64, 64));
+    for (t, f) in m.frames.iter().enumerate() {
+        all.slice_mut(ndarray::s![t, .., .., ..]).assign(f);
+    }
+    let input = tmp.path().join("movie.h5");
+    let f = hdf5::File::create(&input).unwrap();
+    f.new_dataset_builder()
+        .with_data(&all)
+        .create("data")
+        .unwrap();
+    drop(f);
+    let mut worst_by_iterations = Vec::new();
+    for n in ["0", "2"] {
+        let out = tmp.path().join(format!("it{n}.h5"));
+        crate::formats::run_ok(
+            &input,
+            &out,
+            &[
+                "--dataset",
+                "data",
+                "--no-median",
+                "--reference-mean",
+                "0:20",
+                "--upsample-factor",
+                "10",
+                "--smooth-sigma",
+                "0,2,2",
+                "--max-shift",
+                "0,8,8",
+                "--reference-iterations",
+                n,
+            ],
+        );
+        let shifts = gpuprep_io::arrays::read_f64(&out, "shifts").unwrap();
+        // Shifts are relative to the reference: compare drift differences to frame 0.
+        let worst = (0..20)
+            .flat_map(|t| (1..3).map(move |a| (t, a)))
+            .map(|(t, a)| {
+                ((shifts[[t, a]] - shifts[[0, a]]) - (m.truth[t][a] - m.truth[0][a])).abs()
+            })
+            .fold(0.0, f64::max);
+        let saved = gpuprep_io::arrays::read_f32(&out, "reference");
+        assert_eq!(saved.is_ok(), n != "0", "{n}");
+        worst_by_iterations.push(worst);
+    }
+    eprintln!("worst relative error by iterations 0, 2: {worst_by_iterations:?}");
+    assert!(
+        worst_by_iterations[1] < worst_by_iterations[0] && worst_by_iterations[1] <= 0.5,
+        "{worst_by_iterations:?}"
+    );
+}
