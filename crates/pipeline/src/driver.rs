@@ -261,6 +261,30 @@ fn check_config(cfg: &RunConfig, source: &Source) -> Result<()> {
     Ok(())
 }
 
+/// The reference range's timepoints, `start..end`.
+fn reference_range(cfg: &RunConfig) -> (usize, usize) {
+    match cfg.reference {
+        ReferenceSpec::Index(i) => (i, i + 1),
+        ReferenceSpec::Mean { start, end } => (start, end),
+    }
+}
+
+/// Timepoint `t` as the run treats it before registration: read, sanitized, filtered unless
+/// registering raw.
+fn reference_frame(
+    cfg: &RunConfig,
+    source: &Source,
+    backend: &mut dyn Backend,
+    t: usize,
+) -> Result<Array3<f32>> {
+    let mut vol = source.read(t)?;
+    sanitize(&mut vol, cfg.nonfinite, source, t)?;
+    match (&cfg.median, cfg.register_on_raw) {
+        (Some(m), false) => backend.median3d(vol.view(), m),
+        _ => Ok(vol),
+    }
+}
+
 /// `--reference-iterations`: the mean of the reference range's frames registered onto `current`
 /// and shifted (each as the run will treat it: filtered unless registering raw).
 fn refined_reference(
@@ -270,19 +294,11 @@ fn refined_reference(
     current: ArrayView3<f32>,
     reg: &RegisterParams,
 ) -> Result<Array3<f32>> {
-    let (start, end) = match cfg.reference {
-        ReferenceSpec::Index(i) => (i, i + 1),
-        ReferenceSpec::Mean { start, end } => (start, end),
-    };
+    let (start, end) = reference_range(cfg);
     let handle = backend.set_reference(current, reg)?;
     let mut sum = Array3::<f64>::zeros(source.shape());
     for t in start..end {
-        let mut vol = source.read(t)?;
-        sanitize(&mut vol, cfg.nonfinite, source, t)?;
-        let vol = match (&cfg.median, cfg.register_on_raw) {
-            (Some(m), false) => backend.median3d(vol.view(), m)?,
-            _ => vol,
-        };
+        let vol = reference_frame(cfg, source, backend, t)?;
         let r = backend.register(&handle, vol.view())?;
         let shifted = backend.shift(vol.view(), r.shift, &cfg.shift)?;
         Zip::from(&mut sum)
@@ -299,18 +315,10 @@ fn reference_volume(
     source: &Source,
     backend: &mut dyn Backend,
 ) -> Result<Array3<f32>> {
-    let (start, end) = match cfg.reference {
-        ReferenceSpec::Index(i) => (i, i + 1),
-        ReferenceSpec::Mean { start, end } => (start, end),
-    };
+    let (start, end) = reference_range(cfg);
     let mut sum = Array3::<f64>::zeros(source.shape());
     for t in start..end {
-        let mut vol = source.read(t)?;
-        sanitize(&mut vol, cfg.nonfinite, source, t)?;
-        let vol = match (&cfg.median, cfg.register_on_raw) {
-            (Some(m), false) => backend.median3d(vol.view(), m)?,
-            _ => vol,
-        };
+        let vol = reference_frame(cfg, source, backend, t)?;
         if end - start == 1 {
             return Ok(vol);
         }
