@@ -41,6 +41,7 @@ import io
 import json
 import pathlib
 import pickle
+import shutil
 import subprocess
 import sys
 import tempfile
@@ -91,6 +92,8 @@ class _ArraysOnly(pickle.Unpickler):
 
 
 def _files_from_sdist(sdist: pathlib.Path) -> tuple[bytes, bytes]:
+    if not zipfile.is_zipfile(sdist):
+        sys.exit(f"--sdist {sdist}: not a zip file (SIMA 1.3.2's sdist is sima-1.3.2.zip)")
     with zipfile.ZipFile(sdist) as z:
         names = {n.split("/", 1)[1]: n for n in z.namelist() if "/" in n}
         missing = [f for f in (MOVIE, DISPLACEMENTS) if f not in names]
@@ -133,7 +136,8 @@ def run_gpuprep(gpuprep: str, movie_h5: pathlib.Path, out: pathlib.Path, flags: 
                 backend: str) -> np.ndarray:
     cmd = [gpuprep, "run", str(movie_h5), "-o", str(out), "--force", "-q", "--no-zscore",
            "--backend", backend, *flags]
-    subprocess.run(cmd, check=True)
+    if subprocess.run(cmd).returncode != 0:
+        sys.exit(f"gpuprep failed: {' '.join(cmd)}")
     with h5py.File(out, "r") as f:
         return f["shifts"][()][:, 1:]
 
@@ -175,6 +179,10 @@ def main():
     ap.add_argument("--backend", default="cpu", choices=["cpu", "gpu", "auto"])
     ap.add_argument("--json", type=pathlib.Path, help="also write every run's shifts and distances here")
     args = ap.parse_args()
+    if shutil.which(args.gpuprep) is None:
+        sys.exit(f"--gpuprep {args.gpuprep}: no such executable (build it: cargo build --release)")
+    if args.sdist is not None and not args.sdist.is_file():
+        sys.exit(f"--sdist {args.sdist}: no such file (pip download --no-deps {SIMA} -d DIR fetches it)")
 
     with tempfile.TemporaryDirectory(prefix="gpuprep-real-") as tmpdir:
         tmp = pathlib.Path(tmpdir)
