@@ -1,7 +1,8 @@
 //! The commands behind the CLI: each turns validated flags into work and a printed summary.
 
 use crate::cli::{
-    parse_shape4, BackendChoice, Command, DemoArgs, EngineArgs, InfoArgs, RunArgs, SynthArgs,
+    parse_shape4, BackendChoice, Command, DemoArgs, EngineArgs, InfoArgs, ReportArgs, RunArgs,
+    SynthArgs,
 };
 use gpuprep_core::backend::Backend;
 use gpuprep_core::{Error, Result};
@@ -19,6 +20,7 @@ pub fn run_command(cmd: Command) -> anyhow::Result<()> {
         Command::Synth(a) => synth_cmd(a),
         Command::Info(a) => info(a),
         Command::Demo(a) => demo(a),
+        Command::Report(a) => report(a),
     }
 }
 
@@ -177,6 +179,26 @@ fn print_report(r: &RunReport) -> anyhow::Result<()> {
 
 fn run(a: RunArgs) -> anyhow::Result<()> {
     let cfg = a.to_config()?;
+    // Checked before the run: a report it could not write would otherwise fail after all the work.
+    let report = a
+        .report
+        .then(|| gpuprep_report::default_path(&cfg.output, gpuprep_report::Format::Html));
+    if let Some(r) = report.as_ref().filter(|r| r.exists() && !a.force) {
+        return Err(Error::Output {
+            path: r.clone(),
+            message: "already exists (the report --report would write); pass --force to replace it"
+                .into(),
+        }
+        .into());
+    }
+    if a.report && a.no_register && a.shifts.is_none() {
+        return Err(Error::InvalidParameter {
+            name: "--report".into(),
+            message: "the report shows a registration; --no-register without --shifts has none"
+                .into(),
+        }
+        .into());
+    }
     warn_stale(&cfg.output);
     let mut backend = select_backend(&a.engine)?;
     let mut bars = Bars::new(!a.quiet && std::io::stderr().is_terminal());
@@ -185,6 +207,12 @@ fn run(a: RunArgs) -> anyhow::Result<()> {
         warn_empty(report);
         if !a.quiet {
             print_report(report)?;
+        }
+    }
+    if let Some(r) = &report {
+        let written = gpuprep_report::write(&cfg.output, r, gpuprep_report::Format::Html, true)?;
+        if !a.quiet {
+            say!("  report: {}", written.display())?;
         }
     }
     Ok(())
@@ -356,6 +384,8 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
     let mut bars = Bars::new(std::io::stderr().is_terminal());
     let report = pipeline::run_with_progress(&cfg, backend.as_mut(), &mut bars)?;
     print_report(&report)?;
+    let report_path =
+        gpuprep_report::write(&output, &a.report, gpuprep_report::Format::Html, true)?;
 
     say!("  t   true shift (z, y, x)        found shift (z, y, x)       |error|")?;
     let mut worst: f64 = 0.0;
@@ -378,7 +408,13 @@ fn demo(a: DemoArgs) -> anyhow::Result<()> {
         "  largest shift error {worst:.3} voxels (upsample factor {u}: resolution {:.3}; normalization none: phase whitening amplifies noise)",
         1.0 / u as f64
     )?;
-    say!("  output layout: /data (t,z,y,x) float32 z-scores, /shifts, /error, /mean, /std; kept in a temporary directory that is now removed")?;
+    say!("  output layout: /data (t,z,y,x) float32 z-scores, /shifts, /error, /mean, /std, per-frame QC and projections; kept in a temporary directory that is now removed")?;
+    say!(
+        "  registration report (shifts, displacement, error, projections before/after; open it in a browser): {}",
+        std::path::absolute(&report_path)
+            .unwrap_or(report_path)
+            .display()
+    )?;
     Ok(())
 }
 
@@ -410,4 +446,21 @@ fn gpu_adapters() -> Vec<String> {
             )
         })
         .collect()
+}
+
+/// `gpuprep report`: the QC report of a finished output, at `-o` or beside it.
+fn report(a: ReportArgs) -> anyhow::Result<()> {
+    let format = a.format.unwrap_or_else(|| {
+        a.report.as_deref().map_or(
+            gpuprep_report::Format::Html,
+            gpuprep_report::Format::from_path,
+        )
+    });
+    let path = a
+        .report
+        .clone()
+        .unwrap_or_else(|| gpuprep_report::default_path(&a.output, format));
+    let written = gpuprep_report::write(&a.output, &path, format, a.force)?;
+    say!("report: {}", written.display())?;
+    Ok(())
 }

@@ -11,6 +11,7 @@ use gpuprep_pipeline::driver::{NonFinite, RunConfig};
 use gpuprep_pipeline::options::memory_budget;
 use gpuprep_pipeline::synth::SynthMode;
 use gpuprep_pipeline::RunOptions;
+use gpuprep_report::Format as ReportFormat;
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
@@ -36,6 +37,9 @@ pub enum Command {
     Info(InfoArgs),
     /// Synthesise a small dataset with known shifts, preprocess it and report what happened.
     Demo(DemoArgs),
+    /// Write the registration QC report of a finished output: shifts, displacement, error, flagged
+    /// frames, projections before and after (one self-contained HTML page, or PNG).
+    Report(ReportArgs),
 }
 
 /// A flag that takes one of a library enum's names, read from the enum's own table (`ALL` and `name`), so
@@ -198,12 +202,31 @@ pub struct RunArgs {
     /// Extra datasets to keep: filtered, registered (comma-separated).
     #[arg(long, value_delimiter = ',')]
     pub save: Vec<String>,
+    /// Also write the registration QC report beside the output (OUT.report.html; see `gpuprep report`).
+    #[arg(long)]
+    pub report: bool,
     /// No progress bar and no summary.
     #[arg(short, long)]
     pub quiet: bool,
 
     #[command(flatten)]
     pub engine: EngineArgs,
+}
+
+#[derive(Args, Debug)]
+pub struct ReportArgs {
+    /// A gpuprep output (.h5 file or .ome.zarr store) of a run that registered or applied shifts.
+    pub output: PathBuf,
+    /// The report's path (default: beside the output, OUT.report.html or .png).
+    #[arg(short = 'o', long = "out")]
+    pub report: Option<PathBuf>,
+    /// html (one page, images inlined, no network or JavaScript needed) or png (one image). Default:
+    /// from the report path's extension, else html.
+    #[arg(long, value_parser = choice(&ReportFormat::ALL, ReportFormat::name))]
+    pub format: Option<ReportFormat>,
+    /// Replace an existing report.
+    #[arg(long)]
+    pub force: bool,
 }
 
 #[derive(Args, Debug)]
@@ -262,6 +285,9 @@ pub struct DemoArgs {
     pub shape: String,
     #[arg(long, default_value_t = 10, allow_negative_numbers = true)]
     pub upsample_factor: i64,
+    /// Where the demo's registration report is kept (replaced if it exists).
+    #[arg(long, default_value = "gpuprep-demo-report.html")]
+    pub report: PathBuf,
     #[command(flatten)]
     pub engine: EngineArgs,
 }

@@ -121,7 +121,7 @@ pub(crate) fn write_zarr_v2(dir: &Path, data: &ArrayD<u16>, chunks: &[usize], ex
 }
 
 /// `gpuprep run INPUT -o OUT --backend cpu -q EXTRA`: (exit code, stderr).
-fn run(input: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
+pub(crate) fn run(input: &Path, out: &Path, extra: &[&str]) -> (i32, String) {
     let mut args: Vec<String> = vec![
         "run".into(),
         input.display().to_string(),

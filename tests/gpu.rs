@@ -1392,6 +1392,8 @@ fn gpuprep_gpu_chooses_the_adapter() {
     let Some(g) = gpu() else { return };
     let name = g.context().info.name.clone();
     let (api, _) = api();
+    let tmp = tempfile::tempdir().unwrap();
+    let report = tmp.path().join("demo.html");
     let run = |choice: &str| {
         let out = crate::support::gpuprep_command()
             .env("GPUPREP_GPU", choice)
@@ -1404,6 +1406,8 @@ fn gpuprep_gpu_chooses_the_adapter() {
                 "--gpu-api",
                 api.name(),
             ])
+            .arg("--report")
+            .arg(&report)
             .output()
             .unwrap();
         (

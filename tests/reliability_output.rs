@@ -359,12 +359,21 @@ fn a_full_stdout_is_one_line_and_exit_2() {
     std::fs::create_dir(&private_tmp).unwrap();
     let out = tmp.path().join("out.h5").display().to_string();
     let synth_dir = tmp.path().join("synth").display().to_string();
+    let report = tmp.path().join("demo.html").display().to_string();
     let series = fixture("series");
     let cases: Vec<Vec<&str>> = vec![
         vec!["info", &series],
         vec!["run", &series, "-o", &out, "--backend", "cpu"],
         vec!["synth", &synth_dir, "--shape", "2,4,5,6"],
-        vec!["demo", "--shape", "3,8,16,16", "--backend", "cpu"],
+        vec![
+            "demo",
+            "--shape",
+            "3,8,16,16",
+            "--backend",
+            "cpu",
+            "--report",
+            &report,
+        ],
     ];
     for args in cases {
         let o = gpuprep()

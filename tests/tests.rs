@@ -13,5 +13,6 @@ mod reliability_input;
 mod reliability_median;
 mod reliability_numeric;
 mod reliability_output;
+mod report;
 mod shaders;
 mod support;

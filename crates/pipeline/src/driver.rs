@@ -415,19 +415,23 @@ pub fn run_with_progress(
         Some(_) if !in_memory => Some(backend.reset_moments(shape)?),
         _ => None,
     };
+    // Registered or given shifts: the volumes before and after the shift are compared (QC).
+    let shifting = reference.is_some() || given.is_some();
     let plan = FramePlan {
         median: cfg.median,
         register: reference,
         register_on_raw: cfg.register_on_raw,
         shift: cfg.shift,
         accumulate: accumulation,
-        // The filtered volume is the one shifted: QC correlates it with the reference before the shift.
-        keep_filtered: cfg.save_filtered || (reference.is_some() && cfg.median.is_some()),
+        // The filtered volume is the one shifted: QC correlates it with the reference before the shift
+        // and projects it.
+        keep_filtered: cfg.save_filtered || (shifting && cfg.median.is_some()),
     };
     // Without a median the raw volume is the one shifted: kept for QC until its result comes out.
     let raw_queue = std::cell::RefCell::new(std::collections::VecDeque::new());
-    let keep_raw = reference.is_some() && cfg.median.is_none();
+    let keep_raw = shifting && cfg.median.is_none();
     let correlations = std::sync::Mutex::new(vec![(f64::NAN, f64::NAN); n]);
+    let projections = std::sync::Mutex::new(crate::qc::Projections::new(shape));
 
     // With the z-score on, the first pass's results wait in the scratch file, not in the output.
     let scratch = match cfg.zscore {
@@ -449,6 +453,7 @@ pub fn run_with_progress(
         let rx = spawn_reader(scope, n, depth, |t| source.read(t));
         let (sink, scratch) = (&mut sink, scratch.as_ref());
         let (reference_host, correlations) = (reference_host.as_ref(), &correlations);
+        let projections = &projections;
         type Message = (usize, Array3<f32>, Option<Array3<f32>>, Option<Array3<f32>>);
         let mut writer = WriteBehind::spawn(
             scope,
@@ -461,6 +466,10 @@ pub fn run_with_progress(
                         crate::qc::correlation(volume.view(), r.view()),
                     );
                     correlations.lock().unwrap_or_else(|p| p.into_inner())[t] = c;
+                }
+                if let Some(b) = before.as_ref().or(filtered.as_ref()).filter(|_| shifting) {
+                    let mut p = projections.lock().unwrap_or_else(|p| p.into_inner());
+                    p.add(b.view(), volume.view());
                 }
                 if let Some(f) = filtered.as_ref().filter(|_| cfg.save_filtered) {
                     sink.write_volume("filtered", t, f.view())?;
@@ -643,6 +652,19 @@ pub fn run_with_progress(
         let flag_values = Array1::from_iter(flags.iter().map(|&f| f as u8 as f64));
         sink.write_array_f64("suspicious", flag_values.view().into_dyn())?;
         suspicious = (0..n).filter(|&t| flags[t]).collect();
+    }
+    if shifting {
+        let p = projections.into_inner().unwrap_or_else(|p| p.into_inner());
+        for (axis, name) in ["projection_z", "projection_y", "projection_x"]
+            .into_iter()
+            .enumerate()
+        {
+            sink.write_array_f32(name, p.planes(axis).view().into_dyn())?;
+        }
+        sink.set_attr_strs(
+            "projection_planes",
+            &crate::qc::PROJECTION_PLANES.map(String::from),
+        )?;
     }
     write_attributes(&mut sink, cfg, &source, &backend.describe())?;
     let output = clock.time("write", || sink.finish())?;

@@ -2,11 +2,13 @@
 //! reference before and after the shift, and the flag for suspicious frames; written beside
 //! `/shifts` as `/framewise_displacement` (voxels; `/framewise_displacement_um` when the input's
 //! voxel size is in micrometres), `/correlation_before`, `/correlation_after` and `/suspicious`
-//! (1.0 for a flagged frame, else 0.0).
+//! (1.0 for a flagged frame, else 0.0); and the mean and max projections of the data before and
+//! after the shift, along z, y and x, as `/projection_z` (4, y, x), `/projection_y` (4, z, x) and
+//! `/projection_x` (4, z, y), for `gpuprep report`.
 
 use gpuprep_core::params::Registration;
 use gpuprep_io::VoxelSize;
-use ndarray::ArrayView3;
+use ndarray::{Array2, Array3, ArrayView3, Axis};
 
 /// Pearson's correlation of two volumes (f64 sums); NaN when either is constant.
 pub fn correlation(a: ArrayView3<f32>, b: ArrayView3<f32>) -> f64 {
@@ -89,6 +91,92 @@ pub fn suspicious(
         .collect()
 }
 
+/// What the four planes of each `/projection_<axis>` array hold, in order: the time-and-axis mean
+/// and maximum of the volumes entering the shift (filtered, or raw without a median) and of the
+/// shifted volumes (before the z-score). Recorded as the arrays' `planes` attribute in outputs.
+pub const PROJECTION_PLANES: [&str; 4] = ["mean_before", "mean_after", "max_before", "max_after"];
+
+/// Running projections of a registration's volumes before and after their shift, along each axis:
+/// sums (f64) for the means and maxima for the max projections, so a run keeps three planes per
+/// kind whatever its length. The order of `add` calls does not matter.
+#[derive(Clone, Debug)]
+pub struct Projections {
+    shape: [usize; 3],
+    frames: usize,
+    /// [before, after] × axis (z, y, x): the sums and maxima over time of each projection.
+    sums: [[Array2<f64>; 3]; 2],
+    maxima: [[Array2<f32>; 3]; 2],
+}
+
+/// The plane a projection along `axis` of a (z, y, x) volume lands in.
+fn plane_shape(shape: [usize; 3], axis: usize) -> (usize, usize) {
+    match axis {
+        0 => (shape[1], shape[2]),
+        1 => (shape[0], shape[2]),
+        _ => (shape[0], shape[1]),
+    }
+}
+
+impl Projections {
+    pub fn new(shape: [usize; 3]) -> Self {
+        let sums = || std::array::from_fn(|a| Array2::zeros(plane_shape(shape, a)));
+        let maxima = || std::array::from_fn(|a| Array2::from_elem(plane_shape(shape, a), f32::NAN));
+        Projections {
+            shape,
+            frames: 0,
+            sums: [sums(), sums()],
+            maxima: [maxima(), maxima()],
+        }
+    }
+
+    /// Adds one frame: the volume entering the shift and the shifted one.
+    pub fn add(&mut self, before: ArrayView3<f32>, after: ArrayView3<f32>) {
+        for (k, v) in [before, after].into_iter().enumerate() {
+            debug_assert_eq!(v.shape(), &self.shape[..]);
+            let [sz, sy, sx] = &mut self.sums[k];
+            let [mz, my, mx] = &mut self.maxima[k];
+            // One pass in storage order: rows of x feed the z and y planes element-wise (vectorized)
+            // and the x plane by their sum and maximum.
+            for (z, plane) in v.axis_iter(Axis(0)).enumerate() {
+                for (y, row) in plane.axis_iter(Axis(0)).enumerate() {
+                    let (mut row_sum, mut row_max) = (0.0f64, f32::NAN);
+                    ndarray::Zip::from(sz.row_mut(y))
+                        .and(mz.row_mut(y))
+                        .and(sy.row_mut(z))
+                        .and(my.row_mut(z))
+                        .and(&row)
+                        .for_each(|szv, mzv, syv, myv, &x| {
+                            *szv += x as f64;
+                            *mzv = mzv.max(x);
+                            *syv += x as f64;
+                            *myv = myv.max(x);
+                            row_sum += x as f64;
+                            row_max = row_max.max(x);
+                        });
+                    sx[(z, y)] += row_sum;
+                    mx[(z, y)] = mx[(z, y)].max(row_max);
+                }
+            }
+        }
+        self.frames += 1;
+    }
+
+    /// The (4, a, b) array of projections along `axis` (0 = z, 1 = y, 2 = x), planes in
+    /// `PROJECTION_PLANES` order; means of an empty run are NaN.
+    pub fn planes(&self, axis: usize) -> Array3<f32> {
+        let (a, b) = plane_shape(self.shape, axis);
+        let count = (self.frames * self.shape[axis]) as f64;
+        let mut out = Array3::zeros((4, a, b));
+        for k in 0..2 {
+            out.index_axis_mut(Axis(0), k)
+                .assign(&self.sums[k][axis].mapv(|s| (s / count) as f32));
+            out.index_axis_mut(Axis(0), 2 + k)
+                .assign(&self.maxima[k][axis]);
+        }
+        out
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -119,5 +207,53 @@ mod tests {
         let corr = [0.9, 0.91, 0.9, 0.5, 0.92];
         let flags = suspicious(&regs, Some([0.0, 2.0, 2.0]), &corr);
         assert_eq!(flags, vec![false, true, true, true, false]);
+    }
+
+    /// The running projections against ndarray's own mean and max over time and axis.
+    #[test]
+    fn projections_equal_direct_reductions() {
+        let shape = [3usize, 5, 7];
+        let frames: Vec<(Array3<f32>, Array3<f32>)> = (0..4)
+            .map(|t| {
+                let f = |k: usize| {
+                    Array3::from_shape_fn((3, 5, 7), |(z, y, x)| {
+                        (((z * 31 + y * 7 + x * 3 + t * 11 + k * 5) % 17) as f32) - 8.0
+                    })
+                };
+                (f(0), f(1))
+            })
+            .collect();
+        let mut p = Projections::new(shape);
+        for (b, a) in &frames {
+            p.add(b.view(), a.view());
+        }
+        for (axis, &len) in shape.iter().enumerate() {
+            let got = p.planes(axis);
+            for (k, which) in [0usize, 1].into_iter().enumerate() {
+                let stack: Vec<Array3<f32>> = frames
+                    .iter()
+                    .map(|f| if which == 0 { f.0.clone() } else { f.1.clone() })
+                    .collect();
+                let sum: Array3<f64> = stack.iter().fold(Array3::zeros((3, 5, 7)), |acc, v| {
+                    acc + v.mapv(|x| x as f64)
+                });
+                let mean = sum.sum_axis(Axis(axis)) / (4 * len) as f64;
+                let max = stack
+                    .iter()
+                    .map(|v| v.fold_axis(Axis(axis), f32::NEG_INFINITY, |m, &x| m.max(x)))
+                    .reduce(|a, b| ndarray::Zip::from(&a).and(&b).map_collect(|x, y| x.max(*y)))
+                    .unwrap();
+                let got_mean = got.index_axis(Axis(0), k);
+                let got_max = got.index_axis(Axis(0), 2 + k);
+                assert_eq!(got_mean.dim(), mean.dim());
+                for (g, w) in got_mean.iter().zip(mean.iter()) {
+                    assert!(
+                        (*g as f64 - w).abs() < 1e-6,
+                        "axis {axis} kind {k}: {g} vs {w}"
+                    );
+                }
+                assert_eq!(got_max, max, "axis {axis} kind {k}");
+            }
+        }
     }
 }

@@ -29,7 +29,7 @@ import gpuprep.dask as gd
 
 SHAPE = (12, 8, 24, 24)
 QC_ARRAYS = {"framewise_displacement", "framewise_displacement_um", "correlation_before", "correlation_after",
-             "suspicious"}
+             "suspicious", "projection_z", "projection_y", "projection_x"}
 
 
 def assert_data_close(got, want):
@@ -82,6 +82,8 @@ def check_store(path, dataset, backend_words=()):
     backend = attrs.pop("backend")
     want_attrs.pop("backend")
     want_attrs.pop("ome")
+    # The QC projections' attribute goes with the QC arrays the dask front end does not write yet.
+    want_attrs.pop("projection_planes", None)
     assert attrs == want_attrs
     for w in backend_words:
         assert w in backend
