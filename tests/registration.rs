@@ -308,6 +308,57 @@ fn two_channel_store(dir: &std::path::Path) -> std::path::PathBuf {
     ome
 }
 
+/// The same on the GPU backend (lavapipe in CI): a registered run with `--apply-to-channels`, then
+/// its shifts given back with `--shifts`, on each channel, bit for bit.
+#[test]
+fn given_shifts_on_the_gpu_are_applied_bit_for_bit_as_registering_with_them() {
+    use crate::formats::{h5_f32, h5_f64};
+    if gpu().is_none() {
+        return;
+    }
+    let tmp = tempfile::tempdir().unwrap();
+    let ome = two_channel_store(tmp.path());
+    let args = [
+        "--format",
+        "zarr",
+        "--upsample-factor",
+        "4",
+        "--backend",
+        "gpu",
+        "-q",
+    ];
+    // `formats::run` chooses the CPU: these runs name the GPU.
+    let run_ok = |input: &std::path::Path, out: &std::path::Path, extra: &[&str]| {
+        let mut a = vec!["run".to_string(), input.display().to_string(), "-o".into()];
+        a.push(out.display().to_string());
+        a.extend(extra.iter().map(|s| s.to_string()));
+        let (code, _, err) = crate::support::gpuprep_output(&a);
+        assert_eq!(code, 0, "{a:?}: {err}");
+    };
+    let out = tmp.path().join("out.h5");
+    run_ok(
+        &ome,
+        &out,
+        &[&args[..], &["--apply-to-channels", "all"]].concat(),
+    );
+    assert!(h5_f64(&out, "shifts").iter().any(|&s| s != 0.0));
+    let given = out.display().to_string();
+    let bits = |a: ndarray::ArrayD<f32>| a.mapv(f32::to_bits);
+    for (channel, want) in [("0", "out.h5"), ("1", "out_c1.h5")] {
+        let again = tmp.path().join(format!("again{channel}.h5"));
+        run_ok(
+            &ome,
+            &again,
+            &[&args[..], &["--channel", channel, "--shifts", &given]].concat(),
+        );
+        assert_eq!(
+            bits(h5_f32(&again, "data")),
+            bits(h5_f32(&tmp.path().join(want), "data")),
+            "channel {channel}"
+        );
+    }
+}
+
 #[test]
 fn given_shifts_are_applied_bit_for_bit_as_registering_with_them() {
     use crate::formats::{h5_f32, h5_f64, run_err, run_ok};
