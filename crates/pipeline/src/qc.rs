@@ -161,6 +161,19 @@ impl Projections {
         self.frames += 1;
     }
 
+    /// Frames added so far.
+    pub fn frames(&self) -> usize {
+        self.frames
+    }
+
+    /// The running sums (f64) and maxima along `axis` of the volumes before (`after` false) or
+    /// after their shift, for a front end that merges runs over blocks of frames (sums add, maxima
+    /// take the larger; NaN marks a maximum over no frame).
+    pub fn parts(&self, after: bool, axis: usize) -> (&Array2<f64>, &Array2<f32>) {
+        let k = after as usize;
+        (&self.sums[k][axis], &self.maxima[k][axis])
+    }
+
     /// The (4, a, b) array of projections along `axis` (0 = z, 1 = y, 2 = x), planes in
     /// `PROJECTION_PLANES` order; means of an empty run are NaN.
     pub fn planes(&self, axis: usize) -> Array3<f32> {

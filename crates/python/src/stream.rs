@@ -208,6 +208,38 @@ pub fn process_block<'py>(
     Bound<'py, PyArray1<f64>>,
     Bound<'py, PyArray1<f64>>,
 )> {
+    block_pass(
+        py_,
+        block,
+        reference,
+        median,
+        order,
+        shift_mode,
+        shift_cval,
+        register_raw,
+        backend,
+        None,
+    )
+}
+
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+fn block_pass<'py>(
+    py_: Python<'py>,
+    block: PyReadonlyArray4<'py, f32>,
+    reference: Option<&Reference>,
+    median: Option<([usize; 3], String, f32)>,
+    order: u32,
+    shift_mode: &str,
+    shift_cval: f32,
+    register_raw: bool,
+    backend: &str,
+    mut qc: Option<&mut BlockQc>,
+) -> PyResult<(
+    Bound<'py, PyArray4<f32>>,
+    Bound<'py, PyArray2<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+)> {
     let median = match median {
         Some((size, m, cval)) => Some(py(MedianParams::new(size, mode("median_mode", &m)?, cval))?),
         None => None,
@@ -222,18 +254,23 @@ pub fn process_block<'py>(
     if let Some(r) = reference {
         py(r.check_shape("block", block.shape()))?;
     }
+    let keep_filtered = qc.is_some();
     let plan = |register| FramePlan {
         median,
         register,
         register_on_raw: register_raw,
         shift,
         accumulate: None,
-        keep_filtered: false,
+        // QC compares each frame before its shift: the filtered volume when there is a median.
+        keep_filtered,
     };
     let (volumes, regs) = py_.detach(|| {
         py(match reference {
-            Some(r) => r.with(|b, h| first_pass(b, block, &plan(Some(h)))),
-            None => with_backend(choice, |b| first_pass(b, block, &plan(None))),
+            Some(r) => r.with(|b, h| {
+                let qc = qc.as_deref_mut().map(|q| (r.volume.view(), q));
+                first_pass(b, block, &plan(Some(h)), qc)
+            }),
+            None => with_backend(choice, |b| first_pass(b, block, &plan(None), None)),
         })
     })?;
     let t = regs.len();
@@ -257,23 +294,112 @@ pub fn process_block<'py>(
     ))
 }
 
-/// `process_stream` over the block's volumes, collected.
+/// `process_stream` over the block's volumes, collected; with `qc`, the CLI's per-frame QC of each
+/// volume before and after its shift (`gpuprep_pipeline::qc`: the correlations with `qc`'s reference
+/// volume and the running projections), which needs `plan.keep_filtered` when there is a median.
 fn first_pass(
     b: &mut dyn Backend,
     block: ArrayView4<f32>,
     plan: &FramePlan,
+    mut qc: Option<(ArrayView3<f32>, &mut BlockQc)>,
 ) -> Result<(Array4<f32>, Vec<Option<Registration>>)> {
     let mut out = Array4::<f32>::zeros(block.raw_dim());
     let mut regs = Vec::with_capacity(block.dim().0);
     let mut frames = block.axis_iter(Axis(0)).map(|v| Ok(v.to_owned()));
     let mut t = 0;
     b.process_stream(plan, &mut frames, &mut |o| {
+        if let Some((reference, acc)) = qc.as_mut() {
+            let raw = block.index_axis(Axis(0), t);
+            let before = o.filtered.as_ref().map_or(raw, |f| f.view());
+            acc.correlation_before
+                .push(gpuprep_pipeline::qc::correlation(before, *reference));
+            acc.correlation_after
+                .push(gpuprep_pipeline::qc::correlation(
+                    o.volume.view(),
+                    *reference,
+                ));
+            acc.projections.add(before, o.volume.view());
+        }
         out.index_axis_mut(Axis(0), t).assign(&o.volume);
         regs.push(o.registration);
         t += 1;
         Ok(())
     })?;
     Ok((out, regs))
+}
+
+/// A block's QC as `gpuprep run` computes it per frame.
+struct BlockQc {
+    correlation_before: Vec<f64>,
+    correlation_after: Vec<f64>,
+    projections: gpuprep_pipeline::qc::Projections,
+}
+
+/// `process_block` with the registration's QC of each frame (the dask front end's per-frame QC
+/// arrays): also returns a dict with `correlation_before`, `correlation_after` (t,) and
+/// `projections`: per axis (z, y, x) the running sums (f64) and maxima (f32) of the frames before and
+/// after their shift, `(sum_before, sum_after, max_before, max_after)`, merged across blocks by the
+/// caller (sums add; maxima by `fmax`, NaN being a maximum over no frame).
+#[pyfunction]
+#[pyo3(signature = (block, reference, median, order, shift_mode, shift_cval, register_raw, backend))]
+#[allow(clippy::too_many_arguments, clippy::type_complexity)]
+pub fn process_block_qc<'py>(
+    py_: Python<'py>,
+    block: PyReadonlyArray4<'py, f32>,
+    reference: &Reference,
+    median: Option<([usize; 3], String, f32)>,
+    order: u32,
+    shift_mode: &str,
+    shift_cval: f32,
+    register_raw: bool,
+    backend: &str,
+) -> PyResult<(
+    Bound<'py, PyArray4<f32>>,
+    Bound<'py, PyArray2<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, PyArray1<f64>>,
+    Bound<'py, pyo3::types::PyDict>,
+)> {
+    let (z, y, x) = reference.volume.dim();
+    let mut qc = BlockQc {
+        correlation_before: Vec::new(),
+        correlation_after: Vec::new(),
+        projections: gpuprep_pipeline::qc::Projections::new([z, y, x]),
+    };
+    let (v, s, e, p) = block_pass(
+        py_,
+        block,
+        Some(reference),
+        median,
+        order,
+        shift_mode,
+        shift_cval,
+        register_raw,
+        backend,
+        Some(&mut qc),
+    )?;
+    let d = pyo3::types::PyDict::new(py_);
+    d.set_item(
+        "correlation_before",
+        Array1::from(qc.correlation_before).into_pyarray(py_),
+    )?;
+    d.set_item(
+        "correlation_after",
+        Array1::from(qc.correlation_after).into_pyarray(py_),
+    )?;
+    let mut axes = Vec::new();
+    for axis in 0..3 {
+        let (sb, mb) = qc.projections.parts(false, axis);
+        let (sa, ma) = qc.projections.parts(true, axis);
+        axes.push((
+            sb.clone().into_pyarray(py_),
+            sa.clone().into_pyarray(py_),
+            mb.clone().into_pyarray(py_),
+            ma.clone().into_pyarray(py_),
+        ));
+    }
+    d.set_item("projections", axes)?;
+    Ok((v, s, e, p, d))
 }
 
 /// Per-voxel running mean and M2 (sum of squared deviations) in float64 over the volumes given to
@@ -460,4 +586,41 @@ impl Moments {
         let (z, y, x) = self.shape();
         format!("Moments(shape=({z}, {y}, {x}), count={})", self.acc.count())
     }
+}
+
+/// The CLI's flag for suspicious frames (`gpuprep_pipeline::qc::suspicious`) over a whole run's
+/// (t, 3) shifts, (t,) errors and correlations after registration: an empty frame (error NaN), a
+/// shift at the `max_shift` bound, or a correlation far below the median.
+#[pyfunction]
+#[pyo3(signature = (shifts, error, correlation_after, max_shift=None))]
+pub fn qc_suspicious<'py>(
+    py_: Python<'py>,
+    shifts: numpy::PyReadonlyArray2<'py, f64>,
+    error: numpy::PyReadonlyArray1<'py, f64>,
+    correlation_after: numpy::PyReadonlyArray1<'py, f64>,
+    max_shift: Option<[f64; 3]>,
+) -> PyResult<Bound<'py, PyArray1<bool>>> {
+    let (shifts, error, after) = (
+        shifts.as_array(),
+        error.as_array(),
+        correlation_after.as_array(),
+    );
+    let t = error.len();
+    if shifts.dim() != (t, 3) || after.len() != t {
+        return Err(PyValueError::new_err(format!(
+            "shifts {:?}, error ({t},), correlation_after ({},): expected (t, 3), (t,), (t,)",
+            shifts.dim(),
+            after.len()
+        )));
+    }
+    let regs: Vec<Registration> = (0..t)
+        .map(|i| Registration {
+            shift: [shifts[(i, 0)], shifts[(i, 1)], shifts[(i, 2)]],
+            error: error[i],
+            phasediff: 0.0,
+        })
+        .collect();
+    let after: Vec<f64> = after.to_vec();
+    let flags = gpuprep_pipeline::qc::suspicious(&regs, max_shift, &after);
+    Ok(Array1::from(flags).into_pyarray(py_))
 }

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import ctypes
 import errno
+import functools
 import numbers
 import os
 import re
@@ -493,31 +494,76 @@ def register_block(
     b, bad = _sanitize(block, t0, p.nonfinite)
     reference = ref.get() if ref is not None else None
     m = p.median
-    vols, shifts, error, phasediff = gpuprep.process_block(
-        b,
-        reference,
-        no_median=m is None,
-        median_size=m[0] if m else 3,
-        median_mode=m[1] if m else "reflect",
-        median_cval=m[2] if m else 0.0,
-        register_raw=p.register_raw,
-        order=p.order,
-        shift_mode=p.shift_mode,
-        shift_cval=p.shift_cval,
-        backend=p.backend,
-    )
+    qc = None
+    if reference is None:
+        vols, shifts, error, phasediff = gpuprep.process_block(
+            b,
+            None,
+            no_median=m is None,
+            median_size=m[0] if m else 3,
+            median_mode=m[1] if m else "reflect",
+            median_cval=m[2] if m else 0.0,
+            register_raw=p.register_raw,
+            order=p.order,
+            shift_mode=p.shift_mode,
+            shift_cval=p.shift_cval,
+            backend=p.backend,
+        )
+    else:
+        # With the CLI's per-frame QC: correlations with the reference before and after the shift,
+        # and the block's running projections (merged on the client, `_merge_qc`).
+        median = None if m is None else (tuple(int(v) for v in m[0]), m[1], float(m[2]))
+        vols, shifts, error, phasediff, qc = _gpuprep.process_block_qc(
+            b, reference._ref, median, int(p.order), p.shift_mode, float(p.shift_cval), bool(p.register_raw),
+            p.backend,
+        )
     del b
     moments = None
     if p.zscore:
         moments = gpuprep.Moments(vols.shape[1:])
         moments.update(vols)
     backend = reference.backend if reference is not None else gpuprep.backend_name(p.backend)
-    side = {"t0": t0, "shifts": shifts, "error": error, "phasediff": phasediff, "nonfinite": bad, "backend": backend}
+    side = {"t0": t0, "shifts": shifts, "error": error, "phasediff": phasediff, "nonfinite": bad, "backend": backend,
+            "qc": qc}
     if scratch is not None:
         _write(scratch, t0, vols)
         vols = None
     side["volumes"] = vols
     return side, moments
+
+
+def _merge_qc(sides: list[dict], shape: tuple, shifts: np.ndarray, error: np.ndarray, voxel: Any) -> dict[str, np.ndarray]:
+    """The CLI's per-frame QC arrays (crates/pipeline/src/qc.rs, written as `gpuprep run` writes them)
+    from the blocks' parts: framewise displacement (voxels, and µm when the voxel size is in µm), the
+    correlations before and after the shift, the suspicious flags, and the projections along z, y, x
+    (sums added, maxima by fmax over the blocks, then the means divided as the CLI does)."""
+    t = len(shifts)
+    fd = np.zeros(t)
+    fd[1:] = np.sqrt((np.diff(shifts, axis=0) ** 2).sum(axis=1))
+    out = {"framewise_displacement": fd}
+    um = ("micrometer", "micrometre", "micron", "um", "µm")
+    if voxel and all(unit in um for _, unit in voxel[1:]):
+        scale = np.array([float(v) for v, _ in voxel[1:]])
+        d = np.zeros(t)
+        d[1:] = np.sqrt(((np.diff(shifts, axis=0) * scale) ** 2).sum(axis=1))
+        out["framewise_displacement_um"] = d
+    before = np.concatenate([s["qc"]["correlation_before"] for s in sides])
+    after = np.concatenate([s["qc"]["correlation_after"] for s in sides])
+    out["correlation_before"] = before
+    out["correlation_after"] = after
+    out["suspicious"] = _gpuprep.qc_suspicious(
+        np.ascontiguousarray(shifts), np.ascontiguousarray(error), after, None
+    ).astype(np.float64)
+    for axis, name in enumerate(("projection_z", "projection_y", "projection_x")):
+        parts = [s["qc"]["projections"][axis] for s in sides]
+        sum_b = np.sum([q[0] for q in parts], axis=0)
+        sum_a = np.sum([q[1] for q in parts], axis=0)
+        max_b = functools.reduce(np.fmax, [q[2] for q in parts])
+        max_a = functools.reduce(np.fmax, [q[3] for q in parts])
+        count = float(t * shape[axis])
+        out[name] = np.stack([(sum_b / count).astype(np.float32), (sum_a / count).astype(np.float32),
+                              max_b.astype(np.float32), max_a.astype(np.float32)])
+    return out
 
 
 def block_volumes(side: dict) -> np.ndarray:
@@ -757,6 +803,7 @@ def _attributes(inp: Input, p: _Params, backend: str, name: str, voxel: Any) -> 
         a["smooth_sigma"] = "0,0,0"
         a["reference_iterations"] = 0
         a["register_on"] = "raw" if p.register_raw else "filtered"
+        a["projection_planes"] = ["mean_before", "mean_after", "max_before", "max_after"]
         a["reference"] = p.reference_text
         a["shift_convention"] = "scipy.ndimage.shift(volume[t], shifts[t]) registers volume t onto the reference"
         a["shift_order"] = p.order
@@ -958,8 +1005,11 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
         n_workers = len(client.scheduler_info()["workers"]) if client is not None else 1
         backend = f"{', '.join(backends)} (gpuprep.dask, {_scheduler_text(client)})"
         if p.register:
-            for name, values in (("shifts", shifts), ("error", error), ("phasediff", phasediff)):
-                _create_array(os.path.join(store, name), values.shape, values.shape, np.float64, p.compression, False)
+            qc = _merge_qc(sides, shape, shifts, error, inp.voxel_size)
+            side_arrays = {"shifts": shifts, "error": error, "phasediff": phasediff, **qc}
+            for name, values in side_arrays.items():
+                dtype = np.float32 if name.startswith("projection_") else np.float64
+                _create_array(os.path.join(store, name), values.shape, values.shape, dtype, p.compression, False)
                 zarr.open_array(os.path.join(store, name), mode="r+")[...] = values
         if scratch:
             shutil.rmtree(os.path.dirname(scratch))
