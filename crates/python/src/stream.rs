@@ -233,7 +233,7 @@ fn block_pass<'py>(
     shift_cval: f32,
     register_raw: bool,
     backend: &str,
-    mut qc: Option<&mut BlockQc>,
+    qc: Option<&mut BlockQc>,
 ) -> PyResult<(
     Bound<'py, PyArray4<f32>>,
     Bound<'py, PyArray2<f64>>,
@@ -267,7 +267,7 @@ fn block_pass<'py>(
     let (volumes, regs) = py_.detach(|| {
         py(match reference {
             Some(r) => r.with(|b, h| {
-                let qc = qc.as_deref_mut().map(|q| (r.volume.view(), q));
+                let qc = qc.map(|q| (r.volume.view(), q));
                 first_pass(b, block, &plan(Some(h)), qc)
             }),
             None => with_backend(choice, |b| first_pass(b, block, &plan(None), None)),
