@@ -168,6 +168,48 @@ def test_zarr_input_and_options(dataset, tmp_path, cli):
 # ---------------------------------------------------------------------------------------------------------
 
 
+@pytest.fixture(scope="module")
+def gpu_cli_output(dataset, cli, backend_gpu):
+    """The CLI's OME-Zarr result of the dataset on the GPU backend (lavapipe in CI)."""
+    out = dataset["root"] / "cli_gpu.ome.zarr"
+    subprocess.run([cli, "run", dataset["dir"], "-o", out, "--backend", "gpu", "-q"], check=True, capture_output=True)
+    return out
+
+
+@pytest.fixture(scope="module")
+def backend_gpu():
+    """The GPU backend, or the conftest's rule: a failure under GPUPREP_REQUIRE_GPU=1, else a loud skip."""
+    import warnings
+
+    try:
+        return gpuprep.backend_name("gpu")
+    except RuntimeError as e:
+        if os.environ.get("GPUPREP_REQUIRE_GPU") == "1":
+            pytest.fail(f"GPUPREP_REQUIRE_GPU=1 but no GPU adapter: {e}")
+        warnings.warn(f"NO GPU ADAPTER: the GPU worker test is SKIPPED ({e})")
+        pytest.skip(f"no GPU adapter: {e}")
+
+
+def test_gpu_worker_processes_equal_the_cli_on_the_gpu(dataset, gpu_cli_output, backend_gpu, tmp_path):
+    """Two worker processes, each opening the GPU (one adapter per process; lavapipe in CI), write what the
+    CLI writes on that GPU: the same shifts and QC flags, the data and per-frame QC within float32 tolerance."""
+    from distributed import Client, LocalCluster
+
+    out = tmp_path / "gpu.ome.zarr"
+    with LocalCluster(n_workers=2, processes=True, threads_per_worker=1, dashboard_address=None) as cluster:
+        with Client(cluster):
+            report = gd.preprocess(dataset["dir"], out, backend="gpu", block_size=3)
+    assert report["workers"] == 2 and "2 workers" in report["backend"], report["backend"]
+    assert backend_gpu.split(" (")[0] in report["backend"], (backend_gpu, report["backend"])
+    got, want = zarr.open_group(out, mode="r"), zarr.open_group(gpu_cli_output, mode="r")
+    assert sorted(got.array_keys()) == sorted(want.array_keys())
+    for name in ("shifts", "error", "phasediff", "suspicious"):
+        np.testing.assert_array_equal(got[name][:], want[name][:], err_msg=name)
+    assert_data_close(got["0"][:], want["0"][:])
+    for name in sorted(set(want.array_keys()) - {"0", "shifts", "error", "phasediff", "suspicious"}):
+        np.testing.assert_allclose(got[name][:], want[name][:], rtol=1e-6, atol=1e-6, err_msg=name)
+
+
 def test_cluster_lazy_equals_cli(dataset, client):
     z, shifts = gd.preprocess(dataset["dir"], backend="cpu", block_size=3)
     z, shifts = dask.compute(z, shifts)

@@ -522,7 +522,8 @@ def register_block(
     if p.zscore:
         moments = gpuprep.Moments(vols.shape[1:])
         moments.update(vols)
-    backend = reference.backend if reference is not None else gpuprep.backend_name(p.backend)
+    # The adapter by name, as the CLI records it (a worker process opens its GPU once; later calls are cached).
+    backend = gpuprep.backend_name(reference.backend if reference is not None else p.backend)
     side = {"t0": t0, "shifts": shifts, "error": error, "phasediff": phasediff, "nonfinite": bad, "backend": backend,
             "qc": qc}
     if scratch is not None:
