@@ -233,7 +233,7 @@ fn block_pass<'py>(
     shift_cval: f32,
     register_raw: bool,
     backend: &str,
-    qc: Option<&mut BlockQc>,
+    extras: Option<&mut Extras>,
 ) -> PyResult<(
     Bound<'py, PyArray4<f32>>,
     Bound<'py, PyArray2<f64>>,
@@ -254,23 +254,23 @@ fn block_pass<'py>(
     if let Some(r) = reference {
         py(r.check_shape("block", block.shape()))?;
     }
-    let keep_filtered = qc.is_some();
+    let keep_filtered = extras.is_some();
     let plan = |register| FramePlan {
         median,
         register,
         register_on_raw: register_raw,
         shift,
         accumulate: None,
-        // QC compares each frame before its shift: the filtered volume when there is a median.
+        // QC compares each frame before its shift (the filtered volume when there is a median), and
+        // a saved stage may be the filtered volumes.
         keep_filtered,
     };
     let (volumes, regs) = py_.detach(|| {
         py(match reference {
-            Some(r) => r.with(|b, h| {
-                let qc = qc.map(|q| (r.volume.view(), q));
-                first_pass(b, block, &plan(Some(h)), qc)
-            }),
-            None => with_backend(choice, |b| first_pass(b, block, &plan(None), None)),
+            Some(r) => {
+                r.with(|b, h| first_pass(b, block, &plan(Some(h)), Some(r.volume.view()), extras))
+            }
+            None => with_backend(choice, |b| first_pass(b, block, &plan(None), None, extras)),
         })
     })?;
     let t = regs.len();
@@ -294,31 +294,37 @@ fn block_pass<'py>(
     ))
 }
 
-/// `process_stream` over the block's volumes, collected; with `qc`, the CLI's per-frame QC of each
-/// volume before and after its shift (`gpuprep_pipeline::qc`: the correlations with `qc`'s reference
-/// volume and the running projections), which needs `plan.keep_filtered` when there is a median.
+/// `process_stream` over the block's volumes, collected; with `extras`, what the dask front end also
+/// keeps: the CLI's per-frame QC of each volume before and after its shift (`gpuprep_pipeline::qc`:
+/// the correlations with `reference` and the running projections) and the filtered volumes (a saved
+/// stage). Both need `plan.keep_filtered` when there is a median.
 fn first_pass(
     b: &mut dyn Backend,
     block: ArrayView4<f32>,
     plan: &FramePlan,
-    mut qc: Option<(ArrayView3<f32>, &mut BlockQc)>,
+    reference: Option<ArrayView3<f32>>,
+    mut extras: Option<&mut Extras>,
 ) -> Result<(Array4<f32>, Vec<Option<Registration>>)> {
     let mut out = Array4::<f32>::zeros(block.raw_dim());
     let mut regs = Vec::with_capacity(block.dim().0);
     let mut frames = block.axis_iter(Axis(0)).map(|v| Ok(v.to_owned()));
     let mut t = 0;
     b.process_stream(plan, &mut frames, &mut |o| {
-        if let Some((reference, acc)) = qc.as_mut() {
+        if let Some(x) = extras.as_deref_mut() {
             let raw = block.index_axis(Axis(0), t);
             let before = o.filtered.as_ref().map_or(raw, |f| f.view());
-            acc.correlation_before
-                .push(gpuprep_pipeline::qc::correlation(before, *reference));
-            acc.correlation_after
-                .push(gpuprep_pipeline::qc::correlation(
+            if let (Some(qc), Some(reference)) = (x.qc.as_mut(), reference) {
+                qc.correlation_before
+                    .push(gpuprep_pipeline::qc::correlation(before, reference));
+                qc.correlation_after.push(gpuprep_pipeline::qc::correlation(
                     o.volume.view(),
-                    *reference,
+                    reference,
                 ));
-            acc.projections.add(before, o.volume.view());
+                qc.projections.add(before, o.volume.view());
+            }
+            if let (Some(kept), Some(f)) = (x.filtered.as_mut(), o.filtered.as_ref()) {
+                kept.index_axis_mut(Axis(0), t).assign(f);
+            }
         }
         out.index_axis_mut(Axis(0), t).assign(&o.volume);
         regs.push(o.registration);
@@ -328,6 +334,12 @@ fn first_pass(
     Ok((out, regs))
 }
 
+/// What `process_block_ext` keeps besides `process_block`'s results.
+struct Extras {
+    qc: Option<BlockQc>,
+    filtered: Option<Array4<f32>>,
+}
+
 /// A block's QC as `gpuprep run` computes it per frame.
 struct BlockQc {
     correlation_before: Vec<f64>,
@@ -335,24 +347,27 @@ struct BlockQc {
     projections: gpuprep_pipeline::qc::Projections,
 }
 
-/// `process_block` with the registration's QC of each frame (the dask front end's per-frame QC
-/// arrays): also returns a dict with `correlation_before`, `correlation_after` (t,) and
+/// `process_block` with what the dask front end also keeps, returned in a dict: with `qc` (and a
+/// reference) the registration's QC of each frame, `correlation_before`, `correlation_after` (t,) and
 /// `projections`: per axis (z, y, x) the running sums (f64) and maxima (f32) of the frames before and
 /// after their shift, `(sum_before, sum_after, max_before, max_after)`, merged across blocks by the
-/// caller (sums add; maxima by `fmax`, NaN being a maximum over no frame).
+/// caller (sums add; maxima by `fmax`, NaN being a maximum over no frame); with `filtered` (and a
+/// median) the filtered volumes, `filtered` (t, z, y, x).
 #[pyfunction]
-#[pyo3(signature = (block, reference, median, order, shift_mode, shift_cval, register_raw, backend))]
+#[pyo3(signature = (block, reference, median, order, shift_mode, shift_cval, register_raw, backend, qc, filtered))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub fn process_block_qc<'py>(
+pub fn process_block_ext<'py>(
     py_: Python<'py>,
     block: PyReadonlyArray4<'py, f32>,
-    reference: &Reference,
+    reference: Option<&Reference>,
     median: Option<([usize; 3], String, f32)>,
     order: u32,
     shift_mode: &str,
     shift_cval: f32,
     register_raw: bool,
     backend: &str,
+    qc: bool,
+    filtered: bool,
 ) -> PyResult<(
     Bound<'py, PyArray4<f32>>,
     Bound<'py, PyArray2<f64>>,
@@ -360,45 +375,55 @@ pub fn process_block_qc<'py>(
     Bound<'py, PyArray1<f64>>,
     Bound<'py, pyo3::types::PyDict>,
 )> {
-    let (z, y, x) = reference.volume.dim();
-    let mut qc = BlockQc {
-        correlation_before: Vec::new(),
-        correlation_after: Vec::new(),
-        projections: gpuprep_pipeline::qc::Projections::new([z, y, x]),
+    let mut extras = Extras {
+        qc: reference.filter(|_| qc).map(|r| {
+            let (z, y, x) = r.volume.dim();
+            BlockQc {
+                correlation_before: Vec::new(),
+                correlation_after: Vec::new(),
+                projections: gpuprep_pipeline::qc::Projections::new([z, y, x]),
+            }
+        }),
+        filtered: (filtered && median.is_some()).then(|| Array4::zeros(block.as_array().raw_dim())),
     };
     let (v, s, e, p) = block_pass(
         py_,
         block,
-        Some(reference),
+        reference,
         median,
         order,
         shift_mode,
         shift_cval,
         register_raw,
         backend,
-        Some(&mut qc),
+        Some(&mut extras),
     )?;
     let d = pyo3::types::PyDict::new(py_);
-    d.set_item(
-        "correlation_before",
-        Array1::from(qc.correlation_before).into_pyarray(py_),
-    )?;
-    d.set_item(
-        "correlation_after",
-        Array1::from(qc.correlation_after).into_pyarray(py_),
-    )?;
-    let mut axes = Vec::new();
-    for axis in 0..3 {
-        let (sb, mb) = qc.projections.parts(false, axis);
-        let (sa, ma) = qc.projections.parts(true, axis);
-        axes.push((
-            sb.clone().into_pyarray(py_),
-            sa.clone().into_pyarray(py_),
-            mb.clone().into_pyarray(py_),
-            ma.clone().into_pyarray(py_),
-        ));
+    if let Some(qc) = extras.qc {
+        d.set_item(
+            "correlation_before",
+            Array1::from(qc.correlation_before).into_pyarray(py_),
+        )?;
+        d.set_item(
+            "correlation_after",
+            Array1::from(qc.correlation_after).into_pyarray(py_),
+        )?;
+        let mut axes = Vec::new();
+        for axis in 0..3 {
+            let (sb, mb) = qc.projections.parts(false, axis);
+            let (sa, ma) = qc.projections.parts(true, axis);
+            axes.push((
+                sb.clone().into_pyarray(py_),
+                sa.clone().into_pyarray(py_),
+                mb.clone().into_pyarray(py_),
+                ma.clone().into_pyarray(py_),
+            ));
+        }
+        d.set_item("projections", axes)?;
     }
-    d.set_item("projections", axes)?;
+    if let Some(f) = extras.filtered {
+        d.set_item("filtered", f.into_pyarray(py_))?;
+    }
     Ok((v, s, e, p, d))
 }
 

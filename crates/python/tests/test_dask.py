@@ -163,6 +163,31 @@ def test_zarr_input_and_options(dataset, tmp_path, cli):
     assert_data_close(z, w["0"][:])
 
 
+@pytest.mark.parametrize("zscore", [True, False])
+def test_saved_stages_equal_the_clis(dataset, tmp_path, cli, zscore):
+    """save= (the CLI's --save): the filtered and registered volumes as arrays of the store, each chunk written
+    by its block's task, equal to the CLI's bit for bit (same kernels); with and without the z-score, in blocks
+    of 5 timepoints (the CLI chunks by 8)."""
+    extra = [] if zscore else ["--no-zscore"]
+    want = tmp_path / "want.ome.zarr"
+    subprocess.run([cli, "run", dataset["dir"], "-o", want, "--backend", "cpu", "-q", "--save", "filtered,registered",
+                    *extra], check=True, capture_output=True)
+    out = tmp_path / "saved.ome.zarr"
+    with dask.config.set(scheduler="threads"):
+        gd.preprocess(str(dataset["dir"]), out, backend="cpu", block_size=5, save="filtered,registered",
+                      no_zscore=not zscore)
+    got, w = zarr.open_group(out, mode="r"), zarr.open_group(want, mode="r")
+    assert sorted(got.array_keys()) == sorted(w.array_keys())
+    for name in ("filtered", "registered"):
+        assert got[name].metadata.dimension_names == w[name].metadata.dimension_names
+        np.testing.assert_array_equal(got[name][:], w[name][:], err_msg=name)
+    assert_data_close(got["0"][:], w["0"][:])
+    with pytest.raises(ValueError, match="save: the saved stages are arrays of an output"):
+        gd.preprocess(str(dataset["dir"]), backend="cpu", save="registered")
+    with pytest.raises(ValueError, match="save"):
+        gd.preprocess(str(dataset["dir"]), out, backend="cpu", save="bogus", force=True)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # (b) a LocalCluster of two worker processes
 # ---------------------------------------------------------------------------------------------------------

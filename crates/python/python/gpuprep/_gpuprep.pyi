@@ -30,15 +30,17 @@ def process_block(
     register_raw: bool,
     backend: str,
 ) -> tuple[F32, F64, F64, F64]: ...
-def process_block_qc(
+def process_block_ext(
     block: F32,
-    reference: Reference,
+    reference: Optional[Reference],
     median: Optional[tuple[list[int], str, float]],
     order: int,
     shift_mode: str,
     shift_cval: float,
     register_raw: bool,
     backend: str,
+    qc: bool,
+    filtered: bool,
 ) -> tuple[F32, F64, F64, F64, dict[str, Any]]: ...
 def qc_suspicious(
     shifts: F64, error: F64, correlation_after: F64, max_shift: Optional[tuple[float, float, float]] = None

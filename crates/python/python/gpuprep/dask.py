@@ -105,6 +105,8 @@ class _Params:
     shard: bool
     memory_budget: int | None
     backend: str
+    save_filtered: bool = False
+    save_registered: bool = False
 
 
 def _nonneg_int(value: Any, name: str) -> int:
@@ -143,6 +145,7 @@ def _params(
     shard: bool,
     memory_budget: int | str | None,
     backend: str,
+    save: Any = (),
 ) -> _Params:
     # One validation for every front end: the same rules and messages as `gpuprep run` and
     # gpuprep.preprocess (RunOptions in the pipeline crate); only what depends on the data is checked here.
@@ -153,7 +156,7 @@ def _params(
             reference=reference, reference_mean=reference_mean, register_raw=register_raw, order=order,
             shift_mode=shift_mode, shift_cval=shift_cval, no_zscore=no_zscore, ddof=ddof,
             constant_voxels=constant_voxels, nonfinite=nonfinite, compression=compression, shard=shard,
-            memory_budget=memory_budget,
+            memory_budget=memory_budget, save=save,
         )
     )
     kind, start, end = v["reference"]
@@ -189,6 +192,8 @@ def _params(
         shard=bool(v["shard"]),
         memory_budget=v["memory_budget"],
         backend=_choice(backend, "backend", ("auto", "cpu", "gpu")),
+        save_filtered=bool(v["save_filtered"]),
+        save_registered=bool(v["save_registered"]),
     )
 
 
@@ -487,36 +492,29 @@ def reference_finish(acc: np.ndarray, n: int) -> np.ndarray:
 
 
 def register_block(
-    block: np.ndarray, t0: int, ref: SharedReference | None, p: _Params, scratch: str | None
+    block: np.ndarray, t0: int, ref: SharedReference | None, p: _Params, scratch: str | None,
+    saved: dict[str, str] | None = None,
 ) -> tuple[dict, Any]:
     """Pass 1 over a block: median → register → shift, the block's Moments, and the registered volumes
-    (returned, or written to ``scratch`` (a Zarr array) at [t0, t0 + len))."""
+    (returned, or written to ``scratch`` (a Zarr array) at [t0, t0 + len)); the stages in ``saved`` (name →
+    Zarr array: "filtered", "registered") written there at [t0, t0 + len)."""
+    saved = saved or {}
     b, bad = _sanitize(block, t0, p.nonfinite)
     reference = ref.get() if ref is not None else None
     m = p.median
-    qc = None
-    if reference is None:
-        vols, shifts, error, phasediff = gpuprep.process_block(
-            b,
-            None,
-            no_median=m is None,
-            median_size=m[0] if m else 3,
-            median_mode=m[1] if m else "reflect",
-            median_cval=m[2] if m else 0.0,
-            register_raw=p.register_raw,
-            order=p.order,
-            shift_mode=p.shift_mode,
-            shift_cval=p.shift_cval,
-            backend=p.backend,
-        )
-    else:
-        # With the CLI's per-frame QC: correlations with the reference before and after the shift,
-        # and the block's running projections (merged on the client, `_merge_qc`).
-        median = None if m is None else (tuple(int(v) for v in m[0]), m[1], float(m[2]))
-        vols, shifts, error, phasediff, qc = _gpuprep.process_block_qc(
-            b, reference._ref, median, int(p.order), p.shift_mode, float(p.shift_cval), bool(p.register_raw),
-            p.backend,
-        )
+    # With a reference, the CLI's per-frame QC (correlations with the reference before and after the
+    # shift, the block's running projections: merged on the client, `_merge_qc`); the filtered volumes
+    # when they are a saved stage.
+    median = None if m is None else (tuple(int(v) for v in m[0]), m[1], float(m[2]))
+    vols, shifts, error, phasediff, extras = _gpuprep.process_block_ext(
+        b, reference._ref if reference is not None else None, median, int(p.order), p.shift_mode,
+        float(p.shift_cval), bool(p.register_raw), p.backend, reference is not None, "filtered" in saved,
+    )
+    qc = extras if reference is not None else None
+    if "filtered" in saved:
+        _write(saved["filtered"], t0, extras.pop("filtered"))
+    if "registered" in saved:
+        _write(saved["registered"], t0, vols)
     del b
     moments = None
     if p.zscore:
@@ -707,7 +705,8 @@ def _reference(arr: Any, p: _Params, client: Any) -> SharedReference | Any | Non
     return ref
 
 
-def _build(arr: Any, ref: Any, p: _Params, scratch: str | None, stats_store: str | None) -> _Graph:
+def _build(arr: Any, ref: Any, p: _Params, scratch: str | None, stats_store: str | None,
+           saved: dict[str, str] | None = None) -> _Graph:
     from dask import delayed
 
     blocks_d = arr.to_delayed().ravel()
@@ -715,7 +714,7 @@ def _build(arr: Any, ref: Any, p: _Params, scratch: str | None, stats_store: str
     blocks = [(int(t0), int(n)) for t0, n in zip(starts, arr.chunks[0])]
     sides, moments = [], []
     for (t0, n), b in zip(blocks, blocks_d):
-        r = delayed(register_block, pure=True, nout=2)(b, t0, ref, p, scratch)
+        r = delayed(register_block, pure=True, nout=2)(b, t0, ref, p, scratch, saved)
         sides.append(r[0])
         moments.append(r[1])
     stats, depth = None, 0
@@ -984,8 +983,14 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
         if p.zscore:
             for name in ("mean", "std"):
                 _create_array(os.path.join(store, name), shape, shape, np.float32, p.compression, False)
+        # The saved stages: arrays like "0" (chunks, codecs, shards), each chunk written by its block's task.
+        saved = {}
+        for name, wanted in (("filtered", p.save_filtered and p.median is not None), ("registered", p.save_registered)):
+            if wanted:
+                saved[name] = os.path.join(store, name)
+                _create_array(saved[name], (t,) + shape, chunks, np.float32, p.compression, True, shards)
         first = None if in_memory else (scratch or os.path.join(store, "0"))
-        g = _build(arr, ref, p, first, store if p.zscore else None)
+        g = _build(arr, ref, p, first, store if p.zscore else None, saved)
         small = [delayed(_side_only, pure=True)(s) for s in g.sides]
         final = list(small)
         if in_memory:
@@ -1112,6 +1117,7 @@ def preprocess(
     compression: str = "none",
     shard: bool = False,
     memory_budget: int | str | None = None,
+    save: Any = (),
     backend: str = "auto",
     client: Any = None,
     progress: bool = False,
@@ -1139,7 +1145,9 @@ def preprocess(
     memory); beyond it they wait in a scratch array beside the output and memory stays bounded by a few
     blocks per worker (0 forces that). The report's ``scratch`` says which ("memory" or "file").
     ``format``, ``channel``: as the CLI's ``--format`` and ``--channel`` for inputs given as paths (HDF5,
-    TIFF and Zarr inputs are read by gpuprep's own reader, per block).
+    TIFF and Zarr inputs are read by gpuprep's own reader, per block). ``save``: extra stages kept in the
+    output, as the CLI's ``--save`` ("filtered", "registered", or both: a list or a comma-separated string),
+    each written by the block's own task.
     """
     if output is not None and not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"output: expected a path or None, got {type(output).__name__}")
@@ -1170,7 +1178,10 @@ def preprocess(
         shard=shard,
         memory_budget=memory_budget,
         backend=backend,
+        save=save,
     )
+    if (p.save_filtered or p.save_registered) and output is None:
+        raise ValueError("save: the saved stages are arrays of an output; none is given")
     if p.compression != "none" and output is None:
         raise ValueError("compression: applies to an output; none is given")
     if p.shard and output is None:

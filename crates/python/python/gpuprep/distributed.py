@@ -60,6 +60,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", default=None,
                    help="bytes of registered volumes the workers may hold between the passes (e.g. 8G; "
                    "default a quarter of their memory; 0: a scratch array)")
+    p.add_argument("--save", default="", help="extra stages to keep in the output: filtered, registered (comma-separated)")
     p.add_argument("--backend", default="auto", choices=["auto", "gpu", "cpu"])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
     return p
@@ -117,6 +118,7 @@ def main(argv: list[str] | None = None) -> int:
                 compression=args.compression,
                 shard=args.shard,
                 memory_budget=args.memory_budget,
+                save=args.save,
                 backend=args.backend,
                 client=client,
                 progress=not args.quiet,
