@@ -81,15 +81,21 @@ impl Reference {
 #[pymethods]
 impl Reference {
     #[new]
-    #[pyo3(signature = (volume, upsample_factor = 1, normalization = "phase", backend = "auto"))]
+    #[pyo3(signature = (volume, upsample_factor = 1, normalization = "phase", backend = "auto", max_shift = None, smooth_sigma = [0.0; 3]))]
     fn new(
         py_: Python<'_>,
         volume: PyReadonlyArray3<'_, f32>,
         upsample_factor: i64,
         normalization: &str,
         backend: &str,
+        max_shift: Option<[f64; 3]>,
+        smooth_sigma: [f64; 3],
     ) -> PyResult<Self> {
-        let params = register_params(upsample_factor, normalization)?;
+        let mut params =
+            py(register_params(upsample_factor, normalization)?.with_smooth_sigma(smooth_sigma))?;
+        if let Some(m) = max_shift {
+            params = py(params.with_max_shift(m))?;
+        }
         let choice = Choice::parse(backend)?;
         let volume = volume.as_array().to_owned();
         let id = next_id();
@@ -165,6 +171,8 @@ impl Reference {
             this.params.upsample_factor,
             this.params.normalization.name(),
             this.backend.name(),
+            this.params.max_shift,
+            this.params.smooth_sigma,
         );
         PyTuple::new(
             py_,
@@ -178,10 +186,17 @@ impl Reference {
     fn __repr__(&self) -> String {
         let (z, y, x) = self.volume.dim();
         format!(
-            "Reference(shape=({z}, {y}, {x}), upsample_factor={}, normalization={:?}, backend={:?})",
+            "Reference(shape=({z}, {y}, {x}), upsample_factor={}, normalization={:?}, backend={:?}, max_shift={}, smooth_sigma={})",
             self.params.upsample_factor,
             self.params.normalization.name(),
-            self.backend.name()
+            self.backend.name(),
+            self.params
+                .max_shift
+                .map_or("None".to_string(), |m| format!("({}, {}, {})", m[0], m[1], m[2])),
+            {
+                let s = self.params.smooth_sigma;
+                format!("({}, {}, {})", s[0], s[1], s[2])
+            }
         )
     }
 }

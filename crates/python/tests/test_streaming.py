@@ -218,3 +218,30 @@ def test_unaligned_arrays_are_read_correctly(backend):
         gpuprep.normalize(a, unaligned((8, 9, 10), np.float64) * 0 + mean, std, backend=backend),
         gpuprep.normalize(b, mean, std, backend=backend),
     )
+
+
+def test_reference_max_shift_and_smooth_sigma_are_the_clis(backend, cli, tmp_path):
+    """``Reference(max_shift=, smooth_sigma=)`` registers as ``gpuprep run --max-shift --smooth-sigma`` (the CLI
+    on the raw frames against frame 0: --no-median), keeps its parameters through pickling, and refuses a
+    negative bound naming it."""
+    import h5py
+    import subprocess
+
+    data = series(5)
+    path = tmp_path / "in.h5"
+    with h5py.File(path, "w") as f:
+        f["default"] = data
+    out = tmp_path / "out.h5"
+    subprocess.run([cli, "run", path, "-o", out, "--no-median", "--no-zscore", "-q", "--backend", backend,
+                    "--upsample-factor", "4", "--max-shift", "1,2,2", "--smooth-sigma", "0.5,1,1"],
+                   check=True, capture_output=True)
+    with h5py.File(out, "r") as f:
+        want = f["shifts"][()]
+    ref = gpuprep.Reference(data[0], upsample_factor=4, backend=backend, max_shift=(1, 2, 2), smooth_sigma=(0.5, 1, 1))
+    back = pickle.loads(pickle.dumps(ref))
+    for t, v in enumerate(data):
+        np.testing.assert_array_equal(ref.register(v).shift, want[t], err_msg=f"t={t}")
+        np.testing.assert_array_equal(back.register(v).shift, want[t], err_msg=f"t={t}, unpickled")
+    assert (np.abs(want) <= [1, 2, 2]).all() and (np.abs(want) == 2).any(), want
+    with pytest.raises(ValueError, match="max"):
+        gpuprep.Reference(data[0], max_shift=(0, -1, 2))

@@ -467,7 +467,9 @@ class Reference:
     """The reference of a registration, transformed once: ``register(volume)`` is
     ``phase_cross_correlation(reference, volume, upsample_factor=..., normalization=...)`` without
     recomputing the reference's spectrum. Picklable (as its volume and parameters): a copy sent to a
-    worker process transforms it once there."""
+    worker process transforms it once there. ``max_shift`` and ``smooth_sigma`` (per axis, or one number)
+    are ``gpuprep run``'s ``--max-shift`` and ``--smooth-sigma``: the peak searched within the bound, the
+    correlation smoothed by a Gaussian (suite2p's); by default neither (scikit-image's)."""
 
     def __init__(
         self,
@@ -476,13 +478,20 @@ class Reference:
         normalization: str | None = "phase",
         *,
         backend: str = "auto",
+        max_shift: Any = None,
+        smooth_sigma: Any = 0.0,
     ) -> None:
         _refuse_masked(volume, "volume")
         arr = np.asarray(volume)
         v, shape = _as_volume(arr, "volume")
         self._shape = shape
         self._dtype = arr.dtype
-        self._ref = _gpuprep.Reference(v, int(upsample_factor), _normalization(normalization), backend)
+        # Per axis of the volume as given; the leading axes a 1-D or 2-D volume gets do not move.
+        bound = None if max_shift is None else _padded(_per_axis(max_shift, arr.ndim, "max_shift", float), 0.0)
+        sigma = _padded(_per_axis(smooth_sigma, arr.ndim, "smooth_sigma", float), 0.0)
+        self._ref = _gpuprep.Reference(
+            v, int(upsample_factor), _normalization(normalization), backend, bound, sigma
+        )
 
     @property
     def shape(self) -> tuple[int, ...]:
