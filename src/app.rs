@@ -460,6 +460,13 @@ fn report(a: ReportArgs) -> anyhow::Result<()> {
         .report
         .clone()
         .unwrap_or_else(|| gpuprep_report::default_path(&a.output, format));
+    if path.exists() && !a.force {
+        return Err(Error::Output {
+            path,
+            message: "already exists; pass --force to replace it".into(),
+        }
+        .into());
+    }
     let written = gpuprep_report::write(&a.output, &path, format, a.force)?;
     say!("report: {}", written.display())?;
     Ok(())

@@ -8,6 +8,7 @@
 mod engine;
 mod errors;
 mod kernels;
+mod report;
 mod run;
 mod source;
 mod stream;
@@ -28,6 +29,7 @@ fn _gpuprep(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(stream::process_block, m)?)?;
     m.add_function(wrap_pyfunction!(stream::process_block_ext, m)?)?;
     m.add_function(wrap_pyfunction!(stream::qc_suspicious, m)?)?;
+    m.add_function(wrap_pyfunction!(report::report, m)?)?;
     m.add_function(wrap_pyfunction!(source::describe_input, m)?)?;
     m.add_function(wrap_pyfunction!(source::read_block, m)?)?;
     m.add_function(wrap_pyfunction!(source::write_zarr_block, m)?)?;

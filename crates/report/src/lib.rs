@@ -128,8 +128,8 @@ pub fn load(output: &Path) -> Result<ReportData> {
     if !arrays::exists(output, "shifts")? {
         return Err(input_err(
             output,
-            "has no /shifts: the report shows a registration, and this run did not register \
-             (--no-register without --shifts)"
+            "has no /shifts: the report shows a registration, and this run neither registered \
+             nor applied given shifts"
                 .into(),
         ));
     }
@@ -334,7 +334,7 @@ fn summary_lines(data: &ReportData) -> Vec<String> {
         0 => "No frame flagged as suspicious.".into(),
         n => format!(
             "{n} frame{} flagged as suspicious (timepoints {}): an empty frame, a shift at the \
-             --max-shift bound, or a correlation after registration far below the median.",
+             max-shift bound, or a correlation after registration far below the median.",
             if n == 1 { "" } else { "s" },
             flagged
                 .iter()
@@ -450,12 +450,13 @@ pub fn png(data: &ReportData) -> Result<Vec<u8>> {
 
 /// Writes the report of `output` to `report` in `format`: the whole file under a temporary name in
 /// the same directory, renamed when complete, so an interrupted report leaves nothing that looks
-/// finished. An existing report is replaced only with `force`.
+/// finished. An existing report is replaced only with `force` (front ends check first, to name their
+/// own spelling of it).
 pub fn write(output: &Path, report: &Path, format: Format, force: bool) -> Result<PathBuf> {
     if report.exists() && !force {
         return Err(Error::Output {
             path: report.to_path_buf(),
-            message: "already exists; pass --force to replace it".into(),
+            message: "already exists; it is replaced only when forced".into(),
         });
     }
     let data = load(output)?;

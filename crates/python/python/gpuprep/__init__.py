@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import numbers
 import os
+import pathlib
 import warnings
 from typing import Any, Callable, NamedTuple, Sequence
 
@@ -46,6 +47,7 @@ __all__ = [
     "Moments",
     "process_block",
     "preprocess",
+    "report",
     "backend_name",
 ]
 
@@ -751,3 +753,14 @@ def preprocess(
         nonfinite=nonfinite, compression=compression, shard=shard, save=save, memory_budget=memory_budget,
     )
     return _gpuprep.preprocess([os.fspath(p) for p in inputs], os.fspath(output), params, backend, progress)
+
+
+def report(output: Any, path: Any = None, *, format: str | None = None, force: bool = False) -> pathlib.Path:
+    """``gpuprep report``: writes the registration QC report of a finished output (``.h5`` or ``.ome.zarr``,
+    from ``gpuprep run``, ``preprocess`` or ``gpuprep.dask``) and returns its path: the shifts and framewise
+    displacement over time, the registration error and correlations, the flagged frames, and the mean and
+    max projections before and after registration. ``path`` defaults to beside the output
+    (``OUT.report.html``); ``format`` is ``"html"`` (one self-contained page: inlined images, no network,
+    no JavaScript) or ``"png"``, by default from the path's extension. An existing report is replaced only
+    with ``force=True`` (else ``FileExistsError``); an output without shifts raises ``OSError``."""
+    return pathlib.Path(_gpuprep.report(os.fspath(output), None if path is None else os.fspath(path), format, bool(force)))

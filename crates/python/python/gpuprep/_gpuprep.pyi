@@ -45,6 +45,7 @@ def process_block_ext(
 def qc_suspicious(
     shifts: F64, error: F64, correlation_after: F64, max_shift: Optional[tuple[float, float, float]] = None
 ) -> npt.NDArray[np.bool_]: ...
+def report(output: str, path: Optional[str], format: Optional[str], force: bool) -> PathLike[str]: ...
 def preprocess(
     inputs: list[str],
     output: str | PathLike[str],
