@@ -422,3 +422,85 @@ fn the_demo_keeps_its_report_and_says_where() {
     let html = std::fs::read_to_string(&report).unwrap();
     assert_eq!(inlined_images(&html).len(), 7);
 }
+
+/// An output whose side arrays do not fit together is one error naming the file and the array, and no
+/// report is written: shifts that are not (t, 3), a per-frame array of another length, projections of
+/// another layout.
+#[test]
+fn the_report_refuses_malformed_outputs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let write = |name: &str, arrays: &[(&str, ndarray::ArrayD<f64>)]| {
+        let path = tmp.path().join(name);
+        let f = hdf5::File::create(&path).unwrap();
+        for (n, a) in arrays {
+            f.new_dataset_builder().with_data(a).create(*n).unwrap();
+        }
+        path
+    };
+    let shifts = ndarray::Array2::<f64>::zeros((4, 3)).into_dyn();
+    let cases = [
+        (
+            write(
+                "two.h5",
+                &[("shifts", ndarray::Array2::<f64>::zeros((4, 2)).into_dyn())],
+            ),
+            "/shifts has shape [4, 2]",
+        ),
+        (
+            write(
+                "short.h5",
+                &[
+                    ("shifts", shifts.clone()),
+                    ("error", ndarray::Array1::<f64>::zeros(3).into_dyn()),
+                ],
+            ),
+            "/error has shape [3]",
+        ),
+        (
+            write(
+                "proj.h5",
+                &[
+                    ("shifts", shifts.clone()),
+                    (
+                        "projection_z",
+                        ndarray::Array3::<f64>::zeros((3, 4, 5)).into_dyn(),
+                    ),
+                ],
+            ),
+            "/projection_z has shape [3, 4, 5]",
+        ),
+    ];
+    for (path, want) in cases {
+        let out = tmp.path().join("r.html");
+        let (code, _, stderr) = gpuprep_output(&[
+            "report".as_ref(),
+            path.as_os_str(),
+            "-o".as_ref(),
+            out.as_os_str(),
+        ]);
+        assert_eq!(code, 2, "{stderr}");
+        assert!(
+            stderr.contains(path.file_name().unwrap().to_str().unwrap()) && stderr.contains(want),
+            "{want}: {stderr}"
+        );
+        assert_eq!(stderr.trim().lines().count(), 1, "{stderr}");
+        assert!(!out.exists());
+    }
+    // The minimum a report needs: shifts alone (an output of another tool, or an older gpuprep's).
+    let minimal = write("minimal.h5", &[("shifts", shifts)]);
+    let out = tmp.path().join("m.html");
+    let (code, _, stderr) = gpuprep_output(&[
+        "report".as_ref(),
+        minimal.as_os_str(),
+        "-o".as_ref(),
+        out.as_os_str(),
+    ]);
+    assert_eq!(code, 0, "{stderr}");
+    let html = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(
+        inlined_images(&html).len(),
+        2,
+        "shifts and displacement only"
+    );
+    assert!(html.contains("no projections"));
+}

@@ -117,7 +117,7 @@ fn per_frame(path: &Path, name: &str, t: usize) -> Result<Option<Vec<f64>>> {
 }
 
 /// Reads what the report shows from a finished output (HDF5 file or Zarr store). `/shifts` is
-/// required; the QC arrays an older output or the dask front end lacks are shown as missing.
+/// required; the QC arrays an older output (or another tool's) lacks are shown as missing.
 pub fn load(output: &Path) -> Result<ReportData> {
     if !output.exists() {
         return Err(input_err(
@@ -148,7 +148,7 @@ pub fn load(output: &Path) -> Result<ReportData> {
         .expect("checked to be 2-D");
     let framewise_displacement = match per_frame(output, "framewise_displacement", t)? {
         Some(fd) => fd,
-        // Outputs without QC arrays (the dask front end's): the same definition, from the shifts.
+        // Outputs without QC arrays (older ones): the same definition, from the shifts.
         None => (0..t)
             .map(|i| match i {
                 0 => 0.0,
@@ -345,7 +345,7 @@ fn summary_lines(data: &ReportData) -> Vec<String> {
     });
     if data.projections.is_none() {
         lines.push(
-            "This output has no projections (written by an older gpuprep or the dask front end)."
+            "This output has no projections (written by an older gpuprep or another tool)."
                 .into(),
         );
     }
