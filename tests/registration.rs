@@ -578,7 +578,7 @@ fn disambiguation_matches_scikit_image() {
             _ => Normalization::Phase,
         };
         let close = |a: [f64; 3], b: [f64; 3]| (0..3).all(|i| (a[i] - b[i]).abs() < 1e-4);
-        let rule = disambiguate(reference.view(), moving.view(), plain);
+        let rule = disambiguate(reference.view(), moving.view(), plain).unwrap();
         assert!(
             close(rule, want),
             "{name}: rule {rule:?}, scikit-image {want:?}"
@@ -588,7 +588,7 @@ fn disambiguation_matches_scikit_image() {
         let mut cpu = CpuBackend::new();
         let h = cpu.set_reference(reference.view(), &p).unwrap();
         let r = cpu.register(&h, moving.view()).unwrap();
-        let cpu_shift = disambiguate(reference.view(), moving.view(), r.shift);
+        let cpu_shift = disambiguate(reference.view(), moving.view(), r.shift).unwrap();
         assert!(
             close(cpu_shift, want),
             "{name}: cpu {cpu_shift:?}, scikit-image {want:?}"
@@ -596,7 +596,7 @@ fn disambiguation_matches_scikit_image() {
         if let Some(g) = gpu.as_mut() {
             let h = g.set_reference(reference.view(), &p).unwrap();
             let r = g.register(&h, moving.view()).unwrap();
-            let gpu_shift = disambiguate(reference.view(), moving.view(), r.shift);
+            let gpu_shift = disambiguate(reference.view(), moving.view(), r.shift).unwrap();
             let tol = if u == 1 { 0.0 } else { 1.0 / u as f64 };
             assert!(
                 (0..3).all(|a| (gpu_shift[a] - cpu_shift[a]).abs() <= tol),
@@ -612,14 +612,14 @@ fn disambiguation_matches_scikit_image() {
 }
 
 /// A whole-voxel shift's choice on a tiny volume, and the degenerate case (every tile constant):
-/// the shift comes back as given, as scikit-image's (which warns).
+/// no choice (`None`; scikit-image warns and keeps the shift).
 #[test]
 fn disambiguation_keeps_the_shift_when_no_tile_correlates() {
     use gpuprep_core::register::disambiguate;
     let flat = Array3::<f32>::from_elem((1, 6, 7), 2.0);
     assert_eq!(
         disambiguate(flat.view(), flat.view(), [0.0, 2.0, -3.0]),
-        [0.0, 2.0, -3.0]
+        None
     );
     // An exactly periodic pair (moving is the reference rolled by -2 along x): the candidates +2 and
     // -5 both fit, every tile correlates perfectly, and among equals the first tile in
@@ -630,7 +630,7 @@ fn disambiguation_keeps_the_shift_when_no_tile_correlates() {
         Array3::from_shape_fn((1, 5, 7), |(_, y, x)| (((x + 2) % 7).pow(2) + 3 * y) as f32);
     for given in [2.0, -5.0] {
         let got = disambiguate(reference.view(), moving.view(), [0.0, 0.0, given]);
-        assert_eq!(got, [0.0, 0.0, -5.0], "{given}");
+        assert_eq!(got, Some([0.0, 0.0, -5.0]), "{given}");
     }
 }
 

@@ -208,8 +208,9 @@ pub fn spectrum_scale(max_f: f64, max_g: f64, n: usize) -> f64 {
 /// splits it at `round(shift mod n)` along each axis into 2^3 tiles; each tile with more than 2 voxels
 /// is Pearson-correlated with the same tile of `reference`, and the best tile (the first, in
 /// `itertools.product` order, among equals; NaN never wins) picks per axis the negative candidate (its
-/// tile before the split) or the positive one (after). When no tile qualifies the shift comes back
-/// unchanged (scikit-image warns).
+/// tile before the split) or the positive one (after). `None` when no tile qualifies (every tile of
+/// 2 voxels or fewer, or constant): scikit-image then warns that the disambiguation is degenerate and
+/// keeps the shift as it was.
 ///
 /// The chosen candidate is `shift` itself when it has the same sign, so an unchanged axis keeps its
 /// value bit for bit (scikit-image's `(shift mod n) - n` may move it by an ulp).
@@ -217,7 +218,7 @@ pub fn disambiguate(
     reference: ndarray::ArrayView3<f32>,
     moving: ndarray::ArrayView3<f32>,
     shift: [f64; 3],
-) -> [f64; 3] {
+) -> Option<[f64; 3]> {
     let d = reference.dim();
     let shape = [d.0, d.1, d.2];
     let positive: [f64; 3] = std::array::from_fn(|a| shift[a].rem_euclid(shape[a] as f64));
@@ -232,17 +233,15 @@ pub fn disambiguate(
             best_tile = Some(tile);
         }
     }
-    let Some(tile) = best_tile else {
-        return shift;
-    };
-    std::array::from_fn(|a| {
+    let tile = best_tile?;
+    Some(std::array::from_fn(|a| {
         let after_split = tile >> (2 - a) & 1 == 1;
         match (after_split, shift[a] >= 0.0) {
             (true, true) | (false, false) => shift[a],
             (true, false) => positive[a],
             (false, true) => positive[a] - shape[a] as f64,
         }
-    })
+    }))
 }
 
 /// Pearson correlation of `a` and `b` over each of the 8 tiles that `split` cuts the volume into

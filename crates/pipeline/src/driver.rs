@@ -350,7 +350,9 @@ fn register_frame(
 ) -> Result<Registration> {
     let mut r = backend.register(handle, moving)?;
     if cfg.disambiguate {
-        r.shift = gpuprep_core::register::disambiguate(reference, moving, r.shift);
+        // A degenerate case (no tile correlates) keeps the shift, as scikit-image's.
+        r.shift =
+            gpuprep_core::register::disambiguate(reference, moving, r.shift).unwrap_or(r.shift);
     }
     Ok(r)
 }
