@@ -4,6 +4,8 @@
 //! Both backends find the peak their own way (the CPU on the host, the GPU with a reduction) and
 //! refine it with their own upsampled DFT; everything after that is this module's, so the two cannot
 //! drift apart.
+//! scikit-image's disambiguation of a shift modulo the volume (`disambiguate`) is here too, on the
+//! host for both.
 
 use crate::complex::Complex64;
 use crate::error::{Error, Result};

@@ -4,6 +4,10 @@
 //! samples and weights each output sample takes; a translation samples every line of an axis alike, so
 //! one `AxisPlan` per axis serves the whole volume. The CPU twin and the GPU's host side both build
 //! their taps from it, in f64.
+//!
+//! Also scipy's `grid-wrap` mode, which the shift stage does not offer: its taps, its periodic
+//! prefilter and a host shift (`shift_grid_wrap`) for scikit-image's disambiguation
+//! (`register::disambiguate`), run on the host for both backends.
 
 use crate::boundary::{map_coordinate, map_coordinate_grid_wrap};
 use crate::params::{BoundaryMode, ShiftParams};
