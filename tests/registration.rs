@@ -636,8 +636,9 @@ fn disambiguation_keeps_the_shift_when_no_tile_correlates() {
 
 /// `gpuprep run --disambiguate`: frames that are windows of one textured field, one offset beyond
 /// half the field of view: without the flag its shift is the aliased one (wrong by the volume's
-/// size along y and x), with it the true one; the other frames are unchanged; the GPU run gives the
-/// CPU's shifts; the flag is recorded in the output.
+/// size along y and x), with it the true one; the other frames are unchanged; a `--max-shift` bound
+/// still holds (the other candidate is not taken past it); the GPU run gives the CPU's shifts; the
+/// flag is recorded in the output.
 #[test]
 fn disambiguate_recovers_shifts_beyond_half_the_field_of_view() {
     let tmp = tempfile::tempdir().unwrap();
@@ -681,6 +682,20 @@ fn disambiguate_recovers_shifts_beyond_half_the_field_of_view() {
         [0.0, 27.0 - win as f64, -26.0 + win as f64]
     );
     assert_eq!([plain[[2, 1]], plain[[2, 2]]], [-4.0, 3.0]);
+    // A --max-shift bound holds with --disambiguate too: a candidate past it is not taken.
+    let (bounded, _) = shifts("bounded.h5", &["--disambiguate", "--max-shift", "0,30,30"]);
+    let (tight, _) = shifts("tight.h5", &["--disambiguate", "--max-shift", "0,23,23"]);
+    assert_eq!(bounded, amb, "a bound the true shifts are within");
+    for t in 0..3 {
+        assert!(
+            tight[[t, 1]].abs() <= 23.0 && tight[[t, 2]].abs() <= 23.0,
+            "frame {t}: {tight:?}"
+        );
+    }
+    assert_eq!(
+        [tight[[1, 1]], tight[[1, 2]]],
+        [27.0 - win as f64, -26.0 + win as f64]
+    );
     let attr = |out: &std::path::Path| {
         let f = hdf5::File::open(out).unwrap();
         crate::support::attr_i64(&f, "disambiguate")

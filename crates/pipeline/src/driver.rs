@@ -350,9 +350,15 @@ fn register_frame(
 ) -> Result<Registration> {
     let mut r = backend.register(handle, moving)?;
     if cfg.disambiguate {
-        // A degenerate case (no tile correlates) keeps the shift, as scikit-image's.
-        r.shift =
-            gpuprep_core::register::disambiguate(reference, moving, r.shift).unwrap_or(r.shift);
+        // A degenerate case (no tile correlates) keeps the shift, as scikit-image's; so does an axis
+        // whose other candidate is past `--max-shift`, which the search promised not to return.
+        let chosen = gpuprep_core::register::disambiguate(reference, moving, r.shift);
+        let bound = handle.params().max_shift;
+        for (a, s) in chosen.unwrap_or(r.shift).into_iter().enumerate() {
+            if bound.is_none_or(|m| s.abs() <= m[a] + 1e-9) {
+                r.shift[a] = s;
+            }
+        }
     }
     Ok(r)
 }
