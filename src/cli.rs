@@ -142,6 +142,15 @@ pub struct RunArgs {
     /// --reference-mean range, or the --reference timepoint) registered onto it. Saved as /reference.
     #[arg(long, default_value_t = 0, value_name = "N")]
     pub reference_iterations: u32,
+    /// With --reference-iterations: each refinement averages only the N frames of the reference range
+    /// most correlated with the current reference after registration (suite2p's template).
+    /// Default: all of them.
+    #[arg(long, value_name = "N")]
+    pub reference_top: Option<usize>,
+    /// Try each shift's candidates modulo the volume's size in real space and keep the best
+    /// (scikit-image's disambiguate=True), for shifts beyond half the field of view.
+    #[arg(long)]
+    pub disambiguate: bool,
     /// Apply the shifts in FILE instead of registering: a gpuprep output (its /shifts) or a CSV/TSV
     /// table with a header naming z,y,x (and t) columns, one row per timepoint.
     #[arg(long, value_name = "FILE")]
@@ -353,6 +362,8 @@ const PARAMETER_FLAGS: &[(&str, &str)] = &[
     ("max shift", "--max-shift"),
     ("smooth sigma", "--smooth-sigma"),
     ("shifts", "--shifts"),
+    ("reference top", "--reference-top"),
+    ("disambiguation", "--disambiguate"),
     ("channels to apply to", "--apply-to-channels"),
     ("noise", "--noise"),
     ("graphics API", "--gpu-api"),
@@ -427,6 +438,8 @@ impl RunArgs {
             shard: self.shard,
             save: self.save.clone(),
             reference_iterations: self.reference_iterations,
+            reference_top: self.reference_top,
+            disambiguate: self.disambiguate,
             shifts: self.shifts.clone(),
             apply_to_channels: self.apply_to_channels.clone(),
             memory_budget: match &self.memory_budget {

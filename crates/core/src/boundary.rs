@@ -128,6 +128,27 @@ pub fn map_coordinate(mut x: f64, len: usize, mode: BoundaryMode) -> f64 {
     x
 }
 
+/// scipy's `map_coordinate` for `grid-wrap` (`NI_EXTEND_GRID_WRAP`, which `BoundaryMode` does not
+/// offer: only scikit-image's disambiguation uses it): a coordinate outside `[0, len-1]` wraps with
+/// period `len`, the integer truncations as in the C code.
+pub fn map_coordinate_grid_wrap(mut x: f64, len: usize) -> f64 {
+    let lenf = len as f64;
+    if x < 0.0 {
+        if len <= 1 {
+            x = 0.0;
+        } else {
+            x += lenf * (((-1.0 - x) / lenf) as i64 + 1) as f64;
+        }
+    } else if x > lenf - 1.0 {
+        if len <= 1 {
+            x = 0.0;
+        } else {
+            x -= lenf * ((x / lenf) as i64) as f64;
+        }
+    }
+    x
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

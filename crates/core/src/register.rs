@@ -4,6 +4,8 @@
 //! Both backends find the peak their own way (the CPU on the host, the GPU with a reduction) and
 //! refine it with their own upsampled DFT; everything after that is this module's, so the two cannot
 //! drift apart.
+//! scikit-image's disambiguation of a shift modulo the volume (`disambiguate`) is here too, on the
+//! host for both.
 
 use crate::complex::Complex64;
 use crate::error::{Error, Result};
@@ -199,6 +201,93 @@ pub fn spectrum_scale(max_f: f64, max_g: f64, n: usize) -> f64 {
         return 1.0;
     }
     2f64.powi(120 - bound.log2().ceil() as i32)
+}
+
+/// scikit-image's `_disambiguate_shift` (0.26, `phase_cross_correlation(..., disambiguate=True)`):
+/// the peak of a phase correlation gives each axis's shift only modulo the axis's length, so the
+/// candidates are the positive (`shift mod n`) and the negative (`that - n`) one per axis. `moving` is
+/// shifted by `shift` with scipy's `grid-wrap` (order 0 for whole-voxel shifts, 3 otherwise), which
+/// splits it at `round(shift mod n)` along each axis into 2^3 tiles; each tile with more than 2 voxels
+/// is Pearson-correlated with the same tile of `reference`, and the best tile (the first, in
+/// `itertools.product` order, among equals; NaN never wins) picks per axis the negative candidate (its
+/// tile before the split) or the positive one (after). `None` when no tile qualifies (every tile of
+/// 2 voxels or fewer, or constant): scikit-image then warns that the disambiguation is degenerate and
+/// keeps the shift as it was.
+///
+/// The chosen candidate is `shift` itself when it has the same sign, so an unchanged axis keeps its
+/// value bit for bit (scikit-image's `(shift mod n) - n` may move it by an ulp).
+pub fn disambiguate(
+    reference: ndarray::ArrayView3<f32>,
+    moving: ndarray::ArrayView3<f32>,
+    shift: [f64; 3],
+) -> Option<[f64; 3]> {
+    let d = reference.dim();
+    let shape = [d.0, d.1, d.2];
+    let positive: [f64; 3] = std::array::from_fn(|a| shift[a].rem_euclid(shape[a] as f64));
+    let subpixel = shift.iter().any(|s| s.rem_euclid(1.0) != 0.0);
+    let shifted = crate::spline::shift_grid_wrap(moving, shift, if subpixel { 3 } else { 0 });
+    let split: [usize; 3] = std::array::from_fn(|a| positive[a].round_ties_even() as usize);
+    let corr = tile_correlations(reference, shifted.view(), split);
+    let (mut best, mut best_tile) = (-1.0, None);
+    for (tile, &c) in corr.iter().enumerate() {
+        if c > best {
+            best = c;
+            best_tile = Some(tile);
+        }
+    }
+    let tile = best_tile?;
+    Some(std::array::from_fn(|a| {
+        let after_split = tile >> (2 - a) & 1 == 1;
+        match (after_split, shift[a] >= 0.0) {
+            (true, true) | (false, false) => shift[a],
+            (true, false) => positive[a],
+            (false, true) => positive[a] - shape[a] as f64,
+        }
+    }))
+}
+
+/// Pearson correlation of `a` and `b` over each of the 8 tiles that `split` cuts the volume into
+/// (tile bit 2: z at or after `split[0]`, bit 1: y, bit 0: x, so tiles go in `itertools.product`
+/// order), as `np.corrcoef` of the float64 tiles computes it (mean removed, then
+/// `cov / sd_a / sd_b` with `n - 1`, clipped to [-1, 1]); -1 for tiles of 2 voxels or fewer.
+fn tile_correlations(
+    a: ndarray::ArrayView3<f32>,
+    b: ndarray::ArrayView3<f32>,
+    split: [usize; 3],
+) -> [f64; 8] {
+    let tile = |z: usize, y: usize, x: usize| {
+        ((z >= split[0]) as usize) << 2 | ((y >= split[1]) as usize) << 1 | (x >= split[2]) as usize
+    };
+    let mut count = [0usize; 8];
+    let (mut sa, mut sb) = ([0.0f64; 8], [0.0f64; 8]);
+    for ((z, y, x), &va) in a.indexed_iter() {
+        let t = tile(z, y, x);
+        count[t] += 1;
+        sa[t] += va as f64;
+        sb[t] += b[(z, y, x)] as f64;
+    }
+    let ma: [f64; 8] = std::array::from_fn(|t| sa[t] / count[t].max(1) as f64);
+    let mb: [f64; 8] = std::array::from_fn(|t| sb[t] / count[t].max(1) as f64);
+    let (mut aa, mut bb, mut ab) = ([0.0f64; 8], [0.0f64; 8], [0.0f64; 8]);
+    for ((z, y, x), &va) in a.indexed_iter() {
+        let t = tile(z, y, x);
+        let (da, db) = (va as f64 - ma[t], b[(z, y, x)] as f64 - mb[t]);
+        aa[t] += da * da;
+        bb[t] += db * db;
+        ab[t] += da * db;
+    }
+    std::array::from_fn(|t| {
+        if count[t] <= 2 {
+            return -1.0;
+        }
+        let m = (count[t] - 1) as f64;
+        let c = ab[t] / m / (aa[t] / m).sqrt() / (bb[t] / m).sqrt();
+        if c.is_nan() {
+            c
+        } else {
+            c.clamp(-1.0, 1.0)
+        }
+    })
 }
 
 #[cfg(test)]

@@ -110,6 +110,12 @@ pub struct RunConfig {
     /// `--reference-iterations`: times the reference becomes the mean of its range's frames
     /// registered onto it (`refined_reference`) before the run registers against it.
     pub reference_iterations: u32,
+    /// `--reference-top N`: each refinement averages only the N frames of the reference range most
+    /// correlated with the current reference after registration (suite2p's template); `None`: all.
+    pub reference_top: Option<usize>,
+    /// `--disambiguate`: scikit-image's `disambiguate=True` (`gpuprep_core::register::disambiguate`)
+    /// on every registration, on the host with the reference and the moving volume.
+    pub disambiguate: bool,
     /// `--shifts`: apply the shifts of this file (`crate::shifts::load`) instead of registering.
     pub shifts_file: Option<PathBuf>,
     /// `--apply-to-channels`: the other channels written shifted alike (`crate::channels`).
@@ -140,6 +146,8 @@ impl RunConfig {
             channel: 0,
             memory_budget: None,
             reference_iterations: 0,
+            reference_top: None,
+            disambiguate: false,
             shifts_file: None,
             apply_to_channels: None,
         }
@@ -286,7 +294,11 @@ fn reference_frame(
 }
 
 /// `--reference-iterations`: the mean of the reference range's frames registered onto `current`
-/// and shifted (each as the run will treat it: filtered unless registering raw).
+/// and shifted (each as the run will treat it: filtered unless registering raw). With
+/// `--reference-top N` only the N whose shifted volume correlates best with `current` (Pearson,
+/// `qc::correlation`; the earlier frame first among equals, NaN last), as suite2p picks its template:
+/// their shifts are kept from a first sweep and the chosen frames read and shifted again, so no more
+/// than two volumes are held whatever the range's length.
 fn refined_reference(
     cfg: &RunConfig,
     source: &Source,
@@ -297,16 +309,58 @@ fn refined_reference(
     let (start, end) = reference_range(cfg);
     let handle = backend.set_reference(current, reg)?;
     let mut sum = Array3::<f64>::zeros(source.shape());
+    let mut add = |shifted: &Array3<f32>| {
+        Zip::from(&mut sum)
+            .and(shifted)
+            .for_each(|s, &v| *s += v as f64)
+    };
+    let mut scored = Vec::new();
     for t in start..end {
         let vol = reference_frame(cfg, source, backend, t)?;
-        let r = backend.register(&handle, vol.view())?;
+        let r = register_frame(cfg, backend, &handle, current, vol.view())?;
         let shifted = backend.shift(vol.view(), r.shift, &cfg.shift)?;
-        Zip::from(&mut sum)
-            .and(&shifted)
-            .for_each(|s, &v| *s += v as f64);
+        match cfg.reference_top {
+            None => add(&shifted),
+            Some(_) => scored.push((t, r.shift, crate::qc::correlation(shifted.view(), current))),
+        }
     }
-    let n = (end - start) as f64;
-    Ok(sum.mapv(|s| (s / n) as f32))
+    let n = match cfg.reference_top {
+        None => end - start,
+        Some(top) => {
+            scored.sort_by(|a, b| b.2.total_cmp(&a.2).then(a.0.cmp(&b.0)));
+            scored.sort_by_key(|s| s.2.is_nan());
+            for &(t, shift, _) in scored.iter().take(top) {
+                let vol = reference_frame(cfg, source, backend, t)?;
+                add(&backend.shift(vol.view(), shift, &cfg.shift)?);
+            }
+            top.min(end - start)
+        }
+    };
+    Ok(sum.mapv(|s| (s / n as f64) as f32))
+}
+
+/// The registration of `moving` against the reference `handle` holds (`reference` on the host),
+/// disambiguated as scikit-image's `disambiguate=True` when the run asks for it.
+fn register_frame(
+    cfg: &RunConfig,
+    backend: &mut dyn Backend,
+    handle: &gpuprep_core::backend::Reference,
+    reference: ArrayView3<f32>,
+    moving: ArrayView3<f32>,
+) -> Result<Registration> {
+    let mut r = backend.register(handle, moving)?;
+    if cfg.disambiguate {
+        // A degenerate case (no tile correlates) keeps the shift, as scikit-image's; so does an axis
+        // whose other candidate is past `--max-shift`, which the search promised not to return.
+        let chosen = gpuprep_core::register::disambiguate(reference, moving, r.shift);
+        let bound = handle.params().max_shift;
+        for (a, s) in chosen.unwrap_or(r.shift).into_iter().enumerate() {
+            if bound.is_none_or(|m| s.abs() <= m[a] + 1e-9) {
+                r.shift[a] = s;
+            }
+        }
+    }
+    Ok(r)
 }
 
 /// The volume registration aligns to: the chosen timepoint or mean, filtered unless registering raw.
@@ -520,12 +574,16 @@ pub fn run_with_progress(
             Ok(())
         };
         let t0 = Instant::now();
-        let streamed = match &given {
-            None => backend.process_stream(&plan, &mut frames, &mut emit),
-            Some(shifts) => (|| {
+        let streamed = match (&given, reference_host.filter(|_| cfg.disambiguate)) {
+            (None, None) => backend.process_stream(&plan, &mut frames, &mut emit),
+            (given, disambiguate) => (|| {
                 for (t, raw) in (&mut frames).enumerate() {
                     let raw = raw?;
-                    let out = frame_with_shift(backend, raw.view(), &plan, shifts[t])?;
+                    let how = match (given, disambiguate) {
+                        (Some(shifts), _) => FrameShift::Given(shifts[t]),
+                        (None, reference) => FrameShift::Disambiguated(cfg, reference),
+                    };
+                    let out = frame_with_shift(backend, raw.view(), &plan, how)?;
                     drop(raw);
                     emit(out)?;
                 }
@@ -684,19 +742,41 @@ pub fn run_with_progress(
     })
 }
 
-/// The first pass for one timepoint with a given shift instead of a registration (`--shifts`):
-/// the stages `frame_by_stage` runs, with `shift` where the registration's would be.
+/// Where `frame_with_shift` takes its shift from.
+enum FrameShift<'a> {
+    /// `--shifts`: this one, no registration.
+    Given([f64; 3]),
+    /// `--disambiguate`: the plan's registration, disambiguated on the host against this reference.
+    Disambiguated(&'a RunConfig, Option<&'a Array3<f32>>),
+}
+
+/// The first pass for one timepoint stage by stage on the host's side, as `frame_by_stage`, with the
+/// shift given (`--shifts`, no registration) or the registration disambiguated between registering
+/// and shifting (`--disambiguate`, which a fused device route could not stop for).
 fn frame_with_shift(
     backend: &mut dyn Backend,
     raw: ArrayView3<f32>,
     plan: &FramePlan,
-    shift: [f64; 3],
+    how: FrameShift<'_>,
 ) -> Result<FrameOutput> {
     let filtered = match &plan.median {
         Some(m) => Some(backend.median3d(raw, m)?),
         None => None,
     };
     let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
+    let (shift, registration) = match (how, &plan.register) {
+        (FrameShift::Given(shift), _) => (shift, None),
+        (FrameShift::Disambiguated(cfg, Some(reference)), Some(handle)) => {
+            let moving = if plan.register_on_raw { raw } else { current };
+            let r = register_frame(cfg, backend, handle, reference.view(), moving)?;
+            (r.shift, Some(r))
+        }
+        (FrameShift::Disambiguated(..), _) => {
+            return Err(Error::Data(
+                "disambiguation needs the run's reference and registration".into(),
+            ))
+        }
+    };
     let volume = backend.shift(current, shift, &plan.shift)?;
     if let Some(acc) = &plan.accumulate {
         backend.accumulate(acc, volume.view())?;
@@ -704,7 +784,7 @@ fn frame_with_shift(
     Ok(FrameOutput {
         volume,
         filtered: if plan.keep_filtered { filtered } else { None },
-        registration: None,
+        registration,
     })
 }
 
@@ -1052,6 +1132,8 @@ fn write_attributes(
             sink.set_attr_str("max_shift", &r.max_shift.map_or("off".into(), axes3))?;
             sink.set_attr_str("smooth_sigma", &axes3(r.smooth_sigma))?;
             sink.set_attr_i64("reference_iterations", cfg.reference_iterations as i64)?;
+            sink.set_attr_i64("reference_top", cfg.reference_top.unwrap_or(0) as i64)?;
+            sink.set_attr_i64("disambiguate", cfg.disambiguate as i64)?;
             sink.set_attr_str(
                 "register_on",
                 if cfg.register_on_raw {

@@ -62,6 +62,11 @@ pub struct RunOptions {
     pub memory_budget: Option<u64>,
     /// Times the reference is refined: the mean of its range's frames registered onto it.
     pub reference_iterations: u32,
+    /// Each refinement averages only the N frames of the reference range most correlated with the
+    /// current reference after registration (suite2p's template); `None`: all of them.
+    pub reference_top: Option<usize>,
+    /// scikit-image's `disambiguate=True`: each shift's candidates modulo the volume tried in real space.
+    pub disambiguate: bool,
     /// Apply the shifts of this file (a gpuprep output, or CSV/TSV t,z,y,x) instead of registering.
     pub shifts: Option<PathBuf>,
     /// Other channels to write shifted alike: "all" or "1,2" (`None`: none).
@@ -102,6 +107,8 @@ impl Default for RunOptions {
             save: Vec::new(),
             memory_budget: None,
             reference_iterations: 0,
+            reference_top: None,
+            disambiguate: false,
             shifts: None,
             apply_to_channels: None,
         }
@@ -170,6 +177,32 @@ impl RunOptions {
                     .into(),
             });
         }
+        if let Some(top) = self.reference_top {
+            let (start, end) = self
+                .reference_mean
+                .unwrap_or((self.reference, self.reference + 1));
+            let frames = end - start;
+            if top == 0 || top > frames {
+                return Err(Error::InvalidParameter {
+                    name: "reference top".into(),
+                    message: format!(
+                        "got {top}; expected from 1 to {frames} (the timepoints in the reference range)"
+                    ),
+                });
+            }
+            if self.reference_iterations == 0 {
+                return Err(Error::InvalidParameter {
+                    name: "reference top".into(),
+                    message: "it picks the frames each reference iteration averages, and there are none (set reference iterations to 1 or more)".into(),
+                });
+            }
+        }
+        if self.disambiguate && (self.no_register || self.shifts.is_some()) {
+            return Err(Error::InvalidParameter {
+                name: "disambiguation".into(),
+                message: "it chooses among a registration's shifts, and the run does not register (registration off or shifts given)".into(),
+            });
+        }
         let apply_to_channels = match &self.apply_to_channels {
             None => None,
             Some(_) if self.no_register => return Err(Error::InvalidParameter {
@@ -228,6 +261,8 @@ impl RunOptions {
             channel: self.channel,
             memory_budget: self.memory_budget,
             reference_iterations: self.reference_iterations,
+            reference_top: self.reference_top,
+            disambiguate: self.disambiguate,
             shifts_file: self.shifts,
             apply_to_channels,
         })
@@ -296,6 +331,47 @@ mod tests {
                     ..Default::default()
                 },
                 "smooth sigma: got inf along x",
+            ),
+            (
+                RunOptions {
+                    reference_top: Some(0),
+                    reference_iterations: 1,
+                    ..Default::default()
+                },
+                "reference top: got 0; expected from 1 to 1 (the timepoints",
+            ),
+            (
+                RunOptions {
+                    reference_top: Some(6),
+                    reference_mean: Some((2, 7)),
+                    reference_iterations: 1,
+                    ..Default::default()
+                },
+                "reference top: got 6; expected from 1 to 5 (the timepoints",
+            ),
+            (
+                RunOptions {
+                    reference_top: Some(3),
+                    reference_mean: Some((2, 7)),
+                    ..Default::default()
+                },
+                "reference top: it picks the frames each reference iteration averages",
+            ),
+            (
+                RunOptions {
+                    disambiguate: true,
+                    no_register: true,
+                    ..Default::default()
+                },
+                "disambiguation: it chooses among a registration's shifts",
+            ),
+            (
+                RunOptions {
+                    disambiguate: true,
+                    shifts: Some("s.csv".into()),
+                    ..Default::default()
+                },
+                "disambiguation: it chooses among a registration's shifts",
             ),
             (
                 RunOptions {

@@ -19,6 +19,15 @@ const PARAMETER_KEYWORDS: &[(&str, &str)] = &[
     ("sharding", "shard"),
     ("axes", "axes"),
     ("inputs", "inputs"),
+    ("max shift", "max_shift"),
+    ("smooth sigma", "smooth_sigma"),
+    ("reference top", "reference_top"),
+    ("disambiguation", "disambiguate"),
+    ("shifts", "shifts"),
+    ("channels to apply to", "apply_to_channels"),
+    ("compression", "compression"),
+    ("format", "format"),
+    ("dataset", "dataset"),
 ];
 
 /// A library error as the exception a Python user expects: bad parameters and data are

@@ -95,10 +95,11 @@ pub fn shift<'py>(
     Ok(out.into_pyarray(py_))
 }
 
-/// `phase_cross_correlation(reference, moving, upsample_factor, normalization)` of two (z, y, x)
-/// volumes: `((dz, dy, dx), error, phasediff)`.
+/// `phase_cross_correlation(reference, moving, upsample_factor, normalization, disambiguate)` of two (z, y, x)
+/// volumes: `((dz, dy, dx), error, phasediff, degenerate)`; `degenerate`: the disambiguation asked
+/// for found no tile to correlate and kept the shift (scikit-image warns).
 #[pyfunction]
-#[pyo3(signature = (reference_image, moving_image, upsample_factor, normalization, backend))]
+#[pyo3(signature = (reference_image, moving_image, upsample_factor, normalization, backend, disambiguate=false))]
 pub fn phase_cross_correlation(
     py_: Python<'_>,
     reference_image: PyReadonlyArray3<'_, f32>,
@@ -106,7 +107,8 @@ pub fn phase_cross_correlation(
     upsample_factor: i64,
     normalization: &str,
     backend: &str,
-) -> PyResult<([f64; 3], f64, f64)> {
+    disambiguate: bool,
+) -> PyResult<([f64; 3], f64, f64, bool)> {
     let (r, m) = (reference_image.as_array(), moving_image.as_array());
     if shape3(&r) != shape3(&m) {
         return Err(PyValueError::new_err(format!(
@@ -120,10 +122,19 @@ pub fn phase_cross_correlation(
     let reg = py_.detach(|| {
         py(with_backend(choice, |b| {
             let handle = b.set_reference(r, &p)?;
-            b.register(&handle, m)
+            let mut reg = b.register(&handle, m)?;
+            let mut degenerate = false;
+            if disambiguate {
+                match gpuprep_core::register::disambiguate(r, m, reg.shift) {
+                    Some(s) => reg.shift = s,
+                    None => degenerate = true,
+                }
+            }
+            Ok((reg, degenerate))
         }))
     })?;
-    Ok((reg.shift, reg.error, reg.phasediff))
+    let (reg, degenerate) = reg;
+    Ok((reg.shift, reg.error, reg.phasediff, degenerate))
 }
 
 /// A (t, z, y, x) series in float32 or float64.

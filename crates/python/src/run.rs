@@ -119,6 +119,13 @@ pub struct RunParams {
     shard: bool,
     save: Vec<String>,
     memory_budget: Option<String>,
+    max_shift: Option<[f64; 3]>,
+    smooth_sigma: [f64; 3],
+    reference_iterations: u32,
+    reference_top: Option<usize>,
+    disambiguate: bool,
+    shifts: Option<PathBuf>,
+    apply_to_channels: Option<String>,
 }
 
 fn named<T: Copy>(
@@ -184,9 +191,13 @@ impl RunParams {
                 Some(text) => Some(py(gpuprep_pipeline::options::memory_budget(&text))?),
                 None => None,
             },
-            // Registration options of issue 12 (max_shift, smooth_sigma, shifts,
-            // apply_to_channels) take the CLI's defaults until RunParams names them.
-            ..RunOptions::default()
+            max_shift: self.max_shift,
+            smooth_sigma: self.smooth_sigma,
+            reference_iterations: self.reference_iterations,
+            reference_top: self.reference_top,
+            disambiguate: self.disambiguate,
+            shifts: self.shifts,
+            apply_to_channels: self.apply_to_channels,
         })
     }
 }
@@ -223,6 +234,15 @@ pub fn validate_run<'py>(py_: Python<'py>, params: RunParams) -> PyResult<Bound<
     d.set_item("save_registered", cfg.save_registered)?;
     d.set_item("shard", cfg.shard)?;
     d.set_item("memory_budget", cfg.memory_budget)?;
+    d.set_item(
+        "register_options",
+        cfg.register.map(|r| (r.max_shift, r.smooth_sigma)),
+    )?;
+    d.set_item("reference_iterations", cfg.reference_iterations)?;
+    d.set_item("reference_top", cfg.reference_top)?;
+    d.set_item("disambiguate", cfg.disambiguate)?;
+    d.set_item("shifts", cfg.shifts_file.clone())?;
+    d.set_item("apply_to_channels", cfg.apply_to_channels.is_some())?;
     Ok(d)
 }
 

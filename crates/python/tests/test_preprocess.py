@@ -54,8 +54,15 @@ def assert_same_file(a, b):
                  save=["filtered", "registered"], shift_mode="nearest"),
         ),
         (["--no-median", "--no-zscore", "--normalization", "none"], dict(no_median=True, no_zscore=True, normalization=None)),
+        (
+            ["--max-shift", "1,4,4", "--smooth-sigma", "0,1,1.5", "--upsample-factor", "4", "--reference-mean", "0:4",
+             "--reference-iterations", "2", "--reference-top", "3", "--disambiguate"],
+            dict(max_shift=(1, 4, 4), smooth_sigma="0,1,1.5", upsample_factor=4, reference_mean=(0, 4),
+                 reference_iterations=2, reference_top=3, disambiguate=True),
+        ),
+        (["--max-shift", "2", "--smooth-sigma", "0.5"], dict(max_shift=2, smooth_sigma=0.5)),
     ],
-    ids=["defaults", "options", "stages-off"],
+    ids=["defaults", "options", "stages-off", "registration-options", "one-number-options"],
 )
 def test_preprocess_writes_the_clis_file(demo, cli, tmp_path, backend, flags, keywords):
     by_cli, by_python = tmp_path / "cli.h5", tmp_path / "python.h5"
@@ -80,6 +87,15 @@ BAD = [
     (["--reference-mean", "0:99"], dict(reference_mean="0:99")),
     (["--save", "bogus"], dict(save="bogus")),
     (["--dataset", "nope"], dict(dataset="nope")),
+    (["--max-shift", "1,-1,2"], dict(max_shift=(1, -1, 2))),
+    (["--smooth-sigma", "0,0,-2"], dict(smooth_sigma=(0, 0, -2))),
+    (["--reference-top", "0", "--reference-iterations", "1"], dict(reference_top=0, reference_iterations=1)),
+    (["--reference-top", "5", "--reference-mean", "0:4", "--reference-iterations", "1"],
+     dict(reference_top=5, reference_mean="0:4", reference_iterations=1)),
+    (["--reference-top", "2", "--reference-mean", "0:4"], dict(reference_top=2, reference_mean="0:4")),
+    (["--disambiguate", "--no-register"], dict(disambiguate=True, no_register=True)),
+    (["--shifts", "no-such-shifts.csv"], dict(shifts="no-such-shifts.csv")),
+    (["--apply-to-channels", "one"], dict(apply_to_channels="one")),
 ]
 
 
@@ -210,3 +226,33 @@ def test_sharded_output_reads_the_same_in_zarr_python(demo, tmp_path):
     np.testing.assert_array_equal(b[...], a[...])
     with pytest.raises(ValueError, match="shard: shards are a Zarr v3 feature"):
         gpuprep.preprocess(demo, tmp_path / "out.h5", backend="cpu", shard=True)
+
+
+def test_given_shifts_keyword_gives_the_clis_file(demo, cli, tmp_path):
+    """``shifts=`` is ``--shifts``: a CSV of shifts applied instead of registering, the same output."""
+    table = tmp_path / "shifts.csv"
+    rows = ["t,z,y,x"] + [f"{t},0,{0.5 * t},{-0.25 * t}" for t in range(6)]
+    table.write_text("\n".join(rows) + "\n")
+    by_cli, by_python = tmp_path / "cli.h5", tmp_path / "python.h5"
+    r = run_cli(cli, "run", demo, "-o", by_cli, "--backend", "cpu", "-q", "--shifts", table)
+    assert r.returncode == 0, r.stderr
+    gpuprep.preprocess(demo, by_python, backend="cpu", shifts=table)
+    assert_same_file(by_cli, by_python)
+    with h5py.File(by_python, "r") as f:
+        np.testing.assert_array_equal(f["shifts"][()][:, 1], 0.5 * np.arange(6))
+
+
+@pytest.mark.parametrize(
+    "keywords, message",
+    [
+        (dict(max_shift="a,b,c"), "max_shift: got 'a,b,c'"),
+        (dict(smooth_sigma=(1, 2)), "smooth_sigma: got (1, 2)"),
+        (dict(reference_iterations=-1), "reference_iterations: got -1"),
+        (dict(reference_top=-2, reference_iterations=1), "reference_top: got -2"),
+        (dict(apply_to_channels=[1, "x"]), "apply_to_channels: got [1, 'x']"),
+    ],
+)
+def test_bad_registration_keywords_are_value_errors_naming_them(demo, tmp_path, keywords, message):
+    with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
+        gpuprep.preprocess(demo, tmp_path / "python.h5", backend="cpu", **keywords)
+    assert not list(tmp_path.iterdir())

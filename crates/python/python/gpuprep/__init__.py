@@ -339,7 +339,10 @@ def phase_cross_correlation(
     peaks aside, identical; the sub-pixel refinement to within 1/upsample_factor). ``error`` and
     ``phasediff`` agree to about 1e-5; all three come in scikit-image's float type (float32 for
     float16/float32 input, else float64). Non-finite inputs raise ``ValueError``, as in scikit-image.
-    An all-zero image gives shift 0 and error NaN. ``space='fourier'``, masks and ``disambiguate=True`` raise ``NotImplementedError``.
+    An all-zero image gives shift 0 and error NaN. ``disambiguate=True`` chooses each axis's shift
+    among its candidates modulo the image size as scikit-image 0.26 does (``_disambiguate_shift``:
+    the Pearson correlation of each tile of the moving image shifted with scipy's ``grid-wrap``).
+    ``space='fourier'`` and masks raise ``NotImplementedError``.
     ``upsample_factor`` is from 1 to 1000.
     """
     norm = _normalization(normalization)
@@ -347,8 +350,6 @@ def phase_cross_correlation(
         raise ValueError('space argument must be "real" of "fourier"')
     if space.lower() != "real":
         raise NotImplementedError("space: only space='real' is supported")
-    if disambiguate:
-        raise NotImplementedError("disambiguate: disambiguate=True is not supported")
     if reference_mask is not None or moving_mask is not None:
         raise NotImplementedError("reference_mask, moving_mask: masked registration is not supported")
     _refuse_masked(reference_image, "reference_image")
@@ -361,8 +362,17 @@ def phase_cross_correlation(
         raise ValueError("images must be same shape")
     r, _ = _as_volume(ref, "reference_image")
     m, _ = _as_volume(moving, "moving_image")
-    raw = _gpuprep.phase_cross_correlation(r, m, int(upsample_factor), norm, backend)
-    result = _registration(raw, ref.ndim, np.result_type(ref.dtype, moving.dtype))
+    *raw, degenerate = _gpuprep.phase_cross_correlation(
+        r, m, int(upsample_factor), norm, backend, bool(disambiguate)
+    )
+    result = _registration(tuple(raw), ref.ndim, np.result_type(ref.dtype, moving.dtype))
+    if degenerate:
+        warnings.warn(
+            f"Could not determine real-space shift for periodic shift {result.shift!r} as requested by "
+            "`disambiguate=True` (disambiguation is degenerate).",
+            UserWarning,
+            stacklevel=2,
+        )
     if np.isnan(result.error):
         warnings.warn(
             "Could not determine RMS error between images: the reference or moving image is empty (all zero)",
@@ -620,6 +630,13 @@ def run_params(
     shard: bool = False,
     save: str | Sequence[str] = (),
     memory_budget: int | str | None = None,
+    max_shift: Any = None,
+    smooth_sigma: Any = 0,
+    reference_iterations: int = 0,
+    reference_top: int | None = None,
+    disambiguate: bool = False,
+    shifts: str | os.PathLike | None = None,
+    apply_to_channels: str | Sequence[int] | None = None,
 ) -> dict:
     """``preprocess``'s keywords in the types the extension takes (the CLI's text forms accepted:
     ``median_size="3,3,3"``, ``reference_mean="0:10"``, ``save="filtered,registered"``)."""
@@ -640,7 +657,14 @@ def run_params(
             raise ValueError(f"reference_mean: got {reference_mean!r}; expected START:END with START < END")
     if isinstance(save, str):
         save = save.split(",")
-    for name, value in (("reference", reference), ("ddof", ddof), ("order", order), ("channel", channel)):
+    for name, value in (
+        ("reference", reference),
+        ("ddof", ddof),
+        ("order", order),
+        ("channel", channel),
+        ("reference_iterations", reference_iterations),
+        ("reference_top", 0 if reference_top is None else reference_top),
+    ):
         if isinstance(value, bool) or not isinstance(value, (numbers.Integral, np.integer)) or value < 0:
             raise ValueError(f"{name}: got {value!r}; expected a non-negative integer")
     if isinstance(upsample_factor, bool) or not isinstance(upsample_factor, (numbers.Integral, np.integer)):
@@ -672,7 +696,47 @@ def run_params(
         shard=bool(shard),
         save=[str(s) for s in save],
         memory_budget=None if memory_budget is None else str(memory_budget),
+        max_shift=None if max_shift is None else _floats3(max_shift, "max_shift"),
+        smooth_sigma=_floats3(smooth_sigma, "smooth_sigma"),
+        reference_iterations=int(reference_iterations),
+        reference_top=None if reference_top is None else int(reference_top),
+        disambiguate=bool(disambiguate),
+        shifts=None if shifts is None else os.fspath(shifts),
+        apply_to_channels=_channel_list(apply_to_channels),
     )
+
+
+def _floats3(value: Any, name: str) -> list[float]:
+    """``max_shift`` / ``smooth_sigma``: one number, three (z, y, x), or the CLI's "z,y,x" text; the
+    values themselves are checked by the library, as the CLI's."""
+    if isinstance(value, str):
+        parts: list[Any] = [p.strip() for p in value.split(",")]
+    elif isinstance(value, (numbers.Real, np.number)) and not isinstance(value, bool):
+        parts = [value]
+    else:
+        try:
+            parts = list(value)
+        except TypeError:
+            parts = []
+    try:
+        values = [float(p) for p in parts if not isinstance(p, bool)]
+    except (TypeError, ValueError):
+        values = []
+    if len(values) == 1:
+        values = values * 3
+    if len(values) != 3 or len(parts) not in (1, 3):
+        raise ValueError(f"{name}: got {value!r}; expected one number or three (z, y, x)")
+    return values
+
+
+def _channel_list(value: Any) -> str | None:
+    """``apply_to_channels``: "all", the CLI's "1,2" text, or a sequence of channel numbers."""
+    if value is None or isinstance(value, str):
+        return value
+    try:
+        return ",".join(str(int(v)) for v in value)
+    except (TypeError, ValueError):
+        raise ValueError(f'apply_to_channels: got {value!r}; expected "all" or channel numbers') from None
 
 
 def _tqdm_progress() -> Callable[[str, int, int], None]:
@@ -724,6 +788,13 @@ def preprocess(
     shard: bool = False,
     save: str | Sequence[str] = (),
     memory_budget: int | str | None = None,
+    max_shift: Any = None,
+    smooth_sigma: Any = 0,
+    reference_iterations: int = 0,
+    reference_top: int | None = None,
+    disambiguate: bool = False,
+    shifts: str | os.PathLike | None = None,
+    apply_to_channels: str | Sequence[int] | None = None,
     backend: str = "auto",
     progress: bool | Callable[[str, int, int], Any] | None = None,
 ) -> dict:
@@ -735,6 +806,13 @@ def preprocess(
     exception it raises, or Ctrl-C, stops the run and leaves no output. Returns the run's report: the
     output path, backend, timepoints, shape, ``shifts`` (t, 3), ``error``, ``phasediff``, counts and
     timings.
+
+    Registration options (``gpuprep run --help`` has each flag): ``max_shift`` (one number or z, y, x
+    voxels; None: unbounded), ``smooth_sigma`` (one number or z, y, x; 0: none),
+    ``reference_iterations`` (N refinements of the reference), ``reference_top`` (each refinement
+    averages only the N best-correlated frames of the reference range), ``disambiguate``
+    (scikit-image's ``disambiguate=True``), ``shifts`` (apply a file's shifts instead of registering)
+    and ``apply_to_channels`` ("all" or channel numbers, written to ``OUTPUT_c<N>``).
     """
     if isinstance(inputs, (str, os.PathLike)):
         inputs = [inputs]
@@ -751,6 +829,9 @@ def preprocess(
         reference_mean=reference_mean, register_raw=register_raw, order=order, shift_mode=shift_mode,
         shift_cval=shift_cval, no_zscore=no_zscore, ddof=ddof, constant_voxels=constant_voxels,
         nonfinite=nonfinite, compression=compression, shard=shard, save=save, memory_budget=memory_budget,
+        max_shift=max_shift, smooth_sigma=smooth_sigma, reference_iterations=reference_iterations,
+        reference_top=reference_top, disambiguate=disambiguate, shifts=shifts,
+        apply_to_channels=apply_to_channels,
     )
     return _gpuprep.preprocess([os.fspath(p) for p in inputs], os.fspath(output), params, backend, progress)
 

@@ -802,6 +802,8 @@ def _attributes(inp: Input, p: _Params, backend: str, name: str, voxel: Any) -> 
         a["max_shift"] = "off"
         a["smooth_sigma"] = "0,0,0"
         a["reference_iterations"] = 0
+        a["reference_top"] = 0
+        a["disambiguate"] = 0
         a["register_on"] = "raw" if p.register_raw else "filtered"
         a["projection_planes"] = ["mean_before", "mean_after", "max_before", "max_after"]
         a["reference"] = p.reference_text
