@@ -304,6 +304,48 @@ def kill_once(block, marker, block_info=None):
     return block
 
 
+def cli_store(cli, src, out, flags):
+    """The CLI's OME-Zarr output of ``src`` with ``flags``, as the ``dataset`` fixture holds it."""
+    subprocess.run([cli, "run", src, "-o", out, "--backend", "cpu", "-q", *flags], check=True, capture_output=True)
+    g = zarr.open_group(out, mode="r")
+    return {"cli": out, "want": {name: g[name][:] for name in g.array_keys()}, "attrs": dict(g.attrs)}
+
+
+@pytest.mark.parametrize("where", ["threads", "cluster"])
+def test_registration_options_equal_the_clis(dataset, tmp_path, cli, client, where):
+    """Issue 12's registration options through gpuprep.dask: a bounded, smoothed registration against a
+    reference refined twice from the 4 best of its 6 frames (the refinement a graph on the cluster); the store
+    equals the CLI's with the same flags: shifts, errors and flags exactly, every array and attribute."""
+    flags = ["--max-shift", "1,2,2", "--smooth-sigma", "0,1,1", "--reference-mean", "0:6",
+             "--reference-iterations", "2", "--reference-top", "4", "--upsample-factor", "4"]
+    want = cli_store(cli, dataset["dir"], tmp_path / "want.ome.zarr", flags)
+    out = tmp_path / f"{where}.ome.zarr"
+    kwargs = dict(max_shift=(1, 2, 2), smooth_sigma="0,1,1", reference_mean="0:6", reference_iterations=2,
+                  reference_top=4, upsample_factor=4, backend="cpu", block_size=4)
+    if where == "threads":
+        with dask.config.set(scheduler="threads"):
+            gd.preprocess(str(dataset["dir"]), out, **kwargs)
+    else:
+        gd.preprocess(str(dataset["dir"]), out, **kwargs)
+    g = check_store(out, want)
+    np.testing.assert_array_equal(g["reference"][:], want["want"]["reference"])
+    assert g.attrs["max_shift"] == "1,2,2" and g.attrs["smooth_sigma"] == "0,1,1"
+    assert g.attrs["reference_iterations"] == 2 and g.attrs["reference_top"] == 4
+    assert (np.abs(g["shifts"][:]) <= [1, 2, 2]).all()
+
+
+def test_options_not_offered_are_refused_after_validation(dataset, tmp_path):
+    with pytest.raises(NotImplementedError, match="disambiguate"):
+        gd.preprocess(str(dataset["dir"]), backend="cpu", disambiguate=True)
+    with pytest.raises(NotImplementedError, match="shifts"):
+        gd.preprocess(str(dataset["dir"]), backend="cpu", shifts=str(dataset["cli"]))
+    # The CLI's validation comes first, under the keywords.
+    with pytest.raises(ValueError, match="reference_top"):
+        gd.preprocess(str(dataset["dir"]), backend="cpu", reference_top=3)
+    with pytest.raises(ValueError, match="max_shift"):
+        gd.preprocess(str(dataset["dir"]), backend="cpu", max_shift=(0, -1, 2))
+
+
 def test_worker_killed_mid_run(dataset, client, tmp_path):
     import cloudpickle
 

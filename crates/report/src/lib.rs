@@ -345,8 +345,7 @@ fn summary_lines(data: &ReportData) -> Vec<String> {
     });
     if data.projections.is_none() {
         lines.push(
-            "This output has no projections (written by an older gpuprep or another tool)."
-                .into(),
+            "This output has no projections (written by an older gpuprep or another tool).".into(),
         );
     }
     lines

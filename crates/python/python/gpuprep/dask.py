@@ -26,7 +26,6 @@ import errno
 import functools
 import numbers
 import os
-import re
 import shutil
 import tempfile
 import threading
@@ -107,6 +106,10 @@ class _Params:
     backend: str
     save_filtered: bool = False
     save_registered: bool = False
+    max_shift: tuple | None = None
+    smooth_sigma: tuple = (0.0, 0.0, 0.0)
+    reference_iterations: int = 0
+    reference_top: int | None = None
 
 
 def _nonneg_int(value: Any, name: str) -> int:
@@ -146,6 +149,13 @@ def _params(
     memory_budget: int | str | None,
     backend: str,
     save: Any = (),
+    max_shift: Any = None,
+    smooth_sigma: Any = 0,
+    reference_iterations: int = 0,
+    reference_top: int | None = None,
+    disambiguate: bool = False,
+    shifts: Any = None,
+    apply_to_channels: Any = None,
 ) -> _Params:
     # One validation for every front end: the same rules and messages as `gpuprep run` and
     # gpuprep.preprocess (RunOptions in the pipeline crate); only what depends on the data is checked here.
@@ -156,9 +166,18 @@ def _params(
             reference=reference, reference_mean=reference_mean, register_raw=register_raw, order=order,
             shift_mode=shift_mode, shift_cval=shift_cval, no_zscore=no_zscore, ddof=ddof,
             constant_voxels=constant_voxels, nonfinite=nonfinite, compression=compression, shard=shard,
-            memory_budget=memory_budget, save=save,
+            memory_budget=memory_budget, save=save, max_shift=max_shift, smooth_sigma=smooth_sigma,
+            reference_iterations=reference_iterations, reference_top=reference_top, disambiguate=disambiguate,
+            shifts=shifts, apply_to_channels=apply_to_channels,
         )
     )
+    # Validated as the CLI validates them, then refused where this front end does not offer them yet.
+    for keyword, given in (("disambiguate", v["disambiguate"]), ("shifts", v["shifts"] is not None),
+                           ("apply_to_channels", v["apply_to_channels"])):
+        if given:
+            raise NotImplementedError(
+                f"{keyword}: not offered by gpuprep.dask yet; gpuprep run and gpuprep.preprocess offer it"
+            )
     kind, start, end = v["reference"]
     if v["register"] is not None:
         # The driver's messages (crates/pipeline/src/driver.rs, check_config).
@@ -194,6 +213,11 @@ def _params(
         backend=_choice(backend, "backend", ("auto", "cpu", "gpu")),
         save_filtered=bool(v["save_filtered"]),
         save_registered=bool(v["save_registered"]),
+        max_shift=None if not v["register_options"] or v["register_options"][0] is None
+        else tuple(float(b) for b in v["register_options"][0]),
+        smooth_sigma=tuple(float(x) for x in v["register_options"][1]) if v["register_options"] else (0.0, 0.0, 0.0),
+        reference_iterations=int(v["reference_iterations"]),
+        reference_top=None if v["reference_top"] is None else int(v["reference_top"]),
     )
 
 
@@ -408,9 +432,10 @@ class SharedReference:
     worker holding the scattered copy transforms it once for all its tasks. The client never transforms
     it: it may have no GPU, nor room for the spectrum."""
 
-    def __init__(self, volume: np.ndarray, upsample_factor: int, normalization: str, backend: str):
+    def __init__(self, volume: np.ndarray, upsample_factor: int, normalization: str, backend: str,
+                 max_shift: tuple | None = None, smooth_sigma: tuple = (0.0, 0.0, 0.0)):
         self.volume = np.ascontiguousarray(volume, dtype=np.float32)
-        self.params = (int(upsample_factor), normalization, backend)
+        self.params = (int(upsample_factor), normalization, backend, max_shift, tuple(smooth_sigma))
         self._lock = threading.Lock()
         self._ref: gpuprep.Reference | None = None
 
@@ -432,9 +457,10 @@ class SharedReference:
             if self._ref is None:
                 global reference_transforms
                 reference_transforms += 1
-                up, norm, backend = self.params
+                up, norm, backend, bound, sigma = self.params
                 self._ref = gpuprep.Reference(
-                    _aligned(self.volume, np.float32), upsample_factor=up, normalization=None if norm == "none" else norm, backend=backend
+                    _aligned(self.volume, np.float32), upsample_factor=up, normalization=None if norm == "none" else norm,
+                    backend=backend, max_shift=bound, smooth_sigma=sigma,
                 )
             return self._ref
 
@@ -531,7 +557,8 @@ def register_block(
     return side, moments
 
 
-def _merge_qc(sides: list[dict], shape: tuple, shifts: np.ndarray, error: np.ndarray, voxel: Any) -> dict[str, np.ndarray]:
+def _merge_qc(sides: list[dict], shape: tuple, shifts: np.ndarray, error: np.ndarray, voxel: Any,
+              max_shift: tuple | None) -> dict[str, np.ndarray]:
     """The CLI's per-frame QC arrays (crates/pipeline/src/qc.rs, written as `gpuprep run` writes them)
     from the blocks' parts: framewise displacement (voxels, and µm when the voxel size is in µm), the
     correlations before and after the shift, the suspicious flags, and the projections along z, y, x
@@ -551,7 +578,7 @@ def _merge_qc(sides: list[dict], shape: tuple, shifts: np.ndarray, error: np.nda
     out["correlation_before"] = before
     out["correlation_after"] = after
     out["suspicious"] = _gpuprep.qc_suspicious(
-        np.ascontiguousarray(shifts), np.ascontiguousarray(error), after, None
+        np.ascontiguousarray(shifts), np.ascontiguousarray(error), after, max_shift
     ).astype(np.float64)
     for axis, name in enumerate(("projection_z", "projection_y", "projection_x")):
         parts = [s["qc"]["projections"][axis] for s in sides]
@@ -682,12 +709,11 @@ class _Graph:
     depth: int
 
 
-def _reference(arr: Any, p: _Params, client: Any) -> SharedReference | Any | None:
+def _reference(arr: Any, p: _Params, client: Any) -> tuple[SharedReference | Any | None, np.ndarray | None]:
     """The reference volume computed now (a chain over its timepoints: one volume in memory at a time),
-    wrapped for the workers and, on a cluster, broadcast to every worker once."""
+    wrapped for the workers and, on a cluster, broadcast to every worker once; and the volume itself."""
     if not p.register:
-        return None
-    import dask
+        return None, None
     from dask import delayed
 
     start, end = p.reference
@@ -695,14 +721,80 @@ def _reference(arr: Any, p: _Params, client: Any) -> SharedReference | Any | Non
     for t in range(start, end):
         acc = delayed(reference_add, pure=True)(acc, arr[t], t, p)
     vol = delayed(reference_finish, pure=True)(acc, end - start)
+    vol = _compute_now(vol, client)
+    for _ in range(p.reference_iterations):
+        vol = _refined(arr, vol, p, client)
+    ref = _shared(vol, p)
     if client is not None:
-        vol = client.compute(vol).result()
-    else:
-        (vol,) = dask.compute(vol)
-    ref = SharedReference(vol, p.upsample_factor, p.normalization, p.backend)
+        return client.scatter(ref, broadcast=True), vol
+    return ref, vol
+
+
+def _shared(vol: np.ndarray, p: _Params) -> SharedReference:
+    return SharedReference(vol, p.upsample_factor, p.normalization, p.backend, p.max_shift, p.smooth_sigma)
+
+
+def _compute_now(what: Any, client: Any) -> Any:
+    import dask
+
     if client is not None:
-        return client.scatter(ref, broadcast=True)
-    return ref
+        return client.gather(client.compute(what))
+    (out,) = dask.compute(what)
+    return out
+
+
+def refine_score(volume: np.ndarray, t: int, ref: SharedReference, p: _Params) -> tuple[int, float]:
+    """One frame of the reference range registered onto the current reference and shifted: its
+    correlation with the reference (`--reference-top`'s ranking)."""
+    _, _, corr = _registered_frame(volume, t, ref, p, qc=True)
+    return t, corr
+
+
+def refine_add(acc: np.ndarray | None, volume: np.ndarray, t: int, ref: SharedReference, p: _Params) -> np.ndarray:
+    """The float64 sum of the refined reference plus one frame registered onto the current reference and
+    shifted, added in the CLI's order (crates/pipeline/src/driver.rs, refined_reference)."""
+    shifted, _, _ = _registered_frame(volume, t, ref, p, qc=False)
+    if acc is None:
+        return shifted.astype(np.float64)
+    acc = acc.copy()  # a task's input belongs to the scheduler: never mutate it
+    acc += shifted
+    return acc
+
+
+def _registered_frame(volume: np.ndarray, t: int, ref: SharedReference, p: _Params, qc: bool):
+    """A reference-range frame as the CLI's refinement treats it: filtered unless registering raw,
+    registered onto ``ref`` and shifted (the frame that was registered)."""
+    v, _ = _sanitize(np.asarray(volume)[np.newaxis], t, p.nonfinite)
+    m = None if p.median is None or p.register_raw else (tuple(int(x) for x in p.median[0]), p.median[1],
+                                                           float(p.median[2]))
+    vols, shifts, _, _, extras = _gpuprep.process_block_ext(
+        v, ref.get()._ref, m, int(p.order), p.shift_mode, float(p.shift_cval), False, p.backend, qc, False
+    )
+    corr = float(extras["correlation_after"][0]) if qc else float("nan")
+    return vols[0], shifts[0], corr
+
+
+def _refined(arr: Any, current: np.ndarray, p: _Params, client: Any) -> np.ndarray:
+    """`--reference-iterations` once: the mean of the reference range's frames registered onto ``current``
+    and shifted; with `--reference-top N` of the N whose shifted frame correlates best with ``current``
+    (the earlier frame first among equals, NaN last), summed in that order as the CLI does. The sum is a
+    chain of tasks (one volume in flight); the ranking's registrations run in parallel."""
+    from dask import delayed
+
+    start, end = p.reference
+    ref = _shared(current, p)
+    if client is not None:
+        ref = client.scatter(ref, broadcast=True)
+    order = list(range(start, end))
+    if p.reference_top is not None:
+        scores = _compute_now([delayed(refine_score, pure=True)(arr[t], t, ref, p) for t in order], client)
+        ranked = sorted(scores, key=lambda s: (np.isnan(s[1]), -s[1] if not np.isnan(s[1]) else 0.0, s[0]))
+        order = [t for t, _ in ranked[: p.reference_top]]
+    acc = None
+    for t in order:
+        acc = delayed(refine_add, pure=True)(acc, arr[t], t, ref, p)
+    total = _compute_now(acc, client)
+    return (total / len(order)).astype(np.float32)
 
 
 def _build(arr: Any, ref: Any, p: _Params, scratch: str | None, stats_store: str | None,
@@ -779,6 +871,11 @@ def _image_name(output: str) -> str:
     return name
 
 
+def _rust_float(v: float) -> str:
+    """``v`` as Rust's ``Display`` writes an f64 (the CLI's attribute text): ``2`` for 2.0, ``1.15``."""
+    return str(int(v)) if float(v).is_integer() else repr(float(v))
+
+
 def _attributes(inp: Input, p: _Params, backend: str, name: str, voxel: Any) -> dict:
     """The CLI's root attributes, in its order (crates/pipeline/src/driver.rs, write_attributes)."""
     a: dict[str, Any] = {
@@ -798,11 +895,11 @@ def _attributes(inp: Input, p: _Params, backend: str, name: str, voxel: Any) -> 
     if p.register:
         a["upsample_factor"] = p.upsample_factor
         a["normalization"] = p.normalization
-        # The CLI's registration options this front end does not offer yet, at their defaults.
-        a["max_shift"] = "off"
-        a["smooth_sigma"] = "0,0,0"
-        a["reference_iterations"] = 0
-        a["reference_top"] = 0
+        a["max_shift"] = "off" if p.max_shift is None else ",".join(_rust_float(b) for b in p.max_shift)
+        a["smooth_sigma"] = ",".join(_rust_float(x) for x in p.smooth_sigma)
+        a["reference_iterations"] = p.reference_iterations
+        a["reference_top"] = p.reference_top or 0
+        # Not offered by this front end yet (refused above when asked for).
         a["disambiguate"] = 0
         a["register_on"] = "raw" if p.register_raw else "filtered"
         a["projection_planes"] = ["mean_before", "mean_after", "max_before", "max_after"]
@@ -952,7 +1049,9 @@ def _available_memory() -> int:
 
 
 def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force: bool, client: Any,
-                  progress: bool, memory_budget: int | None = None) -> dict:
+                  progress: bool, memory_budget: int | None = None, reference: np.ndarray | None = None) -> dict:
+    """Writes the OME-Zarr output (see ``preprocess``) and returns the report; ``reference``: the refined
+    reference volume, saved as the array ``reference`` (the CLI's /reference with --reference-iterations)."""
     import time
 
     import zarr
@@ -1013,10 +1112,12 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
         n_workers = len(client.scheduler_info()["workers"]) if client is not None else 1
         backend = f"{', '.join(backends)} (gpuprep.dask, {_scheduler_text(client)})"
         if p.register:
-            qc = _merge_qc(sides, shape, shifts, error, inp.voxel_size)
+            qc = _merge_qc(sides, shape, shifts, error, inp.voxel_size, p.max_shift)
             side_arrays = {"shifts": shifts, "error": error, "phasediff": phasediff, **qc}
+            if reference is not None:
+                side_arrays["reference"] = np.asarray(reference, dtype=np.float32)
             for name, values in side_arrays.items():
-                dtype = np.float32 if name.startswith("projection_") else np.float64
+                dtype = np.float32 if name.startswith("projection_") or name == "reference" else np.float64
                 _create_array(os.path.join(store, name), values.shape, values.shape, dtype, p.compression, False)
                 zarr.open_array(os.path.join(store, name), mode="r+")[...] = values
         if scratch:
@@ -1120,6 +1221,13 @@ def preprocess(
     shard: bool = False,
     memory_budget: int | str | None = None,
     save: Any = (),
+    max_shift: Any = None,
+    smooth_sigma: Any = 0,
+    reference_iterations: int = 0,
+    reference_top: int | None = None,
+    disambiguate: bool = False,
+    shifts: Any = None,
+    apply_to_channels: Any = None,
     backend: str = "auto",
     client: Any = None,
     progress: bool = False,
@@ -1149,7 +1257,10 @@ def preprocess(
     ``format``, ``channel``: as the CLI's ``--format`` and ``--channel`` for inputs given as paths (HDF5,
     TIFF and Zarr inputs are read by gpuprep's own reader, per block). ``save``: extra stages kept in the
     output, as the CLI's ``--save`` ("filtered", "registered", or both: a list or a comma-separated string),
-    each written by the block's own task.
+    each written by the block's own task. ``max_shift``, ``smooth_sigma``, ``reference_iterations``,
+    ``reference_top``: the CLI's registration options (the reference refined on the client's graph before the
+    run, as the CLI does); ``disambiguate``, ``shifts`` and ``apply_to_channels`` are validated and then
+    refused (``NotImplementedError``): use ``gpuprep run`` or ``gpuprep.preprocess`` for them.
     """
     if output is not None and not isinstance(output, (str, os.PathLike)):
         raise TypeError(f"output: expected a path or None, got {type(output).__name__}")
@@ -1181,6 +1292,13 @@ def preprocess(
         memory_budget=memory_budget,
         backend=backend,
         save=save,
+        max_shift=max_shift,
+        smooth_sigma=smooth_sigma,
+        reference_iterations=reference_iterations,
+        reference_top=reference_top,
+        disambiguate=disambiguate,
+        shifts=shifts,
+        apply_to_channels=apply_to_channels,
     )
     if (p.save_filtered or p.save_registered) and output is None:
         raise ValueError("save: the saved stages are arrays of an output; none is given")
@@ -1195,7 +1313,8 @@ def preprocess(
         _check_output(out, force)  # before any computation: a bad output fails at once
     client = _active_client(client)
     arr = _blocked(inp, block_size)
-    ref = _reference(arr, p, client)
+    ref, ref_volume = _reference(arr, p, client)
     if out is None:
         return _lazy(arr, ref, p)
-    return _write_output(inp, arr, ref, p, out, force, client, progress, p.memory_budget)
+    return _write_output(inp, arr, ref, p, out, force, client, progress, p.memory_budget,
+                         ref_volume if p.reference_iterations else None)

@@ -60,6 +60,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--memory-budget", default=None,
                    help="bytes of registered volumes the workers may hold between the passes (e.g. 8G; "
                    "default a quarter of their memory; 0: a scratch array)")
+    p.add_argument("--max-shift", default=None, help="largest |shift| searched per axis: Z,Y,X (or one number)")
+    p.add_argument("--smooth-sigma", default="0", help="Gaussian smoothing of the correlation: S or Z,Y,X voxels")
+    p.add_argument("--reference-iterations", type=int, default=0)
+    p.add_argument("--reference-top", type=int, default=None)
     p.add_argument("--save", default="", help="extra stages to keep in the output: filtered, registered (comma-separated)")
     p.add_argument("--backend", default="auto", choices=["auto", "gpu", "cpu"])
     p.add_argument("-q", "--quiet", action="store_true", help="no progress bar and no summary")
@@ -119,6 +123,10 @@ def main(argv: list[str] | None = None) -> int:
                 shard=args.shard,
                 memory_budget=args.memory_budget,
                 save=args.save,
+                max_shift=args.max_shift,
+                smooth_sigma=args.smooth_sigma,
+                reference_iterations=args.reference_iterations,
+                reference_top=args.reference_top,
                 backend=args.backend,
                 client=client,
                 progress=not args.quiet,
