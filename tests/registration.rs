@@ -40,6 +40,19 @@ pub struct Movie {
     pub truth: Vec<[f64; 3]>,
 }
 
+/// The movie's frames as one (t, z, y, x) float32 dataset `data` in DIR/movie.h5.
+fn write_movie(dir: &std::path::Path, m: &Movie) -> std::path::PathBuf {
+    let views: Vec<_> = m.frames.iter().map(|f| f.view()).collect();
+    let all = ndarray::stack(ndarray::Axis(0), &views).unwrap();
+    let input = dir.join("movie.h5");
+    let f = hdf5::File::create(&input).unwrap();
+    f.new_dataset_builder()
+        .with_data(&all)
+        .create("data")
+        .unwrap();
+    input
+}
+
 /// Outlier frames mixed into a `Movie`.
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub enum Outlier {
@@ -507,17 +520,7 @@ fn qc_arrays_are_written_in_both_formats() {
 fn reference_iterations_sharpen_a_blurred_mean_reference() {
     let tmp = tempfile::tempdir().unwrap();
     let m = movie([1, 64, 64], 20, 0.1, &[], 21);
-    let mut all = ndarray::Array4::<f32>::zeros((20, 1, 64, 64));
-    for (t, f) in m.frames.iter().enumerate() {
-        all.slice_mut(ndarray::s![t, .., .., ..]).assign(f);
-    }
-    let input = tmp.path().join("movie.h5");
-    let f = hdf5::File::create(&input).unwrap();
-    f.new_dataset_builder()
-        .with_data(&all)
-        .create("data")
-        .unwrap();
-    drop(f);
+    let input = write_movie(tmp.path(), &m);
     let mut worst_by_iterations = Vec::new();
     for n in ["0", "2"] {
         let out = tmp.path().join(format!("it{n}.h5"));
@@ -805,17 +808,7 @@ fn reference_top_leaves_outlier_frames_out_of_the_template() {
     for &t in &outliers {
         m.frames[t] = std::mem::take(&mut other.frames[t]);
     }
-    let mut all = ndarray::Array4::<f32>::zeros((20, 1, 64, 64));
-    for (t, f) in m.frames.iter().enumerate() {
-        all.slice_mut(ndarray::s![t, .., .., ..]).assign(f);
-    }
-    let input = tmp.path().join("movie.h5");
-    let f = hdf5::File::create(&input).unwrap();
-    f.new_dataset_builder()
-        .with_data(&all)
-        .create("data")
-        .unwrap();
-    drop(f);
+    let input = write_movie(tmp.path(), &m);
     let mut rms_by_top = Vec::new();
     for top in [None, Some("12")] {
         let out = tmp.path().join(format!("top{top:?}.h5"));
@@ -872,17 +865,7 @@ fn the_reference_refinement_on_the_gpu_equals_the_cpus() {
     }
     let tmp = tempfile::tempdir().unwrap();
     let m = movie([6, 24, 28], 12, 0.1, &[], 5);
-    let mut all = ndarray::Array4::<f32>::zeros((12, 6, 24, 28));
-    for (t, f) in m.frames.iter().enumerate() {
-        all.slice_mut(ndarray::s![t, .., .., ..]).assign(f);
-    }
-    let input = tmp.path().join("movie.h5");
-    let f = hdf5::File::create(&input).unwrap();
-    f.new_dataset_builder()
-        .with_data(&all)
-        .create("data")
-        .unwrap();
-    drop(f);
+    let input = write_movie(tmp.path(), &m);
     let run = |backend: &str, up: &str, top: Option<&str>| {
         let out = tmp
             .path()

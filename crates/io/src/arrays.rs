@@ -20,6 +20,15 @@ fn is_zarr(path: &Path) -> bool {
     path.is_dir()
 }
 
+fn open_h5(path: &Path) -> Result<hdf5::File> {
+    hdf5::File::open(path).map_err(|e| {
+        input_err(
+            path,
+            format!("cannot be opened as HDF5 ({})", crate::hdf5_cause(&e)),
+        )
+    })
+}
+
 fn read<T: hdf5::H5Type + ElementOwned + Clone>(path: &Path, name: &str) -> Result<ArrayD<T>> {
     if is_zarr(path) {
         let store = Arc::new(
@@ -46,12 +55,7 @@ fn read<T: hdf5::H5Type + ElementOwned + Clone>(path: &Path, name: &str) -> Resu
         ArrayD::from_shape_vec(shape, values)
             .map_err(|e| input_err(path, format!("reading {node}: {e}")))
     } else {
-        let file = hdf5::File::open(path).map_err(|e| {
-            input_err(
-                path,
-                format!("cannot be opened as HDF5 ({})", crate::hdf5_cause(&e)),
-            )
-        })?;
+        let file = open_h5(path)?;
         let ds = file
             .dataset(name)
             .map_err(|_| input_err(path, format!("has no dataset /{name}")))?;
@@ -84,12 +88,7 @@ pub fn exists(path: &Path, name: &str) -> Result<bool> {
         }
         Ok(path.join(name).join("zarr.json").is_file())
     } else {
-        let file = hdf5::File::open(path).map_err(|e| {
-            input_err(
-                path,
-                format!("cannot be opened as HDF5 ({})", crate::hdf5_cause(&e)),
-            )
-        })?;
+        let file = open_h5(path)?;
         Ok(file.link_exists(name))
     }
 }
@@ -122,12 +121,7 @@ pub fn read_attributes(path: &Path) -> Result<Vec<(String, String)>> {
         }
     } else {
         use hdf5::types::{TypeDescriptor, VarLenUnicode};
-        let file = hdf5::File::open(path).map_err(|e| {
-            input_err(
-                path,
-                format!("cannot be opened as HDF5 ({})", crate::hdf5_cause(&e)),
-            )
-        })?;
+        let file = open_h5(path)?;
         let names = file
             .attr_names()
             .map_err(|e| input_err(path, format!("attributes: {}", crate::hdf5_cause(&e))))?;
