@@ -10,11 +10,18 @@ dpkg -s libhdf5-dev >/dev/null 2>&1 || need+=(libhdf5-dev)
 dpkg -s pkg-config >/dev/null 2>&1 || need+=(pkg-config)
 dpkg -s mesa-vulkan-drivers >/dev/null 2>&1 || need+=(mesa-vulkan-drivers)
 dpkg -s python3-venv >/dev/null 2>&1 || need+=(python3-venv)
+browser=()
 if [ "${1:-}" = "--test" ] && ! { command -v chromium-headless-shell || command -v chromium; } >/dev/null 2>&1; then
-  need+=(chromium-headless-shell)
+  browser=(chromium-headless-shell)
 fi
-if [ ${#need[@]} -gt 0 ]; then
+if [ ${#need[@]} -gt 0 ] || [ ${#browser[@]} -gt 0 ]; then
   SUDO=""; [ "$(id -u)" -ne 0 ] && SUDO=sudo
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  if [ ${#need[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${need[@]}"
+  fi
+  # The browser with its recommended packages (fonts, Mesa's DRI drivers), as the report's test was run.
+  if [ ${#browser[@]} -gt 0 ]; then
+    DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq "${browser[@]}"
+  fi
 fi
