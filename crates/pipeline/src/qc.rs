@@ -10,22 +10,72 @@ use gpuprep_core::params::Registration;
 use gpuprep_io::VoxelSize;
 use ndarray::{Array2, Array3, ArrayView3, Axis};
 
-/// Pearson's correlation of two volumes (f64 sums); NaN when either is constant.
+/// Pearson's correlation of two volumes (f64 sums: the means first, then the centred products); NaN
+/// when either is constant.
 pub fn correlation(a: ArrayView3<f32>, b: ArrayView3<f32>) -> f64 {
+    match (a.as_slice(), b.as_slice()) {
+        (Some(a), Some(b)) => correlation_slices(a, b),
+        _ => correlation_slices(
+            &a.iter().copied().collect::<Vec<_>>(),
+            &b.iter().copied().collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// Lanes of independent partial sums: the additions of one lane do not wait on another's, so the
+/// loops vectorize (one f64 chain per sum ran at a quarter of the speed).
+const LANES: usize = 8;
+
+/// The sum (f64) and maximum (NaN for none) of `v`, in `LANES` independent lanes.
+fn laned_sum_max(v: &[f32]) -> (f64, f32) {
+    let chunks = v.chunks_exact(LANES);
+    let rest = chunks.remainder();
+    let (mut s, mut m) = ([0.0f64; LANES], [f32::NAN; LANES]);
+    for c in chunks {
+        for l in 0..LANES {
+            s[l] += c[l] as f64;
+            m[l] = m[l].max(c[l]);
+        }
+    }
+    let sum = s.iter().sum::<f64>() + rest.iter().map(|&x| x as f64).sum::<f64>();
+    let max = m.iter().chain(rest).fold(f32::NAN, |a, &b| a.max(b));
+    (sum, max)
+}
+
+fn correlation_slices(a: &[f32], b: &[f32]) -> f64 {
+    debug_assert_eq!(a.len(), b.len());
     let n = a.len() as f64;
-    let (mut sa, mut sb) = (0.0f64, 0.0f64);
-    ndarray::Zip::from(&a).and(&b).for_each(|&x, &y| {
-        sa += x as f64;
-        sb += y as f64;
-    });
-    let (ma, mb) = (sa / n, sb / n);
-    let (mut ab, mut aa, mut bb) = (0.0f64, 0.0f64, 0.0f64);
-    ndarray::Zip::from(&a).and(&b).for_each(|&x, &y| {
+    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
+    let (ra, rb) = (ca.remainder(), cb.remainder());
+    let (mut sa, mut sb) = ([0.0f64; LANES], [0.0f64; LANES]);
+    for (x, y) in ca.zip(cb) {
+        for l in 0..LANES {
+            sa[l] += x[l] as f64;
+            sb[l] += y[l] as f64;
+        }
+    }
+    let ma = (sa.iter().sum::<f64>() + ra.iter().map(|&x| x as f64).sum::<f64>()) / n;
+    let mb = (sb.iter().sum::<f64>() + rb.iter().map(|&y| y as f64).sum::<f64>()) / n;
+    let (mut ab, mut aa, mut bb) = ([0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES]);
+    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
+        for l in 0..LANES {
+            let (dx, dy) = (x[l] as f64 - ma, y[l] as f64 - mb);
+            ab[l] += dx * dy;
+            aa[l] += dx * dx;
+            bb[l] += dy * dy;
+        }
+    }
+    let (mut ab, mut aa, mut bb) = (
+        ab.iter().sum::<f64>(),
+        aa.iter().sum::<f64>(),
+        bb.iter().sum::<f64>(),
+    );
+    for (&x, &y) in ra.iter().zip(rb) {
         let (dx, dy) = (x as f64 - ma, y as f64 - mb);
         ab += dx * dy;
         aa += dx * dx;
         bb += dy * dy;
-    });
+    }
     ab / (aa * bb).sqrt()
 }
 
@@ -139,7 +189,6 @@ impl Projections {
             // and the x plane by their sum and maximum.
             for (z, plane) in v.axis_iter(Axis(0)).enumerate() {
                 for (y, row) in plane.axis_iter(Axis(0)).enumerate() {
-                    let (mut row_sum, mut row_max) = (0.0f64, f32::NAN);
                     ndarray::Zip::from(sz.row_mut(y))
                         .and(mz.row_mut(y))
                         .and(sy.row_mut(z))
@@ -150,9 +199,13 @@ impl Projections {
                             *mzv = mzv.max(x);
                             *syv += x as f64;
                             *myv = myv.max(x);
-                            row_sum += x as f64;
-                            row_max = row_max.max(x);
                         });
+                    // The row's own sum and maximum apart, in lanes: inside the loop above their
+                    // single chains kept it from vectorizing.
+                    let (row_sum, row_max) = match row.as_slice() {
+                        Some(r) => laned_sum_max(r),
+                        None => laned_sum_max(&row.to_vec()),
+                    };
                     sx[(z, y)] += row_sum;
                     mx[(z, y)] = mx[(z, y)].max(row_max);
                 }
@@ -220,6 +273,42 @@ mod tests {
         let corr = [0.9, 0.91, 0.9, 0.5, 0.92];
         let flags = suspicious(&regs, Some([0.0, 2.0, 2.0]), &corr);
         assert_eq!(flags, vec![false, true, true, true, false]);
+    }
+
+    /// The laned sums against the plain two-pass definition, on a length that leaves a remainder, and
+    /// on a non-contiguous view.
+    #[test]
+    fn correlation_equals_the_plain_definition() {
+        let a = Array3::from_shape_fn((3, 5, 7), |(z, y, x)| {
+            ((z * 31 + y * 7 + x * 3) % 17) as f32 + 100.0
+        });
+        let b = Array3::from_shape_fn((3, 5, 7), |(z, y, x)| {
+            ((z * 5 + y * 11 + x) % 13) as f32 * 0.5 + 100.0
+        });
+        let plain = |a: &[f32], b: &[f32]| {
+            let n = a.len() as f64;
+            let ma = a.iter().map(|&x| x as f64).sum::<f64>() / n;
+            let mb = b.iter().map(|&x| x as f64).sum::<f64>() / n;
+            let (mut ab, mut aa, mut bb) = (0.0, 0.0, 0.0);
+            for (&x, &y) in a.iter().zip(b) {
+                let (dx, dy) = (x as f64 - ma, y as f64 - mb);
+                ab += dx * dy;
+                aa += dx * dx;
+                bb += dy * dy;
+            }
+            ab / (aa * bb).sqrt()
+        };
+        let want = plain(a.as_slice().unwrap(), b.as_slice().unwrap());
+        assert!((correlation(a.view(), b.view()) - want).abs() < 1e-12);
+        let (va, vb) = (
+            a.slice(ndarray::s![.., 1.., ..;2]),
+            b.slice(ndarray::s![.., 1.., ..;2]),
+        );
+        let want = plain(
+            &va.iter().copied().collect::<Vec<_>>(),
+            &vb.iter().copied().collect::<Vec<_>>(),
+        );
+        assert!((correlation(va, vb) - want).abs() < 1e-12);
     }
 
     /// The running projections against ndarray's own mean and max over time and axis.
