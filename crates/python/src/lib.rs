@@ -27,7 +27,6 @@ fn _gpuprep(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(run::preprocess, m)?)?;
     m.add_function(wrap_pyfunction!(run::validate_run, m)?)?;
     m.add_function(wrap_pyfunction!(stream::process_block, m)?)?;
-    m.add_function(wrap_pyfunction!(stream::process_block_ext, m)?)?;
     m.add_function(wrap_pyfunction!(stream::qc_suspicious, m)?)?;
     m.add_function(wrap_pyfunction!(report::report, m)?)?;
     m.add_function(wrap_pyfunction!(source::describe_input, m)?)?;

@@ -201,42 +201,6 @@ impl Reference {
     }
 }
 
-/// The first pass over a (t, z, y, x) float32 block, as `gpuprep run` does it per timepoint: median
-/// filter, registration against `reference`, shift. Returns the volumes, the (t, 3) shifts and the
-/// per-timepoint error and phasediff (NaN columns without registration).
-#[pyfunction]
-#[pyo3(signature = (block, reference, median, order, shift_mode, shift_cval, register_raw, backend))]
-#[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub fn process_block<'py>(
-    py_: Python<'py>,
-    block: PyReadonlyArray4<'py, f32>,
-    reference: Option<&Reference>,
-    median: Option<([usize; 3], String, f32)>,
-    order: u32,
-    shift_mode: &str,
-    shift_cval: f32,
-    register_raw: bool,
-    backend: &str,
-) -> PyResult<(
-    Bound<'py, PyArray4<f32>>,
-    Bound<'py, PyArray2<f64>>,
-    Bound<'py, PyArray1<f64>>,
-    Bound<'py, PyArray1<f64>>,
-)> {
-    block_pass(
-        py_,
-        block,
-        reference,
-        median,
-        order,
-        shift_mode,
-        shift_cval,
-        register_raw,
-        backend,
-        None,
-    )
-}
-
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
 fn block_pass<'py>(
     py_: Python<'py>,
@@ -248,7 +212,7 @@ fn block_pass<'py>(
     shift_cval: f32,
     register_raw: bool,
     backend: &str,
-    extras: Option<&mut Extras>,
+    extras: &mut Extras,
 ) -> PyResult<(
     Bound<'py, PyArray4<f32>>,
     Bound<'py, PyArray2<f64>>,
@@ -269,7 +233,7 @@ fn block_pass<'py>(
     if let Some(r) = reference {
         py(r.check_shape("block", block.shape()))?;
     }
-    let keep_filtered = extras.is_some();
+    let keep_filtered = extras.qc.is_some() || extras.filtered.is_some();
     let plan = |register| FramePlan {
         median,
         register,
@@ -309,8 +273,8 @@ fn block_pass<'py>(
     ))
 }
 
-/// `process_stream` over the block's volumes, collected; with `extras`, what the dask front end also
-/// keeps: the CLI's per-frame QC of each volume before and after its shift (`gpuprep_pipeline::qc`:
+/// `process_stream` over the block's volumes, collected; in `extras`, what the dask front end also
+/// keeps when asked: the CLI's per-frame QC of each volume before and after its shift (`gpuprep_pipeline::qc`:
 /// the correlations with `reference` and the running projections) and the filtered volumes (a saved
 /// stage). Both need `plan.keep_filtered` when there is a median.
 fn first_pass(
@@ -318,28 +282,28 @@ fn first_pass(
     block: ArrayView4<f32>,
     plan: &FramePlan,
     reference: Option<ArrayView3<f32>>,
-    mut extras: Option<&mut Extras>,
+    extras: &mut Extras,
 ) -> Result<(Array4<f32>, Vec<Option<Registration>>)> {
     let mut out = Array4::<f32>::zeros(block.raw_dim());
     let mut regs = Vec::with_capacity(block.dim().0);
     let mut frames = block.axis_iter(Axis(0)).map(|v| Ok(v.to_owned()));
     let mut t = 0;
     b.process_stream(plan, &mut frames, &mut |o| {
-        if let Some(x) = extras.as_deref_mut() {
-            let raw = block.index_axis(Axis(0), t);
-            let before = o.filtered.as_ref().map_or(raw, |f| f.view());
-            if let (Some(qc), Some(reference)) = (x.qc.as_mut(), reference) {
-                qc.correlation_before
-                    .push(gpuprep_pipeline::qc::correlation(before, reference));
-                qc.correlation_after.push(gpuprep_pipeline::qc::correlation(
-                    o.volume.view(),
-                    reference,
-                ));
-                qc.projections.add(before, o.volume.view());
-            }
-            if let (Some(kept), Some(f)) = (x.filtered.as_mut(), o.filtered.as_ref()) {
-                kept.index_axis_mut(Axis(0), t).assign(f);
-            }
+        let before = o
+            .filtered
+            .as_ref()
+            .map_or(block.index_axis(Axis(0), t), |f| f.view());
+        if let (Some(qc), Some(reference)) = (extras.qc.as_mut(), reference) {
+            qc.correlation_before
+                .push(gpuprep_pipeline::qc::correlation(before, reference));
+            qc.correlation_after.push(gpuprep_pipeline::qc::correlation(
+                o.volume.view(),
+                reference,
+            ));
+            qc.projections.add(before, o.volume.view());
+        }
+        if let (Some(kept), Some(f)) = (extras.filtered.as_mut(), o.filtered.as_ref()) {
+            kept.index_axis_mut(Axis(0), t).assign(f);
         }
         out.index_axis_mut(Axis(0), t).assign(&o.volume);
         regs.push(o.registration);
@@ -349,7 +313,7 @@ fn first_pass(
     Ok((out, regs))
 }
 
-/// What `process_block_ext` keeps besides `process_block`'s results.
+/// What `process_block` keeps besides the volumes and registrations, when asked.
 struct Extras {
     qc: Option<BlockQc>,
     filtered: Option<Array4<f32>>,
@@ -362,16 +326,18 @@ struct BlockQc {
     projections: gpuprep_pipeline::qc::Projections,
 }
 
-/// `process_block` with what the dask front end also keeps, returned in a dict: with `qc` (and a
-/// reference) the registration's QC of each frame, `correlation_before`, `correlation_after` (t,) and
-/// `projections`: per axis (z, y, x) the running sums (f64) and maxima (f32) of the frames before and
-/// after their shift, `(sum_before, sum_after, max_before, max_after)`, merged across blocks by the
-/// caller (sums add; maxima by `fmax`, NaN being a maximum over no frame); with `filtered` (and a
-/// median) the filtered volumes, `filtered` (t, z, y, x).
+/// The first pass over a (t, z, y, x) float32 block, as `gpuprep run` does it per timepoint: median
+/// filter, registration against `reference`, shift. Returns the volumes, the (t, 3) shifts, the
+/// per-timepoint error and phasediff (NaN columns without registration), and a dict of what the dask
+/// front end also keeps: with `qc` (and a reference) the registration's QC of each frame,
+/// `correlation_before`, `correlation_after` (t,) and `projections`: per axis (z, y, x) the running sums
+/// (f64) and maxima (f32) of the frames before and after their shift, `(sum_before, sum_after,
+/// max_before, max_after)`, merged across blocks by the caller (sums add; maxima by `fmax`, NaN being a
+/// maximum over no frame); with `filtered` (and a median) the filtered volumes, `filtered` (t, z, y, x).
 #[pyfunction]
-#[pyo3(signature = (block, reference, median, order, shift_mode, shift_cval, register_raw, backend, qc, filtered))]
+#[pyo3(signature = (block, reference, median, order, shift_mode, shift_cval, register_raw, backend, qc=false, filtered=false))]
 #[allow(clippy::too_many_arguments, clippy::type_complexity)]
-pub fn process_block_ext<'py>(
+pub fn process_block<'py>(
     py_: Python<'py>,
     block: PyReadonlyArray4<'py, f32>,
     reference: Option<&Reference>,
@@ -411,7 +377,7 @@ pub fn process_block_ext<'py>(
         shift_cval,
         register_raw,
         backend,
-        Some(&mut extras),
+        &mut extras,
     )?;
     let d = pyo3::types::PyDict::new(py_);
     if let Some(qc) = extras.qc {

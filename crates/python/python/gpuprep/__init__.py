@@ -599,7 +599,7 @@ def process_block(
         raise ValueError("reference: a block's reference is a (z, y, x) volume")
     return _gpuprep.process_block(
         b, ref, median, int(order), shift_mode, float(shift_cval), bool(register_raw), backend
-    )
+    )[:4]
 
 
 def run_params(

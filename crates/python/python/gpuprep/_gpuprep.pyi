@@ -34,18 +34,8 @@ def process_block(
     shift_cval: float,
     register_raw: bool,
     backend: str,
-) -> tuple[F32, F64, F64, F64]: ...
-def process_block_ext(
-    block: F32,
-    reference: Optional[Reference],
-    median: Optional[tuple[list[int], str, float]],
-    order: int,
-    shift_mode: str,
-    shift_cval: float,
-    register_raw: bool,
-    backend: str,
-    qc: bool,
-    filtered: bool,
+    qc: bool = False,
+    filtered: bool = False,
 ) -> tuple[F32, F64, F64, F64, dict[str, Any]]: ...
 def qc_suspicious(
     shifts: F64, error: F64, correlation_after: F64, max_shift: Optional[tuple[float, float, float]] = None

@@ -532,7 +532,7 @@ def register_block(
     # shift, the block's running projections: merged on the client, `_merge_qc`); the filtered volumes
     # when they are a saved stage.
     median = None if m is None else (tuple(int(v) for v in m[0]), m[1], float(m[2]))
-    vols, shifts, error, phasediff, extras = _gpuprep.process_block_ext(
+    vols, shifts, error, phasediff, extras = _gpuprep.process_block(
         b, reference._ref if reference is not None else None, median, int(p.order), p.shift_mode,
         float(p.shift_cval), bool(p.register_raw), p.backend, reference is not None, "filtered" in saved,
     )
@@ -767,7 +767,7 @@ def _registered_frame(volume: np.ndarray, t: int, ref: SharedReference, p: _Para
     v, _ = _sanitize(np.asarray(volume)[np.newaxis], t, p.nonfinite)
     m = None if p.median is None or p.register_raw else (tuple(int(x) for x in p.median[0]), p.median[1],
                                                            float(p.median[2]))
-    vols, shifts, _, _, extras = _gpuprep.process_block_ext(
+    vols, shifts, _, _, extras = _gpuprep.process_block(
         v, ref.get()._ref, m, int(p.order), p.shift_mode, float(p.shift_cval), False, p.backend, qc, False
     )
     corr = float(extras["correlation_after"][0]) if qc else float("nan")
