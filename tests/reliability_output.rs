@@ -457,7 +457,11 @@ fn write_errors_are_one_line_naming_the_output_and_timepoint() {
         (&["--no-zscore"][..], "while writing /data at timepoint "),
         // Pass 1's results in the scratch file, and (the default for a series this small) in memory.
         (&["--memory-budget", "0"][..], "while writing timepoint "),
-        (&[][..], "while writing /data at timepoint "),
+        // In memory, the z-score writes blocks of chunks, every timepoint at once.
+        (
+            &[][..],
+            "while writing /data at (z, y, x) = (0, 0, 0), every timepoint",
+        ),
     ] {
         let o = run_with_file_size_limit(&data, &out, 1 << 20, extra);
         let err = stderr_of(&o);
@@ -554,7 +558,8 @@ fn a_full_disk_is_one_line_naming_the_output_and_timepoint() {
         (&["--no-zscore"][..], "while writing /data at timepoint "),
         // Pass 1's results in the scratch file, and (the default for a series this small) in memory.
         (&["--memory-budget", "0"][..], "while writing timepoint "),
-        (&[][..], "while writing /data at timepoint "),
+        // In memory, the z-score writes blocks of chunks, every timepoint at once.
+        (&[][..], "while writing /data at (z, y, x) = ("),
     ] {
         let o = gpuprep()
             .arg("run")

@@ -13,7 +13,7 @@
 use crate::backend::Moments;
 use crate::error::{Error, Result};
 use crate::params::{ConstantVoxels, ZscoreParams};
-use ndarray::{Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, Axis, Zip};
+use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, Axis, Zip};
 use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -329,16 +329,136 @@ pub fn zscore_volumes_in_place<T: Sample>(
     Ok(Moments::from_f64(mean64, std64))
 }
 
+/// The z-score of volumes held in memory, one block of voxels at a time: for each spatial block of
+/// `block` voxels (z, y, x; the last ones clipped at the volume's edges), in z, y, x order, Welford
+/// over time and then normalization of the block's voxels, handed to `emit` as a (t, bz, by, bx)
+/// array with the block's origin before the next block is computed. The caller can thus store each
+/// block while the next is computed, rather than after the whole series. Per voxel the arithmetic is
+/// `zscore_volumes_in_place`'s (an `Accumulator`'s in time order, then `normalize`'s), bit for bit;
+/// the volumes are not changed. Returns the moments.
+pub fn zscore_volumes_by_block<T: Sample>(
+    volumes: &[Array3<T>],
+    p: &ZscoreParams,
+    block: [usize; 3],
+    mut emit: impl FnMut([usize; 3], Array4<T>) -> Result<()>,
+) -> Result<Moments> {
+    let Some(first) = volumes.first() else {
+        return Err(Error::Data("z-score of an empty series".into()));
+    };
+    let shape = first.raw_dim();
+    if let Some((t, v)) = volumes
+        .iter()
+        .enumerate()
+        .find(|(_, v)| v.raw_dim() != shape)
+    {
+        return Err(Error::Data(format!(
+            "z-score: volume {t} has shape {}, volume 0 {}",
+            fmt_dim(v.dim()),
+            fmt_dim(first.dim())
+        )));
+    }
+    let (nz, ny, nx) = first.dim();
+    let data: Vec<&[T]> = volumes
+        .iter()
+        .map(|v| {
+            v.as_slice()
+                .ok_or_else(|| Error::Data("z-score: a volume is not contiguous".into()))
+        })
+        .collect::<Result<_>>()?;
+    let block = block.map(|b| b.max(1));
+    let t = volumes.len();
+    let dof = t as f64 - p.ddof as f64;
+    let mut mean64 = Array3::<f64>::zeros(shape);
+    let mut std64 = Array3::<f64>::zeros(shape);
+    for z0 in (0..nz).step_by(block[0]) {
+        for y0 in (0..ny).step_by(block[1]) {
+            for x0 in (0..nx).step_by(block[2]) {
+                let (z1, y1, x1) = (
+                    (z0 + block[0]).min(nz),
+                    (y0 + block[1]).min(ny),
+                    (x0 + block[2]).min(nx),
+                );
+                let (by, bx) = (y1 - y0, x1 - x0);
+                let mut out = Array4::<T>::default((t, z1 - z0, by, bx));
+                let mut means = mean64.slice_mut(s![z0..z1, y0..y1, x0..x1]);
+                let mut stds = std64.slice_mut(s![z0..z1, y0..y1, x0..x1]);
+                // One task per z plane of the block: its state (two f64 planes) stays in cache while
+                // the block's samples are read twice, in time order.
+                out.axis_iter_mut(Axis(1))
+                    .into_par_iter()
+                    .zip(means.axis_iter_mut(Axis(0)).into_par_iter())
+                    .zip(stds.axis_iter_mut(Axis(0)).into_par_iter())
+                    .enumerate()
+                    .for_each(|(dz, ((mut out, mut mean_out), mut std_out))| {
+                        let z = z0 + dz;
+                        fn row<T>(v: &[T], at: usize, len: usize) -> &[T] {
+                            &v[at..at + len]
+                        }
+                        let at = |y: usize| (z * ny + y0 + y) * nx + x0;
+                        let mut mean = vec![0.0f64; by * bx];
+                        let mut m2 = vec![0.0f64; by * bx];
+                        for (i, v) in data.iter().enumerate() {
+                            let count = (i + 1) as f64;
+                            for (y, (mean, m2)) in mean
+                                .chunks_exact_mut(bx)
+                                .zip(m2.chunks_exact_mut(bx))
+                                .enumerate()
+                            {
+                                for ((mean, m2), &x) in
+                                    mean.iter_mut().zip(m2.iter_mut()).zip(row(v, at(y), bx))
+                                {
+                                    let x: f64 = x.into();
+                                    let delta = x - *mean;
+                                    *mean += delta / count;
+                                    *m2 += delta * (x - *mean);
+                                }
+                            }
+                        }
+                        let mut std = m2;
+                        std.iter_mut().for_each(|s| *s = std_from_m2(*s, dof));
+                        for (v, mut out) in data.iter().zip(out.outer_iter_mut()) {
+                            let out = out.as_slice_mut().expect("a plane of a new block");
+                            for (y, ((out, mean), std)) in out
+                                .chunks_exact_mut(bx)
+                                .zip(mean.chunks_exact(bx))
+                                .zip(std.chunks_exact(bx))
+                                .enumerate()
+                            {
+                                for (((o, &x), &mean), &std) in
+                                    out.iter_mut().zip(row(v, at(y), bx)).zip(mean).zip(std)
+                                {
+                                    *o = normalized(x, mean, std, p);
+                                }
+                            }
+                        }
+                        for (dst, src) in mean_out.iter_mut().zip(&mean) {
+                            *dst = *src;
+                        }
+                        for (dst, src) in std_out.iter_mut().zip(&std) {
+                            *dst = *src;
+                        }
+                    });
+                emit([z0, y0, x0], out)?;
+            }
+        }
+    }
+    Ok(Moments::from_f64(mean64, std64))
+}
+
 /// One sample's z-score under the constant-voxel rule.
 #[inline]
 fn normalized<T: Sample>(x: T, mean: f64, std: f64, p: &ZscoreParams) -> T {
+    let fill = match p.constant {
+        ConstantVoxels::Nan => T::NAN,
+        ConstantVoxels::Zero => T::from_f64(0.0),
+    };
+    // Both computed and one selected, with no branch: loops over rows of voxels then vectorize
+    // (the quotient of a constant voxel is discarded, whatever it is).
+    let z = T::from_f64((x.into() - mean) / std);
     if is_constant(mean, std) {
-        match p.constant {
-            ConstantVoxels::Nan => T::NAN,
-            ConstantVoxels::Zero => T::from_f64(0.0),
-        }
+        fill
     } else {
-        T::from_f64((x.into() - mean) / std)
+        z
     }
 }
 
@@ -566,6 +686,100 @@ mod tests {
         let e = zscore_volumes_in_place(&mut odd, &ZscoreParams::default()).unwrap_err();
         assert!(e.to_string().contains("volume 1 has shape"), "{e}");
         assert!(zscore_volumes_in_place::<f32>(&mut [], &ZscoreParams::default()).is_err());
+    }
+
+    /// The block-wise kernel is the streaming accumulator and `normalize`, bit for bit, whatever the
+    /// block (clipped at the edges, larger than the volume, one voxel): its blocks come in z, y, x
+    /// order, tile the volume exactly once, and carry the normalized values of their voxels; the
+    /// volumes are left unchanged.
+    #[test]
+    fn zscore_volumes_by_block_equals_accumulator_and_normalize() {
+        let shape = [5, 7, 13];
+        let same = |a: f64, b: f64| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for (t, p, block) in [
+            (6, ZscoreParams::default(), [2, 3, 5]),
+            (
+                4,
+                ZscoreParams {
+                    ddof: 1,
+                    constant: ConstantVoxels::Zero,
+                },
+                [5, 7, 13],
+            ),
+            (3, ZscoreParams::default(), [1, 1, 1]),
+            (1, ZscoreParams::default(), [64, 64, 64]),
+        ] {
+            let volumes: Vec<Array3<f32>> = (0..t)
+                .map(|k| {
+                    Array3::from_shape_fn(shape, |(z, y, x)| {
+                        let i = (z * shape[1] + y) * shape[2] + x;
+                        match i % 97 {
+                            3 => -2.5,
+                            5 if k == 0 => f32::NAN,
+                            _ => ((i * 7919 + k * 104729) % 1013) as f32 * 0.37 - 50.0,
+                        }
+                    })
+                })
+                .collect();
+            let before = volumes.clone();
+            let mut acc = Accumulator::new(shape);
+            volumes.iter().for_each(|v| acc.add(v.view()));
+            let want_m = acc.moments(&p);
+            let want: Vec<Array3<f32>> = volumes
+                .iter()
+                .map(|v| normalize(v.view(), &want_m, &p))
+                .collect();
+            let mut seen = Array3::<u8>::zeros(shape);
+            let mut origins = Vec::new();
+            let m = zscore_volumes_by_block(&volumes, &p, block, |o, b| {
+                let (bt, bz, by, bx) = b.dim();
+                assert_eq!(bt, t);
+                origins.push(o);
+                for ((i, z, y, x), &got) in b.indexed_iter() {
+                    let w = want[i][[o[0] + z, o[1] + y, o[2] + x]];
+                    assert!(same(got as f64, w as f64), "{got} {w}");
+                }
+                seen.slice_mut(s![o[0]..o[0] + bz, o[1]..o[1] + by, o[2]..o[2] + bx])
+                    .mapv_inplace(|c| c + 1);
+                Ok(())
+            })
+            .unwrap();
+            assert!(seen.iter().all(|&c| c == 1));
+            let mut sorted = origins.clone();
+            sorted.sort();
+            assert_eq!(origins, sorted);
+            assert_eq!(m.constant_voxels(), want_m.constant_voxels());
+            for (a, b) in m.mean64().iter().zip(want_m.mean64()) {
+                assert!(same(*a, *b));
+            }
+            for (a, b) in m.std64().iter().zip(want_m.std64()) {
+                assert!(same(*a, *b));
+            }
+            for (a, b) in volumes.iter().zip(&before) {
+                assert!(a.iter().zip(b).all(|(a, b)| same(*a as f64, *b as f64)));
+            }
+        }
+        // An error from `emit` ends the sweep with it.
+        let volumes = vec![Array3::<f32>::zeros([4, 4, 4]); 2];
+        let mut calls = 0;
+        let e = zscore_volumes_by_block(&volumes, &ZscoreParams::default(), [2, 4, 4], |_, _| {
+            calls += 1;
+            Err(Error::Data("disk full".into()))
+        })
+        .unwrap_err();
+        assert_eq!(calls, 1);
+        assert!(e.to_string().contains("disk full"));
+        let odd = vec![Array3::<f32>::zeros([2, 2, 2]), Array3::zeros([2, 2, 3])];
+        let e = zscore_volumes_by_block(&odd, &ZscoreParams::default(), [1, 1, 1], |_, _| Ok(()))
+            .unwrap_err();
+        assert!(e.to_string().contains("volume 1 has shape"), "{e}");
+        assert!(zscore_volumes_by_block::<f32>(
+            &[],
+            &ZscoreParams::default(),
+            [1, 1, 1],
+            |_, _| Ok(())
+        )
+        .is_err());
     }
 
     /// The in-memory series kernel is the streaming accumulator, bit for bit, in both precisions,

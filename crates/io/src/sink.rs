@@ -11,7 +11,7 @@ use crate::VoxelSize;
 use std::fs::FileType;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array3, ArrayView3, ArrayViewD};
+use ndarray::{Array3, Array4, ArrayView3, ArrayViewD};
 
 use super::cleanup::{Registered, TEMP_PREFIX};
 use super::fmt_shape;
@@ -428,6 +428,53 @@ impl Sink {
         match self.out_mut()? {
             Out::Hdf5(o) => o.write_volume(name, t, vol),
             Out::Zarr(o) => o.write_volume(name, t, vol),
+        }
+    }
+
+    /// The spatial blocks (z, y, x) `write_block` stores whole, every timepoint at once: the chunks of
+    /// the 4-D datasets, so each chunk is written once, by one writer. `None` where a block would be
+    /// the whole series (a sharded Zarr output, whose shards span whole volumes).
+    pub fn block_shape(&self) -> Option<[usize; 3]> {
+        match self.out.as_ref()? {
+            Out::Hdf5(_) => {
+                let (chunk, ..) = volume_chunking(self.t, self.shape);
+                Some([chunk[1], chunk[2], chunk[3]])
+            }
+            Out::Zarr(o) => o.block_shape(),
+        }
+    }
+
+    /// Writes every timepoint of the 4-D dataset `name` over a run of whole blocks of `block_shape`
+    /// from `origin`: `data` is (t, bz, by, bx), each extent a multiple of the block's or reaching the
+    /// volume's edge.
+    pub fn write_block(&mut self, name: &str, origin: [usize; 3], data: Array4<f32>) -> Result<()> {
+        self.check_volume(name, 0)?;
+        let Some(block) = self.block_shape() else {
+            return Err(Error::Output {
+                path: self.path.clone(),
+                message: "this output stores whole volumes, not blocks".into(),
+            });
+        };
+        let (t, bz, by, bx) = data.dim();
+        let extent = [bz, by, bx];
+        let whole = (0..3).all(|i| {
+            origin[i].is_multiple_of(block[i])
+                && extent[i] > 0
+                && origin[i] + extent[i] <= self.shape[i]
+                && (extent[i].is_multiple_of(block[i]) || origin[i] + extent[i] == self.shape[i])
+        });
+        if t != self.t || !whole {
+            return Err(Error::Data(format!(
+                "block of dataset '{name}' at (z, y, x) = {origin:?} has shape {}; expected {} \
+                 timepoints and whole chunks of {block:?} within {}",
+                fmt_shape(data.shape()),
+                self.t,
+                fmt_shape(&self.shape)
+            )));
+        }
+        match self.out_mut()? {
+            Out::Hdf5(o) => o.write_block(name, origin, data),
+            Out::Zarr(o) => o.write_block(name, origin, data),
         }
     }
 

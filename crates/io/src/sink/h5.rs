@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use hdf5::types::VarLenUnicode;
-use ndarray::{s, Array1, Array3, ArrayView3, ArrayViewD};
+use ndarray::{s, Array1, Array3, Array4, ArrayView3, ArrayViewD};
 
 use super::volume_chunking;
 use crate::source::first_line;
@@ -67,6 +67,28 @@ impl Hdf5Out {
         self.dataset(name)?
             .write_slice(&vol, s![t, .., .., ..])
             .map_err(|source| self.hdf5_err(format!("writing /{name} at timepoint {t}"), source))
+    }
+
+    /// Writes every timepoint over the block at `origin`; the caller has checked the name and shapes.
+    pub(super) fn write_block(
+        &mut self,
+        name: &str,
+        origin: [usize; 3],
+        data: Array4<f32>,
+    ) -> Result<()> {
+        let (_, bz, by, bx) = data.dim();
+        let [z, y, x] = origin;
+        self.dataset(name)?
+            .write_slice(&data, s![.., z..z + bz, y..y + by, x..x + bx])
+            .map_err(|source| {
+                self.hdf5_err(
+                    format!(
+                        "writing /{name} at (z, y, x) = ({}, {}, {}), every timepoint",
+                        origin[0], origin[1], origin[2]
+                    ),
+                    source,
+                )
+            })
     }
 
     pub(super) fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {

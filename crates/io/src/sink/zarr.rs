@@ -58,6 +58,8 @@ pub(super) struct ZarrOut {
     attrs: Map<String, Value>,
     closed: bool,
     compression: Compression,
+    /// Whether the 4-D arrays are sharded (whole volumes per shard: no block writes).
+    sharded: bool,
     /// Scale and units of the OME metadata (`Sink::set_voxel_size`); scale 1 without.
     pub(super) voxel_size: Option<VoxelSize>,
 }
@@ -152,6 +154,7 @@ impl ZarrOut {
             attrs: Map::new(),
             closed: false,
             compression,
+            sharded: options.shard,
             voxel_size: None,
         };
         let (chunk, ..) = volume_chunking(t, shape);
@@ -223,7 +226,7 @@ impl ZarrOut {
         if entry.filled.iter().all(|&f| f) {
             let slab_data = v.pending.remove(&slab).expect("just filled").data;
             v.stored.insert(slab);
-            store(&v.array, &[t0 as u64, 0, 0, 0], slab_data).map_err(|e| {
+            store_chunks(&v.array, [t0 as u64, 0, 0, 0], slab_data.view()).map_err(|e| {
                 zarr_error(
                     &path,
                     format!("writing /{name} at timepoints {t0}-{}", t0 + len - 1),
@@ -232,6 +235,44 @@ impl ZarrOut {
             })?;
         }
         Ok(())
+    }
+
+    /// The chunks' spatial extent; `None` when sharded (a shard spans whole volumes).
+    pub(super) fn block_shape(&self) -> Option<[usize; 3]> {
+        let (chunk, ..) = volume_chunking(self.t, self.shape);
+        (!self.sharded).then_some([chunk[1], chunk[2], chunk[3]])
+    }
+
+    /// Writes every timepoint over the block at `origin` (whole chunks, encoded and written on
+    /// zarrs' threads); the caller has checked the name and shapes.
+    pub(super) fn write_block(
+        &mut self,
+        name: &str,
+        origin: [usize; 3],
+        data: Array4<f32>,
+    ) -> Result<()> {
+        let (path, t) = (self.path.clone(), self.t);
+        let v = self.volume_mut(name)?;
+        if !v.pending.is_empty() {
+            // Their slab, stored when complete, would overwrite this block with its zeros.
+            return Err(Error::Output {
+                path,
+                message: format!("/{name} has volumes waiting for their slab; blocks cannot be written into it now"),
+            });
+        }
+        // Every slab now has stored chunks: a volume written later merges into them.
+        v.stored.extend(0..t.div_ceil(v.ct));
+        let start = [0, origin[0] as u64, origin[1] as u64, origin[2] as u64];
+        store_chunks(&v.array, start, data.view()).map_err(|e| {
+            zarr_error(
+                &path,
+                format!(
+                    "writing /{name} at (z, y, x) = ({}, {}, {}), every timepoint",
+                    origin[0], origin[1], origin[2]
+                ),
+                e,
+            )
+        })
     }
 
     pub(super) fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {
@@ -430,6 +471,67 @@ fn store<T: Element, D: ndarray::Dimension>(
     crate::cleanup::gated(|| array.store_array_subset(&subset, data))
 }
 
+/// Stores the 4-D `data` at `start`, chunk by chunk on rayon's threads: each chunk gathered from
+/// `data` (one copy; edge chunks padded with the fill value 0) and encoded and written by one thread.
+/// zarrs' `store_array_subset` would first copy the whole region into bytes and gather each chunk
+/// from that copy. Needs `start` on the chunk grid and the region ending on it or at the array's
+/// edge; any other region goes through `store`.
+fn store_chunks(
+    array: &Array<OutputStore>,
+    start: [u64; 4],
+    data: ArrayView4<f32>,
+) -> std::result::Result<(), zarrs::array::ArrayError> {
+    use rayon::prelude::*;
+    let shape = array.shape().to_vec();
+    let chunk: Vec<u64> = array
+        .chunk_shape(&[0; 4])?
+        .iter()
+        .map(|c| c.get())
+        .collect();
+    let extent: Vec<u64> = data.shape().iter().map(|&n| n as u64).collect();
+    let aligned = (0..4).all(|i| {
+        start[i].is_multiple_of(chunk[i])
+            && start[i] + extent[i] <= shape[i]
+            && (extent[i].is_multiple_of(chunk[i]) || start[i] + extent[i] == shape[i])
+    });
+    if !aligned || data.is_empty() {
+        return store(array, &start, data.as_standard_layout().into_owned());
+    }
+    let counts: Vec<u64> = (0..4).map(|i| extent[i].div_ceil(chunk[i])).collect();
+    let total = counts.iter().product::<u64>();
+    (0..total).into_par_iter().try_for_each(|k| {
+        // Chunk k of the region, its indices in the array's chunk grid and its offset in `data`.
+        let mut rest = k;
+        let mut within = [0u64; 4];
+        for i in (0..4).rev() {
+            within[i] = rest % counts[i];
+            rest /= counts[i];
+        }
+        let indices: Vec<u64> = (0..4).map(|i| start[i] / chunk[i] + within[i]).collect();
+        let lo: Vec<usize> = (0..4).map(|i| (within[i] * chunk[i]) as usize).collect();
+        let hi: Vec<usize> = (0..4)
+            .map(|i| (lo[i] + chunk[i] as usize).min(data.shape()[i]))
+            .collect();
+        let part = data.slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], lo[3]..hi[3]]);
+        let full = (0..4).all(|i| hi[i] - lo[i] == chunk[i] as usize);
+        let buf = if full {
+            part.to_owned()
+        } else {
+            let c: Vec<usize> = chunk.iter().map(|&c| c as usize).collect();
+            let mut b = Array4::<f32>::zeros((c[0], c[1], c[2], c[3]));
+            b.slice_mut(s![
+                ..part.dim().0,
+                ..part.dim().1,
+                ..part.dim().2,
+                ..part.dim().3
+            ])
+            .assign(&part);
+            b
+        };
+        crate::cleanup::gated(|| array.store_chunk(&indices, buf))
+    })
+}
+
 /// A Zarr failure at `path` while doing `what`, its cause in one line.
 pub fn zarr_error(
     path: &Path,
@@ -475,10 +577,5 @@ pub fn store_block(array_dir: &Path, t0: usize, block: ArrayView4<f32>) -> Resul
             ),
         });
     }
-    store(
-        &array,
-        &[t0 as u64, 0, 0, 0],
-        block.as_standard_layout().into_owned(),
-    )
-    .map_err(|e| zarr_error(array_dir, what(), e))
+    store_chunks(&array, [t0 as u64, 0, 0, 0], block).map_err(|e| zarr_error(array_dir, what(), e))
 }
