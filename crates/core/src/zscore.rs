@@ -336,10 +336,15 @@ pub fn zscore_volumes_in_place<T: Sample>(
 /// block while the next is computed, rather than after the whole series. Per voxel the arithmetic is
 /// `zscore_volumes_in_place`'s (an `Accumulator`'s in time order, then `normalize`'s), bit for bit;
 /// the volumes are not changed. Returns the moments.
+///
+/// `spare` may hand back a block already emitted, once the caller is done with it: one of the same
+/// shape is filled again rather than a new one allocated (fresh memory costs a page fault and
+/// zeroing per page, as much as the z-score itself).
 pub fn zscore_volumes_by_block<T: Sample>(
     volumes: &[Array3<T>],
     p: &ZscoreParams,
     block: [usize; 3],
+    mut spare: impl FnMut() -> Option<Array4<T>>,
     mut emit: impl FnMut([usize; 3], Array4<T>) -> Result<()>,
 ) -> Result<Moments> {
     let Some(first) = volumes.first() else {
@@ -379,7 +384,12 @@ pub fn zscore_volumes_by_block<T: Sample>(
                     (x0 + block[2]).min(nx),
                 );
                 let (by, bx) = (y1 - y0, x1 - x0);
-                let mut out = Array4::<T>::default((t, z1 - z0, by, bx));
+                let dim = (t, z1 - z0, by, bx);
+                // Every element of the block is written below, so a spare needs no clearing.
+                let mut out = match spare() {
+                    Some(b) if b.dim() == dim && b.is_standard_layout() => b,
+                    _ => Array4::<T>::default(dim),
+                };
                 let mut means = mean64.slice_mut(s![z0..z1, y0..y1, x0..x1]);
                 let mut stds = std64.slice_mut(s![z0..z1, y0..y1, x0..x1]);
                 // One task per z plane of the block: its state (two f64 planes) stays in cache while
@@ -731,18 +741,28 @@ mod tests {
                 .collect();
             let mut seen = Array3::<u8>::zeros(shape);
             let mut origins = Vec::new();
-            let m = zscore_volumes_by_block(&volumes, &p, block, |o, b| {
-                let (bt, bz, by, bx) = b.dim();
-                assert_eq!(bt, t);
-                origins.push(o);
-                for ((i, z, y, x), &got) in b.indexed_iter() {
-                    let w = want[i][[o[0] + z, o[1] + y, o[2] + x]];
-                    assert!(same(got as f64, w as f64), "{got} {w}");
-                }
-                seen.slice_mut(s![o[0]..o[0] + bz, o[1]..o[1] + by, o[2]..o[2] + bx])
-                    .mapv_inplace(|c| c + 1);
-                Ok(())
-            })
+            // Blocks come back as spares (a garbage-filled one first), as a writer would return them.
+            let dim = (t, block[0].min(5), block[1].min(7), block[2].min(13));
+            let pool = std::cell::RefCell::new(vec![Array4::from_elem(dim, 7.5f32)]);
+            let m = zscore_volumes_by_block(
+                &volumes,
+                &p,
+                block,
+                || pool.borrow_mut().pop(),
+                |o, b| {
+                    let (bt, bz, by, bx) = b.dim();
+                    assert_eq!(bt, t);
+                    origins.push(o);
+                    for ((i, z, y, x), &got) in b.indexed_iter() {
+                        let w = want[i][[o[0] + z, o[1] + y, o[2] + x]];
+                        assert!(same(got as f64, w as f64), "{got} {w}");
+                    }
+                    seen.slice_mut(s![o[0]..o[0] + bz, o[1]..o[1] + by, o[2]..o[2] + bx])
+                        .mapv_inplace(|c| c + 1);
+                    pool.borrow_mut().push(b);
+                    Ok(())
+                },
+            )
             .unwrap();
             assert!(seen.iter().all(|&c| c == 1));
             let mut sorted = origins.clone();
@@ -762,21 +782,34 @@ mod tests {
         // An error from `emit` ends the sweep with it.
         let volumes = vec![Array3::<f32>::zeros([4, 4, 4]); 2];
         let mut calls = 0;
-        let e = zscore_volumes_by_block(&volumes, &ZscoreParams::default(), [2, 4, 4], |_, _| {
-            calls += 1;
-            Err(Error::Data("disk full".into()))
-        })
+        let e = zscore_volumes_by_block(
+            &volumes,
+            &ZscoreParams::default(),
+            [2, 4, 4],
+            || None,
+            |_, _| {
+                calls += 1;
+                Err(Error::Data("disk full".into()))
+            },
+        )
         .unwrap_err();
         assert_eq!(calls, 1);
         assert!(e.to_string().contains("disk full"));
         let odd = vec![Array3::<f32>::zeros([2, 2, 2]), Array3::zeros([2, 2, 3])];
-        let e = zscore_volumes_by_block(&odd, &ZscoreParams::default(), [1, 1, 1], |_, _| Ok(()))
-            .unwrap_err();
+        let e = zscore_volumes_by_block(
+            &odd,
+            &ZscoreParams::default(),
+            [1, 1, 1],
+            || None,
+            |_, _| Ok(()),
+        )
+        .unwrap_err();
         assert!(e.to_string().contains("volume 1 has shape"), "{e}");
         assert!(zscore_volumes_by_block::<f32>(
             &[],
             &ZscoreParams::default(),
             [1, 1, 1],
+            || None,
             |_, _| Ok(())
         )
         .is_err());

@@ -11,7 +11,7 @@ use crate::VoxelSize;
 use std::fs::FileType;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array3, Array4, ArrayView3, ArrayViewD};
+use ndarray::{Array3, ArrayView3, ArrayView4, ArrayViewD};
 
 use super::cleanup::{Registered, TEMP_PREFIX};
 use super::fmt_shape;
@@ -447,7 +447,12 @@ impl Sink {
     /// Writes every timepoint of the 4-D dataset `name` over a run of whole blocks of `block_shape`
     /// from `origin`: `data` is (t, bz, by, bx), each extent a multiple of the block's or reaching the
     /// volume's edge.
-    pub fn write_block(&mut self, name: &str, origin: [usize; 3], data: Array4<f32>) -> Result<()> {
+    pub fn write_block(
+        &mut self,
+        name: &str,
+        origin: [usize; 3],
+        data: ArrayView4<f32>,
+    ) -> Result<()> {
         self.check_volume(name, 0)?;
         let Some(block) = self.block_shape() else {
             return Err(Error::Output {

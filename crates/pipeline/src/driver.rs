@@ -628,11 +628,15 @@ pub fn run_with_progress(
         let (mut done, mut shown) = (0, 0);
         let moments = std::thread::scope(|scope| -> Result<Moments> {
             let sink = &mut sink;
+            // Written blocks come back to be filled again (fresh memory costs a fault per page).
+            let (spare_tx, spares) = mpsc::channel::<Array4<f32>>();
             let mut writer = WriteBehind::spawn(
                 scope,
                 1,
                 move |(origin, data): ([usize; 3], Array4<f32>)| {
-                    sink.write_block("data", origin, data)
+                    sink.write_block("data", origin, data.view())?;
+                    let _ = spare_tx.send(data);
+                    Ok(())
                 },
             );
             let t0 = Instant::now();
@@ -640,6 +644,7 @@ pub fn run_with_progress(
                 &volumes,
                 z,
                 block,
+                || spares.try_recv().ok(),
                 |origin, data| {
                     writer.send((origin, data))?;
                     done += 1;

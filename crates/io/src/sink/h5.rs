@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use hdf5::types::VarLenUnicode;
-use ndarray::{s, Array1, Array3, Array4, ArrayView3, ArrayViewD};
+use ndarray::{s, Array1, Array3, ArrayView3, ArrayView4, ArrayViewD};
 
 use super::volume_chunking;
 use crate::source::first_line;
@@ -74,7 +74,7 @@ impl Hdf5Out {
         &mut self,
         name: &str,
         origin: [usize; 3],
-        data: Array4<f32>,
+        data: ArrayView4<f32>,
     ) -> Result<()> {
         let (_, bz, by, bx) = data.dim();
         let [z, y, x] = origin;

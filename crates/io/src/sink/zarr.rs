@@ -249,7 +249,7 @@ impl ZarrOut {
         &mut self,
         name: &str,
         origin: [usize; 3],
-        data: Array4<f32>,
+        data: ArrayView4<f32>,
     ) -> Result<()> {
         let (path, t) = (self.path.clone(), self.t);
         let v = self.volume_mut(name)?;
@@ -263,7 +263,7 @@ impl ZarrOut {
         // Every slab now has stored chunks: a volume written later merges into them.
         v.stored.extend(0..t.div_ceil(v.ct));
         let start = [0, origin[0] as u64, origin[1] as u64, origin[2] as u64];
-        store_chunks(&v.array, start, data.view()).map_err(|e| {
+        store_chunks(&v.array, start, data).map_err(|e| {
             zarr_error(
                 &path,
                 format!(
