@@ -32,7 +32,7 @@ fn api() -> (Api, wgpu::Backend) {
 
 /// The GPU backend on Vulkan (see `api`), or `None` (test skipped) when there is none and CI does
 /// not require one.
-fn gpu() -> Option<GpuBackend> {
+pub(crate) fn gpu() -> Option<GpuBackend> {
     let (api, backend) = api();
     match GpuBackend::new(api) {
         Ok(g) => {
@@ -97,7 +97,7 @@ fn roll(v: ArrayView3<f32>, s: [i64; 3]) -> Array3<f32> {
 /// Largest |a - b| (NaN where exactly one is NaN counts as infinite).
 /// A realistic uint16 series with integer shifts in a fresh temporary directory, and the input
 /// argument naming it, for whole-pipeline runs.
-fn synth_u16_input(shape: [usize; 4], seed: u64) -> (tempfile::TempDir, Vec<String>) {
+pub(crate) fn synth_u16_input(shape: [usize; 4], seed: u64) -> (tempfile::TempDir, Vec<String>) {
     use gpuprep_io::Dtype;
     use gpuprep_pipeline::synth::{synth, SynthLayout, SynthMode, SynthSpec};
     let tmp = tempfile::tempdir().unwrap();
