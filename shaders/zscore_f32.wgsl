@@ -49,8 +49,15 @@ struct Params {
 // scipy's eps for the constant rule: f64's machine epsilon, 2^-52 (a power of two: exact in f32).
 const EPS_F64: f32 = 2.220446049250313e-16;
 
+// 1: `o` is opaque. 0 only in the self-test's variant that shows the guard is needed (a test runs it
+// on lavapipe, which then fails the self-test).
+const OPAQUE: u32 = 1u;
+
 // x unchanged, through an operation the compiler cannot see through (no algebraic rewriting across it).
 fn o(x: f32) -> f32 {
+    if (OPAQUE == 0u) {
+        return x;
+    }
     return bitcast<f32>(bitcast<u32>(x) ^ p.opaque_zero);
 }
 

@@ -152,8 +152,18 @@ fn self_test_pairs() -> Vec<[f32; 2]> {
 /// product (computed in f64, where both are exact for these pairs): `None` when all match, else what
 /// failed.
 pub fn self_test(ctx: &GpuContext) -> Result<Option<String>> {
+    run_self_test(ctx, true)
+}
+
+/// `self_test` of the shader built with `o` the identity (`OPAQUE = 0`): what the kernels would
+/// compute without the guard against reassociation. Tests show that lavapipe fails it.
+pub fn self_test_unguarded(ctx: &GpuContext) -> Result<Option<String>> {
+    run_self_test(ctx, false)
+}
+
+fn run_self_test(ctx: &GpuContext, guarded: bool) -> Result<Option<String>> {
     let pairs = self_test_pairs();
-    let k = ctx.pipeline(&shaders::ZSCORE_F32_SELFTEST)?;
+    let k = ctx.pipeline_variant(&shaders::ZSCORE_F32_SELFTEST, &[("OPAQUE", guarded as u32)])?;
     let input = ctx.storage_init("zscore_f32.selftest_in", &pairs)?;
     let out = ctx.storage("zscore_f32.selftest_out", pairs.len() as u64 * 32)?;
     let mut rec = ctx.recorder();

@@ -16,7 +16,7 @@
 //! computes; the next frame swaps the two inputs instead of uploading.
 
 use super::ahead::AheadUpload;
-use super::device::{Api, GpuContext, TileStats};
+use super::device::{Api, GpuContext, GpuCounters, TileStats};
 use super::register::{GpuRegistrar, TiledRegistrar};
 use super::shift::ShiftBuffers;
 use super::zscore::{GpuAccumulator, TiledAccumulator};
@@ -119,6 +119,11 @@ impl GpuBackend {
     /// force tiny tiles with it. Takes effect for references and accumulations set after it.
     pub fn set_max_tile_bytes(&mut self, bytes: u64) {
         self.ctx.set_max_tile_bytes(bytes);
+    }
+
+    /// Dispatches, submits, blocking reads and writes sent to the device so far.
+    pub fn counters(&self) -> GpuCounters {
+        self.ctx.counters()
     }
 
     /// Tiles run so far per kernel (zero while every volume fits).

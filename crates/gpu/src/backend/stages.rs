@@ -36,8 +36,7 @@ impl Input {
     /// `vol` copied into `volume`.
     pub(super) fn upload(&self, ctx: &GpuContext, vol: ArrayView3<f32>) {
         let values = c_order(vol);
-        ctx.queue
-            .write_buffer(&self.volume, 0, bytemuck::cast_slice::<f32, u8>(&values));
+        ctx.write(&self.volume, 0, bytemuck::cast_slice::<f32, u8>(&values));
     }
 }
 
