@@ -399,8 +399,8 @@ impl Backend for GpuBackend {
                 let mut rec = ctx.recorder();
                 acc.record_finalize(ctx, &mut rec, p, &mean, &std)?;
                 rec.submit()?;
-                let mean64 = to_array(shape, ctx.read::<f64>(&mean, total)?)?;
-                let std64 = to_array(shape, ctx.read::<f64>(&std, total)?)?;
+                let (mean64, std64) = ctx.read_two::<f64, f64>((&mean, total), (&std, total))?;
+                let (mean64, std64) = (to_array(shape, mean64)?, to_array(shape, std64)?);
                 let key = MomentsKey::new();
                 let m = key.issue(mean64, std64);
                 self.issued = Some(IssuedMoments { key, mean, std });
@@ -419,8 +419,9 @@ impl Backend for GpuBackend {
                 let widen = |v: Vec<[f32; 2]>| -> Vec<f64> {
                     v.into_iter().map(zscore_f32::df_to_f64).collect()
                 };
-                let mean64 = to_array(shape, widen(ctx.read::<[f32; 2]>(&mean, total)?))?;
-                let std64 = to_array(shape, widen(ctx.read::<[f32; 2]>(&std, total)?))?;
+                let (mean_df, std_df) = ctx.read_two((&mean, total), (&std, total))?;
+                let mean64 = to_array(shape, widen(mean_df))?;
+                let std64 = to_array(shape, widen(std_df))?;
                 let key = MomentsKey::new();
                 let m = key.issue(mean64, std64);
                 self.issued = Some(IssuedMoments { key, mean, std });

@@ -313,14 +313,51 @@ impl GpuContext {
     /// Copy the first `count` elements of `buf` back to the host (waits for the GPU).
     pub fn read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, count: usize) -> Result<Vec<T>> {
         let bytes = (count * std::mem::size_of::<T>()) as u64;
-        if bytes == 0 {
-            return Ok(Vec::new());
+        let mut parts = self.read_parts(&[(buf, bytes)])?;
+        Ok(bytemuck::pod_collect_to_vec(
+            &parts.pop().unwrap_or_default(),
+        ))
+    }
+
+    /// `read` of two buffers with one submission and one wait (e.g. the registration's power and
+    /// peak partials, the moments' mean and std).
+    pub fn read_two<A: bytemuck::Pod, B: bytemuck::Pod>(
+        &self,
+        (a, na): (&wgpu::Buffer, usize),
+        (b, nb): (&wgpu::Buffer, usize),
+    ) -> Result<(Vec<A>, Vec<B>)> {
+        let parts = self.read_parts(&[
+            (a, (na * std::mem::size_of::<A>()) as u64),
+            (b, (nb * std::mem::size_of::<B>()) as u64),
+        ])?;
+        Ok((
+            bytemuck::pod_collect_to_vec(&parts[0]),
+            bytemuck::pod_collect_to_vec(&parts[1]),
+        ))
+    }
+
+    /// The first `bytes` of each buffer, copied into one staging buffer by one submission and read
+    /// after one wait (one blocking read, whatever the number of buffers).
+    fn read_parts(&self, parts: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        // Copies are 4-byte aligned: each part starts at a multiple of 4 in the staging buffer.
+        let offsets: Vec<u64> = parts
+            .iter()
+            .scan(0u64, |at, (_, n)| {
+                let o = *at;
+                *at += n.div_ceil(4) * 4;
+                Some(o)
+            })
+            .collect();
+        let total: u64 = parts.iter().map(|(_, n)| n.div_ceil(4) * 4).sum();
+        if total == 0 {
+            return Ok(parts.iter().map(|_| Vec::new()).collect());
         }
+        let bytes = total;
         // One staging buffer, grown as needed and reused (the map below is waited for).
         let staging = {
             let mut pool = self.staging_pool.borrow_mut();
             match pool.as_ref() {
-                Some(b) if b.size() >= bytes.div_ceil(4) * 4 => b.clone(),
+                Some(b) if b.size() >= bytes => b.clone(),
                 _ => {
                     let b = self.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("gpuprep.readback"),
@@ -338,14 +375,18 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("gpuprep.readback"),
             });
-        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes.div_ceil(4) * 4);
+        for ((buf, n), &at) in parts.iter().zip(&offsets) {
+            if *n > 0 {
+                enc.copy_buffer_to_buffer(buf, 0, &staging, at, n.div_ceil(4) * 4);
+            }
+        }
         let idx = self.queue.submit([enc.finish()]);
         self.count(|c| {
             c.submits += 1;
             c.blocking_reads += 1;
-            c.read_bytes += bytes;
+            c.read_bytes += parts.iter().map(|(_, n)| n).sum::<u64>();
         });
-        let slice = staging.slice(..bytes.div_ceil(4) * 4);
+        let slice = staging.slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -364,7 +405,11 @@ impl GpuContext {
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("readback: {e}")))?;
             let b: &[u8] = &view;
-            bytemuck::pod_collect_to_vec(&b[..bytes as usize])
+            parts
+                .iter()
+                .zip(&offsets)
+                .map(|((_, n), &at)| b[at as usize..(at + n) as usize].to_vec())
+                .collect()
         };
         staging.unmap();
         Ok(out)
