@@ -410,3 +410,66 @@ fn the_environment_variable_forces_the_path() {
     );
     assert_eq!(err.trim().lines().count(), 1, "{err}");
 }
+
+/// The f32 path has no tiled route: a volume whose double-float sums exceed the tile limit takes the
+/// CPU twin (f64), whose results are the CPU backend's bit for bit.
+#[test]
+fn f32_path_over_the_tile_limit_takes_the_cpu_twin() {
+    use gpuprep_cpu::CpuBackend;
+    let Some(mut g) = gpu() else { return };
+    g.set_zscore_path(ZscoreChoice::Forced(ZscorePath::F32))
+        .unwrap();
+    let shape = [5, 7, 9];
+    g.set_max_tile_bytes(256);
+    let seed = crate::support::fresh_seed();
+    let mut rng = StdRng::seed_from_u64(seed);
+    let vols = series(&mut rng, shape, 4, 1e4, 0.05, true);
+    let p = ZscoreParams::default();
+    let mut c = CpuBackend::new();
+    let (ga, ca) = (
+        g.reset_moments(shape).unwrap(),
+        c.reset_moments(shape).unwrap(),
+    );
+    let before = g.counters();
+    for v in &vols {
+        g.accumulate(&ga, v.view()).unwrap();
+        c.accumulate(&ca, v.view()).unwrap();
+    }
+    let (mg, mc) = (g.moments(&ga, &p).unwrap(), c.moments(&ca, &p).unwrap());
+    for v in &vols {
+        let (zg, zc) = (
+            g.normalize(v.view(), &mg, &p).unwrap(),
+            c.normalize(v.view(), &mc, &p).unwrap(),
+        );
+        assert!(
+            zg.iter()
+                .zip(zc.iter())
+                .all(|(a, b)| a.to_bits() == b.to_bits()),
+            "seed {seed}"
+        );
+    }
+    assert_eq!(
+        g.counters().dispatches,
+        before.dispatches,
+        "nothing ran on the device"
+    );
+}
+
+/// `GPUPREP_GPU_ZSCORE`'s values.
+#[test]
+fn zscore_choices_parse() {
+    for (v, want) in [
+        ("", ZscoreChoice::Auto),
+        ("auto", ZscoreChoice::Auto),
+        ("F32", ZscoreChoice::Forced(ZscorePath::F32)),
+        (" f64 ", ZscoreChoice::Forced(ZscorePath::F64)),
+        ("cpu", ZscoreChoice::Forced(ZscorePath::Cpu)),
+    ] {
+        assert_eq!(ZscoreChoice::parse(v).unwrap(), want, "{v:?}");
+    }
+    let e = ZscoreChoice::parse("fp32").unwrap_err().to_string();
+    assert!(
+        e.contains("GPUPREP_GPU_ZSCORE") && e.contains("fp32"),
+        "{e}"
+    );
+}
