@@ -4,8 +4,13 @@
 //! the kernel's own time with the submit-and-wait round trip (tens of microseconds) amortised.
 //! Throughput is bytes of f32 volume processed per call.
 //!
-//! Sizes: 16x64x64 and 64x128x128 by default; GPUPREP_BENCH_LARGE=1 adds 64x256x256. On lavapipe
+//! Sizes: 16x64x64 and 64x128x128 by default; GPUPREP_BENCH_LARGE=1 adds 64x256x256;
+//! GPUPREP_BENCH_SHAPES=64x256x256,100x100x100 replaces them (scripts/gpu_device_check.sh). On lavapipe
 //! (software Vulkan) these numbers measure the CPU running SPIR-V, not a GPU.
+//!
+//! `frame_counters` runs first, whatever the filter: per size, one resident frame of the standard
+//! pipeline's counters (dispatches, submits, blocking reads: `GpuCounters`) and the wall time of a
+//! frame with transfers (mean of 10 after a warm-up), printed as `frame_counters <size>: …`.
 //! Run: `XDG_RUNTIME_DIR=/tmp cargo bench --bench gpu [-- filter]`.
 //!
 //! `frame_sequence` (issue 3) runs `SEQUENCE` whole frames back to back, each volume uploaded by
@@ -24,6 +29,18 @@ use rand::{Rng, SeedableRng};
 use std::time::{Duration, Instant};
 
 fn sizes() -> Vec<[usize; 3]> {
+    if let Ok(list) = std::env::var("GPUPREP_BENCH_SHAPES") {
+        return list
+            .split(',')
+            .map(|d| {
+                let v: Vec<usize> = d
+                    .split('x')
+                    .map(|n| n.trim().parse().expect("GPUPREP_BENCH_SHAPES: ZxYxX,…"))
+                    .collect();
+                [v[0], v[1], v[2]]
+            })
+            .collect();
+    }
     let mut s = vec![[16, 64, 64], [64, 128, 128]];
     if std::env::var("GPUPREP_BENCH_LARGE").as_deref() == Ok("1") {
         s.push([64, 256, 256]);
@@ -250,6 +267,40 @@ fn bench_kernels(c: &mut Criterion) {
     }
 }
 
+/// One resident frame's counters and the mean wall time of a frame with transfers, per size.
+fn frame_counters(_: &mut Criterion) {
+    let Some(mut gb) = gpu_backend() else { return };
+    for shape in sizes() {
+        let id = label(shape);
+        let v = volume(shape);
+        let plan = FramePlan {
+            median: Some(MedianParams::default()),
+            register: Some(
+                gb.set_reference(v.view(), &RegisterParams::default())
+                    .unwrap(),
+            ),
+            register_on_raw: false,
+            shift: ShiftParams::default(),
+            accumulate: Some(gb.reset_moments(shape).unwrap()),
+            keep_filtered: false,
+        };
+        gb.process_frame(v.view(), &plan).unwrap();
+        let before = gb.counters();
+        gb.process_frame(v.view(), &plan).unwrap();
+        let c = gb.counters() - before;
+        let t0 = Instant::now();
+        for _ in 0..10 {
+            gb.process_frame(v.view(), &plan).unwrap();
+        }
+        let ms = t0.elapsed().as_secs_f64() * 100.0;
+        eprintln!(
+            "frame_counters {id}: {} dispatches, {} submits, {} blocking reads, {} waits, {} writes, \
+             {} B read, {} B written; frame with transfers {ms:.2} ms (mean of 10)",
+            c.dispatches, c.submits, c.blocking_reads, c.waits, c.writes, c.read_bytes, c.written_bytes
+        );
+    }
+}
+
 /// Frames per iteration of `frame_sequence`.
 const SEQUENCE: usize = 8;
 
@@ -312,5 +363,5 @@ fn bench_frame_sequence(c: &mut Criterion) {
     }
 }
 
-criterion_group!(benches, bench_kernels, bench_frame_sequence);
+criterion_group!(benches, frame_counters, bench_kernels, bench_frame_sequence);
 criterion_main!(benches);

@@ -1,8 +1,8 @@
 // Streaming per-voxel z-score over time: scipy.stats.zscore(data, axis=0, ddof=ddof) of the float32
 // data computed in float64. CPU twin: crates/core/src/zscore.rs. Needs SHADER_F64 (Welford accumulators,
-// moments and normalization in f64, as the CPU); without it (e.g. wgpu's GL backend) the GPU backend
-// runs accumulation and normalization on the CPU twin (the same f64 arithmetic) and says so in
-// `describe()`: there is no f32-only z-score.
+// moments and normalization in f64, as the CPU); without it (wgpu's Metal, DX12 and GL backends) the GPU
+// backend runs zscore_f32.wgsl (float32 double-float arithmetic of f64 accuracy), or the CPU twin when
+// the device fails that path's self-test, and says which in `describe()`.
 // Tolerance: accumulate/finalize are the CPU's f64 arithmetic in the same order, so the f64 mean and
 // std agree to the device's f64 division/sqrt rounding (a few f64 ulp; their f32 roundings to 1 ulp);
 // normalize computes (x - mean64) / std64 in f64 and rounds once: equal to the CPU up to device f64

@@ -32,7 +32,7 @@ fn api() -> (Api, wgpu::Backend) {
 
 /// The GPU backend on Vulkan (see `api`), or `None` (test skipped) when there is none and CI does
 /// not require one.
-fn gpu() -> Option<GpuBackend> {
+pub(crate) fn gpu() -> Option<GpuBackend> {
     let (api, backend) = api();
     match GpuBackend::new(api) {
         Ok(g) => {
@@ -97,7 +97,7 @@ fn roll(v: ArrayView3<f32>, s: [i64; 3]) -> Array3<f32> {
 /// Largest |a - b| (NaN where exactly one is NaN counts as infinite).
 /// A realistic uint16 series with integer shifts in a fresh temporary directory, and the input
 /// argument naming it, for whole-pipeline runs.
-fn synth_u16_input(shape: [usize; 4], seed: u64) -> (tempfile::TempDir, Vec<String>) {
+pub(crate) fn synth_u16_input(shape: [usize; 4], seed: u64) -> (tempfile::TempDir, Vec<String>) {
     use gpuprep_io::Dtype;
     use gpuprep_pipeline::synth::{synth, SynthLayout, SynthMode, SynthSpec};
     let tmp = tempfile::tempdir().unwrap();
@@ -1424,4 +1424,83 @@ fn gpuprep_gpu_chooses_the_adapter() {
     assert_eq!(err.trim().lines().count(), 1, "{err}");
     let (code, err) = run(&name.to_uppercase());
     assert_eq!(code, Some(0), "{err}");
+}
+
+/// Issue 13, "measure first": what one resident frame of the standard pipeline (CLI defaults: 3×3×3
+/// median, phase registration without upsampling, order-3 shift, f64 z-score accumulation) costs today
+/// in host–device traffic on a 16×32×32 volume (the FFT's dispatch count depends on the shape), and
+/// pass 2's moments and one normalization. Pinned exactly: a rewrite that changes them must change
+/// these numbers on purpose. A warm-up frame first, so pipelines and buffers already exist.
+#[test]
+fn one_resident_frame_costs_what_it_costs_today() {
+    use gpuprep_gpu::zscore_f32::{ZscoreChoice, ZscorePath};
+    use gpuprep_gpu::GpuCounters;
+    let Some(mut g) = gpu() else { return };
+    g.set_zscore_path(ZscoreChoice::Forced(ZscorePath::F64))
+        .unwrap();
+    let shape = [16, 32, 32];
+    let voxels = 16 * 32 * 32u64;
+    let mut rng = StdRng::seed_from_u64(13);
+    let reference = blobs(&mut rng, shape);
+    let plan = FramePlan {
+        median: Some(MedianParams::default()),
+        register: Some(
+            g.set_reference(reference.view(), &RegisterParams::default())
+                .unwrap(),
+        ),
+        register_on_raw: false,
+        shift: ShiftParams::default(),
+        accumulate: Some(g.reset_moments(shape).unwrap()),
+        keep_filtered: false,
+    };
+    let raw = roll(reference.view(), [1, -2, 0]);
+    g.process_frame(raw.view(), &plan).unwrap();
+    let before = g.counters();
+    g.process_frame(raw.view(), &plan).unwrap();
+    let frame = g.counters() - before;
+    eprintln!("one resident frame: {frame:?}");
+    assert_eq!(
+        frame,
+        GpuCounters {
+            // Median 1, registration 20 (spectrum, cross-power, inverse FFT, peak search: the FFT
+            // stages depend on the shape), shift 6 (prefilter and gather per axis), accumulate 1.
+            dispatches: 28,
+            // Median + registration; the power and the peak partials read back together; shift +
+            // accumulate; the volume read back.
+            submits: 4,
+            blocking_reads: 2,
+            waits: 0,
+            // The volume, the shift's taps and outside flags, the two batches' uniforms.
+            writes: 5,
+            read_bytes: 71680,
+            written_bytes: 70352,
+        }
+    );
+    // Of the bytes read back, one volume is the frame's result; the rest is the registration's.
+    assert!(frame.read_bytes >= voxels * 4);
+    let p = ZscoreParams::default();
+    let acc = plan.accumulate.unwrap();
+    let before = g.counters();
+    let m = g.moments(&acc, &p).unwrap();
+    let moments = g.counters() - before;
+    let before = g.counters();
+    g.normalize(raw.view(), &m, &p).unwrap();
+    let normalize = g.counters() - before;
+    eprintln!("moments: {moments:?}; one normalization: {normalize:?}");
+    // Finalize (1 dispatch), then the f64 mean and std read back together.
+    assert_eq!(
+        (moments.dispatches, moments.submits, moments.blocking_reads),
+        (1, 2, 1)
+    );
+    assert_eq!(moments.read_bytes, voxels * 16);
+    // The volume uploaded, 1 dispatch, the z-scores read back.
+    assert_eq!(
+        (
+            normalize.dispatches,
+            normalize.submits,
+            normalize.blocking_reads,
+            normalize.read_bytes
+        ),
+        (1, 2, 1, voxels * 4)
+    );
 }

@@ -66,8 +66,9 @@ fn every_kernel_variant_validates() {
             validate(&key, &src);
         }
     }
-    // median3d and median3d_27 over the 5 window classes, stockham over the 5 radices.
-    assert_eq!(specialised, 15);
+    // median3d and median3d_27 over the 5 window classes, stockham over the 5 radices, the float32
+    // z-score's self-test with and without its guard.
+    assert_eq!(specialised, 17);
 }
 
 #[test]
@@ -259,7 +260,7 @@ fn wgsl_layout(shader: &str, name: &str) -> Layout {
 /// role: member names, offsets and types, and size.
 #[test]
 fn uniform_structs_match_wgsl() {
-    use gpuprep_gpu::{fft, median3d, register, shift, zscore};
+    use gpuprep_gpu::{fft, median3d, register, shift, zscore, zscore_f32};
     let pairs = [
         (
             "fft",
@@ -361,6 +362,20 @@ fn uniform_structs_match_wgsl() {
                 constant_zero
             }),
         ),
+        (
+            "zscore_f32",
+            "Params",
+            rust_layout!(zscore_f32::ZscoreF32Uniform {
+                total,
+                count,
+                ddof,
+                constant_zero,
+                opaque_zero,
+                _pad0,
+                _pad1,
+                _pad2
+            }),
+        ),
     ];
     for (shader, name, rust) in pairs {
         assert_eq!(
@@ -369,6 +384,28 @@ fn uniform_structs_match_wgsl() {
             "{shader}.wgsl struct {name}"
         );
     }
+}
+
+/// The float32 z-score is the path for devices without SHADER_F64: it must validate without naga's
+/// FLOAT64 capability (and `zscore.wgsl`, the f64 one, must not, or this test proves nothing).
+#[test]
+fn zscore_f32_needs_no_f64() {
+    let check = |name: &str| {
+        let src = shaders::source(name).unwrap();
+        let module = naga::front::wgsl::parse_str(&src).unwrap();
+        naga::valid::Validator::new(
+            naga::valid::ValidationFlags::all(),
+            naga::valid::Capabilities::empty(),
+        )
+        .validate(&module)
+        .map(|_| ())
+        .map_err(|e| e.to_string())
+    };
+    check("zscore_f32").unwrap_or_else(|e| panic!("zscore_f32.wgsl needs a capability: {e}"));
+    assert!(
+        check("zscore").is_err(),
+        "zscore.wgsl validated without FLOAT64"
+    );
 }
 
 /// The value of the `u32` constant `name` in `module`.

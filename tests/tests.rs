@@ -16,3 +16,4 @@ mod reliability_output;
 mod report;
 mod shaders;
 mod support;
+mod zscore_f32;

@@ -2,8 +2,8 @@
 //!
 //! One file per WGSL kernel, same names (`median3d`, `fft`, `cross_power`, `shift`), plus `register`
 //! (the scikit-image algorithm around them) and `reference` (naive versions for tests). The z-score's
-//! CPU twin (`zscore`) lives in gpuprep-core, as the GPU backend falls back to it on devices without
-//! 64-bit floats; it is re-exported here under its kernel's name.
+//! CPU twin (`zscore`) lives in gpuprep-core, as the GPU backend falls back to it; it is re-exported
+//! here under its kernel's name. `zscore_f32` is the twin of the float32 z-score kernel, for tests.
 
 pub mod cross_power;
 pub mod fft;
@@ -12,6 +12,7 @@ pub mod reference;
 pub mod register;
 pub mod shift;
 pub mod simd;
+pub mod zscore_f32;
 
 pub use gpuprep_core::zscore;
 

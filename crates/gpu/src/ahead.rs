@@ -92,6 +92,7 @@ impl AheadUpload {
             });
         enc.copy_buffer_to_buffer(&self.staging, 0, &self.input, 0, self.bytes);
         let idx = ctx.queue.submit([enc.finish()]);
+        ctx.count(|c| c.submits += 1);
         // Mapping waits for the copy just submitted; asking now means it is usually complete by
         // the next `stage`, found by the poll that waits for the current frame's readback.
         let (tx, rx) = mpsc::channel();
@@ -111,6 +112,7 @@ impl AheadUpload {
             MapState::Pending { idx, rx } => match rx.try_recv() {
                 Ok(r) => r,
                 Err(_) => {
+                    ctx.count(|c| c.waits += 1);
                     ctx.device
                         .poll(wgpu::PollType::Wait {
                             submission_index: Some(idx.clone()),

@@ -13,6 +13,7 @@
 //! | `cross_power` | F·conj(G) from factors scaled to components ≤ 1 (+ phase normalization), argmax \|cc\|, Σ\|F\|² as (scale, Σ(\|c\|/scale)²), upsampled DFT | integer shifts identical; sub-pixel within 1/u; error/phasediff 1e-3; phase-normalized values to ~1e30 register as unscaled ones; unnormalized spectra stored times a power of two from the reference's power (the CPU: from both volumes); a non-finite spectrum, peak or error is an `Error` |
 //! | `shift` | B-spline prefilter (IIR per line) + 4-tap gathers, per axis; taps from `gpuprep_core::spline::AxisPlan` | 1e-5·(1+max\|x\|) order 3, 2e-6 orders 0/1 |
 //! | `zscore` | f64 Welford accumulate, finalize (f64 mean, std), normalize with the f64 moments and scipy's f64 constant rule | f32 mean/std 1 ulp; z within 1 ulp of the f32 result, NaN set identical (also vs scipy in f64: tests/reliability_numeric.rs) |
+//! | `zscore_f32` | the same in float32 only (no SHADER_F64): shifted double-float sums by TwoSum/Dekker, finalize and normalize in double-float; used where f64 is missing, after a start-up self-test (`GPUPREP_GPU_ZSCORE=f64\|f32\|cpu` forces a path) | moments within 2^-40 relative; z within 2 ulp + 2^-36·(\|x\|+\|mean\|)/std of the twin and of the f64 path (tests/zscore_f32.rs) |
 //!
 //! Tiling (issue 3). The device is opened with the adapter's own limits. A stage whose largest
 //! buffer exceeds the tile limit (`GpuContext::max_tile_bytes`: one storage binding,
@@ -34,8 +35,10 @@
 //! buffer must fit, else a clear `Error` (use the CPU backend). `tile_stats()` counts the tiles.
 //!
 //! Other limits, all reported as `Error`s rather than panics: median windows hold at most 1331
-//! elements (11×11×11). Without SHADER_F64 (e.g. the GL backend) the z-score runs on the CPU twin
-//! and `describe()` says so.
+//! elements (11×11×11). Without SHADER_F64 (e.g. the GL backend) the z-score runs in float32
+//! double-float on the device (`zscore_f32`), or on the CPU twin when the device fails the f32 path's
+//! self-test or its sums exceed the tile limit (the f32 path has no tiled route); `describe()` says
+//! which.
 //!
 //! Upload overlap (issue 3). The pipeline hands the backend the whole stream of volumes
 //! (`Backend::process_stream`). On the fused resident route `GpuBackend` takes the next volume from
@@ -57,6 +60,7 @@ pub mod register;
 pub mod shaders;
 pub mod shift;
 pub mod zscore;
+pub mod zscore_f32;
 
 pub use backend::{AheadStats, GpuBackend};
-pub use device::{list_adapters, AdapterSummary, Api, GpuContext, TileStats};
+pub use device::{list_adapters, AdapterSummary, Api, GpuContext, GpuCounters, TileStats};

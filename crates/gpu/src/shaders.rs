@@ -13,6 +13,10 @@ pub const COMMON: &str = include_str!("../../../shaders/common.wgsl");
 pub const KERNELS: &[(&str, &str)] = &[
     ("median3d", include_str!("../../../shaders/median3d.wgsl")),
     ("zscore", include_str!("../../../shaders/zscore.wgsl")),
+    (
+        "zscore_f32",
+        include_str!("../../../shaders/zscore_f32.wgsl"),
+    ),
     ("shift", include_str!("../../../shaders/shift.wgsl")),
     ("fft", include_str!("../../../shaders/fft.wgsl")),
     (
@@ -102,6 +106,12 @@ kernel_table! {
     ZSCORE_ACCUMULATE = zscore::accumulate(Uniform, Read, ReadWrite, ReadWrite);
     ZSCORE_FINALIZE = zscore::finalize(Uniform, Read, Read, ReadWrite, ReadWrite);
     ZSCORE_NORMALIZE = zscore::normalize(Uniform, Read, Read, Read, ReadWrite);
+    /// The float32-only z-score of f64 accuracy (devices without SHADER_F64).
+    ZSCORE_F32_ACCUMULATE = zscore_f32::accumulate(Uniform, Read, ReadWrite, ReadWrite, ReadWrite);
+    ZSCORE_F32_FINALIZE = zscore_f32::finalize(Uniform, Read, Read, Read, ReadWrite, ReadWrite);
+    ZSCORE_F32_NORMALIZE = zscore_f32::normalize(Uniform, Read, Read, Read, ReadWrite);
+    /// TwoSum and TwoProduct on given pairs: the start-up check that the compiler keeps them exact.
+    ZSCORE_F32_SELFTEST = zscore_f32::selftest(Uniform, Read, ReadWrite) [OPAQUE in [0, 1]];
 }
 
 /// The declaration of `shader`'s entry point `entry`, if the table has one.

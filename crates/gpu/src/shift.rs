@@ -218,10 +218,8 @@ fn record_passes(
             }
         }
     }
-    ctx.queue
-        .write_buffer(&bufs.taps, 0, bytemuck::cast_slice(&taps));
-    ctx.queue
-        .write_buffer(&bufs.outside, 0, bytemuck::cast_slice(&outside));
+    ctx.write(&bufs.taps, 0, bytemuck::cast_slice(&taps));
+    ctx.write(&bufs.outside, 0, bytemuck::cast_slice(&outside));
     let prefilter = ctx.pipeline(&SHIFT_PREFILTER)?;
     let gather = ctx.pipeline(&SHIFT_GATHER)?;
     let strides = [shape[1] * shape[2], shape[2], 1];

@@ -6,7 +6,9 @@ use super::*;
 /// Where the fused route adds a frame's final volume to the z-score.
 pub(super) enum Accumulate<'a> {
     Device(&'a mut GpuAccumulator),
-    /// On the CPU twin, after the readback (no SHADER_F64).
+    /// On the device, the float32 path.
+    DeviceF32(&'a mut F32Accumulator),
+    /// On the CPU twin, after the readback.
     Host(&'a mut host_zscore::Accumulator),
 }
 
@@ -108,6 +110,7 @@ impl Fused<'_> {
         let mut host_acc = None;
         match accumulate {
             Some(Accumulate::Device(acc)) => acc.record_add(ctx, &mut rec, volume_buf)?,
+            Some(Accumulate::DeviceF32(acc)) => acc.record_add(ctx, &mut rec, volume_buf)?,
             Some(Accumulate::Host(acc)) => host_acc = Some(acc),
             None => {}
         }

@@ -16,10 +16,11 @@
 //! computes; the next frame swaps the two inputs instead of uploading.
 
 use super::ahead::AheadUpload;
-use super::device::{Api, GpuContext, TileStats};
+use super::device::{Api, GpuContext, GpuCounters, TileStats};
 use super::register::{GpuRegistrar, TiledRegistrar};
 use super::shift::ShiftBuffers;
 use super::zscore::{GpuAccumulator, TiledAccumulator};
+use super::zscore_f32::{self, F32Accumulator, ZscoreChoice, ZscorePath};
 use super::{median3d, shift, zscore};
 use gpuprep_core::backend::{
     frame_by_stage, stale_handle, Accumulation, Backend, FrameOutput, FramePlan, Moments,
@@ -50,11 +51,14 @@ pub struct AheadStats {
     pub frames_uploaded: usize,
 }
 
-/// The GPU backend. Every stage runs on the device (see `describe`), except the z-score (accumulation
-/// and normalization) on devices without 64-bit floats (e.g. wgpu's GL backend), which runs on the
-/// CPU twin.
+/// The GPU backend. Every stage runs on the device (see `describe`). The z-score runs on the device in
+/// f64 where it has SHADER_F64, else in float32 double-float arithmetic of the same accuracy
+/// (`zscore_f32.wgsl`) when the device passes its self-test, else on the CPU twin; `GPUPREP_GPU_ZSCORE`
+/// forces one (`zscore_f32::ZscorePath`).
 pub struct GpuBackend {
     ctx: GpuContext,
+    /// Where the z-score runs, and why (for `describe`).
+    zscore: (ZscorePath, String),
     input: Option<Input>,
     median: Option<MedianStage>,
     shift: Option<ShiftStage>,
@@ -69,9 +73,14 @@ pub struct GpuBackend {
 
 impl GpuBackend {
     /// Open the first adapter of `api`; `Error::Gpu("no GPU adapter found (backend …)")` when none.
+    /// The z-score's path as `GPUPREP_GPU_ZSCORE` says (`zscore_f32::ZscoreChoice::from_env`).
     pub fn new(api: Api) -> Result<GpuBackend> {
+        let choice = ZscoreChoice::from_env()?;
+        let ctx = GpuContext::new(api)?;
+        let zscore = zscore_f32::choose(&ctx, choice)?;
         Ok(GpuBackend {
-            ctx: GpuContext::new(api)?,
+            ctx,
+            zscore,
             input: None,
             median: None,
             shift: None,
@@ -81,6 +90,20 @@ impl GpuBackend {
             normalize: None,
             ahead_stats: AheadStats::default(),
         })
+    }
+
+    /// Where the z-score runs (accumulation, moments, normalization).
+    pub fn zscore_path(&self) -> ZscorePath {
+        self.zscore.0
+    }
+
+    /// Choose the z-score's path again (tests force the f32 path on devices with f64); an error
+    /// when the device cannot run a forced path. Accumulations issued before are stale after it.
+    pub fn set_zscore_path(&mut self, choice: ZscoreChoice) -> Result<()> {
+        self.zscore = zscore_f32::choose(&self.ctx, choice)?;
+        self.moments = None;
+        self.issued = None;
+        Ok(())
     }
 
     /// Counts of staged and uploaded frame volumes since the backend was made.
@@ -96,6 +119,11 @@ impl GpuBackend {
     /// force tiny tiles with it. Takes effect for references and accumulations set after it.
     pub fn set_max_tile_bytes(&mut self, bytes: u64) {
         self.ctx.set_max_tile_bytes(bytes);
+    }
+
+    /// Dispatches, submits, blocking reads and writes sent to the device so far.
+    pub fn counters(&self) -> GpuCounters {
+        self.ctx.counters()
     }
 
     /// Tiles run so far per kernel (zero while every volume fits).
@@ -162,6 +190,7 @@ impl GpuBackend {
         let accumulate = match moment_stage {
             None => None,
             Some(MomentStage::Resident(a)) => Some(Accumulate::Device(a)),
+            Some(MomentStage::ResidentF32(a)) => Some(Accumulate::DeviceF32(a)),
             Some(MomentStage::Host(a)) => Some(Accumulate::Host(a)),
             Some(MomentStage::Tiled(_)) => return Ok(None),
         };
@@ -223,13 +252,13 @@ impl GpuBackend {
 
 impl Backend for GpuBackend {
     fn describe(&self) -> String {
-        let mut s = format!("gpu: {}", self.ctx.describe());
-        if !self.ctx.has_f64() {
-            s.push_str(
-                "; z-score (accumulation and normalization) on CPU: device lacks SHADER_F64",
-            );
-        }
-        s
+        let (path, why) = &self.zscore;
+        let path = match path {
+            ZscorePath::F64 => "f64 on the device",
+            ZscorePath::F32 => "float32 double-float on the device",
+            ZscorePath::Cpu => "on the CPU",
+        };
+        format!("gpu: {}; z-score {path} ({why})", self.ctx.describe())
     }
 
     fn median3d(&mut self, vol: ArrayView3<f32>, p: &MedianParams) -> Result<Array3<f32>> {
@@ -301,12 +330,17 @@ impl Backend for GpuBackend {
     fn reset_moments(&mut self, shape: [usize; 3]) -> Result<Accumulation> {
         check_shape(shape)?;
         self.moments = None;
-        let stage = if !self.ctx.has_f64() {
-            MomentStage::Host(host_zscore::Accumulator::new(shape))
-        } else if !self.ctx.fits(f64_bytes(shape)) {
-            MomentStage::Tiled(TiledAccumulator::new(shape))
-        } else {
-            MomentStage::Resident(GpuAccumulator::new(&self.ctx, shape)?)
+        let stage = match self.zscore.0 {
+            ZscorePath::Cpu => MomentStage::Host(host_zscore::Accumulator::new(shape)),
+            ZscorePath::F64 if !self.ctx.fits(f64_bytes(shape)) => {
+                MomentStage::Tiled(TiledAccumulator::new(shape))
+            }
+            ZscorePath::F64 => MomentStage::Resident(GpuAccumulator::new(&self.ctx, shape)?),
+            // The f32 path has no tiled route: volumes over the tile limit take the CPU twin.
+            ZscorePath::F32 if !self.ctx.fits(F32Accumulator::largest_buffer(shape)) => {
+                MomentStage::Host(host_zscore::Accumulator::new(shape))
+            }
+            ZscorePath::F32 => MomentStage::ResidentF32(F32Accumulator::new(&self.ctx, shape)?),
         };
         let handle = Accumulation::issue(shape);
         self.moments = Some((handle, stage));
@@ -322,6 +356,13 @@ impl Backend for GpuBackend {
                 a.add(ctx, &c_order(vol))?;
             }
             MomentStage::Resident(a) => {
+                let input = Input::ensure(&mut self.input, ctx, shape)?;
+                input.upload(ctx, vol);
+                let mut rec = ctx.recorder();
+                a.record_add(ctx, &mut rec, &input.volume)?;
+                rec.submit()?;
+            }
+            MomentStage::ResidentF32(a) => {
                 let input = Input::ensure(&mut self.input, ctx, shape)?;
                 input.upload(ctx, vol);
                 let mut rec = ctx.recorder();
@@ -358,8 +399,29 @@ impl Backend for GpuBackend {
                 let mut rec = ctx.recorder();
                 acc.record_finalize(ctx, &mut rec, p, &mean, &std)?;
                 rec.submit()?;
-                let mean64 = to_array(shape, ctx.read::<f64>(&mean, total)?)?;
-                let std64 = to_array(shape, ctx.read::<f64>(&std, total)?)?;
+                let (mean64, std64) = ctx.read_two::<f64, f64>((&mean, total), (&std, total))?;
+                let (mean64, std64) = (to_array(shape, mean64)?, to_array(shape, std64)?);
+                let key = MomentsKey::new();
+                let m = key.issue(mean64, std64);
+                self.issued = Some(IssuedMoments { key, mean, std });
+                Ok(m)
+            }
+            MomentStage::ResidentF32(acc) => {
+                let shape = acc.shape;
+                let total = shape.iter().product::<usize>();
+                let bytes = (total * 8) as u64;
+                self.issued = None;
+                let mean = ctx.storage("moments.mean_df", bytes)?;
+                let std = ctx.storage("moments.std_df", bytes)?;
+                let mut rec = ctx.recorder();
+                acc.record_finalize(ctx, &mut rec, p, &mean, &std)?;
+                rec.submit()?;
+                let widen = |v: Vec<[f32; 2]>| -> Vec<f64> {
+                    v.into_iter().map(zscore_f32::df_to_f64).collect()
+                };
+                let (mean_df, std_df) = ctx.read_two((&mean, total), (&std, total))?;
+                let mean64 = to_array(shape, widen(mean_df))?;
+                let std64 = to_array(shape, widen(std_df))?;
                 let key = MomentsKey::new();
                 let m = key.issue(mean64, std64);
                 self.issued = Some(IssuedMoments { key, mean, std });
@@ -382,8 +444,10 @@ impl Backend for GpuBackend {
             )));
         }
         let ctx = &self.ctx;
-        if !ctx.has_f64() {
-            // zscore.wgsl needs f64 (see `describe`).
+        let path = self.zscore.0;
+        if path == ZscorePath::Cpu
+            || (path == ZscorePath::F32 && !ctx.fits(F32Accumulator::largest_buffer(shape)))
+        {
             return Ok(host_zscore::normalize(vol, m, p));
         }
         if !ctx.fits(f64_bytes(shape)) {
@@ -398,8 +462,19 @@ impl Backend for GpuBackend {
         let (mean, std) = match &self.issued {
             // Computed here and still on the device: upload only the volume.
             Some(i) if i.key.issued(m) => (&i.mean, &i.std),
+            // Moments made elsewhere (tests, or an earlier computation): uploaded per call, as
+            // double-floats on the f32 path.
+            _ if path == ZscorePath::F32 => {
+                let df = |a: &Array3<f64>| -> Vec<[f32; 2]> {
+                    a.iter().map(|&v| zscore_f32::df_from_f64(v)).collect()
+                };
+                given = (
+                    ctx.storage_init("moments.given_mean", &df(m.mean64())[..])?,
+                    ctx.storage_init("moments.given_std", &df(m.std64())[..])?,
+                );
+                (&given.0, &given.1)
+            }
             _ => {
-                // Moments made elsewhere (tests, or an earlier computation): uploaded per call.
                 let (mean, std) = (c_order(m.mean64().view()), c_order(m.std64().view()));
                 given = (
                     ctx.storage_init("moments.given_mean", &mean[..])?,
@@ -417,7 +492,12 @@ impl Backend for GpuBackend {
         };
         let mut rec = ctx.recorder();
         let total = shape.iter().product();
-        zscore::record_normalize(
+        let record = if path == ZscorePath::F32 {
+            zscore_f32::record_normalize
+        } else {
+            zscore::record_normalize
+        };
+        record(
             ctx,
             &mut rec,
             total,

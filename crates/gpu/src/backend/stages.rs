@@ -36,8 +36,7 @@ impl Input {
     /// `vol` copied into `volume`.
     pub(super) fn upload(&self, ctx: &GpuContext, vol: ArrayView3<f32>) {
         let values = c_order(vol);
-        ctx.queue
-            .write_buffer(&self.volume, 0, bytemuck::cast_slice::<f32, u8>(&values));
+        ctx.write(&self.volume, 0, bytemuck::cast_slice::<f32, u8>(&values));
     }
 }
 
@@ -137,14 +136,16 @@ pub(super) enum RegisterStage {
 pub(super) enum MomentStage {
     /// The f64 accumulators fit on the device.
     Resident(GpuAccumulator),
+    /// The f32 path's double-float sums (`zscore_f32.wgsl`) fit on the device.
+    ResidentF32(F32Accumulator),
     /// Accumulators over the tile limit: on the host, updated on the device chunk by chunk.
     Tiled(TiledAccumulator),
-    /// The device has no SHADER_F64: the CPU twin.
+    /// The CPU twin: the z-score's path is the CPU, or the f32 path's sums are over the tile limit.
     Host(host_zscore::Accumulator),
 }
 
-/// The device copies of the last moments the resident accumulator issued, so the normalize pass
-/// uploads only the volume.
+/// The device copies of the last moments the resident accumulator issued (f64, or double-floats on
+/// the f32 path), so the normalize pass uploads only the volume.
 pub(super) struct IssuedMoments {
     pub(super) key: MomentsKey,
     pub(super) mean: wgpu::Buffer,

@@ -1,5 +1,6 @@
 //! The device context: instance, adapter, device and queue, the limits, storage buffers and
-//! readback, the tile limit and the tile counters of the tiled routes.
+//! readback, the tile limit and the tile counters of the tiled routes, and the counters of the work
+//! sent to the device (`GpuCounters`).
 
 use super::api::{instance, Api};
 use super::kernels::Kernel;
@@ -24,6 +25,46 @@ pub struct GpuContext {
     /// Buffers of the tiled routes, by role, grown on demand and reused across calls.
     tile_pool: RefCell<HashMap<&'static str, wgpu::Buffer>>,
     tile_stats: Cell<TileStats>,
+    counters: Cell<GpuCounters>,
+}
+
+/// The host's traffic with the device since the context was made, counted where it happens (the
+/// recorder's submit, `read`, `write`, the staged upload): what a frame costs in round trips,
+/// whatever the device's speed. Tests pin one frame's numbers (tests/gpu.rs,
+/// `one_resident_frame_costs_what_it_costs_today`), so a change to them is deliberate.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct GpuCounters {
+    /// Compute dispatches submitted (one per kernel launch; a launch split over two grid
+    /// dimensions is one).
+    pub dispatches: usize,
+    /// Queue submissions: recorded batches, readback copies and staged uploads.
+    pub submits: usize,
+    /// Readbacks that wait for the GPU to finish (`GpuContext::read`).
+    pub blocking_reads: usize,
+    /// Other host waits on the GPU: the staged upload waiting for its staging buffer to map.
+    pub waits: usize,
+    /// `queue.write_buffer` calls (each goes through fresh staging memory); uniforms included.
+    pub writes: usize,
+    /// Bytes read back by `blocking_reads`.
+    pub read_bytes: u64,
+    /// Bytes written by `writes`.
+    pub written_bytes: u64,
+}
+
+impl std::ops::Sub for GpuCounters {
+    type Output = GpuCounters;
+    /// The counts between two readings (`later - earlier`).
+    fn sub(self, e: GpuCounters) -> GpuCounters {
+        GpuCounters {
+            dispatches: self.dispatches - e.dispatches,
+            submits: self.submits - e.submits,
+            blocking_reads: self.blocking_reads - e.blocking_reads,
+            waits: self.waits - e.waits,
+            writes: self.writes - e.writes,
+            read_bytes: self.read_bytes - e.read_bytes,
+            written_bytes: self.written_bytes - e.written_bytes,
+        }
+    }
 }
 
 /// Tiles each kernel has run since the context was made: a volume processed resident counts
@@ -128,6 +169,7 @@ impl GpuContext {
             max_tile_bytes: Cell::new(max_tile_bytes),
             tile_pool: RefCell::new(HashMap::new()),
             tile_stats: Cell::new(TileStats::default()),
+            counters: Cell::new(GpuCounters::default()),
         })
     }
 
@@ -155,6 +197,27 @@ impl GpuContext {
 
     pub fn tile_stats(&self) -> TileStats {
         self.tile_stats.get()
+    }
+
+    /// The work sent to the device so far (`GpuCounters`).
+    pub fn counters(&self) -> GpuCounters {
+        self.counters.get()
+    }
+
+    /// Count work sent to the device (`f` updates the counters).
+    pub fn count(&self, f: impl FnOnce(&mut GpuCounters)) {
+        let mut c = self.counters.get();
+        f(&mut c);
+        self.counters.set(c);
+    }
+
+    /// `queue.write_buffer(buf, offset, data)`, counted.
+    pub fn write(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) {
+        self.queue.write_buffer(buf, offset, data);
+        self.count(|c| {
+            c.writes += 1;
+            c.written_bytes += data.len() as u64;
+        });
     }
 
     /// Count `n` tiles of a kernel (`f` picks the counter).
@@ -193,7 +256,7 @@ impl GpuContext {
     /// Write `data` at the start of `buf`.
     pub fn upload<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, data: &[T]) {
         if !data.is_empty() {
-            self.queue.write_buffer(buf, 0, bytemuck::cast_slice(data));
+            self.write(buf, 0, bytemuck::cast_slice(data));
         }
     }
 
@@ -242,7 +305,7 @@ impl GpuContext {
         let bytes: &[u8] = bytemuck::cast_slice(data);
         let buf = self.storage(label, bytes.len() as u64)?;
         if !bytes.is_empty() {
-            self.queue.write_buffer(&buf, 0, bytes);
+            self.write(&buf, 0, bytes);
         }
         Ok(buf)
     }
@@ -250,14 +313,51 @@ impl GpuContext {
     /// Copy the first `count` elements of `buf` back to the host (waits for the GPU).
     pub fn read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, count: usize) -> Result<Vec<T>> {
         let bytes = (count * std::mem::size_of::<T>()) as u64;
-        if bytes == 0 {
-            return Ok(Vec::new());
+        let mut parts = self.read_parts(&[(buf, bytes)])?;
+        Ok(bytemuck::pod_collect_to_vec(
+            &parts.pop().unwrap_or_default(),
+        ))
+    }
+
+    /// `read` of two buffers with one submission and one wait (e.g. the registration's power and
+    /// peak partials, the moments' mean and std).
+    pub fn read_two<A: bytemuck::Pod, B: bytemuck::Pod>(
+        &self,
+        (a, na): (&wgpu::Buffer, usize),
+        (b, nb): (&wgpu::Buffer, usize),
+    ) -> Result<(Vec<A>, Vec<B>)> {
+        let parts = self.read_parts(&[
+            (a, (na * std::mem::size_of::<A>()) as u64),
+            (b, (nb * std::mem::size_of::<B>()) as u64),
+        ])?;
+        Ok((
+            bytemuck::pod_collect_to_vec(&parts[0]),
+            bytemuck::pod_collect_to_vec(&parts[1]),
+        ))
+    }
+
+    /// The first `bytes` of each buffer, copied into one staging buffer by one submission and read
+    /// after one wait (one blocking read, whatever the number of buffers).
+    fn read_parts(&self, parts: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+        // Copies are 4-byte aligned: each part starts at a multiple of 4 in the staging buffer.
+        let offsets: Vec<u64> = parts
+            .iter()
+            .scan(0u64, |at, (_, n)| {
+                let o = *at;
+                *at += n.div_ceil(4) * 4;
+                Some(o)
+            })
+            .collect();
+        let total: u64 = parts.iter().map(|(_, n)| n.div_ceil(4) * 4).sum();
+        if total == 0 {
+            return Ok(parts.iter().map(|_| Vec::new()).collect());
         }
+        let bytes = total;
         // One staging buffer, grown as needed and reused (the map below is waited for).
         let staging = {
             let mut pool = self.staging_pool.borrow_mut();
             match pool.as_ref() {
-                Some(b) if b.size() >= bytes.div_ceil(4) * 4 => b.clone(),
+                Some(b) if b.size() >= bytes => b.clone(),
                 _ => {
                     let b = self.device.create_buffer(&wgpu::BufferDescriptor {
                         label: Some("gpuprep.readback"),
@@ -275,9 +375,18 @@ impl GpuContext {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("gpuprep.readback"),
             });
-        enc.copy_buffer_to_buffer(buf, 0, &staging, 0, bytes.div_ceil(4) * 4);
+        for ((buf, n), &at) in parts.iter().zip(&offsets) {
+            if *n > 0 {
+                enc.copy_buffer_to_buffer(buf, 0, &staging, at, n.div_ceil(4) * 4);
+            }
+        }
         let idx = self.queue.submit([enc.finish()]);
-        let slice = staging.slice(..bytes.div_ceil(4) * 4);
+        self.count(|c| {
+            c.submits += 1;
+            c.blocking_reads += 1;
+            c.read_bytes += parts.iter().map(|(_, n)| n).sum::<u64>();
+        });
+        let slice = staging.slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
             let _ = tx.send(r);
@@ -296,7 +405,11 @@ impl GpuContext {
                 .get_mapped_range()
                 .map_err(|e| Error::Gpu(format!("readback: {e}")))?;
             let b: &[u8] = &view;
-            bytemuck::pod_collect_to_vec(&b[..bytes as usize])
+            parts
+                .iter()
+                .zip(&offsets)
+                .map(|((_, n), &at)| b[at as usize..(at + n) as usize].to_vec())
+                .collect()
         };
         staging.unmap();
         Ok(out)

@@ -9,7 +9,7 @@ pub mod recorder;
 
 pub use crate::shaders::Bind;
 pub use api::{list_adapters, AdapterSummary, Api};
-pub use context::{GpuContext, TileStats, ADAPTER_ENV, TILE_BYTES_ENV};
+pub use context::{GpuContext, GpuCounters, TileStats, ADAPTER_ENV, TILE_BYTES_ENV};
 pub use kernels::Kernel;
 pub use recorder::{split_groups, Recorder, WORKGROUP};
 

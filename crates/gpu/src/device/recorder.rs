@@ -132,7 +132,7 @@ impl Recorder<'_> {
             Some(ctx.uniform_buffer(self.uniforms.len() as u64))
         };
         if let Some(u) = &ubuf {
-            ctx.queue.write_buffer(u, 0, &self.uniforms);
+            ctx.write(u, 0, &self.uniforms);
         }
         let scope = ctx.device.push_error_scope(wgpu::ErrorFilter::Validation);
         let mut enc = ctx
@@ -194,6 +194,15 @@ impl Recorder<'_> {
             }
         }
         let idx = ctx.queue.submit([enc.finish()]);
+        let dispatches = self
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::Dispatch { .. }))
+            .count();
+        ctx.count(|c| {
+            c.submits += 1;
+            c.dispatches += dispatches;
+        });
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("submitting GPU work: {err}")));
         }

@@ -49,9 +49,12 @@ impl Pending<'_> {
     /// peak read back, the peak refined by the upsampled DFT when asked for, the result checked.
     pub fn resolve(self, ctx: &GpuContext) -> Result<Registration> {
         let r = self.registrar;
-        let moving_power = r.read_power(ctx)?;
+        // The power and the peak partials in one readback.
+        let (sums, partials) =
+            ctx.read_two::<[f32; 2], Partial>((&r.sums, r.groups), (&r.partials, r.groups))?;
+        let moving_power = scaled_sum(&sums);
         let mut best = NO_PEAK;
-        for q in ctx.read::<Partial>(&r.partials, r.groups)? {
+        for q in partials {
             if beats(&q, &best) {
                 best = q;
             }
