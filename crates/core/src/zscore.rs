@@ -254,6 +254,21 @@ pub fn zscore_series<T: Sample>(series: ArrayView2<T>, p: &ZscoreParams) -> (Arr
     (out, constant)
 }
 
+/// The shape all `volumes` share; an error for an empty series or one volume of another shape.
+fn common_shape<T>(volumes: &[Array3<T>]) -> Result<ndarray::Ix3> {
+    let Some(first) = volumes.first() else {
+        return Err(Error::Data("z-score of an empty series".into()));
+    };
+    match volumes.iter().position(|v| v.raw_dim() != first.raw_dim()) {
+        Some(t) => Err(Error::Data(format!(
+            "z-score: volume {t} has shape {}, volume 0 {}",
+            fmt_dim(volumes[t].dim()),
+            fmt_dim(first.dim())
+        ))),
+        None => Ok(first.raw_dim()),
+    }
+}
+
 /// One task of `zscore_volumes_in_place`: a run of the mean and std volumes and that run of each volume.
 type Run<'a, T> = (&'a mut [f64], &'a mut [f64], Vec<&'a mut [T]>);
 
@@ -267,22 +282,7 @@ pub fn zscore_volumes_in_place<T: Sample>(
     volumes: &mut [Array3<T>],
     p: &ZscoreParams,
 ) -> Result<Moments> {
-    let Some(first) = volumes.first() else {
-        return Err(Error::Data("z-score of an empty series".into()));
-    };
-    let shape = first.raw_dim();
-    if let Some((t, v)) = volumes
-        .iter()
-        .enumerate()
-        .find(|(_, v)| v.raw_dim() != shape)
-    {
-        let first = &volumes[0];
-        return Err(Error::Data(format!(
-            "z-score: volume {t} has shape {}, volume 0 {}",
-            fmt_dim(v.dim()),
-            fmt_dim(first.dim())
-        )));
-    }
+    let shape = common_shape(volumes)?;
     let dof = volumes.len() as f64 - p.ddof as f64;
     let mut mean64 = Array3::<f64>::zeros(shape);
     let mut std64 = Array3::<f64>::zeros(shape);
@@ -347,22 +347,8 @@ pub fn zscore_volumes_by_block<T: Sample>(
     mut spare: impl FnMut() -> Option<Array4<T>>,
     mut emit: impl FnMut([usize; 3], Array4<T>) -> Result<()>,
 ) -> Result<Moments> {
-    let Some(first) = volumes.first() else {
-        return Err(Error::Data("z-score of an empty series".into()));
-    };
-    let shape = first.raw_dim();
-    if let Some((t, v)) = volumes
-        .iter()
-        .enumerate()
-        .find(|(_, v)| v.raw_dim() != shape)
-    {
-        return Err(Error::Data(format!(
-            "z-score: volume {t} has shape {}, volume 0 {}",
-            fmt_dim(v.dim()),
-            fmt_dim(first.dim())
-        )));
-    }
-    let (nz, ny, nx) = first.dim();
+    let shape = common_shape(volumes)?;
+    let [nz, ny, nx] = [shape[0], shape[1], shape[2]];
     let data: Vec<&[T]> = volumes
         .iter()
         .map(|v| {
