@@ -78,6 +78,9 @@ pub fn select_backend(engine: &EngineArgs) -> Result<Box<dyn Backend>> {
                 eprintln!("gpuprep: using {}", g.describe());
                 Ok(g)
             }
+            // A setting of the user's that is wrong (e.g. `GPUPREP_GPU_ZSCORE`) is theirs to fix,
+            // not a missing GPU to fall back from.
+            Err(e @ Error::InvalidParameter { .. }) => Err(e),
             Err(e) => {
                 eprintln!("gpuprep: no hardware GPU adapter ({e}); using the CPU backend");
                 Ok(Box::new(CpuBackend::new()))

@@ -57,6 +57,9 @@ enum Device {
         reference: Option<(u64, Reference)>,
     },
     Failed(String),
+    /// A setting of the user's is wrong (e.g. `GPUPREP_GPU_ZSCORE`): an error under `'auto'` too,
+    /// not a missing GPU to fall back from. Its name and message.
+    Invalid(String, String),
 }
 
 static DEVICE: Mutex<Device> = Mutex::new(Device::Unopened);
@@ -114,6 +117,7 @@ fn open(device: &mut Device) {
                 backend: Box::new(backend),
                 reference: None,
             },
+            Err(Error::InvalidParameter { name, message }) => Device::Invalid(name, message),
             Err(e) => Device::Failed(e.to_string()),
         };
     }
@@ -131,6 +135,10 @@ pub fn select(choice: Choice) -> Result<Option<Gpu>> {
         (Device::Open { .. }, _) => Ok(Some(Gpu(device))),
         (Device::Failed(_), Choice::Auto) => Ok(None),
         (Device::Failed(why), _) => Err(Error::Gpu(why.clone())),
+        (Device::Invalid(name, message), _) => Err(Error::InvalidParameter {
+            name: name.clone(),
+            message: message.clone(),
+        }),
         (Device::Unopened, _) => unreachable!("opened above"),
     }
 }

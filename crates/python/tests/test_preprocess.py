@@ -256,3 +256,23 @@ def test_bad_registration_keywords_are_value_errors_naming_them(demo, tmp_path, 
     with pytest.raises(ValueError, match=message.replace("(", r"\(").replace(")", r"\)").replace("[", r"\[")):
         gpuprep.preprocess(demo, tmp_path / "python.h5", backend="cpu", **keywords)
     assert not list(tmp_path.iterdir())
+
+
+def test_a_bad_gpu_zscore_variable_is_an_error_under_auto_too():
+    """A wrong GPUPREP_GPU_ZSCORE is the user's to fix: `backend='auto'` raises ValueError naming it
+    rather than quietly computing on the CPU as if there were no GPU (a fresh interpreter: the device
+    is opened once per process)."""
+    import sys
+
+    code = (
+        "import numpy as np, gpuprep\n"
+        "try:\n"
+        "    gpuprep.median_filter(np.zeros((3, 4, 5), np.float32), 3, backend='auto')\n"
+        "except ValueError as e:\n"
+        "    print('ValueError:', e)\n"
+    )
+    env = dict(os.environ, GPUPREP_GPU_ZSCORE="f16")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, env=env)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.startswith("ValueError:"), r.stdout + r.stderr
+    assert "GPUPREP_GPU_ZSCORE" in r.stdout and "f16" in r.stdout, r.stdout
