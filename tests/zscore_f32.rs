@@ -140,6 +140,27 @@ fn to_f64(a: &Array3<Df>) -> Array3<f64> {
     a.mapv(twin::df_to_f64)
 }
 
+/// The moments' tolerance: mean and std `got` within 2^-40 of (|mean| + std) of `want`, NaN where
+/// and only where `want` has NaN.
+fn assert_moments_close(got: (f64, f64), want: (f64, f64), ctx: &str) {
+    let ((a, s), (b, r)) = (got, want);
+    assert!(
+        a.is_nan() == b.is_nan() && s.is_nan() == r.is_nan(),
+        "NaN moments: {ctx}"
+    );
+    if !b.is_nan() && !r.is_nan() {
+        let scale = b.abs() + r;
+        assert!(
+            (a - b).abs() <= 2f64.powi(-40) * scale,
+            "mean {a} vs {b}: {ctx}"
+        );
+        assert!(
+            (s - r).abs() <= 2f64.powi(-40) * scale,
+            "std {s} vs {r}: {ctx}"
+        );
+    }
+}
+
 /// TwoSum and TwoProduct of the twin are exact (checked in f64, where sums of operands at most 2^28
 /// apart and all f32 products are exact): what the device self-test checks on the GPU.
 #[test]
@@ -189,22 +210,7 @@ fn twin_matches_the_f64_path_where_naive_float32_fails() {
                 let (mean, std) = (to_f64(&mean), to_f64(&std));
                 // The moments: 2^-40 of the mean's magnitude plus the std, relative.
                 for ((a, b), (s, r)) in mean.iter().zip(m.mean64()).zip(std.iter().zip(m.std64())) {
-                    if b.is_nan() || r.is_nan() {
-                        assert!(
-                            a.is_nan() == b.is_nan() && s.is_nan() == r.is_nan(),
-                            "NaN moments: {ctx}"
-                        );
-                        continue;
-                    }
-                    let scale = b.abs() + r;
-                    assert!(
-                        (a - b).abs() <= 2f64.powi(-40) * scale,
-                        "mean {a} vs {b}: {ctx}"
-                    );
-                    assert!(
-                        (s - r).abs() <= 2f64.powi(-40) * scale,
-                        "std {s} vs {r}: {ctx}"
-                    );
+                    assert_moments_close((*a, *s), (*b, *r), &ctx);
                 }
                 let m2 = gpuprep_core::backend::Moments::from_f64(mean.clone(), std.clone());
                 assert_eq!(
@@ -279,21 +285,7 @@ fn gpu_f32_path_matches_its_twin() {
                         .zip(&mean)
                         .zip(mg.std64().iter().zip(&std))
                     {
-                        assert!(
-                            a.is_nan() == b.is_nan() && s.is_nan() == r.is_nan(),
-                            "NaN moments: {ctx}"
-                        );
-                        if !b.is_nan() && !r.is_nan() {
-                            let scale = b.abs() + r;
-                            assert!(
-                                (a - b).abs() <= 2f64.powi(-40) * scale,
-                                "mean {a} vs {b}: {ctx}"
-                            );
-                            assert!(
-                                (s - r).abs() <= 2f64.powi(-40) * scale,
-                                "std {s} vs {r}: {ctx}"
-                            );
-                        }
+                        assert_moments_close((*a, *s), (*b, *r), &ctx);
                         identical.0 += (same(*a, *b) && same(*s, *r)) as usize;
                         identical.1 += 1;
                     }
