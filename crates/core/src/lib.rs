@@ -1,6 +1,6 @@
 //! gpuprep-core: what both backends share. Errors, validated parameters, scipy's and scikit-image's
 //! semantics (boundary modes, spline taps, registration's tail, moments and the constant-voxel rule),
-//! the complex type, and the `Backend` trait the pipeline drives.
+//! the complex type, the CPU vector level (`simd`), and the `Backend` trait the pipeline drives.
 
 pub mod backend;
 pub mod boundary;
@@ -10,6 +10,7 @@ pub mod fmt;
 pub mod host;
 pub mod params;
 pub mod register;
+pub mod simd;
 pub mod spline;
 pub mod zscore;
 

@@ -13,7 +13,9 @@
 use crate::backend::Moments;
 use crate::error::{Error, Result};
 use crate::params::{ConstantVoxels, ZscoreParams};
-use ndarray::{s, Array2, Array3, Array4, ArrayView2, ArrayView3, ArrayView4, Axis, Zip};
+use ndarray::{
+    s, Array2, Array3, Array4, ArrayBase, ArrayView2, ArrayView3, ArrayView4, Axis, Ix3, Zip,
+};
 use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
@@ -164,7 +166,7 @@ impl Accumulator {
 }
 
 /// `sqrt(m2 / dof)`, NaN when `dof <= 0` (numpy's answer for `n <= ddof`).
-#[inline]
+#[inline(always)]
 pub fn std_from_m2(m2: f64, dof: f64) -> f64 {
     if dof > 0.0 {
         (m2 / dof).sqrt()
@@ -175,7 +177,7 @@ pub fn std_from_m2(m2: f64, dof: f64) -> f64 {
 
 /// scipy's test for a constant time series on f64 moments: `std <= |eps_f64 · mean|` (false for a
 /// NaN std).
-#[inline]
+#[inline(always)]
 pub fn is_constant(mean: f64, std: f64) -> bool {
     std <= (f64::EPSILON * mean).abs()
 }
@@ -193,6 +195,7 @@ pub trait Sample: Copy + Into<f64> + Send + Sync + Default {
 }
 
 impl Sample for f32 {
+    #[inline(always)]
     fn from_f64(v: f64) -> f32 {
         v as f32
     }
@@ -200,6 +203,7 @@ impl Sample for f32 {
 }
 
 impl Sample for f64 {
+    #[inline(always)]
     fn from_f64(v: f64) -> f64 {
         v
     }
@@ -255,7 +259,7 @@ pub fn zscore_series<T: Sample>(series: ArrayView2<T>, p: &ZscoreParams) -> (Arr
 }
 
 /// The shape all `volumes` share; an error for an empty series or one volume of another shape.
-fn common_shape<T>(volumes: &[Array3<T>]) -> Result<ndarray::Ix3> {
+fn common_shape<S: ndarray::RawData>(volumes: &[ArrayBase<S, Ix3>]) -> Result<Ix3> {
     let Some(first) = volumes.first() else {
         return Err(Error::Data("z-score of an empty series".into()));
     };
@@ -341,7 +345,19 @@ pub fn zscore_volumes_in_place<T: Sample>(
 /// shape is filled again rather than a new one allocated (fresh memory costs a page fault and
 /// zeroing per page, as much as the z-score itself).
 pub fn zscore_volumes_by_block<T: Sample>(
-    volumes: &[Array3<T>],
+    volumes: &[ArrayView3<'_, T>],
+    p: &ZscoreParams,
+    block: [usize; 3],
+    spare: impl FnMut() -> Option<Array4<T>>,
+    emit: impl FnMut([usize; 3], Array4<T>) -> Result<()>,
+) -> Result<Moments> {
+    by_block_at(crate::simd::level(), volumes, p, block, spare, emit)
+}
+
+/// `zscore_volumes_by_block` at a given vector level (every level gives the same bits).
+fn by_block_at<T: Sample>(
+    level: crate::simd::Level,
+    volumes: &[ArrayView3<'_, T>],
     p: &ZscoreParams,
     block: [usize; 3],
     mut spare: impl FnMut() -> Option<Array4<T>>,
@@ -352,7 +368,7 @@ pub fn zscore_volumes_by_block<T: Sample>(
     let data: Vec<&[T]> = volumes
         .iter()
         .map(|v| {
-            v.as_slice()
+            v.to_slice()
                 .ok_or_else(|| Error::Data("z-score: a volume is not contiguous".into()))
         })
         .collect::<Result<_>>()?;
@@ -385,48 +401,21 @@ pub fn zscore_volumes_by_block<T: Sample>(
                     .zip(means.axis_iter_mut(Axis(0)).into_par_iter())
                     .zip(stds.axis_iter_mut(Axis(0)).into_par_iter())
                     .enumerate()
-                    .for_each(|(dz, ((mut out, mut mean_out), mut std_out))| {
-                        let z = z0 + dz;
-                        fn row<T>(v: &[T], at: usize, len: usize) -> &[T] {
-                            &v[at..at + len]
-                        }
-                        let at = |y: usize| (z * ny + y0 + y) * nx + x0;
+                    .for_each(|(dz, ((out, mut mean_out), mut std_out))| {
                         let mut mean = vec![0.0f64; by * bx];
-                        let mut m2 = vec![0.0f64; by * bx];
-                        for (i, v) in data.iter().enumerate() {
-                            let count = (i + 1) as f64;
-                            for (y, (mean, m2)) in mean
-                                .chunks_exact_mut(bx)
-                                .zip(m2.chunks_exact_mut(bx))
-                                .enumerate()
-                            {
-                                for ((mean, m2), &x) in
-                                    mean.iter_mut().zip(m2.iter_mut()).zip(row(v, at(y), bx))
-                                {
-                                    let x: f64 = x.into();
-                                    let delta = x - *mean;
-                                    *mean += delta / count;
-                                    *m2 += delta * (x - *mean);
-                                }
-                            }
-                        }
-                        let mut std = m2;
-                        std.iter_mut().for_each(|s| *s = std_from_m2(*s, dof));
-                        for (v, mut out) in data.iter().zip(out.outer_iter_mut()) {
-                            let out = out.as_slice_mut().expect("a plane of a new block");
-                            for (y, ((out, mean), std)) in out
-                                .chunks_exact_mut(bx)
-                                .zip(mean.chunks_exact(bx))
-                                .zip(std.chunks_exact(bx))
-                                .enumerate()
-                            {
-                                for (((o, &x), &mean), &std) in
-                                    out.iter_mut().zip(row(v, at(y), bx)).zip(mean).zip(std)
-                                {
-                                    *o = normalized(x, mean, std, p);
-                                }
-                            }
-                        }
+                        let mut std = vec![0.0f64; by * bx];
+                        let plane = Plane {
+                            data: &data,
+                            first: ((z0 + dz) * ny + y0) * nx + x0,
+                            stride: nx,
+                            width: bx,
+                            dof,
+                            p,
+                            mean: &mut mean,
+                            std: &mut std,
+                            out,
+                        };
+                        crate::simd::dispatch!(level, sweep_plane, [T: Sample], (plane: Plane<'_, T>));
                         for (dst, src) in mean_out.iter_mut().zip(&mean) {
                             *dst = *src;
                         }
@@ -441,8 +430,80 @@ pub fn zscore_volumes_by_block<T: Sample>(
     Ok(Moments::from_f64(mean64, std64))
 }
 
+/// One z plane of one block of `zscore_volumes_by_block`: rows of `width` voxels starting at element
+/// `first` of each volume, `stride` apart.
+struct Plane<'a, T> {
+    data: &'a [&'a [T]],
+    first: usize,
+    stride: usize,
+    width: usize,
+    dof: f64,
+    p: &'a ZscoreParams,
+    /// The plane's mean and std (rows of `width`), written here.
+    mean: &'a mut [f64],
+    std: &'a mut [f64],
+    /// (t, rows, width): the plane's z-scores.
+    out: ndarray::ArrayViewMut3<'a, T>,
+}
+
+/// Welford over time, then normalization, for one `Plane`: compiled once per vector level
+/// (`simd::dispatch!`), so every helper it calls is inlined.
+#[inline(always)]
+fn sweep_plane<T: Sample>(a: Plane<'_, T>) {
+    let Plane {
+        data,
+        first,
+        stride,
+        width,
+        dof,
+        p,
+        mean,
+        std,
+        mut out,
+    } = a;
+    #[inline(always)]
+    fn rows<T>(v: &[T], first: usize, stride: usize, width: usize, y: usize) -> &[T] {
+        let at = first + y * stride;
+        &v[at..at + width]
+    }
+    let row = |v, y| rows(v, first, stride, width, y);
+    let m2 = std;
+    for (i, v) in data.iter().enumerate() {
+        let count = (i + 1) as f64;
+        for (y, (mean, m2)) in mean
+            .chunks_exact_mut(width)
+            .zip(m2.chunks_exact_mut(width))
+            .enumerate()
+        {
+            for ((mean, m2), &x) in mean.iter_mut().zip(m2.iter_mut()).zip(row(v, y)) {
+                let x: f64 = x.into();
+                let delta = x - *mean;
+                *mean += delta / count;
+                *m2 += delta * (x - *mean);
+            }
+        }
+    }
+    let std = m2;
+    std.iter_mut().for_each(|s| *s = std_from_m2(*s, dof));
+    for (v, mut out) in data.iter().zip(out.outer_iter_mut()) {
+        let out = out
+            .as_slice_mut()
+            .expect("a plane of a standard-layout block");
+        for (y, ((out, mean), std)) in out
+            .chunks_exact_mut(width)
+            .zip(mean.chunks_exact(width))
+            .zip(std.chunks_exact(width))
+            .enumerate()
+        {
+            for (((o, &x), &mean), &std) in out.iter_mut().zip(row(v, y)).zip(mean).zip(std) {
+                *o = normalized(x, mean, std, p);
+            }
+        }
+    }
+}
+
 /// One sample's z-score under the constant-voxel rule.
-#[inline]
+#[inline(always)]
 fn normalized<T: Sample>(x: T, mean: f64, std: f64, p: &ZscoreParams) -> T {
     let fill = match p.constant {
         ConstantVoxels::Nan => T::NAN,
@@ -725,41 +786,46 @@ mod tests {
                 .iter()
                 .map(|v| normalize(v.view(), &want_m, &p))
                 .collect();
-            let mut seen = Array3::<u8>::zeros(shape);
-            let mut origins = Vec::new();
-            // Blocks come back as spares (a garbage-filled one first), as a writer would return them.
-            let dim = (t, block[0].min(5), block[1].min(7), block[2].min(13));
-            let pool = std::cell::RefCell::new(vec![Array4::from_elem(dim, 7.5f32)]);
-            let m = zscore_volumes_by_block(
-                &volumes,
-                &p,
-                block,
-                || pool.borrow_mut().pop(),
-                |o, b| {
-                    let (bt, bz, by, bx) = b.dim();
-                    assert_eq!(bt, t);
-                    origins.push(o);
-                    for ((i, z, y, x), &got) in b.indexed_iter() {
-                        let w = want[i][[o[0] + z, o[1] + y, o[2] + x]];
-                        assert!(same(got as f64, w as f64), "{got} {w}");
-                    }
-                    seen.slice_mut(s![o[0]..o[0] + bz, o[1]..o[1] + by, o[2]..o[2] + bx])
-                        .mapv_inplace(|c| c + 1);
-                    pool.borrow_mut().push(b);
-                    Ok(())
-                },
-            )
-            .unwrap();
-            assert!(seen.iter().all(|&c| c == 1));
-            let mut sorted = origins.clone();
-            sorted.sort();
-            assert_eq!(origins, sorted);
-            assert_eq!(m.constant_voxels(), want_m.constant_voxels());
-            for (a, b) in m.mean64().iter().zip(want_m.mean64()) {
-                assert!(same(*a, *b));
-            }
-            for (a, b) in m.std64().iter().zip(want_m.std64()) {
-                assert!(same(*a, *b));
+            let views: Vec<_> = volumes.iter().map(|v| v.view()).collect();
+            // Every vector level gives the same bits.
+            for level in crate::simd::available() {
+                let mut seen = Array3::<u8>::zeros(shape);
+                let mut origins = Vec::new();
+                // Blocks come back as spares (a garbage-filled one first), as a writer would return them.
+                let dim = (t, block[0].min(5), block[1].min(7), block[2].min(13));
+                let pool = std::cell::RefCell::new(vec![Array4::from_elem(dim, 7.5f32)]);
+                let m = by_block_at(
+                    level,
+                    &views,
+                    &p,
+                    block,
+                    || pool.borrow_mut().pop(),
+                    |o, b| {
+                        let (bt, bz, by, bx) = b.dim();
+                        assert_eq!(bt, t);
+                        origins.push(o);
+                        for ((i, z, y, x), &got) in b.indexed_iter() {
+                            let w = want[i][[o[0] + z, o[1] + y, o[2] + x]];
+                            assert!(same(got as f64, w as f64), "{got} {w}");
+                        }
+                        seen.slice_mut(s![o[0]..o[0] + bz, o[1]..o[1] + by, o[2]..o[2] + bx])
+                            .mapv_inplace(|c| c + 1);
+                        pool.borrow_mut().push(b);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                assert!(seen.iter().all(|&c| c == 1));
+                let mut sorted = origins.clone();
+                sorted.sort();
+                assert_eq!(origins, sorted);
+                assert_eq!(m.constant_voxels(), want_m.constant_voxels());
+                for (a, b) in m.mean64().iter().zip(want_m.mean64()) {
+                    assert!(same(*a, *b));
+                }
+                for (a, b) in m.std64().iter().zip(want_m.std64()) {
+                    assert!(same(*a, *b));
+                }
             }
             for (a, b) in volumes.iter().zip(&before) {
                 assert!(a.iter().zip(b).all(|(a, b)| same(*a as f64, *b as f64)));
@@ -767,9 +833,10 @@ mod tests {
         }
         // An error from `emit` ends the sweep with it.
         let volumes = vec![Array3::<f32>::zeros([4, 4, 4]); 2];
+        let views: Vec<_> = volumes.iter().map(|v| v.view()).collect();
         let mut calls = 0;
         let e = zscore_volumes_by_block(
-            &volumes,
+            &views,
             &ZscoreParams::default(),
             [2, 4, 4],
             || None,
@@ -782,6 +849,7 @@ mod tests {
         assert_eq!(calls, 1);
         assert!(e.to_string().contains("disk full"));
         let odd = vec![Array3::<f32>::zeros([2, 2, 2]), Array3::zeros([2, 2, 3])];
+        let odd: Vec<_> = odd.iter().map(|v| v.view()).collect();
         let e = zscore_volumes_by_block(
             &odd,
             &ZscoreParams::default(),

@@ -11,7 +11,7 @@ pub mod median3d;
 pub mod reference;
 pub mod register;
 pub mod shift;
-pub mod simd;
+pub use gpuprep_core::simd;
 pub mod zscore_f32;
 
 pub use gpuprep_core::zscore;

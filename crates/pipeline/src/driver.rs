@@ -640,8 +640,9 @@ pub fn run_with_progress(
                 },
             );
             let t0 = Instant::now();
+            let views: Vec<_> = volumes.iter().map(|v| v.view()).collect();
             let moments = gpuprep_core::zscore::zscore_volumes_by_block(
-                &volumes,
+                &views,
                 z,
                 block,
                 || spares.try_recv().ok(),

@@ -1,7 +1,8 @@
 //! The vector level the CPU kernels run at, chosen at run time, and the `dispatch!` macro that
 //! compiles a kernel once per level.
 //!
-//! Its users (the registration's upsampled DFT, cross-power and power sums, and the shift's passes)
+//! Its users (the registration's upsampled DFT, cross-power and power sums, the shift's passes in
+//! `gpuprep-cpu`, and the z-score's sweeps here, which both backends' runs share)
 //! write their hot loops over fixed-width lanes (arrays or contiguous rows with no data-dependent
 //! branch), compiled three times on x86-64: for the portable baseline (SSE2) and
 //! under `#[target_feature]` for AVX2+FMA and AVX-512, the best the CPU has being taken at run
@@ -92,7 +93,9 @@ fn parse(v: &str) -> Option<Level> {
 /// one `#[target_feature]` copy of the call per x86-64 level, into which the `#[inline(always)]`
 /// body is inlined. Everything the body's hot loop calls must inline too (`#[inline(always)]` or
 /// small generic std code), or it runs at the baseline.
-macro_rules! dispatch {
+#[doc(hidden)]
+#[macro_export]
+macro_rules! __simd_dispatch {
     ($level:expr, $body:path, ($($arg:ident : $ty:ty),* $(,)?) $(-> $ret:ty)?) => {
         $crate::simd::dispatch!($level, $body, [], ($($arg: $ty),*) $(-> $ret)?)
     };
@@ -118,7 +121,7 @@ macro_rules! dispatch {
         }
     }};
 }
-pub(crate) use dispatch;
+pub use crate::__simd_dispatch as dispatch;
 
 #[cfg(test)]
 mod tests {
