@@ -848,7 +848,7 @@ mod tests {
         .unwrap_err();
         assert_eq!(calls, 1);
         assert!(e.to_string().contains("disk full"));
-        let odd = vec![Array3::<f32>::zeros([2, 2, 2]), Array3::zeros([2, 2, 3])];
+        let odd = [Array3::<f32>::zeros([2, 2, 2]), Array3::zeros([2, 2, 3])];
         let odd: Vec<_> = odd.iter().map(|v| v.view()).collect();
         let e = zscore_volumes_by_block(
             &odd,
