@@ -165,6 +165,13 @@ fn print_report(r: &RunReport) -> anyhow::Result<()> {
     if r.scratch == Some("memory") {
         say!("  pass 1's results waited in memory for the z-score (within --memory-budget)")?;
     }
+    if r.read_in_place > 0 {
+        say!(
+            "  {} of {} volumes read in place (memory-mapped from their files, not copied)",
+            r.read_in_place,
+            r.timepoints
+        )?;
+    }
     if !r.suspicious.is_empty() {
         say!(
             "  registration QC flags timepoints {:?} (see /suspicious, /correlation_after)",

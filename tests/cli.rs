@@ -282,3 +282,104 @@ fn a_closed_stdout_ends_the_run_quietly_after_the_output_is_complete() {
     assert!(out.is_file(), "the output was renamed into place first");
     assert_eq!(std::fs::read_dir(tmp.path()).unwrap().count(), 1);
 }
+
+/// A z-score-only run maps float32 inputs instead of reading them (`Source::read_in_place`): the
+/// output is the same, bit for bit, as with `GPUPREP_MAP_INPUTS=0`; NaN/Inf are replaced
+/// (`--nonfinite zero`) or refused as when read; the inputs are unchanged.
+#[test]
+fn inputs_read_in_place_give_the_same_output_as_inputs_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data");
+    let d = data.display().to_string();
+    let (code, err) = gpuprep(&[
+        "synth",
+        &d,
+        "--shape",
+        "7,10,14,13",
+        "--mode",
+        "realistic",
+        "--dtype",
+        "float32",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    let files = |dir: &Path| {
+        let mut v: Vec<_> = std::fs::read_dir(dir)
+            .unwrap()
+            .map(|e| {
+                let p = e.unwrap().path();
+                (p.clone(), std::fs::read(&p).unwrap())
+            })
+            .collect();
+        v.sort();
+        v
+    };
+    let run = |map: &str, extra: &[&str], name: &str| {
+        let out = tmp.path().join(name);
+        let o = out.display().to_string();
+        let mut args = vec![
+            "run",
+            &d,
+            "-o",
+            &o,
+            "--backend",
+            "cpu",
+            "--no-median",
+            "--no-register",
+        ];
+        args.extend_from_slice(extra);
+        let r = crate::support::gpuprep_command()
+            .env("GPUPREP_MAP_INPUTS", map)
+            .args(&args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+        let stderr = String::from_utf8_lossy(&r.stderr).into_owned();
+        (r.status.code(), stdout, stderr, out)
+    };
+    let read4 = |p: &Path| {
+        let f = hdf5::File::open(p).unwrap();
+        let bits = |a: ndarray::ArrayD<f32>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+        (
+            bits(f.dataset("data").unwrap().read_dyn::<f32>().unwrap()),
+            bits(f.dataset("mean").unwrap().read_dyn::<f32>().unwrap()),
+            bits(f.dataset("std").unwrap().read_dyn::<f32>().unwrap()),
+        )
+    };
+    let before = files(&data);
+    for (extra, tag) in [(&[][..], "plain"), (&["--nonfinite", "zero"][..], "zero")] {
+        let (code, stdout, stderr, mapped) = run("1", extra, &format!("mapped-{tag}.h5"));
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(stdout.contains("7 of 7 volumes read in place"), "{stdout}");
+        let (code, stdout, stderr, read) = run("0", extra, &format!("read-{tag}.h5"));
+        assert_eq!(code, Some(0), "{stderr}");
+        assert!(!stdout.contains("read in place"), "{stdout}");
+        assert!(read4(&mapped) == read4(&read), "{tag}: outputs differ");
+    }
+    assert!(files(&data) == before, "an input changed");
+    // A NaN in one input: refused, naming it, or replaced (that volume then copied, not mapped).
+    {
+        let f = hdf5::File::open_rw(data.join("ind_00003.h5")).unwrap();
+        let ds = f.dataset("default").unwrap();
+        let mut v = ds.read::<f32, ndarray::Ix3>().unwrap();
+        v[[4, 3, 2]] = f32::NAN;
+        ds.write(&v).unwrap();
+    }
+    let before = files(&data);
+    let (code, _, stderr, out) = run("1", &[], "nan.h5");
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ind_00003.h5") && stderr.contains("NaN"),
+        "{stderr}"
+    );
+    assert!(!out.exists());
+    let (code, stdout, stderr, mapped) = run("1", &["--nonfinite", "zero"], "nan-mapped.h5");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(stdout.contains("6 of 7 volumes read in place"), "{stdout}");
+    let (code, _, stderr, read) = run("0", &["--nonfinite", "zero"], "nan-read.h5");
+    assert_eq!(code, Some(0), "{stderr}");
+    assert!(
+        read4(&mapped) == read4(&read),
+        "NaN replaced: outputs differ"
+    );
+    assert!(files(&data) == before, "an input changed");
+}

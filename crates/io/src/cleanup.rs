@@ -7,11 +7,17 @@
 //! still have open is fine on Unix. A path's owner deregisters it under the same lock before it moves the
 //! finished output into place ([`Registered::finish_with`]), so a signal can never delete a complete output.
 //!
+//! Inputs read in place (memory-mapped, `source::MappedVolume`) add SIGBUS, which the kernel raises in
+//! the thread that touches a mapped page whose file was truncated meanwhile: the handler only records
+//! the address and sends SIGTERM to the process, then waits; the watcher names the file that was
+//! mapped there, removes the temporary paths and exits 2 with that error instead of the interrupt's.
+//!
 //! SIGKILL, a crash or a power cut run nothing: they leave a `.gpuprep-XXXXXX` directory beside the output,
 //! which [`stale_entries`] finds for the next run's warning. gpuprep never deletes those itself: one may
 //! belong to a run still in progress.
 
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Mutex, MutexGuard, RwLock};
 
 /// Prefix of the private temporary directory each output is written in.
@@ -95,6 +101,46 @@ fn remove_registered(reg: &mut Entries) -> Vec<PathBuf> {
     removed
 }
 
+/// Memory-mapped input regions (start, end, file), for the SIGBUS message.
+static MAPPINGS: Mutex<Vec<(usize, usize, PathBuf)>> = Mutex::new(Vec::new());
+/// The address a SIGBUS was raised at (0: none yet).
+static BUS_ADDRESS: AtomicUsize = AtomicUsize::new(0);
+/// Whether the SIGBUS handler and the watcher are installed: inputs are mapped only then.
+static BUS_HANDLED: AtomicBool = AtomicBool::new(false);
+
+/// Whether a mapped input that shrinks under the run ends it with an error naming the file, the
+/// temporary paths removed ([`install_signal_cleanup`] ran): without that, SIGBUS would kill the
+/// process, so inputs are read into memory instead of mapped.
+pub fn bus_errors_handled() -> bool {
+    BUS_HANDLED.load(Ordering::Acquire)
+}
+
+/// A mapped region of an input file, named if a SIGBUS is raised in it while this handle lives.
+#[derive(Debug)]
+pub struct MappedRegion {
+    start: usize,
+}
+
+impl MappedRegion {
+    pub fn new(start: usize, len: usize, file: &Path) -> MappedRegion {
+        mappings().push((start, start + len, file.to_path_buf()));
+        MappedRegion { start }
+    }
+}
+
+impl Drop for MappedRegion {
+    fn drop(&mut self) {
+        let mut m = mappings();
+        if let Some(i) = m.iter().position(|(s, ..)| *s == self.start) {
+            m.swap_remove(i);
+        }
+    }
+}
+
+fn mappings() -> MutexGuard<'static, Vec<(usize, usize, PathBuf)>> {
+    MAPPINGS.lock().unwrap_or_else(|p| p.into_inner())
+}
+
 /// The exit status of a process ended by `signal`: the shell's 128 + n.
 #[cfg(unix)]
 pub fn signal_exit_code(signal: i32) -> i32 {
@@ -135,7 +181,33 @@ pub fn install_signal_cleanup() -> std::io::Result<()> {
         unsafe { libc::pthread_sigmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut()) };
         return Err(e);
     }
+    // SAFETY: a zeroed sigaction is valid; the handler only does async-signal-safe things (an atomic
+    // store, kill, pause).
+    let installed = unsafe {
+        let mut action: libc::sigaction = std::mem::zeroed();
+        action.sa_sigaction = on_bus_error as *const () as libc::sighandler_t;
+        action.sa_flags = libc::SA_SIGINFO;
+        libc::sigemptyset(&mut action.sa_mask);
+        libc::sigaction(libc::SIGBUS, &action, std::ptr::null_mut()) == 0
+    };
+    BUS_HANDLED.store(installed, Ordering::Release);
     Ok(())
+}
+
+/// SIGBUS: a mapped input's page is gone (its file shrank). Returning would fault again, and almost
+/// nothing is safe here: record where, have the watcher end the process, and wait for it.
+#[cfg(unix)]
+extern "C" fn on_bus_error(_: libc::c_int, info: *mut libc::siginfo_t, _: *mut libc::c_void) {
+    // SAFETY: the kernel passes a valid siginfo with SA_SIGINFO; kill and pause are
+    // async-signal-safe.
+    unsafe {
+        let addr = (*info).si_addr() as usize;
+        BUS_ADDRESS.store(addr.max(1), Ordering::SeqCst);
+        libc::kill(libc::getpid(), libc::SIGTERM);
+        loop {
+            libc::pause();
+        }
+    }
 }
 
 #[cfg(unix)]
@@ -164,6 +236,30 @@ fn on_signal(sig: i32) -> ! {
     } else {
         ""
     };
+    let bus = BUS_ADDRESS.load(Ordering::SeqCst);
+    if bus != 0 {
+        // The faulting thread holds no lock (it was reading mapped memory); still, never wait here.
+        let file = MAPPINGS.try_lock().ok().and_then(|m| {
+            m.iter()
+                .find(|(start, end, _)| (*start..*end).contains(&bus))
+                .map(|(.., f)| f.display().to_string())
+        });
+        let what = match file {
+            Some(f) => format!(
+                "{f}: the input shrank while it was being read (truncated or rewritten during the run)"
+            ),
+            None => format!("bus error at address {bus:#x} (outside any input read in place)"),
+        };
+        let cleaned = if removed.is_empty() {
+            String::new()
+        } else {
+            format!("; removed the temporary files in {}", removed.join(", "))
+        };
+        let _ = writeln!(err, "{lead}gpuprep: {what}{cleaned}");
+        let _ = err.flush();
+        // SAFETY: ends the process at once, as below.
+        unsafe { libc::_exit(2) }
+    }
     let _ = if removed.is_empty() {
         writeln!(err, "{lead}gpuprep: interrupted ({name})")
     } else {

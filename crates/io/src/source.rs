@@ -12,7 +12,7 @@ use std::str::FromStr;
 use std::sync::Mutex;
 
 use hdf5::types::{FloatSize, IntSize, TypeDescriptor};
-use ndarray::{s, Array3};
+use ndarray::{s, Array3, ArrayView3};
 
 use super::fmt_shape;
 use crate::VoxelSize;
@@ -836,6 +836,73 @@ impl Source {
             }
         }
         *held = None;
+        let (file, ds) = self.open_dataset(i, t)?;
+        if let Some(offset) = raw_location(&file, &ds, self.dtype) {
+            // Plain file I/O from here: HDF5 is done with this file (the handles close first).
+            drop(ds);
+            drop(file);
+            let offset = self.volume_offset(path, offset, local, t)?;
+            let mut vol = Array3::<f32>::zeros(self.shape);
+            huge_pages(vol.as_slice_mut().expect("standard layout"));
+            let bad = read_raw(
+                path,
+                offset,
+                self.dtype,
+                vol.as_slice_mut().expect("standard layout"),
+            )
+            .map_err(|e| self.raw_err(path, t, "reading", e))?;
+            self.check_range(bad, path, t)?;
+            return Ok(vol);
+        }
+        let vol = self.read_hdf5(&ds, path, t, local)?;
+        if self.lens[i] > 1 {
+            *held = Some((i, ds));
+        }
+        Ok(vol)
+    }
+
+    /// Volume `t` read in place where it can be: float32 stored raw (contiguous, uncompressed,
+    /// little-endian) in an HDF5 file is mapped into memory, its pages shared with the page cache
+    /// (no copy, no fresh memory: on a run that only z-scores, most of the read's cost), when the
+    /// process ends a run whose mapped input shrinks with an error rather than a crash
+    /// (`cleanup::bus_errors_handled`) and `GPUPREP_MAP_INPUTS` is not `0`; read as `read` does
+    /// otherwise. The same checks as `read`; the file's bytes are never written.
+    pub fn read_in_place(&self, t: usize) -> Result<Volume> {
+        #[cfg(unix)]
+        if let Some(v) = self.map(t)? {
+            return Ok(Volume::Mapped(v));
+        }
+        self.read(t).map(Volume::Owned)
+    }
+
+    #[cfg(unix)]
+    fn map(&self, t: usize) -> Result<Option<MappedVolume>> {
+        if self.zarr.is_some()
+            || self.tiff.is_some()
+            || self.dtype != Dtype::F32
+            || cfg!(not(target_endian = "little"))
+            || t >= self.len
+            || !crate::cleanup::bus_errors_handled()
+            || std::env::var_os(MAP_ENV).is_some_and(|v| v == "0")
+        {
+            return Ok(None);
+        }
+        let i = self.file_index(t);
+        let local = t - self.starts[i];
+        let path = &self.files[i];
+        let (file, ds) = self.open_dataset(i, t)?;
+        let Some(offset) = raw_location(&file, &ds, self.dtype) else {
+            return Ok(None);
+        };
+        drop(ds);
+        drop(file);
+        let offset = self.volume_offset(path, offset, local, t)?;
+        MappedVolume::map(path, offset, self.shape).map_err(|e| self.raw_err(path, t, "mapping", e))
+    }
+
+    /// Opens input file `i` and its dataset for timepoint `t`, checking the dataset's shape again.
+    fn open_dataset(&self, i: usize, t: usize) -> Result<(hdf5::File, hdf5::Dataset)> {
+        let path = &self.files[i];
         let mut options = hdf5::File::with_options();
         if self.cache_bytes > 0 {
             options.with_fapl(|p| p.chunk_cache(self.cache_slots, self.cache_bytes, 1.0));
@@ -866,47 +933,35 @@ impl Source {
                 ),
             });
         }
+        Ok((file, ds))
+    }
+
+    /// The byte offset of volume `local` of a raw dataset whose data starts at `offset`.
+    fn volume_offset(&self, path: &Path, offset: u64, local: usize, t: usize) -> Result<u64> {
         let voxels: usize = self.shape.iter().product();
-        if let Some(offset) = raw_location(&file, &ds, self.dtype) {
-            // Plain file I/O from here: HDF5 is done with this file (the handles close first).
-            drop(ds);
-            drop(file);
-            // The offset comes from the file: a crafted one must not wrap around to other bytes.
-            let offset = (local as u64)
-                .checked_mul((voxels * self.dtype.size()) as u64)
-                .and_then(|b| b.checked_add(offset))
-                .ok_or_else(|| Error::Input {
-                    path: path.clone(),
-                    message: format!(
-                        "dataset '{}' at {}: its data offset ({offset}) lies past any file size",
-                        self.dataset,
-                        self.timepoint(t)
-                    ),
-                })?;
-            let mut vol = Array3::<f32>::zeros(self.shape);
-            huge_pages(vol.as_slice_mut().expect("standard layout"));
-            let bad = read_raw(
-                path,
-                offset,
-                self.dtype,
-                vol.as_slice_mut().expect("standard layout"),
-            )
-            .map_err(|e| Error::Input {
-                path: path.clone(),
+        // The offset comes from the file: a crafted one must not wrap around to other bytes.
+        (local as u64)
+            .checked_mul((voxels * self.dtype.size()) as u64)
+            .and_then(|b| b.checked_add(offset))
+            .ok_or_else(|| Error::Input {
+                path: path.to_path_buf(),
                 message: format!(
-                    "reading dataset '{}' at {} ({e})",
+                    "dataset '{}' at {}: its data offset ({offset}) lies past any file size",
                     self.dataset,
                     self.timepoint(t)
                 ),
-            })?;
-            self.check_range(bad, path, t)?;
-            return Ok(vol);
+            })
+    }
+
+    fn raw_err(&self, path: &Path, t: usize, doing: &str, e: std::io::Error) -> Error {
+        Error::Input {
+            path: path.to_path_buf(),
+            message: format!(
+                "{doing} dataset '{}' at {} ({e})",
+                self.dataset,
+                self.timepoint(t)
+            ),
         }
-        let vol = self.read_hdf5(&ds, path, t, local)?;
-        if self.lens[i] > 1 {
-            *held = Some((i, ds));
-        }
-        Ok(vol)
     }
 
     fn read_hdf5(
@@ -1108,6 +1163,110 @@ pub fn huge_pages<T>(buf: &mut [T]) {
     let _ = buf;
 }
 
+/// An error unless `file` holds `bytes` bytes at `offset`.
+fn check_holds(file: &std::fs::File, offset: u64, bytes: u64) -> std::io::Result<()> {
+    let needed = offset.checked_add(bytes).ok_or_else(|| {
+        std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("the dataset's data offset {offset} lies past any file size"),
+        )
+    })?;
+    let len = file.metadata()?.len();
+    if len < needed {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            format!(
+                "the file is {len} bytes but the dataset's data ends at byte {needed}: truncated?"
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// The environment variable that turns off reading inputs in place (`0`), for comparisons.
+pub const MAP_ENV: &str = "GPUPREP_MAP_INPUTS";
+
+/// A volume as a reader hands it on: in memory, or mapped from its file (`Source::read_in_place`).
+#[derive(Debug)]
+pub enum Volume {
+    Owned(Array3<f32>),
+    #[cfg(unix)]
+    Mapped(MappedVolume),
+}
+
+impl Volume {
+    pub fn view(&self) -> ArrayView3<'_, f32> {
+        match self {
+            Volume::Owned(a) => a.view(),
+            #[cfg(unix)]
+            Volume::Mapped(m) => m.view(),
+        }
+    }
+
+    /// The volume in memory of its own (a mapped one copied), to be changed.
+    pub fn into_owned(self) -> Array3<f32> {
+        match self {
+            Volume::Owned(a) => a,
+            #[cfg(unix)]
+            Volume::Mapped(m) => m.view().to_owned(),
+        }
+    }
+}
+
+/// A float32 volume's bytes in its input file, mapped read-only and private: the process never
+/// writes them, and the file's pages are shared with the page cache rather than copied.
+#[cfg(unix)]
+#[derive(Debug)]
+pub struct MappedVolume {
+    map: memmap2::Mmap,
+    /// Where the volume starts in `map` (the map starts on a page boundary).
+    start: usize,
+    shape: [usize; 3],
+    _region: crate::cleanup::MappedRegion,
+}
+
+#[cfg(unix)]
+impl MappedVolume {
+    /// Maps the float32 volume of `shape` at byte `offset` of `path`; `None` where its data is not
+    /// aligned for float32 (then it is read instead).
+    fn map(path: &Path, offset: u64, shape: [usize; 3]) -> std::io::Result<Option<MappedVolume>> {
+        let bytes = shape.iter().product::<usize>() * std::mem::size_of::<f32>();
+        if !offset.is_multiple_of(std::mem::align_of::<f32>() as u64) {
+            return Ok(None);
+        }
+        let file = std::fs::File::open(path)?;
+        // Mapping past the file's end would fault on first touch, not fail here.
+        check_holds(&file, offset, bytes as u64)?;
+        // SAFETY: `page_size` only reads a system constant.
+        let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) }.max(1) as u64;
+        let base = offset / page * page;
+        let start = (offset - base) as usize;
+        // SAFETY: read-only and private; the file shrinking under the map raises SIGBUS on access,
+        // which `cleanup` turns into an error naming the file (mapping is only done when it will).
+        // Populated: the pages are brought in by the reader thread, not by the kernels' first touch.
+        let map = unsafe {
+            memmap2::MmapOptions::new()
+                .offset(base)
+                .len(start + bytes)
+                .populate()
+                .map(&file)?
+        };
+        let _region = crate::cleanup::MappedRegion::new(map.as_ptr() as usize, map.len(), path);
+        Ok(Some(MappedVolume {
+            map,
+            start,
+            shape,
+            _region,
+        }))
+    }
+
+    pub fn view(&self) -> ArrayView3<'_, f32> {
+        let bytes = &self.map[self.start..];
+        let values: &[f32] = bytemuck::cast_slice(&bytes[..bytes.len() / 4 * 4]);
+        ArrayView3::from_shape(self.shape, values).expect("the map holds the whole volume")
+    }
+}
+
 /// Reads `out.len()` little-endian `dtype` elements at byte `offset` of `path` into `out`, in blocks
 /// of a few MiB (bounded memory whatever the volume size); reports float64 values float32 cannot hold.
 fn read_raw(
@@ -1119,23 +1278,7 @@ fn read_raw(
     use std::io::{Read, Seek, SeekFrom};
     let size = dtype.size();
     let mut file = std::fs::File::open(path)?;
-    let needed = offset
-        .checked_add((out.len() * size) as u64)
-        .ok_or_else(|| {
-            std::io::Error::new(
-                std::io::ErrorKind::InvalidData,
-                format!("the dataset's data offset {offset} lies past any file size"),
-            )
-        })?;
-    let len = file.metadata()?.len();
-    if len < needed {
-        return Err(std::io::Error::new(
-            std::io::ErrorKind::UnexpectedEof,
-            format!(
-                "the file is {len} bytes but the dataset's data ends at byte {needed}: truncated?"
-            ),
-        ));
-    }
+    check_holds(&file, offset, (out.len() * size) as u64)?;
     file.seek(SeekFrom::Start(offset))?;
     let mut bad = OutOfRange::default();
     if dtype == Dtype::F32 && cfg!(target_endian = "little") {

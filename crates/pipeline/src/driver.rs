@@ -27,6 +27,7 @@
 use gpuprep_core::backend::{Backend, FrameOutput, FramePlan, Moments};
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
+use gpuprep_io::source::Volume;
 use gpuprep_io::{fmt_shape, Axes, Compression, Sink, SinkOptions, Source};
 use ndarray::{Array1, Array2, Array3, Array4, ArrayView3, Zip};
 use std::fs::File;
@@ -168,6 +169,8 @@ pub struct RunReport {
     pub constant_voxels: usize,
     /// Where pass 1's results waited for the z-score: "memory" or "file" (`None` without z-score).
     pub scratch: Option<&'static str>,
+    /// Volumes read in place (memory-mapped from their files: `Source::read_in_place`), not copied.
+    pub read_in_place: usize,
     /// The inputs read, for the summary: file count, first and last file, axes ([`Source::inputs_summary`]).
     pub inputs_summary: String,
     /// Busy time per stage, summed over volumes: `reference`; `read` (the reader threads: inputs, then the
@@ -227,7 +230,41 @@ impl Progress for () {}
 
 /// Applies the `NonFinite` policy to one volume; returns how many values were replaced.
 fn sanitize(vol: &mut Array3<f32>, policy: NonFinite, source: &Source, t: usize) -> Result<usize> {
-    let bad = vol.iter().filter(|v| !v.is_finite()).count();
+    let bad = nonfinite(vol.view(), policy, source, t)?;
+    if bad > 0 {
+        vol.mapv_inplace(|v| if v.is_finite() { v } else { 0.0 });
+    }
+    Ok(bad)
+}
+
+/// `sanitize` of a volume that may be read in place: copied only when values must be replaced.
+fn sanitize_volume(
+    vol: Volume,
+    policy: NonFinite,
+    source: &Source,
+    t: usize,
+) -> Result<(Volume, usize)> {
+    match nonfinite(vol.view(), policy, source, t)? {
+        0 => Ok((vol, 0)),
+        _ => {
+            let mut owned = vol.into_owned();
+            let bad = sanitize(&mut owned, policy, source, t)?;
+            Ok((Volume::Owned(owned), bad))
+        }
+    }
+}
+
+/// How many NaN/Inf values `vol` has, to be replaced with 0; an error naming them under
+/// `NonFinite::Error`.
+fn nonfinite(vol: ArrayView3<f32>, policy: NonFinite, source: &Source, t: usize) -> Result<usize> {
+    let bad = match vol.as_slice() {
+        // Branch-free over runs short enough for a u32 count: vectorized, at memory speed.
+        Some(v) => v
+            .chunks(1 << 16)
+            .map(|c| c.iter().map(|x| u32::from(!x.is_finite())).sum::<u32>() as usize)
+            .sum(),
+        None => vol.iter().filter(|v| !v.is_finite()).count(),
+    };
     if bad == 0 {
         return Ok(0);
     }
@@ -240,10 +277,7 @@ fn sanitize(vol: &mut Array3<f32>, policy: NonFinite, source: &Source, t: usize)
                 source.timepoint(t)
             ),
         }),
-        NonFinite::Zero => {
-            vol.mapv_inplace(|v| if v.is_finite() { v } else { 0.0 });
-            Ok(bad)
-        }
+        NonFinite::Zero => Ok(bad),
     }
 }
 
@@ -501,116 +535,152 @@ pub fn run_with_progress(
     let depth = queue_depth(shape);
     let mut registrations = Vec::with_capacity(if cfg.register.is_some() { n } else { 0 });
     let mut nonfinite_replaced = 0;
+    // Only the z-score, and its block-wise sweep: pass 1's results are the inputs themselves, so
+    // they are read in place where the format allows (`Source::read_in_place`: no copy, no fresh
+    // memory) and the backend has nothing to do.
+    let mut unchanged: Option<Vec<Volume>> = None;
+    let mut read_in_place = 0;
     progress.start("pass 1", n);
-    std::thread::scope(|scope| -> Result<()> {
-        let source = &source;
-        let rx = spawn_reader(scope, n, depth, |t| source.read(t));
-        let (sink, scratch) = (&mut sink, scratch.as_ref());
-        let (reference_host, correlations) = (reference_host.as_ref(), &correlations);
-        let projections = &projections;
-        type Message = (usize, Array3<f32>, Option<Array3<f32>>, Option<Array3<f32>>);
-        let mut writer = WriteBehind::spawn(
-            scope,
-            depth,
-            move |(t, volume, filtered, before): Message| {
-                if let (Some(r), Some(b)) = (reference_host, before.as_ref().or(filtered.as_ref()))
-                {
-                    let c = (
-                        crate::qc::correlation(b.view(), r.view()),
-                        crate::qc::correlation(volume.view(), r.view()),
-                    );
-                    correlations.lock().unwrap_or_else(|p| p.into_inner())[t] = c;
+    if cfg.median.is_none()
+        && cfg.register.is_none()
+        && !cfg.save_registered
+        && in_memory
+        && sink.block_shape().is_some()
+    {
+        let kept = std::thread::scope(|scope| -> Result<Vec<Volume>> {
+            let source = &source;
+            // Sanitized on the reader threads: both cores scan.
+            let rx = spawn_reader(scope, n, depth, |t| {
+                sanitize_volume(source.read_in_place(t)?, cfg.nonfinite, source, t)
+            });
+            let mut kept = Vec::with_capacity(n);
+            for _ in 0..n {
+                let (vol, bad) = receive(&rx, &mut clock)?;
+                nonfinite_replaced += bad;
+                read_in_place += usize::from(!matches!(vol, Volume::Owned(_)));
+                kept.push(vol);
+                progress.advance();
+                if let Some(why) = progress.cancelled() {
+                    return Err(Error::Data(why));
                 }
-                if let Some(b) = before.as_ref().or(filtered.as_ref()).filter(|_| shifting) {
-                    let mut p = projections.lock().unwrap_or_else(|p| p.into_inner());
-                    p.add(b.view(), volume.view());
-                }
-                if let Some(f) = filtered.as_ref().filter(|_| cfg.save_filtered) {
-                    sink.write_volume("filtered", t, f.view())?;
-                }
-                if cfg.save_registered {
-                    sink.write_volume("registered", t, volume.view())?;
-                }
-                match scratch {
-                    Some(s) => s.write(t, volume),
-                    None => sink.write_volume("data", t, volume.view()),
-                }
-            },
-        );
-        // The backend takes volumes from `frames` as it needs them (the GPU backend one ahead, to
-        // stage its upload) and hands each result to `emit` in order.
-        let mut frames = Frames {
-            rx: &rx,
-            next_t: 0,
-            n,
-            cfg,
-            source,
-            clock: &mut clock,
-            nonfinite_replaced: &mut nonfinite_replaced,
-            failed: false,
-            busy: Duration::ZERO,
-            keep_raw: keep_raw.then_some(&raw_queue),
-        };
-        let (mut emitted, mut emit_failed, mut emit_busy) = (0usize, false, Duration::ZERO);
-        let mut emit = |out: FrameOutput| -> Result<()> {
-            let t0 = Instant::now();
-            let FrameOutput {
-                volume,
-                filtered,
-                registration,
-            } = out;
-            registrations.extend(registration);
-            let before = raw_queue.borrow_mut().pop_front();
-            let sent = writer.send((emitted, volume, filtered, before));
-            emit_failed = sent.is_err();
-            emit_busy += t0.elapsed();
-            sent?;
-            emitted += 1;
-            progress.advance();
-            if let Some(why) = progress.cancelled() {
-                emit_failed = true;
-                return Err(Error::Data(why));
             }
-            Ok(())
-        };
-        let t0 = Instant::now();
-        let streamed = match (&given, reference_host.filter(|_| cfg.disambiguate)) {
-            (None, None) => backend.process_stream(&plan, &mut frames, &mut emit),
-            (given, disambiguate) => (|| {
-                for (t, raw) in (&mut frames).enumerate() {
-                    let raw = raw?;
-                    let how = match (given, disambiguate) {
-                        (Some(shifts), _) => FrameShift::Given(shifts[t]),
-                        (None, reference) => FrameShift::Disambiguated(cfg, reference),
-                    };
-                    let out = frame_with_shift(backend, raw.view(), &plan, how)?;
-                    drop(raw);
-                    emit(out)?;
+            Ok(kept)
+        })?;
+        unchanged = Some(kept);
+    } else {
+        std::thread::scope(|scope| -> Result<()> {
+            let source = &source;
+            let rx = spawn_reader(scope, n, depth, |t| source.read(t));
+            let (sink, scratch) = (&mut sink, scratch.as_ref());
+            let (reference_host, correlations) = (reference_host.as_ref(), &correlations);
+            let projections = &projections;
+            type Message = (usize, Array3<f32>, Option<Array3<f32>>, Option<Array3<f32>>);
+            let mut writer = WriteBehind::spawn(
+                scope,
+                depth,
+                move |(t, volume, filtered, before): Message| {
+                    if let (Some(r), Some(b)) =
+                        (reference_host, before.as_ref().or(filtered.as_ref()))
+                    {
+                        let c = (
+                            crate::qc::correlation(b.view(), r.view()),
+                            crate::qc::correlation(volume.view(), r.view()),
+                        );
+                        correlations.lock().unwrap_or_else(|p| p.into_inner())[t] = c;
+                    }
+                    if let Some(b) = before.as_ref().or(filtered.as_ref()).filter(|_| shifting) {
+                        let mut p = projections.lock().unwrap_or_else(|p| p.into_inner());
+                        p.add(b.view(), volume.view());
+                    }
+                    if let Some(f) = filtered.as_ref().filter(|_| cfg.save_filtered) {
+                        sink.write_volume("filtered", t, f.view())?;
+                    }
+                    if cfg.save_registered {
+                        sink.write_volume("registered", t, volume.view())?;
+                    }
+                    match scratch {
+                        Some(s) => s.write(t, volume),
+                        None => sink.write_volume("data", t, volume.view()),
+                    }
+                },
+            );
+            // The backend takes volumes from `frames` as it needs them (the GPU backend one ahead, to
+            // stage its upload) and hands each result to `emit` in order.
+            let mut frames = Frames {
+                rx: &rx,
+                next_t: 0,
+                n,
+                cfg,
+                source,
+                clock: &mut clock,
+                nonfinite_replaced: &mut nonfinite_replaced,
+                failed: false,
+                busy: Duration::ZERO,
+                keep_raw: keep_raw.then_some(&raw_queue),
+            };
+            let (mut emitted, mut emit_failed, mut emit_busy) = (0usize, false, Duration::ZERO);
+            let mut emit = |out: FrameOutput| -> Result<()> {
+                let t0 = Instant::now();
+                let FrameOutput {
+                    volume,
+                    filtered,
+                    registration,
+                } = out;
+                registrations.extend(registration);
+                let before = raw_queue.borrow_mut().pop_front();
+                let sent = writer.send((emitted, volume, filtered, before));
+                emit_failed = sent.is_err();
+                emit_busy += t0.elapsed();
+                sent?;
+                emitted += 1;
+                progress.advance();
+                if let Some(why) = progress.cancelled() {
+                    emit_failed = true;
+                    return Err(Error::Data(why));
                 }
                 Ok(())
-            })(),
-        };
-        let elapsed = t0.elapsed();
-        let (read_failed, read_busy) = (frames.failed, frames.busy);
-        clock.add("compute", elapsed.saturating_sub(read_busy + emit_busy));
-        match streamed {
-            Ok(()) if emitted == n => {}
-            Ok(()) => {
-                return Err(Error::Data(format!(
-                    "the backend returned {emitted} of {n} volumes"
-                )))
+            };
+            let t0 = Instant::now();
+            let streamed = match (&given, reference_host.filter(|_| cfg.disambiguate)) {
+                (None, None) => backend.process_stream(&plan, &mut frames, &mut emit),
+                (given, disambiguate) => (|| {
+                    for (t, raw) in (&mut frames).enumerate() {
+                        let raw = raw?;
+                        let how = match (given, disambiguate) {
+                            (Some(shifts), _) => FrameShift::Given(shifts[t]),
+                            (None, reference) => FrameShift::Disambiguated(cfg, reference),
+                        };
+                        let out = frame_with_shift(backend, raw.view(), &plan, how)?;
+                        drop(raw);
+                        emit(out)?;
+                    }
+                    Ok(())
+                })(),
+            };
+            let elapsed = t0.elapsed();
+            let (read_failed, read_busy) = (frames.failed, frames.busy);
+            clock.add("compute", elapsed.saturating_sub(read_busy + emit_busy));
+            match streamed {
+                Ok(()) if emitted == n => {}
+                Ok(()) => {
+                    return Err(Error::Data(format!(
+                        "the backend returned {emitted} of {n} volumes"
+                    )))
+                }
+                // Reading, sanitizing and writing name their own file and timepoint.
+                Err(e) if read_failed || emit_failed => return Err(e),
+                // The backend sees volumes, not timepoints: a data error (e.g. a registration that is
+                // not finite) gets its timepoint here. Results come out in order, so the volume being
+                // computed is the first not yet emitted.
+                Err(Error::Data(m)) => {
+                    return Err(Error::Data(format!("timepoint {emitted}: {m}")))
+                }
+                Err(e) => return Err(e),
             }
-            // Reading, sanitizing and writing name their own file and timepoint.
-            Err(e) if read_failed || emit_failed => return Err(e),
-            // The backend sees volumes, not timepoints: a data error (e.g. a registration that is
-            // not finite) gets its timepoint here. Results come out in order, so the volume being
-            // computed is the first not yet emitted.
-            Err(Error::Data(m)) => return Err(Error::Data(format!("timepoint {emitted}: {m}"))),
-            Err(e) => return Err(e),
-        }
-        clock.add("write", writer.finish()?);
-        Ok(())
-    })?;
+            clock.add("write", writer.finish()?);
+            Ok(())
+        })?;
+    }
     progress.finish();
 
     let mut constant_voxels = 0;
@@ -619,7 +689,10 @@ pub fn run_with_progress(
     {
         // Block by block of output chunks, each stored by the writer thread while the next is
         // computed: the z-score and the writing overlap instead of following each other.
-        let volumes = kept.take_all()?;
+        let volumes = match unchanged.take() {
+            Some(v) => v,
+            None => kept.take_all()?.into_iter().map(Volume::Owned).collect(),
+        };
         // Whole rows of chunks along x: the sweep then reads each volume in long contiguous runs
         // (a chunk's 64-voxel rows cost it a third of its speed in cache and TLB misses).
         let block = [block[0], block[1], shape[2]];
@@ -791,6 +864,7 @@ pub fn run_with_progress(
         nonfinite_replaced,
         constant_voxels,
         scratch: scratch_place,
+        read_in_place,
         inputs_summary: source.inputs_summary(),
         stage_times: clock.0,
         total: started.elapsed(),

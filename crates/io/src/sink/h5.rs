@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use hdf5::types::VarLenUnicode;
-use ndarray::{s, Array1, Array3, ArrayView3, ArrayView4, ArrayViewD};
+use ndarray::{s, Array1, Array3, ArrayView3, ArrayView4, ArrayViewD, ArrayViewMut4};
 
 use super::volume_chunking;
 use crate::source::first_line;
@@ -17,6 +17,10 @@ pub(super) struct Hdf5Out {
     // `None` once closed; the datasets are dropped before the file so HDF5 really closes it.
     file: Option<hdf5::File>,
     volumes: Vec<(String, hdf5::Dataset)>,
+    /// The volume datasets' chunk shape (t, z, y, x).
+    chunk: [usize; 4],
+    /// One chunk, gathered from a block for `write_block` (kept: fresh memory costs a fault per page).
+    chunk_buf: Vec<f32>,
 }
 
 impl Hdf5Out {
@@ -36,12 +40,14 @@ impl Hdf5Out {
                 first_line(&e)
             ),
         })?;
+        let (chunk, cache_bytes, cache_slots) = volume_chunking(t, shape);
         let mut out = Hdf5Out {
             path: path.to_path_buf(),
             file: Some(file),
             volumes: Vec::new(),
+            chunk,
+            chunk_buf: Vec::new(),
         };
-        let (chunk, cache_bytes, cache_slots) = volume_chunking(t, shape);
         for &name in volumes {
             let ds = out
                 .file()?
@@ -76,19 +82,76 @@ impl Hdf5Out {
         origin: [usize; 3],
         data: ArrayView4<f32>,
     ) -> Result<()> {
-        let (_, bz, by, bx) = data.dim();
-        let [z, y, x] = origin;
-        self.dataset(name)?
-            .write_slice(&data, s![.., z..z + bz, y..y + by, x..x + bx])
-            .map_err(|source| {
-                self.hdf5_err(
-                    format!(
-                        "writing /{name} at (z, y, x) = ({}, {}, {}), every timepoint",
-                        origin[0], origin[1], origin[2]
-                    ),
-                    source,
-                )
-            })
+        // Chunk by chunk, each gathered here into one kept buffer and handed to HDF5's direct chunk
+        // write (the volumes are uncompressed float32 in the file's byte order): HDF5's own path
+        // gathers every chunk again into a freshly allocated cache buffer, page faults and all.
+        let (nt, bz, by, bx) = data.dim();
+        let [ct, cz, cy, cx] = self.chunk;
+        let id = self.dataset(name)?.id();
+        let mut buf = std::mem::take(&mut self.chunk_buf);
+        buf.resize(ct * cz * cy * cx, 0.0);
+        let mut result = Ok(());
+        'chunks: for t0 in (0..nt).step_by(ct) {
+            for z0 in (0..bz).step_by(cz) {
+                for y0 in (0..by).step_by(cy) {
+                    for x0 in (0..bx).step_by(cx) {
+                        let part = data.slice(s![
+                            t0..(t0 + ct).min(nt),
+                            z0..(z0 + cz).min(bz),
+                            y0..(y0 + cy).min(by),
+                            x0..(x0 + cx).min(bx)
+                        ]);
+                        let (pt, pz, py, px) = part.dim();
+                        let mut chunk = ArrayViewMut4::from_shape((ct, cz, cy, cx), &mut buf[..])
+                            .expect("the buffer holds one chunk");
+                        // Past the dataset's edge a chunk holds the fill value, as HDF5 would store.
+                        if (pt, pz, py, px) != (ct, cz, cy, cx) {
+                            chunk.fill(0.0);
+                        }
+                        // Row by row: ndarray's element-wise `assign` over four axes costs more
+                        // than the copies.
+                        for (mut dst, src) in chunk
+                            .slice_mut(s![..pt, ..pz, ..py, ..px])
+                            .rows_mut()
+                            .into_iter()
+                            .zip(part.rows())
+                        {
+                            match (dst.as_slice_mut(), src.as_slice()) {
+                                (Some(d), Some(s)) => d.copy_from_slice(s),
+                                _ => dst.assign(&src),
+                            }
+                        }
+                        let offset = [t0, origin[0] + z0, origin[1] + y0, origin[2] + x0]
+                            .map(|o| o as hdf5_sys::h5::hsize_t);
+                        let bytes = std::mem::size_of_val(&buf[..]);
+                        // SAFETY: `offset` has the dataset's rank and `buf` is one whole chunk's
+                        // bytes; both outlive the call, made under the crate's global HDF5 lock.
+                        let rc = hdf5::sync::sync(|| unsafe {
+                            hdf5_sys::h5d::H5Dwrite_chunk(
+                                id,
+                                hdf5_sys::h5p::H5P_DEFAULT,
+                                0,
+                                offset.as_ptr(),
+                                bytes,
+                                buf.as_ptr().cast(),
+                            )
+                        });
+                        if let Err(source) = hdf5::h5check(rc) {
+                            result = Err(self.hdf5_err(
+                                format!(
+                                    "writing /{name} at (z, y, x) = ({}, {}, {}), every timepoint",
+                                    origin[0], origin[1], origin[2]
+                                ),
+                                source,
+                            ));
+                            break 'chunks;
+                        }
+                    }
+                }
+            }
+        }
+        self.chunk_buf = buf;
+        result
     }
 
     pub(super) fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {
