@@ -11,7 +11,7 @@ use crate::VoxelSize;
 use std::fs::FileType;
 use std::path::{Path, PathBuf};
 
-use ndarray::{Array3, ArrayView3, ArrayView4, ArrayViewD};
+use ndarray::{s, Array3, ArrayView3, ArrayView4, ArrayViewD};
 
 use super::cleanup::{Registered, TEMP_PREFIX};
 use super::fmt_shape;
@@ -817,6 +817,30 @@ impl Drop for Sink {
         // successful `finish` there is nothing left to do: `dir` is `None`.
         drop(self.out.take());
         drop(self.dir.take());
+    }
+}
+
+/// `part` (one chunk of a 4-D dataset, cut short where it reaches the dataset's edge) into `buf` as
+/// a whole chunk of `chunk`, in C order, padded with the fill value 0 as the formats store it.
+fn gather_chunk(part: ArrayView4<f32>, chunk: [usize; 4], buf: &mut Vec<f32>) {
+    buf.resize(chunk.iter().product(), 0.0);
+    let mut dst = ndarray::ArrayViewMut4::from_shape(chunk, &mut buf[..])
+        .expect("the buffer holds one chunk");
+    let (pt, pz, py, px) = part.dim();
+    if [pt, pz, py, px] != chunk {
+        dst.fill(0.0);
+    }
+    // Row by row: ndarray's element-wise copy over four axes costs more than the copies.
+    for (mut d, s) in dst
+        .slice_mut(s![..pt, ..pz, ..py, ..px])
+        .rows_mut()
+        .into_iter()
+        .zip(part.rows())
+    {
+        match (d.as_slice_mut(), s.as_slice()) {
+            (Some(d), Some(s)) => d.copy_from_slice(s),
+            _ => d.assign(&s),
+        }
     }
 }
 

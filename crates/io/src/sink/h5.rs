@@ -3,7 +3,7 @@
 use std::path::{Path, PathBuf};
 
 use hdf5::types::VarLenUnicode;
-use ndarray::{s, Array1, Array3, ArrayView3, ArrayView4, ArrayViewD, ArrayViewMut4};
+use ndarray::{s, Array1, Array3, ArrayView3, ArrayView4, ArrayViewD};
 
 use super::volume_chunking;
 use crate::source::first_line;
@@ -89,7 +89,6 @@ impl Hdf5Out {
         let [ct, cz, cy, cx] = self.chunk;
         let id = self.dataset(name)?.id();
         let mut buf = std::mem::take(&mut self.chunk_buf);
-        buf.resize(ct * cz * cy * cx, 0.0);
         let mut result = Ok(());
         'chunks: for t0 in (0..nt).step_by(ct) {
             for z0 in (0..bz).step_by(cz) {
@@ -101,26 +100,7 @@ impl Hdf5Out {
                             y0..(y0 + cy).min(by),
                             x0..(x0 + cx).min(bx)
                         ]);
-                        let (pt, pz, py, px) = part.dim();
-                        let mut chunk = ArrayViewMut4::from_shape((ct, cz, cy, cx), &mut buf[..])
-                            .expect("the buffer holds one chunk");
-                        // Past the dataset's edge a chunk holds the fill value, as HDF5 would store.
-                        if (pt, pz, py, px) != (ct, cz, cy, cx) {
-                            chunk.fill(0.0);
-                        }
-                        // Row by row: ndarray's element-wise `assign` over four axes costs more
-                        // than the copies.
-                        for (mut dst, src) in chunk
-                            .slice_mut(s![..pt, ..pz, ..py, ..px])
-                            .rows_mut()
-                            .into_iter()
-                            .zip(part.rows())
-                        {
-                            match (dst.as_slice_mut(), src.as_slice()) {
-                                (Some(d), Some(s)) => d.copy_from_slice(s),
-                                _ => dst.assign(&src),
-                            }
-                        }
+                        super::gather_chunk(part, self.chunk, &mut buf);
                         let offset = [t0, origin[0] + z0, origin[1] + y0, origin[2] + x0]
                             .map(|o| o as hdf5_sys::h5::hsize_t);
                         let bytes = std::mem::size_of_val(&buf[..]);

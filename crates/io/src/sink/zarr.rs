@@ -499,37 +499,27 @@ fn store_chunks(
     }
     let counts: Vec<u64> = (0..4).map(|i| extent[i].div_ceil(chunk[i])).collect();
     let total = counts.iter().product::<u64>();
-    (0..total).into_par_iter().try_for_each(|k| {
-        // Chunk k of the region, its indices in the array's chunk grid and its offset in `data`.
-        let mut rest = k;
-        let mut within = [0u64; 4];
-        for i in (0..4).rev() {
-            within[i] = rest % counts[i];
-            rest /= counts[i];
-        }
-        let indices: Vec<u64> = (0..4).map(|i| start[i] / chunk[i] + within[i]).collect();
-        let lo: Vec<usize> = (0..4).map(|i| (within[i] * chunk[i]) as usize).collect();
-        let hi: Vec<usize> = (0..4)
-            .map(|i| (lo[i] + chunk[i] as usize).min(data.shape()[i]))
-            .collect();
-        let part = data.slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], lo[3]..hi[3]]);
-        let full = (0..4).all(|i| hi[i] - lo[i] == chunk[i] as usize);
-        let buf = if full {
-            part.to_owned()
-        } else {
-            let c: Vec<usize> = chunk.iter().map(|&c| c as usize).collect();
-            let mut b = Array4::<f32>::zeros((c[0], c[1], c[2], c[3]));
-            b.slice_mut(s![
-                ..part.dim().0,
-                ..part.dim().1,
-                ..part.dim().2,
-                ..part.dim().3
-            ])
-            .assign(&part);
-            b
-        };
-        crate::cleanup::gated(|| array.store_chunk(&indices, buf))
-    })
+    let c: Vec<usize> = chunk.iter().map(|&c| c as usize).collect();
+    // One chunk buffer per task chain, refilled: fresh memory costs a fault per page.
+    (0..total)
+        .into_par_iter()
+        .try_for_each_init(Vec::<f32>::new, |buf, k| {
+            // Chunk k of the region, its indices in the array's chunk grid and its offset in `data`.
+            let mut rest = k;
+            let mut within = [0u64; 4];
+            for i in (0..4).rev() {
+                within[i] = rest % counts[i];
+                rest /= counts[i];
+            }
+            let indices: Vec<u64> = (0..4).map(|i| start[i] / chunk[i] + within[i]).collect();
+            let lo: Vec<usize> = (0..4).map(|i| (within[i] * chunk[i]) as usize).collect();
+            let hi: Vec<usize> = (0..4)
+                .map(|i| (lo[i] + chunk[i] as usize).min(data.shape()[i]))
+                .collect();
+            let part = data.slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], lo[3]..hi[3]]);
+            super::gather_chunk(part, [c[0], c[1], c[2], c[3]], buf);
+            crate::cleanup::gated(|| array.store_chunk(&indices, &buf[..]))
+        })
 }
 
 /// A Zarr failure at `path` while doing `what`, its cause in one line.
