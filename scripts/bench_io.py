@@ -4,7 +4,9 @@ against a plain copy of the same bytes, on HDF5 and OME-Zarr outputs.
 
 Each round runs, in turn: `cat` of the input files into one file (the issue's plain copy: coreutils copies
 in the kernel), a read-then-write copy in Python (each file read into memory, written to one file: what any
-program that looks at the data must at least do), gpuprep into HDF5, gpuprep into OME-Zarr. Every command is
+program that looks at the data must at least do), the same bytes written as one file per MiB (the Zarr
+output's layout, one file per chunk: the file system's own cost of that many files), gpuprep into HDF5,
+gpuprep into OME-Zarr. Every command is
 followed by `sync` inside its timing (so written data reaching the device counts for all alike), and its
 output is deleted (and synced) before the next, so each starts with the same free memory. The medians over
 the rounds are printed with their ratios to `cat`.
@@ -64,7 +66,8 @@ def main() -> int:
                        capture_output=True)
     files = sorted(glob.glob(os.path.join(data, "*.h5")))
     size = sum(os.path.getsize(f) for f in files)
-    out = {name: os.path.join(args.workdir, name) for name in ("copy.bin", "pycopy.bin", "out.h5", "out.ome.zarr")}
+    out = {name: os.path.join(args.workdir, name)
+           for name in ("copy.bin", "pycopy.bin", "pyfiles", "out.h5", "out.ome.zarr")}
 
     def py_copy() -> None:
         with open(out["pycopy.bin"], "wb") as dst:
@@ -72,10 +75,24 @@ def main() -> int:
                 with open(f, "rb") as src:
                     dst.write(src.read())
 
+    def py_files() -> None:
+        # The same bytes as one file per 1 MiB (the Zarr output's layout: one file per chunk): what the
+        # file system alone charges for that many files.
+        os.makedirs(out["pyfiles"])
+        k = 0
+        for f in files:
+            with open(f, "rb") as src:
+                data = src.read()
+            for i in range(0, len(data), 1 << 20):
+                with open(os.path.join(out["pyfiles"], str(k)), "wb") as dst:
+                    dst.write(data[i:i + (1 << 20)])
+                k += 1
+
     run = [args.gpuprep, "run", data, "--no-median", "--no-register", "--backend", args.backend, "-q"]
     cases = {
         "cat (plain copy)": (["sh", "-c", f"cat {' '.join(files)} > {out['copy.bin']}"], out["copy.bin"]),
         "read + write copy (Python)": (py_copy, out["pycopy.bin"]),
+        "the same into 1 MiB files (Py)": (py_files, out["pyfiles"]),
         "gpuprep, HDF5 output": (run + ["-o", out["out.h5"]], out["out.h5"]),
         "gpuprep, OME-Zarr output": (run + ["-o", out["out.ome.zarr"]], out["out.ome.zarr"]),
     }
