@@ -252,7 +252,7 @@ def test_cluster_output_equals_cli_and_reference_is_broadcast(dataset, client, t
     assert report["scratch"] == ("file" if budget == 0 else "memory")
     assert report["workers"] == 2 and report["tasks_per_pass"] == 6 and report["reduction_depth"] == 3
     check_store(out, dataset, ["cpu", "2 workers"])
-    # The reference was scattered to the workers, each of which transformed it at most once for all its
+    # The reference reached the workers, each of which transformed it at most once for all its
     # tasks; the client never did.
     after = client.run(transforms)
     assert {after[w] - before[w] for w in after} <= {0, 1} and sum(after.values()) > sum(before.values())

@@ -3,9 +3,10 @@
 
 This module owns the graph and the distributed OME-Zarr output:
 
-- the reference volume, computed once (the chosen timepoint or the mean of a range, median-filtered unless
-  ``register_raw``) and shipped once per worker (``client.scatter(..., broadcast=True)``); each worker
-  process transforms it once, on first use, and keeps it across its tasks;
+- the reference volume, computed once by tasks at the head of the graph (the chosen timepoint or the mean
+  of a range, median-filtered unless ``register_raw``; refined first and broadcast with
+  ``client.scatter(..., broadcast=True)`` under ``reference_iterations``) and fetched once per worker; each
+  worker process transforms it once, on first use, and keeps it across its tasks;
 - one task per block of timepoints calling ``gpuprep.process_block`` (median → register → shift), returning
   the shifts and a ``gpuprep.Moments`` of the block;
 - the z-score with no rechunk to time series: the blocks' Moments merged pairwise (Chan et al.) in a tree of
@@ -429,7 +430,7 @@ reference_transforms = 0
 class SharedReference:
     """The registration reference as shipped to workers: its volume and parameters. ``get()`` builds the
     ``gpuprep.Reference`` (the transform of the volume) on first use in each process and keeps it, so a
-    worker holding the scattered copy transforms it once for all its tasks. The client never transforms
+    worker holding a copy transforms it once for all its tasks. The client never transforms
     it: it may have no GPU, nor room for the spectrum."""
 
     def __init__(self, volume: np.ndarray, upsample_factor: int, normalization: str, backend: str,
@@ -608,14 +609,18 @@ def merge_moments(a: Any, b: Any) -> Any:
     return m
 
 
-def finalize_moments(m: Any, ddof: int, store: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """The f64 mean and std; with an output store, also its ``mean`` and ``std`` arrays (float32), by this
-    one task."""
-    mean, std = _moments(m).finalize(ddof=ddof)
-    if store is not None:
-        _write(os.path.join(store, "mean"), None, mean.astype(np.float32))
-        _write(os.path.join(store, "std"), None, std.astype(np.float32))
-    return mean, std
+def finalize_moments(m: Any, ddof: int) -> tuple[np.ndarray, np.ndarray]:
+    """The f64 mean and std."""
+    return _moments(m).finalize(ddof=ddof)
+
+
+def write_stats(stats: tuple, store: str) -> int:
+    """The output store's ``mean`` and ``std`` arrays (float32): a task of its own, beside the blocks'
+    normalization rather than before it (every block waits for the moments, none for these writes)."""
+    mean, std = stats
+    _write(os.path.join(store, "mean"), None, mean.astype(np.float32))
+    _write(os.path.join(store, "std"), None, std.astype(np.float32))
+    return 2
 
 
 def normalize_block(vols: np.ndarray, stats: tuple, p: _Params) -> np.ndarray:
@@ -710,8 +715,9 @@ class _Graph:
 
 
 def _reference(arr: Any, p: _Params, client: Any) -> tuple[SharedReference | Any | None, np.ndarray | None]:
-    """The reference volume computed now (a chain over its timepoints: one volume in memory at a time),
-    wrapped for the workers and, on a cluster, broadcast to every worker once; and the volume itself."""
+    """The reference for the workers (a chain over its timepoints: one volume in memory at a time): a
+    delayed ``SharedReference``, computed by the run's own graph; with ``reference_iterations``, computed
+    and refined now and, on a cluster, broadcast to every worker once, with the refined volume itself."""
     if not p.register:
         return None, None
     from dask import delayed
@@ -721,6 +727,10 @@ def _reference(arr: Any, p: _Params, client: Any) -> tuple[SharedReference | Any
     for t in range(start, end):
         acc = delayed(reference_add, pure=True)(acc, arr[t], t, p)
     vol = delayed(reference_finish, pure=True)(acc, end - start)
+    if p.reference_iterations == 0:
+        # A task of the run's graph, not computed first: the blocks' reads start while it runs. Each
+        # worker receives its result once (dask keeps a fetched dependency) and transforms it once.
+        return delayed(_shared, pure=True)(vol, p), None
     vol = _compute_now(vol, client)
     for _ in range(p.reference_iterations):
         vol = _refined(arr, vol, p, client)
@@ -797,7 +807,7 @@ def _refined(arr: Any, current: np.ndarray, p: _Params, client: Any) -> np.ndarr
     return (total / len(order)).astype(np.float32)
 
 
-def _build(arr: Any, ref: Any, p: _Params, scratch: str | None, stats_store: str | None,
+def _build(arr: Any, ref: Any, p: _Params, scratch: str | None,
            saved: dict[str, str] | None = None) -> _Graph:
     from dask import delayed
 
@@ -812,7 +822,7 @@ def _build(arr: Any, ref: Any, p: _Params, scratch: str | None, stats_store: str
     stats, depth = None, 0
     if p.zscore:
         root, depth = tree_reduce(moments, merge_moments)
-        stats = delayed(finalize_moments, pure=True)(root, p.ddof, stats_store)
+        stats = delayed(finalize_moments, pure=True)(root, p.ddof)
     return _Graph(blocks, sides, stats, depth)
 
 
@@ -820,7 +830,7 @@ def _lazy(arr: Any, ref: Any, p: _Params) -> tuple[Any, Any]:
     import dask.array as da
     from dask import delayed
 
-    g = _build(arr, ref, p, None, None)
+    g = _build(arr, ref, p, None)
     z, sh = [], []
     for (t0, n), side in zip(g.blocks, g.sides):
         vols = delayed(block_volumes, pure=True)(side)
@@ -1091,9 +1101,11 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
                 saved[name] = os.path.join(store, name)
                 _create_array(saved[name], (t,) + shape, chunks, np.float32, p.compression, True, shards)
         first = None if in_memory else (scratch or os.path.join(store, "0"))
-        g = _build(arr, ref, p, first, store if p.zscore else None, saved)
+        g = _build(arr, ref, p, first, saved)
         small = [delayed(_side_only, pure=True)(s) for s in g.sides]
         final = list(small)
+        if p.zscore:
+            final.append(delayed(write_stats, pure=True)(g.stats, store))
         if in_memory:
             for s in g.sides:
                 final.append(delayed(normalize_kept, pure=True)(s, os.path.join(store, "0"), g.stats, p))
