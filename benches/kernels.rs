@@ -30,6 +30,19 @@ fn kernels(c: &mut Criterion) {
         let v = volume(shape);
         let name = format!("{}x{}x{}", shape[0], shape[1], shape[2]);
         g.throughput(Throughput::Bytes((v.len() * 4) as u64));
+        // The floor of a kernel that reads its volume once and writes one: a copy on the same threads.
+        let mut out = Array3::<f32>::zeros(shape);
+        g.bench_with_input(BenchmarkId::new("copy", &name), &v, |b, v| {
+            b.iter(|| {
+                use rayon::prelude::*;
+                let src = v.as_slice().expect("standard layout");
+                out.as_slice_mut()
+                    .expect("standard layout")
+                    .par_chunks_mut(1 << 16)
+                    .zip(src.par_chunks(1 << 16))
+                    .for_each(|(d, s)| d.copy_from_slice(s))
+            })
+        });
         g.bench_with_input(BenchmarkId::new("median3x3x3", &name), &v, |b, v| {
             b.iter(|| median3d(v.view(), &MedianParams::default()))
         });

@@ -4,7 +4,8 @@
 A benchmark, not a test: each function runs once to warm up, then `--repeat` times; the median wall
 time is printed in ms. The peers run single-threaded (OMP/OPENBLAS/MKL threads pinned to 1 before numpy
 loads), as scipy.ndimage and scikit-image have no threads of their own; the FFT rows are scipy.fft with
-`workers=1` and `workers=2`, the floor to compare gpuprep's transforms against.
+`workers=1` and `workers=2`, the floor to compare gpuprep's transforms against; a numpy copy of the
+volume (the floor of a kernel that reads and writes it once); SimpleITK's median where installed.
 
     python3 scripts/bench_peers.py [--shapes 100,100,100 64,256,256] [--repeat 3]
 """
@@ -50,15 +51,34 @@ def main() -> int:
         v = volume(shape)
         name = "x".join(map(str, shape))
         spec = scipy.fft.rfftn(v)
+        out = np.empty_like(v)
         cases = [
             ("median3x3x3", lambda: ndi.median_filter(v, 3)),
             ("shift_order3", lambda: ndi.shift(v, (0.4, -1.3, 2.7))),
             ("register_u1", lambda: phase_cross_correlation(v, v)),
             ("register_u10", lambda: phase_cross_correlation(v, v, upsample_factor=10)),
+            ("copy (numpy, the floor)", lambda: np.copyto(out, v)),
             ("rfftn_workers1", lambda: scipy.fft.rfftn(v, workers=1)),
             ("rfftn_workers2", lambda: scipy.fft.rfftn(v, workers=2)),
             ("irfftn_workers2", lambda: scipy.fft.irfftn(spec, shape, workers=2)),
         ]
+        # SimpleITK's median (ITK's, radius 1: 3x3x3; its edges repeat the border, scipy's reflect: the
+        # same work), on one and two threads, where it is installed (`pip install SimpleITK`).
+        try:
+            import SimpleITK as sitk
+        except ImportError:
+            sitk = None
+            print("SimpleITK is not installed (pip install SimpleITK): its median is not timed")
+        if sitk is not None:
+            img = sitk.GetImageFromArray(v)
+            for threads in (1, 2):
+                def med(threads=threads):
+                    f = sitk.MedianImageFilter()
+                    f.SetRadius(1)
+                    f.SetNumberOfThreads(threads)
+                    return f.Execute(img)
+
+                cases.append((f"median3x3x3_simpleitk_threads{threads}", med))
         for label, f in cases:
             print(f"{label}/{name}: {timed(f):.1f} ms", flush=True)
     return 0
