@@ -42,6 +42,32 @@ fn expect_error(args: &[&str], needle: &str) {
     );
 }
 
+/// `gpuprep synth` of a float32 "realistic" series of `shape` (t,z,y,x) into `dir`; its path.
+fn synth_f32(dir: &Path, shape: &str) -> String {
+    let d = dir.display().to_string();
+    let (code, err) = gpuprep(&[
+        "synth",
+        &d,
+        "--shape",
+        shape,
+        "--mode",
+        "realistic",
+        "--dtype",
+        "float32",
+    ]);
+    assert_eq!(code, 0, "{err}");
+    d
+}
+
+/// Writes a NaN at voxel (4, 3, 2) of timepoint 3 of a `synth_f32` series in `dir`.
+fn nan_in_timepoint_3(dir: &Path) {
+    let f = hdf5::File::open_rw(dir.join("ind_00003.h5")).unwrap();
+    let ds = f.dataset("default").unwrap();
+    let mut v = ds.read::<f32, ndarray::Ix3>().unwrap();
+    v[[4, 3, 2]] = f32::NAN;
+    ds.write(&v).unwrap();
+}
+
 #[test]
 fn bad_inputs_are_clear_errors() {
     let series = fixture("series");
@@ -210,25 +236,8 @@ fn gpu_and_cpu_backends_write_the_same_file() {
 fn a_nan_midway_stops_the_run_and_leaves_nothing_behind() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let d = data.display().to_string();
-    let (code, err) = gpuprep(&[
-        "synth",
-        &d,
-        "--shape",
-        "6,10,14,12",
-        "--mode",
-        "realistic",
-        "--dtype",
-        "float32",
-    ]);
-    assert_eq!(code, 0, "{err}");
-    {
-        let f = hdf5::File::open_rw(data.join("ind_00003.h5")).unwrap();
-        let ds = f.dataset("default").unwrap();
-        let mut v = ds.read::<f32, ndarray::Ix3>().unwrap();
-        v[[4, 3, 2]] = f32::NAN;
-        ds.write(&v).unwrap();
-    }
+    let d = synth_f32(&data, "6,10,14,12");
+    nan_in_timepoint_3(&data);
     // Timepoints 0-2 have been written (to the scratch file, and to the output with --save) by then.
     expect_error(&[&d], "ind_00003.h5");
     expect_error(&[&d, "--save", "filtered,registered"], "timepoint 3");
@@ -290,18 +299,7 @@ fn a_closed_stdout_ends_the_run_quietly_after_the_output_is_complete() {
 fn inputs_read_in_place_give_the_same_output_as_inputs_read() {
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("data");
-    let d = data.display().to_string();
-    let (code, err) = gpuprep(&[
-        "synth",
-        &d,
-        "--shape",
-        "7,10,14,13",
-        "--mode",
-        "realistic",
-        "--dtype",
-        "float32",
-    ]);
-    assert_eq!(code, 0, "{err}");
+    let d = synth_f32(&data, "7,10,14,13");
     let files = |dir: &Path| {
         let mut v: Vec<_> = std::fs::read_dir(dir)
             .unwrap()
@@ -357,13 +355,7 @@ fn inputs_read_in_place_give_the_same_output_as_inputs_read() {
     }
     assert!(files(&data) == before, "an input changed");
     // A NaN in one input: refused, naming it, or replaced (that volume then copied, not mapped).
-    {
-        let f = hdf5::File::open_rw(data.join("ind_00003.h5")).unwrap();
-        let ds = f.dataset("default").unwrap();
-        let mut v = ds.read::<f32, ndarray::Ix3>().unwrap();
-        v[[4, 3, 2]] = f32::NAN;
-        ds.write(&v).unwrap();
-    }
+    nan_in_timepoint_3(&data);
     let before = files(&data);
     let (code, _, stderr, out) = run("1", &[], "nan.h5");
     assert_eq!(code, Some(2), "{stderr}");
