@@ -820,6 +820,27 @@ impl Drop for Sink {
     }
 }
 
+/// The origins (t, z, y, x) within `data` of the chunks of `chunk` that tile it, in C order, each
+/// with its part of `data` (cut short where `data` ends).
+fn chunks_of<'a>(
+    data: ArrayView4<'a, f32>,
+    chunk: [usize; 4],
+) -> impl Iterator<Item = ([usize; 4], ArrayView4<'a, f32>)> + 'a {
+    let extent: [usize; 4] = data.shape().try_into().expect("four axes");
+    let counts = std::array::from_fn::<usize, 4, _>(|i| extent[i].div_ceil(chunk[i].max(1)));
+    (0..counts.iter().product::<usize>()).map(move |k| {
+        let mut rest = k;
+        let mut lo = [0; 4];
+        for i in (0..4).rev() {
+            lo[i] = rest % counts[i] * chunk[i];
+            rest /= counts[i];
+        }
+        let hi = std::array::from_fn::<usize, 4, _>(|i| (lo[i] + chunk[i]).min(extent[i]));
+        let part = data.slice_move(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], lo[3]..hi[3]]);
+        (lo, part)
+    })
+}
+
 /// `part` (one chunk of a 4-D dataset, cut short where it reaches the dataset's edge) into `buf` as
 /// a whole chunk of `chunk`, in C order, padded with the fill value 0 as the formats store it.
 fn gather_chunk(part: ArrayView4<f32>, chunk: [usize; 4], buf: &mut Vec<f32>) {

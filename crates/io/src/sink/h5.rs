@@ -85,53 +85,42 @@ impl Hdf5Out {
         // Chunk by chunk, each gathered here into one kept buffer and handed to HDF5's direct chunk
         // write (the volumes are uncompressed float32 in the file's byte order): HDF5's own path
         // gathers every chunk again into a freshly allocated cache buffer, page faults and all.
-        let (nt, bz, by, bx) = data.dim();
-        let [ct, cz, cy, cx] = self.chunk;
         let id = self.dataset(name)?.id();
         let mut buf = std::mem::take(&mut self.chunk_buf);
-        let mut result = Ok(());
-        'chunks: for t0 in (0..nt).step_by(ct) {
-            for z0 in (0..bz).step_by(cz) {
-                for y0 in (0..by).step_by(cy) {
-                    for x0 in (0..bx).step_by(cx) {
-                        let part = data.slice(s![
-                            t0..(t0 + ct).min(nt),
-                            z0..(z0 + cz).min(bz),
-                            y0..(y0 + cy).min(by),
-                            x0..(x0 + cx).min(bx)
-                        ]);
-                        super::gather_chunk(part, self.chunk, &mut buf);
-                        let offset = [t0, origin[0] + z0, origin[1] + y0, origin[2] + x0]
-                            .map(|o| o as hdf5_sys::h5::hsize_t);
-                        let bytes = std::mem::size_of_val(&buf[..]);
-                        // SAFETY: `offset` has the dataset's rank and `buf` is one whole chunk's
-                        // bytes; both outlive the call, made under the crate's global HDF5 lock.
-                        let rc = hdf5::sync::sync(|| unsafe {
-                            hdf5_sys::h5d::H5Dwrite_chunk(
-                                id,
-                                hdf5_sys::h5p::H5P_DEFAULT,
-                                0,
-                                offset.as_ptr(),
-                                bytes,
-                                buf.as_ptr().cast(),
-                            )
-                        });
-                        if let Err(source) = hdf5::h5check(rc) {
-                            result = Err(self.hdf5_err(
-                                format!(
-                                    "writing /{name} at (z, y, x) = ({}, {}, {}), every timepoint",
-                                    origin[0], origin[1], origin[2]
-                                ),
-                                source,
-                            ));
-                            break 'chunks;
-                        }
-                    }
-                }
-            }
-        }
+        let written = super::chunks_of(data, self.chunk).try_for_each(|(lo, part)| {
+            super::gather_chunk(part, self.chunk, &mut buf);
+            let offset = [
+                lo[0],
+                origin[0] + lo[1],
+                origin[1] + lo[2],
+                origin[2] + lo[3],
+            ]
+            .map(|o| o as hdf5_sys::h5::hsize_t);
+            let bytes = std::mem::size_of_val(&buf[..]);
+            // SAFETY: `offset` has the dataset's rank and `buf` is one whole chunk's bytes; both
+            // outlive the call, made under the crate's global HDF5 lock.
+            let rc = hdf5::sync::sync(|| unsafe {
+                hdf5_sys::h5d::H5Dwrite_chunk(
+                    id,
+                    hdf5_sys::h5p::H5P_DEFAULT,
+                    0,
+                    offset.as_ptr(),
+                    bytes,
+                    buf.as_ptr().cast(),
+                )
+            });
+            hdf5::h5check(rc).map(drop)
+        });
         self.chunk_buf = buf;
-        result
+        written.map_err(|source| {
+            self.hdf5_err(
+                format!(
+                    "writing /{name} at (z, y, x) = ({}, {}, {}), every timepoint",
+                    origin[0], origin[1], origin[2]
+                ),
+                source,
+            )
+        })
     }
 
     pub(super) fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {

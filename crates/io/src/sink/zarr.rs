@@ -483,11 +483,10 @@ fn store_chunks(
 ) -> std::result::Result<(), zarrs::array::ArrayError> {
     use rayon::prelude::*;
     let shape = array.shape().to_vec();
-    let chunk: Vec<u64> = array
-        .chunk_shape(&[0; 4])?
-        .iter()
-        .map(|c| c.get())
-        .collect();
+    let chunk: [u64; 4] = std::array::from_fn({
+        let c = array.chunk_shape(&[0; 4])?;
+        move |i| c[i].get()
+    });
     let extent: Vec<u64> = data.shape().iter().map(|&n| n as u64).collect();
     let aligned = (0..4).all(|i| {
         start[i].is_multiple_of(chunk[i])
@@ -497,27 +496,16 @@ fn store_chunks(
     if !aligned || data.is_empty() {
         return store(array, &start, data.as_standard_layout().into_owned());
     }
-    let counts: Vec<u64> = (0..4).map(|i| extent[i].div_ceil(chunk[i])).collect();
-    let total = counts.iter().product::<u64>();
-    let c: Vec<usize> = chunk.iter().map(|&c| c as usize).collect();
+    let c = chunk.map(|c| c as usize);
+    let chunks: Vec<_> = super::chunks_of(data, c).collect();
     // One chunk buffer per task chain, refilled: fresh memory costs a fault per page.
-    (0..total)
+    chunks
         .into_par_iter()
-        .try_for_each_init(Vec::<f32>::new, |buf, k| {
-            // Chunk k of the region, its indices in the array's chunk grid and its offset in `data`.
-            let mut rest = k;
-            let mut within = [0u64; 4];
-            for i in (0..4).rev() {
-                within[i] = rest % counts[i];
-                rest /= counts[i];
-            }
-            let indices: Vec<u64> = (0..4).map(|i| start[i] / chunk[i] + within[i]).collect();
-            let lo: Vec<usize> = (0..4).map(|i| (within[i] * chunk[i]) as usize).collect();
-            let hi: Vec<usize> = (0..4)
-                .map(|i| (lo[i] + chunk[i] as usize).min(data.shape()[i]))
+        .try_for_each_init(Vec::<f32>::new, |buf, (lo, part)| {
+            let indices: Vec<u64> = (0..4)
+                .map(|i| (start[i] as usize + lo[i]) as u64 / chunk[i])
                 .collect();
-            let part = data.slice(s![lo[0]..hi[0], lo[1]..hi[1], lo[2]..hi[2], lo[3]..hi[3]]);
-            super::gather_chunk(part, [c[0], c[1], c[2], c[3]], buf);
+            super::gather_chunk(part, c, buf);
             crate::cleanup::gated(|| array.store_chunk(&indices, &buf[..]))
         })
 }
