@@ -582,10 +582,13 @@ fn synth_refuses_bad_specs() {
 }
 
 /// Blocks of whole chunks (every timepoint) read back exactly, chunks cut by the edges in t, y and
-/// x included: HDF5's direct chunk writes pad them, and a non-standard-layout block is written by
-/// value. Both output formats; blocks as the driver cuts them (whole rows along x) and chunk-sized.
+/// x included (their padding stored as the formats store it), whether the block was computed into
+/// its chunks or copied from a plain array in another memory order. Both output formats; blocks as
+/// the driver cuts them (whole rows along x) and one chunk wide. Blocks that are not whole chunks
+/// of the output are refused, naming the block.
 #[test]
 fn blocks_of_whole_chunks_read_back_exactly() {
+    use gpuprep_core::chunked::ChunkedBlock;
     let dir = tempfile::tempdir().unwrap();
     // (11, ...): time chunks of 8 and 3; (5, 41, 71, 93): y and x chunks cut at the edge.
     for (k, (t, shape)) in [(11, [9, 20, 30]), (5, [41, 71, 93])]
@@ -600,16 +603,25 @@ fn blocks_of_whole_chunks_read_back_exactly() {
             for whole_x in [true, false] {
                 let out = dir.path().join(format!("blocks{k}{whole_x}.{ext}"));
                 let mut sink = Sink::create(&out, false, &[], t, shape, &["data"]).unwrap();
-                let block = sink.block_shape().unwrap();
+                let chunk = sink.block_chunk().unwrap();
                 let block = if whole_x {
-                    [block[0], block[1], shape[2]]
+                    [chunk[1], chunk[2], shape[2]]
                 } else {
-                    block
+                    [chunk[1], chunk[2], chunk[3]]
                 };
                 assert!(
                     (0..3).any(|i| shape[i] % block[i] != 0) || k == 0,
                     "{block:?}"
                 );
+                // Not whole chunks: one voxel short along z (or y), or another chunk shape.
+                let (bz, by) = (block[0].min(shape[0]), block[1].min(shape[1]));
+                let short = want.slice(ndarray::s![.., ..bz - 1, ..by, ..]);
+                let short = ChunkedBlock::from_array(chunk, [0; 3], short).unwrap();
+                let e = sink.write_block("data", &short).unwrap_err().to_string();
+                assert!(e.contains("whole chunks of") && e.contains("(0, 0, 0)"), "{e}");
+                let other = [chunk[0], chunk[1], chunk[2], chunk[3] + 1];
+                let other = ChunkedBlock::from_array(other, [0; 3], want.view()).unwrap_or(short);
+                assert!(sink.write_block("data", &other).is_err());
                 for z in (0..shape[0]).step_by(block[0]) {
                     for y in (0..shape[1]).step_by(block[1]) {
                         for x in (0..shape[2]).step_by(block[2]) {
@@ -619,14 +631,14 @@ fn blocks_of_whole_chunks_read_back_exactly() {
                                 y..(y + block[1]).min(shape[1]),
                                 x..(x + block[2]).min(shape[2])
                             ]);
-                            if x == 0 {
-                                // Reversed in memory: written by value.
+                            let b = if x == 0 {
+                                // Reversed in memory.
                                 let r = part.reversed_axes().to_owned();
-                                sink.write_block("data", [z, y, x], r.view().reversed_axes())
-                                    .unwrap();
+                                ChunkedBlock::from_array(chunk, [z, y, x], r.view().reversed_axes())
                             } else {
-                                sink.write_block("data", [z, y, x], part).unwrap();
-                            }
+                                ChunkedBlock::from_array(chunk, [z, y, x], part)
+                            };
+                            sink.write_block("data", &b.unwrap()).unwrap();
                         }
                     }
                 }

@@ -4,6 +4,7 @@
 
 pub mod backend;
 pub mod boundary;
+pub mod chunked;
 pub mod complex;
 pub mod error;
 pub mod fmt;

@@ -15,6 +15,7 @@ use ndarray::{s, Array3, ArrayView3, ArrayView4, ArrayViewD};
 
 use super::cleanup::{Registered, TEMP_PREFIX};
 use super::fmt_shape;
+use gpuprep_core::chunked::ChunkedBlock;
 use gpuprep_core::error::{Error, Result};
 use h5::Hdf5Out;
 use zarr::ZarrOut;
@@ -431,55 +432,57 @@ impl Sink {
         }
     }
 
-    /// The spatial blocks (z, y, x) `write_block` stores whole, every timepoint at once: the chunks of
-    /// the 4-D datasets, so each chunk is written once, by one writer. `None` where a block would be
-    /// the whole series (a sharded Zarr output, whose shards span whole volumes).
-    pub fn block_shape(&self) -> Option<[usize; 3]> {
+    /// The chunk shape (t, z, y, x) of the 4-D datasets, in which `write_block` takes its blocks
+    /// (each chunk written once, by one writer). `None` where a block would be the whole series (a
+    /// sharded Zarr output, whose shards span whole volumes).
+    pub fn block_chunk(&self) -> Option<[usize; 4]> {
         match self.out.as_ref()? {
-            Out::Hdf5(_) => {
-                let (chunk, ..) = volume_chunking(self.t, self.shape);
-                Some([chunk[1], chunk[2], chunk[3]])
-            }
-            Out::Zarr(o) => o.block_shape(),
+            Out::Hdf5(_) => Some(volume_chunking(self.t, self.shape).0),
+            Out::Zarr(o) => o.block_chunk(),
         }
     }
 
-    /// Writes every timepoint of the 4-D dataset `name` over a run of whole blocks of `block_shape`
-    /// from `origin`: `data` is (t, bz, by, bx), each extent a multiple of the block's or reaching the
-    /// volume's edge.
-    pub fn write_block(
-        &mut self,
-        name: &str,
-        origin: [usize; 3],
-        data: ArrayView4<f32>,
-    ) -> Result<()> {
+    /// Writes every timepoint of the 4-D dataset `name` over `block`: chunks of `block_chunk`, one
+    /// along z and y, a run of them along x, each stored as it is held.
+    pub fn write_block(&mut self, name: &str, block: &ChunkedBlock<f32>) -> Result<()> {
         self.check_volume(name, 0)?;
-        let Some(block) = self.block_shape() else {
+        let Some(chunk) = self.block_chunk() else {
             return Err(Error::Output {
                 path: self.path.clone(),
                 message: "this output stores whole volumes, not blocks".into(),
             });
         };
-        let (t, bz, by, bx) = data.dim();
-        let extent = [bz, by, bx];
-        let whole = (0..3).all(|i| {
-            origin[i].is_multiple_of(block[i])
-                && extent[i] > 0
-                && origin[i] + extent[i] <= self.shape[i]
-                && (extent[i].is_multiple_of(block[i]) || origin[i] + extent[i] == self.shape[i])
-        });
-        if t != self.t || !whole {
+        let (origin, extent) = (block.origin(), block.extent());
+        let [_, cz, cy, cx] = chunk;
+        let [nz, ny, nx] = self.shape;
+        let whole = block.chunk() == chunk
+            && extent[0] == self.t
+            && origin[0].is_multiple_of(cz)
+            && origin[1].is_multiple_of(cy)
+            && origin[2].is_multiple_of(cx)
+            && origin[0] < nz
+            && origin[1] < ny
+            && origin[2] < nx
+            && extent[1] == cz.min(nz - origin[0])
+            && extent[2] == cy.min(ny - origin[1])
+            && extent[3] > 0
+            && origin[2] + extent[3] <= nx
+            && (extent[3].is_multiple_of(cx) || origin[2] + extent[3] == nx);
+        if !whole {
             return Err(Error::Data(format!(
-                "block of dataset '{name}' at (z, y, x) = {origin:?} has shape {}; expected {} \
-                 timepoints and whole chunks of {block:?} within {}",
-                fmt_shape(data.shape()),
+                "block of dataset '{name}' at (z, y, x) = {} has shape {} in chunks of {}; \
+                 expected {} timepoints and whole chunks of {} within {}",
+                fmt_shape(&origin),
+                fmt_shape(&extent),
+                fmt_shape(&block.chunk()),
                 self.t,
+                fmt_shape(&chunk),
                 fmt_shape(&self.shape)
             )));
         }
         match self.out_mut()? {
-            Out::Hdf5(o) => o.write_block(name, origin, data),
-            Out::Zarr(o) => o.write_block(name, origin, data),
+            Out::Hdf5(o) => o.write_block(name, block),
+            Out::Zarr(o) => o.write_block(name, block),
         }
     }
 

@@ -25,11 +25,12 @@
 //! thread between volumes (`cpu::shift`), rather than faulting in fresh pages for every volume.
 
 use gpuprep_core::backend::{Backend, FrameOutput, FramePlan, Moments};
+use gpuprep_core::chunked::ChunkedBlock;
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
 use gpuprep_io::source::Volume;
 use gpuprep_io::{fmt_shape, Axes, Compression, Sink, SinkOptions, Source};
-use ndarray::{Array1, Array2, Array3, Array4, ArrayView3, Zip};
+use ndarray::{Array1, Array2, Array3, ArrayView3, Zip};
 use std::fs::File;
 use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
@@ -545,7 +546,7 @@ pub fn run_with_progress(
         && cfg.register.is_none()
         && !cfg.save_registered
         && in_memory
-        && sink.block_shape().is_some()
+        && sink.block_chunk().is_some()
     {
         let kept = std::thread::scope(|scope| -> Result<Vec<Volume>> {
             let source = &source;
@@ -684,43 +685,38 @@ pub fn run_with_progress(
     progress.finish();
 
     let mut constant_voxels = 0;
-    if let (Some(z), Some(Scratch::Memory(kept)), Some(block)) =
-        (&cfg.zscore, &scratch, sink.block_shape())
+    if let (Some(z), Some(Scratch::Memory(kept)), Some(chunk)) =
+        (&cfg.zscore, &scratch, sink.block_chunk())
     {
         // Block by block of output chunks, each stored by the writer thread while the next is
-        // computed: the z-score and the writing overlap instead of following each other.
+        // computed: the z-score and the writing overlap instead of following each other. The
+        // z-scores are computed into the chunks the output stores, so the writer stores them as
+        // they are.
         let volumes = match unchanged.take() {
             Some(v) => v,
             None => kept.take_all()?.into_iter().map(Volume::Owned).collect(),
         };
-        // Whole rows of chunks along x: the sweep then reads each volume in long contiguous runs
-        // (a chunk's 64-voxel rows cost it a third of its speed in cache and TLB misses).
-        let block = [block[0], block[1], shape[2]];
-        let blocks: usize = (0..3).map(|i| shape[i].div_ceil(block[i])).product();
+        let blocks: usize = (1..3).map(|i| shape[i - 1].div_ceil(chunk[i])).product();
         progress.start("z-score", n);
         let (mut done, mut shown) = (0, 0);
         let moments = std::thread::scope(|scope| -> Result<Moments> {
             let sink = &mut sink;
             // Written blocks come back to be filled again (fresh memory costs a fault per page).
-            let (spare_tx, spares) = mpsc::channel::<Array4<f32>>();
-            let mut writer = WriteBehind::spawn(
-                scope,
-                1,
-                move |(origin, data): ([usize; 3], Array4<f32>)| {
-                    sink.write_block("data", origin, data.view())?;
-                    let _ = spare_tx.send(data);
-                    Ok(())
-                },
-            );
+            let (spare_tx, spares) = mpsc::channel::<ChunkedBlock<f32>>();
+            let mut writer = WriteBehind::spawn(scope, 1, move |block: ChunkedBlock<f32>| {
+                sink.write_block("data", &block)?;
+                let _ = spare_tx.send(block);
+                Ok(())
+            });
             let t0 = Instant::now();
             let views: Vec<_> = volumes.iter().map(|v| v.view()).collect();
             let moments = gpuprep_core::zscore::zscore_volumes_by_block(
                 &views,
                 z,
-                block,
+                chunk,
                 || spares.try_recv().ok(),
-                |origin, data| {
-                    writer.send((origin, data))?;
+                |block| {
+                    writer.send(block)?;
                     done += 1;
                     // The bar counts timepoints' worth of blocks.
                     while shown < done * n / blocks {

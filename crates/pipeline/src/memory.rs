@@ -333,10 +333,12 @@ pub fn estimate(cfg: &RunConfig, shape: &RunShape) -> std::result::Result<Estima
     if shape.results_in_memory {
         // They accumulate through pass 1 and are freed one by one in pass 2: counted whole in both.
         let kept = term("pass 1's results kept in memory for the z-score", n * v * 4);
-        // Pass 2 z-scores them by blocks of whole rows of output chunks (every timepoint): one being
-        // computed, one queued, one being written (`driver`, `zscore_volumes_by_block`).
+        // Pass 2 z-scores them by blocks of whole rows of output chunks (every timepoint, edge
+        // chunks padded): one being computed, one queued, one being written (`driver`,
+        // `zscore_volumes_by_block`).
         let (chunk, ..) = gpuprep_io::sink::volume_chunking(shape.timepoints, shape.volume);
-        let block = 4 * n * chunk[1] as u128 * chunk[2] as u128 * nx;
+        let [ct, cz, cy, cx] = chunk.map(|c| c as u128);
+        let block = 4 * n.div_ceil(ct) * ct * cz * cy * nx.div_ceil(cx) * cx;
         let blocks = term(
             format!("z-score blocks in flight (3 x {})", fmt_bytes(block)),
             3 * block,
@@ -646,13 +648,15 @@ mod tests {
         assert_eq!(term.bytes, 10 * 4 * 64 * 64 * 64);
         assert!(kept.total >= base.total + term.bytes);
         assert!(kept.phase.starts_with("pass"));
-        // Pass 2 z-scores them by blocks of whole rows of chunks: three such blocks at a time.
+        // Pass 2 z-scores them by blocks of whole rows of chunks, (t, x) padded to whole chunks
+        // (10 timepoints in chunks of 8 hold 16): three such blocks at a time.
         assert_eq!(kept.phase, "pass 2");
         let (chunk, ..) = gpuprep_io::sink::volume_chunking(10, v);
+        assert_eq!(chunk[0], 8);
         let blocks = find(&kept, "z-score blocks in flight").expect("counted");
         assert_eq!(
             blocks.bytes,
-            3 * 4 * 10 * (chunk[1] * chunk[2] * 64) as u128
+            3 * 4 * 16 * (chunk[1] * chunk[2] * 64usize.div_ceil(chunk[3]) * chunk[3]) as u128
         );
     }
 

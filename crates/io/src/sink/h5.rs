@@ -3,10 +3,11 @@
 use std::path::{Path, PathBuf};
 
 use hdf5::types::VarLenUnicode;
-use ndarray::{s, Array1, Array3, ArrayView3, ArrayView4, ArrayViewD};
+use ndarray::{s, Array1, Array3, ArrayView3, ArrayViewD};
 
 use super::volume_chunking;
 use crate::source::first_line;
+use gpuprep_core::chunked::ChunkedBlock;
 use gpuprep_core::error::{Error, Result};
 
 /// An HDF5 output file open for writing.
@@ -17,10 +18,6 @@ pub(super) struct Hdf5Out {
     // `None` once closed; the datasets are dropped before the file so HDF5 really closes it.
     file: Option<hdf5::File>,
     volumes: Vec<(String, hdf5::Dataset)>,
-    /// The volume datasets' chunk shape (t, z, y, x).
-    chunk: [usize; 4],
-    /// One chunk, gathered from a block for `write_block` (kept: fresh memory costs a fault per page).
-    chunk_buf: Vec<f32>,
 }
 
 impl Hdf5Out {
@@ -45,8 +42,6 @@ impl Hdf5Out {
             path: path.to_path_buf(),
             file: Some(file),
             volumes: Vec::new(),
-            chunk,
-            chunk_buf: Vec::new(),
         };
         for &name in volumes {
             let ds = out
@@ -75,49 +70,33 @@ impl Hdf5Out {
             .map_err(|source| self.hdf5_err(format!("writing /{name} at timepoint {t}"), source))
     }
 
-    /// Writes every timepoint over the block at `origin`; the caller has checked the name and shapes.
-    pub(super) fn write_block(
-        &mut self,
-        name: &str,
-        origin: [usize; 3],
-        data: ArrayView4<f32>,
-    ) -> Result<()> {
-        // Chunk by chunk, each gathered here into one kept buffer and handed to HDF5's direct chunk
-        // write (the volumes are uncompressed float32 in the file's byte order): HDF5's own path
-        // gathers every chunk again into a freshly allocated cache buffer, page faults and all.
+    /// Writes every timepoint over `block`; the caller has checked the name and shapes.
+    pub(super) fn write_block(&mut self, name: &str, block: &ChunkedBlock<f32>) -> Result<()> {
+        // Chunk by chunk, as the block holds them, through HDF5's direct chunk write (the volumes
+        // are uncompressed float32 in the file's byte order): HDF5's own path gathers every chunk
+        // again into a freshly allocated cache buffer, page faults and all.
         let id = self.dataset(name)?.id();
-        let mut buf = std::mem::take(&mut self.chunk_buf);
-        let written = super::chunks_of(data, self.chunk).try_for_each(|(lo, part)| {
-            super::gather_chunk(part, self.chunk, &mut buf);
-            let offset = [
-                lo[0],
-                origin[0] + lo[1],
-                origin[1] + lo[2],
-                origin[2] + lo[3],
-            ]
-            .map(|o| o as hdf5_sys::h5::hsize_t);
-            let bytes = std::mem::size_of_val(&buf[..]);
-            // SAFETY: `offset` has the dataset's rank and `buf` is one whole chunk's bytes; both
-            // outlive the call, made under the crate's global HDF5 lock.
+        let written = block.chunks().try_for_each(|(at, chunk)| {
+            let offset = at.map(|o| o as hdf5_sys::h5::hsize_t);
+            // SAFETY: `offset` has the dataset's rank and `chunk` is one whole chunk (the caller
+            // checked the chunk shape); both outlive the call, made under the crate's global HDF5
+            // lock.
             let rc = hdf5::sync::sync(|| unsafe {
                 hdf5_sys::h5d::H5Dwrite_chunk(
                     id,
                     hdf5_sys::h5p::H5P_DEFAULT,
                     0,
                     offset.as_ptr(),
-                    bytes,
-                    buf.as_ptr().cast(),
+                    std::mem::size_of_val(chunk),
+                    chunk.as_ptr().cast(),
                 )
             });
             hdf5::h5check(rc).map(drop)
         });
-        self.chunk_buf = buf;
+        let [z, y, x] = block.origin();
         written.map_err(|source| {
             self.hdf5_err(
-                format!(
-                    "writing /{name} at (z, y, x) = ({}, {}, {}), every timepoint",
-                    origin[0], origin[1], origin[2]
-                ),
+                format!("writing /{name} at (z, y, x) = ({z}, {y}, {x}), every timepoint"),
                 source,
             )
         })

@@ -18,6 +18,7 @@ use zarrs::group::GroupBuilder;
 
 use super::store::OutputStore;
 use super::{volume_chunking, Compression};
+use gpuprep_core::chunked::ChunkedBlock;
 use gpuprep_core::error::{Error, Result};
 
 /// The array the 4-D dataset "data" is stored as: level 0 of the OME multiscales.
@@ -237,20 +238,15 @@ impl ZarrOut {
         Ok(())
     }
 
-    /// The chunks' spatial extent; `None` when sharded (a shard spans whole volumes).
-    pub(super) fn block_shape(&self) -> Option<[usize; 3]> {
-        let (chunk, ..) = volume_chunking(self.t, self.shape);
-        (!self.sharded).then_some([chunk[1], chunk[2], chunk[3]])
+    /// The chunk shape; `None` when sharded (a shard spans whole volumes).
+    pub(super) fn block_chunk(&self) -> Option<[usize; 4]> {
+        (!self.sharded).then_some(volume_chunking(self.t, self.shape).0)
     }
 
-    /// Writes every timepoint over the block at `origin` (whole chunks, encoded and written on
-    /// zarrs' threads); the caller has checked the name and shapes.
-    pub(super) fn write_block(
-        &mut self,
-        name: &str,
-        origin: [usize; 3],
-        data: ArrayView4<f32>,
-    ) -> Result<()> {
+    /// Writes every timepoint over `block`, its chunks encoded and written on several threads as
+    /// the block holds them; the caller has checked the name and shapes.
+    pub(super) fn write_block(&mut self, name: &str, block: &ChunkedBlock<f32>) -> Result<()> {
+        use rayon::prelude::*;
         let (path, t) = (self.path.clone(), self.t);
         let v = self.volume_mut(name)?;
         if !v.pending.is_empty() {
@@ -262,17 +258,23 @@ impl ZarrOut {
         }
         // Every slab now has stored chunks: a volume written later merges into them.
         v.stored.extend(0..t.div_ceil(v.ct));
-        let start = [0, origin[0] as u64, origin[1] as u64, origin[2] as u64];
-        store_chunks(&v.array, start, data).map_err(|e| {
-            zarr_error(
-                &path,
-                format!(
-                    "writing /{name} at (z, y, x) = ({}, {}, {}), every timepoint",
-                    origin[0], origin[1], origin[2]
-                ),
-                e,
-            )
-        })
+        let chunk = block.chunk();
+        let chunks: Vec<_> = block.chunks().collect();
+        let array = &v.array;
+        chunks
+            .into_par_iter()
+            .try_for_each(|(at, data)| {
+                let indices: Vec<u64> = (0..4).map(|i| (at[i] / chunk[i]) as u64).collect();
+                crate::cleanup::gated(|| array.store_chunk(&indices, data))
+            })
+            .map_err(|e| {
+                let [z, y, x] = block.origin();
+                zarr_error(
+                    &path,
+                    format!("writing /{name} at (z, y, x) = ({z}, {y}, {x}), every timepoint"),
+                    e,
+                )
+            })
     }
 
     pub(super) fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {
