@@ -32,7 +32,6 @@ use gpuprep_io::source::Volume;
 use gpuprep_io::{fmt_shape, Axes, Compression, Sink, SinkOptions, Source};
 use ndarray::{Array1, Array2, Array3, ArrayView3, Zip};
 use std::fs::File;
-use std::io::{Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 use std::sync::mpsc::{self, Receiver, SyncSender};
 use std::thread::{Scope, ScopedJoinHandle};
@@ -1207,8 +1206,9 @@ impl FileScratch {
         }
     }
 
-    /// Writes volume `t`. Only one thread at a time may use the scratch: reads and writes share the file
-    /// position.
+    /// Writes volume `t`. Reads and writes are positioned (`pwrite`/`pread`), never through the
+    /// file's shared position: pass 2 reads the scratch on several threads at once, and a seek
+    /// followed by a read on one thread while another seeks would read the wrong volume.
     fn write(&self, t: usize, vol: ArrayView3<f32>) -> Result<()> {
         if vol.shape() != self.shape {
             return Err(Error::Data(format!(
@@ -1219,26 +1219,22 @@ impl FileScratch {
         }
         let vol = vol.as_standard_layout();
         let values = vol.as_slice().expect("standard layout is contiguous");
-        let mut f: &File = self.file.as_file();
-        f.seek(SeekFrom::Start(self.offset(t)))
-            .and_then(|_| {
-                if cfg!(target_endian = "little") {
-                    f.write_all(bytemuck::cast_slice(values))
-                } else {
-                    let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
-                    f.write_all(&le)
-                }
-            })
-            .map_err(|e| self.err(format!("writing timepoint {t}"), e))
+        let f: &File = self.file.as_file();
+        let written = if cfg!(target_endian = "little") {
+            write_all_at(f, bytemuck::cast_slice(values), self.offset(t))
+        } else {
+            let le: Vec<u8> = values.iter().flat_map(|v| v.to_le_bytes()).collect();
+            write_all_at(f, &le, self.offset(t))
+        };
+        written.map_err(|e| self.err(format!("writing timepoint {t}"), e))
     }
 
     /// Reads volume `t` back.
     fn read(&self, t: usize) -> Result<Array3<f32>> {
         let mut vol = Array3::<f32>::zeros(self.shape);
         let values = vol.as_slice_mut().expect("a new array is contiguous");
-        let mut f: &File = self.file.as_file();
-        f.seek(SeekFrom::Start(self.offset(t)))
-            .and_then(|_| f.read_exact(bytemuck::cast_slice_mut(values)))
+        let f: &File = self.file.as_file();
+        read_exact_at(f, bytemuck::cast_slice_mut(values), self.offset(t))
             .map_err(|e| self.err(format!("reading timepoint {t}"), e))?;
         if cfg!(target_endian = "big") {
             values
@@ -1246,6 +1242,42 @@ impl FileScratch {
                 .for_each(|v| *v = f32::from_bits(u32::from_le(v.to_bits())));
         }
         Ok(vol)
+    }
+}
+
+/// `buf` written at byte `at` of `f` without moving (or using) the file's position.
+fn write_all_at(f: &File, buf: &[u8], at: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    return std::os::unix::fs::FileExt::write_all_at(f, buf, at);
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let (mut buf, mut at) = (buf, at);
+        while !buf.is_empty() {
+            match f.seek_write(buf, at)? {
+                0 => return Err(std::io::ErrorKind::WriteZero.into()),
+                n => (buf, at) = (&buf[n..], at + n as u64),
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `buf` filled from byte `at` of `f` without moving (or using) the file's position.
+fn read_exact_at(f: &File, buf: &mut [u8], at: u64) -> std::io::Result<()> {
+    #[cfg(unix)]
+    return std::os::unix::fs::FileExt::read_exact_at(f, buf, at);
+    #[cfg(windows)]
+    {
+        use std::os::windows::fs::FileExt;
+        let (mut buf, mut at) = (buf, at);
+        while !buf.is_empty() {
+            match f.seek_read(buf, at)? {
+                0 => return Err(std::io::ErrorKind::UnexpectedEof.into()),
+                n => (buf, at) = (&mut buf[n..], at + n as u64),
+            }
+        }
+        Ok(())
     }
 }
 
@@ -1431,6 +1463,18 @@ mod tests {
         for (t, vol) in vols.iter().enumerate() {
             assert_eq!(&scratch.read(t).unwrap(), vol);
         }
+        // Read on several threads at once, as pass 2's readers do: each gets its own volume.
+        std::thread::scope(|scope| {
+            for first in 0..4 {
+                let (scratch, vols) = (&scratch, &vols);
+                scope.spawn(move || {
+                    for k in 0..200 {
+                        let t = (first + k) % 4;
+                        assert_eq!(&scratch.read(t).unwrap(), &vols[t], "timepoint {t}");
+                    }
+                });
+            }
+        });
         let err = scratch.read(4).unwrap_err().to_string();
         assert!(
             err.starts_with("out.h5: ") && err.contains("timepoint 4"),
