@@ -254,24 +254,48 @@ impl RealFft3 {
             "RealFft3 planned for another shape"
         );
         let input = input.as_standard_layout();
-        let [_, _, nx] = self.shape;
+        let [nz, ny, nx] = self.shape;
         let nh = nx / 2 + 1;
-        let mut out = ArrayViewMut3::from_shape(self.spectrum_shape(), out)
-            .expect("out has the half spectrum's length");
-        out.as_slice_mut()
-            .expect("standard layout")
-            .par_chunks_mut(nh)
-            .zip(input.as_slice().expect("standard layout").par_chunks(nx))
+        let input = input.as_slice().expect("standard layout");
+        assert_eq!(out.len(), nz * ny * nh, "out has the half spectrum's length");
+        let r2c_row = |src: &[f32], dst: &mut [C32], line: &mut Vec<f32>, s: &mut Vec<C32>| {
+            line.copy_from_slice(src);
+            self.r2c
+                .process_with_scratch(line, dst, s)
+                .expect("buffers sized by the plan");
+        };
+        if nz < 2 * rayon::current_num_threads() {
+            // Too few planes to share out: rows, then planes, as two parallel passes.
+            out.par_chunks_mut(nh)
+                .zip(input.par_chunks(nx))
+                .for_each_init(
+                    || (vec![0.0; nx], self.r2c.make_scratch_vec()),
+                    |(line, s), (dst, src)| r2c_row(src, dst, line, s),
+                );
+            let out = ArrayViewMut3::from_shape(self.spectrum_shape(), out).expect("sized above");
+            fft_axis(out, 1, &self.forward[1]);
+            return;
+        }
+        // Plane by plane: its rows' transforms and then its columns' while it is in cache, rather
+        // than a second pass over the whole spectrum.
+        let fft = &self.forward[1];
+        out.par_chunks_mut(ny * nh)
+            .zip(input.par_chunks(ny * nx))
             .for_each_init(
-                || (vec![0.0; nx], self.r2c.make_scratch_vec()),
-                |(line, s), (dst, src)| {
-                    line.copy_from_slice(src);
-                    self.r2c
-                        .process_with_scratch(line, dst, s)
-                        .expect("buffers sized by the plan");
+                || {
+                    let s = vec![C32::default(); fft.get_inplace_scratch_len()];
+                    (vec![0.0; nx], self.r2c.make_scratch_vec(), Vec::new(), s)
+                },
+                |(line, s, buf, sy), (dst, src)| {
+                    for (d, r) in dst.chunks_exact_mut(nh).zip(src.chunks_exact(nx)) {
+                        r2c_row(r, d, line, s);
+                    }
+                    if ny > 1 {
+                        let plane = ArrayViewMut2::from_shape((ny, nh), dst).expect("one plane");
+                        fft_columns(plane, LINE_BLOCK, fft, buf, sy);
+                    }
                 },
             );
-        fft_axis(out, 1, &self.forward[1]);
     }
 
     /// The forward transform's z pass, `between` on each block of z-lines, and the inverse
@@ -361,35 +385,78 @@ impl RealFft3 {
         spectrum: &mut [C32],
         window: &CoarseWindow,
     ) -> ([usize; 3], f32) {
-        let mut spectrum = ArrayViewMut3::from_shape(self.spectrum_shape(), spectrum)
-            .expect("spectrum has the half spectrum's length");
-        fft_axis(spectrum.view_mut(), 1, &self.inverse[1]);
-        let [_, ny, nx] = self.shape;
+        let [nz, ny, nx] = self.shape;
         let nh = nx / 2 + 1;
+        assert_eq!(
+            spectrum.len(),
+            nz * ny * nh,
+            "spectrum has the half spectrum's length"
+        );
         let scale = 1.0 / self.shape.iter().product::<usize>() as f32;
         let unbounded = window.is_unbounded();
-        let best = spectrum
-            .as_slice_mut()
-            .expect("standard layout")
-            .par_chunks_mut(nh)
-            .enumerate()
-            .fold(
-                || (vec![0.0f32; nx], self.c2r.make_scratch_vec(), ArgMax::NONE),
-                |(mut dst, mut s, mut best), (row, src)| {
-                    if unbounded {
-                        self.c2r_row(src, &mut dst, &mut s, scale);
-                        best.offer(&dst, row * nx);
-                    } else if let Some(parts) = window.row(row) {
-                        self.c2r_row(src, &mut dst, &mut s, scale);
-                        for xs in parts {
-                            best.offer(&dst[xs.clone()], row * nx + xs.start);
+        // Row `row` of the inverse (C order over (z, y)), searched where the window reaches it.
+        let search_row = |row: usize,
+                          src: &mut [C32],
+                          dst: &mut Vec<f32>,
+                          s: &mut Vec<C32>,
+                          best: &mut ArgMax| {
+            if unbounded {
+                self.c2r_row(src, dst, s, scale);
+                best.offer(dst, row * nx);
+            } else if let Some(parts) = window.row(row) {
+                self.c2r_row(src, dst, s, scale);
+                for xs in parts {
+                    best.offer(&dst[xs.clone()], row * nx + xs.start);
+                }
+            }
+        };
+        let best = if nz < 2 * rayon::current_num_threads() {
+            // Too few planes to share out: planes, then rows, as two parallel passes.
+            let view = ArrayViewMut3::from_shape(self.spectrum_shape(), &mut *spectrum)
+                .expect("sized above");
+            fft_axis(view, 1, &self.inverse[1]);
+            spectrum
+                .par_chunks_mut(nh)
+                .enumerate()
+                .fold(
+                    || (vec![0.0f32; nx], self.c2r.make_scratch_vec(), ArgMax::NONE),
+                    |(mut dst, mut s, mut best), (row, src)| {
+                        search_row(row, src, &mut dst, &mut s, &mut best);
+                        (dst, s, best)
+                    },
+                )
+                .map(|(_, _, best)| best)
+                .reduce(|| ArgMax::NONE, ArgMax::merge)
+        } else {
+            // Plane by plane: its columns' inverse and then its rows' while it is in cache, and
+            // a plane the window does not reach is not transformed at all.
+            let fft = &self.inverse[1];
+            spectrum
+                .par_chunks_mut(ny * nh)
+                .enumerate()
+                .fold(
+                    || {
+                        let sy = vec![C32::default(); fft.get_inplace_scratch_len()];
+                        let s = self.c2r.make_scratch_vec();
+                        (vec![0.0f32; nx], s, Vec::new(), sy, ArgMax::NONE)
+                    },
+                    |(mut dst, mut s, mut buf, mut sy, mut best), (z, plane)| {
+                        if unbounded || (0..ny).any(|y| window.row(z * ny + y).is_some()) {
+                            if ny > 1 {
+                                let view = ArrayViewMut2::from_shape((ny, nh), &mut *plane)
+                                    .expect("one plane");
+                                fft_columns(view, LINE_BLOCK, fft, &mut buf, &mut sy);
+                            }
+                            for (y, src) in plane.chunks_exact_mut(nh).enumerate() {
+                                search_row(z * ny + y, src, &mut dst, &mut s, &mut best);
+                            }
                         }
-                    }
-                    (dst, s, best)
-                },
-            )
-            .map(|(_, _, best)| best)
-            .reduce(|| ArgMax::NONE, ArgMax::merge);
+                        (dst, s, buf, sy, best)
+                    },
+                )
+                .map(|(.., best)| best)
+                .reduce(|| ArgMax::NONE, ArgMax::merge)
+        };
         let i = best.index();
         ([i / (ny * nx), (i / nx) % ny, i % nx], best.value)
     }
