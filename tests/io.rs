@@ -618,7 +618,10 @@ fn blocks_of_whole_chunks_read_back_exactly() {
                 let short = want.slice(ndarray::s![.., ..bz - 1, ..by, ..]);
                 let short = ChunkedBlock::from_array(chunk, [0; 3], short).unwrap();
                 let e = sink.write_block("data", &short).unwrap_err().to_string();
-                assert!(e.contains("whole chunks of") && e.contains("(0, 0, 0)"), "{e}");
+                assert!(
+                    e.contains("whole chunks of") && e.contains("(0, 0, 0)"),
+                    "{e}"
+                );
                 let other = [chunk[0], chunk[1], chunk[2], chunk[3] + 1];
                 let other = ChunkedBlock::from_array(other, [0; 3], want.view()).unwrap_or(short);
                 assert!(sink.write_block("data", &other).is_err());

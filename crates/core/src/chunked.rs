@@ -126,12 +126,18 @@ impl<T> ChunkedBlock<T> {
     pub fn chunks(&self) -> impl Iterator<Item = ([usize; 4], &[T])> + '_ {
         let [ct, _, _, cx] = self.chunk();
         let [z0, y0, x0] = self.origin;
-        self.data.outer_iter().enumerate().flat_map(move |(tc, row)| {
-            row.into_outer_iter().enumerate().map(move |(xc, c)| {
-                let at = [tc * ct, z0, y0, x0 + xc * cx];
-                (at, c.to_slice().expect("a chunk of a standard-layout array"))
+        self.data
+            .outer_iter()
+            .enumerate()
+            .flat_map(move |(tc, row)| {
+                row.into_outer_iter().enumerate().map(move |(xc, c)| {
+                    let at = [tc * ct, z0, y0, x0 + xc * cx];
+                    (
+                        at,
+                        c.to_slice().expect("a chunk of a standard-layout array"),
+                    )
+                })
             })
-        })
     }
 
     /// One view per z plane held, (t chunks, x chunks, ct, cy, cx): disjoint, for one task each.
@@ -158,7 +164,10 @@ mod tests {
         });
         let block = ChunkedBlock::from_array(chunk, origin, data.view()).unwrap();
         assert_eq!(block.to_array(), data);
-        assert_eq!((block.chunk(), block.origin(), block.extent()), (chunk, origin, extent));
+        assert_eq!(
+            (block.chunk(), block.origin(), block.extent()),
+            (chunk, origin, extent)
+        );
         let chunks: Vec<_> = block.chunks().collect();
         assert_eq!(chunks.len(), 3 * 3);
         for (k, (at, c)) in chunks.iter().enumerate() {

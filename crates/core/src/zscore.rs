@@ -492,7 +492,9 @@ fn sweep_plane<T: Sample>(a: Plane<'_, T>) {
             let (x0, len) = (xc * cx, cx.min(width - xc * cx));
             // The chunk's (cy, cx) slab of this plane at this timepoint: contiguous.
             let mut slab = out.slice_mut(s![t / ct, xc, t % ct, .., ..]);
-            let slab = slab.as_slice_mut().expect("a slab of a standard-layout chunk");
+            let slab = slab
+                .as_slice_mut()
+                .expect("a slab of a standard-layout chunk");
             for y in 0..nrows {
                 let o = &mut slab[y * cx..][..len];
                 let x = &row(v, y)[x0..][..len];

@@ -257,7 +257,11 @@ impl RealFft3 {
         let [nz, ny, nx] = self.shape;
         let nh = nx / 2 + 1;
         let input = input.as_slice().expect("standard layout");
-        assert_eq!(out.len(), nz * ny * nh, "out has the half spectrum's length");
+        assert_eq!(
+            out.len(),
+            nz * ny * nh,
+            "out has the half spectrum's length"
+        );
         let r2c_row = |src: &[f32], dst: &mut [C32], line: &mut Vec<f32>, s: &mut Vec<C32>| {
             line.copy_from_slice(src);
             self.r2c
