@@ -28,7 +28,9 @@ impl<T: Copy + Default> ChunkedBlock<T> {
         let grid = Self::grid(chunk, extent)?;
         let [ct, cz, cy, cx] = chunk;
         Ok(ChunkedBlock {
-            data: Array6::default((grid[0], grid[1], ct, cz, cy, cx)),
+            // `from_elem`, not `default`: zeros come from the allocator (calloc: pages zeroed on first
+            // touch, once) rather than written by a loop and then again by the sweep.
+            data: Array6::from_elem((grid[0], grid[1], ct, cz, cy, cx), T::default()),
             origin,
             extent,
         })
