@@ -695,7 +695,7 @@ pub fn run_with_progress(
             Some(v) => v,
             None => kept.take_all()?.into_iter().map(Volume::Owned).collect(),
         };
-        let blocks: usize = (1..3).map(|i| shape[i - 1].div_ceil(chunk[i])).product();
+        let blocks = shape[0].div_ceil(chunk[1]) * shape[1].div_ceil(chunk[2]);
         progress.start("z-score", n);
         let (mut done, mut shown) = (0, 0);
         let moments = std::thread::scope(|scope| -> Result<Moments> {
