@@ -6,7 +6,9 @@ Each round runs, in turn: `cat` of the input files into one file (the issue's pl
 in the kernel), a read-then-write copy in Python (each file read into memory, written to one file: what any
 program that looks at the data must at least do), the same bytes written as one file per MiB (the Zarr
 output's layout, one file per chunk: the file system's own cost of that many files), gpuprep into HDF5,
-gpuprep into OME-Zarr. Every command is
+gpuprep into OME-Zarr (whose raw chunks are written with O_DIRECT), the same with buffered chunk writes
+(`GPUPREP_DIRECT_WRITES=0`); and after `cat`, the same copy written with O_DIRECT (`dd oflag=direct`), the
+plain copy at the device's own pace. Every command is
 followed by `sync` inside its timing (so written data reaching the device counts for all alike). A one-file
 output is then deleted (and synced), so each case starts with the same free memory; the outputs made of
 many files (the 1 MiB files, the OME-Zarr store) are moved aside, their pages dropped from the page cache,
@@ -87,7 +89,8 @@ def main() -> int:
     files = sorted(glob.glob(os.path.join(data, "*.h5")))
     size = sum(os.path.getsize(f) for f in files)
     out = {name: os.path.join(args.workdir, name)
-           for name in ("copy.bin", "pycopy.bin", "pyfiles", "out.h5", "out.ome.zarr")}
+           for name in ("copy.bin", "dcopy.bin", "pycopy.bin", "pyfiles", "out.h5", "out.ome.zarr",
+                        "buffered.ome.zarr")}
 
     def py_copy() -> None:
         with open(out["pycopy.bin"], "wb") as dst:
@@ -111,12 +114,18 @@ def main() -> int:
     run = [args.gpuprep, "run", data, "--no-median", "--no-register", "--backend", args.backend, "-q"]
     cases = {
         "cat (plain copy)": (["sh", "-c", f"cat {' '.join(files)} > {out['copy.bin']}"], out["copy.bin"]),
+        # The plain copy at the device's pace: written with O_DIRECT, as the OME-Zarr output's raw chunks
+        # are (GNU dd writes its last, partial block buffered).
+        "direct copy (dd oflag=direct)": (["sh", "-c", f"cat {' '.join(files)} | dd of={out['dcopy.bin']} bs=1M "
+                                                        "iflag=fullblock oflag=direct status=none"], out["dcopy.bin"]),
         "read + write copy (Python)": (py_copy, out["pycopy.bin"]),
         "the same into 1 MiB files (Py)": (py_files, out["pyfiles"]),
         "gpuprep, HDF5 output": (run + ["-o", out["out.h5"]], out["out.h5"]),
         "gpuprep, OME-Zarr output": (run + ["-o", out["out.ome.zarr"]], out["out.ome.zarr"]),
+        "  the same, chunks buffered": (["env", "GPUPREP_DIRECT_WRITES=0", *run, "-o", out["buffered.ome.zarr"]],
+                                        out["buffered.ome.zarr"]),
     }
-    many_files = {out["pyfiles"], out["out.ome.zarr"]}
+    many_files = {out["pyfiles"], out["out.ome.zarr"], out["buffered.ome.zarr"]}
     aside = os.path.join(args.workdir, "aside")
     for path in [*out.values(), aside]:
         remove(path)

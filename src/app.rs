@@ -172,6 +172,12 @@ fn print_report(r: &RunReport) -> anyhow::Result<()> {
             r.timepoints
         )?;
     }
+    if r.written_directly > 0 {
+        say!(
+            "  {} output chunks written straight to the device (O_DIRECT), not through the page cache",
+            r.written_directly
+        )?;
+    }
     if !r.suspicious.is_empty() {
         say!(
             "  registration QC flags timepoints {:?} (see /suspicious, /correlation_after)",

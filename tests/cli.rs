@@ -375,3 +375,113 @@ fn inputs_read_in_place_give_the_same_output_as_inputs_read() {
     );
     assert!(files(&data) == before, "an input changed");
 }
+
+/// The output's chunks written straight to the device (`O_DIRECT`, `gpuprep_io::direct`) give the
+/// same output, bit for bit, as written through the page cache (`GPUPREP_DIRECT_WRITES=0`), in both
+/// formats, with chunks padded at the edge of y (78 rows in chunks of 20), four blocks along y;
+/// the summary counts the chunks that went directly wherever the file system takes `O_DIRECT`.
+#[test]
+fn chunks_written_directly_equal_chunks_written_through_the_cache() {
+    let tmp = tempfile::tempdir().unwrap();
+    // Chunks of (7, 32, 20, 32): 560 KiB, whole pages; 1 × 1 × 4 × 2 of them.
+    let d = synth_f32(&tmp.path().join("data"), "7,32,78,64");
+    let takes_direct = {
+        use std::os::unix::fs::OpenOptionsExt;
+        std::fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .custom_flags(libc::O_DIRECT)
+            .open(tmp.path().join("probe"))
+            .is_ok()
+    };
+    if !takes_direct {
+        eprintln!(
+            "NOTE: {} refuses O_DIRECT: both runs write through the page cache here",
+            tmp.path().display()
+        );
+    }
+    let run = |direct: &str, name: &str| {
+        let dir = tmp.path().join(format!("direct-{direct}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        let out = dir.join(name);
+        let o = out.display().to_string();
+        let args = [
+            "run",
+            &d,
+            "-o",
+            &o,
+            "--backend",
+            "cpu",
+            "--no-median",
+            "--no-register",
+        ];
+        let r = crate::support::gpuprep_command()
+            .env("GPUPREP_DIRECT_WRITES", direct)
+            .args(args)
+            .output()
+            .unwrap();
+        let stdout = String::from_utf8_lossy(&r.stdout).into_owned();
+        assert_eq!(
+            r.status.code(),
+            Some(0),
+            "{}",
+            String::from_utf8_lossy(&r.stderr)
+        );
+        let direct_chunks = stdout
+            .lines()
+            .find(|l| l.contains("written straight to the device"))
+            .map(|l| {
+                l.split_whitespace()
+                    .next()
+                    .unwrap()
+                    .parse::<usize>()
+                    .unwrap()
+            });
+        (out, direct_chunks)
+    };
+    // HDF5: every chunk of /data directly.
+    let bits = |p: &Path| {
+        let f = hdf5::File::open(p).unwrap();
+        ["data", "mean", "std"].map(|n| {
+            let a = f.dataset(n).unwrap().read_dyn::<f32>().unwrap();
+            a.iter().map(|v| v.to_bits()).collect::<Vec<_>>()
+        })
+    };
+    let (direct, count) = run("1", "out.h5");
+    let (buffered, none) = run("0", "out.h5");
+    assert_eq!(count, takes_direct.then_some(8));
+    assert_eq!(none, None);
+    assert!(bits(&direct) == bits(&buffered), "HDF5 outputs differ");
+    // OME-Zarr: every chunk file the same (the root metadata too: same name, same run).
+    let (direct, count) = run("1", "out.ome.zarr");
+    let (buffered, none) = run("0", "out.ome.zarr");
+    assert!(count >= takes_direct.then_some(8), "{count:?}");
+    assert_eq!(none, None);
+    let files = |root: &Path| {
+        let mut v = Vec::new();
+        let mut stack = vec![root.to_path_buf()];
+        while let Some(p) = stack.pop() {
+            for e in std::fs::read_dir(&p).unwrap() {
+                let p = e.unwrap().path();
+                if p.is_dir() {
+                    stack.push(p);
+                } else if p.file_name().unwrap() != "zarr.json" || p.parent().unwrap() != root {
+                    v.push((
+                        p.strip_prefix(root).unwrap().to_path_buf(),
+                        std::fs::read(&p).unwrap(),
+                    ));
+                }
+            }
+        }
+        v.sort();
+        v
+    };
+    let (a, b) = (files(&direct), files(&buffered));
+    assert_eq!(a.len(), b.len());
+    assert!(a.len() > 8);
+    for ((pa, da), (pb, db)) in a.iter().zip(&b) {
+        assert_eq!(pa, pb);
+        assert!(da == db, "{} differs", pa.display());
+    }
+}

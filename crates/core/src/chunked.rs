@@ -10,6 +10,9 @@ use crate::error::{Error, Result};
 use crate::fmt::fmt_shape;
 use ndarray::{s, Array4, Array6, ArrayView4, ArrayViewMut5, Axis};
 
+/// The alignment of a block's first element (`ChunkedBlock::new`).
+const PAGE: usize = 4096;
+
 #[derive(Debug, Clone)]
 pub struct ChunkedBlock<T> {
     /// (t chunks, x chunks, ct, cz, cy, cx).
@@ -27,10 +30,23 @@ impl<T: Copy + Default> ChunkedBlock<T> {
     pub fn new(chunk: [usize; 4], origin: [usize; 3], extent: [usize; 4]) -> Result<Self> {
         let grid = Self::grid(chunk, extent)?;
         let [ct, cz, cy, cx] = chunk;
+        let dim = (grid[0], grid[1], ct, cz, cy, cx);
+        let n = grid[0] * grid[1] * ct * cz * cy * cx;
+        // `vec![default; _]`, not a loop: zeros come from the allocator (calloc: pages zeroed on
+        // first touch, once) rather than written by a loop and then again by the sweep. The block
+        // starts on a page boundary (one page more is allocated): chunks of whole pages can then
+        // be written straight from it with direct I/O (the Zarr sink's `O_DIRECT` writes).
+        let size = std::mem::size_of::<T>().max(1);
+        let pad = PAGE.div_ceil(size);
+        let mut all = ndarray::Array1::from_vec(vec![T::default(); n + pad]);
+        let off = (all.as_ptr() as usize).wrapping_neg() % PAGE / size;
+        let off = if off < pad { off } else { 0 };
+        all.slice_collapse(s![off..off + n]);
+        let data = all
+            .into_shape_with_order(dim)
+            .expect("a contiguous run of the block's length");
         Ok(ChunkedBlock {
-            // `from_elem`, not `default`: zeros come from the allocator (calloc: pages zeroed on first
-            // touch, once) rather than written by a loop and then again by the sweep.
-            data: Array6::from_elem((grid[0], grid[1], ct, cz, cy, cx), T::default()),
+            data,
             origin,
             extent,
         })
@@ -191,6 +207,13 @@ mod tests {
         let small = block.reuse(chunk, [0, 0, 0], [5, 1, 3, 12]).unwrap();
         assert!(small.chunks().all(|(_, c)| c.iter().all(|&v| v == 0.0)));
         assert!(ChunkedBlock::<f32>::new(chunk, origin, [5, 4, 3, 12]).is_err());
+        // Every new block starts on a page, so page-sized chunks are pages themselves.
+        for extent in [[5, 2, 3, 12], [50, 32, 64, 256], [1, 1, 1, 1]] {
+            let b = ChunkedBlock::<f32>::new([2, 32, 64, 64], origin, extent).unwrap();
+            let (_, first) = b.chunks().next().unwrap();
+            assert_eq!(first.as_ptr() as usize % PAGE, 0, "{extent:?}");
+            assert!(b.chunks().all(|(_, c)| c.iter().all(|&v| v == 0.0)));
+        }
         assert!(ChunkedBlock::<f32>::new([2, 0, 4, 5], origin, [5, 0, 3, 12]).is_err());
     }
 }

@@ -3,6 +3,7 @@
 
 pub mod arrays;
 pub mod cleanup;
+pub mod direct;
 pub mod sink;
 pub mod source;
 pub mod writer;

@@ -106,6 +106,10 @@ pub struct SinkOptions {
     /// Zarr outputs: each time slab of chunks (what one write of the sink fills) stored as one shard
     /// holding those chunks, so a store has one file per slab rather than per chunk.
     pub shard: bool,
+    /// The dataset "data" will be written block by block (`Sink::write_block`, every chunk once): the
+    /// HDF5 output then allocates its chunks when it is created, aligned to 4 KiB, and writes them
+    /// directly to the device (`crate::direct`).
+    pub blocks: bool,
 }
 
 /// The format-specific writer.
@@ -398,6 +402,7 @@ impl Sink {
                 t,
                 shape,
                 volume_datasets,
+                options.blocks,
             )?),
             OutputFormat::OmeZarr => Out::Zarr(Box::new(ZarrOut::create(
                 path,
@@ -439,6 +444,15 @@ impl Sink {
         match self.out.as_ref()? {
             Out::Hdf5(_) => Some(volume_chunking(self.t, self.shape).0),
             Out::Zarr(o) => o.block_chunk(),
+        }
+    }
+
+    /// How many chunks (or whole chunk files) went straight to the device so far (`crate::direct`).
+    pub fn written_directly(&self) -> usize {
+        match self.out.as_ref() {
+            Some(Out::Hdf5(o)) => o.written_directly(),
+            Some(Out::Zarr(o)) => o.written_directly(),
+            None => 0,
         }
     }
 

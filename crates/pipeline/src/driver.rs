@@ -171,6 +171,8 @@ pub struct RunReport {
     pub scratch: Option<&'static str>,
     /// Volumes read in place (memory-mapped from their files: `Source::read_in_place`), not copied.
     pub read_in_place: usize,
+    /// Output chunks written straight to the device (`O_DIRECT`: `gpuprep_io::direct`).
+    pub written_directly: usize,
     /// The inputs read, for the summary: file count, first and last file, axes ([`Source::inputs_summary`]).
     pub inputs_summary: String,
     /// Busy time per stage, summed over volumes: `reference`; `read` (the reader threads: inputs, then the
@@ -469,6 +471,8 @@ pub fn run_with_progress(
         SinkOptions {
             compression: cfg.compression,
             shard: cfg.shard,
+            // Pass 2 then writes /data block by block (below).
+            blocks: in_memory,
         },
     )?;
     if let Some(v) = source.voxel_size() {
@@ -848,6 +852,7 @@ pub fn run_with_progress(
         )?;
     }
     write_attributes(&mut sink, cfg, &source, &backend.describe())?;
+    let written_directly = sink.written_directly();
     let output = clock.time("write", || sink.finish())?;
     Ok(RunReport {
         output,
@@ -860,6 +865,7 @@ pub fn run_with_progress(
         constant_voxels,
         scratch: scratch_place,
         read_in_place,
+        written_directly,
         inputs_summary: source.inputs_summary(),
         stage_times: clock.0,
         total: started.elapsed(),

@@ -238,6 +238,11 @@ impl ZarrOut {
         Ok(())
     }
 
+    /// Chunk files written with `O_DIRECT` so far.
+    pub(super) fn written_directly(&self) -> usize {
+        self.store.written_directly()
+    }
+
     /// The chunk shape; `None` when sharded (a shard spans whole volumes).
     pub(super) fn block_chunk(&self) -> Option<[usize; 4]> {
         (!self.sharded).then_some(volume_chunking(self.t, self.shape).0)
@@ -248,6 +253,11 @@ impl ZarrOut {
     pub(super) fn write_block(&mut self, name: &str, block: &ChunkedBlock<f32>) -> Result<()> {
         use rayon::prelude::*;
         let (path, t) = (self.path.clone(), self.t);
+        // Raw chunks (the bytes codec alone, little-endian like this machine) are their own
+        // encoding: each is written from the block as it is, no copy made (zarrs would encode it
+        // into a fresh buffer), and directly to the device where the store can (`OutputStore`).
+        let raw = self.compression == Compression::None && cfg!(target_endian = "little");
+        let store = self.store.clone();
         let v = self.volume_mut(name)?;
         if !v.pending.is_empty() {
             // Their slab, stored when complete, would overwrite this block with its zeros.
@@ -261,20 +271,30 @@ impl ZarrOut {
         let chunk = block.chunk();
         let chunks: Vec<_> = block.chunks().collect();
         let array = &v.array;
-        chunks
-            .into_par_iter()
-            .try_for_each(|(at, data)| {
-                let indices: Vec<u64> = (0..4).map(|i| (at[i] / chunk[i]) as u64).collect();
-                crate::cleanup::gated(|| array.store_chunk(&indices, data))
-            })
-            .map_err(|e| {
-                let [z, y, x] = block.origin();
-                zarr_error(
-                    &path,
-                    format!("writing /{name} at (z, y, x) = ({z}, {y}, {x}), every timepoint"),
-                    e,
-                )
-            })
+        let put = |(at, data): ([usize; 4], &[f32])| {
+            let indices: Vec<u64> = (0..4).map(|i| (at[i] / chunk[i]) as u64).collect();
+            if raw {
+                let key = array.chunk_key(&indices);
+                return crate::cleanup::gated(|| {
+                    store.write_whole(&key, bytemuck::cast_slice(data))
+                })
+                .map_err(|e| zarrs::array::ArrayError::StorageError(e.into()));
+            }
+            crate::cleanup::gated(|| array.store_chunk(&indices, data))
+        };
+        if raw {
+            crate::direct::on_write_threads(&chunks, |&c| put(c))
+        } else {
+            chunks.into_par_iter().try_for_each(put)
+        }
+        .map_err(|e| {
+            let [z, y, x] = block.origin();
+            zarr_error(
+                &path,
+                format!("writing /{name} at (z, y, x) = ({z}, {y}, {x}), every timepoint"),
+                e,
+            )
+        })
     }
 
     pub(super) fn read_volume(&self, name: &str, t: usize) -> Result<Array3<f32>> {
