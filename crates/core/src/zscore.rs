@@ -532,22 +532,34 @@ pub fn normalize_block<T: Sample>(
     m: &Moments,
     p: &ZscoreParams,
 ) -> Result<Array4<T>> {
+    normalize_block_with(block, m.mean64().view(), m.std64().view(), p)
+}
+
+/// `normalize_block` with the f64 mean and std borrowed (the Python package's, not copied).
+pub fn normalize_block_with<T: Sample>(
+    block: ArrayView4<T>,
+    mean: ArrayView3<f64>,
+    std: ArrayView3<f64>,
+    p: &ZscoreParams,
+) -> Result<Array4<T>> {
     let (t, z, y, x) = block.dim();
-    if (z, y, x) != m.mean64().dim() {
+    if (z, y, x) != mean.dim() || (z, y, x) != std.dim() {
         return Err(Error::Data(format!(
-            "cannot normalize volumes {} with moments of volumes {}",
+            "cannot normalize volumes {} with moments of volumes {} and {}",
             fmt_dim((z, y, x)),
-            fmt_dim(m.mean64().dim())
+            fmt_dim(mean.dim()),
+            fmt_dim(std.dim())
         )));
     }
     let mut out = Array4::<T>::default(block.raw_dim());
-    let (Some(data), Some(means), Some(stds)) = (
-        block.as_slice(),
-        m.mean64().as_slice(),
-        m.std64().as_slice(),
-    ) else {
+    let (Some(data), Some(means), Some(stds)) = (block.as_slice(), mean.as_slice(), std.as_slice())
+    else {
         for (v, mut o) in block.outer_iter().zip(out.outer_iter_mut()) {
-            o.assign(&normalize(v, m, p));
+            Zip::from(&mut o)
+                .and(v)
+                .and(mean)
+                .and(std)
+                .par_for_each(|o, &x, &mean, &std| *o = normalized(x, mean, std, p));
         }
         return Ok(out);
     };

@@ -261,9 +261,9 @@ pub fn normalize<'py>(
         )));
     }
     let out = py_.detach(|| {
-        let m = CoreMoments::from_f64(mean.to_owned(), std.to_owned());
         py((|| match engine::select(choice)? {
             Some(mut gpu) => {
+                let m = CoreMoments::from_f64(mean.to_owned(), std.to_owned());
                 let b = gpu.backend();
                 let mut out = Array4::<f32>::zeros(block.raw_dim());
                 for (v, mut o) in block.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
@@ -271,8 +271,9 @@ pub fn normalize<'py>(
                 }
                 Ok(out)
             }
-            // The CPU backend's `normalize`, a block at a time (the moments read once per block).
-            None => gpuprep_core::zscore::normalize_block(block, &m, &p),
+            // The CPU backend's `normalize`, a block at a time (the moments read once per block,
+            // where they are: a block's worth of them copied per call cost as much as the sweep).
+            None => gpuprep_core::zscore::normalize_block_with(block, mean, std, &p),
         })())
     })?;
     Ok(out.into_pyarray(py_))

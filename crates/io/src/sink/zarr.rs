@@ -253,12 +253,12 @@ impl ZarrOut {
     pub(super) fn write_block(&mut self, name: &str, block: &ChunkedBlock<f32>) -> Result<()> {
         use rayon::prelude::*;
         let (path, t) = (self.path.clone(), self.t);
-        // Raw chunks (the bytes codec alone, little-endian like this machine) are their own
-        // encoding: each is written from the block as it is, no copy made (zarrs would encode it
-        // into a fresh buffer), and directly to the device where the store can (`OutputStore`).
-        let raw = self.compression == Compression::None && cfg!(target_endian = "little");
         let store = self.store.clone();
         let v = self.volume_mut(name)?;
+        // Raw chunks are their own encoding: each is written from the block as it is, no copy made
+        // (zarrs would encode it into a fresh buffer), and directly to the device where the store
+        // can (`OutputStore`).
+        let raw = raw_chunks(&v.array);
         if !v.pending.is_empty() {
             // Their slab, stored when complete, would overwrite this block with its zeros.
             return Err(Error::Output {
@@ -520,6 +520,8 @@ fn store_chunks(
     }
     let c = chunk.map(|c| c as usize);
     let chunks: Vec<_> = super::chunks_of(data, c).collect();
+    let raw = raw_chunks(array);
+    let store = array.storage();
     // One chunk buffer per task chain, refilled: fresh memory costs a fault per page.
     chunks
         .into_par_iter()
@@ -528,8 +530,36 @@ fn store_chunks(
                 .map(|i| (start[i] as usize + lo[i]) as u64 / chunk[i])
                 .collect();
             super::gather_chunk(part, c, buf);
+            if raw {
+                // The gathered chunk is its own encoding: written as it is (`ZarrOut::write_block`).
+                let key = array.chunk_key(&indices);
+                return crate::cleanup::gated(|| {
+                    store.write_whole(&key, bytemuck::cast_slice(buf))
+                })
+                .map_err(|e| zarrs::array::ArrayError::StorageError(e.into()));
+            }
             crate::cleanup::gated(|| array.store_chunk(&indices, &buf[..]))
         })
+}
+
+/// Whether `array`'s chunks are stored raw: float32 through the `bytes` codec alone, little-endian
+/// like this machine, so a chunk's elements are its encoding.
+fn raw_chunks(array: &Array<OutputStore>) -> bool {
+    let zarrs::metadata::ArrayMetadata::V3(m) = array.metadata() else {
+        return false;
+    };
+    let codecs = serde_json::to_value(&m.codecs).unwrap_or_default();
+    let bytes = |c: &Value| {
+        c["name"] == "bytes"
+            && (c
+                .get("configuration")
+                .is_none_or(|c| c.get("endian").is_none_or(|e| e == "little")))
+    };
+    cfg!(target_endian = "little")
+        && array.data_type() == &data_type::float32()
+        && codecs
+            .as_array()
+            .is_some_and(|c| c.len() == 1 && bytes(&c[0]))
 }
 
 /// A Zarr failure at `path` while doing `what`, its cause in one line.

@@ -260,14 +260,7 @@ class _SourceVolumes:
         self.shape, self.ndim, self.dtype = tuple(desc["shape"]), 4, np.dtype(np.float32)
 
     def read(self, t0: int, n: int) -> np.ndarray:
-        import bisect
-
-        first = bisect.bisect_right(self.starts, t0) - 1
-        last = bisect.bisect_right(self.starts, t0 + n - 1) - 1
-        return _gpuprep.read_block(
-            self.files[first : last + 1], self.dataset, self.axes, self.format, self.channel,
-            t0 - self.starts[first], n,
-        )
+        return _BlockRead(self, t0, n).read()
 
     def __getitem__(self, key: tuple) -> np.ndarray:
         key = tuple(key) + (slice(None),) * (4 - len(key))
@@ -279,6 +272,37 @@ class _SourceVolumes:
         block = self.read(ts.start, len(ts))
         full = all(k == slice(None) for k in key[1:])
         return block if full else block[(slice(None),) + key[1:]]
+
+
+class _BlockRead:
+    """Timepoints ``t0 .. t0 + n`` of a ``_SourceVolumes``, read by the task that uses them: passed to
+    ``register_block`` and ``reference_add`` in place of a block of the input's dask array, so a block is
+    read on the worker that registers it (no read tasks run ahead of the registrations, no block moved
+    between workers) and a rerun reads it again. Holds only its own files."""
+
+    def __init__(self, src: _SourceVolumes, t0: int, n: int):
+        import bisect
+
+        first = bisect.bisect_right(src.starts, t0) - 1
+        last = bisect.bisect_right(src.starts, t0 + n - 1) - 1
+        self.files = src.files[first : last + 1]
+        self.args = (src.dataset, src.axes, src.format, src.channel, t0 - src.starts[first], n)
+        self.t0, self.n = t0, n
+
+    def read(self) -> np.ndarray:
+        dataset, axes, format, channel, skip, n = self.args
+        return _gpuprep.read_block(self.files, dataset, axes, format, channel, skip, n)
+
+    def __dask_tokenize__(self) -> tuple:
+        return ("gpuprep._BlockRead", tuple(self.files), self.args)
+
+
+def block_source(b: _BlockRead) -> _BlockRead:
+    return b
+
+
+def _read(block: Any) -> np.ndarray:
+    return block.read() if isinstance(block, _BlockRead) else np.asarray(block)
 
 
 def _to_float32(raw: np.ndarray, where: str) -> np.ndarray:
@@ -502,7 +526,8 @@ def _sanitize(block: np.ndarray, t0: int, nonfinite: str) -> tuple[np.ndarray, i
 
 def reference_add(acc: np.ndarray | None, volume: np.ndarray, t: int, p: _Params) -> np.ndarray:
     """One volume of the reference, filtered as the CLI does, added to a float64 sum in timepoint order."""
-    v, _ = _sanitize(np.asarray(volume)[np.newaxis], t, p.nonfinite)
+    v = _read(volume)
+    v, _ = _sanitize(v if isinstance(volume, _BlockRead) else v[np.newaxis], t, p.nonfinite)
     v = v[0]
     if p.median is not None and not p.register_raw:
         sizes, mode, cval = p.median
@@ -526,7 +551,7 @@ def register_block(
     (returned, or written to ``scratch`` (a Zarr array) at [t0, t0 + len)); the stages in ``saved`` (name →
     Zarr array: "filtered", "registered") written there at [t0, t0 + len)."""
     saved = saved or {}
-    b, bad = _sanitize(block, t0, p.nonfinite)
+    b, bad = _sanitize(_read(block), t0, p.nonfinite)
     reference = ref.get() if ref is not None else None
     m = p.median
     # With a reference, the CLI's per-frame QC (correlations with the reference before and after the
@@ -614,16 +639,17 @@ def finalize_moments(m: Any, ddof: int) -> tuple[np.ndarray, np.ndarray]:
     return _moments(m).finalize(ddof=ddof)
 
 
-def write_stats(stats: tuple, store: str) -> int:
+def write_stats(stats: tuple | str, store: str) -> int:
     """The output store's ``mean`` and ``std`` arrays (float32): a task of its own, beside the blocks'
     normalization rather than before it (every block waits for the moments, none for these writes)."""
-    mean, std = stats
+    mean, std = _stats(stats)
     _write(os.path.join(store, "mean"), None, mean.astype(np.float32))
     _write(os.path.join(store, "std"), None, std.astype(np.float32))
     return 2
 
 
-def normalize_block(vols: np.ndarray, stats: tuple, p: _Params) -> np.ndarray:
+def normalize_block(vols: np.ndarray, stats: tuple | str, p: _Params) -> np.ndarray:
+    stats = _stats(stats)
     return gpuprep.normalize(
         _aligned(vols, np.float32),
         _aligned(stats[0], np.float64),
@@ -633,14 +659,57 @@ def normalize_block(vols: np.ndarray, stats: tuple, p: _Params) -> np.ndarray:
     )
 
 
-def normalize_kept(side: dict, out: str, stats: tuple, p: _Params) -> int:
+def save_stats(stats: tuple, path: str) -> str:
+    """The f64 mean and std saved beside the output (``np.save``, one (2, z, y, x) array) for pass 2's
+    tasks, which then depend on this path rather than on the 16 bytes a voxel of the stats themselves:
+    dask runs each where its block's volumes are (a block of a few volumes is no larger than the stats,
+    and the scheduler moved whichever was nearer), and each process maps the file once."""
+    mean, std = stats
+    tmp = f"{path}.{os.getpid()}.tmp.npy"
+    np.save(tmp, np.stack([mean, std]))
+    os.replace(tmp, path)
+    return path
+
+
+# Stats files mapped by this process (save_stats), by path: one mapping per worker and run.
+_stats_mapped: dict[str, np.ndarray] = {}
+_stats_lock = threading.Lock()
+
+
+def _stats(stats: tuple | str) -> tuple:
+    """(mean, std) from themselves or from ``save_stats``'s file, mapped once per process."""
+    if not isinstance(stats, str):
+        return stats
+    with _stats_lock:
+        m = _stats_mapped.get(stats)
+        if m is None:
+            m = _stats_mapped[stats] = np.load(stats, mmap_mode="r")
+    return m[0], m[1]
+
+
+def _forget_stats() -> None:
+    """Drops this process's mappings of stats files (the run is over: its directory is deleted next)."""
+    with _stats_lock:
+        _stats_mapped.clear()
+
+
+def _forget_stats_everywhere(client: Any) -> None:
+    _forget_stats()
+    if client is not None:
+        try:
+            client.run(_forget_stats)
+        except Exception:  # a worker lost at the end keeps nothing of ours
+            pass
+
+
+def normalize_kept(side: dict, out: str, stats: tuple | str, p: _Params) -> int:
     """Pass 2 of the output with pass 1's volumes kept in the workers' memory: normalized, written to ``0``."""
     vols = side["volumes"]
     _write(out, side["t0"], normalize_block(vols, stats, p))
     return len(vols)
 
 
-def normalize_stored(scratch: str, out: str, t0: int, n: int, stats: tuple, after: Any, p: _Params) -> int:
+def normalize_stored(scratch: str, out: str, t0: int, n: int, stats: tuple | str, after: Any, p: _Params) -> int:
     """Pass 2 of the output: the block's registered volumes read back, normalized, written to ``0``."""
     import zarr
 
@@ -714,7 +783,8 @@ class _Graph:
     depth: int
 
 
-def _reference(arr: Any, p: _Params, client: Any) -> tuple[SharedReference | Any | None, np.ndarray | None]:
+def _reference(arr: Any, p: _Params, client: Any, src: _SourceVolumes | None = None
+               ) -> tuple[SharedReference | Any | None, np.ndarray | None]:
     """The reference for the workers (a chain over its timepoints: one volume in memory at a time): a
     delayed ``SharedReference``, computed by the run's own graph; with ``reference_iterations``, computed
     and refined now and, on a cluster, broadcast to every worker once, with the refined volume itself."""
@@ -725,7 +795,7 @@ def _reference(arr: Any, p: _Params, client: Any) -> tuple[SharedReference | Any
     start, end = p.reference
     acc = None
     for t in range(start, end):
-        acc = delayed(reference_add, pure=True)(acc, arr[t], t, p)
+        acc = delayed(reference_add, pure=True)(acc, _BlockRead(src, t, 1) if src is not None else arr[t], t, p)
     vol = delayed(reference_finish, pure=True)(acc, end - start)
     if p.reference_iterations == 0:
         # A task of the run's graph, not computed first: the blocks' reads start while it runs. Each
@@ -774,7 +844,8 @@ def refine_add(acc: np.ndarray | None, volume: np.ndarray, t: int, ref: SharedRe
 def _registered_frame(volume: np.ndarray, t: int, ref: SharedReference, p: _Params, qc: bool):
     """A reference-range frame as the CLI's refinement treats it: filtered unless registering raw,
     registered onto ``ref`` and shifted (the frame that was registered)."""
-    v, _ = _sanitize(np.asarray(volume)[np.newaxis], t, p.nonfinite)
+    v = _read(volume)
+    v, _ = _sanitize(v if isinstance(volume, _BlockRead) else v[np.newaxis], t, p.nonfinite)
     m = None if p.median is None or p.register_raw else (tuple(int(x) for x in p.median[0]), p.median[1],
                                                            float(p.median[2]))
     vols, shifts, _, _, extras = _gpuprep.process_block(
@@ -808,12 +879,19 @@ def _refined(arr: Any, current: np.ndarray, p: _Params, client: Any) -> np.ndarr
 
 
 def _build(arr: Any, ref: Any, p: _Params, scratch: str | None,
-           saved: dict[str, str] | None = None) -> _Graph:
+           saved: dict[str, str] | None = None, src: _SourceVolumes | None = None) -> _Graph:
+    """Pass 1's tasks and the moments' reduction; with ``src``, each block read by its own task."""
     from dask import delayed
 
-    blocks_d = arr.to_delayed().ravel()
     starts = np.concatenate([[0], np.cumsum(arr.chunks[0])[:-1]]).astype(int)
     blocks = [(int(t0), int(n)) for t0, n in zip(starts, arr.chunks[0])]
+    if src is not None:
+        # Each `_BlockRead` a task of its own (done at once): the registrations then depend on a group
+        # of tasks as large as theirs, so the scheduler hands them all out at once rather than queuing
+        # them as root tasks behind the merges that become ready first.
+        blocks_d = [delayed(block_source, pure=True)(_BlockRead(src, t0, n)) for t0, n in blocks]
+    else:
+        blocks_d = arr.to_delayed().ravel()
     sides, moments = [], []
     for (t0, n), b in zip(blocks, blocks_d):
         r = delayed(register_block, pure=True, nout=2)(b, t0, ref, p, scratch, saved)
@@ -826,11 +904,11 @@ def _build(arr: Any, ref: Any, p: _Params, scratch: str | None,
     return _Graph(blocks, sides, stats, depth)
 
 
-def _lazy(arr: Any, ref: Any, p: _Params) -> tuple[Any, Any]:
+def _lazy(arr: Any, ref: Any, p: _Params, src: _SourceVolumes | None = None) -> tuple[Any, Any]:
     import dask.array as da
     from dask import delayed
 
-    g = _build(arr, ref, p, None)
+    g = _build(arr, ref, p, None, src=src)
     z, sh = [], []
     for (t0, n), side in zip(g.blocks, g.sides):
         vols = delayed(block_volumes, pure=True)(side)
@@ -1059,7 +1137,8 @@ def _available_memory() -> int:
 
 
 def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force: bool, client: Any,
-                  progress: bool, memory_budget: int | None = None, reference: np.ndarray | None = None) -> dict:
+                  progress: bool, memory_budget: int | None = None, reference: np.ndarray | None = None,
+                  src: _SourceVolumes | None = None) -> dict:
     """Writes the OME-Zarr output (see ``preprocess``) and returns the report; ``reference``: the refined
     reference volume, saved as the array ``reference`` (the CLI's /reference with --reference-iterations)."""
     import time
@@ -1101,18 +1180,21 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
                 saved[name] = os.path.join(store, name)
                 _create_array(saved[name], (t,) + shape, chunks, np.float32, p.compression, True, shards)
         first = None if in_memory else (scratch or os.path.join(store, "0"))
-        g = _build(arr, ref, p, first, saved)
+        g = _build(arr, ref, p, first, saved, src)
         small = [delayed(_side_only, pure=True)(s) for s in g.sides]
         final = list(small)
+        stats = None
         if p.zscore:
-            final.append(delayed(write_stats, pure=True)(g.stats, store))
+            stats = delayed(save_stats, pure=True)(g.stats, os.path.join(tmpdir, "stats.npy"))
+            # From the file, after it: pass 2 waits for the file, not for these writes.
+            final.append(delayed(write_stats, pure=True)(stats, store))
         if in_memory:
             for s in g.sides:
-                final.append(delayed(normalize_kept, pure=True)(s, os.path.join(store, "0"), g.stats, p))
+                final.append(delayed(normalize_kept, pure=True)(s, os.path.join(store, "0"), stats, p))
         elif p.zscore:
             for (t0, n), s in zip(g.blocks, small):
                 final.append(
-                    delayed(normalize_stored, pure=True)(scratch, os.path.join(store, "0"), t0, n, g.stats, s, p)
+                    delayed(normalize_stored, pure=True)(scratch, os.path.join(store, "0"), t0, n, stats, s, p)
                 )
         keys = {k for d in final for k in d.__dask_graph__().keys()}
         results = _compute(client, final, progress)
@@ -1153,8 +1235,10 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
             pass
         if client is not None and keys:
             _wait_idle(client, keys)
+        _forget_stats_everywhere(client)
         shutil.rmtree(tmpdir, ignore_errors=True)
         raise
+    _forget_stats_everywhere(client)
     shutil.rmtree(tmpdir, ignore_errors=True)
     _warn_empty(error, p)
     return {
@@ -1325,8 +1409,10 @@ def preprocess(
         _check_output(out, force)  # before any computation: a bad output fails at once
     client = _active_client(client)
     arr = _blocked(inp, block_size)
-    ref, ref_volume = _reference(arr, p, client)
+    # Inputs gpuprep reads are read by the tasks that use them (`_BlockRead`).
+    src = inp.array if isinstance(inp.array, _SourceVolumes) else None
+    ref, ref_volume = _reference(arr, p, client, src)
     if out is None:
-        return _lazy(arr, ref, p)
+        return _lazy(arr, ref, p, src)
     return _write_output(inp, arr, ref, p, out, force, client, progress, p.memory_budget,
-                         ref_volume if p.reference_iterations else None)
+                         ref_volume if p.reference_iterations else None, src)
