@@ -83,58 +83,26 @@ pub(crate) fn write_at(_: &File, _: &[u8], _: u64) -> std::io::Result<bool> {
 }
 
 /// A page-aligned buffer kept by each writing thread for direct writes from unaligned memory (zarrs
-/// hands over each encoded chunk in a fresh allocation, 16-byte aligned).
+/// hands over each encoded chunk in a fresh allocation, 16-byte aligned): a page more than the largest
+/// write so far, used from its first page boundary.
 #[cfg(target_os = "linux")]
-struct AlignedBuf {
-    ptr: std::ptr::NonNull<u8>,
-    cap: usize,
-}
+struct AlignedBuf(Vec<u8>);
 
 #[cfg(target_os = "linux")]
 impl AlignedBuf {
-    const fn new() -> AlignedBuf {
-        AlignedBuf {
-            ptr: std::ptr::NonNull::dangling(),
-            cap: 0,
-        }
-    }
-
-    /// The first `len` bytes, grown (uninitialized bytes made zero) when `len` exceeds what is held.
+    /// `len` bytes starting on a page.
     fn get(&mut self, len: usize) -> &mut [u8] {
-        if len > self.cap {
-            self.free();
-            let layout = std::alloc::Layout::from_size_align(len, ALIGN).expect("a chunk's size");
-            // SAFETY: `len` is non-zero (at least `MIN`); the null case is handled.
-            let ptr = unsafe { std::alloc::alloc_zeroed(layout) };
-            self.ptr = std::ptr::NonNull::new(ptr)
-                .unwrap_or_else(|| std::alloc::handle_alloc_error(layout));
-            self.cap = len;
+        if self.0.len() < len + ALIGN {
+            self.0 = vec![0; len + ALIGN];
         }
-        // SAFETY: `cap >= len` bytes are allocated, initialized and owned by `self`.
-        unsafe { std::slice::from_raw_parts_mut(self.ptr.as_ptr(), len) }
-    }
-
-    fn free(&mut self) {
-        if self.cap > 0 {
-            let layout =
-                std::alloc::Layout::from_size_align(self.cap, ALIGN).expect("a chunk's size");
-            // SAFETY: allocated by `get` with this layout.
-            unsafe { std::alloc::dealloc(self.ptr.as_ptr(), layout) };
-            self.cap = 0;
-        }
-    }
-}
-
-#[cfg(target_os = "linux")]
-impl Drop for AlignedBuf {
-    fn drop(&mut self) {
-        self.free();
+        let at = self.0.as_ptr().align_offset(ALIGN);
+        &mut self.0[at..at + len]
     }
 }
 
 #[cfg(target_os = "linux")]
 thread_local! {
-    static ALIGNED: std::cell::RefCell<AlignedBuf> = const { std::cell::RefCell::new(AlignedBuf::new()) };
+    static ALIGNED: std::cell::RefCell<AlignedBuf> = const { std::cell::RefCell::new(AlignedBuf(Vec::new())) };
 }
 
 /// Threads writing a block's chunks directly: requests in flight at once.

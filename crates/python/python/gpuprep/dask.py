@@ -524,10 +524,10 @@ def _sanitize(block: np.ndarray, t0: int, nonfinite: str) -> tuple[np.ndarray, i
     return b, count
 
 
-def reference_add(acc: np.ndarray | None, volume: np.ndarray, t: int, p: _Params) -> np.ndarray:
-    """One volume of the reference, filtered as the CLI does, added to a float64 sum in timepoint order."""
-    v = _read(volume)
-    v, _ = _sanitize(v if isinstance(volume, _BlockRead) else v[np.newaxis], t, p.nonfinite)
+def reference_add(acc: np.ndarray | None, volume: Any, t: int, p: _Params) -> np.ndarray:
+    """One volume of the reference (a one-timepoint block), filtered as the CLI does, added to a float64
+    sum in timepoint order."""
+    v, _ = _sanitize(_read(volume), t, p.nonfinite)
     v = v[0]
     if p.median is not None and not p.register_raw:
         sizes, mode, cval = p.median
@@ -795,7 +795,8 @@ def _reference(arr: Any, p: _Params, client: Any, src: _SourceVolumes | None = N
     start, end = p.reference
     acc = None
     for t in range(start, end):
-        acc = delayed(reference_add, pure=True)(acc, _BlockRead(src, t, 1) if src is not None else arr[t], t, p)
+        volume = _BlockRead(src, t, 1) if src is not None else arr[t : t + 1]
+        acc = delayed(reference_add, pure=True)(acc, volume, t, p)
     vol = delayed(reference_finish, pure=True)(acc, end - start)
     if p.reference_iterations == 0:
         # A task of the run's graph, not computed first: the blocks' reads start while it runs. Each
@@ -844,8 +845,7 @@ def refine_add(acc: np.ndarray | None, volume: np.ndarray, t: int, ref: SharedRe
 def _registered_frame(volume: np.ndarray, t: int, ref: SharedReference, p: _Params, qc: bool):
     """A reference-range frame as the CLI's refinement treats it: filtered unless registering raw,
     registered onto ``ref`` and shifted (the frame that was registered)."""
-    v = _read(volume)
-    v, _ = _sanitize(v if isinstance(volume, _BlockRead) else v[np.newaxis], t, p.nonfinite)
+    v, _ = _sanitize(np.asarray(volume)[np.newaxis], t, p.nonfinite)
     m = None if p.median is None or p.register_raw else (tuple(int(x) for x in p.median[0]), p.median[1],
                                                            float(p.median[2]))
     vols, shifts, _, _, extras = _gpuprep.process_block(
