@@ -28,6 +28,7 @@ import functools
 import numbers
 import os
 import shutil
+import sys
 import tempfile
 import threading
 import warnings
@@ -639,6 +640,13 @@ def finalize_moments(m: Any, ddof: int) -> tuple[np.ndarray, np.ndarray]:
     return _moments(m).finalize(ddof=ddof)
 
 
+def save_moments_stats(m: Any, ddof: int, path: str) -> str:
+    """``finalize_moments`` and ``save_stats`` in one task: the stats go from the merged moments to the
+    file without travelling between tasks (64 MB for a 64 x 256 x 256 volume: dask's transfer of them
+    cost more than their finalization)."""
+    return save_stats(finalize_moments(m, ddof), path)
+
+
 def write_stats(stats: tuple | str, store: str) -> int:
     """The output store's ``mean`` and ``std`` arrays (float32): a task of its own, beside the blocks'
     normalization rather than before it (every block waits for the moments, none for these writes)."""
@@ -664,9 +672,15 @@ def save_stats(stats: tuple, path: str) -> str:
     tasks, which then depend on this path rather than on the 16 bytes a voxel of the stats themselves:
     dask runs each where its block's volumes are (a block of a few volumes is no larger than the stats,
     and the scheduler moved whichever was nearer), and each process maps the file once."""
-    mean, std = stats
+    mean, std = (np.ascontiguousarray(a, dtype="<f8") for a in stats)
     tmp = f"{path}.{os.getpid()}.tmp.npy"
-    np.save(tmp, np.stack([mean, std]))
+    # The two arrays written one after the other under one (2, z, y, x) header: no stacked copy.
+    with open(tmp, "wb") as f:
+        np.lib.format.write_array_header_1_0(
+            f, {"descr": "<f8", "fortran_order": False, "shape": (2,) + tuple(mean.shape)}
+        )
+        f.write(memoryview(mean).cast("B"))
+        f.write(memoryview(std).cast("B"))
     os.replace(tmp, path)
     return path
 
@@ -683,8 +697,36 @@ def _stats(stats: tuple | str) -> tuple:
     with _stats_lock:
         m = _stats_mapped.get(stats)
         if m is None:
-            m = _stats_mapped[stats] = np.load(stats, mmap_mode="r")
+            m = _stats_mapped[stats] = _map_populated(stats)
     return m[0], m[1]
+
+
+# madvise(MADV_POPULATE_READ) (Linux 5.14): the whole mapping's page tables filled in one call.
+_MADV_POPULATE_READ = getattr(__import__("mmap"), "MADV_POPULATE_READ", 22)
+
+
+def _map_populated(path: str) -> np.ndarray:
+    """An ``.npy`` file mapped read-only with its pages mapped up front where the kernel can: the first
+    normalization otherwise pays a page fault per 4 KiB of the stats (a tenth of a second for 64 MB here)."""
+    import mmap
+
+    with open(path, "rb") as f:
+        fmt = np.lib.format
+        version = fmt.read_magic(f)
+        if version not in ((1, 0), (2, 0)):
+            raise ValueError(f"{path}: .npy format version {version} (save_stats writes 1.0)")
+        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
+        shape, fortran, dtype = read_header(f)
+        offset = f.tell()
+        mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
+    if fortran or dtype != np.dtype("<f8"):
+        raise ValueError(f"{path}: expected a C-ordered float64 array, got {dtype} (fortran order: {fortran})")
+    if sys.platform.startswith("linux"):
+        try:
+            mm.madvise(_MADV_POPULATE_READ)
+        except (OSError, ValueError):
+            pass  # an older kernel: faulted in on first use instead
+    return np.frombuffer(mm, dtype=dtype, count=int(np.prod(shape)), offset=offset).reshape(shape)
 
 
 def _forget_stats() -> None:
@@ -778,9 +820,69 @@ def tree_reduce(parts: list, merge: Any) -> tuple[Any, int]:
 @dataclass
 class _Graph:
     blocks: list  # (t0, n)
-    sides: list  # delayed (side dict, Moments) per block
+    sides: list  # delayed side dict per block
+    moments: list  # delayed Moments per block (empty without the z-score)
+    root: Any  # delayed merged Moments (the balanced tree) or None
     stats: Any  # delayed (mean, std) or None
     depth: int
+
+
+def _raise_if_failed(f: Any) -> None:
+    if f.status != "finished":
+        f.result()  # raises the task's exception (or CancelledError)
+        raise RuntimeError(f"{f.key}: {f.status}")
+
+
+def _paired_moments(client: Any, moments: list, on_merge: Any = None) -> tuple[Any, dict]:
+    """The blocks' Moments (futures) merged as they complete, two partials held by the same worker merged
+    there (the merge pinned to it, ``allow_other_workers`` if it is lost): only the last partial of each
+    worker travels, once, to a balanced tree of cross-worker merges. A static tree pairs blocks by position
+    and moved a 16-bytes-a-voxel partial between workers at most of its merges, serially at its tail.
+    ``moments`` is emptied (its futures released as they are merged). Returns the root future and counts:
+    ``merges``, ``merged_in_place`` (both partials on one worker), ``depth`` (the longest chain)."""
+    from dask.base import tokenize
+    from distributed import as_completed
+
+    n = len(moments)
+    depth = {f.key: 0 for f in moments}
+    seq = as_completed(moments)
+    moments.clear()
+    held: dict = {}  # worker address -> a finished partial of its, waiting for a partner
+    counts = {"merges": 0, "merged_in_place": 0, "depth": 0}
+
+    def merge(a: Any, b: Any, where: Any) -> Any:
+        key = f"merge_moments-{tokenize(a.key, b.key)}"
+        kw = {"workers": [where], "allow_other_workers": True} if where is not None else {}
+        m = client.submit(merge_moments, a, b, key=key, priority=10, **kw)
+        depth[key] = 1 + max(depth.pop(a.key), depth.pop(b.key))
+        counts["depth"] = max(counts["depth"], depth[key])
+        counts["merges"] += 1
+        if on_merge is not None:
+            on_merge(key)
+        return m
+
+    try:
+        for f in seq:
+            _raise_if_failed(f)
+            where = client.who_has([f]).get(f.key) or ()
+            w = where[0] if len(where) == 1 else None
+            other = held.pop(w, None)
+            if other is None:
+                held[w] = f
+                continue
+            counts["merged_in_place"] += w is not None
+            seq.add(merge(other, f, w))
+    except BaseException:
+        # Nothing of this run keeps computing for a traceback that holds these futures.
+        client.cancel(list(getattr(seq, "futures", ())) + list(held.values()))
+        raise
+    parts = list(held.values())
+    held.clear()
+    while len(parts) > 1:
+        nxt = [merge(parts[i], parts[i + 1], None) for i in range(0, len(parts) - 1, 2)]
+        parts = nxt + ([parts[-1]] if len(parts) % 2 else [])
+    assert counts["merges"] == n - 1, (counts, n)
+    return parts[0], counts
 
 
 def _reference(arr: Any, p: _Params, client: Any, src: _SourceVolumes | None = None
@@ -897,11 +999,13 @@ def _build(arr: Any, ref: Any, p: _Params, scratch: str | None,
         r = delayed(register_block, pure=True, nout=2)(b, t0, ref, p, scratch, saved)
         sides.append(r[0])
         moments.append(r[1])
-    stats, depth = None, 0
+    root, stats, depth = None, None, 0
     if p.zscore:
-        root, depth = tree_reduce(moments, merge_moments)
+        root, depth = tree_reduce(list(moments), merge_moments)
         stats = delayed(finalize_moments, pure=True)(root, p.ddof)
-    return _Graph(blocks, sides, stats, depth)
+    else:
+        moments = []
+    return _Graph(blocks, sides, moments, root, stats, depth)
 
 
 def _lazy(arr: Any, ref: Any, p: _Params, src: _SourceVolumes | None = None) -> tuple[Any, Any]:
@@ -1070,10 +1174,14 @@ def _check_output(output: str, force: bool) -> str:
 
 
 def _compute(client: Any, what: Any, progress: bool) -> Any:
+    """``what`` computed (a list of delayed; with a client, the list is emptied once submitted, so that
+    futures inside its graphs are held by the scheduler only as long as their dependents need them)."""
     import dask
 
     if client is not None:
         futures = client.compute(what)
+        if isinstance(what, list):
+            what.clear()
         try:
             if progress:
                 from distributed import progress as show
@@ -1089,6 +1197,32 @@ def _compute(client: Any, what: Any, progress: bool) -> Any:
         with ProgressBar():
             return dask.compute(what)[0]
     return dask.compute(what)[0]
+
+
+def _reduce_showing(client: Any, moments: list, shown: list, progress: bool, on_merge: Any) -> tuple[Any, dict]:
+    """``_paired_moments``, with dask's progress bar of ``shown`` (pass 1's blocks) meanwhile: the bar
+    blocks its thread, so the merges are submitted from another."""
+    if not progress:
+        return _paired_moments(client, moments, on_merge)
+    from distributed import progress as show
+
+    out: dict = {}
+
+    def run() -> None:
+        try:
+            out["result"] = _paired_moments(client, moments, on_merge)
+        except BaseException as e:  # re-raised on the caller's thread
+            out["error"] = e
+
+    t = threading.Thread(target=run, name="gpuprep-moments", daemon=True)
+    t.start()
+    try:
+        show(list(shown), notebook=False)
+    finally:
+        t.join()
+    if "error" in out:
+        raise out["error"]
+    return out["result"]
 
 
 def _wait_idle(client: Any, keys: set, timeout: float = 60.0) -> None:
@@ -1181,22 +1315,45 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
                 _create_array(saved[name], (t,) + shape, chunks, np.float32, p.compression, True, shards)
         first = None if in_memory else (scratch or os.path.join(store, "0"))
         g = _build(arr, ref, p, first, saved, src)
-        small = [delayed(_side_only, pure=True)(s) for s in g.sides]
-        final = list(small)
+        stats_path = os.path.join(tmpdir, "stats.npy")
+        sides: list = g.sides
         stats = None
+        reduction = {"depth": g.depth}
+        if p.zscore and client is not None:
+            # Pass 1 submitted now, its moments merged as they complete, by worker (_paired_moments); the
+            # stats go straight from the root to the file.
+            keys = {k for d in g.sides + g.moments for k in d.__dask_graph__().keys()}
+            pass1 = client.compute(g.sides + g.moments)
+            sides, moments = pass1[: len(g.blocks)], pass1[len(g.blocks) :]
+            del pass1
+            try:
+                root, reduction = _reduce_showing(client, moments, sides, progress, keys.add)
+            except BaseException:
+                client.cancel(sides)
+                raise
+            stats = client.submit(save_moments_stats, root, p.ddof, stats_path, priority=10,
+                                  key=f"save_moments_stats-{os.path.basename(tmpdir)}")
+            keys.add(stats.key)
+            del root
+        elif p.zscore:
+            stats = delayed(save_moments_stats, pure=True)(g.root, p.ddof, stats_path)
+        small = [delayed(_side_only, pure=True)(s) for s in sides]
+        final = list(small)
         if p.zscore:
-            stats = delayed(save_stats, pure=True)(g.stats, os.path.join(tmpdir, "stats.npy"))
             # From the file, after it: pass 2 waits for the file, not for these writes.
             final.append(delayed(write_stats, pure=True)(stats, store))
         if in_memory:
-            for s in g.sides:
+            for s in sides:
                 final.append(delayed(normalize_kept, pure=True)(s, os.path.join(store, "0"), stats, p))
         elif p.zscore:
             for (t0, n), s in zip(g.blocks, small):
                 final.append(
                     delayed(normalize_stored, pure=True)(scratch, os.path.join(store, "0"), t0, n, stats, s, p)
                 )
-        keys = {k for d in final for k in d.__dask_graph__().keys()}
+        keys |= {k for d in final for k in d.__dask_graph__().keys()}
+        # Only `final` holds the blocks' futures from here (released by `_compute` once submitted), so
+        # each block's volumes are freed after its pass-2 task as in a single graph.
+        del small, sides, stats
         results = _compute(client, final, progress)
         sides = results[: len(g.blocks)]
         shifts = np.concatenate([s["shifts"] for s in sides])
@@ -1248,7 +1405,8 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
         "shape": shape,
         "block_sizes": sorted(set(arr.chunks[0])),
         "tasks_per_pass": len(g.blocks),
-        "reduction_depth": g.depth,
+        "reduction_depth": reduction["depth"],
+        "merged_in_place": reduction.get("merged_in_place"),
         "workers": n_workers,
         "shifts": shifts if p.register else None,
         "error": error if p.register else None,
