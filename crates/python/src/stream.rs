@@ -518,6 +518,22 @@ impl Moments {
         Ok(slf)
     }
 
+    /// The moments of planes `z0..z1` (a copy): the part of a partial that one task of a reduce-scatter
+    /// merges.
+    fn slab(&self, z0: usize, z1: usize) -> PyResult<Moments> {
+        let (count, mean, m2) = self.acc.parts();
+        let nz = mean.dim().0;
+        if z0 >= z1 || z1 > nz {
+            return Err(PyValueError::new_err(format!(
+                "slab {z0}..{z1}: expected 0 <= z0 < z1 <= {nz} (the moments' planes)"
+            )));
+        }
+        let take = |a: &Array3<f64>| a.slice(ndarray::s![z0..z1, .., ..]).to_owned();
+        Ok(Moments {
+            acc: py(Accumulator::from_parts(count, take(mean), take(m2)))?,
+        })
+    }
+
     /// A copy.
     fn copy(&self) -> Moments {
         Moments {

@@ -400,6 +400,35 @@ def test_tree_of_chan_merges_equals_one_pass(sizes):
     np.testing.assert_allclose(m2 / count, data.astype(np.float64).var(axis=0), rtol=1e-10)
 
 
+@pytest.mark.parametrize("planes", [[(0, 7)], [(0, 3), (3, 7)], [(0, 2), (2, 4), (4, 7)], [(0, 1), (1, 7)]])
+def test_reduce_scatter_of_the_stats_equals_the_whole_merge(tmp_path, planes):
+    """The cluster path's last step: each slab of the workers' partials merged and written into its place
+    in the stats file equals the stats of the whole merge, whatever the cut."""
+    rng = np.random.default_rng(len(planes))
+    data = (1000 + rng.standard_normal((11, 7, 5, 4))).astype(np.float32)
+    parts = []
+    for a, b in ((0, 4), (4, 5), (5, 11)):  # three workers' partials, uneven
+        m = gpuprep.Moments(data.shape[1:])
+        m.update(data[a:b])
+        parts.append(m)
+    whole = gd.save_moments_stats(gd.merge_moments(gd.merge_moments(parts[0], parts[1]), parts[2]), 1,
+                                  str(tmp_path / "whole.npy"))
+    path = str(tmp_path / "stats.npy")
+    gd._create_stats_file(path, data.shape[1:])
+    for z0, z1 in reversed(planes):  # any order: each task writes only its planes
+        assert gd.save_stats_slab(path, z0, z1, 1, *[p.slab(z0, z1) for p in parts]) == (z0, z1)
+    got, want = np.load(path), np.load(whole)
+    assert got.shape == want.shape == (2,) + data.shape[1:]
+    np.testing.assert_allclose(got, want, rtol=1e-13)
+    np.testing.assert_allclose(got[1], data.astype(np.float64).std(axis=0, ddof=1), rtol=1e-10)
+    mapped = gd._map_populated(path)
+    np.testing.assert_array_equal(mapped, got)
+    with pytest.raises(ValueError, match="slab 3..3"):
+        parts[0].slab(3, 3)
+    with pytest.raises(ValueError, match="slab 0..8"):
+        parts[0].slab(0, 8)
+
+
 # ---------------------------------------------------------------------------------------------------------
 # (e) failures leave nothing behind
 # ---------------------------------------------------------------------------------------------------------

@@ -833,13 +833,14 @@ def _raise_if_failed(f: Any) -> None:
         raise RuntimeError(f"{f.key}: {f.status}")
 
 
-def _paired_moments(client: Any, moments: list, on_merge: Any = None) -> tuple[Any, dict]:
+def _paired_moments(client: Any, moments: list, on_merge: Any = None) -> tuple[list, dict]:
     """The blocks' Moments (futures) merged as they complete, two partials held by the same worker merged
     there (the merge pinned to it, ``allow_other_workers`` if it is lost): only the last partial of each
-    worker travels, once, to a balanced tree of cross-worker merges. A static tree pairs blocks by position
-    and moved a 16-bytes-a-voxel partial between workers at most of its merges, serially at its tail.
-    ``moments`` is emptied (its futures released as they are merged). Returns the root future and counts:
-    ``merges``, ``merged_in_place`` (both partials on one worker), ``depth`` (the longest chain)."""
+    worker is left, for ``_save_stats_scattered``. A static tree pairs blocks by position and moved a
+    16-bytes-a-voxel partial between workers at most of its merges, serially at its tail. ``moments`` is
+    emptied (its futures released as they are merged). Returns the partials left, as (future, worker
+    address or None), and counts: ``merges``, ``merged_in_place`` (both partials on one worker) and
+    ``depth`` (the longest chain of merges, the final cross-worker one included)."""
     from dask.base import tokenize
     from distributed import as_completed
 
@@ -876,13 +877,92 @@ def _paired_moments(client: Any, moments: list, on_merge: Any = None) -> tuple[A
         # Nothing of this run keeps computing for a traceback that holds these futures.
         client.cancel(list(getattr(seq, "futures", ())) + list(held.values()))
         raise
-    parts = list(held.values())
+    parts = list(held.items())
     held.clear()
-    while len(parts) > 1:
-        nxt = [merge(parts[i], parts[i + 1], None) for i in range(0, len(parts) - 1, 2)]
-        parts = nxt + ([parts[-1]] if len(parts) % 2 else [])
-    assert counts["merges"] == n - 1, (counts, n)
-    return parts[0], counts
+    counts["depth"] += (len(parts) > 1)
+    assert counts["merges"] + len(parts) == n, (counts, n, len(parts))
+    return [(f, w) for w, f in parts], counts
+
+
+def moments_slab(m: Any, z0: int, z1: int) -> Any:
+    """Planes ``z0:z1`` of a partial (run where the partial is: only the slab travels)."""
+    return _moments(m).slab(z0, z1)
+
+
+def save_stats_slab(path: str, z0: int, z1: int, ddof: int, *slabs: Any) -> tuple[int, int]:
+    """One task of the reduce-scatter: the workers' partials of planes ``z0:z1`` merged (Chan et al.),
+    finalized, and written into their place in the stats file ``_create_stats_file`` laid out."""
+    m = _moments(slabs[0]).copy()
+    for other in slabs[1:]:
+        m.merge(_moments(other))
+    mean, std = m.finalize(ddof=ddof)
+    with open(path, "r+b") as f:
+        offset, nvox = _stats_layout(f)
+        plane = int(np.prod(mean.shape[1:]))
+        for i, a in enumerate((mean, std)):
+            f.seek(offset + (i * nvox + z0 * plane) * 8)
+            f.write(memoryview(np.ascontiguousarray(a, dtype="<f8")).cast("B"))
+    return z0, z1
+
+
+def stats_ready(path: str, *slabs: Any) -> str:
+    """The stats file's path once every slab is in it (pass 2's one dependency)."""
+    return path
+
+
+def _create_stats_file(path: str, shape: tuple) -> None:
+    """``save_stats``'s (2, z, y, x) float64 ``.npy`` with its header and its full length, the values
+    left for ``save_stats_slab`` to fill."""
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (2,) + tuple(shape)})
+        f.truncate(f.tell() + 2 * int(np.prod(shape)) * 8)
+
+
+def _stats_layout(f: Any) -> tuple[int, int]:
+    """(offset of the values, voxels of one volume) of an open stats file."""
+    f.seek(0)
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"{f.name}: .npy format version {version} (save_stats writes 1.0)")
+    shape, _, _ = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+    return f.tell(), int(np.prod(shape[1:]))
+
+
+def _save_stats_scattered(client: Any, parts: list, ddof: int, path: str, shape: tuple, on_task: Any) -> Any:
+    """The stats file from the workers' partials (``_paired_moments``), a future of its path. With one
+    partial, finalized and saved where it is; with several, a reduce-scatter: the volume cut into as many
+    slabs along z as there are partials, each slab's pieces merged, finalized and written at the worker
+    whose partial it starts from, so every partial's slabs but one travel, in parallel, and no worker
+    merges more than its share."""
+    from dask.base import tokenize
+
+    token = tokenize(path, [f.key for f, _ in parts])
+
+    def submit(fn: Any, *args: Any, where: Any = None, name: str) -> Any:
+        kw = {"workers": [where], "allow_other_workers": True} if where is not None else {}
+        f = client.submit(fn, *args, key=f"{name}-{token}", priority=10, **kw)
+        on_task(f.key)
+        return f
+
+    if len(parts) == 1 or shape[0] < 2:
+        level = 0
+        while len(parts) > 1:  # too few planes to cut: merged as a tree
+            level += 1
+            nxt = [(submit(merge_moments, a, b, name=f"merge_moments-{level}-{i}"), None)
+                   for i, ((a, _), (b, _)) in enumerate(zip(parts[::2], parts[1::2]))]
+            parts = nxt + (parts[-1:] if len(parts) % 2 else [])
+        return submit(save_moments_stats, parts[0][0], ddof, path, where=parts[0][1], name="save_moments_stats")
+    _create_stats_file(path, shape)
+    k = min(len(parts), shape[0])
+    bounds = [shape[0] * i // k for i in range(k + 1)]
+    done = []
+    for i in range(k):
+        z0, z1 = bounds[i], bounds[i + 1]
+        pieces = [submit(moments_slab, f, z0, z1, where=w, name=f"moments_slab-{i}-{j}")
+                  for j, (f, w) in enumerate(parts)]
+        done.append(submit(save_stats_slab, path, z0, z1, ddof, *pieces, where=parts[i][1], name=f"save_stats_slab-{i}"))
+    return submit(stats_ready, path, *done, name="stats_ready")
 
 
 def _reference(arr: Any, p: _Params, client: Any, src: _SourceVolumes | None = None
@@ -1199,7 +1279,7 @@ def _compute(client: Any, what: Any, progress: bool) -> Any:
     return dask.compute(what)[0]
 
 
-def _reduce_showing(client: Any, moments: list, shown: list, progress: bool, on_merge: Any) -> tuple[Any, dict]:
+def _reduce_showing(client: Any, moments: list, shown: list, progress: bool, on_merge: Any) -> tuple[list, dict]:
     """``_paired_moments``, with dask's progress bar of ``shown`` (pass 1's blocks) meanwhile: the bar
     blocks its thread, so the merges are submitted from another."""
     if not progress:
@@ -1327,14 +1407,12 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
             sides, moments = pass1[: len(g.blocks)], pass1[len(g.blocks) :]
             del pass1
             try:
-                root, reduction = _reduce_showing(client, moments, sides, progress, keys.add)
+                parts, reduction = _reduce_showing(client, moments, sides, progress, keys.add)
+                stats = _save_stats_scattered(client, parts, p.ddof, stats_path, shape, keys.add)
             except BaseException:
                 client.cancel(sides)
                 raise
-            stats = client.submit(save_moments_stats, root, p.ddof, stats_path, priority=10,
-                                  key=f"save_moments_stats-{os.path.basename(tmpdir)}")
-            keys.add(stats.key)
-            del root
+            del parts
         elif p.zscore:
             stats = delayed(save_moments_stats, pure=True)(g.root, p.ddof, stats_path)
         small = [delayed(_side_only, pure=True)(s) for s in sides]
