@@ -647,13 +647,13 @@ def save_moments_stats(m: Any, ddof: int, path: str) -> str:
     return save_stats(finalize_moments(m, ddof), path)
 
 
-def write_stats(stats: tuple | str, store: str) -> int:
-    """The output store's ``mean`` and ``std`` arrays (float32): a task of its own, beside the blocks'
-    normalization rather than before it (every block waits for the moments, none for these writes)."""
+def write_stats(stats: tuple | str, store: str, name: str) -> int:
+    """The output store's ``mean`` or ``std`` array (float32): a task each, beside the blocks'
+    normalization rather than before it (every block waits for the moments, none for these writes), and
+    two rather than one so that no worker's share of pass 2 carries both."""
     mean, std = _stats(stats)
-    _write(os.path.join(store, "mean"), None, mean.astype(np.float32))
-    _write(os.path.join(store, "std"), None, std.astype(np.float32))
-    return 2
+    _write(os.path.join(store, name), None, (mean if name == "mean" else std).astype(np.float32))
+    return 1
 
 
 def normalize_block(vols: np.ndarray, stats: tuple | str, p: _Params) -> np.ndarray:
@@ -1419,7 +1419,7 @@ def _write_output(inp: Input, arr: Any, ref: Any, p: _Params, output: str, force
         final = list(small)
         if p.zscore:
             # From the file, after it: pass 2 waits for the file, not for these writes.
-            final.append(delayed(write_stats, pure=True)(stats, store))
+            final += [delayed(write_stats, pure=True)(stats, store, name) for name in ("mean", "std")]
         if in_memory:
             for s in sides:
                 final.append(delayed(normalize_kept, pure=True)(s, os.path.join(store, "0"), stats, p))
