@@ -9,8 +9,10 @@ This module owns the graph and the distributed OME-Zarr output:
   worker process transforms it once, on first use, and keeps it across its tasks;
 - one task per block of timepoints calling ``gpuprep.process_block`` (median → register → shift), returning
   the shifts and a ``gpuprep.Moments`` of the block;
-- the z-score with no rechunk to time series: the blocks' Moments merged pairwise (Chan et al.) in a tree of
-  depth ceil(log2(blocks)), then a second map over the same blocks normalizing with the f64 mean and std;
+- the z-score with no rechunk to time series: the blocks' Moments merged pairwise (Chan et al.): on a
+  distributed cluster as they complete, on the worker holding both, then a reduce-scatter of the workers'
+  last partials into the f64 stats file (``_paired_moments``, ``_save_stats_scattered``); on local schedulers
+  in a balanced tree. Then a second map over the same blocks normalizing with the f64 mean and std;
 - the output (``.ome.zarr``): created by the client in a private ``.gpuprep-XXXXXXXX`` directory beside it,
   each chunk written by exactly one task, the side arrays and the root metadata (``zarr.json``, which makes
   the store complete) written by the client once at the end, then moved into place. A failed or
