@@ -10,7 +10,9 @@
 //!
 //! `frame_counters` runs first, whatever the filter: per size, one resident frame of the standard
 //! pipeline's counters (dispatches, submits, blocking reads: `GpuCounters`) and the wall time of a
-//! frame with transfers (mean of 10 after a warm-up), printed as `frame_counters <size>: …`.
+//! frame with transfers (mean of 10 after a warm-up), printed as `frame_counters <size>: …`, then
+//! each kernel's GPU time per frame from timestamp queries where the adapter has them
+//! (`kernel_times <size>: …`, `GpuContext::time_kernels`).
 //! Run: `XDG_RUNTIME_DIR=/tmp cargo bench --bench gpu [-- filter]`.
 //!
 //! `frame_sequence` (issue 3) runs `SEQUENCE` whole frames back to back, each volume uploaded by
@@ -297,6 +299,41 @@ fn frame_counters(_: &mut Criterion) {
             "frame_counters {id}: {} dispatches, {} submits, {} blocking reads, {} waits, {} writes, \
              {} B read, {} B written; frame with transfers {ms:.2} ms (mean of 10)",
             c.dispatches, c.submits, c.blocking_reads, c.waits, c.writes, c.read_bytes, c.written_bytes
+        );
+        kernel_times(&mut gb, &id, v.view(), &plan);
+    }
+}
+
+/// Frames timed per kernel by `kernel_times`.
+const TIMED_FRAMES: usize = 10;
+
+/// Per kernel, its GPU time per frame from timestamp queries over `TIMED_FRAMES` frames (each
+/// dispatch in a pass of its own: compare kernels with each other, not with the wall times above),
+/// printed as `kernel_times <size>: <label> <dispatches per frame> × <µs per frame> (<share>)`.
+fn kernel_times(gb: &mut GpuBackend, id: &str, v: ndarray::ArrayView3<f32>, plan: &FramePlan) {
+    if let Err(e) = gb.context().time_kernels(true) {
+        eprintln!("kernel_times {id}: not measured: {e}");
+        return;
+    }
+    for _ in 0..TIMED_FRAMES {
+        gb.process_frame(v, plan).unwrap();
+    }
+    let times = gb.context().kernel_times();
+    gb.context().time_kernels(false).unwrap();
+    let total: f64 = times.iter().map(|t| t.nanos).sum();
+    let n = TIMED_FRAMES as f64;
+    eprintln!(
+        "kernel_times {id}: {:.1} µs of GPU time per frame in {} kernels",
+        total / n / 1e3,
+        times.len()
+    );
+    for t in times {
+        eprintln!(
+            "kernel_times {id}: {:<44} {:>3} × {:>9.1} µs ({:>4.1}%)",
+            t.label,
+            t.dispatches / TIMED_FRAMES,
+            t.nanos / n / 1e3,
+            100.0 * t.nanos / total.max(f64::MIN_POSITIVE)
         );
     }
 }

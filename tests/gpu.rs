@@ -1504,3 +1504,77 @@ fn one_resident_frame_costs_what_it_costs_today() {
         (1, 2, 1, voxels * 4)
     );
 }
+
+/// Per-kernel timestamps (`GpuContext::time_kernels`, issue 13's "measure first"): one timed resident
+/// frame accounts for every dispatch the counters count, under the kernels' labels, with a GPU time
+/// each, and gives the same bits as an untimed frame. An adapter without timestamp queries refuses
+/// timing with a one-line error naming it (and the test says which case ran).
+#[test]
+fn timed_frame_times_every_dispatch_and_changes_nothing() {
+    let Some(mut g) = gpu() else { return };
+    let shape = [16, 32, 32];
+    let mut rng = StdRng::seed_from_u64(29);
+    let reference = blobs(&mut rng, shape);
+    let plan = FramePlan {
+        median: Some(MedianParams::default()),
+        register: Some(
+            g.set_reference(reference.view(), &RegisterParams::default())
+                .unwrap(),
+        ),
+        register_on_raw: false,
+        shift: ShiftParams::default(),
+        accumulate: None,
+        keep_filtered: false,
+    };
+    let raw = roll(reference.view(), [2, -1, 3]);
+    let untimed = g.process_frame(raw.view(), &plan).unwrap();
+    if !g.context().has_timestamps() {
+        let e = g.context().time_kernels(true).unwrap_err().to_string();
+        eprintln!("NOT TIMED: {e}");
+        assert!(
+            e.contains("no timestamp queries") && e.contains(&g.context().info.name),
+            "{e}"
+        );
+        return;
+    }
+    g.context().time_kernels(true).unwrap();
+    let before = g.counters();
+    let timed = g.process_frame(raw.view(), &plan).unwrap();
+    let frame = g.counters() - before;
+    let times = g.context().kernel_times();
+    for t in &times {
+        eprintln!(
+            "{:>40} {:>3} × {:>10.1} µs",
+            t.label,
+            t.dispatches,
+            t.nanos / 1e3
+        );
+    }
+    assert_eq!(
+        times.iter().map(|t| t.dispatches).sum::<usize>(),
+        frame.dispatches
+    );
+    assert!(times
+        .iter()
+        .all(|t| !t.label.is_empty() && t.nanos.is_finite() && t.nanos >= 0.0));
+    assert!(
+        times.iter().map(|t| t.nanos).sum::<f64>() > 0.0,
+        "{times:?}"
+    );
+    assert!(
+        times.windows(2).all(|w| w[0].nanos >= w[1].nanos),
+        "most time first"
+    );
+    for stage in ["median", "shift"] {
+        assert!(
+            times.iter().any(|t| t.label.contains(stage)),
+            "{stage} timed: {times:?}"
+        );
+    }
+    assert_eq!(timed.volume, untimed.volume);
+    assert_eq!(timed.registration, untimed.registration);
+    // Off again: nothing more is summed, and the sums are gone.
+    g.context().time_kernels(false).unwrap();
+    g.process_frame(raw.view(), &plan).unwrap();
+    assert!(g.context().kernel_times().is_empty());
+}

@@ -63,4 +63,6 @@ pub mod zscore;
 pub mod zscore_f32;
 
 pub use backend::{AheadStats, GpuBackend};
-pub use device::{list_adapters, AdapterSummary, Api, GpuContext, GpuCounters, TileStats};
+pub use device::{
+    list_adapters, AdapterSummary, Api, GpuContext, GpuCounters, KernelTime, TileStats,
+};

@@ -26,6 +26,8 @@ pub struct GpuContext {
     tile_pool: RefCell<HashMap<&'static str, wgpu::Buffer>>,
     tile_stats: Cell<TileStats>,
     counters: Cell<GpuCounters>,
+    /// Per-kernel timestamp sums while `time_kernels(true)` is in force (`timing.rs`).
+    pub(super) timing: RefCell<Option<super::timing::Timing>>,
 }
 
 /// The host's traffic with the device since the context was made, counted where it happens (the
@@ -130,7 +132,9 @@ impl GpuContext {
         let info = adapter.get_info();
         let limits = adapter.limits();
         // f64 is used by the z-score accumulator when present; without it that stage runs on the CPU.
-        let features = adapter.features() & wgpu::Features::SHADER_F64;
+        // Timestamps cost nothing until `time_kernels` asks for them.
+        let features =
+            adapter.features() & (wgpu::Features::SHADER_F64 | wgpu::Features::TIMESTAMP_QUERY);
         let (device, queue) = pollster::block_on(adapter.request_device(&wgpu::DeviceDescriptor {
             label: Some("gpuprep.device"),
             required_features: features,
@@ -170,6 +174,7 @@ impl GpuContext {
             tile_pool: RefCell::new(HashMap::new()),
             tile_stats: Cell::new(TileStats::default()),
             counters: Cell::new(GpuCounters::default()),
+            timing: RefCell::new(None),
         })
     }
 

@@ -140,6 +140,15 @@ impl Recorder<'_> {
             .create_command_encoder(&wgpu::CommandEncoderDescriptor {
                 label: Some("gpuprep.batch"),
             });
+        let dispatches = self
+            .ops
+            .iter()
+            .filter(|op| matches!(op, Op::Dispatch { .. }))
+            .count();
+        // Timed (`GpuContext::time_kernels`): a pass per dispatch, stamped at both ends.
+        let mut stamps = ctx
+            .timing_kernels()
+            .then(|| super::timing::BatchStamps::new(ctx, dispatches));
         let mut i = 0;
         while i < self.ops.len() {
             match &self.ops[i] {
@@ -147,12 +156,15 @@ impl Recorder<'_> {
                     enc.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
                     i += 1;
                 }
-                Op::Dispatch { .. } => {
+                Op::Dispatch { kernel, .. } => {
+                    let timestamp_writes = stamps.as_mut().map(|s| s.next(&kernel.label));
+                    let timed = timestamp_writes.is_some();
                     let mut pass = enc.begin_compute_pass(&wgpu::ComputePassDescriptor {
                         label: Some("gpuprep.pass"),
-                        timestamp_writes: None,
+                        timestamp_writes,
                     });
-                    while i < self.ops.len() {
+                    let first = i;
+                    while i < self.ops.len() && !(timed && i > first) {
                         let Op::Dispatch {
                             kernel,
                             uniform,
@@ -193,18 +205,19 @@ impl Recorder<'_> {
                 }
             }
         }
+        if let Some(s) = &stamps {
+            s.resolve(&mut enc);
+        }
         let idx = ctx.queue.submit([enc.finish()]);
-        let dispatches = self
-            .ops
-            .iter()
-            .filter(|op| matches!(op, Op::Dispatch { .. }))
-            .count();
         ctx.count(|c| {
             c.submits += 1;
             c.dispatches += dispatches;
         });
         if let Some(err) = pollster::block_on(scope.pop()) {
             return Err(Error::Gpu(format!("submitting GPU work: {err}")));
+        }
+        if let Some(s) = stamps {
+            s.collect(ctx, idx.clone())?;
         }
         Ok(idx)
     }
