@@ -156,8 +156,11 @@ check() {
     # The bench prints each shape's counters and frame wall time first (`frame_counters`), then the
     # criterion groups the filter keeps.
     step bench 200 env GPUPREP_BENCH_SHAPES="$bench_shapes" "$bench" --bench "$filter"
+    # The unchecked-kernels experiment (issue 13): the frame counters and per-kernel times only (a
+    # filter no criterion group matches), kernels built without wgpu's runtime checks.
+    step bench_unchecked 60 env GPUPREP_GPU_UNCHECKED=1 GPUPREP_BENCH_SHAPES="$bench_shapes" "$bench" --bench no-criterion-group
     # The bench's section of the log without criterion's progress lines.
-    awk '/^=== bench \(/{on=1} on && !/^(Benchmarking|Gnuplot|Found [0-9]+ outliers|  [0-9]+ \()/{print} /^=== bench:/{on=0}' \
+    awk '/^=== bench(_unchecked)? \(/{on=1} on && !/^(Benchmarking|Gnuplot|Found [0-9]+ outliers|  [0-9]+ \()/{print} /^=== bench(_unchecked)?:/{on=0}' \
         "$log" >"$OUT/bench.txt"
 
     IFS=, read -r t z y x <<<"$shape"
@@ -165,6 +168,7 @@ check() {
     step run_gpu 60 "$bin" run "$data" -o "$res/gpu.h5" --backend gpu
     step run_gpu_f32 60 env GPUPREP_GPU_ZSCORE=f32 "$bin" run "$data" -o "$res/gpu_f32.h5" --backend gpu
     step run_gpu_plain 60 "$bin" run "$data" -o "$res/gpu_plain.h5" --backend gpu --no-median --no-register
+    step run_gpu_unchecked 60 env GPUPREP_GPU_UNCHECKED=1 "$bin" run "$data" -o "$res/gpu_unchecked.h5" --backend gpu
     step run_cpu 150 "$bin" run "$data" -o "$res/cpu.h5" --backend cpu
     step compare 120 "${GPUCHECK_PYTHON:-python3}" - "$res" <<'PY'
 import sys, os
@@ -177,7 +181,7 @@ def load(n):
     with h5py.File(p, "r") as f:
         return {k: f[k][...] for k in ("data", "shifts") if k in f}, dict(f.attrs)
 cpu = load("cpu.h5")
-for n in ("gpu.h5", "gpu_f32.h5", "gpu_plain.h5"):
+for n in ("gpu.h5", "gpu_f32.h5", "gpu_unchecked.h5", "gpu_plain.h5"):
     g = load(n)
     if g is None or cpu is None:
         print(n, "missing"); continue

@@ -1578,3 +1578,45 @@ fn timed_frame_times_every_dispatch_and_changes_nothing() {
     g.process_frame(raw.view(), &plan).unwrap();
     assert!(g.context().kernel_times().is_empty());
 }
+
+/// The unchecked-kernels experiment (`GPUPREP_GPU_UNCHECKED=1`, issue 13): a frame through kernels
+/// built without wgpu's runtime checks gives the checked build's bits, on a shape whose lines need
+/// every guard (odd and prime sizes, Bluestein FFT lengths, an upsampled registration), and the
+/// backend's description says so. (The variable itself: `cli::a_bad_unchecked_variable_stops_the_run`.)
+#[test]
+fn unchecked_kernels_give_the_checked_bits() {
+    let shape = [7, 13, 11];
+    let mut rng = StdRng::seed_from_u64(31);
+    let reference = blobs(&mut rng, shape);
+    let raw = roll(reference.view(), [1, -3, 2]);
+    let frame = |g: &mut GpuBackend| {
+        let register = RegisterParams {
+            upsample_factor: 4,
+            ..Default::default()
+        };
+        let plan = FramePlan {
+            median: Some(MedianParams::default()),
+            register: Some(g.set_reference(reference.view(), &register).unwrap()),
+            register_on_raw: false,
+            shift: ShiftParams::default(),
+            accumulate: None,
+            keep_filtered: false,
+        };
+        g.process_frame(raw.view(), &plan).unwrap()
+    };
+    let Some(mut g) = gpu() else { return };
+    assert!(!g.context().unchecked_shaders());
+    let want = frame(&mut g);
+    g.context().set_unchecked_shaders(true);
+    assert!(
+        g.describe().contains("without runtime checks"),
+        "{}",
+        g.describe()
+    );
+    let got = frame(&mut g);
+    assert_eq!(got.volume, want.volume);
+    assert_eq!(got.registration, want.registration);
+    g.context().set_unchecked_shaders(false);
+    assert!(!g.describe().contains("without runtime checks"));
+    assert_eq!(frame(&mut g).volume, want.volume);
+}

@@ -28,6 +28,8 @@ pub struct GpuContext {
     counters: Cell<GpuCounters>,
     /// Per-kernel timestamp sums while `time_kernels(true)` is in force (`timing.rs`).
     pub(super) timing: RefCell<Option<super::timing::Timing>>,
+    /// Kernels built without wgpu's shader runtime checks (`UNCHECKED_ENV`).
+    unchecked_shaders: Cell<bool>,
 }
 
 /// The host's traffic with the device since the context was made, counted where it happens (the
@@ -114,10 +116,28 @@ fn chosen_adapter(inst: &wgpu::Instance, api: Api, choice: &str) -> Result<wgpu:
 /// Environment variable lowering the tile limit (bytes), e.g. for a GPU with little memory.
 pub const TILE_BYTES_ENV: &str = "GPUPREP_GPU_TILE_BYTES";
 
+/// Environment variable of an experiment (issue 13): `1` builds the kernels without wgpu's shader
+/// runtime checks (`ShaderRuntimeChecks::unchecked()`: no injected bounds checks, no forced loop
+/// bounds), to measure what those checks cost on a real GPU. Not for production runs: an index a
+/// kernel failed to guard would then read or write out of bounds instead of being clamped.
+pub const UNCHECKED_ENV: &str = "GPUPREP_GPU_UNCHECKED";
+
 impl GpuContext {
     /// Opens the adapter `GPUPREP_GPU` names (an index into `gpuprep info`'s list, or a part of an
     /// adapter's name), else wgpu's high-performance choice.
     pub fn new(api: Api) -> Result<GpuContext> {
+        // Read before any adapter is opened: a bad value is the user's to fix, GPU or none.
+        let unchecked_shaders =
+            match std::env::var(UNCHECKED_ENV).as_deref().map(str::trim) {
+                Err(_) | Ok("") | Ok("0") => false,
+                Ok("1") => true,
+                Ok(other) => return Err(Error::InvalidParameter {
+                    name: UNCHECKED_ENV.into(),
+                    message: format!(
+                        "got {other:?}; expected 1 (kernels without wgpu's runtime checks) or 0"
+                    ),
+                }),
+            };
         let inst = instance(api);
         let adapter = match std::env::var(ADAPTER_ENV) {
             Ok(choice) if !choice.trim().is_empty() => chosen_adapter(&inst, api, choice.trim())?,
@@ -175,6 +195,7 @@ impl GpuContext {
             tile_stats: Cell::new(TileStats::default()),
             counters: Cell::new(GpuCounters::default()),
             timing: RefCell::new(None),
+            unchecked_shaders: Cell::new(unchecked_shaders),
         })
     }
 
@@ -193,6 +214,20 @@ impl GpuContext {
             .max_storage_buffer_binding_size
             .min(self.limits.max_buffer_size);
         self.max_tile_bytes.set(bytes.clamp(16, cap));
+    }
+
+    /// Whether kernels are built without wgpu's shader runtime checks (`UNCHECKED_ENV`).
+    pub fn unchecked_shaders(&self) -> bool {
+        self.unchecked_shaders.get()
+    }
+
+    /// Builds kernels from now on with (`false`) or without (`true`) wgpu's shader runtime checks,
+    /// as `UNCHECKED_ENV` does at start-up (for tests: no environment variable set at run time). The
+    /// kernels built so far are dropped from the cache; stages fetch theirs on each use.
+    pub fn set_unchecked_shaders(&self, on: bool) {
+        if self.unchecked_shaders.replace(on) != on {
+            self.kernels.borrow_mut().clear();
+        }
     }
 
     /// Whether a buffer of `bytes` fits the tile limit (the resident route may use it).
@@ -270,8 +305,14 @@ impl GpuContext {
     }
 
     pub fn describe(&self) -> String {
+        // An output made by the unchecked-kernels experiment says so in its `backend` attribute.
+        let unchecked = if self.unchecked_shaders.get() {
+            ", kernels without runtime checks"
+        } else {
+            ""
+        };
         format!(
-            "{} ({:?}, {:?})",
+            "{} ({:?}, {:?}{unchecked})",
             self.info.name, self.info.backend, self.info.device_type
         )
     }

@@ -40,12 +40,22 @@ impl GpuContext {
     fn build(&self, key: String, src: String, entry: &str, binds: &[Bind]) -> Result<Arc<Kernel>> {
         let label = format!("gpuprep.{key}");
         let scope = self.device.push_error_scope(wgpu::ErrorFilter::Validation);
-        let module = self
-            .device
-            .create_shader_module(wgpu::ShaderModuleDescriptor {
-                label: Some(&label),
-                source: wgpu::ShaderSource::Wgsl(src.into()),
-            });
+        let desc = wgpu::ShaderModuleDescriptor {
+            label: Some(&label),
+            source: wgpu::ShaderSource::Wgsl(src.into()),
+        };
+        let module = if self.unchecked_shaders() {
+            // SAFETY: the experiment `GPUPREP_GPU_UNCHECKED=1` opts into it (see
+            // `UNCHECKED_ENV`): every kernel guards its own indices against its uniforms' sizes,
+            // which the host sets from the buffers it binds, and tests/gpu.rs checks that such a
+            // build gives the checked build's bits on lavapipe.
+            unsafe {
+                self.device
+                    .create_shader_module_trusted(desc, wgpu::ShaderRuntimeChecks::unchecked())
+            }
+        } else {
+            self.device.create_shader_module(desc)
+        };
         let entries: Vec<wgpu::BindGroupLayoutEntry> = binds
             .iter()
             .enumerate()
