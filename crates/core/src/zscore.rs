@@ -138,6 +138,36 @@ impl Accumulator {
         (self.count, &self.mean, &self.m2)
     }
 
+    /// The running state, consumed (its arrays for reuse).
+    pub fn into_parts(self) -> (u64, Array3<f64>, Array3<f64>) {
+        (self.count, self.mean, self.m2)
+    }
+
+    /// An empty accumulator in the memory of `mean` and `m2` (buffers reused: zero-filled here),
+    /// which must have one shape.
+    pub fn new_in(mut mean: Array3<f64>, mut m2: Array3<f64>) -> Self {
+        assert_eq!(mean.dim(), m2.dim(), "new_in: mean and M2 of one shape");
+        mean.fill(0.0);
+        m2.fill(0.0);
+        Accumulator { count: 0, mean, m2 }
+    }
+
+    /// A copy of this accumulator in the memory of `mean` and `m2` (buffers reused), which must
+    /// have its shape.
+    pub fn copy_in(&self, mut mean: Array3<f64>, mut m2: Array3<f64>) -> Self {
+        assert!(
+            mean.dim() == self.mean.dim() && m2.dim() == self.m2.dim(),
+            "copy_in: buffers of the accumulator's shape"
+        );
+        mean.assign(&self.mean);
+        m2.assign(&self.m2);
+        Accumulator {
+            count: self.count,
+            mean,
+            m2,
+        }
+    }
+
     /// An accumulator from `parts` (a pickled one): mean and M2 must have one shape, M2 no negative
     /// value, and a zero count all-zero arrays.
     pub fn from_parts(count: u64, mean: Array3<f64>, m2: Array3<f64>) -> Result<Self> {

@@ -59,6 +59,37 @@ def test_moments_pickle_and_refuse_mismatches():
         m.update(np.ma.masked_array(np.ones((2, 3, 4)), mask=np.zeros((2, 3, 4), bool)))
 
 
+def test_moments_reuse_the_memory_of_dropped_ones_as_new():
+    """Moments dropped give their arrays to the next ones of their shape (a pool, bounded): a new
+    Moments, a copy and an unpickled one are exactly what they would be in fresh memory, whatever the
+    recycled arrays held."""
+    shape = (3, 5, 7)
+    rng = np.random.default_rng(9)
+    for _ in range(3):  # fill the pool with arrays holding values
+        junk = gpuprep.Moments(shape)
+        junk.update(rng.standard_normal((4,) + shape) * 1e6)
+        junk.copy()
+        del junk
+    fresh = gpuprep.Moments(shape)
+    assert fresh.count == 0
+    assert not fresh.mean.any() and not fresh.m2.any()
+    data = rng.standard_normal((6,) + shape)
+    fresh.update(data)
+    np.testing.assert_allclose(fresh.mean, data.mean(axis=0), rtol=1e-13)
+    np.testing.assert_allclose(fresh.m2, ((data - data.mean(axis=0)) ** 2).sum(axis=0), rtol=1e-11)
+    for _ in range(2):
+        gpuprep.Moments(shape).update(rng.standard_normal(shape))  # dropped at once
+    copy = fresh.copy()
+    unpickled = pickle.loads(pickle.dumps(fresh))
+    for m in (copy, unpickled):
+        assert m.count == 6
+        np.testing.assert_array_equal(m.mean, fresh.mean)
+        np.testing.assert_array_equal(m.m2, fresh.m2)
+    # Another shape takes nothing of these.
+    other = gpuprep.Moments((5, 3, 7))
+    assert other.count == 0 and not other.mean.any() and not other.m2.any()
+
+
 def test_blockwise_zscore_equals_zscore(backend):
     data = series(2)
     moments = gpuprep.Moments(data.shape[1:])

@@ -127,17 +127,18 @@ impl GpuContext {
     /// adapter's name), else wgpu's high-performance choice.
     pub fn new(api: Api) -> Result<GpuContext> {
         // Read before any adapter is opened: a bad value is the user's to fix, GPU or none.
-        let unchecked_shaders =
-            match std::env::var(UNCHECKED_ENV).as_deref().map(str::trim) {
-                Err(_) | Ok("") | Ok("0") => false,
-                Ok("1") => true,
-                Ok(other) => return Err(Error::InvalidParameter {
+        let unchecked_shaders = match std::env::var(UNCHECKED_ENV).as_deref().map(str::trim) {
+            Err(_) | Ok("") | Ok("0") => false,
+            Ok("1") => true,
+            Ok(other) => {
+                return Err(Error::InvalidParameter {
                     name: UNCHECKED_ENV.into(),
                     message: format!(
                         "got {other:?}; expected 1 (kernels without wgpu's runtime checks) or 0"
                     ),
-                }),
-            };
+                })
+            }
+        };
         let inst = instance(api);
         let adapter = match std::env::var(ADAPTER_ENV) {
             Ok(choice) if !choice.trim().is_empty() => chosen_adapter(&inst, api, choice.trim())?,
