@@ -420,9 +420,10 @@ pub struct Moments {
 /// faulted in a page at a time on first touch, which on the VMs this runs on costs about four times
 /// zero-filling a recycled one (a 4-volume block's moments of 64 × 256 × 256: ~60 ms against ~15 ms
 /// for the whole update), and the dask front end makes one per block and per merge. At most
-/// `POOL_BYTES` are held; larger arrays are never kept.
+/// `POOL_BYTES` are held (larger arrays are never kept), and `Moments.release_pool()` empties it
+/// (the dask front end calls it on every worker at the end of a run).
 static POOL: std::sync::Mutex<Vec<Array3<f64>>> = std::sync::Mutex::new(Vec::new());
-const POOL_BYTES: usize = 256 << 20;
+const POOL_BYTES: usize = 128 << 20;
 
 /// A recycled array of `shape` (contents arbitrary), if the pool has one.
 fn pooled(shape: (usize, usize, usize)) -> Option<Array3<f64>> {
@@ -581,6 +582,18 @@ impl Moments {
         Ok(Moments {
             acc: py(Accumulator::from_parts(count, take(mean), take(m2)))?,
         })
+    }
+
+    /// Frees the arrays kept for reuse from dropped Moments; returns the bytes freed.
+    #[staticmethod]
+    fn release_pool() -> usize {
+        let mut pool = POOL.lock().unwrap_or_else(|e| e.into_inner());
+        let bytes = pool
+            .iter()
+            .map(|a| a.len() * std::mem::size_of::<f64>())
+            .sum();
+        pool.clear();
+        bytes
     }
 
     /// A copy.

@@ -88,6 +88,9 @@ def test_moments_reuse_the_memory_of_dropped_ones_as_new():
     # Another shape takes nothing of these.
     other = gpuprep.Moments((5, 3, 7))
     assert other.count == 0 and not other.mean.any() and not other.m2.any()
+    del copy, unpickled, other
+    assert gpuprep.Moments.release_pool() > 0
+    assert gpuprep.Moments.release_pool() == 0
 
 
 def test_blockwise_zscore_equals_zscore(backend):

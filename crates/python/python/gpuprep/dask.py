@@ -732,9 +732,11 @@ def _map_populated(path: str) -> np.ndarray:
 
 
 def _forget_stats() -> None:
-    """Drops this process's mappings of stats files (the run is over: its directory is deleted next)."""
+    """Drops this process's mappings of stats files (the run is over: its directory is deleted next) and
+    the memory its Moments kept for reuse."""
     with _stats_lock:
         _stats_mapped.clear()
+    gpuprep.Moments.release_pool()
 
 
 def _forget_stats_everywhere(client: Any) -> None:
