@@ -491,26 +491,5 @@ fn chunks_written_directly_equal_chunks_written_through_the_cache() {
 /// needs no GPU), and nothing is written.
 #[test]
 fn a_bad_unchecked_variable_stops_the_run() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data").display().to_string();
-    let out = tmp.path().join("out.h5");
-    let (code, _, err) = crate::support::gpuprep_output(&["synth", &data, "--shape", "3,4,6,5"]);
-    assert_eq!(code, 0, "{err}");
-    let o = crate::support::gpuprep_command()
-        .env("GPUPREP_GPU_UNCHECKED", "yes")
-        .args(["run", &data, "-o"])
-        .arg(&out)
-        .args(["--backend", "auto", "-q"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("GPUPREP_GPU_UNCHECKED")
-            && err.contains("\"yes\"")
-            && !err.contains("adapter"),
-        "{err}"
-    );
-    assert!(!out.exists());
+    crate::support::assert_bad_env_stops_an_auto_run("GPUPREP_GPU_UNCHECKED", "yes");
 }

@@ -166,6 +166,33 @@ pub fn gpuprep_command() -> std::process::Command {
     c
 }
 
+/// A bad value of the environment variable `var` is the user's mistake, not a missing GPU: a
+/// `--backend auto` run of a small synthetic input with `var=value` exits 2 with one line naming the
+/// variable and the value (no mention of an adapter: it is read before any is opened, so this needs
+/// no GPU), and writes nothing.
+pub fn assert_bad_env_stops_an_auto_run(var: &str, value: &str) {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("data").display().to_string();
+    let out = tmp.path().join("out.h5");
+    let (code, _, err) = gpuprep_output(&["synth", &data, "--shape", "3,4,6,5"]);
+    assert_eq!(code, 0, "{err}");
+    let o = gpuprep_command()
+        .env(var, value)
+        .args(["run", &data, "-o"])
+        .arg(&out)
+        .args(["--backend", "auto", "-q"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert_eq!(err.trim().lines().count(), 1, "{err}");
+    assert!(
+        err.contains(var) && err.contains(&format!("{value:?}")) && !err.contains("adapter"),
+        "{err}"
+    );
+    assert!(!out.exists());
+}
+
 /// Runs the binary with `args`: (exit code, stdout, stderr).
 pub fn gpuprep_output<S: AsRef<std::ffi::OsStr>>(args: &[S]) -> (i32, String, String) {
     let out = gpuprep_command().args(args).output().unwrap();

@@ -408,26 +408,7 @@ fn the_environment_variable_forces_the_path() {
 /// adapter were there (no GPU needed: the variable is read before any adapter is opened).
 #[test]
 fn a_bad_zscore_variable_stops_an_auto_run_too() {
-    let tmp = tempfile::tempdir().unwrap();
-    let data = tmp.path().join("data").display().to_string();
-    let out = tmp.path().join("out.h5");
-    let (code, _, err) = crate::support::gpuprep_output(&["synth", &data, "--shape", "3,4,6,5"]);
-    assert_eq!(code, 0, "{err}");
-    let o = crate::support::gpuprep_command()
-        .env("GPUPREP_GPU_ZSCORE", "f16")
-        .args(["run", &data, "-o"])
-        .arg(&out)
-        .args(["--backend", "auto", "-q"])
-        .output()
-        .unwrap();
-    let err = String::from_utf8_lossy(&o.stderr);
-    assert_eq!(o.status.code(), Some(2), "{err}");
-    assert_eq!(err.trim().lines().count(), 1, "{err}");
-    assert!(
-        err.contains("GPUPREP_GPU_ZSCORE") && err.contains("\"f16\"") && !err.contains("adapter"),
-        "{err}"
-    );
-    assert!(!out.exists());
+    crate::support::assert_bad_env_stops_an_auto_run("GPUPREP_GPU_ZSCORE", "f16");
 }
 
 /// The f32 path has no tiled route: a volume whose double-float sums exceed the tile limit takes the

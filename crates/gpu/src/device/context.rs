@@ -433,6 +433,25 @@ impl GpuContext {
             c.blocking_reads += 1;
             c.read_bytes += parts.iter().map(|(_, n)| n).sum::<u64>();
         });
+        self.map_read(&staging, bytes, idx, "readback", |b| {
+            parts
+                .iter()
+                .zip(&offsets)
+                .map(|((_, n), &at)| b[at as usize..(at + n) as usize].to_vec())
+                .collect()
+        })
+    }
+
+    /// Waits for submission `idx`, maps the first `bytes` of `staging` (a `MAP_READ` buffer it
+    /// copied into), hands them to `f` and unmaps; errors name `what`.
+    pub(super) fn map_read<R>(
+        &self,
+        staging: &wgpu::Buffer,
+        bytes: u64,
+        idx: wgpu::SubmissionIndex,
+        what: &str,
+        f: impl FnOnce(&[u8]) -> R,
+    ) -> Result<R> {
         let slice = staging.slice(..bytes);
         let (tx, rx) = std::sync::mpsc::channel();
         slice.map_async(wgpu::MapMode::Read, move |r| {
@@ -443,20 +462,15 @@ impl GpuContext {
                 submission_index: Some(idx),
                 timeout: None,
             })
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU: {e}")))?;
+            .map_err(|e| Error::Gpu(format!("waiting for the GPU ({what}): {e}")))?;
         rx.recv()
-            .map_err(|_| Error::Gpu("readback callback dropped".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping readback buffer: {e}")))?;
+            .map_err(|_| Error::Gpu(format!("{what}: callback dropped")))?
+            .map_err(|e| Error::Gpu(format!("mapping the {what} buffer: {e}")))?;
         let out = {
             let view = slice
                 .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("readback: {e}")))?;
-            let b: &[u8] = &view;
-            parts
-                .iter()
-                .zip(&offsets)
-                .map(|((_, n), &at)| b[at as usize..(at + n) as usize].to_vec())
-                .collect()
+                .map_err(|e| Error::Gpu(format!("{what}: {e}")))?;
+            f(&view)
         };
         staging.unmap();
         Ok(out)

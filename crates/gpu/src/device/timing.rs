@@ -108,27 +108,9 @@ impl BatchStamps {
             return Ok(());
         }
         let bytes = 16 * self.labels.len() as u64;
-        let slice = self.readback.slice(..bytes);
-        let (tx, rx) = std::sync::mpsc::channel();
-        slice.map_async(wgpu::MapMode::Read, move |r| {
-            let _ = tx.send(r);
-        });
-        ctx.device
-            .poll(wgpu::PollType::Wait {
-                submission_index: Some(idx),
-                timeout: None,
-            })
-            .map_err(|e| Error::Gpu(format!("waiting for the GPU's timestamps: {e}")))?;
-        rx.recv()
-            .map_err(|_| Error::Gpu("timestamp readback callback dropped".into()))?
-            .map_err(|e| Error::Gpu(format!("mapping the timestamps: {e}")))?;
-        let stamps: Vec<u64> = {
-            let view = slice
-                .get_mapped_range()
-                .map_err(|e| Error::Gpu(format!("timestamps: {e}")))?;
-            bytemuck::pod_collect_to_vec(&view)
-        };
-        self.readback.unmap();
+        let stamps: Vec<u64> = ctx.map_read(&self.readback, bytes, idx, "timestamps", |b| {
+            bytemuck::pod_collect_to_vec(b)
+        })?;
         let period = ctx.queue.get_timestamp_period() as f64;
         let mut timing = ctx.timing.borrow_mut();
         if let Some(t) = timing.as_mut() {
