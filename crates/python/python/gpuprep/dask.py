@@ -678,13 +678,27 @@ def save_stats(stats: tuple, path: str) -> str:
     tmp = f"{path}.{os.getpid()}.tmp.npy"
     # The two arrays written one after the other under one (2, z, y, x) header: no stacked copy.
     with open(tmp, "wb") as f:
-        np.lib.format.write_array_header_1_0(
-            f, {"descr": "<f8", "fortran_order": False, "shape": (2,) + tuple(mean.shape)}
-        )
+        _write_stats_header(f, mean.shape)
         f.write(memoryview(mean).cast("B"))
         f.write(memoryview(std).cast("B"))
     os.replace(tmp, path)
     return path
+
+
+def _write_stats_header(f: Any, shape: Sequence[int]) -> None:
+    """The ``.npy`` header of a stats file: (2, z, y, x) float64, C order (mean, then std)."""
+    np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (2,) + tuple(shape)})
+
+
+def _read_npy_header(f: Any) -> tuple[tuple, bool, np.dtype, int]:
+    """(shape, Fortran order, dtype, offset of the values) of the ``.npy`` file ``f`` (from its start)."""
+    f.seek(0)
+    fmt = np.lib.format
+    version = fmt.read_magic(f)
+    if version not in ((1, 0), (2, 0)):
+        raise ValueError(f"{f.name}: .npy format version {version} (save_stats writes 1.0)")
+    shape, fortran, dtype = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
+    return shape, fortran, dtype, f.tell()
 
 
 # Stats files mapped by this process (save_stats), by path: one mapping per worker and run.
@@ -713,13 +727,7 @@ def _map_populated(path: str) -> np.ndarray:
     import mmap
 
     with open(path, "rb") as f:
-        fmt = np.lib.format
-        version = fmt.read_magic(f)
-        if version not in ((1, 0), (2, 0)):
-            raise ValueError(f"{path}: .npy format version {version} (save_stats writes 1.0)")
-        read_header = fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0
-        shape, fortran, dtype = read_header(f)
-        offset = f.tell()
+        shape, fortran, dtype, offset = _read_npy_header(f)
         mm = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ)
     if fortran or dtype != np.dtype("<f8"):
         raise ValueError(f"{path}: expected a C-ordered float64 array, got {dtype} (fortran order: {fortran})")
@@ -901,7 +909,8 @@ def save_stats_slab(path: str, z0: int, z1: int, ddof: int, *slabs: Any) -> tupl
         m.merge(_moments(other))
     mean, std = m.finalize(ddof=ddof)
     with open(path, "r+b") as f:
-        offset, nvox = _stats_layout(f)
+        shape, _, _, offset = _read_npy_header(f)
+        nvox = int(np.prod(shape[1:]))
         plane = int(np.prod(mean.shape[1:]))
         for i, a in enumerate((mean, std)):
             f.seek(offset + (i * nvox + z0 * plane) * 8)
@@ -918,19 +927,8 @@ def _create_stats_file(path: str, shape: tuple) -> None:
     """``save_stats``'s (2, z, y, x) float64 ``.npy`` with its header and its full length, the values
     left for ``save_stats_slab`` to fill."""
     with open(path, "wb") as f:
-        np.lib.format.write_array_header_1_0(f, {"descr": "<f8", "fortran_order": False, "shape": (2,) + tuple(shape)})
+        _write_stats_header(f, shape)
         f.truncate(f.tell() + 2 * int(np.prod(shape)) * 8)
-
-
-def _stats_layout(f: Any) -> tuple[int, int]:
-    """(offset of the values, voxels of one volume) of an open stats file."""
-    f.seek(0)
-    fmt = np.lib.format
-    version = fmt.read_magic(f)
-    if version not in ((1, 0), (2, 0)):
-        raise ValueError(f"{f.name}: .npy format version {version} (save_stats writes 1.0)")
-    shape, _, _ = (fmt.read_array_header_1_0 if version == (1, 0) else fmt.read_array_header_2_0)(f)
-    return f.tell(), int(np.prod(shape[1:]))
 
 
 def _save_stats_scattered(client: Any, parts: list, ddof: int, path: str, shape: tuple, on_task: Any) -> Any:
