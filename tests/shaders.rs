@@ -331,12 +331,7 @@ fn uniform_structs_match_wgsl() {
             rust_layout!(shift::ShiftUniform {
                 n,
                 stride,
-                lines,
-                len,
-                pad,
-                reflect_init,
-                order,
-                from_scratch,
+                width,
                 total,
                 tap_offset,
                 final_pass,
@@ -345,10 +340,7 @@ fn uniform_structs_match_wgsl() {
                 ny,
                 nx,
                 cval,
-                z_len,
-                z_len1,
-                _pad0,
-                _pad1
+                _pad0
             }),
         ),
         ("shift", "Tap", rust_layout!(shift::Tap { idx, w })),

@@ -101,8 +101,8 @@ kernel_table! {
     CROSS_SUM_SQ = cross_power::sum_sq(Uniform, Read, ReadWrite, ReadWrite);
     CROSS_CONTRACT = cross_power::contract(Uniform, Read, Read, ReadWrite);
     CROSS_SMOOTH = cross_power::gaussian_smooth(Uniform, ReadWrite, Read);
-    SHIFT_PREFILTER = shift::prefilter(Uniform, Read, ReadWrite);
-    SHIFT_GATHER = shift::gather(Uniform, Read, Read, Read, ReadWrite);
+    /// One axis of a translation: each output sample a row of weights on its line.
+    SHIFT_AXIS = shift::axis(Uniform, Read, Read, Read, ReadWrite);
     ZSCORE_ACCUMULATE = zscore::accumulate(Uniform, Read, ReadWrite, ReadWrite);
     ZSCORE_FINALIZE = zscore::finalize(Uniform, Read, Read, ReadWrite, ReadWrite);
     ZSCORE_NORMALIZE = zscore::normalize(Uniform, Read, Read, Read, ReadWrite);

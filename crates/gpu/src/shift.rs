@@ -1,15 +1,16 @@
-//! Host side of `shaders/shift.wgsl` (CPU twin: `crates/cpu/src/shift.rs`). The per-axis taps come
-//! from `gpuprep_core::spline::AxisPlan` (NI_ZoomShift's set-up loop, in f64); the GPU does the
-//! prefilter and the sums.
+//! Host side of `shaders/shift.wgsl` (CPU twin: `crates/cpu/src/shift.rs`). Each axis's pass is a
+//! linear operator on its lines, built in f64 from `gpuprep_core::spline`: the taps of `AxisPlan`
+//! (NI_ZoomShift's set-up loop) composed with the CPU twin's prefilter (`FilterRows`, cached per line
+//! length and mode); the GPU applies its rows of weights, one dispatch per axis.
 //! Volumes over the tile limit are shifted in slabs: the translation is separable, and each pass
 //! needs only whole lines along its own axis (`run_tiled`).
 
 use super::device::{GpuContext, Recorder};
-use super::shaders::{SHIFT_GATHER, SHIFT_PREFILTER};
+use super::shaders::SHIFT_AXIS;
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{BoundaryMode, ShiftParams};
-use gpuprep_core::spline::{AxisPlan, POLE};
+use gpuprep_core::spline::{AxisOperator, AxisPlan, FilterRows};
 use ndarray::{s, Array3, ArrayView3};
 use std::cell::RefCell;
 
@@ -20,12 +21,7 @@ use std::cell::RefCell;
 pub struct ShiftUniform {
     pub n: u32,
     pub stride: u32,
-    pub lines: u32,
-    pub len: u32,
-    pub pad: u32,
-    pub reflect_init: u32,
-    pub order: u32,
-    pub from_scratch: u32,
+    pub width: u32,
     pub total: u32,
     pub tap_offset: u32,
     pub final_pass: u32,
@@ -34,33 +30,30 @@ pub struct ShiftUniform {
     pub ny: u32,
     pub nx: u32,
     pub cval: f32,
-    pub z_len: f32,
-    pub z_len1: f32,
     pub _pad0: u32,
-    pub _pad1: u32,
 }
-const _: () = assert!(std::mem::size_of::<ShiftUniform>() == 80);
+const _: () = assert!(std::mem::size_of::<ShiftUniform>() == 48);
 
-/// One tap set: the layout of `struct Tap` in shaders/shift.wgsl (checked by `tests/shaders.rs`,
-/// `uniform_structs_match_wgsl`).
+/// One weight of an axis operator's row: the layout of `struct Tap` in shaders/shift.wgsl (checked
+/// by `tests/shaders.rs`, `uniform_structs_match_wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct Tap {
-    pub idx: [u32; 4],
-    pub w: [f32; 4],
+    pub idx: u32,
+    pub w: f32,
 }
-const _: () = assert!(std::mem::size_of::<Tap>() == 32);
+const _: () = assert!(std::mem::size_of::<Tap>() == 8);
 
 /// Device buffers a shift needs besides its input and output; reused across timepoints.
 pub struct ShiftBuffers {
     pub shape: [usize; 3],
     pub tmp: [wgpu::Buffer; 2],
-    /// Prefiltered lines (order 3), sized on first use for the mode's padding.
-    scratch: RefCell<Option<wgpu::Buffer>>,
-    /// Buffers of the tiled route: the scratch comes from the context's tile pool (reused across
-    /// calls and timepoints) instead of this struct.
+    /// The three axes' operator rows (`Tap`s), grown on demand: their width depends on the mode and
+    /// order (about 38 for order 3).
+    taps: RefCell<Option<wgpu::Buffer>>,
+    /// Buffers of the tiled route: the taps come from the context's tile pool (reused across calls
+    /// and timepoints) instead of this struct.
     tiled: bool,
-    pub taps: wgpu::Buffer,
     pub outside: wgpu::Buffer,
 }
 
@@ -74,14 +67,14 @@ impl ShiftBuffers {
                 ctx.storage("shift.tmp0", total * 4)?,
                 ctx.storage("shift.tmp1", total * 4)?,
             ],
-            scratch: RefCell::new(None),
+            taps: RefCell::new(None),
             tiled: false,
-            taps: ctx.storage("shift.taps", ntaps * 32)?,
             outside: ctx.storage("shift.outside", ntaps * 4)?,
         })
     }
 
-    /// Buffers for tiles of up to `elems` voxels and `ntaps` taps (`shape` is then unused).
+    /// Buffers for tiles of up to `elems` voxels and `ntaps` samples along the three axes together
+    /// (`shape` is then unused).
     fn for_tiles(ctx: &GpuContext, elems: usize, ntaps: usize) -> Result<Self> {
         Ok(ShiftBuffers {
             shape: [0; 3],
@@ -89,25 +82,26 @@ impl ShiftBuffers {
                 ctx.tile_buffer("shift.tile_tmp0", elems as u64 * 4)?,
                 ctx.tile_buffer("shift.tile_tmp1", elems as u64 * 4)?,
             ],
-            scratch: RefCell::new(None),
+            taps: RefCell::new(None),
             tiled: true,
-            taps: ctx.pooled("shift.tile_taps", ntaps as u64 * 32)?,
             outside: ctx.pooled("shift.tile_outside", ntaps as u64 * 4)?,
         })
     }
 
-    fn scratch(&self, ctx: &GpuContext, elems: u64) -> Result<wgpu::Buffer> {
+    /// A buffer of at least `n` taps.
+    fn taps(&self, ctx: &GpuContext, n: usize) -> Result<wgpu::Buffer> {
+        let bytes = (n * std::mem::size_of::<Tap>()) as u64;
         if self.tiled {
-            return ctx.tile_buffer("shift.tile_scratch", elems * 4);
+            return ctx.pooled("shift.tile_taps", bytes);
         }
-        let mut s = self.scratch.borrow_mut();
-        if let Some(b) = s.as_ref() {
-            if b.size() >= elems * 4 {
+        let mut t = self.taps.borrow_mut();
+        if let Some(b) = t.as_ref() {
+            if b.size() >= bytes {
                 return Ok(b.clone());
             }
         }
-        let b = ctx.storage("shift.scratch", elems * 4)?;
-        *s = Some(b.clone());
+        let b = ctx.storage("shift.taps", bytes)?;
+        *t = Some(b.clone());
         Ok(b)
     }
 }
@@ -138,20 +132,10 @@ pub fn record(
     )
 }
 
-/// Largest buffer (bytes) the resident route needs for `shape`: the volume, or the order-3
-/// prefilter's padded lines.
-pub fn resident_bytes(shape: [usize; 3], p: &ShiftParams) -> u64 {
-    let total = shape.iter().product::<usize>();
-    let pad = AxisPlan::new(1, 0.0, p).pad;
-    let lines = if p.order > 1 {
-        (0..3)
-            .map(|a| total / shape[a] * (shape[a] + 2 * pad))
-            .max()
-            .unwrap_or(0)
-    } else {
-        0
-    };
-    total.max(lines) as u64 * 4
+/// Largest buffer (bytes) the resident route needs for `shape`: the volume (the operator rows are
+/// a few hundred KiB at most).
+pub fn resident_bytes(shape: [usize; 3], _p: &ShiftParams) -> u64 {
+    shape.iter().product::<usize>() as u64 * 4
 }
 
 fn axis_plans(shape: [usize; 3], shift: [f64; 3], p: &ShiftParams) -> [AxisPlan; 3] {
@@ -176,103 +160,65 @@ fn record_passes(
     p: &ShiftParams,
 ) -> Result<()> {
     let total = shape.iter().product::<usize>();
-    let mut taps = Vec::with_capacity(shape.iter().sum());
     let mut outside = Vec::with_capacity(shape.iter().sum());
+    let mut ops: [Option<AxisOperator>; 3] = [None, None, None];
     for (a, plan) in plans.iter().enumerate() {
         let block = origin[a]..origin[a] + shape[a];
-        if !axes.contains(&a) {
-            // Not interpolated here: only the outside flags (for the mask) matter.
-            taps.extend(std::iter::repeat_n(Tap::default(), shape[a]));
-            outside.extend(plan.taps[block].iter().map(|t| t.is_none() as u32));
-            continue;
-        }
-        debug_assert_eq!(
-            block,
-            0..plan.taps.len(),
-            "axis {a} must be whole in the block"
-        );
-        // An axis of length 1 holds one value per line; its (padded, prefiltered) line is that value
-        // again, so the pass reads the volume directly at index 0 (no scratch lines of 25 samples).
-        let single = plan.taps.len() == 1;
-        for t in &plan.taps {
-            match t {
-                Some((idx, w)) => {
-                    taps.push(Tap {
-                        idx: if single {
-                            [0; 4]
-                        } else {
-                            idx.map(|i| i as u32)
-                        },
-                        w: if plan.order == 0 {
-                            [1.0, 0.0, 0.0, 0.0]
-                        } else {
-                            w.map(|v| v as f32)
-                        },
-                    });
-                    outside.push(0u32);
-                }
-                None => {
-                    taps.push(Tap::default());
-                    outside.push(1u32);
-                }
-            }
+        // The mask reads every axis's outside flags at the block's global position.
+        outside.extend(plan.taps[block.clone()].iter().map(|t| t.is_none() as u32));
+        if axes.contains(&a) {
+            debug_assert_eq!(
+                block,
+                0..plan.taps.len(),
+                "axis {a} must be whole in the block"
+            );
+            let filter = FilterRows::cached(shape[a], plan.pad, plan.order, p.mode);
+            ops[a] = Some(plan.operator(&filter));
         }
     }
-    ctx.write(&bufs.taps, 0, bytemuck::cast_slice(&taps));
+    let mut taps = Vec::new();
+    let mut offsets = [0usize; 3];
+    for (a, op) in ops.iter().enumerate() {
+        offsets[a] = taps.len();
+        if let Some(op) = op {
+            taps.extend(op.taps.iter().map(|&(idx, w)| Tap { idx, w: w as f32 }));
+        }
+    }
+    let taps_buf = bufs.taps(ctx, taps.len())?;
+    ctx.write(&taps_buf, 0, bytemuck::cast_slice(&taps));
     ctx.write(&bufs.outside, 0, bytemuck::cast_slice(&outside));
-    let prefilter = ctx.pipeline(&SHIFT_PREFILTER)?;
-    let gather = ctx.pipeline(&SHIFT_GATHER)?;
+    let kernel = ctx.pipeline(&SHIFT_AXIS)?;
     let strides = [shape[1] * shape[2], shape[2], 1];
     let mut cur = src;
     for (i, &axis) in axes.iter().enumerate() {
-        let n = shape[axis];
-        let plan = &plans[axis];
-        let len = n + 2 * plan.pad;
-        let from_scratch = plan.order > 1 && n > 1;
+        let op = ops[axis]
+            .as_ref()
+            .expect("built above for every axis passed");
         let u = ShiftUniform {
-            n: n as u32,
+            n: shape[axis] as u32,
             stride: strides[axis] as u32,
-            lines: (total / n) as u32,
-            len: len as u32,
-            pad: plan.pad as u32,
-            reflect_init: matches!(p.mode, BoundaryMode::Reflect | BoundaryMode::Nearest) as u32,
-            order: plan.order as u32,
-            from_scratch: from_scratch as u32,
+            width: op.width as u32,
             total: total as u32,
-            tap_offset: shape[..axis].iter().sum::<usize>() as u32,
+            tap_offset: offsets[axis] as u32,
             final_pass: (axis == 2) as u32,
             use_mask: (p.mode == BoundaryMode::Constant) as u32,
             nz: shape[0] as u32,
             ny: shape[1] as u32,
             nx: shape[2] as u32,
             cval: p.cval,
-            z_len: POLE.powi(len as i32) as f32,
-            z_len1: POLE.powi(len as i32 - 1) as f32,
             _pad0: 0,
-            _pad1: 0,
         };
         let out = if i + 1 == axes.len() {
             dst
         } else {
             &bufs.tmp[i % 2]
         };
-        if from_scratch {
-            let scratch = bufs.scratch(ctx, ((total / n) * len) as u64)?;
-            rec.dispatch(&prefilter, &u, &[cur, &scratch], (total / n) as u64);
-            rec.dispatch(
-                &gather,
-                &u,
-                &[&scratch, &bufs.taps, &bufs.outside, out],
-                total as u64,
-            );
-        } else {
-            rec.dispatch(
-                &gather,
-                &u,
-                &[cur, &bufs.taps, &bufs.outside, out],
-                total as u64,
-            );
-        }
+        rec.dispatch(
+            &kernel,
+            &u,
+            &[cur, &taps_buf, &bufs.outside, out],
+            total as u64,
+        );
         cur = out;
     }
     Ok(())
@@ -280,8 +226,7 @@ fn record_passes(
 
 /// `record` for a volume over the tile limit: the z pass on y-slabs (whole z lines), then the y and
 /// x passes on z-slabs, each slab uploaded, shifted and read back; the intermediate volume stays on
-/// the host. Slabs are as thick as the tile limit allows for every buffer of a pass (the order-3
-/// scratch lines carry `pad` extra samples a side). Same arithmetic as the resident route, so the
+/// the host. Slabs are as thick as the tile limit allows. Same arithmetic as the resident route, so the
 /// same tolerance against the CPU. Returns the number of slabs.
 pub fn run_tiled(
     ctx: &GpuContext,
@@ -294,9 +239,7 @@ pub fn run_tiled(
     let plans = axis_plans(shape, shift, p);
     let limit = ctx.max_tile_bytes() as usize;
     // Bytes of the largest buffer per unit of slab thickness (a y row of z lines; a z plane).
-    let pad = plans[0].pad;
-    let row = nx * (nz + 2 * pad).max(nz) * 4;
-    let plane = (nx * (ny + 2 * pad)).max(ny * (nx + 2 * pad)) * 4;
+    let (row, plane) = (nx * nz * 4, ny * nx * 4);
     let (ys, zs) = (limit / row, limit / plane);
     if ys == 0 || zs == 0 {
         return Err(Error::Gpu(format!(
