@@ -6,7 +6,7 @@
 //
 // `stockham`: one radix-R stage (R in 2, 3, 4, 5, 7) of the self-sorting Stockham algorithm
 //   (Govindaraju et al. 2008, mixed radix: `ns` is the product of the earlier radices), one invocation
-//   per (line, butterfly), ping-pong between two buffers.
+//   per (line, butterfly), neighbouring lines on neighbouring invocations, ping-pong between two buffers.
 // Bluestein (lengths with a prime factor > 7), per line of length n, with M >= 2n - 1 a power of two:
 //   `chirp_pre`: a[m] = x[m] * w[m] for m < n, 0 up to M, with w[m] = exp(-/+ i pi m^2 / n);
 //   Stockham FFT of length M; `pointwise`: A *= B, B = FFT_M(conj chirp) / M precomputed on the host;
@@ -49,9 +49,14 @@ fn stockham(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     }
     let r = RADIX;
     let nr = p.n / r;
-    let b = t / nr;
-    let j = t % nr;
-    let base = line_base(b, p.n, p.stride);
+    // Invocations in the order of memory: the position among lines that are `stride` apart varies
+    // fastest (for y and z, neighbouring invocations read neighbouring addresses, as VkFFT groups
+    // nearby transforms), then the butterfly, then the group of lines. Along x (stride 1) this is
+    // line after line. Any order computes the same values.
+    let st = p.stride;
+    let j = (t / st) % nr;
+    let b = (t / (st * nr)) * st + t % st;
+    let base = line_base(b, p.n, st);
     let k = j % p.ns;
     // Twiddle exp(-2 pi i k q / (ns R)) = tw[k q n / (ns R)].
     let tw_step = p.n / (p.ns * r);
