@@ -6,9 +6,9 @@
 // One invocation per output voxel (`nz` counts output planes): the window (boundary-extended with
 // `extend_index`) is gathered into a private array as total-order keys (`order_key`), then Wirth's selection finds the element
 // of rank `rank`.
-// The default 3x3x3 window has its own entry point, `median3d_27`: a branch-free forgetful selection
-// (min/max exchanges only, written out on scalars, so neighbouring invocations never diverge and the
-// keys live in registers) instead of Wirth's data-dependent partitioning.
+// The default 3x3x3 window has its own entry point, `median3d_27`: workgroup tiles sharing sorted
+// columns between neighbouring windows, min/max exchanges only (no data-dependent branch), as the
+// CPU twin does, instead of Wirth's partitioning per window.
 // `MAX_WINDOW` is set at load time to the smallest size class that holds the window
 // (crates/gpu/src/median3d.rs, through `KernelDecl::source`, which needs the declaration below: one
 // `const` of type u32 with a literal). A constant, not an `override`, as it sizes a private array.
@@ -128,451 +128,126 @@ fn key3(iz: i32, iy: i32, ix: i32) -> u32 {
     return order_key(v);
 }
 
-// Median of a 3x3x3 window by forgetful selection: hold the first 15 keys (half the window plus
-// two); each step moves the minimum of the held keys to the front and the maximum to the back,
-// forgets both (neither can be the median: each has at least 14 keys on its other side), and
-// takes the next window key into the back slot. After the 27th key, the 3 held keys' middle one
-// is the median. Same result as `median3d` with size (3, 3, 3), and as the CPU twin.
-// The network is written out as straight-line code on scalars h0..h14 (generated, see the markers):
-// no array is indexed, so the keys stay in registers instead of spilling to local memory.
+// The 3x3x3 median, the CPU twin's algorithm (`median27` in crates/cpu/src/median3d.rs) on a
+// workgroup's tile of TX x TY output voxels of one plane, sharing work between neighbouring windows:
+//   1. each (y, x) column of the tile and its one-voxel halo is read once, its three z samples
+//      (boundary mode applied here, once per column, not per window element) sorted as keys;
+//   2. each padded x of each output row gets its sorted 3x3 (z, y) column from three of those
+//      triples (`sort9_sorted_triples`), once for the three outputs that read it;
+//   3. each output merges the sorted columns at x and x + 1 (`merge9`, Batcher) and takes rank 13 of
+//      that and the column at x - 1 as a min of maxes, exact for two sorted lists.
+// About 70 compare-exchanges and 5 reads of the volume per output, against some 200 and 27 for a
+// selection over each window alone. Same result, bit for bit, as `median3d` with size (3, 3, 3) and
+// as the CPU twin (a selection: the 14th smallest key, whatever the network).
+const TX: u32 = 16u;
+const TY: u32 = 4u;
+const HX: u32 = 18u; // TX + 2
+const HY: u32 = 6u;  // TY + 2
+// Sorted z triples of the tile's (HY, HX) columns (low, middle, high), then the sorted 3x3 columns
+// of its TY rows at each padded x (9 keys, ascending).
+var<workgroup> tri: array<u32, 324>;
+var<workgroup> col: array<u32, 648>;
+
+fn cx9(v: ptr<function, array<u32, 9>>, i: u32, j: u32) {
+    let a = (*v)[i];
+    let b = (*v)[j];
+    (*v)[i] = min(a, b);
+    (*v)[j] = max(a, b);
+}
+
+fn cx18(v: ptr<function, array<u32, 18>>, i: u32, j: u32) {
+    let a = (*v)[i];
+    let b = (*v)[j];
+    (*v)[i] = min(a, b);
+    (*v)[j] = max(a, b);
+}
+
+// Sorts 9 whose triples 0..3, 3..6, 6..9 are sorted: the CPU twin's `SORT9_SORTED_TRIPLES`.
+fn sort9_sorted_triples(v: ptr<function, array<u32, 9>>) {
+    cx9(v, 2u, 5u); cx9(v, 0u, 3u); cx9(v, 1u, 4u); cx9(v, 5u, 8u); cx9(v, 3u, 6u); cx9(v, 4u, 7u);
+    cx9(v, 2u, 5u); cx9(v, 0u, 3u); cx9(v, 1u, 4u); cx9(v, 5u, 7u); cx9(v, 2u, 6u); cx9(v, 1u, 3u);
+    cx9(v, 4u, 6u); cx9(v, 2u, 4u); cx9(v, 5u, 6u); cx9(v, 2u, 3u);
+}
+
+// Batcher's odd-even merge of sorted 0..9 and 9..18: the CPU twin's `MERGE9`. Rank k ends on wire
+// MERGE9_RANK[k] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 9, 17][k].
+fn merge9(v: ptr<function, array<u32, 18>>) {
+    cx18(v, 0u, 9u); cx18(v, 8u, 17u); cx18(v, 8u, 9u); cx18(v, 4u, 13u); cx18(v, 4u, 8u); cx18(v, 13u, 9u);
+    cx18(v, 2u, 11u); cx18(v, 6u, 15u); cx18(v, 6u, 11u); cx18(v, 2u, 4u); cx18(v, 6u, 8u); cx18(v, 11u, 13u);
+    cx18(v, 15u, 9u); cx18(v, 1u, 10u); cx18(v, 5u, 14u); cx18(v, 5u, 10u); cx18(v, 3u, 12u); cx18(v, 7u, 16u);
+    cx18(v, 7u, 12u); cx18(v, 3u, 5u); cx18(v, 7u, 10u); cx18(v, 12u, 14u); cx18(v, 1u, 2u); cx18(v, 3u, 4u);
+    cx18(v, 5u, 6u); cx18(v, 7u, 8u); cx18(v, 10u, 11u); cx18(v, 12u, 13u); cx18(v, 14u, 15u); cx18(v, 16u, 9u);
+}
+
 @compute @workgroup_size(64)
 fn median3d_27(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_id) lid: vec3<u32>) {
-    let idx = linear_index(wid, nwg, lid);
-    if (idx >= p.total) {
+    let tiles_x = (p.nx + TX - 1u) / TX;
+    let tiles_y = (p.ny + TY - 1u) / TY;
+    let tile = wid.x + wid.y * nwg.x;
+    // Whole workgroups only (the barriers below need every invocation of one).
+    if (tile >= tiles_x * tiles_y * p.nz) {
         return;
     }
-    let c = voxel(idx);
-    let z0 = source_z(c.x, -1);
-    let z1 = source_z(c.x, 0);
-    let z2 = source_z(c.x, 1);
-    let y0 = extend_index(c.y - 1, i32(p.ny), p.mode);
-    let y1 = extend_index(c.y, i32(p.ny), p.mode);
-    let y2 = extend_index(c.y + 1, i32(p.ny), p.mode);
-    let x0 = extend_index(c.z - 1, i32(p.nx), p.mode);
-    let x1 = extend_index(c.z, i32(p.nx), p.mode);
-    let x2 = extend_index(c.z + 1, i32(p.nx), p.mode);
-    // BEGIN median27_network (generated by `median27_network` in tests/shaders.rs; GPUPREP_REGEN=1 rewrites it)
-    var h0 = key3(z0, y0, x0);
-    var h1 = key3(z0, y0, x1);
-    var h2 = key3(z0, y0, x2);
-    var h3 = key3(z0, y1, x0);
-    var h4 = key3(z0, y1, x1);
-    var h5 = key3(z0, y1, x2);
-    var h6 = key3(z0, y2, x0);
-    var h7 = key3(z0, y2, x1);
-    var h8 = key3(z0, y2, x2);
-    var h9 = key3(z1, y0, x0);
-    var h10 = key3(z1, y0, x1);
-    var h11 = key3(z1, y0, x2);
-    var h12 = key3(z1, y1, x0);
-    var h13 = key3(z1, y1, x1);
-    var h14 = key3(z1, y1, x2);
-    var lo: u32;
-    var hi: u32;
-    var m: u32;
-    lo = min(h0, h14);
-    hi = max(h0, h14);
-    m = max(lo, h1);
-    lo = min(lo, h1);
-    h1 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h2);
-    lo = min(lo, h2);
-    h2 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h3);
-    lo = min(lo, h3);
-    h3 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h4);
-    lo = min(lo, h4);
-    h4 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h5);
-    lo = min(lo, h5);
-    h5 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h6);
-    lo = min(lo, h6);
-    h6 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h7);
-    lo = min(lo, h7);
-    h7 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h8);
-    lo = min(lo, h8);
-    h8 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h9);
-    lo = min(lo, h9);
-    h9 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h10);
-    lo = min(lo, h10);
-    h10 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z1, y2, x0);
-    lo = min(h1, h14);
-    hi = max(h1, h14);
-    m = max(lo, h2);
-    lo = min(lo, h2);
-    h2 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h3);
-    lo = min(lo, h3);
-    h3 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h4);
-    lo = min(lo, h4);
-    h4 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h5);
-    lo = min(lo, h5);
-    h5 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h6);
-    lo = min(lo, h6);
-    h6 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h7);
-    lo = min(lo, h7);
-    h7 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h8);
-    lo = min(lo, h8);
-    h8 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h9);
-    lo = min(lo, h9);
-    h9 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h10);
-    lo = min(lo, h10);
-    h10 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z1, y2, x1);
-    lo = min(h2, h14);
-    hi = max(h2, h14);
-    m = max(lo, h3);
-    lo = min(lo, h3);
-    h3 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h4);
-    lo = min(lo, h4);
-    h4 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h5);
-    lo = min(lo, h5);
-    h5 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h6);
-    lo = min(lo, h6);
-    h6 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h7);
-    lo = min(lo, h7);
-    h7 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h8);
-    lo = min(lo, h8);
-    h8 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h9);
-    lo = min(lo, h9);
-    h9 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h10);
-    lo = min(lo, h10);
-    h10 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z1, y2, x2);
-    lo = min(h3, h14);
-    hi = max(h3, h14);
-    m = max(lo, h4);
-    lo = min(lo, h4);
-    h4 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h5);
-    lo = min(lo, h5);
-    h5 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h6);
-    lo = min(lo, h6);
-    h6 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h7);
-    lo = min(lo, h7);
-    h7 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h8);
-    lo = min(lo, h8);
-    h8 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h9);
-    lo = min(lo, h9);
-    h9 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h10);
-    lo = min(lo, h10);
-    h10 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z2, y0, x0);
-    lo = min(h4, h14);
-    hi = max(h4, h14);
-    m = max(lo, h5);
-    lo = min(lo, h5);
-    h5 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h6);
-    lo = min(lo, h6);
-    h6 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h7);
-    lo = min(lo, h7);
-    h7 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h8);
-    lo = min(lo, h8);
-    h8 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h9);
-    lo = min(lo, h9);
-    h9 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h10);
-    lo = min(lo, h10);
-    h10 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z2, y0, x1);
-    lo = min(h5, h14);
-    hi = max(h5, h14);
-    m = max(lo, h6);
-    lo = min(lo, h6);
-    h6 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h7);
-    lo = min(lo, h7);
-    h7 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h8);
-    lo = min(lo, h8);
-    h8 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h9);
-    lo = min(lo, h9);
-    h9 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h10);
-    lo = min(lo, h10);
-    h10 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z2, y0, x2);
-    lo = min(h6, h14);
-    hi = max(h6, h14);
-    m = max(lo, h7);
-    lo = min(lo, h7);
-    h7 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h8);
-    lo = min(lo, h8);
-    h8 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h9);
-    lo = min(lo, h9);
-    h9 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h10);
-    lo = min(lo, h10);
-    h10 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z2, y1, x0);
-    lo = min(h7, h14);
-    hi = max(h7, h14);
-    m = max(lo, h8);
-    lo = min(lo, h8);
-    h8 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h9);
-    lo = min(lo, h9);
-    h9 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h10);
-    lo = min(lo, h10);
-    h10 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z2, y1, x1);
-    lo = min(h8, h14);
-    hi = max(h8, h14);
-    m = max(lo, h9);
-    lo = min(lo, h9);
-    h9 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h10);
-    lo = min(lo, h10);
-    h10 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z2, y1, x2);
-    lo = min(h9, h14);
-    hi = max(h9, h14);
-    m = max(lo, h10);
-    lo = min(lo, h10);
-    h10 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z2, y2, x0);
-    lo = min(h10, h14);
-    hi = max(h10, h14);
-    m = max(lo, h11);
-    lo = min(lo, h11);
-    h11 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z2, y2, x1);
-    lo = min(h11, h14);
-    hi = max(h11, h14);
-    m = max(lo, h12);
-    lo = min(lo, h12);
-    h12 = min(m, hi);
-    hi = max(m, hi);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    h14 = key3(z2, y2, x2);
-    lo = min(h12, h14);
-    hi = max(h12, h14);
-    m = max(lo, h13);
-    lo = min(lo, h13);
-    h13 = min(m, hi);
-    hi = max(m, hi);
-    // END median27_network
-    dst[idx] = from_key(h13);
+    let z = i32(tile / (tiles_x * tiles_y));
+    let x0 = i32((tile % tiles_x) * TX);
+    let y0 = i32(((tile / tiles_x) % tiles_y) * TY);
+    let l = lid.x;
+    let z0 = source_z(z, -1);
+    let z1 = source_z(z, 0);
+    let z2 = source_z(z, 1);
+    for (var c = l; c < HX * HY; c += 64u) {
+        let iy = extend_index(y0 + i32(c / HX) - 1, i32(p.ny), p.mode);
+        let ix = extend_index(x0 + i32(c % HX) - 1, i32(p.nx), p.mode);
+        let a = key3(z0, iy, ix);
+        let b = key3(z1, iy, ix);
+        let d = key3(z2, iy, ix);
+        let lo = min(a, b);
+        let hi = max(a, b);
+        let top = max(hi, d);
+        let mid = min(hi, d);
+        tri[c * 3u] = min(lo, mid);
+        tri[c * 3u + 1u] = max(lo, mid);
+        tri[c * 3u + 2u] = top;
+    }
+    workgroupBarrier();
+    for (var c = l; c < HX * TY; c += 64u) {
+        let r = c / HX;
+        let h = c % HX;
+        var v: array<u32, 9>;
+        for (var k = 0u; k < 9u; k++) {
+            v[k] = tri[((r + k / 3u) * HX + h) * 3u + k % 3u];
+        }
+        sort9_sorted_triples(&v);
+        for (var k = 0u; k < 9u; k++) {
+            col[c * 9u + k] = v[k];
+        }
+    }
+    workgroupBarrier();
+    let ox = x0 + i32(l % TX);
+    let oy = y0 + i32(l / TX);
+    if (ox >= i32(p.nx) || oy >= i32(p.ny)) {
+        return;
+    }
+    // Columns at padded x = h (left), h + 1 (the output's own), h + 2 (right).
+    let left = ((l / TX) * HX + l % TX) * 9u;
+    var m: array<u32, 18>;
+    for (var k = 0u; k < 9u; k++) {
+        m[k] = col[left + 9u + k];
+        m[9u + k] = col[left + 18u + k];
+    }
+    merge9(&m);
+    // Rank 13 of the 27: the smallest, over ways of taking 14 keys from the fronts of the merged
+    // 18 and the left 9, of the largest taken (ranks 4..=13 of the merged, through MERGE9_RANK).
+    var r = m[14];
+    r = min(r, max(m[4], col[left + 8u]));
+    r = min(r, max(m[5], col[left + 7u]));
+    r = min(r, max(m[6], col[left + 6u]));
+    r = min(r, max(m[7], col[left + 5u]));
+    r = min(r, max(m[8], col[left + 4u]));
+    r = min(r, max(m[10], col[left + 3u]));
+    r = min(r, max(m[11], col[left + 2u]));
+    r = min(r, max(m[12], col[left + 1u]));
+    r = min(r, max(m[13], col[left]));
+    dst[(u32(z) * p.ny + u32(oy)) * p.nx + u32(ox)] = from_key(r);
 }

@@ -158,19 +158,25 @@ fn median_matches_cpu_exactly() {
             }
         }
     }
-    // The 3x3x3 entry point on tie-heavy input (values from a set of 4, both zeros among them).
-    for shape in [[3, 3, 3], [4, 5, 67], [9, 3, 5]] {
-        for mode in BoundaryMode::ALL {
+    // The 3x3x3 entry point (16x4 output tiles per workgroup: shapes of several tiles, partial ones
+    // and exact multiples) on tie-heavy input (values from a set of 4, both zeros among them) and
+    // on random values.
+    for shape in [[3, 3, 3], [4, 5, 67], [9, 3, 5], [2, 9, 33], [3, 8, 16]] {
+        for (mode, ties) in BoundaryMode::ALL.into_iter().flat_map(|m| [(m, true), (m, false)]) {
             let p = MedianParams::new([3, 3, 3], mode, -0.0).unwrap();
-            let v =
-                random(&mut rng, shape).mapv(|x| [-0.0, 0.0, 1.5, -2.0][(x * 4.0) as usize % 4]);
+            let v = random(&mut rng, shape);
+            let v = if ties {
+                v.mapv(|x| [-0.0, 0.0, 1.5, -2.0][(x * 4.0) as usize % 4])
+            } else {
+                v
+            };
             let want = cpu::median3d::median3d(v.view(), &p);
             let got = g.median3d(v.view(), &p).unwrap();
             assert!(
                 want.iter()
                     .zip(got.iter())
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "3x3x3 median differs on ties: shape {shape:?} mode {mode}; seed {seed}"
+                "3x3x3 median differs (ties: {ties}): shape {shape:?} mode {mode}; seed {seed}"
             );
         }
     }

@@ -470,52 +470,78 @@ fn every_wgsl_file_is_a_registered_kernel() {
     }
 }
 
-/// The straight-line forgetful selection of `median3d_27` (see its comment in shaders/median3d.wgsl):
-/// 15 keys held in scalars h0..h14; step s takes the min and max of h{s}..h14 out (the min is never
-/// read again, the max slot h14 takes the next window key), and h13 is the median after step 12.
-/// Window element d is (z, y, x) = (d / 9, d / 3 % 3, d % 3), as `median3d` walks the window.
-fn median27_network() -> String {
-    let key = |d: usize| format!("key3(z{}, y{}, x{})", d / 9, (d / 3) % 3, d % 3);
-    let mut s = String::new();
-    for i in 0..15 {
-        s += &format!("    var h{i} = {};\n", key(i));
-    }
-    s += "    var lo: u32;\n    var hi: u32;\n    var m: u32;\n";
-    for step in 0..13 {
-        s += &format!("    lo = min(h{step}, h14);\n    hi = max(h{step}, h14);\n");
-        for i in step + 1..14 {
-            s += &format!(
-                "    m = max(lo, h{i});\n    lo = min(lo, h{i});\n    h{i} = min(m, hi);\n    hi = max(m, hi);\n"
-            );
-        }
-        if step < 12 {
-            s += &format!("    h14 = {};\n", key(15 + step));
-        }
-    }
-    s
+/// The comparator pairs `name(v, i, j)` of the WGSL function `fun` in shaders/median3d.wgsl.
+fn wgsl_network(fun: &str, name: &str) -> Vec<(usize, usize)> {
+    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/median3d.wgsl");
+    let text = std::fs::read_to_string(path).unwrap();
+    let start = text.find(&format!("fn {fun}(")).expect("network function");
+    let body = &text[start..start + text[start..].find("\n}").unwrap()];
+    body.split(&format!("{name}(v, "))
+        .skip(1)
+        .map(|call| {
+            let args: Vec<usize> = call[..call.find(')').unwrap()]
+                .split(',')
+                .map(|a| a.trim().trim_end_matches('u').parse().unwrap())
+                .collect();
+            (args[0], args[1])
+        })
+        .collect()
 }
 
-/// The generated network in shaders/median3d.wgsl is exactly what `median27_network` writes;
-/// `GPUPREP_REGEN=1 cargo test --test tests median27` rewrites it after a change to the generator.
+/// `median3d_27`'s networks, checked by the 0-1 principle as the CPU twin checks its tables: the
+/// 9-sorter sorts every 0-1 input whose triples are sorted, and the merge leaves rank k of two sorted
+/// 0-1 lists of 9 on wire MERGE9_RANK[k], for the ranks the shader reads (4..=13). The tile the shader
+/// declares is the one the host dispatches.
 #[test]
-fn median27_entry_is_the_generated_network() {
-    let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/median3d.wgsl");
-    let text = std::fs::read_to_string(&path).unwrap();
-    let begin = text
-        .find("    // BEGIN median27_network")
-        .expect("begin marker");
-    let body_start = begin + text[begin..].find('\n').unwrap() + 1;
-    let end = text
-        .find("    // END median27_network")
-        .expect("end marker");
-    let want = median27_network();
-    if std::env::var_os("GPUPREP_REGEN").is_some() {
-        let new = format!("{}{}{}", &text[..body_start], want, &text[end..]);
-        std::fs::write(&path, new).unwrap();
-        return;
+fn median27_tile_networks_sort_and_merge() {
+    let sort9 = wgsl_network("sort9_sorted_triples", "cx9");
+    let merge9 = wgsl_network("merge9", "cx18");
+    assert_eq!((sort9.len(), merge9.len()), (16, 30));
+    let apply = |v: &mut Vec<u8>, net: &[(usize, usize)]| {
+        for &(i, j) in net {
+            let (a, b) = (v[i], v[j]);
+            v[i] = a.min(b);
+            v[j] = a.max(b);
+        }
+    };
+    // A sorted 0-1 triple or list of n is its count of zeros.
+    let sorted = |zeros: usize, n: usize| (0..n).map(|k| (k >= zeros) as u8).collect::<Vec<u8>>();
+    for a in 0..4 {
+        for b in 0..4 {
+            for c in 0..4 {
+                let mut v = [sorted(a, 3), sorted(b, 3), sorted(c, 3)].concat();
+                apply(&mut v, &sort9);
+                assert!(
+                    v.windows(2).all(|w| w[0] <= w[1]),
+                    "sort9 of triples {a} {b} {c}: {v:?}"
+                );
+            }
+        }
     }
-    assert!(
-        text[body_start..end] == want,
-        "shaders/median3d.wgsl's median27_network differs from the generator; rerun with GPUPREP_REGEN=1"
-    );
+    const MERGE9_RANK: [usize; 18] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 9, 17];
+    for a in 0..10 {
+        for b in 0..10 {
+            let mut v = [sorted(a, 9), sorted(b, 9)].concat();
+            let mut want = v.clone();
+            want.sort();
+            apply(&mut v, &merge9);
+            for k in 4..=13 {
+                assert_eq!(
+                    v[MERGE9_RANK[k]], want[k],
+                    "merge9 of {a}, {b} zeros: rank {k}"
+                );
+            }
+        }
+    }
+    let src = gpuprep_gpu::shaders::KERNELS
+        .iter()
+        .find(|(n, _)| *n == "median3d")
+        .unwrap()
+        .1;
+    let [tx, ty] = gpuprep_gpu::median3d::TILE_27;
+    assert!(src.contains(&format!("const TX: u32 = {tx}u;")));
+    assert!(src.contains(&format!("const TY: u32 = {ty}u;")));
+    assert!(src.contains(&format!("const HX: u32 = {}u;", tx + 2)));
+    assert!(src.contains(&format!("const HY: u32 = {}u;", ty + 2)));
+    assert_eq!(tx * ty, 64, "one invocation per output of the tile");
 }

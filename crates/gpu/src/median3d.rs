@@ -34,6 +34,10 @@ const _: () = assert!(std::mem::size_of::<MedianUniform>() == 48);
 pub const WINDOW_CLASSES: [u32; 5] = [27, 125, 343, 729, 1331];
 pub const MAX_WINDOW: usize = 1331;
 
+/// The (x, y) output tile of one workgroup of `median3d_27`: `TX` and `TY` of the shader (checked by
+/// `tests/shaders.rs`), 64 invocations as every kernel's workgroup.
+pub const TILE_27: [usize; 2] = [16, 4];
+
 /// Record the median filter of the `shape` volume in `src` into `dst`.
 pub fn record(
     ctx: &GpuContext,
@@ -100,7 +104,14 @@ fn record_slab(
         z_prepadded: z_prepadded as u32,
         _pad1: 0,
     };
-    rec.dispatch(&k, &u, &[src, dst], total as u64);
+    // `median3d_27` runs one workgroup per tile of TILE output voxels of a plane (see the shader).
+    let invocations = if p.size == [3, 3, 3] {
+        let [tx, ty] = TILE_27;
+        shape[0] * shape[1].div_ceil(ty) * shape[2].div_ceil(tx) * tx * ty
+    } else {
+        total
+    };
+    rec.dispatch(&k, &u, &[src, dst], invocations as u64);
     Ok(())
 }
 
