@@ -64,8 +64,23 @@ prepare() {
     [ -x "$bench" ] || { echo "no bench executable found" >&2; exit 1; }
     cp "target/$profile/gpuprep" "$stage/bin/gpuprep"
     cp "$bench" "$stage/bin/gpu-bench"
+    # The bench as it was before the kernel rewrites (GPUCHECK_BEFORE, a commit; empty: none), built
+    # in a worktree of its own, so that `check` prints per-kernel GPU times before and after in one call.
+    local before="${GPUCHECK_BEFORE-faf7515}"
+    if [ -n "$before" ] && [ "$profile" = release ]; then
+        local wt=/tmp/gpucheck-before old
+        git worktree remove --force "$wt" 2>/dev/null || rm -rf "$wt"
+        git worktree add -f --detach "$wt" "$before"
+        old=$(cd "$wt" && CARGO_TARGET_DIR="$HERE/target/before" cargo bench --bench gpu --no-run 2>&1 |
+            tee /dev/stderr | sed -n 's/.*Executable[^(]*(\(.*\))$/\1/p' | tail -1)
+        git worktree remove --force "$wt"
+        [ -x "$old" ] || { echo "no bench executable built at $before" >&2; exit 1; }
+        cp "$old" "$stage/bin/gpu-bench-before"
+        echo "$before" >"$stage/bin/before-commit"
+    fi
     strip "$stage/bin/gpuprep" "$stage/bin/gpu-bench" || true
-    for b in "$stage/bin/gpuprep" "$stage/bin/gpu-bench"; do
+    [ -f "$stage/bin/gpu-bench-before" ] && { strip "$stage/bin/gpu-bench-before" || true; }
+    for b in "$stage"/bin/gpuprep "$stage"/bin/gpu-bench*; do
         ldd "$b" | awk '/=> \//{print $3}'
     done | sort -u | grep -Ev '/(libc|libm|libdl|libpthread|librt|libgcc_s|libstdc\+\+|ld-linux[^/]*)\.so' |
         while read -r lib; do cp -L "$lib" "$stage/lib/"; done
@@ -94,7 +109,7 @@ check() {
     local bench_shapes="${GPUCHECK_BENCH_SHAPES:-64x256x256,100x100x100}"
     local filter="${GPUCHECK_BENCH_FILTER:-gpu_|frame_sequence}"
     local deadline="${GPUCHECK_DEADLINE_S:-420}"
-    local bin bench
+    local bin bench before_bench="${GPUCHECK_BEFORE_BENCH:-}" before_commit="${GPUCHECK_BEFORE:-}"
     if [ "${GPUCHECK_LOCAL:-0}" = 1 ]; then
         bin="$HERE/target/debug/gpuprep"
         bench=$(ls -t "$HERE"/target/debug/deps/gpu-* 2>/dev/null | grep -v '\.d$' | head -1)
@@ -104,12 +119,15 @@ check() {
             echo "no $CARRY/bundle.tar.gz: run '$0 prepare' here and carry target/device-carry" | tee "$OUT/summary.txt"
             return 1
         }
-        for n in gpuprep gpu-bench; do
+        for n in gpuprep gpu-bench gpu-bench-before; do
+            [ -f "$b/bin/$n" ] || continue
             printf '#!/bin/sh\nLD_LIBRARY_PATH=%s/lib exec %s/bin/%s "$@"\n' "$b" "$b" "$n" >"$b/$n"
             chmod +x "$b/$n"
         done
         bin="$b/gpuprep"
         bench="$b/gpu-bench"
+        [ -x "$b/gpu-bench-before" ] && before_bench="$b/gpu-bench-before" &&
+            before_commit=$(cat "$b/bin/before-commit" 2>/dev/null)
         if ! ldconfig -p 2>/dev/null | grep -q libvulkan.so.1; then
             for f in "$CARRY"/deb/*.deb; do dpkg -x "$f" /; done
             ldconfig
@@ -159,8 +177,13 @@ check() {
     # The unchecked-kernels experiment (issue 13): the frame counters and per-kernel times only (a
     # filter no criterion group matches), kernels built without wgpu's runtime checks.
     step bench_unchecked 60 env GPUPREP_GPU_UNCHECKED=1 GPUPREP_BENCH_SHAPES="$bench_shapes" "$bench" --bench no-criterion-group
+    # The same counters and per-kernel times from the bench built before the kernel rewrites.
+    if [ -n "$before_bench" ]; then
+        echo "bench_before: the bench at ${before_commit:-an earlier commit}" >>"$log"
+        step bench_before 60 env GPUPREP_BENCH_SHAPES="$bench_shapes" "$before_bench" --bench no-criterion-group
+    fi
     # The bench's section of the log without criterion's progress lines.
-    awk '/^=== bench(_unchecked)? \(/{on=1} on && !/^(Benchmarking|Gnuplot|Found [0-9]+ outliers|  [0-9]+ \()/{print} /^=== bench(_unchecked)?:/{on=0}' \
+    awk '/^=== bench(_unchecked|_before)? \(/{on=1} on && !/^(Benchmarking|Gnuplot|Found [0-9]+ outliers|  [0-9]+ \()/{print} /^=== bench(_unchecked|_before)?:/{on=0}' \
         "$log" >"$OUT/bench.txt"
 
     IFS=, read -r t z y x <<<"$shape"
