@@ -4,7 +4,7 @@
 // CPU twin: crates/cpu/src/fft.rs (rustfft, f32). Tolerance: |gpu - cpu| <= 1e-5 * sqrt(N) * max|x|
 // elementwise (both are f32 with O(log N) error growth; twiddles are computed in f64 on the host).
 //
-// `stockham`: one radix-R stage (R in 2, 3, 4, 5, 7) of the self-sorting Stockham algorithm
+// `stockham`: one radix-R stage (R in 2, 3, 4, 5, 7, 8) of the self-sorting Stockham algorithm
 //   (Govindaraju et al. 2008, mixed radix: `ns` is the product of the earlier radices), one invocation
 //   per (line, butterfly), neighbouring lines on neighbouring invocations, ping-pong between two buffers.
 // Bluestein (lengths with a prime factor > 7), per line of length n, with M >= 2n - 1 a power of two:
