@@ -20,7 +20,7 @@ struct Params {
     stride: u32,       // element stride of the axis in the volume
     width: u32,        // weights per output sample
     total: u32,        // voxels in the volume
-    tap_offset: u32,   // first weight of this axis in `taps`
+    tap_offset: u32,   // first weight of this axis in `taps` (n x width, weight-major)
     final_pass: u32,   // apply the constant-mode mask of all three axes
     use_mask: u32,
     nz: u32,
@@ -64,10 +64,11 @@ fn axis(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let o = (idx / s) % p.n;
     // The line's first sample: this voxel with its coordinate along the axis set to 0.
     let base = idx - o * s;
-    let row = p.tap_offset + o * p.width;
+    // Weight k of output o is `taps[tap_offset + k n + o]` (weight-major: neighbouring outputs,
+    // the invocations of a warp along x, read neighbouring taps).
     var acc = 0.0;
     for (var k = 0u; k < p.width; k++) {
-        let t = taps[row + k];
+        let t = taps[p.tap_offset + k * p.n + o];
         acc += t.w * g_src[base + t.idx * s];
     }
     g_dst[idx] = acc;

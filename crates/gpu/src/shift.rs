@@ -181,7 +181,16 @@ fn record_passes(
     for (a, op) in ops.iter().enumerate() {
         offsets[a] = taps.len();
         if let Some(op) = op {
-            taps.extend(op.taps.iter().map(|&(idx, w)| Tap { idx, w: w as f32 }));
+            // Weight-major (all outputs' first weights, then their second, ...): along x the
+            // invocations of a warp are neighbouring outputs, which then read neighbouring taps;
+            // along z and y they share one output and read one tap.
+            let n = op.outside.len();
+            taps.extend((0..op.width).flat_map(|k| {
+                (0..n).map(move |o| {
+                    let (idx, w) = op.taps[o * op.width + k];
+                    Tap { idx, w: w as f32 }
+                })
+            }));
         }
     }
     let taps_buf = bufs.taps(ctx, taps.len())?;
