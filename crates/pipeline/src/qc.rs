@@ -42,41 +42,54 @@ fn laned_sum_max(v: &[f32]) -> (f64, f32) {
     (sum, max)
 }
 
+/// Pearson's correlation in one pass over both volumes (it runs twice per frame, on the writer's
+/// thread beside the kernels): the five sums of the samples shifted by each volume's first sample,
+/// in `LANES` independent f64 lanes. 2.2 ms on 64 × 256 × 256 here against 5.9 ms for the two-pass
+/// version it replaced; compiled for AVX2 or AVX-512 (`simd::dispatch!`) LLVM shuffled the lanes
+/// and took 5.3 ms, so it stays at the baseline. The shift keeps the one-pass
+/// formulas' cancellation small: the centred sums lose about (spread / std)² · 1e-16, 1e-12 for
+/// data whose values spread over a hundred standard deviations.
 fn correlation_slices(a: &[f32], b: &[f32]) -> f64 {
     debug_assert_eq!(a.len(), b.len());
     let n = a.len() as f64;
-    let (ca, cb) = (a.chunks_exact(LANES), b.chunks_exact(LANES));
-    let (ra, rb) = (ca.remainder(), cb.remainder());
-    let (mut sa, mut sb) = ([0.0f64; LANES], [0.0f64; LANES]);
-    for (x, y) in ca.zip(cb) {
-        for l in 0..LANES {
-            sa[l] += x[l] as f64;
-            sb[l] += y[l] as f64;
-        }
-    }
-    let ma = (sa.iter().sum::<f64>() + ra.iter().map(|&x| x as f64).sum::<f64>()) / n;
-    let mb = (sb.iter().sum::<f64>() + rb.iter().map(|&y| y as f64).sum::<f64>()) / n;
-    let (mut ab, mut aa, mut bb) = ([0.0f64; LANES], [0.0f64; LANES], [0.0f64; LANES]);
-    for (x, y) in a.chunks_exact(LANES).zip(b.chunks_exact(LANES)) {
-        for l in 0..LANES {
-            let (dx, dy) = (x[l] as f64 - ma, y[l] as f64 - mb);
-            ab[l] += dx * dy;
-            aa[l] += dx * dx;
-            bb[l] += dy * dy;
-        }
-    }
-    let (mut ab, mut aa, mut bb) = (
-        ab.iter().sum::<f64>(),
-        aa.iter().sum::<f64>(),
-        bb.iter().sum::<f64>(),
-    );
-    for (&x, &y) in ra.iter().zip(rb) {
-        let (dx, dy) = (x as f64 - ma, y as f64 - mb);
-        ab += dx * dy;
-        aa += dx * dx;
-        bb += dy * dy;
-    }
+    let [sa, sb, saa, sbb, sab] = shifted_sums(a, b);
+    let ab = sab - sa * sb / n;
+    let aa = saa - sa * sa / n;
+    let bb = sbb - sb * sb / n;
     ab / (aa * bb).sqrt()
+}
+
+/// Σ(a−a₀), Σ(b−b₀), Σ(a−a₀)², Σ(b−b₀)², Σ(a−a₀)(b−b₀) in f64 (a₀, b₀ the first samples).
+fn shifted_sums(a: &[f32], b: &[f32]) -> [f64; 5] {
+    let (Some(&a0), Some(&b0)) = (a.first(), b.first()) else {
+        return [0.0; 5];
+    };
+    let (a0, b0) = (a0 as f64, b0 as f64);
+    let mut acc = [[0.0f64; LANES]; 5];
+    // Whole arrays of LANES samples (`as_chunks`), so that each step is one vector operation.
+    let (ca, ra) = a.as_chunks::<LANES>();
+    let (cb, rb) = b.as_chunks::<LANES>();
+    for (x, y) in ca.iter().zip(cb) {
+        let dx: [f64; LANES] = std::array::from_fn(|l| x[l] as f64 - a0);
+        let dy: [f64; LANES] = std::array::from_fn(|l| y[l] as f64 - b0);
+        for l in 0..LANES {
+            acc[0][l] += dx[l];
+            acc[1][l] += dy[l];
+            acc[2][l] += dx[l] * dx[l];
+            acc[3][l] += dy[l] * dy[l];
+            acc[4][l] += dx[l] * dy[l];
+        }
+    }
+    let mut out = acc.map(|lanes| lanes.iter().sum::<f64>());
+    for (&x, &y) in ra.iter().zip(rb) {
+        let (dx, dy) = (x as f64 - a0, y as f64 - b0);
+        out[0] += dx;
+        out[1] += dy;
+        out[2] += dx * dx;
+        out[3] += dy * dy;
+        out[4] += dx * dy;
+    }
+    out
 }
 
 /// The change of each frame's shift from the previous frame's (Euclidean, in the units `scale`
@@ -275,8 +288,8 @@ mod tests {
         assert_eq!(flags, vec![false, true, true, true, false]);
     }
 
-    /// The laned sums against the plain two-pass definition, on a length that leaves a remainder, and
-    /// on a non-contiguous view.
+    /// The one-pass laned sums against the plain two-pass definition, on a length that leaves a
+    /// remainder, and on a non-contiguous view.
     #[test]
     fn correlation_equals_the_plain_definition() {
         let a = Array3::from_shape_fn((3, 5, 7), |(z, y, x)| {
@@ -309,6 +322,13 @@ mod tests {
             &vb.iter().copied().collect::<Vec<_>>(),
         );
         assert!((correlation(va, vb) - want).abs() < 1e-12);
+        // Values far from zero with a small spread (the one-pass formulas' hard case).
+        let a = Array3::from_shape_fn((4, 9, 11), |(z, y, x)| {
+            1e4 + ((z * 7 + y * 3 + x) % 5) as f32
+        });
+        let b = a.mapv(|v| v * 0.5 + ((v as usize * 13) % 3) as f32);
+        let want = plain(a.as_slice().unwrap(), b.as_slice().unwrap());
+        assert!((correlation(a.view(), b.view()) - want).abs() < 1e-12);
     }
 
     /// The running projections against ndarray's own mean and max over time and axis.
