@@ -242,8 +242,12 @@ impl FilterRows {
             let rows = (0..len).map(|i| (edge(i), vec![1.0])).collect();
             return FilterRows { n, rows };
         }
-        // Column j of the (len, n) matrix: the padded, prefiltered unit impulse at input j.
-        let mut m = vec![0.0f64; len * n];
+        // Column j of the (len, n) matrix is the padded, prefiltered unit impulse at input j; only its
+        // entries above the cutoff are kept, row by row (about 38 a row: memory linear in n, where
+        // the dense matrix of a 2048-sample line would take 34 MB). Each row's kept entries form one
+        // run of inputs (the response decays away from the sample and folds back at the edges), so
+        // a row is stored from its first to its last.
+        let mut sparse: Vec<Vec<(usize, f64)>> = vec![Vec::new(); len];
         let mut line = vec![0.0f64; len];
         for j in 0..n {
             line.iter_mut()
@@ -251,17 +255,22 @@ impl FilterRows {
                 .for_each(|(i, v)| *v = if edge(i) == j { 1.0 } else { 0.0 });
             prefilter_line(&mut line, mode);
             for (i, &v) in line.iter().enumerate() {
-                m[i * n + j] = v;
+                if v.abs() > OPERATOR_CUTOFF {
+                    sparse[i].push((j, v));
+                }
             }
         }
-        let rows = m
-            .chunks(n)
-            .map(|r| {
-                let keep = |v: &f64| v.abs() > OPERATOR_CUTOFF;
-                match (r.iter().position(keep), r.iter().rposition(keep)) {
-                    (Some(lo), Some(hi)) => (lo, r[lo..=hi].to_vec()),
-                    _ => (0, Vec::new()),
+        let rows = sparse
+            .into_iter()
+            .map(|r| match (r.first(), r.last()) {
+                (Some(&(lo, _)), Some(&(hi, _))) => {
+                    let mut w = vec![0.0; hi - lo + 1];
+                    for (j, v) in r {
+                        w[j - lo] = v;
+                    }
+                    (lo, w)
                 }
+                _ => (0, Vec::new()),
             })
             .collect();
         FilterRows { n, rows }
