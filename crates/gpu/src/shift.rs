@@ -134,7 +134,7 @@ pub fn record(
 
 /// Largest buffer (bytes) the resident route needs for `shape`: the volume (the operator rows are
 /// a few hundred KiB at most).
-pub fn resident_bytes(shape: [usize; 3], _p: &ShiftParams) -> u64 {
+pub fn resident_bytes(shape: [usize; 3]) -> u64 {
     shape.iter().product::<usize>() as u64 * 4
 }
 

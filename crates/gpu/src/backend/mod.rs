@@ -178,7 +178,7 @@ impl GpuBackend {
         let register = match register_stage {
             None => None,
             Some(RegisterStage::Resident(registrar)) => {
-                match ShiftStage::ensure(shift, ctx, shape, &plan.shift)? {
+                match ShiftStage::ensure(shift, ctx, shape)? {
                     ShiftStage::Resident { bufs, shifted, .. } => {
                         Some((&**registrar, &**bufs, shifted))
                     }
@@ -314,7 +314,7 @@ impl Backend for GpuBackend {
     fn shift(&mut self, vol: ArrayView3<f32>, s: [f64; 3], p: &ShiftParams) -> Result<Array3<f32>> {
         let shape = dims(&vol);
         let ctx = &self.ctx;
-        match ShiftStage::ensure(&mut self.shift, ctx, shape, p)? {
+        match ShiftStage::ensure(&mut self.shift, ctx, shape)? {
             ShiftStage::Tiled { .. } => Ok(shift::run_tiled(ctx, vol, s, p)?.0),
             ShiftStage::Resident { bufs, shifted, .. } => {
                 let input = Input::ensure(&mut self.input, ctx, shape)?;

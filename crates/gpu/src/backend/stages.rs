@@ -81,9 +81,9 @@ impl MedianStage {
     }
 }
 
-/// The shift's route for one shape and order (the order-3 prefilter pads its lines).
+/// The shift's route for one shape.
 pub(super) enum ShiftStage {
-    /// The volume and the padded lines fit: the shifted volume stays on the device.
+    /// The volume fits: the shifted volume stays on the device.
     Resident {
         shape: [usize; 3],
         bufs: Box<ShiftBuffers>,
@@ -98,10 +98,9 @@ impl ShiftStage {
         slot: &'a mut Option<ShiftStage>,
         ctx: &GpuContext,
         shape: [usize; 3],
-        p: &ShiftParams,
     ) -> Result<&'a ShiftStage> {
         check_shape(shape)?;
-        let resident = ctx.fits(shift::resident_bytes(shape, p));
+        let resident = ctx.fits(shift::resident_bytes(shape));
         let current = match slot {
             Some(ShiftStage::Resident { shape: s, .. }) => *s == shape && resident,
             Some(ShiftStage::Tiled { shape: s }) => *s == shape && !resident,
