@@ -584,6 +584,15 @@ fn dispatches_over_65535_workgroups_are_split() {
         &cpu::shift::shift3d(v.view(), s, &p),
     );
     assert!(err <= 2e-6, "split dispatch: error {err}; seed {seed}");
+    // The 3x3x3 median's workgroups are 16x4 output tiles: 513 x 128 = 65,664 of them here.
+    let p = MedianParams::default();
+    assert!(
+        same_bits(
+            &g.median3d(v.view(), &p).unwrap(),
+            &cpu::median3d::median3d(v.view(), &p)
+        ),
+        "split median dispatch differs; seed {seed}"
+    );
 }
 
 #[test]
