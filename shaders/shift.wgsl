@@ -7,8 +7,8 @@
 // (`gpuprep_core::spline::FilterRows`, `AxisPlan::operator`: about 38 weights for order 3, 1-2 for
 // orders 0 and 1), so every mode's quirks are the CPU's by construction, and `axis` applies them: one
 // invocation per output voxel, no recursion, no scratch lines. Along z and y neighbouring invocations read
-// neighbouring addresses (the lines are interleaved in the volume's layout), and every invocation of a
-// line reads the same weights.
+// neighbouring addresses (the lines are interleaved in the volume's layout) and share one row of weights;
+// along x they read neighbouring samples and, the weights stored weight-major, neighbouring weights.
 // The last pass writes `cval` where any axis is outside the input (constant mode).
 // Tolerance: the CPU runs in f64 and rounds once; here the weights and sums are f32:
 // |gpu - cpu| <= 1e-5 * (1 + max|input|) for order 3 (2e-6 for orders 0, 1).
