@@ -226,7 +226,6 @@ pub const OPERATOR_CUTOFF: f64 = 1e-10;
 /// does. Depends on the line's length, padding, order and mode, not on the shift.
 #[derive(Debug, Clone, PartialEq)]
 pub struct FilterRows {
-    n: usize,
     rows: Vec<(usize, Vec<f64>)>,
 }
 
@@ -240,7 +239,7 @@ impl FilterRows {
         let edge = |i: usize| i.saturating_sub(pad).min(n - 1);
         if order <= 1 {
             let rows = (0..len).map(|i| (edge(i), vec![1.0])).collect();
-            return FilterRows { n, rows };
+            return FilterRows { rows };
         }
         // Column j of the (len, n) matrix is the padded, prefiltered unit impulse at input j; only its
         // entries above the cutoff are kept, row by row (about 38 a row: memory linear in n, where
@@ -273,7 +272,7 @@ impl FilterRows {
                 _ => (0, Vec::new()),
             })
             .collect();
-        FilterRows { n, rows }
+        FilterRows { rows }
     }
 
     /// `new`'s rows from a small cache kept by the process: a 256-sample line's rows take about half a
@@ -295,16 +294,6 @@ impl FilterRows {
         }
         cache.push((key, f.clone()));
         f
-    }
-
-    /// The input line's length.
-    pub fn len(&self) -> usize {
-        self.n
-    }
-
-    /// Whether the input line is empty (never: `new` refuses it).
-    pub fn is_empty(&self) -> bool {
-        self.n == 0
     }
 }
 
