@@ -516,6 +516,25 @@ fn sweep_plane<T: Sample>(a: Plane<'_, T>) {
     }
     let std = m2;
     std.iter_mut().for_each(|s| *s = std_from_m2(*s, dof));
+    normalize_rows(data, first, stride, width, nrows, mean, std, p, &mut out);
+}
+
+/// The z-scores of one z plane of a block, written into its chunks: `out` (t chunks, x chunks, ct,
+/// cy, cx), from `nrows` rows of `width` voxels starting at element `first` of each volume of
+/// `data`, `stride` apart, and the plane's f64 `mean` and `std` (rows of `width`).
+#[allow(clippy::too_many_arguments)]
+#[inline(always)]
+fn normalize_rows<T: Sample>(
+    data: &[&[T]],
+    first: usize,
+    stride: usize,
+    width: usize,
+    nrows: usize,
+    mean: &[f64],
+    std: &[f64],
+    p: &ZscoreParams,
+    out: &mut ArrayViewMut5<'_, T>,
+) {
     let (_, nxc, ct, _, cx) = out.dim();
     for (t, v) in data.iter().enumerate() {
         for xc in 0..nxc {
@@ -527,7 +546,8 @@ fn sweep_plane<T: Sample>(a: Plane<'_, T>) {
                 .expect("a slab of a standard-layout chunk");
             for y in 0..nrows {
                 let o = &mut slab[y * cx..][..len];
-                let x = &row(v, y)[x0..][..len];
+                let at = first + y * stride + x0;
+                let x = &v[at..at + len];
                 let m = &mean[y * width + x0..][..len];
                 let s = &std[y * width + x0..][..len];
                 for (((o, &x), &mean), &std) in o.iter_mut().zip(x).zip(m).zip(s) {
@@ -536,6 +556,125 @@ fn sweep_plane<T: Sample>(a: Plane<'_, T>) {
             }
         }
     }
+}
+
+/// The second pass of a z-score whose moments are known (the dask front end's, merged from its
+/// blocks): `volumes`, some timepoints (t, z, y, x), normalized by the f64 `mean` and `std` straight
+/// into chunks of `chunk` (t, z, y, x), one `ChunkedBlock` per chunk along z and y (every timepoint
+/// given, whole rows along x) handed to `emit` in order, as `zscore_volumes_by_block` hands its own.
+/// The values are `normalize_block_with`'s, bit for bit; no (t, z, y, x) array is made and none
+/// gathered into chunks.
+pub fn normalize_volumes_by_block<T: Sample>(
+    volumes: ArrayView4<'_, T>,
+    mean: ArrayView3<'_, f64>,
+    std: ArrayView3<'_, f64>,
+    p: &ZscoreParams,
+    chunk: [usize; 4],
+    spare: impl FnMut() -> Option<ChunkedBlock<T>>,
+    emit: impl FnMut(ChunkedBlock<T>) -> Result<()>,
+) -> Result<()> {
+    normalize_by_block_at(
+        crate::simd::level(),
+        volumes,
+        mean,
+        std,
+        p,
+        chunk,
+        spare,
+        emit,
+    )
+}
+
+/// `normalize_volumes_by_block` at a given vector level (every level gives the same bits).
+#[allow(clippy::too_many_arguments)]
+fn normalize_by_block_at<T: Sample>(
+    level: crate::simd::Level,
+    volumes: ArrayView4<'_, T>,
+    mean: ArrayView3<'_, f64>,
+    std: ArrayView3<'_, f64>,
+    p: &ZscoreParams,
+    chunk: [usize; 4],
+    mut spare: impl FnMut() -> Option<ChunkedBlock<T>>,
+    mut emit: impl FnMut(ChunkedBlock<T>) -> Result<()>,
+) -> Result<()> {
+    let (t, nz, ny, nx) = volumes.dim();
+    if (nz, ny, nx) != mean.dim() || (nz, ny, nx) != std.dim() {
+        return Err(Error::Data(format!(
+            "cannot normalize volumes {} with moments of volumes {} and {}",
+            fmt_dim((nz, ny, nx)),
+            fmt_dim(mean.dim()),
+            fmt_dim(std.dim())
+        )));
+    }
+    let contiguous = "z-score: the volumes, mean and std must be contiguous (C order)";
+    let (Some(all), Some(means), Some(stds)) =
+        (volumes.as_slice(), mean.as_slice(), std.as_slice())
+    else {
+        return Err(Error::Data(contiguous.into()));
+    };
+    if t == 0 || nz * ny * nx == 0 {
+        return Ok(());
+    }
+    let data: Vec<&[T]> = all.chunks_exact(nz * ny * nx).collect();
+    let chunk = chunk.map(|c| c.max(1));
+    for z0 in (0..nz).step_by(chunk[1]) {
+        for y0 in (0..ny).step_by(chunk[2]) {
+            let (z1, y1) = ((z0 + chunk[1]).min(nz), (y0 + chunk[2]).min(ny));
+            let (origin, extent) = ([z0, y0, 0], [t, z1 - z0, y1 - y0, nx]);
+            let mut out = match spare() {
+                Some(b) => b.reuse(chunk, origin, extent)?,
+                None => ChunkedBlock::new(chunk, origin, extent)?,
+            };
+            out.planes_mut()
+                .into_par_iter()
+                .enumerate()
+                .for_each(|(dz, out)| {
+                    let first = (z0 + dz) * ny * nx + y0 * nx;
+                    let rows = (y1 - y0) * nx;
+                    let plane = NormalizePlane {
+                        data: &data,
+                        first,
+                        width: nx,
+                        rows: y1 - y0,
+                        mean: &means[first..first + rows],
+                        std: &stds[first..first + rows],
+                        p,
+                        out,
+                    };
+                    crate::simd::dispatch!(level, normalize_plane, [T: Sample], (plane: NormalizePlane<'_, T>));
+                });
+            emit(out)?;
+        }
+    }
+    Ok(())
+}
+
+/// One z plane of one block of `normalize_volumes_by_block`.
+struct NormalizePlane<'a, T> {
+    data: &'a [&'a [T]],
+    first: usize,
+    width: usize,
+    rows: usize,
+    mean: &'a [f64],
+    std: &'a [f64],
+    p: &'a ZscoreParams,
+    out: ArrayViewMut5<'a, T>,
+}
+
+/// `normalize_rows` of one `NormalizePlane`, compiled once per vector level (`simd::dispatch!`).
+#[inline(always)]
+fn normalize_plane<T: Sample>(a: NormalizePlane<'_, T>) {
+    let NormalizePlane {
+        data,
+        first,
+        width,
+        rows,
+        mean,
+        std,
+        p,
+        mut out,
+    } = a;
+    normalize_rows(data, first, width, width, rows, mean, std, p, &mut out);
 }
 
 /// One sample's z-score under the constant-voxel rule.
@@ -791,6 +930,115 @@ mod tests {
         let e = zscore_volumes_in_place(&mut odd, &ZscoreParams::default()).unwrap_err();
         assert!(e.to_string().contains("volume 1 has shape"), "{e}");
         assert!(zscore_volumes_in_place::<f32>(&mut [], &ZscoreParams::default()).is_err());
+    }
+
+    /// The known-moments pass (the dask front end's) is `normalize_block_with`, bit for bit, on every
+    /// vector level and chunking (clipped at the edges, larger than the block, one voxel, chunks of
+    /// more timepoints than the block has): its blocks come in z, y order, tile the volume once, and
+    /// their chunks are those of the plain normalized block, padded with zeros; garbage in a spare
+    /// block does not leak; a shape mismatch and an error from `emit` are returned.
+    #[test]
+    fn normalize_volumes_by_block_equals_normalize_block_with() {
+        let shape = (5, 7, 13);
+        let same = |a: f32, b: f32| a.to_bits() == b.to_bits() || (a.is_nan() && b.is_nan());
+        for (t, p, chunk) in [
+            (4, ZscoreParams::default(), [4, 2, 3, 5]),
+            (
+                3,
+                ZscoreParams {
+                    ddof: 1,
+                    constant: ConstantVoxels::Zero,
+                },
+                [4, 5, 7, 13],
+            ),
+            (2, ZscoreParams::default(), [1, 1, 1, 1]),
+            (1, ZscoreParams::default(), [8, 64, 64, 64]),
+        ] {
+            let block = Array4::from_shape_fn((t, shape.0, shape.1, shape.2), |(k, z, y, x)| {
+                let i = (z * shape.1 + y) * shape.2 + x;
+                match i % 97 {
+                    5 if k == 0 => f32::NAN,
+                    _ => ((i * 7919 + k * 104729) % 1013) as f32 * 0.37 - 50.0,
+                }
+            });
+            // Moments of other volumes too (a block is part of a series), some voxels constant.
+            let mut acc = Accumulator::new([shape.0, shape.1, shape.2]);
+            acc.add_block(block.view()).unwrap();
+            acc.add(Array3::from_shape_fn(shape, |(z, y, x)| (z + y * x) as f32).view());
+            let m = acc.moments(&p);
+            let (mean, mut std) = (m.mean64().clone(), m.std64().clone());
+            std.slice_mut(s![0, 0, ..4]).fill(0.0);
+            let want = normalize_block_with(block.view(), mean.view(), std.view(), &p).unwrap();
+            for level in crate::simd::available() {
+                let mut seen = Array3::<u8>::zeros(shape);
+                let mut origins = Vec::new();
+                let garbage = Array4::from_elem((t, chunk[1].min(5), chunk[2].min(7), 13), 7.5f32);
+                let garbage = ChunkedBlock::from_array(chunk, [0; 3], garbage.view()).unwrap();
+                let pool = std::cell::RefCell::new(vec![garbage]);
+                normalize_by_block_at(
+                    level,
+                    block.view(),
+                    mean.view(),
+                    std.view(),
+                    &p,
+                    chunk,
+                    || pool.borrow_mut().pop(),
+                    |b| {
+                        let o = b.origin();
+                        let [bt, bz, by, bx] = b.extent();
+                        assert_eq!((bt, o[2], bx, b.chunk()), (t, 0, 13, chunk));
+                        origins.push(o);
+                        let part = want.slice(s![.., o[0]..o[0] + bz, o[1]..o[1] + by, ..]);
+                        let plain = ChunkedBlock::from_array(chunk, o, part).unwrap();
+                        for ((at, c), (want_at, w)) in b.chunks().zip(plain.chunks()) {
+                            assert_eq!(at, want_at);
+                            assert!(c.iter().zip(w).all(|(a, b)| same(*a, *b)), "{level:?}");
+                        }
+                        seen.slice_mut(s![o[0]..o[0] + bz, o[1]..o[1] + by, ..])
+                            .mapv_inplace(|c| c + 1);
+                        pool.borrow_mut().push(b);
+                        Ok(())
+                    },
+                )
+                .unwrap();
+                assert!(seen.iter().all(|&c| c == 1));
+                let mut sorted = origins.clone();
+                sorted.sort();
+                assert_eq!(origins, sorted);
+            }
+        }
+        let block = Array4::<f32>::zeros((2, 4, 4, 4));
+        let (mean, std) = (
+            Array3::<f64>::zeros((4, 4, 4)),
+            Array3::<f64>::ones((4, 4, 5)),
+        );
+        let e = normalize_volumes_by_block(
+            block.view(),
+            mean.view(),
+            std.view(),
+            &ZscoreParams::default(),
+            [1, 2, 4, 4],
+            || None,
+            |_| Ok(()),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("moments of volumes"), "{e}");
+        let std = Array3::<f64>::ones((4, 4, 4));
+        let mut calls = 0;
+        let e = normalize_volumes_by_block(
+            block.view(),
+            mean.view(),
+            std.view(),
+            &ZscoreParams::default(),
+            [1, 2, 4, 4],
+            || None,
+            |_| {
+                calls += 1;
+                Err(Error::Data("disk full".into()))
+            },
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("disk full") && calls == 1, "{e}");
     }
 
     /// The block-wise kernel is the streaming accumulator and `normalize`, bit for bit, whatever the

@@ -19,7 +19,10 @@ use gpuprep_core::chunked::ChunkedBlock;
 use gpuprep_core::error::{Error, Result};
 use h5::Hdf5Out;
 use zarr::ZarrOut;
-pub use zarr::{store_block as store_zarr_block, IMAGE_KEY as ZARR_IMAGE_KEY, NGFF_VERSION};
+pub use zarr::{
+    store_block as store_zarr_block, store_volume as store_zarr_volume,
+    BlockWriter as ZarrBlockWriter, IMAGE_KEY as ZARR_IMAGE_KEY, NGFF_VERSION,
+};
 
 /// Target bytes of one chunk of a 4-D dataset.
 const CHUNK_BYTES: usize = 1 << 20;

@@ -118,3 +118,117 @@ pub fn write_zarr_block(
     let view = block.as_array();
     py(py_.detach(|| gpuprep_io::sink::store_zarr_block(&array_path, t0, view)))
 }
+
+/// Stores a float32 (z, y, x) `volume` as the whole of the existing 3-D Zarr array at `array_path`,
+/// in Rust with the GIL released.
+#[pyfunction]
+pub fn write_zarr_volume(
+    py_: Python<'_>,
+    array_path: std::path::PathBuf,
+    volume: &Bound<'_, PyAny>,
+) -> PyResult<()> {
+    let volume = crate::stream::aligned(volume)?;
+    let volume: numpy::PyReadonlyArray3<'_, f32> = volume.extract()?;
+    let view = volume.as_array();
+    py(py_.detach(|| gpuprep_io::sink::store_zarr_volume(&array_path, view)))
+}
+
+/// Pass 2 of the dask front end for one block: the float32 (n, z, y, x) `block` normalized by the f64
+/// `mean` and `std` (`normalize`'s values, its constant-voxel rule) and stored as timepoints `t0 ..`
+/// of the existing Zarr array at `array_path`, in Rust with the GIL released. On the CPU the z-scores
+/// are computed straight into the array's chunks (`normalize_volumes_by_block`) and written as each
+/// chunk row is done, on a thread of its own, so computing and writing overlap and no normalized
+/// (n, z, y, x) copy is made; on a GPU, the volumes are normalized there and stored as
+/// `write_zarr_block` stores them.
+#[pyfunction]
+#[allow(clippy::too_many_arguments)]
+pub fn normalize_zarr_block(
+    py_: Python<'_>,
+    array_path: std::path::PathBuf,
+    t0: usize,
+    block: &Bound<'_, PyAny>,
+    mean: &Bound<'_, PyAny>,
+    std: &Bound<'_, PyAny>,
+    constant_voxels: &str,
+    backend: &str,
+) -> PyResult<()> {
+    use gpuprep_core::backend::{Backend, Moments as CoreMoments};
+    use gpuprep_core::chunked::ChunkedBlock;
+    use gpuprep_core::params::ZscoreParams;
+    use std::sync::mpsc;
+
+    let p = ZscoreParams {
+        ddof: 0,
+        constant: crate::kernels::constant_voxels(constant_voxels)?,
+    };
+    let choice = crate::engine::Choice::parse(backend)?;
+    let (block, mean, std) = (
+        crate::stream::aligned(block)?,
+        crate::stream::aligned(mean)?,
+        crate::stream::aligned(std)?,
+    );
+    let block: PyReadonlyArray4<'_, f32> = block.extract()?;
+    let mean: numpy::PyReadonlyArray3<'_, f64> = mean.extract()?;
+    let std: numpy::PyReadonlyArray3<'_, f64> = std.extract()?;
+    let (block, mean, std) = (block.as_array(), mean.as_array(), std.as_array());
+    let (n, z, y, x) = block.dim();
+    if mean.dim() != (z, y, x) || std.dim() != (z, y, x) {
+        return Err(PyValueError::new_err(format!(
+            "mean, std: shapes {:?} and {:?} differ from the block's volumes {:?}",
+            mean.shape(),
+            std.shape(),
+            [z, y, x]
+        )));
+    }
+    py(py_.detach(|| -> gpuprep_core::error::Result<()> {
+        if let Some(mut gpu) = crate::engine::select(choice)? {
+            let m = CoreMoments::from_f64(mean.to_owned(), std.to_owned());
+            let b = gpu.backend();
+            let mut out = Array4::<f32>::zeros(block.raw_dim());
+            for (v, mut o) in block.outer_iter().zip(out.outer_iter_mut()) {
+                o.assign(&b.normalize(v, &m, &p)?);
+            }
+            return gpuprep_io::sink::store_zarr_block(&array_path, t0, out.view());
+        }
+        let writer = gpuprep_io::sink::ZarrBlockWriter::open(&array_path, t0, n, [z, y, x])?;
+        let chunk = writer.chunk();
+        // Non-contiguous inputs (not from numpy's usual layouts) are made contiguous once.
+        let (block, mean, std) = (
+            block.as_standard_layout(),
+            mean.as_standard_layout(),
+            std.as_standard_layout(),
+        );
+        std::thread::scope(|scope| {
+            let (tx, rx) = mpsc::sync_channel::<ChunkedBlock<f32>>(1);
+            let (spare_tx, spares) = mpsc::channel::<ChunkedBlock<f32>>();
+            let writer = &writer;
+            let written = scope.spawn(move || -> gpuprep_core::error::Result<()> {
+                for b in rx {
+                    writer.write(&b)?;
+                    let _ = spare_tx.send(b);
+                }
+                Ok(())
+            });
+            let computed = gpuprep_core::zscore::normalize_volumes_by_block(
+                block.view(),
+                mean.view(),
+                std.view(),
+                &p,
+                chunk,
+                || spares.try_recv().ok(),
+                // A send fails only when the writer stopped on an error, which `join` returns.
+                |b| {
+                    tx.send(b)
+                        .map_err(|_| gpuprep_core::error::Error::Data("the writer stopped".into()))
+                },
+            );
+            drop(tx);
+            let written = written.join().unwrap_or_else(|_| {
+                Err(gpuprep_core::error::Error::Data(
+                    "the writer panicked".into(),
+                ))
+            });
+            written.and(computed)
+        })
+    }))
+}

@@ -602,3 +602,36 @@ def test_shards_and_compression_as_the_cli(dataset, tmp_path, kwargs):
 def test_shard_needs_an_output(dataset):
     with pytest.raises(ValueError, match="shard: applies to an output"):
         gd.preprocess(dataset["dir"], shard=True, backend="cpu")
+
+
+@pytest.mark.parametrize("compression", ["none", "zstd"])
+def test_pass_two_writes_normalize_s_values_into_the_chunks(tmp_path, backend, compression):
+    """Pass 2's one call (``normalize_zarr_block``: on the CPU the z-scores computed in the chunks' layout
+    and written as each is done) stores ``normalize``'s values, edge chunks included (odd shapes, chunks
+    cut by the volume's edge), a block at a time; a block off the chunks' bounds and a volume of another
+    shape are refused with the array named, and nothing of them written."""
+    from gpuprep import _gpuprep
+
+    rng = np.random.default_rng(7)
+    t, shape, chunks = 6, (5, 7, 11), (2, 2, 3, 4)
+    (tmp_path / "running").touch()
+    path = str(tmp_path / "store" / "0")
+    gd._create_array(path, (t,) + shape, chunks, np.float32, compression, True)
+    vols = rng.normal(3.0, 2.0, (t,) + shape).astype(np.float32)
+    mean = vols.mean(axis=0, dtype=np.float64)
+    std = vols.std(axis=0, dtype=np.float64)
+    std[0, 0, :3] = 0.0  # constant voxels: NaN
+    for t0 in range(0, t, 2):
+        _gpuprep.normalize_zarr_block(path, t0, vols[t0 : t0 + 2], mean, std, "nan", backend)
+    want = gpuprep.normalize(vols, mean, std, backend=backend)
+    got = zarr.open_array(path, mode="r")[:]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    np.testing.assert_array_equal(got, want) if backend == "cpu" else assert_data_close(got, want)
+    before = got.copy()
+    with pytest.raises(OSError, match=r"store/0.*chunks span 2 timepoints"):
+        _gpuprep.normalize_zarr_block(path, 1, vols[1:3], mean, std, "nan", "cpu")
+    with pytest.raises(OSError, match=r"store/0.*shape \[6, 5, 7, 11\]"):
+        _gpuprep.normalize_zarr_block(path, 0, vols[:2, :4], mean[:4], std[:4], "nan", "cpu")
+    with pytest.raises(ValueError, match="differ from the block's volumes"):
+        _gpuprep.normalize_zarr_block(path, 0, vols[:2], mean[:4], std, "nan", "cpu")
+    np.testing.assert_array_equal(zarr.open_array(path, mode="r")[:], before)

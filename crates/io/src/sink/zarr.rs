@@ -609,3 +609,147 @@ pub fn store_block(array_dir: &Path, t0: usize, block: ArrayView4<f32>) -> Resul
     }
     store_chunks(&array, [t0 as u64, 0, 0, 0], block).map_err(|e| zarr_error(array_dir, what(), e))
 }
+
+/// Stores `volume` as the whole of the existing 3-D float32 Zarr array at `array_dir` (the dask front
+/// end's `mean` and `std`, written by a worker), encoded with the array's codecs.
+pub fn store_volume(array_dir: &Path, volume: ArrayView3<f32>) -> Result<()> {
+    let what = || "writing the volume".to_string();
+    let fs = FilesystemStore::new(array_dir).map_err(|e| zarr_error(array_dir, what(), e))?;
+    let array = Array::open(Arc::new(OutputStore::new(fs)), "/")
+        .map_err(|e| zarr_error(array_dir, what(), e))?;
+    let shape = array.shape().to_vec();
+    let (z, y, x) = volume.dim();
+    if shape != [z as u64, y as u64, x as u64] || array.data_type() != &data_type::float32() {
+        return Err(Error::Output {
+            path: array_dir.to_path_buf(),
+            message: format!(
+                "{}: the array is {} of shape {shape:?}; the volume is float32 ({z}, {y}, {x})",
+                what(),
+                array.data_type()
+            ),
+        });
+    }
+    store(&array, &[0, 0, 0], volume.as_standard_layout().into_owned())
+        .map_err(|e| zarr_error(array_dir, what(), e))
+}
+
+/// Timepoints `t0 .. t0 + n` of the existing 4-D float32 Zarr array at `array_dir` (one that another
+/// process created: the dask front end's output), written as `ChunkedBlock`s (the z-scores of
+/// `gpuprep_core::zscore::normalize_volumes_by_block`, computed in the chunks' own layout): the array
+/// opened once, each chunk handed over as it is held (raw chunks written from the block, directly to
+/// the device where the store can, on threads of their own), no (t, z, y, x) array gathered.
+pub struct BlockWriter {
+    path: PathBuf,
+    array: Array<OutputStore>,
+    raw: bool,
+    t0: usize,
+    n: usize,
+}
+
+impl BlockWriter {
+    /// Opens the array for blocks of `n` timepoints from `t0` of volumes `volume` (z, y, x): its shape,
+    /// data type and chunking along t must suit them (the block covers whole chunks along t, so each
+    /// chunk has one writer).
+    pub fn open(array_dir: &Path, t0: usize, n: usize, volume: [usize; 3]) -> Result<BlockWriter> {
+        let what = format!(
+            "writing timepoints {t0}-{}",
+            (t0 + n).saturating_sub(1).max(t0)
+        );
+        let fs =
+            FilesystemStore::new(array_dir).map_err(|e| zarr_error(array_dir, what.clone(), e))?;
+        let array = Array::open(Arc::new(OutputStore::new(fs)), "/")
+            .map_err(|e| zarr_error(array_dir, what.clone(), e))?;
+        let shape = array.shape().to_vec();
+        let fits = shape.len() == 4
+            && shape[1..] == volume.map(|v| v as u64)
+            && (t0 + n) as u64 <= shape[0]
+            && array.data_type() == &data_type::float32();
+        let mismatch = |why: String| Error::Output {
+            path: array_dir.to_path_buf(),
+            message: format!("{what}: {why}"),
+        };
+        if !fits {
+            return Err(mismatch(format!(
+                "the array is {} of shape {shape:?}; the block is float32 timepoints {t0}..{} of volumes {volume:?}",
+                array.data_type(),
+                t0 + n
+            )));
+        }
+        let ct = array
+            .chunk_shape(&[0; 4])
+            .map_err(|e| zarr_error(array_dir, what.clone(), e))?[0]
+            .get() as usize;
+        if !t0.is_multiple_of(ct) || !(n.is_multiple_of(ct) || (t0 + n) as u64 == shape[0]) {
+            return Err(mismatch(format!(
+                "the array's chunks span {ct} timepoints; a block must start and end on their bounds"
+            )));
+        }
+        let raw = raw_chunks(&array);
+        Ok(BlockWriter {
+            path: array_dir.to_path_buf(),
+            array,
+            raw,
+            t0,
+            n,
+        })
+    }
+
+    /// The array's chunk (t, z, y, x): the blocks' chunking.
+    pub fn chunk(&self) -> [usize; 4] {
+        let c = self
+            .array
+            .chunk_shape(&[0; 4])
+            .expect("a 4-D array has a chunk at the origin (checked when opened)");
+        std::array::from_fn(|i| c[i].get() as usize)
+    }
+
+    /// Stores `block` (timepoints `0 .. n` of it are the writer's `t0 ..`), each chunk whole.
+    pub fn write(&self, block: &ChunkedBlock<f32>) -> Result<()> {
+        use rayon::prelude::*;
+        let chunk = block.chunk();
+        if chunk != self.chunk() || block.extent()[0] != self.n {
+            return Err(Error::Output {
+                path: self.path.clone(),
+                message: format!(
+                    "a block of {:?} in chunks of {chunk:?}: expected {} timepoints in the array's chunks {:?}",
+                    block.extent(),
+                    self.n,
+                    self.chunk()
+                ),
+            });
+        }
+        let (array, raw, t0) = (&self.array, self.raw, self.t0);
+        let store = array.storage();
+        let chunks: Vec<_> = block.chunks().collect();
+        let put = |&(at, data): &([usize; 4], &[f32])| {
+            let mut at = at;
+            at[0] += t0;
+            let indices: Vec<u64> = (0..4).map(|i| (at[i] / chunk[i]) as u64).collect();
+            if raw {
+                let key = array.chunk_key(&indices);
+                return crate::cleanup::gated(|| {
+                    store.write_whole(&key, bytemuck::cast_slice(data))
+                })
+                .map_err(|e| zarrs::array::ArrayError::StorageError(e.into()));
+            }
+            crate::cleanup::gated(|| array.store_chunk(&indices, data))
+        };
+        if raw {
+            crate::direct::on_write_threads(&chunks, put)
+        } else {
+            chunks.par_iter().try_for_each(put)
+        }
+        .map_err(|e| {
+            let [z, y, x] = block.origin();
+            let (t0, n) = (self.t0, self.n);
+            zarr_error(
+                &self.path,
+                format!(
+                    "writing timepoints {t0}-{} at (z, y, x) = ({z}, {y}, {x})",
+                    (t0 + n).saturating_sub(1).max(t0)
+                ),
+                e,
+            )
+        })
+    }
+}

@@ -654,7 +654,10 @@ def write_stats(stats: tuple | str, store: str, name: str) -> int:
     normalization rather than before it (every block waits for the moments, none for these writes), and
     two rather than one so that no worker's share of pass 2 carries both."""
     mean, std = _stats(stats)
-    _write(os.path.join(store, name), None, (mean if name == "mean" else std).astype(np.float32))
+    path = os.path.join(store, name)
+    _check_running(path)
+    # Through gpuprep's writer (zarr-python's first write in a worker cost it 0.2 s here).
+    _gpuprep.write_zarr_volume(path, (mean if name == "mean" else std).astype(np.float32))
     return 1
 
 
@@ -759,7 +762,7 @@ def _forget_stats_everywhere(client: Any) -> None:
 def normalize_kept(side: dict, out: str, stats: tuple | str, p: _Params) -> int:
     """Pass 2 of the output with pass 1's volumes kept in the workers' memory: normalized, written to ``0``."""
     vols = side["volumes"]
-    _write(out, side["t0"], normalize_block(vols, stats, p))
+    _normalize_write(out, side["t0"], vols, stats, p)
     return len(vols)
 
 
@@ -768,11 +771,31 @@ def normalize_stored(scratch: str, out: str, t0: int, n: int, stats: tuple | str
     import zarr
 
     vols = zarr.open_array(scratch, mode="r")[t0 : t0 + n]
-    _write(out, t0, normalize_block(vols, stats, p))
+    _normalize_write(out, t0, vols, stats, p)
     return n
 
 
+def _normalize_write(array_path: str, t0: int, vols: np.ndarray, stats: tuple | str, p: _Params) -> None:
+    """``normalize_block`` of ``vols`` written as timepoints ``t0 ..`` of ``array_path`` (as ``_write``
+    writes, the same values), in one Rust call: on the CPU the z-scores are computed in the chunks'
+    layout and written as they are done, with no normalized copy of the block."""
+    _check_running(array_path)
+    mean, std = _stats(stats)
+    _gpuprep.normalize_zarr_block(
+        array_path, t0, _aligned(vols, np.float32), _aligned(mean, np.float64), _aligned(std, np.float64),
+        p.constant_voxels, p.backend,
+    )
+
+
 _MARKER = "running"
+
+
+def _check_running(array_path: str) -> None:
+    """Raises unless the run that made the temporary store holding ``array_path`` is still going (its
+    directory's marker present): a task still running after a failure must not recreate the directory."""
+    tmpdir = os.path.dirname(os.path.dirname(array_path.rstrip("/")))
+    if not os.path.exists(os.path.join(tmpdir, _MARKER)):
+        raise RuntimeError(f"{tmpdir}: the run was abandoned; not writing {os.path.basename(array_path)}")
 
 
 def _write(array_path: str, t0: int | None, values: np.ndarray) -> None:
@@ -780,9 +803,7 @@ def _write(array_path: str, t0: int | None, values: np.ndarray) -> None:
     directory's marker gone): a task still running after a failure must not recreate the directory."""
     import zarr
 
-    tmpdir = os.path.dirname(os.path.dirname(array_path.rstrip("/")))
-    if not os.path.exists(os.path.join(tmpdir, _MARKER)):
-        raise RuntimeError(f"{tmpdir}: the run was abandoned; not writing {os.path.basename(array_path)}")
+    _check_running(array_path)
     if t0 is None:
         zarr.open_array(array_path, mode="r+")[...] = values
     else:
