@@ -197,6 +197,80 @@ impl Accumulator {
     }
 }
 
+/// The mean and standard deviation (with `ddof`) of partial moments `(count, mean, m2)` of the same
+/// voxels merged in order: what `Accumulator::merge` of each into a copy of the first, then
+/// `moments`, give, bit for bit, in one pass and without the copy (the dask front end's slab of the
+/// stats from the workers' partials).
+pub fn merged_stats(
+    parts: &[(u64, ArrayView3<'_, f64>, ArrayView3<'_, f64>)],
+    ddof: u32,
+) -> Result<(Array3<f64>, Array3<f64>)> {
+    let Some((_, first, _)) = parts.first() else {
+        return Err(Error::Data("merged stats of no moments".into()));
+    };
+    let dim = first.dim();
+    if let Some((_, m, m2)) = parts
+        .iter()
+        .find(|(_, m, m2)| m.dim() != dim || m2.dim() != dim)
+    {
+        return Err(Error::Data(format!(
+            "cannot merge moments of volumes {} and {} with moments of volumes {}",
+            fmt_dim(m.dim()),
+            fmt_dim(m2.dim()),
+            fmt_dim(dim)
+        )));
+    }
+    let total: u64 = parts.iter().map(|p| p.0).sum();
+    let dof = total as f64 - ddof as f64;
+    let mut mean = Array3::<f64>::zeros(dim);
+    let mut std = Array3::<f64>::zeros(dim);
+    let standard: Vec<_> = parts
+        .iter()
+        .map(|(c, m, m2)| (*c, m.as_standard_layout(), m2.as_standard_layout()))
+        .collect();
+    let (mean_out, std_out) = (
+        mean.as_slice_mut().expect("a new array is contiguous"),
+        std.as_slice_mut().expect("a new array is contiguous"),
+    );
+    mean_out
+        .par_chunks_mut(SERIES_CHUNK)
+        .zip(std_out.par_chunks_mut(SERIES_CHUNK))
+        .enumerate()
+        .for_each(|(r, (mean_out, std_out))| {
+            let at = r * SERIES_CHUNK;
+            let len = mean_out.len();
+            let part = |k: usize| {
+                let (c, m, m2) = &standard[k];
+                let (m, m2) = (
+                    m.as_slice().expect("standard layout"),
+                    m2.as_slice().expect("standard layout"),
+                );
+                (*c, &m[at..at + len], &m2[at..at + len])
+            };
+            let (mut na, m, m2) = part(0);
+            mean_out.copy_from_slice(m);
+            std_out.copy_from_slice(m2);
+            for k in 1..standard.len() {
+                let (nb, mb, m2b) = part(k);
+                if nb == 0 {
+                    continue;
+                }
+                let (fa, fb) = (na as f64, nb as f64);
+                let n = fa + fb;
+                for (((mean, m2), &mb), &m2b) in
+                    mean_out.iter_mut().zip(std_out.iter_mut()).zip(mb).zip(m2b)
+                {
+                    let delta = mb - *mean;
+                    *mean += delta * (fb / n);
+                    *m2 += m2b + delta * delta * (fa * fb / n);
+                }
+                na += nb;
+            }
+            std_out.iter_mut().for_each(|s| *s = std_from_m2(*s, dof));
+        });
+    Ok((mean, std))
+}
+
 /// `sqrt(m2 / dof)`, NaN when `dof <= 0` (numpy's answer for `n <= ddof`).
 #[inline(always)]
 pub fn std_from_m2(m2: f64, dof: f64) -> f64 {
@@ -930,6 +1004,53 @@ mod tests {
         let e = zscore_volumes_in_place(&mut odd, &ZscoreParams::default()).unwrap_err();
         assert!(e.to_string().contains("volume 1 has shape"), "{e}");
         assert!(zscore_volumes_in_place::<f32>(&mut [], &ZscoreParams::default()).is_err());
+    }
+
+    /// `merged_stats` of partials is a copy of the first with the others merged into it in order, then
+    /// finalized, bit for bit (an empty partial among them, uneven counts, ddof 0 and 1); shapes that
+    /// differ are refused.
+    #[test]
+    fn merged_stats_equal_merge_then_moments() {
+        let shape = [3, 4, 5];
+        let vol = |k: usize| {
+            Array3::from_shape_fn(shape, |(z, y, x)| {
+                (((z * 4 + y) * 5 + x) * 7919 + k * 104729) as f32 % 1013.0 * 0.37 - 50.0
+            })
+        };
+        let mut parts = Vec::new();
+        for (start, n) in [(0, 3), (3, 0), (3, 1), (4, 5)] {
+            let mut a = Accumulator::new(shape);
+            (start..start + n).for_each(|k| a.add(vol(k).view()));
+            parts.push(a);
+        }
+        for ddof in [0, 1] {
+            let p = ZscoreParams {
+                ddof,
+                ..Default::default()
+            };
+            let mut want = parts[0].copy_in(Array3::zeros(shape), Array3::zeros(shape));
+            parts[1..].iter().for_each(|o| want.merge(o).unwrap());
+            let want = want.moments(&p);
+            let views: Vec<_> = parts
+                .iter()
+                .map(|a| {
+                    let (c, m, m2) = a.parts();
+                    (c, m.view(), m2.view())
+                })
+                .collect();
+            let (mean, std) = merged_stats(&views, ddof).unwrap();
+            let bits = |a: &Array3<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+            assert_eq!(bits(&mean), bits(want.mean64()));
+            assert_eq!(bits(&std), bits(want.std64()));
+        }
+        let other = Array3::<f64>::zeros([3, 4, 6]);
+        let (c, m, m2) = parts[0].parts();
+        let e = merged_stats(
+            &[(c, m.view(), m2.view()), (1, other.view(), other.view())],
+            0,
+        );
+        assert!(e.unwrap_err().to_string().contains("cannot merge"));
+        assert!(merged_stats(&[], 0).is_err());
     }
 
     /// The known-moments pass (the dask front end's) is `normalize_block_with`, bit for bit, on every

@@ -34,6 +34,7 @@ fn _gpuprep(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(source::write_zarr_block, m)?)?;
     m.add_function(wrap_pyfunction!(source::normalize_zarr_block, m)?)?;
     m.add_function(wrap_pyfunction!(source::write_zarr_volume, m)?)?;
+    m.add_function(wrap_pyfunction!(stream::merged_stats, m)?)?;
     m.add_class::<stream::Reference>()?;
     m.add_class::<stream::Moments>()?;
     Ok(())

@@ -568,9 +568,15 @@ impl Moments {
         Ok(slf)
     }
 
-    /// The moments of planes `z0..z1` (a copy): the part of a partial that one task of a reduce-scatter
-    /// merges.
-    fn slab(&self, z0: usize, z1: usize) -> PyResult<Moments> {
+    /// `(count, mean, m2)` of planes `z0..z1` as numpy arrays (one copy): the piece of a partial that
+    /// one task of a reduce-scatter merges, sent as plain arrays (dask moves those without pickling
+    /// copies) and merged by `merged_stats` as they arrive.
+    fn slab_parts<'py>(
+        &self,
+        py_: Python<'py>,
+        z0: usize,
+        z1: usize,
+    ) -> PyResult<(u64, Bound<'py, PyArray3<f64>>, Bound<'py, PyArray3<f64>>)> {
         let (count, mean, m2) = self.acc.parts();
         let nz = mean.dim().0;
         if z0 >= z1 || z1 > nz {
@@ -579,9 +585,11 @@ impl Moments {
             )));
         }
         let take = |a: &Array3<f64>| a.slice(ndarray::s![z0..z1, .., ..]).to_owned();
-        Ok(Moments {
-            acc: py(Accumulator::from_parts(count, take(mean), take(m2)))?,
-        })
+        Ok((
+            count,
+            take(mean).into_pyarray(py_),
+            take(m2).into_pyarray(py_),
+        ))
     }
 
     /// Frees the arrays kept for reuse from dropped Moments; returns the bytes freed.
@@ -675,6 +683,32 @@ impl Moments {
         let (z, y, x) = self.shape();
         format!("Moments(shape=({z}, {y}, {x}), count={})", self.acc.count())
     }
+}
+
+/// `(mean, std)` (float64, std with `ddof`) of partial moments `[(count, mean, m2), ...]` of the same
+/// voxels merged in order (Chan et al.): `Moments.merge` of each into a copy of the first, then
+/// `finalize`, bit for bit, in one pass with the GIL released.
+#[pyfunction]
+#[pyo3(signature = (parts, ddof = 0))]
+pub fn merged_stats<'py>(
+    py_: Python<'py>,
+    parts: Vec<(u64, Bound<'py, PyAny>, Bound<'py, PyAny>)>,
+    ddof: u32,
+) -> PyResult<(Bound<'py, PyArray3<f64>>, Bound<'py, PyArray3<f64>>)> {
+    let arrays = parts
+        .iter()
+        .map(|(c, m, m2)| -> PyResult<_> {
+            let m: PyReadonlyArray3<'py, f64> = aligned(m)?.extract()?;
+            let m2: PyReadonlyArray3<'py, f64> = aligned(m2)?.extract()?;
+            Ok((*c, m, m2))
+        })
+        .collect::<PyResult<Vec<_>>>()?;
+    let views: Vec<_> = arrays
+        .iter()
+        .map(|(c, m, m2)| (*c, m.as_array(), m2.as_array()))
+        .collect();
+    let (mean, std) = py(py_.detach(|| gpuprep_core::zscore::merged_stats(&views, ddof)))?;
+    Ok((mean.into_pyarray(py_), std.into_pyarray(py_)))
 }
 
 /// The CLI's flag for suspicious frames (`gpuprep_pipeline::qc::suspicious`) over a whole run's

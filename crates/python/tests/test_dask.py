@@ -416,7 +416,7 @@ def test_reduce_scatter_of_the_stats_equals_the_whole_merge(tmp_path, planes):
     path = str(tmp_path / "stats.npy")
     gd._create_stats_file(path, data.shape[1:])
     for z0, z1 in reversed(planes):  # any order: each task writes only its planes
-        assert gd.save_stats_slab(path, z0, z1, 1, *[p.slab(z0, z1) for p in parts]) == (z0, z1)
+        assert gd.save_stats_slab(path, z0, z1, 1, *[gd.moments_slab(p, z0, z1) for p in parts]) == (z0, z1)
     got, want = np.load(path), np.load(whole)
     assert got.shape == want.shape == (2,) + data.shape[1:]
     np.testing.assert_allclose(got, want, rtol=1e-13)
@@ -424,9 +424,14 @@ def test_reduce_scatter_of_the_stats_equals_the_whole_merge(tmp_path, planes):
     mapped = gd._map_populated(path)
     np.testing.assert_array_equal(mapped, got)
     with pytest.raises(ValueError, match="slab 3..3"):
-        parts[0].slab(3, 3)
+        parts[0].slab_parts(3, 3)
     with pytest.raises(ValueError, match="slab 0..8"):
-        parts[0].slab(0, 8)
+        parts[0].slab_parts(0, 8)
+    # The slabs as dask hands them over: (count, mean, M2) of those planes.
+    count, mean, m2 = gd.moments_slab(parts[2], 2, 5)
+    assert count == 6
+    np.testing.assert_array_equal(mean, parts[2].mean[2:5])
+    np.testing.assert_array_equal(m2, parts[2].m2[2:5])
 
 
 # ---------------------------------------------------------------------------------------------------------

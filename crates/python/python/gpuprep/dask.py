@@ -917,18 +917,25 @@ def _paired_moments(client: Any, moments: list, on_merge: Any = None) -> tuple[l
     return [(f, w) for w, f in parts], counts
 
 
-def moments_slab(m: Any, z0: int, z1: int) -> Any:
-    """Planes ``z0:z1`` of a partial (run where the partial is: only the slab travels)."""
-    return _moments(m).slab(z0, z1)
+def moments_slab(m: Any, z0: int, z1: int) -> tuple[int, np.ndarray, np.ndarray]:
+    """Planes ``z0:z1`` of a partial as (count, mean, M2) arrays (run where the partial is: only the slab
+    travels, as plain arrays, which dask sends without pickling copies)."""
+    return _moments(m).slab_parts(z0, z1)
+
+
+def _parts(m: Any) -> tuple[int, np.ndarray, np.ndarray]:
+    """(count, mean, M2) of a partial: ``moments_slab``'s tuple as it is, a Moments' arrays copied."""
+    if isinstance(m, gpuprep.Moments):
+        return m.count, m.mean, m.m2
+    count, mean, m2 = m
+    return int(count), mean, m2
 
 
 def save_stats_slab(path: str, z0: int, z1: int, ddof: int, *slabs: Any) -> tuple[int, int]:
     """One task of the reduce-scatter: the workers' partials of planes ``z0:z1`` merged (Chan et al.),
     finalized, and written into their place in the stats file ``_create_stats_file`` laid out."""
-    m = _moments(slabs[0]).copy()
-    for other in slabs[1:]:
-        m.merge(_moments(other))
-    mean, std = m.finalize(ddof=ddof)
+    # Merged (in the workers' order) and finalized in one pass, the received arrays read where they are.
+    mean, std = _gpuprep.merged_stats([_parts(s) for s in slabs], ddof)
     with open(path, "r+b") as f:
         shape, _, _, offset = _read_npy_header(f)
         nvox = int(np.prod(shape[1:]))
