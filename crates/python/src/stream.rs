@@ -568,6 +568,16 @@ impl Moments {
         Ok(slf)
     }
 
+    /// These moments and `other`'s merged into new Moments (Chan et al.), neither changed: `copy()`
+    /// then `merge(other)`, bit for bit, in one pass.
+    fn merged(&self, py_: Python<'_>, other: PyRef<'_, Moments>) -> PyResult<Moments> {
+        let (mean, m2) = pooled_pair(self.acc.parts().1.dim());
+        let (a, b) = (&self.acc, &other.acc);
+        Ok(Moments {
+            acc: py(py_.detach(|| a.merged_in(b, mean, m2)))?,
+        })
+    }
+
     /// `(count, mean, m2)` of planes `z0..z1` as numpy arrays (one copy): the piece of a partial that
     /// one task of a reduce-scatter merges, sent as plain arrays (dask moves those without pickling
     /// copies) and merged by `merged_stats` as they arrive.

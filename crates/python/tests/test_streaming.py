@@ -41,6 +41,24 @@ def test_moments_merged_over_blocks_equal_one_pass():
         np.testing.assert_allclose(std1, data.std(axis=0, ddof=ddof), rtol=1e-11)
 
 
+def test_moments_merged_is_copy_then_merge_and_changes_neither():
+    data = series(2)
+    a, b = gpuprep.Moments(data.shape[1:]), gpuprep.Moments(data.shape[1:])
+    a.update(data[:3])
+    b.update(data[3:])
+    before = (a.mean, a.m2, b.mean, b.m2)
+    want = a.copy()
+    want.merge(b)
+    got = a.merged(b)
+    assert got.count == want.count == data.shape[0]
+    np.testing.assert_array_equal(got.mean, want.mean)  # bit for bit
+    np.testing.assert_array_equal(got.m2, want.m2)
+    for x, y in zip(before, (a.mean, a.m2, b.mean, b.m2)):
+        np.testing.assert_array_equal(x, y)
+    with pytest.raises(ValueError, match=r"\(3, 2, 4\)"):
+        gpuprep.Moments((2, 3, 4)).merged(gpuprep.Moments((3, 2, 4)))
+
+
 def test_moments_pickle_and_refuse_mismatches():
     m = gpuprep.Moments((2, 3, 4))
     m.update(np.ones((2, 3, 4), np.float32))

@@ -632,9 +632,7 @@ def block_shifts(side: dict) -> np.ndarray:
 def merge_moments(a: Any, b: Any) -> Any:
     """Chan et al.'s pairwise merge of two Moments, into a new object: a task's inputs may be read again
     (or by a rerun)."""
-    m = _moments(a).copy()
-    m.merge(_moments(b))
-    return m
+    return _moments(a).merged(_moments(b))
 
 
 def finalize_moments(m: Any, ddof: int) -> tuple[np.ndarray, np.ndarray]:
