@@ -1049,21 +1049,28 @@ mod tests {
         assert!(zscore_volumes_in_place::<f32>(&mut [], &ZscoreParams::default()).is_err());
     }
 
+    /// Volume `k` of a deterministic test series of `shape`.
+    fn test_volume(shape: [usize; 3], k: usize) -> Array3<f32> {
+        Array3::from_shape_fn(shape, |(z, y, x)| {
+            (((z * shape[1] + y) * shape[2] + x) * 7919 + k * 104729) as f32 % 1013.0 * 0.37 - 50.0
+        })
+    }
+
+    /// The bits of each value, for comparisons bit for bit.
+    fn bits(a: &Array3<f64>) -> Vec<u64> {
+        a.iter().map(|v| v.to_bits()).collect()
+    }
+
     /// `merged_in` is a copy then `merge`, bit for bit (an empty side either way), and changes neither.
     #[test]
     fn merged_in_equals_copy_then_merge() {
         let shape = [3, 4, 5];
-        let vol = |k: usize| {
-            Array3::from_shape_fn(shape, |(z, y, x)| {
-                (((z * 4 + y) * 5 + x) * 7919 + k * 104729) as f32 % 1013.0 * 0.37 - 50.0
-            })
-        };
+        let vol = |k: usize| test_volume(shape, k);
         let acc = |ks: std::ops::Range<usize>| {
             let mut a = Accumulator::new(shape);
             ks.for_each(|k| a.add(vol(k).view()));
             a
         };
-        let bits = |a: &Array3<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
         for (a, b) in [
             (acc(0..3), acc(3..8)),
             (acc(0..0), acc(0..2)),
@@ -1095,11 +1102,7 @@ mod tests {
     #[test]
     fn merged_stats_equal_merge_then_moments() {
         let shape = [3, 4, 5];
-        let vol = |k: usize| {
-            Array3::from_shape_fn(shape, |(z, y, x)| {
-                (((z * 4 + y) * 5 + x) * 7919 + k * 104729) as f32 % 1013.0 * 0.37 - 50.0
-            })
-        };
+        let vol = |k: usize| test_volume(shape, k);
         let mut parts = Vec::new();
         for (start, n) in [(0, 3), (3, 0), (3, 1), (4, 5)] {
             let mut a = Accumulator::new(shape);
@@ -1122,7 +1125,6 @@ mod tests {
                 })
                 .collect();
             let (mean, std) = merged_stats(&views, ddof).unwrap();
-            let bits = |a: &Array3<f64>| a.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
             assert_eq!(bits(&mean), bits(want.mean64()));
             assert_eq!(bits(&std), bits(want.std64()));
         }

@@ -233,6 +233,41 @@ pub fn zscore<'py>(
     }
 }
 
+/// Refuses moments whose shape is not that of the block's volumes.
+pub(crate) fn check_moments_shape(
+    block: ArrayView4<'_, f32>,
+    mean: ArrayView3<'_, f64>,
+    std: ArrayView3<'_, f64>,
+) -> PyResult<()> {
+    let (_, z, y, x) = block.dim();
+    if mean.dim() != (z, y, x) || std.dim() != (z, y, x) {
+        return Err(PyValueError::new_err(format!(
+            "mean, std: shapes {:?} and {:?} differ from the block's volumes {:?}",
+            mean.shape(),
+            std.shape(),
+            [z, y, x]
+        )));
+    }
+    Ok(())
+}
+
+/// `normalize` of each volume of `block` on the GPU.
+pub(crate) fn normalize_on_gpu(
+    gpu: &mut engine::Gpu,
+    block: ArrayView4<'_, f32>,
+    mean: ArrayView3<'_, f64>,
+    std: ArrayView3<'_, f64>,
+    p: &ZscoreParams,
+) -> gpuprep_core::error::Result<Array4<f32>> {
+    let m = CoreMoments::from_f64(mean.to_owned(), std.to_owned());
+    let b = gpu.backend();
+    let mut out = Array4::<f32>::zeros(block.raw_dim());
+    for (v, mut o) in block.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
+        o.assign(&b.normalize(v, &m, p)?);
+    }
+    Ok(out)
+}
+
 /// `(block - mean) / std` for each volume of a (t, z, y, x) float32 block, with f64 moments (from
 /// `Moments.finalize`) and the constant-voxel rule of `zscore`.
 #[pyfunction]
@@ -251,26 +286,10 @@ pub fn normalize<'py>(
     };
     let choice = Choice::parse(backend)?;
     let (block, mean, std) = (block.as_array(), mean.as_array(), std.as_array());
-    let (_, z, y, x) = block.dim();
-    if mean.dim() != (z, y, x) || std.dim() != (z, y, x) {
-        return Err(PyValueError::new_err(format!(
-            "mean, std: shapes {:?} and {:?} differ from the block's volumes {:?}",
-            mean.shape(),
-            std.shape(),
-            [z, y, x]
-        )));
-    }
+    check_moments_shape(block.view(), mean.view(), std.view())?;
     let out = py_.detach(|| {
         py((|| match engine::select(choice)? {
-            Some(mut gpu) => {
-                let m = CoreMoments::from_f64(mean.to_owned(), std.to_owned());
-                let b = gpu.backend();
-                let mut out = Array4::<f32>::zeros(block.raw_dim());
-                for (v, mut o) in block.axis_iter(Axis(0)).zip(out.axis_iter_mut(Axis(0))) {
-                    o.assign(&b.normalize(v, &m, &p)?);
-                }
-                Ok(out)
-            }
+            Some(mut gpu) => normalize_on_gpu(&mut gpu, block, mean, std, &p),
             // The CPU backend's `normalize`, a block at a time (the moments read once per block,
             // where they are: a block's worth of them copied per call cost as much as the sweep).
             None => gpuprep_core::zscore::normalize_block_with(block, mean, std, &p),

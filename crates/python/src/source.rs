@@ -152,7 +152,6 @@ pub fn normalize_zarr_block(
     constant_voxels: &str,
     backend: &str,
 ) -> PyResult<()> {
-    use gpuprep_core::backend::{Backend, Moments as CoreMoments};
     use gpuprep_core::chunked::ChunkedBlock;
     use gpuprep_core::params::ZscoreParams;
     use std::sync::mpsc;
@@ -171,23 +170,11 @@ pub fn normalize_zarr_block(
     let mean: numpy::PyReadonlyArray3<'_, f64> = mean.extract()?;
     let std: numpy::PyReadonlyArray3<'_, f64> = std.extract()?;
     let (block, mean, std) = (block.as_array(), mean.as_array(), std.as_array());
+    crate::kernels::check_moments_shape(block.view(), mean.view(), std.view())?;
     let (n, z, y, x) = block.dim();
-    if mean.dim() != (z, y, x) || std.dim() != (z, y, x) {
-        return Err(PyValueError::new_err(format!(
-            "mean, std: shapes {:?} and {:?} differ from the block's volumes {:?}",
-            mean.shape(),
-            std.shape(),
-            [z, y, x]
-        )));
-    }
     py(py_.detach(|| -> gpuprep_core::error::Result<()> {
         if let Some(mut gpu) = crate::engine::select(choice)? {
-            let m = CoreMoments::from_f64(mean.to_owned(), std.to_owned());
-            let b = gpu.backend();
-            let mut out = Array4::<f32>::zeros(block.raw_dim());
-            for (v, mut o) in block.outer_iter().zip(out.outer_iter_mut()) {
-                o.assign(&b.normalize(v, &m, &p)?);
-            }
+            let out = crate::kernels::normalize_on_gpu(&mut gpu, block, mean, std, &p)?;
             return gpuprep_io::sink::store_zarr_block(&array_path, t0, out.view());
         }
         let writer = gpuprep_io::sink::ZarrBlockWriter::open(&array_path, t0, n, [z, y, x])?;

@@ -408,6 +408,9 @@ pub fn process_block<'py>(
     Ok((v, s, e, p, d))
 }
 
+/// A float64 (z, y, x) numpy array.
+type F64Volume<'py> = Bound<'py, PyArray3<f64>>;
+
 /// Per-voxel running mean and M2 (sum of squared deviations) in float64 over the volumes given to
 /// `update`, mergeable with another's (`merge`: Chan et al.'s pairwise formula, equal to one pass to
 /// float64 rounding) and picklable, for z-scores computed block by block.
@@ -586,7 +589,7 @@ impl Moments {
         py_: Python<'py>,
         z0: usize,
         z1: usize,
-    ) -> PyResult<(u64, Bound<'py, PyArray3<f64>>, Bound<'py, PyArray3<f64>>)> {
+    ) -> PyResult<(u64, F64Volume<'py>, F64Volume<'py>)> {
         let (count, mean, m2) = self.acc.parts();
         let nz = mean.dim().0;
         if z0 >= z1 || z1 > nz {
@@ -704,7 +707,7 @@ pub fn merged_stats<'py>(
     py_: Python<'py>,
     parts: Vec<(u64, Bound<'py, PyAny>, Bound<'py, PyAny>)>,
     ddof: u32,
-) -> PyResult<(Bound<'py, PyArray3<f64>>, Bound<'py, PyArray3<f64>>)> {
+) -> PyResult<(F64Volume<'py>, F64Volume<'py>)> {
     let arrays = parts
         .iter()
         .map(|(c, m, m2)| -> PyResult<_> {

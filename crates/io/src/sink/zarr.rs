@@ -251,14 +251,8 @@ impl ZarrOut {
     /// Writes every timepoint over `block`, its chunks encoded and written on several threads as
     /// the block holds them; the caller has checked the name and shapes.
     pub(super) fn write_block(&mut self, name: &str, block: &ChunkedBlock<f32>) -> Result<()> {
-        use rayon::prelude::*;
         let (path, t) = (self.path.clone(), self.t);
-        let store = self.store.clone();
         let v = self.volume_mut(name)?;
-        // Raw chunks are their own encoding: each is written from the block as it is, no copy made
-        // (zarrs would encode it into a fresh buffer), and directly to the device where the store
-        // can (`OutputStore`).
-        let raw = raw_chunks(&v.array);
         if !v.pending.is_empty() {
             // Their slab, stored when complete, would overwrite this block with its zeros.
             return Err(Error::Output {
@@ -268,26 +262,7 @@ impl ZarrOut {
         }
         // Every slab now has stored chunks: a volume written later merges into them.
         v.stored.extend(0..t.div_ceil(v.ct));
-        let chunk = block.chunk();
-        let chunks: Vec<_> = block.chunks().collect();
-        let array = &v.array;
-        let put = |(at, data): ([usize; 4], &[f32])| {
-            let indices: Vec<u64> = (0..4).map(|i| (at[i] / chunk[i]) as u64).collect();
-            if raw {
-                let key = array.chunk_key(&indices);
-                return crate::cleanup::gated(|| {
-                    store.write_whole(&key, bytemuck::cast_slice(data))
-                })
-                .map_err(|e| zarrs::array::ArrayError::StorageError(e.into()));
-            }
-            crate::cleanup::gated(|| array.store_chunk(&indices, data))
-        };
-        if raw {
-            crate::direct::on_write_threads(&chunks, |&c| put(c))
-        } else {
-            chunks.into_par_iter().try_for_each(put)
-        }
-        .map_err(|e| {
+        store_block_chunks(&v.array, 0, block).map_err(|e| {
             let [z, y, x] = block.origin();
             zarr_error(
                 &path,
@@ -542,6 +517,36 @@ fn store_chunks(
         })
 }
 
+/// Stores each chunk of `block` whole, timepoint `t0` of the array at the block's first: raw chunks
+/// are their own encoding, so each is written from the block as it is, no copy made (zarrs would
+/// encode it into a fresh buffer), directly to the device where the store can (`OutputStore`), on
+/// the direct-write threads; other codecs encode on rayon's threads.
+fn store_block_chunks(
+    array: &Array<OutputStore>,
+    t0: usize,
+    block: &ChunkedBlock<f32>,
+) -> std::result::Result<(), zarrs::array::ArrayError> {
+    use rayon::prelude::*;
+    let (chunk, raw, store) = (block.chunk(), raw_chunks(array), array.storage());
+    let chunks: Vec<_> = block.chunks().collect();
+    let put = |&(at, data): &([usize; 4], &[f32])| {
+        let indices: Vec<u64> = (0..4)
+            .map(|i| ((at[i] + if i == 0 { t0 } else { 0 }) / chunk[i]) as u64)
+            .collect();
+        if raw {
+            let key = array.chunk_key(&indices);
+            return crate::cleanup::gated(|| store.write_whole(&key, bytemuck::cast_slice(data)))
+                .map_err(|e| zarrs::array::ArrayError::StorageError(e.into()));
+        }
+        crate::cleanup::gated(|| array.store_chunk(&indices, data))
+    };
+    if raw {
+        crate::direct::on_write_threads(&chunks, put)
+    } else {
+        chunks.par_iter().try_for_each(put)
+    }
+}
+
 /// Whether `array`'s chunks are stored raw: float32 through the `bytes` codec alone, little-endian
 /// like this machine, so a chunk's elements are its encoding.
 fn raw_chunks(array: &Array<OutputStore>) -> bool {
@@ -641,7 +646,6 @@ pub fn store_volume(array_dir: &Path, volume: ArrayView3<f32>) -> Result<()> {
 pub struct BlockWriter {
     path: PathBuf,
     array: Array<OutputStore>,
-    raw: bool,
     t0: usize,
     n: usize,
 }
@@ -684,11 +688,9 @@ impl BlockWriter {
                 "the array's chunks span {ct} timepoints; a block must start and end on their bounds"
             )));
         }
-        let raw = raw_chunks(&array);
         Ok(BlockWriter {
             path: array_dir.to_path_buf(),
             array,
-            raw,
             t0,
             n,
         })
@@ -705,7 +707,6 @@ impl BlockWriter {
 
     /// Stores `block` (timepoints `0 .. n` of it are the writer's `t0 ..`), each chunk whole.
     pub fn write(&self, block: &ChunkedBlock<f32>) -> Result<()> {
-        use rayon::prelude::*;
         let chunk = block.chunk();
         if chunk != self.chunk() || block.extent()[0] != self.n {
             return Err(Error::Output {
@@ -718,28 +719,7 @@ impl BlockWriter {
                 ),
             });
         }
-        let (array, raw, t0) = (&self.array, self.raw, self.t0);
-        let store = array.storage();
-        let chunks: Vec<_> = block.chunks().collect();
-        let put = |&(at, data): &([usize; 4], &[f32])| {
-            let mut at = at;
-            at[0] += t0;
-            let indices: Vec<u64> = (0..4).map(|i| (at[i] / chunk[i]) as u64).collect();
-            if raw {
-                let key = array.chunk_key(&indices);
-                return crate::cleanup::gated(|| {
-                    store.write_whole(&key, bytemuck::cast_slice(data))
-                })
-                .map_err(|e| zarrs::array::ArrayError::StorageError(e.into()));
-            }
-            crate::cleanup::gated(|| array.store_chunk(&indices, data))
-        };
-        if raw {
-            crate::direct::on_write_threads(&chunks, put)
-        } else {
-            chunks.par_iter().try_for_each(put)
-        }
-        .map_err(|e| {
+        store_block_chunks(&self.array, self.t0, block).map_err(|e| {
             let [z, y, x] = block.origin();
             let (t0, n) = (self.t0, self.n);
             zarr_error(
