@@ -581,21 +581,30 @@ pub fn zarr_error(
     }
 }
 
+/// The existing Zarr array at `array_dir` (made by another process), opened for writing through an
+/// `OutputStore`; failures name the array and `what` was being done.
+fn open_existing(array_dir: &Path, what: &str) -> Result<Array<OutputStore>> {
+    let fs = FilesystemStore::new(array_dir).map_err(|e| zarr_error(array_dir, what.into(), e))?;
+    Array::open(Arc::new(OutputStore::new(fs)), "/")
+        .map_err(|e| zarr_error(array_dir, what.into(), e))
+}
+
+/// "writing timepoints a-b", for the errors of writes of `n` timepoints from `t0`.
+fn writing_timepoints(t0: usize, n: usize) -> String {
+    format!(
+        "writing timepoints {t0}-{}",
+        (t0 + n).saturating_sub(1).max(t0)
+    )
+}
+
 /// Stores `block` as timepoints `t0 ..` of the existing 4-D float32 Zarr array at `array_dir` (one
 /// that another process created, e.g. the dask front end's client), its chunks encoded with the array's
 /// codecs and written on several threads, without a sync per chunk. The block should cover whole chunks
 /// along t (each chunk one writer); errors name the array and the timepoints.
 pub fn store_block(array_dir: &Path, t0: usize, block: ArrayView4<f32>) -> Result<()> {
     let n = block.dim().0;
-    let what = || {
-        format!(
-            "writing timepoints {t0}-{}",
-            (t0 + n).saturating_sub(1).max(t0)
-        )
-    };
-    let fs = FilesystemStore::new(array_dir).map_err(|e| zarr_error(array_dir, what(), e))?;
-    let array = Array::open(Arc::new(OutputStore::new(fs)), "/")
-        .map_err(|e| zarr_error(array_dir, what(), e))?;
+    let what = || writing_timepoints(t0, n);
+    let array = open_existing(array_dir, &what())?;
     let shape = array.shape().to_vec();
     let (_, z, y, x) = block.dim();
     let fits = shape.len() == 4
@@ -619,9 +628,7 @@ pub fn store_block(array_dir: &Path, t0: usize, block: ArrayView4<f32>) -> Resul
 /// end's `mean` and `std`, written by a worker), encoded with the array's codecs.
 pub fn store_volume(array_dir: &Path, volume: ArrayView3<f32>) -> Result<()> {
     let what = || "writing the volume".to_string();
-    let fs = FilesystemStore::new(array_dir).map_err(|e| zarr_error(array_dir, what(), e))?;
-    let array = Array::open(Arc::new(OutputStore::new(fs)), "/")
-        .map_err(|e| zarr_error(array_dir, what(), e))?;
+    let array = open_existing(array_dir, &what())?;
     let shape = array.shape().to_vec();
     let (z, y, x) = volume.dim();
     if shape != [z as u64, y as u64, x as u64] || array.data_type() != &data_type::float32() {
@@ -646,6 +653,8 @@ pub fn store_volume(array_dir: &Path, volume: ArrayView3<f32>) -> Result<()> {
 pub struct BlockWriter {
     path: PathBuf,
     array: Array<OutputStore>,
+    /// The array's chunk (t, z, y, x).
+    chunk: [usize; 4],
     t0: usize,
     n: usize,
 }
@@ -655,14 +664,8 @@ impl BlockWriter {
     /// data type and chunking along t must suit them (the block covers whole chunks along t, so each
     /// chunk has one writer).
     pub fn open(array_dir: &Path, t0: usize, n: usize, volume: [usize; 3]) -> Result<BlockWriter> {
-        let what = format!(
-            "writing timepoints {t0}-{}",
-            (t0 + n).saturating_sub(1).max(t0)
-        );
-        let fs =
-            FilesystemStore::new(array_dir).map_err(|e| zarr_error(array_dir, what.clone(), e))?;
-        let array = Array::open(Arc::new(OutputStore::new(fs)), "/")
-            .map_err(|e| zarr_error(array_dir, what.clone(), e))?;
+        let what = writing_timepoints(t0, n);
+        let array = open_existing(array_dir, &what)?;
         let shape = array.shape().to_vec();
         let fits = shape.len() == 4
             && shape[1..] == volume.map(|v| v as u64)
@@ -679,10 +682,11 @@ impl BlockWriter {
                 t0 + n
             )));
         }
-        let ct = array
+        let c = array
             .chunk_shape(&[0; 4])
-            .map_err(|e| zarr_error(array_dir, what.clone(), e))?[0]
-            .get() as usize;
+            .map_err(|e| zarr_error(array_dir, what.clone(), e))?;
+        let chunk: [usize; 4] = std::array::from_fn(|i| c[i].get() as usize);
+        let ct = chunk[0];
         if !t0.is_multiple_of(ct) || !(n.is_multiple_of(ct) || (t0 + n) as u64 == shape[0]) {
             return Err(mismatch(format!(
                 "the array's chunks span {ct} timepoints; a block must start and end on their bounds"
@@ -691,6 +695,7 @@ impl BlockWriter {
         Ok(BlockWriter {
             path: array_dir.to_path_buf(),
             array,
+            chunk,
             t0,
             n,
         })
@@ -698,36 +703,29 @@ impl BlockWriter {
 
     /// The array's chunk (t, z, y, x): the blocks' chunking.
     pub fn chunk(&self) -> [usize; 4] {
-        let c = self
-            .array
-            .chunk_shape(&[0; 4])
-            .expect("a 4-D array has a chunk at the origin (checked when opened)");
-        std::array::from_fn(|i| c[i].get() as usize)
+        self.chunk
     }
 
     /// Stores `block` (timepoints `0 .. n` of it are the writer's `t0 ..`), each chunk whole.
     pub fn write(&self, block: &ChunkedBlock<f32>) -> Result<()> {
         let chunk = block.chunk();
-        if chunk != self.chunk() || block.extent()[0] != self.n {
+        if chunk != self.chunk || block.extent()[0] != self.n {
             return Err(Error::Output {
                 path: self.path.clone(),
                 message: format!(
                     "a block of {:?} in chunks of {chunk:?}: expected {} timepoints in the array's chunks {:?}",
                     block.extent(),
                     self.n,
-                    self.chunk()
+                    self.chunk
                 ),
             });
         }
         store_block_chunks(&self.array, self.t0, block).map_err(|e| {
             let [z, y, x] = block.origin();
-            let (t0, n) = (self.t0, self.n);
+            let what = writing_timepoints(self.t0, self.n);
             zarr_error(
                 &self.path,
-                format!(
-                    "writing timepoints {t0}-{} at (z, y, x) = ({z}, {y}, {x})",
-                    (t0 + n).saturating_sub(1).max(t0)
-                ),
+                format!("{what} at (z, y, x) = ({z}, {y}, {x})"),
                 e,
             )
         })

@@ -921,19 +921,12 @@ def moments_slab(m: Any, z0: int, z1: int) -> tuple[int, np.ndarray, np.ndarray]
     return _moments(m).slab_parts(z0, z1)
 
 
-def _parts(m: Any) -> tuple[int, np.ndarray, np.ndarray]:
-    """(count, mean, M2) of a partial: ``moments_slab``'s tuple as it is, a Moments' arrays copied."""
-    if isinstance(m, gpuprep.Moments):
-        return m.count, m.mean, m.m2
-    count, mean, m2 = m
-    return int(count), mean, m2
-
 
 def save_stats_slab(path: str, z0: int, z1: int, ddof: int, *slabs: Any) -> tuple[int, int]:
     """One task of the reduce-scatter: the workers' partials of planes ``z0:z1`` merged (Chan et al.),
     finalized, and written into their place in the stats file ``_create_stats_file`` laid out."""
     # Merged (in the workers' order) and finalized in one pass, the received arrays read where they are.
-    mean, std = _gpuprep.merged_stats([_parts(s) for s in slabs], ddof)
+    mean, std = _gpuprep.merged_stats([(int(c), m, m2) for c, m, m2 in slabs], ddof)
     with open(path, "r+b") as f:
         shape, _, _, offset = _read_npy_header(f)
         nvox = int(np.prod(shape[1:]))
