@@ -133,50 +133,95 @@ fn key3(iz: i32, iy: i32, ix: i32) -> u32 {
 //   1. each (y, x) column of the tile and its one-voxel halo is read once, its three z samples
 //      (boundary mode applied here, once per column, not per window element) sorted as keys;
 //   2. each padded x of each output row gets its sorted 3x3 (z, y) column from three of those
-//      triples (`sort9_sorted_triples`), once for the three outputs that read it;
-//   3. each output merges the sorted columns at x and x + 1 (`merge9`, Batcher) and takes rank 13 of
-//      that and the column at x - 1 as a min of maxes, exact for two sorted lists.
+//      triples (`sort_column`), once for the three outputs that read it;
+//   3. each output merges the sorted columns at x and x + 1 (Batcher) and takes rank 13 of that and
+//      the column at x - 1 as a min of maxes, exact for two sorted lists (`median_of_columns`).
 // About 70 compare-exchanges and 5 reads of the volume per output, against some 200 and 27 for a
 // selection over each window alone. Same result, bit for bit, as `median3d` with size (3, 3, 3) and
 // as the CPU twin (a selection: the 14th smallest key, whatever the network).
+// Straight-line code: keys live in named scalars, never in a private array (which shader compilers
+// zero-fill, bounds-clamp and may spill), and each invocation's share of steps 1 and 2 is at most two
+// calls, not a loop (tests/shaders.rs checks both in naga's IR).
 const TX: u32 = 16u;
 const TY: u32 = 4u;
 const HX: u32 = 18u; // TX + 2
 const HY: u32 = 6u;  // TY + 2
+const_assert TX * TY == 64u;
+const_assert HX * HY <= 128u && HX * TY <= 128u;
 // Sorted z triples of the tile's (HY, HX) columns (low, middle, high), then the sorted 3x3 columns
 // of its TY rows at each padded x (9 keys, ascending).
 var<workgroup> tri: array<u32, 324>;
 var<workgroup> col: array<u32, 648>;
 
-fn cx9(v: ptr<function, array<u32, 9>>, i: u32, j: u32) {
-    let a = (*v)[i];
-    let b = (*v)[j];
-    (*v)[i] = min(a, b);
-    (*v)[j] = max(a, b);
+// Compare-exchange: the smaller key to `a`, the larger to `b`.
+fn cx(a: ptr<function, u32>, b: ptr<function, u32>) {
+    let x = *a;
+    let y = *b;
+    *a = min(x, y);
+    *b = max(x, y);
 }
 
-fn cx18(v: ptr<function, array<u32, 18>>, i: u32, j: u32) {
-    let a = (*v)[i];
-    let b = (*v)[j];
-    (*v)[i] = min(a, b);
-    (*v)[j] = max(a, b);
+// Step 1 for the tile's padded column `c` (row c / HX, x c % HX): its z triple, sorted, into `tri`.
+fn load_triple(c: u32, z0: i32, z1: i32, z2: i32, x0: i32, y0: i32) {
+    let iy = extend_index(y0 + i32(c / HX) - 1, i32(p.ny), p.mode);
+    let ix = extend_index(x0 + i32(c % HX) - 1, i32(p.nx), p.mode);
+    var a = key3(z0, iy, ix);
+    var b = key3(z1, iy, ix);
+    var d = key3(z2, iy, ix);
+    cx(&a, &b); cx(&b, &d); cx(&a, &b);
+    tri[c * 3u] = a;
+    tri[c * 3u + 1u] = b;
+    tri[c * 3u + 2u] = d;
 }
 
-// Sorts 9 whose triples 0..3, 3..6, 6..9 are sorted: the CPU twin's `SORT9_SORTED_TRIPLES`.
-fn sort9_sorted_triples(v: ptr<function, array<u32, 9>>) {
-    cx9(v, 2u, 5u); cx9(v, 0u, 3u); cx9(v, 1u, 4u); cx9(v, 5u, 8u); cx9(v, 3u, 6u); cx9(v, 4u, 7u);
-    cx9(v, 2u, 5u); cx9(v, 0u, 3u); cx9(v, 1u, 4u); cx9(v, 5u, 7u); cx9(v, 2u, 6u); cx9(v, 1u, 3u);
-    cx9(v, 4u, 6u); cx9(v, 2u, 4u); cx9(v, 5u, 6u); cx9(v, 2u, 3u);
+// Step 2 for output row c / HX at padded x c % HX: the triples of padded rows r, r + 1, r + 2
+// (`tri` entries c, c + HX, c + 2 HX), sorted into `col`. The network is the CPU twin's
+// `SORT9_SORTED_TRIPLES`, which sorts 9 keys whose triples 0..3, 3..6, 6..9 are sorted.
+fn sort_column(c: u32) {
+    let t0 = c * 3u;
+    let t1 = t0 + 3u * HX;
+    let t2 = t1 + 3u * HX;
+    var s0 = tri[t0]; var s1 = tri[t0 + 1u]; var s2 = tri[t0 + 2u];
+    var s3 = tri[t1]; var s4 = tri[t1 + 1u]; var s5 = tri[t1 + 2u];
+    var s6 = tri[t2]; var s7 = tri[t2 + 1u]; var s8 = tri[t2 + 2u];
+    cx(&s2, &s5); cx(&s0, &s3); cx(&s1, &s4); cx(&s5, &s8); cx(&s3, &s6); cx(&s4, &s7);
+    cx(&s2, &s5); cx(&s0, &s3); cx(&s1, &s4); cx(&s5, &s7); cx(&s2, &s6); cx(&s1, &s3);
+    cx(&s4, &s6); cx(&s2, &s4); cx(&s5, &s6); cx(&s2, &s3);
+    let o = c * 9u;
+    col[o] = s0; col[o + 1u] = s1; col[o + 2u] = s2;
+    col[o + 3u] = s3; col[o + 4u] = s4; col[o + 5u] = s5;
+    col[o + 6u] = s6; col[o + 7u] = s7; col[o + 8u] = s8;
 }
 
-// Batcher's odd-even merge of sorted 0..9 and 9..18: the CPU twin's `MERGE9`. Rank k ends on wire
-// MERGE9_RANK[k] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 9, 17][k].
-fn merge9(v: ptr<function, array<u32, 18>>) {
-    cx18(v, 0u, 9u); cx18(v, 8u, 17u); cx18(v, 8u, 9u); cx18(v, 4u, 13u); cx18(v, 4u, 8u); cx18(v, 13u, 9u);
-    cx18(v, 2u, 11u); cx18(v, 6u, 15u); cx18(v, 6u, 11u); cx18(v, 2u, 4u); cx18(v, 6u, 8u); cx18(v, 11u, 13u);
-    cx18(v, 15u, 9u); cx18(v, 1u, 10u); cx18(v, 5u, 14u); cx18(v, 5u, 10u); cx18(v, 3u, 12u); cx18(v, 7u, 16u);
-    cx18(v, 7u, 12u); cx18(v, 3u, 5u); cx18(v, 7u, 10u); cx18(v, 12u, 14u); cx18(v, 1u, 2u); cx18(v, 3u, 4u);
-    cx18(v, 5u, 6u); cx18(v, 7u, 8u); cx18(v, 10u, 11u); cx18(v, 12u, 13u); cx18(v, 14u, 15u); cx18(v, 16u, 9u);
+// Step 3: rank 13 of the 27 keys in the sorted columns at `left` (x - 1), `left` + 9 (x) and
+// `left` + 18 (x + 1). The last two are merged by the CPU twin's `MERGE9` (Batcher's odd-even merge
+// of sorted m0..m8 and m9..m17; rank k ends on wire MERGE9_RANK[k] =
+// [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14, 15, 16, 9, 17][k]); rank 13 is then the smallest,
+// over ways of taking 14 keys from the fronts of the merged 18 and the left 9, of the largest taken
+// (ranks 4..=13 of the merged, through MERGE9_RANK).
+fn median_of_columns(left: u32) -> u32 {
+    var m0 = col[left + 9u]; var m1 = col[left + 10u]; var m2 = col[left + 11u];
+    var m3 = col[left + 12u]; var m4 = col[left + 13u]; var m5 = col[left + 14u];
+    var m6 = col[left + 15u]; var m7 = col[left + 16u]; var m8 = col[left + 17u];
+    var m9 = col[left + 18u]; var m10 = col[left + 19u]; var m11 = col[left + 20u];
+    var m12 = col[left + 21u]; var m13 = col[left + 22u]; var m14 = col[left + 23u];
+    var m15 = col[left + 24u]; var m16 = col[left + 25u]; var m17 = col[left + 26u];
+    cx(&m0, &m9); cx(&m8, &m17); cx(&m8, &m9); cx(&m4, &m13); cx(&m4, &m8); cx(&m13, &m9);
+    cx(&m2, &m11); cx(&m6, &m15); cx(&m6, &m11); cx(&m2, &m4); cx(&m6, &m8); cx(&m11, &m13);
+    cx(&m15, &m9); cx(&m1, &m10); cx(&m5, &m14); cx(&m5, &m10); cx(&m3, &m12); cx(&m7, &m16);
+    cx(&m7, &m12); cx(&m3, &m5); cx(&m7, &m10); cx(&m12, &m14); cx(&m1, &m2); cx(&m3, &m4);
+    cx(&m5, &m6); cx(&m7, &m8); cx(&m10, &m11); cx(&m12, &m13); cx(&m14, &m15); cx(&m16, &m9);
+    var r = m14;
+    r = min(r, max(m4, col[left + 8u]));
+    r = min(r, max(m5, col[left + 7u]));
+    r = min(r, max(m6, col[left + 6u]));
+    r = min(r, max(m7, col[left + 5u]));
+    r = min(r, max(m8, col[left + 4u]));
+    r = min(r, max(m10, col[left + 3u]));
+    r = min(r, max(m11, col[left + 2u]));
+    r = min(r, max(m12, col[left + 1u]));
+    r = min(r, max(m13, col[left]));
+    return r;
 }
 
 @compute @workgroup_size(64)
@@ -196,32 +241,18 @@ fn median3d_27(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let z0 = source_z(z, -1);
     let z1 = source_z(z, 0);
     let z2 = source_z(z, 1);
-    for (var c = l; c < HX * HY; c += 64u) {
-        let iy = extend_index(y0 + i32(c / HX) - 1, i32(p.ny), p.mode);
-        let ix = extend_index(x0 + i32(c % HX) - 1, i32(p.nx), p.mode);
-        let a = key3(z0, iy, ix);
-        let b = key3(z1, iy, ix);
-        let d = key3(z2, iy, ix);
-        let lo = min(a, b);
-        let hi = max(a, b);
-        let top = max(hi, d);
-        let mid = min(hi, d);
-        tri[c * 3u] = min(lo, mid);
-        tri[c * 3u + 1u] = max(lo, mid);
-        tri[c * 3u + 2u] = top;
+    if (l < HX * HY) {
+        load_triple(l, z0, z1, z2, x0, y0);
+    }
+    if (l + 64u < HX * HY) {
+        load_triple(l + 64u, z0, z1, z2, x0, y0);
     }
     workgroupBarrier();
-    for (var c = l; c < HX * TY; c += 64u) {
-        let r = c / HX;
-        let h = c % HX;
-        var v: array<u32, 9>;
-        for (var k = 0u; k < 9u; k++) {
-            v[k] = tri[((r + k / 3u) * HX + h) * 3u + k % 3u];
-        }
-        sort9_sorted_triples(&v);
-        for (var k = 0u; k < 9u; k++) {
-            col[c * 9u + k] = v[k];
-        }
+    if (l < HX * TY) {
+        sort_column(l);
+    }
+    if (l + 64u < HX * TY) {
+        sort_column(l + 64u);
     }
     workgroupBarrier();
     let ox = x0 + i32(l % TX);
@@ -231,23 +262,5 @@ fn median3d_27(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     // Columns at padded x = h (left), h + 1 (the output's own), h + 2 (right).
     let left = ((l / TX) * HX + l % TX) * 9u;
-    var m: array<u32, 18>;
-    for (var k = 0u; k < 9u; k++) {
-        m[k] = col[left + 9u + k];
-        m[9u + k] = col[left + 18u + k];
-    }
-    merge9(&m);
-    // Rank 13 of the 27: the smallest, over ways of taking 14 keys from the fronts of the merged
-    // 18 and the left 9, of the largest taken (ranks 4..=13 of the merged, through MERGE9_RANK).
-    var r = m[14];
-    r = min(r, max(m[4], col[left + 8u]));
-    r = min(r, max(m[5], col[left + 7u]));
-    r = min(r, max(m[6], col[left + 6u]));
-    r = min(r, max(m[7], col[left + 5u]));
-    r = min(r, max(m[8], col[left + 4u]));
-    r = min(r, max(m[10], col[left + 3u]));
-    r = min(r, max(m[11], col[left + 2u]));
-    r = min(r, max(m[12], col[left + 1u]));
-    r = min(r, max(m[13], col[left]));
-    dst[(u32(z) * p.ny + u32(oy)) * p.nx + u32(ox)] = from_key(r);
+    dst[(u32(z) * p.ny + u32(oy)) * p.nx + u32(ox)] = from_key(median_of_columns(left));
 }

@@ -470,18 +470,24 @@ fn every_wgsl_file_is_a_registered_kernel() {
     }
 }
 
-/// The comparator pairs `name(v, i, j)` of the WGSL function `fun` in shaders/median3d.wgsl.
-fn wgsl_network(fun: &str, name: &str) -> Vec<(usize, usize)> {
+/// The comparator pairs `cx(&{var}i, &{var}j)` of the WGSL function `fun` in shaders/median3d.wgsl.
+fn wgsl_network(fun: &str, var: &str) -> Vec<(usize, usize)> {
     let path = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("shaders/median3d.wgsl");
     let text = std::fs::read_to_string(path).unwrap();
     let start = text.find(&format!("fn {fun}(")).expect("network function");
     let body = &text[start..start + text[start..].find("\n}").unwrap()];
-    body.split(&format!("{name}(v, "))
+    body.split("cx(&")
         .skip(1)
         .map(|call| {
             let args: Vec<usize> = call[..call.find(')').unwrap()]
                 .split(',')
-                .map(|a| a.trim().trim_end_matches('u').parse().unwrap())
+                .map(|a| {
+                    let a = a.trim().trim_start_matches('&');
+                    a.strip_prefix(var)
+                        .unwrap_or_else(|| panic!("{fun}: cx of {a}, not of {var}N"))
+                        .parse()
+                        .unwrap()
+                })
                 .collect();
             (args[0], args[1])
         })
@@ -494,8 +500,8 @@ fn wgsl_network(fun: &str, name: &str) -> Vec<(usize, usize)> {
 /// declares is the one the host dispatches.
 #[test]
 fn median27_tile_networks_sort_and_merge() {
-    let sort9 = wgsl_network("sort9_sorted_triples", "cx9");
-    let merge9 = wgsl_network("merge9", "cx18");
+    let sort9 = wgsl_network("sort_column", "s");
+    let merge9 = wgsl_network("median_of_columns", "m");
     assert_eq!((sort9.len(), merge9.len()), (16, 30));
     let apply = |v: &mut Vec<u8>, net: &[(usize, usize)]| {
         for &(i, j) in net {
@@ -544,4 +550,86 @@ fn median27_tile_networks_sort_and_merge() {
     assert!(src.contains(&format!("const HX: u32 = {}u;", tx + 2)));
     assert!(src.contains(&format!("const HY: u32 = {}u;", ty + 2)));
     assert_eq!(tx * ty, 64, "one invocation per output of the tile");
+}
+
+/// `median3d_27` is straight-line code in naga's IR: no loop and no function-local array in its entry
+/// point or in any function it calls (shader compilers zero-fill and bounds-clamp private arrays, and
+/// may keep them in memory rather than registers). The generic `median3d`, which selects in a private
+/// array, is the walk's own check: it must be caught.
+#[test]
+fn median3d_27_has_no_local_arrays_or_loops() {
+    let src = shaders::MEDIAN3D_27
+        .source(&[("MAX_WINDOW", 27)])
+        .unwrap_or_else(|e| panic!("{e}"));
+    let (module, _) = parse("median3d", &src);
+    let faults_of = |entry: &str| {
+        let ep = module.entry_points.iter().find(|e| e.name == entry).unwrap();
+        let mut reached = Vec::new();
+        let faults = straight_line_faults(&module, &ep.function, entry, &mut reached);
+        (faults, reached.len())
+    };
+    let (faults, reached) = faults_of("median3d_27");
+    assert!(faults.is_empty(), "median3d_27: {faults:?}");
+    // It reaches its helpers (load_triple, sort_column, median_of_columns, cx, key3, extend_index, ...).
+    assert!(reached >= 6, "the walk saw only {reached} called functions");
+    let (faults, _) = faults_of("median3d");
+    assert!(
+        faults.iter().any(|f| f.contains("loop")) && faults.iter().any(|f| f.contains("array")),
+        "the walk missed median3d's selection loop and window array: {faults:?}"
+    );
+}
+
+/// Loops and function-local arrays in `f` and, once each, in every function it calls.
+fn straight_line_faults(
+    module: &Module,
+    f: &naga::Function,
+    name: &str,
+    reached: &mut Vec<naga::Handle<naga::Function>>,
+) -> Vec<String> {
+    let mut faults = Vec::new();
+    for (_, var) in f.local_variables.iter() {
+        if let naga::TypeInner::Array { .. } = module.types[var.ty].inner {
+            faults.push(format!("{name}: local array {:?}", var.name));
+        }
+    }
+    let mut calls = Vec::new();
+    visit_statements(&f.body, &mut |st| match st {
+        naga::Statement::Loop { .. } => faults.push(format!("{name}: a loop")),
+        naga::Statement::Call { function, .. } => calls.push(*function),
+        _ => {}
+    });
+    for h in calls {
+        if !reached.contains(&h) {
+            reached.push(h);
+            let g = &module.functions[h];
+            let g_name = g.name.clone().unwrap_or_default();
+            faults.extend(straight_line_faults(module, g, &g_name, reached));
+        }
+    }
+    faults
+}
+
+fn visit_statements(block: &naga::Block, visit: &mut impl FnMut(&naga::Statement)) {
+    for st in block.iter() {
+        visit(st);
+        match st {
+            naga::Statement::Block(b) => visit_statements(b, visit),
+            naga::Statement::If { accept, reject, .. } => {
+                visit_statements(accept, visit);
+                visit_statements(reject, visit);
+            }
+            naga::Statement::Switch { cases, .. } => {
+                for c in cases {
+                    visit_statements(&c.body, visit);
+                }
+            }
+            naga::Statement::Loop {
+                body, continuing, ..
+            } => {
+                visit_statements(body, visit);
+                visit_statements(continuing, visit);
+            }
+            _ => {}
+        }
+    }
 }
