@@ -468,3 +468,92 @@ fn a_bad_last_volume_stops_the_run_while_it_is_the_lookahead() {
     assert_eq!(backend.calls.len(), 2);
     assert_eq!(listing(&out_dir), Vec::<String>::new());
 }
+
+/// `process_frame_into` (the CPU's shift written straight into the caller's array, as a block of
+/// timepoints is filled) gives `process_frame`'s volume, filtered volume, registration and moments
+/// bit for bit: into a contiguous view, into one whose planes are not contiguous (the copying route),
+/// with and without registration. An output of another shape is refused, naming both shapes.
+#[test]
+fn process_frame_into_equals_process_frame_bit_for_bit() {
+    use gpuprep_core::backend::FrameParts;
+    use ndarray::{s, Array4, Axis};
+    let shape = [7, 13, 29];
+    let mut state = 12345u64;
+    let mut next = || {
+        state = state
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        (state >> 40) as f32 / (1u64 << 24) as f32
+    };
+    let reference = Array3::from_shape_fn(shape, |_| next());
+    let frames: Vec<Array3<f32>> = (0..3)
+        .map(|i| {
+            let mut v = reference.clone();
+            v.accumulate_axis_inplace(Axis(2), |&a, b| *b = 0.7 * *b + 0.3 * a);
+            v.mapv(|x| x + 0.05 * next() + 0.1 * i as f32)
+        })
+        .collect();
+    let same = |a: ArrayView3<f32>, b: ArrayView3<f32>| {
+        a.shape() == b.shape() && a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits())
+    };
+    let reg = RegisterParams::new(4, Normalization::Phase).unwrap();
+    for registering in [true, false] {
+        let (mut a, mut b) = (CpuBackend::new(), CpuBackend::new());
+        let plan_of = |be: &mut CpuBackend| FramePlan {
+            median: Some(MedianParams::default()),
+            register: registering.then(|| be.set_reference(reference.view(), &reg).unwrap()),
+            register_on_raw: false,
+            shift: ShiftParams::default(),
+            accumulate: Some(be.reset_moments(shape).unwrap()),
+            keep_filtered: true,
+        };
+        let (pa, pb) = (plan_of(&mut a), plan_of(&mut b));
+        // Planes not contiguous: every other x of a wider array.
+        let mut wide = Array4::<f32>::zeros((frames.len(), shape[0], shape[1], 2 * shape[2]));
+        let mut block = Array4::<f32>::zeros((frames.len(), shape[0], shape[1], shape[2]));
+        for (t, raw) in frames.iter().enumerate() {
+            let want = a.process_frame(raw.view(), &pa).unwrap();
+            let out = if t % 2 == 0 {
+                block.index_axis_mut(Axis(0), t)
+            } else {
+                wide.slice_mut(s![t, .., .., ..;2])
+            };
+            let FrameParts {
+                filtered,
+                registration,
+            } = b.process_frame_into(raw.view(), &pb, out).unwrap();
+            let got = if t % 2 == 0 {
+                block.index_axis(Axis(0), t)
+            } else {
+                wide.slice(s![t, .., .., ..;2])
+            };
+            let ctx = format!("registering {registering}, t {t}");
+            assert!(same(want.volume.view(), got), "{ctx}: volume");
+            assert!(
+                same(want.filtered.unwrap().view(), filtered.unwrap().view()),
+                "{ctx}: filtered"
+            );
+            assert_eq!(
+                want.registration.map(|r| r.shift),
+                registration.map(|r| r.shift),
+                "{ctx}"
+            );
+            assert_eq!(registration.is_some(), registering, "{ctx}");
+        }
+        let zp = ZscoreParams::default();
+        let (ma, mb) = (
+            a.moments(&pa.accumulate.unwrap(), &zp).unwrap(),
+            b.moments(&pb.accumulate.unwrap(), &zp).unwrap(),
+        );
+        assert!(same(ma.mean().view(), mb.mean().view()) && same(ma.std().view(), mb.std().view()));
+        let mut small = Array3::<f32>::zeros([7, 13, 28]);
+        let err = b
+            .process_frame_into(frames[0].view(), &pb, small.view_mut())
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("(7, 13, 28)") && err.contains("(7, 13, 29)"),
+            "{err}"
+        );
+    }
+}

@@ -563,7 +563,11 @@ fn median3d_27_has_no_local_arrays_or_loops() {
         .unwrap_or_else(|e| panic!("{e}"));
     let (module, _) = parse("median3d", &src);
     let faults_of = |entry: &str| {
-        let ep = module.entry_points.iter().find(|e| e.name == entry).unwrap();
+        let ep = module
+            .entry_points
+            .iter()
+            .find(|e| e.name == entry)
+            .unwrap();
         let mut reached = Vec::new();
         let faults = straight_line_faults(&module, &ep.function, entry, &mut reached);
         (faults, reached.len())

@@ -14,7 +14,7 @@
 
 use crate::error::Result;
 use crate::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
-use ndarray::{Array3, ArrayView3};
+use ndarray::{Array3, ArrayView3, ArrayViewMut3};
 
 /// What to do with each timepoint in the first pass.
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -105,6 +105,15 @@ pub fn stale_handle(what: &str) -> crate::error::Error {
 pub struct FrameOutput {
     /// The volume after every enabled stage (filtered, then shifted).
     pub volume: Array3<f32>,
+    /// The filtered volume, when asked for.
+    pub filtered: Option<Array3<f32>>,
+    /// Registration result, when registering.
+    pub registration: Option<Registration>,
+}
+
+/// What `process_frame_into` produced besides the volume, which went into the caller's array.
+#[derive(Debug)]
+pub struct FrameParts {
     /// The filtered volume, when asked for.
     pub filtered: Option<Array3<f32>>,
     /// Registration result, when registering.
@@ -246,6 +255,20 @@ pub trait Backend {
         p: &ShiftParams,
     ) -> Result<Array3<f32>>;
 
+    /// `shift` written into `out` (`vol`'s shape) instead of a new array. The default shifts, then
+    /// copies; a backend whose shift can write in place overrides it.
+    fn shift_into(
+        &mut self,
+        vol: ArrayView3<f32>,
+        shift: [f64; 3],
+        p: &ShiftParams,
+        mut out: ArrayViewMut3<f32>,
+    ) -> Result<()> {
+        check_out_shape(&vol, &out)?;
+        out.assign(&self.shift(vol, shift, p)?);
+        Ok(())
+    }
+
     /// Start a new z-score accumulation for volumes of `shape`, replacing any earlier one.
     fn reset_moments(&mut self, shape: [usize; 3]) -> Result<Accumulation>;
 
@@ -266,6 +289,31 @@ pub trait Backend {
     /// The first pass for one timepoint: filter, register, shift, accumulate.
     fn process_frame(&mut self, raw: ArrayView3<f32>, plan: &FramePlan) -> Result<FrameOutput> {
         frame_by_stage(self, raw, plan)
+    }
+
+    /// `process_frame` with the volume written into `out` (`raw`'s shape): for a caller filling an
+    /// array of its own (a block of timepoints). The default copies `process_frame`'s volume; a
+    /// backend whose shift writes in place overrides it with `frame_into_by_stage`.
+    fn process_frame_into(
+        &mut self,
+        raw: ArrayView3<f32>,
+        plan: &FramePlan,
+        mut out: ArrayViewMut3<f32>,
+    ) -> Result<FrameParts> {
+        check_out_shape(&raw, &out)?;
+        let o = self.process_frame(raw, plan)?;
+        out.assign(&o.volume);
+        Ok(FrameParts {
+            filtered: o.filtered,
+            registration: o.registration,
+        })
+    }
+
+    /// Whether `process_stream` computes ahead of the volume it emits (takes the next volume to stage
+    /// it while the current one computes). Where it does not, a caller that holds all its volumes
+    /// loses nothing by calling `process_frame_into` on each instead.
+    fn streams_ahead(&self) -> bool {
+        false
     }
 
     /// The first pass over a stream of volumes: `process_frame` of each item of `frames` in order,
@@ -323,15 +371,8 @@ pub fn frame_by_stage<B: Backend + ?Sized>(
     raw: ArrayView3<f32>,
     plan: &FramePlan,
 ) -> Result<FrameOutput> {
-    let filtered = match &plan.median {
-        Some(m) => Some(b.median3d(raw, m)?),
-        None => None,
-    };
+    let (filtered, registration) = filter_and_register(b, raw, plan)?;
     let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
-    let registration = match &plan.register {
-        Some(r) => Some(b.register(r, if plan.register_on_raw { raw } else { current })?),
-        None => None,
-    };
     let volume = match registration {
         Some(r) => b.shift(current, r.shift, &plan.shift)?,
         None => current.to_owned(),
@@ -344,4 +385,57 @@ pub fn frame_by_stage<B: Backend + ?Sized>(
         filtered: if plan.keep_filtered { filtered } else { None },
         registration,
     })
+}
+
+/// `process_frame_into` as the sequence of the backend's stage calls, the shift through `shift_into`.
+pub fn frame_into_by_stage<B: Backend + ?Sized>(
+    b: &mut B,
+    raw: ArrayView3<f32>,
+    plan: &FramePlan,
+    mut out: ArrayViewMut3<f32>,
+) -> Result<FrameParts> {
+    check_out_shape(&raw, &out)?;
+    let (filtered, registration) = filter_and_register(b, raw, plan)?;
+    let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
+    match registration {
+        Some(r) => b.shift_into(current, r.shift, &plan.shift, out.view_mut())?,
+        None => out.assign(&current),
+    }
+    if let Some(acc) = &plan.accumulate {
+        b.accumulate(acc, out.view())?;
+    }
+    Ok(FrameParts {
+        filtered: if plan.keep_filtered { filtered } else { None },
+        registration,
+    })
+}
+
+/// The median (when planned) and the registration (when planned) of one timepoint.
+fn filter_and_register<B: Backend + ?Sized>(
+    b: &mut B,
+    raw: ArrayView3<f32>,
+    plan: &FramePlan,
+) -> Result<(Option<Array3<f32>>, Option<Registration>)> {
+    let filtered = match &plan.median {
+        Some(m) => Some(b.median3d(raw, m)?),
+        None => None,
+    };
+    let current = filtered.as_ref().map(|f| f.view()).unwrap_or(raw);
+    let registration = match &plan.register {
+        Some(r) => Some(b.register(r, if plan.register_on_raw { raw } else { current })?),
+        None => None,
+    };
+    Ok((filtered, registration))
+}
+
+/// An output array of another shape than its volume is the caller's bug, refused rather than broadcast.
+pub fn check_out_shape(vol: &ArrayView3<f32>, out: &ArrayViewMut3<f32>) -> Result<()> {
+    if vol.dim() != out.dim() {
+        return Err(crate::error::Error::Data(format!(
+            "an output of shape {:?} for a volume of shape {:?}",
+            out.dim(),
+            vol.dim()
+        )));
+    }
+    Ok(())
 }

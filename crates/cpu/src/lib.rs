@@ -16,10 +16,13 @@ pub mod zscore_f32;
 
 pub use gpuprep_core::zscore;
 
-use gpuprep_core::backend::{stale_handle, Accumulation, Backend, Moments, Reference};
+use gpuprep_core::backend::{
+    check_out_shape, frame_into_by_stage, stale_handle, Accumulation, Backend, FrameParts,
+    FramePlan, Moments, Reference,
+};
 use gpuprep_core::error::{Error, Result};
 use gpuprep_core::params::{MedianParams, RegisterParams, Registration, ShiftParams, ZscoreParams};
-use ndarray::{Array3, ArrayView3};
+use ndarray::{Array3, ArrayView3, ArrayViewMut3};
 
 /// The CPU backend: rayon-parallel kernels on the host.
 #[derive(Default)]
@@ -87,6 +90,32 @@ impl Backend for CpuBackend {
         p: &ShiftParams,
     ) -> Result<Array3<f32>> {
         Ok(shift::shift3d(vol, shift, p))
+    }
+
+    fn shift_into(
+        &mut self,
+        vol: ArrayView3<f32>,
+        shift: [f64; 3],
+        p: &ShiftParams,
+        mut out: ArrayViewMut3<f32>,
+    ) -> Result<()> {
+        check_out_shape(&vol, &out)?;
+        if shift::writable_in_place(&vol, &out) {
+            shift::shift3d_into(vol, shift, p, out);
+        } else {
+            out.assign(&shift::shift3d(vol, shift, p));
+        }
+        Ok(())
+    }
+
+    /// The stages one by one, the shift written straight into `out`.
+    fn process_frame_into(
+        &mut self,
+        raw: ArrayView3<f32>,
+        plan: &FramePlan,
+        out: ArrayViewMut3<f32>,
+    ) -> Result<FrameParts> {
+        frame_into_by_stage(self, raw, plan, out)
     }
 
     fn reset_moments(&mut self, shape: [usize; 3]) -> Result<Accumulation> {

@@ -12,7 +12,7 @@ use gpuprep_core::params::{BoundaryMode, ShiftParams};
 use gpuprep_core::spline::AxisPlan;
 /// The cubic B-spline prefilter lives with the spline set-up, shared with the GPU's host side.
 pub use gpuprep_core::spline::{prefilter_line, prefilter_rows};
-use ndarray::{Array2, Array3, ArrayView3, ArrayViewMut2, Axis};
+use ndarray::{Array2, Array3, ArrayView3, ArrayViewMut2, ArrayViewMut3, Axis};
 use rayon::prelude::*;
 
 /// Lines along z are processed this many at a time (one row of `prefilter_rows`).
@@ -77,6 +77,17 @@ pub fn shift3d(input: ArrayView3<f32>, shift: [f64; 3], p: &ShiftParams) -> Arra
     shift3d_at(simd::level(), input, shift, p)
 }
 
+/// `shift3d` written into `out`, which must have `input`'s shape and rows along x contiguous
+/// (checked: a panic names both, as a caller's bug; `CpuBackend::shift_into` checks them first).
+pub fn shift3d_into(
+    input: ArrayView3<f32>,
+    shift: [f64; 3],
+    p: &ShiftParams,
+    out: ArrayViewMut3<f32>,
+) {
+    shift3d_into_at(simd::level(), input, shift, p, out)
+}
+
 /// `shift3d` with its row loops at `level`.
 pub(crate) fn shift3d_at(
     level: Level,
@@ -84,6 +95,30 @@ pub(crate) fn shift3d_at(
     shift: [f64; 3],
     p: &ShiftParams,
 ) -> Array3<f32> {
+    let mut out = Array3::<f32>::zeros(input.dim());
+    shift3d_into_at(level, input, shift, p, out.view_mut());
+    out
+}
+
+/// Whether `shift3d_into` can write into `out`: `input`'s shape, each z-plane contiguous.
+pub fn writable_in_place(input: &ArrayView3<f32>, out: &ArrayViewMut3<f32>) -> bool {
+    input.dim() == out.dim() && (out.is_empty() || out.index_axis(Axis(0), 0).as_slice().is_some())
+}
+
+fn shift3d_into_at(
+    level: Level,
+    input: ArrayView3<f32>,
+    shift: [f64; 3],
+    p: &ShiftParams,
+    mut out: ArrayViewMut3<f32>,
+) {
+    assert!(
+        writable_in_place(&input, &out),
+        "shift3d_into: an output of shape {:?} (strides {:?}) for a volume of shape {:?}",
+        out.dim(),
+        out.strides(),
+        input.dim()
+    );
     let (nz, ny, nx) = input.dim();
     let plans: [AxisPlan; 3] = std::array::from_fn(|a| AxisPlan::new([nz, ny, nx][a], shift[a], p));
     let input = input.as_standard_layout();
@@ -105,7 +140,6 @@ pub(crate) fn shift3d_at(
         });
 
     // Passes 2 and 3, y then x, per plane, in blocks of lines small enough for L2.
-    let mut out = Array3::<f32>::zeros((nz, ny, nx));
     out.axis_iter_mut(Axis(0))
         .into_par_iter()
         .zip(after_z.axis_iter(Axis(0)).into_par_iter())
@@ -118,7 +152,7 @@ pub(crate) fn shift3d_at(
             },
             |(buf, after_y, col, tile_in, tile_out), (z, (mut dst, plane))| {
                 let plane = plane.as_slice().expect("rows are contiguous");
-                let dst = dst.as_slice_mut().expect("standard layout");
+                let dst = dst.as_slice_mut().expect("planes are contiguous (checked above)");
                 let (work, plans, mode) = ((buf, after_y, col, tile_in, tile_out), &plans, p.mode);
                 simd::dispatch!(level, yx_pass, (work: PlaneWork<'_>, plane: &[f64], dst: &mut [f32], plans: &[AxisPlan; 3], mode: BoundaryMode));
                 if p.mode == BoundaryMode::Constant {
@@ -127,7 +161,6 @@ pub(crate) fn shift3d_at(
             },
         );
     AFTER_Z.with(|b| b.replace(after_z.into_raw_vec_and_offset().0));
-    out
 }
 
 /// Per-thread buffers of the y and x passes: the prefiltered lines, the plane after y, one

@@ -286,30 +286,32 @@ fn first_pass(
 ) -> Result<(Array4<f32>, Vec<Option<Registration>>)> {
     let mut out = Array4::<f32>::zeros(block.raw_dim());
     let mut regs = Vec::with_capacity(block.dim().0);
-    let mut frames = block.axis_iter(Axis(0)).map(|v| Ok(v.to_owned()));
-    let mut t = 0;
-    b.process_stream(plan, &mut frames, &mut |o| {
-        let before = o
-            .filtered
-            .as_ref()
-            .map_or(block.index_axis(Axis(0), t), |f| f.view());
-        if let (Some(qc), Some(reference)) = (extras.qc.as_mut(), reference) {
-            qc.correlation_before
-                .push(gpuprep_pipeline::qc::correlation(before, reference));
-            qc.correlation_after.push(gpuprep_pipeline::qc::correlation(
-                o.volume.view(),
+    if b.streams_ahead() {
+        let mut frames = block.axis_iter(Axis(0)).map(|v| Ok(v.to_owned()));
+        let mut t = 0;
+        b.process_stream(plan, &mut frames, &mut |o| {
+            let raw = block.index_axis(Axis(0), t);
+            extras.keep(t, raw, o.filtered.as_ref(), o.volume.view(), reference);
+            out.index_axis_mut(Axis(0), t).assign(&o.volume);
+            regs.push(o.registration);
+            t += 1;
+            Ok(())
+        })?;
+    } else {
+        // The block's own volumes in, the shifted ones written into `out`: no volume-sized copies.
+        for t in 0..block.dim().0 {
+            let raw = block.index_axis(Axis(0), t);
+            let o = b.process_frame_into(raw, plan, out.index_axis_mut(Axis(0), t))?;
+            extras.keep(
+                t,
+                raw,
+                o.filtered.as_ref(),
+                out.index_axis(Axis(0), t),
                 reference,
-            ));
-            qc.projections.add(before, o.volume.view());
+            );
+            regs.push(o.registration);
         }
-        if let (Some(kept), Some(f)) = (extras.filtered.as_mut(), o.filtered.as_ref()) {
-            kept.index_axis_mut(Axis(0), t).assign(f);
-        }
-        out.index_axis_mut(Axis(0), t).assign(&o.volume);
-        regs.push(o.registration);
-        t += 1;
-        Ok(())
-    })?;
+    }
     Ok((out, regs))
 }
 
@@ -317,6 +319,32 @@ fn first_pass(
 struct Extras {
     qc: Option<BlockQc>,
     filtered: Option<Array4<f32>>,
+}
+
+impl Extras {
+    /// What is kept of frame `t` (`raw`, its `filtered` volume when there is a median, `after` its
+    /// shift): its QC against `reference`, comparing the frame before its shift (the filtered volume
+    /// when there is one) and after it; its filtered volume.
+    fn keep(
+        &mut self,
+        t: usize,
+        raw: ArrayView3<f32>,
+        filtered: Option<&Array3<f32>>,
+        after: ArrayView3<f32>,
+        reference: Option<ArrayView3<f32>>,
+    ) {
+        let before = filtered.map_or(raw, |f| f.view());
+        if let (Some(qc), Some(reference)) = (self.qc.as_mut(), reference) {
+            qc.correlation_before
+                .push(gpuprep_pipeline::qc::correlation(before, reference));
+            qc.correlation_after
+                .push(gpuprep_pipeline::qc::correlation(after, reference));
+            qc.projections.add(before, after);
+        }
+        if let (Some(kept), Some(f)) = (self.filtered.as_mut(), filtered) {
+            kept.index_axis_mut(Axis(0), t).assign(f);
+        }
+    }
 }
 
 /// A block's QC as `gpuprep run` computes it per frame.

@@ -516,6 +516,11 @@ impl Backend for GpuBackend {
         Ok(self.frame(raw, false, None, plan)?.out)
     }
 
+    /// It does on the fused route: `process_stream` stages the next volume's upload.
+    fn streams_ahead(&self) -> bool {
+        true
+    }
+
     /// `process_frame` of each volume; on the fused route the next volume is taken from `frames`
     /// before the current one computes and its upload staged meanwhile (one more volume held), on
     /// the tiled route volumes are taken one at a time.
