@@ -17,7 +17,9 @@
 //!   triple is sorted along z once for the three output rows that read it; three of those give each
 //!   padded x its sorted 3x3 (z, y) column, 16 more comparators, once for the three voxels that read
 //!   it; per voxel, the columns at x and x+1 are merged (Batcher, ranks 4..=13 kept) and rank 13 of
-//!   that and the column at x-1 is a min of maxes, exact for two sorted lists.
+//!   that and the column at x-1 is a min of maxes, exact for two sorted lists. Its row loops take
+//!   lane groups of 16, 8 or 4 consecutive x (one vector at AVX-512, AVX2, SSE2: `simd::dispatch!`),
+//!   written as fixed-size arrays and plain loops that LLVM keeps in vector registers.
 //! - Other sizes gather, per block of x, one row per window element and run Batcher's merge-exchange
 //!   network pruned to the median over the rows.
 //! - Larger windows gather each voxel's window and use `select_nth_unstable`.
@@ -25,12 +27,18 @@
 //! The networks order plain f32 where the volume holds no NaN and no -0.0 (there `<` is the total
 //! order, and cheapest), else `total_cmp`'s i32 keys; selection always orders keys.
 
+use crate::simd::{self, Level};
 use gpuprep_core::boundary::filter_index;
 use gpuprep_core::params::{BoundaryMode, MedianParams};
 use ndarray::{Array3, ArrayView3};
 use rayon::prelude::*;
 
 pub fn median3d(input: ArrayView3<f32>, p: &MedianParams) -> Array3<f32> {
+    median3d_at(simd::level(), input, p)
+}
+
+/// `median3d` with the 3x3x3 path's row loops at `level`.
+pub(crate) fn median3d_at(level: Level, input: ArrayView3<f32>, p: &MedianParams) -> Array3<f32> {
     let (nz, ny, nx) = input.dim();
     let n: usize = p.size.iter().product();
     if n == 1 || input.is_empty() {
@@ -45,9 +53,9 @@ pub fn median3d(input: ArrayView3<f32>, p: &MedianParams) -> Array3<f32> {
             by_selection(src, &grid, rows, y0, s)
         });
     } else if float_order_is_total_order(src, p) {
-        by_networks::<f32>(src, &grid, &mut out);
+        by_networks::<f32>(level, src, &grid, &mut out);
     } else {
-        by_networks::<i32>(src, &grid, &mut out);
+        by_networks::<i32>(level, src, &grid, &mut out);
     }
     Array3::from_shape_vec((nz, ny, nx), out).expect("shape of the input")
 }
@@ -57,10 +65,10 @@ pub fn median3d(input: ArrayView3<f32>, p: &MedianParams) -> Array3<f32> {
 const NETWORK_MAX: usize = 125;
 
 /// Median by comparator networks over rows of `T`, for windows of at most `NETWORK_MAX`.
-fn by_networks<T: Lane>(src: &[f32], g: &Grid, out: &mut [f32]) {
+fn by_networks<T: Lane>(level: Level, src: &[f32], g: &Grid, out: &mut [f32]) {
     if g.size == [3, 3, 3] {
-        g.run(out, |rows, y0, s: &mut Scratch<T>| {
-            median27(src, g, rows, y0, s)
+        g.run(out, |rows, zy, s: &mut Scratch<T>| {
+            simd::dispatch!(level, median27_at, [T: Lane], (level: Level, src: &[f32], g: &Grid, rows: &mut [f32], zy: [usize; 2], s: &mut Scratch<T>))
         });
     } else {
         let net = median_network(g.size.iter().product());
@@ -71,7 +79,7 @@ fn by_networks<T: Lane>(src: &[f32], g: &Grid, out: &mut [f32]) {
 }
 
 /// What the comparators order: either the f32 itself or its `total_cmp` key.
-trait Lane: Copy + PartialOrd + Send + Sync + Default {
+trait Lane: Copy + PartialOrd + Send + Sync + Default + MinMax {
     fn from_f32(v: f32) -> Self;
     fn to_f32(self) -> f32;
 }
@@ -98,6 +106,54 @@ impl Lane for i32 {
     #[inline(always)]
     fn to_f32(self) -> f32 {
         f32::from_bits((self ^ (((self >> 31) as u32) >> 1) as i32) as u32)
+    }
+}
+
+/// What a comparator orders: one value, or `L` of them side by side (a lane group, which the row loops
+/// of the 3x3x3 path hand to LLVM as one vector per group at the level they are compiled for).
+trait MinMax: Copy {
+    fn lo(a: Self, b: Self) -> Self;
+    fn hi(a: Self, b: Self) -> Self;
+}
+
+impl MinMax for f32 {
+    #[inline(always)]
+    fn lo(a: f32, b: f32) -> f32 {
+        min(a, b)
+    }
+    #[inline(always)]
+    fn hi(a: f32, b: f32) -> f32 {
+        max(a, b)
+    }
+}
+
+impl MinMax for i32 {
+    #[inline(always)]
+    fn lo(a: i32, b: i32) -> i32 {
+        min(a, b)
+    }
+    #[inline(always)]
+    fn hi(a: i32, b: i32) -> i32 {
+        max(a, b)
+    }
+}
+
+// Loops, not `array::from_fn` or `map`: those stay out-of-line calls, compiled at the baseline rather
+// than in the `#[target_feature]` copy (as closures are).
+impl<T: Lane, const L: usize> MinMax for [T; L] {
+    #[inline(always)]
+    fn lo(mut a: Self, b: Self) -> Self {
+        for i in 0..L {
+            a[i] = min(a[i], b[i]);
+        }
+        a
+    }
+    #[inline(always)]
+    fn hi(mut a: Self, b: Self) -> Self {
+        for i in 0..L {
+            a[i] = max(a[i], b[i]);
+        }
+        a
     }
 }
 
@@ -131,14 +187,13 @@ fn max<T: Lane>(a: T, b: T) -> T {
     }
 }
 
-/// Compare-exchange: smaller to `i`, larger to `j`. One comparison feeds both, so the pair stays a
-/// permutation of its inputs even for values `<` cannot order.
+/// Compare-exchange: smaller to `i`, larger to `j`. Both sides test `a < b` (`min`, `max`), so the
+/// pair stays a permutation of its inputs even for values `<` cannot order.
 #[inline(always)]
-fn cx<T: Lane, const N: usize>(v: &mut [T; N], i: usize, j: usize) {
+fn cx<E: MinMax, const N: usize>(v: &mut [E; N], i: usize, j: usize) {
     let (a, b) = (v[i], v[j]);
-    let lt = a < b;
-    v[i] = if lt { a } else { b };
-    v[j] = if lt { b } else { a };
+    v[i] = E::lo(a, b);
+    v[j] = E::hi(a, b);
 }
 
 /// A comparator network as a table (checked by the 0-1 principle in the tests below) and the same
@@ -149,7 +204,7 @@ macro_rules! network {
         const $table: &[(usize, usize)] = &[$(($i, $j)),*];
         $(#[$doc])*
         #[inline(always)]
-        fn $apply<T: Lane>(v: &mut [T; $n]) {
+        fn $apply<E: MinMax>(v: &mut [E; $n]) {
             $(cx(v, $i, $j);)*
         }
     };
@@ -182,10 +237,10 @@ const MERGE9_RANK: [usize; 18] = [0, 1, 2, 3, 4, 5, 6, 7, 8, 10, 11, 12, 13, 14,
 /// smallest, over ways of taking 14 values from the fronts of both lists, of the largest taken. Only
 /// ranks 4..=13 of `m` can be it, since at most 9 of the 14 come from `s`.
 #[inline(always)]
-fn rank13<T: Lane>(m: &[T; 18], s: &[T; 9]) -> T {
+fn rank13<E: MinMax>(m: &[E; 18], s: &[E; 9]) -> E {
     let mut r = m[MERGE9_RANK[13]];
     for i in 0..9 {
-        r = min(r, max(m[MERGE9_RANK[4 + i]], s[8 - i]));
+        r = E::lo(r, E::hi(m[MERGE9_RANK[4 + i]], s[8 - i]));
     }
     r
 }
@@ -264,8 +319,27 @@ struct Scratch<T> {
     col: Vec<T>,
 }
 
-/// The 3x3x3 median of output rows `y0..` of plane `z` into `out`.
-fn median27<T: Lane>(
+/// `median27` with lane groups as wide as `level`'s vectors: 16 values (one AVX-512 register of f32
+/// or i32), 8 (AVX2), 4 (SSE2). The groups' values are independent, so every width gives the same bits.
+#[inline(always)]
+fn median27_at<T: Lane>(
+    level: Level,
+    src: &[f32],
+    g: &Grid,
+    out: &mut [f32],
+    zy: [usize; 2],
+    s: &mut Scratch<T>,
+) {
+    match level {
+        Level::Avx512 => median27::<T, 16>(src, g, out, zy, s),
+        Level::Avx2 => median27::<T, 8>(src, g, out, zy, s),
+        Level::Scalar => median27::<T, 4>(src, g, out, zy, s),
+    }
+}
+
+/// The 3x3x3 median of output rows `y0..` of plane `z` into `out`, `L` voxels along x at a time.
+#[inline(always)]
+fn median27<T: Lane, const L: usize>(
     src: &[f32],
     g: &Grid,
     out: &mut [f32],
@@ -278,10 +352,10 @@ fn median27<T: Lane>(
     s.col.resize(9 * w, T::default());
     let rows = out.len() / nx;
     for yp in y0..y0 + 2 {
-        sort_z(src, g, z, yp, &mut s.tri[(yp % 3) * 3 * w..][..3 * w]);
+        sort_z::<T, L>(src, g, z, yp, &mut s.tri[(yp % 3) * 3 * w..][..3 * w]);
     }
     for (y, out) in (y0..y0 + rows).zip(out.chunks_exact_mut(nx)) {
-        sort_z(
+        sort_z::<T, L>(
             src,
             g,
             z,
@@ -294,62 +368,126 @@ fn median27<T: Lane>(
         });
         let mut cols = s.col.chunks_exact_mut(w);
         let col: [&mut [T]; 9] = std::array::from_fn(|_| cols.next().expect("9 rows"));
-        sort_columns(tri, col);
+        sort_columns::<T, L>(tri, col);
         let col: [&[T]; 9] = std::array::from_fn(|k| &s.col[k * w..][..w]);
-        select_row(col, out);
+        select_row::<T, L>(col, out);
     }
+}
+
+/// Runs `$group::<T, L>($args.., x)` for the lane groups `x..x + L` covering `0..$n`, the last one
+/// ending at `$n` (it may overlap the one before, harmless as each position's result depends on the
+/// inputs alone), or `$group::<T, 1>` per position where `$n < L`. A loop rather than a closure: a
+/// closure is compiled apart from the `#[target_feature]` copy it sits in, at the baseline.
+macro_rules! lane_groups {
+    ($n:expr, $group:ident::<$t:ty, $l:ident>($($arg:expr),*)) => {{
+        let n = $n;
+        if n >= $l {
+            let mut x = 0;
+            loop {
+                $group::<$t, $l>($($arg,)* x);
+                if x + $l >= n {
+                    break;
+                }
+                x = (x + $l).min(n - $l);
+            }
+        } else {
+            for x in 0..n {
+                $group::<$t, 1>($($arg,)* x);
+            }
+        }
+    }};
+}
+
+/// `L` consecutive values of `row` from `x`.
+#[inline(always)]
+fn load<T: Lane, const L: usize>(row: &[T], x: usize) -> [T; L] {
+    let mut a = [T::default(); L];
+    a.copy_from_slice(&row[x..x + L]);
+    a
+}
+
+/// `L` consecutive values of `row` from `x`, as `T`.
+#[inline(always)]
+fn load_f32<T: Lane, const L: usize>(row: &[f32], x: usize) -> [T; L] {
+    let row = &row[x..x + L];
+    let mut a = [T::default(); L];
+    for i in 0..L {
+        a[i] = T::from_f32(row[i]);
+    }
+    a
+}
+
+/// Lane group `x` of each of `N` rows.
+#[inline(always)]
+fn load_rows<T: Lane, const L: usize, const N: usize>(rows: &[&[T]; N], x: usize) -> [[T; L]; N] {
+    let mut v = [[T::default(); L]; N];
+    for k in 0..N {
+        v[k] = load(rows[k], x);
+    }
+    v
 }
 
 /// Padded row `yp` of planes `z..z + 3` (padded), sorted along z, into `out` as 3 rows (low, middle,
 /// high) of `nx + 2`.
-fn sort_z<T: Lane>(src: &[f32], g: &Grid, z: usize, yp: usize, out: &mut [T]) {
+#[inline(always)]
+fn sort_z<T: Lane, const L: usize>(src: &[f32], g: &Grid, z: usize, yp: usize, out: &mut [T]) {
     let nx = g.n[2];
     let w = nx + 2;
-    let r: [&[f32]; 3] = std::array::from_fn(|k| g.row(src, z + k, yp));
-    let (lo, rest) = out.split_at_mut(w);
-    let (mid, hi) = rest.split_at_mut(w);
+    let r: [&[f32]; 3] = std::array::from_fn(|k| &g.row(src, z + k, yp)[..nx]);
     for xp in [0, w - 1] {
         let mut v = r.map(|row| T::from_f32(g.at(row, xp)));
         sort3(&mut v);
-        [lo[xp], mid[xp], hi[xp]] = v;
+        [out[xp], out[w + xp], out[2 * w + xp]] = v;
     }
-    let (r0, r1, r2) = (&r[0][..nx], &r[1][..nx], &r[2][..nx]);
-    let (lo, mid, hi) = (&mut lo[1..=nx], &mut mid[1..=nx], &mut hi[1..=nx]);
-    for x in 0..nx {
-        let mut v = [r0[x], r1[x], r2[x]].map(T::from_f32);
+    // Padded x = source x + 1.
+    #[inline(always)]
+    fn group<T: Lane, const L: usize>(r: [&[f32]; 3], out: &mut [T], w: usize, x: usize) {
+        let mut v = [[T::default(); L]; 3];
+        for k in 0..3 {
+            v[k] = load_f32(r[k], x);
+        }
         sort3(&mut v);
-        [lo[x], mid[x], hi[x]] = v;
+        for (k, v) in v.iter().enumerate() {
+            out[k * w + x + 1..][..L].copy_from_slice(v);
+        }
     }
+    lane_groups!(nx, group::<T, L>(r, out, w));
 }
 
 /// Three consecutive z-sorted rows (as 9: row-major by y, then z-rank) into the sorted 3x3 column at
 /// every padded x.
-fn sort_columns<T: Lane>(tri: [&[T]; 9], col: [&mut [T]; 9]) {
-    let w = col[0].len();
-    let tri = tri.map(|r| &r[..w]);
-    let mut col = col.map(|c| &mut c[..w]);
-    for x in 0..w {
-        let mut v = tri.map(|r| r[x]);
+#[inline(always)]
+fn sort_columns<T: Lane, const L: usize>(tri: [&[T]; 9], mut col: [&mut [T]; 9]) {
+    #[inline(always)]
+    fn group<T: Lane, const L: usize>(tri: &[&[T]; 9], col: &mut [&mut [T]; 9], x: usize) {
+        let mut v: [[T; L]; 9] = load_rows(tri, x);
         sort9_sorted_triples(&mut v);
-        for (c, v) in col.iter_mut().zip(v) {
-            c[x] = v;
+        for (c, v) in col.iter_mut().zip(&v) {
+            c[x..x + L].copy_from_slice(v);
         }
     }
+    lane_groups!(col[0].len(), group::<T, L>(&tri, &mut col));
 }
 
 /// Median of each output voxel of a row from the sorted columns at padded x, x + 1, x + 2.
-fn select_row<T: Lane>(col: [&[T]; 9], out: &mut [f32]) {
-    let nx = out.len();
-    let left = col.map(|c| &c[..nx]);
-    let mid = col.map(|c| &c[1..nx + 1]);
-    let right = col.map(|c| &c[2..nx + 2]);
-    for x in 0..nx {
-        let mut m: [T; 18] =
-            std::array::from_fn(|k| if k < 9 { mid[k][x] } else { right[k - 9][x] });
+#[inline(always)]
+fn select_row<T: Lane, const L: usize>(col: [&[T]; 9], out: &mut [f32]) {
+    #[inline(always)]
+    fn group<T: Lane, const L: usize>(col: &[&[T]; 9], out: &mut [f32], x: usize) {
+        let mut m = [[T::default(); L]; 18];
+        for k in 0..9 {
+            m[k] = load(col[k], x + 1);
+            m[9 + k] = load(col[k], x + 2);
+        }
         merge9(&mut m);
-        let s = left.map(|c| c[x]);
-        out[x] = rank13(&m, &s).to_f32();
+        let s: [[T; L]; 9] = load_rows(col, x);
+        let r = rank13(&m, &s);
+        let out = &mut out[x..x + L];
+        for i in 0..L {
+            out[i] = r[i].to_f32();
+        }
     }
+    lane_groups!(out.len(), group::<T, L>(&col, out));
 }
 
 /// A comparator of a row network: rows `i < j` get the smaller and the larger value, each only where
@@ -585,6 +723,49 @@ mod tests {
                 want.sort();
                 apply(&net, &mut v);
                 assert_eq!(v[n / 2], want[n / 2], "n {n}, case {case}");
+            }
+        }
+    }
+
+    /// The 3x3x3 path's lane groups (16, 8 or 4 wide, the last overlapping, single voxels in rows
+    /// shorter than a group) give the same bits at every level the machine has, on both orders (plain
+    /// f32, and keys where a NaN or -0.0 is present), in every mode, rows shorter and longer than the
+    /// widest group.
+    #[test]
+    fn every_vector_level_gives_the_scalar_bits() {
+        let mut rng = 0x2545_f491_4f6c_dd1du64;
+        let mut next = || {
+            rng ^= rng << 13;
+            rng ^= rng >> 7;
+            rng ^= rng << 17;
+            (rng % 7) as f32 * 0.5 - 1.5
+        };
+        for (nz, ny, nx) in [
+            (3, 3, 3),
+            (4, 5, 67),
+            (2, 9, 17),
+            (3, 4, 16),
+            (1, 3, 1),
+            (5, 2, 33),
+        ] {
+            let v = Array3::from_shape_fn((nz, ny, nx), |_| next());
+            let mut odd = v.clone();
+            odd[[0, 0, 0]] = -0.0;
+            odd[[nz - 1, ny - 1, nx - 1]] = f32::NAN;
+            for v in [v, odd] {
+                for mode in BoundaryMode::ALL {
+                    let p = MedianParams::new([3, 3, 3], mode, 0.25).unwrap();
+                    let want = median3d_at(Level::Scalar, v.view(), &p);
+                    for level in simd::available() {
+                        let got = median3d_at(level, v.view(), &p);
+                        assert!(
+                            got.iter()
+                                .zip(&want)
+                                .all(|(a, b)| a.to_bits() == b.to_bits()),
+                            "({nz}, {ny}, {nx}) {mode:?} {level:?}"
+                        );
+                    }
+                }
             }
         }
     }
