@@ -60,6 +60,20 @@ fn main() {
             Box::new(|| drop(median3d(v.view(), &MedianParams::default()))),
         ),
         (
+            "median1x3x3",
+            Box::new(|| {
+                let p = MedianParams::new([1, 3, 3], BoundaryMode::Reflect, 0.0).unwrap();
+                drop(median3d(v.view(), &p))
+            }),
+        ),
+        (
+            "median5x5x5",
+            Box::new(|| {
+                let p = MedianParams::new([5, 5, 5], BoundaryMode::Reflect, 0.0).unwrap();
+                drop(median3d(v.view(), &p))
+            }),
+        ),
+        (
             "shift_order3",
             Box::new(|| drop(shift3d(v.view(), [0.4, -1.3, 2.7], &ShiftParams::default()))),
         ),

@@ -72,8 +72,9 @@ fn by_networks<T: Lane>(level: Level, src: &[f32], g: &Grid, out: &mut [f32]) {
         });
     } else {
         let net = median_network(g.size.iter().product());
-        g.run(out, |rows, y0, s: &mut Rows<T>| {
-            by_network(src, g, &net, rows, y0, s)
+        let net = net.as_slice();
+        g.run(out, |rows, zy, s: &mut Rows<T>| {
+            simd::dispatch!(level, by_network, [T: Lane], (src: &[f32], g: &Grid, net: &[Comparator], rows: &mut [f32], zy: [usize; 2], s: &mut Rows<T>))
         });
     }
 }
@@ -536,25 +537,32 @@ fn median_network(n: usize) -> Vec<Comparator> {
     kept
 }
 
-/// Applies `net` to rows of `b` values, each comparator one pass over two contiguous rows.
+/// Applies `net` to rows of `b` values, each comparator one pass over two contiguous rows. Plain
+/// loops, no closures: `by_network` runs in `simd::dispatch!`'s copies, and a closure would be
+/// compiled apart from them, at the baseline.
+#[inline(always)]
 fn apply_rows<T: Lane>(net: &[Comparator], rows: &mut [T], b: usize) {
     for c in net {
         let (head, tail) = rows.split_at_mut(c.j * b);
         let (lo, hi) = (&mut head[c.i * b..][..b], &mut tail[..b]);
         match (c.min, c.max) {
             (true, true) => {
-                for (l, h) in lo.iter_mut().zip(hi.iter_mut()) {
-                    (*l, *h) = (min(*l, *h), max(*l, *h));
+                for k in 0..b {
+                    let (l, h) = (lo[k], hi[k]);
+                    lo[k] = min(l, h);
+                    hi[k] = max(l, h);
                 }
             }
-            (true, false) => lo
-                .iter_mut()
-                .zip(hi.iter())
-                .for_each(|(l, &h)| *l = min(*l, h)),
-            _ => hi
-                .iter_mut()
-                .zip(lo.iter())
-                .for_each(|(h, &l)| *h = max(l, *h)),
+            (true, false) => {
+                for k in 0..b {
+                    lo[k] = min(lo[k], hi[k]);
+                }
+            }
+            _ => {
+                for k in 0..b {
+                    hi[k] = max(lo[k], hi[k]);
+                }
+            }
         }
     }
 }
@@ -568,19 +576,34 @@ struct Rows<T> {
 }
 
 /// The `sz * sy` source rows of output row `y` of plane `z`, each extended by `sx / 2` on both sides.
+#[inline(always)]
 fn padded_rows<T: Lane>(src: &[f32], g: &Grid, [z, y]: [usize; 2], out: &mut Vec<T>) {
     let [sz, sy, sx] = g.size;
     let w = g.n[2] + sx - 1;
-    out.clear();
+    let h = sx / 2;
+    out.resize(sz * sy * w, T::default());
+    let mut rows = out.chunks_exact_mut(w);
     for zp in z..z + sz {
         for yp in y..y + sy {
             let row = g.row(src, zp, yp);
-            out.extend((0..w).map(|xp| T::from_f32(g.at(row, xp))));
+            let dst = rows.next().expect("sz * sy rows");
+            // The interior straight from the row; the extended ends through the boundary map.
+            for (xp, d) in dst.iter_mut().enumerate().take(h) {
+                *d = T::from_f32(g.at(row, xp));
+            }
+            let inner = &mut dst[h..w - h];
+            for x in 0..inner.len() {
+                inner[x] = T::from_f32(row[x]);
+            }
+            for xp in w - h..w {
+                dst[xp] = T::from_f32(g.at(row, xp));
+            }
         }
     }
 }
 
 /// Per block of x, gathers the windows as one row per window element and runs `net` over the rows.
+#[inline(always)]
 fn by_network<T: Lane>(
     src: &[f32],
     g: &Grid,
@@ -727,10 +750,10 @@ mod tests {
         }
     }
 
-    /// The 3x3x3 path's lane groups (16, 8 or 4 wide, the last overlapping, single voxels in rows
-    /// shorter than a group) give the same bits at every level the machine has, on both orders (plain
-    /// f32, and keys where a NaN or -0.0 is present), in every mode, rows shorter and longer than the
-    /// widest group.
+    /// The network paths give the same bits at every level the machine has: the 3x3x3 path's lane
+    /// groups (16, 8 or 4 wide, the last overlapping, single voxels in rows shorter than a group) and
+    /// the other windows' row networks, on both orders (plain f32, and keys where a NaN or -0.0 is
+    /// present), in every mode, rows shorter and longer than the widest group.
     #[test]
     fn every_vector_level_gives_the_scalar_bits() {
         let mut rng = 0x2545_f491_4f6c_dd1du64;
@@ -753,8 +776,11 @@ mod tests {
             odd[[0, 0, 0]] = -0.0;
             odd[[nz - 1, ny - 1, nx - 1]] = f32::NAN;
             for v in [v, odd] {
-                for mode in BoundaryMode::ALL {
-                    let p = MedianParams::new([3, 3, 3], mode, 0.25).unwrap();
+                for (mode, size) in BoundaryMode::ALL
+                    .into_iter()
+                    .flat_map(|m| [[3, 3, 3], [1, 3, 3], [3, 1, 5], [5, 5, 5]].map(|s| (m, s)))
+                {
+                    let p = MedianParams::new(size, mode, 0.25).unwrap();
                     let want = median3d_at(Level::Scalar, v.view(), &p);
                     for level in simd::available() {
                         let got = median3d_at(level, v.view(), &p);
@@ -762,7 +788,7 @@ mod tests {
                             got.iter()
                                 .zip(&want)
                                 .all(|(a, b)| a.to_bits() == b.to_bits()),
-                            "({nz}, {ny}, {nx}) {mode:?} {level:?}"
+                            "({nz}, {ny}, {nx}) {size:?} {mode:?} {level:?}"
                         );
                     }
                 }

@@ -572,10 +572,14 @@ fn mirrored_tiles<const L: usize, const C: usize>(
         let b0 = base[0].unwrap_or(0);
         if (0..L).all(|l| base[l] == Some(b0 + l)) {
             // The usual tile: L consecutive z of one y, contiguous at every x.
+            // Loops rather than `array::from_fn`, which stays an out-of-line call compiled at the
+            // baseline instead of in this level's copy.
             for x in 0..m {
-                let v: &[C32; L] = half.data[b0 + x * nz..][..L].try_into().expect("L long");
-                h_re[x] = std::array::from_fn(|l| v[l].re as f64);
-                h_im[x] = std::array::from_fn(|l| -v[l].im as f64);
+                let v = &half.data[b0 + x * nz..][..L];
+                for l in 0..L {
+                    h_re[x][l] = v[l].re as f64;
+                    h_im[x][l] = -v[l].im as f64;
+                }
             }
         } else {
             for x in 0..m {
