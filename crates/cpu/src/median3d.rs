@@ -595,8 +595,8 @@ fn padded_rows<T: Lane>(src: &[f32], g: &Grid, [z, y]: [usize; 2], out: &mut Vec
             for x in 0..inner.len() {
                 inner[x] = T::from_f32(row[x]);
             }
-            for xp in w - h..w {
-                dst[xp] = T::from_f32(g.at(row, xp));
+            for (xp, d) in dst.iter_mut().enumerate().skip(w - h) {
+                *d = T::from_f32(g.at(row, xp));
             }
         }
     }
