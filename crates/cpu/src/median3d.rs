@@ -20,6 +20,9 @@
 //!   that and the column at x-1 is a min of maxes, exact for two sorted lists. Its row loops take
 //!   lane groups of 16, 8 or 4 consecutive x (one vector at AVX-512, AVX2, SSE2: `simd::dispatch!`),
 //!   written as fixed-size arrays and plain loops that LLVM keeps in vector registers.
+//! - 1x3x3 (a 3x3 window in each plane, common for anisotropic stacks): per output row the three
+//!   source rows sorted along y at each padded x, then per voxel med3(largest low, median middle,
+//!   smallest high) of its three columns, in the same lane groups.
 //! - Other sizes gather, per block of x, one row per window element and run Batcher's merge-exchange
 //!   network pruned to the median over the rows.
 //! - Larger windows gather each voxel's window and use `select_nth_unstable`.
@@ -69,6 +72,10 @@ fn by_networks<T: Lane>(level: Level, src: &[f32], g: &Grid, out: &mut [f32]) {
     if g.size == [3, 3, 3] {
         g.run(out, |rows, zy, s: &mut Scratch<T>| {
             simd::dispatch!(level, median27_at, [T: Lane], (level: Level, src: &[f32], g: &Grid, rows: &mut [f32], zy: [usize; 2], s: &mut Scratch<T>))
+        });
+    } else if g.size == [1, 3, 3] {
+        g.run(out, |rows, zy, s: &mut Scratch<T>| {
+            simd::dispatch!(level, median9_at, [T: Lane], (level: Level, src: &[f32], g: &Grid, rows: &mut [f32], zy: [usize; 2], s: &mut Scratch<T>))
         });
     } else {
         let net = median_network(g.size.iter().product());
@@ -320,6 +327,30 @@ struct Scratch<T> {
     col: Vec<T>,
 }
 
+/// Runs `$group::<T, L>($args.., x)` for the lane groups `x..x + L` covering `0..$n`, the last one
+/// ending at `$n` (it may overlap the one before, harmless as each position's result depends on the
+/// inputs alone), or `$group::<T, 1>` per position where `$n < L`. A loop rather than a closure: a
+/// closure is compiled apart from the `#[target_feature]` copy it sits in, at the baseline.
+macro_rules! lane_groups {
+    ($n:expr, $group:ident::<$t:ty, $l:ident>($($arg:expr),*)) => {{
+        let n = $n;
+        if n >= $l {
+            let mut x = 0;
+            loop {
+                $group::<$t, $l>($($arg,)* x);
+                if x + $l >= n {
+                    break;
+                }
+                x = (x + $l).min(n - $l);
+            }
+        } else {
+            for x in 0..n {
+                $group::<$t, 1>($($arg,)* x);
+            }
+        }
+    }};
+}
+
 /// `median27` with lane groups as wide as `level`'s vectors: 16 values (one AVX-512 register of f32
 /// or i32), 8 (AVX2), 4 (SSE2). The groups' values are independent, so every width gives the same bits.
 #[inline(always)]
@@ -352,15 +383,20 @@ fn median27<T: Lane, const L: usize>(
     s.tri.resize(9 * w, T::default());
     s.col.resize(9 * w, T::default());
     let rows = out.len() / nx;
+    let along_z = |yp: usize| {
+        [
+            g.row(src, z, yp),
+            g.row(src, z + 1, yp),
+            g.row(src, z + 2, yp),
+        ]
+    };
     for yp in y0..y0 + 2 {
-        sort_z::<T, L>(src, g, z, yp, &mut s.tri[(yp % 3) * 3 * w..][..3 * w]);
+        sort3_rows::<T, L>(along_z(yp), g, &mut s.tri[(yp % 3) * 3 * w..][..3 * w]);
     }
     for (y, out) in (y0..y0 + rows).zip(out.chunks_exact_mut(nx)) {
-        sort_z::<T, L>(
-            src,
+        sort3_rows::<T, L>(
+            along_z(y + 2),
             g,
-            z,
-            y + 2,
             &mut s.tri[((y + 2) % 3) * 3 * w..][..3 * w],
         );
         let tri: [&[T]; 9] = std::array::from_fn(|k| {
@@ -375,28 +411,77 @@ fn median27<T: Lane, const L: usize>(
     }
 }
 
-/// Runs `$group::<T, L>($args.., x)` for the lane groups `x..x + L` covering `0..$n`, the last one
-/// ending at `$n` (it may overlap the one before, harmless as each position's result depends on the
-/// inputs alone), or `$group::<T, 1>` per position where `$n < L`. A loop rather than a closure: a
-/// closure is compiled apart from the `#[target_feature]` copy it sits in, at the baseline.
-macro_rules! lane_groups {
-    ($n:expr, $group:ident::<$t:ty, $l:ident>($($arg:expr),*)) => {{
-        let n = $n;
-        if n >= $l {
-            let mut x = 0;
-            loop {
-                $group::<$t, $l>($($arg,)* x);
-                if x + $l >= n {
-                    break;
-                }
-                x = (x + $l).min(n - $l);
-            }
-        } else {
-            for x in 0..n {
-                $group::<$t, 1>($($arg,)* x);
-            }
+/// `median9` with lane groups as wide as `level`'s vectors (see `median27_at`).
+#[inline(always)]
+fn median9_at<T: Lane>(
+    level: Level,
+    src: &[f32],
+    g: &Grid,
+    out: &mut [f32],
+    zy: [usize; 2],
+    s: &mut Scratch<T>,
+) {
+    match level {
+        Level::Avx512 => median9::<T, 16>(src, g, out, zy, s),
+        Level::Avx2 => median9::<T, 8>(src, g, out, zy, s),
+        Level::Scalar => median9::<T, 4>(src, g, out, zy, s),
+    }
+}
+
+/// The 1x3x3 median (a 3x3 window in each plane) of output rows `y0..` of plane `z` into `out`: per
+/// output row, the three source rows sorted along y at every padded x (each such column serves three
+/// outputs), then per voxel the median of its three columns, med3(largest low, median middle, smallest
+/// high): exact for three sorted columns (checked on every 0-1 input below).
+#[inline(always)]
+fn median9<T: Lane, const L: usize>(
+    src: &[f32],
+    g: &Grid,
+    out: &mut [f32],
+    [z, y0]: [usize; 2],
+    s: &mut Scratch<T>,
+) {
+    let nx = g.n[2];
+    let w = nx + 2;
+    s.tri.resize(3 * w, T::default());
+    let rows = out.len() / nx;
+    for (y, out) in (y0..y0 + rows).zip(out.chunks_exact_mut(nx)) {
+        // Padded z of a size-1 axis is z; padded y..y + 3 are source rows y - 1..=y + 1.
+        let r = [g.row(src, z, y), g.row(src, z, y + 1), g.row(src, z, y + 2)];
+        sort3_rows::<T, L>(r, g, &mut s.tri);
+        let (lo, rest) = s.tri.split_at(w);
+        let (mid, hi) = rest.split_at(w);
+        select9_row::<T, L>([lo, mid, hi], out);
+    }
+}
+
+/// Median of three, `max(min(a, b), min(max(a, b), c))`.
+#[inline(always)]
+fn med3<E: MinMax>(a: E, b: E, c: E) -> E {
+    E::hi(E::lo(a, b), E::lo(E::hi(a, b), c))
+}
+
+/// Median of each output voxel of a row from the y-sorted columns (low, middle, high rows) at padded
+/// x, x + 1, x + 2.
+#[inline(always)]
+fn select9_row<T: Lane, const L: usize>(c: [&[T]; 3], out: &mut [f32]) {
+    #[inline(always)]
+    fn group<T: Lane, const L: usize>(c: &[&[T]; 3], out: &mut [f32], x: usize) {
+        // Columns at x, x + 1, x + 2 of each sorted row (no closure: see `lane_groups!`).
+        let [l, m, h] = [
+            [load::<T, L>(c[0], x), load(c[0], x + 1), load(c[0], x + 2)],
+            [load::<T, L>(c[1], x), load(c[1], x + 1), load(c[1], x + 2)],
+            [load::<T, L>(c[2], x), load(c[2], x + 1), load(c[2], x + 2)],
+        ];
+        let lo = MinMax::hi(MinMax::hi(l[0], l[1]), l[2]);
+        let mid = med3(m[0], m[1], m[2]);
+        let hi = MinMax::lo(MinMax::lo(h[0], h[1]), h[2]);
+        let r = med3(lo, mid, hi);
+        let out = &mut out[x..x + L];
+        for i in 0..L {
+            out[i] = r[i].to_f32();
         }
-    }};
+    }
+    lane_groups!(out.len(), group::<T, L>(&c, out));
 }
 
 /// `L` consecutive values of `row` from `x`.
@@ -428,13 +513,13 @@ fn load_rows<T: Lane, const L: usize, const N: usize>(rows: &[&[T]; N], x: usize
     v
 }
 
-/// Padded row `yp` of planes `z..z + 3` (padded), sorted along z, into `out` as 3 rows (low, middle,
-/// high) of `nx + 2`.
+/// Three source rows (from `Grid::row`), sorted position by position, into `out` as 3 rows (low,
+/// middle, high) of `nx + 2` padded x.
 #[inline(always)]
-fn sort_z<T: Lane, const L: usize>(src: &[f32], g: &Grid, z: usize, yp: usize, out: &mut [T]) {
+fn sort3_rows<T: Lane, const L: usize>(r: [&[f32]; 3], g: &Grid, out: &mut [T]) {
     let nx = g.n[2];
     let w = nx + 2;
-    let r: [&[f32]; 3] = std::array::from_fn(|k| &g.row(src, z + k, yp)[..nx]);
+    let r = [&r[0][..nx], &r[1][..nx], &r[2][..nx]];
     for xp in [0, w - 1] {
         let mut v = r.map(|row| T::from_f32(g.at(row, xp)));
         sort3(&mut v);
@@ -719,6 +804,33 @@ mod tests {
                 let got: Vec<u8> = MERGE9_RANK.iter().map(|&w| v[w]).collect();
                 assert_eq!(got, want, "merge9 {ones_a} {ones_b}");
             }
+        }
+    }
+
+    impl MinMax for u8 {
+        fn lo(a: u8, b: u8) -> u8 {
+            a.min(b)
+        }
+        fn hi(a: u8, b: u8) -> u8 {
+            a.max(b)
+        }
+    }
+
+    /// The 1x3x3 path's rule, by the 0-1 principle (min and max only): for three columns of three,
+    /// each sorted, med3(largest low, median middle, smallest high) is the median of the nine.
+    #[test]
+    fn median_of_three_sorted_columns_is_the_median_of_nine() {
+        for bits in 0u32..512 {
+            let mut cols: Vec<[u8; 3]> = (0..3)
+                .map(|c| std::array::from_fn(|k| (bits >> (3 * c + k)) as u8 & 1))
+                .collect();
+            cols.iter_mut().for_each(|c| c.sort());
+            let lo = cols.iter().map(|c| c[0]).max().unwrap();
+            let hi = cols.iter().map(|c| c[2]).min().unwrap();
+            let mid = med3(cols[0][1], cols[1][1], cols[2][1]);
+            let mut all: Vec<u8> = cols.concat();
+            all.sort();
+            assert_eq!(med3(lo, mid, hi), all[4], "{bits:09b}");
         }
     }
 
