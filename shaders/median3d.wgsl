@@ -264,3 +264,40 @@ fn median3d_27(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let left = ((l / TX) * HX + l % TX) * 9u;
     dst[(u32(z) * p.ny + u32(oy)) * p.nx + u32(ox)] = from_key(median_of_columns(left));
 }
+
+// The 1x3x3 median (a 3x3 window in each plane), the CPU twin's `median9`: the three columns of the
+// window (each three y at one x) sorted, then med3(largest low, median middle, smallest high), exact
+// for three sorted columns (the twin checks the rule on every 0-1 input). One invocation per output
+// voxel, 9 reads and 21 min/max, straight-line code in named scalars (tests/shaders.rs checks naga's IR
+// as for `median3d_27`). Bit-identical to `median3d` with size (1, 3, 3) and to the CPU twin.
+fn med3(a: u32, b: u32, c: u32) -> u32 {
+    return max(min(a, b), min(max(a, b), c));
+}
+
+@compute @workgroup_size(64)
+fn median3d_9(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let idx = linear_index(wid, nwg, lid);
+    if (idx >= p.total) {
+        return;
+    }
+    let c = voxel(idx);
+    let iz = source_z(c.x, 0);
+    let y0 = extend_index(c.y - 1, i32(p.ny), p.mode);
+    let y1 = extend_index(c.y, i32(p.ny), p.mode);
+    let y2 = extend_index(c.y + 1, i32(p.ny), p.mode);
+    let x0 = extend_index(c.z - 1, i32(p.nx), p.mode);
+    let x1 = extend_index(c.z, i32(p.nx), p.mode);
+    let x2 = extend_index(c.z + 1, i32(p.nx), p.mode);
+    // Column k (x = xk) as (ak, bk, dk) along y, sorted by three compare-exchanges.
+    var a0 = key3(iz, y0, x0); var b0 = key3(iz, y1, x0); var d0 = key3(iz, y2, x0);
+    var a1 = key3(iz, y0, x1); var b1 = key3(iz, y1, x1); var d1 = key3(iz, y2, x1);
+    var a2 = key3(iz, y0, x2); var b2 = key3(iz, y1, x2); var d2 = key3(iz, y2, x2);
+    cx(&a0, &b0); cx(&b0, &d0); cx(&a0, &b0);
+    cx(&a1, &b1); cx(&b1, &d1); cx(&a1, &b1);
+    cx(&a2, &b2); cx(&b2, &d2); cx(&a2, &b2);
+    let lo = max(max(a0, a1), a2);
+    let mid = med3(b0, b1, b2);
+    let hi = min(min(d0, d1), d2);
+    dst[idx] = from_key(med3(lo, mid, hi));
+}

@@ -159,14 +159,25 @@ fn median_matches_cpu_exactly() {
         }
     }
     // The 3x3x3 entry point (16x4 output tiles per workgroup: shapes of several tiles, partial ones
-    // and exact multiples) on tie-heavy input (values from a set of 4, both zeros among them) and
-    // on random values.
-    for shape in [[3, 3, 3], [4, 5, 67], [9, 3, 5], [2, 9, 33], [3, 8, 16]] {
-        for (mode, ties) in BoundaryMode::ALL
-            .into_iter()
-            .flat_map(|m| [(m, true), (m, false)])
-        {
-            let p = MedianParams::new([3, 3, 3], mode, -0.0).unwrap();
+    // and exact multiples) and the 1x3x3 one, on tie-heavy input (values from a set of 4, both zeros
+    // among them) and on random values.
+    for shape in [
+        [3, 3, 3],
+        [4, 5, 67],
+        [9, 3, 5],
+        [2, 9, 33],
+        [3, 8, 16],
+        [1, 1, 2],
+    ] {
+        for (mode, ties, size) in BoundaryMode::ALL.into_iter().flat_map(|m| {
+            [
+                (m, true, [3, 3, 3]),
+                (m, false, [3, 3, 3]),
+                (m, true, [1, 3, 3]),
+                (m, false, [1, 3, 3]),
+            ]
+        }) {
+            let p = MedianParams::new(size, mode, -0.0).unwrap();
             let v = random(&mut rng, shape);
             let v = if ties {
                 v.mapv(|x| [-0.0, 0.0, 1.5, -2.0][(x * 4.0) as usize % 4])
@@ -179,7 +190,7 @@ fn median_matches_cpu_exactly() {
                 want.iter()
                     .zip(got.iter())
                     .all(|(a, b)| a.to_bits() == b.to_bits()),
-                "3x3x3 median differs (ties: {ties}): shape {shape:?} mode {mode}; seed {seed}"
+                "{size:?} median differs (ties: {ties}): shape {shape:?} mode {mode}; seed {seed}"
             );
         }
     }
@@ -785,7 +796,7 @@ mod tiled {
         for (shape, limit) in CASES {
             g.set_max_tile_bytes(limit);
             for mode in BoundaryMode::ALL {
-                for size in [[3, 3, 3], [5, 3, 1], [3, 5, 5]] {
+                for size in [[3, 3, 3], [1, 3, 3], [5, 3, 1], [3, 5, 5]] {
                     let p = MedianParams::new(size, mode, rng.random::<f32>()).unwrap();
                     let mut v = random(&mut rng, shape);
                     v[[0, 0, 0]] = -0.0;

@@ -66,9 +66,9 @@ fn every_kernel_variant_validates() {
             validate(&key, &src);
         }
     }
-    // median3d and median3d_27 over the 5 window classes, stockham over the 6 radices, the float32
-    // z-score's self-test with and without its guard.
-    assert_eq!(specialised, 18);
+    // median3d, median3d_27 and median3d_9 over the 5 window classes, stockham over the 6 radices,
+    // the float32 z-score's self-test with and without its guard.
+    assert_eq!(specialised, 23);
 }
 
 #[test]
@@ -552,12 +552,12 @@ fn median27_tile_networks_sort_and_merge() {
     assert_eq!(tx * ty, 64, "one invocation per output of the tile");
 }
 
-/// `median3d_27` is straight-line code in naga's IR: no loop and no function-local array in its entry
-/// point or in any function it calls (shader compilers zero-fill and bounds-clamp private arrays, and
+/// `median3d_27` and `median3d_9` are straight-line code in naga's IR: no loop and no function-local
+/// array in their entry points or in any function they call (shader compilers zero-fill and bounds-clamp private arrays, and
 /// may keep them in memory rather than registers). The generic `median3d`, which selects in a private
 /// array, is the walk's own check: it must be caught.
 #[test]
-fn median3d_27_has_no_local_arrays_or_loops() {
+fn straight_line_medians_have_no_local_arrays_or_loops() {
     let src = shaders::MEDIAN3D_27
         .source(&[("MAX_WINDOW", 27)])
         .unwrap_or_else(|e| panic!("{e}"));
@@ -576,6 +576,10 @@ fn median3d_27_has_no_local_arrays_or_loops() {
     assert!(faults.is_empty(), "median3d_27: {faults:?}");
     // It reaches its helpers (load_triple, sort_column, median_of_columns, cx, key3, extend_index, ...).
     assert!(reached >= 6, "the walk saw only {reached} called functions");
+    // The 1x3x3 entry point likewise (cx, med3, key3, extend_index, source_z, voxel, ...).
+    let (faults, reached) = faults_of("median3d_9");
+    assert!(faults.is_empty(), "median3d_9: {faults:?}");
+    assert!(reached >= 5, "the walk saw only {reached} called functions");
     let (faults, _) = faults_of("median3d");
     assert!(
         faults.iter().any(|f| f.contains("loop")) && faults.iter().any(|f| f.contains("array")),

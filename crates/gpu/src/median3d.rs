@@ -2,7 +2,7 @@
 //! z-slabs for volumes over the tile limit.
 
 use super::device::{GpuContext, Recorder};
-use super::shaders::{MEDIAN3D, MEDIAN3D_27};
+use super::shaders::{MEDIAN3D, MEDIAN3D_27, MEDIAN3D_9};
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::boundary::filter_index;
 use gpuprep_core::error::{Error, Result};
@@ -82,11 +82,11 @@ fn record_slab(
             });
         }
     }
-    // The 3x3x3 window (the default) has a branch-free entry point; see the shader.
-    let decl = if p.size == [3, 3, 3] {
-        &MEDIAN3D_27
-    } else {
-        &MEDIAN3D
+    // The 3x3x3 window (the default) and the 1x3x3 have straight-line entry points; see the shader.
+    let decl = match p.size {
+        [3, 3, 3] => &MEDIAN3D_27,
+        [1, 3, 3] => &MEDIAN3D_9,
+        _ => &MEDIAN3D,
     };
     let k = ctx.pipeline_variant(decl, &[("MAX_WINDOW", class)])?;
     let total = shape.iter().product::<usize>();

@@ -90,6 +90,9 @@ kernel_table! {
     /// The 3x3x3 median as a branch-free network (same module, so the same size class applies).
     MEDIAN3D_27 = median3d::median3d_27(Uniform, Read, ReadWrite)
         [MAX_WINDOW in crate::median3d::WINDOW_CLASSES];
+    /// The 1x3x3 median from sorted columns, straight-line (same module and size class).
+    MEDIAN3D_9 = median3d::median3d_9(Uniform, Read, ReadWrite)
+        [MAX_WINDOW in crate::median3d::WINDOW_CLASSES];
     /// One radix-`RADIX` Stockham stage.
     FFT_STOCKHAM = fft::stockham(Uniform, Read, Read, ReadWrite) [RADIX in crate::fft::RADICES];
     FFT_CHIRP_PRE = fft::chirp_pre(Uniform, Read, Read, ReadWrite);
