@@ -8,7 +8,8 @@
 // of rank `rank`.
 // The default 3x3x3 window has its own entry point, `median3d_27`: workgroup tiles sharing sorted
 // columns between neighbouring windows, min/max exchanges only (no data-dependent branch), as the
-// CPU twin does, instead of Wirth's partitioning per window.
+// CPU twin does, instead of Wirth's partitioning per window; the 1x3x3 window (a 3x3 window in each
+// plane) too, `median3d_9` (at the end of this file).
 // `MAX_WINDOW` is set at load time to the smallest size class that holds the window
 // (crates/gpu/src/median3d.rs, through `KernelDecl::source`, which needs the declaration below: one
 // `const` of type u32 with a literal). A constant, not an `override`, as it sizes a private array.
