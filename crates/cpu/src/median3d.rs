@@ -351,8 +351,20 @@ macro_rules! lane_groups {
     }};
 }
 
-/// `median27` with lane groups as wide as `level`'s vectors: 16 values (one AVX-512 register of f32
-/// or i32), 8 (AVX2), 4 (SSE2). The groups' values are independent, so every width gives the same bits.
+/// Calls `$kernel::<T, L>(args)` with lane groups as wide as `level`'s vectors: 16 values (one AVX-512
+/// register of f32 or i32), 8 (AVX2), 4 (SSE2). The groups' values are independent, so every width
+/// gives the same bits.
+macro_rules! at_lane_width {
+    ($level:expr, $kernel:ident::<$t:ident>($($arg:expr),*)) => {
+        match $level {
+            Level::Avx512 => $kernel::<$t, 16>($($arg),*),
+            Level::Avx2 => $kernel::<$t, 8>($($arg),*),
+            Level::Scalar => $kernel::<$t, 4>($($arg),*),
+        }
+    };
+}
+
+/// `median27` with lane groups as wide as `level`'s vectors (`at_lane_width!`).
 #[inline(always)]
 fn median27_at<T: Lane>(
     level: Level,
@@ -362,11 +374,7 @@ fn median27_at<T: Lane>(
     zy: [usize; 2],
     s: &mut Scratch<T>,
 ) {
-    match level {
-        Level::Avx512 => median27::<T, 16>(src, g, out, zy, s),
-        Level::Avx2 => median27::<T, 8>(src, g, out, zy, s),
-        Level::Scalar => median27::<T, 4>(src, g, out, zy, s),
-    }
+    at_lane_width!(level, median27::<T>(src, g, out, zy, s))
 }
 
 /// The 3x3x3 median of output rows `y0..` of plane `z` into `out`, `L` voxels along x at a time.
@@ -411,7 +419,7 @@ fn median27<T: Lane, const L: usize>(
     }
 }
 
-/// `median9` with lane groups as wide as `level`'s vectors (see `median27_at`).
+/// `median9` with lane groups as wide as `level`'s vectors (`at_lane_width!`).
 #[inline(always)]
 fn median9_at<T: Lane>(
     level: Level,
@@ -421,11 +429,7 @@ fn median9_at<T: Lane>(
     zy: [usize; 2],
     s: &mut Scratch<T>,
 ) {
-    match level {
-        Level::Avx512 => median9::<T, 16>(src, g, out, zy, s),
-        Level::Avx2 => median9::<T, 8>(src, g, out, zy, s),
-        Level::Scalar => median9::<T, 4>(src, g, out, zy, s),
-    }
+    at_lane_width!(level, median9::<T>(src, g, out, zy, s))
 }
 
 /// The 1x3x3 median (a 3x3 window in each plane) of output rows `y0..` of plane `z` into `out`: per
