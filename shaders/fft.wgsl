@@ -10,7 +10,13 @@
 // Bluestein (lengths with a prime factor > 7), per line of length n, with M >= 2n - 1 a power of two:
 //   `chirp_pre`: a[m] = x[m] * w[m] for m < n, 0 up to M, with w[m] = exp(-/+ i pi m^2 / n);
 //   Stockham FFT of length M; `pointwise`: A *= B, B = FFT_M(conj chirp) / M precomputed on the host;
-//   inverse Stockham FFT of length M; `chirp_post`: X[k] = w[k] * a[k] * scale.
+//   inverse Stockham FFT of length M; `chirp_post`: X[k] = w[k] * a[k] * scale. M is the smallest
+//   length >= 2n - 1 whose prime factors are all in {2, 3, 5, 7}.
+// One pass per axis (`stockham_wg`, `bluestein_wg`), where a workgroup's lines fit in workgroup memory:
+//   each workgroup loads `group` whole lines into `sh` once, runs every stage there (the same
+//   butterflies and twiddles as `stockham`, alternating between the two halves of `sh`) and writes
+//   them back in place: one read and one write of the volume per axis instead of one per stage and
+//   no trailing copy. Bluestein's chirps, pointwise product and both transforms run in the same pass.
 
 // The layout of `FftUniform` in crates/gpu/src/fft.rs
 // (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
@@ -26,7 +32,11 @@ struct Params {
     bhat_offset: u32,  // Bluestein: B[m], m < M, in `tables`
     total: u32,        // invocations
     scale: f32,
-    _pad: u32,
+    group: u32,        // one pass: lines per workgroup
+    radices: u32,      // one pass: the stages' radices, four bits each, first stage lowest, 0 ends
+    tw_inv_offset: u32, // `bluestein_wg`: inverse twiddles of length M in `tables`
+    _pad0: u32,
+    _pad1: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -113,4 +123,116 @@ fn chirp_post(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let b = t / p.n;
     let k = t % p.n;
     dst[line_base(b, p.n, p.stride) + k * p.stride] = cmul(src[b * p.m + k], tables[p.chirp_offset + k]) * p.scale;
+}
+
+// Two halves of WG_HALF elements (16 KiB in all, WebGPU's default workgroup storage limit).
+const WG_HALF: u32 = 1024u;
+var<workgroup> sh: array<vec2<f32>, 2048>;
+
+// Every Stockham stage of a length-`n` transform of the `nl` lines held one after another in the
+// half of `sh` starting at `start` (radices in `packed`, twiddles at `tw`), the last stage times
+// `scale`; returns the start of the half holding the result. Called by the whole workgroup.
+fn wg_stages(lid: u32, n: u32, nl: u32, packed: u32, tw: u32, start: u32, scale: f32) -> u32 {
+    var cur = start;
+    var ns = 1u;
+    var s = 0u;
+    loop {
+        let r = (packed >> (4u * s)) & 15u;
+        if (r == 0u) {
+            break;
+        }
+        let nr = n / r;
+        let sc = select(1.0, scale, ((packed >> (4u * s + 4u)) & 15u) == 0u);
+        let out = WG_HALF - cur;
+        let tw_step = n / (ns * r);
+        for (var bi = lid; bi < nl * nr; bi += WG) {
+            let l = bi / nr;
+            let j = bi % nr;
+            let k = j % ns;
+            var v: array<vec2<f32>, 8>;
+            for (var q = 0u; q < r; q++) {
+                v[q] = cmul(sh[cur + l * n + j + q * nr], tables[tw + (k * q * tw_step) % n]);
+            }
+            let idx_d = (j / ns) * ns * r + k;
+            for (var q = 0u; q < r; q++) {
+                var acc = vec2<f32>(0.0, 0.0);
+                for (var t = 0u; t < r; t++) {
+                    acc += cmul(v[t], tables[tw + ((t * q) % r) * nr]);
+                }
+                sh[out + l * n + idx_d + q * ns] = acc * sc;
+            }
+        }
+        workgroupBarrier();
+        cur = out;
+        ns *= r;
+        s += 1u;
+    }
+    return cur;
+}
+
+// Sample `i` of line `l` of a workgroup's lines for element `e` of its loads and stores: along x
+// (stride 1) consecutive invocations take consecutive samples of a line, along y and z the same
+// sample of neighbouring lines, which are neighbours in memory.
+fn wg_element(e: u32, len: u32, nl: u32) -> vec2<u32> {
+    if (p.stride == 1u) {
+        return vec2<u32>(e / len, e % len);
+    }
+    return vec2<u32>(e % nl, e / nl);
+}
+
+// A Stockham transform of `group` lines per workgroup in one pass, in place on `dst`.
+@compute @workgroup_size(64)
+fn stockham_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_id) lid: vec3<u32>) {
+    let first = (wid.x + wid.y * nwg.x) * p.group;
+    if (first >= p.lines) {
+        return;
+    }
+    let n = p.n;
+    let nl = min(p.group, p.lines - first);
+    for (var e = lid.x; e < nl * n; e += WG) {
+        let li = wg_element(e, n, nl);
+        sh[li.x * n + li.y] = dst[line_base(first + li.x, n, p.stride) + li.y * p.stride];
+    }
+    workgroupBarrier();
+    let res = wg_stages(lid.x, n, nl, p.radices, p.tw_offset, 0u, p.scale);
+    for (var e = lid.x; e < nl * n; e += WG) {
+        let li = wg_element(e, n, nl);
+        dst[line_base(first + li.x, n, p.stride) + li.y * p.stride] = sh[res + li.x * n + li.y];
+    }
+}
+
+// Bluestein's transform of `group` lines per workgroup in one pass, in place on `dst`: the
+// chirped line zero-padded to M, its forward transform, times B, the inverse transform, chirped.
+@compute @workgroup_size(64)
+fn bluestein_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_id) lid: vec3<u32>) {
+    let first = (wid.x + wid.y * nwg.x) * p.group;
+    if (first >= p.lines) {
+        return;
+    }
+    let n = p.n;
+    let m = p.m;
+    let nl = min(p.group, p.lines - first);
+    for (var e = lid.x; e < nl * m; e += WG) {
+        let li = wg_element(e, m, nl);
+        var a = vec2<f32>(0.0, 0.0);
+        if (li.y < n) {
+            a = cmul(dst[line_base(first + li.x, n, p.stride) + li.y * p.stride],
+                     tables[p.chirp_offset + li.y]);
+        }
+        sh[li.x * m + li.y] = a;
+    }
+    workgroupBarrier();
+    let fa = wg_stages(lid.x, m, nl, p.radices, p.tw_offset, 0u, 1.0);
+    for (var e = lid.x; e < nl * m; e += WG) {
+        sh[fa + e] = cmul(sh[fa + e], tables[p.bhat_offset + e % m]);
+    }
+    workgroupBarrier();
+    let res = wg_stages(lid.x, m, nl, p.radices, p.tw_inv_offset, fa, 1.0);
+    for (var e = lid.x; e < nl * n; e += WG) {
+        let li = wg_element(e, n, nl);
+        dst[line_base(first + li.x, n, p.stride) + li.y * p.stride] =
+            cmul(sh[res + li.x * m + li.y], tables[p.chirp_offset + li.y]) * p.scale;
+    }
 }

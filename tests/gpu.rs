@@ -270,7 +270,10 @@ fn fft_matches_cpu() {
     let Some(mut g) = gpu() else { return };
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
-    // Stockham radices 2, 3, 4, 5, 7, 8 (64 = 8·8, 16 = 8·2); Bluestein for 11, 13, 101, 37, 53, 61.
+    // Stockham radices 2, 3, 4, 5, 7, 8 (64 = 8·8, 16 = 8·2); Bluestein for 11, 13, 101, 37, 53, 61,
+    // 601 (padded to 1215: longer than one pass holds) and 7 lines per workgroup's share that
+    // leave a partial last group (lines of 11 padded to 21). Lines of 2048 are too long for one
+    // pass; 512 take two lines a workgroup.
     let shapes = [
         [3, 64, 16],
         [7, 9, 11],
@@ -280,35 +283,61 @@ fn fft_matches_cpu() {
         [1, 1, 101],
         [4, 49, 25],
         [37, 53, 61],
+        [1, 2, 601],
+        [1, 3, 2048],
+        [3, 512, 2],
     ];
-    for shape in shapes {
-        let data = Array3::from_shape_simple_fn(shape, || {
-            cpu::fft::C32::new(rng.random::<f32>() - 0.5, rng.random::<f32>() - 0.5)
-        });
-        let fft = cpu::fft::Fft3::new(shape);
-        for inverse in [false, true] {
-            let mut want = data.clone();
-            if inverse {
-                fft.inverse(&mut want);
-            } else {
-                fft.forward(&mut want);
-            }
-            let got = g.fft3(&data, inverse).unwrap();
-            let n = data.len() as f32;
-            // Tolerance of fft.wgsl: 1e-5 * sqrt(N) * max|x| (forward; the inverse is 1/N of that).
-            let tol = 1e-5 * n.sqrt() * 0.71 * if inverse { 1.0 / n } else { 1.0 };
-            let err = want
-                .iter()
-                .zip(got.iter())
-                .map(|(a, b)| (a - b).norm())
-                .fold(0.0, f32::max);
-            eprintln!("fft {shape:?} inverse {inverse}: max error {err:.3e} (tolerance {tol:.3e})");
-            assert!(
-                err <= tol,
-                "fft shape {shape:?} inverse {inverse}: max error {err} > {tol}; seed {seed}"
+    for one_pass in [true, false] {
+        g.context().set_fft_one_pass(one_pass);
+        for shape in shapes {
+            let route = g.fft3_route(shape).unwrap();
+            // Every axis that one pass holds takes it, and only when asked.
+            let fits =
+                |n: usize| n > 1 && gpuprep_gpu::fft::line_work(n) <= gpuprep_gpu::fft::WG_HALF;
+            let want_one_pass = one_pass && shape.iter().any(|&n| fits(n));
+            assert_eq!(
+                route.contains("one pass"),
+                want_one_pass,
+                "{shape:?} one pass {one_pass}: {route}"
             );
+            assert_eq!(
+                route.matches("one pass").count(),
+                if one_pass {
+                    shape.iter().filter(|&&n| fits(n)).count()
+                } else {
+                    0
+                },
+                "{shape:?}: {route}"
+            );
+            let data = Array3::from_shape_simple_fn(shape, || {
+                cpu::fft::C32::new(rng.random::<f32>() - 0.5, rng.random::<f32>() - 0.5)
+            });
+            let fft = cpu::fft::Fft3::new(shape);
+            for inverse in [false, true] {
+                let mut want = data.clone();
+                if inverse {
+                    fft.inverse(&mut want);
+                } else {
+                    fft.forward(&mut want);
+                }
+                let got = g.fft3(&data, inverse).unwrap();
+                let n = data.len() as f32;
+                // Tolerance of fft.wgsl: 1e-5 * sqrt(N) * max|x| (forward; the inverse is 1/N of that).
+                let tol = 1e-5 * n.sqrt() * 0.71 * if inverse { 1.0 / n } else { 1.0 };
+                let err = want
+                    .iter()
+                    .zip(got.iter())
+                    .map(|(a, b)| (a - b).norm())
+                    .fold(0.0, f32::max);
+                eprintln!("fft {shape:?} {route} inverse {inverse}: max error {err:.3e} (tolerance {tol:.3e})");
+                assert!(
+                    err <= tol,
+                    "fft shape {shape:?} ({route}) inverse {inverse}: max error {err} > {tol}; seed {seed}"
+                );
+            }
         }
     }
+    g.context().set_fft_one_pass(true);
 }
 
 #[test]
@@ -1494,10 +1523,10 @@ fn one_resident_frame_costs_what_it_costs_today() {
     assert_eq!(
         frame,
         GpuCounters {
-            // Median 1, registration 16 (spectrum, cross-power, inverse FFT, peak search: the FFT
-            // stages depend on the shape, 16 = 8·2 and 32 = 8·4), shift 3 (one operator pass per
-            // axis), accumulate 1.
-            dispatches: 21,
+            // Median 1, registration 10 (spectrum, cross-power, inverse FFT, peak search: each
+            // FFT one pass per axis, 3 + 3, where one per stage took 6 + 6), shift 3 (one
+            // operator pass per axis), accumulate 1.
+            dispatches: 15,
             // Median + registration; the power and the peak partials read back together; shift +
             // accumulate; the volume read back.
             submits: 4,
@@ -1507,8 +1536,8 @@ fn one_resident_frame_costs_what_it_costs_today() {
             writes: 5,
             read_bytes: 71680,
             // The volume (65,536 bytes), the shift's operator rows (8 bytes a weight, 16–38 weights
-            // a sample here) and outside flags, the uniforms.
-            written_bytes: 85584,
+            // a sample here) and outside flags, the uniforms (one aligned slot a dispatch).
+            written_bytes: 85200,
         }
     );
     // Of the bytes read back, one volume is the frame's result; the rest is the registration's.

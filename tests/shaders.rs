@@ -277,7 +277,11 @@ fn uniform_structs_match_wgsl() {
                 bhat_offset,
                 total,
                 scale,
-                _pad
+                group,
+                radices,
+                tw_inv_offset,
+                _pad0,
+                _pad1
             }),
         ),
         (
@@ -424,6 +428,23 @@ fn workgroup_size_matches_wgsl() {
             assert_eq!(ep.workgroup_size, [WORKGROUP, 1, 1], "{name}.{}", ep.name);
         }
     }
+}
+
+/// The one-pass FFT kernels' workgroup memory is what the host plans lines against: `WG_HALF`
+/// elements a half, two halves, `WG_BYTES` in all.
+#[test]
+fn fft_workgroup_memory_matches_wgsl() {
+    use gpuprep_gpu::fft::{WG_BYTES, WG_HALF};
+    let (module, _) = parse("fft", &shaders::source("fft").unwrap());
+    assert_eq!(const_u32(&module, "WG_HALF"), Some(WG_HALF as u32));
+    let (_, sh) = module
+        .global_variables
+        .iter()
+        .find(|(_, v)| v.name.as_deref() == Some("sh"))
+        .expect("fft.wgsl declares `sh`");
+    assert_eq!(sh.space, naga::AddressSpace::WorkGroup);
+    let size = module.types[sh.ty].inner.size(module.to_ctx());
+    assert_eq!(size, WG_BYTES, "sh is two halves of WG_HALF vec2<f32>");
 }
 
 /// `BoundaryMode::code()` is the `MODE_*` constant of common.wgsl for every mode, and common.wgsl

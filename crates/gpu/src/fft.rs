@@ -4,7 +4,9 @@
 //! Stockham FFT. Twiddles, chirps and the chirp filter's spectrum are computed once per shape in f64.
 
 use super::device::{GpuContext, Kernel, Recorder};
-use super::shaders::{FFT_CHIRP_POST, FFT_CHIRP_PRE, FFT_POINTWISE, FFT_STOCKHAM};
+use super::shaders::{
+    FFT_BLUESTEIN_WG, FFT_CHIRP_POST, FFT_CHIRP_PRE, FFT_POINTWISE, FFT_STOCKHAM, FFT_STOCKHAM_WG,
+};
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::Result;
@@ -26,9 +28,33 @@ pub struct FftUniform {
     pub bhat_offset: u32,
     pub total: u32,
     pub scale: f32,
-    pub _pad: u32,
+    /// One pass: lines per workgroup.
+    pub group: u32,
+    /// One pass: the stages' radices, four bits each, first stage lowest (`pack_radices`).
+    pub radices: u32,
+    /// `bluestein_wg`: offset of the inverse twiddles of length M.
+    pub tw_inv_offset: u32,
+    pub _pad0: u32,
+    pub _pad1: u32,
 }
-const _: () = assert!(std::mem::size_of::<FftUniform>() == 48);
+const _: () = assert!(std::mem::size_of::<FftUniform>() == 64);
+
+/// Complex elements of workgroup memory one pass may use per line set: half of `sh` in `fft.wgsl`
+/// (`WG_HALF`, checked by `tests/shaders.rs`); a length up to this runs in one pass per axis.
+pub const WG_HALF: usize = 1024;
+/// Workgroup memory the one-pass kernels declare (`sh`: two halves of `WG_HALF` vec2<f32>).
+pub const WG_BYTES: u32 = (2 * WG_HALF * 8) as u32;
+
+/// `radices` packed four bits per stage for the one-pass kernels, or `None` when there are more
+/// than seven stages (the eighth nibble must stay 0 to end the list).
+pub fn pack_radices(radices: &[u32]) -> Option<u32> {
+    (radices.len() < 8).then(|| {
+        radices
+            .iter()
+            .enumerate()
+            .fold(0, |acc, (i, &r)| acc | (r << (4 * i)))
+    })
+}
 
 /// Every radix a Stockham stage may have: the values of `stockham`'s `RADIX` (see `radices`).
 pub const RADICES: [u32; 6] = [2, 3, 4, 5, 7, 8];
@@ -78,6 +104,8 @@ struct Axis {
     stride: usize,
     lines: usize,
     kind: AxisKind,
+    /// One pass through workgroup memory: the packed radices and the lines per workgroup.
+    one_pass: Option<(u32, usize)>,
 }
 
 /// Elements a line of length `n` occupies while transformed: `n`, or Bluestein's padded length.
@@ -85,8 +113,16 @@ pub fn line_work(n: usize) -> usize {
     if n <= 1 || radices(n).is_some() {
         n
     } else {
-        (2 * n - 1).next_power_of_two()
+        bluestein_len(n)
     }
+}
+
+/// Bluestein's padded length for a line of `n`: the smallest length of at least 2n - 1 whose prime
+/// factors are all in {2, 3, 5, 7} (a Stockham length; up to a third shorter than a power of two).
+pub fn bluestein_len(n: usize) -> usize {
+    (2 * n - 1..)
+        .find(|&m| radices(m).is_some())
+        .expect("a power of two is always found")
 }
 
 /// A planned 3-D FFT for one shape: tables on the device and Bluestein scratch buffers.
@@ -161,7 +197,7 @@ impl Fft3Plan {
                     tw: [push(twiddles(n, false)), push(twiddles(n, true))],
                 }
             } else {
-                let m = (2 * n - 1).next_power_of_two();
+                let m = bluestein_len(n);
                 let mut planner = rustfft::FftPlanner::<f64>::new();
                 let fft = planner.plan_fft_forward(m);
                 let mut chirp = [0u32; 2];
@@ -178,20 +214,34 @@ impl Fft3Plan {
                     chirp[d] = push(w.iter().map(|&c| c32(c)).collect());
                     bhat[d] = push(b.iter().map(|&c| c32(c / m as f64)).collect());
                 }
-                scratch_elems = scratch_elems.max(lines * m);
                 AxisKind::Bluestein {
                     m,
-                    radices: radices(m).expect("power of two"),
+                    radices: radices(m).expect("a Stockham length"),
                     tw_m: [push(twiddles(m, false)), push(twiddles(m, true))],
                     chirp,
                     bhat,
                 }
             };
+            // One pass per axis where a workgroup's lines fit in its memory: `group` lines each.
+            let one_pass = |len: usize, radices: &[u32]| {
+                let packed =
+                    pack_radices(radices).filter(|_| ctx.fft_one_pass() && len <= WG_HALF)?;
+                Some((packed, (WG_HALF / len).min(lines).max(1)))
+            };
+            let one_pass = match &kind {
+                AxisKind::Skip => None,
+                AxisKind::Stockham { radices, .. } => one_pass(n, radices),
+                AxisKind::Bluestein { m, radices, .. } => one_pass(*m, radices),
+            };
+            if let (AxisKind::Bluestein { m, .. }, None) = (&kind, one_pass) {
+                scratch_elems = scratch_elems.max(lines * m);
+            }
             axes.push(Axis {
                 n,
                 stride: strides[a],
                 lines,
                 kind,
+                one_pass,
             });
         }
         let scratch = if scratch_elems > 0 {
@@ -216,14 +266,20 @@ impl Fft3Plan {
         let parts: Vec<String> = self
             .axes
             .iter()
-            .map(|a| match &a.kind {
-                AxisKind::Skip => "skip".into(),
-                AxisKind::Stockham { radices, .. } => radices
-                    .iter()
-                    .map(|r| r.to_string())
-                    .collect::<Vec<_>>()
-                    .join("x"),
-                AxisKind::Bluestein { m, .. } => format!("bluestein({} via {m})", a.n),
+            .map(|a| {
+                let route = if a.one_pass.is_some() {
+                    " one pass"
+                } else {
+                    ""
+                };
+                match &a.kind {
+                    AxisKind::Skip => "skip".into(),
+                    AxisKind::Stockham { radices, .. } => {
+                        let r: Vec<String> = radices.iter().map(|r| r.to_string()).collect();
+                        format!("{}{route}", r.join("x"))
+                    }
+                    AxisKind::Bluestein { m, .. } => format!("bluestein({} via {m}){route}", a.n),
+                }
             })
             .collect();
         format!("[{}]", parts.join(", "))
@@ -254,9 +310,53 @@ impl Fft3Plan {
             let axis = &self.axes[ax];
             let scale = if Some(ax) == last { final_scale } else { 1.0 };
             let (cur, other) = if cur_is_a { (a, b) } else { (b, a) };
-            match &axis.kind {
-                AxisKind::Skip => {}
-                AxisKind::Stockham { radices, tw } => {
+            match (&axis.kind, axis.one_pass) {
+                (AxisKind::Skip, _) => {}
+                (AxisKind::Stockham { tw, .. }, Some((packed, group))) => {
+                    let u = FftUniform {
+                        n: axis.n as u32,
+                        stride: axis.stride as u32,
+                        lines: axis.lines as u32,
+                        tw_offset: tw[d],
+                        scale,
+                        group: group as u32,
+                        radices: packed,
+                        ..Default::default()
+                    };
+                    // Binding 1 is unused by the one-pass kernels; the tables fill it.
+                    let bufs = [&self.tables, &self.tables, cur];
+                    let groups = axis.lines.div_ceil(group) as u64;
+                    rec.dispatch_groups(&ctx.pipeline(&FFT_STOCKHAM_WG)?, &u, &bufs, groups);
+                }
+                (
+                    AxisKind::Bluestein {
+                        m,
+                        tw_m,
+                        chirp,
+                        bhat,
+                        ..
+                    },
+                    Some((packed, group)),
+                ) => {
+                    let u = FftUniform {
+                        n: axis.n as u32,
+                        stride: axis.stride as u32,
+                        lines: axis.lines as u32,
+                        m: *m as u32,
+                        chirp_offset: chirp[d],
+                        bhat_offset: bhat[d],
+                        tw_offset: tw_m[0],
+                        tw_inv_offset: tw_m[1],
+                        scale,
+                        group: group as u32,
+                        radices: packed,
+                        ..Default::default()
+                    };
+                    let bufs = [&self.tables, &self.tables, cur];
+                    let groups = axis.lines.div_ceil(group) as u64;
+                    rec.dispatch_groups(&ctx.pipeline(&FFT_BLUESTEIN_WG)?, &u, &bufs, groups);
+                }
+                (AxisKind::Stockham { radices, tw }, None) => {
                     let flips = self.stages(
                         rec,
                         &stockham,
@@ -273,13 +373,16 @@ impl Fft3Plan {
                         cur_is_a = !cur_is_a;
                     }
                 }
-                AxisKind::Bluestein {
-                    m,
-                    radices,
-                    tw_m,
-                    chirp,
-                    bhat,
-                } => {
+                (
+                    AxisKind::Bluestein {
+                        m,
+                        radices,
+                        tw_m,
+                        chirp,
+                        bhat,
+                    },
+                    None,
+                ) => {
                     let s = self.scratch.as_ref().expect("bluestein scratch");
                     let pre = ctx.pipeline(&FFT_CHIRP_PRE)?;
                     let pw = ctx.pipeline(&FFT_POINTWISE)?;

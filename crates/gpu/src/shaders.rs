@@ -98,6 +98,10 @@ kernel_table! {
     FFT_CHIRP_PRE = fft::chirp_pre(Uniform, Read, Read, ReadWrite);
     FFT_POINTWISE = fft::pointwise(Uniform, Read, Read, ReadWrite);
     FFT_CHIRP_POST = fft::chirp_post(Uniform, Read, Read, ReadWrite);
+    /// Every Stockham stage of an axis in one pass through workgroup memory, in place on binding 3.
+    FFT_STOCKHAM_WG = fft::stockham_wg(Uniform, Read, Read, ReadWrite);
+    /// Bluestein's transform of an axis in one pass through workgroup memory, in place on binding 3.
+    FFT_BLUESTEIN_WG = fft::bluestein_wg(Uniform, Read, Read, ReadWrite);
     CROSS_TO_COMPLEX = cross_power::to_complex(Uniform, Read, ReadWrite);
     CROSS_POWER = cross_power::cross_power(Uniform, Read, ReadWrite);
     CROSS_ARGMAX_ABS = cross_power::argmax_abs(Uniform, Read, ReadWrite, ReadWrite);

@@ -226,6 +226,13 @@ impl GpuBackend {
         Ok(fused)
     }
 
+    /// How the FFT of a volume of `shape` would run on this device, per axis (e.g.
+    /// `[8x8 one pass, bluestein(101 via 210) one pass, skip]`).
+    pub fn fft3_route(&self, shape: [usize; 3]) -> Result<String> {
+        check_shape(shape)?;
+        Ok(super::fft::Fft3Plan::new(&self.ctx, shape)?.describe())
+    }
+
     /// The 3-D FFT of `data` on the device (numpy conventions), for tests and benchmarks of the
     /// `fft.wgsl` kernel on its own.
     pub fn fft3(&mut self, data: &Array3<C32>, inverse: bool) -> Result<Array3<C32>> {

@@ -30,6 +30,9 @@ pub struct GpuContext {
     pub(super) timing: RefCell<Option<super::timing::Timing>>,
     /// Kernels built without wgpu's shader runtime checks (`UNCHECKED_ENV`).
     unchecked_shaders: Cell<bool>,
+    /// Whether FFT axes that fit in workgroup memory run in one pass (`fft.rs`); tests turn it off
+    /// to check the multi-pass route too.
+    fft_one_pass: Cell<bool>,
 }
 
 /// The host's traffic with the device since the context was made, counted where it happens (the
@@ -182,6 +185,7 @@ impl GpuContext {
             })?;
             max_tile_bytes = max_tile_bytes.min(b);
         }
+        let fft_one_pass = limits.max_compute_workgroup_storage_size >= crate::fft::WG_BYTES;
         Ok(GpuContext {
             device,
             queue,
@@ -197,6 +201,7 @@ impl GpuContext {
             counters: Cell::new(GpuCounters::default()),
             timing: RefCell::new(None),
             unchecked_shaders: Cell::new(unchecked_shaders),
+            fft_one_pass: Cell::new(fft_one_pass),
         })
     }
 
@@ -229,6 +234,19 @@ impl GpuContext {
         if self.unchecked_shaders.replace(on) != on {
             self.kernels.borrow_mut().clear();
         }
+    }
+
+    /// Whether FFT axes whose lines fit in workgroup memory run in one pass per axis (the default
+    /// where the device grants the one-pass kernels' workgroup memory) or one pass per stage.
+    pub fn fft_one_pass(&self) -> bool {
+        self.fft_one_pass.get()
+    }
+
+    /// Chooses the FFT's route for plans made from now on (tests check both against the CPU);
+    /// `true` is ignored on a device without the workgroup memory the one-pass kernels need.
+    pub fn set_fft_one_pass(&self, on: bool) {
+        self.fft_one_pass
+            .set(on && self.limits.max_compute_workgroup_storage_size >= crate::fft::WG_BYTES);
     }
 
     /// Whether a buffer of `bytes` fits the tile limit (the resident route may use it).
