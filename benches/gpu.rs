@@ -221,6 +221,15 @@ fn bench_kernels(c: &mut Criterion) {
                     gplan.record(ctx, rec, &x, &y, false).unwrap();
                 })
             });
+            // The same transform one pass per stage (the route of axes too long for one pass).
+            ctx.set_fft_one_pass(false);
+            let staged = gpu::fft::Fft3Plan::new(ctx, shape).unwrap();
+            ctx.set_fft_one_pass(true);
+            g.bench_function(BenchmarkId::new("gpu_resident_per_stage", &id), |b| {
+                resident(b, ctx, |rec| {
+                    staged.record(ctx, rec, &x, &y, false).unwrap();
+                })
+            });
         }
         g.finish();
 

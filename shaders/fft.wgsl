@@ -129,6 +129,66 @@ fn chirp_post(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 const WG_HALF: u32 = 1024u;
 var<workgroup> sh: array<vec2<f32>, 2048>;
 
+// x times sgn * i.
+fn mul_si(x: vec2<f32>, sgn: f32) -> vec2<f32> {
+    return vec2<f32>(-sgn * x.y, sgn * x.x);
+}
+
+// The 4-point DFT of (a0, a1, a2, a3) with root sgn * i (sgn -1: forward).
+fn dft4(a0: vec2<f32>, a1: vec2<f32>, a2: vec2<f32>, a3: vec2<f32>, sgn: f32) -> array<vec2<f32>, 4> {
+    let t0 = a0 + a2;
+    let t1 = a0 - a2;
+    let t2 = a1 + a3;
+    let t3 = mul_si(a1 - a3, sgn);
+    return array<vec2<f32>, 4>(t0 + t2, t1 + t3, t0 - t2, t1 - t3);
+}
+
+// The r-point DFT of v[0..r] (root exp(sgn 2 pi i / r)): radices 2, 4 and 8 as butterflies (8 as
+// two 4-point DFTs of the even and odd samples), 3, 5 and 7 from the stage's twiddles at `tw`
+// (tw[m nr] = exp(sgn 2 pi i m / r)).
+fn small_dft(v: array<vec2<f32>, 8>, r: u32, sgn: f32, tw: u32, nr: u32) -> array<vec2<f32>, 8> {
+    var y: array<vec2<f32>, 8>;
+    switch r {
+        case 2u: {
+            y[0] = v[0] + v[1];
+            y[1] = v[0] - v[1];
+        }
+        case 4u: {
+            let f = dft4(v[0], v[1], v[2], v[3], sgn);
+            y[0] = f[0];
+            y[1] = f[1];
+            y[2] = f[2];
+            y[3] = f[3];
+        }
+        case 8u: {
+            let e = dft4(v[0], v[2], v[4], v[6], sgn);
+            let o = dft4(v[1], v[3], v[5], v[7], sgn);
+            let h = 0.70710678118654752;
+            let o1 = cmul(o[1], vec2<f32>(h, sgn * h));
+            let o2 = mul_si(o[2], sgn);
+            let o3 = cmul(o[3], vec2<f32>(-h, sgn * h));
+            y[0] = e[0] + o[0];
+            y[4] = e[0] - o[0];
+            y[1] = e[1] + o1;
+            y[5] = e[1] - o1;
+            y[2] = e[2] + o2;
+            y[6] = e[2] - o2;
+            y[3] = e[3] + o3;
+            y[7] = e[3] - o3;
+        }
+        default: {
+            for (var q = 0u; q < r; q++) {
+                var acc = vec2<f32>(0.0, 0.0);
+                for (var t = 0u; t < r; t++) {
+                    acc += cmul(v[t], tables[tw + ((t * q) % r) * nr]);
+                }
+                y[q] = acc;
+            }
+        }
+    }
+    return y;
+}
+
 // Every Stockham stage of a length-`n` transform of the `nl` lines held one after another in the
 // half of `sh` starting at `start` (radices in `packed`, twiddles at `tw`), the last stage times
 // `scale`; returns the start of the half holding the result. Called by the whole workgroup.
@@ -145,6 +205,11 @@ fn wg_stages(lid: u32, n: u32, nl: u32, packed: u32, tw: u32, start: u32, scale:
         let sc = select(1.0, scale, ((packed >> (4u * s + 4u)) & 15u) == 0u);
         let out = WG_HALF - cur;
         let tw_step = n / (ns * r);
+        // The transform's direction, for the radix-4 and -8 butterflies: tw[n / 4] = exp(-/+ i pi / 2).
+        var sgn = 1.0;
+        if (n % 4u == 0u && tables[tw + n / 4u].y < 0.0) {
+            sgn = -1.0;
+        }
         for (var bi = lid; bi < nl * nr; bi += WG) {
             let l = bi / nr;
             let j = bi % nr;
@@ -153,13 +218,10 @@ fn wg_stages(lid: u32, n: u32, nl: u32, packed: u32, tw: u32, start: u32, scale:
             for (var q = 0u; q < r; q++) {
                 v[q] = cmul(sh[cur + l * n + j + q * nr], tables[tw + (k * q * tw_step) % n]);
             }
-            let idx_d = (j / ns) * ns * r + k;
+            let y = small_dft(v, r, sgn, tw, nr);
+            let o = out + l * n + (j / ns) * ns * r + k;
             for (var q = 0u; q < r; q++) {
-                var acc = vec2<f32>(0.0, 0.0);
-                for (var t = 0u; t < r; t++) {
-                    acc += cmul(v[t], tables[tw + ((t * q) % r) * nr]);
-                }
-                sh[out + l * n + idx_d + q * ns] = acc * sc;
+                sh[o + q * ns] = y[q] * sc;
             }
         }
         workgroupBarrier();
