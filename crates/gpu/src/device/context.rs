@@ -312,6 +312,20 @@ impl GpuContext {
         Ok(b)
     }
 
+    /// `pooled(role, ..)` holding `data` at its start: for buffers a frame fills afresh (the
+    /// upsampled DFT's kernels and products), which would otherwise be created, zeroed by wgpu and
+    /// dropped every frame. Only for data that every use reads before the next `pooled_init` of the
+    /// same role (the write is queued ahead of any later submission).
+    pub fn pooled_init<T: bytemuck::Pod>(
+        &self,
+        role: &'static str,
+        data: &[T],
+    ) -> Result<wgpu::Buffer> {
+        let buf = self.pooled(role, std::mem::size_of_val(data) as u64)?;
+        self.upload(&buf, data);
+        Ok(buf)
+    }
+
     /// Write `data` at the start of `buf`.
     pub fn upload<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, data: &[T]) {
         if !data.is_empty() {

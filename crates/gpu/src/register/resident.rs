@@ -256,8 +256,8 @@ impl GpuRegistrar {
     ) -> Result<([usize; 3], Complex64)> {
         let [nz, ny, nx] = self.shape;
         let [ky, kx] = upsample_kernels(ctx, self.shape, r, u, offsets)?;
-        let t1 = ctx.storage("register.upsample_t1", (nz * ny * r * 8) as u64)?;
-        let t2 = ctx.storage("register.upsample_t2", (nz * r * r * 8) as u64)?;
+        let t1 = ctx.pooled("register.upsample_t1", (nz * ny * r * 8) as u64)?;
+        let t2 = ctx.pooled("register.upsample_t2", (nz * r * r * 8) as u64)?;
         let k = contract_kernel(ctx)?;
         let mut rec = ctx.recorder();
         let steps: [Contraction<'_>; 2] = [

@@ -334,7 +334,7 @@ impl TiledRegistrar {
             t2.extend(ctx.read::<[f32; 2]>(&t2s, d * r * r)?);
             ctx.count_tiles(1, |s| &mut s.register);
         }
-        let t2 = ctx.storage_init("register.upsample_t2", &t2)?;
+        let t2 = ctx.pooled_init("register.upsample_t2_tiled", &t2)?;
         let budget = UPSAMPLE_SLAB_BYTES.min(ctx.max_tile_bytes() as usize);
         upsampled_peak_z(ctx, &k, &t2, nz, r, u, offsets[0], window, budget)
     }

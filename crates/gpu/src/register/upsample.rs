@@ -70,11 +70,11 @@ pub(super) fn upsample_kernels(
     offsets: [f64; 3],
 ) -> Result<[wgpu::Buffer; 2]> {
     Ok([
-        ctx.storage_init(
+        ctx.pooled_init(
             "register.upsample_ky",
             &upsample_kernel(shape[1], r, u, offsets[1]),
         )?,
-        ctx.storage_init(
+        ctx.pooled_init(
             "register.upsample_kx",
             &upsample_kernel(shape[2], r, u, offsets[2]),
         )?,
@@ -106,13 +106,14 @@ pub(super) fn upsampled_peak_z(
     let [wa, wb, wc] = window;
     let kz = upsample_kernel(nz, r, u, off_z);
     let planes = upsample_slab_planes(r, slab_bytes);
-    let t3 = ctx.storage("register.upsample_t3", (planes * r * r * 8) as u64)?;
+    let t3 = ctx.pooled("register.upsample_t3", (planes * r * r * 8) as u64)?;
     // Strictly larger in C order: the first maximum; a NaN never ranks (all NaN: index 0).
     let first = (wa.start * r + wb.start) * r + wc.start;
     let (mut best, mut best_v, mut value) = (first, f64::NEG_INFINITY, None);
     for a0 in wa.clone().step_by(planes) {
         let n = planes.min(wa.end - a0);
-        let kzs = ctx.storage_init("register.upsample_kz", &kz[a0 * nz..(a0 + n) * nz])?;
+        // Each slab is read back before the next one's kernel rows are written.
+        let kzs = ctx.pooled_init("register.upsample_kz", &kz[a0 * nz..(a0 + n) * nz])?;
         let mut rec = ctx.recorder();
         record_contract(&mut rec, k, [nz, r, r], 0, n, [t2, &kzs, &t3], n * r * r);
         rec.submit()?;
