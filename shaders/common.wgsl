@@ -77,3 +77,43 @@ fn cconj(a: vec2<f32>) -> vec2<f32> {
 fn line_base(b: u32, n: u32, s: u32) -> u32 {
     return (b / s) * s * n + (b % s);
 }
+
+// |r| without the overflow of re² + im² past f32's range (|r| > 1.8e19, e.g. the DC bin of large
+// integer volumes), as the CPU twin's f64 magnitude and numpy's hypot.
+fn safe_length(r: vec2<f32>) -> f32 {
+    let s = max(abs(r.x), abs(r.y));
+    // Scaled at both ends: squares of components past 1e19 overflow, and under 1e-19 they underflow
+    // (or flush to zero on devices without subnormals).
+    if (s > 1e18 || (s > 0.0 && s < 1e-18)) {
+        return length(r / s) * s;
+    }
+    return length(r);
+}
+
+// One bin of the cross-power spectrum R = F * conj(G) of the registration (`cross_power.wgsl` and the
+// fused z pass of `fft.wgsl`; described in cross_power.wgsl's header): with `phase`, R / max(|R|,
+// 100 eps_f32); without, R times the power of two whose f32 bits are `scale_bits` (0: 1).
+fn cross_value(f: vec2<f32>, g: vec2<f32>, phase: u32, scale_bits: u32) -> vec2<f32> {
+    // Dividing by a scale of 1 is exact: the product is bit for bit the plain one for |F|, |G| <= 1..
+    let sf = max(max(abs(f.x), abs(f.y)), 1.0);
+    let sg = max(max(abs(g.x), abs(g.y)), 1.0);
+    // |r| >= 1 when either scale is over 1 (a component of each factor is then +-1).
+    let r = cmul(f / sf, cconj(g / sg));
+    if (phase != 0u && sf * sg >= 1e30) {
+        // |R| = |r|·sf·sg, which is under the floor only when r is (nearly) zero: one factor has a zero
+        // bin. The CPU's R / max(|R|, floor) then, without forming the overflowing R.
+        let floor = 100.0 * 1.1920929e-7;
+        let lr = safe_length(r);
+        if (lr * sf >= floor / sg) {
+            return r / lr;
+        } else {
+            return r * sf * sg / floor;
+        }
+    }
+    let scale = select(bitcast<f32>(scale_bits), 1.0, scale_bits == 0u);
+    var big = r * (sf * scale) * sg;
+    if (phase != 0u) {
+        big = big / max(safe_length(big), 100.0 * 1.1920929e-7);
+    }
+    return big;
+}

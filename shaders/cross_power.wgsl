@@ -57,18 +57,6 @@ struct Partial {
 
 @group(0) @binding(0) var<uniform> p: Params;
 
-// |r| without the overflow of re² + im² past f32's range (|r| > 1.8e19, e.g. the DC bin of large
-// integer volumes), as the CPU twin's f64 magnitude and numpy's hypot.
-fn safe_length(r: vec2<f32>) -> f32 {
-    let s = max(abs(r.x), abs(r.y));
-    // Scaled at both ends: squares of components past 1e19 overflow, and under 1e-19 they underflow
-    // (or flush to zero on devices without subnormals).
-    if (s > 1e18 || (s > 0.0 && s < 1e-18)) {
-        return length(r / s) * s;
-    }
-    return length(r);
-}
-
 @group(0) @binding(1) var<storage, read> real_in: array<f32>;
 @group(0) @binding(2) var<storage, read_write> cplx_out: array<vec2<f32>>;
 
@@ -92,31 +80,7 @@ fn cross_power(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (i >= p.total) {
         return;
     }
-    let f = cp_f[i];
-    let g = cp_g[i];
-    // Dividing by a scale of 1 is exact: the product is bit for bit the plain one for |F|, |G| <= 1..
-    let sf = max(max(abs(f.x), abs(f.y)), 1.0);
-    let sg = max(max(abs(g.x), abs(g.y)), 1.0);
-    // |r| >= 1 when either scale is over 1 (a component of each factor is then +-1).
-    let r = cmul(f / sf, cconj(g / sg));
-    if (p.phase != 0u && sf * sg >= 1e30) {
-        // |R| = |r|·sf·sg, which is under the floor only when r is (nearly) zero: one factor has a zero
-        // bin. The CPU's R / max(|R|, floor) then, without forming the overflowing R.
-        let floor = 100.0 * 1.1920929e-7;
-        let lr = safe_length(r);
-        if (lr * sf >= floor / sg) {
-            cp_g[i] = r / lr;
-        } else {
-            cp_g[i] = r * sf * sg / floor;
-        }
-        return;
-    }
-    let scale = select(bitcast<f32>(p.scale_bits), 1.0, p.scale_bits == 0u);
-    var big = r * (sf * scale) * sg;
-    if (p.phase != 0u) {
-        big = big / max(safe_length(big), 100.0 * 1.1920929e-7);
-    }
-    cp_g[i] = big;
+    cp_g[i] = cross_value(cp_f[i], cp_g[i], p.phase, p.scale_bits);
 }
 
 @group(0) @binding(1) var<storage, read> red_in: array<vec2<f32>>;

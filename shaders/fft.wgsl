@@ -12,6 +12,9 @@
 //   Stockham FFT of length M; `pointwise`: A *= B, B = FFT_M(conj chirp) / M precomputed on the host;
 //   inverse Stockham FFT of length M; `chirp_post`: X[k] = w[k] * a[k] * scale. M is the smallest
 //   length >= 2n - 1 whose prime factors are all in {2, 3, 5, 7}.
+// `cross_z_wg`, the registration's middle in one pass over lines along z: the forward z stages, the
+//   cross-power with the reference spectrum (`src`, binding 1), optionally smoothed and kept (for the
+//   upsampled DFT), and the inverse z stages; the x and y passes around it are `stockham_wg`'s.
 // One pass per axis (`stockham_wg`, `bluestein_wg`), where a workgroup's lines fit in workgroup memory:
 //   each workgroup loads `group` whole lines into `sh` once, runs every stage there (the same
 //   butterflies and twiddles as `stockham`, alternating between the two halves of `sh`) and writes
@@ -34,7 +37,11 @@ struct Params {
     scale: f32,
     group: u32,        // one pass: lines per workgroup
     radices: u32,      // one pass: the stages' radices, four bits each, first stage lowest, 0 ends
-    tw_inv_offset: u32, // `bluestein_wg`: inverse twiddles of length M in `tables`
+    tw_inv_offset: u32, // `bluestein_wg`, `cross_z_wg`: inverse twiddles in `tables`
+    phase: u32,        // `cross_z_wg`: the cross-power's normalization (`cross_value`)
+    scale_bits: u32,   // `cross_z_wg`: its scale's f32 bits (0: 1)
+    flags: u32,        // `cross_z_wg`: 1 smooth by `smooth_table`, 2 keep the cross-power in `kept`
+    nx: u32,           // `cross_z_wg`: the volume's x length (lines along z are stride = ny nx)
     _pad0: u32,
     _pad1: u32,
 }
@@ -296,5 +303,50 @@ fn bluestein_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         let li = wg_element(e, n, nl);
         dst[line_base(first + li.x, n, p.stride) + li.y * p.stride] =
             cmul(sh[res + li.x * m + li.y], tables[p.chirp_offset + li.y]) * p.scale;
+    }
+}
+
+@group(0) @binding(4) var<storage, read_write> kept: array<vec2<f32>>;
+@group(0) @binding(5) var<storage, read> smooth_table: array<f32>;
+
+// The forward transform along z of `group` lines of `dst` (the moving volume, transformed along x and
+// y), each bin replaced by its cross-power with the reference's `src` (`cross_value`; times the
+// Gaussian `smooth_table` [gz | gy | gx] as (gz gy) gx when flags & 1, as `gaussian_smooth`; copied
+// to `kept` when flags & 2), then the inverse transform along z, in place on `dst`.
+@compute @workgroup_size(64)
+fn cross_z_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+              @builtin(local_invocation_id) lid: vec3<u32>) {
+    let first = (wid.x + wid.y * nwg.x) * p.group;
+    if (first >= p.lines) {
+        return;
+    }
+    let n = p.n;
+    let nl = min(p.group, p.lines - first);
+    for (var e = lid.x; e < nl * n; e += WG) {
+        let li = wg_element(e, n, nl);
+        sh[li.x * n + li.y] = dst[line_base(first + li.x, n, p.stride) + li.y * p.stride];
+    }
+    workgroupBarrier();
+    let fz = wg_stages(lid.x, n, nl, p.radices, p.tw_offset, 0u, 1.0);
+    let ny = p.stride / p.nx;
+    for (var e = lid.x; e < nl * n; e += WG) {
+        let li = wg_element(e, n, nl);
+        let b = first + li.x;
+        let at = line_base(b, n, p.stride) + li.y * p.stride;
+        var c = cross_value(src[at], sh[fz + li.x * n + li.y], p.phase, p.scale_bits);
+        if ((p.flags & 1u) != 0u) {
+            let yx = b % p.stride;
+            c = c * ((smooth_table[li.y] * smooth_table[n + yx / p.nx]) * smooth_table[n + ny + yx % p.nx]);
+        }
+        if ((p.flags & 2u) != 0u) {
+            kept[at] = c;
+        }
+        sh[fz + li.x * n + li.y] = c;
+    }
+    workgroupBarrier();
+    let res = wg_stages(lid.x, n, nl, p.radices, p.tw_inv_offset, fz, p.scale);
+    for (var e = lid.x; e < nl * n; e += WG) {
+        let li = wg_element(e, n, nl);
+        dst[line_base(first + li.x, n, p.stride) + li.y * p.stride] = sh[res + li.x * n + li.y];
     }
 }

@@ -443,13 +443,19 @@ fn registration_matches_cpu() {
     let seed = seed();
     let mut rng = StdRng::seed_from_u64(seed);
     let mut c = CpuBackend::new();
-    for shape in [
-        [7, 9, 11],
-        [5, 13, 6],
-        [1, 9, 10],
-        [12, 10, 8],
-        [11, 16, 17],
-    ] {
+    // One pass per FFT axis (z, cross-power and inverse z fused where z is a Stockham length:
+    // not 1, not 11) and one pass per stage (the fused route off).
+    for (one_pass, shape) in [true, false].into_iter().flat_map(|o| {
+        [
+            [7, 9, 11],
+            [5, 13, 6],
+            [1, 9, 10],
+            [12, 10, 8],
+            [11, 16, 17],
+        ]
+        .map(|s| (o, s))
+    }) {
+        g.context().set_fft_one_pass(one_pass);
         for normalization in [Normalization::Phase, Normalization::None] {
             let reference = blobs(&mut rng, shape);
             let s = [0, 1, 2].map(|a| {
@@ -469,7 +475,7 @@ fn registration_matches_cpu() {
             let rc = c.register(&c_ref, moving.view()).unwrap();
             assert_eq!(
                 rg.shift, rc.shift,
-                "integer shift, shape {shape:?} {normalization}; seed {seed}"
+                "integer shift, shape {shape:?} {normalization} one pass {one_pass}; seed {seed}"
             );
             assert!(
                 (rg.error - rc.error).abs() <= 1e-3,
@@ -506,13 +512,14 @@ fn registration_matches_cpu() {
             for a in 0..3 {
                 assert!(
                     (rg.shift[a] - rc.shift[a]).abs() <= 1.0 / 10.0 + 1e-9,
-                    "sub-pixel shift {:?} vs {:?}, shape {shape:?} {normalization}; seed {seed}",
+                    "sub-pixel shift {:?} vs {:?}, shape {shape:?} {normalization} one pass {one_pass}; seed {seed}",
                     rg.shift,
                     rc.shift
                 );
             }
         }
     }
+    g.context().set_fft_one_pass(true);
 }
 
 #[test]
@@ -1523,10 +1530,10 @@ fn one_resident_frame_costs_what_it_costs_today() {
     assert_eq!(
         frame,
         GpuCounters {
-            // Median 1, registration 10 (spectrum, cross-power, inverse FFT, peak search: each
-            // FFT one pass per axis, 3 + 3, where one per stage took 6 + 6), shift 3 (one
-            // operator pass per axis), accumulate 1.
-            dispatches: 15,
+            // Median 1, registration 8 (to complex, x and y, power sums, z with the cross-power
+            // and the inverse z between, inverse y and x, peak search: one pass per FFT axis),
+            // shift 3 (one operator pass per axis), accumulate 1.
+            dispatches: 13,
             // Median + registration; the power and the peak partials read back together; shift +
             // accumulate; the volume read back.
             submits: 4,
@@ -1537,7 +1544,7 @@ fn one_resident_frame_costs_what_it_costs_today() {
             read_bytes: 71680,
             // The volume (65,536 bytes), the shift's operator rows (8 bytes a weight, 16–38 weights
             // a sample here) and outside flags, the uniforms (one aligned slot a dispatch).
-            written_bytes: 85200,
+            written_bytes: 85232,
         }
     );
     // Of the bytes read back, one volume is the frame's result; the rest is the registration's.

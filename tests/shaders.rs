@@ -280,6 +280,10 @@ fn uniform_structs_match_wgsl() {
                 group,
                 radices,
                 tw_inv_offset,
+                phase,
+                scale_bits,
+                flags,
+                nx,
                 _pad0,
                 _pad1
             }),

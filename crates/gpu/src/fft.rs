@@ -5,7 +5,8 @@
 
 use super::device::{GpuContext, Kernel, Recorder};
 use super::shaders::{
-    FFT_BLUESTEIN_WG, FFT_CHIRP_POST, FFT_CHIRP_PRE, FFT_POINTWISE, FFT_STOCKHAM, FFT_STOCKHAM_WG,
+    FFT_BLUESTEIN_WG, FFT_CHIRP_POST, FFT_CHIRP_PRE, FFT_CROSS_Z_WG, FFT_POINTWISE, FFT_STOCKHAM,
+    FFT_STOCKHAM_WG,
 };
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::complex::Complex64;
@@ -32,12 +33,32 @@ pub struct FftUniform {
     pub group: u32,
     /// One pass: the stages' radices, four bits each, first stage lowest (`pack_radices`).
     pub radices: u32,
-    /// `bluestein_wg`: offset of the inverse twiddles of length M.
+    /// `bluestein_wg`, `cross_z_wg`: offset of the inverse twiddles.
     pub tw_inv_offset: u32,
+    /// `cross_z_wg`: the cross-power's normalization and scale (as `CrossUniform`'s).
+    pub phase: u32,
+    pub scale_bits: u32,
+    /// `cross_z_wg`: 1 smooth, 2 keep the cross-power.
+    pub flags: u32,
+    /// `cross_z_wg`: the volume's x length.
+    pub nx: u32,
     pub _pad0: u32,
     pub _pad1: u32,
 }
-const _: () = assert!(std::mem::size_of::<FftUniform>() == 64);
+const _: () = assert!(std::mem::size_of::<FftUniform>() == 80);
+
+/// What `Fft3Plan::record_cross_z` does to each bin between the z transforms.
+pub struct CrossZ<'a> {
+    /// The reference's spectrum.
+    pub reference: &'a wgpu::Buffer,
+    /// `cross_value`'s normalization (1: phase) and scale bits.
+    pub phase: u32,
+    pub scale_bits: u32,
+    /// `smooth_table`'s [gz | gy | gx], when smoothing.
+    pub smooth: Option<&'a wgpu::Buffer>,
+    /// Where to keep the cross-power (for the upsampled DFT), when wanted.
+    pub kept: Option<&'a wgpu::Buffer>,
+}
 
 /// Complex elements of workgroup memory one pass may use per line set: half of `sh` in `fft.wgsl`
 /// (`WG_HALF`, checked by `tests/shaders.rs`); a length up to this runs in one pass per axis.
@@ -295,18 +316,95 @@ impl Fft3Plan {
         b: &wgpu::Buffer,
         inverse: bool,
     ) -> Result<()> {
+        let scale = self.final_scale(inverse);
+        self.record_order(ctx, rec, a, b, inverse, &[2, 1, 0], scale)
+    }
+
+    /// 1/N for an inverse transform that scales (numpy's), else 1.
+    fn final_scale(&self, inverse: bool) -> f32 {
+        if inverse && self.scale_inverse {
+            1.0 / self.shape.iter().product::<usize>() as f32
+        } else {
+            1.0
+        }
+    }
+
+    /// Whether axis `ax` is transformed (not of length 1, nor left out of the plan).
+    pub fn transforms(&self, ax: usize) -> bool {
+        !matches!(self.axes[ax].kind, AxisKind::Skip)
+    }
+
+    /// Whether `record_cross_z` can run: the z axis is transformed in one Stockham pass.
+    pub fn fuses_z(&self) -> bool {
+        matches!(
+            (&self.axes[0].kind, self.axes[0].one_pass),
+            (AxisKind::Stockham { .. }, Some(_))
+        )
+    }
+
+    /// The forward z transform of `a` (already transformed along x and y), each bin made its
+    /// cross-power as `cross` says, and the inverse z transform (times `scale`), in one pass
+    /// (`cross_z_wg`); needs `fuses_z`.
+    pub fn record_cross_z(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder<'_>,
+        a: &wgpu::Buffer,
+        cross: &CrossZ<'_>,
+        scale: f32,
+    ) -> Result<()> {
+        let axis = &self.axes[0];
+        let (AxisKind::Stockham { tw, .. }, Some((packed, group))) = (&axis.kind, axis.one_pass)
+        else {
+            return Err(gpuprep_core::error::Error::Gpu(format!(
+                "the fused z pass needs one Stockham pass along z; the plan is {}",
+                self.describe()
+            )));
+        };
+        let u = FftUniform {
+            n: axis.n as u32,
+            stride: axis.stride as u32,
+            lines: axis.lines as u32,
+            tw_offset: tw[0],
+            tw_inv_offset: tw[1],
+            scale,
+            group: group as u32,
+            radices: packed,
+            phase: cross.phase,
+            scale_bits: cross.scale_bits,
+            flags: cross.smooth.is_some() as u32 | (cross.kept.is_some() as u32) << 1,
+            nx: self.shape[2] as u32,
+            ..Default::default()
+        };
+        // Unused bindings get buffers of their kind: a small pooled one for `kept`.
+        let none = ctx.pooled("fft.no_kept", 16)?;
+        let kept = cross.kept.unwrap_or(&none);
+        let smooth = cross.smooth.unwrap_or(&self.tables);
+        let bufs = [cross.reference, &self.tables, a, kept, smooth];
+        let groups = axis.lines.div_ceil(group) as u64;
+        rec.dispatch_groups(&ctx.pipeline(&FFT_CROSS_Z_WG)?, &u, &bufs, groups);
+        Ok(())
+    }
+
+    /// The 1-D transforms along `order`'s axes, in that order, the last one transformed times
+    /// `final_scale`; the result ends in `a` (`b` the ping-pong buffer of the per-stage route).
+    pub fn record_order(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder<'_>,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        inverse: bool,
+        order: &[usize],
+        final_scale: f32,
+    ) -> Result<()> {
         let d = inverse as usize;
         let stockham = |r: u32| ctx.pipeline_variant(&FFT_STOCKHAM, &[("RADIX", r)]);
         let total: usize = self.shape.iter().product();
-        // 1/N once, on the last transform (numpy's inverse), in f32 as the CPU twin.
-        let last = (0..3).find(|&ax| !matches!(self.axes[ax].kind, AxisKind::Skip));
-        let final_scale = if inverse && self.scale_inverse {
-            1.0 / total as f32
-        } else {
-            1.0
-        };
+        // The scale once, on the last transform (numpy's inverse), in f32 as the CPU twin.
+        let last = order.iter().rev().copied().find(|&ax| self.transforms(ax));
         let mut cur_is_a = true;
-        for ax in (0..3).rev() {
+        for &ax in order {
             let axis = &self.axes[ax];
             let scale = if Some(ax) == last { final_scale } else { 1.0 };
             let (cur, other) = if cur_is_a { (a, b) } else { (b, a) };

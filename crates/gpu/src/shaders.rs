@@ -102,6 +102,8 @@ kernel_table! {
     FFT_STOCKHAM_WG = fft::stockham_wg(Uniform, Read, Read, ReadWrite);
     /// Bluestein's transform of an axis in one pass through workgroup memory, in place on binding 3.
     FFT_BLUESTEIN_WG = fft::bluestein_wg(Uniform, Read, Read, ReadWrite);
+    /// The registration's forward z pass, cross-power and inverse z pass in one pass.
+    FFT_CROSS_Z_WG = fft::cross_z_wg(Uniform, Read, Read, ReadWrite, ReadWrite, Read);
     CROSS_TO_COMPLEX = cross_power::to_complex(Uniform, Read, ReadWrite);
     CROSS_POWER = cross_power::cross_power(Uniform, Read, ReadWrite);
     CROSS_ARGMAX_ABS = cross_power::argmax_abs(Uniform, Read, ReadWrite, ReadWrite);
