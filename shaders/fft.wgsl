@@ -40,7 +40,8 @@ struct Params {
     tw_inv_offset: u32, // `bluestein_wg`, `cross_z_wg`: inverse twiddles in `tables`
     phase: u32,        // `cross_z_wg`: the cross-power's normalization (`cross_value`)
     scale_bits: u32,   // `cross_z_wg`: its scale's f32 bits (0: 1)
-    flags: u32,        // `cross_z_wg`: 1 smooth by `smooth_table`, 2 keep the cross-power in `kept`
+    flags: u32,        // `cross_z_wg`: 1 smooth by `smooth_table`, 2 keep the cross-power in `kept`;
+                       // `stockham_wg`: 4 load the real volume in `src` (pairs of f32) instead of `dst`
     nx: u32,           // `cross_z_wg`: the volume's x length (lines along z are stride = ny nx)
     _pad0: u32,
     _pad1: u32,
@@ -259,9 +260,17 @@ fn stockham_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     }
     let n = p.n;
     let nl = min(p.group, p.lines - first);
+    let reals = (p.flags & 4u) != 0u;
     for (var e = lid.x; e < nl * n; e += WG) {
         let li = wg_element(e, n, nl);
-        sh[li.x * n + li.y] = dst[line_base(first + li.x, n, p.stride) + li.y * p.stride];
+        let at = line_base(first + li.x, n, p.stride) + li.y * p.stride;
+        if (reals) {
+            // Real sample `at` of an f32 volume bound as vec2 pairs (its buffer padded to 8 bytes).
+            let pair = src[at / 2u];
+            sh[li.x * n + li.y] = vec2<f32>(select(pair.x, pair.y, (at & 1u) == 1u), 0.0);
+        } else {
+            sh[li.x * n + li.y] = dst[at];
+        }
     }
     workgroupBarrier();
     let res = wg_stages(lid.x, n, nl, p.radices, p.tw_offset, 0u, p.scale);

@@ -38,7 +38,7 @@ pub struct FftUniform {
     /// `cross_z_wg`: the cross-power's normalization and scale (as `CrossUniform`'s).
     pub phase: u32,
     pub scale_bits: u32,
-    /// `cross_z_wg`: 1 smooth, 2 keep the cross-power.
+    /// `cross_z_wg`: 1 smooth, 2 keep the cross-power; `stockham_wg`: 4 load reals (`LOAD_REALS`).
     pub flags: u32,
     /// `cross_z_wg`: the volume's x length.
     pub nx: u32,
@@ -46,6 +46,9 @@ pub struct FftUniform {
     pub _pad1: u32,
 }
 const _: () = assert!(std::mem::size_of::<FftUniform>() == 80);
+
+/// `stockham_wg`'s flag: load the real volume bound at binding 1 (imaginary parts 0) instead of `dst`.
+const LOAD_REALS: u32 = 4;
 
 /// What `Fft3Plan::record_cross_z` does to each bin between the z transforms.
 pub struct CrossZ<'a> {
@@ -317,7 +320,7 @@ impl Fft3Plan {
         inverse: bool,
     ) -> Result<()> {
         let scale = self.final_scale(inverse);
-        self.record_order(ctx, rec, a, b, inverse, &[2, 1, 0], scale)
+        self.record_order(ctx, rec, a, b, inverse, &[2, 1, 0], scale, None)
     }
 
     /// 1/N for an inverse transform that scales (numpy's), else 1.
@@ -332,6 +335,20 @@ impl Fft3Plan {
     /// Whether axis `ax` is transformed (not of length 1, nor left out of the plan).
     pub fn transforms(&self, ax: usize) -> bool {
         !matches!(self.axes[ax].kind, AxisKind::Skip)
+    }
+
+    /// Whether `record_order` can take the real volume itself (`reals`) rather than its complex
+    /// copy: the first axis of `order` it transforms runs one Stockham pass.
+    pub fn reads_reals(&self, order: &[usize]) -> bool {
+        order
+            .iter()
+            .find(|&&ax| self.transforms(ax))
+            .is_some_and(|&ax| {
+                matches!(
+                    (&self.axes[ax].kind, self.axes[ax].one_pass),
+                    (AxisKind::Stockham { .. }, Some(_))
+                )
+            })
     }
 
     /// Whether `record_cross_z` can run: the z axis is transformed in one Stockham pass.
@@ -388,6 +405,9 @@ impl Fft3Plan {
 
     /// The 1-D transforms along `order`'s axes, in that order, the last one transformed times
     /// `final_scale`; the result ends in `a` (`b` the ping-pong buffer of the per-stage route).
+    /// With `reals`, the first pass reads that real (f32) volume instead of `a` (which `reads_reals`
+    /// must allow).
+    #[allow(clippy::too_many_arguments)]
     pub fn record_order(
         &self,
         ctx: &GpuContext,
@@ -397,7 +417,15 @@ impl Fft3Plan {
         inverse: bool,
         order: &[usize],
         final_scale: f32,
+        reals: Option<&wgpu::Buffer>,
     ) -> Result<()> {
+        if reals.is_some() && !self.reads_reals(order) {
+            return Err(gpuprep_core::error::Error::Gpu(format!(
+                "an FFT from real input needs one Stockham pass on its first axis; the plan is {}",
+                self.describe()
+            )));
+        }
+        let mut reals = reals;
         let d = inverse as usize;
         let stockham = |r: u32| ctx.pipeline_variant(&FFT_STOCKHAM, &[("RADIX", r)]);
         let total: usize = self.shape.iter().product();
@@ -411,6 +439,9 @@ impl Fft3Plan {
             match (&axis.kind, axis.one_pass) {
                 (AxisKind::Skip, _) => {}
                 (AxisKind::Stockham { tw, .. }, Some((packed, group))) => {
+                    // The first pass may load the real volume itself (binding 1, flag 4);
+                    // otherwise binding 1 is unused and the tables fill it.
+                    let src = reals.take();
                     let u = FftUniform {
                         n: axis.n as u32,
                         stride: axis.stride as u32,
@@ -419,10 +450,10 @@ impl Fft3Plan {
                         scale,
                         group: group as u32,
                         radices: packed,
+                        flags: if src.is_some() { LOAD_REALS } else { 0 },
                         ..Default::default()
                     };
-                    // Binding 1 is unused by the one-pass kernels; the tables fill it.
-                    let bufs = [&self.tables, &self.tables, cur];
+                    let bufs = [src.unwrap_or(&self.tables), &self.tables, cur];
                     let groups = axis.lines.div_ceil(group) as u64;
                     rec.dispatch_groups(&ctx.pipeline(&FFT_STOCKHAM_WG)?, &u, &bufs, groups);
                 }

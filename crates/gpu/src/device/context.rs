@@ -371,7 +371,9 @@ impl GpuContext {
         self.check_binding(label, bytes)?;
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(&format!("gpuprep.{label}")),
-            size: bytes.max(16).div_ceil(4) * 4,
+            // A multiple of 8: an f32 volume may be bound as vec2<f32> pairs (`fft.wgsl`'s real
+            // input), whose last pair must lie inside the buffer.
+            size: bytes.max(16).div_ceil(8) * 8,
             usage: wgpu::BufferUsages::STORAGE
                 | wgpu::BufferUsages::COPY_SRC
                 | wgpu::BufferUsages::COPY_DST,

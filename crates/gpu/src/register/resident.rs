@@ -141,13 +141,7 @@ impl GpuRegistrar {
             total: total as u32,
             ..Default::default()
         };
-        rec.dispatch(
-            &ctx.pipeline(&shaders::CROSS_TO_COMPLEX)?,
-            &u,
-            &[src, dst],
-            total as u64,
-        );
-        self.plan.record(ctx, rec, dst, &self.tmp, false)?;
+        self.record_forward(ctx, rec, src, dst, &[2, 1, 0])?;
         rec.dispatch_groups(
             &ctx.pipeline(&shaders::CROSS_SUM_SQ)?,
             &u,
@@ -155,6 +149,31 @@ impl GpuRegistrar {
             self.groups as u64,
         );
         Ok(())
+    }
+
+    /// The forward transforms along `order` of the real volume `src` into `dst`: the first pass
+    /// reads the reals itself where it can (`Fft3Plan::reads_reals`), else `to_complex` first.
+    fn record_forward(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder<'_>,
+        src: &wgpu::Buffer,
+        dst: &wgpu::Buffer,
+        order: &[usize],
+    ) -> Result<()> {
+        let reals = self.plan.reads_reals(order);
+        if !reals {
+            let total = self.total();
+            let u = CrossUniform {
+                total: total as u32,
+                ..Default::default()
+            };
+            let k = ctx.pipeline(&shaders::CROSS_TO_COMPLEX)?;
+            rec.dispatch(&k, &u, &[src, dst], total as u64);
+        }
+        let (reals, scale) = (reals.then_some(src), 1.0);
+        self.plan
+            .record_order(ctx, rec, dst, &self.tmp, false, order, scale, reals)
     }
 
     fn read_power(&self, ctx: &GpuContext) -> Result<f64> {
@@ -238,14 +257,7 @@ impl GpuRegistrar {
             total: total as u32,
             ..Default::default()
         };
-        rec.dispatch(
-            &ctx.pipeline(&shaders::CROSS_TO_COMPLEX)?,
-            &u,
-            &[src, &self.g],
-            total as u64,
-        );
-        self.plan
-            .record_order(ctx, &mut rec, &self.g, &self.tmp, false, &[2, 1], 1.0)?;
+        self.record_forward(ctx, &mut rec, src, &self.g, &[2, 1])?;
         rec.dispatch_groups(
             &ctx.pipeline(&shaders::CROSS_SUM_SQ)?,
             &u,
@@ -267,8 +279,16 @@ impl GpuRegistrar {
         };
         self.plan
             .record_cross_z(ctx, &mut rec, &self.g, &cross, z_scale)?;
-        self.plan
-            .record_order(ctx, &mut rec, &self.g, &self.tmp, true, &[1, 2], scale)?;
+        self.plan.record_order(
+            ctx,
+            &mut rec,
+            &self.g,
+            &self.tmp,
+            true,
+            &[1, 2],
+            scale,
+            None,
+        )?;
         rec.dispatch_groups(
             &ctx.pipeline(&shaders::CROSS_ARGMAX_ABS)?,
             &argmax_uniform(&self.params, self.shape, 0, total),
