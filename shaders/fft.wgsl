@@ -250,6 +250,33 @@ fn wg_element(e: u32, len: u32, nl: u32) -> vec2<u32> {
     return vec2<u32>(e % nl, e / nl);
 }
 
+// Loads the workgroup's `nl` lines of length `p.n` from line `first` into `sh` (line l at l n):
+// from `dst`, or with `reals` from the real volume bound at `src` as vec2 pairs (its buffer padded
+// to 8 bytes), imaginary parts 0. Called by the whole workgroup.
+fn wg_load(lid: u32, first: u32, nl: u32, reals: bool) {
+    let n = p.n;
+    for (var e = lid; e < nl * n; e += WG) {
+        let li = wg_element(e, n, nl);
+        let at = line_base(first + li.x, n, p.stride) + li.y * p.stride;
+        if (reals) {
+            let pair = src[at / 2u];
+            sh[li.x * n + li.y] = vec2<f32>(select(pair.x, pair.y, (at & 1u) == 1u), 0.0);
+        } else {
+            sh[li.x * n + li.y] = dst[at];
+        }
+    }
+    workgroupBarrier();
+}
+
+// Writes `wg_load`'s lines back to `dst` from the half of `sh` starting at `res`.
+fn wg_store(lid: u32, first: u32, nl: u32, res: u32) {
+    let n = p.n;
+    for (var e = lid; e < nl * n; e += WG) {
+        let li = wg_element(e, n, nl);
+        dst[line_base(first + li.x, n, p.stride) + li.y * p.stride] = sh[res + li.x * n + li.y];
+    }
+}
+
 // A Stockham transform of `group` lines per workgroup in one pass, in place on `dst`.
 @compute @workgroup_size(64)
 fn stockham_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -258,26 +285,10 @@ fn stockham_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     if (first >= p.lines) {
         return;
     }
-    let n = p.n;
     let nl = min(p.group, p.lines - first);
-    let reals = (p.flags & 4u) != 0u;
-    for (var e = lid.x; e < nl * n; e += WG) {
-        let li = wg_element(e, n, nl);
-        let at = line_base(first + li.x, n, p.stride) + li.y * p.stride;
-        if (reals) {
-            // Real sample `at` of an f32 volume bound as vec2 pairs (its buffer padded to 8 bytes).
-            let pair = src[at / 2u];
-            sh[li.x * n + li.y] = vec2<f32>(select(pair.x, pair.y, (at & 1u) == 1u), 0.0);
-        } else {
-            sh[li.x * n + li.y] = dst[at];
-        }
-    }
-    workgroupBarrier();
-    let res = wg_stages(lid.x, n, nl, p.radices, p.tw_offset, 0u, p.scale);
-    for (var e = lid.x; e < nl * n; e += WG) {
-        let li = wg_element(e, n, nl);
-        dst[line_base(first + li.x, n, p.stride) + li.y * p.stride] = sh[res + li.x * n + li.y];
-    }
+    wg_load(lid.x, first, nl, (p.flags & 4u) != 0u);
+    let res = wg_stages(lid.x, p.n, nl, p.radices, p.tw_offset, 0u, p.scale);
+    wg_store(lid.x, first, nl, res);
 }
 
 // Bluestein's transform of `group` lines per workgroup in one pass, in place on `dst`: the
@@ -331,11 +342,7 @@ fn cross_z_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     let n = p.n;
     let nl = min(p.group, p.lines - first);
-    for (var e = lid.x; e < nl * n; e += WG) {
-        let li = wg_element(e, n, nl);
-        sh[li.x * n + li.y] = dst[line_base(first + li.x, n, p.stride) + li.y * p.stride];
-    }
-    workgroupBarrier();
+    wg_load(lid.x, first, nl, false);
     let fz = wg_stages(lid.x, n, nl, p.radices, p.tw_offset, 0u, 1.0);
     let ny = p.stride / p.nx;
     for (var e = lid.x; e < nl * n; e += WG) {
@@ -354,8 +361,5 @@ fn cross_z_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     }
     workgroupBarrier();
     let res = wg_stages(lid.x, n, nl, p.radices, p.tw_inv_offset, fz, p.scale);
-    for (var e = lid.x; e < nl * n; e += WG) {
-        let li = wg_element(e, n, nl);
-        dst[line_base(first + li.x, n, p.stride) + li.y * p.stride] = sh[res + li.x * n + li.y];
-    }
+    wg_store(lid.x, first, nl, res);
 }

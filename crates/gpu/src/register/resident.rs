@@ -228,16 +228,27 @@ impl GpuRegistrar {
             rec.copy(&self.g, &self.spectrum, total as u64 * 8);
         }
         self.plan.record(ctx, &mut rec, &self.g, &self.tmp, true)?;
+        self.submit_peak(ctx, rec, 1.0)
+    }
+
+    /// The peak search over the correlation in `g` appended to `rec`, and all of it submitted;
+    /// `power_factor` as `Pending`'s.
+    fn submit_peak<'r>(
+        &'r self,
+        ctx: &GpuContext,
+        mut rec: Recorder<'_>,
+        power_factor: f64,
+    ) -> Result<Pending<'r>> {
         rec.dispatch_groups(
             &ctx.pipeline(&shaders::CROSS_ARGMAX_ABS)?,
-            &argmax_uniform(&self.params, self.shape, 0, total),
+            &argmax_uniform(&self.params, self.shape, 0, self.total()),
             &[&self.g, &self.partials, &self.sums],
             self.groups as u64,
         );
         rec.submit()?;
         Ok(Pending {
             registrar: self,
-            power_factor: 1.0,
+            power_factor,
         })
     }
 
@@ -289,17 +300,7 @@ impl GpuRegistrar {
             scale,
             None,
         )?;
-        rec.dispatch_groups(
-            &ctx.pipeline(&shaders::CROSS_ARGMAX_ABS)?,
-            &argmax_uniform(&self.params, self.shape, 0, total),
-            &[&self.g, &self.partials, &self.sums],
-            self.groups as u64,
-        );
-        rec.submit()?;
-        Ok(Pending {
-            registrar: self,
-            power_factor: self.shape[0] as f64,
-        })
+        self.submit_peak(ctx, rec, self.shape[0] as f64)
     }
 
     /// `submit` then `resolve`, with nothing in between.
