@@ -54,8 +54,8 @@ struct Params {
 
 // The radix of `stockham`, set at load time to the stage's radix (crates/gpu/src/fft.rs, through
 // `KernelDecl::source`, which needs the declaration below: one `const` of type u32 with a literal) so
-// that loops have constant bounds and `v` stays in registers. A constant, not an `override`, as it
-// sizes the private array `v`.
+// that the loops have constant bounds and `small_dft`'s switch a constant selector, which shader
+// compilers unroll and resolve, keeping `v` in registers.
 const RADIX: u32 = 4u;
 
 @compute @workgroup_size(64)
@@ -78,19 +78,15 @@ fn stockham(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let k = j % p.ns;
     // Twiddle exp(-2 pi i k q / (ns R)) = tw[k q n / (ns R)].
     let tw_step = p.n / (p.ns * r);
-    var v: array<vec2<f32>, RADIX>;
+    var v: array<vec2<f32>, 8>;
     for (var q = 0u; q < r; q++) {
         let x = src[base + (j + q * nr) * p.stride];
         v[q] = cmul(x, tables[p.tw_offset + (k * q * tw_step) % p.n]);
     }
+    let y = small_dft(v, r, direction(p.tw_offset, p.n), p.tw_offset, nr);
     let idx_d = (j / p.ns) * p.ns * r + k;
     for (var q = 0u; q < r; q++) {
-        var acc = vec2<f32>(0.0, 0.0);
-        for (var s = 0u; s < r; s++) {
-            // exp(-2 pi i s q / R) = tw[(s q mod R) n / R]
-            acc += cmul(v[s], tables[p.tw_offset + ((s * q) % r) * nr]);
-        }
-        dst[base + (idx_d + q * p.ns) * p.stride] = acc * p.scale;
+        dst[base + (idx_d + q * p.ns) * p.stride] = y[q] * p.scale;
     }
 }
 
@@ -136,6 +132,16 @@ fn chirp_post(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
 // Two halves of WG_HALF elements (16 KiB in all, WebGPU's default workgroup storage limit).
 const WG_HALF: u32 = 1024u;
 var<workgroup> sh: array<vec2<f32>, 2048>;
+
+// The direction of the length-`n` transform whose twiddles start at `tw` (-1 forward, 1 inverse),
+// for the radix-4 and -8 butterflies, from tw[n / 4] = exp(-/+ i pi / 2) where 4 divides n (the
+// only lengths with such stages).
+fn direction(tw: u32, n: u32) -> f32 {
+    if (n % 4u == 0u && tables[tw + n / 4u].y < 0.0) {
+        return -1.0;
+    }
+    return 1.0;
+}
 
 // x times sgn * i.
 fn mul_si(x: vec2<f32>, sgn: f32) -> vec2<f32> {
@@ -213,11 +219,7 @@ fn wg_stages(lid: u32, n: u32, nl: u32, packed: u32, tw: u32, start: u32, scale:
         let sc = select(1.0, scale, ((packed >> (4u * s + 4u)) & 15u) == 0u);
         let out = WG_HALF - cur;
         let tw_step = n / (ns * r);
-        // The transform's direction, for the radix-4 and -8 butterflies: tw[n / 4] = exp(-/+ i pi / 2).
-        var sgn = 1.0;
-        if (n % 4u == 0u && tables[tw + n / 4u].y < 0.0) {
-            sgn = -1.0;
-        }
+        let sgn = direction(tw, n);
         for (var bi = lid; bi < nl * nr; bi += WG) {
             let l = bi / nr;
             let j = bi % nr;
