@@ -112,7 +112,7 @@ impl GpuRegistrar {
             scale: 1.0,
         };
         let mut rec = ctx.recorder();
-        r.record_spectrum(ctx, &mut rec, src, &r.reference)?;
+        r.record_spectrum(ctx, &mut rec, src, &r.reference, &[2, 1, 0])?;
         rec.submit()?;
         r.reference_power = r.read_power(ctx)?;
         check_reference_power(r.reference_power)?;
@@ -128,20 +128,22 @@ impl GpuRegistrar {
         self.shape.iter().product()
     }
 
-    /// to_complex + forward FFT + sum of |.|^2 partials, into `dst`.
+    /// The forward transforms along `order` of the real volume `src` into `dst`
+    /// (`record_forward`), then the partial sums of |.|^2 of the result.
     fn record_spectrum(
         &self,
         ctx: &GpuContext,
         rec: &mut Recorder<'_>,
         src: &wgpu::Buffer,
         dst: &wgpu::Buffer,
+        order: &[usize],
     ) -> Result<()> {
         let total = self.total();
         let u = CrossUniform {
             total: total as u32,
             ..Default::default()
         };
-        self.record_forward(ctx, rec, src, dst, &[2, 1, 0])?;
+        self.record_forward(ctx, rec, src, dst, order)?;
         rec.dispatch_groups(
             &ctx.pipeline(&shaders::CROSS_SUM_SQ)?,
             &u,
@@ -195,7 +197,7 @@ impl GpuRegistrar {
         if self.plan.fuses_z() {
             return self.submit_fused(ctx, rec, src);
         }
-        self.record_spectrum(ctx, &mut rec, src, &self.g)?;
+        self.record_spectrum(ctx, &mut rec, src, &self.g, &[2, 1, 0])?;
         let u = CrossUniform {
             total: total as u32,
             phase: (self.params.normalization == Normalization::Phase) as u32,
@@ -264,17 +266,7 @@ impl GpuRegistrar {
         src: &wgpu::Buffer,
     ) -> Result<Pending<'r>> {
         let total = self.total();
-        let u = CrossUniform {
-            total: total as u32,
-            ..Default::default()
-        };
-        self.record_forward(ctx, &mut rec, src, &self.g, &[2, 1])?;
-        rec.dispatch_groups(
-            &ctx.pipeline(&shaders::CROSS_SUM_SQ)?,
-            &u,
-            &[&self.g, &self.partials, &self.sums],
-            self.groups as u64,
-        );
+        self.record_spectrum(ctx, &mut rec, src, &self.g, &[2, 1])?;
         // numpy's 1/N on the last inverse transform: x's, or y's, or this one's.
         let scale = 1.0 / total as f32;
         let z_scale = match self.plan.transforms(1) || self.plan.transforms(2) {
