@@ -128,6 +128,14 @@ impl GpuRegistrar {
         self.shape.iter().product()
     }
 
+    /// The uniform of a cross-power kernel over the whole volume, with nothing else set.
+    fn whole_volume(&self) -> CrossUniform {
+        CrossUniform {
+            total: self.total() as u32,
+            ..Default::default()
+        }
+    }
+
     /// The forward transforms along `order` of the real volume `src` into `dst`
     /// (`record_forward`), then the partial sums of |.|^2 of the result.
     fn record_spectrum(
@@ -138,15 +146,10 @@ impl GpuRegistrar {
         dst: &wgpu::Buffer,
         order: &[usize],
     ) -> Result<()> {
-        let total = self.total();
-        let u = CrossUniform {
-            total: total as u32,
-            ..Default::default()
-        };
         self.record_forward(ctx, rec, src, dst, order)?;
         rec.dispatch_groups(
             &ctx.pipeline(&shaders::CROSS_SUM_SQ)?,
-            &u,
+            &self.whole_volume(),
             &[dst, &self.partials, &self.sums],
             self.groups as u64,
         );
@@ -165,13 +168,8 @@ impl GpuRegistrar {
     ) -> Result<()> {
         let reals = self.plan.reads_reals(order);
         if !reals {
-            let total = self.total();
-            let u = CrossUniform {
-                total: total as u32,
-                ..Default::default()
-            };
             let k = ctx.pipeline(&shaders::CROSS_TO_COMPLEX)?;
-            rec.dispatch(&k, &u, &[src, dst], total as u64);
+            rec.dispatch(&k, &self.whole_volume(), &[src, dst], self.total() as u64);
         }
         let (reals, scale) = (reals.then_some(src), 1.0);
         self.plan
