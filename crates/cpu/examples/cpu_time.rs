@@ -2,6 +2,8 @@
 //! alone on a machine shared with other work (criterion's medians move with the neighbours' load).
 //!
 //!     cargo run --release -p gpuprep-cpu --example cpu_time -- [nz ny nx] [calls]
+//!
+//! `CPU_TIME_CASES=register_u1,shift_order3` times only the cases named.
 
 use gpuprep_core::params::*;
 use gpuprep_cpu::{median3d::median3d, register::Registrar, shift::shift3d};
@@ -79,7 +81,15 @@ fn main() {
         ),
     ];
     println!("simd level: {:?}", gpuprep_cpu::simd::level());
+    // `CPU_TIME_CASES=register_u1,shift_order3` times only those (for a profiler's sake).
+    let only = std::env::var("CPU_TIME_CASES").ok();
     for (name, f) in cases {
+        if only
+            .as_deref()
+            .is_some_and(|o| !o.split(',').any(|c| c == name))
+        {
+            continue;
+        }
         f();
         let (t0, c0) = (Instant::now(), cpu_seconds());
         for _ in 0..calls {

@@ -241,6 +241,44 @@ impl ArgMax {
         }
     }
 
+    /// `offer` of `values` each times `scale` (positive), without multiplying the values that
+    /// cannot rank: a block of them is passed over when every `|v|·scale` is at most the key so
+    /// far (compared lane by lane; a NaN or a NaN key fails the comparison and takes the exact
+    /// path), which is every block once the peak is found. `|v·scale|` is `|v|·scale` bit for bit
+    /// and rounding is monotone, so the choice is `offer`'s on the scaled values.
+    #[inline]
+    pub fn offer_scaled(&mut self, values: &[f32], scale: f32, index0: usize) {
+        const BLOCK: usize = 16;
+        let mut blocks = values.chunks_exact(BLOCK);
+        let mut start = index0;
+        for block in &mut blocks {
+            let key = self.key;
+            let below = block
+                .iter()
+                .map(|&v| u32::from(v.abs() * scale <= key))
+                .sum::<u32>();
+            if below as usize != BLOCK {
+                self.offer_each_scaled(block, scale, start);
+            }
+            start += BLOCK;
+        }
+        self.offer_each_scaled(blocks.remainder(), scale, start);
+    }
+
+    #[inline]
+    fn offer_each_scaled(&mut self, values: &[f32], scale: f32, index0: usize) {
+        for (i, &v) in values.iter().enumerate() {
+            let v = v * scale;
+            if above(v.abs(), self.key) {
+                *self = ArgMax {
+                    key: v.abs(),
+                    value: v,
+                    index: index0 + i,
+                };
+            }
+        }
+    }
+
     /// The choice over both sets of values, whichever order they were offered in.
     pub fn merge(self, other: ArgMax) -> ArgMax {
         let tie = other.key == self.key || (other.key.is_nan() && self.key.is_nan());
@@ -265,6 +303,47 @@ impl ArgMax {
 mod tests {
     use super::*;
     use gpuprep_core::register::spectrum_scale;
+
+    #[test]
+    fn offer_scaled_chooses_as_offer_of_the_scaled_values() {
+        use rand::{Rng, SeedableRng};
+        let mut rng = rand::rngs::StdRng::seed_from_u64(14);
+        let specials = [
+            f32::NAN,
+            f32::INFINITY,
+            -f32::INFINITY,
+            0.0,
+            -0.0,
+            1e-45,
+            3.0,
+            -3.0,
+        ];
+        for case in 0..400 {
+            let n = rng.gen_range(1..70);
+            let mut v: Vec<f32> = (0..n).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+            // Ties, repeats and non-finite values in some cases.
+            for _ in 0..rng.gen_range(0..4) {
+                let i = rng.gen_range(0..n);
+                v[i] = if case % 3 == 0 {
+                    specials[rng.gen_range(0..8)]
+                } else {
+                    3.0
+                };
+            }
+            let scale = [1.0 / 1e6, 0.37, 1.0, 3.0e-39][case % 4];
+            let (mut fast, mut plain) = (ArgMax::NONE, ArgMax::NONE);
+            let cut = rng.gen_range(0..=n);
+            fast.offer_scaled(&v[..cut], scale, 0);
+            fast.offer_scaled(&v[cut..], scale, cut);
+            let scaled: Vec<f32> = v.iter().map(|&x| x * scale).collect();
+            plain.offer(&scaled, 0);
+            assert_eq!(
+                (fast.index, fast.key.to_bits(), fast.value.to_bits()),
+                (plain.index, plain.key.to_bits(), plain.value.to_bits()),
+                "case {case}: {v:?} × {scale}"
+            );
+        }
+    }
 
     #[test]
     fn phase_normalization_survives_a_product_beyond_f32_range() {

@@ -405,12 +405,12 @@ impl RealFft3 {
                           s: &mut Vec<C32>,
                           best: &mut ArgMax| {
             if unbounded {
-                self.c2r_row(src, dst, s, scale);
-                best.offer(dst, row * nx);
+                self.c2r_unscaled(src, dst, s);
+                best.offer_scaled(dst, scale, row * nx);
             } else if let Some(parts) = window.row(row) {
-                self.c2r_row(src, dst, s, scale);
+                self.c2r_unscaled(src, dst, s);
                 for xs in parts {
-                    best.offer(&dst[xs.clone()], row * nx + xs.start);
+                    best.offer_scaled(&dst[xs.clone()], scale, row * nx + xs.start);
                 }
             }
         };
@@ -467,13 +467,18 @@ impl RealFft3 {
 
     /// One row of the inverse: c2r of `src` (consumed) into `dst`, times `scale`.
     fn c2r_row(&self, src: &mut [C32], dst: &mut [f32], s: &mut [C32], scale: f32) {
+        self.c2r_unscaled(src, dst, s);
+        dst.iter_mut().for_each(|v| *v *= scale);
+    }
+
+    /// `c2r_row` less the scaling (the peak search scales only what can rank).
+    fn c2r_unscaled(&self, src: &mut [C32], dst: &mut [f32], s: &mut [C32]) {
         match self.c2r.process_with_scratch(src, dst, s) {
             // The imaginary parts of the DC and Nyquist bins of a Hermitian spectrum are
             // rounding noise; realfft drops them, which is taking the real part.
             Ok(()) | Err(FftError::InputValues(..)) => {}
             Err(e) => panic!("buffers sized by the plan: {e}"),
         }
-        dst.iter_mut().for_each(|v| *v *= scale);
     }
 
     /// `irfftn` of a half spectrum (consumed as scratch), scaled by 1/N as numpy does.
