@@ -412,11 +412,6 @@ impl<'a> Lines<'a> {
         assert_eq!(data.len(), nz * ny * nh, "lines of the half spectrum");
         Lines { data, nz, ny, nh }
     }
-
-    #[inline(always)]
-    fn at(&self, z: usize, y: usize, x: usize) -> C32 {
-        self.data[(y * self.nh + x) * self.nz + z]
-    }
 }
 
 /// Rows of the half spectrum (lines along x) per block of the x-contraction, and output columns
@@ -464,7 +459,8 @@ impl<'a> UpsampledDft<'a> {
         }
     }
 
-    /// The first contraction (over x): `t1[z][y][c]`, `nz·ny·region`.
+    /// The first contraction (over x): `t1[y][z][c]`, `ny·nz·region` (the rows in `Lines`' order,
+    /// as `mirrored_sums` leaves them).
     ///
     /// It runs over the half spectrum only: for 1 <= x <= nx - nh the full spectrum's column
     /// nx - x is conj(S[-z, -y, x]) and kx[c][nx - x] = conj(kx[c][x]), so the mirrored half of
@@ -472,29 +468,33 @@ impl<'a> UpsampledDft<'a> {
     fn contract_x(&self) -> Split {
         let (nz, ny, nh) = (self.half.nz, self.half.ny, self.half.nh);
         let r = self.region;
-        let rows = nz * ny;
         let p = self.mirrored_sums();
-        let mut t1 = Split::zeros(rows * r);
+        // x = 0, and for even nx the Nyquist column x = nh - 1, have no mirror.
+        let nyquist = nh - 1 > self.nx - nh;
+        let k0: Vec<Complex64> = (0..r).map(|c| self.kx.at(c, 0)).collect();
+        let kn: Vec<Complex64> = (0..r).map(|c| self.kx.at(c, nh - 1)).collect();
+        let mut t1 = Split::zeros(ny * nz * r);
         t1.re
-            .par_chunks_mut(ny * r)
-            .zip(t1.im.par_chunks_mut(ny * r))
+            .par_chunks_mut(nz * r)
+            .zip(t1.im.par_chunks_mut(nz * r))
             .enumerate()
-            .for_each(|(z, (t_re, t_im))| {
-                let zm = (nz - z) % nz;
-                for y in 0..ny {
-                    let ym = (ny - y) % ny;
+            .for_each(|(y, (t_re, t_im))| {
+                let ym = (ny - y) % ny;
+                // The z-lines of columns 0 and nh - 1 of row y, contiguous in `Lines`.
+                let s0 = &self.half.data[y * nh * nz..][..nz];
+                let sn = &self.half.data[(y * nh + nh - 1) * nz..][..nz];
+                for z in 0..nz {
+                    let zm = (nz - z) % nz;
+                    let (own_row, mirror_row) = ((y * nz + z) * r, (ym * nz + zm) * r);
+                    let conj = |s: C32| Complex64::new(s.re as f64, -s.im as f64);
+                    let (c0, cn) = (conj(s0[z]), conj(sn[z]));
                     for c in 0..r {
-                        // x = 0, and for even nx the Nyquist column x = nh - 1, have no mirror.
-                        let term = |x: usize| {
-                            let s = self.half.at(z, y, x);
-                            self.kx.at(c, x) * Complex64::new(s.re as f64, -s.im as f64)
-                        };
-                        let mut own = term(0) + p.at((y * nz + z) * r + c);
-                        if nh - 1 > self.nx - nh {
-                            own += term(nh - 1);
+                        let mut own = k0[c] * c0 + p.at(own_row + c);
+                        if nyquist {
+                            own += kn[c] * cn;
                         }
-                        let v = own + p.at((ym * nz + zm) * r + c).conj();
-                        (t_re[y * r + c], t_im[y * r + c]) = (v.re, v.im);
+                        let v = own + p.at(mirror_row + c).conj();
+                        (t_re[z * r + c], t_im[z * r + c]) = (v.re, v.im);
                     }
                 }
             });
@@ -676,15 +676,13 @@ impl UpsampledDft<'_> {
             .zip(t2.im[..nz * bs * r].par_chunks_mut(bs * r))
             .enumerate()
             .for_each(|(z, (t_re, t_im))| {
-                let src = (
-                    &t1.re[z * ny * r..][..ny * r],
-                    &t1.im[z * ny * r..][..ny * r],
-                );
+                // Plane z's rows of `t1` ([y][z][c]), `nz·r` apart.
+                let src = (&t1.re[z * r..], &t1.im[z * r..]);
                 for bl in 0..bs {
                     let b = b0 + bl;
                     let k = (&self.ky.re[b * ny..][..ny], &self.ky.im[b * ny..][..ny]);
                     let dst = (&mut t_re[bl * r..][..r], &mut t_im[bl * r..][..r]);
-                    contract_rows_at(level, (k.0, k.1, src, r, dst));
+                    contract_rows_at(level, (k.0, k.1, src, nz * r, dst));
                 }
             });
     }
