@@ -319,20 +319,20 @@ mod tests {
             -3.0,
         ];
         for case in 0..400 {
-            let n = rng.gen_range(1..70);
-            let mut v: Vec<f32> = (0..n).map(|_| rng.gen_range(-4.0f32..4.0)).collect();
+            let n = rng.random_range(1..70);
+            let mut v: Vec<f32> = (0..n).map(|_| rng.random_range(-4.0f32..4.0)).collect();
             // Ties, repeats and non-finite values in some cases.
-            for _ in 0..rng.gen_range(0..4) {
-                let i = rng.gen_range(0..n);
+            for _ in 0..rng.random_range(0..4) {
+                let i = rng.random_range(0..n);
                 v[i] = if case % 3 == 0 {
-                    specials[rng.gen_range(0..8)]
+                    specials[rng.random_range(0..8)]
                 } else {
                     3.0
                 };
             }
             let scale = [1.0 / 1e6, 0.37, 1.0, 3.0e-39][case % 4];
             let (mut fast, mut plain) = (ArgMax::NONE, ArgMax::NONE);
-            let cut = rng.gen_range(0..=n);
+            let cut = rng.random_range(0..=n);
             fast.offer_scaled(&v[..cut], scale, 0);
             fast.offer_scaled(&v[cut..], scale, cut);
             let scaled: Vec<f32> = v.iter().map(|&x| x * scale).collect();
