@@ -5,7 +5,8 @@ A benchmark, not a test: each function runs once to warm up, then `--repeat` tim
 time is printed in ms. The peers run single-threaded (OMP/OPENBLAS/MKL threads pinned to 1 before numpy
 loads), as scipy.ndimage and scikit-image have no threads of their own; the FFT rows are scipy.fft with
 `workers=1` and `workers=2`, the floor to compare gpuprep's transforms against; a numpy copy of the
-volume (the floor of a kernel that reads and writes it once); SimpleITK's median where installed.
+volume (the floor of a kernel that reads and writes it once); SimpleITK's median and FFTW's transforms
+(pyFFTW) where installed.
 
     python3 scripts/bench_peers.py [--shapes 100,100,100 64,256,256] [--repeat 3]
 """
@@ -79,6 +80,39 @@ def main() -> int:
                     return f.Execute(img)
 
                 cases.append((f"median3x3x3_simpleitk_threads{threads}", med))
+        # FFTW (through pyFFTW, where installed: `pip install pyFFTW`) on one and two threads: the
+        # fastest FFT library that runs here, so rfftn + irfftn of the volume on two threads is the
+        # floor of a phase correlation's two transforms (the moving volume's forward and the
+        # cross-power spectrum's inverse; the reference's spectrum is computed once).
+        try:
+            import pyfftw
+        except ImportError:
+            pyfftw = None
+            print("pyFFTW is not installed (pip install pyFFTW): FFTW's transforms are not timed")
+        if pyfftw is not None:
+            for threads in (1, 2):
+                a = pyfftw.empty_aligned(shape, dtype="float32")
+                b = pyfftw.empty_aligned(shape[:2] + (shape[2] // 2 + 1,), dtype="complex64")
+                c = pyfftw.empty_aligned(shape, dtype="float32")
+                # The forward keeps its input; the inverse may overwrite its (the forward's
+                # output, rewritten each call), as a multi-dimensional c2r does.
+                fwd = pyfftw.FFTW(a, b, axes=(0, 1, 2), threads=threads, flags=("FFTW_MEASURE",))
+                inv = pyfftw.FFTW(
+                    b,
+                    c,
+                    axes=(0, 1, 2),
+                    direction="FFTW_BACKWARD",
+                    threads=threads,
+                    flags=("FFTW_MEASURE", "FFTW_DESTROY_INPUT"),
+                )
+                a[:] = v  # after planning: FFTW_MEASURE overwrites the arrays
+
+                def both(fwd=fwd, inv=inv):
+                    fwd()
+                    inv()
+
+                cases.append((f"rfftn_fftw_threads{threads}", fwd))
+                cases.append((f"rfftn+irfftn_fftw_threads{threads} (registration's floor)", both))
         for label, f in cases:
             print(f"{label}/{name}: {timed(f):.1f} ms", flush=True)
     return 0
