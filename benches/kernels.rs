@@ -66,6 +66,16 @@ fn kernels(c: &mut Criterion) {
         g.bench_with_input(BenchmarkId::new("shift_order3", &name), &v, |b, v| {
             b.iter(|| shift3d(v.view(), [0.4, -1.3, 2.7], &ShiftParams::default()))
         });
+        // The per-frame QC on the writer's thread: two correlations with the reference (before
+        // and after the shift) and the projections of both volumes.
+        let w = v.mapv(|x| 1.0 - x);
+        g.bench_with_input(BenchmarkId::new("qc_correlation", &name), &v, |b, v| {
+            b.iter(|| gpuprep_pipeline::qc::correlation(v.view(), w.view()))
+        });
+        let mut projections = gpuprep_pipeline::qc::Projections::new(shape);
+        g.bench_with_input(BenchmarkId::new("qc_projections", &name), &v, |b, v| {
+            b.iter(|| projections.add(v.view(), w.view()))
+        });
         let mut acc = Accumulator::new(shape);
         g.bench_with_input(BenchmarkId::new("zscore_accumulate", &name), &v, |b, v| {
             b.iter(|| acc.add(v.view()))
