@@ -227,9 +227,10 @@ impl ArgMax {
         }
     }
 
-    /// Offers `values` (C order, the first at `index0`), after any offered before them.
-    #[inline]
-    pub fn offer(&mut self, values: &[f32], index0: usize) {
+    /// Offers `values` (C order, the first at `index0`), after any offered before them: the plain
+    /// reference `offer_scaled` is tested against.
+    #[cfg(test)]
+    fn offer(&mut self, values: &[f32], index0: usize) {
         for (i, &v) in values.iter().enumerate() {
             if above(v.abs(), self.key) {
                 *self = ArgMax {
