@@ -17,7 +17,12 @@
 //!
 //! `frame_sequence` (issue 3) runs `SEQUENCE` whole frames back to back, each volume uploaded by
 //! its own frame (`sync`, `process_frame`) or staged during the previous frame's compute (`ahead`,
-//! `process_stream`); the difference is the host copy of the upload hidden behind GPU work.
+//! `process_stream`, which also submits each next frame's median and registration before waiting
+//! for the current frame's readback); the difference is the host work (the upload's copy, the
+//! readback's copy out) hidden behind GPU work.
+//!
+//! `transfer` times a frame's two transfers alone: a volume uploaded (`write_buffer` and a wait)
+//! and read back (`GpuContext::read`).
 //! It only means something on a real GPU: on lavapipe the "GPU" is the same CPU cores doing the copy.
 
 use criterion::{criterion_group, criterion_main, BatchSize, BenchmarkId, Criterion, Throughput};
@@ -275,6 +280,26 @@ fn bench_kernels(c: &mut Criterion) {
             });
         }
         g.finish();
+
+        // A frame's two transfers on their own: the volume written to the device and read back
+        // (`GpuContext::read`: copy to staging, wait, map, copy out).
+        if let Some(gb) = gpu.as_ref() {
+            let ctx = gb.context();
+            let flat = v.as_slice().expect("standard layout");
+            let buf = ctx.storage_init("bench.transfer", flat).unwrap();
+            let mut g = c.benchmark_group("transfer");
+            g.throughput(Throughput::Bytes(bytes));
+            g.bench_function(BenchmarkId::new("upload", &id), |b| {
+                b.iter(|| {
+                    ctx.upload(&buf, flat);
+                    wait(ctx, ctx.queue.submit([]));
+                })
+            });
+            g.bench_function(BenchmarkId::new("readback", &id), |b| {
+                b.iter(|| ctx.read::<f32>(&buf, flat.len()).unwrap())
+            });
+            g.finish();
+        }
     }
 }
 
@@ -306,8 +331,15 @@ fn frame_counters(_: &mut Criterion) {
         let ms = t0.elapsed().as_secs_f64() * 100.0;
         eprintln!(
             "frame_counters {id}: {} dispatches, {} submits, {} blocking reads, {} waits, {} writes, \
-             {} B read, {} B written; frame with transfers {ms:.2} ms (mean of 10)",
-            c.dispatches, c.submits, c.blocking_reads, c.waits, c.writes, c.read_bytes, c.written_bytes
+             {} B read, {} B written, {} bind groups made; frame with transfers {ms:.2} ms (mean of 10)",
+            c.dispatches,
+            c.submits,
+            c.blocking_reads,
+            c.waits,
+            c.writes,
+            c.read_bytes,
+            c.written_bytes,
+            c.bind_groups
         );
         kernel_times(&mut gb, &id, v.view(), &plan);
     }

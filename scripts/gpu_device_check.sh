@@ -34,7 +34,7 @@
 #
 # Knobs (environment): GPUCHECK_SHAPE (t,z,y,x of the end-to-end run; default 50,64,256,256),
 # GPUCHECK_BENCH_SHAPES (the benches' volumes; default 64x256x256,100x100x100), GPUCHECK_BENCH_FILTER
-# (criterion's filter; default: the GPU variants and the frame sequence, not the CPU ones),
+# (criterion's filter; default: the GPU variants, the frame sequence and the transfers, not the CPU ones),
 # GPUCHECK_DEADLINE_S (seconds for all steps; default 420), GPUCHECK_PYTHON (with h5py and numpy; default
 # python3), GPUCHECK_LOCAL=1 (use target/debug and the machine's own libraries).
 set -u -o pipefail
@@ -107,7 +107,7 @@ check() {
     local log="$OUT/log.txt" summary="$OUT/summary.txt"
     local shape="${GPUCHECK_SHAPE:-50,64,256,256}"
     local bench_shapes="${GPUCHECK_BENCH_SHAPES:-64x256x256,100x100x100}"
-    local filter="${GPUCHECK_BENCH_FILTER:-gpu_|frame_sequence}"
+    local filter="${GPUCHECK_BENCH_FILTER:-gpu_|frame_sequence|^transfer/}"
     local deadline="${GPUCHECK_DEADLINE_S:-420}"
     local bin bench before_bench="${GPUCHECK_BEFORE_BENCH:-}" before_commit="${GPUCHECK_BEFORE:-}"
     if [ "${GPUCHECK_LOCAL:-0}" = 1 ]; then

@@ -40,16 +40,19 @@
 //! self-test or its sums exceed the tile limit (the f32 path has no tiled route); `describe()` says
 //! which.
 //!
-//! Upload overlap (issue 3). The pipeline hands the backend the whole stream of volumes
-//! (`Backend::process_stream`). On the fused resident route `GpuBackend` takes the next volume from
-//! the stream before computing the current one and, right after the frame's first submission (for a
-//! registration: between `GpuRegistrar::submit` and `Pending::resolve`), copies it into a reused
-//! host-visible staging buffer and submits its copy into a second input buffer (`ahead`); the next
-//! frame swaps the inputs instead of uploading. With wgpu's single queue only the host side overlaps
-//! GPU compute (that copy, and the pipeline's HDF5 reads on its reader thread); the device-side copy
-//! is queued between the frames' compute, serialized with it. It costs one more volume of host memory
-//! (the volume taken early), one of device memory and one of host-visible staging, and applies to the
-//! fused resident route only: on the tiled route volumes are taken from the stream one at a time.
+//! Upload overlap (issue 3) and overlapped frames (issue 13). The pipeline hands the backend the
+//! whole stream of volumes (`Backend::process_stream`). On the fused resident route `GpuBackend`
+//! takes the next volume from the stream before computing the current one and, while the GPU
+//! computes, copies it into a reused host-visible staging buffer and submits its copy into a second
+//! input buffer (`ahead`); the next frame swaps the inputs instead of uploading. Frame t + 1's median
+//! and registration are submitted right after frame t's shift, accumulation and readback copies, so
+//! the GPU computes them while the host waits for frame t's volume, copies it out and emits it
+//! (`Fused::stream`); volume t + 2 is taken and staged after that. With wgpu's single queue the
+//! device-side copies are serialized with the compute; what overlaps GPU work is the host side (the
+//! staging copy, the readback's copy out, the emit, and the pipeline's reads on its reader thread).
+//! It costs one more volume of host memory (the volume taken early), one of device memory and one of
+//! host-visible staging, and applies to the fused resident route only: on the tiled route volumes
+//! are taken from the stream one at a time.
 
 pub mod ahead;
 pub mod backend;

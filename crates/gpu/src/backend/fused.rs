@@ -1,7 +1,10 @@
-//! The fused route: one upload, median → register → shift → accumulate on the device, one readback,
-//! the next volume staged between the registration's submit and resolve.
+//! The fused route: one upload, median → register → shift → accumulate on the device, one readback;
+//! in a stream, the next volume staged while the GPU computes and the next frame's median and
+//! registration submitted before the current frame's readback is waited for.
 
 use super::*;
+use crate::device::PendingRead;
+use crate::register::Pending;
 
 /// Where the fused route adds a frame's final volume to the z-score.
 pub(super) enum Accumulate<'a> {
@@ -12,8 +15,8 @@ pub(super) enum Accumulate<'a> {
     Host(&'a mut host_zscore::Accumulator),
 }
 
-/// The fused route's buffers for one frame: given only when every stage of the plan is resident,
-/// so the frame cannot meet a tiled stage halfway.
+/// The fused route's buffers for frames of one shape: given only when every stage of the plan is
+/// resident, so a frame cannot meet a tiled stage halfway.
 pub(super) struct Fused<'a> {
     pub(super) ctx: &'a GpuContext,
     pub(super) input: &'a mut Input,
@@ -24,31 +27,52 @@ pub(super) struct Fused<'a> {
     pub(super) accumulate: Option<Accumulate<'a>>,
 }
 
-/// A fused frame's result, and whether it staged the next volume into `Input::ahead`.
-pub(super) struct FusedOutput {
-    pub(super) out: FrameOutput,
-    pub(super) staged: bool,
+/// A fused frame whose first submission is in: the median, and the registration when the plan
+/// registers (its peak not yet read back).
+pub(super) struct Begun<'a> {
+    registration: Option<Pending<'a>>,
 }
 
-impl Fused<'_> {
-    /// The frame of `raw` (already in `Input::ahead` when `prestaged`), staging `next` after the
-    /// first submission when it has `raw`'s shape.
-    pub(super) fn run(
-        self,
+/// A fused frame whose work is all submitted, its readback copies included.
+pub(super) struct Submitted {
+    read: PendingRead,
+    registration: Option<Registration>,
+    filtered: Filtered,
+}
+
+/// Where a frame's filtered volume comes from when the plan keeps it.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Filtered {
+    /// Not kept.
+    No,
+    /// Read back as the readback's second part (registering: the volume read back is the shifted
+    /// one).
+    OwnPart,
+    /// The volume read back is the filtered one (not registering).
+    Volume,
+}
+
+impl<'a> Fused<'a> {
+    /// The buffer the frame's later stages read: the median's output when filtering, else the
+    /// input (a handle: `begin` may swap the input's buffers).
+    fn current(&self, plan: &FramePlan) -> wgpu::Buffer {
+        match (&plan.median, self.filtered) {
+            (Some(_), Some(filtered)) => filtered.clone(),
+            _ => self.input.volume.clone(),
+        }
+    }
+
+    /// Puts `raw` on the device (already in `Input::ahead` when `prestaged`: swapped in) and
+    /// submits the median, and the registration when the plan registers.
+    fn begin(
+        &mut self,
         raw: ArrayView3<f32>,
         prestaged: bool,
-        next: Option<ArrayView3<f32>>,
         plan: &FramePlan,
         stats: &mut AheadStats,
-    ) -> Result<FusedOutput> {
-        let Fused {
-            ctx,
-            input,
-            filtered,
-            register,
-            accumulate,
-        } = self;
-        let shape = input.shape;
+    ) -> Result<Begun<'a>> {
+        let ctx = self.ctx;
+        let input = &mut *self.input;
         match (&mut input.ahead, prestaged) {
             (Some(ahead), true) => {
                 // The staging copy was submitted before anything this frame submits, so the queue
@@ -61,83 +85,171 @@ impl Fused<'_> {
                 stats.frames_uploaded += 1;
             }
         }
-        let next = next.filter(|n| dims(n) == shape);
-        if next.is_some() && input.ahead.is_none() {
-            input.ahead = Some(AheadUpload::new(ctx, shape.iter().product())?);
-        }
-        let input: &Input = input;
-        // Called right after the frame's first submission, so the host copy overlaps that GPU work.
-        let stage_next = || -> Result<bool> {
-            match (next, &input.ahead) {
-                (Some(n), Some(ahead)) => {
-                    ahead.stage(ctx, &c_order(n))?;
-                    Ok(true)
-                }
-                _ => Ok(false),
-            }
-        };
         let mut rec = ctx.recorder();
-        let current = match (&plan.median, filtered) {
-            (Some(m), Some(filtered)) => {
-                median3d::record(ctx, &mut rec, &input.volume, filtered, shape, m)?;
-                filtered
-            }
-            _ => &input.volume,
-        };
-        let registering = register.is_some();
-        let (registration, mut rec, staged) = match register {
-            Some((registrar, bufs, shifted)) => {
-                let target = if plan.register_on_raw {
-                    &input.volume
-                } else {
-                    current
-                };
-                // One submission for the median and the registration (most of the frame's GPU
-                // time), the next volume staged while it runs, then the peak read back.
-                let pending = registrar.submit(ctx, rec, target)?;
-                let staged = stage_next()?;
-                let r = pending.resolve(ctx)?;
-                let mut rec = ctx.recorder();
-                shift::record(ctx, &mut rec, bufs, current, shifted, r.shift, &plan.shift)?;
-                (Some((r, shifted)), rec, staged)
-            }
-            None => (None, rec, false),
-        };
-        let (registration, volume_buf) = match registration {
-            Some((r, shifted)) => (Some(r), shifted),
-            None => (None, current),
-        };
-        let mut host_acc = None;
-        match accumulate {
-            Some(Accumulate::Device(acc)) => acc.record_add(ctx, &mut rec, volume_buf)?,
-            Some(Accumulate::DeviceF32(acc)) => acc.record_add(ctx, &mut rec, volume_buf)?,
-            Some(Accumulate::Host(acc)) => host_acc = Some(acc),
-            None => {}
+        if let (Some(m), Some(filtered)) = (&plan.median, self.filtered) {
+            median3d::record(
+                ctx,
+                &mut rec,
+                &self.input.volume,
+                filtered,
+                self.input.shape,
+                m,
+            )?;
         }
-        rec.submit()?;
-        let staged = if !registering { stage_next()? } else { staged };
-        let volume = download(ctx, volume_buf, shape)?;
-        if let Some(acc) = host_acc {
+        let registration = match self.register {
+            Some((registrar, _, _)) => {
+                let target = if plan.register_on_raw {
+                    self.input.volume.clone()
+                } else {
+                    self.current(plan)
+                };
+                Some(registrar.submit(ctx, rec, &target)?)
+            }
+            None => {
+                rec.submit()?;
+                None
+            }
+        };
+        Ok(Begun { registration })
+    }
+
+    /// Stages `next` into the second input buffer (made on first use) when it has this route's
+    /// shape, while the GPU computes what was submitted; whether it did.
+    fn stage(&mut self, next: Option<ArrayView3<f32>>, stats: &mut AheadStats) -> Result<bool> {
+        let shape = self.input.shape;
+        let Some(next) = next.filter(|n| dims(n) == shape) else {
+            return Ok(false);
+        };
+        if self.input.ahead.is_none() {
+            self.input.ahead = Some(AheadUpload::new(self.ctx, shape.iter().product())?);
+        }
+        match &self.input.ahead {
+            Some(ahead) => ahead.stage(self.ctx, &c_order(next))?,
+            None => return Ok(false),
+        }
+        stats.staged += 1;
+        Ok(true)
+    }
+
+    /// Reads the registration's peak back, then submits the shift, the accumulation and the
+    /// readback copies, without waiting for them.
+    fn submit_rest(&mut self, begun: Begun<'a>, plan: &FramePlan) -> Result<Submitted> {
+        let ctx = self.ctx;
+        let current = self.current(plan);
+        let mut rec = ctx.recorder();
+        let (registration, volume) = match (begun.registration, self.register) {
+            (Some(pending), Some((_, bufs, shifted))) => {
+                let r = pending.resolve(ctx)?;
+                shift::record(ctx, &mut rec, bufs, &current, shifted, r.shift, &plan.shift)?;
+                (Some(r), shifted.clone())
+            }
+            _ => (None, current.clone()),
+        };
+        match &mut self.accumulate {
+            Some(Accumulate::Device(acc)) => acc.record_add(ctx, &mut rec, &volume)?,
+            Some(Accumulate::DeviceF32(acc)) => acc.record_add(ctx, &mut rec, &volume)?,
+            Some(Accumulate::Host(_)) | None => {}
+        }
+        let bytes = volume_bytes(self.input.shape);
+        let filtered = match (plan.keep_filtered, self.filtered, &registration) {
+            (true, Some(_), Some(_)) => Filtered::OwnPart,
+            (true, Some(_), None) => Filtered::Volume,
+            _ => Filtered::No,
+        };
+        // The filtered volume is read with the frame's result, before a next frame's median
+        // (submitted after this) overwrites it.
+        let read = match filtered {
+            Filtered::OwnPart => ctx.read_later(rec, &[(&volume, bytes), (&current, bytes)])?,
+            _ => ctx.read_later(rec, &[(&volume, bytes)])?,
+        };
+        Ok(Submitted {
+            read,
+            registration,
+            filtered,
+        })
+    }
+
+    /// Waits for the frame's readback; adds the volume to the CPU twin's accumulation when the
+    /// z-score runs there.
+    fn finish(&mut self, s: Submitted) -> Result<FrameOutput> {
+        let shape = self.input.shape;
+        let (volume, filtered) = s.read.wait(self.ctx, |parts| {
+            let vol = |p: &[u8]| {
+                Array3::from_shape_vec(shape, bytemuck::pod_collect_to_vec::<u8, f32>(p))
+                    .map_err(|e| Error::Gpu(format!("readback shape: {e}")))
+            };
+            Ok::<_, Error>((vol(parts[0])?, parts.get(1).map(|p| vol(p)).transpose()?))
+        })??;
+        if let Some(Accumulate::Host(acc)) = &mut self.accumulate {
             acc.add(volume.view());
         }
-        let filtered = match filtered {
-            Some(f) if plan.keep_filtered => Some(if registration.is_some() {
-                download(ctx, f, shape)?
-            } else {
-                volume.clone()
-            }),
-            _ => None,
+        let filtered = match s.filtered {
+            Filtered::No => None,
+            Filtered::OwnPart => filtered,
+            Filtered::Volume => Some(volume.clone()),
         };
-        if staged {
-            stats.staged += 1;
-        }
-        Ok(FusedOutput {
-            out: FrameOutput {
-                volume,
-                filtered,
-                registration,
-            },
-            staged,
+        Ok(FrameOutput {
+            volume,
+            filtered,
+            registration: s.registration,
         })
+    }
+
+    /// One frame (`process_frame`).
+    pub(super) fn run(
+        mut self,
+        raw: ArrayView3<f32>,
+        plan: &FramePlan,
+        stats: &mut AheadStats,
+    ) -> Result<FrameOutput> {
+        let begun = self.begin(raw, false, plan, stats)?;
+        let submitted = self.submit_rest(begun, plan)?;
+        self.finish(submitted)
+    }
+
+    /// The frames of a stream from `first` on while they have this route's shape; returns the
+    /// first volume of another shape, if the stream has one.
+    ///
+    /// Per frame t: its shift, accumulation and readback copies are submitted, then frame t + 1's
+    /// median and registration (its volume staged earlier), and only then does the host wait for
+    /// frame t's readback, copy it out and emit it, while the GPU computes frame t + 1. Volume
+    /// t + 2 is taken from the stream and staged after frame t is emitted. So the stream is taken
+    /// as `process_stream` always did (volume t + 1 before frame t is computed, t + 2 after it is
+    /// emitted), and the GPU idles only for the peak's round trip.
+    pub(super) fn stream(
+        mut self,
+        first: Array3<f32>,
+        frames: &mut dyn Iterator<Item = Result<Array3<f32>>>,
+        emit: &mut dyn FnMut(FrameOutput) -> Result<()>,
+        plan: &FramePlan,
+        stats: &mut AheadStats,
+    ) -> Result<Option<Array3<f32>>> {
+        let mut begun = self.begin(first.view(), false, plan, stats)?;
+        // Its values are on the device (or in wgpu's staging) now.
+        drop(first);
+        let mut next = frames.next().transpose()?;
+        let mut staged = self.stage(next.as_ref().map(|n| n.view()), stats)?;
+        loop {
+            let submitted = self.submit_rest(begun, plan)?;
+            let following = match next.take() {
+                Some(n) if staged => {
+                    let b = self.begin(n.view(), true, plan, stats)?;
+                    stats.frames_overlapped += 1;
+                    Some(b)
+                }
+                other => {
+                    next = other;
+                    None
+                }
+            };
+            emit(self.finish(submitted)?)?;
+            match following {
+                Some(b) => begun = b,
+                // The end of the stream, or a volume of another shape (not staged).
+                None => return Ok(next),
+            }
+            next = frames.next().transpose()?;
+            staged = self.stage(next.as_ref().map(|n| n.view()), stats)?;
+        }
     }
 }

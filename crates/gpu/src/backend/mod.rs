@@ -36,7 +36,7 @@ use std::borrow::Cow;
 mod fused;
 mod stages;
 
-use fused::{Accumulate, Fused, FusedOutput};
+use fused::{Accumulate, Fused};
 use stages::*;
 
 /// How the fused route got its volumes onto the device (tests assert that staged uploads were
@@ -49,6 +49,9 @@ pub struct AheadStats {
     pub frames_prestaged: usize,
     /// Frames (fused route) that uploaded their volume.
     pub frames_uploaded: usize,
+    /// Frames of a stream (fused route) whose median and registration were submitted before the
+    /// previous frame's readback was waited for.
+    pub frames_overlapped: usize,
 }
 
 /// The GPU backend. Every stage runs on the device (see `describe`). The z-score runs on the device in
@@ -203,27 +206,15 @@ impl GpuBackend {
         }))
     }
 
-    /// One frame: fused when every stage is resident (`raw` already staged when `prestaged`,
-    /// `next` staged meanwhile), else stage by stage. Returns whether `next` was staged.
-    fn frame(
-        &mut self,
-        raw: ArrayView3<f32>,
-        prestaged: bool,
-        next: Option<ArrayView3<f32>>,
-        plan: &FramePlan,
-    ) -> Result<FusedOutput> {
+    /// One frame: fused when every stage is resident, else stage by stage.
+    fn frame(&mut self, raw: ArrayView3<f32>, plan: &FramePlan) -> Result<FrameOutput> {
         let mut stats = self.ahead_stats;
-        let fused = match self.fused(dims(&raw), plan)? {
-            Some(f) => f.run(raw, prestaged, next, plan, &mut stats)?,
-            None => {
-                return Ok(FusedOutput {
-                    out: frame_by_stage(self, raw, plan)?,
-                    staged: false,
-                })
-            }
+        let out = match self.fused(dims(&raw), plan)? {
+            Some(f) => f.run(raw, plan, &mut stats)?,
+            None => return frame_by_stage(self, raw, plan),
         };
         self.ahead_stats = stats;
-        Ok(fused)
+        Ok(out)
     }
 
     /// How the FFT of a volume of `shape` would run on this device, per axis (e.g.
@@ -520,7 +511,7 @@ impl Backend for GpuBackend {
 
     /// Upload once; median → register → shift → accumulate on the device; read back once.
     fn process_frame(&mut self, raw: ArrayView3<f32>, plan: &FramePlan) -> Result<FrameOutput> {
-        Ok(self.frame(raw, false, None, plan)?.out)
+        self.frame(raw, plan)
     }
 
     /// It does on the fused route: `process_stream` stages the next volume's upload.
@@ -528,9 +519,10 @@ impl Backend for GpuBackend {
         true
     }
 
-    /// `process_frame` of each volume; on the fused route the next volume is taken from `frames`
-    /// before the current one computes and its upload staged meanwhile (one more volume held), on
-    /// the tiled route volumes are taken one at a time.
+    /// `process_frame` of each volume. On the fused route (`Fused::stream`) the next volume is
+    /// taken from `frames` before the current one computes, its upload staged meanwhile (one more
+    /// volume held), and its median and registration submitted before the current frame's
+    /// readback is waited for; on the tiled route volumes are taken one at a time.
     fn process_stream(
         &mut self,
         plan: &FramePlan,
@@ -541,33 +533,23 @@ impl Backend for GpuBackend {
             Some(v) => v?,
             None => return Ok(()),
         };
-        // Whether `current` is already in `Input::ahead`.
-        let mut prestaged = false;
         loop {
-            let fused = self.fused(dims(&current.view()), plan)?.is_some();
-            let next = if fused {
-                frames.next().transpose()?
-            } else {
-                None
+            let mut stats = self.ahead_stats;
+            let rest = match self.fused(dims(&current.view()), plan)? {
+                Some(f) => f.stream(current, frames, emit, plan, &mut stats),
+                None => {
+                    let out = frame_by_stage(self, current.view(), plan)?;
+                    // Freed before `emit`, which may wait on a full write queue.
+                    drop(current);
+                    emit(out)?;
+                    frames.next().transpose()
+                }
             };
-            let done = self.frame(
-                current.view(),
-                prestaged,
-                next.as_ref().map(|n| n.view()),
-                plan,
-            )?;
-            // Freed before `emit`, which may wait on a full write queue.
-            drop(current);
-            emit(done.out)?;
-            prestaged = done.staged;
-            current = match (fused, next) {
-                (true, Some(n)) => n,
-                (true, None) => return Ok(()),
-                (false, _) => match frames.next() {
-                    Some(v) => v?,
-                    None => return Ok(()),
-                },
-            };
+            self.ahead_stats = stats;
+            match rest? {
+                Some(v) => current = v,
+                None => return Ok(()),
+            }
         }
     }
 }

@@ -4,6 +4,7 @@
 
 use super::api::{instance, Api};
 use super::kernels::Kernel;
+use super::recorder::Recorder;
 use gpuprep_core::error::{Error, Result};
 use std::cell::{Cell, RefCell};
 use std::collections::HashMap;
@@ -19,6 +20,8 @@ pub struct GpuContext {
     /// Built kernels by `KernelDecl::key` (see `kernels.rs`).
     pub(super) kernels: RefCell<HashMap<String, Arc<Kernel>>>,
     pub(super) uniform_pool: RefCell<Option<wgpu::Buffer>>,
+    /// Bind groups by kernel and buffers (`bind_group`).
+    pub(super) bind_groups: RefCell<HashMap<BindKey, wgpu::BindGroup>>,
     staging_pool: RefCell<Option<wgpu::Buffer>>,
     /// Largest buffer a stage may use before it tiles the volume (see `max_tile_bytes`).
     max_tile_bytes: Cell<u64>,
@@ -56,6 +59,8 @@ pub struct GpuCounters {
     pub read_bytes: u64,
     /// Bytes written by `writes`.
     pub written_bytes: u64,
+    /// Bind groups created (`GpuContext::bind_group`; a frame on buffers bound before creates none).
+    pub bind_groups: usize,
 }
 
 impl std::ops::Sub for GpuCounters {
@@ -70,6 +75,7 @@ impl std::ops::Sub for GpuCounters {
             writes: self.writes - e.writes,
             read_bytes: self.read_bytes - e.read_bytes,
             written_bytes: self.written_bytes - e.written_bytes,
+            bind_groups: self.bind_groups - e.bind_groups,
         }
     }
 }
@@ -194,6 +200,7 @@ impl GpuContext {
             features,
             kernels: RefCell::new(HashMap::new()),
             uniform_pool: RefCell::new(None),
+            bind_groups: RefCell::new(HashMap::new()),
             staging_pool: RefCell::new(None),
             max_tile_bytes: Cell::new(max_tile_bytes),
             tile_pool: RefCell::new(HashMap::new()),
@@ -233,6 +240,7 @@ impl GpuContext {
     pub fn set_unchecked_shaders(&self, on: bool) {
         if self.unchecked_shaders.replace(on) != on {
             self.kernels.borrow_mut().clear();
+            self.bind_groups.borrow_mut().clear();
         }
     }
 
@@ -369,6 +377,9 @@ impl GpuContext {
     /// A storage buffer of `bytes` (at least 4), checked against the limits.
     pub fn storage(&self, label: &str, bytes: u64) -> Result<wgpu::Buffer> {
         self.check_binding(label, bytes)?;
+        // A new buffer means new stages or a call's own buffers: the bind groups cached so far
+        // may hold buffers their owners have dropped, kept alive only by the cache.
+        self.bind_groups.borrow_mut().clear();
         Ok(self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some(&format!("gpuprep.{label}")),
             // A multiple of 8: an f32 volume may be bound as vec2<f32> pairs (`fft.wgsl`'s real
@@ -391,13 +402,61 @@ impl GpuContext {
         Ok(buf)
     }
 
+    /// The bind group of `kernel` over `uniform` (the batch's uniform buffer and the binding's
+    /// size; its offset is dynamic) and `buffers` in binding order, built once and reused while
+    /// they live: a resident frame binds the same buffers every time. Cleared whenever a storage
+    /// or uniform buffer is created, so it keeps no buffer alive beyond the next allocation, and
+    /// whenever it holds `MAX_BIND_GROUPS`.
+    pub fn bind_group(
+        &self,
+        kernel: &Arc<Kernel>,
+        uniform: Option<(&wgpu::Buffer, u64)>,
+        buffers: &[wgpu::Buffer],
+    ) -> wgpu::BindGroup {
+        let key = BindKey {
+            kernel: kernel.clone(),
+            uniform: uniform.map(|(u, size)| (u.clone(), size)),
+            buffers: buffers.to_vec(),
+        };
+        if let Some(bg) = self.bind_groups.borrow().get(&key) {
+            return bg.clone();
+        }
+        let mut entries = Vec::with_capacity(buffers.len() + 1);
+        if let Some((u, size)) = uniform {
+            entries.push(wgpu::BindGroupEntry {
+                binding: 0,
+                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
+                    buffer: u,
+                    offset: 0,
+                    size: wgpu::BufferSize::new(size),
+                }),
+            });
+        }
+        for (j, b) in buffers.iter().enumerate() {
+            entries.push(wgpu::BindGroupEntry {
+                binding: j as u32 + 1,
+                resource: b.as_entire_binding(),
+            });
+        }
+        let bg = self.device.create_bind_group(&wgpu::BindGroupDescriptor {
+            label: Some(&kernel.label),
+            layout: &kernel.layout,
+            entries: &entries,
+        });
+        self.count(|c| c.bind_groups += 1);
+        let mut cache = self.bind_groups.borrow_mut();
+        if cache.len() >= MAX_BIND_GROUPS {
+            cache.clear();
+        }
+        cache.insert(key, bg.clone());
+        bg
+    }
+
     /// Copy the first `count` elements of `buf` back to the host (waits for the GPU).
     pub fn read<T: bytemuck::Pod>(&self, buf: &wgpu::Buffer, count: usize) -> Result<Vec<T>> {
         let bytes = (count * std::mem::size_of::<T>()) as u64;
-        let mut parts = self.read_parts(&[(buf, bytes)])?;
-        Ok(bytemuck::pod_collect_to_vec(
-            &parts.pop().unwrap_or_default(),
-        ))
+        self.read_later(self.recorder(), &[(buf, bytes)])?
+            .wait(self, |parts| typed::<T>(parts[0]))
     }
 
     /// `read` of two buffers with one submission and one wait (e.g. the registration's power and
@@ -407,72 +466,59 @@ impl GpuContext {
         (a, na): (&wgpu::Buffer, usize),
         (b, nb): (&wgpu::Buffer, usize),
     ) -> Result<(Vec<A>, Vec<B>)> {
-        let parts = self.read_parts(&[
+        let parts = [
             (a, (na * std::mem::size_of::<A>()) as u64),
             (b, (nb * std::mem::size_of::<B>()) as u64),
-        ])?;
-        Ok((
-            bytemuck::pod_collect_to_vec(&parts[0]),
-            bytemuck::pod_collect_to_vec(&parts[1]),
-        ))
+        ];
+        self.read_later(self.recorder(), &parts)?
+            .wait(self, |p| (typed::<A>(p[0]), typed::<B>(p[1])))
     }
 
-    /// The first `bytes` of each buffer, copied into one staging buffer by one submission and read
-    /// after one wait (one blocking read, whatever the number of buffers).
-    fn read_parts(&self, parts: &[(&wgpu::Buffer, u64)]) -> Result<Vec<Vec<u8>>> {
+    /// Submits `rec` with copies of the first `bytes` of each buffer after its work, into one
+    /// staging buffer, and returns without waiting: `PendingRead::wait` reads them (one blocking
+    /// read, whatever the number of buffers). Work submitted in between runs while the host waits
+    /// (the stream's next frame, `GpuBackend::process_stream`).
+    pub fn read_later(
+        &self,
+        mut rec: Recorder<'_>,
+        parts: &[(&wgpu::Buffer, u64)],
+    ) -> Result<PendingRead> {
         // Copies are 4-byte aligned: each part starts at a multiple of 4 in the staging buffer.
-        let offsets: Vec<u64> = parts
-            .iter()
-            .scan(0u64, |at, (_, n)| {
-                let o = *at;
-                *at += n.div_ceil(4) * 4;
-                Some(o)
-            })
-            .collect();
-        let total: u64 = parts.iter().map(|(_, n)| n.div_ceil(4) * 4).sum();
-        if total == 0 {
-            return Ok(parts.iter().map(|_| Vec::new()).collect());
+        let mut at = 0u64;
+        let mut spans = Vec::with_capacity(parts.len());
+        for (_, n) in parts {
+            spans.push((at, *n));
+            at += n.div_ceil(4) * 4;
         }
-        let bytes = total;
-        // One staging buffer, grown as needed and reused (the map below is waited for).
-        let staging = {
-            let mut pool = self.staging_pool.borrow_mut();
-            match pool.as_ref() {
-                Some(b) if b.size() >= bytes => b.clone(),
-                _ => {
-                    let b = self.device.create_buffer(&wgpu::BufferDescriptor {
-                        label: Some("gpuprep.readback"),
-                        size: bytes.div_ceil(4) * 4,
-                        usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
-                        mapped_at_creation: false,
-                    });
-                    *pool = Some(b.clone());
-                    b
-                }
-            }
-        };
-        let mut enc = self
-            .device
-            .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                label: Some("gpuprep.readback"),
+        let bytes = at;
+        if bytes == 0 {
+            rec.submit()?;
+            return Ok(PendingRead {
+                staging: None,
+                spans,
+                bytes,
             });
-        for ((buf, n), &at) in parts.iter().zip(&offsets) {
-            if *n > 0 {
-                enc.copy_buffer_to_buffer(buf, 0, &staging, at, n.div_ceil(4) * 4);
+        }
+        // Taken out of the pool while the read is pending, so no other read copies into it.
+        let staging = match self.staging_pool.borrow_mut().take() {
+            Some(b) if b.size() >= bytes => b,
+            _ => self.device.create_buffer(&wgpu::BufferDescriptor {
+                label: Some("gpuprep.readback"),
+                size: bytes,
+                usage: wgpu::BufferUsages::MAP_READ | wgpu::BufferUsages::COPY_DST,
+                mapped_at_creation: false,
+            }),
+        };
+        for ((buf, _), &(at, n)) in parts.iter().zip(&spans) {
+            if n > 0 {
+                rec.copy_at(buf, 0, &staging, at, n.div_ceil(4) * 4);
             }
         }
-        let idx = self.queue.submit([enc.finish()]);
-        self.count(|c| {
-            c.submits += 1;
-            c.blocking_reads += 1;
-            c.read_bytes += parts.iter().map(|(_, n)| n).sum::<u64>();
-        });
-        self.map_read(&staging, bytes, idx, "readback", |b| {
-            parts
-                .iter()
-                .zip(&offsets)
-                .map(|((_, n), &at)| b[at as usize..(at + n) as usize].to_vec())
-                .collect()
+        let idx = rec.submit()?;
+        Ok(PendingRead {
+            staging: Some((staging, idx)),
+            spans,
+            bytes,
         })
     }
 
@@ -508,5 +554,88 @@ impl GpuContext {
         };
         staging.unmap();
         Ok(out)
+    }
+}
+
+/// A part of a mapped readback as a `Vec<T>`, in one copy (the mapping's start need not be aligned
+/// for `T`, so no cast in place).
+fn typed<T: bytemuck::Pod>(part: &[u8]) -> Vec<T> {
+    if part.is_empty() {
+        return Vec::new();
+    }
+    bytemuck::pod_collect_to_vec(part)
+}
+
+/// Copies submitted by `GpuContext::read_later`, not yet waited for.
+#[must_use = "a pending read is only read by `wait`"]
+pub struct PendingRead {
+    /// The staging buffer and the submission that copies into it (none when nothing is read).
+    staging: Option<(wgpu::Buffer, wgpu::SubmissionIndex)>,
+    /// Each part's offset and length in the staging buffer.
+    spans: Vec<(u64, u64)>,
+    bytes: u64,
+}
+
+impl PendingRead {
+    /// Waits for the copies and hands `f` each part, mapped; `f` copies out of the mapping once
+    /// (`typed`): a volume read back is 17 MB at 64×256×256, and a second host copy of it costs
+    /// about as much as the frame's GPU work on a fast device.
+    pub fn wait<R>(self, ctx: &GpuContext, f: impl FnOnce(&[&[u8]]) -> R) -> Result<R> {
+        let PendingRead {
+            staging,
+            spans,
+            bytes,
+        } = self;
+        let Some((staging, idx)) = staging else {
+            let empty: Vec<&[u8]> = spans.iter().map(|_| &[][..]).collect();
+            return Ok(f(&empty));
+        };
+        ctx.count(|c| {
+            c.blocking_reads += 1;
+            c.read_bytes += spans.iter().map(|(_, n)| n).sum::<u64>();
+        });
+        let out = ctx.map_read(&staging, bytes, idx, "readback", |b| {
+            let parts: Vec<&[u8]> = spans
+                .iter()
+                .map(|&(at, n)| &b[at as usize..(at + n) as usize])
+                .collect();
+            f(&parts)
+        })?;
+        // Back to the pool for the next read, unless a larger one is there.
+        let mut pool = ctx.staging_pool.borrow_mut();
+        if pool.as_ref().is_none_or(|p| p.size() < staging.size()) {
+            *pool = Some(staging);
+        }
+        Ok(out)
+    }
+}
+
+/// Most bind groups `GpuContext::bind_group` keeps (a resident frame uses about a dozen, a tiled
+/// one a few dozen); past it the cache starts over.
+const MAX_BIND_GROUPS: usize = 256;
+
+/// What a bind group binds: the kernel (by identity; kept alive, so its address is not reused
+/// while the key exists), the uniform buffer and binding size, the storage buffers in order.
+pub(super) struct BindKey {
+    kernel: Arc<Kernel>,
+    uniform: Option<(wgpu::Buffer, u64)>,
+    buffers: Vec<wgpu::Buffer>,
+}
+
+impl PartialEq for BindKey {
+    fn eq(&self, o: &BindKey) -> bool {
+        Arc::ptr_eq(&self.kernel, &o.kernel)
+            && self.uniform == o.uniform
+            && self.buffers == o.buffers
+    }
+}
+
+impl Eq for BindKey {}
+
+impl std::hash::Hash for BindKey {
+    fn hash<H: std::hash::Hasher>(&self, h: &mut H) {
+        Arc::as_ptr(&self.kernel).hash(h);
+        self.uniform.hash(h);
+        self.buffers.hash(h);
     }
 }

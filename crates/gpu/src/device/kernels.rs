@@ -68,7 +68,10 @@ impl GpuContext {
                         Bind::Read => wgpu::BufferBindingType::Storage { read_only: true },
                         Bind::ReadWrite => wgpu::BufferBindingType::Storage { read_only: false },
                     },
-                    has_dynamic_offset: false,
+                    // The recorder packs a batch's uniforms into one buffer and binds each
+                    // dispatch's at its offset: with the offset dynamic, one bind group serves
+                    // every batch (`GpuContext::bind_group`).
+                    has_dynamic_offset: matches!(b, Bind::Uniform),
                     min_binding_size: None,
                 },
                 count: None,
@@ -138,6 +141,48 @@ mod tests {
             .pipeline_variant(&MEDIAN3D, &[("MAX_WINDOW", 100)])
             .is_err());
         assert!(ctx.pipeline(&FFT_STOCKHAM).is_err());
+    }
+
+    /// A dispatch on buffers bound before reuses their bind group (the second median below creates
+    /// none) and computes on the buffers' new contents; a buffer made in between empties the cache.
+    #[test]
+    fn bind_groups_are_reused_until_a_buffer_is_made() {
+        use gpuprep_core::params::MedianParams;
+        use ndarray::Array3;
+        use rand::{rngs::StdRng, Rng, SeedableRng};
+        let Some(ctx) = test_context() else { return };
+        let shape = [5, 7, 11];
+        let mut rng = StdRng::seed_from_u64(3);
+        let mut vol = || Array3::from_shape_simple_fn(shape, || rng.random::<f32>());
+        let p = MedianParams::default();
+        let src = ctx.storage("test.src", 5 * 7 * 11 * 4).unwrap();
+        let dst = ctx.storage("test.dst", 5 * 7 * 11 * 4).unwrap();
+        // Median of `v` through `src` and `dst`, with the bind groups it created.
+        let median = |v: &Array3<f32>| {
+            ctx.upload(&src, v.as_slice().unwrap());
+            let before = ctx.counters();
+            let mut rec = ctx.recorder();
+            crate::median3d::record(&ctx, &mut rec, &src, &dst, shape, &p).unwrap();
+            rec.submit().unwrap();
+            let created = (ctx.counters() - before).bind_groups;
+            let got = ctx.read::<f32>(&dst, v.len()).unwrap();
+            let want = gpuprep_cpu::median3d::median3d(v.view(), &p);
+            assert_eq!(got, want.into_raw_vec_and_offset().0);
+            created
+        };
+        assert_eq!(median(&vol()), 1);
+        assert_eq!(
+            median(&vol()),
+            0,
+            "the same buffers: the bind group is reused"
+        );
+        assert!(!ctx.bind_groups.borrow().is_empty());
+        let _other = ctx.storage("test.other", 64).unwrap();
+        assert!(
+            ctx.bind_groups.borrow().is_empty(),
+            "a new buffer empties the cache"
+        );
+        assert_eq!(median(&vol()), 1);
     }
 
     /// WGSL that naga rejects (a zero-length private array) and a missing entry point are

@@ -10,7 +10,9 @@ pub mod timing;
 
 pub use crate::shaders::Bind;
 pub use api::{list_adapters, AdapterSummary, Api};
-pub use context::{GpuContext, GpuCounters, TileStats, ADAPTER_ENV, TILE_BYTES_ENV, UNCHECKED_ENV};
+pub use context::{
+    GpuContext, GpuCounters, PendingRead, TileStats, ADAPTER_ENV, TILE_BYTES_ENV, UNCHECKED_ENV,
+};
 pub use kernels::Kernel;
 pub use recorder::{split_groups, Recorder, WORKGROUP};
 pub use timing::KernelTime;

@@ -1,5 +1,6 @@
-//! The command recorder: packs every dispatch's uniforms into one buffer, builds the bind groups,
-//! and splits dispatches larger than 65,535 workgroups over two dimensions.
+//! The command recorder: packs every dispatch's uniforms into one buffer, binds them at dynamic
+//! offsets with the bind groups cached on the context, and splits dispatches larger than 65,535
+//! workgroups over two dimensions.
 
 use super::context::GpuContext;
 use super::kernels::Kernel;
@@ -32,6 +33,8 @@ impl GpuContext {
             }
         }
         let size = bytes.next_power_of_two().max(4096);
+        // Bind groups of the old buffer are of no more use (and would keep it alive).
+        self.bind_groups.borrow_mut().clear();
         let b = self.device.create_buffer(&wgpu::BufferDescriptor {
             label: Some("gpuprep.uniforms"),
             size,
@@ -63,7 +66,9 @@ enum Op {
     },
     Copy {
         src: wgpu::Buffer,
+        src_offset: u64,
         dst: wgpu::Buffer,
+        dst_offset: u64,
         bytes: u64,
     },
 }
@@ -116,9 +121,23 @@ impl Recorder<'_> {
     }
 
     pub fn copy(&mut self, src: &wgpu::Buffer, dst: &wgpu::Buffer, bytes: u64) {
+        self.copy_at(src, 0, dst, 0, bytes);
+    }
+
+    /// `bytes` from `src_offset` of `src` to `dst_offset` of `dst`, after the work recorded before.
+    pub fn copy_at(
+        &mut self,
+        src: &wgpu::Buffer,
+        src_offset: u64,
+        dst: &wgpu::Buffer,
+        dst_offset: u64,
+        bytes: u64,
+    ) {
         self.ops.push(Op::Copy {
             src: src.clone(),
+            src_offset,
             dst: dst.clone(),
+            dst_offset,
             bytes,
         });
     }
@@ -152,8 +171,14 @@ impl Recorder<'_> {
         let mut i = 0;
         while i < self.ops.len() {
             match &self.ops[i] {
-                Op::Copy { src, dst, bytes } => {
-                    enc.copy_buffer_to_buffer(src, 0, dst, 0, *bytes);
+                Op::Copy {
+                    src,
+                    src_offset,
+                    dst,
+                    dst_offset,
+                    bytes,
+                } => {
+                    enc.copy_buffer_to_buffer(src, *src_offset, dst, *dst_offset, *bytes);
                     i += 1;
                 }
                 Op::Dispatch { kernel, .. } => {
@@ -174,30 +199,15 @@ impl Recorder<'_> {
                         else {
                             break;
                         };
-                        let mut entries = Vec::new();
-                        if let (Some((off, size)), Some(u)) = (uniform, &ubuf) {
-                            entries.push(wgpu::BindGroupEntry {
-                                binding: 0,
-                                resource: wgpu::BindingResource::Buffer(wgpu::BufferBinding {
-                                    buffer: u,
-                                    offset: *off,
-                                    size: wgpu::BufferSize::new(*size),
-                                }),
-                            });
-                        }
-                        for (j, b) in buffers.iter().enumerate() {
-                            entries.push(wgpu::BindGroupEntry {
-                                binding: j as u32 + 1,
-                                resource: b.as_entire_binding(),
-                            });
-                        }
-                        let bg = ctx.device.create_bind_group(&wgpu::BindGroupDescriptor {
-                            label: Some(&kernel.label),
-                            layout: &kernel.layout,
-                            entries: &entries,
-                        });
+                        let bound = ubuf.as_ref().zip(*uniform);
+                        let bg =
+                            ctx.bind_group(kernel, bound.map(|(u, (_, size))| (u, size)), buffers);
+                        let offsets: &[u32] = match bound {
+                            Some((_, (off, _))) => &[off as u32],
+                            None => &[],
+                        };
                         pass.set_pipeline(&kernel.pipeline);
-                        pass.set_bind_group(0, &bg, &[]);
+                        pass.set_bind_group(0, &bg, offsets);
                         let (x, y) = split_groups(*groups);
                         pass.dispatch_workgroups(x, y, 1);
                         i += 1;
