@@ -117,3 +117,61 @@ fn cross_value(f: vec2<f32>, g: vec2<f32>, phase: u32, scale_bits: u32) -> vec2<
     }
     return big;
 }
+
+// The peak search's per-workgroup result (`struct Partial` in crates/gpu/src/register/mod.rs; layout
+// checked by tests/shaders.rs, `uniform_structs_match_wgsl`): written by `argmax_abs`
+// (cross_power.wgsl) and by `stockham_wg_peak` (fft.wgsl).
+struct Partial {
+    val: f32,
+    idx: u32,
+    re: f32,
+    im: f32,
+}
+
+// Whether |c| = `v` at index `j` beats the best so far (`bv` at `bj`): larger, or equal at a lower
+// index (np.argmax's first index in C order). A NaN never beats. The order is total, so the order
+// in which elements are visited does not change the result.
+fn peak_beats(v: f32, j: u32, bv: f32, bj: u32) -> bool {
+    return v > bv || (v == bv && j < bj);
+}
+
+// |shift| of index k along an axis of n (past the midpoint the shift is k - n), as
+// gpuprep_core::register::within.
+fn wrapped(k: u32, n: u32) -> u32 {
+    return select(k, n - k, k > n / 2u);
+}
+
+// Whether element `i` of a correlation of `d` = (d0, d1, d2) whose buffer starts at plane `z0` lies
+// within `w` = (wz, wy, wx) voxels of shift (--max-shift); every element when `on` is 0.
+fn in_shift_window(i: u32, d: vec3<u32>, z0: u32, w: vec3<u32>, on: u32) -> bool {
+    if (on == 0u) {
+        return true;
+    }
+    let z = i / (d.y * d.z) + z0;
+    let y = (i / d.z) % d.y;
+    let x = i % d.z;
+    return wrapped(z, d.x) <= w.x && wrapped(y, d.y) <= w.y && wrapped(x, d.z) <= w.z;
+}
+
+// A sum of |c|^2 kept as (scale, sum of (|c| / scale)^2) with scale >= 1 the largest component
+// seen (LAPACK's nrm2 scheme, described in cross_power.wgsl's header): `sq_add` adds c, `sq_merge`
+// merges two such sums.
+fn sq_add(s: vec2<f32>, c: vec2<f32>) -> vec2<f32> {
+    var scale = s.x;
+    var acc = s.y;
+    let a = max(abs(c.x), abs(c.y));
+    if (a > scale) {
+        let k = scale / a;
+        acc = acc * k * k;
+        scale = a;
+    }
+    let u = c / scale;
+    return vec2<f32>(scale, acc + dot(u, u));
+}
+
+fn sq_merge(a: vec2<f32>, b: vec2<f32>) -> vec2<f32> {
+    let m = max(a.x, b.x);
+    let k1 = a.x / m;
+    let k2 = b.x / m;
+    return vec2<f32>(m, a.y * k1 * k1 + b.y * k2 * k2);
+}

@@ -46,15 +46,6 @@ struct Params {
     _pad2: u32,
 }
 
-// The layout of `Partial` in crates/gpu/src/register.rs
-// (checked by tests/shaders.rs, `uniform_structs_match_wgsl`).
-struct Partial {
-    val: f32,
-    idx: u32,
-    re: f32,
-    im: f32,
-}
-
 @group(0) @binding(0) var<uniform> p: Params;
 
 @group(0) @binding(1) var<storage, read> real_in: array<f32>;
@@ -91,20 +82,8 @@ var<workgroup> wg_val: array<f32, 64>;
 var<workgroup> wg_scale: array<f32, 64>;
 var<workgroup> wg_idx: array<u32, 64>;
 
-// |shift| of index k along an axis of n (past the midpoint the shift is k - n), as
-// gpuprep_core::register::within.
-fn wrapped(k: u32, n: u32) -> u32 {
-    return select(k, n - k, k > n / 2u);
-}
-
 fn in_window(i: u32) -> bool {
-    if (p.window == 0u) {
-        return true;
-    }
-    let z = i / (p.d1 * p.d2) + p.z0;
-    let y = (i / p.d2) % p.d1;
-    let x = i % p.d2;
-    return wrapped(z, p.d0) <= p.wz && wrapped(y, p.d1) <= p.wy && wrapped(x, p.d2) <= p.wx;
+    return in_shift_window(i, vec3<u32>(p.d0, p.d1, p.d2), p.z0, vec3<u32>(p.wz, p.wy, p.wx), p.window);
 }
 
 // Grid-stride over all elements; partial per workgroup. The order (val desc, idx asc) is total, so
@@ -121,7 +100,7 @@ fn argmax_abs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
             continue;
         }
         let v = safe_length(red_in[i]);
-        if (v > best || (v == best && i < best_i)) {
+        if (peak_beats(v, i, best, best_i)) {
             best = v;
             best_i = i;
         }
@@ -133,7 +112,7 @@ fn argmax_abs(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
         if (lid.x < s) {
             let v = wg_val[lid.x + s];
             let j = wg_idx[lid.x + s];
-            if (v > wg_val[lid.x] || (v == wg_val[lid.x] && j < wg_idx[lid.x])) {
+            if (peak_beats(v, j, wg_val[lid.x], wg_idx[lid.x])) {
                 wg_val[lid.x] = v;
                 wg_idx[lid.x] = j;
             }
@@ -155,31 +134,19 @@ fn sum_sq(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
           @builtin(local_invocation_id) lid: vec3<u32>) {
     let groups = nwg.x * nwg.y;
     let g = wid.x + wid.y * nwg.x;
-    var scale = 1.0;
-    var acc = 0.0;
+    var s = vec2<f32>(1.0, 0.0);
     for (var i = g * WG + lid.x; i < p.total; i += groups * WG) {
-        let c = red_in[i];
-        let a = max(abs(c.x), abs(c.y));
-        if (a > scale) {
-            let k = scale / a;
-            acc = acc * k * k;
-            scale = a;
-        }
-        let u = c / scale;
-        acc += dot(u, u);
+        s = sq_add(s, red_in[i]);
     }
-    wg_val[lid.x] = acc;
-    wg_scale[lid.x] = scale;
+    wg_val[lid.x] = s.y;
+    wg_scale[lid.x] = s.x;
     workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s /= 2u) {
-        if (lid.x < s) {
-            let s1 = wg_scale[lid.x];
-            let s2 = wg_scale[lid.x + s];
-            let m = max(s1, s2);
-            let k1 = s1 / m;
-            let k2 = s2 / m;
-            wg_val[lid.x] = wg_val[lid.x] * k1 * k1 + wg_val[lid.x + s] * k2 * k2;
-            wg_scale[lid.x] = m;
+    for (var h = WG / 2u; h > 0u; h /= 2u) {
+        if (lid.x < h) {
+            let m = sq_merge(vec2<f32>(wg_scale[lid.x], wg_val[lid.x]),
+                             vec2<f32>(wg_scale[lid.x + h], wg_val[lid.x + h]));
+            wg_scale[lid.x] = m.x;
+            wg_val[lid.x] = m.y;
         }
         workgroupBarrier();
     }

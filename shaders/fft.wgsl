@@ -15,6 +15,8 @@
 // `cross_z_wg`, the registration's middle in one pass over lines along z: the forward z stages, the
 //   cross-power with the reference spectrum (`src`, binding 1), optionally smoothed and kept (for the
 //   upsampled DFT), and the inverse z stages; the x and y passes around it are `stockham_wg`'s.
+// `stockham_wg_power`, `stockham_wg_peak`: `stockham_wg` and the registration's power sums or peak
+//   search over what it writes (one result per workgroup), on the last forward / inverse pass.
 // One pass per axis (`stockham_wg`, `bluestein_wg`), where a workgroup's lines fit in workgroup memory:
 //   each workgroup loads `group` whole lines into `sh` once, runs every stage there (the same
 //   butterflies and twiddles as `stockham`, alternating between the two halves of `sh`) and writes
@@ -42,9 +44,14 @@ struct Params {
     scale_bits: u32,   // `cross_z_wg`: its scale's f32 bits (0: 1)
     flags: u32,        // `cross_z_wg`: 1 smooth by `smooth_table`, 2 keep the cross-power in `kept`;
                        // `stockham_wg`: 4 load the real volume in `src` (pairs of f32) instead of `dst`
-    nx: u32,           // `cross_z_wg`: the volume's x length (lines along z are stride = ny nx)
-    _pad0: u32,
-    _pad1: u32,
+    nx: u32,           // `cross_z_wg`, `stockham_wg_peak`: the volume's x length (lines along z
+                       // are stride = ny nx)
+    window: u32,       // `stockham_wg_peak`: 1 ranks only shifts within (wz, wy, wx) (--max-shift)
+    wz: u32,
+    wy: u32,
+    wx: u32,
+    nz: u32,           // `stockham_wg_peak`: the volume's z and y lengths
+    ny: u32,
 }
 
 @group(0) @binding(0) var<uniform> p: Params;
@@ -291,6 +298,105 @@ fn stockham_wg(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     wg_load(lid.x, first, nl, (p.flags & 4u) != 0u);
     let res = wg_stages(lid.x, p.n, nl, p.radices, p.tw_offset, 0u, p.scale);
     wg_store(lid.x, first, nl, res);
+}
+
+// `stockham_wg` with the registration's reductions over what each workgroup writes, one result per
+// workgroup at binding 4, as cross_power.wgsl's `sum_sq` and `argmax_abs` write theirs (the host
+// reduces them the same way): `stockham_wg_power` on the last forward pass (the moving volume's power),
+// `stockham_wg_peak` on the last inverse pass (the correlation's peak). Each saves a dispatch and a
+// read of the volume. The results go through `sh` once the lines are stored: 16 KiB is all the
+// workgroup memory a device must have, and `sh` fills it.
+@group(0) @binding(4) var<storage, read_write> wg_sums: array<vec2<f32>>;
+@group(0) @binding(4) var<storage, read_write> wg_peaks: array<Partial>;
+
+@compute @workgroup_size(64)
+fn stockham_wg_power(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                     @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = wid.x + wid.y * nwg.x;
+    let first = g * p.group;
+    if (first >= p.lines) {
+        return;
+    }
+    let n = p.n;
+    let nl = min(p.group, p.lines - first);
+    wg_load(lid.x, first, nl, (p.flags & 4u) != 0u);
+    let res = wg_stages(lid.x, n, nl, p.radices, p.tw_offset, 0u, p.scale);
+    var s = vec2<f32>(1.0, 0.0);
+    for (var e = lid.x; e < nl * n; e += WG) {
+        let li = wg_element(e, n, nl);
+        let c = sh[res + li.x * n + li.y];
+        dst[line_base(first + li.x, n, p.stride) + li.y * p.stride] = c;
+        s = sq_add(s, c);
+    }
+    workgroupBarrier();
+    sh[lid.x] = s;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h /= 2u) {
+        if (lid.x < h) {
+            sh[lid.x] = sq_merge(sh[lid.x], sh[lid.x + h]);
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        wg_sums[g] = sh[0];
+    }
+}
+
+@compute @workgroup_size(64)
+fn stockham_wg_peak(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                    @builtin(local_invocation_id) lid: vec3<u32>) {
+    let g = wid.x + wid.y * nwg.x;
+    let first = g * p.group;
+    if (first >= p.lines) {
+        return;
+    }
+    let n = p.n;
+    let nl = min(p.group, p.lines - first);
+    wg_load(lid.x, first, nl, false);
+    let res = wg_stages(lid.x, n, nl, p.radices, p.tw_offset, 0u, p.scale);
+    let d = vec3<u32>(p.nz, p.ny, p.nx);
+    let w = vec3<u32>(p.wz, p.wy, p.wx);
+    var best = -1.0;
+    var best_i = 0xffffffffu;
+    var best_c = vec2<f32>(0.0, 0.0);
+    for (var e = lid.x; e < nl * n; e += WG) {
+        let li = wg_element(e, n, nl);
+        let c = sh[res + li.x * n + li.y];
+        let at = line_base(first + li.x, n, p.stride) + li.y * p.stride;
+        dst[at] = c;
+        if (in_shift_window(at, d, 0u, w, p.window)) {
+            let v = safe_length(c);
+            if (peak_beats(v, at, best, best_i)) {
+                best = v;
+                best_i = at;
+                best_c = c;
+            }
+        }
+    }
+    // Per invocation in `sh`: (|c|, the index's high 16 bits) at lid, (its low 16 bits, 0) at
+    // WG + lid, c at 2 WG + lid; halves of 16 bits are exact in f32 and never subnormal.
+    workgroupBarrier();
+    sh[lid.x] = vec2<f32>(best, f32(best_i >> 16u));
+    sh[WG + lid.x] = vec2<f32>(f32(best_i & 0xffffu), 0.0);
+    sh[2u * WG + lid.x] = best_c;
+    workgroupBarrier();
+    for (var h = WG / 2u; h > 0u; h /= 2u) {
+        if (lid.x < h) {
+            let o = lid.x + h;
+            let j = (u32(sh[o].y) << 16u) | u32(sh[WG + o].x);
+            let bj = (u32(sh[lid.x].y) << 16u) | u32(sh[WG + lid.x].x);
+            if (peak_beats(sh[o].x, j, sh[lid.x].x, bj)) {
+                sh[lid.x] = sh[o];
+                sh[WG + lid.x] = sh[WG + o];
+                sh[2u * WG + lid.x] = sh[2u * WG + o];
+            }
+        }
+        workgroupBarrier();
+    }
+    if (lid.x == 0u) {
+        let j = (u32(sh[0].y) << 16u) | u32(sh[WG].x);
+        wg_peaks[g] = Partial(sh[0].x, j, sh[2u * WG].x, sh[2u * WG].y);
+    }
 }
 
 // Bluestein's transform of `group` lines per workgroup in one pass, in place on `dst`: the

@@ -284,8 +284,12 @@ fn uniform_structs_match_wgsl() {
                 scale_bits,
                 flags,
                 nx,
-                _pad0,
-                _pad1
+                window,
+                wz,
+                wy,
+                wx,
+                nz,
+                ny
             }),
         ),
         (

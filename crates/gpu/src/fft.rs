@@ -6,7 +6,7 @@
 use super::device::{GpuContext, Kernel, Recorder};
 use super::shaders::{
     FFT_BLUESTEIN_WG, FFT_CHIRP_POST, FFT_CHIRP_PRE, FFT_CROSS_Z_WG, FFT_POINTWISE, FFT_STOCKHAM,
-    FFT_STOCKHAM_WG,
+    FFT_STOCKHAM_WG, FFT_STOCKHAM_WG_PEAK, FFT_STOCKHAM_WG_POWER,
 };
 use bytemuck::{Pod, Zeroable};
 use gpuprep_core::complex::Complex64;
@@ -40,12 +40,29 @@ pub struct FftUniform {
     pub scale_bits: u32,
     /// `cross_z_wg`: 1 smooth, 2 keep the cross-power; `stockham_wg`: 4 load reals (`LOAD_REALS`).
     pub flags: u32,
-    /// `cross_z_wg`: the volume's x length.
+    /// `cross_z_wg`, `stockham_wg_peak`: the volume's x length.
     pub nx: u32,
-    pub _pad0: u32,
-    pub _pad1: u32,
+    /// `stockham_wg_peak`: 1 ranks only shifts within (wz, wy, wx) voxels (as `CrossUniform`'s).
+    pub window: u32,
+    pub wz: u32,
+    pub wy: u32,
+    pub wx: u32,
+    /// `stockham_wg_peak`: the volume's z and y lengths.
+    pub nz: u32,
+    pub ny: u32,
 }
-const _: () = assert!(std::mem::size_of::<FftUniform>() == 80);
+const _: () = assert!(std::mem::size_of::<FftUniform>() == 96);
+
+/// A reduction over the result of `Fft3Plan::record_order`, fused into its last pass where that
+/// pass is one Stockham pass (`stockham_wg_power`, `stockham_wg_peak`): one result per workgroup
+/// in the buffer given, as `sum_sq` and `argmax_abs` (cross_power.wgsl) write theirs.
+#[derive(Clone, Copy)]
+pub enum Reduce<'a> {
+    /// The sums of |.|^2 as (scale, sum) pairs.
+    Power(&'a wgpu::Buffer),
+    /// The peak of |.| (`Partial`s), within `window` = (on, wz, wy, wx) of shift.
+    Peak(&'a wgpu::Buffer, [u32; 4]),
+}
 
 /// `stockham_wg`'s flag: load the real volume bound at binding 1 (imaginary parts 0) instead of `dst`.
 const LOAD_REALS: u32 = 4;
@@ -332,6 +349,11 @@ impl Fft3Plan {
         }
     }
 
+    /// Whether `record`'s inverse transform scales by 1/N (numpy's), as the plan was made.
+    pub fn scales_inverse(&self) -> bool {
+        self.scale_inverse
+    }
+
     /// Whether axis `ax` is transformed (not of length 1, nor left out of the plan).
     pub fn transforms(&self, ax: usize) -> bool {
         !matches!(self.axes[ax].kind, AxisKind::Skip)
@@ -419,6 +441,26 @@ impl Fft3Plan {
         final_scale: f32,
         reals: Option<&wgpu::Buffer>,
     ) -> Result<()> {
+        self.record_reduced(ctx, rec, a, b, inverse, order, final_scale, reals, None)
+            .map(|_| ())
+    }
+
+    /// `record_order`, with `reduce` fused into the last pass where it is one Stockham pass;
+    /// returns the number of results written then (one per workgroup), else `None` (nothing
+    /// reduced: the caller runs the reduction's own kernel).
+    #[allow(clippy::too_many_arguments)]
+    pub fn record_reduced(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder<'_>,
+        a: &wgpu::Buffer,
+        b: &wgpu::Buffer,
+        inverse: bool,
+        order: &[usize],
+        final_scale: f32,
+        reals: Option<&wgpu::Buffer>,
+        reduce: Option<Reduce<'_>>,
+    ) -> Result<Option<usize>> {
         if reals.is_some() && !self.reads_reals(order) {
             return Err(gpuprep_core::error::Error::Gpu(format!(
                 "an FFT from real input needs one Stockham pass on its first axis; the plan is {}",
@@ -432,9 +474,11 @@ impl Fft3Plan {
         // The scale once, on the last transform (numpy's inverse), in f32 as the CPU twin.
         let last = order.iter().rev().copied().find(|&ax| self.transforms(ax));
         let mut cur_is_a = true;
+        let mut reduced = None;
         for &ax in order {
             let axis = &self.axes[ax];
             let scale = if Some(ax) == last { final_scale } else { 1.0 };
+            let reduce = reduce.filter(|_| Some(ax) == last);
             let (cur, other) = if cur_is_a { (a, b) } else { (b, a) };
             match (&axis.kind, axis.one_pass) {
                 (AxisKind::Skip, _) => {}
@@ -442,7 +486,7 @@ impl Fft3Plan {
                     // The first pass may load the real volume itself (binding 1, flag 4);
                     // otherwise binding 1 is unused and the tables fill it.
                     let src = reals.take();
-                    let u = FftUniform {
+                    let mut u = FftUniform {
                         n: axis.n as u32,
                         stride: axis.stride as u32,
                         lines: axis.lines as u32,
@@ -453,9 +497,28 @@ impl Fft3Plan {
                         flags: if src.is_some() { LOAD_REALS } else { 0 },
                         ..Default::default()
                     };
-                    let bufs = [src.unwrap_or(&self.tables), &self.tables, cur];
-                    let groups = axis.lines.div_ceil(group) as u64;
-                    rec.dispatch_groups(&ctx.pipeline(&FFT_STOCKHAM_WG)?, &u, &bufs, groups);
+                    let groups = axis.lines.div_ceil(group);
+                    let src = src.unwrap_or(&self.tables);
+                    match reduce {
+                        None => {
+                            let k = ctx.pipeline(&FFT_STOCKHAM_WG)?;
+                            rec.dispatch_groups(&k, &u, &[src, &self.tables, cur], groups as u64);
+                        }
+                        Some(Reduce::Power(out)) => {
+                            let k = ctx.pipeline(&FFT_STOCKHAM_WG_POWER)?;
+                            let bufs = [src, &self.tables, cur, out];
+                            rec.dispatch_groups(&k, &u, &bufs, groups as u64);
+                            reduced = Some(groups);
+                        }
+                        Some(Reduce::Peak(out, [window, wz, wy, wx])) => {
+                            [u.nz, u.ny, u.nx] = self.shape.map(|d| d as u32);
+                            (u.window, u.wz, u.wy, u.wx) = (window, wz, wy, wx);
+                            let k = ctx.pipeline(&FFT_STOCKHAM_WG_PEAK)?;
+                            let bufs = [src, &self.tables, cur, out];
+                            rec.dispatch_groups(&k, &u, &bufs, groups as u64);
+                            reduced = Some(groups);
+                        }
+                    }
                 }
                 (
                     AxisKind::Bluestein {
@@ -560,7 +623,16 @@ impl Fft3Plan {
         if !cur_is_a {
             rec.copy(b, a, total as u64 * 8);
         }
-        Ok(())
+        Ok(reduced)
+    }
+
+    /// The most workgroups a one-pass axis dispatches: the most results `record_reduced` writes.
+    pub fn max_reduced(&self) -> usize {
+        self.axes
+            .iter()
+            .filter_map(|a| a.one_pass.map(|(_, group)| a.lines.div_ceil(group)))
+            .max()
+            .unwrap_or(0)
     }
 
     /// Record the Stockham stages of one axis from `x`, alternating with `y`; returns the number of

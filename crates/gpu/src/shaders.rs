@@ -100,6 +100,10 @@ kernel_table! {
     FFT_CHIRP_POST = fft::chirp_post(Uniform, Read, Read, ReadWrite);
     /// Every Stockham stage of an axis in one pass through workgroup memory, in place on binding 3.
     FFT_STOCKHAM_WG = fft::stockham_wg(Uniform, Read, Read, ReadWrite);
+    /// `stockham_wg` and the power sums of what it writes, per workgroup.
+    FFT_STOCKHAM_WG_POWER = fft::stockham_wg_power(Uniform, Read, Read, ReadWrite, ReadWrite);
+    /// `stockham_wg` and the peak of |.| of what it writes, per workgroup.
+    FFT_STOCKHAM_WG_PEAK = fft::stockham_wg_peak(Uniform, Read, Read, ReadWrite, ReadWrite);
     /// Bluestein's transform of an axis in one pass through workgroup memory, in place on binding 3.
     FFT_BLUESTEIN_WG = fft::bluestein_wg(Uniform, Read, Read, ReadWrite);
     /// The registration's forward z pass, cross-power and inverse z pass in one pass.

@@ -77,7 +77,7 @@ fn smooth_table(p: &RegisterParams, shape: [usize; 3], ys: std::ops::Range<usize
     t
 }
 
-/// One workgroup's argmax (`struct Partial` in shaders/cross_power.wgsl; layout checked by `uniform_structs_match_wgsl`).
+/// One workgroup's argmax (`struct Partial` in shaders/common.wgsl; layout checked by `uniform_structs_match_wgsl`).
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, Pod, Zeroable)]
 pub struct Partial {

@@ -10,7 +10,7 @@ use super::{
     total_of, unnormalized_scale, CrossUniform, Partial, MAX_REDUCE_GROUPS, NO_PEAK,
 };
 use crate::device::{GpuContext, Recorder, WORKGROUP};
-use crate::fft::{CrossZ, Fft3Plan};
+use crate::fft::{CrossZ, Fft3Plan, Reduce};
 use crate::shaders;
 use gpuprep_core::complex::Complex64;
 use gpuprep_core::error::Result;
@@ -42,6 +42,8 @@ pub struct GpuRegistrar {
 #[must_use = "a submitted registration is only read by `resolve`"]
 pub struct Pending<'r> {
     registrar: &'r GpuRegistrar,
+    /// How many power sums and peak partials the submitted work writes (`Reduced`).
+    reduced: Reduced,
     /// What the power sums read back are multiplied by: nz when they were taken before the z
     /// transform (the fused route; Parseval along z), else 1.
     power_factor: f64,
@@ -53,8 +55,9 @@ impl Pending<'_> {
     pub fn resolve(self, ctx: &GpuContext) -> Result<Registration> {
         let r = self.registrar;
         // The power and the peak partials in one readback.
+        let Reduced { power, peak } = self.reduced;
         let (sums, partials) =
-            ctx.read_two::<[f32; 2], Partial>((&r.sums, r.groups), (&r.partials, r.groups))?;
+            ctx.read_two::<[f32; 2], Partial>((&r.sums, power), (&r.partials, peak))?;
         let moving_power = scaled_sum(&sums) * self.power_factor;
         let mut best = NO_PEAK;
         for q in partials {
@@ -85,6 +88,9 @@ impl GpuRegistrar {
         let groups = total
             .div_ceil(WORKGROUP as usize)
             .clamp(1, MAX_REDUCE_GROUPS);
+        let plan = Fft3Plan::new(ctx, shape)?;
+        // The reductions fused into a one-pass FFT axis write one result per workgroup of it.
+        let results = groups.max(plan.max_reduced()) as u64;
         // Buffers first: a volume too large for one binding fails here, before any planning.
         let reference = ctx.storage("register.reference_spectrum", bytes)?;
         let g = ctx.storage("register.moving_spectrum", bytes)?;
@@ -93,13 +99,13 @@ impl GpuRegistrar {
         let mut r = GpuRegistrar {
             shape,
             params: *p,
-            plan: Fft3Plan::new(ctx, shape)?,
+            plan,
             reference,
             g,
             tmp,
             spectrum,
-            partials: ctx.storage("register.argmax_partials", groups as u64 * 16)?,
-            sums: ctx.storage("register.power_partials", groups as u64 * 8)?,
+            partials: ctx.storage("register.argmax_partials", results * 16)?,
+            sums: ctx.storage("register.power_partials", results * 8)?,
             smooth: match p.smooths() {
                 true => Some(ctx.storage_init(
                     "register.smooth_table",
@@ -112,9 +118,9 @@ impl GpuRegistrar {
             scale: 1.0,
         };
         let mut rec = ctx.recorder();
-        r.record_spectrum(ctx, &mut rec, src, &r.reference, &[2, 1, 0])?;
+        let power = r.record_spectrum(ctx, &mut rec, src, &r.reference, &[2, 1, 0])?;
         rec.submit()?;
-        r.reference_power = r.read_power(ctx)?;
+        r.reference_power = scaled_sum(&ctx.read::<[f32; 2]>(&r.sums, power)?);
         check_reference_power(r.reference_power)?;
         r.scale = unnormalized_scale(p, r.reference_power, total_of(shape));
         Ok(r)
@@ -136,8 +142,10 @@ impl GpuRegistrar {
         }
     }
 
-    /// The forward transforms along `order` of the real volume `src` into `dst`
-    /// (`record_forward`), then the partial sums of |.|^2 of the result.
+    /// The forward transforms along `order` of the real volume `src` into `dst`, the first pass
+    /// reading the reals itself where it can (`Fft3Plan::reads_reals`, else `to_complex` first),
+    /// and the partial sums of |.|^2 of the result: fused into the last pass where it is one
+    /// Stockham pass, else `sum_sq`. Returns how many partial sums it writes.
     fn record_spectrum(
         &self,
         ctx: &GpuContext,
@@ -145,39 +153,58 @@ impl GpuRegistrar {
         src: &wgpu::Buffer,
         dst: &wgpu::Buffer,
         order: &[usize],
-    ) -> Result<()> {
-        self.record_forward(ctx, rec, src, dst, order)?;
-        rec.dispatch_groups(
-            &ctx.pipeline(&shaders::CROSS_SUM_SQ)?,
-            &self.whole_volume(),
-            &[dst, &self.partials, &self.sums],
-            self.groups as u64,
-        );
-        Ok(())
-    }
-
-    /// The forward transforms along `order` of the real volume `src` into `dst`: the first pass
-    /// reads the reals itself where it can (`Fft3Plan::reads_reals`), else `to_complex` first.
-    fn record_forward(
-        &self,
-        ctx: &GpuContext,
-        rec: &mut Recorder<'_>,
-        src: &wgpu::Buffer,
-        dst: &wgpu::Buffer,
-        order: &[usize],
-    ) -> Result<()> {
+    ) -> Result<usize> {
         let reals = self.plan.reads_reals(order);
         if !reals {
             let k = ctx.pipeline(&shaders::CROSS_TO_COMPLEX)?;
             rec.dispatch(&k, &self.whole_volume(), &[src, dst], self.total() as u64);
         }
-        let (reals, scale) = (reals.then_some(src), 1.0);
-        self.plan
-            .record_order(ctx, rec, dst, &self.tmp, false, order, scale, reals)
+        let reals = reals.then_some(src);
+        let power = Some(Reduce::Power(&self.sums));
+        let fused = self
+            .plan
+            .record_reduced(ctx, rec, dst, &self.tmp, false, order, 1.0, reals, power)?;
+        Ok(match fused {
+            Some(n) => n,
+            None => {
+                rec.dispatch_groups(
+                    &ctx.pipeline(&shaders::CROSS_SUM_SQ)?,
+                    &self.whole_volume(),
+                    &[dst, &self.partials, &self.sums],
+                    self.groups as u64,
+                );
+                self.groups
+            }
+        })
     }
 
-    fn read_power(&self, ctx: &GpuContext) -> Result<f64> {
-        Ok(scaled_sum(&ctx.read::<[f32; 2]>(&self.sums, self.groups)?))
+    /// The inverse transforms along `order` of `g` (the last times `scale`) and the peak search
+    /// over the result: fused into the last pass where it is one Stockham pass, else
+    /// `argmax_abs`. Returns how many partials it writes.
+    fn record_inverse_peak(
+        &self,
+        ctx: &GpuContext,
+        rec: &mut Recorder<'_>,
+        order: &[usize],
+        scale: f32,
+    ) -> Result<usize> {
+        let u = argmax_uniform(&self.params, self.shape, 0, self.total());
+        let peak = Some(Reduce::Peak(&self.partials, [u.window, u.wz, u.wy, u.wx]));
+        let fused = self
+            .plan
+            .record_reduced(ctx, rec, &self.g, &self.tmp, true, order, scale, None, peak)?;
+        Ok(match fused {
+            Some(n) => n,
+            None => {
+                rec.dispatch_groups(
+                    &ctx.pipeline(&shaders::CROSS_ARGMAX_ABS)?,
+                    &u,
+                    &[&self.g, &self.partials, &self.sums],
+                    self.groups as u64,
+                );
+                self.groups
+            }
+        })
     }
 
     /// Record the registration of the real volume in `src` (on the device) onto the reference
@@ -195,7 +222,7 @@ impl GpuRegistrar {
         if self.plan.fuses_z() {
             return self.submit_fused(ctx, rec, src);
         }
-        self.record_spectrum(ctx, &mut rec, src, &self.g, &[2, 1, 0])?;
+        let power = self.record_spectrum(ctx, &mut rec, src, &self.g, &[2, 1, 0])?;
         let u = CrossUniform {
             total: total as u32,
             phase: (self.params.normalization == Normalization::Phase) as u32,
@@ -227,28 +254,16 @@ impl GpuRegistrar {
         if self.params.upsample_factor > 1 {
             rec.copy(&self.g, &self.spectrum, total as u64 * 8);
         }
-        self.plan.record(ctx, &mut rec, &self.g, &self.tmp, true)?;
-        self.submit_peak(ctx, rec, 1.0)
-    }
-
-    /// The peak search over the correlation in `g` appended to `rec`, and all of it submitted;
-    /// `power_factor` as `Pending`'s.
-    fn submit_peak<'r>(
-        &'r self,
-        ctx: &GpuContext,
-        mut rec: Recorder<'_>,
-        power_factor: f64,
-    ) -> Result<Pending<'r>> {
-        rec.dispatch_groups(
-            &ctx.pipeline(&shaders::CROSS_ARGMAX_ABS)?,
-            &argmax_uniform(&self.params, self.shape, 0, self.total()),
-            &[&self.g, &self.partials, &self.sums],
-            self.groups as u64,
-        );
+        let scale = match self.plan.scales_inverse() {
+            true => 1.0 / total as f32,
+            false => 1.0,
+        };
+        let peak = self.record_inverse_peak(ctx, &mut rec, &[2, 1, 0], scale)?;
         rec.submit()?;
         Ok(Pending {
             registrar: self,
-            power_factor,
+            reduced: Reduced { power, peak },
+            power_factor: 1.0,
         })
     }
 
@@ -264,7 +279,7 @@ impl GpuRegistrar {
         src: &wgpu::Buffer,
     ) -> Result<Pending<'r>> {
         let total = self.total();
-        self.record_spectrum(ctx, &mut rec, src, &self.g, &[2, 1])?;
+        let power = self.record_spectrum(ctx, &mut rec, src, &self.g, &[2, 1])?;
         // numpy's 1/N on the last inverse transform: x's, or y's, or this one's.
         let scale = 1.0 / total as f32;
         let z_scale = match self.plan.transforms(1) || self.plan.transforms(2) {
@@ -280,17 +295,13 @@ impl GpuRegistrar {
         };
         self.plan
             .record_cross_z(ctx, &mut rec, &self.g, &cross, z_scale)?;
-        self.plan.record_order(
-            ctx,
-            &mut rec,
-            &self.g,
-            &self.tmp,
-            true,
-            &[1, 2],
-            scale,
-            None,
-        )?;
-        self.submit_peak(ctx, rec, self.shape[0] as f64)
+        let peak = self.record_inverse_peak(ctx, &mut rec, &[1, 2], scale)?;
+        rec.submit()?;
+        Ok(Pending {
+            registrar: self,
+            reduced: Reduced { power, peak },
+            power_factor: self.shape[0] as f64,
+        })
     }
 
     /// `submit` then `resolve`, with nothing in between.
@@ -359,5 +370,148 @@ impl GpuRegistrar {
             window,
             UPSAMPLE_SLAB_BYTES,
         )
+    }
+}
+
+/// How many power sums and peak partials a submitted registration writes: one per workgroup of the
+/// FFT pass they are fused into, or `MAX_REDUCE_GROUPS` at most from their own kernels.
+#[derive(Clone, Copy)]
+struct Reduced {
+    power: usize,
+    peak: usize,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::{beats, CrossUniform, NO_PEAK};
+    use super::*;
+    use crate::device::test_context;
+    use rand::{rngs::StdRng, Rng, SeedableRng};
+
+    /// Input, the axes transformed, --max-shift.
+    type Case = (Vec<[f32; 2]>, &'static [usize], Option<[f64; 3]>);
+
+    /// `partials` reduced as `Pending::resolve` does.
+    fn best_of(partials: &[Partial]) -> Partial {
+        partials
+            .iter()
+            .fold(NO_PEAK, |b, q| if beats(q, &b) { *q } else { b })
+    }
+
+    /// The reductions fused into a one-pass FFT axis against their own kernels run on the values
+    /// that very pass wrote: the peak bit for bit (index, |.|, value; with total ties, NaN lines
+    /// and the --max-shift window), the power sums within f32 rounding of `sum_sq`'s (another
+    /// order of summation). Shapes with every axis one pass, x alone, and a length-1 axis.
+    #[test]
+    fn fused_reductions_match_their_own_kernels() {
+        let Some(ctx) = test_context() else { return };
+        let mut rng = StdRng::seed_from_u64(7);
+        let argmax = ctx.pipeline(&shaders::CROSS_ARGMAX_ABS).unwrap();
+        let sum_sq = ctx.pipeline(&shaders::CROSS_SUM_SQ).unwrap();
+        for shape in [[4, 6, 10], [5, 7, 9], [1, 12, 20], [3, 1, 16]] {
+            let plan = Fft3Plan::new(&ctx, shape).unwrap();
+            let total: usize = shape.iter().product();
+            let groups = total
+                .div_ceil(WORKGROUP as usize)
+                .clamp(1, MAX_REDUCE_GROUPS);
+            let results = groups.max(plan.max_reduced());
+            let partials = ctx.storage("test.partials", results as u64 * 16).unwrap();
+            let sums = ctx.storage("test.sums", results as u64 * 8).unwrap();
+            let tmp = ctx.storage("test.tmp", total as u64 * 8).unwrap();
+            let whole = CrossUniform {
+                total: total as u32,
+                ..Default::default()
+            };
+            let random = |rng: &mut StdRng| -> Vec<[f32; 2]> {
+                (0..total)
+                    .map(|_| [rng.random::<f32>() - 0.5, rng.random::<f32>() - 0.5])
+                    .collect()
+            };
+            let mut delta = vec![[0.0f32; 2]; total];
+            delta[0] = [1.0, 0.0];
+            let mut nans = random(&mut rng);
+            nans[total / 2] = [f32::NAN, 0.0];
+            let cases: Vec<Case> = vec![
+                (random(&mut rng), &[2, 1, 0], None),
+                (random(&mut rng), &[2, 1, 0], Some([1.0, 2.0, 3.0])),
+                // Every |.| is the same 1/N: the first index (in the window) wins.
+                (delta.clone(), &[2, 1, 0], None),
+                (delta, &[2, 1, 0], Some([0.0, 1.0, 2.0])),
+                // NaN along one x line only.
+                (nans, &[2], None),
+            ];
+            for (case, (data, order, max_shift)) in cases.into_iter().enumerate() {
+                let what = format!("{shape:?} case {case}");
+                let params = RegisterParams {
+                    max_shift,
+                    ..Default::default()
+                };
+                let u = argmax_uniform(&params, shape, 0, total);
+                let a = ctx.storage_init("test.a", &data).unwrap();
+                let mut rec = ctx.recorder();
+                let peak = Reduce::Peak(&partials, [u.window, u.wz, u.wy, u.wx]);
+                let scale = 1.0 / total as f32;
+                let fused = plan
+                    .record_reduced(
+                        &ctx,
+                        &mut rec,
+                        &a,
+                        &tmp,
+                        true,
+                        order,
+                        scale,
+                        None,
+                        Some(peak),
+                    )
+                    .unwrap();
+                rec.submit().unwrap();
+                let Some(fused) = fused else {
+                    panic!("{what}: the last axis is one pass, so the peak is fused")
+                };
+                let got = best_of(&ctx.read::<Partial>(&partials, fused).unwrap());
+                let mut rec = ctx.recorder();
+                rec.dispatch_groups(&argmax, &u, &[&a, &partials, &sums], groups as u64);
+                rec.submit().unwrap();
+                let want = best_of(&ctx.read::<Partial>(&partials, groups).unwrap());
+                let bits = |p: Partial| (p.idx, p.val.to_bits(), p.re.to_bits(), p.im.to_bits());
+                assert_eq!(bits(got), bits(want), "{what}: {got:?} against {want:?}");
+                if (2..=3).contains(&case) {
+                    // The delta's inverse transform is 1/N everywhere: index 0 is the first and
+                    // lies in any window.
+                    assert_eq!((got.idx, got.val), (0, scale), "{what}");
+                }
+                if case == 4 {
+                    assert_ne!(got.idx, u32::MAX, "{what}: only one line is NaN");
+                }
+            }
+            // The power of a forward transform, fused and by `sum_sq` on its result.
+            let a = ctx.storage_init("test.a", &random(&mut rng)).unwrap();
+            let mut rec = ctx.recorder();
+            let power = Some(Reduce::Power(&sums));
+            let fused = plan
+                .record_reduced(
+                    &ctx,
+                    &mut rec,
+                    &a,
+                    &tmp,
+                    false,
+                    &[2, 1, 0],
+                    1.0,
+                    None,
+                    power,
+                )
+                .unwrap()
+                .expect("the power is fused");
+            rec.submit().unwrap();
+            let got = scaled_sum(&ctx.read::<[f32; 2]>(&sums, fused).unwrap());
+            let mut rec = ctx.recorder();
+            rec.dispatch_groups(&sum_sq, &whole, &[&a, &partials, &sums], groups as u64);
+            rec.submit().unwrap();
+            let want = scaled_sum(&ctx.read::<[f32; 2]>(&sums, groups).unwrap());
+            assert!(
+                (got - want).abs() <= 1e-5 * want,
+                "{shape:?}: power {got} against {want}"
+            );
+        }
     }
 }
