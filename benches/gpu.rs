@@ -292,19 +292,7 @@ fn bench_kernels(c: &mut Criterion) {
             g.bench_function(BenchmarkId::new("upload", &id), |b| {
                 b.iter(|| {
                     ctx.upload(&buf, flat);
-                    wait(ctx, ctx.submit([]));
-                })
-            });
-            // A frame's small writes: a batch's uniforms and the shift's operator rows (about
-            // 20 KiB at 64×256×256), four writes and one submission.
-            let small = vec![0u8; 20 << 10];
-            let small_buf = ctx.storage("bench.small", small.len() as u64).unwrap();
-            g.bench_function(BenchmarkId::new("small_writes", &id), |b| {
-                b.iter(|| {
-                    for part in small.chunks(small.len() / 4) {
-                        ctx.write(&small_buf, 0, part);
-                    }
-                    wait(ctx, ctx.submit([]));
+                    wait(ctx, ctx.queue.submit([]));
                 })
             });
             g.bench_function(BenchmarkId::new("readback", &id), |b| {

@@ -7,9 +7,9 @@
 //! compute and before later submissions, never beside compute: wgpu exposes no separate transfer
 //! queue. What is saved per frame is the host copy, not the bus transfer.
 //!
-//! The staging buffer is ours rather than a `GpuContext::write` (whose staging belt also reuses its
-//! chunks, but whose copy waits for the next submission): made once per volume shape, its copy
-//! submitted as soon as the host copy is done. Its cycle: mapped →
+//! The staging buffer is ours rather than `Queue::write_buffer`'s: wgpu 30 makes a fresh staging
+//! allocation for every `write_buffer` call (its docs say so and point to buffers one maps and
+//! unmaps oneself), and this one is made once per volume shape and reused. Its cycle: mapped →
 //! host copy → unmap → copy to the device input submitted at once → `map_async` again, which
 //! completes when that copy has (in practice during the same frame's readback wait).
 
@@ -91,7 +91,7 @@ impl AheadUpload {
                 label: Some("gpuprep.frame.upload_ahead"),
             });
         enc.copy_buffer_to_buffer(&self.staging, 0, &self.input, 0, self.bytes);
-        let idx = ctx.submit([enc.finish()]);
+        let idx = ctx.queue.submit([enc.finish()]);
         ctx.count(|c| c.submits += 1);
         // Mapping waits for the copy just submitted; asking now means it is usually complete by
         // the next `stage`, found by the poll that waits for the current frame's readback.

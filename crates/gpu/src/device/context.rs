@@ -23,8 +23,6 @@ pub struct GpuContext {
     /// Bind groups by kernel and buffers (`bind_group`).
     pub(super) bind_groups: RefCell<HashMap<BindKey, wgpu::BindGroup>>,
     staging_pool: RefCell<Option<wgpu::Buffer>>,
-    /// Host writes waiting for the next submission (`write`, `submit`).
-    writes: RefCell<Writes>,
     /// Largest buffer a stage may use before it tiles the volume (see `max_tile_bytes`).
     max_tile_bytes: Cell<u64>,
     /// Buffers of the tiled routes, by role, grown on demand and reused across calls.
@@ -55,8 +53,7 @@ pub struct GpuCounters {
     pub blocking_reads: usize,
     /// Other host waits on the GPU: the staged upload waiting for its staging buffer to map.
     pub waits: usize,
-    /// Host writes into device buffers (`GpuContext::write`, through the staging belt); uniforms
-    /// included.
+    /// `queue.write_buffer` calls (each goes through fresh staging memory); uniforms included.
     pub writes: usize,
     /// Bytes read back by `blocking_reads`.
     pub read_bytes: u64,
@@ -195,7 +192,6 @@ impl GpuContext {
             max_tile_bytes = max_tile_bytes.min(b);
         }
         let fft_one_pass = limits.max_compute_workgroup_storage_size >= crate::fft::WG_BYTES;
-        let belt = wgpu::util::StagingBelt::new(device.clone(), WRITE_CHUNK_BYTES);
         Ok(GpuContext {
             device,
             queue,
@@ -206,7 +202,6 @@ impl GpuContext {
             uniform_pool: RefCell::new(None),
             bind_groups: RefCell::new(HashMap::new()),
             staging_pool: RefCell::new(None),
-            writes: RefCell::new(Writes { belt, copies: None }),
             max_tile_bytes: Cell::new(max_tile_bytes),
             tile_pool: RefCell::new(HashMap::new()),
             tile_stats: Cell::new(TileStats::default()),
@@ -283,51 +278,13 @@ impl GpuContext {
         self.counters.set(c);
     }
 
-    /// `data` written at `offset` of `buf` before the work of the next submission (`submit`), as
-    /// `Queue::write_buffer` orders it, through a staging belt whose chunks are reused once the
-    /// GPU has copied out of them: `write_buffer` makes fresh staging memory for every call (the
-    /// uniforms of each batch, the shift's operator rows, an uploaded volume). Offset and length
-    /// must be multiples of 4, as `write_buffer` requires; others go to `write_buffer` itself.
+    /// `queue.write_buffer(buf, offset, data)`, counted.
     pub fn write(&self, buf: &wgpu::Buffer, offset: u64, data: &[u8]) {
+        self.queue.write_buffer(buf, offset, data);
         self.count(|c| {
             c.writes += 1;
             c.written_bytes += data.len() as u64;
         });
-        let size = match wgpu::BufferSize::new(data.len() as u64) {
-            Some(n) if n.get().is_multiple_of(4) && offset.is_multiple_of(4) => n,
-            _ => return self.queue.write_buffer(buf, offset, data),
-        };
-        let mut w = self.writes.borrow_mut();
-        let Writes { belt, copies } = &mut *w;
-        let enc = copies.get_or_insert_with(|| {
-            self.device
-                .create_command_encoder(&wgpu::CommandEncoderDescriptor {
-                    label: Some("gpuprep.writes"),
-                })
-        });
-        belt.write_buffer(enc, buf, offset, size)
-            .copy_from_slice(data);
-    }
-
-    /// Submits `commands` behind the copies of the writes made since the last submission. Every
-    /// submission of the crate goes through here, so a write is in its buffer before any work
-    /// submitted after it.
-    pub fn submit(
-        &self,
-        commands: impl IntoIterator<Item = wgpu::CommandBuffer>,
-    ) -> wgpu::SubmissionIndex {
-        let mut w = self.writes.borrow_mut();
-        let copies = w.copies.take().map(|enc| {
-            w.belt.finish();
-            enc.finish()
-        });
-        let wrote = copies.is_some();
-        let idx = self.queue.submit(copies.into_iter().chain(commands));
-        if wrote {
-            // The chunks come back (mapped again) once this submission's copies have run.
-            w.belt.recall();
-        }
-        idx
     }
 
     /// Count `n` tiles of a kernel (`f` picks the counter).
@@ -681,14 +638,4 @@ impl std::hash::Hash for BindKey {
         self.uniform.hash(h);
         self.buffers.hash(h);
     }
-}
-
-/// The staging belt's chunk size: larger than a frame's uniforms and operator rows together, so
-/// those share one chunk; a volume gets a chunk of its own size, reused by the next volume.
-const WRITE_CHUNK_BYTES: u64 = 1 << 20;
-
-/// Writes recorded as copies out of the belt's chunks, submitted ahead of the next submission.
-struct Writes {
-    belt: wgpu::util::StagingBelt,
-    copies: Option<wgpu::CommandEncoder>,
 }

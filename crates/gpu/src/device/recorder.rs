@@ -218,7 +218,7 @@ impl Recorder<'_> {
         if let Some(s) = &stamps {
             s.resolve(&mut enc);
         }
-        let idx = ctx.submit([enc.finish()]);
+        let idx = ctx.queue.submit([enc.finish()]);
         ctx.count(|c| {
             c.submits += 1;
             c.dispatches += dispatches;
