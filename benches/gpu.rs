@@ -10,7 +10,7 @@
 //!
 //! `frame_counters` runs first, whatever the filter: per size, one resident frame of the standard
 //! pipeline's counters (dispatches, submits, blocking reads: `GpuCounters`) and the wall time of a
-//! frame with transfers (mean of 10 after a warm-up), printed as `frame_counters <size>: …`, then
+//! frame with transfers (mean of 10 after two warm-up frames), printed as `frame_counters <size>: …`, then
 //! each kernel's GPU time per frame from timestamp queries where the adapter has them
 //! (`kernel_times <size>: …`, `GpuContext::time_kernels`).
 //! Run: `XDG_RUNTIME_DIR=/tmp cargo bench --bench gpu [-- filter]`.
@@ -320,6 +320,9 @@ fn frame_counters(_: &mut Criterion) {
             accumulate: Some(gb.reset_moments(shape).unwrap()),
             keep_filtered: false,
         };
+        // Two warm-up frames: the first makes a buffer after some bind groups, which empties the
+        // bind-group cache (`GpuContext::bind_group`).
+        gb.process_frame(v.view(), &plan).unwrap();
         gb.process_frame(v.view(), &plan).unwrap();
         let before = gb.counters();
         gb.process_frame(v.view(), &plan).unwrap();
