@@ -137,14 +137,31 @@ fn median_matches_cpu_exactly() {
     let mut rng = StdRng::seed_from_u64(seed);
     for shape in SHAPES {
         for mode in BoundaryMode::ALL {
-            for size in [[3, 3, 3], [1, 3, 3], [1, 3, 5], [5, 5, 5]] {
+            // Each route: 3x3x3, 1x3x3, the selection network of windows up to 27 elements
+            // (1x3x5 ... 1x1x1), Wirth's selection (5x5x5).
+            let sizes = [
+                [3, 3, 3],
+                [1, 3, 3],
+                [1, 3, 5],
+                [1, 1, 3],
+                [3, 1, 1],
+                [3, 3, 1],
+                [1, 5, 5],
+                [1, 3, 9],
+                [1, 1, 1],
+                [5, 5, 5],
+            ];
+            for size in sizes {
                 let size = [0, 1, 2].map(|a| if shape[a] < size[a] { 1 } else { size[a] });
                 let p = MedianParams::new(size, mode, rng.random::<f32>()).unwrap();
                 let mut v = random(&mut rng, shape);
-                // Ties, and both zeros, to exercise the total order.
+                // Ties, both zeros and NaNs of both signs (the negative one with every bit set,
+                // the lowest key of the total order), to exercise the total order.
                 v[[0, 0, 0]] = -0.0;
                 v[[0, 0, 1]] = 0.0;
                 v[[0, 1, 0]] = v[[0, 0, 2]];
+                v[[0, 1, 1]] = f32::from_bits(u32::MAX);
+                v[[0, 2, 2]] = f32::NAN;
                 let want = cpu::median3d::median3d(v.view(), &p);
                 let got = g.median3d(v.view(), &p).unwrap();
                 let same = want
@@ -225,7 +242,17 @@ fn median_windows_longer_than_the_axis_match_cpu() {
     let mut rng = StdRng::seed_from_u64(seed);
     let mut c = CpuBackend::new();
     for shape in [[1, 7, 5], [2, 3, 11], [1, 1, 13], [3, 2, 1], [1, 12, 13]] {
-        for size in [[3, 3, 3], [5, 5, 5], [1, 5, 15], [15, 5, 15], [5, 15, 3]] {
+        let sizes = [
+            [3, 3, 3],
+            [5, 5, 5],
+            [1, 5, 15],
+            [15, 5, 15],
+            [5, 15, 3],
+            [1, 1, 27],
+            [27, 1, 1],
+            [3, 9, 1],
+        ];
+        for size in sizes {
             for mode in BoundaryMode::ALL {
                 let p = MedianParams::new(size, mode, rng.random::<f32>() - 0.5).unwrap();
                 let mut v = random(&mut rng, shape);
@@ -868,7 +895,7 @@ mod tiled {
         let mut c = CpuBackend::new();
         for shape in [[4, 3, 11], [5, 2, 7]] {
             g.set_max_tile_bytes(3 * 4 * (shape[1] * shape[2]) as u64);
-            for size in [[3, 3, 3], [3, 5, 15], [3, 15, 1]] {
+            for size in [[3, 3, 3], [3, 5, 15], [3, 15, 1], [3, 1, 9]] {
                 for mode in BoundaryMode::ALL {
                     let p = MedianParams::new(size, mode, rng.random::<f32>()).unwrap();
                     let v = random(&mut rng, shape);

@@ -66,9 +66,11 @@ fn every_kernel_variant_validates() {
             validate(&key, &src);
         }
     }
-    // median3d, median3d_27 and median3d_9 over the 5 window classes, stockham over the 6 radices,
-    // the float32 z-score's self-test with and without its guard.
-    assert_eq!(specialised, 23);
+    // median3d, median3d_27 and median3d_9 over the 5 window classes, median3d_small over its 65
+    // windows, stockham over the 6 radices, the float32 z-score's self-test with and without its
+    // guard.
+    assert_eq!(gpuprep_gpu::median3d::SMALL_WINDOWS.len(), 65);
+    assert_eq!(specialised, 88);
 }
 
 #[test]
@@ -614,6 +616,17 @@ fn straight_line_medians_have_no_local_arrays_or_loops() {
         faults.iter().any(|f| f.contains("loop")) && faults.iter().any(|f| f.contains("array")),
         "the walk missed median3d's selection loop and window array: {faults:?}"
     );
+    // `median3d_small` gathers its window by loops of constant bounds into an array of 27 (for the
+    // shader compiler to unroll); its selection, `select27`, is straight-line on named scalars.
+    let (h, select27) = module
+        .functions
+        .iter()
+        .find(|(_, f)| f.name.as_deref() == Some("select27"))
+        .expect("select27");
+    let mut reached = vec![h];
+    let faults = straight_line_faults(&module, select27, "select27", &mut reached);
+    assert!(faults.is_empty(), "select27: {faults:?}");
+    assert!(select27.local_variables.len() >= 27, "one variable per key");
 }
 
 /// Loops and function-local arrays in `f` and, once each, in every function it calls.

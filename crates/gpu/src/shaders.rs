@@ -93,6 +93,9 @@ kernel_table! {
     /// The 1x3x3 median from sorted columns, straight-line (same module and size class).
     MEDIAN3D_9 = median3d::median3d_9(Uniform, Read, ReadWrite)
         [MAX_WINDOW in crate::median3d::WINDOW_CLASSES];
+    /// Other windows of at most 27 elements: a pruned selection network, one variant a window.
+    MEDIAN3D_SMALL = median3d::median3d_small(Uniform, Read, ReadWrite)
+        [SMALL in crate::median3d::SMALL_WINDOWS];
     /// One radix-`RADIX` Stockham stage.
     FFT_STOCKHAM = fft::stockham(Uniform, Read, Read, ReadWrite) [RADIX in crate::fft::RADICES];
     FFT_CHIRP_PRE = fft::chirp_pre(Uniform, Read, Read, ReadWrite);
