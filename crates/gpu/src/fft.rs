@@ -337,7 +337,8 @@ impl Fft3Plan {
         inverse: bool,
     ) -> Result<()> {
         let scale = self.final_scale(inverse);
-        self.record_order(ctx, rec, a, b, inverse, &[2, 1, 0], scale, None)
+        self.record_order(ctx, rec, a, b, inverse, &[2, 1, 0], scale, None, None)
+            .map(|_| ())
     }
 
     /// 1/N for an inverse transform that scales (numpy's), else 1.
@@ -428,28 +429,11 @@ impl Fft3Plan {
     /// The 1-D transforms along `order`'s axes, in that order, the last one transformed times
     /// `final_scale`; the result ends in `a` (`b` the ping-pong buffer of the per-stage route).
     /// With `reals`, the first pass reads that real (f32) volume instead of `a` (which `reads_reals`
-    /// must allow).
+    /// must allow). With `reduce`, the reduction is fused into the last pass where it is one
+    /// Stockham pass: returns the number of results written then (one per workgroup), else `None`
+    /// (nothing reduced: the caller runs the reduction's own kernel).
     #[allow(clippy::too_many_arguments)]
     pub fn record_order(
-        &self,
-        ctx: &GpuContext,
-        rec: &mut Recorder<'_>,
-        a: &wgpu::Buffer,
-        b: &wgpu::Buffer,
-        inverse: bool,
-        order: &[usize],
-        final_scale: f32,
-        reals: Option<&wgpu::Buffer>,
-    ) -> Result<()> {
-        self.record_reduced(ctx, rec, a, b, inverse, order, final_scale, reals, None)
-            .map(|_| ())
-    }
-
-    /// `record_order`, with `reduce` fused into the last pass where it is one Stockham pass;
-    /// returns the number of results written then (one per workgroup), else `None` (nothing
-    /// reduced: the caller runs the reduction's own kernel).
-    #[allow(clippy::too_many_arguments)]
-    pub fn record_reduced(
         &self,
         ctx: &GpuContext,
         rec: &mut Recorder<'_>,
@@ -626,7 +610,7 @@ impl Fft3Plan {
         Ok(reduced)
     }
 
-    /// The most workgroups a one-pass axis dispatches: the most results `record_reduced` writes.
+    /// The most workgroups a one-pass axis dispatches: the most results `record_order` writes.
     pub fn max_reduced(&self) -> usize {
         self.axes
             .iter()

@@ -163,7 +163,7 @@ impl GpuRegistrar {
         let power = Some(Reduce::Power(&self.sums));
         let fused = self
             .plan
-            .record_reduced(ctx, rec, dst, &self.tmp, false, order, 1.0, reals, power)?;
+            .record_order(ctx, rec, dst, &self.tmp, false, order, 1.0, reals, power)?;
         Ok(match fused {
             Some(n) => n,
             None => {
@@ -192,7 +192,7 @@ impl GpuRegistrar {
         let peak = Some(Reduce::Peak(&self.partials, [u.window, u.wz, u.wy, u.wx]));
         let fused = self
             .plan
-            .record_reduced(ctx, rec, &self.g, &self.tmp, true, order, scale, None, peak)?;
+            .record_order(ctx, rec, &self.g, &self.tmp, true, order, scale, None, peak)?;
         Ok(match fused {
             Some(n) => n,
             None => {
@@ -452,7 +452,7 @@ mod tests {
                 let peak = Reduce::Peak(&partials, [u.window, u.wz, u.wy, u.wx]);
                 let scale = 1.0 / total as f32;
                 let fused = plan
-                    .record_reduced(
+                    .record_order(
                         &ctx,
                         &mut rec,
                         &a,
@@ -489,7 +489,7 @@ mod tests {
             let mut rec = ctx.recorder();
             let power = Some(Reduce::Power(&sums));
             let fused = plan
-                .record_reduced(
+                .record_order(
                     &ctx,
                     &mut rec,
                     &a,
