@@ -3,7 +3,7 @@
 //! registration submitted before the current frame's readback is waited for.
 
 use super::*;
-use crate::device::PendingRead;
+use crate::device::{typed, PendingRead};
 use crate::register::Pending;
 
 /// Where the fused route adds a frame's final volume to the z-score.
@@ -175,7 +175,7 @@ impl<'a> Fused<'a> {
         let shape = self.input.shape;
         let (volume, filtered) = s.read.wait(self.ctx, |parts| {
             let vol = |p: &[u8]| {
-                Array3::from_shape_vec(shape, bytemuck::pod_collect_to_vec::<u8, f32>(p))
+                Array3::from_shape_vec(shape, typed::<f32>(p))
                     .map_err(|e| Error::Gpu(format!("readback shape: {e}")))
             };
             Ok::<_, Error>((vol(parts[0])?, parts.get(1).map(|p| vol(p)).transpose()?))

@@ -559,7 +559,7 @@ impl GpuContext {
 
 /// A part of a mapped readback as a `Vec<T>`, in one copy (the mapping's start need not be aligned
 /// for `T`, so no cast in place).
-fn typed<T: bytemuck::Pod>(part: &[u8]) -> Vec<T> {
+pub fn typed<T: bytemuck::Pod>(part: &[u8]) -> Vec<T> {
     if part.is_empty() {
         return Vec::new();
     }

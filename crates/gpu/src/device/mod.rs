@@ -11,7 +11,8 @@ pub mod timing;
 pub use crate::shaders::Bind;
 pub use api::{list_adapters, AdapterSummary, Api};
 pub use context::{
-    GpuContext, GpuCounters, PendingRead, TileStats, ADAPTER_ENV, TILE_BYTES_ENV, UNCHECKED_ENV,
+    typed, GpuContext, GpuCounters, PendingRead, TileStats, ADAPTER_ENV, TILE_BYTES_ENV,
+    UNCHECKED_ENV,
 };
 pub use kernels::Kernel;
 pub use recorder::{split_groups, Recorder, WORKGROUP};
